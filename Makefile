@@ -1,0 +1,31 @@
+# Two commands a new user needs:  `make quickstart`  and  `make test`.
+# Both install into ./.venv first when needed (idempotent; a stamp file makes reruns instant).
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.mertlab-installed
+
+.PHONY: install quickstart test test-all clean-venv
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --upgrade pip
+	# torch first, pinned: every later step resolves against the same build.
+	$(BIN)/python -m pip install torch==2.9.1 torchaudio==2.9.1
+	$(BIN)/python -m pip install -c constraints.txt -e ".[test]"
+	$(BIN)/python -m pip check
+	touch $(STAMP)
+
+quickstart: install
+	$(BIN)/mertlab train experiments/quickstart.yaml
+
+test: install
+	$(BIN)/python -m pytest -q
+
+test-all: install
+	$(BIN)/python -m pytest -q -m "slow or not slow"
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,5 @@
+import sys
+
+from mertlab.cli import main
+
+sys.exit(main())

@@ -1,0 +1,106 @@
+"""The ``mertlab`` command line: one thin command per user task, calling the library."""
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from mertlab import __version__
+from mertlab.errors import MertlabError
+from mertlab.registry import KINDS
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="mertlab")
+def cli() -> None:
+    """mertlab: MERT-style self-supervised music-audio pre-training.
+
+    Compose a backbone, teachers and weighted objectives in a YAML spec; train; compare in MLflow.
+    """
+
+
+OVERRIDE_OPTION = click.option(
+    "-o", "--override", "overrides", multiple=True, metavar="KEY=VALUE",
+    help="Dotted override applied after the YAML, value parsed as YAML (repeatable), e.g. -o optim.lr=1e-4.",
+)
+
+
+@cli.command("plugins")
+@click.option("--kind", type=click.Choice(KINDS), help="Only components of this kind.")
+@click.argument("pattern", default="*")
+def plugins_command(kind: str | None, pattern: str) -> None:
+    """List registered components (built-in and installed plugins), filtered by a wildcard PATTERN."""
+    from mertlab.registry import get_registry
+
+    entries = get_registry().list(kind, pattern)
+    if not entries:
+        click.echo(f"no {kind or 'component'} matches {pattern!r}")
+        return
+    rows = [(e.name, e.kind, e.source.label, e.summary) for e in entries]
+    click.echo(format_table(("name", "kind", "source", "summary"), rows))
+
+
+@cli.command("validate")
+@click.argument("spec_path", metavar="SPEC")
+@OVERRIDE_OPTION
+def validate_command(spec_path: str, overrides: tuple[str, ...]) -> None:
+    """Validate SPEC (with overrides) and print the fully resolved spec as YAML."""
+    from mertlab.spec import dump_spec, load_spec
+
+    click.echo(dump_spec(load_spec(spec_path, overrides)), nl=False)
+
+
+@cli.command("schema")
+@click.argument("kind", required=False, type=click.Choice(KINDS))
+@click.argument("name", required=False)
+def schema_command(kind: str | None, name: str | None) -> None:
+    """JSON Schema of the experiment spec, or of one component's params (KIND NAME)."""
+    if kind is None:
+        from mertlab.spec import ExperimentSpec
+
+        schema = ExperimentSpec.model_json_schema()
+    else:
+        if name is None:
+            raise click.UsageError("give the component NAME after KIND, e.g. `mertlab schema teacher cqt`")
+        from mertlab.registry import get_registry
+
+        schema = get_registry().get(kind, name).params_model.model_json_schema()
+    click.echo(json.dumps(schema, indent=2))
+
+
+def format_table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
+    """A plain left-aligned text table."""
+    widths = [max(len(str(cell)) for cell in col) for col in zip(header, *rows)]
+    lines = ["  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip() for row in (header, *rows)]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _add_plugin_commands() -> None:
+    from mertlab.registry import get_registry
+
+    get_registry().plugin_manager.hook.register_commands(cli=cli)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: user errors print one clear message per problem and exit 1."""
+    try:
+        _add_plugin_commands()
+        cli.main(args=argv, prog_name="mertlab", standalone_mode=False)
+    except MertlabError as exc:
+        click.echo(f"error: {exc}".replace("\n", "\nerror: "), err=True)
+        return 1
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        return 1
+    except click.ClickException as exc:
+        exc.show()
+        return exc.exit_code
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

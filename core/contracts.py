@@ -1,0 +1,257 @@
+"""The contracts between mertlab and its plugins: teachers, backbones, objectives, maskings.
+
+Every component is a class with three class attributes and a constructor taking its params:
+
+* ``name``    -- unique name within its kind, used in specs (``teachers.rvq.name: encodec``);
+* ``summary`` -- one line shown by ``mertlab plugins``;
+* ``Params``  -- a pydantic model (subclass :class:`Params`, which forbids unknown fields);
+  every field has a default and a ``description`` so ``mertlab schema`` documents it.
+
+Components are built as ``Component(params, **context)``; the context each kind receives is
+documented on its base class. The training loop only talks to these base classes, so adding a
+teacher never touches it.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict
+from torch import Tensor, nn
+
+TargetKind = Literal["discrete", "continuous"]
+
+
+class Params(BaseModel):
+    """Base of every component's ``Params``: unknown fields are errors, values are validated
+    on assignment, and the model is frozen-by-convention (build a new one to change it)."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class NoParams(Params):
+    """For components that take no parameters."""
+
+
+# --------------------------------------------------------------------------- teachers
+@dataclass(frozen=True)
+class TargetInfo:
+    """What a teacher produces, known right after construction (before any audio is seen).
+
+    ``kind == "discrete"``: ``vocab_sizes`` has one entry per codebook, ``dim == len(vocab_sizes)``.
+    ``kind == "continuous"``: ``vocab_sizes`` is empty and ``dim`` is the feature size.
+    """
+
+    kind: TargetKind
+    dim: int
+    frame_rate: float
+    vocab_sizes: tuple[int, ...] = ()
+
+    @property
+    def num_codebooks(self) -> int:
+        return len(self.vocab_sizes)
+
+
+@dataclass
+class Targets:
+    """A batch of frame-level targets.
+
+    ``values``: ``[B, T, n_codebooks]`` int64 codes (discrete) or ``[B, T, dim]`` float32 (continuous).
+    ``lengths``: ``[B]`` number of valid frames per clip (frames past it are padding).
+    """
+
+    values: Tensor
+    lengths: Tensor
+    info: TargetInfo
+
+    @property
+    def padding_mask(self) -> Tensor:
+        """``[B, T]`` bool, True where a frame is padding."""
+        steps = torch.arange(self.values.shape[1], device=self.values.device)
+        return steps[None, :] >= self.lengths[:, None]
+
+
+class Teacher(nn.Module, ABC):
+    """Turns raw audio into frame-level pseudo-labels (discrete) or regression targets (continuous).
+
+    Constructed as ``Teacher(params)``. Teachers are frozen: ``targets`` runs under ``no_grad``
+    and never updates weights. A teacher that must be fitted first (k-means) sets
+    ``requires_fit = True`` and implements :meth:`fit`, :meth:`save_state`, :meth:`load_state`.
+    """
+
+    name: ClassVar[str]
+    summary: ClassVar[str]
+    Params: ClassVar[type[Params]]
+    #: The kind of targets; objectives declare which kind they accept (checked when a spec loads).
+    target_kind: ClassVar[TargetKind]
+    requires_fit: ClassVar[bool] = False
+
+    def __init__(self, params: Params) -> None:
+        super().__init__()
+        self.params = params
+
+    @property
+    @abstractmethod
+    def sample_rate(self) -> int:
+        """Sample rate (Hz) the teacher expects; callers resample to it."""
+
+    @property
+    @abstractmethod
+    def info(self) -> TargetInfo:
+        """Shape, kind, vocabulary and frame rate of the targets."""
+
+    @abstractmethod
+    def targets(self, wav: Tensor, lengths: Tensor) -> Targets:
+        """``wav``: ``[B, S]`` float mono at :attr:`sample_rate`; ``lengths``: ``[B]`` valid samples."""
+
+    def fingerprint(self) -> str:
+        """Stable hash of everything that changes the targets (params + fitted state).
+
+        The target cache is keyed by it. Teachers with fitted state or weights loaded from a
+        file should extend the hashed payload via :meth:`fingerprint_payload`.
+        """
+        payload = json.dumps(
+            {"name": self.name, "params": self.params.model_dump(mode="json"), "extra": self.fingerprint_payload()},
+            sort_keys=True,
+        )
+        return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+    def fingerprint_payload(self) -> Any:
+        """Extra JSON-able data mixed into :meth:`fingerprint` (e.g. hash of loaded weights)."""
+        return None
+
+    def fit(self, batches: Any) -> None:  # pragma: no cover - only for requires_fit teachers
+        """Fit the teacher on an iterable of ``(wav, lengths)`` batches at :attr:`sample_rate`."""
+        raise NotImplementedError(f"teacher '{self.name}' does not need fitting")
+
+
+# --------------------------------------------------------------------------- backbones
+@dataclass
+class BackboneOutput:
+    """What a backbone returns.
+
+    ``hidden_states``: tuple of ``[B, T, D]``; index 0 is the encoder input (after feature
+    projection / positional embedding), index ``i`` the output of encoder layer ``i``; the last
+    is the final output. ``padding_mask``: ``[B, T]`` True at padded frames.
+    ``attn_max_logits`` / ``act_rms``: per-layer scalars, filled only when ``instrument=True``.
+    ``extractor_features``: pre-projection features (for MERT's feature penalty), optional.
+    """
+
+    hidden_states: tuple[Tensor, ...]
+    padding_mask: Tensor
+    frame_rate: float
+    attn_max_logits: list[Tensor] | None = None
+    act_rms: list[Tensor] | None = None
+    extractor_features: Tensor | None = None
+
+    @property
+    def last_hidden_state(self) -> Tensor:
+        return self.hidden_states[-1]
+
+
+class Backbone(nn.Module, ABC):
+    """Waveform in, frame features out. Constructed as ``Backbone(params)``.
+
+    ``forward(wav, lengths, frame_mask)``: ``wav`` ``[B, S]`` at :attr:`sample_rate`, ``lengths``
+    ``[B]`` valid samples (None = all valid), ``frame_mask`` ``[B, T]`` bool -- frames to replace
+    by the learned mask embedding (``T == num_frames(S)``).
+    """
+
+    name: ClassVar[str]
+    summary: ClassVar[str]
+    Params: ClassVar[type[Params]]
+
+    @property
+    @abstractmethod
+    def sample_rate(self) -> int: ...
+
+    @property
+    @abstractmethod
+    def frame_rate(self) -> float: ...
+
+    @property
+    @abstractmethod
+    def hidden_dim(self) -> int: ...
+
+    @property
+    @abstractmethod
+    def num_layers(self) -> int: ...
+
+    @abstractmethod
+    def num_frames(self, num_samples: int) -> int:
+        """Frames produced for a clip of ``num_samples`` samples."""
+
+    @abstractmethod
+    def forward(
+        self,
+        wav: Tensor,
+        lengths: Tensor | None = None,
+        frame_mask: Tensor | None = None,
+        instrument: bool = False,
+    ) -> BackboneOutput: ...
+
+    def frame_lengths(self, lengths: Tensor) -> Tensor:
+        """Valid frames per clip for ``lengths`` valid samples."""
+        return torch.tensor([self.num_frames(int(n)) for n in lengths], device=lengths.device)
+
+    def block_names(self) -> dict[str, list[str]]:
+        """Groups of parameter-name prefixes for per-block gradient norms (``grad_norm/<block>``).
+
+        Default: one group per top-level child module. Override for finer groups (one per layer).
+        """
+        return {child: [child + "."] for child, _ in self.named_children()}
+
+
+# --------------------------------------------------------------------------- objectives
+@dataclass
+class ObjectiveOutput:
+    """``loss``: scalar; ``metrics``: extra scalars logged as ``<family>/<alias>/<key>``.
+
+    Metric keys are ``"acc/cb0"``-style: the training loop logs ``acc/cb0`` of objective alias
+    ``rvq`` as ``acc/rvq/cb0``.
+    """
+
+    loss: Tensor
+    metrics: dict[str, Tensor] = field(default_factory=dict)
+
+
+class Objective(nn.Module, ABC):
+    """A training loss on backbone features against (aligned) teacher targets.
+
+    Constructed as ``Objective(params, hidden_dim=..., num_layers=..., target_info=TargetInfo)``.
+    ``forward(out, targets, mask)``: ``targets`` are already aligned to the backbone's frames
+    (``targets.values.shape[1] == T``); ``mask`` ``[B, T]`` True at masked frames.
+    """
+
+    name: ClassVar[str]
+    summary: ClassVar[str]
+    Params: ClassVar[type[Params]]
+    #: Target kinds this objective can learn from.
+    accepts: ClassVar[tuple[TargetKind, ...]]
+
+    @abstractmethod
+    def forward(self, out: BackboneOutput, targets: Targets, mask: Tensor) -> ObjectiveOutput: ...
+
+
+# --------------------------------------------------------------------------- masking
+class Masking(ABC):
+    """Chooses which frames the student sees replaced by the mask embedding.
+
+    Constructed as ``Masking(params)``; called as ``masking(padding_mask, generator)`` with
+    ``padding_mask`` ``[B, T]`` (True = padding) and returns a ``[B, T]`` bool mask that is
+    never True on padding.
+    """
+
+    name: ClassVar[str]
+    summary: ClassVar[str]
+    Params: ClassVar[type[Params]]
+
+    def __init__(self, params: Params) -> None:
+        self.params = params
+
+    @abstractmethod
+    def __call__(self, padding_mask: Tensor, generator: torch.Generator | None = None) -> Tensor: ...

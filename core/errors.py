@@ -1,0 +1,33 @@
+"""Errors mertlab shows to users.
+
+Every error a user can cause by bad input derives from :class:`MertlabError`; the CLI prints
+its message (one line per problem) and exits 1 without a traceback.
+"""
+from __future__ import annotations
+
+
+class MertlabError(Exception):
+    """Base class of user-facing errors. ``str(err)`` is the complete message to print."""
+
+
+class PluginError(MertlabError):
+    """A plugin failed to load, misbehaved while registering, or clashes with another."""
+
+
+class UnknownComponentError(MertlabError):
+    """A spec (or a call) named a component that no loaded plugin registers."""
+
+
+class SpecError(MertlabError):
+    """An experiment spec is invalid. Holds ``(path, message)`` problems, rendered one a line."""
+
+    def __init__(self, problems: list[tuple[str, str]], source: str | None = None) -> None:
+        self.problems = list(problems)
+        self.source = source
+        prefix = f"{source}: " if source else ""
+        lines = [f"{prefix}{path}: {msg}" if path else f"{prefix}{msg}" for path, msg in self.problems]
+        super().__init__("\n".join(lines))
+
+
+class DataError(MertlabError):
+    """Audio or dataset problems: missing/empty folders, undecodable files, clips too short."""

@@ -1,0 +1,151 @@
+"""The component registry: kind -> {name: entry}, filled by the ``register_*`` hooks.
+
+>>> from mertlab.registry import get_registry
+>>> get_registry().list("teacher", "*enc*")        # wildcard listing, like timm.list_models
+>>> get_registry().build("teacher", "cqt", {"n_bins": 84})
+"""
+from __future__ import annotations
+
+import difflib
+import fnmatch
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any, Literal, get_args
+
+from pydantic import BaseModel, ValidationError
+
+from mertlab.errors import PluginError, UnknownComponentError
+from mertlab.plugin_manager import MertlabPluginManager, PluginSource, create_plugin_manager
+
+Kind = Literal["teacher", "backbone", "objective", "masking", "callback"]
+KINDS: tuple[str, ...] = get_args(Kind)
+#: hook name per kind
+HOOKS: dict[str, str] = {
+    "teacher": "register_teachers",
+    "backbone": "register_backbones",
+    "objective": "register_objectives",
+    "masking": "register_maskings",
+    "callback": "register_callbacks",
+}
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One registered component."""
+
+    kind: str
+    name: str
+    component: type
+    source: PluginSource
+
+    @property
+    def summary(self) -> str:
+        return getattr(self.component, "summary", "") or ""
+
+    @property
+    def params_model(self) -> type[BaseModel]:
+        return self.component.Params
+
+    def validate_params(self, params: dict[str, Any] | BaseModel | None) -> BaseModel:
+        """Validate raw params against the component's ``Params`` (raises ``ValidationError``)."""
+        if isinstance(params, self.params_model):
+            return params
+        return self.params_model.model_validate(params or {})
+
+    def build(self, params: dict[str, Any] | BaseModel | None = None, **context: Any) -> Any:
+        return self.component(self.validate_params(params), **context)
+
+
+def _check_component(kind: str, component: Any, source: PluginSource) -> None:
+    where = f"plugin '{source.plugin}' ({source.label})"
+    if not isinstance(component, type):
+        raise PluginError(f"{where} registered {component!r} as a {kind}; expected a class")
+    name = getattr(component, "name", None)
+    if not isinstance(name, str) or not name:
+        raise PluginError(f"{where} registered {component.__qualname__} as a {kind} without a string `name`")
+    params = getattr(component, "Params", None)
+    if not (isinstance(params, type) and issubclass(params, BaseModel)):
+        raise PluginError(f"{where} registered {kind} '{name}' without a pydantic `Params` model")
+
+
+class Registry:
+    """Registered components by kind, with their plugin of origin."""
+
+    def __init__(self, plugin_manager: MertlabPluginManager) -> None:
+        self.plugin_manager = plugin_manager
+        self._entries: dict[str, dict[str, Entry]] = {kind: {} for kind in KINDS}
+        for kind, hook_name in HOOKS.items():
+            hook = getattr(plugin_manager.hook, hook_name)
+            for impl in reversed(hook.get_hookimpls()):  # registration order
+                source = plugin_manager.source_of(impl.plugin_name)
+                impl.function(register=self._registrar(kind, source))
+
+    def _registrar(self, kind: str, source: PluginSource):
+        def register(component: type) -> None:
+            _check_component(kind, component, source)
+            existing = self._entries[kind].get(component.name)
+            if existing is not None:
+                raise PluginError(
+                    f"two plugins register a {kind} named '{component.name}': "
+                    f"'{existing.source.plugin}' ({existing.source.label}) and "
+                    f"'{source.plugin}' ({source.label}); uninstall one or set MERTLAB_DISABLE_AUTOLOAD=1"
+                )
+            self._entries[kind][component.name] = Entry(kind, component.name, component, source)
+
+        return register
+
+    def names(self, kind: str) -> list[str]:
+        return sorted(self._entries[self._kind(kind)])
+
+    def list(self, kind: str | None = None, pattern: str = "*") -> list[Entry]:
+        """Entries of ``kind`` (all kinds if None) whose name matches the wildcard ``pattern``."""
+        kinds = [self._kind(kind)] if kind else list(KINDS)
+        return [
+            entry
+            for k in kinds
+            for name, entry in sorted(self._entries[k].items())
+            if fnmatch.fnmatchcase(name, pattern)
+        ]
+
+    def get(self, kind: str, name: str) -> Entry:
+        entries = self._entries[self._kind(kind)]
+        if name in entries:
+            return entries[name]
+        raise UnknownComponentError(unknown_name_message(kind, name, sorted(entries)))
+
+    def build(self, kind: str, name: str, params: dict[str, Any] | BaseModel | None = None, **context: Any) -> Any:
+        """Validate ``params`` and construct component ``name`` of ``kind``."""
+        entry = self.get(kind, name)
+        try:
+            validated = entry.validate_params(params)
+        except ValidationError as exc:
+            from mertlab.spec import render_validation_error
+
+            raise UnknownComponentError(
+                "\n".join(f"{kind} '{name}' params.{line}" for line in render_validation_error(exc))
+            ) from exc
+        return entry.component(validated, **context)
+
+    @staticmethod
+    def _kind(kind: str) -> str:
+        if kind not in KINDS:
+            raise UnknownComponentError(unknown_name_message("kind", kind, list(KINDS)))
+        return kind
+
+
+def unknown_name_message(kind: str, name: str, available: list[str]) -> str:
+    """``unknown teacher 'encodek'; did you mean 'encodec'? available: cqt, encodec``."""
+    close = difflib.get_close_matches(name, available, n=1)
+    hint = f"; did you mean '{close[0]}'?" if close else ""
+    listing = ", ".join(available) if available else "(none installed)"
+    return f"unknown {kind} '{name}'{hint} available: {listing}"
+
+
+@lru_cache(maxsize=1)
+def get_registry() -> Registry:
+    """The process-wide registry (built on first use; :func:`reset_registry` forgets it)."""
+    return Registry(create_plugin_manager())
+
+
+def reset_registry() -> None:
+    get_registry.cache_clear()

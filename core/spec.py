@@ -1,0 +1,279 @@
+"""Experiment specs: YAML -> validated, fully resolved :class:`ExperimentSpec`.
+
+Loading goes: read YAML -> merge ``base:`` files (deep merge; ``null`` deletes a key) -> apply
+``-o dotted.key=value`` overrides (values parsed as YAML) -> validate the outer structure ->
+validate each component's ``params`` against its plugin's ``Params`` -> cross-reference checks.
+Every problem becomes a ``path.to.field: message`` line of one :class:`SpecError`.
+"""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from mertlab.errors import MertlabError, SpecError
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ComponentSpec(StrictModel):
+    """A registered component and its params (validated against the plugin's ``Params``)."""
+
+    name: str = Field(description="Registered component name (see `mertlab plugins`).")
+    params: dict[str, Any] = Field(default_factory=dict, description="The component's params.")
+
+
+class ObjectiveSpec(ComponentSpec):
+    """An objective, the teacher whose targets it learns, and its named weight in the total loss."""
+
+    teacher: str = Field(description="Alias (key under `teachers`) of the teacher providing targets.")
+    weight: float = Field(1.0, ge=0, description="Weight of this objective in loss/total.")
+
+
+class DataSpec(StrictModel):
+    path: str = Field("data/demo", description="Audio folder (scanned recursively) or a manifest file listing audio paths.")
+    generate_demo: bool = Field(False, description="If `path` has no audio, write the generated demo set there first.")
+    crop_seconds: float = Field(5.0, gt=0, description="Random crop length in seconds (MERT: 5 s).")
+    batch_size: int = Field(8, ge=1)
+    num_workers: int = Field(0, ge=0, description="DataLoader worker processes.")
+    val_fraction: float = Field(0.1, ge=0, lt=1, description="Fraction of files held out for validation.")
+    extensions: list[str] = Field(default_factory=lambda: [".wav", ".flac", ".ogg", ".mp3"])
+    target_cache: str | None = Field(None, description="Directory of precomputed targets (`mertlab targets build`); null computes targets on the fly.")
+
+
+class MixupSpec(StrictModel):
+    probability: float = Field(0.5, ge=0, le=1, description="Chance per clip of adding another clip's crop (MERT: 0.5).")
+    max_gain: float = Field(0.5, ge=0, description="The added clip is scaled by a random gain in [0, max_gain].")
+
+
+class AugmentSpec(StrictModel):
+    mixup: MixupSpec | None = Field(default_factory=MixupSpec, description="In-batch mixup on the student input; null disables.")
+
+
+class OptimSpec(StrictModel):
+    name: Literal["adam", "adamw"] = "adamw"
+    lr: float = Field(5e-4, gt=0, description="Peak learning rate (MERT-95M: 5e-4).")
+    betas: tuple[float, float] = (0.9, 0.98)
+    eps: float = Field(1e-6, gt=0)
+    weight_decay: float = Field(0.01, ge=0)
+    warmup_steps: int = Field(0, ge=0)
+    schedule: Literal["linear", "cosine", "constant"] = "linear"
+    min_lr_ratio: float = Field(0.0, ge=0, le=1, description="Final lr as a fraction of the peak.")
+    grad_clip: float | None = Field(10.0, gt=0, description="Max global grad norm (MERT-95M: 10, 330M: 1); null disables.")
+
+
+class TrainerSpec(StrictModel):
+    max_steps: int = Field(1000, ge=1)
+    precision: Literal["32", "bf16-mixed", "16-mixed"] = "32"
+    accumulate_grad_batches: int = Field(1, ge=1)
+    val_every_n_steps: int = Field(200, ge=1)
+    limit_val_batches: int = Field(4, ge=0)
+    log_every_n_steps: int = Field(10, ge=1)
+    output_dir: str = Field("runs", description="Checkpoints go to <output_dir>/<name>/.")
+    accelerator: str = "auto"
+    devices: int = Field(1, ge=1)
+
+
+class TrackingSpec(StrictModel):
+    tracking_uri: str | None = Field(None, description="MLflow tracking URI; null uses $MLFLOW_TRACKING_URI or sqlite:///mlflow.db.")
+    experiment: str | None = Field(None, description="MLflow experiment; null uses the spec name.")
+    run_name: str | None = None
+    tags: dict[str, str] = Field(default_factory=dict)
+
+
+class ExperimentSpec(StrictModel):
+    """A complete, resolved experiment."""
+
+    name: str = Field(min_length=1, description="Experiment name (MLflow experiment by default).")
+    description: str = ""
+    seed: int = 0
+    requires_plugins: list[str] = Field(default_factory=list, description="Plugin or distribution names that must be installed.")
+    data: DataSpec = Field(default_factory=DataSpec)
+    backbone: ComponentSpec
+    teachers: dict[str, ComponentSpec] = Field(min_length=1)
+    objectives: dict[str, ObjectiveSpec] = Field(min_length=1)
+    masking: ComponentSpec = Field(default_factory=lambda: ComponentSpec(name="span"))
+    augment: AugmentSpec = Field(default_factory=AugmentSpec)
+    optim: OptimSpec = Field(default_factory=OptimSpec)
+    trainer: TrainerSpec = Field(default_factory=TrainerSpec)
+    tracking: TrackingSpec = Field(default_factory=TrackingSpec)
+    callbacks: dict[str, ComponentSpec] = Field(default_factory=dict, description="Training callbacks by alias.")
+
+
+# --------------------------------------------------------------------------- rendering
+def validation_problems(exc: ValidationError, prefix: str = "") -> list[tuple[str, str]]:
+    """``(path.to.field, message)`` for each pydantic error, paths under ``prefix``."""
+    head = prefix.split(".") if prefix else []
+    return [(".".join(str(p) for p in (*head, *err["loc"])), err["msg"]) for err in exc.errors()]
+
+
+def render_validation_error(exc: ValidationError, prefix: str = "") -> list[str]:
+    """``path.to.field: message`` lines for each pydantic error."""
+    return [f"{path}: {msg}" if path else msg for path, msg in validation_problems(exc, prefix)]
+
+
+# --------------------------------------------------------------------------- YAML + merging
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """A YAML mapping from ``path``; missing file / bad YAML / non-mapping -> SpecError."""
+    path = Path(path)
+    if not path.is_file():
+        raise SpecError([("", f"no such spec file (looked for {path.resolve()})")], source=str(path))
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise SpecError([("", f"malformed YAML: {where}{problem}")], source=str(path)) from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise SpecError([("", f"expected a mapping at the top level, got {type(data).__name__}")], source=str(path))
+    return data
+
+
+def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """Recursively merge ``override`` into a copy of ``base``; a ``None`` value deletes the key."""
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        if value is None:
+            out.pop(key, None)
+        elif isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def read_with_bases(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """The spec at ``path`` with its ``base:`` file(s) merged underneath (relative to ``path``)."""
+    path = Path(path).resolve() if Path(path).is_file() else Path(path)
+    if path in _seen:
+        chain = " -> ".join(str(p) for p in (*_seen, path))
+        raise SpecError([("base", f"inheritance cycle: {chain}")], source=str(_seen[0]))
+    data = read_yaml(path)
+    bases = data.pop("base", None)
+    if bases is None:
+        return data
+    if isinstance(bases, str):
+        bases = [bases]
+    if not (isinstance(bases, list) and all(isinstance(b, str) for b in bases)):
+        raise SpecError([("base", "expected a file path or a list of file paths")], source=str(path))
+    merged: dict[str, Any] = {}
+    for base in bases:
+        base_path = Path(base) if Path(base).is_absolute() else path.parent / base
+        if not base_path.is_file():
+            raise SpecError([("base", f"no such base spec {base!r} (looked for {base_path})")], source=str(path))
+        merged = deep_merge(merged, read_with_bases(base_path, (*_seen, path)))
+    return deep_merge(merged, data)
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """Apply ``dotted.key=value`` overrides (value parsed as YAML; ``null`` deletes the key)."""
+    out = copy.deepcopy(data)
+    for override in overrides:
+        key, sep, raw = override.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise SpecError([("", f"override {override!r}: expected KEY=VALUE, e.g. optim.lr=1e-4")])
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            raise SpecError([(key, f"override value {raw!r} is not valid YAML")]) from None
+        parts = key.split(".")
+        node = out
+        for i, part in enumerate(parts[:-1]):
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                where = ".".join(parts[: i + 1])
+                raise SpecError([(key, f"cannot override inside {where}, which is a {type(child).__name__}, not a mapping")])
+            node = child
+        if value is None:
+            node.pop(parts[-1], None)
+        else:
+            node[parts[-1]] = value
+    return out
+
+
+# --------------------------------------------------------------------------- resolution
+def resolve_spec(data: dict[str, Any], source: str | None = None, registry: Any = None) -> ExperimentSpec:
+    """Validate raw spec data in two stages and return the fully resolved spec."""
+    try:
+        spec = ExperimentSpec.model_validate(data)
+    except ValidationError as exc:
+        raise SpecError(validation_problems(exc), source=source) from None
+
+    if registry is None:
+        from mertlab.registry import get_registry
+
+        registry = get_registry()
+    problems: list[tuple[str, str]] = []
+    problems += _missing_plugins(spec.requires_plugins, registry)
+
+    def check(kind: str, path: str, component: ComponentSpec) -> Any:
+        try:
+            entry = registry.get(kind, component.name)
+        except MertlabError as exc:
+            problems.append((f"{path}.name", str(exc)))
+            return None
+        try:
+            component.params = entry.validate_params(component.params).model_dump(mode="json")
+        except ValidationError as exc:
+            problems.extend(validation_problems(exc, prefix=f"{path}.params"))
+        return entry
+
+    check("backbone", "backbone", spec.backbone)
+    check("masking", "masking", spec.masking)
+    teacher_entries = {alias: check("teacher", f"teachers.{alias}", t) for alias, t in spec.teachers.items()}
+    for alias, cb in spec.callbacks.items():
+        check("callback", f"callbacks.{alias}", cb)
+    for alias, objective in spec.objectives.items():
+        entry = check("objective", f"objectives.{alias}", objective)
+        if objective.teacher not in spec.teachers:
+            known = ", ".join(sorted(spec.teachers)) or "(none)"
+            problems.append((f"objectives.{alias}.teacher", f"no teacher alias '{objective.teacher}' in `teachers` (defined: {known})"))
+            continue
+        teacher = teacher_entries.get(objective.teacher)
+        if entry is not None and teacher is not None:
+            kind = teacher.component.target_kind
+            if kind not in entry.component.accepts:
+                problems.append((
+                    f"objectives.{alias}.teacher",
+                    f"objective '{objective.name}' needs {' or '.join(entry.component.accepts)} targets, "
+                    f"but teacher '{objective.teacher}' ({teacher.name}) gives {kind} targets",
+                ))
+    if problems:
+        raise SpecError(problems, source=source)
+    return spec
+
+
+def _missing_plugins(required: list[str], registry: Any) -> list[tuple[str, str]]:
+    sources = registry.plugin_manager.sources.values()
+    have = {s.plugin for s in sources} | {s.distribution for s in sources if s.distribution}
+    return [
+        ("requires_plugins", f"plugin '{name}' is required but not loaded (installed: {', '.join(sorted(have))})")
+        for name in required
+        if name not in have
+    ]
+
+
+def load_spec(path: str | Path, overrides: list[str] | tuple[str, ...] = (), registry: Any = None) -> ExperimentSpec:
+    """Read, merge, override and validate the spec at ``path``."""
+    data = read_with_bases(path)
+    try:
+        data = apply_overrides(data, overrides)
+    except SpecError as exc:
+        raise SpecError(exc.problems, source=str(path)) from None
+    return resolve_spec(data, source=str(path), registry=registry)
+
+
+def dump_spec(spec: ExperimentSpec) -> str:
+    """The resolved spec as YAML; :func:`load_spec` of it gives an equal spec."""
+    return yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False, default_flow_style=False)
