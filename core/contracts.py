@@ -165,6 +165,10 @@ class Backbone(nn.Module, ABC):
     summary: ClassVar[str]
     Params: ClassVar[type[Params]]
 
+    def __init__(self, params: Params) -> None:
+        super().__init__()
+        self.params = params
+
     @property
     @abstractmethod
     def sample_rate(self) -> int: ...
@@ -232,6 +236,13 @@ class Objective(nn.Module, ABC):
     Params: ClassVar[type[Params]]
     #: Target kinds this objective can learn from.
     accepts: ClassVar[tuple[TargetKind, ...]]
+
+    def __init__(self, params: Params, *, hidden_dim: int, num_layers: int, target_info: TargetInfo) -> None:
+        super().__init__()
+        self.params = params
+        self.hidden_dim = hidden_dim
+        self.num_layers = num_layers
+        self.target_info = target_info
 
     @abstractmethod
     def forward(self, out: BackboneOutput, targets: Targets, mask: Tensor) -> ObjectiveOutput: ...
