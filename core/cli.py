@@ -69,6 +69,19 @@ def schema_command(kind: str | None, name: str | None) -> None:
     click.echo(json.dumps(schema, indent=2))
 
 
+@cli.command("demo-data")
+@click.argument("directory", default="data/demo")
+@click.option("--clips", default=40, show_default=True, help="Number of generated clips.")
+@click.option("--seconds", default=6.0, show_default=True, help="Length of each clip.")
+@click.option("--seed", default=0, show_default=True)
+def demo_data_command(directory: str, clips: int, seconds: float, seed: int) -> None:
+    """Write a small generated music set (chords, melodies, drums; 24 kHz WAV) to DIRECTORY."""
+    from mertlab.data.demo import write_demo_dataset
+
+    paths = write_demo_dataset(directory, num_clips=clips, seconds=seconds, seed=seed)
+    click.echo(f"{len(paths)} clips ({len(paths) * seconds / 60:.1f} min) in {directory}")
+
+
 def format_table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
     """A plain left-aligned text table."""
     widths = [max(len(str(cell)) for cell in col) for col in zip(header, *rows)]
