@@ -69,6 +69,30 @@ def schema_command(kind: str | None, name: str | None) -> None:
     click.echo(json.dumps(schema, indent=2))
 
 
+@cli.command("train")
+@click.argument("spec_path", metavar="SPEC")
+@OVERRIDE_OPTION
+@click.option("--resume", "resume", is_flag=False, flag_value="latest", default=None, metavar="[CKPT]",
+              help="Continue the newest run of this spec (or the given checkpoint): same step, optimizer state and MLflow run.")
+@click.option("--no-progress", is_flag=True, help="No progress bar (e.g. in batch jobs).")
+def train_command(spec_path: str, overrides: tuple[str, ...], resume: str | None, no_progress: bool) -> None:
+    """Pre-train the model described by SPEC; metrics go to MLflow."""
+    from mertlab.spec import load_spec
+    from mertlab.tracking import ui_command
+    from mertlab.train.run import train
+
+    spec = load_spec(spec_path, overrides)
+    result = train(spec, resume=True if resume == "latest" else (resume or False), progress=not no_progress)
+    losses = ", ".join(f"{k}={v:.4g}" for k, v in sorted(result.metrics.items()) if k.startswith(("loss/", "val/loss/")))
+    click.echo(
+        f"\nrun {result.run_id} finished (experiment '{result.experiment}')\n"
+        f"  final: {losses}\n"
+        f"  metrics: {result.tracking_uri}\n"
+        f"  checkpoints: {result.checkpoint_dir}\n"
+        f"  open the UI: {ui_command(result.tracking_uri)}  (then http://127.0.0.1:5000)"
+    )
+
+
 @cli.command("demo-data")
 @click.argument("directory", default="data/demo")
 @click.option("--clips", default=40, show_default=True, help="Number of generated clips.")
