@@ -20,7 +20,12 @@ ENTRY_POINT_GROUP = "mertlab"
 DISABLE_AUTOLOAD_ENV = "MERTLAB_DISABLE_AUTOLOAD"
 
 #: Built-in plugin modules, registered exactly like third-party plugins.
-DEFAULT_PLUGINS: tuple[str, ...] = ()
+DEFAULT_PLUGINS: tuple[str, ...] = (
+    "mertlab.plugins.objectives.masked_prediction",
+    "mertlab.plugins.objectives.masked_regression",
+    "mertlab.plugins.objectives.linear_classification",
+    "mertlab.plugins.maskings.span",
+)
 
 
 @dataclass(frozen=True)
