@@ -24,11 +24,7 @@ from pydantic import Field, field_validator
 from torch import Tensor
 
 from mertlab.contracts import BackboneOutput, ObjectiveOutput, Params, TargetInfo, Targets
-from mertlab.errors import MertlabError
-
-
-class ObjectiveError(MertlabError):
-    """An objective cannot work with the backbone/teacher it was given, or got inconsistent inputs."""
+from mertlab.errors import ObjectiveError
 
 
 # --------------------------------------------------------------------------- params

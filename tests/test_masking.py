@@ -48,6 +48,11 @@ def test_span_is_registered_with_mert_defaults():
     assert not masking.params.no_overlap
 
 
+def test_every_param_has_a_default_and_a_description():
+    for field_name, field in get_registry().get("masking", "span").params_model.model_fields.items():
+        assert field.description and not field.is_required(), field_name
+
+
 @pytest.mark.parametrize("params", [{"mask_prob": 1.5}, {"span_length": 0}, {"min_spans": -1}, {"span": 5}])
 def test_bad_params_are_refused(params):
     with pytest.raises(MertlabError, match="masking 'span' params"):

@@ -9,8 +9,7 @@ import torch
 from torch import nn
 
 from mertlab.contracts import BackboneOutput, Objective, TargetInfo, Targets
-from mertlab.errors import MertlabError
-from mertlab.masked_loss import ObjectiveError
+from mertlab.errors import MertlabError, ObjectiveError
 from mertlab.registry import get_registry
 
 B, T, D, LAYERS = 3, 20, 16, 2
