@@ -31,3 +31,7 @@ class SpecError(MertlabError):
 
 class DataError(MertlabError):
     """Audio or dataset problems: missing/empty folders, undecodable files, clips too short."""
+
+
+class ObjectiveError(MertlabError):
+    """An objective cannot work with the backbone/teacher it was given, or got inconsistent inputs."""
