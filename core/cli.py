@@ -69,6 +69,20 @@ def schema_command(kind: str | None, name: str | None) -> None:
     click.echo(json.dumps(schema, indent=2))
 
 
+@cli.command("model-info")
+@click.argument("spec", metavar="SPEC")
+@OVERRIDE_OPTION
+def model_info_command(spec: str, overrides: tuple[str, ...]) -> None:
+    """Parameter count, frame rate and size of a backbone.
+
+    SPEC is an experiment spec file (overrides are spec keys: -o backbone.params.preset=large)
+    or a backbone name (overrides are its params: `mertlab model-info transformer -o preset=large`).
+    """
+    from mertlab.model_info import model_info
+
+    click.echo(format_table(("field", "value"), model_info(spec, overrides).rows()))
+
+
 def format_table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
     """A plain left-aligned text table."""
     widths = [max(len(str(cell)) for cell in col) for col in zip(header, *rows)]
