@@ -359,13 +359,21 @@ class ConformerBlock(nn.Module):
 
     def forward(
         self, x: Tensor, pad: Tensor, rotary: tuple[Tensor, Tensor] | None, instrument: bool
-    ) -> tuple[Tensor, Tensor | None]:
+    ) -> tuple[Tensor, tuple[Tensor, Tensor] | None]:
+        """Returns the block output and, when ``instrument``, (max attention logit, RMS of the
+        residual stream over valid frames before the final LayerNorm), both detached. The
+        pre-norm RMS is the one that shows residual growth: the output's RMS is ~ the norm gain."""
         x = x + 0.5 * self.ffn1(x)
         attn, max_logit = self.attention(x, ~pad[:, None, None, :], rotary, instrument)
         x = x + attn
         x = x + self.conv(x, pad)
         x = x + 0.5 * self.ffn2(x)
-        return self.final_norm(x).masked_fill(pad[..., None], 0.0), max_logit
+        stats = None
+        if instrument:
+            with torch.no_grad():
+                valid = x.detach().float()[~pad]
+                stats = (max_logit, valid.pow(2).mean().sqrt())
+        return self.final_norm(x).masked_fill(pad[..., None], 0.0), stats
 
 
 # --------------------------------------------------------------------------- backbone
@@ -376,6 +384,11 @@ class ConformerBackbone(Backbone):
     Same contract as every backbone: ``forward(wav, lengths, frame_mask, instrument)`` returns
     all hidden states (index 0 = encoder input, after the mask embedding), the frame padding
     mask and the frame rate. Padded frames of every hidden state are zero.
+
+    ``instrument=True`` adds, per block, the max pre-softmax attention logit over valid
+    (query, key) pairs and the RMS of the residual stream before the block's final LayerNorm
+    (the block output is LayerNorm'd, so its own RMS would only show the norm gain). Both are
+    detached; with ``instrument=False`` neither is computed.
     """
 
     name = "conformer"
@@ -472,29 +485,24 @@ class ConformerBackbone(Backbone):
 
         hidden_states = [x]
         max_logits: list[Tensor] = []
+        act_rms: list[Tensor] = []
         use_checkpoint = self.params.gradient_checkpointing and self.training and torch.is_grad_enabled()
         for layer in self.layers:
             if use_checkpoint:
-                x, max_logit = checkpoint(layer, x, pad, rotary, instrument, use_reentrant=False)
+                x, stats = checkpoint(layer, x, pad, rotary, instrument, use_reentrant=False)
             else:
-                x, max_logit = layer(x, pad, rotary, instrument)
+                x, stats = layer(x, pad, rotary, instrument)
             hidden_states.append(x)
-            if instrument:
-                max_logits.append(max_logit)
+            if stats is not None:
+                max_logits.append(stats[0])
+                act_rms.append(stats[1])
 
-        act_rms = None
-        if instrument:
-            valid = (~pad)[..., None].to(torch.float32)
-            denom = valid.sum() * self.hidden_dim
-            act_rms = [
-                ((h.detach().float().pow(2) * valid).sum() / denom).sqrt() for h in hidden_states[1:]
-            ]
         return BackboneOutput(
             hidden_states=tuple(hidden_states),
             padding_mask=pad,
             frame_rate=self.frame_rate,
             attn_max_logits=max_logits if instrument else None,
-            act_rms=act_rms,
+            act_rms=act_rms if instrument else None,
             extractor_features=features,
         )
 
