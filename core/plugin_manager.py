@@ -27,6 +27,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "mertlab.plugins.objectives.linear_classification",
     "mertlab.plugins.maskings.span",
     "mertlab.plugins.backbones.transformer",
+    "mertlab.plugins.backbones.conformer",
 )
 
 
