@@ -31,3 +31,7 @@ class SpecError(MertlabError):
 
 class DataError(MertlabError):
     """Audio or dataset problems: missing/empty folders, undecodable files, clips too short."""
+
+
+class WeightsError(MertlabError):
+    """Pretrained weights are missing (nothing is downloaded) or do not fit the model."""
