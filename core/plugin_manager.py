@@ -28,6 +28,8 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "mertlab.plugins.maskings.span",
     "mertlab.plugins.backbones.transformer",
     "mertlab.plugins.backbones.conformer",
+    "mertlab.plugins.teachers.encodec",
+    "mertlab.plugins.teachers.dac",
 )
 
 
