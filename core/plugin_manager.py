@@ -20,7 +20,9 @@ ENTRY_POINT_GROUP = "mertlab"
 DISABLE_AUTOLOAD_ENV = "MERTLAB_DISABLE_AUTOLOAD"
 
 #: Built-in plugin modules, registered exactly like third-party plugins.
-DEFAULT_PLUGINS: tuple[str, ...] = ()
+DEFAULT_PLUGINS: tuple[str, ...] = (
+    "mertlab.plugins.teachers.cqt",
+)
 
 
 @dataclass(frozen=True)
