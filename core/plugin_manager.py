@@ -22,6 +22,8 @@ DISABLE_AUTOLOAD_ENV = "MERTLAB_DISABLE_AUTOLOAD"
 #: Built-in plugin modules, registered exactly like third-party plugins.
 DEFAULT_PLUGINS: tuple[str, ...] = (
     "mertlab.plugins.teachers.cqt",
+    "mertlab.plugins.teachers.kmeans",
+    "mertlab.plugins.teachers.bestrq",
 )
 
 
