@@ -30,6 +30,9 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "mertlab.plugins.backbones.conformer",
     "mertlab.plugins.teachers.encodec",
     "mertlab.plugins.teachers.dac",
+    "mertlab.plugins.teachers.cqt",
+    "mertlab.plugins.teachers.kmeans",
+    "mertlab.plugins.teachers.bestrq",
 )
 
 
