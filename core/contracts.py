@@ -7,6 +7,10 @@ Every component is a class with three class attributes and a constructor taking 
 * ``Params``  -- a pydantic model (subclass :class:`Params`, which forbids unknown fields);
   every field has a default and a ``description`` so ``mertlab schema`` documents it.
 
+Optionally ``test_params`` (a dict, default ``{}``): params for a small, fast instance that needs
+no downloaded weights (e.g. ``{"preset": "tiny"}`` or ``{"pretrained": False}``). mertlab's test
+suite builds every registered component with them, so a new plugin is tested for free.
+
 Components are built as ``Component(params, **context)``; the context each kind receives is
 documented on its base class. The training loop only talks to these base classes, so adding a
 teacher never touches it.

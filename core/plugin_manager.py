@@ -21,10 +21,18 @@ DISABLE_AUTOLOAD_ENV = "MERTLAB_DISABLE_AUTOLOAD"
 
 #: Built-in plugin modules, registered exactly like third-party plugins.
 DEFAULT_PLUGINS: tuple[str, ...] = (
+    "mertlab.plugins.callbacks.stability",
     "mertlab.plugins.objectives.masked_prediction",
     "mertlab.plugins.objectives.masked_regression",
     "mertlab.plugins.objectives.linear_classification",
     "mertlab.plugins.maskings.span",
+    "mertlab.plugins.backbones.transformer",
+    "mertlab.plugins.backbones.conformer",
+    "mertlab.plugins.teachers.encodec",
+    "mertlab.plugins.teachers.dac",
+    "mertlab.plugins.teachers.cqt",
+    "mertlab.plugins.teachers.kmeans",
+    "mertlab.plugins.teachers.bestrq",
 )
 
 

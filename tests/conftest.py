@@ -1,14 +1,77 @@
+from __future__ import annotations
+
+import copy
+import sys
+import textwrap
+from pathlib import Path
+
 import pytest
 import torch
+import yaml
 
 torch.set_num_threads(2)
+sys.path.insert(0, str(Path(__file__).parent))
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(autouse=True)
-def _fresh_registry(monkeypatch):
+def _fresh_registry():
     """Every test sees a registry built from the current environment (no cross-test leaks)."""
     from mertlab.registry import reset_registry
 
     reset_registry()
     yield
     reset_registry()
+
+
+@pytest.fixture
+def toy_registry(monkeypatch):
+    """The real registry plus the toy components of tests/toy_plugins.py, installed as the
+    process-wide registry (so the CLI sees it too)."""
+    import toy_plugins
+
+    import mertlab.registry as registry_module
+    from mertlab.plugin_manager import PluginSource, create_plugin_manager
+
+    pm = create_plugin_manager(autoload=False)
+    pm.register_source(toy_plugins, PluginSource("toy_plugins"))
+    registry = registry_module.Registry(pm)
+    monkeypatch.setattr(registry_module, "get_registry", lambda: registry)
+    return registry
+
+
+@pytest.fixture
+def toy_spec() -> dict:
+    import toy_plugins
+
+    return copy.deepcopy(toy_plugins.TOY_SPEC)
+
+
+@pytest.fixture
+def write_yaml(tmp_path):
+    def write(data, name: str = "spec.yaml") -> Path:
+        path = tmp_path / name
+        path.write_text(data if isinstance(data, str) else yaml.safe_dump(data, sort_keys=False))
+        return path
+
+    return write
+
+
+@pytest.fixture
+def fake_dist(tmp_path, monkeypatch):
+    """Create an installed-looking distribution (module + dist-info with a `mertlab` entry
+    point) on sys.path: real entry-point discovery, without pip."""
+
+    def make(dist: str, module: str, code: str, version: str = "1.0", ep_name: str | None = None) -> Path:
+        root = tmp_path / f"site-{dist}"
+        root.mkdir()
+        (root / f"{module}.py").write_text(textwrap.dedent(code))
+        info = root / f"{dist.replace('-', '_')}-{version}.dist-info"
+        info.mkdir()
+        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: {version}\n")
+        (info / "entry_points.txt").write_text(f"[mertlab]\n{ep_name or module} = {module}\n")
+        monkeypatch.syspath_prepend(str(root))
+        return root
+
+    return make

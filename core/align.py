@@ -1,0 +1,92 @@
+"""Aligning a teacher's frames to the backbone's frames.
+
+Teachers and backbones disagree on frame rate (DAC 44.1 kHz: ~86.13 Hz; backbone: 75 Hz) and,
+at the same rate, on frame count (a centred nnAudio CQT gives ``1 + S // hop`` frames, a codec
+``ceil(S / hop)``, a conv extractor ``(S - 400) // 320 + 1``). :func:`align_targets` maps every
+teacher onto the backbone's frame grid so objectives see ``values.shape[1] == num_frames``.
+
+Convention: frame ``j`` of a stream at rate ``r`` starts at time ``j / r``; both streams start at
+time 0. Backbone frame ``j`` reads source position ``p = j * r_src / r_dst``:
+
+* discrete targets take the nearest source frame, ``round(p)`` (halves round up);
+* continuous targets interpolate linearly between ``floor(p)`` and ``floor(p) + 1``.
+
+Source indices are clamped to the clip's valid source frames, so values never come from
+padding. A clip keeps ``min(frame_lengths[b], ceil(src_len * r_dst / r_src))`` valid frames: the
+backbone frames that start inside the audio the teacher covered and that the backbone itself
+produced. Frames past that are padding and hold zeros.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+from torch import Tensor
+
+from mertlab.contracts import Targets
+from mertlab.errors import MertlabError
+
+# Rates are floats (44100 / 512); a mapped length a hair above an integer is that integer.
+_LENGTH_TOLERANCE = 1e-6
+
+
+def mapped_lengths(src_lengths: Tensor, src_rate: float, dst_rate: float) -> Tensor:
+    """Frames at ``dst_rate`` that start inside ``src_lengths`` frames at ``src_rate``."""
+    scaled = src_lengths.to(torch.float64) * (dst_rate / src_rate)
+    return torch.ceil(scaled - _LENGTH_TOLERANCE).clamp(min=0).to(torch.long)
+
+
+def align_targets(targets: Targets, frame_rate: float, num_frames: int, frame_lengths: Tensor) -> Targets:
+    """Resample ``targets`` onto ``num_frames`` frames at ``frame_rate`` (see module docstring).
+
+    ``frame_lengths``: ``[B]`` valid backbone frames per clip (``backbone.frame_lengths``).
+    Returns targets with ``values`` ``[B, num_frames, C]`` (same dtype), ``lengths`` ``[B]``
+    and ``info.frame_rate == frame_rate``. Equal rates and frame counts give the input back.
+    """
+    values, src_lengths, info = targets.values, targets.lengths, targets.info
+    if values.dim() != 3:
+        raise MertlabError(f"targets.values must be [batch, frames, channels], got shape {tuple(values.shape)}")
+    batch, src_frames, _ = values.shape
+    if not (frame_rate > 0 and info.frame_rate > 0):
+        raise MertlabError(f"frame rates must be positive (teacher {info.frame_rate}, backbone {frame_rate})")
+    if num_frames < 0:
+        raise MertlabError(f"num_frames must be >= 0, got {num_frames}")
+    if src_lengths.shape != (batch,) or frame_lengths.shape != (batch,):
+        raise MertlabError(
+            f"lengths must be [batch={batch}]: targets.lengths {tuple(src_lengths.shape)}, "
+            f"frame_lengths {tuple(frame_lengths.shape)}"
+        )
+    if bool((src_lengths > src_frames).any()) or bool((src_lengths < 0).any()):
+        raise MertlabError(f"targets.lengths {src_lengths.tolist()} outside [0, {src_frames}] frames")
+    if bool((frame_lengths > num_frames).any()) or bool((frame_lengths < 0).any()):
+        raise MertlabError(f"frame_lengths {frame_lengths.tolist()} outside [0, {num_frames}] frames")
+
+    device = values.device
+    src_lengths = src_lengths.to(device)
+    out_lengths = torch.minimum(frame_lengths.to(device), mapped_lengths(src_lengths, info.frame_rate, frame_rate))
+    # float64 keeps p exact for equal rates (ratio 1.0) and for long clips.
+    pos = torch.arange(num_frames, device=device, dtype=torch.float64) * (info.frame_rate / frame_rate)
+    last = (src_lengths - 1).clamp(min=0)[:, None]  # [B, 1] last valid source frame
+    if info.kind == "discrete":
+        index = torch.floor(pos + 0.5).to(torch.long)[None, :].expand(batch, -1)
+        index = torch.minimum(index, last)
+        out = _gather_frames(values, index)
+    else:
+        lower = torch.floor(pos)
+        weight = (pos - lower).to(values.dtype)[None, :, None]
+        lower = lower.to(torch.long)[None, :].expand(batch, -1)
+        i0 = torch.minimum(lower, last)
+        i1 = torch.minimum(lower + 1, last)
+        out = torch.lerp(_gather_frames(values, i0), _gather_frames(values, i1), weight)
+    steps = torch.arange(num_frames, device=device)
+    out = out.masked_fill((steps[None, :] >= out_lengths[:, None])[:, :, None], 0)
+    return Targets(values=out, lengths=out_lengths, info=dataclasses.replace(info, frame_rate=float(frame_rate)))
+
+
+def _gather_frames(values: Tensor, index: Tensor) -> Tensor:
+    """``values[b, index[b, j], :]`` as ``[B, J, C]``; empty sources give zeros."""
+    batch, src_frames, channels = values.shape
+    if src_frames == 0:
+        return values.new_zeros(batch, index.shape[1], channels)
+    return torch.gather(values, 1, index[:, :, None].expand(-1, -1, channels))
+

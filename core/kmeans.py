@@ -1,0 +1,112 @@
+"""Mini-batch k-means on torch (Sculley 2010), seeded, for teachers that fit a codebook.
+
+>>> centroids = fit_minibatch_kmeans(features, n_clusters=100, seed=0)
+>>> codes = nearest_centroid(features, centroids)
+
+Runs on the device of ``x`` (GPU when the features are there). Each iteration draws a random
+mini-batch, assigns it to the nearest centroids, and moves every centroid towards the mean of
+its points with step ``points_in_batch / points_seen_so_far`` -- so each centroid converges to
+the running mean of everything assigned to it. That running mean still remembers assignments
+made while the centroids were far off, so a few full-data Lloyd steps (assign all rows, move
+each centroid to the mean of its rows) finish the fit.
+"""
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from mertlab.errors import MertlabError
+
+KMeansInit = Literal["kmeans++", "random"]
+# Rows per distance block: bounds the [rows, k] distance matrix (64k x 4096 floats = 1 GiB at most).
+_CHUNK = 65536
+
+
+def nearest_centroid(x: Tensor, centroids: Tensor) -> Tensor:
+    """``[N]`` index of the closest centroid (squared Euclidean) for each row of ``x`` ``[N, D]``."""
+    c_sq = (centroids * centroids).sum(1)
+    out = [
+        (c_sq[None, :] - 2 * block @ centroids.T).argmin(1)  # ||x||^2 is the same for every centroid
+        for block in x.split(_CHUNK)
+    ]
+    return torch.cat(out) if out else torch.zeros(0, dtype=torch.long, device=x.device)
+
+
+def _sq_dist_to_nearest(x: Tensor, centroids: Tensor) -> Tensor:
+    d = torch.cat([torch.cdist(block, centroids).amin(1) for block in x.split(_CHUNK)])
+    return d * d
+
+
+def kmeans_plusplus(x: Tensor, n_clusters: int, generator: torch.Generator) -> Tensor:
+    """k-means++ seeding (Arthur & Vassilvitskii 2007): each next centre drawn with probability
+    proportional to its squared distance from the centres chosen so far."""
+    first = torch.randint(len(x), (1,), generator=generator, device="cpu").item()
+    centroids = [x[first]]
+    dist = _sq_dist_to_nearest(x, x[first : first + 1])
+    for _ in range(1, n_clusters):
+        total = dist.sum()
+        # all remaining points coincide with a centre (fewer distinct points than clusters): pick uniformly
+        probs = dist / total if total > 0 else torch.full_like(dist, 1.0 / len(dist))
+        pick = torch.multinomial(probs.double().cpu(), 1, generator=generator).item()
+        centroids.append(x[pick])
+        dist = torch.minimum(dist, _sq_dist_to_nearest(x, x[pick : pick + 1]))
+    return torch.stack(centroids)
+
+
+def fit_minibatch_kmeans(
+    x: Tensor,
+    n_clusters: int,
+    *,
+    n_iter: int = 100,
+    batch_size: int = 10000,
+    init: KMeansInit = "kmeans++",
+    seed: int = 0,
+    lloyd_steps: int = 5,
+    progress: bool = True,
+) -> Tensor:
+    """Fit ``n_clusters`` centroids ``[K, D]`` (float32) to the rows of ``x`` ``[N, D]``.
+
+    Deterministic for a given ``seed`` and device. k-means++ seeds on a random subset of
+    ``3 * batch_size`` rows (as scikit-learn's MiniBatchKMeans), ``random`` picks distinct rows.
+    ``lloyd_steps`` full-data Lloyd iterations follow the ``n_iter`` mini-batch ones (they stop
+    early once no assignment changes); a cluster left empty keeps its centroid.
+    """
+    if x.dim() != 2:
+        raise MertlabError(f"k-means expects features [frames, dim], got shape {tuple(x.shape)}")
+    if len(x) < n_clusters:
+        raise MertlabError(f"k-means needs at least n_clusters={n_clusters} frames to fit, got {len(x)}")
+    if not bool(torch.isfinite(x).all()):
+        raise MertlabError("k-means features contain NaN or inf")
+    x = x.float()
+    generator = torch.Generator().manual_seed(seed)  # CPU generator: same draws on every device
+    n = len(x)
+    if init == "kmeans++":
+        subset = torch.randperm(n, generator=generator)[: max(3 * batch_size, n_clusters)].to(x.device)
+        centroids = kmeans_plusplus(x[subset], n_clusters, generator)
+    else:
+        centroids = x[torch.randperm(n, generator=generator)[:n_clusters].to(x.device)].clone()
+    seen = torch.zeros(n_clusters, device=x.device)
+    for _ in tqdm(range(n_iter), desc="k-means", unit="iter", disable=not progress, leave=False):
+        rows = torch.randperm(n, generator=generator)[:batch_size].to(x.device)
+        batch = x[rows]
+        assign = nearest_centroid(batch, centroids)
+        count = torch.bincount(assign, minlength=n_clusters).to(x.dtype)
+        sums = torch.zeros_like(centroids).index_add_(0, assign, batch)
+        seen += count
+        hit = count > 0
+        # c <- c + (sum_batch - n_batch * c) / n_seen  ==  running mean of assigned points
+        centroids[hit] += (sums[hit] - count[hit, None] * centroids[hit]) / seen[hit, None]
+    previous = None
+    for _ in range(lloyd_steps):
+        assign = nearest_centroid(x, centroids)
+        if previous is not None and torch.equal(assign, previous):
+            break
+        count = torch.bincount(assign, minlength=n_clusters).to(x.dtype)
+        sums = torch.zeros_like(centroids).index_add_(0, assign, x)
+        hit = count > 0
+        centroids[hit] = sums[hit] / count[hit, None]
+        previous = assign
+    return centroids

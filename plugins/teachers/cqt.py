@@ -1,0 +1,120 @@
+"""``cqt``: constant-Q transform magnitudes (nnAudio), MERT's musical teacher (continuous targets)."""
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from nnAudio.features import CQT
+from pydantic import Field, model_validator
+from torch import Tensor
+
+from mertlab.contracts import Params, TargetInfo, Targets, Teacher
+from mertlab.frame_features import centred_frames, check_audio_batch, zero_padding
+from mertlab.hookspecs import hookimpl
+
+# Keeps the standard deviation of silent or constant clips from dividing by zero.
+_STD_EPS = 1e-5
+
+
+class CQTParams(Params):
+    """Defaults are MERT's (REFERENCE.md): 24 kHz, fmin 32.7 Hz (C1), 336 bins, 48 bins/octave
+    (7 octaves), hop 320 (75 Hz, the default backbone's frame rate), raw linear magnitude."""
+
+    sample_rate: int = Field(24000, gt=0, description="Sample rate (Hz) the teacher expects (MERT: 24000).")
+    hop_length: int = Field(320, gt=0, description="Hop in samples; frame rate = sample_rate / hop_length (MERT: 320 -> 75 Hz).")
+    fmin: float = Field(32.7, gt=0, description="Centre frequency (Hz) of the lowest bin (MERT: 32.7, C1).")
+    n_bins: int = Field(336, gt=0, description="Number of CQT bins = target dim (MERT: 336).")
+    bins_per_octave: int = Field(48, gt=0, description="Bins per octave (MERT: 48).")
+    magnitude: Literal["linear", "log", "log1p"] = Field(
+        "linear", description="linear: |CQT| (MERT); log: log(|CQT| + log_eps); log1p: log(1 + |CQT|)."
+    )
+    log_eps: float = Field(1e-5, gt=0, description="Offset inside the log for magnitude=log (sets the floor for silence).")
+    normalize: Literal["none", "per_bin", "global"] = Field(
+        "none",
+        description="Standardise each clip over its valid frames after the magnitude step: per_bin: every bin to "
+        "zero mean and unit std; global: one mean/std over all bins; none: raw values (MERT).",
+    )
+
+    @model_validator(mode="after")
+    def _top_bin_below_nyquist(self) -> "CQTParams":
+        top = self.fmin * 2 ** ((self.n_bins - 1) / self.bins_per_octave)
+        if top >= self.sample_rate / 2:
+            raise ValueError(
+                f"the top CQT bin ({top:.0f} Hz = fmin * 2^((n_bins-1)/bins_per_octave)) must be below "
+                f"Nyquist ({self.sample_rate / 2:.0f} Hz): lower n_bins or fmin"
+            )
+        return self
+
+
+class CQTTeacher(Teacher):
+    """Constant-Q magnitudes as ``[B, T, n_bins]`` float32 regression targets.
+
+    Frames are centred: a clip of ``n`` samples has ``1 + n // hop_length`` frames (one more than
+    a codec's ``ceil(n / hop)`` for whole hops; :func:`mertlab.align.align_targets` drops it).
+    The signal is zero-padded by half a kernel on each side (nnAudio ``pad_mode="constant"``):
+    the lowest bin's kernel is 65536 samples long at the defaults, and nnAudio's default
+    reflect padding fails for any clip up to half that length. Samples past ``lengths`` are
+    zeroed first, so a padded batch gives the same valid frames as each clip alone.
+    Normalisation statistics are per clip (valid frames only), never across the batch.
+    """
+
+    name = "cqt"
+    summary = "Constant-Q transform magnitudes (nnAudio): MERT's musical teacher"
+    Params = CQTParams
+    target_kind = "continuous"
+    params: CQTParams
+
+    def __init__(self, params: CQTParams) -> None:
+        super().__init__(params)
+        self.cqt = CQT(
+            sr=params.sample_rate, hop_length=params.hop_length, fmin=params.fmin, n_bins=params.n_bins,
+            bins_per_octave=params.bins_per_octave, center=True, pad_mode="constant", trainable=False,
+            output_format="Magnitude", verbose=False,
+        )
+        # The kernels (~176 MB at MERT's settings) follow from the params: keep them out of
+        # state_dict so checkpoints of a model holding this teacher stay small.
+        for name, buffer in list(self.cqt.named_buffers(recurse=False)):
+            self.cqt.register_buffer(name, buffer, persistent=False)
+        self._info = TargetInfo(kind="continuous", dim=params.n_bins, frame_rate=params.sample_rate / params.hop_length)
+
+    @property
+    def sample_rate(self) -> int:
+        return self.params.sample_rate
+
+    @property
+    def info(self) -> TargetInfo:
+        return self._info
+
+    @torch.no_grad()
+    def targets(self, wav: Tensor, lengths: Tensor) -> Targets:
+        check_audio_batch(wav, lengths, f"teacher '{self.name}'")
+        lengths = lengths.to(wav.device)
+        mag = self.cqt(zero_padding(wav.float(), lengths)).transpose(1, 2)  # [B, T, n_bins]
+        frame_lengths = centred_frames(lengths, self.params.hop_length)
+        values = self._magnitude(mag)
+        valid = torch.arange(values.shape[1], device=wav.device)[None, :] < frame_lengths[:, None]
+        if self.params.normalize != "none":
+            values = self._standardise(values, valid)
+        values = values.masked_fill(~valid[:, :, None], 0.0)
+        return Targets(values=values.float().contiguous(), lengths=frame_lengths, info=self._info)
+
+    def _magnitude(self, mag: Tensor) -> Tensor:
+        if self.params.magnitude == "log":
+            return torch.log(mag + self.params.log_eps)
+        if self.params.magnitude == "log1p":
+            return torch.log1p(mag)
+        return mag
+
+    def _standardise(self, values: Tensor, valid: Tensor) -> Tensor:
+        """Per-clip standardisation over valid frames (``per_bin`` or ``global``)."""
+        weight = valid[:, :, None].to(values.dtype)  # [B, T, 1]
+        dims = (1,) if self.params.normalize == "per_bin" else (1, 2)
+        count = weight.sum(dim=1, keepdim=True) * (1 if self.params.normalize == "per_bin" else values.shape[2])
+        mean = (values * weight).sum(dim=dims, keepdim=True) / count
+        var = (((values - mean) * weight) ** 2).sum(dim=dims, keepdim=True) / count
+        return (values - mean) / (var.sqrt() + _STD_EPS)
+
+
+@hookimpl
+def register_teachers(register) -> None:
+    register(CQTTeacher)

@@ -1,0 +1,252 @@
+"""``kmeans``: k-means pseudo-labels over a frame feature (HuBERT iterations 1 and 2, MERT-v0)."""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any, Callable, Iterable, Literal
+
+import torch
+from pydantic import Field, model_validator
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from mertlab.contracts import Params, TargetInfo, Targets, Teacher
+from mertlab.errors import MertlabError
+from mertlab.frame_features import BackboneLayer, FrameFeature, LogMelChroma, MFCCDeltas, check_audio_batch
+from mertlab.hookspecs import hookimpl
+from mertlab.kmeans import KMeansInit, fit_minibatch_kmeans, nearest_centroid
+
+STATE_FORMAT = "mertlab-kmeans-v1"
+#: Params that only steer fitting or name the state file: they do not change the features.
+FIT_ONLY_FIELDS = frozenset({"centroids", "seed", "n_iter", "batch_size", "init", "max_fit_frames"})
+# Floor on per-dimension feature std (constant dimensions, e.g. silence-only data).
+_STD_EPS = 1e-5
+
+
+class KMeansParams(Params):
+    """k-means teacher; defaults follow HuBERT iteration 1 (100 clusters of 39-dim MFCC) at
+    MERT's 24 kHz / 75 Hz frame grid (REFERENCE.md)."""
+
+    feature: Literal["mfcc", "logmel_chroma", "hidden"] = Field(
+        "mfcc",
+        description="Frame feature clustered: mfcc (n_mfcc MFCC + deltas + delta-deltas, HuBERT iteration 1), "
+        "logmel_chroma (log-mel + 12-bin chroma, MERT-v0), hidden (layer `layer` of the mertlab backbone in "
+        "`checkpoint`, HuBERT iteration 2).",
+    )
+    n_clusters: int = Field(100, ge=2, description="Number of clusters = vocabulary size (HuBERT: 100, iteration 2: 500).")
+    sample_rate: int = Field(24000, gt=0, description="Sample rate (Hz) of mfcc/logmel_chroma (hidden uses the backbone's).")
+    hop_length: int = Field(320, gt=0, description="Hop in samples of mfcc/logmel_chroma; frame rate = sample_rate / hop_length (320 -> 75 Hz).")
+    n_fft: int = Field(2048, gt=0, description="STFT size (Hann window) of mfcc/logmel_chroma.")
+    n_mels: int = Field(128, gt=0, description="Mel bands of mfcc/logmel_chroma.")
+    n_mfcc: int = Field(13, gt=0, description="MFCCs before deltas (feature dim = 3 * n_mfcc; HuBERT: 13 -> 39).")
+    checkpoint: str | None = Field(None, description="feature=hidden: backbone file (mertlab.checkpoint.save_backbone) or training .ckpt.")
+    layer: int = Field(6, ge=0, description="feature=hidden: index into hidden_states (0 = encoder input; HuBERT base iteration 2: 6).")
+    centroids: str | None = Field(
+        None, description="File holding the fitted state; written by `mertlab teachers fit SPEC`, loaded when present."
+    )
+    seed: int = Field(0, description="Seed of k-means initialisation and mini-batch sampling.")
+    n_iter: int = Field(100, ge=1, description="Mini-batch k-means iterations.")
+    batch_size: int = Field(10000, ge=1, description="Frames per k-means mini-batch.")
+    init: KMeansInit = Field("kmeans++", description="Centroid initialisation: kmeans++ or random (distinct frames).")
+    max_fit_frames: int = Field(
+        200_000, ge=1, description="fit() clusters at most this many frames: the first ones its batches yield."
+    )
+
+    @model_validator(mode="after")
+    def _checkpoint_iff_hidden(self) -> "KMeansParams":
+        if self.feature == "hidden" and self.checkpoint is None:
+            raise ValueError("feature=hidden needs `checkpoint`: a trained mertlab backbone file")
+        if self.feature != "hidden" and self.checkpoint is not None:
+            raise ValueError(f"`checkpoint` is only used by feature=hidden (feature is {self.feature}); remove it")
+        return self
+
+
+#: How each ``feature`` value is built: one place, no branching on names elsewhere.
+FEATURES: dict[str, Callable[[KMeansParams], FrameFeature]] = {
+    "mfcc": lambda p: MFCCDeltas(p.sample_rate, p.n_fft, p.hop_length, p.n_mels, p.n_mfcc),
+    "logmel_chroma": lambda p: LogMelChroma(p.sample_rate, p.n_fft, p.hop_length, p.n_mels),
+    "hidden": lambda p: BackboneLayer(p.checkpoint, p.layer),
+}
+
+
+def _tensor_digest(tensors: Iterable[tuple[str, Tensor]]) -> str:
+    h = hashlib.sha256()
+    for name, t in tensors:
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+class KMeansTeacher(Teacher):
+    """Nearest-centroid codes ``[B, T, 1]`` (int64 in ``[0, n_clusters)``) of a frame feature.
+
+    Fit once with ``mertlab teachers fit SPEC`` (it calls :meth:`fit` on a sample of the training
+    audio, then :meth:`save_state` to ``params.centroids``); the teacher loads that file when built.
+    Features are standardised per dimension with the mean/std of the fitting data (stored in the
+    state file), so no dimension dominates the Euclidean distance.
+    """
+
+    name = "kmeans"
+    summary = "k-means pseudo-labels of MFCC / log-mel+chroma / backbone-layer frames (HuBERT-style)"
+    Params = KMeansParams
+    target_kind = "discrete"
+    requires_fit = True
+    params: KMeansParams
+
+    def __init__(self, params: KMeansParams) -> None:
+        super().__init__(params)
+        self.feature = FEATURES[params.feature](params)
+        self._info = TargetInfo("discrete", 1, self.feature.frame_rate, (params.n_clusters,))
+        # the state file is the source of truth: keep it out of state_dict (non-persistent)
+        self.register_buffer("centroids", torch.zeros(0), persistent=False)
+        self.register_buffer("feature_mean", torch.zeros(0), persistent=False)
+        self.register_buffer("feature_std", torch.zeros(0), persistent=False)
+        self._backbone_digest = (
+            _tensor_digest(sorted(self.feature.state_dict().items())) if params.feature == "hidden" else None
+        )
+        if params.centroids is not None and Path(params.centroids).is_file():
+            self.load_state(params.centroids)
+
+    @property
+    def sample_rate(self) -> int:
+        return self.feature.sample_rate
+
+    @property
+    def info(self) -> TargetInfo:
+        return self._info
+
+    @property
+    def fitted(self) -> bool:
+        return self.centroids.numel() > 0
+
+    # ----------------------------------------------------------------- targets
+    @torch.no_grad()
+    def targets(self, wav: Tensor, lengths: Tensor) -> Targets:
+        check_audio_batch(wav, lengths, f"teacher '{self.name}'")
+        self._require_state()
+        feats, frame_lengths = self.feature(wav.float(), lengths.to(wav.device))
+        codes = nearest_centroid(self._standardise(feats).flatten(0, 1), self.centroids).view(feats.shape[:2])
+        valid = torch.arange(codes.shape[1], device=codes.device)[None, :] < frame_lengths[:, None]
+        codes = codes.masked_fill(~valid, 0)
+        return Targets(values=codes[:, :, None], lengths=frame_lengths, info=self._info)
+
+    def _standardise(self, feats: Tensor) -> Tensor:
+        return (feats - self.feature_mean) / self.feature_std
+
+    def _require_state(self) -> None:
+        if self.fitted:
+            return
+        path = self.params.centroids
+        if path is None:
+            raise MertlabError(
+                f"teacher '{self.name}' has no centroids: set params.centroids to a file path and run "
+                "`mertlab teachers fit SPEC` to fit k-means and write it"
+            )
+        if not Path(path).is_file():
+            raise MertlabError(
+                f"teacher '{self.name}': centroids file {path} not found; run `mertlab teachers fit SPEC` "
+                "to fit k-means on the training audio and write it"
+            )
+        self.load_state(path)  # written after this teacher was built
+
+    # ----------------------------------------------------------------- fitting
+    @torch.no_grad()
+    def fit(self, batches: Iterable[tuple[Tensor, Tensor]], progress: bool = True) -> None:
+        """Cluster the valid frames of ``batches`` (``(wav [B, S], lengths [B])`` at
+        :attr:`sample_rate`), at most ``max_fit_frames`` of them, on this teacher's device."""
+        device = self.centroids.device
+        limit = self.params.max_fit_frames
+        chunks: list[Tensor] = []
+        total = 0
+        with tqdm(total=limit, desc=f"{self.name} features", unit="frame", disable=not progress, leave=False) as bar:
+            for wav, lengths in batches:
+                check_audio_batch(wav, lengths, f"teacher '{self.name}' fit")
+                feats, frame_lengths = self.feature(wav.to(device).float(), lengths.to(device))
+                valid = torch.arange(feats.shape[1], device=device)[None, :] < frame_lengths[:, None]
+                frames = feats[valid][: limit - total]
+                chunks.append(frames)
+                total += len(frames)
+                bar.update(len(frames))
+                if total >= limit:
+                    break
+        if not chunks:
+            raise MertlabError(f"teacher '{self.name}' fit: no audio batches to fit on")
+        x = torch.cat(chunks)
+        mean = x.mean(0)
+        std = x.std(0, unbiased=False).clamp(min=_STD_EPS)
+        centroids = fit_minibatch_kmeans(
+            (x - mean) / std, self.params.n_clusters, n_iter=self.params.n_iter, batch_size=self.params.batch_size,
+            init=self.params.init, seed=self.params.seed, progress=progress,
+        )
+        self._set_state(centroids, mean, std)
+
+    def _set_state(self, centroids: Tensor, mean: Tensor, std: Tensor) -> None:
+        device = self.centroids.device
+        self.centroids = centroids.float().to(device)
+        self.feature_mean = mean.float().to(device)
+        self.feature_std = std.float().to(device)
+
+    # ----------------------------------------------------------------- persistence
+    def feature_config(self) -> dict[str, Any]:
+        """What the centroids were fitted on; a state file only loads into a matching teacher."""
+        config = {k: v for k, v in self.params.model_dump(mode="json").items() if k not in FIT_ONLY_FIELDS}
+        config["backbone_digest"] = self._backbone_digest  # a retrained checkpoint at the same path differs
+        return config
+
+    def save_state(self, path: str | Path) -> Path:
+        """Write centroids, feature statistics and :meth:`feature_config` to ``path`` atomically."""
+        if not self.fitted:
+            raise MertlabError(f"teacher '{self.name}' is not fitted: call fit() before save_state()")
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        payload = {
+            "format": STATE_FORMAT,
+            "feature_config": self.feature_config(),
+            "centroids": self.centroids.cpu(),
+            "feature_mean": self.feature_mean.cpu(),
+            "feature_std": self.feature_std.cpu(),
+        }
+        tmp = path.with_name(path.name + ".tmp")
+        torch.save(payload, tmp)
+        tmp.replace(path)  # readers never see a half-written file
+        return path
+
+    def load_state(self, path: str | Path) -> None:
+        """Load a file written by :meth:`save_state`; it must match this teacher's features."""
+        path = Path(path)
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except FileNotFoundError:
+            raise MertlabError(f"teacher '{self.name}': centroids file {path} not found") from None
+        except Exception as exc:  # noqa: BLE001 - any unreadable file is a user error here
+            raise MertlabError(f"{path}: not a readable k-means state file ({type(exc).__name__}: {exc})") from None
+        if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+            raise MertlabError(f"{path}: not a mertlab k-means state file (expected format {STATE_FORMAT})")
+        stored, current = state["feature_config"], self.feature_config()
+        differ = sorted(k for k in stored.keys() | current.keys() if stored.get(k) != current.get(k))
+        if differ:
+            detail = ", ".join(f"{k}: file {stored.get(k)!r} vs params {current.get(k)!r}" for k in differ)
+            raise MertlabError(
+                f"{path} was fitted with different settings ({detail}); rerun `mertlab teachers fit SPEC`"
+            )
+        centroids = state["centroids"]
+        if tuple(centroids.shape) != (self.params.n_clusters, self.feature.dim):
+            raise MertlabError(
+                f"{path}: centroids have shape {tuple(centroids.shape)}, expected ({self.params.n_clusters}, {self.feature.dim})"
+            )
+        self._set_state(centroids, state["feature_mean"], state["feature_std"])
+
+    def fingerprint_payload(self) -> Any:
+        if not self.fitted:
+            return {"centroids": None}
+        return {
+            "centroids": _tensor_digest(
+                [("centroids", self.centroids), ("mean", self.feature_mean), ("std", self.feature_std)]
+            ),
+            "backbone": self._backbone_digest,
+        }
+
+
+@hookimpl
+def register_teachers(register) -> None:
+    register(KMeansTeacher)

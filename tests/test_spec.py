@@ -1,0 +1,159 @@
+"""Experiment specs: two-stage validation, inheritance, overrides, round trip."""
+from __future__ import annotations
+
+import pytest
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from mertlab.errors import SpecError
+from mertlab.spec import ExperimentSpec, apply_overrides, deep_merge, dump_spec, load_spec
+
+
+def problems(exc: SpecError) -> dict[str, str]:
+    return dict(exc.problems)
+
+
+def test_valid_spec_resolves_params_with_defaults(toy_registry, toy_spec, write_yaml):
+    spec = load_spec(write_yaml(toy_spec))
+    assert spec.backbone.params == {"dim": 32, "heads": 2}
+    assert spec.teachers["cqt"].params == {"n_bins": 84, "magnitude": "linear"}
+    assert spec.objectives["cqt_recon"].weight == 0.5
+
+
+def test_unknown_top_level_key(toy_registry, toy_spec, write_yaml):
+    toy_spec["optimiser"] = {"lr": 1}
+    with pytest.raises(SpecError) as err:
+        load_spec(write_yaml(toy_spec))
+    assert problems(err.value) == {"optimiser": "Extra inputs are not permitted"}
+
+
+def test_plugin_param_error_has_full_path(toy_registry, toy_spec, write_yaml):
+    toy_spec["teachers"]["cqt"]["params"]["n_bins"] = 0
+    toy_spec["backbone"]["params"] = {"dim": 30, "heads": 4}
+    with pytest.raises(SpecError) as err:
+        load_spec(write_yaml(toy_spec))
+    msg = str(err.value)
+    assert "teachers.cqt.params.n_bins: Input should be greater than 0" in msg
+    assert "backbone.params: Value error, heads (4) must divide dim (30)" in msg
+
+
+def test_wrong_type(toy_registry, toy_spec, write_yaml):
+    toy_spec["optim"] = {"lr": "fast"}
+    with pytest.raises(SpecError) as err:
+        load_spec(write_yaml(toy_spec))
+    assert "optim.lr" in problems(err.value)
+
+
+def test_unknown_plugin_name_lists_available(toy_registry, toy_spec, write_yaml):
+    toy_spec["teachers"]["rvq"]["name"] = "toy_rvk"
+    with pytest.raises(SpecError) as err:
+        load_spec(write_yaml(toy_spec))
+    msg = problems(err.value)["teachers.rvq.name"]
+    assert "did you mean 'toy_rvq'?" in msg and "toy_cqt" in msg
+
+
+def test_objective_with_missing_teacher_alias(toy_registry, toy_spec, write_yaml):
+    toy_spec["objectives"]["rvq_pred"]["teacher"] = "codec"
+    with pytest.raises(SpecError) as err:
+        load_spec(write_yaml(toy_spec))
+    assert "no teacher alias 'codec'" in problems(err.value)["objectives.rvq_pred.teacher"]
+
+
+def test_teacher_kind_must_fit_objective(toy_registry, toy_spec, write_yaml):
+    toy_spec["objectives"]["rvq_pred"]["teacher"] = "cqt"
+    with pytest.raises(SpecError) as err:
+        load_spec(write_yaml(toy_spec))
+    assert "needs discrete targets" in problems(err.value)["objectives.rvq_pred.teacher"]
+
+
+def test_missing_required_plugin(toy_registry, toy_spec, write_yaml):
+    toy_spec["requires_plugins"] = ["mertlab-not-installed"]
+    with pytest.raises(SpecError, match="'mertlab-not-installed' is required but not loaded"):
+        load_spec(write_yaml(toy_spec))
+
+
+def test_malformed_yaml_and_missing_file(toy_registry, write_yaml, tmp_path):
+    with pytest.raises(SpecError, match=r"malformed YAML: line 3, column 1"):
+        load_spec(write_yaml("name: x\nbackbone: [unclosed\n"))
+    with pytest.raises(SpecError, match="no such spec file"):
+        load_spec(tmp_path / "nope.yaml")
+    with pytest.raises(SpecError, match="expected a mapping at the top level"):
+        load_spec(write_yaml("- a\n- b\n"))
+
+
+def test_base_inheritance_and_deletion(toy_registry, toy_spec, write_yaml):
+    write_yaml(toy_spec, "base.yaml")
+    child = write_yaml({"base": "base.yaml", "name": "child", "optim": {"lr": 1e-4},
+                        "objectives": {"cqt_recon": None}, "teachers": {"cqt": None}}, "child.yaml")
+    spec = load_spec(child)
+    assert spec.name == "child" and spec.optim.lr == 1e-4
+    assert list(spec.teachers) == ["rvq"] and list(spec.objectives) == ["rvq_pred"]
+
+
+def test_inheritance_cycle(toy_registry, write_yaml):
+    write_yaml({"base": "b.yaml"}, "a.yaml")
+    b = write_yaml({"base": "a.yaml"}, "b.yaml")
+    with pytest.raises(SpecError, match="inheritance cycle"):
+        load_spec(b)
+
+
+def test_overrides_parse_values_as_yaml(toy_registry, toy_spec, write_yaml):
+    spec = load_spec(write_yaml(toy_spec), ["optim.lr=1e-4", "teachers.rvq.params.n_codebooks=4",
+                                            "trainer.precision='bf16-mixed'", "data.extensions=[.wav]"])
+    assert spec.optim.lr == 1e-4 and spec.teachers["rvq"].params["n_codebooks"] == 4
+    assert spec.trainer.precision == "bf16-mixed" and spec.data.extensions == [".wav"]
+
+
+def test_bad_overrides(toy_registry, toy_spec, write_yaml):
+    path = write_yaml(toy_spec)
+    with pytest.raises(SpecError, match="expected KEY=VALUE"):
+        load_spec(path, ["optim.lr"])
+    with pytest.raises(SpecError, match="cannot override inside name"):
+        load_spec(path, ["name.x=1"])
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    lr=st.floats(1e-6, 1.0, allow_nan=False),
+    seed=st.integers(0, 2**31),
+    weight=st.floats(0, 100, allow_nan=False),
+    n_bins=st.integers(1, 512),
+    magnitude=st.sampled_from(["linear", "log"]),
+    clip=st.floats(0, 100),
+    tags=st.dictionaries(st.text("abc_", min_size=1, max_size=5), st.text(max_size=8), max_size=3),
+)
+def test_resolved_spec_round_trips_through_yaml(toy_registry, toy_spec, tmp_path, lr, seed, weight, n_bins, magnitude, clip, tags):
+    toy_spec.update(seed=seed, optim={"lr": lr, "grad_clip": clip}, tracking={"tags": tags})
+    toy_spec["objectives"]["rvq_pred"]["weight"] = weight
+    toy_spec["teachers"]["cqt"]["params"] = {"n_bins": n_bins, "magnitude": magnitude}
+    first = tmp_path / "first.yaml"
+    first.write_text(yaml.safe_dump(toy_spec))
+    spec = load_spec(first)
+    again = tmp_path / "again.yaml"
+    again.write_text(dump_spec(spec))
+    assert load_spec(again) == spec
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.recursive(st.none() | st.integers() | st.text(max_size=3),
+                    lambda kids: st.dictionaries(st.text("ab", min_size=1, max_size=2), kids, max_size=3), max_leaves=8),
+       st.dictionaries(st.text("ab", min_size=1, max_size=2), st.integers(), max_size=3))
+def test_deep_merge_properties(base, override):
+    base = base if isinstance(base, dict) else {}
+    merged = deep_merge(base, override)
+    for key, value in override.items():
+        assert merged[key] == value
+    for key in base:
+        if key not in override:
+            assert merged[key] == base[key]
+
+
+def test_apply_overrides_creates_nested_keys():
+    assert apply_overrides({}, ["a.b.c=3"]) == {"a": {"b": {"c": 3}}}
+    assert apply_overrides({"a": {"b": 1, "c": 2}}, ["a.b=null"]) == {"a": {"c": 2}}
+
+
+def test_spec_json_schema_exports():
+    schema = ExperimentSpec.model_json_schema()
+    assert "backbone" in schema["properties"] and "objectives" in schema["required"]
