@@ -35,5 +35,7 @@ class DataError(MertlabError):
 
 class ObjectiveError(MertlabError):
     """An objective cannot work with the backbone/teacher it was given, or got inconsistent inputs."""
+
+
 class WeightsError(MertlabError):
     """Pretrained weights are missing (nothing is downloaded) or do not fit the model."""
