@@ -69,6 +69,52 @@ def schema_command(kind: str | None, name: str | None) -> None:
     click.echo(json.dumps(schema, indent=2))
 
 
+@cli.command("train")
+@click.argument("spec_path", metavar="SPEC")
+@OVERRIDE_OPTION
+@click.option("--resume", "resume", is_flag=False, flag_value="latest", default=None, metavar="[CKPT]",
+              help="Continue the newest run of this spec (or the given checkpoint): same step, optimizer state and MLflow run.")
+@click.option("--no-progress", is_flag=True, help="No progress bar (e.g. in batch jobs).")
+def train_command(spec_path: str, overrides: tuple[str, ...], resume: str | None, no_progress: bool) -> None:
+    """Pre-train the model described by SPEC; metrics go to MLflow."""
+    from mertlab.spec import load_spec
+    from mertlab.tracking import ui_command
+    from mertlab.train.run import train
+
+    spec = load_spec(spec_path, overrides)
+    result = train(spec, resume=True if resume == "latest" else (resume or False), progress=not no_progress)
+    losses = ", ".join(f"{k}={v:.4g}" for k, v in sorted(result.metrics.items()) if k.startswith(("loss/", "val/loss/")))
+    click.echo(
+        f"\nrun {result.run_id} finished (experiment '{result.experiment}')\n"
+        f"  final: {losses}\n"
+        f"  metrics: {result.tracking_uri}\n"
+        f"  checkpoints: {result.checkpoint_dir}\n"
+        f"  open the UI: {ui_command(result.tracking_uri)}  (then http://127.0.0.1:5000)"
+    )
+
+
+@cli.command("demo-data")
+@click.argument("directory", default="data/demo")
+@click.option("--clips", default=40, show_default=True, help="Number of generated clips.")
+@click.option("--seconds", default=6.0, show_default=True, help="Length of each clip.")
+@click.option("--seed", default=0, show_default=True)
+def demo_data_command(directory: str, clips: int, seconds: float, seed: int) -> None:
+    """Write a small generated music set (chords, melodies, drums; 24 kHz WAV) to DIRECTORY."""
+    from mertlab.data.demo import write_demo_dataset
+
+    paths = write_demo_dataset(directory, num_clips=clips, seconds=seconds, seed=seed)
+    click.echo(f"{len(paths)} clips ({len(paths) * seconds / 60:.1f} min) in {directory}")
+@cli.command("model-info")
+@click.argument("spec", metavar="SPEC")
+def model_info_command(spec: str, overrides: tuple[str, ...]) -> None:
+    """Parameter count, frame rate and size of a backbone.
+    SPEC is an experiment spec file (overrides are spec keys: -o backbone.params.preset=large)
+    or a backbone name (overrides are its params: `mertlab model-info transformer -o preset=large`).
+    """
+    from mertlab.model_info import model_info
+    click.echo(format_table(("field", "value"), model_info(spec, overrides).rows()))
+
+
 def format_table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
     """A plain left-aligned text table."""
     widths = [max(len(str(cell)) for cell in col) for col in zip(header, *rows)]

@@ -31,3 +31,11 @@ class SpecError(MertlabError):
 
 class DataError(MertlabError):
     """Audio or dataset problems: missing/empty folders, undecodable files, clips too short."""
+
+
+class ObjectiveError(MertlabError):
+    """An objective cannot work with the backbone/teacher it was given, or got inconsistent inputs."""
+
+
+class WeightsError(MertlabError):
+    """Pretrained weights are missing (nothing is downloaded) or do not fit the model."""

@@ -21,9 +21,17 @@ DISABLE_AUTOLOAD_ENV = "MERTLAB_DISABLE_AUTOLOAD"
 
 #: Built-in plugin modules, registered exactly like third-party plugins.
 DEFAULT_PLUGINS: tuple[str, ...] = (
+    "mertlab.plugins.callbacks.stability",
+    "mertlab.plugins.objectives.masked_prediction",
+    "mertlab.plugins.objectives.masked_regression",
+    "mertlab.plugins.objectives.linear_classification",
+    "mertlab.plugins.maskings.span",
+    "mertlab.plugins.backbones.transformer",
+    "mertlab.plugins.backbones.conformer",
+    "mertlab.plugins.teachers.encodec",
+    "mertlab.plugins.teachers.dac",
     "mertlab.plugins.teachers.cqt",
     "mertlab.plugins.teachers.kmeans",
-    "mertlab.plugins.teachers.bestrq",
 )
 
 
@@ -84,7 +92,10 @@ def create_plugin_manager(autoload: bool | None = None) -> MertlabPluginManager:
     """A fresh manager with the built-ins and (unless disabled) entry-point plugins loaded."""
     pm = MertlabPluginManager()
     for module_name in DEFAULT_PLUGINS:
-        module = importlib.import_module(module_name)
+        try:
+            module = importlib.import_module(module_name)
+        except Exception as exc:  # noqa: BLE001 - re-raised with context
+            raise PluginError(f"built-in plugin '{module_name}' failed to import: {type(exc).__name__}: {exc}") from exc
         pm.register_source(module, PluginSource(module_name))
     if autoload is None:
         autoload = not autoload_disabled()

@@ -52,7 +52,7 @@ class MixupSpec(StrictModel):
 
 
 class AugmentSpec(StrictModel):
-    mixup: MixupSpec | None = Field(default_factory=MixupSpec, description="In-batch mixup on the student input; null disables.")
+    mixup: MixupSpec = Field(default_factory=MixupSpec, description="In-batch mixup on the student input (probability 0 disables).")
 
 
 class OptimSpec(StrictModel):
@@ -64,7 +64,7 @@ class OptimSpec(StrictModel):
     warmup_steps: int = Field(0, ge=0)
     schedule: Literal["linear", "cosine", "constant"] = "linear"
     min_lr_ratio: float = Field(0.0, ge=0, le=1, description="Final lr as a fraction of the peak.")
-    grad_clip: float | None = Field(10.0, gt=0, description="Max global grad norm (MERT-95M: 10, 330M: 1); null disables.")
+    grad_clip: float = Field(10.0, ge=0, description="Max global grad norm (MERT-95M: 10, 330M: 1); 0 disables.")
 
 
 class TrainerSpec(StrictModel):
@@ -97,12 +97,16 @@ class ExperimentSpec(StrictModel):
     backbone: ComponentSpec
     teachers: dict[str, ComponentSpec] = Field(min_length=1)
     objectives: dict[str, ObjectiveSpec] = Field(min_length=1)
+    feature_penalty: float = Field(0.0, ge=0, description="Weight of the L2 penalty on extractor features (MERT: 10).")
     masking: ComponentSpec = Field(default_factory=lambda: ComponentSpec(name="span"))
     augment: AugmentSpec = Field(default_factory=AugmentSpec)
     optim: OptimSpec = Field(default_factory=OptimSpec)
     trainer: TrainerSpec = Field(default_factory=TrainerSpec)
     tracking: TrackingSpec = Field(default_factory=TrackingSpec)
-    callbacks: dict[str, ComponentSpec] = Field(default_factory=dict, description="Training callbacks by alias.")
+    callbacks: dict[str, ComponentSpec] = Field(
+        default_factory=lambda: {"stability": ComponentSpec(name="stability")},
+        description="Training callbacks by alias (default: the stability monitor; `callbacks: {stability: null}` removes it).",
+    )
 
 
 # --------------------------------------------------------------------------- rendering
@@ -159,7 +163,7 @@ def read_with_bases(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str,
     data = read_yaml(path)
     bases = data.pop("base", None)
     if bases is None:
-        return data
+        return deep_merge({}, data)  # a null value means "unset": the default applies
     if isinstance(bases, str):
         bases = [bases]
     if not (isinstance(bases, list) and all(isinstance(b, str) for b in bases)):

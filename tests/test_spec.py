@@ -120,7 +120,7 @@ def test_bad_overrides(toy_registry, toy_spec, write_yaml):
     weight=st.floats(0, 100, allow_nan=False),
     n_bins=st.integers(1, 512),
     magnitude=st.sampled_from(["linear", "log"]),
-    clip=st.one_of(st.none(), st.floats(0.01, 100)),
+    clip=st.floats(0, 100),
     tags=st.dictionaries(st.text("abc_", min_size=1, max_size=5), st.text(max_size=8), max_size=3),
 )
 def test_resolved_spec_round_trips_through_yaml(toy_registry, toy_spec, tmp_path, lr, seed, weight, n_bins, magnitude, clip, tags):

@@ -1,0 +1,1 @@
+"""Audio data: file discovery and decoding, crop datasets, the Lightning DataModule, demo data."""

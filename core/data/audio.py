@@ -1,0 +1,81 @@
+"""Finding and decoding audio files (soundfile/libsndfile: wav, flac, ogg, mp3)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import torch
+import torchaudio.functional as AF
+
+from mertlab.errors import DataError
+
+
+@dataclass(frozen=True)
+class AudioFile:
+    """An audio file and its native format, read once at scan time."""
+
+    path: Path
+    sample_rate: int
+    num_frames: int
+
+    @property
+    def seconds(self) -> float:
+        return self.num_frames / self.sample_rate
+
+
+def list_audio_paths(path: str | Path, extensions: list[str] | tuple[str, ...]) -> list[Path]:
+    """Audio files under a folder (recursive, sorted) or listed in a manifest file.
+
+    A manifest is a text file with one audio path per line (relative paths are relative to the
+    manifest's folder; blank lines and ``#`` comments are skipped).
+    """
+    root = Path(path)
+    exts = {e.lower() if e.startswith(".") else "." + e.lower() for e in extensions}
+    if root.is_dir():
+        return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in exts)
+    if root.is_file():
+        paths = []
+        for n, line in enumerate(root.read_text().splitlines(), 1):
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
+            p = Path(line) if Path(line).is_absolute() else root.parent / line
+            if not p.is_file():
+                raise DataError(f"{root}:{n}: listed audio file {line!r} does not exist")
+            paths.append(p)
+        return paths
+    raise DataError(f"data.path: {root} is neither a folder nor a manifest file")
+
+
+def probe(path: Path) -> AudioFile:
+    """Sample rate and length of ``path`` without decoding it."""
+    try:
+        info = sf.info(str(path))
+    except Exception as exc:  # noqa: BLE001 - libsndfile raises several types
+        raise DataError(f"{path}: cannot read audio ({exc})") from None
+    return AudioFile(Path(path), int(info.samplerate), int(info.frames))
+
+
+def read_segment(file: AudioFile, start: int = 0, num_frames: int | None = None) -> torch.Tensor:
+    """Decode ``num_frames`` native-rate frames from ``start`` (all if None) as mono float32 ``[S]``."""
+    stop = None if num_frames is None else start + num_frames
+    try:
+        data, _ = sf.read(str(file.path), start=start, stop=stop, dtype="float32", always_2d=True)
+    except Exception as exc:  # noqa: BLE001
+        raise DataError(f"{file.path}: cannot decode audio ({exc})") from None
+    return torch.from_numpy(np.ascontiguousarray(data.mean(axis=1)))
+
+
+def resample(wav: torch.Tensor, source_rate: int, target_rate: int) -> torch.Tensor:
+    """Resample the last dimension (band-limited sinc); identity when rates match."""
+    if source_rate == target_rate:
+        return wav
+    return AF.resample(wav, source_rate, target_rate)
+
+
+def load_audio(path: str | Path, sample_rate: int) -> torch.Tensor:
+    """The whole file as mono float32 at ``sample_rate``."""
+    file = probe(Path(path))
+    return resample(read_segment(file), file.sample_rate, sample_rate)

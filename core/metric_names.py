@@ -1,0 +1,50 @@
+"""Every metric name mertlab logs, in one place, so dashboards and comparisons stay stable.
+
+Objective metrics: an objective returns keys like ``"acc/cb0"``; they are logged as
+``"acc/<objective alias>/cb0"`` (see :func:`objective_metric`). Validation metrics carry the
+``val/`` prefix.
+"""
+from __future__ import annotations
+
+LOSS_TOTAL = "loss/total"
+LR = "lr"
+GRAD_NORM_TOTAL = "grad_norm/total"
+UPDATE_RATIO_TOTAL = "update_ratio/total"
+NONFINITE_STEPS = "stability/nonfinite_steps"
+SKIPPED_STEPS = "stability/skipped_steps"
+LOSS_SPIKE_Z = "stability/loss_spike_z"
+LOSS_SPIKES = "stability/loss_spikes"
+AUDIO_SECONDS_PER_S = "throughput/audio_seconds_per_s"
+SAMPLES_PER_S = "throughput/samples_per_s"
+FEATURE_PENALTY = "loss/feature_penalty"
+VAL_PREFIX = "val/"
+
+
+def loss(alias: str) -> str:
+    return f"loss/{alias}"
+
+
+def objective_metric(alias: str, key: str) -> str:
+    """``("rvq", "acc/cb0") -> "acc/rvq/cb0"``; a key without a family becomes ``"<key>/<alias>"``."""
+    family, _, rest = key.partition("/")
+    return f"{family}/{alias}/{rest}" if rest else f"{family}/{alias}"
+
+
+def grad_norm(block: str) -> str:
+    return f"grad_norm/{block}"
+
+
+def attn_max_logit(layer: int) -> str:
+    return f"attn/max_logit/layer{layer}"
+
+
+def act_rms(layer: int) -> str:
+    return f"act_rms/layer{layer}"
+
+
+def code_perplexity(alias: str, codebook: int) -> str:
+    return f"teacher/{alias}/code_perplexity/cb{codebook}"
+
+
+def val(name: str) -> str:
+    return VAL_PREFIX + name

@@ -1,0 +1,215 @@
+"""The pre-training LightningModule: assembled from a spec, it only talks to the contracts.
+
+One step, top to bottom (``training_step``):
+
+1. teachers turn the *clean* audio into targets, aligned to the backbone's frames;
+2. mixup perturbs the *student* input only;
+3. the masking picks frames to hide; the backbone sees them as the mask embedding;
+4. each objective scores the backbone output against its teacher's targets;
+   ``loss/total = sum(weight * loss) (+ feature penalty)``;
+5. non-finite losses or gradients skip the step (counted in ``stability/*``).
+
+Stability instrumentation beyond that (per-block gradient norms, attention logits, update
+ratios, loss spikes) lives in the ``stability`` callback.
+"""
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import lightning as L
+import torch
+from torch import Tensor, nn
+
+from mertlab import metric_names as M
+from mertlab.align import align_targets
+from mertlab.augment import mixup
+from mertlab.contracts import BackboneOutput, Targets
+from mertlab.data.audio import resample
+from mertlab.spec import ExperimentSpec
+from mertlab.train.schedule import lr_factor
+
+
+def code_perplexity(codes: Tensor, vocab_size: int) -> Tensor:
+    """exp(entropy) of the code histogram: how many codes are effectively used."""
+    counts = torch.bincount(codes.flatten(), minlength=vocab_size).float()
+    p = counts / counts.sum().clamp_min(1)
+    entropy = -(p * torch.log(p.clamp_min(1e-12))).sum()
+    return entropy.exp()
+
+
+class PretrainModule(L.LightningModule):
+    """Backbone + teachers + weighted objectives + masking, built from a resolved spec."""
+
+    def __init__(self, spec: ExperimentSpec, registry: Any = None) -> None:
+        super().__init__()
+        if registry is None:
+            from mertlab.registry import get_registry
+
+            registry = get_registry()
+        self.spec = spec
+        self.backbone = registry.build("backbone", spec.backbone.name, spec.backbone.params)
+        self.teachers = nn.ModuleDict(
+            {alias: registry.build("teacher", t.name, t.params) for alias, t in spec.teachers.items()}
+        )
+        for teacher in self.teachers.values():
+            teacher.requires_grad_(False)
+        self.objectives = nn.ModuleDict({
+            alias: registry.build(
+                "objective", o.name, o.params,
+                hidden_dim=self.backbone.hidden_dim,
+                num_layers=self.backbone.num_layers,
+                target_info=self.teachers[o.teacher].info,
+            )
+            for alias, o in spec.objectives.items()
+        })
+        self.masking = registry.build("masking", spec.masking.name, spec.masking.params)
+        # Stability bookkeeping, saved in checkpoints so resumed runs keep counting.
+        self.nonfinite_steps = 0
+        self.skipped_steps = 0
+        self.instrument_next_step = False  # set by the stability callback
+        self.last_output: BackboneOutput | None = None
+        self._last_step_start: float | None = None
+
+    # ------------------------------------------------------------------ plumbing
+    def train(self, mode: bool = True) -> "PretrainModule":
+        super().train(mode)
+        self.teachers.eval()  # teachers are frozen feature extractors, never in train mode
+        return self
+
+    def configure_optimizers(self):
+        optim = self.spec.optim
+        params = [p for n, p in self.named_parameters() if p.requires_grad and not n.startswith("teachers.")]
+        cls = torch.optim.AdamW if optim.name == "adamw" else torch.optim.Adam
+        optimizer = cls(params, lr=optim.lr, betas=optim.betas, eps=optim.eps, weight_decay=optim.weight_decay)
+        max_steps = self.spec.trainer.max_steps
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, optim, max_steps))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["mertlab_spec"] = self.spec.model_dump(mode="json")
+        checkpoint["mertlab_stability"] = {"nonfinite_steps": self.nonfinite_steps, "skipped_steps": self.skipped_steps}
+        logger = self.logger
+        if logger is not None and getattr(logger, "run_id", None):
+            checkpoint["mlflow_run_id"] = logger.run_id
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        counters = checkpoint.get("mertlab_stability", {})
+        self.nonfinite_steps = counters.get("nonfinite_steps", 0)
+        self.skipped_steps = counters.get("skipped_steps", 0)
+
+    # ------------------------------------------------------------------ the step
+    def frame_padding(self, wav: Tensor, lengths: Tensor) -> tuple[int, Tensor, Tensor]:
+        """Frames per clip and the ``[B, T]`` padding mask for a batch."""
+        num_frames = self.backbone.num_frames(wav.shape[1])
+        frame_lengths = self.backbone.frame_lengths(lengths).clamp(max=num_frames)
+        steps = torch.arange(num_frames, device=wav.device)
+        return num_frames, frame_lengths, steps[None, :] >= frame_lengths[:, None]
+
+    @torch.no_grad()
+    def compute_targets(self, wav: Tensor, lengths: Tensor, num_frames: int, frame_lengths: Tensor) -> dict[str, Targets]:
+        """Each teacher's targets of the clean audio, aligned to the backbone's frames."""
+        rate = self.backbone.sample_rate
+        out = {}
+        with torch.autocast(device_type=wav.device.type, enabled=False):
+            for alias, teacher in self.teachers.items():
+                t_wav = resample(wav.float(), rate, teacher.sample_rate)
+                t_len = torch.div(lengths * teacher.sample_rate, rate, rounding_mode="floor").clamp(max=t_wav.shape[1])
+                raw = teacher.targets(t_wav, t_len)
+                out[alias] = align_targets(raw, self.backbone.frame_rate, num_frames, frame_lengths)
+        return out
+
+    def mask_generator(self, stage: str, batch_idx: int) -> torch.Generator:
+        """Reproducible masks: seeded by spec seed and step (train) or batch index (validation)."""
+        offset = self.global_step if stage == "train" else 10_000_019 + batch_idx
+        return torch.Generator().manual_seed(self.spec.seed * 1_000_003 + offset)
+
+    def shared_step(self, batch: tuple[Tensor, Tensor], batch_idx: int, stage: str) -> tuple[Tensor, dict[str, Tensor], dict[str, Targets]]:
+        wav, lengths = batch
+        num_frames, frame_lengths, padding = self.frame_padding(wav, lengths)
+        targets = self.compute_targets(wav, lengths, num_frames, frame_lengths)
+        generator = self.mask_generator(stage, batch_idx)
+        student = wav
+        mix = self.spec.augment.mixup
+        if stage == "train" and mix.probability > 0:
+            student = mixup(wav, lengths, mix.probability, mix.max_gain, generator)
+        mask = self.masking(padding.cpu(), generator).to(wav.device) & ~padding
+        out = self.backbone(student, lengths, mask, instrument=stage == "train" and self.instrument_next_step)
+        self.last_output = out if stage == "train" else None
+
+        total = wav.new_zeros(())
+        logs: dict[str, Tensor] = {}
+        for alias, objective in self.objectives.items():
+            spec = self.spec.objectives[alias]
+            result = objective(out, targets[spec.teacher], mask)
+            total = total + spec.weight * result.loss
+            logs[M.loss(alias)] = result.loss.detach()
+            for key, value in result.metrics.items():
+                logs[M.objective_metric(alias, key)] = value.detach()
+        if self.spec.feature_penalty > 0 and out.extractor_features is not None:
+            penalty = out.extractor_features.float().pow(2).mean()
+            total = total + self.spec.feature_penalty * penalty
+            logs[M.FEATURE_PENALTY] = penalty.detach()
+        logs[M.LOSS_TOTAL] = total.detach()
+        return total, logs, targets
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor | None:
+        loss, logs, targets = self.shared_step(batch, batch_idx, "train")
+        self.log_throughput(batch)
+        if self.global_step % self.spec.trainer.log_every_n_steps == 0:
+            logs.update(self.teacher_statistics(targets))
+        logs[M.LR] = torch.tensor(self.trainer.optimizers[0].param_groups[0]["lr"])
+        if not torch.isfinite(loss):
+            self.nonfinite_steps += 1
+            self.skipped_steps += 1
+            logs = {k: v for k, v in logs.items() if torch.isfinite(v).all()}
+            loss = None  # Lightning skips backward and the optimizer step
+        logs[M.NONFINITE_STEPS] = torch.tensor(float(self.nonfinite_steps))
+        logs[M.SKIPPED_STEPS] = torch.tensor(float(self.skipped_steps))
+        total = logs.pop(M.LOSS_TOTAL, None)
+        if total is not None:
+            self.log(M.LOSS_TOTAL, total, prog_bar=True, on_step=True, on_epoch=False, batch_size=batch[0].shape[0])
+        self.log_dict(logs, on_step=True, on_epoch=False, batch_size=batch[0].shape[0])
+        return loss
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        _, logs, _ = self.shared_step(batch, batch_idx, "val")
+        self.log_dict({M.val(k): v for k, v in logs.items()}, on_step=False, on_epoch=True, batch_size=batch[0].shape[0])
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Measure the global gradient norm (before clipping); drop non-finite gradients."""
+        grads = [p.grad for p in self.parameters() if p.grad is not None]
+        if not grads:
+            return
+        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads]))
+        if not torch.isfinite(norm):
+            self.nonfinite_steps += 1
+            self.skipped_steps += 1
+            optimizer.zero_grad(set_to_none=True)  # Adam skips parameters without gradients
+            return
+        self.log(M.GRAD_NORM_TOTAL, norm, on_step=True, on_epoch=False)
+
+    # ------------------------------------------------------------------ metrics
+    def teacher_statistics(self, targets: dict[str, Targets]) -> dict[str, Tensor]:
+        """Codebook usage (perplexity) of each discrete teacher's targets on valid frames."""
+        logs = {}
+        for alias, t in targets.items():
+            if t.info.kind != "discrete":
+                continue
+            valid = ~t.padding_mask
+            for cb, vocab in enumerate(t.info.vocab_sizes):
+                logs[M.code_perplexity(alias, cb)] = code_perplexity(t.values[..., cb][valid], vocab)
+        return logs
+
+    def log_throughput(self, batch: tuple[Tensor, Tensor]) -> None:
+        """Audio seconds and clips per wall-clock second, measured step start to step start."""
+        now = time.perf_counter()
+        if self._last_step_start is not None:
+            elapsed = max(now - self._last_step_start, 1e-9)
+            seconds = float(batch[1].sum()) / self.backbone.sample_rate
+            self.log_dict({
+                M.AUDIO_SECONDS_PER_S: seconds / elapsed,
+                M.SAMPLES_PER_S: batch[0].shape[0] / elapsed,
+            }, on_step=True, on_epoch=False)
+        self._last_step_start = now

@@ -1,0 +1,121 @@
+"""``mertlab train``: build everything from a spec, fit with Lightning, track in MLflow."""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import MLFlowLogger
+
+from mertlab.data.audio import list_audio_paths
+from mertlab.data.datamodule import AudioDataModule
+from mertlab.data.demo import write_demo_dataset
+from mertlab.errors import MertlabError
+from mertlab.spec import ExperimentSpec
+from mertlab.tracking import log_spec, resolve_tracking_uri, run_tags
+from mertlab.train.module import PretrainModule
+
+
+@dataclass
+class TrainResult:
+    run_id: str
+    experiment: str
+    tracking_uri: str
+    checkpoint_dir: Path
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+def run_directory(spec: ExperimentSpec) -> Path:
+    """``<trainer.output_dir>/<spec name>``; each MLflow run gets a sub-folder of checkpoints."""
+    return Path(spec.trainer.output_dir) / spec.name
+
+
+def find_resume_checkpoint(spec: ExperimentSpec, resume: str | bool) -> Path:
+    """An explicit checkpoint path, or the newest ``last.ckpt`` of this spec's runs."""
+    if isinstance(resume, str):
+        path = Path(resume)
+        if not path.is_file():
+            raise MertlabError(f"--resume: no checkpoint file {path}")
+        return path
+    candidates = sorted(run_directory(spec).glob("*/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
+    if not candidates:
+        raise MertlabError(f"--resume: no last.ckpt under {run_directory(spec)}/*/checkpoints; train without --resume first")
+    return candidates[-1]
+
+
+def prepare_data(spec: ExperimentSpec) -> None:
+    """Write the generated demo set when the spec asks for it and the folder has no audio."""
+    path = Path(spec.data.path)
+    if spec.data.generate_demo and (not path.exists() or not list_audio_paths(path, spec.data.extensions)):
+        write_demo_dataset(path)
+
+
+def train(spec: ExperimentSpec, resume: str | bool = False, registry: Any = None, progress: bool = True) -> TrainResult:
+    """Train ``spec``; with ``resume`` continue a checkpoint and its MLflow run."""
+    if registry is None:
+        from mertlab.registry import get_registry
+
+        registry = get_registry()
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=".*Checkpoint directory .* exists and is not empty.*")
+    L.seed_everything(spec.seed, workers=True, verbose=False)
+
+    ckpt_path, run_id = None, None
+    if resume:
+        ckpt_path = find_resume_checkpoint(spec, resume)
+        run_id = torch.load(ckpt_path, map_location="cpu", weights_only=False).get("mlflow_run_id")
+
+    prepare_data(spec)
+    module = PretrainModule(spec, registry)
+    datamodule = AudioDataModule(spec.data, module.backbone.sample_rate, spec.seed)
+    datamodule.setup()  # data errors surface before an MLflow run is created
+
+    tracking_uri = resolve_tracking_uri(spec)
+    experiment = spec.tracking.experiment or spec.name
+    logger = MLFlowLogger(
+        experiment_name=experiment,
+        tracking_uri=tracking_uri,
+        run_name=spec.tracking.run_name or spec.name,
+        tags=None if run_id else run_tags(spec, registry),
+        run_id=run_id,
+    )
+    log_spec(logger, spec)
+
+    checkpoint_dir = run_directory(spec) / logger.run_id / "checkpoints"
+    has_val = bool(datamodule.val_files) and spec.trainer.limit_val_batches > 0
+    checkpoint = ModelCheckpoint(
+        dirpath=checkpoint_dir,
+        filename="best-step{step}",
+        auto_insert_metric_name=False,
+        monitor="val/loss/total" if has_val else None,
+        mode="min",
+        save_top_k=1,
+        save_last=True,
+    )
+    callbacks = [registry.build("callback", c.name, c.params) for c in spec.callbacks.values()]
+    t = spec.trainer
+    trainer = L.Trainer(
+        max_steps=t.max_steps,
+        precision=t.precision,
+        accumulate_grad_batches=t.accumulate_grad_batches,
+        gradient_clip_val=spec.optim.grad_clip or None,
+        val_check_interval=t.val_every_n_steps if has_val else None,
+        check_val_every_n_epoch=None,
+        limit_val_batches=t.limit_val_batches if has_val else 0,
+        num_sanity_val_steps=0,
+        log_every_n_steps=t.log_every_n_steps,
+        accelerator=t.accelerator,
+        devices=t.devices,
+        logger=logger,
+        callbacks=[*callbacks, checkpoint],
+        default_root_dir=str(run_directory(spec)),
+        enable_progress_bar=progress,
+        enable_model_summary=progress,
+    )
+    trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt_path) if ckpt_path else None)
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if torch.is_tensor(v) and v.numel() == 1}
+    return TrainResult(logger.run_id, experiment, tracking_uri, checkpoint_dir, metrics)

@@ -1,0 +1,1 @@
+"""Built-in frame-masking strategies (``register_maskings``)."""
