@@ -32,6 +32,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "mertlab.plugins.teachers.dac",
     "mertlab.plugins.teachers.cqt",
     "mertlab.plugins.teachers.kmeans",
+    "mertlab.plugins.teachers.bestrq",
 )
 
 

@@ -12,7 +12,7 @@ from mertlab.contracts import Params, TargetInfo, Targets, Teacher
 from mertlab.frame_features import centred_frames, check_audio_batch, zero_padding
 from mertlab.hookspecs import hookimpl
 
-# Keeps the standard deviation of silent or constant clips from dividing by zero.
+# Below this per-clip std a bin (or clip) counts as constant, e.g. silence, and normalises to 0.
 _STD_EPS = 1e-5
 
 
@@ -112,7 +112,9 @@ class CQTTeacher(Teacher):
         count = weight.sum(dim=1, keepdim=True) * (1 if self.params.normalize == "per_bin" else values.shape[2])
         mean = (values * weight).sum(dim=dims, keepdim=True) / count
         var = (((values - mean) * weight) ** 2).sum(dim=dims, keepdim=True) / count
-        return (values - mean) / (var.sqrt() + _STD_EPS)
+        std = var.sqrt()
+        # constant bins/clips (silence) become 0, not rounding noise blown up by a tiny std
+        return torch.where(std > _STD_EPS, (values - mean) / std.clamp(min=_STD_EPS), 0.0)
 
 
 @hookimpl
