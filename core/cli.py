@@ -131,12 +131,15 @@ def demo_data_command(directory: str, clips: int, seconds: float, seed: int) -> 
     click.echo(f"{len(paths)} clips ({len(paths) * seconds / 60:.1f} min) in {directory}")
 @cli.command("model-info")
 @click.argument("spec", metavar="SPEC")
+@OVERRIDE_OPTION
 def model_info_command(spec: str, overrides: tuple[str, ...]) -> None:
     """Parameter count, frame rate and size of a backbone.
+
     SPEC is an experiment spec file (overrides are spec keys: -o backbone.params.preset=large)
     or a backbone name (overrides are its params: `mertlab model-info transformer -o preset=large`).
     """
     from mertlab.model_info import model_info
+
     click.echo(format_table(("field", "value"), model_info(spec, overrides).rows()))
 
 

@@ -16,8 +16,8 @@ plugins stay independent of each other:
   codebooks (EnCodec's are all zeros until its k-means init sees data), so a teacher built
   with ``pretrained: false`` fits each residual codebook with a seeded k-means on the encoder
   output of synthetic audio (tones and noise at random levels) generated from the teacher's
-  seed. The result depends only on the params, never on which batch came
-  first, so cached and on-the-fly targets agree.
+  seed. The result depends only on the params, never on which batch came first, so cached
+  and on-the-fly targets agree.
 """
 from __future__ import annotations
 

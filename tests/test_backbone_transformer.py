@@ -113,23 +113,18 @@ def test_num_frames_closed_form_equals_nested_conv_lengths():
     assert backbone.num_frames(SR * 5) == 374  # 5 s MERT crops
 
 
+@pytest.fixture(scope="module")
+def tiny_eval() -> TransformerBackbone:
+    return TransformerBackbone(TransformerParams(**TINY)).eval()
+
+
 @settings(max_examples=25, deadline=None)
 @given(num_samples=st.integers(min_value=400, max_value=12_000), batch=st.integers(min_value=1, max_value=2))
-def test_produced_frames_equal_num_frames(num_samples, batch):
-    backbone = _shared_tiny()
+def test_produced_frames_equal_num_frames(tiny_eval, num_samples, batch):
     with torch.no_grad():
-        out = backbone(torch.randn(batch, num_samples))
-    assert out.last_hidden_state.shape == (batch, backbone.num_frames(num_samples), 64)
-    assert out.extractor_features.shape == (batch, backbone.num_frames(num_samples), 32)
-
-
-_TINY_CACHE: list[TransformerBackbone] = []
-
-
-def _shared_tiny() -> TransformerBackbone:
-    if not _TINY_CACHE:
-        _TINY_CACHE.append(TransformerBackbone(TransformerParams(**TINY)).eval())
-    return _TINY_CACHE[0]
+        out = tiny_eval(torch.randn(batch, num_samples))
+    assert out.last_hidden_state.shape == (batch, tiny_eval.num_frames(num_samples), 64)
+    assert out.extractor_features.shape == (batch, tiny_eval.num_frames(num_samples), 32)
 
 
 def test_output_contract():

@@ -12,6 +12,15 @@ FAST = settings(max_examples=30, deadline=None)
 SAMPLES = 48
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """These tensors are tiny: extra intra-op threads only add sync overhead (10x+ on a busy machine)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 def padded_batch(lengths: list[int], seed: int, samples: int = SAMPLES) -> tuple[torch.Tensor, torch.Tensor]:
     """Random clips (Gaussian: no window of one clip is proportional to a window of another)
     with zeros past each clip's length; float64 so that ``mixed - wav`` recovers the added crop."""

@@ -59,6 +59,15 @@ def every_other_mask(batch: int = B, frames: int = T) -> torch.Tensor:
 LENGTHS = torch.tensor([T, T - 5, 7])
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """These tensors are tiny: extra intra-op threads only add sync overhead (10x+ on a busy machine)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 # --------------------------------------------------------------------------- registration + params
 def test_objectives_are_registered_with_their_target_kinds():
     registry = get_registry()

@@ -64,7 +64,7 @@ METRIC_FAMILIES = [
 
 @pytest.mark.parametrize("backbone, discrete, discrete_params", [
     ("transformer", "encodec", None),
-    ("conformer", "bestrq", {"codebook_size": 64}),
+    ("conformer", "bestrq", {"codebook_size": 64, "n_codebooks": 2}),
 ])
 def test_short_run_logs_every_metric_family(demo_dir, tmp_path, tracking_uri, backbone, discrete, discrete_params):
     spec = make_spec(demo_dir, tmp_path, tracking_uri, backbone, discrete, discrete_params)

@@ -95,6 +95,7 @@ def train(spec: ExperimentSpec, resume: str | bool = False, registry: Any = None
         mode="min",
         save_top_k=1,
         save_last=True,
+        every_n_train_steps=spec.trainer.val_every_n_steps,
     )
     callbacks = [registry.build("callback", c.name, c.params) for c in spec.callbacks.values()]
     t = spec.trainer
@@ -117,5 +118,7 @@ def train(spec: ExperimentSpec, resume: str | bool = False, registry: Any = None
         enable_model_summary=progress,
     )
     trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt_path) if ckpt_path else None)
+    if trainer.state.finished:  # max_steps may end mid-epoch: make last.ckpt the final state
+        trainer.save_checkpoint(checkpoint_dir / "last.ckpt")
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if torch.is_tensor(v) and v.numel() == 1}
     return TrainResult(logger.run_id, experiment, tracking_uri, checkpoint_dir, metrics)

@@ -13,7 +13,7 @@ MusicFM (minzwon/musicfm, see /work/shared/REFERENCE.md "BEST-RQ / MusicFM") use
 log-mel (n_fft 2048, hop 240 at 24 kHz), two stride-2 conv blocks (4x subsampling -> 25 Hz) and
 12 wav2vec2-conformer layers with rotary positions. Our defaults keep that frontend but use hop 80,
 so the frame rate is 24000 / (80 * 4) = 75 Hz: the MERT/EnCodec rate, so the same teachers
-(EnCodec, CQT with hop 320) line up with this backbone frame for frame. For MusicFM's 25 Hz set
+(EnCodec: exactly the same frame count; CQT with hop 320: up to an edge frame) line up with it. For MusicFM's 25 Hz set
 ``hop_length: 240`` (or keep hop 80 and use ``subsampling_strides: [2, 2, 3]``).
 
 Frame count (exact; see :meth:`ConformerBackbone.num_frames`): ``ceil(S / hop)`` mel frames, then
@@ -206,7 +206,6 @@ class LogMelFrontend(nn.Module):
 
     def __init__(self, p: ConformerParams) -> None:
         super().__init__()
-        self.hop = p.hop_length
         self.pad = (p.n_fft - p.hop_length) // 2, p.n_fft - 1 - (p.n_fft - p.hop_length) // 2
         self.mel = MelSpectrogram(
             sr=p.sample_rate, n_fft=p.n_fft, n_mels=p.n_mels, hop_length=p.hop_length, center=False,
@@ -424,17 +423,18 @@ class ConformerBackbone(Backbone):
     def num_layers(self) -> int:
         return self.params.num_layers
 
-    def num_frames(self, num_samples: int) -> int:
-        frames = _ceil_div(max(int(num_samples), 0), self.params.hop_length)
+    def _frames(self, samples: int | Tensor) -> int | Tensor:
+        # ceil(S / hop) mel frames, then ceil(L / s) per subsampling layer (see _same_padding)
+        frames = _ceil_div(samples, self.params.hop_length)
         for stride in self.params.subsampling_strides:
             frames = _ceil_div(frames, stride)
         return frames
 
+    def num_frames(self, num_samples: int) -> int:
+        return int(self._frames(max(int(num_samples), 0)))
+
     def frame_lengths(self, lengths: Tensor) -> Tensor:
-        frames = _ceil_div(lengths.long(), self.params.hop_length)
-        for stride in self.params.subsampling_strides:
-            frames = _ceil_div(frames, stride)
-        return frames
+        return self._frames(lengths.long())
 
     def block_names(self) -> dict[str, list[str]]:
         groups: dict[str, list[str]] = {}

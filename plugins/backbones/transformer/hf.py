@@ -127,7 +127,7 @@ def params_from_hf_config(config: dict[str, Any], sample_rate: int | None = None
     try:
         return TransformerParams(**values)
     except ValidationError as exc:
-        lines = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}".lstrip(": ") for e in exc.errors()]
+        lines = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg'].removeprefix('Value error, ')}".lstrip(": ") for e in exc.errors()]
         raise MertlabError("HF config does not map to valid transformer params: " + "; ".join(lines)) from None
 
 

@@ -1,0 +1,178 @@
+"""DAC teacher: real descript-audio-codec models (random init with fitted codebooks), and
+loading weights files the test writes with DAC's own saver, read back by DAC's own loader."""
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mertlab.errors import DataError, MertlabError, WeightsError
+from mertlab.plugins.teachers.dac import DACParams, DACTeacher, default_weights
+from mertlab.registry import get_registry
+
+SR = 16_000  # the 16 kHz model keeps CPU time small; 44.1 kHz is checked on its own
+
+
+def music(n: int, seed: int = 0, sr: int = SR) -> torch.Tensor:
+    """Sines (one gliding) plus a little noise, ``n`` samples."""
+    g = torch.Generator().manual_seed(seed)
+    t = torch.arange(n) / sr
+    f0 = 110 * 2 ** (4 * torch.rand(1, generator=g))
+    wav = 0.3 * torch.sin(2 * math.pi * f0 * t) + 0.2 * torch.sin(2 * math.pi * (300 + 1500 * t) * t)
+    return wav + 0.03 * torch.randn(n, generator=g)
+
+
+def teacher_of(**params) -> DACTeacher:
+    return DACTeacher(DACParams(**{"model_type": "16khz", "pretrained": False, "init_seconds": 2.0, **params}))
+
+
+@pytest.fixture(scope="module")
+def teacher() -> DACTeacher:
+    return teacher_of()
+
+
+def test_kind_shape_frame_rate_dtype(teacher):
+    wav = torch.zeros(2, SR // 2)
+    wav[0], wav[1, :5_000] = music(SR // 2, 1), music(5_000, 2)
+    out = teacher.targets(wav, torch.tensor([SR // 2, 5_000]))
+    assert teacher.target_kind == "discrete" and teacher.sample_rate == SR
+    assert out.info == teacher.info
+    assert (out.info.kind, out.info.dim, out.info.frame_rate, out.info.vocab_sizes) == ("discrete", 12, 50.0, (1024,) * 12)
+    assert out.values.dtype == torch.int64 and out.values.shape == (2, 25, 12)
+    # DAC pads to whole hops (320 samples): 5000 samples -> 16 frames
+    assert out.lengths.tolist() == [25, 16] == [teacher.num_frames(SR // 2), math.ceil(5_000 / 320)]
+    assert out.values.min() >= 0 and out.values.max() < 1024
+
+
+def test_44khz_frame_rate_is_not_whole():
+    teacher = DACTeacher(DACParams(pretrained=False, init_seconds=0.5, n_codebooks=4))  # model_type 44khz
+    n = 10_000
+    out = teacher.targets(music(n, 3, sr=44_100)[None], torch.tensor([n]))
+    assert teacher.sample_rate == 44_100 and teacher.info.frame_rate == pytest.approx(86.1328125)
+    assert out.values.shape == (1, math.ceil(n / 512), 4) and out.lengths.tolist() == [20]
+
+
+def test_same_input_and_params_give_same_codes(teacher):
+    wav, n = music(SR // 2, 3)[None], torch.tensor([SR // 2])
+    first = teacher.targets(wav, n).values
+    rebuilt = teacher_of()
+    assert torch.equal(first, teacher.targets(wav.clone(), n).values)
+    assert torch.equal(first, rebuilt.targets(wav, n).values)
+    assert rebuilt.fingerprint() == teacher.fingerprint()
+    assert teacher_of(seed=1, init_seconds=0.5).fingerprint() != teacher.fingerprint()
+
+
+def test_codes_are_diverse(teacher):
+    codes = teacher.targets(music(SR, 4)[None], torch.tensor([SR])).values[0]
+    for k in range(codes.shape[1]):
+        assert codes[:, k].unique().numel() >= 4, f"codebook {k} uses {codes[:, k].unique().tolist()}"
+    assert len({tuple(frame.tolist()) for frame in codes}) > 25  # most of the 50 frames differ
+
+
+@settings(max_examples=6, deadline=None)
+@given(lengths=st.lists(st.integers(1, 5_000), min_size=2, max_size=3), garbage=st.floats(-1, 1))
+def test_batch_equals_one_by_one(teacher, lengths, garbage):
+    # DAC's encoder is not causal: without per-length grouping the padding would change the
+    # last frames of shorter clips.
+    wav = torch.full((len(lengths), max(lengths) + 321), garbage)
+    for i, n in enumerate(lengths):
+        wav[i, :n] = music(n, seed=i)
+    batch = teacher.targets(wav, torch.tensor(lengths))
+    for i, n in enumerate(lengths):
+        alone = teacher.targets(wav[i : i + 1, :n], torch.tensor([n]))
+        frames = int(batch.lengths[i])
+        assert frames == math.ceil(n / 320) == int(alone.lengths[0])
+        assert torch.equal(batch.values[i, :frames], alone.values[0])
+
+
+def test_n_codebooks_keeps_the_first_codebooks(teacher):
+    wav, n = music(SR // 2, 5)[None], torch.tensor([SR // 2])
+    first_three = teacher_of(n_codebooks=3)
+    assert first_three.info.dim == 3
+    assert torch.equal(first_three.targets(wav, n).values, teacher.targets(wav, n).values[..., :3])
+
+
+@pytest.mark.parametrize(
+    "params, message",
+    [
+        ({"model_type": "24khz", "model_bitrate": "16kbps"}, "16kbps exists only for model_type 44khz"),
+        ({"model_type": "16khz", "n_codebooks": 13}, "exceeds the 12 codebooks of DAC 16khz 8kbps"),
+        ({"model_type": "48khz"}, "model_type"),
+        ({"pretrained": False, "weights": "w.pth"}, "weights is set but pretrained is false"),
+    ],
+)
+def test_bad_params_are_clear_errors(params, message):
+    with pytest.raises(MertlabError, match=message):
+        get_registry().build("teacher", "dac", params)
+
+
+def test_loads_weights_saved_by_dac_from_its_cache_and_explicit_path(teacher, tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    cached, _url = default_weights("16khz", "8kbps")
+    assert cached == tmp_path / ".cache" / "descript" / "dac" / "weights_16khz_8kbps_0.0.5.pth"
+    cached.parent.mkdir(parents=True)
+    teacher.model.save(str(cached), package=False)  # the format of the released weights
+    wav, n = music(SR // 2, 6)[None], torch.tensor([SR // 2])
+
+    loaded = DACTeacher(DACParams(model_type="16khz"))  # pretrained: true, default location
+    assert all(torch.equal(v, loaded.model.state_dict()[k]) for k, v in teacher.model.state_dict().items())
+    assert torch.equal(loaded.targets(wav, n).values, teacher.targets(wav, n).values)
+    assert loaded.fingerprint_payload() == teacher.fingerprint_payload()
+
+    other = tmp_path / "other.pth"
+    teacher_of(seed=1, init_seconds=0.5).model.save(str(other), package=False)
+    explicit = DACTeacher(DACParams(model_type="16khz", weights=str(other), n_codebooks=4))
+    assert explicit.fingerprint_payload() != loaded.fingerprint_payload()
+    assert not torch.equal(explicit.targets(wav, n).values, loaded.targets(wav, n).values[..., :4])
+
+    # A file of another model is refused rather than encoding at the wrong rate.
+    with pytest.raises(WeightsError, match="16000 Hz model, but model_type 24khz is 24000 Hz"):
+        DACTeacher(DACParams(model_type="24khz", weights=str(cached)))
+
+
+def test_missing_weights_say_which_file_goes_where(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    expected = tmp_path / ".cache" / "descript" / "dac" / "weights_44khz_8kbps_0.0.1.pth"
+    with pytest.raises(WeightsError) as err:
+        get_registry().build("teacher", "dac", {})
+    message = str(err.value)
+    assert str(expected) in message and "releases/download/0.0.1/weights.pth" in message
+    assert "params.weights" in message and "pretrained: false" in message and "\n" not in message
+    with pytest.raises(WeightsError, match="missing.pth .*does not exist"):
+        DACTeacher(DACParams(weights=str(tmp_path / "missing.pth")))
+
+
+def test_foreign_weights_file_is_one_clear_error(tmp_path):
+    bad = tmp_path / "bad.pth"
+    torch.save({"state_dict": {"encoder.x": torch.zeros(2)}, "metadata": {"kwargs": {"sample_rate": 16000}}}, bad)
+    with pytest.raises(WeightsError, match=r"cannot load weights file .*bad.pth: RuntimeError: .*Missing key") as err:
+        DACTeacher(DACParams(model_type="16khz", weights=str(bad)))
+    assert "\n" not in str(err.value)
+
+
+def test_silent_short_and_bad_clips(teacher):
+    silent = teacher.targets(torch.zeros(2, SR // 4), torch.tensor([SR // 4, SR // 8]))
+    assert silent.lengths.tolist() == [13, 7] and silent.values.min() >= 0 and silent.values.max() < 1024
+
+    # Shorter than one hop (320 samples): DAC pads it to one frame, alone or in a batch.
+    wav = torch.zeros(2, SR // 4)
+    wav[0], wav[1, :100] = music(SR // 4, 7), music(100, 8)
+    batch = teacher.targets(wav, torch.tensor([SR // 4, 100]))
+    assert batch.lengths.tolist() == [13, 1]
+    assert torch.equal(batch.values[1, :1], teacher.targets(wav[1:, :100], torch.tensor([100])).values[0])
+
+    with pytest.raises(DataError, match="clip 0 has 0 valid samples"):
+        teacher.targets(wav, torch.tensor([0, 100]))
+    with pytest.raises(DataError, match="NaN or infinite"):
+        teacher.targets(torch.full((1, 500), float("inf")), torch.tensor([500]))
+
+
+def test_registry_builds_a_teacher_that_stays_frozen(teacher):
+    built = get_registry().build("teacher", "dac", {"model_type": "16khz", "pretrained": False, "init_seconds": 2.0})
+    assert isinstance(built, DACTeacher) and built.fingerprint() == teacher.fingerprint()
+    wav, n = music(SR // 4, 9)[None], torch.tensor([SR // 4])
+    before = built.targets(wav, n).values
+    built.train()  # training mode would switch on DAC's quantizer dropout
+    assert not built.model.training and not any(p.requires_grad for p in built.parameters())
+    assert torch.equal(built.targets(wav, n).values, before)
