@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 import click
 
@@ -45,10 +46,16 @@ def plugins_command(kind: str | None, pattern: str) -> None:
 @click.argument("spec_path", metavar="SPEC")
 @OVERRIDE_OPTION
 def validate_command(spec_path: str, overrides: tuple[str, ...]) -> None:
-    """Validate SPEC (with overrides) and print the fully resolved spec as YAML."""
+    """Validate SPEC (with overrides; and every sweep variant) and print the fully resolved spec as YAML."""
     from mertlab.spec import dump_spec, load_spec
 
-    click.echo(dump_spec(load_spec(spec_path, overrides)), nl=False)
+    spec = load_spec(spec_path, overrides)
+    if spec.sweep is not None:  # every variant must be valid too
+        from mertlab.sweep import plan_sweep
+
+        plan = plan_sweep(spec_path, overrides)
+        click.echo(f"sweep: {len(plan.children)} variants, all valid", err=True)
+    click.echo(dump_spec(spec), nl=False)
 
 
 @cli.command("schema")
@@ -75,12 +82,26 @@ def schema_command(kind: str | None, name: str | None) -> None:
 @click.option("--resume", "resume", is_flag=False, flag_value="latest", default=None, metavar="[CKPT]",
               help="Continue the newest run of this spec (or the given checkpoint): same step, optimizer state and MLflow run.")
 @click.option("--no-progress", is_flag=True, help="No progress bar (e.g. in batch jobs).")
-def train_command(spec_path: str, overrides: tuple[str, ...], resume: str | None, no_progress: bool) -> None:
+@click.option("--parent-run-id", metavar="RUN_ID",
+              help="Train as a sweep child nested under this MLflow run (with --variant); as printed by `mertlab sweep --dry-run`.")
+@click.option("--variant", metavar="NAME", help="Sweep variant name of this child run (with --parent-run-id).")
+def train_command(spec_path: str, overrides: tuple[str, ...], resume: str | None, no_progress: bool,
+                  parent_run_id: str | None, variant: str | None) -> None:
     """Pre-train the model described by SPEC; metrics go to MLflow."""
     from mertlab.spec import load_spec
     from mertlab.tracking import ui_command
     from mertlab.train.run import train
 
+    if (parent_run_id is None) != (variant is None):
+        raise click.UsageError("--parent-run-id and --variant go together")
+    if parent_run_id is not None:
+        if resume is not None:
+            raise click.UsageError("sweep children resume by themselves: drop --resume")
+        from mertlab.sweep import run_child
+
+        outcome = run_child(spec_path, list(overrides), parent_run_id, variant, progress=not no_progress)
+        click.echo(f"variant '{variant}': {outcome.status}{' (' + outcome.message + ')' if outcome.message else ''}, run {outcome.run_id}")
+        return
     spec = load_spec(spec_path, overrides)
     result = train(spec, resume=True if resume == "latest" else (resume or False), progress=not no_progress)
     losses = ", ".join(f"{k}={v:.4g}" for k, v in sorted(result.metrics.items()) if k.startswith(("loss/", "val/loss/")))
@@ -91,6 +112,64 @@ def train_command(spec_path: str, overrides: tuple[str, ...], resume: str | None
         f"  checkpoints: {result.checkpoint_dir}\n"
         f"  open the UI: {ui_command(result.tracking_uri)}  (then http://127.0.0.1:5000)"
     )
+
+
+@cli.command("sweep")
+@click.argument("spec_path", metavar="SPEC")
+@OVERRIDE_OPTION
+@click.option("--dry-run", is_flag=True,
+              help="Validate, create the parent run, and print the `mertlab train` command of each unfinished child instead of running it.")
+@click.option("--no-progress", is_flag=True, help="No progress bars.")
+@click.option("--no-compare", is_flag=True, help="Do not tabulate the children and log the comparison to the parent run at the end.")
+def sweep_command(spec_path: str, overrides: tuple[str, ...], dry_run: bool, no_progress: bool, no_compare: bool) -> None:
+    """Run every variant of SPEC's `sweep:` block as a child of one MLflow parent run.
+
+    Overrides apply to every variant. All variants are validated before the first starts;
+    re-running skips finished children and resumes unfinished ones.
+    """
+    from mertlab.sweep import run_sweep
+    from mertlab.tracking import ui_command
+
+    result = run_sweep(spec_path, overrides, dry_run=dry_run, progress=not no_progress, echo=click.echo)
+    if dry_run:
+        return
+    if not no_compare:
+        from mertlab.compare import compare, to_text
+
+        report = compare(result.parent_run_id, result.tracking_uri)
+        click.echo("\n" + to_text(report.comparison))
+        click.echo(f"\ncomparison table and plots logged to the parent run ({', '.join(report.files)} under artifacts/compare)")
+    click.echo(
+        f"parent run {result.parent_run_id} (experiment '{result.experiment}')\n"
+        f"  compare: mertlab compare {result.parent_run_id}\n"
+        f"  open the UI: {ui_command(result.tracking_uri)}  (then http://127.0.0.1:5000)"
+    )
+    if result.failed:
+        raise MertlabError(f"{len(result.failed)} of {len(result.outcomes)} variants failed: " + ", ".join(o.variant for o in result.failed))
+
+
+@cli.command("compare")
+@click.argument("target", metavar="PARENT_RUN_ID|EXPERIMENT")
+@click.option("--metric", "metrics", multiple=True, metavar="PATTERN",
+              help="Metrics to tabulate and plot as final/best (wildcards; repeatable). Default: loss/*, val/loss/*, probe/*.")
+@click.option("--out", "out_dir", metavar="DIR", help="Folder for comparison.csv, comparison.md and the plots [default: comparisons/<name>].")
+@click.option("--tracking-uri", metavar="URI", help="MLflow store [default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db].")
+@click.option("--no-log", is_flag=True, help="Do not log the table and plots as artifacts of the parent run.")
+def compare_command(target: str, metrics: tuple[str, ...], out_dir: str | None, tracking_uri: str | None, no_log: bool) -> None:
+    """Compare the child runs of a sweep (a parent run id, or an experiment: its newest sweep)."""
+    import re
+
+    from mertlab.compare import load_comparison, to_text, write_comparison
+
+    comparison = load_comparison(target, tracking_uri, metrics)
+    if out_dir is None:
+        out_dir = str(Path("comparisons") / re.sub(r"[^A-Za-z0-9_.=,+-]+", "_", comparison.title))
+    result = write_comparison(comparison, out_dir, log_artifacts=not no_log)
+    click.echo(f"{comparison.title}: {len(comparison.rows)} runs" + (f" ({comparison.note})" if comparison.note else ""))
+    click.echo(to_text(comparison))
+    click.echo(f"\nwrote {', '.join(result.files)} to {result.out_dir}")
+    if result.logged_to:
+        click.echo(f"logged them to parent run {result.logged_to} (artifacts/compare)")
 
 
 @cli.group("teachers")

@@ -48,3 +48,16 @@ def code_perplexity(alias: str, codebook: int) -> str:
 
 def val(name: str) -> str:
     return VAL_PREFIX + name
+
+
+# Per-run summary, logged once at the end of training (mertlab.run_summary) so MLflow's run
+# comparison view can sort runs by them; `mertlab compare` shows the same numbers.
+SUMMARY_PREFIX = "summary/"
+SUMMARY_FINAL_LOSS = "summary/final_loss"
+SUMMARY_BEST_VAL_LOSS = "summary/best_val_loss"
+SUMMARY_MAX_GRAD_NORM = "summary/max_grad_norm"
+SUMMARY_LOSS_SPIKES = "summary/loss_spikes"
+SUMMARY_NONFINITE_STEPS = "summary/nonfinite_steps"
+SUMMARY_SKIPPED_STEPS = "summary/skipped_steps"
+SUMMARY_MAX_ATTN_LOGIT = "summary/max_attn_logit"
+ATTN_MAX_LOGIT_PREFIX = "attn/max_logit/"

@@ -8,11 +8,12 @@ Every problem becomes a ``path.to.field: message`` line of one :class:`SpecError
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from mertlab.errors import MertlabError, SpecError
 
@@ -86,6 +87,71 @@ class TrackingSpec(StrictModel):
     tags: dict[str, str] = Field(default_factory=dict)
 
 
+#: Keys a sweep may not vary: every child must land in its parent's store, experiment and
+#: output folder, and a child spec carries no sweep of its own.
+SWEEP_FIXED_KEYS = ("name", "sweep", "tracking.tracking_uri", "tracking.experiment", "tracking.run_name")
+_DOTTED_KEY = re.compile(r"^[A-Za-z0-9_\-]+(\.[A-Za-z0-9_\-]+)*$")
+_VARIANT_NAME = re.compile(r"^[A-Za-z0-9_.+\-]+$")
+
+
+def _check_sweep_key(key: str) -> None:
+    if not _DOTTED_KEY.match(key):
+        raise ValueError(f"'{key}' is not a dotted spec key (e.g. optim.lr)")
+    for fixed in SWEEP_FIXED_KEYS:
+        if key == fixed or key.startswith(fixed + ".") or fixed.startswith(key + "."):
+            raise ValueError(f"a sweep cannot vary '{key}': every child shares the parent's name, tracking store and experiment")
+
+
+class SweepSpec(StrictModel):
+    """Variants of one spec, run as MLflow child runs under one parent (``mertlab sweep``).
+
+    ``grid`` is a cartesian product; ``variants`` are named sets of overrides; with both, every
+    variant is crossed with every grid point. Keys are dotted spec paths as for ``-o``; a
+    ``null`` value removes the key (e.g. drop a teacher and its objective).
+    """
+
+    grid: dict[str, list[Any]] = Field(
+        default_factory=dict,
+        description="Dotted key -> list of values; the product of all lists is swept (e.g. optim.lr: [5.0e-4, 1.0e-3]).",
+    )
+    variants: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="Variant name -> {dotted key: value} overrides (an empty mapping is the unchanged base spec).",
+    )
+
+    @field_validator("grid")
+    @classmethod
+    def _check_grid(cls, grid: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        for key, values in grid.items():
+            _check_sweep_key(key)
+            if not values:
+                raise ValueError(f"grid key '{key}' has an empty list of values")
+            rendered = [yaml.safe_dump(v, default_flow_style=True) for v in values]
+            if len(set(rendered)) != len(rendered):
+                raise ValueError(f"grid key '{key}' lists the same value twice")
+        return grid
+
+    @field_validator("variants")
+    @classmethod
+    def _check_variants(cls, variants: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        for name, overrides in variants.items():
+            if not _VARIANT_NAME.match(name):
+                raise ValueError(f"variant name '{name}': use letters, digits and _ . + - only")
+            for key in overrides:
+                _check_sweep_key(key)
+        return variants
+
+    @model_validator(mode="after")
+    def _not_empty_no_overlap(self) -> "SweepSpec":
+        if not self.grid and not self.variants:
+            raise ValueError("a sweep needs `grid` and/or `variants`")
+        for name, overrides in self.variants.items():
+            both = sorted(set(overrides) & set(self.grid))
+            if both:
+                raise ValueError(f"variant '{name}' sets {', '.join(both)}, which the grid also varies")
+        return self
+
+
 class ExperimentSpec(StrictModel):
     """A complete, resolved experiment."""
 
@@ -106,6 +172,9 @@ class ExperimentSpec(StrictModel):
     callbacks: dict[str, ComponentSpec] = Field(
         default_factory=lambda: {"stability": ComponentSpec(name="stability")},
         description="Training callbacks by alias (default: the stability monitor; `callbacks: {stability: null}` removes it).",
+    )
+    sweep: SweepSpec | None = Field(
+        None, description="Optional variants of this spec for `mertlab sweep` (one MLflow child run each)."
     )
 
 

@@ -14,8 +14,11 @@ DEFAULT_DB = "mlflow.db"
 
 def resolve_tracking_uri(spec: ExperimentSpec) -> str:
     """The spec's URI, else ``$MLFLOW_TRACKING_URI``, else ``sqlite:///<cwd>/mlflow.db``."""
-    if spec.tracking.tracking_uri:
-        return spec.tracking.tracking_uri
+    return spec.tracking.tracking_uri or default_tracking_uri()
+
+
+def default_tracking_uri() -> str:
+    """``$MLFLOW_TRACKING_URI``, else ``sqlite:///<cwd>/mlflow.db`` (where a spec sets none)."""
     env = os.environ.get("MLFLOW_TRACKING_URI")
     if env:
         return env

@@ -16,6 +16,7 @@ from mertlab.data.audio import list_audio_paths
 from mertlab.data.datamodule import AudioDataModule
 from mertlab.data.demo import write_demo_dataset
 from mertlab.errors import MertlabError
+from mertlab.run_summary import log_run_summary
 from mertlab.spec import ExperimentSpec
 from mertlab.tracking import log_spec, resolve_tracking_uri, run_tags
 from mertlab.train.module import PretrainModule
@@ -73,8 +74,15 @@ def quiet_lightning() -> None:
         rank_zero_logger.addFilter(_DropAdvertisements())
 
 
-def train(spec: ExperimentSpec, resume: str | bool = False, registry: Any = None, progress: bool = True) -> TrainResult:
-    """Train ``spec``; with ``resume`` continue a checkpoint and its MLflow run."""
+def train(
+    spec: ExperimentSpec, resume: str | bool = False, registry: Any = None, progress: bool = True, run_id: str | None = None
+) -> TrainResult:
+    """Train ``spec``; with ``resume`` continue a checkpoint and its MLflow run.
+
+    ``run_id`` logs into an MLflow run that already exists (a sweep child made by
+    :mod:`mertlab.sweep`, which sets its tags); by default a new run is created. At the end the
+    run's ``summary/*`` metrics are logged (:mod:`mertlab.run_summary`).
+    """
     if registry is None:
         from mertlab.registry import get_registry
 
@@ -82,10 +90,13 @@ def train(spec: ExperimentSpec, resume: str | bool = False, registry: Any = None
     quiet_lightning()
     L.seed_everything(spec.seed, workers=True, verbose=False)
 
-    ckpt_path, run_id = None, None
+    ckpt_path = None
     if resume:
         ckpt_path = find_resume_checkpoint(spec, resume)
-        run_id = torch.load(ckpt_path, map_location="cpu", weights_only=False).get("mlflow_run_id")
+        ckpt_run = torch.load(ckpt_path, map_location="cpu", weights_only=False).get("mlflow_run_id")
+        if run_id and ckpt_run and ckpt_run != run_id:
+            raise MertlabError(f"--resume: {ckpt_path} belongs to MLflow run {ckpt_run}, not {run_id}")
+        run_id = ckpt_run or run_id
 
     prepare_data(spec)
     module = PretrainModule(spec, registry)
@@ -139,4 +150,5 @@ def train(spec: ExperimentSpec, resume: str | bool = False, registry: Any = None
     if trainer.state.finished:  # max_steps may end mid-epoch: make last.ckpt the final state
         trainer.save_checkpoint(checkpoint_dir / "last.ckpt")
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if torch.is_tensor(v) and v.numel() == 1}
+    metrics.update(log_run_summary(logger.experiment, logger.run_id, trainer.global_step))
     return TrainResult(logger.run_id, experiment, tracking_uri, checkpoint_dir, metrics)

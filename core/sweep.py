@@ -1,0 +1,395 @@
+"""``mertlab sweep``: the variants of one spec as MLflow child runs under one parent run.
+
+A spec's ``sweep:`` block (:class:`mertlab.spec.SweepSpec`) expands into variants, each a list
+of dotted overrides with a readable, deterministic name (``lr=0.001,preset=small`` for grid
+points, the given name for named variants, ``<variant>,<grid point>`` when both are used).
+
+* :func:`plan_sweep` validates *every* variant before anything starts; an invalid one fails
+  with ``variant '<name>': <field>: <message>``.
+* The parent run (tag ``mertlab.sweep=<spec name>``) is found again by that tag, so re-running
+  a sweep reuses it; it holds the base ``spec.yaml``, ``sweep.yaml`` (the variants, in order)
+  and, after ``mertlab compare``, the comparison table and plots.
+* Each variant is one child run (``mlflow.parentRunId``, tag ``variant``, its overrides as
+  params ``override.<key>``), trained by :func:`run_child`. The same function serves
+  ``mertlab train SPEC -o ... --parent-run-id ID --variant NAME`` -- the command
+  ``mertlab sweep --dry-run`` prints for a cluster scheduler -- so both paths behave alike:
+  a finished child is skipped, an unfinished one resumes from its ``last.ckpt`` (or starts
+  over when it has none), and a finished child whose spec has since changed is an error
+  rather than a silently stale result.
+"""
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import shlex
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+from mertlab.errors import MertlabError, SpecError
+from mertlab.spec import ExperimentSpec, SweepSpec, dump_spec, load_spec
+from mertlab.tracking import resolve_tracking_uri, run_tags
+
+SWEEP_TAG = "mertlab.sweep"  # parent and children: the sweep's (spec's) name
+VARIANT_TAG = "variant"  # children: the variant name
+SPEC_SHA_TAG = "mertlab.spec_sha"  # children: fingerprint of the resolved child spec
+INDEX_TAG = "mertlab.sweep.index"  # children: position of the variant in the sweep
+PARENT_TAG = "mlflow.parentRunId"  # MLflow's own nesting tag
+OVERRIDE_PARAM_PREFIX = "override."
+SWEEP_ARTIFACT = "sweep.yaml"
+
+
+# --------------------------------------------------------------------------- variants
+def format_value(value: Any) -> str:
+    """A value as one line of YAML that parses back to it (``-o key=<this>``, variant names)."""
+    text = yaml.safe_dump(value, default_flow_style=True, width=1 << 30, sort_keys=False).strip()
+    return text[: -len("...")].strip() if text.endswith("\n...") else text
+
+
+def parse_override(override: str) -> tuple[str, str]:
+    """``"optim.lr=1e-3"`` -> ``("optim.lr", "1e-3")`` (the value as written)."""
+    key, _, raw = override.partition("=")
+    return key.strip(), raw.strip()
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One child of a sweep: its name and its ``(dotted key, value)`` overrides."""
+
+    name: str
+    overrides: tuple[tuple[str, Any], ...] = ()
+
+    def args(self) -> list[str]:
+        """The overrides as ``key=value`` strings for :func:`mertlab.spec.load_spec` / ``-o``."""
+        return [f"{key}={format_value(value)}" for key, value in self.overrides]
+
+
+def short_keys(keys: list[str]) -> dict[str, str]:
+    """Shortest distinct dotted suffix of each key: ``optim.lr`` -> ``lr``; two keys ending in
+    ``.lr`` keep one more segment each."""
+    out = {}
+    for key in keys:
+        parts = key.split(".")
+        for n in range(1, len(parts) + 1):
+            suffix = ".".join(parts[-n:])
+            if not any(o != key and (o == suffix or o.endswith("." + suffix)) for o in keys):
+                break
+        out[key] = suffix
+    return out
+
+
+def expand(sweep: SweepSpec) -> list[Variant]:
+    """Every variant of ``sweep``, in a fixed order: named variants in file order, each crossed
+    with the grid points (grid keys in file order, the last varying fastest)."""
+    keys = list(sweep.grid)
+    short = short_keys(keys)
+    points = [
+        (",".join(f"{short[k]}={format_value(v)}" for k, v in zip(keys, values)), tuple(zip(keys, values)))
+        for values in itertools.product(*(sweep.grid[k] for k in keys))
+    ] if keys else [("", ())]
+    named = list(sweep.variants.items()) or [("", {})]
+    variants = []
+    for (vname, overrides), (gname, gpoint) in itertools.product(named, points):
+        name = ",".join(n for n in (vname, gname) if n)
+        variants.append(Variant(name, (*overrides.items(), *gpoint)))
+    return variants
+
+
+# --------------------------------------------------------------------------- planning
+def load_child_spec(spec_path: str | Path, overrides: list[str] | tuple[str, ...], registry: Any = None) -> ExperimentSpec:
+    """The spec of one child: the YAML, then ``overrides``, without the ``sweep`` block."""
+    return load_spec(spec_path, [*overrides, "sweep=null"], registry=registry)
+
+
+def spec_sha(spec: ExperimentSpec) -> str:
+    """Fingerprint of what a run trains (tracking settings and the sweep block excluded)."""
+    data = spec.model_dump(mode="json", exclude={"tracking", "sweep"})
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+@dataclass
+class ChildPlan:
+    variant: Variant
+    overrides: list[str]  # the sweep command's overrides, then the variant's
+    spec: ExperimentSpec
+
+
+@dataclass
+class SweepPlan:
+    spec_path: str
+    overrides: list[str]
+    spec: ExperimentSpec  # the base spec, sweep block included
+    children: list[ChildPlan]
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def tracking_uri(self) -> str:
+        return resolve_tracking_uri(self.spec)
+
+    @property
+    def experiment(self) -> str:
+        return self.spec.tracking.experiment or self.spec.name
+
+
+def plan_sweep(spec_path: str | Path, overrides: list[str] | tuple[str, ...] = (), registry: Any = None) -> SweepPlan:
+    """Load the spec and validate every variant; all problems of all variants in one error."""
+    base = load_spec(spec_path, overrides, registry=registry)
+    if base.sweep is None:
+        raise SpecError([("sweep", "this spec has no `sweep:` block (add `grid:` and/or `variants:`)")], source=str(spec_path))
+    # overrides of the sweep block itself only shape the expansion; children do not repeat them
+    shared = [o for o in overrides if not parse_override(o)[0].split(".")[0] == "sweep"]
+    children, problems = [], []
+    for variant in expand(base.sweep):
+        child_overrides = [*shared, *variant.args()]
+        try:
+            children.append(ChildPlan(variant, child_overrides, load_child_spec(spec_path, child_overrides, registry)))
+        except SpecError as exc:
+            problems += [(f"variant '{variant.name}': {path}" if path else f"variant '{variant.name}'", msg) for path, msg in exc.problems]
+    if problems:
+        raise SpecError(problems, source=str(spec_path))
+    return SweepPlan(str(spec_path), list(overrides), base, children)
+
+
+# --------------------------------------------------------------------------- MLflow runs
+def _client(tracking_uri: str) -> Any:
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri)
+
+
+def experiment_id(client: Any, name: str, create: bool = False) -> str | None:
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    return client.create_experiment(name) if create else None
+
+
+def find_parent(client: Any, experiment: str, sweep_name: str) -> Any | None:
+    """The newest active parent run of sweep ``sweep_name`` in ``experiment``, if any."""
+    exp_id = experiment_id(client, experiment)
+    if exp_id is None:
+        return None
+    return next(iter(sweep_parents(client, exp_id, sweep_name)), None)
+
+
+def sweep_parents(client: Any, exp_id: str, sweep_name: str | None = None) -> list[Any]:
+    """Active sweep parent runs in an experiment (of one sweep, or of any), newest first."""
+    # quotes cannot be escaped in MLflow filters: such names are matched here instead
+    by_name = sweep_name is not None and "'" not in sweep_name
+    query = f"tags.`{SWEEP_TAG}` = '{sweep_name}'" if by_name else ""
+    runs = client.search_runs([exp_id], filter_string=query, order_by=["attributes.start_time DESC"], max_results=50000)
+    return [
+        r for r in runs
+        if PARENT_TAG not in r.data.tags and SWEEP_TAG in r.data.tags
+        and (sweep_name is None or r.data.tags[SWEEP_TAG] == sweep_name)
+    ]
+
+
+def children_of(client: Any, parent: Any) -> list[Any]:
+    """Active child runs of ``parent`` (any status)."""
+    return client.search_runs(
+        [parent.info.experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{parent.info.run_id}'", max_results=50000
+    )
+
+
+def find_child(client: Any, parent: Any, variant: str) -> Any | None:
+    """The child of ``parent`` for ``variant``: a finished one if there is one, else the newest."""
+    runs = [r for r in children_of(client, parent) if r.data.tags.get(VARIANT_TAG) == variant]
+    runs.sort(key=lambda r: (r.info.status == "FINISHED", r.info.start_time or 0), reverse=True)
+    return runs[0] if runs else None
+
+
+def ensure_parent(client: Any, plan: SweepPlan, registry: Any) -> Any:
+    """Find or create the sweep's parent run, and record the base spec and variant list on it."""
+    parent = find_parent(client, plan.experiment, plan.name)
+    if parent is None:
+        tags = {
+            **run_tags(plan.spec, registry),
+            SWEEP_TAG: plan.name,
+            "mlflow.note.content": f"Sweep of {plan.spec_path} ({len(plan.children)} variants). {plan.spec.description}".strip(),
+        }
+        exp_id = experiment_id(client, plan.experiment, create=True)
+        parent = client.create_run(exp_id, run_name=plan.spec.tracking.run_name or plan.name, tags=tags)
+    run_id = parent.info.run_id
+    client.set_tag(run_id, "mertlab.sweep.size", str(len(plan.children)))
+    client.log_text(run_id, dump_spec(plan.spec), "spec.yaml")
+    listing = {
+        "spec": plan.spec_path,
+        "overrides": plan.overrides,
+        "variants": [{"name": c.variant.name, "overrides": dict(parse_override(a) for a in c.variant.args())} for c in plan.children],
+    }
+    client.log_text(run_id, yaml.safe_dump(listing, sort_keys=False), SWEEP_ARTIFACT)
+    return client.get_run(run_id)
+
+
+# --------------------------------------------------------------------------- children
+@dataclass
+class ChildOutcome:
+    variant: str
+    run_id: str | None
+    status: str  # trained | resumed | skipped | failed
+    message: str = ""
+
+
+def run_child(
+    spec_path: str | Path,
+    overrides: list[str] | tuple[str, ...],
+    parent_run_id: str,
+    variant: str,
+    registry: Any = None,
+    progress: bool = True,
+) -> ChildOutcome:
+    """Train one sweep child under ``parent_run_id`` (skip it if finished, resume it if not).
+
+    Raises on failure, after marking the child run FAILED.
+    """
+    from mlflow.entities import Param
+    from mlflow.exceptions import MlflowException
+
+    from mertlab.train.run import run_directory, train
+
+    if registry is None:
+        from mertlab.registry import get_registry
+
+        registry = get_registry()
+    full = load_spec(spec_path, overrides, registry=registry)
+    spec = full.model_copy(update={"sweep": None})  # == load_child_spec(spec_path, overrides)
+    names = [v.name for v in expand(full.sweep)] if full.sweep is not None else []
+    tracking_uri = resolve_tracking_uri(spec)
+    client = _client(tracking_uri)
+    try:
+        parent = client.get_run(parent_run_id)
+    except MlflowException:
+        raise MertlabError(f"--parent-run-id: no MLflow run {parent_run_id} in {tracking_uri}") from None
+    experiment = spec.tracking.experiment or spec.name
+    if experiment_id(client, experiment) != parent.info.experiment_id:
+        raise MertlabError(
+            f"--parent-run-id: run {parent_run_id} is not in experiment '{experiment}' of this spec; "
+            "children must log to their parent's experiment"
+        )
+    sha = spec_sha(spec)
+    existing = find_child(client, parent, variant)
+    ckpt = None
+    if existing is not None:
+        run_id = existing.info.run_id
+        same = existing.data.tags.get(SPEC_SHA_TAG) == sha
+        if existing.info.status == "FINISHED":
+            if same:
+                return ChildOutcome(variant, run_id, "skipped", "already finished")
+            raise MertlabError(
+                f"variant '{variant}': run {run_id} under parent {parent_run_id} finished with a different spec; "
+                "give the sweep a new `name`, or delete that run to train the variant again"
+            )
+        last = run_directory(spec) / run_id / "checkpoints" / "last.ckpt"
+        if same and last.is_file():
+            ckpt = last
+        else:  # an unfinished run with nothing to resume from (or of an older spec): start over
+            client.delete_run(run_id)
+            existing = None
+    if existing is None:
+        tags = {
+            **run_tags(spec, registry),
+            PARENT_TAG: parent_run_id,
+            SWEEP_TAG: parent.data.tags.get(SWEEP_TAG, spec.name),
+            VARIANT_TAG: variant,
+            SPEC_SHA_TAG: sha,
+        }
+        if variant in names:  # position in the sweep, for ordering comparisons
+            tags[INDEX_TAG] = str(names.index(variant))
+        run_id = client.create_run(parent.info.experiment_id, run_name=variant, tags=tags).info.run_id
+        params = dict(parse_override(o) for o in overrides)
+        client.log_batch(run_id, params=[Param(OVERRIDE_PARAM_PREFIX + k, v or "''") for k, v in params.items()])
+    else:
+        client.update_run(run_id, status="RUNNING")
+    try:
+        train(spec, resume=str(ckpt) if ckpt else False, registry=registry, progress=progress, run_id=run_id)
+    except BaseException:
+        client.set_terminated(run_id, "FAILED")
+        raise
+    return ChildOutcome(variant, run_id, "resumed" if ckpt else "trained")
+
+
+def child_command(plan: SweepPlan, child: ChildPlan, parent_run_id: str) -> str:
+    """The shell command that trains ``child`` on any machine sharing the tracking store."""
+    argv = ["mertlab", "train", plan.spec_path]
+    for override in child.overrides:
+        argv += ["-o", override]
+    argv += ["--parent-run-id", parent_run_id, "--variant", child.variant.name, "--no-progress"]
+    command = " ".join(shlex.quote(a) for a in argv)
+    if plan.spec.tracking.tracking_uri is None:  # pin the store the parent was created in
+        command = f"MLFLOW_TRACKING_URI={shlex.quote(plan.tracking_uri)} {command}"
+    return command
+
+
+# --------------------------------------------------------------------------- the sweep
+@dataclass
+class SweepResult:
+    parent_run_id: str
+    tracking_uri: str
+    experiment: str
+    outcomes: list[ChildOutcome] = field(default_factory=list)
+    commands: list[str] = field(default_factory=list)
+
+    @property
+    def failed(self) -> list[ChildOutcome]:
+        return [o for o in self.outcomes if o.status == "failed"]
+
+
+def run_sweep(
+    spec_path: str | Path,
+    overrides: list[str] | tuple[str, ...] = (),
+    dry_run: bool = False,
+    registry: Any = None,
+    progress: bool = True,
+    echo: Callable[[str], None] | None = None,
+) -> SweepResult:
+    """Validate all variants, find or create the parent run, then train the children one after
+    another here (``dry_run``: only return the ``mertlab train`` command of each unfinished child).
+
+    A failing child is recorded (run FAILED) and the sweep goes on with the next one.
+    """
+    echo = echo or (lambda _: None)
+    if registry is None:
+        from mertlab.registry import get_registry
+
+        registry = get_registry()
+    plan = plan_sweep(spec_path, overrides, registry)
+    client = _client(plan.tracking_uri)
+    parent = ensure_parent(client, plan, registry)
+    parent_id = parent.info.run_id
+    result = SweepResult(parent_id, plan.tracking_uri, plan.experiment)
+    echo(f"sweep '{plan.name}': {len(plan.children)} variants, parent run {parent_id} (experiment '{plan.experiment}')")
+    if dry_run:
+        for child in plan.children:
+            done = find_child(client, parent, child.variant.name)
+            if done is not None and done.info.status == "FINISHED":
+                echo(f"# {child.variant.name}: finished (run {done.info.run_id})")
+                continue
+            command = child_command(plan, child, parent_id)
+            result.commands.append(command)
+            echo(command)
+        client.update_run(parent_id, status="SCHEDULED" if result.commands else "FINISHED")
+        return result
+
+    client.update_run(parent_id, status="RUNNING")
+    for i, child in enumerate(plan.children, 1):
+        name = child.variant.name
+        echo(f"[{i}/{len(plan.children)}] {name}")
+        try:
+            outcome = run_child(plan.spec_path, child.overrides, parent_id, name, registry, progress)
+        except KeyboardInterrupt:
+            client.set_terminated(parent_id, "KILLED")
+            raise
+        except Exception as exc:  # noqa: BLE001 - one failing variant must not stop the others
+            found = find_child(client, parent, name)
+            outcome = ChildOutcome(name, found.info.run_id if found else None, "failed", f"{type(exc).__name__}: {exc}" if not isinstance(exc, MertlabError) else str(exc))
+        result.outcomes.append(outcome)
+        echo(f"    {outcome.status}{': ' + outcome.message if outcome.message else ''} (run {outcome.run_id})")
+    client.set_terminated(parent_id, "FAILED" if result.failed else "FINISHED")
+    return result
