@@ -1,0 +1,168 @@
+"""`mertlab compare`: every child of a sweep, with values read back from MLflow, as a table,
+CSV, Markdown and PNG plots logged to the parent run."""
+from __future__ import annotations
+
+import csv
+import math
+import struct
+from contextlib import redirect_stdout
+from io import StringIO
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+from sweep_support import THREE_VARIANTS, tiny_sweep_spec, write_spec
+
+from mertlab import metric_names as M
+from mertlab.cli import main
+from mertlab.compare import load_comparison
+from mertlab.data.demo import write_demo_dataset
+from mertlab.sweep import run_sweep
+
+pytestmark = pytest.mark.filterwarnings("ignore")
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+PLOTS = {"loss_total.png", "loss_rvq_pred.png", "loss_cqt_recon.png", "grad_norm_total.png", "final_metrics.png"}
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    """A three-variant tiny sweep (run in-process, no comparison yet): (tracking URI, parent run id, workdir)."""
+    path = tmp_path_factory.mktemp("compare")
+    write_demo_dataset(path / "demo", num_clips=6, seconds=2.0, progress=False)
+    uri = f"sqlite:///{path / 'mlflow.db'}"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(path)  # MLflow's default artifact folder (./mlruns) lands here
+        spec = write_spec(path / "sweep.yaml", tiny_sweep_spec("cmp-sweep", path / "demo", path, uri, THREE_VARIANTS))
+        result = run_sweep(spec, progress=False)
+        assert not result.failed and len(result.outcomes) == 3
+        yield uri, result.parent_run_id, path
+
+
+def run_cli(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    assert "Traceback" not in out + err
+    return code, out, err
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def close(cell: str, value: float) -> bool:
+    return math.isclose(float(cell), value, rel_tol=1e-9, abs_tol=1e-12)
+
+
+@pytest.fixture(scope="module")
+def compared(sweep):
+    """`mertlab compare PARENT --out DIR`, run once: (exit code, stdout, out dir)."""
+    uri, parent, path = sweep
+    out_dir = path / "cmp"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(path)
+        buffer = StringIO()
+        with redirect_stdout(buffer):
+            code = main(["compare", parent, "--tracking-uri", uri, "--out", str(out_dir)])
+    return code, buffer.getvalue(), out_dir
+
+
+def test_table_lists_every_child_with_values_read_back_from_mlflow(sweep, compared):
+    uri, parent, _ = sweep
+    code, out, out_dir = compared
+    assert code == 0
+    client = MlflowClient(uri)
+    children = client.search_runs(
+        [client.get_run(parent).info.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent}'"
+    )
+    assert len(children) == 3
+    for name in ("base", "cqt_only", "lr_high"):
+        assert name in out
+    rows = read_csv(out_dir / "comparison.csv")
+    assert [r["variant"] for r in rows] == ["base", "cqt_only", "lr_high"]  # sweep order
+    assert {r["run_id"] for r in rows} == {c.info.run_id for c in children}
+    for row in rows:
+        run = client.get_run(row["run_id"])
+        history = lambda key: [m.value for m in client.get_metric_history(run.info.run_id, key)]  # noqa: E731
+        assert row["variant"] == run.data.tags["variant"] and row["status"] == "FINISHED"
+        for metric in ("loss/total", "loss/cqt_recon", "val/loss/total"):
+            assert close(row[f"{metric} final"], run.data.metrics[metric])
+            assert close(row[f"{metric} best"], min(history(metric)))
+        assert close(row[M.SUMMARY_MAX_GRAD_NORM], max(history(M.GRAD_NORM_TOTAL)))
+        attn = [v for k in run.data.metrics if k.startswith("attn/max_logit/") for v in history(k)]
+        assert close(row[M.SUMMARY_MAX_ATTN_LOGIT], max(attn))
+        assert close(row[M.SUMMARY_NONFINITE_STEPS], 0) and close(row[M.SUMMARY_SKIPPED_STEPS], 0)
+        assert row["optim.lr"] == run.data.params.get("override.optim.lr", "")
+    by_name = {r["variant"]: r for r in rows}
+    assert by_name["cqt_only"]["loss/rvq_pred final"] == "" and by_name["base"]["loss/rvq_pred final"] != ""
+    assert by_name["cqt_only"]["teachers.rvq"] == "null" and by_name["lr_high"]["optim.lr"] == "0.01"
+    assert len({r["loss/total final"] for r in rows}) == 3  # three different runs, not one value repeated
+
+
+def test_terminal_and_markdown_tables(sweep, compared):
+    _, parent, _ = sweep
+    _, out, out_dir = compared
+    lines = out.splitlines()
+    header = next(line for line in lines if line.startswith("variant "))
+    assert header.split() == ["variant", "base", "cqt_only", "lr_high"]
+    for field in ("optim.lr", "loss/total final", "val/loss/total best", M.SUMMARY_MAX_GRAD_NORM, M.SUMMARY_LOSS_SPIKES):
+        assert any(line.startswith(field + " ") for line in lines), field
+    markdown = (out_dir / "comparison.md").read_text().splitlines()
+    table = [line for line in markdown if line.startswith("|")]
+    assert len(table) == 2 + 3 and table[0].startswith("| variant | status | run_id |")
+    assert parent in "\n".join(markdown)
+
+
+def png_size(data: bytes) -> tuple[int, int]:
+    assert data[:8] == PNG_SIGNATURE and data[12:16] == b"IHDR"
+    return struct.unpack(">II", data[16:24])
+
+
+def test_plots_are_pngs_logged_to_the_parent_run(sweep, compared, tmp_path):
+    uri, parent, _ = sweep
+    _, out, out_dir = compared
+    assert PLOTS <= {p.name for p in out_dir.glob("*.png")}
+    for name in PLOTS:
+        data = (out_dir / name).read_bytes()
+        width, height = png_size(data)
+        assert width >= 300 and height >= 200 and len(data) > 5000, name
+    client = MlflowClient(uri)
+    logged = {Path(a.path).name for a in client.list_artifacts(parent, "compare")}
+    assert PLOTS | {"comparison.csv", "comparison.md"} <= logged
+    copy = Path(client.download_artifacts(parent, "compare/loss_total.png", str(tmp_path)))
+    assert copy.read_bytes() == (out_dir / "loss_total.png").read_bytes()
+    assert f"logged them to parent run {parent}" in out
+
+
+def test_compare_by_experiment_name_finds_the_sweep(sweep, compared, capsys):
+    uri, parent, path = sweep
+    code, out, _ = run_cli(capsys, "compare", "cmp-sweep", "--tracking-uri", uri, "--out", path / "by-name", "--no-log")
+    assert code == 0 and "logged" not in out
+    assert [r["run_id"] for r in read_csv(path / "by-name" / "comparison.csv")] == \
+        [r["run_id"] for r in read_csv(compared[2] / "comparison.csv")]
+
+
+def test_metric_patterns_and_probe_scores(sweep):
+    uri, parent, _ = sweep
+    client = MlflowClient(uri)
+    comparison = load_comparison(parent, uri)
+    lr_high = next(r for r in comparison.rows if r.variant == "lr_high")
+    for step, value in enumerate([0.4, 0.7, 0.6]):  # e.g. a probing job reporting on this run
+        client.log_metric(lr_high.run_id, "probe/genre_acc", value, step=step)
+
+    comparison = load_comparison(parent, uri, metrics=["loss/total", "probe/*"])
+    assert comparison.metrics == ["loss/total", "probe/genre_acc"]
+    header, rows = comparison.records()
+    assert "loss/cqt_recon final" not in header and M.SUMMARY_MAX_GRAD_NORM in header
+    values = {row[0]: dict(zip(header, row)) for row in rows}
+    assert values["lr_high"]["probe/genre_acc final"] == 0.6 and values["lr_high"]["probe/genre_acc best"] == 0.7
+    assert values["base"]["probe/genre_acc final"] is None  # where present only
+
+
+def test_bad_targets_are_one_clear_error(sweep, capsys):
+    uri, parent, _ = sweep
+    code, _, err = run_cli(capsys, "compare", "no-such-experiment", "--tracking-uri", uri)
+    assert code == 1 and "'no-such-experiment' is neither a run id nor an experiment" in err
+    child = load_comparison(parent, uri).rows[0].run_id
+    code, _, err = run_cli(capsys, "compare", child, "--tracking-uri", uri)
+    assert code == 1 and f"run {child} has no child runs" in err
