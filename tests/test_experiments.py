@@ -129,3 +129,30 @@ def test_spec_trains_at_tiny_scale(path, demo_dir, tracking_uri, tmp_path, monke
         assert math.isfinite(metrics[M.loss(alias)]), alias
     assert math.isfinite(metrics[M.SUMMARY_FINAL_LOSS]) and metrics[M.SUMMARY_NONFINITE_STEPS] == 0
     assert (result.checkpoint_dir / "last.ckpt").is_file()
+
+
+def test_example_sweeps_vary_what_they_say():
+    ablation = {c.variant.name: c.spec for c in plan_sweep(EXPERIMENTS / "ablation_teachers.yaml").children}
+    assert {name: (sorted(s.teachers), sorted(s.objectives)) for name, s in ablation.items()} == {
+        "rvq_only": (["rvq"], ["rvq_pred"]),
+        "cqt_only": (["cqt"], ["cqt_recon"]),
+        "rvq_cqt": (["cqt", "rvq"], ["cqt_recon", "rvq_pred"]),
+        "mfcc_kmeans": (["mfcc_units"], ["units_pred"]),
+    }
+    assert ablation["mfcc_kmeans"].teachers["mfcc_units"].params["feature"] == "mfcc"
+    scaleup = {c.variant.name: c.spec.backbone.params for c in plan_sweep(EXPERIMENTS / "scaleup_stability.yaml").children}
+    assert len(scaleup) == 9
+    for size, width in (("tiny", 64), ("small", 512), ("base", 768)):
+        post, pre, relax = (scaleup[f"{v},preset={size}"] for v in ("post_ln", "pre_ln", "pre_ln_relax"))
+        assert post["hidden_dim"] == pre["hidden_dim"] == relax["hidden_dim"] == width
+        assert (post["layer_norm_first"], pre["layer_norm_first"], relax["layer_norm_first"]) == (False, True, True)
+        assert (post["attention_relax"], pre["attention_relax"], relax["attention_relax"]) == (None, None, 32.0)
+
+
+def test_hubert_iteration_2_replaces_the_teacher():
+    spec = load_spec(EXPERIMENTS / "hubert_iter2_hidden_kmeans.yaml")
+    assert list(spec.teachers) == ["hidden_units"] and spec.objectives["units_pred"].teacher == "hidden_units"
+    params = spec.teachers["hidden_units"].params
+    assert (params["feature"], params["layer"], params["n_clusters"]) == ("hidden", 6, 500)
+    first = load_spec(EXPERIMENTS / "hubert_mfcc_kmeans.yaml").teachers["mfcc_units"].params
+    assert (first["feature"], first["n_clusters"], first["n_mfcc"]) == ("mfcc", 100, 13)
