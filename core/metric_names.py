@@ -48,3 +48,10 @@ def code_perplexity(alias: str, codebook: int) -> str:
 
 def val(name: str) -> str:
     return VAL_PREFIX + name
+
+
+def probe(task: str, metric: str, probe_name: str | None = None) -> str:
+    """Downstream probe score on the test split: ``probe/<task>/<metric>`` for the best probe
+    (chosen on valid), ``probe/<task>/<probe_name>/<metric>`` for one probe (``layer<i>``,
+    ``weighted``, ``majority``/``chance``, ``random_init``)."""
+    return f"probe/{task}/{probe_name}/{metric}" if probe_name else f"probe/{task}/{metric}"
