@@ -235,6 +235,25 @@ def test_multilabel_metrics_skip_tags_without_both_classes():
     assert math.isnan(compute_metrics("multilabel", np.zeros((3, 2)), np.ones((3, 2)))["roc_auc"])
 
 
+def test_best_layer_and_weighted_sum_follow_the_informative_layer(data):
+    """Layer 1 carries the class, layers 0 and 2 are noise: per-layer probes must see the
+    difference, the best probe must be layer 1 or the weighted sum, which must weight layer 1 most."""
+    task = load_task(data["pitch"])
+    rng = np.random.default_rng(0)
+    features = rng.standard_normal((len(task.paths), 3, 8)).astype(np.float32)
+    features[:, 1, :4] += 4.0 * np.eye(4)[task.targets]
+    report = probe_task(features, [0, 1, 2], task, ProbeParams(max_epochs=60, patience=20, layer_weights_lr=5e-2))
+    by_name = {p.name: p for p in report.probes}
+    assert by_name["layer1"].test["accuracy"] >= 0.75
+    assert by_name["layer0"].test["accuracy"] <= 0.5 and by_name["layer2"].test["accuracy"] <= 0.5
+    assert report.best.name in {"layer1", "weighted"}
+    weights = by_name["weighted"].layer_weights
+    assert weights[1] > 0.6 and weights[1] > 3 * max(weights[0], weights[2])
+    # Starting from equal weights, the default logit learning rate also moves towards layer 1.
+    default = probe_task(features, [0, 1, 2], task, ProbeParams(max_epochs=60, patience=20), probe_layers=[])
+    assert default.probes[0].layer_weights[1] > max(default.probes[0].layer_weights[0], default.probes[0].layer_weights[2])
+
+
 def test_probes_are_seeded_and_deterministic(backbone, data):
     task = load_task(data["pitch"])
     features = extract_features(backbone, task.paths, layers="last", progress=False).features

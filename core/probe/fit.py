@@ -31,7 +31,12 @@ class ProbeParams(Params):
     hidden_dim: int = Field(512, gt=0, description="Hidden units of the MLP (MARBLE: 512).")
     dropout: float = Field(0.2, ge=0.0, lt=1.0, description="Dropout after the hidden layer (MARBLE: 0.2).")
     lr: float = Field(1e-3, gt=0.0, description="Adam learning rate (MARBLE: 1e-3).")
-    weight_decay: float = Field(0.0, ge=0.0, description="Adam L2 weight decay.")
+    layer_weights_lr: float = Field(
+        1e-2, gt=0.0,
+        description="Adam learning rate of the weighted-sum probe's layer logits: above the MLP's so the weights "
+        "can move within the few hundred steps of a small task (at 1e-3 they barely leave uniform).",
+    )
+    weight_decay: float = Field(0.0, ge=0.0, description="Adam L2 weight decay of the MLP.")
     batch_size: int = Field(64, gt=0, description="Minibatch size.")
     max_epochs: int = Field(200, gt=0, description="Upper bound on training epochs.")
     patience: int = Field(10, gt=0, description="Stop after this many epochs without a better valid metric.")
@@ -124,7 +129,10 @@ def fit_probe(features: np.ndarray, task: Task, params: ProbeParams, name: str, 
 
     torch.manual_seed(params.seed)
     model = LayerProbe(features.shape[1], features.shape[2], task.num_outputs, params).to(device)
-    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=params.lr, weight_decay=params.weight_decay)
+    groups = [{"params": model.mlp.parameters()}]
+    if model.layer_logits.requires_grad:
+        groups.append({"params": [model.layer_logits], "lr": params.layer_weights_lr, "weight_decay": 0.0})
+    optimizer = torch.optim.Adam(groups, lr=params.lr, weight_decay=params.weight_decay)
     order = torch.Generator().manual_seed(params.seed)
     metric = primary_metric(task.type)
     best_value, best_epoch, best_state = -math.inf, 0, copy.deepcopy(model.state_dict())
