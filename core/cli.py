@@ -155,7 +155,10 @@ def extract_command(checkpoint: str, data: str, out: str, layers: str, window_se
         from mertlab.data.audio import list_audio_paths
         from mertlab.spec import DataSpec
 
-        paths = list_audio_paths(data, DataSpec().extensions)
+        extensions = DataSpec().extensions
+        paths = list_audio_paths(data, extensions)
+        if not paths:
+            raise MertlabError(f"{data}: no audio files ({', '.join(extensions)})")
     features = extract_features(load_backbone(checkpoint), paths, window_seconds, layers, batch_size, device, num_workers,
                                 progress=not no_progress)
     features.meta["checkpoint"] = str(checkpoint)
@@ -200,11 +203,11 @@ def probe_command(checkpoint: str, task_path: str, layers: str, task_type: str |
     from mertlab.probe.run import log_probe, probe_run, report_dict, report_table, run_probe, summary_lines
     from mertlab.probe.task import load_task
 
-    task = load_task(task_path, type=task_type, name=name)
+    task = load_task(task_path, task_type=task_type, name=name)
     overrides = {k: v for k, v in {"patience": patience, "max_epochs": max_epochs}.items() if v is not None}
     params = ProbeParams(seed=seed, **overrides)
     if not no_tracking:  # before the (long) extraction, so a wrong run fails fast
-        run_id, tracking_uri = probe_run(checkpoint, run_id, tracking_uri)
+        run_id, tracking_uri, step = probe_run(checkpoint, run_id, tracking_uri)
     outcome = run_probe(checkpoint, task, layers, window_seconds, batch_size, params, random_init, not no_weighted,
                         device, num_workers, progress=not no_progress)
     header, rows = report_table(outcome)
@@ -220,7 +223,7 @@ def probe_command(checkpoint: str, task_path: str, layers: str, task_type: str |
     if not run_id:
         click.echo("not logged to MLflow: CKPT is not a training checkpoint (pass --run-id to log onto a run)")
         return
-    log_probe(outcome, run_id, tracking_uri, settings)
+    log_probe(outcome, run_id, tracking_uri, settings, step)
     click.echo(f"logged probe/{task.name}/... to MLflow run {run_id} ({tracking_uri})")
 
 

@@ -317,9 +317,9 @@ def test_bad_csv_gives_one_line_naming_file_line_column(data, header, rows, expe
 
 def test_bad_task_options(data):
     with pytest.raises(TaskError, match="unknown task type 'ranking'"):
-        load_task(data["pitch"], type="ranking")
+        load_task(data["pitch"], task_type="ranking")
     with pytest.raises(TaskError, match=r"hz-bad\.csv:2: column label: 'C' is not a finite number"):
-        load_task(write_csv(data["root"] / "hz-bad.csv", [("audio/pc/0.wav", "C")]), type="regression")
+        load_task(write_csv(data["root"] / "hz-bad.csv", [("audio/pc/0.wav", "C")]), task_type="regression")
     with pytest.raises(TaskError, match="only one class"):
         load_task(write_csv(data["root"] / "one.csv", [(f"audio/pc/{i}.wav", "C") for i in range(20)]))
     with pytest.raises(TaskError, match="metric names"):
@@ -365,6 +365,8 @@ def test_cli_probe_logs_onto_the_checkpoints_training_run(trained, data, capsys)
     best = run.data.tags["probe/pitch/best"]
     assert metrics["probe/pitch/accuracy"] == metrics[f"probe/pitch/{best}/accuracy"]
     assert "loss/total" in metrics  # the pre-training metrics are still there, on the same run
+    step = torch.load(ckpt, map_location="cpu", weights_only=False)["global_step"]
+    assert step == 2 and [m.step for m in MlflowClient(uri).get_metric_history(run_id, "probe/pitch/accuracy")] == [step]
     artifacts = [a.path for a in MlflowClient(uri).list_artifacts(run_id, "probe")]
     assert artifacts == ["probe/pitch.json"]
 

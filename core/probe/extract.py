@@ -146,7 +146,8 @@ class _DecodedFiles(Dataset):
         return index, load_audio(self.paths[index], self.sample_rate)
 
 
-def _auto_device(device: str | torch.device | None) -> torch.device:
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``auto``/None: CUDA when available, else CPU; anything else as given."""
     if device is None or device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
@@ -183,7 +184,7 @@ def extract_features(
     min_samples = next((n for n in range(1, window + 1) if backbone.num_frames(n) > 0), None)
     if min_samples is None:
         raise MertlabError(f"--window-seconds {window_seconds} is shorter than the backbone's receptive field")
-    device = _auto_device(device)
+    device = resolve_device(device)
     was_training = backbone.training
     backbone.eval().to(device)
 

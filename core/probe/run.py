@@ -17,7 +17,7 @@ from mertlab import metric_names
 from mertlab.checkpoint import load_backbone
 from mertlab.contracts import Backbone
 from mertlab.errors import MertlabError
-from mertlab.probe.extract import FeatureSet, extract_features, resolve_layers
+from mertlab.probe.extract import FeatureSet, extract_features, resolve_device, resolve_layers
 from mertlab.probe.fit import ProbeParams, ProbeReport, ProbeResult, probe_task
 from mertlab.probe.metrics import METRICS
 from mertlab.probe.task import Task, load_task
@@ -35,8 +35,9 @@ class ProbeOutcome:
     features: FeatureSet
 
 
-def checkpoint_tracking(path: str | Path) -> tuple[str | None, str | None]:
-    """``(mlflow_run_id, tracking_uri)`` of a training checkpoint; ``(None, None)`` for a backbone file.
+def checkpoint_tracking(path: str | Path) -> tuple[str | None, str | None, int]:
+    """``(mlflow_run_id, tracking_uri, global_step)`` of a training checkpoint;
+    ``(None, None, 0)`` for a backbone file.
 
     The URI is resolved as training resolved it: the spec's ``tracking.tracking_uri``, else
     ``$MLFLOW_TRACKING_URI``, else ``sqlite:///<cwd>/mlflow.db``.
@@ -53,10 +54,11 @@ def checkpoint_tracking(path: str | Path) -> tuple[str | None, str | None]:
             raise MertlabError(f"{path}: not a readable torch checkpoint ({type(exc).__name__}: {exc})") from None
     run_id = ckpt.get("mlflow_run_id") if isinstance(ckpt, dict) else None
     if not run_id:
-        return None, None
+        return None, None, 0
     tracking = TrackingSpec.model_validate(ckpt.get("mertlab_spec", {}).get("tracking", {}))
     # resolve_tracking_uri only reads spec.tracking: no need to re-validate the whole spec.
-    return str(run_id), resolve_tracking_uri(ExperimentSpec.model_construct(tracking=tracking))
+    uri = resolve_tracking_uri(ExperimentSpec.model_construct(tracking=tracking))
+    return str(run_id), uri, int(ckpt.get("global_step", 0))
 
 
 def default_tracking_uri() -> str:
@@ -67,16 +69,17 @@ def default_tracking_uri() -> str:
     return resolve_tracking_uri(ExperimentSpec.model_construct(tracking=TrackingSpec()))
 
 
-def probe_run(checkpoint: str | Path, run_id: str | None = None, tracking_uri: str | None = None) -> tuple[str | None, str]:
-    """The MLflow run (and store) probe scores go to: ``run_id`` or the checkpoint's training run,
-    on ``tracking_uri`` or the checkpoint's store. Checks the run exists (before any long work);
-    ``(None, uri)`` when there is no run to log to (a backbone file and no ``run_id``)."""
-    ckpt_run, ckpt_uri = checkpoint_tracking(checkpoint)
+def probe_run(checkpoint: str | Path, run_id: str | None = None, tracking_uri: str | None = None) -> tuple[str | None, str, int]:
+    """``(run_id, tracking_uri, step)`` where probe scores go: ``run_id`` or the checkpoint's
+    training run, on ``tracking_uri`` or the checkpoint's store, at the checkpoint's training step
+    (so probes of several checkpoints of one run form a curve). Checks the run exists (before any
+    long work); ``run_id`` is None when there is none (a backbone file and no ``run_id``)."""
+    ckpt_run, ckpt_uri, step = checkpoint_tracking(checkpoint)
     run_id = run_id or ckpt_run
     tracking_uri = tracking_uri or ckpt_uri or default_tracking_uri()
     if run_id:
         _client_for_run(run_id, tracking_uri)
-    return run_id, tracking_uri
+    return run_id, tracking_uri, step
 
 
 def _client_for_run(run_id: str, tracking_uri: str) -> Any:
@@ -110,7 +113,7 @@ def run_probe(
     params: ProbeParams | None = None,
     random_init: bool = False,
     weighted: bool = True,
-    device: str = "auto",
+    device: str | torch.device = "auto",
     num_workers: int = 0,
     progress: bool = True,
     registry: Any = None,
@@ -125,7 +128,7 @@ def run_probe(
     task = task if isinstance(task, Task) else load_task(task)
     backbone = load_backbone(checkpoint, registry)
     chosen = resolve_layers(layers, backbone.num_layers)
-    device = "cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device)
+    device = resolve_device(device)
 
     def report_for(model: Backbone) -> tuple[ProbeReport, FeatureSet]:
         features = extract_features(model, task.paths, window_seconds, None, batch_size, device, num_workers, progress)
@@ -224,9 +227,9 @@ def report_dict(outcome: ProbeOutcome, settings: dict[str, Any]) -> dict[str, An
     }
 
 
-def log_probe(outcome: ProbeOutcome, run_id: str, tracking_uri: str, settings: dict[str, Any] | None = None) -> None:
-    """Log the probe scores onto an existing MLflow run: metrics (see :func:`probe_metrics`),
-    the tag ``probe/<task>/best`` and the artifact ``probe/<task>.json``."""
+def log_probe(outcome: ProbeOutcome, run_id: str, tracking_uri: str, settings: dict[str, Any] | None = None, step: int = 0) -> None:
+    """Log the probe scores onto an existing MLflow run: metrics (see :func:`probe_metrics`) at
+    ``step``, the tag ``probe/<task>/best`` and the artifact ``probe/<task>.json``."""
     import time
 
     from mlflow.entities import Metric
@@ -234,7 +237,7 @@ def log_probe(outcome: ProbeOutcome, run_id: str, tracking_uri: str, settings: d
     client = _client_for_run(run_id, tracking_uri)
     name = outcome.report.task.name
     now = int(time.time() * 1000)
-    client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in sorted(probe_metrics(outcome).items())])
+    client.log_batch(run_id, metrics=[Metric(k, float(v), now, step) for k, v in sorted(probe_metrics(outcome).items())])
     client.set_tag(run_id, f"probe/{name}/best", outcome.report.best.name)
     client.log_dict(run_id, report_dict(outcome, settings or {}), f"probe/{name}.json")
 

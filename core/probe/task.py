@@ -81,8 +81,8 @@ class Task:
         return 1 if self.type == "regression" else len(self.classes)
 
 
-def load_task(path: str | Path, type: str | None = None, name: str | None = None, seed: int | None = None) -> Task:
-    """Read a task CSV or YAML. ``type``/``name``/``seed`` override the YAML (or the defaults)."""
+def load_task(path: str | Path, task_type: str | None = None, name: str | None = None, seed: int | None = None) -> Task:
+    """Read a task CSV or YAML. ``task_type``/``name``/``seed`` override the YAML (or the defaults)."""
     path = Path(path)
     if not path.is_file():
         raise TaskError(f"{path}: no such task file")
@@ -98,9 +98,9 @@ def load_task(path: str | Path, type: str | None = None, name: str | None = None
         csv_path = path.parent / settings.csv
         if not csv_path.is_file():
             raise TaskError(f"{path}: csv: no such file {csv_path}")
-    if type is not None and type not in ("auto", *TASK_TYPES):
-        raise TaskError(f"unknown task type {type!r} (use auto, {', '.join(TASK_TYPES)})")
-    task_type = type or settings.type
+    if task_type is not None and task_type not in ("auto", *TASK_TYPES):
+        raise TaskError(f"unknown task type {task_type!r} (use auto, {', '.join(TASK_TYPES)})")
+    task_type = task_type or settings.type
     task_name = name or settings.name or csv_path.stem
     if not TASK_NAME.match(task_name):
         raise TaskError(f"task name {task_name!r}: use only letters, digits, '_', '-', '.' and spaces (it becomes part of metric names)")
