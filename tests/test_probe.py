@@ -388,6 +388,8 @@ def test_cli_probe_onto_a_given_run_and_errors(trained, data, capsys, tmp_path):
     assert err.startswith("error: MLflow run 00000000") and "Traceback" not in err
     assert main(["probe", str(data["backbone"]), str(data["root"] / "missing.csv")]) == 1
     assert "missing.csv: no such task file" in capsys.readouterr().err
+    assert main(["probe", str(data["root"] / "nope.ckpt"), str(data["hz"])]) == 1
+    assert capsys.readouterr().err.strip().endswith("nope.ckpt: no such checkpoint file")
     # A backbone file has no run: the scores are printed, and the reply says how to log them.
     assert main(["probe", str(data["backbone"]), str(data["pitch"]), "--layers", "last", "--max-epochs", "5", "--no-progress"]) == 0
     assert "not logged to MLflow" in capsys.readouterr().out

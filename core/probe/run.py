@@ -45,6 +45,8 @@ def checkpoint_tracking(path: str | Path) -> tuple[str | None, str | None, int]:
     from mertlab.spec import ExperimentSpec, TrackingSpec
     from mertlab.tracking import resolve_tracking_uri
 
+    if not Path(path).is_file():
+        raise MertlabError(f"{path}: no such checkpoint file")
     try:  # mmap: the weights are not read (a large checkpoint's optimizer state can be GBs)
         ckpt = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
     except Exception:  # noqa: BLE001 - e.g. a legacy (non-zip) file, which mmap cannot open
