@@ -54,6 +54,7 @@ class BestRQTeacher(Teacher):
     summary = "BEST-RQ: frozen random projection + random codebook of stacked log-mels (MusicFM)"
     Params = BestRQParams
     target_kind = "discrete"
+    test_params = {"codebook_size": 256, "n_codebooks": 2}
     params: BestRQParams
 
     def __init__(self, params: BestRQParams) -> None:

@@ -62,6 +62,7 @@ class CQTTeacher(Teacher):
     summary = "Constant-Q transform magnitudes (nnAudio): MERT's musical teacher"
     Params = CQTParams
     target_kind = "continuous"
+    test_params = {"n_bins": 24, "bins_per_octave": 12, "fmin": 65.4}  # 2 octaves: an 8192-sample kernel
     params: CQTParams
 
     def __init__(self, params: CQTParams) -> None:
