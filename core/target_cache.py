@@ -11,7 +11,9 @@ frames of each crop from it instead of running the teachers. Layout::
   state / weights), so changing one teacher's params points it at a new, empty folder while the
   other teachers' folders stay valid. Two aliases of the same teacher version share a folder.
 * **Versioned by audio file**: ``key`` hashes the file's resolved path, size and modification
-  time (:func:`file_key`), so an edited file is a miss and gets recomputed.
+  time (:func:`file_key`), so an edited file is a miss and gets recomputed (moving the dataset
+  recomputes everything; an edit keeping size and timestamp, e.g. within a filesystem's
+  timestamp granularity, goes unnoticed). Entries of edited or deleted files stay on disk.
 * **Crash safe**: every file (entries and manifest) is written to a unique temporary name in
   its folder, then renamed over the final name (``os.replace`` is atomic), so readers and
   concurrent builders see a complete entry or none; a rerun skips the entries that exist.
@@ -150,15 +152,14 @@ class TeacherCache:
                 f"(new or edited since the build); {BUILD_HINT}"
             ) from None
 
-    def write(self, path: str | Path, values: np.ndarray) -> Path:
-        """Store ``values`` ``[frames, channels]`` for the audio file at ``path`` atomically."""
+    def store(self, entry: Path, values: np.ndarray) -> None:
+        """Write ``values`` ``[frames, channels]`` as ``entry`` (from :meth:`entry`, taken before
+        computing them, so a file edited meanwhile stays a miss) atomically."""
         channels = self.info.dim
         if values.ndim != 2 or values.shape[1] != channels:
             raise MertlabError(f"teacher '{self.name}': targets must be [frames, {channels}], got {values.shape}")
         self.write_manifest()
-        entry = self.entry(path)
         atomic_write(entry, lambda f: np.save(f, values.astype(storage_dtype(self.info), copy=False)))
-        return entry
 
     # ----------------------------------------------------------------- manifest
     def read_manifest(self) -> dict[str, Any] | None:
@@ -271,14 +272,15 @@ def build_teacher_cache(
     teacher.to(device).eval()
     computed = skipped = 0
     for file in tqdm(files, desc=f"targets {alias}", unit="file", disable=not progress):
-        if cache.has(file.path):
+        entry = cache.entry(file.path)
+        if entry.is_file():
             skipped += 1
             continue
         try:
             values = compute_file_targets(teacher, file, windowing, device)
         except MertlabError as exc:
             raise MertlabError(f"teachers.{alias} on {file.path}: {exc}") from None
-        cache.write(file.path, values)
+        cache.store(entry, values)
         computed += 1
     return BuildSummary(alias, teacher.name, cache.folder, computed, skipped)
 
