@@ -393,6 +393,7 @@ class ConformerBackbone(Backbone):
     name = "conformer"
     summary = "MusicFM-style conformer (log-mel + conv subsampling + rotary conformer), 75 Hz by default"
     Params = ConformerParams
+    test_params = {"preset": "tiny"}
 
     def __init__(self, params: ConformerParams) -> None:
         super().__init__(params)

@@ -53,6 +53,7 @@ class BestRQTeacher(Teacher):
     name = "bestrq"
     summary = "BEST-RQ: frozen random projection + random codebook of stacked log-mels (MusicFM)"
     Params = BestRQParams
+    test_params = {"codebook_size": 64}
     target_kind = "discrete"
     params: BestRQParams
 

@@ -61,6 +61,7 @@ class CQTTeacher(Teacher):
     name = "cqt"
     summary = "Constant-Q transform magnitudes (nnAudio): MERT's musical teacher"
     Params = CQTParams
+    test_params = {"n_bins": 24, "bins_per_octave": 4}
     target_kind = "continuous"
     params: CQTParams
 

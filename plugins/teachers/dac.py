@@ -107,6 +107,7 @@ class DACTeacher(Teacher):
     name = "dac"
     summary = "Descript Audio Codec RVQ codes (16/24/44.1 kHz models; 44.1 kHz: 9 x 1024 codes at 86.1 Hz)"
     Params = DACParams
+    test_params = {"pretrained": False, "model_type": "16khz", "n_codebooks": 2, "init_seconds": 1.0}
     target_kind = "discrete"
 
     def __init__(self, params: DACParams) -> None:

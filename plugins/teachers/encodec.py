@@ -101,6 +101,7 @@ class EncodecTeacher(Teacher):
     name = "encodec"
     summary = "EnCodec 24 kHz RVQ codes (MERT's acoustic teacher: 6 kbps -> 8 x 1024 codes at 75 Hz)"
     Params = EncodecParams
+    test_params = {"pretrained": False, "bandwidth": 1.5, "init_seconds": 1.0}
     target_kind = "discrete"
 
     def __init__(self, params: EncodecParams) -> None:

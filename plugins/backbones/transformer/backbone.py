@@ -42,6 +42,7 @@ class TransformerBackbone(Backbone):
     name: ClassVar[str] = "transformer"
     summary: ClassVar[str] = "HuBERT/MERT transformer (conv extractor, pos-conv, post/pre-LN), HF HubertModel weight layout"
     Params = TransformerParams
+    test_params = {"preset": "tiny"}
     params: TransformerParams
 
     def __init__(self, params: TransformerParams) -> None:
