@@ -93,6 +93,31 @@ def train_command(spec_path: str, overrides: tuple[str, ...], resume: str | None
     )
 
 
+@cli.group("teachers")
+def teachers_group() -> None:
+    """Teacher tasks: fit the teachers that learn from data (k-means) before training."""
+
+
+@teachers_group.command("fit")
+@click.argument("spec_path", metavar="SPEC")
+@OVERRIDE_OPTION
+@click.option("--passes", default=1, show_default=True, type=click.IntRange(min=1),
+              help="Passes over the training files, each with fresh random crops.")
+@click.option("--device", default="cpu", show_default=True, help="Torch device for features and k-means, e.g. cuda.")
+def teachers_fit_command(spec_path: str, overrides: tuple[str, ...], passes: int, device: str) -> None:
+    """Fit every teacher of SPEC that needs fitting on its training audio and write its state file."""
+    from mertlab.fitting import fit_teachers
+    from mertlab.spec import load_spec
+
+    spec = load_spec(spec_path, overrides)
+    fitted = fit_teachers(spec, device=device, passes=passes)
+    if not fitted:
+        click.echo(f"no teacher in {spec_path} needs fitting ({', '.join(sorted(spec.teachers))} are ready to use)")
+    for f in fitted:
+        note = " (replaced the previous file)" if f.replaced else ""
+        click.echo(f"teachers.{f.alias} ({f.name}): wrote {f.path}{note}; fingerprint {f.fingerprint}")
+
+
 @cli.command("demo-data")
 @click.argument("directory", default="data/demo")
 @click.option("--clips", default=40, show_default=True, help="Number of generated clips.")
@@ -104,6 +129,32 @@ def demo_data_command(directory: str, clips: int, seconds: float, seed: int) -> 
 
     paths = write_demo_dataset(directory, num_clips=clips, seconds=seconds, seed=seed)
     click.echo(f"{len(paths)} clips ({len(paths) * seconds / 60:.1f} min) in {directory}")
+
+
+@cli.group("targets")
+def targets_group() -> None:
+    """Target cache tasks: precompute teacher targets so training does not run the teachers."""
+
+
+@targets_group.command("build")
+@click.argument("spec_path", metavar="SPEC")
+@OVERRIDE_OPTION
+@click.option("--device", default="cpu", show_default=True, help="Torch device the teachers run on, e.g. cuda.")
+@click.option("--no-progress", is_flag=True, help="No progress bar (e.g. in batch jobs).")
+def targets_build_command(spec_path: str, overrides: tuple[str, ...], device: str, no_progress: bool) -> None:
+    """Compute every teacher's targets of every file of data.path into data.target_cache.
+
+    Files already cached for a teacher's current params are skipped, so an interrupted build
+    resumes where it stopped and changing one teacher recomputes only that teacher.
+    """
+    from mertlab.spec import load_spec
+    from mertlab.target_cache import build_targets
+
+    spec = load_spec(spec_path, overrides)
+    for s in build_targets(spec, device=device, progress=not no_progress):
+        click.echo(f"teachers.{s.alias} ({s.teacher}): {s.computed} files computed, {s.skipped} already cached -> {s.folder}")
+
+
 @cli.command("model-info")
 @click.argument("spec", metavar="SPEC")
 @OVERRIDE_OPTION

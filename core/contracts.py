@@ -132,6 +132,11 @@ class Teacher(nn.Module, ABC):
         """Fit the teacher on an iterable of ``(wav, lengths)`` batches at :attr:`sample_rate`."""
         raise NotImplementedError(f"teacher '{self.name}' does not need fitting")
 
+    def state_file(self) -> str | None:
+        """Where a ``requires_fit`` teacher keeps its fitted state (a path from its params), or
+        None if unset. ``mertlab teachers fit`` calls :meth:`fit`, then ``save_state(state_file())``."""
+        return None
+
 
 # --------------------------------------------------------------------------- backbones
 @dataclass

@@ -3,15 +3,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from pydantic import Field
 from sklearn.metrics import adjusted_rand_score
 from synth_audio import SR, chord, melody, padded_batch
 
 from mertlab.checkpoint import save_backbone
-from mertlab.contracts import Backbone, BackboneOutput, Params
 from mertlab.errors import MertlabError
 from mertlab.frame_features import LogMelChroma, MFCCDeltas
-from mertlab.hookspecs import hookimpl
 from mertlab.kmeans import fit_minibatch_kmeans, nearest_centroid
 from mertlab.registry import get_registry
 
@@ -206,66 +203,20 @@ def test_params_cross_checks():
 
 
 # ----------------------------------------------------------------------------- hidden feature
-class TinyParams(Params):
-    dim: int = Field(8, gt=0, description="Width.")
-
-
-class TinyBackbone(Backbone):
-    """Test-only backbone: a strided conv (HuBERT-like 400/320 framing) and two linear layers."""
-
-    name = "tiny_test_backbone"
-    summary = "test-only"
-    Params = TinyParams
-
-    def __init__(self, params: TinyParams) -> None:
-        super().__init__(params)
-        self.conv = torch.nn.Conv1d(1, params.dim, 400, stride=320)
-        self.layers = torch.nn.ModuleList(torch.nn.Linear(params.dim, params.dim) for _ in range(2))
-
-    sample_rate = SR  # type: ignore[assignment]
-    frame_rate = SR / 320  # type: ignore[assignment]
-    num_layers = 2  # type: ignore[assignment]
-
-    @property
-    def hidden_dim(self) -> int:
-        return self.params.dim
-
-    def num_frames(self, num_samples: int) -> int:
-        return max(0, (num_samples - 400) // 320 + 1)
-
-    def forward(self, wav, lengths=None, frame_mask=None, instrument=False):
-        x = torch.tanh(self.conv(wav[:, None])).transpose(1, 2)
-        states = [x]
-        for layer in self.layers:
-            states.append(torch.tanh(layer(states[-1])))
-        mask = torch.zeros(x.shape[:2], dtype=torch.bool)
-        return BackboneOutput(hidden_states=tuple(states), padding_mask=mask, frame_rate=self.frame_rate)
-
-
-class TinyBackbonePlugin:
-    @staticmethod
-    @hookimpl
-    def register_backbones(register):
-        register(TinyBackbone)
+def save_tiny_transformer(path, seed: int):
+    """A registered backbone (the tiny transformer preset) saved by mertlab.checkpoint."""
+    torch.manual_seed(seed)
+    return save_backbone(path, get_registry().build("backbone", "transformer", {"preset": "tiny"}))
 
 
 @pytest.fixture
-def tiny_checkpoint(tmp_path, monkeypatch):
-    """A saved TinyBackbone, loadable because a test-only plugin registers its class."""
-    import mertlab.registry as registry_module
-    from mertlab.plugin_manager import PluginSource, create_plugin_manager
-
-    pm = create_plugin_manager(autoload=False)
-    pm.register_source(TinyBackbonePlugin(), PluginSource("tiny_test_backbone"))
-    registry = registry_module.Registry(pm)
-    monkeypatch.setattr(registry_module, "get_registry", lambda: registry)
-    torch.manual_seed(0)
-    return save_backbone(tmp_path / "backbone.pt", TinyBackbone(TinyParams(dim=8)))
+def tiny_checkpoint(tmp_path):
+    return save_tiny_transformer(tmp_path / "backbone.pt", seed=0)
 
 
 def test_hidden_feature_clusters_a_saved_backbone_layer(tiny_checkpoint, tmp_path):
     teacher = build(feature="hidden", checkpoint=str(tiny_checkpoint), layer=2, n_clusters=6)
-    assert teacher.info.frame_rate == 75.0 and teacher.feature.dim == 8
+    assert teacher.info.frame_rate == 75.0 and teacher.feature.dim == 64
     teacher.fit(training_batches(), progress=False)
     wav, lengths = padded_batch([melody(0.6, seed=50), melody(0.3, seed=51)], pad_value=0.9)
     out = teacher.targets(wav, lengths)
@@ -276,8 +227,7 @@ def test_hidden_feature_clusters_a_saved_backbone_layer(tiny_checkpoint, tmp_pat
 
     teacher.save_state(tmp_path / "hidden.pt")
     # retraining the backbone behind the same path invalidates the fitted centroids
-    torch.manual_seed(1)
-    save_backbone(tiny_checkpoint, TinyBackbone(TinyParams(dim=8)))
+    save_tiny_transformer(tiny_checkpoint, seed=1)
     with pytest.raises(MertlabError, match="backbone_digest"):
         build(feature="hidden", checkpoint=str(tiny_checkpoint), layer=2, n_clusters=6, centroids=str(tmp_path / "hidden.pt"))
 

@@ -151,3 +151,24 @@ def test_bad_training_input_gives_one_clear_error(demo_dir, tmp_path, tracking_u
     code, err = run_cli(capsys, "train", str(write_yaml(spec, "empty.yaml")), "-o", f"data.path={tmp_path / 'empty'}", "--no-progress")
     assert code == 1 and "data.path: no audio files" in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_tracking_uri_resolution(demo_dir, tmp_path, tracking_uri, monkeypatch):
+    from mertlab.tracking import resolve_tracking_uri, ui_command
+
+    spec = make_spec(demo_dir, tmp_path, tracking_uri, tracking={"tracking_uri": None})
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:////elsewhere/runs.db")
+    assert resolve_tracking_uri(spec) == "sqlite:////elsewhere/runs.db"
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    monkeypatch.chdir(tmp_path)
+    assert resolve_tracking_uri(spec) == f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert ui_command(resolve_tracking_uri(spec)) == "mlflow ui --backend-store-uri sqlite:///mlflow.db"
+    assert resolve_tracking_uri(make_spec(demo_dir, tmp_path, tracking_uri)) == tracking_uri
+
+
+def test_bf16_mixed_precision_run_is_finite(demo_dir, tmp_path, tracking_uri):
+    spec = make_spec(demo_dir, tmp_path, tracking_uri, discrete="bestrq", discrete_params={"codebook_size": 64},
+                     name="bf16", trainer={"max_steps": 3, "precision": "bf16-mixed", "limit_val_batches": 0})
+    result = train(spec, progress=False)
+    metrics = MlflowClient(tracking_uri).get_run(result.run_id).data.metrics
+    assert math.isfinite(metrics["loss/total"]) and metrics["stability/nonfinite_steps"] == 0

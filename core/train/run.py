@@ -1,6 +1,7 @@
 """``mertlab train``: build everything from a spec, fit with Lightning, track in MLflow."""
 from __future__ import annotations
 
+import logging
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,14 +55,31 @@ def prepare_data(spec: ExperimentSpec) -> None:
         write_demo_dataset(path)
 
 
+class _DropAdvertisements(logging.Filter):
+    """Lightning prints cloud-service tips on every run; they are noise in a research log."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Tip:" not in record.getMessage()
+
+
+def quiet_lightning() -> None:
+    """Silence Lightning messages that are expected by design here (frozen teachers are in eval
+    mode; few batches per epoch on small data sets; no DataLoader workers by default)."""
+    for message in (".*does not have many workers.*", ".*Checkpoint directory .* exists and is not empty.*",
+                    ".*module\\(s\\) in eval mode.*", ".*smaller than the logging interval.*"):
+        warnings.filterwarnings("ignore", message=message)
+    rank_zero_logger = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    if not any(isinstance(f, _DropAdvertisements) for f in rank_zero_logger.filters):
+        rank_zero_logger.addFilter(_DropAdvertisements())
+
+
 def train(spec: ExperimentSpec, resume: str | bool = False, registry: Any = None, progress: bool = True) -> TrainResult:
     """Train ``spec``; with ``resume`` continue a checkpoint and its MLflow run."""
     if registry is None:
         from mertlab.registry import get_registry
 
         registry = get_registry()
-    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-    warnings.filterwarnings("ignore", message=".*Checkpoint directory .* exists and is not empty.*")
+    quiet_lightning()
     L.seed_everything(spec.seed, workers=True, verbose=False)
 
     ckpt_path, run_id = None, None
@@ -73,6 +91,7 @@ def train(spec: ExperimentSpec, resume: str | bool = False, registry: Any = None
     module = PretrainModule(spec, registry)
     datamodule = AudioDataModule(spec.data, module.backbone.sample_rate, spec.seed)
     datamodule.setup()  # data errors surface before an MLflow run is created
+    module.target_source.check_files(datamodule.train_files + datamodule.val_files)
 
     tracking_uri = resolve_tracking_uri(spec)
     experiment = spec.tracking.experiment or spec.name

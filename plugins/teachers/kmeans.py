@@ -187,6 +187,9 @@ class KMeansTeacher(Teacher):
         self.feature_std = std.float().to(device)
 
     # ----------------------------------------------------------------- persistence
+    def state_file(self) -> str | None:
+        return self.params.centroids
+
     def feature_config(self) -> dict[str, Any]:
         """What the centroids were fitted on; a state file only loads into a matching teacher."""
         config = {k: v for k, v in self.params.model_dump(mode="json").items() if k not in FIT_ONLY_FIELDS}

@@ -1,0 +1,73 @@
+"""`mertlab teachers fit SPEC`: fit the spec's requires_fit teachers on its training audio."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mertlab.cli import main
+from mertlab.data.demo import write_demo_dataset
+from mertlab.registry import get_registry
+from mertlab.spec import load_spec
+
+pytestmark = pytest.mark.filterwarnings("ignore")
+
+
+@pytest.fixture(scope="module")
+def demo_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("demo")
+    write_demo_dataset(path, num_clips=5, seconds=1.5, progress=False)
+    return path
+
+
+def spec_data(demo_dir, centroids) -> dict:
+    kmeans = {"n_clusters": 8, "n_iter": 10, "batch_size": 500, "n_mels": 32}
+    if centroids is not None:
+        kmeans["centroids"] = str(centroids)
+    return {
+        "name": "fit-test",
+        "data": {"path": str(demo_dir), "crop_seconds": 1.0, "batch_size": 2, "val_fraction": 0.2},
+        "backbone": {"name": "transformer", "params": {"preset": "tiny"}},
+        "teachers": {
+            "km": {"name": "kmeans", "params": kmeans},
+            "bq": {"name": "bestrq", "params": {"codebook_size": 64}},
+        },
+        "objectives": {
+            "km_pred": {"name": "masked_prediction", "teacher": "km"},
+            "bq_pred": {"name": "masked_prediction", "teacher": "bq"},
+        },
+    }
+
+
+def test_fit_writes_the_centroids_file_the_spec_names(demo_dir, tmp_path, write_yaml, capsys):
+    centroids = tmp_path / "state" / "km.pt"
+    spec_path = write_yaml(spec_data(demo_dir, centroids))
+
+    assert main(["teachers", "fit", str(spec_path), "-o", "teachers.km.params.n_clusters=6"]) == 0
+
+    out = capsys.readouterr().out
+    assert f"teachers.km (kmeans): wrote {centroids}" in out and "bq" not in out  # bestrq needs no fit
+    spec = load_spec(spec_path, ["teachers.km.params.n_clusters=6"])
+    teacher = get_registry().build("teacher", "kmeans", spec.teachers["km"].params)
+    assert teacher.fitted and teacher.centroids.shape == (6, 39)
+    assert teacher.fingerprint() in out
+    codes = teacher.targets(torch.randn(1, 12000), torch.tensor([12000])).values
+    assert codes.shape == (1, 38, 1) and bool((codes < 6).all())
+    # the same spec refits deterministically (seeded crops and k-means) and says it replaced the file
+    before = torch.load(centroids, weights_only=True)["centroids"]
+    assert main(["teachers", "fit", str(spec_path), "-o", "teachers.km.params.n_clusters=6"]) == 0
+    assert "replaced the previous file" in capsys.readouterr().out
+    assert torch.equal(torch.load(centroids, weights_only=True)["centroids"], before)
+
+
+def test_fit_without_a_state_path_is_one_clear_error(demo_dir, write_yaml, capsys):
+    spec_path = write_yaml(spec_data(demo_dir, centroids=None))
+    assert main(["teachers", "fit", str(spec_path)]) == 1
+    err = capsys.readouterr().err
+    assert "teachers.km.params: teacher 'kmeans' needs a file to keep its fitted state" in err
+
+
+def test_spec_without_fittable_teachers_says_so(demo_dir, write_yaml, capsys):
+    data = spec_data(demo_dir, centroids=None)
+    del data["teachers"]["km"], data["objectives"]["km_pred"]
+    assert main(["teachers", "fit", str(write_yaml(data))]) == 0
+    assert "no teacher in" in capsys.readouterr().out
