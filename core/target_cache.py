@@ -66,7 +66,7 @@ BUILD_HINT = "run `mertlab targets build SPEC` to compute them"
 class Windowing:
     """How whole files are cut for the teacher (see the module docstring)."""
 
-    #: Frames kept per teacher call; bounds memory on long files.
+    #: Seconds of audio whose frames one teacher call keeps; bounds memory on long files.
     window_seconds: float = 30.0
     #: Audio added on both sides of a window so its edge frames see their true neighbourhood.
     context_seconds: float = 2.0

@@ -63,7 +63,9 @@ class CachedTargets(TargetSource):
     ``p = start_seconds * teacher_rate``: the frames from ``floor(p)`` that start inside the crop
     are read, and :func:`align_targets` places them on the backbone's frames with the residual
     offset ``p - floor(p)`` (nearest frame for codes, interpolation for features). For crops on
-    the teacher's frame grid this is exactly the on-the-fly alignment.
+    the teacher's frame grid the frames read are those the teachers would give on the fly; they
+    differ only where on-the-fly targets see the crop's edges (zero padding instead of the rest
+    of the file) or per-crop statistics (see :mod:`mertlab.target_cache`).
     """
 
     def __init__(self, cache_dir: str | Path, teachers: Mapping[str, Teacher], sample_rate: int) -> None:
