@@ -11,8 +11,12 @@ time 0. Backbone frame ``j`` reads source position ``p = j * r_src / r_dst``:
 * discrete targets take the nearest source frame, ``round(p)`` (halves round up);
 * continuous targets interpolate linearly between ``floor(p)`` and ``floor(p) + 1``.
 
+A clip may start ``offsets[b]`` source frames into its source stream (a crop read from a
+file's cached targets: the crop starts at ``start_seconds * r_src``, a fraction of a frame
+past the cached frame it was sliced from); then ``p = offsets[b] + j * r_src / r_dst``.
+
 Source indices are clamped to the clip's valid source frames, so values never come from
-padding. A clip keeps ``min(frame_lengths[b], ceil(src_len * r_dst / r_src))`` valid frames: the
+padding. A clip keeps ``min(frame_lengths[b], ceil((src_len - offset) * r_dst / r_src))`` valid frames: the
 backbone frames that start inside the audio the teacher covered and that the backbone itself
 produced. Frames past that are padding and hold zeros.
 """
@@ -36,10 +40,14 @@ def mapped_lengths(src_lengths: Tensor, src_rate: float, dst_rate: float) -> Ten
     return torch.ceil(scaled - _LENGTH_TOLERANCE).clamp(min=0).to(torch.long)
 
 
-def align_targets(targets: Targets, frame_rate: float, num_frames: int, frame_lengths: Tensor) -> Targets:
+def align_targets(
+    targets: Targets, frame_rate: float, num_frames: int, frame_lengths: Tensor, offsets: Tensor | None = None
+) -> Targets:
     """Resample ``targets`` onto ``num_frames`` frames at ``frame_rate`` (see module docstring).
 
     ``frame_lengths``: ``[B]`` valid backbone frames per clip (``backbone.frame_lengths``).
+    ``offsets``: ``[B]`` source position (in source frames, >= 0) of each clip's first backbone
+    frame; None means 0 (teacher and backbone saw the same clip).
     Returns targets with ``values`` ``[B, num_frames, C]`` (same dtype), ``lengths`` ``[B]``
     and ``info.frame_rate == frame_rate``. Equal rates and frame counts give the input back.
     """
@@ -60,21 +68,27 @@ def align_targets(targets: Targets, frame_rate: float, num_frames: int, frame_le
         raise MertlabError(f"targets.lengths {src_lengths.tolist()} outside [0, {src_frames}] frames")
     if bool((frame_lengths > num_frames).any()) or bool((frame_lengths < 0).any()):
         raise MertlabError(f"frame_lengths {frame_lengths.tolist()} outside [0, {num_frames}] frames")
+    if offsets is not None and (offsets.shape != (batch,) or bool((offsets < 0).any())):
+        raise MertlabError(f"offsets must be [batch={batch}] and >= 0, got {offsets.tolist()}")
 
     device = values.device
     src_lengths = src_lengths.to(device)
-    out_lengths = torch.minimum(frame_lengths.to(device), mapped_lengths(src_lengths, info.frame_rate, frame_rate))
     # float64 keeps p exact for equal rates (ratio 1.0) and for long clips.
-    pos = torch.arange(num_frames, device=device, dtype=torch.float64) * (info.frame_rate / frame_rate)
+    start = torch.zeros(batch, 1, device=device, dtype=torch.float64)
+    if offsets is not None:
+        start = offsets.to(device=device, dtype=torch.float64)[:, None]
+    remaining = (src_lengths.to(torch.float64) - start[:, 0]).clamp(min=0)
+    out_lengths = torch.minimum(frame_lengths.to(device), mapped_lengths(remaining, info.frame_rate, frame_rate))
+    pos = start + torch.arange(num_frames, device=device, dtype=torch.float64)[None, :] * (info.frame_rate / frame_rate)
     last = (src_lengths - 1).clamp(min=0)[:, None]  # [B, 1] last valid source frame
     if info.kind == "discrete":
-        index = torch.floor(pos + 0.5).to(torch.long)[None, :].expand(batch, -1)
+        index = torch.floor(pos + 0.5).to(torch.long)
         index = torch.minimum(index, last)
         out = _gather_frames(values, index)
     else:
         lower = torch.floor(pos)
-        weight = (pos - lower).to(values.dtype)[None, :, None]
-        lower = lower.to(torch.long)[None, :].expand(batch, -1)
+        weight = (pos - lower).to(values.dtype)[:, :, None]
+        lower = lower.to(torch.long)
         i0 = torch.minimum(lower, last)
         i1 = torch.minimum(lower + 1, last)
         out = torch.lerp(_gather_frames(values, i0), _gather_frames(values, i1), weight)

@@ -151,7 +151,8 @@ def sweep_command(spec_path: str, overrides: tuple[str, ...], dry_run: bool, no_
 @cli.command("compare")
 @click.argument("target", metavar="PARENT_RUN_ID|EXPERIMENT")
 @click.option("--metric", "metrics", multiple=True, metavar="PATTERN",
-              help="Metrics to tabulate and plot as final/best (wildcards; repeatable). Default: loss/*, val/loss/*, probe/*.")
+              help="Metrics to tabulate and plot as final/best (repeatable; * within a /-segment, ** across). "
+                   "Default: loss/* val/loss/* probe/*/* (each task's best probe).")
 @click.option("--out", "out_dir", metavar="DIR", help="Folder for comparison.csv, comparison.md and the plots [default: comparisons/<name>].")
 @click.option("--tracking-uri", metavar="URI", help="MLflow store [default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db].")
 @click.option("--no-log", is_flag=True, help="Do not log the table and plots as artifacts of the parent run.")
@@ -208,6 +209,32 @@ def demo_data_command(directory: str, clips: int, seconds: float, seed: int) -> 
 
     paths = write_demo_dataset(directory, num_clips=clips, seconds=seconds, seed=seed)
     click.echo(f"{len(paths)} clips ({len(paths) * seconds / 60:.1f} min) in {directory}")
+
+
+@cli.group("targets")
+def targets_group() -> None:
+    """Target cache tasks: precompute teacher targets so training does not run the teachers."""
+
+
+@targets_group.command("build")
+@click.argument("spec_path", metavar="SPEC")
+@OVERRIDE_OPTION
+@click.option("--device", default="cpu", show_default=True, help="Torch device the teachers run on, e.g. cuda.")
+@click.option("--no-progress", is_flag=True, help="No progress bar (e.g. in batch jobs).")
+def targets_build_command(spec_path: str, overrides: tuple[str, ...], device: str, no_progress: bool) -> None:
+    """Compute every teacher's targets of every file of data.path into data.target_cache.
+
+    Files already cached for a teacher's current params are skipped, so an interrupted build
+    resumes where it stopped and changing one teacher recomputes only that teacher.
+    """
+    from mertlab.spec import load_spec
+    from mertlab.target_cache import build_targets
+
+    spec = load_spec(spec_path, overrides)
+    for s in build_targets(spec, device=device, progress=not no_progress):
+        click.echo(f"teachers.{s.alias} ({s.teacher}): {s.computed} files computed, {s.skipped} already cached -> {s.folder}")
+
+
 @cli.command("model-info")
 @click.argument("spec", metavar="SPEC")
 @OVERRIDE_OPTION
@@ -220,6 +247,115 @@ def model_info_command(spec: str, overrides: tuple[str, ...]) -> None:
     from mertlab.model_info import model_info
 
     click.echo(format_table(("field", "value"), model_info(spec, overrides).rows()))
+
+
+WINDOW_OPTION = click.option(
+    "--window-seconds", default=5.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
+    help="Long audio is cut into windows of this length; window means are averaged (MERT crops: 5 s).",
+)
+BATCH_OPTION = click.option("--batch-size", default=8, show_default=True, type=click.IntRange(min=1), help="Windows per forward pass.")
+DEVICE_OPTION = click.option("--device", default="auto", show_default=True, help="auto (cuda if available), cpu, cuda, cuda:1...")
+WORKERS_OPTION = click.option("--num-workers", default=0, show_default=True, type=click.IntRange(min=0), help="Audio decoding processes.")
+
+
+@cli.command("extract")
+@click.argument("checkpoint", metavar="CKPT")
+@click.argument("data", metavar="DATA")
+@click.option("--out", required=True, metavar="FILE.npz", help="Where to write the features.")
+@click.option("--layers", default="all", show_default=True, help="all, last, or comma-separated layers (0 = encoder input).")
+@WINDOW_OPTION
+@BATCH_OPTION
+@DEVICE_OPTION
+@WORKERS_OPTION
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+def extract_command(checkpoint: str, data: str, out: str, layers: str, window_seconds: float, batch_size: int,
+                    device: str, num_workers: int, no_progress: bool) -> None:
+    """Mean-pooled per-layer features of every audio file in DATA, written to an .npz.
+
+    CKPT is a training checkpoint (runs/<name>/<run>/checkpoints/last.ckpt) or a saved backbone.
+    DATA is an audio folder, a manifest (one path per line) or a probe task CSV/YAML. The .npz
+    holds `paths` [N], `features` [N, layers, dim], `layers`, `seconds` and `meta` (JSON).
+    """
+    from mertlab.checkpoint import load_backbone
+    from mertlab.probe.extract import extract_features
+    from mertlab.probe.task import load_task
+
+    if data.lower().endswith((".csv", ".yaml", ".yml")):
+        paths = load_task(data).paths
+    else:
+        from mertlab.data.audio import list_audio_paths
+        from mertlab.spec import DataSpec
+
+        extensions = DataSpec().extensions
+        paths = list_audio_paths(data, extensions)
+        if not paths:
+            raise MertlabError(f"{data}: no audio files ({', '.join(extensions)})")
+    features = extract_features(load_backbone(checkpoint), paths, window_seconds, layers, batch_size, device, num_workers,
+                                progress=not no_progress)
+    features.meta["checkpoint"] = str(checkpoint)
+    features.save(out)
+    n, k, d = features.features.shape
+    click.echo(f"{n} files x {k} layers x {d} dims -> {out}")
+
+
+@cli.command("probe")
+@click.argument("checkpoint", metavar="CKPT")
+@click.argument("task_path", metavar="TASK")
+@click.option("--layers", default="all", show_default=True, help="Layers to probe one by one: all, last, or e.g. 6,12 (0 = encoder input).")
+@click.option("--type", "task_type", type=click.Choice(["auto", "classification", "multilabel", "regression"]), default=None,
+              help="Task type (default: the task YAML's, else detected from the labels).")
+@click.option("--name", default=None, help="Task name in metric names (default: the YAML's name, else the CSV's file name).")
+@click.option("--random-init", is_flag=True, help="Also probe an untrained backbone of the same architecture (baseline).")
+@click.option("--no-weighted", is_flag=True, help="Skip the probe on the learnable weighted sum of all layers.")
+@WINDOW_OPTION
+@BATCH_OPTION
+@click.option("--patience", default=None, type=click.IntRange(min=1), help="Early-stopping patience in epochs [default: 10].")
+@click.option("--max-epochs", default=None, type=click.IntRange(min=1), help="Epoch limit of each probe [default: 200].")
+@click.option("--seed", default=0, show_default=True, help="Seed of the probes (and of the random-init backbone).")
+@click.option("--run-id", default=None, help="MLflow run to log to (default: the run that trained CKPT).")
+@click.option("--tracking-uri", default=None, help="MLflow store (default: the checkpoint's, else $MLFLOW_TRACKING_URI, else ./mlflow.db).")
+@click.option("--no-tracking", is_flag=True, help="Do not log to MLflow.")
+@click.option("--out", default=None, metavar="FILE.json", help="Also write the full report as JSON.")
+@DEVICE_OPTION
+@WORKERS_OPTION
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+def probe_command(checkpoint: str, task_path: str, layers: str, task_type: str | None, name: str | None, random_init: bool,
+                  no_weighted: bool, window_seconds: float, batch_size: int, patience: int | None, max_epochs: int | None,
+                  seed: int, run_id: str | None, tracking_uri: str | None, no_tracking: bool, out: str | None,
+                  device: str, num_workers: int, no_progress: bool) -> None:
+    """Probe CKPT's frozen features on a labelled TASK (MARBLE protocol) and log the scores.
+
+    TASK is a CSV with columns path,label[,split] (paths relative to the CSV; without a split
+    column a seeded 70/15/15 split is used) or a YAML with csv/name/type/seed. One MLP probe per
+    layer and one on a learnable weighted sum of layers; the best (by valid) gives
+    probe/<task>/<metric> on the test split, logged to the checkpoint's MLflow run.
+    """
+    from mertlab.probe.fit import ProbeParams
+    from mertlab.probe.run import log_probe, probe_run, report_dict, report_table, run_probe, summary_lines
+    from mertlab.probe.task import load_task
+
+    task = load_task(task_path, task_type=task_type, name=name)
+    overrides = {k: v for k, v in {"patience": patience, "max_epochs": max_epochs}.items() if v is not None}
+    params = ProbeParams(seed=seed, **overrides)
+    if not no_tracking:  # before the (long) extraction, so a wrong run fails fast
+        run_id, tracking_uri, step = probe_run(checkpoint, run_id, tracking_uri)
+    outcome = run_probe(checkpoint, task, layers, window_seconds, batch_size, params, random_init, not no_weighted,
+                        device, num_workers, progress=not no_progress)
+    header, rows = report_table(outcome)
+    click.echo(format_table(header, rows))
+    click.echo("\n".join(summary_lines(outcome)))
+    settings = {"checkpoint": str(checkpoint), "layers": layers, "window_seconds": window_seconds, **params.model_dump()}
+    if out:
+        from pathlib import Path
+
+        Path(out).write_text(json.dumps(report_dict(outcome, settings), indent=2))
+    if no_tracking:
+        return
+    if not run_id:
+        click.echo("not logged to MLflow: CKPT is not a training checkpoint (pass --run-id to log onto a run)")
+        return
+    log_probe(outcome, run_id, tracking_uri, settings, step)
+    click.echo(f"logged probe/{task.name}/... to MLflow run {run_id} ({tracking_uri})")
 
 
 def format_table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:

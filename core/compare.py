@@ -2,8 +2,8 @@
 
 Everything is read back from MLflow: a row per child with its variant, status, overridden
 params (``override.*``), the final and best value of each selected metric (default
-``loss/*``, ``val/loss/*``, ``probe/*``; best = lowest for names containing ``loss``, highest
-otherwise), and the stability summary of :mod:`mertlab.run_summary` computed from the metric
+``loss/*``, ``val/loss/*``, ``probe/*/*``; best = lowest for names containing ``loss``,
+highest otherwise), and the stability summary of :mod:`mertlab.run_summary` computed from the metric
 histories (so unfinished runs get one too). Plots (PNG, matplotlib's Agg canvas): overlaid
 loss curves per objective (validation dashed), overlaid ``grad_norm/total`` curves, and bars
 of the final values per variant. With a parent run the files are logged as its artifacts
@@ -12,7 +12,6 @@ under ``compare/``, where the MLflow UI shows them on the parent's page.
 from __future__ import annotations
 
 import csv
-import fnmatch
 import math
 import re
 import tempfile
@@ -25,7 +24,9 @@ from mertlab.errors import MertlabError
 from mertlab.run_summary import Point, fetch_histories, needed_metrics, reduce_values, summarize
 from mertlab.sweep import INDEX_TAG, OVERRIDE_PARAM_PREFIX, VARIANT_TAG, children_of, sweep_parents
 
-DEFAULT_METRICS = ("loss/*", "val/loss/*", "probe/*")
+#: ``*`` matches within one ``/``-separated segment, ``**`` across segments. Probes: the score
+#: of each task's best probe (``probe/<task>/<metric>``), not every layer's (``mertlab probe``).
+DEFAULT_METRICS = ("loss/*", "val/loss/*", "probe/*/*")
 #: Stability columns (``summary/*`` names, as training logs them at the end of a run).
 STABILITY_COLUMNS = (
     M.SUMMARY_MAX_GRAD_NORM, M.SUMMARY_LOSS_SPIKES, M.SUMMARY_NONFINITE_STEPS, M.SUMMARY_SKIPPED_STEPS,
@@ -130,8 +131,16 @@ def find_runs(client: Any, target: str, tracking_uri: str) -> tuple[str, Any | N
     return target, None, runs, ""
 
 
+def metric_pattern(pattern: str) -> re.Pattern[str]:
+    """``loss/*`` -> a regex where ``*`` stays within a segment and ``**`` crosses segments."""
+    parts = re.split(r"(\*\*|\*|\?)", pattern)
+    wild = {"**": ".*", "*": "[^/]*", "?": "[^/]"}
+    return re.compile("".join(wild.get(part, re.escape(part)) for part in parts) + r"\Z")
+
+
 def _select(keys: list[str], patterns: tuple[str, ...] | list[str]) -> list[str]:
-    return [k for k in keys if any(fnmatch.fnmatchcase(k, p) for p in patterns)]
+    compiled = [metric_pattern(p) for p in patterns]
+    return [k for k in keys if any(c.match(k) for c in compiled)]
 
 
 def load_comparison(target: str, tracking_uri: str | None = None, metrics: tuple[str, ...] | list[str] = ()) -> Comparison:

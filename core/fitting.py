@@ -39,10 +39,11 @@ def crop_batches(spec: ExperimentSpec, files: list[AudioFile], sample_rate: int,
     for n in range(passes):
         seed = spec.seed * 1000 + n
         dataset = CropDataset(files, sample_rate, spec.data.crop_seconds, random_crops=True, seed=seed)
-        yield from DataLoader(
+        for batch in DataLoader(
             dataset, batch_size=spec.data.batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed),
             num_workers=spec.data.num_workers, collate_fn=collate_crops, worker_init_fn=seed_worker,
-        )
+        ):
+            yield batch.wav, batch.lengths
 
 
 def fit_teachers(spec: ExperimentSpec, *, registry: Any = None, device: str = "cpu", passes: int = 1) -> list[FittedTeacher]:

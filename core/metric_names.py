@@ -61,3 +61,10 @@ SUMMARY_NONFINITE_STEPS = "summary/nonfinite_steps"
 SUMMARY_SKIPPED_STEPS = "summary/skipped_steps"
 SUMMARY_MAX_ATTN_LOGIT = "summary/max_attn_logit"
 ATTN_MAX_LOGIT_PREFIX = "attn/max_logit/"
+
+
+def probe(task: str, metric: str, probe_name: str | None = None) -> str:
+    """Downstream probe score on the test split: ``probe/<task>/<metric>`` for the best probe
+    (chosen on valid), ``probe/<task>/<probe_name>/<metric>`` for one probe (``layer<i>``,
+    ``weighted``, ``majority``/``chance``, ``random_init``)."""
+    return f"probe/{task}/{probe_name}/{metric}" if probe_name else f"probe/{task}/{metric}"

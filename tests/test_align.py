@@ -97,6 +97,40 @@ def test_continuous_interpolation_is_exact_on_a_linear_ramp(src_rate, dst_rate, 
     assert torch.allclose(out.values[0, :n, 0].double(), want, atol=1e-4)
 
 
+@STOCK
+@given(batches(), RATES, RATES, st.integers(0, 80), st.sampled_from(["discrete", "continuous"]), st.data())
+def test_integer_offsets_equal_dropping_leading_source_frames(src, src_rate, dst_rate, num_frames, kind, data):
+    """A clip starting k source frames in (a crop sliced from cached targets) aligns like the
+    source with its first k frames removed."""
+    batch, src_frames, src_lengths = src
+    frame_lengths = torch.tensor(data.draw(st.lists(st.integers(0, num_frames), min_size=batch, max_size=batch)))
+    offsets = [data.draw(st.integers(0, int(n))) for n in src_lengths]
+    targets = _coded(batch, src_frames, src_lengths, kind, src_rate)
+
+    out = align_targets(targets, dst_rate, num_frames, frame_lengths, torch.tensor(offsets, dtype=torch.float64))
+
+    for b, k in enumerate(offsets):
+        alone = Targets(targets.values[b: b + 1, k:], src_lengths[b: b + 1] - k, targets.info)
+        want = align_targets(alone, dst_rate, num_frames, frame_lengths[b: b + 1])
+        assert torch.equal(out.values[b], want.values[0]) and out.lengths[b] == want.lengths[0]
+
+
+def test_fractional_offset_reads_between_source_frames():
+    values = torch.arange(10, dtype=torch.float32)[None, :, None]
+    continuous = Targets(values, torch.tensor([10]), TargetInfo("continuous", 1, 75.0))
+    discrete = Targets(values.long(), torch.tensor([10]), TargetInfo("discrete", 1, 75.0, (16,)))
+    offset = torch.tensor([2.25], dtype=torch.float64)
+
+    out = align_targets(continuous, 75.0, 8, torch.tensor([8]), offset)
+    assert out.lengths.tolist() == [8]  # frames starting before source frame 10: 2.25 + j < 10
+    assert torch.allclose(out.values[0, :7, 0], torch.arange(7) + 2.25)
+    assert out.values[0, 7, 0] == 9  # p = 9.25: the last valid frame is held
+    codes = align_targets(discrete, 75.0, 8, torch.tensor([8]), offset)
+    assert codes.values[0, :, 0].tolist() == [2, 3, 4, 5, 6, 7, 8, 9]
+    with pytest.raises(MertlabError, match="offsets must be"):
+        align_targets(continuous, 75.0, 8, torch.tensor([8]), torch.tensor([-1.0]))
+
+
 def test_cqt_one_extra_frame_is_dropped_at_equal_rate():
     # nnAudio CQT (centred): 1 + 24000 // 320 = 76 frames; backbone: 75 frames for the same 1 s.
     cqt = torch.randn(2, 76, 336)

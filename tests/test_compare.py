@@ -147,16 +147,31 @@ def test_metric_patterns_and_probe_scores(sweep):
     client = MlflowClient(uri)
     comparison = load_comparison(parent, uri)
     lr_high = next(r for r in comparison.rows if r.variant == "lr_high")
-    for step, value in enumerate([0.4, 0.7, 0.6]):  # e.g. a probing job reporting on this run
-        client.log_metric(lr_high.run_id, "probe/genre_acc", value, step=step)
+    best, layer = M.probe("genre", "accuracy"), M.probe("genre", "accuracy", "layer1")
+    for step, value in enumerate([0.4, 0.7, 0.6]):  # as `mertlab probe` reports onto this run
+        client.log_metric(lr_high.run_id, best, value, step=step)
+        client.log_metric(lr_high.run_id, layer, value / 2, step=step)
 
-    comparison = load_comparison(parent, uri, metrics=["loss/total", "probe/*"])
-    assert comparison.metrics == ["loss/total", "probe/genre_acc"]
+    assert load_comparison(parent, uri).metrics == [  # default: losses and each task's best probe
+        "loss/cqt_recon", "loss/rvq_pred", "loss/total", best,
+        "val/loss/cqt_recon", "val/loss/rvq_pred", "val/loss/total",
+    ]
+    comparison = load_comparison(parent, uri, metrics=["loss/total", "probe/**"])
+    assert comparison.metrics == ["loss/total", best, layer]
     header, rows = comparison.records()
     assert "loss/cqt_recon final" not in header and M.SUMMARY_MAX_GRAD_NORM in header
     values = {row[0]: dict(zip(header, row)) for row in rows}
-    assert values["lr_high"]["probe/genre_acc final"] == 0.6 and values["lr_high"]["probe/genre_acc best"] == 0.7
-    assert values["base"]["probe/genre_acc final"] is None  # where present only
+    assert values["lr_high"][f"{best} final"] == 0.6 and values["lr_high"][f"{best} best"] == 0.7
+    assert values["lr_high"][f"{layer} final"] == 0.3
+    assert values["base"][f"{best} final"] is None  # where present only
+
+
+def test_metric_patterns_stay_within_segments():
+    from mertlab.compare import metric_pattern
+
+    assert metric_pattern("loss/*").match("loss/total") and not metric_pattern("loss/*").match("loss/a/b")
+    assert metric_pattern("probe/**").match("probe/key/layer3/accuracy")
+    assert not metric_pattern("loss/*").match("val/loss/total") and metric_pattern("*/loss/?otal").match("val/loss/total")
 
 
 def test_bad_targets_are_one_clear_error(sweep, capsys):

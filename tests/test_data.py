@@ -6,7 +6,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from mertlab.data.audio import list_audio_paths, load_audio, probe
+from mertlab.data.audio import list_audio_paths, load_audio, probe, read_segment
 from mertlab.data.datamodule import AudioDataModule, scan_dataset, split_files
 from mertlab.data.dataset import CropDataset, collate_crops
 from mertlab.data.demo import render_piece, write_demo_dataset
@@ -46,14 +46,20 @@ def test_decode_mono_and_resample(tmp_path):
 def test_crops_train_random_val_deterministic_short_files_padded(tmp_path):
     files = [probe(write_tone(tmp_path / f"{i}.wav", s, sr=24000)) for i, s in enumerate([3.0, 0.5])]
     train = CropDataset(files, 24000, 1.0, random_crops=True, seed=1)
-    starts = {tuple(train[0][0][:50].tolist()) for _ in range(5)}
+    starts = {tuple(train[0].wav[:50].tolist()) for _ in range(5)}
     assert len(starts) > 1
     val = CropDataset(files, 24000, 1.0, random_crops=False)
-    assert torch.equal(val[0][0], val[0][0])
-    wav, length = val[1]
-    assert wav.shape == (24000,) and length == 12000 and wav[length:].abs().max() == 0
-    batch, lengths = collate_crops([train[0], val[1]])
-    assert batch.shape == (2, 24000) and lengths.tolist() == [24000, 12000]
+    assert torch.equal(val[0].wav, val[0].wav)
+    crop = val[1]
+    assert crop.wav.shape == (24000,) and crop.length == 12000 and crop.wav[crop.length:].abs().max() == 0
+    assert crop.file == files[1] and crop.start_seconds == 0.0
+    middle = val[0]  # (3 s - (1 s + 16 spare frames)) / 2 into the file, and the audio from there
+    assert middle.start_seconds == (72000 - 24016) // 2 / 24000
+    assert torch.equal(middle.wav, read_segment(files[0], (72000 - 24016) // 2, 24000))
+    batch = collate_crops([train[0], val[1]])
+    assert batch.wav.shape == (2, 24000) and batch.lengths.tolist() == [24000, 12000]
+    assert batch.files == (files[0], files[1]) and batch.start_seconds.dtype == torch.float64
+    assert batch.start_seconds[1] == 0.0 and 0.0 <= batch.start_seconds[0] <= 2.0
 
 
 def test_clear_errors_for_bad_data(tmp_path):
@@ -81,8 +87,8 @@ def test_datamodule_batches(tmp_path):
     write_demo_dataset(tmp_path, num_clips=6, seconds=2.0, progress=False)
     dm = AudioDataModule(DataSpec(path=str(tmp_path), crop_seconds=1.0, batch_size=2, val_fraction=0.2), 24000)
     dm.setup()
-    wav, lengths = next(iter(dm.train_dataloader()))
-    assert wav.shape == (2, 24000) and lengths.tolist() == [24000, 24000]
+    batch = next(iter(dm.train_dataloader()))
+    assert batch.wav.shape == (2, 24000) and batch.lengths.tolist() == [24000, 24000]
     assert len(dm.val_files) >= 1
 
 

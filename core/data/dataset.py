@@ -3,20 +3,60 @@ from __future__ import annotations
 
 import math
 import random
+from dataclasses import dataclass
 
 import torch
+from torch import Tensor
 from torch.utils.data import Dataset
 
 from mertlab.data.audio import AudioFile, read_segment, resample
 
 
+@dataclass(frozen=True)
+class Crop:
+    """One item of a :class:`CropDataset`: the audio and where in which file it came from.
+
+    ``wav``: ``[crop_samples]`` float32 at the model's rate, zero-padded past ``length`` real
+    samples; ``start_seconds``: where the crop starts in ``file`` (the target cache slices the
+    file's precomputed targets there).
+    """
+
+    wav: Tensor
+    length: int
+    file: AudioFile
+    start_seconds: float
+
+
+@dataclass
+class AudioBatch:
+    """A collated batch of crops: ``wav [B, S]``, ``lengths [B]`` valid samples, the source
+    ``files`` and each crop's ``start_seconds [B]`` (float64) in its file.
+
+    Lightning moves it to the training device through :meth:`to`.
+    """
+
+    wav: Tensor
+    lengths: Tensor
+    files: tuple[AudioFile, ...]
+    start_seconds: Tensor
+
+    def __len__(self) -> int:
+        return self.wav.shape[0]
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> "AudioBatch":
+        # start_seconds stays on the CPU: only the target cache reads it, to index numpy arrays.
+        return AudioBatch(
+            self.wav.to(device, non_blocking=non_blocking), self.lengths.to(device, non_blocking=non_blocking),
+            self.files, self.start_seconds,
+        )
+
+
 class CropDataset(Dataset):
-    """One item per file: a crop of ``crop_seconds`` resampled to ``sample_rate``.
+    """One item per file: a :class:`Crop` of ``crop_seconds`` resampled to ``sample_rate``.
 
     Training crops start at a random position (a fresh draw each epoch); validation crops
     (``random_crops=False``) are deterministic: the middle of the file. Files shorter than the
     crop are zero-padded and their ``length`` says how many samples are real.
-    Items are ``(wav [crop_samples] float32, length int)``.
     """
 
     def __init__(self, files: list[AudioFile], sample_rate: int, crop_seconds: float, random_crops: bool, seed: int = 0) -> None:
@@ -31,7 +71,7 @@ class CropDataset(Dataset):
     def __len__(self) -> int:
         return len(self.files)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, index: int) -> Crop:
         file = self.files[index]
         # Read a few native frames more than needed so resampling edges don't shorten the crop.
         native = math.ceil(self.crop_seconds * file.sample_rate) + 16
@@ -42,13 +82,17 @@ class CropDataset(Dataset):
         length = wav.shape[0]
         if length < self.crop_samples:
             wav = torch.nn.functional.pad(wav, (0, self.crop_samples - length))
-        return wav, length
+        return Crop(wav, length, file, start / file.sample_rate)
 
 
-def collate_crops(items: list[tuple[torch.Tensor, int]]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Stack crops into ``wav [B, S]`` and ``lengths [B]``."""
-    wavs, lengths = zip(*items)
-    return torch.stack(wavs), torch.tensor(lengths, dtype=torch.long)
+def collate_crops(items: list[Crop]) -> AudioBatch:
+    """Stack crops into an :class:`AudioBatch`."""
+    return AudioBatch(
+        wav=torch.stack([c.wav for c in items]),
+        lengths=torch.tensor([c.length for c in items], dtype=torch.long),
+        files=tuple(c.file for c in items),
+        start_seconds=torch.tensor([c.start_seconds for c in items], dtype=torch.float64),
+    )
 
 
 def seed_worker(worker_id: int) -> None:

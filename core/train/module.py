@@ -2,7 +2,9 @@
 
 One step, top to bottom (``training_step``):
 
-1. teachers turn the *clean* audio into targets, aligned to the backbone's frames;
+1. the target source gives each teacher's targets of the *clean* audio, aligned to the
+   backbone's frames: the teachers run on the crops, or the crops' frames are read from the
+   target cache (``data.target_cache``; see :mod:`mertlab.train.targets`);
 2. mixup perturbs the *student* input only;
 3. the masking picks frames to hide; the backbone sees them as the mask embedding;
 4. each objective scores the backbone output against its teacher's targets;
@@ -23,12 +25,12 @@ import torch
 from torch import Tensor, nn
 
 from mertlab import metric_names as M
-from mertlab.align import align_targets
 from mertlab.augment import mixup
 from mertlab.contracts import BackboneOutput, Targets
-from mertlab.data.audio import resample
+from mertlab.data.dataset import AudioBatch
 from mertlab.spec import ExperimentSpec
 from mertlab.train.schedule import lr_factor
+from mertlab.train.targets import target_source
 
 
 def code_perplexity(codes: Tensor, vocab_size: int) -> Tensor:
@@ -55,6 +57,9 @@ class PretrainModule(L.LightningModule):
         )
         for teacher in self.teachers.values():
             teacher.requires_grad_(False)
+        # Teachers stay modules of the model either way (their info types the objectives; the
+        # checkpoint layout does not depend on where targets come from).
+        self.target_source = target_source(spec.data.target_cache, self.teachers, self.backbone.sample_rate)
         self.objectives = nn.ModuleDict({
             alias: registry.build(
                 "objective", o.name, o.params,
@@ -108,27 +113,19 @@ class PretrainModule(L.LightningModule):
         return num_frames, frame_lengths, steps[None, :] >= frame_lengths[:, None]
 
     @torch.no_grad()
-    def compute_targets(self, wav: Tensor, lengths: Tensor, num_frames: int, frame_lengths: Tensor) -> dict[str, Targets]:
+    def compute_targets(self, batch: AudioBatch, num_frames: int, frame_lengths: Tensor) -> dict[str, Targets]:
         """Each teacher's targets of the clean audio, aligned to the backbone's frames."""
-        rate = self.backbone.sample_rate
-        out = {}
-        with torch.autocast(device_type=wav.device.type, enabled=False):
-            for alias, teacher in self.teachers.items():
-                t_wav = resample(wav.float(), rate, teacher.sample_rate)
-                t_len = torch.div(lengths * teacher.sample_rate, rate, rounding_mode="floor").clamp(max=t_wav.shape[1])
-                raw = teacher.targets(t_wav, t_len)
-                out[alias] = align_targets(raw, self.backbone.frame_rate, num_frames, frame_lengths)
-        return out
+        return self.target_source.targets(batch, self.backbone.frame_rate, num_frames, frame_lengths)
 
     def mask_generator(self, stage: str, batch_idx: int) -> torch.Generator:
         """Reproducible masks: seeded by spec seed and step (train) or batch index (validation)."""
         offset = self.global_step if stage == "train" else 10_000_019 + batch_idx
         return torch.Generator().manual_seed(self.spec.seed * 1_000_003 + offset)
 
-    def shared_step(self, batch: tuple[Tensor, Tensor], batch_idx: int, stage: str) -> tuple[Tensor, dict[str, Tensor], dict[str, Targets]]:
-        wav, lengths = batch
+    def shared_step(self, batch: AudioBatch, batch_idx: int, stage: str) -> tuple[Tensor, dict[str, Tensor], dict[str, Targets]]:
+        wav, lengths = batch.wav, batch.lengths
         num_frames, frame_lengths, padding = self.frame_padding(wav, lengths)
-        targets = self.compute_targets(wav, lengths, num_frames, frame_lengths)
+        targets = self.compute_targets(batch, num_frames, frame_lengths)
         generator = self.mask_generator(stage, batch_idx)
         student = wav
         mix = self.spec.augment.mixup
@@ -154,7 +151,7 @@ class PretrainModule(L.LightningModule):
         logs[M.LOSS_TOTAL] = total.detach()
         return total, logs, targets
 
-    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor | None:
+    def training_step(self, batch: AudioBatch, batch_idx: int) -> Tensor | None:
         loss, logs, targets = self.shared_step(batch, batch_idx, "train")
         self.log_throughput(batch)
         logs.update(self.teacher_statistics(targets))  # cheap histograms; Lightning throttles logging
@@ -168,13 +165,13 @@ class PretrainModule(L.LightningModule):
         logs[M.SKIPPED_STEPS] = torch.tensor(float(self.skipped_steps))
         total = logs.pop(M.LOSS_TOTAL, None)
         if total is not None:
-            self.log(M.LOSS_TOTAL, total, prog_bar=True, on_step=True, on_epoch=False, batch_size=batch[0].shape[0])
-        self.log_dict(logs, on_step=True, on_epoch=False, batch_size=batch[0].shape[0])
+            self.log(M.LOSS_TOTAL, total, prog_bar=True, on_step=True, on_epoch=False, batch_size=len(batch))
+        self.log_dict(logs, on_step=True, on_epoch=False, batch_size=len(batch))
         return loss
 
-    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+    def validation_step(self, batch: AudioBatch, batch_idx: int) -> None:
         _, logs, _ = self.shared_step(batch, batch_idx, "val")
-        self.log_dict({M.val(k): v for k, v in logs.items()}, on_step=False, on_epoch=True, batch_size=batch[0].shape[0])
+        self.log_dict({M.val(k): v for k, v in logs.items()}, on_step=False, on_epoch=True, batch_size=len(batch))
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         """Measure the global gradient norm (before clipping); drop non-finite gradients."""
@@ -201,14 +198,14 @@ class PretrainModule(L.LightningModule):
                 logs[M.code_perplexity(alias, cb)] = code_perplexity(t.values[..., cb][valid], vocab)
         return logs
 
-    def log_throughput(self, batch: tuple[Tensor, Tensor]) -> None:
+    def log_throughput(self, batch: AudioBatch) -> None:
         """Audio seconds and clips per wall-clock second, measured step start to step start."""
         now = time.perf_counter()
         if self._last_step_start is not None:
             elapsed = max(now - self._last_step_start, 1e-9)
-            seconds = float(batch[1].sum()) / self.backbone.sample_rate
+            seconds = float(batch.lengths.sum()) / self.backbone.sample_rate
             self.log_dict({
                 M.AUDIO_SECONDS_PER_S: seconds / elapsed,
-                M.SAMPLES_PER_S: batch[0].shape[0] / elapsed,
+                M.SAMPLES_PER_S: len(batch) / elapsed,
             }, on_step=True, on_epoch=False)
         self._last_step_start = now

@@ -102,6 +102,7 @@ def train(
     module = PretrainModule(spec, registry)
     datamodule = AudioDataModule(spec.data, module.backbone.sample_rate, spec.seed)
     datamodule.setup()  # data errors surface before an MLflow run is created
+    module.target_source.check_files(datamodule.train_files + datamodule.val_files)
 
     tracking_uri = resolve_tracking_uri(spec)
     experiment = spec.tracking.experiment or spec.name

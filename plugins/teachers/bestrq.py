@@ -53,8 +53,8 @@ class BestRQTeacher(Teacher):
     name = "bestrq"
     summary = "BEST-RQ: frozen random projection + random codebook of stacked log-mels (MusicFM)"
     Params = BestRQParams
-    test_params = {"codebook_size": 64}
     target_kind = "discrete"
+    test_params = {"codebook_size": 256, "n_codebooks": 2}
     params: BestRQParams
 
     def __init__(self, params: BestRQParams) -> None:

@@ -1,0 +1,190 @@
+"""MARBLE-style probes on frozen clip features: one MLP per layer, plus a learnable weighted sum.
+
+Protocol (/work/shared/REFERENCE.md, "MARBLE probing protocol"): an MLP with one hidden layer of
+512, ReLU, dropout 0.2, trained with Adam (lr 1e-3) and early stopping on the valid split; also a
+probe on a softmax-weighted sum of all layers. Features are standardised with train statistics
+(per layer), regression targets too (predictions are mapped back before scoring).
+
+Deterministic for a given seed on CPU: the initial weights and the minibatch order come from
+the seed, and the best epoch (by the valid split's primary metric) is restored at the end.
+"""
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from pydantic import Field
+from torch import Tensor, nn
+
+from mertlab.contracts import Params
+
+from mertlab.probe.metrics import baseline_scores, compute_metrics, primary_metric
+from mertlab.probe.task import Task
+
+
+class ProbeParams(Params):
+    """Probe hyper-parameters; defaults follow MARBLE's MLP probe."""
+
+    hidden_dim: int = Field(512, gt=0, description="Hidden units of the MLP (MARBLE: 512).")
+    dropout: float = Field(0.2, ge=0.0, lt=1.0, description="Dropout after the hidden layer (MARBLE: 0.2).")
+    lr: float = Field(1e-3, gt=0.0, description="Adam learning rate (MARBLE: 1e-3).")
+    layer_weights_lr: float = Field(
+        1e-2, gt=0.0,
+        description="Adam learning rate of the weighted-sum probe's layer logits: above the MLP's so the weights "
+        "can move within the few hundred steps of a small task (at 1e-3 they barely leave uniform).",
+    )
+    weight_decay: float = Field(0.0, ge=0.0, description="Adam L2 weight decay of the MLP.")
+    batch_size: int = Field(64, gt=0, description="Minibatch size.")
+    max_epochs: int = Field(200, gt=0, description="Upper bound on training epochs.")
+    patience: int = Field(10, gt=0, description="Stop after this many epochs without a better valid metric.")
+    seed: int = Field(0, description="Seed of the probe's initial weights and minibatch order.")
+
+
+class LayerProbe(nn.Module):
+    """MLP on one layer's features, or on a softmax-weighted sum of several (``[B, K, D]`` in)."""
+
+    def __init__(self, num_layers: int, dim: int, outputs: int, params: ProbeParams) -> None:
+        super().__init__()
+        # Zero logits = equal weights at the start; only a multi-layer input learns them.
+        self.layer_logits = nn.Parameter(torch.zeros(num_layers), requires_grad=num_layers > 1)
+        self.mlp = nn.Sequential(
+            nn.Linear(dim, params.hidden_dim), nn.ReLU(), nn.Dropout(params.dropout), nn.Linear(params.hidden_dim, outputs)
+        )
+
+    @property
+    def layer_weights(self) -> Tensor:
+        return torch.softmax(self.layer_logits, dim=0)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.mlp(torch.einsum("bkd,k->bd", x, self.layer_weights))
+
+
+@dataclass
+class ProbeResult:
+    """Scores of one probe. ``name``: ``layer<i>``, ``weighted`` or ``majority``; ``scores``:
+    the probe's predictions for every row of the task (probabilities or values), row order of the task."""
+
+    name: str
+    valid: dict[str, float]
+    test: dict[str, float]
+    scores: np.ndarray
+    layer: int | None = None
+    best_epoch: int = 0
+    layer_weights: list[float] | None = None
+
+
+@dataclass
+class ProbeReport:
+    """Every probe of one task on one feature set, plus the input-independent baseline."""
+
+    task: Task
+    probes: list[ProbeResult]
+    baseline: ProbeResult
+    metric: str
+    layers: list[int] = field(default_factory=list)
+
+    @property
+    def best(self) -> ProbeResult:
+        """The probe with the best *valid* primary metric (the test split never selects)."""
+        return max(self.probes, key=lambda r: _orderable(r.valid[self.metric]))
+
+
+def _orderable(value: float) -> float:
+    return -math.inf if math.isnan(value) else value
+
+
+def _standardise(features: np.ndarray, train: np.ndarray) -> np.ndarray:
+    """Per layer and dimension, with the train rows' mean and std (constant dims: std 1)."""
+    mean = features[train].mean(axis=0, keepdims=True)
+    std = features[train].std(axis=0, keepdims=True)
+    return (features - mean) / np.where(std > 1e-8, std, 1.0)
+
+
+def fit_probe(features: np.ndarray, task: Task, params: ProbeParams, name: str, device: str | torch.device = "cpu") -> ProbeResult:
+    """Train one probe on ``features`` ``[N, K, D]`` (rows = the task's rows; K > 1 = weighted sum)."""
+    train, valid = task.indices("train"), task.indices("valid")
+    x_all = torch.as_tensor(_standardise(features.astype(np.float64), train), dtype=torch.float32, device=device)
+    targets = task.targets
+    if task.type == "regression":
+        target_mean, target_std = float(targets[train].mean()), float(targets[train].std()) or 1.0
+        y_all = torch.as_tensor((targets - target_mean) / target_std, dtype=torch.float32, device=device)[:, None]
+        loss_fn: nn.Module = nn.MSELoss()
+    elif task.type == "multilabel":
+        y_all = torch.as_tensor(targets, dtype=torch.float32, device=device)
+        loss_fn = nn.BCEWithLogitsLoss()
+    else:
+        y_all = torch.as_tensor(targets, dtype=torch.long, device=device)
+        loss_fn = nn.CrossEntropyLoss()
+
+    def predict(model: LayerProbe) -> np.ndarray:
+        model.eval()
+        with torch.no_grad():
+            out = model(x_all).double().cpu()
+        if task.type == "regression":
+            return out[:, 0].numpy() * target_std + target_mean
+        return (torch.sigmoid(out) if task.type == "multilabel" else torch.softmax(out, dim=1)).numpy()
+
+    torch.manual_seed(params.seed)
+    model = LayerProbe(features.shape[1], features.shape[2], task.num_outputs, params).to(device)
+    groups = [{"params": model.mlp.parameters()}]
+    if model.layer_logits.requires_grad:
+        groups.append({"params": [model.layer_logits], "lr": params.layer_weights_lr, "weight_decay": 0.0})
+    optimizer = torch.optim.Adam(groups, lr=params.lr, weight_decay=params.weight_decay)
+    order = torch.Generator().manual_seed(params.seed)
+    metric = primary_metric(task.type)
+    best_value, best_epoch, best_state = -math.inf, 0, copy.deepcopy(model.state_dict())
+    train_rows = torch.as_tensor(train, device=device)
+    for epoch in range(1, params.max_epochs + 1):
+        model.train()
+        for batch in torch.randperm(len(train), generator=order).split(params.batch_size):
+            rows = train_rows[batch.to(device)]
+            optimizer.zero_grad()
+            loss_fn(model(x_all[rows]), y_all[rows]).backward()
+            optimizer.step()
+        value = _orderable(compute_metrics(task.type, targets[valid], predict(model)[valid])[metric])
+        if value > best_value or epoch == 1:
+            best_value, best_epoch, best_state = value, epoch, copy.deepcopy(model.state_dict())
+        elif epoch - best_epoch >= params.patience:
+            break
+    model.load_state_dict(best_state)
+    scores = predict(model)
+    weights = model.layer_weights.detach().cpu().tolist() if features.shape[1] > 1 else None
+    return ProbeResult(name, *_split_metrics(task, scores), scores=scores, best_epoch=best_epoch, layer_weights=weights)
+
+
+def _split_metrics(task: Task, scores: np.ndarray) -> tuple[dict[str, float], dict[str, float]]:
+    valid, test = task.indices("valid"), task.indices("test")
+    return compute_metrics(task.type, task.targets[valid], scores[valid]), compute_metrics(task.type, task.targets[test], scores[test])
+
+
+def baseline(task: Task) -> ProbeResult:
+    """The chance/majority baseline: predictions from the train labels alone (see metrics)."""
+    scores = baseline_scores(task.type, task.targets[task.indices("train")], len(task.paths), len(task.classes))
+    return ProbeResult("majority" if task.type == "classification" else "chance", *_split_metrics(task, scores), scores=scores)
+
+
+def probe_task(
+    features: np.ndarray,
+    layers: list[int],
+    task: Task,
+    params: ProbeParams | None = None,
+    probe_layers: list[int] | None = None,
+    weighted: bool = True,
+    device: str | torch.device = "cpu",
+) -> ProbeReport:
+    """Probes on ``features`` ``[N, K, D]`` whose slice ``k`` is layer ``layers[k]``: one per
+    layer in ``probe_layers`` (default: all) and, with ``weighted`` and K > 1, one on the
+    learnable weighted sum of all K layers."""
+    params = params or ProbeParams()
+    probes = []
+    for layer in layers if probe_layers is None else probe_layers:
+        k = layers.index(layer)
+        result = fit_probe(features[:, k:k + 1], task, params, f"layer{layer}", device)
+        result.layer = layer
+        probes.append(result)
+    if weighted and len(layers) > 1:
+        probes.append(fit_probe(features, task, params, "weighted", device))
+    return ProbeReport(task, probes, baseline(task), primary_metric(task.type), list(layers))

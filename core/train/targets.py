@@ -1,0 +1,118 @@
+"""Where the training step gets its targets: the teachers on the fly, or the target cache.
+
+Both sources return each teacher's targets for a batch of crops, already aligned to the
+backbone's frames, so the training step does not know which one runs. The spec chooses:
+``data.target_cache: DIR`` reads precomputed targets (``mertlab targets build SPEC``), null runs
+the teachers on the clean crops (e.g. on a GPU).
+"""
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from mertlab.align import align_targets
+from mertlab.contracts import Targets, Teacher
+from mertlab.data.audio import AudioFile, resample
+from mertlab.data.dataset import AudioBatch
+from mertlab.errors import MertlabError
+from mertlab.target_cache import BUILD_HINT, TeacherCache
+
+# Crop starts are float seconds; a start a hair below a frame boundary is on it.
+_FRAME_TOLERANCE = 1e-6
+
+
+class TargetSource(ABC):
+    """Each teacher's targets (by alias) of a batch, on ``num_frames`` frames at ``frame_rate``."""
+
+    @abstractmethod
+    def targets(self, batch: AudioBatch, frame_rate: float, num_frames: int, frame_lengths: Tensor) -> dict[str, Targets]:
+        """``frame_lengths``: ``[B]`` valid backbone frames per clip."""
+
+    def check_files(self, files: Sequence[AudioFile]) -> None:
+        """Raise a clear error now if targets of some of ``files`` cannot be provided later."""
+
+
+class TeacherTargets(TargetSource):
+    """Runs the teachers on the clean crops (resampled from the model's ``sample_rate``)."""
+
+    def __init__(self, teachers: Mapping[str, Teacher], sample_rate: int) -> None:
+        self.teachers = teachers
+        self.sample_rate = sample_rate
+
+    @torch.no_grad()
+    def targets(self, batch: AudioBatch, frame_rate: float, num_frames: int, frame_lengths: Tensor) -> dict[str, Targets]:
+        wav, lengths = batch.wav, batch.lengths
+        out = {}
+        with torch.autocast(device_type=wav.device.type, enabled=False):
+            for alias, teacher in self.teachers.items():
+                t_wav = resample(wav.float(), self.sample_rate, teacher.sample_rate)
+                t_len = torch.div(lengths * teacher.sample_rate, self.sample_rate, rounding_mode="floor").clamp(max=t_wav.shape[1])
+                out[alias] = align_targets(teacher.targets(t_wav, t_len), frame_rate, num_frames, frame_lengths)
+        return out
+
+
+class CachedTargets(TargetSource):
+    """Slices each crop's frames out of its file's cached targets; the teachers never run.
+
+    A crop starting ``start_seconds`` into its file starts at source position
+    ``p = start_seconds * teacher_rate``: the frames from ``floor(p)`` that start inside the crop
+    are read, and :func:`align_targets` places them on the backbone's frames with the residual
+    offset ``p - floor(p)`` (nearest frame for codes, interpolation for features). For crops on
+    the teacher's frame grid the frames read are those the teachers would give on the fly; they
+    differ only where on-the-fly targets see the crop's edges (zero padding instead of the rest
+    of the file) or per-crop statistics (see :mod:`mertlab.target_cache`).
+    """
+
+    def __init__(self, cache_dir: str | Path, teachers: Mapping[str, Teacher], sample_rate: int) -> None:
+        self.sample_rate = sample_rate
+        self.caches = {alias: TeacherCache(cache_dir, teacher) for alias, teacher in teachers.items()}
+        for alias, cache in self.caches.items():
+            try:
+                cache.check_manifest(required=True)
+            except MertlabError as exc:
+                raise MertlabError(f"teachers.{alias}: {exc}") from None
+
+    def check_files(self, files: Sequence[AudioFile]) -> None:
+        for alias, cache in self.caches.items():
+            missing = [f.path for f in files if not cache.has(f.path)]
+            if missing:
+                raise MertlabError(
+                    f"data.target_cache: {len(missing)} of {len(files)} audio files (e.g. {missing[0]}) have no cached "
+                    f"targets for teachers.{alias} ({cache.name}) in {cache.folder} (new or edited since the build); "
+                    f"{BUILD_HINT}"
+                )
+
+    def targets(self, batch: AudioBatch, frame_rate: float, num_frames: int, frame_lengths: Tensor) -> dict[str, Targets]:
+        device = batch.wav.device
+        seconds = (batch.lengths.cpu().double() / self.sample_rate).tolist()
+        starts = batch.start_seconds.tolist()
+        out = {}
+        for alias, cache in self.caches.items():
+            rate = cache.info.frame_rate
+            chunks, offsets = [], []
+            for file, start, duration in zip(batch.files, starts, seconds):
+                position = start * rate
+                first = math.floor(position + _FRAME_TOLERANCE)
+                offset = max(position - first, 0.0)
+                count = math.ceil(offset + duration * rate - _FRAME_TOLERANCE)  # frames starting inside the crop
+                chunks.append(torch.from_numpy(cache.read(file.path)[first: first + count].copy()))
+                offsets.append(offset)
+            dtype = torch.long if cache.info.kind == "discrete" else torch.float32
+            lengths = torch.tensor([c.shape[0] for c in chunks], device=device)
+            values = torch.nn.utils.rnn.pad_sequence(chunks, batch_first=True).to(device=device, dtype=dtype)
+            raw = Targets(values=values, lengths=lengths, info=cache.info)
+            offsets_t = torch.tensor(offsets, dtype=torch.float64, device=device)
+            out[alias] = align_targets(raw, frame_rate, num_frames, frame_lengths, offsets_t)
+        return out
+
+
+def target_source(cache_dir: str | None, teachers: Mapping[str, Teacher], sample_rate: int) -> TargetSource:
+    """The source a spec's ``data.target_cache`` selects (None: the teachers on the fly)."""
+    if cache_dir is None:
+        return TeacherTargets(teachers, sample_rate)
+    return CachedTargets(cache_dir, teachers, sample_rate)
