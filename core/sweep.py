@@ -388,7 +388,8 @@ def run_sweep(
             raise
         except Exception as exc:  # noqa: BLE001 - one failing variant must not stop the others
             found = find_child(client, parent, name)
-            outcome = ChildOutcome(name, found.info.run_id if found else None, "failed", f"{type(exc).__name__}: {exc}" if not isinstance(exc, MertlabError) else str(exc))
+            message = str(exc) if isinstance(exc, MertlabError) else f"{type(exc).__name__}: {exc}"
+            outcome = ChildOutcome(name, found.info.run_id if found else None, "failed", message)
         result.outcomes.append(outcome)
         echo(f"    {outcome.status}{': ' + outcome.message if outcome.message else ''} (run {outcome.run_id})")
     client.set_terminated(parent_id, "FAILED" if result.failed else "FINISHED")

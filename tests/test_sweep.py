@@ -273,3 +273,14 @@ def test_train_child_options_are_checked(swept, capsys):
     assert code == 1 and f"--parent-run-id: no MLflow run {'0' * 32}" in err
     code, _, err = run_cli(capsys, "sweep", write_spec(Path("plain.yaml"), {**yaml.safe_load(spec_path.read_text()), "sweep": None}))
     assert code == 1 and "sweep: this spec has no `sweep:` block" in err
+
+
+def test_a_failing_child_is_recorded_and_the_others_still_run(workdir, tracking_uri, capsys):
+    sweep = {"variants": {"too_long": {"data.crop_seconds": 30}, "fine": {}}}  # the demo clips last 2 s
+    spec_path = write_spec(workdir / "failing.yaml", tiny_sweep_spec("tiny-failing", workdir / "demo", workdir, tracking_uri, sweep))
+    code, out, err = run_cli(capsys, "sweep", spec_path, "--no-progress", "--no-compare")
+    assert code == 1 and "error: 1 of 2 variants failed: too_long" in err
+    assert "failed: data.crop_seconds: 30 s is longer than every file" in out
+    runs = {r.data.tags.get(VARIANT_TAG): r for r in experiment_runs(MlflowClient(tracking_uri), "tiny-failing")}
+    assert runs["too_long"].info.status == "FAILED" and runs["fine"].info.status == "FINISHED"
+    assert runs[None].info.status == "FAILED"  # the parent
