@@ -17,6 +17,7 @@ from mertlab.data.datamodule import AudioDataModule
 from mertlab.data.demo import write_demo_dataset
 from mertlab.errors import MertlabError
 from mertlab.spec import ExperimentSpec
+from mertlab.target_cache import build_teacher_cache
 from mertlab.tracking import log_spec, resolve_tracking_uri, run_tags
 from mertlab.train.module import PretrainModule
 
@@ -91,7 +92,11 @@ def train(spec: ExperimentSpec, resume: str | bool = False, registry: Any = None
     module = PretrainModule(spec, registry)
     datamodule = AudioDataModule(spec.data, module.backbone.sample_rate, spec.seed)
     datamodule.setup()  # data errors surface before an MLflow run is created
-    module.target_source.check_files(datamodule.train_files + datamodule.val_files)
+    files = datamodule.train_files + datamodule.val_files
+    if spec.data.target_cache and spec.data.build_target_cache:
+        for alias, teacher in module.teachers.items():
+            build_teacher_cache(teacher, files, spec.data.target_cache, alias=alias, progress=progress)
+    module.target_source.check_files(files)
 
     tracking_uri = resolve_tracking_uri(spec)
     experiment = spec.tracking.experiment or spec.name
