@@ -143,6 +143,6 @@ def train(spec: ExperimentSpec, resume: str | bool = False, registry: Any = None
     )
     trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt_path) if ckpt_path else None)
     if trainer.state.finished:  # max_steps may end mid-epoch: make last.ckpt the final state
-        trainer.save_checkpoint(checkpoint_dir / "last.ckpt")
+        trainer.save_checkpoint(checkpoint_dir / "last.ckpt", weights_only=False)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if torch.is_tensor(v) and v.numel() == 1}
     return TrainResult(logger.run_id, experiment, tracking_uri, checkpoint_dir, metrics)
