@@ -45,6 +45,11 @@ class DataSpec(StrictModel):
     val_fraction: float = Field(0.1, ge=0, lt=1, description="Fraction of files held out for validation.")
     extensions: list[str] = Field(default_factory=lambda: [".wav", ".flac", ".ogg", ".mp3"])
     target_cache: str | None = Field(None, description="Directory of precomputed targets (`mertlab targets build`); null computes targets on the fly.")
+    build_target_cache: bool = Field(
+        True,
+        description="With target_cache set, `mertlab train` first computes the targets of files not cached yet "
+        "(as `mertlab targets build` does); false makes missing entries an error instead.",
+    )
 
 
 class MixupSpec(StrictModel):

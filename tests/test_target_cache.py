@@ -133,7 +133,7 @@ def test_edited_file_and_param_change_recompute_only_what_changed(demo_dir, tmp_
     changed = make_spec(data, tmp_path, cqt={"name": "cqt", "params": {"n_bins": 12, "bins_per_octave": 4}})
     with pytest.raises(MertlabError, match=r"teachers.cqt: .*no targets for teacher 'cqt' with its current params .*"
                                            r"other params/state \(fingerprints .*mertlab targets build SPEC"):
-        PretrainModule(changed)
+        PretrainModule(changed).target_source.check_files(files_of(data))
     assert counts(build_targets(changed, progress=False)) == {"codes": (0, 3), "cqt": (3, 0)}
     assert len(list((tmp_path / "targets").glob("cqt-*"))) == 2  # the old version is untouched
     PretrainModule(spec).target_source.check_files(files_of(data))  # and still valid
@@ -226,9 +226,16 @@ def test_training_reads_targets_from_the_cache(demo_dir, tmp_path, tracking_uri,
     assert np.isfinite(result.metrics["val/loss/total"])
 
 
+def test_train_builds_missing_entries_first(demo_dir, tmp_path, tracking_uri):
+    spec = make_spec(demo_dir, tmp_path, tracking_uri=tracking_uri)
+    train(spec, progress=False)
+    n = len(files_of(demo_dir))
+    assert counts(build_targets(spec, progress=False)) == {"codes": (0, n), "cqt": (0, n)}
+
+
 def test_missing_cache_is_one_clear_error(demo_dir, tmp_path, write_yaml, capsys):
     path = write_yaml(make_spec(demo_dir, tmp_path).model_dump(mode="json"))
-    code = main(["train", str(path), "--no-progress"])
+    code = main(["train", str(path), "--no-progress", "-o", "data.build_target_cache=false"])
     err = capsys.readouterr().err
     assert code == 1 and "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert "teachers.codes: data.target_cache:" in err and "no targets for teacher 'bestrq'" in err

@@ -18,6 +18,7 @@ from mertlab.data.demo import write_demo_dataset
 from mertlab.errors import MertlabError
 from mertlab.run_summary import log_run_summary
 from mertlab.spec import ExperimentSpec
+from mertlab.target_cache import build_teacher_cache
 from mertlab.tracking import log_spec, resolve_tracking_uri, run_tags
 from mertlab.train.module import PretrainModule
 
@@ -102,7 +103,11 @@ def train(
     module = PretrainModule(spec, registry)
     datamodule = AudioDataModule(spec.data, module.backbone.sample_rate, spec.seed)
     datamodule.setup()  # data errors surface before an MLflow run is created
-    module.target_source.check_files(datamodule.train_files + datamodule.val_files)
+    files = datamodule.train_files + datamodule.val_files
+    if spec.data.target_cache and spec.data.build_target_cache:
+        for alias, teacher in module.teachers.items():
+            build_teacher_cache(teacher, files, spec.data.target_cache, alias=alias, progress=progress)
+    module.target_source.check_files(files)
 
     tracking_uri = resolve_tracking_uri(spec)
     experiment = spec.tracking.experiment or spec.name
@@ -149,7 +154,7 @@ def train(
     )
     trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt_path) if ckpt_path else None)
     if trainer.state.finished:  # max_steps may end mid-epoch: make last.ckpt the final state
-        trainer.save_checkpoint(checkpoint_dir / "last.ckpt")
+        trainer.save_checkpoint(checkpoint_dir / "last.ckpt", weights_only=False)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if torch.is_tensor(v) and v.numel() == 1}
     metrics.update(log_run_summary(logger.experiment, logger.run_id, trainer.global_step))
     return TrainResult(logger.run_id, experiment, tracking_uri, checkpoint_dir, metrics)

@@ -71,14 +71,13 @@ class CachedTargets(TargetSource):
     def __init__(self, cache_dir: str | Path, teachers: Mapping[str, Teacher], sample_rate: int) -> None:
         self.sample_rate = sample_rate
         self.caches = {alias: TeacherCache(cache_dir, teacher) for alias, teacher in teachers.items()}
+
+    def check_files(self, files: Sequence[AudioFile]) -> None:
         for alias, cache in self.caches.items():
             try:
                 cache.check_manifest(required=True)
             except MertlabError as exc:
                 raise MertlabError(f"teachers.{alias}: {exc}") from None
-
-    def check_files(self, files: Sequence[AudioFile]) -> None:
-        for alias, cache in self.caches.items():
             missing = [f.path for f in files if not cache.has(f.path)]
             if missing:
                 raise MertlabError(
