@@ -26,6 +26,15 @@ def _fresh_registry():
 
 
 @pytest.fixture
+def one_thread():
+    """For tests on tiny tensors: extra intra-op threads only add sync overhead (10x+ on a busy machine)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture
 def toy_registry(monkeypatch):
     """The real registry plus the toy components of tests/toy_plugins.py, installed as the
     process-wide registry (so the CLI sees it too)."""

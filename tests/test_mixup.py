@@ -12,13 +12,7 @@ FAST = settings(max_examples=30, deadline=None)
 SAMPLES = 48
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These tensors are tiny: extra intra-op threads only add sync overhead (10x+ on a busy machine)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def padded_batch(lengths: list[int], seed: int, samples: int = SAMPLES) -> tuple[torch.Tensor, torch.Tensor]:

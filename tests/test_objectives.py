@@ -59,13 +59,7 @@ def every_other_mask(batch: int = B, frames: int = T) -> torch.Tensor:
 LENGTHS = torch.tensor([T, T - 5, 7])
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These tensors are tiny: extra intra-op threads only add sync overhead (10x+ on a busy machine)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # --------------------------------------------------------------------------- registration + params
