@@ -25,6 +25,22 @@ def _fresh_registry():
     reset_registry()
 
 
+@pytest.fixture(scope="module")
+def demo_dir(tmp_path_factory):
+    """A small generated music set (6 clips of 2 s) shared by one test module."""
+    from mertlab.data.demo import write_demo_dataset
+
+    path = tmp_path_factory.mktemp("demo")
+    write_demo_dataset(path, num_clips=6, seconds=2.0, progress=False)
+    return path
+
+
+@pytest.fixture(scope="module")
+def tracking_uri(tmp_path_factory):
+    """A fresh MLflow sqlite store per test module."""
+    return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+
+
 @pytest.fixture
 def one_thread():
     """For tests on tiny tensors: extra intra-op threads only add sync overhead (10x+ on a busy machine)."""

@@ -17,7 +17,6 @@ from mlflow.tracking import MlflowClient
 
 from mertlab import metric_names as M
 from mertlab.checkpoint import save_backbone
-from mertlab.data.demo import write_demo_dataset
 from mertlab.fitting import fit_teachers
 from mertlab.registry import get_registry
 from mertlab.spec import load_spec
@@ -64,18 +63,6 @@ def test_mert_recipes_carry_the_paper_numbers():
     assert large.backbone.params["layer_norm_first"] is True and large.backbone.params["attention_relax"] == 32.0
     assert large.backbone.params["num_layers"] == 24 and large.backbone.params["hidden_dim"] == 1024
     assert (large.optim.lr, large.optim.grad_clip) == (1.5e-3, 1.0)
-
-
-@pytest.fixture(scope="module")
-def demo_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("demo")
-    write_demo_dataset(path, num_clips=6, seconds=2.0, progress=False)
-    return path
-
-
-@pytest.fixture(scope="module")
-def tracking_uri(tmp_path_factory):
-    return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
 
 
 def component_test_params(kind: str, prefix: str, component) -> list[str]:

@@ -36,11 +36,6 @@ def demo_dir(tmp_path_factory):
     return path
 
 
-@pytest.fixture(scope="module")
-def tracking_uri(tmp_path_factory):
-    return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
-
-
 def make_spec(data_path, tmp_path, cache=True, cqt=CQT, tracking_uri=None, **data):
     return resolve_spec({
         "name": "cache-test",

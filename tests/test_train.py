@@ -8,24 +8,11 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from mertlab.cli import main
-from mertlab.data.demo import write_demo_dataset
 from mertlab.spec import dump_spec, resolve_spec
 from mertlab.train.module import PretrainModule
 from mertlab.train.run import train
 
 pytestmark = pytest.mark.filterwarnings("ignore")
-
-
-@pytest.fixture(scope="module")
-def demo_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("demo")
-    write_demo_dataset(path, num_clips=6, seconds=2.0, progress=False)
-    return path
-
-
-@pytest.fixture(scope="module")
-def tracking_uri(tmp_path_factory):
-    return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
 
 
 def make_spec(demo_dir, tmp_path, tracking_uri, backbone="transformer", discrete="encodec", discrete_params=None, **overrides):
