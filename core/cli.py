@@ -326,7 +326,8 @@ def probe_command(checkpoint: str, task_path: str, layers: str, task_type: str |
     """Probe CKPT's frozen features on a labelled TASK (MARBLE protocol) and log the scores.
 
     TASK is a CSV with columns path,label[,split] (paths relative to the CSV; without a split
-    column a seeded 70/15/15 split is used) or a YAML with csv/name/type/seed. One MLP probe per
+    column a seeded 70/15/15 split is used), a YAML with csv/name/type/seed, or a folder of class
+    sub-folders (GTZAN layout: TASK/<class>/<file>, classification). One MLP probe per
     layer and one on a learnable weighted sum of layers; the best (by valid) gives
     probe/<task>/<metric> on the test split, logged to the checkpoint's MLflow run.
     """

@@ -412,3 +412,21 @@ def test_random_init_backbone_has_same_architecture_new_weights(backbone):
     a, b = fresh.state_dict(), backbone.state_dict()
     assert a.keys() == b.keys() and all(a[k].shape == b[k].shape for k in a)
     assert any(not torch.equal(a[k], b[k]) for k in a)
+
+
+def test_folder_of_class_subfolders_is_a_classification_task(tmp_path):
+    for label in ("blues", "jazz"):
+        for i in range(10):
+            (tmp_path / "genres" / label).mkdir(parents=True, exist_ok=True)
+            sf.write(str(tmp_path / "genres" / label / f"{label}.{i:05d}.wav"), np.zeros(800, dtype=np.float32), 16000)
+    (tmp_path / "genres" / "README.txt").write_text("not a class")
+    task = load_task(tmp_path / "genres")
+    assert task.name == "genres" and task.type == "classification" and task.classes == ["blues", "jazz"]
+    assert len(task.paths) == 20 and {task.classes[int(t)] for t in task.targets} == {"blues", "jazz"}
+    assert all(task.classes[int(t)] == p.parent.name for p, t in zip(task.paths, task.targets))
+    assert set(task.splits) == {"train", "valid", "test"}
+    with pytest.raises(TaskError, match="not regression"):
+        load_task(tmp_path / "genres", task_type="regression")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(TaskError, match="no audio files"):
+        load_task(tmp_path / "empty")

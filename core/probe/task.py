@@ -9,6 +9,10 @@ Task types: ``classification`` (one label per row), ``multilabel`` (labels joine
 label contains a separator, regression when every label is a number and one is not an integer,
 otherwise classification (integer labels such as MIDI pitches are classes).
 
+A folder works too (the GTZAN layout): each immediate sub-folder is a class and its audio
+files (searched recursively) are the examples, e.g. ``genres/blues/blues.00000.wav``; the task
+is a classification named after the folder, with the seeded automatic split.
+
 YAML form::
 
     name: gtzan            # metric prefix probe/<name>/...; default: the CSV's file name
@@ -84,8 +88,10 @@ class Task:
 def load_task(path: str | Path, task_type: str | None = None, name: str | None = None, seed: int | None = None) -> Task:
     """Read a task CSV or YAML. ``task_type``/``name``/``seed`` override the YAML (or the defaults)."""
     path = Path(path)
+    if path.is_dir():
+        return _folder_task(path, task_type, name, 0 if seed is None else seed)
     if not path.is_file():
-        raise TaskError(f"{path}: no such task file")
+        raise TaskError(f"{path}: no such task file or folder")
     settings = TaskFile(csv=path.name)
     csv_path = path
     if path.suffix.lower() in (".yaml", ".yml"):
@@ -148,7 +154,28 @@ def _parse_csv(path: Path, task_type: str, name: str, seed: int) -> Task:
         rows.append((line, audio, fields[col["label"]].strip(), split))
     if not rows:
         raise TaskError(f"{path}: no rows after the header")
+    return _task_from_rows(path, rows, task_type, name, seed, has_split)
 
+
+def _folder_task(folder: Path, task_type: str | None, name: str | None, seed: int) -> Task:
+    """A classification task from a folder of class sub-folders (see the module docstring)."""
+    from mertlab.data.audio import list_audio_paths
+
+    if task_type not in (None, "auto", "classification"):
+        raise TaskError(f"{folder}: a folder of class sub-folders is a classification task, not {task_type}")
+    task_name = name or folder.name
+    if not TASK_NAME.match(task_name):
+        raise TaskError(f"task name {task_name!r}: use only letters, digits, '_', '-', '.' and spaces (it becomes part of metric names)")
+    extensions = (".wav", ".flac", ".ogg", ".mp3")
+    rows: list[tuple[int, Path, str, str | None]] = []
+    for class_dir in sorted(p for p in folder.iterdir() if p.is_dir()):
+        rows += [(len(rows) + 1, audio, class_dir.name, None) for audio in list_audio_paths(class_dir, extensions)]
+    if not rows:
+        raise TaskError(f"{folder}: no audio files ({', '.join(extensions)}) in class sub-folders (expected <folder>/<class>/<file>)")
+    return _task_from_rows(folder, rows, "classification", task_name, seed, has_split=False)
+
+
+def _task_from_rows(path: Path, rows: list[tuple[int, Path, str, str | None]], task_type: str, name: str, seed: int, has_split: bool) -> Task:
     labels = [r[2] for r in rows]
     auto_type = task_type == "auto"
     if auto_type:
