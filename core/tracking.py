@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import platform
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -25,11 +26,23 @@ def default_tracking_uri() -> str:
     return f"sqlite:///{Path.cwd() / DEFAULT_DB}"
 
 
+def mlflow_executable() -> str:
+    """``mlflow`` from this Python's environment (e.g. ``.venv/bin/mlflow``), so the printed
+    command works without activating the environment; plain ``mlflow`` if it is not there."""
+    exe = Path(sys.executable).parent / "mlflow"
+    if not exe.is_file():
+        return "mlflow"
+    try:
+        return str(exe.relative_to(Path.cwd()))
+    except ValueError:
+        return str(exe)
+
+
 def ui_command(tracking_uri: str) -> str:
     """The command that opens the MLflow UI on this store."""
     if tracking_uri.startswith("sqlite:///") and Path(tracking_uri[len("sqlite:///"):]) == Path.cwd() / DEFAULT_DB:
         tracking_uri = f"sqlite:///{DEFAULT_DB}"
-    return f"mlflow ui --backend-store-uri {tracking_uri}"
+    return f"{mlflow_executable()} ui --backend-store-uri {tracking_uri}"
 
 
 def flatten(data: Any, prefix: str = "") -> dict[str, str]:

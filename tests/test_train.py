@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import subprocess
 
 import pytest
 import torch
@@ -149,7 +150,9 @@ def test_tracking_uri_resolution(demo_dir, tmp_path, tracking_uri, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI")
     monkeypatch.chdir(tmp_path)
     assert resolve_tracking_uri(spec) == f"sqlite:///{tmp_path / 'mlflow.db'}"
-    assert ui_command(resolve_tracking_uri(spec)) == "mlflow ui --backend-store-uri sqlite:///mlflow.db"
+    command = ui_command(resolve_tracking_uri(spec))
+    assert command.endswith("mlflow ui --backend-store-uri sqlite:///mlflow.db")
+    assert subprocess.run([command.split()[0], "--version"], capture_output=True).returncode == 0  # runnable as printed
     assert resolve_tracking_uri(make_spec(demo_dir, tmp_path, tracking_uri)) == tracking_uri
 
 
