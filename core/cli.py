@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -105,13 +106,26 @@ def train_command(spec_path: str, overrides: tuple[str, ...], resume: str | None
     spec = load_spec(spec_path, overrides)
     result = train(spec, resume=True if resume == "latest" else (resume or False), progress=not no_progress)
     losses = ", ".join(f"{k}={v:.4g}" for k, v in sorted(result.metrics.items()) if k.startswith(("loss/", "val/loss/")))
+    accuracy = ", ".join(f"{alias} {value:.3f}" for alias, value in mean_accuracies(result.metrics).items())
     click.echo(
         f"\nrun {result.run_id} finished (experiment '{result.experiment}')\n"
         f"  final: {losses}\n"
+        + (f"  masked accuracy (mean over codebooks): {accuracy}\n" if accuracy else "")
+        + f"  metrics: {result.tracking_uri}\n"
         f"  metrics: {result.tracking_uri}\n"
         f"  checkpoints: {result.checkpoint_dir}\n"
         f"  open the UI: {ui_command(result.tracking_uri)}  (then http://127.0.0.1:5000)"
     )
+
+
+def mean_accuracies(metrics: dict[str, float]) -> dict[str, float]:
+    """``{"rvq_pred": mean of acc/rvq_pred/cb*, "val/rvq_pred": ...}`` from final metrics."""
+    groups: dict[str, list[float]] = {}
+    for key, value in metrics.items():
+        match = re.fullmatch(r"(val/)?acc/(.+)/cb\d+", key)
+        if match:
+            groups.setdefault((match.group(1) or "") + match.group(2), []).append(value)
+    return {alias: sum(v) / len(v) for alias, v in sorted(groups.items())}
 
 
 @cli.command("sweep")

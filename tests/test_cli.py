@@ -78,3 +78,10 @@ def test_console_script_runs_without_traceback(tmp_path):
                           capture_output=True, text=True)
     assert proc.returncode == 1
     assert proc.stderr.startswith("error: ") and "Traceback" not in proc.stderr
+
+
+def test_mean_accuracies_of_the_run_summary():
+    from mertlab.cli import mean_accuracies
+
+    metrics = {"acc/rvq/cb0": 0.1, "acc/rvq/cb1": 0.3, "val/acc/rvq/cb0": 0.2, "loss/total": 3.0, "acc/units/cb0": 0.5}
+    assert mean_accuracies(metrics) == pytest.approx({"rvq": 0.2, "units": 0.5, "val/rvq": 0.2})
