@@ -112,7 +112,6 @@ def train_command(spec_path: str, overrides: tuple[str, ...], resume: str | None
         f"  final: {losses}\n"
         + (f"  masked accuracy (mean over codebooks): {accuracy}\n" if accuracy else "")
         + f"  metrics: {result.tracking_uri}\n"
-        f"  metrics: {result.tracking_uri}\n"
         f"  checkpoints: {result.checkpoint_dir}\n"
         f"  open the UI: {ui_command(result.tracking_uri)}  (then http://127.0.0.1:5000)"
     )
