@@ -162,3 +162,14 @@ def test_bf16_mixed_precision_run_is_finite(demo_dir, tmp_path, tracking_uri):
     result = train(spec, progress=False)
     metrics = MlflowClient(tracking_uri).get_run(result.run_id).data.metrics
     assert math.isfinite(metrics["loss/total"]) and metrics["stability/nonfinite_steps"] == 0
+
+
+def test_train_cli_prints_a_summary(demo_dir, tmp_path, tracking_uri, write_yaml, capsys):
+    spec = make_spec(demo_dir, tmp_path, tracking_uri, discrete="bestrq", discrete_params={"codebook_size": 64},
+                     name="cli-summary", trainer={"max_steps": 3}).model_dump(mode="json")
+    code = main(["train", str(write_yaml(spec, "cli.yaml")), "--no-progress"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "finished (experiment 'cli-summary')" in out and "loss/total=" in out
+    assert "masked accuracy (mean over codebooks): rvq_pred" in out
+    assert f"metrics: {tracking_uri}" in out and "mlflow ui --backend-store-uri" in out
