@@ -75,7 +75,7 @@ class OptimSpec(StrictModel):
 
 class TrainerSpec(StrictModel):
     max_steps: int = Field(1000, ge=1)
-    precision: Literal["32", "bf16-mixed", "16-mixed"] = "32"
+    precision: Literal["32", "bf16-mixed", "16-mixed"] = Field("32", description="Lightning precision: 32 (fp32), bf16-mixed or 16-mixed (fp16 autocast + loss scaling).")
     accumulate_grad_batches: int = Field(1, ge=1)
     val_every_n_steps: int = Field(200, ge=1)
     limit_val_batches: int = Field(4, ge=0)
@@ -83,6 +83,12 @@ class TrainerSpec(StrictModel):
     output_dir: str = Field("runs", description="Checkpoints go to <output_dir>/<name>/.")
     accelerator: str = "auto"
     devices: int = Field(1, ge=1)
+
+    @field_validator("precision", mode="before")
+    @classmethod
+    def _precision_as_text(cls, value: object) -> object:
+        # `-o trainer.precision=32` parses as the integer 32
+        return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
 
 
 class TrackingSpec(StrictModel):

@@ -105,6 +105,12 @@ def test_overrides_parse_values_as_yaml(toy_registry, toy_spec, write_yaml):
     assert spec.trainer.precision == "bf16-mixed" and spec.data.extensions == [".wav"]
 
 
+def test_precision_given_as_a_number(toy_registry, toy_spec, write_yaml):
+    assert load_spec(write_yaml(toy_spec), ["trainer.precision=32"]).trainer.precision == "32"
+    with pytest.raises(SpecError, match="trainer.precision"):
+        load_spec(write_yaml(toy_spec), ["trainer.precision=64"])
+
+
 def test_bad_overrides(toy_registry, toy_spec, write_yaml):
     path = write_yaml(toy_spec)
     with pytest.raises(SpecError, match="expected KEY=VALUE"):
