@@ -1,6 +1,8 @@
 """Short synthetic music-like clips for teacher tests: chords of sine tones plus a little noise."""
 from __future__ import annotations
 
+import math
+
 import torch
 
 SR = 24000
@@ -33,3 +35,12 @@ def padded_batch(clips: list[torch.Tensor], pad_value: float = 0.0) -> tuple[tor
     for b, c in enumerate(clips):
         wav[b, : c.numel()] = c
     return wav, lengths
+
+
+def gliding_tones(n: int, seed: int = 0, sr: int = SR) -> torch.Tensor:
+    """Sines (one gliding) plus a little noise, ``n`` samples."""
+    g = torch.Generator().manual_seed(seed)
+    t = torch.arange(n) / sr
+    f0 = 110 * 2 ** (4 * torch.rand(1, generator=g))
+    wav = 0.3 * torch.sin(2 * math.pi * f0 * t) + 0.2 * torch.sin(2 * math.pi * (300 + 1500 * t) * t)
+    return wav + 0.03 * torch.randn(n, generator=g)

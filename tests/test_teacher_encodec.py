@@ -11,17 +11,13 @@ from hypothesis import strategies as st
 from mertlab.errors import DataError, MertlabError, WeightsError
 from mertlab.plugins.teachers.encodec import CHECKPOINT_NAME, EncodecParams, EncodecTeacher
 from mertlab.registry import get_registry
+from synth_audio import gliding_tones
 
 SR = 24_000
 
 
 def music(n: int, seed: int = 0, sr: int = SR) -> torch.Tensor:
-    """Sines (one gliding) plus a little noise, ``n`` samples."""
-    g = torch.Generator().manual_seed(seed)
-    t = torch.arange(n) / sr
-    f0 = 110 * 2 ** (4 * torch.rand(1, generator=g))
-    wav = 0.3 * torch.sin(2 * math.pi * f0 * t) + 0.2 * torch.sin(2 * math.pi * (300 + 1500 * t) * t)
-    return wav + 0.03 * torch.randn(n, generator=g)
+    return gliding_tones(n, seed, sr)
 
 
 def teacher_of(**params) -> EncodecTeacher:
