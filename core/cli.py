@@ -116,6 +116,23 @@ def train_command(spec_path: str, overrides: tuple[str, ...], resume: str | None
         f"  checkpoints: {result.checkpoint_dir}\n"
         f"  open the UI: {ui_command(result.tracking_uri)}  (then http://127.0.0.1:5000)"
     )
+    if spec.probe is not None:
+        from mertlab.probe.experiment import probe_spec_tasks
+
+        click.echo(f"\nprobing the final checkpoint on {len(spec.probe.tasks)} task(s) (probe: section)")
+        results = probe_spec_tasks(spec.probe, result.checkpoint_dir / "last.ckpt", result.run_id, result.tracking_uri,
+                                   progress=not no_progress, echo=click.echo)
+        echo_probe_results(results)
+
+
+def echo_probe_results(results: list[Any]) -> None:
+    """The table of a ``probe:`` section's results, then one verdict line per task."""
+    from mertlab.probe.experiment import results_table
+
+    header, rows = results_table(results)
+    if rows:
+        click.echo("\n" + format_table(header, rows))
+    click.echo("\n".join(r.verdict for r in results))
 
 
 def mean_accuracies(metrics: dict[str, float]) -> dict[str, float]:
@@ -189,7 +206,7 @@ def compare_command(target: str, metrics: tuple[str, ...], out_dir: str | None, 
 
 @cli.group("teachers")
 def teachers_group() -> None:
-    """Teacher tasks: fit the teachers that learn from data (k-means) before training."""
+    """Teacher tasks: fit the teachers that learn from data (k-means), evaluate teachers on a labelled task."""
 
 
 @teachers_group.command("fit")
@@ -210,6 +227,51 @@ def teachers_fit_command(spec_path: str, overrides: tuple[str, ...], passes: int
     for f in fitted:
         note = " (replaced the previous file)" if f.replaced else ""
         click.echo(f"teachers.{f.alias} ({f.name}): wrote {f.path}{note}; fingerprint {f.fingerprint}")
+
+
+@teachers_group.command("evaluate")
+@click.argument("spec_path", metavar="SPEC")
+@click.argument("task_path", metavar="TASK")
+@OVERRIDE_OPTION
+@click.option("--teacher", "aliases", multiple=True, metavar="ALIAS", help="Only this teacher of the spec (repeatable).")
+@click.option("--window-seconds", default=5.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
+              help="Audio is fed to each teacher in windows of this length.")
+@click.option("--max-epochs", default=None, type=click.IntRange(min=1), help="Epoch limit of the continuous teachers' probes [default: 200].")
+@click.option("--seed", default=0, show_default=True, help="Seed of the probes.")
+@click.option("--experiment", default="teacher-eval", show_default=True, help="MLflow experiment (one run per teacher).")
+@click.option("--tracking-uri", default=None, help="MLflow store [default: the spec's, else $MLFLOW_TRACKING_URI, else ./mlflow.db].")
+@click.option("--no-tracking", is_flag=True, help="Do not log to MLflow.")
+@click.option("--device", default="cpu", show_default=True, help="Torch device the teachers run on, e.g. cuda.")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+def teachers_evaluate_command(spec_path: str, task_path: str, overrides: tuple[str, ...], aliases: tuple[str, ...],
+                              window_seconds: float, max_epochs: int | None, seed: int, experiment: str,
+                              tracking_uri: str | None, no_tracking: bool, device: str, no_progress: bool) -> None:
+    """Rank SPEC's teachers on a labelled TASK without training anything.
+
+    Discrete teachers: per-codebook code perplexity, cluster purity, label purity and PNMI
+    (HuBERT's analysis, with the clip label on every frame). Continuous teachers: the MLP
+    probe score of their clip-mean features. One MLflow run per teacher, metrics
+    teacher_eval/<task>/<metric>.
+    """
+    from mertlab.probe.fit import ProbeParams
+    from mertlab.probe.task import load_task
+    from mertlab.spec import load_spec
+    from mertlab.teacher_eval import evaluate_teachers, log_scores, scores_table
+    from mertlab.tracking import resolve_tracking_uri
+
+    spec = load_spec(spec_path, overrides)
+    task = load_task(task_path)
+    params = ProbeParams(seed=seed, **({"max_epochs": max_epochs} if max_epochs else {}))
+    scores = evaluate_teachers(spec, task, window_seconds, params, device, progress=not no_progress, aliases=list(aliases))
+    header, rows = scores_table(scores)
+    click.echo(format_table(header, rows))
+    click.echo(f"task '{task.name}': {len(task.paths)} clips ({task.type}); discrete teachers ranked by PNMI, "
+               "continuous ones by the probe's test score")
+    if no_tracking:
+        return
+    uri = tracking_uri or resolve_tracking_uri(spec)
+    log_scores(scores, spec, uri, experiment)
+    click.echo(f"logged teacher_eval/{task.name}/... to {len(scores)} runs of experiment '{experiment}' ({uri})")
 
 
 @cli.command("demo-data")
