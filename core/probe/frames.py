@@ -37,16 +37,16 @@ def iter_file_frames(
         raise MertlabError(f"window_seconds must be > 0, got {window_seconds}")
     window = max(1, int(round(window_seconds * sample_rate)))
     loader = DataLoader(_DecodedFiles(list(paths), sample_rate), batch_size=None)
-    with torch.no_grad():
-        for index, wav in tqdm(loader, total=len(paths), desc=desc, unit="file", disable=not progress):
-            try:
+    for index, wav in tqdm(loader, total=len(paths), desc=desc, unit="file", disable=not progress):
+        try:
+            with torch.no_grad():
                 pieces = [frame_fn(wav[a:b]) for a, b in window_bounds(wav.shape[0], window, 1)]
-            except DataError as exc:
-                raise DataError(f"{paths[index]}: {exc}") from None
-            frames = torch.cat([p for p in pieces if p.shape[0] > 0])
-            if frames.shape[0] == 0:
-                raise DataError(f"{paths[index]}: no frames")
-            yield index, frames
+        except DataError as exc:
+            raise DataError(f"{paths[index]}: {exc}") from None
+        frames = torch.cat(pieces)
+        if frames.shape[0] == 0:
+            raise DataError(f"{paths[index]}: no frames")
+        yield index, frames
 
 
 def pooled_frames(
