@@ -1,7 +1,6 @@
 """``kmeans``: k-means pseudo-labels over a frame feature (HuBERT iterations 1 and 2, MERT-v0)."""
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Any, Callable, Iterable, Literal
 
@@ -15,6 +14,7 @@ from mertlab.errors import MertlabError
 from mertlab.frame_features import BackboneLayer, FrameFeature, LogMelChroma, MFCCDeltas, check_audio_batch
 from mertlab.hookspecs import hookimpl
 from mertlab.kmeans import KMeansInit, fit_minibatch_kmeans, nearest_centroid
+from mertlab.teacher_state import load_state_file, save_state_file, tensor_digest
 
 STATE_FORMAT = "mertlab-kmeans-v1"
 #: Params that only steer fitting or name the state file: they do not change the features.
@@ -69,14 +69,6 @@ FEATURES: dict[str, Callable[[KMeansParams], FrameFeature]] = {
 }
 
 
-def _tensor_digest(tensors: Iterable[tuple[str, Tensor]]) -> str:
-    h = hashlib.sha256()
-    for name, t in tensors:
-        h.update(name.encode())
-        h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()[:16]
-
-
 class KMeansTeacher(Teacher):
     """Nearest-centroid codes ``[B, T, 1]`` (int64 in ``[0, n_clusters)``) of a frame feature.
 
@@ -102,7 +94,7 @@ class KMeansTeacher(Teacher):
         self.register_buffer("feature_mean", torch.zeros(0), persistent=False)
         self.register_buffer("feature_std", torch.zeros(0), persistent=False)
         self._backbone_digest = (
-            _tensor_digest(sorted(self.feature.state_dict().items())) if params.feature == "hidden" else None
+            tensor_digest(sorted(self.feature.state_dict().items())) if params.feature == "hidden" else None
         )
         if params.centroids is not None and Path(params.centroids).is_file():
             self.load_state(params.centroids)
@@ -200,38 +192,12 @@ class KMeansTeacher(Teacher):
         """Write centroids, feature statistics and :meth:`feature_config` to ``path`` atomically."""
         if not self.fitted:
             raise MertlabError(f"teacher '{self.name}' is not fitted: call fit() before save_state()")
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        payload = {
-            "format": STATE_FORMAT,
-            "feature_config": self.feature_config(),
-            "centroids": self.centroids.cpu(),
-            "feature_mean": self.feature_mean.cpu(),
-            "feature_std": self.feature_std.cpu(),
-        }
-        tmp = path.with_name(path.name + ".tmp")
-        torch.save(payload, tmp)
-        tmp.replace(path)  # readers never see a half-written file
-        return path
+        tensors = {"centroids": self.centroids, "feature_mean": self.feature_mean, "feature_std": self.feature_std}
+        return save_state_file(path, STATE_FORMAT, self.feature_config(), tensors, config_key="feature_config")
 
     def load_state(self, path: str | Path) -> None:
         """Load a file written by :meth:`save_state`; it must match this teacher's features."""
-        path = Path(path)
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except FileNotFoundError:
-            raise MertlabError(f"teacher '{self.name}': centroids file {path} not found") from None
-        except Exception as exc:  # noqa: BLE001 - any unreadable file is a user error here
-            raise MertlabError(f"{path}: not a readable k-means state file ({type(exc).__name__}: {exc})") from None
-        if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
-            raise MertlabError(f"{path}: not a mertlab k-means state file (expected format {STATE_FORMAT})")
-        stored, current = state["feature_config"], self.feature_config()
-        differ = sorted(k for k in stored.keys() | current.keys() if stored.get(k) != current.get(k))
-        if differ:
-            detail = ", ".join(f"{k}: file {stored.get(k)!r} vs params {current.get(k)!r}" for k in differ)
-            raise MertlabError(
-                f"{path} was fitted with different settings ({detail}); rerun `mertlab teachers fit SPEC`"
-            )
+        state = load_state_file(path, STATE_FORMAT, self.feature_config(), "k-means", config_key="feature_config")
         centroids = state["centroids"]
         if tuple(centroids.shape) != (self.params.n_clusters, self.feature.dim):
             raise MertlabError(
@@ -243,7 +209,7 @@ class KMeansTeacher(Teacher):
         if not self.fitted:
             return {"centroids": None}
         return {
-            "centroids": _tensor_digest(
+            "centroids": tensor_digest(
                 [("centroids", self.centroids), ("mean", self.feature_mean), ("std", self.feature_std)]
             ),
             "backbone": self._backbone_digest,
