@@ -33,6 +33,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "mertlab.plugins.teachers.cqt",
     "mertlab.plugins.teachers.kmeans",
     "mertlab.plugins.teachers.bestrq",
+    "mertlab.plugins.teachers.melrvq",
 )
 
 

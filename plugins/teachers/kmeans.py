@@ -7,11 +7,18 @@ from typing import Any, Callable, Iterable, Literal
 import torch
 from pydantic import Field, model_validator
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from mertlab.contracts import Params, TargetInfo, Targets, Teacher
 from mertlab.errors import MertlabError
-from mertlab.frame_features import BackboneLayer, FrameFeature, LogMelChroma, MFCCDeltas, check_audio_batch
+from mertlab.frame_features import (
+    BackboneLayer,
+    FrameFeature,
+    LogMelChroma,
+    MFCCDeltas,
+    check_audio_batch,
+    collect_frames,
+    valid_frames,
+)
 from mertlab.hookspecs import hookimpl
 from mertlab.kmeans import KMeansInit, fit_minibatch_kmeans, nearest_centroid
 from mertlab.teacher_state import load_state_file, save_state_file, tensor_digest
@@ -118,8 +125,7 @@ class KMeansTeacher(Teacher):
         self._require_state()
         feats, frame_lengths = self.feature(wav.float(), lengths.to(wav.device))
         codes = nearest_centroid(self._standardise(feats).flatten(0, 1), self.centroids).view(feats.shape[:2])
-        valid = torch.arange(codes.shape[1], device=codes.device)[None, :] < frame_lengths[:, None]
-        codes = codes.masked_fill(~valid, 0)
+        codes = codes.masked_fill(~valid_frames(frame_lengths, codes.shape[1]), 0)
         return Targets(values=codes[:, :, None], lengths=frame_lengths, info=self._info)
 
     def _standardise(self, feats: Tensor) -> Tensor:
@@ -146,24 +152,9 @@ class KMeansTeacher(Teacher):
     def fit(self, batches: Iterable[tuple[Tensor, Tensor]], progress: bool = True) -> None:
         """Cluster the valid frames of ``batches`` (``(wav [B, S], lengths [B])`` at
         :attr:`sample_rate`), at most ``max_fit_frames`` of them, on this teacher's device."""
-        device = self.centroids.device
-        limit = self.params.max_fit_frames
-        chunks: list[Tensor] = []
-        total = 0
-        with tqdm(total=limit, desc=f"{self.name} features", unit="frame", disable=not progress, leave=False) as bar:
-            for wav, lengths in batches:
-                check_audio_batch(wav, lengths, f"teacher '{self.name}' fit")
-                feats, frame_lengths = self.feature(wav.to(device).float(), lengths.to(device))
-                valid = torch.arange(feats.shape[1], device=device)[None, :] < frame_lengths[:, None]
-                frames = feats[valid][: limit - total]
-                chunks.append(frames)
-                total += len(frames)
-                bar.update(len(frames))
-                if total >= limit:
-                    break
-        if not chunks:
-            raise MertlabError(f"teacher '{self.name}' fit: no audio batches to fit on")
-        x = torch.cat(chunks)
+        x = collect_frames(
+            self.feature, batches, self.params.max_fit_frames, self.centroids.device, f"teacher '{self.name}'", progress
+        )
         mean = x.mean(0)
         std = x.std(0, unbiased=False).clamp(min=_STD_EPS)
         centroids = fit_minibatch_kmeans(
