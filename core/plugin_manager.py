@@ -34,6 +34,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "mertlab.plugins.teachers.kmeans",
     "mertlab.plugins.teachers.bestrq",
     "mertlab.plugins.teachers.melrvq",
+    "mertlab.plugins.teachers.crepe",
 )
 
 
