@@ -5,6 +5,7 @@ import json
 import re
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -311,57 +312,93 @@ def extract_command(checkpoint: str, data: str, out: str, layers: str, window_se
     click.echo(f"{n} files x {k} layers x {d} dims -> {out}")
 
 
+CACHE_OPTIONS = (
+    click.option("--cache-dir", default=None, metavar="DIR",
+                 help="Feature cache folder [default: .mertlab-cache/features]; re-probing with other probe settings or layers reuses it."),
+    click.option("--no-cache", is_flag=True, help="Neither read nor write the feature cache."),
+)
+
+
+def _with_options(options: tuple) -> Any:
+    def decorate(f: Any) -> Any:
+        for option in reversed(options):
+            f = option(f)
+        return f
+
+    return decorate
+
+
 @cli.command("probe")
-@click.argument("checkpoint", metavar="CKPT")
-@click.argument("task_path", metavar="TASK")
+@click.argument("checkpoint", metavar="CKPT", required=False)
+@click.argument("task_path", metavar="TASK", required=False)
+@click.option("--hf-dir", default=None, metavar="DIR", help="Probe a local Hugging Face HuBERT/MERT directory (same as CKPT hf:DIR).")
 @click.option("--layers", default="all", show_default=True, help="Layers to probe one by one: all, last, or e.g. 6,12 (0 = encoder input).")
 @click.option("--type", "task_type", type=click.Choice(["auto", "classification", "multilabel", "regression"]), default=None,
               help="Task type (default: the task YAML's, else detected from the labels).")
 @click.option("--name", default=None, help="Task name in metric names (default: the YAML's name, else the CSV's file name).")
 @click.option("--random-init", is_flag=True, help="Also probe an untrained backbone of the same architecture (baseline).")
+@click.option("--baselines", default="", metavar="NAMES",
+              help="Also probe handcrafted clip features with the same MLP and splits: comma-separated mfcc, chroma, cqt.")
 @click.option("--no-weighted", is_flag=True, help="Skip the probe on the learnable weighted sum of all layers.")
 @WINDOW_OPTION
 @BATCH_OPTION
 @click.option("--patience", default=None, type=click.IntRange(min=1), help="Early-stopping patience in epochs [default: 10].")
 @click.option("--max-epochs", default=None, type=click.IntRange(min=1), help="Epoch limit of each probe [default: 200].")
 @click.option("--seed", default=0, show_default=True, help="Seed of the probes (and of the random-init backbone).")
-@click.option("--run-id", default=None, help="MLflow run to log to (default: the run that trained CKPT).")
+@click.option("--run-id", default=None, help="MLflow run to log to (default: the run that trained CKPT; for hf:DIR a run named after DIR).")
 @click.option("--tracking-uri", default=None, help="MLflow store (default: the checkpoint's, else $MLFLOW_TRACKING_URI, else ./mlflow.db).")
+@click.option("--experiment", default="probes", show_default=True, help="MLflow experiment of the run named after an hf:DIR.")
 @click.option("--no-tracking", is_flag=True, help="Do not log to MLflow.")
 @click.option("--out", default=None, metavar="FILE.json", help="Also write the full report as JSON.")
+@_with_options(CACHE_OPTIONS)
 @DEVICE_OPTION
 @WORKERS_OPTION
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
-def probe_command(checkpoint: str, task_path: str, layers: str, task_type: str | None, name: str | None, random_init: bool,
-                  no_weighted: bool, window_seconds: float, batch_size: int, patience: int | None, max_epochs: int | None,
-                  seed: int, run_id: str | None, tracking_uri: str | None, no_tracking: bool, out: str | None,
-                  device: str, num_workers: int, no_progress: bool) -> None:
+def probe_command(checkpoint: str | None, task_path: str | None, hf_dir: str | None, layers: str, task_type: str | None,
+                  name: str | None, random_init: bool, baselines: str, no_weighted: bool, window_seconds: float,
+                  batch_size: int, patience: int | None, max_epochs: int | None, seed: int, run_id: str | None,
+                  tracking_uri: str | None, experiment: str, no_tracking: bool, out: str | None, cache_dir: str | None,
+                  no_cache: bool, device: str, num_workers: int, no_progress: bool) -> None:
     """Probe CKPT's frozen features on a labelled TASK (MARBLE protocol) and log the scores.
 
-    TASK is a CSV with columns path,label[,split] (paths relative to the CSV; without a split
-    column a seeded 70/15/15 split is used), a YAML with csv/name/type/seed, or a folder of class
-    sub-folders (GTZAN layout: TASK/<class>/<file>, classification). One MLP probe per
-    layer and one on a learnable weighted sum of layers; the best (by valid) gives
-    probe/<task>/<metric> on the test split, logged to the checkpoint's MLflow run.
+    CKPT is a training checkpoint, a saved backbone, or hf:DIR -- a local Hugging Face
+    HuBERT/MERT directory (or give --hf-dir DIR and only TASK). TASK is a CSV with columns
+    path,label[,split] (paths relative to the CSV; without a split column a seeded 70/15/15
+    split is used), a YAML with csv/name/type/seed, or a folder of class sub-folders (GTZAN
+    layout: TASK/<class>/<file>, classification). One MLP probe per layer and one on a
+    learnable weighted sum of layers; the best (by valid) gives probe/<task>/<metric> on the
+    test split, logged to the checkpoint's MLflow run. Features are cached on disk.
     """
+    from mertlab.checkpoint import HF_PREFIX
+    from mertlab.probe.baselines import parse_baselines
+    from mertlab.probe.cache import DEFAULT_CACHE_DIR, FeatureCache
     from mertlab.probe.fit import ProbeParams
     from mertlab.probe.run import log_probe, probe_run, report_dict, report_table, run_probe, summary_lines
     from mertlab.probe.task import load_task
 
+    if hf_dir is not None:
+        if task_path is not None:
+            raise click.UsageError("with --hf-dir give only TASK (the directory replaces CKPT)")
+        checkpoint, task_path = HF_PREFIX + hf_dir, checkpoint
+    if checkpoint is None or task_path is None:
+        raise click.UsageError("give CKPT and TASK (or --hf-dir DIR and TASK)")
+    chosen_baselines = parse_baselines(baselines)
     task = load_task(task_path, task_type=task_type, name=name)
     overrides = {k: v for k, v in {"patience": patience, "max_epochs": max_epochs}.items() if v is not None}
     params = ProbeParams(seed=seed, **overrides)
     if not no_tracking:  # before the (long) extraction, so a wrong run fails fast
-        run_id, tracking_uri, step = probe_run(checkpoint, run_id, tracking_uri)
+        run_id, tracking_uri, step = probe_run(checkpoint, run_id, tracking_uri, experiment)
+    cache = FeatureCache(None if no_cache else (cache_dir or DEFAULT_CACHE_DIR))
     outcome = run_probe(checkpoint, task, layers, window_seconds, batch_size, params, random_init, not no_weighted,
-                        device, num_workers, progress=not no_progress)
+                        device, num_workers, progress=not no_progress, baselines=chosen_baselines, cache=cache)
     header, rows = report_table(outcome)
     click.echo(format_table(header, rows))
     click.echo("\n".join(summary_lines(outcome)))
-    settings = {"checkpoint": str(checkpoint), "layers": layers, "window_seconds": window_seconds, **params.model_dump()}
+    if cache.root is not None:
+        click.echo(f"features: {cache.hits} from the cache, {cache.misses} extracted ({cache.root})")
+    settings = {"checkpoint": str(checkpoint), "layers": layers, "window_seconds": window_seconds,
+                "random_init": random_init, "baselines": chosen_baselines, "weighted": not no_weighted, **params.model_dump()}
     if out:
-        from pathlib import Path
-
         Path(out).write_text(json.dumps(report_dict(outcome, settings), indent=2))
     if no_tracking:
         return

@@ -21,6 +21,7 @@ from typing import Any
 
 from mertlab import metric_names as M
 from mertlab.errors import MertlabError
+from mertlab.plotting import colors, figure
 from mertlab.run_summary import Point, fetch_histories, needed_metrics, reduce_values, summarize
 from mertlab.sweep import INDEX_TAG, OVERRIDE_PARAM_PREFIX, VARIANT_TAG, children_of, sweep_parents
 
@@ -236,25 +237,12 @@ def _file_name(metric: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", metric).strip("_") + ".png"
 
 
-def _figure(width: float, height: float) -> Any:
-    from matplotlib.figure import Figure  # no pyplot: no global state, Agg canvas on save
-
-    return Figure(figsize=(width, height), layout="constrained")
-
-
-def _colors(n: int) -> list[Any]:
-    from matplotlib import colormaps
-
-    cmap = colormaps["tab10" if n <= 10 else "tab20"]
-    return [cmap(i % cmap.N) for i in range(n)]
-
-
 def _curves(comparison: Comparison, metric: str, out_dir: Path, log_y: bool = False) -> Path | None:
-    colors = _colors(len(comparison.rows))
-    fig = _figure(8, 4.5)
+    palette = colors(len(comparison.rows))
+    fig = figure(8, 4.5)
     ax = fig.subplots()
     drawn = False
-    for row, color in zip(comparison.rows, colors):
+    for row, color in zip(comparison.rows, palette):
         for key, style in ((metric, "-"), (M.val(metric), "--")):
             points = [p for p in row.histories.get(key, []) if math.isfinite(p.value)]
             if points:
@@ -286,13 +274,13 @@ def _bars(comparison: Comparison, out_dir: Path) -> Path | None:
     ncols = min(3, len(metrics))
     nrows = math.ceil(len(metrics) / ncols)
     n = len(comparison.rows)
-    fig = _figure(max(4.0, 0.6 * n + 2) * ncols, 3.2 * nrows)
+    fig = figure(max(4.0, 0.6 * n + 2) * ncols, 3.2 * nrows)
     axes = fig.subplots(nrows, ncols, squeeze=False).flatten()
-    colors = _colors(n)
+    palette = colors(n)
     names = [r.variant for r in comparison.rows]
     for ax, metric in zip(axes, metrics):
         values = [f.get(metric, math.nan) for f in finals]
-        ax.bar(range(n), values, color=colors)
+        ax.bar(range(n), values, color=palette)
         ax.set_title(metric if metric in STABILITY_COLUMNS else f"{metric} (final)", fontsize="medium")
         ax.set_xticks(range(n), names, rotation=30 if n > 2 else 0, ha="right" if n > 2 else "center", fontsize="small")
         ax.grid(axis="y", alpha=0.3)
