@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Literal, Sequence
 
 import torch
 import torchaudio
@@ -260,25 +260,46 @@ class LogMelChroma(_SpectralFeature):
         return torch.cat([logmel, chroma], dim=1).transpose(1, 2), self._frame_lengths(lengths)
 
 
-class BackboneLayer(FrameFeature):
-    """Hidden states of layer ``layer`` of a trained mertlab backbone (HuBERT iteration 2).
+#: How :class:`BackboneLayer` normalises each selected layer before averaging them.
+LayerNorm = Literal["none", "frame", "time"]
 
-    ``layer`` indexes ``BackboneOutput.hidden_states``: 0 = encoder input, ``i`` = output of
-    encoder layer ``i``. Clips run one at a time: backbones with group-norm extractors give
-    different frames for a padded batch, and targets must not depend on batch composition.
+
+class BackboneLayer(FrameFeature):
+    """Hidden states of a frozen backbone: layer ``layer``, or the mean of several layers.
+
+    ``checkpoint``: anything :func:`mertlab.checkpoint.load_backbone` reads -- a backbone file
+    (``save_backbone``), a training ``.ckpt``, or ``hf:DIR`` (a local Hugging Face HuBERT/MERT
+    directory). ``layer`` indexes ``BackboneOutput.hidden_states``: 0 = encoder input, ``i`` =
+    output of encoder layer ``i``, negative indices count from the end (-1 = last); a
+    sequence of indices averages those layers (data2vec's
+    top-K targets), each first normalised by ``normalize``:
+
+    * ``none``  -- as the backbone gives it;
+    * ``frame`` -- each frame's vector to zero mean and unit variance over its channels (a
+      parameter-free layer norm): independent of the rest of the clip, so cached and
+      on-the-fly targets agree;
+    * ``time``  -- each channel to zero mean and unit variance over the clip's frames (the
+      parameter-free instance norm data2vec applies to speech targets).
+
+    Clips run one at a time: backbones with group-norm extractors give different frames for a
+    padded batch, and targets must not depend on batch composition.
     """
 
-    def __init__(self, checkpoint: str | Path, layer: int) -> None:
+    def __init__(self, checkpoint: str | Path, layer: int | Sequence[int], normalize: LayerNorm = "none") -> None:
         super().__init__()
         from mertlab.checkpoint import load_backbone
 
         self.backbone = load_backbone(checkpoint).requires_grad_(False)
-        if not 0 <= layer <= self.backbone.num_layers:
+        depth = self.backbone.num_layers
+        requested = (layer,) if isinstance(layer, int) else tuple(layer)
+        bad = [i for i in requested if not -(depth + 1) <= i <= depth]
+        self.layers = tuple(i % (depth + 1) for i in requested)  # negative: from the end, -1 = last
+        if bad or not self.layers:
             raise MertlabError(
-                f"layer {layer} is out of range for the backbone in {checkpoint} "
+                f"layer {bad[0] if bad else '(none)'} is out of range for the backbone in {checkpoint} "
                 f"({self.backbone.num_layers} layers: use 0..{self.backbone.num_layers})"
             )
-        self.layer = layer
+        self.normalize = normalize
 
     @property
     def dim(self) -> int:
@@ -305,7 +326,16 @@ class BackboneLayer(FrameFeature):
                 raise MertlabError(
                     f"clip {b} has {n} samples, too short for one frame of backbone '{self.backbone.name}'"
                 )
-            out = self.backbone(wav[b : b + 1, :n])
-            clips.append(out.hidden_states[self.layer][0, :frames])
+            states = self.backbone(wav[b : b + 1, :n]).hidden_states
+            selected = [_normalise_layer(states[i][0, :frames], self.normalize) for i in self.layers]
+            clips.append(selected[0] if len(selected) == 1 else torch.stack(selected).mean(0))
         frame_lengths = torch.tensor([c.shape[0] for c in clips], device=wav.device)
         return pad_frames(clips), frame_lengths
+
+
+def _normalise_layer(h: Tensor, normalize: LayerNorm) -> Tensor:
+    """``h`` ``[T, D]`` normalised as :class:`BackboneLayer` documents (eps 1e-5, as torch's norms)."""
+    if normalize == "none":
+        return h
+    dim = -1 if normalize == "frame" else 0
+    return (h - h.mean(dim, keepdim=True)) / torch.sqrt(h.var(dim, unbiased=False, keepdim=True) + 1e-5)

@@ -35,6 +35,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "mertlab.plugins.teachers.bestrq",
     "mertlab.plugins.teachers.melrvq",
     "mertlab.plugins.teachers.crepe",
+    "mertlab.plugins.teachers.hidden",
 )
 
 
