@@ -56,6 +56,8 @@ class HiddenTeacher(Teacher):
     summary = "Distillation: layer L or mean of the top-K layers of a frozen backbone (mertlab checkpoint or hf:DIR)"
     Params = HiddenParams
     target_kind = "continuous"
+    #: With a tiny backbone (2 layers) as ``checkpoint``, which tests supply.
+    test_params = {"top_k": 2}
     params: HiddenParams
 
     def __init__(self, params: HiddenParams) -> None:
