@@ -37,7 +37,7 @@ class KMeansParams(Params):
     feature: Literal["mfcc", "logmel_chroma", "hidden"] = Field(
         "mfcc",
         description="Frame feature clustered: mfcc (n_mfcc MFCC + deltas + delta-deltas, HuBERT iteration 1), "
-        "logmel_chroma (log-mel + 12-bin chroma, MERT-v0), hidden (layer `layer` of the mertlab backbone in "
+        "logmel_chroma (log-mel + 12-bin chroma, MERT-v0), hidden (layer `layer` of the backbone in "
         "`checkpoint`, HuBERT iteration 2).",
     )
     n_clusters: int = Field(100, ge=2, description="Number of clusters = vocabulary size (HuBERT: 100, iteration 2: 500).")
@@ -46,7 +46,11 @@ class KMeansParams(Params):
     n_fft: int = Field(2048, gt=0, description="STFT size (Hann window) of mfcc/logmel_chroma.")
     n_mels: int = Field(128, gt=0, description="Mel bands of mfcc/logmel_chroma.")
     n_mfcc: int = Field(13, gt=0, description="MFCCs before deltas (feature dim = 3 * n_mfcc; HuBERT: 13 -> 39).")
-    checkpoint: str | None = Field(None, description="feature=hidden: backbone file (mertlab.checkpoint.save_backbone) or training .ckpt.")
+    checkpoint: str | None = Field(
+        None,
+        description="feature=hidden: backbone file (mertlab.checkpoint.save_backbone), training .ckpt, or hf:DIR "
+        "(a local Hugging Face HubertModel / MERT directory: HuBERT iteration 2 from a released model).",
+    )
     layer: int = Field(6, ge=0, description="feature=hidden: index into hidden_states (0 = encoder input; HuBERT base iteration 2: 6).")
     centroids: str | None = Field(
         None, description="File holding the fitted state; written by `mertlab teachers fit SPEC`, loaded when present."
