@@ -206,7 +206,7 @@ def compare_command(target: str, metrics: tuple[str, ...], out_dir: str | None, 
 
 @cli.group("teachers")
 def teachers_group() -> None:
-    """Teacher tasks: fit the teachers that learn from data (k-means), evaluate teachers on a labelled task."""
+    """Teacher tasks: fit the teachers that learn from data (k-means, Mel-RVQ), evaluate teachers on a labelled task."""
 
 
 @teachers_group.command("fit")
@@ -214,7 +214,7 @@ def teachers_group() -> None:
 @OVERRIDE_OPTION
 @click.option("--passes", default=1, show_default=True, type=click.IntRange(min=1),
               help="Passes over the training files, each with fresh random crops.")
-@click.option("--device", default="cpu", show_default=True, help="Torch device for features and k-means, e.g. cuda.")
+@click.option("--device", default="cpu", show_default=True, help="Torch device for features and fitting (k-means, Mel-RVQ), e.g. cuda.")
 def teachers_fit_command(spec_path: str, overrides: tuple[str, ...], passes: int, device: str) -> None:
     """Fit every teacher of SPEC that needs fitting on its training audio and write its state file."""
     from mertlab.fitting import fit_teachers

@@ -113,6 +113,13 @@ class Teacher(nn.Module, ABC):
     def targets(self, wav: Tensor, lengths: Tensor) -> Targets:
         """``wav``: ``[B, S]`` float mono at :attr:`sample_rate`; ``lengths``: ``[B]`` valid samples."""
 
+    @classmethod
+    def kind_for(cls, params: Params) -> TargetKind:
+        """The target kind an instance built with ``params`` gives (checked against objectives
+        when a spec loads). Default :attr:`target_kind`; a teacher whose kind follows a param
+        (``crepe``'s ``output``) overrides it and sets ``self.target_kind`` to match."""
+        return cls.target_kind
+
     def fingerprint(self) -> str:
         """Stable hash of everything that changes the targets (params + fitted state).
 

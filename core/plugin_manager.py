@@ -33,6 +33,9 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "mertlab.plugins.teachers.cqt",
     "mertlab.plugins.teachers.kmeans",
     "mertlab.plugins.teachers.bestrq",
+    "mertlab.plugins.teachers.melrvq",
+    "mertlab.plugins.teachers.crepe",
+    "mertlab.plugins.teachers.hidden",
 )
 
 

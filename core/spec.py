@@ -372,7 +372,7 @@ def resolve_spec(data: dict[str, Any], source: str | None = None, registry: Any 
             continue
         teacher = teacher_entries.get(objective.teacher)
         if entry is not None and teacher is not None:
-            kind = teacher.component.target_kind
+            kind = _target_kind(teacher, spec.teachers[objective.teacher].params)
             if kind not in entry.component.accepts:
                 problems.append((
                     f"objectives.{alias}.teacher",
@@ -382,6 +382,18 @@ def resolve_spec(data: dict[str, Any], source: str | None = None, registry: Any 
     if problems:
         raise SpecError(problems, source=source)
     return spec
+
+
+def _target_kind(entry: Any, params: dict[str, Any]) -> str:
+    """The kind of targets teacher ``entry`` gives with ``params`` (its class's kind when the
+    params are invalid: that problem is reported on its own)."""
+    kind_for = getattr(entry.component, "kind_for", None)
+    if kind_for is None:
+        return entry.component.target_kind
+    try:
+        return kind_for(entry.validate_params(params))
+    except ValidationError:
+        return entry.component.target_kind
 
 
 def _missing_plugins(required: list[str], registry: Any) -> list[tuple[str, str]]:

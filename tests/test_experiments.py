@@ -35,7 +35,8 @@ SLOW = {"dac_teacher"}
 def test_the_experiment_library_is_complete():
     names = set(IDS)
     assert {"quickstart", "mert_v1_95m", "mert_v1_330m", "hubert_mfcc_kmeans", "hubert_iter2_hidden_kmeans",
-            "bestrq_conformer", "dac_teacher", "ablation_teachers", "scaleup_stability"} <= names
+            "bestrq_conformer", "dac_teacher", "ablation_teachers", "scaleup_stability",
+            "muq_melrvq_conformer", "crepe_pitch_aux", "distill_hidden"} <= names
 
 
 @pytest.mark.parametrize("path", SPECS, ids=IDS)
@@ -125,7 +126,9 @@ def test_example_sweeps_vary_what_they_say():
         "cqt_only": (["cqt"], ["cqt_recon"]),
         "rvq_cqt": (["cqt", "rvq"], ["cqt_recon", "rvq_pred"]),
         "mfcc_kmeans": (["mfcc_units"], ["units_pred"]),
+        "melrvq": (["mel_rvq"], ["mel_pred"]),
     }
+    assert ablation["melrvq"].teachers["mel_rvq"].name == "melrvq"
     assert ablation["mfcc_kmeans"].teachers["mfcc_units"].params["feature"] == "mfcc"
     scaleup = {c.variant.name: c.spec.backbone.params for c in plan_sweep(EXPERIMENTS / "scaleup_stability.yaml").children}
     assert len(scaleup) == 9

@@ -71,3 +71,23 @@ def test_spec_without_fittable_teachers_says_so(demo_dir, write_yaml, capsys):
     del data["teachers"]["km"], data["objectives"]["km_pred"]
     assert main(["teachers", "fit", str(write_yaml(data))]) == 0
     assert "no teacher in" in capsys.readouterr().out
+
+
+def test_fit_trains_the_melrvq_tokenizer_with_a_progress_bar(demo_dir, tmp_path, write_yaml, capsys):
+    tokenizer = tmp_path / "state" / "melrvq.pt"
+    data = spec_data(demo_dir, centroids=None)
+    del data["teachers"]["km"], data["objectives"]["km_pred"]
+    data["teachers"]["mel"] = {"name": "melrvq", "params": {
+        "n_mels": 32, "n_codebooks": 2, "codebook_size": 8, "steps": 30, "batch_size": 128, "tokenizer": str(tokenizer)}}
+    data["objectives"]["mel_pred"] = {"name": "masked_prediction", "teacher": "mel"}
+    spec_path = write_yaml(data)
+
+    assert main(["teachers", "fit", str(spec_path)]) == 0
+
+    captured = capsys.readouterr()
+    assert f"teachers.mel (melrvq): wrote {tokenizer}" in captured.out
+    assert "melrvq fit" in captured.err and "recon=" in captured.err  # the progress bar shows the reconstruction error
+    state = torch.load(tokenizer, weights_only=True)
+    assert state["format"] == "mertlab-melrvq-v1" and state["rvq.codebooks"].shape == (2, 8, 16)
+    teacher = get_registry().build("teacher", "melrvq", load_spec(spec_path).teachers["mel"].params)
+    assert teacher.fitted and teacher.fingerprint() in captured.out
