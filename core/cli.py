@@ -5,6 +5,7 @@ import json
 import re
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -115,6 +116,23 @@ def train_command(spec_path: str, overrides: tuple[str, ...], resume: str | None
         f"  checkpoints: {result.checkpoint_dir}\n"
         f"  open the UI: {ui_command(result.tracking_uri)}  (then http://127.0.0.1:5000)"
     )
+    if spec.probe is not None:
+        from mertlab.probe.experiment import probe_spec_tasks
+
+        click.echo(f"\nprobing the final checkpoint on {len(spec.probe.tasks)} task(s) (probe: section)")
+        results = probe_spec_tasks(spec.probe, result.checkpoint_dir / "last.ckpt", result.run_id, result.tracking_uri,
+                                   progress=not no_progress, echo=click.echo)
+        echo_probe_results(results)
+
+
+def echo_probe_results(results: list[Any]) -> None:
+    """The table of a ``probe:`` section's results, then one verdict line per task."""
+    from mertlab.probe.experiment import results_table
+
+    header, rows = results_table(results)
+    if rows:
+        click.echo("\n" + format_table(header, rows))
+    click.echo("\n".join(r.verdict for r in results))
 
 
 def mean_accuracies(metrics: dict[str, float]) -> dict[str, float]:
@@ -188,7 +206,7 @@ def compare_command(target: str, metrics: tuple[str, ...], out_dir: str | None, 
 
 @cli.group("teachers")
 def teachers_group() -> None:
-    """Teacher tasks: fit the teachers that learn from data (k-means) before training."""
+    """Teacher tasks: fit the teachers that learn from data (k-means), evaluate teachers on a labelled task."""
 
 
 @teachers_group.command("fit")
@@ -209,6 +227,51 @@ def teachers_fit_command(spec_path: str, overrides: tuple[str, ...], passes: int
     for f in fitted:
         note = " (replaced the previous file)" if f.replaced else ""
         click.echo(f"teachers.{f.alias} ({f.name}): wrote {f.path}{note}; fingerprint {f.fingerprint}")
+
+
+@teachers_group.command("evaluate")
+@click.argument("spec_path", metavar="SPEC")
+@click.argument("task_path", metavar="TASK")
+@OVERRIDE_OPTION
+@click.option("--teacher", "aliases", multiple=True, metavar="ALIAS", help="Only this teacher of the spec (repeatable).")
+@click.option("--window-seconds", default=5.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
+              help="Audio is fed to each teacher in windows of this length.")
+@click.option("--max-epochs", default=None, type=click.IntRange(min=1), help="Epoch limit of the continuous teachers' probes [default: 200].")
+@click.option("--seed", default=0, show_default=True, help="Seed of the probes.")
+@click.option("--experiment", default="teacher-eval", show_default=True, help="MLflow experiment (one run per teacher).")
+@click.option("--tracking-uri", default=None, help="MLflow store [default: the spec's, else $MLFLOW_TRACKING_URI, else ./mlflow.db].")
+@click.option("--no-tracking", is_flag=True, help="Do not log to MLflow.")
+@click.option("--device", default="cpu", show_default=True, help="Torch device the teachers run on, e.g. cuda.")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+def teachers_evaluate_command(spec_path: str, task_path: str, overrides: tuple[str, ...], aliases: tuple[str, ...],
+                              window_seconds: float, max_epochs: int | None, seed: int, experiment: str,
+                              tracking_uri: str | None, no_tracking: bool, device: str, no_progress: bool) -> None:
+    """Rank SPEC's teachers on a labelled TASK without training anything.
+
+    Discrete teachers: per-codebook code perplexity, cluster purity, label purity and PNMI
+    (HuBERT's analysis, with the clip label on every frame). Continuous teachers: the MLP
+    probe score of their clip-mean features. One MLflow run per teacher, metrics
+    teacher_eval/<task>/<metric>.
+    """
+    from mertlab.probe.fit import ProbeParams
+    from mertlab.probe.task import load_task
+    from mertlab.spec import load_spec
+    from mertlab.teacher_eval import evaluate_teachers, log_scores, scores_table
+    from mertlab.tracking import resolve_tracking_uri
+
+    spec = load_spec(spec_path, overrides)
+    task = load_task(task_path)
+    params = ProbeParams(seed=seed, **({"max_epochs": max_epochs} if max_epochs else {}))
+    scores = evaluate_teachers(spec, task, window_seconds, params, device, progress=not no_progress, aliases=list(aliases))
+    header, rows = scores_table(scores)
+    click.echo(format_table(header, rows))
+    click.echo(f"task '{task.name}': {len(task.paths)} clips ({task.type}); discrete teachers ranked by PNMI, "
+               "continuous ones by the probe's test score")
+    if no_tracking:
+        return
+    uri = tracking_uri or resolve_tracking_uri(spec)
+    log_scores(scores, spec, uri, experiment)
+    click.echo(f"logged teacher_eval/{task.name}/... to {len(scores)} runs of experiment '{experiment}' ({uri})")
 
 
 @cli.command("demo-data")
@@ -311,57 +374,93 @@ def extract_command(checkpoint: str, data: str, out: str, layers: str, window_se
     click.echo(f"{n} files x {k} layers x {d} dims -> {out}")
 
 
+CACHE_OPTIONS = (
+    click.option("--cache-dir", default=None, metavar="DIR",
+                 help="Feature cache folder [default: .mertlab-cache/features]; re-probing with other probe settings or layers reuses it."),
+    click.option("--no-cache", is_flag=True, help="Neither read nor write the feature cache."),
+)
+
+
+def _with_options(options: tuple) -> Any:
+    def decorate(f: Any) -> Any:
+        for option in reversed(options):
+            f = option(f)
+        return f
+
+    return decorate
+
+
 @cli.command("probe")
-@click.argument("checkpoint", metavar="CKPT")
-@click.argument("task_path", metavar="TASK")
+@click.argument("checkpoint", metavar="CKPT", required=False)
+@click.argument("task_path", metavar="TASK", required=False)
+@click.option("--hf-dir", default=None, metavar="DIR", help="Probe a local Hugging Face HuBERT/MERT directory (same as CKPT hf:DIR).")
 @click.option("--layers", default="all", show_default=True, help="Layers to probe one by one: all, last, or e.g. 6,12 (0 = encoder input).")
 @click.option("--type", "task_type", type=click.Choice(["auto", "classification", "multilabel", "regression"]), default=None,
               help="Task type (default: the task YAML's, else detected from the labels).")
 @click.option("--name", default=None, help="Task name in metric names (default: the YAML's name, else the CSV's file name).")
 @click.option("--random-init", is_flag=True, help="Also probe an untrained backbone of the same architecture (baseline).")
+@click.option("--baselines", default="", metavar="NAMES",
+              help="Also probe handcrafted clip features with the same MLP and splits: comma-separated mfcc, chroma, cqt.")
 @click.option("--no-weighted", is_flag=True, help="Skip the probe on the learnable weighted sum of all layers.")
 @WINDOW_OPTION
 @BATCH_OPTION
 @click.option("--patience", default=None, type=click.IntRange(min=1), help="Early-stopping patience in epochs [default: 10].")
 @click.option("--max-epochs", default=None, type=click.IntRange(min=1), help="Epoch limit of each probe [default: 200].")
 @click.option("--seed", default=0, show_default=True, help="Seed of the probes (and of the random-init backbone).")
-@click.option("--run-id", default=None, help="MLflow run to log to (default: the run that trained CKPT).")
+@click.option("--run-id", default=None, help="MLflow run to log to (default: the run that trained CKPT; for hf:DIR a run named after DIR).")
 @click.option("--tracking-uri", default=None, help="MLflow store (default: the checkpoint's, else $MLFLOW_TRACKING_URI, else ./mlflow.db).")
+@click.option("--experiment", default="probes", show_default=True, help="MLflow experiment of the run named after an hf:DIR.")
 @click.option("--no-tracking", is_flag=True, help="Do not log to MLflow.")
 @click.option("--out", default=None, metavar="FILE.json", help="Also write the full report as JSON.")
+@_with_options(CACHE_OPTIONS)
 @DEVICE_OPTION
 @WORKERS_OPTION
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
-def probe_command(checkpoint: str, task_path: str, layers: str, task_type: str | None, name: str | None, random_init: bool,
-                  no_weighted: bool, window_seconds: float, batch_size: int, patience: int | None, max_epochs: int | None,
-                  seed: int, run_id: str | None, tracking_uri: str | None, no_tracking: bool, out: str | None,
-                  device: str, num_workers: int, no_progress: bool) -> None:
+def probe_command(checkpoint: str | None, task_path: str | None, hf_dir: str | None, layers: str, task_type: str | None,
+                  name: str | None, random_init: bool, baselines: str, no_weighted: bool, window_seconds: float,
+                  batch_size: int, patience: int | None, max_epochs: int | None, seed: int, run_id: str | None,
+                  tracking_uri: str | None, experiment: str, no_tracking: bool, out: str | None, cache_dir: str | None,
+                  no_cache: bool, device: str, num_workers: int, no_progress: bool) -> None:
     """Probe CKPT's frozen features on a labelled TASK (MARBLE protocol) and log the scores.
 
-    TASK is a CSV with columns path,label[,split] (paths relative to the CSV; without a split
-    column a seeded 70/15/15 split is used), a YAML with csv/name/type/seed, or a folder of class
-    sub-folders (GTZAN layout: TASK/<class>/<file>, classification). One MLP probe per
-    layer and one on a learnable weighted sum of layers; the best (by valid) gives
-    probe/<task>/<metric> on the test split, logged to the checkpoint's MLflow run.
+    CKPT is a training checkpoint, a saved backbone, or hf:DIR -- a local Hugging Face
+    HuBERT/MERT directory (or give --hf-dir DIR and only TASK). TASK is a CSV with columns
+    path,label[,split] (paths relative to the CSV; without a split column a seeded 70/15/15
+    split is used), a YAML with csv/name/type/seed, or a folder of class sub-folders (GTZAN
+    layout: TASK/<class>/<file>, classification). One MLP probe per layer and one on a
+    learnable weighted sum of layers; the best (by valid) gives probe/<task>/<metric> on the
+    test split, logged to the checkpoint's MLflow run. Features are cached on disk.
     """
+    from mertlab.checkpoint import HF_PREFIX
+    from mertlab.probe.baselines import parse_baselines
+    from mertlab.probe.cache import DEFAULT_CACHE_DIR, FeatureCache
     from mertlab.probe.fit import ProbeParams
     from mertlab.probe.run import log_probe, probe_run, report_dict, report_table, run_probe, summary_lines
     from mertlab.probe.task import load_task
 
+    if hf_dir is not None:
+        if task_path is not None:
+            raise click.UsageError("with --hf-dir give only TASK (the directory replaces CKPT)")
+        checkpoint, task_path = HF_PREFIX + hf_dir, checkpoint
+    if checkpoint is None or task_path is None:
+        raise click.UsageError("give CKPT and TASK (or --hf-dir DIR and TASK)")
+    chosen_baselines = parse_baselines(baselines)
     task = load_task(task_path, task_type=task_type, name=name)
     overrides = {k: v for k, v in {"patience": patience, "max_epochs": max_epochs}.items() if v is not None}
     params = ProbeParams(seed=seed, **overrides)
     if not no_tracking:  # before the (long) extraction, so a wrong run fails fast
-        run_id, tracking_uri, step = probe_run(checkpoint, run_id, tracking_uri)
+        run_id, tracking_uri, step = probe_run(checkpoint, run_id, tracking_uri, experiment)
+    cache = FeatureCache(None if no_cache else (cache_dir or DEFAULT_CACHE_DIR))
     outcome = run_probe(checkpoint, task, layers, window_seconds, batch_size, params, random_init, not no_weighted,
-                        device, num_workers, progress=not no_progress)
+                        device, num_workers, progress=not no_progress, baselines=chosen_baselines, cache=cache)
     header, rows = report_table(outcome)
     click.echo(format_table(header, rows))
     click.echo("\n".join(summary_lines(outcome)))
-    settings = {"checkpoint": str(checkpoint), "layers": layers, "window_seconds": window_seconds, **params.model_dump()}
+    if cache.root is not None:
+        click.echo(f"features: {cache.hits} from the cache, {cache.misses} extracted ({cache.root})")
+    settings = {"checkpoint": str(checkpoint), "layers": layers, "window_seconds": window_seconds,
+                "random_init": random_init, "baselines": chosen_baselines, "weighted": not no_weighted, **params.model_dump()}
     if out:
-        from pathlib import Path
-
         Path(out).write_text(json.dumps(report_dict(outcome, settings), indent=2))
     if no_tracking:
         return

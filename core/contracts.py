@@ -21,6 +21,7 @@ import hashlib
 import json
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import torch
@@ -173,10 +174,21 @@ class Backbone(nn.Module, ABC):
     name: ClassVar[str]
     summary: ClassVar[str]
     Params: ClassVar[type[Params]]
+    #: ``model_type`` values of Hugging Face ``config.json`` files this backbone can load with
+    #: :meth:`load_hf` (e.g. ``("hubert", "mert_model")``); ``load_backbone("hf:DIR")`` picks the
+    #: registered backbone that lists the directory's ``model_type``.
+    hf_model_types: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, params: Params) -> None:
         super().__init__()
         self.params = params
+
+    @classmethod
+    def load_hf(cls, directory: str | Path) -> "Backbone":
+        """Build the backbone from a local Hugging Face model directory (only for backbones
+        with :attr:`hf_model_types`); raise :class:`~mertlab.errors.MertlabError` naming what is
+        missing or does not fit."""
+        raise NotImplementedError(f"backbone '{cls.name}' does not load Hugging Face directories")
 
     @property
     @abstractmethod

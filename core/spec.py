@@ -98,6 +98,49 @@ class TrackingSpec(StrictModel):
     tags: dict[str, str] = Field(default_factory=dict)
 
 
+class ProbeSpec(StrictModel):
+    """Downstream probes of the trained model: ``mertlab train`` probes its final checkpoint,
+    ``mertlab sweep`` every finished child (see README, "Probing downstream tasks")."""
+
+    tasks: list[str] = Field(
+        min_length=1,
+        description="Task CSVs, task YAMLs or class-folder directories (as `mertlab probe` takes them), relative to the working directory like data.path.",
+    )
+    layers: str | list[int] = Field("all", description="Layers probed one by one: all, last, '6,12' or a list (0 = encoder input).")
+    window_seconds: float = Field(5.0, gt=0, description="Long audio is cut into windows of this length (MERT crops: 5 s).")
+    baselines: list[str] = Field(default_factory=list, description="Handcrafted baselines probed alongside: mfcc, chroma, cqt.")
+    random_init: bool = Field(False, description="Also probe an untrained backbone of the same architecture.")
+    weighted: bool = Field(True, description="Also fit the probe on a learnable weighted sum of all layers.")
+    max_epochs: int = Field(200, gt=0, description="Epoch limit of each probe (MARBLE early stopping).")
+    patience: int = Field(10, gt=0, description="Early-stopping patience in epochs.")
+    seed: int = Field(0, description="Seed of the probes (and of the random-init backbone).")
+    batch_size: int = Field(8, ge=1, description="Windows per forward pass during feature extraction.")
+    device: str = Field("auto", description="auto (cuda if available), cpu, cuda, cuda:1...")
+    cache_dir: str | None = Field(
+        ".mertlab-cache/features", description="Feature cache folder (relative to the working directory); null disables the cache."
+    )
+
+    @field_validator("layers")
+    @classmethod
+    def _check_layers(cls, layers: str | list[int]) -> str | list[int]:
+        if isinstance(layers, str) and layers not in ("all", "last"):
+            try:
+                [int(part) for part in layers.split(",") if part.strip()]
+            except ValueError:
+                raise ValueError(f"expected all, last, comma-separated layer numbers or a list, got {layers!r}") from None
+        return layers
+
+    @field_validator("baselines")
+    @classmethod
+    def _check_baselines(cls, baselines: list[str]) -> list[str]:
+        from mertlab.probe.baselines import parse_baselines
+
+        try:
+            return parse_baselines(baselines)
+        except MertlabError as exc:
+            raise ValueError(str(exc).removeprefix("baselines: ")) from None
+
+
 #: Keys a sweep may not vary: every child must land in its parent's store, experiment and
 #: output folder, and a child spec carries no sweep of its own.
 SWEEP_FIXED_KEYS = ("name", "sweep", "tracking.tracking_uri", "tracking.experiment", "tracking.run_name")
@@ -186,6 +229,9 @@ class ExperimentSpec(StrictModel):
     )
     sweep: SweepSpec | None = Field(
         None, description="Optional variants of this spec for `mertlab sweep` (one MLflow child run each)."
+    )
+    probe: ProbeSpec | None = Field(
+        None, description="Optional downstream probes of the final checkpoint (`-o probe=null` removes them)."
     )
 
 

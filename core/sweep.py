@@ -105,8 +105,9 @@ def load_child_spec(spec_path: str | Path, overrides: list[str] | tuple[str, ...
 
 
 def spec_sha(spec: ExperimentSpec) -> str:
-    """Fingerprint of what a run trains (tracking settings and the sweep block excluded)."""
-    data = spec.model_dump(mode="json", exclude={"tracking", "sweep"})
+    """Fingerprint of what a run trains (tracking settings, the sweep block and the probe
+    section -- which only changes what is measured after training -- excluded)."""
+    data = spec.model_dump(mode="json", exclude={"tracking", "sweep", "probe"})
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -281,6 +282,7 @@ def run_child(
         same = existing.data.tags.get(SPEC_SHA_TAG) == sha
         if existing.info.status == "FINISHED":
             if same:
+                probe_child(spec, run_id, tracking_uri, registry, progress)
                 return ChildOutcome(variant, run_id, "skipped", "already finished")
             raise MertlabError(
                 f"variant '{variant}': run {run_id} under parent {parent_run_id} finished with a different spec; "
@@ -312,7 +314,20 @@ def run_child(
     except BaseException:
         client.set_terminated(run_id, "FAILED")
         raise
+    probe_child(spec, run_id, tracking_uri, registry, progress)
     return ChildOutcome(variant, run_id, "resumed" if ckpt else "trained")
+
+
+def probe_child(spec: ExperimentSpec, run_id: str, tracking_uri: str, registry: Any, progress: bool) -> None:
+    """Run the spec's ``probe:`` tasks on a finished child's ``last.ckpt`` (tasks already probed
+    on the run with the same settings are skipped: re-running a sweep is idempotent)."""
+    if spec.probe is None:
+        return
+    from mertlab.probe.experiment import probe_spec_tasks
+    from mertlab.train.run import run_directory
+
+    checkpoint = run_directory(spec) / run_id / "checkpoints" / "last.ckpt"
+    probe_spec_tasks(spec.probe, checkpoint, run_id, tracking_uri, progress=progress, registry=registry)
 
 
 def child_command(plan: SweepPlan, child: ChildPlan, parent_run_id: str) -> str:

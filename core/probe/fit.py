@@ -89,10 +89,10 @@ class ProbeReport:
     @property
     def best(self) -> ProbeResult:
         """The probe with the best *valid* primary metric (the test split never selects)."""
-        return max(self.probes, key=lambda r: _orderable(r.valid[self.metric]))
+        return max(self.probes, key=lambda r: orderable(r.valid[self.metric]))
 
 
-def _orderable(value: float) -> float:
+def orderable(value: float) -> float:
     return -math.inf if math.isnan(value) else value
 
 
@@ -144,7 +144,7 @@ def fit_probe(features: np.ndarray, task: Task, params: ProbeParams, name: str, 
             optimizer.zero_grad()
             loss_fn(model(x_all[rows]), y_all[rows]).backward()
             optimizer.step()
-        value = _orderable(compute_metrics(task.type, targets[valid], predict(model)[valid])[metric])
+        value = orderable(compute_metrics(task.type, targets[valid], predict(model)[valid])[metric])
         if value > best_value or epoch == 1:
             best_value, best_epoch, best_state = value, epoch, copy.deepcopy(model.state_dict())
         elif epoch - best_epoch >= params.patience:

@@ -174,6 +174,9 @@ class TransformerBackbone(Backbone):
         )
 
     # ------------------------------------------------------------------ Hugging Face
+    #: HubertModel / HubertFor* (transformers) and MERT's own MERTModel (``mert_model``).
+    hf_model_types: ClassVar[tuple[str, ...]] = ("hubert", "mert_model")
+
     @classmethod
     def load_hf(cls, directory: str | Path, sample_rate: int | None = None) -> TransformerBackbone:
         """Load a local ``transformers.HubertModel`` / MERT checkpoint directory (config.json +
