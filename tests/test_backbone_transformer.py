@@ -230,6 +230,30 @@ def test_mel_frontend_frame_count_is_ceil_of_samples_over_hop(num_samples):
     assert backbone.frame_rate == 75.0
 
 
+@pytest.mark.parametrize("mult", [0.0, 0.1])
+def test_feature_grad_mult_scales_only_the_frontend_gradient(mult):
+    torch.manual_seed(0)
+    wav = torch.randn(2, 4000)
+    grads = {}
+    outputs = {}
+    for factor in (1.0, mult):
+        torch.manual_seed(1)
+        backbone = build(**no_dropout(feature_grad_mult=factor))
+        out = backbone(wav)
+        out.hidden_states[-1].pow(2).mean().backward()
+        outputs[factor] = out.hidden_states[-1].detach()
+        grads[factor] = {n: p.grad.clone() for n, p in backbone.named_parameters() if p.grad is not None}
+    torch.testing.assert_close(outputs[1.0], outputs[mult])  # forward unchanged
+    for name, grad in grads[1.0].items():
+        if name.startswith("feature_extractor."):
+            if mult == 0.0:
+                assert name not in grads[mult]
+            else:
+                torch.testing.assert_close(grads[mult][name], grad * mult, rtol=1e-4, atol=1e-8)
+        else:
+            torch.testing.assert_close(grads[mult][name], grad)
+
+
 def test_mel_frontend_has_no_hf_equivalent():
     from mertlab.plugins.backbones.transformer.hf import hf_config_from_params
 

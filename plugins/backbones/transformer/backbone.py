@@ -14,6 +14,16 @@ from .layers import Encoder, FeatureExtractor, FeatureProjection, MelFeatureExtr
 from .params import TransformerParams
 
 
+def scale_gradient(x: Tensor, factor: float) -> Tensor:
+    """Identity forward; the backward pass multiplies the gradient by ``factor`` (fairseq's
+    ``GradMultiply``; 0 detaches)."""
+    if factor == 1.0 or not x.requires_grad:
+        return x
+    if factor == 0.0:
+        return x.detach()
+    return x * factor + x.detach() * (1.0 - factor)
+
+
 class TransformerBackbone(Backbone):
     """HuBERT/MERT backbone: conv feature extractor -> feature projection -> (mask embedding)
     -> convolutional positional embedding -> transformer encoder.
@@ -145,7 +155,7 @@ class TransformerBackbone(Backbone):
             if self.params.frontend == "mel":  # a clip's last STFT windows reach past its end: zeros, as alone
                 samples = torch.arange(num_samples, device=wav.device)
                 wav = wav.masked_fill(samples[None, :] >= lengths.to(wav.device)[:, None], 0.0)
-        features = self.feature_extractor(wav).transpose(1, 2)  # [B, T, C]
+        features = scale_gradient(self.feature_extractor(wav), self.params.feature_grad_mult).transpose(1, 2)  # [B, T, C]
         num_frames = features.shape[1]
 
         pad = None

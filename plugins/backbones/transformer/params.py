@@ -112,6 +112,13 @@ class TransformerParams(Params):
         "so padding changes the output); layer_norm: LayerNorm after every conv (HF 'layer', MERT-330M; padding-invariant).",
     )
     extractor_activation: Activation = Field("gelu", description="Activation of the extractor convs and the positional conv.")
+    feature_grad_mult: float = Field(
+        1.0,
+        ge=0.0,
+        description="Scales the gradient reaching the frontend (forward unchanged): fairseq wav2vec 2.0/HuBERT base "
+        "pre-training use 0.1 (feature_grad_mult in wav2vec2_base_librispeech.yaml / hubert_base_librispeech.yaml) so "
+        "the conv extractor learns slowly; 0 freezes it; 1 = plain gradients.",
+    )
     projection_layer_norm: bool = Field(True, description="LayerNorm on extractor features before the projection (HF feat_proj_layer_norm).")
     projection_dropout: float = Field(0.1, ge=0.0, lt=1.0, description="Dropout after the feature projection (fairseq dropout_input: 0.1).")
 
