@@ -279,12 +279,19 @@ def teachers_evaluate_command(spec_path: str, task_path: str, overrides: tuple[s
 @click.option("--clips", default=40, show_default=True, help="Number of generated clips.")
 @click.option("--seconds", default=6.0, show_default=True, help="Length of each clip.")
 @click.option("--seed", default=0, show_default=True)
-def demo_data_command(directory: str, clips: int, seconds: float, seed: int) -> None:
-    """Write a small generated music set (chords, melodies, drums; 24 kHz WAV) to DIRECTORY."""
+@click.option("--tasks/--no-tasks", default=True, show_default=True,
+              help="Also write the labelled probe tasks (pitch, timbre, key, tempo) to DIRECTORY-tasks/.")
+def demo_data_command(directory: str, clips: int, seconds: float, seed: int, tasks: bool) -> None:
+    """Write a small generated music set (chords, melodies, drums; 24 kHz WAV) to DIRECTORY, and
+    labelled probe tasks from the same synthesiser (other clips) to DIRECTORY-tasks/."""
     from mertlab.data.demo import write_demo_dataset
+    from mertlab.data.demo_tasks import demo_tasks_dir, write_demo_tasks
 
     paths = write_demo_dataset(directory, num_clips=clips, seconds=seconds, seed=seed)
     click.echo(f"{len(paths)} clips ({len(paths) * seconds / 60:.1f} min) in {directory}")
+    if tasks:
+        written = write_demo_tasks(demo_tasks_dir(directory), seed=seed)
+        click.echo("probe tasks: " + ", ".join(str(p) for p in written.values()))
 
 
 @cli.group("targets")

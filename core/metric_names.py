@@ -24,6 +24,12 @@ def loss(alias: str) -> str:
     return f"loss/{alias}"
 
 
+def weighted_loss(alias: str) -> str:
+    """``weight x loss`` of one objective: its contribution to ``loss/total``, so an objective
+    that dominates the gradient is visible at a glance."""
+    return f"loss/{alias}/weighted"
+
+
 def objective_metric(alias: str, key: str) -> str:
     """``("rvq", "acc/cb0") -> "acc/rvq/cb0"``; a key without a family becomes ``"<key>/<alias>"``."""
     family, _, rest = key.partition("/")

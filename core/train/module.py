@@ -140,8 +140,10 @@ class PretrainModule(L.LightningModule):
         for alias, objective in self.objectives.items():
             spec = self.spec.objectives[alias]
             result = objective(out, targets[spec.teacher], mask)
-            total = total + spec.weight * result.loss
+            weighted = spec.weight * result.loss
+            total = total + weighted
             logs[M.loss(alias)] = result.loss.detach()
+            logs[M.weighted_loss(alias)] = weighted.detach()
             for key, value in result.metrics.items():
                 logs[M.objective_metric(alias, key)] = value.detach()
         if self.spec.feature_penalty > 0 and out.extractor_features is not None:

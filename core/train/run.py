@@ -15,6 +15,7 @@ from lightning.pytorch.loggers import MLFlowLogger
 from mertlab.data.audio import list_audio_paths
 from mertlab.data.datamodule import AudioDataModule
 from mertlab.data.demo import write_demo_dataset
+from mertlab.data.demo_tasks import DEMO_TASKS, demo_tasks_dir, write_demo_tasks
 from mertlab.errors import MertlabError
 from mertlab.run_summary import log_run_summary
 from mertlab.spec import ExperimentSpec
@@ -51,10 +52,17 @@ def find_resume_checkpoint(spec: ExperimentSpec, resume: str | bool) -> Path:
 
 
 def prepare_data(spec: ExperimentSpec) -> None:
-    """Write the generated demo set when the spec asks for it and the folder has no audio."""
+    """With ``data.generate_demo``: write the generated demo set when the folder has no audio,
+    and the labelled demo probe tasks to ``<data.path>-tasks/`` when their CSVs are missing."""
+    if not spec.data.generate_demo:
+        return
     path = Path(spec.data.path)
-    if spec.data.generate_demo and (not path.exists() or not list_audio_paths(path, spec.data.extensions)):
+    if not path.exists() or not list_audio_paths(path, spec.data.extensions):
         write_demo_dataset(path)
+    tasks = demo_tasks_dir(path)
+    missing = [name for name in DEMO_TASKS if not (tasks / f"{name}.csv").is_file()]
+    if missing:
+        write_demo_tasks(tasks, names=missing)
 
 
 class _DropAdvertisements(logging.Filter):

@@ -135,6 +135,11 @@ def hf_config_from_params(params: TransformerParams) -> dict[str, Any]:
     """``HubertConfig(**hf_config_from_params(p))`` builds the HF model with our architecture
     (MERT extras ``attention_relax``/``deepnorm``/``sample_rate`` included; HubertModel ignores
     them -- relaxation is numerically equivalent, DeepNorm is not representable there)."""
+    if params.frontend != "conv":
+        raise MertlabError(
+            f"backbone.params.frontend: '{params.frontend}' has no Hugging Face HubertModel equivalent "
+            "(HubertModel takes waveforms through its conv extractor); only frontend 'conv' maps to HF"
+        )
     config: dict[str, Any] = {hf: getattr(params, ours) for ours, hf in HF_CONFIG_KEYS.items()}
     for key in ("conv_dim", "conv_kernel", "conv_stride"):
         config[key] = list(config[key])
