@@ -15,8 +15,10 @@ from mertlab.errors import MertlabError
 from mertlab.frame_features import BackboneLayer, FrameFeature, LogMelChroma, MFCCDeltas, check_audio_batch
 from mertlab.hookspecs import hookimpl
 from mertlab.kmeans import KMeansInit, fit_minibatch_kmeans, nearest_centroid
+from mertlab.safe_load import is_safetensors, load_torch_file, read_safetensors, write_safetensors
 
-STATE_FORMAT = "mertlab-kmeans-v1"
+STATE_FORMAT = "mertlab-kmeans-v2"  # safetensors + JSON metadata
+LEGACY_STATE_FORMAT = "mertlab-kmeans-v1"  # torch file, read with weights_only=True
 #: Params that only steer fitting or name the state file: they do not change the features.
 FIT_ONLY_FIELDS = frozenset({"centroids", "seed", "n_iter", "batch_size", "init", "max_fit_frames"})
 # Floor on per-dimension feature std (constant dimensions, e.g. silence-only data).
@@ -197,35 +199,36 @@ class KMeansTeacher(Teacher):
         return config
 
     def save_state(self, path: str | Path) -> Path:
-        """Write centroids, feature statistics and :meth:`feature_config` to ``path`` atomically."""
+        """Write centroids and feature statistics (safetensors) with :meth:`feature_config`
+        (JSON metadata) to ``path`` atomically."""
         if not self.fitted:
             raise MertlabError(f"teacher '{self.name}' is not fitted: call fit() before save_state()")
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        payload = {
-            "format": STATE_FORMAT,
-            "feature_config": self.feature_config(),
-            "centroids": self.centroids.cpu(),
-            "feature_mean": self.feature_mean.cpu(),
-            "feature_std": self.feature_std.cpu(),
-        }
-        tmp = path.with_name(path.name + ".tmp")
-        torch.save(payload, tmp)
-        tmp.replace(path)  # readers never see a half-written file
-        return path
+        tensors = {"centroids": self.centroids, "feature_mean": self.feature_mean, "feature_std": self.feature_std}
+        return write_safetensors(path, tensors, {"format": STATE_FORMAT, "feature_config": self.feature_config()})
+
+    def _read_state(self, path: Path) -> tuple[dict[str, Any], dict[str, Tensor]]:
+        """``(feature_config, tensors)`` of a state file of either format (see the constants)."""
+        if not path.is_file():
+            raise MertlabError(f"teacher '{self.name}': centroids file {path} not found")
+        if is_safetensors(path):
+            tensors, meta = read_safetensors(path, "k-means state file")
+            fmt, config = meta.get("format"), meta.get("feature_config")
+        else:
+            state = load_torch_file(path, "k-means state file")
+            fmt = state.get("format") if isinstance(state, dict) else None
+            config, tensors = (state.get("feature_config"), state) if fmt == LEGACY_STATE_FORMAT else (None, {})
+        names = ("centroids", "feature_mean", "feature_std")
+        if fmt not in (STATE_FORMAT, LEGACY_STATE_FORMAT) or not isinstance(config, dict) or not all(
+            isinstance(tensors.get(n), Tensor) for n in names
+        ):
+            raise MertlabError(f"{path}: not a mertlab k-means state file (expected format {STATE_FORMAT})")
+        return config, {n: tensors[n] for n in names}
 
     def load_state(self, path: str | Path) -> None:
         """Load a file written by :meth:`save_state`; it must match this teacher's features."""
         path = Path(path)
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except FileNotFoundError:
-            raise MertlabError(f"teacher '{self.name}': centroids file {path} not found") from None
-        except Exception as exc:  # noqa: BLE001 - any unreadable file is a user error here
-            raise MertlabError(f"{path}: not a readable k-means state file ({type(exc).__name__}: {exc})") from None
-        if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
-            raise MertlabError(f"{path}: not a mertlab k-means state file (expected format {STATE_FORMAT})")
-        stored, current = state["feature_config"], self.feature_config()
+        stored, state = self._read_state(path)
+        current = self.feature_config()
         differ = sorted(k for k in stored.keys() | current.keys() if stored.get(k) != current.get(k))
         if differ:
             detail = ", ".join(f"{k}: file {stored.get(k)!r} vs params {current.get(k)!r}" for k in differ)
