@@ -59,14 +59,14 @@ def load_torch_file(path: str | Path, what: str = "checkpoint", *, mmap: bool = 
 
 
 def unsafe_message(path: Path, what: str, exc: BaseException) -> str:
-    """The one line telling the user a file was refused because it could run code."""
+    """The one line for a pickle the weights-only loader stopped: refused when it names a
+    Python global (it could run code), otherwise damaged (random bytes, a broken stream)."""
     found = _BLOCKED_GLOBAL.search(str(exc))
-    detail = f" (it references {found.group(1)})" if found else ""
-    if "Weights only load failed" not in str(exc):  # a broken pickle stream, not a refused global
-        return f"{path}: damaged or truncated {what}, cannot be read ({_first_line(exc)})"
+    if not found:
+        return f"{path}: damaged or truncated {what}, cannot be read (not a valid torch file)"
     return (
-        f"{path}: refused to load this {what}: it holds Python objects other than tensors and plain data{detail}, "
-        "which could run code; mertlab only loads weights-only files"
+        f"{path}: refused to load this {what}: it holds Python objects other than tensors and plain data "
+        f"(it references {found.group(1)}), which could run code; mertlab only loads weights-only files"
     )
 
 

@@ -81,7 +81,7 @@ def select_resume_checkpoint(runs_dir: Path, explicit: str | None = None) -> Res
 
     ``explicit``: that file, which must load. Otherwise every checkpoint under
     ``runs_dir/*/checkpoints/`` (``last.ckpt`` and the best ones), newest first: the first
-    that loads is used; each damaged or refused newer one is logged as a warning and listed in
+    that loads is used; each damaged or refused newer one is then logged as a warning and listed in
     :attr:`ResumePoint.skipped`. None loading is one error listing why.
     """
     if explicit is not None:
@@ -103,8 +103,9 @@ def select_resume_checkpoint(runs_dir: Path, explicit: str | None = None) -> Res
             checkpoint = read_training_checkpoint(path)
         except MertlabError as exc:
             skipped.append(str(exc))
-            log.warning("--resume: skipping %s", exc)
             continue
+        for problem in skipped:
+            log.warning("--resume: skipping %s", problem)
         if skipped:
             log.warning("--resume: continuing from %s, the newest checkpoint that loads", path)
         return ResumePoint(path, checkpoint, skipped)

@@ -1,0 +1,268 @@
+"""Reliability of what mertlab reads and writes (issue #11, part A).
+
+* files that would run code when unpickled are refused everywhere a file is loaded;
+* checkpoints are written atomically, survive a full disk / read-only folder, and ``--resume``
+  falls back to the newest checkpoint that loads;
+* damaged checkpoints and target-cache entries are named in one line; cache entries are
+  verified (size + SHA-256) and recomputed.
+"""
+from __future__ import annotations
+
+import errno
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from mertlab.checkpoint import LEGACY_BACKBONE_FORMAT, load_backbone, save_backbone
+from mertlab.cli import main
+from mertlab.errors import MertlabError, WeightsError
+from mertlab.registry import get_registry
+from mertlab.safe_load import is_safetensors, load_torch_file
+from mertlab.spec import resolve_spec
+from mertlab.train.checkpoint_io import SafeCheckpointIO, select_resume_checkpoint
+from mertlab.train.run import train
+
+pytestmark = pytest.mark.filterwarnings("ignore")
+
+
+class Payload:
+    """Unpickling this calls ``open(marker, "w")``: a file appears if the loader runs code."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def malicious_file(path: Path, marker: Path, **extra) -> Path:
+    """A torch.save'd training-checkpoint look-alike carrying :class:`Payload`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"state_dict": {"backbone.x": torch.zeros(1)}, "mlflow_run_id": "0" * 32, **extra, "hook": Payload(marker)}, path)
+    return path
+
+
+def test_the_payload_is_live_when_loaded_unsafely(tmp_path):
+    """The test files below really would run code under torch.load(weights_only=False)."""
+    path = malicious_file(tmp_path / "evil.ckpt", tmp_path / "proof")
+    torch.load(path, weights_only=False)
+    assert (tmp_path / "proof").exists()
+
+
+def one_error_line(capsys) -> str:
+    """The single ``error:`` line a failing command printed (progress and Lightning's own
+    notices may share stderr); never a traceback."""
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "Traceback" not in err, err
+    return errors[0]
+
+
+@pytest.fixture(scope="module")
+def task_dir(demo_dir):
+    """A valid probe task (CSV with splits) over the demo clips."""
+    rows = [f"demo_00{i}.wav,{'ab'[i % 2]},{('train', 'train', 'valid', 'valid', 'test', 'test')[i]}" for i in range(6)]
+    path = demo_dir / "task.csv"
+    path.write_text("path,label,split\n" + "\n".join(rows) + "\n")
+    return path
+
+
+def spec_data(demo_dir, tmp_path, tracking_uri, **trainer) -> dict:
+    """A tiny spec (CQT teacher only: fast) writing checkpoints under ``tmp_path/runs``."""
+    return {
+        "name": "rel-io",
+        "data": {"path": str(demo_dir), "crop_seconds": 1.0, "batch_size": 2, "val_fraction": 0.2},
+        "backbone": {"name": "transformer", "params": {"preset": "tiny"}},
+        "teachers": {"cqt": {"name": "cqt", "params": {"n_bins": 24, "bins_per_octave": 4}}},
+        "objectives": {"cqt_recon": {"name": "masked_regression", "teacher": "cqt"}},
+        "optim": {"lr": 1e-3, "warmup_steps": 0},
+        "trainer": {"max_steps": 2, "log_every_n_steps": 1, "val_every_n_steps": 1, "limit_val_batches": 1,
+                    "output_dir": str(tmp_path / "runs"), **trainer},
+        "tracking": {"tracking_uri": tracking_uri},
+        "callbacks": {},
+    }
+
+
+@pytest.fixture(scope="module")
+def trained(demo_dir, tmp_path_factory, tracking_uri):
+    """One short real run: its spec data and checkpoint folder (tests copy before changing it)."""
+    root = tmp_path_factory.mktemp("trained")
+    data = spec_data(demo_dir, root, tracking_uri)
+    result = train(resolve_spec(data), progress=False)
+    return data, result.checkpoint_dir
+
+
+def copy_runs(trained, tmp_path, **trainer) -> tuple[dict, Path]:
+    """The trained run's spec pointed at a private copy of its runs folder."""
+    data, checkpoint_dir = trained
+    runs_src = checkpoint_dir.parents[2]
+    shutil.copytree(runs_src, tmp_path / "runs")
+    data = {**data, "trainer": {**data["trainer"], "output_dir": str(tmp_path / "runs"), **trainer}}
+    return data, tmp_path / "runs" / data["name"] / checkpoint_dir.parent.name / "checkpoints"
+
+
+# ----------------------------------------------------------------------------- 1. safe loading
+def test_no_command_runs_code_from_a_file(demo_dir, task_dir, tmp_path, tracking_uri, write_yaml, capsys):
+    """probe, extract, train --resume CKPT, a planted last.ckpt and the k-means hidden-feature
+    checkpoint: the marker never appears and each is one line naming the file."""
+    marker = tmp_path / "MARKER"
+    evil = malicious_file(tmp_path / "evil.ckpt", marker)
+    spec = write_yaml(spec_data(demo_dir, tmp_path, tracking_uri))
+
+    commands = {
+        "probe": ["probe", str(evil), str(task_dir)],
+        "extract": ["extract", str(evil), str(demo_dir), "--out", str(tmp_path / "f.npz")],
+        "train --resume CKPT": ["train", str(spec), "--resume", str(evil)],
+    }
+    for name, argv in commands.items():
+        assert main(argv) == 1, name
+        err = one_error_line(capsys)
+        assert str(evil) in err and "refused to load" in err, (name, err)
+
+    planted = malicious_file(tmp_path / "runs" / "rel-io" / ("f" * 32) / "checkpoints" / "last.ckpt", marker)
+    assert main(["train", str(spec), "--resume"]) == 1
+    err = one_error_line(capsys)
+    assert str(planted) in err and "refused to load" in err
+
+    kmeans = {"feature": "hidden", "checkpoint": str(evil), "layer": 1, "n_clusters": 4,
+              "centroids": str(tmp_path / "km.safetensors")}
+    fit_spec = write_yaml({**spec_data(demo_dir, tmp_path, tracking_uri),
+                           "teachers": {"km": {"name": "kmeans", "params": kmeans}},
+                           "objectives": {"km_pred": {"name": "masked_prediction", "teacher": "km"}}}, "fit.yaml")
+    assert main(["teachers", "fit", str(fit_spec)]) == 1
+    err = one_error_line(capsys)
+    assert str(evil) in err and "refused to load" in err
+    assert not marker.exists()
+
+
+def test_codec_weights_and_legacy_state_files_load_weights_only(tmp_path):
+    marker = tmp_path / "MARKER"
+    evil = malicious_file(tmp_path / "weights.pth", marker)
+    for name, params in (("encodec", {"pretrained": True, "weights": str(evil)}),
+                         ("dac", {"pretrained": True, "model_type": "16khz", "weights": str(evil)})):
+        with pytest.raises(WeightsError, match=r"refused to load") as err:
+            get_registry().build("teacher", name, params)
+        assert str(evil) in str(err.value) and "\n" not in str(err.value)
+    with pytest.raises(MertlabError, match="refused to load"):
+        get_registry().build("teacher", "kmeans", {"centroids": str(evil)})
+    assert not marker.exists()
+
+
+def test_backbone_files_are_safetensors_and_old_files_still_load(tmp_path):
+    torch.manual_seed(0)
+    backbone = get_registry().build("backbone", "transformer", {"preset": "tiny"})
+    path = save_backbone(tmp_path / "b.pt", backbone)
+    assert is_safetensors(path)
+    loaded = load_backbone(path)
+    assert all(torch.equal(a, b) for a, b in zip(backbone.state_dict().values(), loaded.state_dict().values()))
+    # the torch format of earlier versions (plain data + tensors) loads weights-only
+    legacy = tmp_path / "legacy.pt"
+    torch.save({"format": LEGACY_BACKBONE_FORMAT, "state_dict": backbone.state_dict(),
+                "backbone": {"name": backbone.name, "params": backbone.params.model_dump(mode="json")}}, legacy)
+    reloaded = load_backbone(legacy).state_dict()
+    assert all(torch.equal(reloaded[k], v) for k, v in backbone.state_dict().items())
+
+
+def test_numpy_rng_states_in_a_checkpoint_are_allowed(tmp_path):
+    """Resumable data pipelines store numpy RNG states: allow-listed, still weights-only."""
+    path = tmp_path / "rng.ckpt"
+    torch.save({"state_dict": {}, "rng": np.random.default_rng(0).bit_generator.state,
+                "legacy": np.random.RandomState(0).get_state(), "x": np.float64(1.5)}, path)
+    loaded = load_torch_file(path)
+    assert loaded["legacy"][1].dtype == np.uint32 and loaded["x"] == 1.5
+
+
+# ----------------------------------------------------------------------------- 2-3. checkpoints
+def test_checkpoint_write_is_atomic_on_a_full_disk(tmp_path, monkeypatch):
+    io = SafeCheckpointIO()
+    path = tmp_path / "ck" / "last.ckpt"
+    io.save_checkpoint({"state_dict": {"w": torch.ones(3)}, "global_step": 1}, path)
+    before = path.read_bytes()
+
+    def full_disk(obj, f):
+        f.write(b"partial bytes")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr("mertlab.train.checkpoint_io.torch.save", full_disk)
+    with pytest.raises(MertlabError, match=r"last.ckpt: cannot write checkpoint \(No space left on device\); the previous"):
+        io.save_checkpoint({"state_dict": {"w": torch.zeros(3)}, "global_step": 2}, path)
+    assert path.read_bytes() == before and sorted(p.name for p in path.parent.iterdir()) == ["last.ckpt"]
+    assert io.load_checkpoint(path)["global_step"] == 1
+
+
+def test_checkpoint_write_to_a_read_only_folder_keeps_the_previous(tmp_path, monkeypatch):
+    io = SafeCheckpointIO()
+    path = tmp_path / "last.ckpt"
+    io.save_checkpoint({"state_dict": {}, "global_step": 1}, path)
+
+    def read_only(*args, **kwargs):  # what a read-only mount answers (chmod does not stop root)
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr("mertlab.atomic.tempfile.mkstemp", read_only)
+    with pytest.raises(MertlabError, match="Read-only file system"):
+        io.save_checkpoint({"state_dict": {}, "global_step": 2}, path)
+    assert io.load_checkpoint(path)["global_step"] == 1
+
+
+def test_unwritable_output_dir_fails_before_the_mlflow_run(demo_dir, tmp_path, write_yaml, capsys):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    spec = write_yaml(spec_data(demo_dir, tmp_path, uri, output_dir=str(blocker / "runs")))
+    assert main(["train", str(spec)]) == 1
+    err = one_error_line(capsys)
+    assert err.startswith("error: trainer.output_dir: cannot write to ") and str(blocker) in err
+    experiment = MlflowClient(uri).get_experiment_by_name("rel-io")
+    assert experiment is None or not MlflowClient(uri).search_runs([experiment.experiment_id])
+
+
+def test_full_disk_mid_run_is_one_line_and_keeps_the_last_checkpoint(trained, tmp_path, write_yaml, capsys, monkeypatch):
+    data, ckpt_dir = copy_runs(trained, tmp_path, max_steps=4)
+    last = ckpt_dir / "last.ckpt"
+    before = last.read_bytes()
+
+    def full_disk(obj, f):
+        f.write(b"\0" * 100)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr("mertlab.train.checkpoint_io.torch.save", full_disk)
+    assert main(["train", str(write_yaml(data)), "--resume", "--no-progress"]) == 1
+    err = one_error_line(capsys)
+    assert "No space left on device" in err and str(ckpt_dir) in err
+    assert last.read_bytes() == before
+    assert not [p for p in ckpt_dir.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_resume_skips_a_damaged_last_ckpt_for_the_newest_good_one(trained, tmp_path, write_yaml, capsys, caplog):
+    data, ckpt_dir = copy_runs(trained, tmp_path, max_steps=3)
+    last = ckpt_dir / "last.ckpt"
+    last.write_bytes(last.read_bytes()[:1000])  # e.g. what a full disk left behind before this fix
+    point = select_resume_checkpoint(tmp_path / "runs" / data["name"])
+    assert point.path.name.startswith("best-step") and str(last) in point.skipped[0]
+    assert main(["train", str(write_yaml(data)), "--resume", "--no-progress"]) == 0
+    assert "damaged or truncated checkpoint" in caplog.text and str(last) in caplog.text
+    assert load_torch_file(last)["global_step"] == 3  # continued from the good one, to the end
+
+
+def test_damaged_checkpoints_are_named_in_one_line(trained, demo_dir, task_dir, tmp_path, write_yaml, capsys):
+    data, ckpt_dir = copy_runs(trained, tmp_path)
+    damaged = tmp_path / "damaged.ckpt"
+    damaged.write_bytes((ckpt_dir / "last.ckpt").read_bytes()[:5000])
+    random = tmp_path / "random.ckpt"
+    random.write_bytes(np.random.default_rng(0).bytes(4000))
+    spec = write_yaml(data)
+    for path in (damaged, random):
+        for argv in (["train", str(spec), "--resume", str(path)], ["probe", str(path), str(task_dir)],
+                     ["extract", str(path), str(demo_dir), "--out", str(tmp_path / "x.npz")]):
+            assert main(argv) == 1, argv
+            err = one_error_line(capsys)
+            assert str(path) in err and "damaged or truncated checkpoint" in err, (argv, err)
+    for ckpt in ckpt_dir.glob("*.ckpt"):  # a truncated best and last: nothing to resume from
+        ckpt.write_bytes(b"")
+    assert main(["train", str(spec), "--resume"]) == 1
+    err = one_error_line(capsys)
+    assert "no checkpoint under" in err and "loads" in err and "last.ckpt" in err
