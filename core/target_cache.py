@@ -182,12 +182,13 @@ class TeacherCache:
             size = entry.stat().st_size
             with open(entry, "rb") as f:
                 version = np.lib.format.read_magic(f)
-                shape, _, dtype = np.lib.format._read_array_header(f, version)
-                expected = f.tell() + int(np.prod(shape)) * dtype.itemsize
+                read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+                shape, _, dtype = read_header(f)
+                expected = f.tell() + math.prod(shape) * dtype.itemsize
         except FileNotFoundError:
             return "missing"
         except (OSError, ValueError, EOFError) as exc:
-            return f"not a valid .npy file ({exc})"
+            return f"not a valid .npy file ({' '.join(str(exc).split())[:200]})"
         if size != expected:
             return f"truncated or padded: {size} bytes, its header needs {expected}"
         if len(shape) != 2 or shape[1] != self.info.dim:
@@ -264,11 +265,13 @@ class TeacherCache:
         self._manifest_checked = True
 
     def write_manifest(self) -> None:
-        """Create the manifest once (before the first entry), or check the existing one."""
+        """Create the manifest once (before the first entry), or check the existing one (a
+        reader, ``windowing=None``, only checks it)."""
         if self._manifest_checked:
             return
-        if self.windowing is None:
-            raise ValueError(f"{self.folder}: opened for reading (windowing=None); give the windowing to build")
+        if self.windowing is None:  # a reader repairing an entry: the folder must already be this teacher's
+            self.check_manifest(required=True)
+            return
         self.check_manifest(required=False)
         if not self._manifest_checked:
             text = json.dumps(self._manifest, indent=2, sort_keys=True) + "\n"

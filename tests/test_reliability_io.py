@@ -266,3 +266,132 @@ def test_damaged_checkpoints_are_named_in_one_line(trained, demo_dir, task_dir, 
     assert main(["train", str(spec), "--resume"]) == 1
     err = one_error_line(capsys)
     assert "no checkpoint under" in err and "loads" in err and "last.ckpt" in err
+
+
+# ----------------------------------------------------------------------------- 4. cache integrity
+def cache_spec(demo_dir, tmp_path, tracking_uri) -> dict:
+    data = spec_data(demo_dir, tmp_path, tracking_uri)
+    data["data"] = {**data["data"], "target_cache": str(tmp_path / "targets")}
+    return data
+
+
+def cache_of(spec_dict) -> tuple:
+    """The CQT teacher's cache folder object and the audio files of the spec."""
+    from mertlab.data.audio import list_audio_paths, probe
+    from mertlab.target_cache import TeacherCache
+
+    t = spec_dict["teachers"]["cqt"]
+    teacher = get_registry().build("teacher", t["name"], t["params"])
+    files = [probe(p) for p in list_audio_paths(spec_dict["data"]["path"], [".wav"])]
+    return TeacherCache(spec_dict["data"]["target_cache"], teacher), teacher, files
+
+
+def damage(entry: Path, how: str) -> None:
+    blob = bytearray(entry.read_bytes())
+    if how == "truncate":
+        entry.write_bytes(bytes(blob[: len(blob) // 2]))
+    elif how == "flip":  # same size, one data byte changed: only the checksum sees it
+        blob[-7] ^= 0xFF
+        entry.write_bytes(bytes(blob))
+    else:  # random bytes over the whole entry
+        entry.write_bytes(np.random.default_rng(1).bytes(len(blob)))
+
+
+def make_read_only(monkeypatch, root: Path) -> None:
+    """Files under ``root`` cannot be created, as on a read-only mount (chmod does not stop root)."""
+    import tempfile
+
+    real = tempfile.mkstemp
+
+    def mkstemp(*args, **kwargs):
+        if Path(kwargs.get("dir", "")).resolve().is_relative_to(root.resolve()):
+            raise OSError(errno.EROFS, "Read-only file system")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr("mertlab.atomic.tempfile.mkstemp", mkstemp)
+
+
+def test_damaged_cache_entries_are_named_and_recomputed_by_targets_build(demo_dir, tmp_path, tracking_uri, write_yaml, capsys, caplog):
+    from mertlab.target_cache import compute_file_targets
+
+    data = cache_spec(demo_dir, tmp_path, tracking_uri)
+    spec = write_yaml(data)
+    assert main(["targets", "build", str(spec), "--no-progress"]) == 0
+    cache, teacher, files = cache_of(data)
+    good = {f.path: np.array(cache.read(f.path)) for f in files}
+    damaged = {cache.entry(f.path): how for f, how in zip(files, ("truncate", "flip", "random"))}
+    for entry, how in damaged.items():
+        damage(entry, how)
+        assert cache.damage(entry), how
+    capsys.readouterr()
+    assert main(["targets", "build", str(spec), "--no-progress"]) == 0
+    assert "3 files computed (of which 3 replaced damaged entries)" in capsys.readouterr().out
+    for entry in damaged:
+        assert f"recomputing damaged entry {entry}" in caplog.text
+    fresh, _, _ = cache_of(data)
+    for f in files:
+        assert fresh.damage(fresh.entry(f.path)) is None
+        np.testing.assert_array_equal(fresh.read(f.path), good[f.path])
+    np.testing.assert_array_equal(good[files[0].path], compute_file_targets(teacher, files[0]))
+
+
+def test_a_damaged_entry_read_while_training_is_recomputed(demo_dir, tmp_path, tracking_uri, caplog, monkeypatch):
+    """Checksums are checked on each entry's first read: a changed byte is repaired from the
+    teacher, stored back, or kept in memory when the cache cannot be written."""
+    from mertlab.target_cache import build_teacher_cache
+    from mertlab.train.targets import CachedTargets
+
+    data = cache_spec(demo_dir, tmp_path, tracking_uri)
+    cache, teacher, files = cache_of(data)
+    build_teacher_cache(teacher, files, data["data"]["target_cache"], progress=False)
+    expected = np.array(cache.read(files[0].path))
+    entry = cache.entry(files[0].path)
+
+    damage(entry, "flip")
+    source = CachedTargets(data["data"]["target_cache"], {"cqt": teacher}, 24000)
+    np.testing.assert_array_equal(source.read("cqt", files[0]), expected)
+    assert f"damaged entry {entry}" in caplog.text and "checksum mismatch" in caplog.text
+    assert cache.damage(entry) is None  # repaired on disk
+
+    damage(entry, "flip")
+    make_read_only(monkeypatch, tmp_path / "targets")
+    source = CachedTargets(data["data"]["target_cache"], {"cqt": teacher}, 24000)
+    np.testing.assert_array_equal(source.read("cqt", files[0]), expected)
+    assert "using the recomputed targets for this run only" in caplog.text
+
+    with pytest.raises(MertlabError, match=r"damaged entry .*checksum mismatch.*targets build SPEC"):
+        CachedTargets(data["data"]["target_cache"], {"cqt": teacher}, 24000, repair=False).read("cqt", files[0])
+
+
+def test_damaged_or_missing_entries_without_repair_are_one_line(demo_dir, tmp_path, tracking_uri, write_yaml, capsys, monkeypatch):
+    data = cache_spec(demo_dir, tmp_path, tracking_uri)
+    spec = write_yaml(data)
+    assert main(["targets", "build", str(spec), "--no-progress"]) == 0
+    cache, _, files = cache_of(data)
+    entry = cache.entry(files[1].path)
+    damage(entry, "truncate")
+    assert main(["train", str(spec), "--no-progress", "-o", "data.build_target_cache=false"]) == 1
+    err = one_error_line(capsys)
+    assert f"damaged entry {entry} (targets of {files[1].path}): truncated" in err and "targets build SPEC" in err
+
+    # a read-only cache with a missing entry says so (train builds missing entries first)
+    entry.unlink()
+    make_read_only(monkeypatch, tmp_path / "targets")
+    for argv in (["train", str(spec), "--no-progress"], ["targets", "build", str(spec), "--no-progress"]):
+        assert main(argv) == 1
+        err = one_error_line(capsys)
+        assert f"cannot write {entry} (Read-only file system)" in err and "must be writable" in err, err
+
+
+def test_entries_of_older_caches_without_a_record_still_load(demo_dir, tmp_path, tracking_uri):
+    from mertlab.target_cache import build_teacher_cache
+
+    data = cache_spec(demo_dir, tmp_path, tracking_uri)
+    cache, teacher, files = cache_of(data)
+    build_teacher_cache(teacher, files[:1], data["data"]["target_cache"], progress=False)
+    entry = cache.entry(files[0].path)
+    entry.with_name(entry.stem + ".sum.json").unlink()
+    fresh, _, _ = cache_of(data)
+    assert fresh.damage(entry) is None and fresh.read(files[0].path).shape[1] == teacher.info.dim
+    damage(entry, "truncate")
+    assert "truncated" in fresh.damage(entry)
