@@ -395,3 +395,132 @@ def test_entries_of_older_caches_without_a_record_still_load(demo_dir, tmp_path,
     assert fresh.damage(entry) is None and fresh.read(files[0].path).shape[1] == teacher.info.dim
     damage(entry, "truncate")
     assert "truncated" in fresh.damage(entry)
+
+
+# ----------------------------------------------------------------------------- 5. spec hardening
+BAD_SPECS = [
+    (["-o", "name=../../escaped"], "name: Value error, '../../escaped' is not a valid name"),
+    (["-o", "name=/abs/path"], "is not a valid name"),
+    (["-o", "seed=-1"], "seed: Input should be greater than or equal to 0"),
+    (["-o", f"seed={2**32}"], "seed: Input should be less than or equal to 4294967295"),
+    (["-o", "optim.betas=[0.9, 1.5]"], "optim.betas: Value error, each beta must be in [0, 1)"),
+    (["-o", "trainer.accelerator=warp"], "trainer.accelerator: Value error, unknown accelerator 'warp'"),
+    (["-o", "data.crop_seconds=.inf"], "data.crop_seconds: Input should be a finite number"),
+    (["-o", 'data.path="a\\0b"'], "data.path: Value error, contains a NUL character"),
+    (["-o", 'name="x\\0y"'], "name: Value error, contains a NUL character"),
+]
+
+
+@pytest.mark.parametrize("argv, message", BAD_SPECS, ids=[a[1] for a, _ in BAD_SPECS])
+def test_validate_rejects_what_train_would_and_train_starts_nothing(argv, message, demo_dir, tmp_path, write_yaml, capsys):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    spec = write_yaml(spec_data(demo_dir, tmp_path, uri))
+    assert main(["validate", str(spec), *argv]) == 1
+    validate_err = one_error_line(capsys)
+    assert message in validate_err
+    assert main(["train", str(spec), *argv]) == 1
+    assert one_error_line(capsys) == validate_err
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "runs").exists()
+
+
+def test_largest_seed_trains(demo_dir, tmp_path, tracking_uri):
+    spec = resolve_spec(spec_data(demo_dir, tmp_path, tracking_uri, max_steps=1) | {"seed": 2**32 - 1})
+    assert train(spec, progress=False).metrics
+
+
+def test_paths_from_values_stay_inside_their_root(tmp_path):
+    from mertlab.paths import inside
+
+    assert inside(tmp_path, "a", "b") == tmp_path / "a" / "b"
+    for parts in (("..", "x"), ("a", "../../x"), ("/etc",), (".",)):
+        with pytest.raises(MertlabError, match="would leave"):
+            inside(tmp_path, *parts, what="name")
+    # a checkpoint cannot point the run's folder elsewhere through its MLflow run id
+    ckpt = tmp_path / "odd.ckpt"
+    torch.save({"state_dict": {}, "mlflow_run_id": "../../elsewhere"}, ckpt)
+    with pytest.raises(MertlabError, match=r"odd.ckpt: its mlflow_run_id '../../elsewhere' is not an MLflow run id"):
+        select_resume_checkpoint(tmp_path, str(ckpt))
+
+
+FUZZ_BASE = {
+    "name": "fuzz",
+    "backbone": {"name": "transformer", "params": {"preset": "tiny"}},
+    "teachers": {"c": {"name": "cqt"}, "k": {"name": "bestrq", "params": {"codebook_size": 64}}},
+    "objectives": {"o": {"name": "masked_regression", "teacher": "c"}, "p": {"name": "masked_prediction", "teacher": "k"}},
+}
+FUZZ_KEYS = [
+    "name", "seed", "description", "data", "data.path", "data.crop_seconds", "data.batch_size", "data.extensions",
+    "backbone", "backbone.name", "backbone.params", "backbone.params.preset", "backbone.params.num_layers",
+    "backbone.params.num_heads", "teachers", "teachers.c", "teachers.c.name", "teachers.c.params.n_bins",
+    "teachers.k.params.codebook_size", "objectives.o", "objectives.o.teacher", "objectives.o.weight",
+    "masking.name", "masking.params.mask_prob", "optim.betas", "optim.lr", "trainer.precision", "trainer.accelerator",
+    "trainer.output_dir", "tracking.tags", "callbacks.stability.params", "sweep", "sweep.grid", "sweep.variants",
+    "requires_plugins", "augment.mixup.probability", "feature_penalty",
+]
+
+
+def fuzz_values():
+    from hypothesis import strategies as st
+
+    leaves = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=12)
+    return st.recursive(leaves, lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=8), c, max_size=3),
+                        max_leaves=6)
+
+
+def put(data: dict, key: str, value) -> None:
+    *parents, last = key.split(".")
+    node = data
+    for part in parents:
+        if not isinstance(node.get(part), dict):
+            node[part] = {}
+        node = node[part]
+    node[last] = value
+
+
+def test_fuzzed_spec_dicts_load_or_give_a_spec_error(one_thread):
+    """Any structure at any key: a resolved spec or a rendered SpecError, never another exception."""
+    import copy
+
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    from mertlab.errors import SpecError
+
+    @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+    @given(st.lists(st.tuples(st.sampled_from(FUZZ_KEYS) | st.text(max_size=10), fuzz_values()), min_size=1, max_size=4))
+    def check(mutations):
+        data = copy.deepcopy(FUZZ_BASE)
+        for key, value in mutations:
+            put(data, key, value)
+        try:
+            resolve_spec(data)
+        except SpecError as exc:
+            assert str(exc) and all(line.strip() for line in str(exc).splitlines())
+
+    check()
+
+
+def test_fuzzed_yaml_and_overrides_load_or_give_a_spec_error(tmp_path, one_thread):
+    import yaml
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    from mertlab.errors import SpecError
+    from mertlab.spec import load_spec
+
+    good = yaml.safe_dump(FUZZ_BASE)
+    path = tmp_path / "spec.yaml"
+
+    @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+    @given(st.one_of(st.text(max_size=60), st.text(max_size=30).map(lambda t: good + t), st.binary(max_size=40).map(
+        lambda b: good[: len(good) // 2] + b.decode("latin-1"))),
+        st.lists(st.sampled_from(FUZZ_KEYS).flatmap(lambda k: st.text(max_size=12).map(lambda v: f"{k}={v}"))
+                 | st.text(max_size=15), max_size=3))
+    def check(text, overrides):
+        path.write_text(text, encoding="utf-8", errors="surrogateescape")
+        try:
+            load_spec(path, overrides)
+        except SpecError as exc:
+            assert str(exc)
+
+    check()

@@ -15,6 +15,7 @@ spec's runs that loads, reporting (and skipping) damaged or refused ones.
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -27,6 +28,7 @@ from mertlab.errors import MertlabError
 from mertlab.safe_load import load_torch_file
 
 log = logging.getLogger(__name__)
+_RUN_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
 class SafeCheckpointIO(TorchCheckpointIO):
@@ -64,6 +66,9 @@ def read_training_checkpoint(path: str | Path) -> dict[str, Any]:
     checkpoint = load_torch_file(path, "checkpoint")
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
         raise MertlabError(f"{path}: not a training checkpoint (no state_dict)")
+    run_id = checkpoint.get("mlflow_run_id")
+    if run_id is not None and not (isinstance(run_id, str) and _RUN_ID.match(run_id)):
+        raise MertlabError(f"{path}: its mlflow_run_id {run_id!r} is not an MLflow run id")
     return checkpoint
 
 

@@ -17,6 +17,7 @@ from mertlab.data.audio import list_audio_paths
 from mertlab.data.datamodule import AudioDataModule
 from mertlab.data.demo import write_demo_dataset
 from mertlab.errors import MertlabError
+from mertlab.paths import inside
 from mertlab.run_summary import log_run_summary
 from mertlab.spec import ExperimentSpec
 from mertlab.target_cache import build_teacher_cache
@@ -36,7 +37,7 @@ class TrainResult:
 
 def run_directory(spec: ExperimentSpec) -> Path:
     """``<trainer.output_dir>/<spec name>``; each MLflow run gets a sub-folder of checkpoints."""
-    return Path(spec.trainer.output_dir) / spec.name
+    return inside(spec.trainer.output_dir, spec.name, what="name")
 
 
 def find_resume_checkpoint(spec: ExperimentSpec, resume: str | bool) -> ResumePoint:
@@ -119,7 +120,7 @@ def train(
     )
     log_spec(logger, spec)
 
-    checkpoint_dir = run_directory(spec) / logger.run_id / "checkpoints"
+    checkpoint_dir = inside(run_directory(spec), logger.run_id, what="MLflow run id") / "checkpoints"
     has_val = bool(datamodule.val_files) and spec.trainer.limit_val_batches > 0
     checkpoint = ModelCheckpoint(
         dirpath=checkpoint_dir,
