@@ -254,7 +254,14 @@ class ExperimentSpec(StrictModel):
 def validation_problems(exc: ValidationError, prefix: str = "") -> list[tuple[str, str]]:
     """``(path.to.field, message)`` for each pydantic error, paths under ``prefix``."""
     head = prefix.split(".") if prefix else []
-    return [(".".join(str(p) for p in (*head, *err["loc"])), err["msg"]) for err in exc.errors()]
+    return [(".".join(_path_part(p) for p in (*head, *err["loc"])), err["msg"]) for err in exc.errors()]
+
+
+def _path_part(part: Any) -> str:
+    """A key as written, or quoted when empty or unprintable (a control character must not
+    break the one-line message)."""
+    text = str(part)
+    return text if text and text.isprintable() else repr(text)
 
 
 def render_validation_error(exc: ValidationError, prefix: str = "") -> list[str]:

@@ -177,17 +177,24 @@ def test_numpy_rng_states_in_a_checkpoint_are_allowed(tmp_path):
 
 
 # ----------------------------------------------------------------------------- 2-3. checkpoints
+def full_disk(monkeypatch) -> None:
+    """Checkpoint files run out of space after a few bytes have reached the disk."""
+    from mertlab.atomic import atomic_write
+
+    def write_then_fail(f):
+        f.write(b"partial bytes")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr("mertlab.train.checkpoint_io.atomic_write", lambda path, write: atomic_write(path, write_then_fail))
+
+
 def test_checkpoint_write_is_atomic_on_a_full_disk(tmp_path, monkeypatch):
     io = SafeCheckpointIO()
     path = tmp_path / "ck" / "last.ckpt"
     io.save_checkpoint({"state_dict": {"w": torch.ones(3)}, "global_step": 1}, path)
     before = path.read_bytes()
 
-    def full_disk(obj, f):
-        f.write(b"partial bytes")
-        raise OSError(errno.ENOSPC, "No space left on device")
-
-    monkeypatch.setattr("mertlab.train.checkpoint_io.torch.save", full_disk)
+    full_disk(monkeypatch)
     with pytest.raises(MertlabError, match=r"last.ckpt: cannot write checkpoint \(No space left on device\); the previous"):
         io.save_checkpoint({"state_dict": {"w": torch.zeros(3)}, "global_step": 2}, path)
     assert path.read_bytes() == before and sorted(p.name for p in path.parent.iterdir()) == ["last.ckpt"]
@@ -225,11 +232,7 @@ def test_full_disk_mid_run_is_one_line_and_keeps_the_last_checkpoint(trained, tm
     last = ckpt_dir / "last.ckpt"
     before = last.read_bytes()
 
-    def full_disk(obj, f):
-        f.write(b"\0" * 100)
-        raise OSError(errno.ENOSPC, "No space left on device")
-
-    monkeypatch.setattr("mertlab.train.checkpoint_io.torch.save", full_disk)
+    full_disk(monkeypatch)
     assert main(["train", str(write_yaml(data)), "--resume", "--no-progress"]) == 1
     err = one_error_line(capsys)
     assert "No space left on device" in err and str(ckpt_dir) in err

@@ -14,6 +14,7 @@ spec's runs that loads, reporting (and skipping) damaged or refused ones.
 """
 from __future__ import annotations
 
+import io
 import logging
 import re
 from dataclasses import dataclass, field
@@ -47,8 +48,10 @@ class SafeCheckpointIO(TorchCheckpointIO):
         if storage_options is not None:
             raise TypeError(f"{type(self).__name__} takes no storage_options")
         path = Path(path)
+        buffer = io.BytesIO()  # serialised first: a full disk then fails in a plain write, as an OSError
+        torch.save(checkpoint, buffer)
         try:
-            atomic_write(path, lambda f: torch.save(checkpoint, f))
+            atomic_write(path, lambda f: f.write(buffer.getbuffer()))
         except OSError as exc:
             raise MertlabError(
                 f"{path}: cannot write checkpoint ({exc.strerror or exc}); the previous checkpoint there is kept"
