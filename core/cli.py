@@ -315,7 +315,8 @@ def targets_build_command(spec_path: str, overrides: tuple[str, ...], device: st
 
     spec = load_spec(spec_path, overrides)
     for s in build_targets(spec, device=device, progress=not no_progress):
-        click.echo(f"teachers.{s.alias} ({s.teacher}): {s.computed} files computed, {s.skipped} already cached -> {s.folder}")
+        repaired = f" (of which {len(s.repaired)} replaced damaged entries)" if s.repaired else ""
+        click.echo(f"teachers.{s.alias} ({s.teacher}): {s.computed} files computed{repaired}, {s.skipped} already cached -> {s.folder}")
 
 
 @cli.command("model-info")
@@ -500,8 +501,12 @@ def main(argv: list[str] | None = None) -> int:
     except MertlabError as exc:
         click.echo(f"error: {exc}".replace("\n", "\nerror: "), err=True)
         return 1
-    except click.exceptions.Abort:
-        click.echo("aborted", err=True)
+    except click.exceptions.Abort as exc:
+        cause = exc.__cause__ or exc.__context__
+        if isinstance(cause, EOFError):  # click turns an EOFError from a damaged file into Abort
+            click.echo(f"error: a file ended early (damaged or truncated): {cause or 'EOFError'}", err=True)
+        else:
+            click.echo("aborted", err=True)
         return 1
     except click.ClickException as exc:
         exc.show()

@@ -18,8 +18,37 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from mertlab.errors import MertlabError, SpecError
 
 
+#: What a spec ``name`` may be: it names a folder (``<output_dir>/<name>``) and an experiment.
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+#: Seeds numpy accepts (``np.random.seed``): 0 .. 2**32 - 1.
+MAX_SEED = 2**32 - 1
+#: Accelerator names Lightning knows without a plugin ("gpu" is its alias of cuda).
+KNOWN_ACCELERATORS = ("auto", "cpu", "cuda", "gpu", "mps", "tpu")
+
+
+def _reject_nul(value: Any) -> Any:
+    """NUL characters cannot be in file paths, MLflow names or tags: reject them anywhere."""
+    if isinstance(value, str) and "\x00" in value:
+        raise ValueError("contains a NUL character (\\x00)")
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _reject_nul(k)
+            _reject_nul(v)
+    elif isinstance(value, (list, tuple)):
+        for v in value:
+            _reject_nul(v)
+    return value
+
+
 class StrictModel(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    """Unknown keys, NaN/infinite numbers and NUL characters are errors."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _no_nul(cls, value: Any) -> Any:
+        return _reject_nul(value)
 
 
 class ComponentSpec(StrictModel):
@@ -64,13 +93,20 @@ class AugmentSpec(StrictModel):
 class OptimSpec(StrictModel):
     name: Literal["adam", "adamw"] = "adamw"
     lr: float = Field(5e-4, gt=0, description="Peak learning rate (MERT-95M: 5e-4).")
-    betas: tuple[float, float] = (0.9, 0.98)
+    betas: tuple[float, float] = Field((0.9, 0.98), description="Adam betas, each in [0, 1).")
     eps: float = Field(1e-6, gt=0)
     weight_decay: float = Field(0.01, ge=0)
     warmup_steps: int = Field(0, ge=0)
     schedule: Literal["linear", "cosine", "constant"] = "linear"
     min_lr_ratio: float = Field(0.0, ge=0, le=1, description="Final lr as a fraction of the peak.")
     grad_clip: float = Field(10.0, ge=0, description="Max global grad norm (MERT-95M: 10, 330M: 1); 0 disables.")
+
+    @field_validator("betas")
+    @classmethod
+    def _betas_in_range(cls, betas: tuple[float, float]) -> tuple[float, float]:
+        if not all(0.0 <= b < 1.0 for b in betas):
+            raise ValueError(f"each beta must be in [0, 1), got {list(betas)}")
+        return betas
 
 
 class TrainerSpec(StrictModel):
@@ -81,8 +117,20 @@ class TrainerSpec(StrictModel):
     limit_val_batches: int = Field(4, ge=0)
     log_every_n_steps: int = Field(10, ge=1)
     output_dir: str = Field("runs", description="Checkpoints go to <output_dir>/<name>/.")
-    accelerator: str = "auto"
+    accelerator: str = Field("auto", description="Lightning accelerator: auto, cpu, cuda (gpu), mps, tpu, or one a plugin registers.")
     devices: int = Field(1, ge=1)
+
+    @field_validator("accelerator")
+    @classmethod
+    def _known_accelerator(cls, value: str) -> str:
+        if value in KNOWN_ACCELERATORS:
+            return value
+        from lightning.pytorch.accelerators import AcceleratorRegistry  # plugins may register more
+
+        known = sorted(set(KNOWN_ACCELERATORS) | set(AcceleratorRegistry.available_accelerators()))
+        if value not in known:
+            raise ValueError(f"unknown accelerator {value!r}; use one of {', '.join(known)}")
+        return value
 
     @field_validator("precision", mode="before")
     @classmethod
@@ -209,9 +257,12 @@ class SweepSpec(StrictModel):
 class ExperimentSpec(StrictModel):
     """A complete, resolved experiment."""
 
-    name: str = Field(min_length=1, description="Experiment name (MLflow experiment by default).")
+    name: str = Field(
+        description="Experiment name: letters, digits, '.', '_' and '-' (not first), at most 100; "
+        "names the folder <trainer.output_dir>/<name> and the MLflow experiment by default."
+    )
     description: str = ""
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=MAX_SEED, description="Seed of everything random (numpy's range: 0 .. 2**32-1).")
     requires_plugins: list[str] = Field(default_factory=list, description="Plugin or distribution names that must be installed.")
     data: DataSpec = Field(default_factory=DataSpec)
     backbone: ComponentSpec
@@ -234,12 +285,29 @@ class ExperimentSpec(StrictModel):
         None, description="Optional downstream probes of the final checkpoint (`-o probe=null` removes them)."
     )
 
+    @field_validator("name")
+    @classmethod
+    def _name_is_a_slug(cls, name: str) -> str:
+        if not NAME_PATTERN.match(name):
+            raise ValueError(
+                f"{name!r} is not a valid name: use letters, digits, '.', '_' and '-' (not first; at most 100), "
+                "e.g. my-ablation; it names the run folder under trainer.output_dir"
+            )
+        return name
+
 
 # --------------------------------------------------------------------------- rendering
 def validation_problems(exc: ValidationError, prefix: str = "") -> list[tuple[str, str]]:
     """``(path.to.field, message)`` for each pydantic error, paths under ``prefix``."""
     head = prefix.split(".") if prefix else []
-    return [(".".join(str(p) for p in (*head, *err["loc"])), err["msg"]) for err in exc.errors()]
+    return [(".".join(_path_part(p) for p in (*head, *err["loc"])), err["msg"]) for err in exc.errors()]
+
+
+def _path_part(part: Any) -> str:
+    """A key as written, or quoted when empty or unprintable (a control character must not
+    break the one-line message)."""
+    text = str(part)
+    return text if text and text.isprintable() else repr(text)
 
 
 def render_validation_error(exc: ValidationError, prefix: str = "") -> list[str]:
@@ -357,6 +425,8 @@ def resolve_spec(data: dict[str, Any], source: str | None = None, registry: Any 
             component.params = entry.validate_params(component.params).model_dump(mode="json")
         except ValidationError as exc:
             problems.extend(validation_problems(exc, prefix=f"{path}.params"))
+        except Exception as exc:  # noqa: BLE001 - a plugin validator that raised TypeError etc. on odd input
+            problems.append((f"{path}.params", f"invalid params ({type(exc).__name__}: {exc})"))
         return entry
 
     check("backbone", "backbone", spec.backbone)

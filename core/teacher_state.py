@@ -1,10 +1,11 @@
 """State files of fitted teachers (``kmeans`` centroids, the ``melrvq`` tokenizer...).
 
-A state file is a ``torch.save`` of a plain dict -- a ``format`` string, the ``config`` the
-state was fitted with, and tensors -- so it loads with ``torch.load(weights_only=True)``: no
-pickled code ever runs. :func:`save_state_file` writes it atomically (readers never see half a
-file); :func:`load_state_file` checks the format and that the stored config equals the
-teacher's current one, so a state never silently loads into a teacher it was not fitted for.
+A state file is a safetensors file: the tensors, and in its JSON header the ``format`` string
+and the ``config`` the state was fitted with -- no pickled code can run when it is read (an
+older ``torch.save`` of the same dict still loads, with ``weights_only=True``).
+:func:`save_state_file` writes it atomically (readers never see half a file);
+:func:`load_state_file` checks the format and that the stored config equals the teacher's
+current one, so a state never silently loads into a teacher it was not fitted for.
 """
 from __future__ import annotations
 
@@ -16,20 +17,14 @@ import torch
 from torch import Tensor
 
 from mertlab.errors import MertlabError
+from mertlab.safe_load import is_safetensors, load_torch_file, read_safetensors, write_safetensors
 
 
 def save_state_file(
     path: str | Path, format: str, config: dict[str, Any], tensors: dict[str, Tensor], *, config_key: str = "config"
 ) -> Path:
-    """Write ``{"format", config_key: config, **tensors}`` (tensors moved to CPU) to ``path`` atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    payload: dict[str, Any] = {"format": format, config_key: config}
-    payload.update({name: t.detach().cpu().contiguous() for name, t in tensors.items()})
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
-    tmp.replace(path)
-    return path
+    """Write ``tensors`` with ``{"format", config_key: config}`` as safetensors to ``path`` atomically."""
+    return write_safetensors(path, tensors, {"format": format, config_key: config})
 
 
 def load_state_file(
@@ -43,10 +38,11 @@ def load_state_file(
     path = Path(path)
     if not path.is_file():
         raise MertlabError(f"{who}: state file {path} not found; run `mertlab teachers fit SPEC` to write it")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unreadable file is a user error here
-        raise MertlabError(f"{path}: not a readable {who} state file ({type(exc).__name__}: {exc})") from None
+    if is_safetensors(path):
+        tensors, meta = read_safetensors(path, f"{who} state file")
+        state: Any = {**meta, **tensors}
+    else:
+        state = load_torch_file(path, f"{who} state file")
     if not isinstance(state, dict) or state.get("format") != format:
         raise MertlabError(f"{path}: not a {who} state file (expected format {format})")
     stored = state.get(config_key) or {}

@@ -153,7 +153,9 @@ def test_interrupted_build_leaves_no_partial_entry_and_resumes(demo_dir, tmp_pat
 
     folder = TeacherCache(tmp_path / "targets", teacher(spec, "codes")).folder
     visible = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
-    assert len(visible) == 2 and "manifest.json" in visible  # the manifest and the one complete entry
+    entries = [v for v in visible if v.endswith(".npy")]
+    assert len(entries) == 1 and "manifest.json" in visible  # the manifest and the one complete entry
+    assert set(visible) == {"manifest.json", entries[0], entries[0].replace(".npy", ".sum.json")}  # and its record
     assert not [p for p in folder.rglob("*tmp*")]
     assert counts(build_targets(spec, progress=False)) == {"codes": (2, 1)}  # resumes
     t = teacher(spec, "codes")

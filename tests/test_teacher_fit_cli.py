@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from mertlab.cli import main
 from mertlab.data.demo import write_demo_dataset
@@ -53,10 +54,10 @@ def test_fit_writes_the_centroids_file_the_spec_names(demo_dir, tmp_path, write_
     codes = teacher.targets(torch.randn(1, 12000), torch.tensor([12000])).values
     assert codes.shape == (1, 38, 1) and bool((codes < 6).all())
     # the same spec refits deterministically (seeded crops and k-means) and says it replaced the file
-    before = torch.load(centroids, weights_only=True)["centroids"]
+    before = load_file(centroids)["centroids"]  # safetensors
     assert main(["teachers", "fit", str(spec_path), "-o", "teachers.km.params.n_clusters=6"]) == 0
     assert "replaced the previous file" in capsys.readouterr().out
-    assert torch.equal(torch.load(centroids, weights_only=True)["centroids"], before)
+    assert torch.equal(load_file(centroids)["centroids"], before)
 
 
 def test_fit_without_a_state_path_is_one_clear_error(demo_dir, write_yaml, capsys):

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic import ValidationError
 
 from mertlab import metric_names
 from mertlab.checkpoint import check_hf_directory, hf_directory, load_backbone
@@ -23,6 +24,7 @@ from mertlab.probe.cache import FeatureCache, content_hash
 from mertlab.probe.fit import ProbeParams, ProbeReport, ProbeResult, orderable, probe_task
 from mertlab.probe.metrics import METRICS
 from mertlab.probe.task import Task, load_task
+from mertlab.safe_load import is_safetensors, load_torch_file
 
 RANDOM_INIT = "random_init"
 WEIGHTED = "weighted"
@@ -74,17 +76,17 @@ def checkpoint_tracking(path: str | Path) -> tuple[str | None, str | None, int]:
 
     if not Path(path).is_file():
         raise MertlabError(f"{path}: no such checkpoint file")
-    try:  # mmap: the weights are not read (a large checkpoint's optimizer state can be GBs)
-        ckpt = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
-    except Exception:  # noqa: BLE001 - e.g. a legacy (non-zip) file, which mmap cannot open
-        try:
-            ckpt = torch.load(path, map_location="cpu", weights_only=False)
-        except Exception as exc:  # noqa: BLE001
-            raise MertlabError(f"{path}: not a readable torch checkpoint ({type(exc).__name__}: {exc})") from None
+    if is_safetensors(path):  # a backbone file (save_backbone): no run
+        return None, None, 0
+    # mmap: the weights are not read (a large checkpoint's optimizer state can be GBs)
+    ckpt = load_torch_file(path, "checkpoint", mmap=True)
     run_id = ckpt.get("mlflow_run_id") if isinstance(ckpt, dict) else None
     if not run_id:
         return None, None, 0
-    tracking = TrackingSpec.model_validate(ckpt.get("mertlab_spec", {}).get("tracking", {}))
+    try:
+        tracking = TrackingSpec.model_validate(ckpt.get("mertlab_spec", {}).get("tracking", {}))
+    except (AttributeError, ValidationError):
+        raise MertlabError(f"{path}: the checkpoint's mertlab_spec.tracking is not a valid tracking spec") from None
     # resolve_tracking_uri only reads spec.tracking: no need to re-validate the whole spec.
     uri = resolve_tracking_uri(ExperimentSpec.model_construct(tracking=tracking))
     return str(run_id), uri, int(ckpt.get("global_step", 0))

@@ -12,15 +12,18 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import MLFlowLogger
 
+from mertlab.atomic import check_writable
 from mertlab.data.audio import list_audio_paths
 from mertlab.data.datamodule import AudioDataModule
 from mertlab.data.demo import write_demo_dataset
 from mertlab.data.demo_tasks import DEMO_TASKS, demo_tasks_dir, write_demo_tasks
 from mertlab.errors import MertlabError
+from mertlab.paths import inside
 from mertlab.run_summary import log_run_summary
 from mertlab.spec import ExperimentSpec
 from mertlab.target_cache import build_teacher_cache
 from mertlab.tracking import log_spec, resolve_tracking_uri, run_tags
+from mertlab.train.checkpoint_io import ResumePoint, SafeCheckpointIO, select_resume_checkpoint
 from mertlab.train.module import PretrainModule
 
 
@@ -35,20 +38,13 @@ class TrainResult:
 
 def run_directory(spec: ExperimentSpec) -> Path:
     """``<trainer.output_dir>/<spec name>``; each MLflow run gets a sub-folder of checkpoints."""
-    return Path(spec.trainer.output_dir) / spec.name
+    return inside(spec.trainer.output_dir, spec.name, what="name")
 
 
-def find_resume_checkpoint(spec: ExperimentSpec, resume: str | bool) -> Path:
-    """An explicit checkpoint path, or the newest ``last.ckpt`` of this spec's runs."""
-    if isinstance(resume, str):
-        path = Path(resume)
-        if not path.is_file():
-            raise MertlabError(f"--resume: no checkpoint file {path}")
-        return path
-    candidates = sorted(run_directory(spec).glob("*/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
-    if not candidates:
-        raise MertlabError(f"--resume: no last.ckpt under {run_directory(spec)}/*/checkpoints; train without --resume first")
-    return candidates[-1]
+def find_resume_checkpoint(spec: ExperimentSpec, resume: str | bool) -> ResumePoint:
+    """An explicit checkpoint path, or the newest checkpoint of this spec's runs that loads
+    (:func:`~mertlab.train.checkpoint_io.select_resume_checkpoint`)."""
+    return select_resume_checkpoint(run_directory(spec), resume if isinstance(resume, str) else None)
 
 
 def prepare_data(spec: ExperimentSpec) -> None:
@@ -100,13 +96,17 @@ def train(
     L.seed_everything(spec.seed, workers=True, verbose=False)
 
     ckpt_path = None
+    checkpoint_io = SafeCheckpointIO()
     if resume:
-        ckpt_path = find_resume_checkpoint(spec, resume)
-        ckpt_run = torch.load(ckpt_path, map_location="cpu", weights_only=False).get("mlflow_run_id")
+        point = find_resume_checkpoint(spec, resume)
+        ckpt_path = point.path
+        checkpoint_io.preload(point.path, point.checkpoint)
+        ckpt_run = point.checkpoint.get("mlflow_run_id")
         if run_id and ckpt_run and ckpt_run != run_id:
             raise MertlabError(f"--resume: {ckpt_path} belongs to MLflow run {ckpt_run}, not {run_id}")
         run_id = ckpt_run or run_id
 
+    check_writable(run_directory(spec), "trainer.output_dir")  # before any work or MLflow run
     prepare_data(spec)
     module = PretrainModule(spec, registry)
     datamodule = AudioDataModule(spec.data, module.backbone.sample_rate, spec.seed)
@@ -128,7 +128,7 @@ def train(
     )
     log_spec(logger, spec)
 
-    checkpoint_dir = run_directory(spec) / logger.run_id / "checkpoints"
+    checkpoint_dir = inside(run_directory(spec), logger.run_id, what="MLflow run id") / "checkpoints"
     has_val = bool(datamodule.val_files) and spec.trainer.limit_val_batches > 0
     checkpoint = ModelCheckpoint(
         dirpath=checkpoint_dir,
@@ -156,6 +156,7 @@ def train(
         devices=t.devices,
         logger=logger,
         callbacks=[*callbacks, checkpoint],
+        plugins=[checkpoint_io],
         default_root_dir=str(run_directory(spec)),
         enable_progress_bar=progress,
         enable_model_summary=progress,

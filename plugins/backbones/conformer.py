@@ -116,7 +116,7 @@ class ConformerParams(Params):
     @model_validator(mode="before")
     @classmethod
     def _fill_preset(cls, data: Any) -> Any:
-        if isinstance(data, dict) and data.get("preset") in PRESETS:
+        if isinstance(data, dict) and isinstance(data.get("preset"), str) and data["preset"] in PRESETS:
             data = {**PRESETS[data["preset"]], **data}
         return data
 

@@ -116,8 +116,9 @@ class EncodecTeacher(Teacher):
             path = codec_support.resolve_weights(
                 self.name, params.weights, default_weights_path(), ROOT_URL + CHECKPOINT_NAME
             )
+            state = codec_support.read_weights(self.name, path)
             try:
-                model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+                model.load_state_dict(state)
             except Exception as exc:  # noqa: BLE001 - unreadable or foreign files become one clear error
                 raise codec_support.load_error(self.name, path, exc) from exc
         model.set_target_bandwidth(params.bandwidth)

@@ -23,7 +23,7 @@ from mertlab.hookspecs import hookimpl
 from mertlab.kmeans import KMeansInit, fit_minibatch_kmeans, nearest_centroid
 from mertlab.teacher_state import load_state_file, save_state_file, tensor_digest
 
-STATE_FORMAT = "mertlab-kmeans-v1"
+STATE_FORMAT = "mertlab-kmeans-v2"  # safetensors + JSON metadata (core/teacher_state.py)
 #: Params that only steer fitting or name the state file: they do not change the features.
 FIT_ONLY_FIELDS = frozenset({"centroids", "seed", "n_iter", "batch_size", "init", "max_fit_frames"})
 # Floor on per-dimension feature std (constant dimensions, e.g. silence-only data).
@@ -184,7 +184,8 @@ class KMeansTeacher(Teacher):
         return config
 
     def save_state(self, path: str | Path) -> Path:
-        """Write centroids, feature statistics and :meth:`feature_config` to ``path`` atomically."""
+        """Write centroids and feature statistics (safetensors) with :meth:`feature_config`
+        (JSON metadata) to ``path`` atomically."""
         if not self.fitted:
             raise MertlabError(f"teacher '{self.name}' is not fitted: call fit() before save_state()")
         tensors = {"centroids": self.centroids, "feature_mean": self.feature_mean, "feature_std": self.feature_std}

@@ -158,7 +158,7 @@ class TransformerParams(Params):
     @classmethod
     def _fill_from_preset(cls, data: Any) -> Any:
         """Fill preset fields the user left unset (explicit values always win)."""
-        if isinstance(data, dict) and data.get("preset") in PRESETS:
+        if isinstance(data, dict) and isinstance(data.get("preset"), str) and data["preset"] in PRESETS:
             data = {**PRESETS[data["preset"]], **data}
         return data
 
