@@ -112,8 +112,8 @@ PROCESS_TAG = "mertlab.process"
 
 
 def check_store(tracking_uri: str, timeout: float) -> Any:
-    """An ``MlflowClient`` of ``tracking_uri`` once the store answers; within ``timeout`` seconds,
-    else a :class:`~mertlab.errors.MertlabError` (one line, before any work is done)."""
+    """An ``MlflowClient`` of ``tracking_uri`` once the store answers, retried for ``timeout``
+    seconds, else a :class:`~mertlab.errors.MertlabError` (one line, before any work is done)."""
     import threading
 
     from mlflow.tracking import MlflowClient
@@ -140,7 +140,10 @@ def check_store(tracking_uri: str, timeout: float) -> Any:
 
     thread = threading.Thread(target=probe, name="mertlab-mlflow-check", daemon=True)
     thread.start()
-    thread.join(timeout)
+    # A local store answers or fails by itself (a locked sqlite file fails after sqlite's busy
+    # timeout; creating a new database can take a while); a remote one may hang: bounded wait.
+    local = tracking_uri.startswith(("sqlite:", "file:")) or "://" not in tracking_uri
+    thread.join(None if local else timeout)
     if "client" in outcome:
         return outcome["client"]
     error = outcome.get("error")

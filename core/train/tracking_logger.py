@@ -101,8 +101,8 @@ class ResilientMLFlowLogger(MLFlowLogger):
 
     # ------------------------------------------------------------------ sending
     def _start(self) -> None:
+        self._closing.clear()
         if self._thread is None or not self._thread.is_alive():
-            self._closing.clear()
             self._thread = threading.Thread(target=self._run, name="mertlab-mlflow-sender", daemon=True)
             self._thread.start()
         self._wake.set()
@@ -158,8 +158,9 @@ class ResilientMLFlowLogger(MLFlowLogger):
         deadline = time.monotonic() + (self.flush_timeout if timeout is None else timeout)
         self._wake.set()
         while self.pending and time.monotonic() < deadline:
-            self._wake.set()
-            time.sleep(0.05)
+            if not self._thread.is_alive():  # it ended (finalize) just before new data came
+                self._start()
+            time.sleep(0.05)  # the sender retries every retry_seconds by itself
         return not self.pending
 
     def write_unsent(self) -> Path | None:
