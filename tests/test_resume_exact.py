@@ -22,9 +22,9 @@ from mertlab.train.run import train
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 
-MAX_STEPS = 120
-EVERY = 30  # checkpoint (and validation) interval
-KILL_AFTER = 70  # logged steps before the kill: between two checkpoints
+MAX_STEPS = 80
+EVERY = 20  # checkpoint (and validation) interval
+KILL_AFTER = 50  # logged steps before the kill: between two checkpoints
 COMPARED = ["loss/total", "loss/cqt_recon", "acc/rvq_pred/cb0", "lr", "grad_norm/total", "stability/loss_spike_z",
             "val/loss/total"]
 

@@ -173,6 +173,8 @@ class PretrainModule(L.LightningModule):
         if len(batch) == 0:  # every file of the batch was bad (skipped and recorded by the data module)
             self._step_skipped = True
             self.last_loss = None
+            nothing = {M.LOSS_TOTAL: float("nan"), M.GRAD_NORM_TOTAL: float("nan")}  # no value, not a stale one
+            self.log_dict(nothing, on_step=True, on_epoch=False, batch_size=1)
             return None
         loss, logs, targets = self.shared_step(batch, batch_idx, "train")
         self.log_throughput(batch)
@@ -223,8 +225,9 @@ class PretrainModule(L.LightningModule):
         if limit and self.consecutive_nonfinite >= limit:
             self.stop_reason = (
                 f"training stopped at step {self.global_step}: {self.consecutive_nonfinite} consecutive non-finite "
-                f"steps (trainer.max_consecutive_nonfinite: {limit}); the weights are those of the last finite step "
-                "(skipped steps change nothing); lower optim.lr or raise optim.warmup_steps, then --resume"
+                f"steps (trainer.max_consecutive_nonfinite: {limit}); the checkpoint holds the last finite state "
+                "(skipped steps change nothing) and --resume continues it on the same schedule; to change the "
+                "schedule, lower optim.lr or raise optim.warmup_steps and train again"
             )
             self.trainer.should_stop = True
 
