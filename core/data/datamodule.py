@@ -18,9 +18,14 @@ from mertlab.seeding import derive_seed
 from mertlab.spec import DataSpec
 
 
+#: Sample rates outside this range are treated as a damaged header (resampling them is not sensible).
+SAMPLE_RATE_RANGE = (1000, 768_000)
+
+
 def check_audio_files(paths: list[Path], min_seconds: float = 0.0) -> tuple[list[AudioFile], list[SkippedFile]]:
     """Probe each file (header only, no decoding): the usable ones, and the skipped ones with why
-    (unreadable or not audio, no samples (empty or header-only), shorter than ``min_seconds``)."""
+    (unreadable or not audio, no samples (empty or header-only), an implausible sample rate,
+    shorter than ``min_seconds``)."""
     files, skipped = [], []
     for path in paths:
         try:
@@ -28,8 +33,11 @@ def check_audio_files(paths: list[Path], min_seconds: float = 0.0) -> tuple[list
         except DataError as exc:
             skipped.append(SkippedFile(path, str(exc).removeprefix(f"{path}: ")))
             continue
+        low, high = SAMPLE_RATE_RANGE
         if file.num_frames <= 0:
             skipped.append(SkippedFile(path, "no audio samples (empty or header-only file)"))
+        elif not low <= file.sample_rate <= high:
+            skipped.append(SkippedFile(path, f"implausible sample rate {file.sample_rate} Hz (damaged header?)"))
         elif file.seconds < min_seconds:
             skipped.append(SkippedFile(
                 path, f"too short ({file.num_frames} samples = {file.seconds:.3g} s; at least {min_seconds:.3g} s needed)"))

@@ -99,6 +99,8 @@ class CropDataset(Dataset):
             wav = resample(read_segment(file, start, min(native, file.num_frames)), file.sample_rate, self.sample_rate)
         except DataError as exc:
             return SkippedFile(file.path, str(exc).removeprefix(f"{file.path}: "))
+        except Exception as exc:  # noqa: BLE001 - a damaged file must never stop the loader
+            return SkippedFile(file.path, f"cannot decode audio ({type(exc).__name__}: {exc})")
         if not bool(torch.isfinite(wav).all()):
             return SkippedFile(file.path, "non-finite samples (NaN or inf)")
         if wav.shape[0] == 0:
