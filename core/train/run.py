@@ -72,7 +72,8 @@ def quiet_lightning() -> None:
     """Silence Lightning messages that are expected by design here (frozen teachers are in eval
     mode; few batches per epoch on small data sets; no DataLoader workers by default)."""
     for message in (".*does not have many workers.*", ".*Checkpoint directory .* exists and is not empty.*",
-                    ".*module\\(s\\) in eval mode.*", ".*smaller than the logging interval.*"):
+                    ".*module\\(s\\) in eval mode.*", ".*smaller than the logging interval.*",
+                    ".*`training_step` returned `None`.*"):  # a skipped (non-finite) step, counted by mertlab
         warnings.filterwarnings("ignore", message=message)
     rank_zero_logger = logging.getLogger("lightning.pytorch.utilities.rank_zero")
     if not any(isinstance(f, _DropAdvertisements) for f in rank_zero_logger.filters):
