@@ -17,6 +17,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
+from mertlab.data.sampler import ResumableBatchSampler
 from mertlab.spec import load_spec
 from mertlab.train.run import train
 
@@ -27,6 +28,32 @@ EVERY = 20  # checkpoint (and validation) interval
 KILL_AFTER = 50  # logged steps before the kill: between two checkpoints
 COMPARED = ["loss/total", "loss/cqt_recon", "acc/rvq_pred/cb0", "lr", "grad_norm/total", "stability/loss_spike_z",
             "val/loss/total"]
+
+
+def stream(sampler: ResumableBatchSampler, batches: int) -> list:
+    """``batches`` batches as training consumes them: a new iterator per epoch, as Lightning makes."""
+    out = []
+    while len(out) < batches:
+        for batch in sampler:
+            sampler.mark_consumed(batch[0].epoch, batch[0].batch)
+            out.append(batch)
+            if len(out) == batches:
+                break
+    return out
+
+
+@pytest.mark.parametrize("size, batch_size, drop_last", [(5, 2, True), (5, 2, False), (4, 2, True)])
+def test_sampler_state_resumes_the_stream_at_any_batch(size, batch_size, drop_last):
+    total = 4 * -(-size // batch_size)
+    full = stream(ResumableBatchSampler(size, batch_size, drop_last, seed=7), total)
+    epochs = [[k.index for batch in full for k in batch if k.epoch == e] for e in range(2)]
+    assert epochs[0] != epochs[1] or size < 3  # a new order each epoch
+    for cut in range(total):
+        first = ResumableBatchSampler(size, batch_size, drop_last, seed=7)
+        head = stream(first, cut)
+        resumed = ResumableBatchSampler(size, batch_size, drop_last, seed=7)
+        resumed.load_state_dict(first.state_dict())
+        assert head + stream(resumed, total - cut) == full, cut
 
 
 def spec_dict(demo_dir, out, db, experiment):
