@@ -10,6 +10,7 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
+
 from mertlab import metric_names as M
 from mertlab.data.audio import list_audio_paths
 from mertlab.data.datamodule import AudioDataModule
