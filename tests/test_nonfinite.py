@@ -94,9 +94,10 @@ def test_diverging_run_logs_real_values_then_stops_with_a_usable_checkpoint(demo
 
 
 def test_spike_action_skip_drops_the_update_and_is_counted_and_tagged(demo_dir, tmp_path, tracking_uri):
-    # z > 0 after one step of history: roughly every other step is a "spike"
-    callbacks = {"stability": {"name": "stability", "params": {"spike_z": 1e-9, "warmup_steps": 1, "spike_action": "skip"}}}
-    spec = spec_for(demo_dir, tmp_path, tracking_uri, callbacks=callbacks, trainer={"max_steps": 8})
+    # a first Adam step of 0.3 per weight wrecks the tiny model: the next losses spike far above the first
+    callbacks = {"stability": {"name": "stability", "params": {"spike_z": 2.0, "warmup_steps": 1, "spike_action": "skip"}}}
+    spec = spec_for(demo_dir, tmp_path, tracking_uri, callbacks=callbacks, trainer={"max_steps": 8},
+                    optim={"lr": 0.3, "warmup_steps": 0, "schedule": "constant"})
     result = train(spec, progress=False)
     client = MlflowClient(tracking_uri)
     skips = history(client, result.run_id, M.SPIKE_SKIPS)
@@ -108,9 +109,9 @@ def test_spike_action_skip_drops_the_update_and_is_counted_and_tagged(demo_dir, 
 
 def test_spike_action_rollback_reloads_the_checkpoint_and_scales_the_learning_rate(demo_dir, tmp_path, tracking_uri):
     callbacks = {"stability": {"name": "stability", "params": {
-        "spike_z": 1e-9, "warmup_steps": 1, "spike_action": "rollback", "rollback_lr_scale": 0.5}}}
-    spec = spec_for(demo_dir, tmp_path, tracking_uri, callbacks=callbacks, optim={"schedule": "constant", "warmup_steps": 0},
-                    trainer={"max_steps": 10, "val_every_n_steps": 3})
+        "spike_z": 2.0, "warmup_steps": 1, "spike_action": "rollback", "rollback_lr_scale": 0.5}}}
+    spec = spec_for(demo_dir, tmp_path, tracking_uri, callbacks=callbacks,
+                    optim={"lr": 0.3, "schedule": "constant", "warmup_steps": 0}, trainer={"max_steps": 10, "val_every_n_steps": 3})
     result = train(spec, progress=False)
     client = MlflowClient(tracking_uri)
     rollbacks = history(client, result.run_id, M.ROLLBACKS)
