@@ -112,6 +112,8 @@ def train_command(spec_path: str, overrides: tuple[str, ...], resume: str | None
         f"\nrun {result.run_id} finished (experiment '{result.experiment}')\n"
         f"  final: {losses}\n"
         + (f"  masked accuracy (mean over codebooks): {accuracy}\n" if accuracy else "")
+        + (f"  skipped {len(result.skipped_files)} bad audio files (each named in the log; listed with the reason "
+           f"in the run's data/skipped_files.tsv artifact)\n" if result.skipped_files else "")
         + f"  metrics: {result.tracking_uri}\n"
         f"  checkpoints: {result.checkpoint_dir}\n"
         f"  open the UI: {ui_command(result.tracking_uri)}  (then http://127.0.0.1:5000)"

@@ -119,6 +119,11 @@ class TrainerSpec(StrictModel):
     output_dir: str = Field("runs", description="Checkpoints go to <output_dir>/<name>/.")
     accelerator: str = Field("auto", description="Lightning accelerator: auto, cpu, cuda (gpu), mps, tpu, or one a plugin registers.")
     devices: int = Field(1, ge=1)
+    max_consecutive_nonfinite: int = Field(
+        50, ge=0,
+        description="Stop the run (checkpoint saved, run FAILED, one clear error) after this many consecutive "
+        "non-finite steps; 0 never stops.",
+    )
 
     @field_validator("accelerator")
     @classmethod
@@ -144,6 +149,11 @@ class TrackingSpec(StrictModel):
     experiment: str | None = Field(None, description="MLflow experiment; null uses the spec name.")
     run_name: str | None = None
     tags: dict[str, str] = Field(default_factory=dict)
+    connect_timeout: float = Field(
+        30.0, gt=0,
+        description="Seconds to wait for the tracking store at start (then one clear error, before any work); "
+        "mid-run outages never stop training (metrics are buffered and retried).",
+    )
 
 
 class ProbeSpec(StrictModel):

@@ -9,7 +9,8 @@ One step, top to bottom (``training_step``):
 3. the masking picks frames to hide; the backbone sees them as the mask embedding;
 4. each objective scores the backbone output against its teacher's targets;
    ``loss/total = sum(weight * loss) (+ feature penalty)``;
-5. non-finite losses or gradients skip the step (counted in ``stability/*``).
+5. non-finite losses or gradients skip the step (counted in ``stability/*``, logged with their
+   real non-finite values, never the last finite ones); see :meth:`PretrainModule.skip_update`.
 
 Stability instrumentation beyond that (per-block gradient norms, attention logits, update
 ratios, loss spikes) lives in the ``stability`` callback.
@@ -28,6 +29,7 @@ from mertlab import metric_names as M
 from mertlab.augment import mixup
 from mertlab.contracts import BackboneOutput, Targets
 from mertlab.data.dataset import AudioBatch
+from mertlab.seeding import derive_seed
 from mertlab.spec import ExperimentSpec
 from mertlab.train.schedule import lr_factor
 from mertlab.train.targets import target_source
@@ -73,6 +75,11 @@ class PretrainModule(L.LightningModule):
         # Stability bookkeeping, saved in checkpoints so resumed runs keep counting.
         self.nonfinite_steps = 0
         self.skipped_steps = 0
+        self.consecutive_nonfinite = 0
+        self.stop_reason: str | None = None  # set when training stops itself (see on_train_batch_end)
+        self.last_loss: float | None = None  # this step's finite loss/total (None: non-finite)
+        self._step_nonfinite = False  # this step's loss or gradient was non-finite
+        self._step_skipped = False  # this step's update was skipped (skip_update)
         self.instrument_next_step = False  # set by the stability callback
         self.last_output: BackboneOutput | None = None
         self._last_step_start: float | None = None
@@ -94,7 +101,10 @@ class PretrainModule(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["mertlab_spec"] = self.spec.model_dump(mode="json")
-        checkpoint["mertlab_stability"] = {"nonfinite_steps": self.nonfinite_steps, "skipped_steps": self.skipped_steps}
+        checkpoint["mertlab_stability"] = {
+            "nonfinite_steps": self.nonfinite_steps, "skipped_steps": self.skipped_steps,
+            "consecutive_nonfinite": self.consecutive_nonfinite,
+        }
         logger = self.logger
         if logger is not None and getattr(logger, "run_id", None):
             checkpoint["mlflow_run_id"] = logger.run_id
@@ -103,6 +113,7 @@ class PretrainModule(L.LightningModule):
         counters = checkpoint.get("mertlab_stability", {})
         self.nonfinite_steps = counters.get("nonfinite_steps", 0)
         self.skipped_steps = counters.get("skipped_steps", 0)
+        self.consecutive_nonfinite = counters.get("consecutive_nonfinite", 0)
 
     # ------------------------------------------------------------------ the step
     def frame_padding(self, wav: Tensor, lengths: Tensor) -> tuple[int, Tensor, Tensor]:
@@ -118,9 +129,16 @@ class PretrainModule(L.LightningModule):
         return self.target_source.targets(batch, self.backbone.frame_rate, num_frames, frame_lengths)
 
     def mask_generator(self, stage: str, batch_idx: int) -> torch.Generator:
-        """Reproducible masks: seeded by spec seed and step (train) or batch index (validation)."""
-        offset = self.global_step if stage == "train" else 10_000_019 + batch_idx
-        return torch.Generator().manual_seed(self.spec.seed * 1_000_003 + offset)
+        """Reproducible masks and mixup: seeded by (spec seed, stage, global step, micro-batch
+        index, rank), so every micro-batch and device draws its own masks and a resumed run
+        draws the same ones as the uninterrupted run."""
+        step = self.global_step if stage == "train" else 0
+        stage_id = 0 if stage == "train" else 1
+        return torch.Generator().manual_seed(derive_seed(self.spec.seed, stage_id, step, batch_idx, self.global_rank))
+
+    def on_train_batch_start(self, batch: AudioBatch, batch_idx: int) -> None:
+        """Seed the global RNG (dropout) from the step's position, as :meth:`mask_generator` does."""
+        torch.manual_seed(derive_seed(self.spec.seed, 2, self.global_step, batch_idx, self.global_rank))
 
     def shared_step(self, batch: AudioBatch, batch_idx: int, stage: str) -> tuple[Tensor, dict[str, Tensor], dict[str, Targets]]:
         wav, lengths = batch.wav, batch.lengths
@@ -154,39 +172,83 @@ class PretrainModule(L.LightningModule):
         return total, logs, targets
 
     def training_step(self, batch: AudioBatch, batch_idx: int) -> Tensor | None:
+        if len(batch) == 0:  # every file of the batch was bad (skipped and recorded by the data module)
+            self._step_skipped = True
+            self.last_loss = None
+            nothing = {M.LOSS_TOTAL: float("nan"), M.GRAD_NORM_TOTAL: float("nan")}  # no value, not a stale one
+            self.log_dict(nothing, on_step=True, on_epoch=False, batch_size=1)
+            return None
         loss, logs, targets = self.shared_step(batch, batch_idx, "train")
         self.log_throughput(batch)
         logs.update(self.teacher_statistics(targets))  # cheap histograms; Lightning throttles logging
         logs[M.LR] = torch.tensor(self.trainer.optimizers[0].param_groups[0]["lr"])
-        if not torch.isfinite(loss):
-            self.nonfinite_steps += 1
-            self.skipped_steps += 1
-            logs = {k: v for k, v in logs.items() if torch.isfinite(v).all()}
-            loss = None  # Lightning skips backward and the optimizer step
-        logs[M.NONFINITE_STEPS] = torch.tensor(float(self.nonfinite_steps))
-        logs[M.SKIPPED_STEPS] = torch.tensor(float(self.skipped_steps))
-        total = logs.pop(M.LOSS_TOTAL, None)
-        if total is not None:
-            self.log(M.LOSS_TOTAL, total, prog_bar=True, on_step=True, on_epoch=False, batch_size=len(batch))
+        finite = bool(torch.isfinite(loss))
+        self.last_loss = float(loss.detach()) if finite else None
+        if not finite:
+            self._step_nonfinite = True
+            # No backward runs, so there is no gradient: its norm is logged as NaN at this step
+            # (Lightning would otherwise re-log the last finite norm).
+            logs[M.GRAD_NORM_TOTAL] = torch.tensor(float("nan"))
+            loss = None  # Lightning skips backward; the optimizer sees no gradients (see skip_update)
+        # Every value is logged as computed, non-finite ones included: a curve never shows a
+        # stale finite value for a step that was skipped.
+        total = logs.pop(M.LOSS_TOTAL)
+        self.log(M.LOSS_TOTAL, total, prog_bar=True, on_step=True, on_epoch=False, batch_size=len(batch))
         self.log_dict(logs, on_step=True, on_epoch=False, batch_size=len(batch))
         return loss
 
+    def skip_update(self, optimizer: torch.optim.Optimizer) -> None:
+        """Make this step's optimizer update a no-op and count it in ``stability/skipped_steps``.
+
+        The gradients are dropped (``None``), so Adam/AdamW leave the parameters *and* their
+        state (moments, per-parameter step counts, weight decay) untouched. The step still
+        counts: the global step and the learning-rate schedule advance as usual, so a run with
+        skipped steps ends at ``trainer.max_steps`` on the same schedule. Callbacks (e.g. the
+        stability monitor's loss-spike ``skip`` action) may call it from
+        ``on_before_optimizer_step``.
+        """
+        optimizer.zero_grad(set_to_none=True)
+        self._step_skipped = True
+
+    def on_train_batch_end(self, outputs: Any, batch: AudioBatch, batch_idx: int) -> None:
+        """Log the step's counters; stop after ``trainer.max_consecutive_nonfinite`` bad steps."""
+        if self._step_nonfinite:
+            self.nonfinite_steps += 1
+            self.consecutive_nonfinite += 1
+        else:
+            self.consecutive_nonfinite = 0
+        if self._step_nonfinite or self._step_skipped:
+            self.skipped_steps += 1
+        self._step_nonfinite = self._step_skipped = False
+        self.log_dict({
+            M.NONFINITE_STEPS: float(self.nonfinite_steps), M.SKIPPED_STEPS: float(self.skipped_steps),
+        }, on_step=True, on_epoch=False, batch_size=max(len(batch), 1))
+        limit = self.spec.trainer.max_consecutive_nonfinite
+        if limit and self.consecutive_nonfinite >= limit:
+            self.stop_reason = (
+                f"training stopped at step {self.global_step}: {self.consecutive_nonfinite} consecutive non-finite "
+                f"steps (trainer.max_consecutive_nonfinite: {limit}); the checkpoint holds the last finite state "
+                "(skipped steps change nothing) and --resume continues it on the same schedule; to change the "
+                "schedule, lower optim.lr or raise optim.warmup_steps and train again"
+            )
+            self.trainer.should_stop = True
+
     def validation_step(self, batch: AudioBatch, batch_idx: int) -> None:
+        if len(batch) == 0:
+            return
         _, logs, _ = self.shared_step(batch, batch_idx, "val")
         self.log_dict({M.val(k): v for k, v in logs.items()}, on_step=False, on_epoch=True, batch_size=len(batch))
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        """Measure the global gradient norm (before clipping); drop non-finite gradients."""
+        """Measure the global gradient norm (before clipping); skip non-finite gradients."""
         grads = [p.grad for p in self.parameters() if p.grad is not None]
-        if not grads:
+        if not grads:  # a non-finite loss: no backward ran, there is nothing to update
             return
         norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads]))
+        self.log(M.GRAD_NORM_TOTAL, norm, on_step=True, on_epoch=False)  # logged as is, also when non-finite
         if not torch.isfinite(norm):
-            self.nonfinite_steps += 1
-            self.skipped_steps += 1
-            optimizer.zero_grad(set_to_none=True)  # Adam skips parameters without gradients
-            return
-        self.log(M.GRAD_NORM_TOTAL, norm, on_step=True, on_epoch=False)
+            self._step_nonfinite = True
+            self.skip_update(optimizer)
 
     # ------------------------------------------------------------------ metrics
     def teacher_statistics(self, targets: dict[str, Targets]) -> dict[str, Tensor]:

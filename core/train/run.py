@@ -10,8 +10,8 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.loggers import MLFlowLogger
 
+from mertlab import metric_names as M
 from mertlab.atomic import check_writable
 from mertlab.data.audio import list_audio_paths
 from mertlab.data.datamodule import AudioDataModule
@@ -22,9 +22,13 @@ from mertlab.paths import inside
 from mertlab.run_summary import log_run_summary
 from mertlab.spec import ExperimentSpec
 from mertlab.target_cache import build_teacher_cache
-from mertlab.tracking import log_spec, resolve_tracking_uri, run_tags
+from mertlab.tracking import PROCESS_TAG, check_store, log_spec, mark_crashed_runs, process_identity, resolve_tracking_uri, run_tags
 from mertlab.train.checkpoint_io import ResumePoint, SafeCheckpointIO, select_resume_checkpoint
 from mertlab.train.module import PretrainModule
+from mertlab.train.tracking_logger import ResilientMLFlowLogger, logged_steps
+
+log = logging.getLogger(__name__)
+SKIPPED_FILES_ARTIFACT = "data/skipped_files.tsv"
 
 
 @dataclass
@@ -34,6 +38,7 @@ class TrainResult:
     tracking_uri: str
     checkpoint_dir: Path
     metrics: dict[str, float] = field(default_factory=dict)
+    skipped_files: list[Any] = field(default_factory=list)  # mertlab.data.skipped.SkippedFile
 
 
 def run_directory(spec: ExperimentSpec) -> Path:
@@ -72,7 +77,8 @@ def quiet_lightning() -> None:
     """Silence Lightning messages that are expected by design here (frozen teachers are in eval
     mode; few batches per epoch on small data sets; no DataLoader workers by default)."""
     for message in (".*does not have many workers.*", ".*Checkpoint directory .* exists and is not empty.*",
-                    ".*module\\(s\\) in eval mode.*", ".*smaller than the logging interval.*"):
+                    ".*module\\(s\\) in eval mode.*", ".*smaller than the logging interval.*",
+                    ".*`training_step` returned `None`.*"):  # a skipped (non-finite) step, counted by mertlab
         warnings.filterwarnings("ignore", message=message)
     rank_zero_logger = logging.getLogger("lightning.pytorch.utilities.rank_zero")
     if not any(isinstance(f, _DropAdvertisements) for f in rank_zero_logger.filters):
@@ -109,7 +115,7 @@ def train(
     check_writable(run_directory(spec), "trainer.output_dir")  # before any work or MLflow run
     prepare_data(spec)
     module = PretrainModule(spec, registry)
-    datamodule = AudioDataModule(spec.data, module.backbone.sample_rate, spec.seed)
+    datamodule = AudioDataModule(spec.data, module.backbone.sample_rate, spec.seed, min_seconds=shortest_usable_seconds(module))
     datamodule.setup()  # data errors surface before an MLflow run is created
     files = datamodule.train_files + datamodule.val_files
     if spec.data.target_cache and spec.data.build_target_cache:
@@ -119,16 +125,25 @@ def train(
 
     tracking_uri = resolve_tracking_uri(spec)
     experiment = spec.tracking.experiment or spec.name
-    logger = MLFlowLogger(
+    client = check_store(tracking_uri, spec.tracking.connect_timeout)  # one clear error, before any training
+    for crashed in mark_crashed_runs(client, experiment):
+        log.warning("MLflow run %s was left RUNNING by a training process that is gone: marked FAILED", crashed)
+    if run_id:
+        client.update_run(run_id, status="RUNNING")
+    logger = ResilientMLFlowLogger(
         experiment_name=experiment,
         tracking_uri=tracking_uri,
         run_name=spec.tracking.run_name or spec.name,
         tags=None if run_id else run_tags(spec, registry),
         run_id=run_id,
+        skip_logged_steps=logged_steps(client, run_id) if resume and run_id else None,
+        flush_timeout=spec.tracking.connect_timeout,
     )
     log_spec(logger, spec)
+    logger.experiment.set_tag(logger.run_id, PROCESS_TAG, process_identity())
 
     checkpoint_dir = inside(run_directory(spec), logger.run_id, what="MLflow run id") / "checkpoints"
+    logger.unsent_file = checkpoint_dir.parent / "unsent_metrics.jsonl"
     has_val = bool(datamodule.val_files) and spec.trainer.limit_val_batches > 0
     checkpoint = ModelCheckpoint(
         dirpath=checkpoint_dir,
@@ -164,6 +179,28 @@ def train(
     trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt_path) if ckpt_path else None)
     if trainer.state.finished:  # max_steps may end mid-epoch: make last.ckpt the final state
         trainer.save_checkpoint(checkpoint_dir / "last.ckpt", weights_only=False)
+    skipped = list(datamodule.skipped)
+    if skipped:
+        logger.log_metrics({M.SKIPPED_FILES: float(len(skipped))}, step=trainer.global_step)
+        log.warning("skipped %d bad audio file(s); the list is the run's %s artifact", len(skipped), SKIPPED_FILES_ARTIFACT)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if torch.is_tensor(v) and v.numel() == 1}
-    metrics.update(log_run_summary(logger.experiment, logger.run_id, trainer.global_step))
-    return TrainResult(logger.run_id, experiment, tracking_uri, checkpoint_dir, metrics)
+    if not logger.flush():
+        logger.write_unsent()
+    try:
+        if skipped:
+            client.log_text(logger.run_id, datamodule.skipped.report(), SKIPPED_FILES_ARTIFACT)
+        metrics.update(log_run_summary(client, logger.run_id, trainer.global_step))
+        if module.stop_reason:
+            client.set_tag(logger.run_id, "mertlab.stopped", module.stop_reason)
+            client.set_terminated(logger.run_id, "FAILED")
+    except Exception as exc:  # noqa: BLE001 - the store failing now must not hide the finished training
+        log.warning("MLflow tracking store %s: could not log the run summary (%s)", tracking_uri, exc)
+    if module.stop_reason:
+        raise MertlabError(f"{module.stop_reason}; checkpoint: {checkpoint_dir / 'last.ckpt'}")
+    return TrainResult(logger.run_id, experiment, tracking_uri, checkpoint_dir, metrics, skipped)
+
+
+def shortest_usable_seconds(module: PretrainModule) -> float:
+    """Files shorter than one frame of the backbone or of a teacher are skipped as too short."""
+    rates = [module.backbone.frame_rate, *(t.info.frame_rate for t in module.teachers.values())]
+    return 1.0 / min(rates)
