@@ -93,6 +93,9 @@ class Teacher(nn.Module, ABC):
     #: The kind of targets; objectives declare which kind they accept (checked when a spec loads).
     target_kind: ClassVar[TargetKind]
     requires_fit: ClassVar[bool] = False
+    #: Bump it when a change of the code changes the targets (same params, new values): it is
+    #: part of :meth:`fingerprint`, so cached targets of the old code are not reused.
+    version: ClassVar[str | int | None] = None
 
     def __init__(self, params: Params) -> None:
         super().__init__()
@@ -113,13 +116,25 @@ class Teacher(nn.Module, ABC):
         """``wav``: ``[B, S]`` float mono at :attr:`sample_rate`; ``lengths``: ``[B]`` valid samples."""
 
     def fingerprint(self) -> str:
-        """Stable hash of everything that changes the targets (params + fitted state).
+        """Stable hash of everything that changes the targets: the teacher's name, params, the
+        distribution (name and version) of the plugin that registered it, its :attr:`version`
+        and :meth:`fingerprint_payload` (fitted state, loaded weights).
 
-        The target cache is keyed by it. Teachers with fitted state or weights loaded from a
-        file should extend the hashed payload via :meth:`fingerprint_payload`.
+        The target cache is keyed by it, so upgrading a plugin package, bumping ``version`` after
+        an in-tree change of the algorithm, or changing a param recomputes the cached targets.
+        Teachers with fitted state or weights loaded from a file extend :meth:`fingerprint_payload`.
         """
+        from mertlab.registry import component_source
+
+        source = component_source(type(self))
         payload = json.dumps(
-            {"name": self.name, "params": self.params.model_dump(mode="json"), "extra": self.fingerprint_payload()},
+            {
+                "name": self.name,
+                "params": self.params.model_dump(mode="json"),
+                "extra": self.fingerprint_payload(),
+                "provider": list(source.provider) if source is not None else None,
+                "version": self.version,
+            },
             sort_keys=True,
         )
         return hashlib.sha256(payload.encode()).hexdigest()[:16]

@@ -50,6 +50,15 @@ class PluginSource:
             return "builtin"
         return f"{self.distribution} {self.version}"
 
+    @property
+    def provider(self) -> tuple[str, str]:
+        """``(distribution, version)`` that ships the plugin; built-ins ship with mertlab."""
+        if self.distribution is None:
+            from mertlab import __version__
+
+            return ("mertlab", __version__)
+        return (self.distribution, str(self.version))
+
 
 class MertlabPluginManager(pluggy.PluginManager):
     """A pluggy manager that remembers where each plugin came from."""

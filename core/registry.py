@@ -6,15 +6,16 @@
 """
 from __future__ import annotations
 
+import contextlib
 import difflib
 import fnmatch
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, Literal, get_args
+from typing import Any, Callable, Literal, get_args
 
 from pydantic import BaseModel, ValidationError
 
-from mertlab.errors import PluginError, UnknownComponentError
+from mertlab.errors import MertlabError, PluginError, UnknownComponentError
 from mertlab.plugin_manager import MertlabPluginManager, PluginSource, create_plugin_manager
 
 Kind = Literal["teacher", "backbone", "objective", "masking", "callback"]
@@ -56,16 +57,99 @@ class Entry:
         return self.component(self.validate_params(params), **context)
 
 
-def _check_component(kind: str, component: Any, source: PluginSource) -> None:
-    where = f"plugin '{source.plugin}' ({source.label})"
+#: The target kinds a teacher may declare and an objective may accept.
+TARGET_KINDS: tuple[str, ...] = ("discrete", "continuous")
+
+
+def _check_target_kind(component: type) -> str | None:
+    kind = getattr(component, "target_kind", None)
+    if kind not in TARGET_KINDS:
+        return f"`target_kind` must be one of {', '.join(map(repr, TARGET_KINDS))}, got {kind!r}"
+    return None
+
+
+def _check_accepts(component: type) -> str | None:
+    accepts = getattr(component, "accepts", None)
+    if not isinstance(accepts, tuple) or not accepts or any(k not in TARGET_KINDS for k in accepts):
+        return f"`accepts` must be a non-empty tuple of {', '.join(map(repr, TARGET_KINDS))}, got {accepts!r}"
+    return None
+
+
+#: Extra class attributes each kind's contract requires (see :mod:`mertlab.contracts`).
+KIND_CHECKS: dict[str, tuple[Callable[[type], str | None], ...]] = {
+    "teacher": (_check_target_kind,),
+    "objective": (_check_accepts,),
+}
+
+
+def contract_problems(kind: str, component: Any) -> list[str]:
+    """What ``component`` violates of the registration contract of ``kind`` (empty: nothing).
+
+    A class with an identifier ``name``, a one-line non-empty ``summary``, a pydantic ``Params``
+    whose every field has a default and a ``description``, plus the kind's own attributes
+    (:data:`KIND_CHECKS`: a teacher's ``target_kind``, an objective's ``accepts``).
+    """
     if not isinstance(component, type):
-        raise PluginError(f"{where} registered {component!r} as a {kind}; expected a class")
+        return [f"registered {component!r} as a {kind}; expected a class"]
     name = getattr(component, "name", None)
     if not isinstance(name, str) or not name:
-        raise PluginError(f"{where} registered {component.__qualname__} as a {kind} without a string `name`")
+        return [f"registered {component.__qualname__} as a {kind} without a string `name`"]
+    what = f"{kind} '{name}'"
+    problems = []
+    if not name.isidentifier():
+        problems.append(f"{what}: `name` must be a Python identifier (letters, digits, _), got {name!r}")
+    summary = getattr(component, "summary", None)
+    if not isinstance(summary, str) or not summary.strip() or "\n" in summary.strip():
+        problems.append(f"{what}: `summary` must be a non-empty one-line string, got {summary!r}")
     params = getattr(component, "Params", None)
     if not (isinstance(params, type) and issubclass(params, BaseModel)):
-        raise PluginError(f"{where} registered {kind} '{name}' without a pydantic `Params` model")
+        problems.append(f"{what}: `Params` must be a pydantic model (subclass mertlab.contracts.Params), got {params!r}")
+    else:
+        for field_name, info in params.model_fields.items():
+            if info.is_required():
+                problems.append(f"{what}: Params field '{field_name}' has no default")
+            if not (info.description or "").strip():
+                problems.append(f"{what}: Params field '{field_name}' has no description (Field(..., description=...))")
+    for check in KIND_CHECKS.get(kind, ()):
+        problem = check(component)
+        if problem:
+            problems.append(f"{what}: {problem}")
+    return problems
+
+
+def _check_component(kind: str, component: Any, source: PluginSource) -> None:
+    problems = contract_problems(kind, component)
+    if problems:
+        where = f"plugin '{source.plugin}' ({source.label})"
+        raise PluginError("\n".join(f"{where} {p}" if p.startswith("registered") else f"{where}: {p}" for p in problems))
+
+
+#: Where each registered component class came from (filled at registration).
+_COMPONENT_SOURCES: dict[type, PluginSource] = {}
+
+
+def component_source(component: type) -> PluginSource | None:
+    """The plugin (and its distribution) that registered ``component``; None if no registry
+    registers it (the process-wide one is built first if it was not, so the answer does not
+    depend on what ran before)."""
+    if component not in _COMPONENT_SOURCES:
+        with contextlib.suppress(MertlabError):
+            get_registry()
+    return _COMPONENT_SOURCES.get(component)
+
+
+def component_label(component: type, kind: str | None = None) -> str:
+    """``teacher 'onset_flux' (my-plugin 0.1.0)``: how messages name a component and its origin."""
+    kind = kind or next((k for k, base in _kind_bases().items() if isinstance(component, type) and issubclass(component, base)), "component")
+    source = component_source(component)
+    origin = source.label if source is not None else f"module {component.__module__}"
+    return f"{kind} '{getattr(component, 'name', component.__qualname__)}' ({origin})"
+
+
+def _kind_bases() -> dict[str, type]:
+    from mertlab import contracts
+
+    return {"teacher": contracts.Teacher, "backbone": contracts.Backbone, "objective": contracts.Objective, "masking": contracts.Masking}
 
 
 class Registry:
@@ -91,6 +175,7 @@ class Registry:
                     f"'{source.plugin}' ({source.label}); uninstall one or set MERTLAB_DISABLE_AUTOLOAD=1"
                 )
             self._entries[kind][component.name] = Entry(kind, component.name, component, source)
+            _COMPONENT_SOURCES[component] = source
 
         return register
 

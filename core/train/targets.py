@@ -21,6 +21,7 @@ from mertlab.data.audio import AudioFile, resample
 from mertlab.data.dataset import AudioBatch
 from mertlab.errors import MertlabError
 from mertlab.target_cache import BUILD_HINT, TeacherCache
+from mertlab.teacher_output import check_cached_values, check_targets
 
 # Crop starts are float seconds; a start a hair below a frame boundary is on it.
 _FRAME_TOLERANCE = 1e-6
@@ -52,7 +53,8 @@ class TeacherTargets(TargetSource):
             for alias, teacher in self.teachers.items():
                 t_wav = resample(wav.float(), self.sample_rate, teacher.sample_rate)
                 t_len = torch.div(lengths * teacher.sample_rate, self.sample_rate, rounding_mode="floor").clamp(max=t_wav.shape[1])
-                out[alias] = align_targets(teacher.targets(t_wav, t_len), frame_rate, num_frames, frame_lengths)
+                raw = check_targets(teacher, teacher.targets(t_wav, t_len), t_wav.shape[1], t_len)
+                out[alias] = align_targets(raw, frame_rate, num_frames, frame_lengths)
         return out
 
 
@@ -70,6 +72,7 @@ class CachedTargets(TargetSource):
 
     def __init__(self, cache_dir: str | Path, teachers: Mapping[str, Teacher], sample_rate: int) -> None:
         self.sample_rate = sample_rate
+        self.teachers = teachers
         self.caches = {alias: TeacherCache(cache_dir, teacher) for alias, teacher in teachers.items()}
 
     def check_files(self, files: Sequence[AudioFile]) -> None:
@@ -99,7 +102,9 @@ class CachedTargets(TargetSource):
                 first = math.floor(position + _FRAME_TOLERANCE)
                 offset = max(position - first, 0.0)
                 count = math.ceil(offset + duration * rate - _FRAME_TOLERANCE)  # frames starting inside the crop
-                chunks.append(torch.from_numpy(cache.read(file.path)[first: first + count].copy()))
+                chunk = torch.from_numpy(cache.read(file.path)[first: first + count].copy())
+                check_cached_values(self.teachers[alias], chunk, f"of {file.path} in {cache.folder}")
+                chunks.append(chunk)
                 offsets.append(offset)
             dtype = torch.long if cache.info.kind == "discrete" else torch.float32
             lengths = torch.tensor([c.shape[0] for c in chunks], device=device)
