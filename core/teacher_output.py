@@ -13,10 +13,11 @@ The checks (see the frame-timing convention on :class:`mertlab.contracts.Teacher
 * codes of codebook ``c`` lie in ``[0, info.vocab_sizes[c])`` and features are finite, on the
   valid frames (frames past ``lengths`` are padding and never read);
 * ``lengths`` is ``[B]`` integers within ``[0, T]``;
-* frame counts follow ``info.frame_rate``: ``T`` for the batch's ``S`` samples and
-  ``lengths[b]`` for clip ``b``'s valid samples are within :data:`FRAME_TOLERANCE` frames of
-  ``seconds x info.frame_rate`` (teachers differ in how they round and centre the last frame,
-  never by more than that).
+* frame counts follow ``info.frame_rate``: ``lengths[b]`` for clip ``b``'s valid samples is
+  within :data:`FRAME_TOLERANCE` frames of ``seconds x info.frame_rate`` (teachers differ in
+  how they round and centre the last frame, never by more than that), and ``T`` is at most
+  that many frames past what the batch's ``S`` samples give (a teacher may pad only to its
+  longest clip).
 """
 from __future__ import annotations
 
@@ -66,7 +67,7 @@ def check_targets(teacher: Teacher, targets: object, num_samples: int, sample_le
         raise TeacherOutputError(f"{label}: targets.values must be {shape_hint}, got shape {got}{hint}")
     values = _checked_dtype(label, values, info.kind)
     frames = values.shape[1]
-    if abs(frames - frames_f) > FRAME_TOLERANCE:
+    if frames > frames_f + FRAME_TOLERANCE:
         raise TeacherOutputError(
             f"{label}: {frames} frames for {num_samples} samples at {teacher.sample_rate} Hz, but info.frame_rate "
             f"{info.frame_rate:g} Hz gives {frames_f:.1f} (tolerance {FRAME_TOLERANCE} frames); "
@@ -78,8 +79,9 @@ def check_targets(teacher: Teacher, targets: object, num_samples: int, sample_le
         want = expected_frames(n_samples, teacher.sample_rate, info.frame_rate)
         if abs(n_frames - want) > FRAME_TOLERANCE:
             raise TeacherOutputError(
-                f"{label}: targets.lengths[{b}] is {n_frames} frames for {n_samples} valid samples, but info.frame_rate "
-                f"{info.frame_rate:g} Hz gives {want:.1f} (tolerance {FRAME_TOLERANCE} frames)"
+                f"{label}: {n_frames} valid frames (targets.lengths[{b}]) for {n_samples} samples at "
+                f"{teacher.sample_rate} Hz, but info.frame_rate {info.frame_rate:g} Hz gives {want:.1f} "
+                f"(tolerance {FRAME_TOLERANCE} frames); fix the frame count or info.frame_rate"
             )
     _check_values(label, values, valid, info)
     return dataclasses.replace(targets, values=values, lengths=lengths, info=info)
