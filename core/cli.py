@@ -71,6 +71,27 @@ def check_plugin_command(name: str, kind: str | None) -> None:
         raise MertlabError("\n".join(failed))
 
 
+@cli.command("new")
+@click.argument("kind", type=click.Choice(["teacher", "backbone", "objective"]))
+@click.argument("name")
+@click.argument("directory", required=False, metavar="[DIR]")
+def new_command(kind: str, name: str, directory: str | None) -> None:
+    """Write a ready plugin package for a new KIND named NAME into DIR [default: ./mertlab-NAME].
+
+    The package has the entry point, the component with documented Params, a test file running
+    mertlab's contract checks and a README; install it with `pip install -c constraints.txt -e DIR`.
+    """
+    from mertlab.scaffold import write_package
+
+    path = write_package(kind, name, directory)
+    click.echo(
+        f"wrote {kind} '{name}' in {path}/\n"
+        f"  install:  pip install -c constraints.txt -e {path}   (keeps your torch; constraints.txt of the mertlab checkout)\n"
+        f"  test:     python -m pytest {path / 'tests'}   or   mertlab check-plugin {name}\n"
+        f"  edit:     {path / ('mertlab_' + name) / '__init__.py'}"
+    )
+
+
 @cli.command("validate")
 @click.argument("spec_path", metavar="SPEC")
 @OVERRIDE_OPTION
