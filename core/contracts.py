@@ -9,7 +9,8 @@ Every component is a class with three class attributes and a constructor taking 
 
 Optionally ``test_params`` (a dict, default ``{}``): params for a small, fast instance that needs
 no downloaded weights (e.g. ``{"preset": "tiny"}`` or ``{"pretrained": False}``). mertlab's test
-suite builds every registered component with them, so a new plugin is tested for free.
+suite and :mod:`mertlab.testing` (``contract_tests``, ``mertlab check-plugin``) build components
+with them, so a new plugin is tested for free, from its own package too.
 
 Components are built as ``Component(params, **context)``; the context each kind receives is
 documented on its base class. The training loop only talks to these base classes, so adding a

@@ -8,15 +8,16 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import importlib
 import fnmatch
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, Callable, Literal, get_args
 
 from pydantic import BaseModel, ValidationError
 
 from mertlab.errors import MertlabError, PluginError, UnknownComponentError
-from mertlab.plugin_manager import MertlabPluginManager, PluginSource, create_plugin_manager
+from mertlab.plugin_manager import DISABLE_AUTOLOAD_ENV, MertlabPluginManager, PluginSource, create_plugin_manager
 
 Kind = Literal["teacher", "backbone", "objective", "masking", "callback"]
 KINDS: tuple[str, ...] = get_args(Kind)
@@ -30,22 +31,66 @@ HOOKS: dict[str, str] = {
 }
 
 
+@dataclass(frozen=True, eq=False)
+class LazyComponent:
+    """A component registered by reference, so that listing it, validating a spec against its
+    ``Params`` and printing its schema never import its implementation (and the heavy packages
+    that imports: Lightning, codecs...). ``register(LazyComponent("pkg.module:Class", name=...,
+    summary=..., Params=..., target_kind=...))`` declares what the class would carry; the class
+    is imported on first use (building it) and must carry the same values.
+
+    ``attributes``: the kind's other class attributes (``target_kind``, ``accepts``,
+    ``requires_fit``, ``test_params``), readable as attributes of the declaration.
+    """
+
+    target: str
+    name: str
+    summary: str
+    Params: type
+    attributes: dict[str, Any] = field(default_factory=dict)
+
+    def __init__(self, target: str, *, name: str, summary: str, Params: type, **attributes: Any) -> None:
+        object.__setattr__(self, "target", target)
+        object.__setattr__(self, "name", name)
+        object.__setattr__(self, "summary", summary)
+        object.__setattr__(self, "Params", Params)
+        object.__setattr__(self, "attributes", dict(attributes))
+
+    def __getattr__(self, item: str) -> Any:
+        attributes = self.__dict__.get("attributes", {})
+        if item in attributes:
+            return attributes[item]
+        raise AttributeError(item)
+
+
 @dataclass(frozen=True)
 class Entry:
-    """One registered component."""
+    """One registered component: ``declared`` is its class or a :class:`LazyComponent`."""
 
     kind: str
     name: str
-    component: type
+    declared: Any
     source: PluginSource
 
     @property
+    def component(self) -> type:
+        """The component class (imported now if it was registered lazily)."""
+        if isinstance(self.declared, LazyComponent):
+            return _load(self.declared, self.kind, self.source)
+        return self.declared
+
+    def attribute(self, name: str, default: Any = None) -> Any:
+        """A class attribute (``target_kind``, ``accepts``, ``requires_fit``...) without importing
+        a lazily registered implementation."""
+        return getattr(self.declared, name, default)
+
+    @property
     def summary(self) -> str:
-        return getattr(self.component, "summary", "") or ""
+        return getattr(self.declared, "summary", "") or ""
 
     @property
     def params_model(self) -> type[BaseModel]:
-        return self.component.Params
+        return self.declared.Params
 
     def validate_params(self, params: dict[str, Any] | BaseModel | None) -> BaseModel:
         """Validate raw params against the component's ``Params`` (raises ``ValidationError``)."""
@@ -55,6 +100,31 @@ class Entry:
 
     def build(self, params: dict[str, Any] | BaseModel | None = None, **context: Any) -> Any:
         return self.component(self.validate_params(params), **context)
+
+
+_LOADED: dict[int, type] = {}
+
+
+def _load(declared: LazyComponent, kind: str, source: PluginSource) -> type:
+    """Import a lazily registered class and check it carries what was declared."""
+    if id(declared) in _LOADED:
+        return _LOADED[id(declared)]
+    where = f"plugin '{source.plugin}' ({source.label})"
+    module_name, _, attr = declared.target.partition(":")
+    try:
+        component = getattr(importlib.import_module(module_name), attr)
+    except Exception as exc:  # noqa: BLE001 - re-raised with context
+        raise PluginError(f"{where}: {kind} '{declared.name}' ({declared.target}) failed to import: {type(exc).__name__}: {exc}; "
+                          f"set {DISABLE_AUTOLOAD_ENV}=1 to start without third-party plugins") from exc
+    _check_component(kind, component, source)
+    mismatched = [key for key in ("name", "summary", "Params", *declared.attributes)
+                  if getattr(component, key, None) != getattr(declared, key)]
+    if mismatched:
+        raise PluginError(f"{where}: {kind} '{declared.name}': {declared.target} differs from its registration in "
+                          f"{', '.join(mismatched)}")
+    _COMPONENT_SOURCES[component] = source
+    _LOADED[id(declared)] = component
+    return component
 
 
 #: The target kinds a teacher may declare and an objective may accept.
@@ -89,7 +159,7 @@ def contract_problems(kind: str, component: Any) -> list[str]:
     whose every field has a default and a ``description``, plus the kind's own attributes
     (:data:`KIND_CHECKS`: a teacher's ``target_kind``, an objective's ``accepts``).
     """
-    if not isinstance(component, type):
+    if not isinstance(component, (type, LazyComponent)):
         return [f"registered {component!r} as a {kind}; expected a class"]
     name = getattr(component, "name", None)
     if not isinstance(name, str) or not name:
@@ -165,7 +235,7 @@ class Registry:
                 impl.function(register=self._registrar(kind, source))
 
     def _registrar(self, kind: str, source: PluginSource):
-        def register(component: type) -> None:
+        def register(component: type | LazyComponent) -> None:
             _check_component(kind, component, source)
             existing = self._entries[kind].get(component.name)
             if existing is not None:
@@ -175,7 +245,8 @@ class Registry:
                     f"'{source.plugin}' ({source.label}); uninstall one or set MERTLAB_DISABLE_AUTOLOAD=1"
                 )
             self._entries[kind][component.name] = Entry(kind, component.name, component, source)
-            _COMPONENT_SOURCES[component] = source
+            if isinstance(component, type):
+                _COMPONENT_SOURCES[component] = source
 
         return register
 

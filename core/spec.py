@@ -326,11 +326,11 @@ def resolve_spec(data: dict[str, Any], source: str | None = None, registry: Any 
             continue
         teacher = teacher_entries.get(objective.teacher)
         if entry is not None and teacher is not None:
-            kind = teacher.component.target_kind
-            if kind not in entry.component.accepts:
+            kind = teacher.attribute("target_kind")
+            if kind not in entry.attribute("accepts", ()):
                 problems.append((
                     f"objectives.{alias}.teacher",
-                    f"objective '{objective.name}' needs {' or '.join(entry.component.accepts)} targets, "
+                    f"objective '{objective.name}' needs {' or '.join(entry.attribute('accepts', ()))} targets, "
                     f"but teacher '{objective.teacher}' ({teacher.name}) gives {kind} targets",
                 ))
     if problems:

@@ -33,7 +33,6 @@ from typing import Annotated, Any, Literal
 
 import torch
 import torch.nn.functional as F
-from nnAudio.features import MelSpectrogram
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
@@ -207,6 +206,8 @@ class LogMelFrontend(nn.Module):
     def __init__(self, p: ConformerParams) -> None:
         super().__init__()
         self.pad = (p.n_fft - p.hop_length) // 2, p.n_fft - 1 - (p.n_fft - p.hop_length) // 2
+        from nnAudio.features import MelSpectrogram  # imported here: nnAudio is slow to import
+
         self.mel = MelSpectrogram(
             sr=p.sample_rate, n_fft=p.n_fft, n_mels=p.n_mels, hop_length=p.hop_length, center=False,
             fmin=p.f_min, fmax=p.f_max, power=2.0, trainable_mel=False, trainable_STFT=False, verbose=False,

@@ -14,19 +14,9 @@ from typing import Any
 
 import lightning as L
 import torch
-from pydantic import Field
 
 from mertlab import metric_names as M
-from mertlab.contracts import Params
-from mertlab.hookspecs import hookimpl
-
-
-class StabilityParams(Params):
-    every_n_steps: int = Field(10, ge=1, description="Instrument (grad norms per block, attention logits, activation RMS, update ratio) every N steps.")
-    ema_decay: float = Field(0.98, gt=0, lt=1, description="Decay of the loss mean/variance EMA used for the spike z-score.")
-    spike_z: float = Field(4.0, gt=0, description="A step whose loss z-score exceeds this counts as a spike.")
-    warmup_steps: int = Field(20, ge=0, description="Steps before spike detection starts (the EMA needs history).")
-    update_ratio: bool = Field(True, description="Measure ||dw||/||w|| (keeps one copy of the weights on instrumented steps).")
+from mertlab.plugins.callbacks.stability_plugin import StabilityParams
 
 
 def _norm(tensors: list[torch.Tensor]) -> float:
@@ -122,7 +112,3 @@ class StabilityMonitor(L.Callback):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.__dict__.update(state_dict)
 
-
-@hookimpl
-def register_callbacks(register):
-    register(StabilityMonitor)
