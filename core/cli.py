@@ -44,6 +44,55 @@ def plugins_command(kind: str | None, pattern: str) -> None:
     click.echo(format_table(("name", "kind", "source", "summary"), rows))
 
 
+@cli.command("check-plugin")
+@click.argument("name")
+@click.option("--kind", type=click.Choice(KINDS), help="The component's kind, where NAME is registered under several.")
+def check_plugin_command(name: str, kind: str | None) -> None:
+    """Run mertlab's contract checks (mertlab.testing) on the registered component NAME."""
+    from mertlab.registry import get_registry
+    from mertlab.testing import run_contract_checks
+
+    registry = get_registry()
+    entries = [e for e in registry.list(kind) if e.name == name]
+    if not entries:
+        from mertlab.registry import unknown_name_message
+
+        raise MertlabError(unknown_name_message(kind or "component", name, sorted({e.name for e in registry.list(kind)})))
+    if len(entries) > 1:
+        raise click.UsageError(f"'{name}' is a {' and a '.join(e.kind for e in entries)}; choose one with --kind")
+    entry = entries[0]
+    click.echo(f"{entry.kind} '{entry.name}' ({entry.source.label}):")
+    failed = []
+    for result in run_contract_checks(entry.kind, entry.name, registry):
+        note = f"  ({result.message})" if result.status == "skipped" else ""
+        click.echo(f"  {result.status:7s} {result.check}{note}")
+        if result.status == "failed":
+            failed.append(result.message)
+    if failed:
+        raise MertlabError("\n".join(failed))
+
+
+@cli.command("new")
+@click.argument("kind", type=click.Choice(["teacher", "backbone", "objective"]))
+@click.argument("name")
+@click.argument("directory", required=False, metavar="[DIR]")
+def new_command(kind: str, name: str, directory: str | None) -> None:
+    """Write a ready plugin package for a new KIND named NAME into DIR [default: ./mertlab-NAME].
+
+    The package has the entry point, the component with documented Params, a test file running
+    mertlab's contract checks and a README; install it with `pip install -c constraints.txt -e DIR`.
+    """
+    from mertlab.scaffold import write_package
+
+    path = write_package(kind, name, directory)
+    click.echo(
+        f"wrote {kind} '{name}' in {path}/\n"
+        f"  install:  pip install -c constraints.txt -e {path}   (keeps your torch; constraints.txt of the mertlab checkout)\n"
+        f"  test:     python -m pytest {path / 'tests'}   or   mertlab check-plugin {name}\n"
+        f"  edit:     {path / ('mertlab_' + name) / '__init__.py'}"
+    )
+
+
 @cli.command("validate")
 @click.argument("spec_path", metavar="SPEC")
 @OVERRIDE_OPTION

@@ -45,3 +45,7 @@ class ObjectiveError(MertlabError):
 
 class WeightsError(MertlabError):
     """Pretrained weights are missing (nothing is downloaded) or do not fit the model."""
+
+
+class TeacherOutputError(MertlabError):
+    """A teacher returned targets that break its contract (shape, dtype, range, frame count)."""

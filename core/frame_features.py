@@ -13,8 +13,9 @@ from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Callable, Iterable, Literal, Sequence
 
+import importlib
+
 import torch
-import torchaudio
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
@@ -22,6 +23,11 @@ from mertlab.errors import MertlabError
 
 #: Added to mel energies before the log: keeps silence finite (log(1e-6) ~ -13.8).
 LOG_EPS = 1e-6
+
+
+def _torchaudio():
+    """torchaudio, imported on first use (it takes a second; `mertlab plugins` never needs it)."""
+    return importlib.import_module("torchaudio")
 
 
 def check_audio_batch(wav: Tensor, lengths: Tensor, who: str) -> None:
@@ -147,7 +153,7 @@ class _SpectralFeature(FrameFeature):
 
     def _power(self, wav: Tensor, lengths: Tensor) -> Tensor:
         """``[B, n_fft // 2 + 1, T]`` power spectrogram of the zero-padded batch."""
-        return torchaudio.functional.spectrogram(
+        return _torchaudio().functional.spectrogram(
             zero_padding(wav, lengths), pad=0, window=self.window, n_fft=self.n_fft, hop_length=self.hop_length,
             win_length=self.n_fft, power=2.0, normalized=False, center=True, pad_mode="constant",
         )
@@ -159,7 +165,7 @@ class LogMel(_SpectralFeature):
     def __init__(self, sample_rate: int, n_fft: int, hop_length: int, n_mels: int) -> None:
         super().__init__(sample_rate, n_fft, hop_length)
         self.n_mels = n_mels
-        self.mel_scale = torchaudio.transforms.MelScale(n_mels, sample_rate, n_stft=n_fft // 2 + 1)
+        self.mel_scale = _torchaudio().transforms.MelScale(n_mels, sample_rate, n_stft=n_fft // 2 + 1)
 
     @property
     def dim(self) -> int:
@@ -203,7 +209,7 @@ class MFCCDeltas(_SpectralFeature):
         self.n_mfcc = n_mfcc
         # log_mels=True: log(mel + 1e-6). The default dB path clamps at (batch max - 80 dB),
         # which would make one clip's features depend on the others in its batch.
-        self.mfcc = torchaudio.transforms.MFCC(
+        self.mfcc = _torchaudio().transforms.MFCC(
             sample_rate, n_mfcc=n_mfcc, log_mels=True,
             melkwargs={"n_fft": n_fft, "hop_length": hop_length, "n_mels": n_mels, "center": True, "pad_mode": "constant"},
         )
@@ -218,8 +224,8 @@ class MFCCDeltas(_SpectralFeature):
         clips = []
         for b, n in enumerate(frame_lengths.tolist()):
             c = coeffs[b, :, :n]
-            d1 = torchaudio.functional.compute_deltas(c)
-            d2 = torchaudio.functional.compute_deltas(d1)
+            d1 = _torchaudio().functional.compute_deltas(c)
+            d2 = _torchaudio().functional.compute_deltas(d1)
             clips.append(torch.cat([c, d1, d2]).T)
         return pad_frames(clips), frame_lengths
 
@@ -245,7 +251,7 @@ class LogMelChroma(_SpectralFeature):
     def __init__(self, sample_rate: int, n_fft: int, hop_length: int, n_mels: int) -> None:
         super().__init__(sample_rate, n_fft, hop_length)
         self.n_mels = n_mels
-        self.mel_scale = torchaudio.transforms.MelScale(n_mels, sample_rate, n_stft=n_fft // 2 + 1)
+        self.mel_scale = _torchaudio().transforms.MelScale(n_mels, sample_rate, n_stft=n_fft // 2 + 1)
         self.register_buffer("chroma_bank", chroma_filterbank(sample_rate, n_fft), persistent=False)
 
     @property

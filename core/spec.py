@@ -453,10 +453,10 @@ def resolve_spec(data: dict[str, Any], source: str | None = None, registry: Any 
         teacher = teacher_entries.get(objective.teacher)
         if entry is not None and teacher is not None:
             kind = _target_kind(teacher, spec.teachers[objective.teacher].params)
-            if kind not in entry.component.accepts:
+            if kind not in entry.attribute("accepts", ()):
                 problems.append((
                     f"objectives.{alias}.teacher",
-                    f"objective '{objective.name}' needs {' or '.join(entry.component.accepts)} targets, "
+                    f"objective '{objective.name}' needs {' or '.join(entry.attribute('accepts', ()))} targets, "
                     f"but teacher '{objective.teacher}' ({teacher.name}) gives {kind} targets",
                 ))
     if problems:
@@ -467,13 +467,13 @@ def resolve_spec(data: dict[str, Any], source: str | None = None, registry: Any 
 def _target_kind(entry: Any, params: dict[str, Any]) -> str:
     """The kind of targets teacher ``entry`` gives with ``params`` (its class's kind when the
     params are invalid: that problem is reported on its own)."""
-    kind_for = getattr(entry.component, "kind_for", None)
+    kind_for = entry.attribute("kind_for")
     if kind_for is None:
-        return entry.component.target_kind
+        return entry.attribute("target_kind")
     try:
         return kind_for(entry.validate_params(params))
     except ValidationError:
-        return entry.component.target_kind
+        return entry.attribute("target_kind")
 
 
 def _missing_plugins(required: list[str], registry: Any) -> list[tuple[str, str]]:

@@ -56,6 +56,7 @@ from mertlab.contracts import TargetInfo, Teacher
 from mertlab.data.audio import AudioFile, read_segment, resample
 from mertlab.errors import MertlabError
 from mertlab.spec import ExperimentSpec
+from mertlab.teacher_output import check_targets
 
 FORMAT = "mertlab-target-cache-v1"
 MANIFEST = "manifest.json"
@@ -304,7 +305,8 @@ def compute_file_targets(teacher: Teacher, file: AudioFile, windowing: Windowing
         first = max(0, start - context)
         a, b = native(first), native(start + window + context)
         wav = resample(read_segment(file, a, b - a), file.sample_rate, rate).to(device)
-        out = teacher.targets(wav[None], torch.tensor([wav.shape[0]], device=device))
+        lengths = torch.tensor([wav.shape[0]], device=device)
+        out = check_targets(teacher, teacher.targets(wav[None], lengths), wav.shape[0], lengths)
         values = out.values[0, : int(out.lengths[0])]
         offset = start - first
         last = b >= file.num_frames

@@ -23,6 +23,7 @@ from mertlab.data.audio import AudioFile, resample
 from mertlab.data.dataset import AudioBatch
 from mertlab.errors import MertlabError
 from mertlab.target_cache import BUILD_HINT, DamagedEntryError, TeacherCache, Windowing, compute_targets_of, storage_dtype
+from mertlab.teacher_output import check_cached_values, check_targets
 
 log = logging.getLogger(__name__)
 REBUILD_HINT = "run `mertlab targets build SPEC` to recompute it"
@@ -57,7 +58,8 @@ class TeacherTargets(TargetSource):
             for alias, teacher in self.teachers.items():
                 t_wav = resample(wav.float(), self.sample_rate, teacher.sample_rate)
                 t_len = torch.div(lengths * teacher.sample_rate, self.sample_rate, rounding_mode="floor").clamp(max=t_wav.shape[1])
-                out[alias] = align_targets(teacher.targets(t_wav, t_len), frame_rate, num_frames, frame_lengths)
+                raw = check_targets(teacher, teacher.targets(t_wav, t_len), t_wav.shape[1], t_len)
+                out[alias] = align_targets(raw, frame_rate, num_frames, frame_lengths)
         return out
 
 
@@ -136,7 +138,9 @@ class CachedTargets(TargetSource):
                 first = math.floor(position + _FRAME_TOLERANCE)
                 offset = max(position - first, 0.0)
                 count = math.ceil(offset + duration * rate - _FRAME_TOLERANCE)  # frames starting inside the crop
-                chunks.append(torch.from_numpy(self.read(alias, file, device)[first: first + count].copy()))
+                chunk = torch.from_numpy(self.read(alias, file, device)[first: first + count].copy())
+                check_cached_values(self.teachers[alias], chunk, f"of {file.path} in {cache.folder}")
+                chunks.append(chunk)
                 offsets.append(offset)
             dtype = torch.long if cache.info.kind == "discrete" else torch.float32
             lengths = torch.tensor([c.shape[0] for c in chunks], device=device)

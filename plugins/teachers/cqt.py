@@ -4,7 +4,6 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-from nnAudio.features import CQT
 from pydantic import Field, model_validator
 from torch import Tensor
 
@@ -67,6 +66,8 @@ class CQTTeacher(Teacher):
 
     def __init__(self, params: CQTParams) -> None:
         super().__init__(params)
+        from nnAudio.features import CQT  # imported here: nnAudio is slow to import
+
         self.cqt = CQT(
             sr=params.sample_rate, hop_length=params.hop_length, fmin=params.fmin, n_bins=params.n_bins,
             bins_per_octave=params.bins_per_octave, center=True, pad_mode="constant", trainable=False,
