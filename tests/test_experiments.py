@@ -106,7 +106,7 @@ def tiny_overrides(path: Path, demo_dir: Path, tmp_path: Path, tracking_uri: str
             backbone = registry.build("backbone", tiny.backbone.name, tiny.backbone.params)
             checkpoint = save_backbone(tmp_path / f"{alias}_backbone.pt", backbone)
             overrides.append(f"teachers.{alias}.params.checkpoint={checkpoint}")
-            if "layer" in teacher.params:
+            if teacher.params.get("layer") is not None:
                 overrides.append(f"teachers.{alias}.params.layer={min(teacher.params['layer'], backbone.num_layers)}")
     return overrides
 
