@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from nnAudio.features import MelSpectrogram
 from torch import Tensor, nn
 
 
@@ -39,6 +38,8 @@ class LogMelFrontend(nn.Module):
         super().__init__()
         self.hop_length = hop_length
         self.pad = (n_fft - hop_length) // 2, n_fft - 1 - (n_fft - hop_length) // 2
+        from nnAudio.features import MelSpectrogram  # imported here: nnAudio is slow to import
+
         self.mel = MelSpectrogram(
             sr=sample_rate, n_fft=n_fft, n_mels=n_mels, hop_length=hop_length, center=False,
             fmin=f_min, fmax=f_max, power=2.0, trainable_mel=False, trainable_STFT=False, verbose=False,

@@ -89,7 +89,25 @@ def _resolve(registry: RegistryLike) -> Any:
 
 
 def _build(entry: Any, **context: Any) -> Any:
-    return entry.build(getattr(entry.component, "test_params", {}) or {}, **context)
+    params = dict(getattr(entry.component, "test_params", {}) or {})
+    if "checkpoint" in entry.params_model.model_fields and not params.get("checkpoint"):
+        params["checkpoint"] = _tiny_backbone_file()  # a teacher reading a trained backbone gets a tiny one
+    return entry.build(params, **context)
+
+
+@functools.lru_cache(maxsize=1)
+def _tiny_backbone_file() -> str:
+    """A saved tiny ``transformer`` backbone (a temporary file, once per process)."""
+    import tempfile
+
+    import torch
+
+    from mertlab.checkpoint import save_backbone
+    from mertlab.registry import get_registry
+
+    torch.manual_seed(0)
+    backbone = get_registry().build("backbone", "transformer", {"preset": "tiny"})
+    return str(save_backbone(Path(tempfile.mkdtemp(prefix="mertlab-contract-")) / "backbone.safetensors", backbone))
 
 
 def _label(entry: Any) -> str:

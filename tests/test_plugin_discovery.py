@@ -45,10 +45,10 @@ def test_entry_point_plugin_is_discovered_with_its_distribution(fake_dist):
 
 
 def test_disable_autoload_hides_third_party(fake_dist, monkeypatch):
-    fake_dist("hidden-teachers", "hidden_teacher_mod", TEACHER_CODE.format(cls="Hid", name="hidden"))
+    fake_dist("hidden-teachers", "hidden_teacher_mod", TEACHER_CODE.format(cls="Hid", name="offstage"))
     monkeypatch.setenv("MERTLAB_DISABLE_AUTOLOAD", "1")
     with pytest.raises(UnknownComponentError):
-        get_registry().get("teacher", "hidden")
+        get_registry().get("teacher", "offstage")
 
 
 def test_plugin_import_failure_names_distribution_and_cause(fake_dist):

@@ -11,11 +11,20 @@
 * :mod:`.run`     -- ``mertlab probe``: all of the above, a report table and MLflow logging;
 * :mod:`.experiment` -- a spec's ``probe:`` section (``probe_spec_tasks``), for train and sweep.
 """
-from mertlab.probe.extract import FeatureSet, extract_features
-from mertlab.probe.fit import ProbeParams, ProbeReport, ProbeResult, probe_task
-from mertlab.probe.task import Task, TaskError, load_task
+from importlib import import_module
+from typing import Any
 
-__all__ = [
-    "FeatureSet", "ProbeParams", "ProbeReport", "ProbeResult", "Task", "TaskError",
-    "extract_features", "load_task", "probe_task",
-]
+#: Public names, imported on first use (PEP 562) so that `mertlab validate` of a spec with a
+#: `probe:` section does not load the audio stack.
+_EXPORTS = {
+    "FeatureSet": "extract", "extract_features": "extract",
+    "ProbeParams": "fit", "ProbeReport": "fit", "ProbeResult": "fit", "probe_task": "fit",
+    "Task": "task", "TaskError": "task", "load_task": "task",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'mertlab.probe' has no attribute {name!r}")
+    return getattr(import_module(f"mertlab.probe.{_EXPORTS[name]}"), name)

@@ -15,15 +15,17 @@ All run at 24 kHz (MERT's rate) with a hop of 512 samples, window by window like
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from mertlab.errors import MertlabError
-from mertlab.probe.extract import FeatureSet
-from mertlab.probe.frames import FrameFn, pooled_frames
+
+if TYPE_CHECKING:  # the audio stack (torchaudio) loads on use: `mertlab validate` checks baseline names only
+    from mertlab.probe.extract import FeatureSet
+    from mertlab.probe.frames import FrameFn
 
 SAMPLE_RATE = 24000
 HOP = 512
@@ -109,6 +111,9 @@ def cache_identity(name: str) -> dict[str, Any]:
 def baseline_features(name: str, paths: Sequence[str], window_seconds: float = 5.0, progress: bool = True) -> FeatureSet:
     """Clip features ``[N, 1, D]`` of baseline ``name`` (one pseudo-layer 0) for ``paths``."""
     baseline = BASELINES[parse_baselines([name])[0]]
+    from mertlab.probe.extract import FeatureSet
+    from mertlab.probe.frames import pooled_frames
+
     pooled = pooled_frames(baseline.make(), list(paths), SAMPLE_RATE, window_seconds, baseline.with_std, progress,
                            desc=f"baseline {name}")
     meta = {"baseline": name, "window_seconds": window_seconds, "sample_rate": SAMPLE_RATE}

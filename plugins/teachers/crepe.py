@@ -19,7 +19,6 @@ from torch import Tensor
 
 from mertlab import codec_support
 from mertlab.contracts import Params, TargetInfo, Targets, Teacher
-from mertlab.data.audio import resample
 from mertlab.errors import WeightsError
 from mertlab.frame_features import centred_frames, check_audio_batch, pad_frames, valid_frames, zero_padding
 from mertlab.hookspecs import hookimpl
@@ -141,6 +140,8 @@ class CrepeTeacher(Teacher):
     def _windows(self, wav: Tensor, lengths: Tensor, frame_lengths: Tensor) -> Tensor:
         """``[sum(frames), 1024]`` raw CREPE windows of every clip's frames, in clip order."""
         p = self.params
+        from mertlab.data.audio import resample  # torchaudio loads on use, not at registration
+
         audio = resample(zero_padding(wav, lengths), p.sample_rate, CREPE_RATE)
         crepe_lengths = torch.ceil(lengths * (CREPE_RATE / p.sample_rate)).long()
         audio = F.pad(zero_padding(audio, crepe_lengths.clamp(max=audio.shape[1])), (WINDOW // 2, WINDOW // 2 + WINDOW))
