@@ -40,10 +40,10 @@ def test_generated_packages_pass_their_own_contract_tests(generated):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "12 passed" in proc.stdout, proc.stdout  # 7 teacher + 3 backbone + 2 objective checks
     listing = run("-m", "mertlab", "plugins", "demo_*", site=site, cwd=root)
-    assert [line.split()[:3] for line in listing.stdout.splitlines()[2:]] == [
+    assert sorted(line.split()[:3] for line in listing.stdout.splitlines()[2:]) == [
         ["demo_backbone", "backbone", "mertlab-demo-backbone"],
-        ["demo_teacher", "teacher", "mertlab-demo-teacher"],
         ["demo_objective", "objective", "mertlab-demo-objective"],
+        ["demo_teacher", "teacher", "mertlab-demo-teacher"],
     ], listing.stdout + listing.stderr
 
 
