@@ -1,6 +1,6 @@
 """MARBLE-style probes on frozen clip features: one MLP per layer, plus a learnable weighted sum.
 
-Protocol (/work/shared/REFERENCE.md, "MARBLE probing protocol"): an MLP with one hidden layer of
+Protocol (MARBLE, Yuan et al. 2023): an MLP with one hidden layer of
 512, ReLU, dropout 0.2, trained with Adam (lr 1e-3) and early stopping on the valid split; also a
 probe on a softmax-weighted sum of all layers. Features are standardised with train statistics
 (per layer), regression targets too (predictions are mapped back before scoring).

@@ -45,7 +45,7 @@ from mertlab.log_mel import LogMelFrontend, ceil_div
 PresetName = Literal["tiny", "small", "base", "large"]
 
 #: Size fields each preset fills (fields the user sets explicitly win).
-#: ``base``/``large`` keep MERT-95M/330M depth, width and heads (REFERENCE.md "MERT": 12 x 768,
+#: ``base``/``large`` keep MERT-95M/330M depth, width and heads (Li et al. 2023, "MERT", arXiv 2306.00107: 12 x 768,
 #: 12 heads; 24 x 1024, 16 heads) so layer-wise probing compares like with like. Each macaron
 #: feed-forward is 1.5 x hidden wide: two of them (6 D^2) + attention (4 D^2) + conv module (3 D^2)
 #: is ~13 D^2 per layer against MERT's 12 D^2, so base ~96M and large ~338M parameters sit next to

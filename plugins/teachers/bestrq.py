@@ -18,7 +18,7 @@ _STD_EPS = 1e-5
 
 
 class BestRQParams(Params):
-    """MusicFM's recipe (REFERENCE.md: 128 log-mel bins, stacked, normalised, Xavier projection to
+    """MusicFM's recipe (the MERT paper (arXiv 2306.00107) and its peers: 128 log-mel bins, stacked, normalised, Xavier projection to
     16 dims, 4096-code random codebook, cosine) on MERT's 75 Hz grid: mel hop 80 x 4 stacked
     frames = 320 samples per target at 24 kHz (MusicFM: hop 240 x 4 -> 25 Hz)."""
 

@@ -16,7 +16,7 @@ _STD_EPS = 1e-5
 
 
 class CQTParams(Params):
-    """Defaults are MERT's (REFERENCE.md): 24 kHz, fmin 32.7 Hz (C1), 336 bins, 48 bins/octave
+    """Defaults are MERT's (the MERT paper (arXiv 2306.00107) and its peers): 24 kHz, fmin 32.7 Hz (C1), 336 bins, 48 bins/octave
     (7 octaves), hop 320 (75 Hz, the default backbone's frame rate), raw linear magnitude."""
 
     sample_rate: int = Field(24000, gt=0, description="Sample rate (Hz) the teacher expects (MERT: 24000).")

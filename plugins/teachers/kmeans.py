@@ -32,7 +32,7 @@ _STD_EPS = 1e-5
 
 class KMeansParams(Params):
     """k-means teacher; defaults follow HuBERT iteration 1 (100 clusters of 39-dim MFCC) at
-    MERT's 24 kHz / 75 Hz frame grid (REFERENCE.md)."""
+    MERT's 24 kHz / 75 Hz frame grid (the MERT paper (arXiv 2306.00107) and its peers)."""
 
     feature: Literal["mfcc", "logmel_chroma", "hidden"] = Field(
         "mfcc",
