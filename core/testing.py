@@ -91,7 +91,15 @@ def _resolve(registry: RegistryLike) -> Any:
 def _build(entry: Any, **context: Any) -> Any:
     params = dict(getattr(entry.component, "test_params", {}) or {})
     if "checkpoint" in entry.params_model.model_fields and not params.get("checkpoint"):
-        params["checkpoint"] = _tiny_backbone_file()  # a teacher reading a trained backbone gets a tiny one
+        # a teacher reading a trained backbone gets a tiny one, where its params accept one
+        # (kmeans takes a checkpoint only with feature=hidden)
+        with_checkpoint = {**params, "checkpoint": _tiny_backbone_file()}
+        try:
+            entry.params_model.model_validate(with_checkpoint)
+        except ValueError:  # pydantic's ValidationError is a ValueError
+            pass
+        else:
+            params = with_checkpoint
     return entry.build(params, **context)
 
 

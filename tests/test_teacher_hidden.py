@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from synth_audio import SR, melody, padded_batch
 
+from mertlab.safe_load import read_safetensors
 from mertlab.checkpoint import load_backbone, save_backbone
 from mertlab.data.audio import load_audio, probe
 from mertlab.errors import MertlabError
@@ -97,8 +98,8 @@ def test_kmeans_clusters_a_layer_of_an_hf_directory(hf_dir):
 
 
 def test_weights_change_the_fingerprint_and_files_load_weights_only(backbone_file, tmp_path):
-    payload = torch.load(backbone_file, map_location="cpu", weights_only=True)  # plain tensors and JSON values
-    assert payload["format"] == "mertlab-backbone-v1"
+    _, meta = read_safetensors(backbone_file, "backbone")  # plain tensors and JSON values
+    assert meta["format"] == "mertlab-backbone-v2"
     first = build(checkpoint=str(backbone_file), layer=1).fingerprint()
     assert build(checkpoint=str(backbone_file), layer=1).fingerprint() == first
     torch.manual_seed(1)

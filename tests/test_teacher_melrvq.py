@@ -7,6 +7,7 @@ import torch
 from sklearn.metrics import adjusted_rand_score
 from synth_audio import SR, melody, padded_batch
 
+from mertlab.safe_load import read_safetensors
 from mertlab.data.audio import probe
 from mertlab.errors import MertlabError
 from mertlab.registry import get_registry
@@ -93,8 +94,8 @@ def test_targets_are_batch_independent_and_padding_is_zero(fitted):
 
 def test_state_round_trips_and_is_plain_tensors(fitted, tmp_path):
     teacher, path = fitted
-    state = torch.load(path, map_location="cpu", weights_only=True)  # no pickled code
-    assert state["format"] == "mertlab-melrvq-v1" and state["rvq.codebooks"].shape == (3, 16, 16)
+    tensors, meta = read_safetensors(path, "state")  # safetensors: no pickled code
+    assert meta["format"] == "mertlab-melrvq-v1" and tensors["rvq.codebooks"].shape == (3, 16, 16)
     loaded = build(tokenizer=str(path))
     wav, lengths = padded_batch(clips(2, seed=50))
     assert torch.equal(loaded.targets(wav, lengths).values, teacher.targets(wav, lengths).values)
@@ -119,7 +120,7 @@ def test_missing_mismatched_or_garbage_state_is_one_clear_error(fitted, tmp_path
         build(n_mels=40, tokenizer=str(path))
     junk = tmp_path / "junk.pt"
     junk.write_text("not torch")
-    with pytest.raises(MertlabError, match="not a readable teacher 'melrvq' state file"):
+    with pytest.raises(MertlabError, match="damaged or truncated teacher 'melrvq' state file"):
         build(tokenizer=str(junk))
     with pytest.raises(MertlabError, match="not fitted"):
         build().save_state(tmp_path / "x.pt")

@@ -80,7 +80,7 @@ def test_sqlite_locked_mid_run_metrics_are_kept_and_sent_later(demo_dir, tmp_pat
         wait_for_step(db, 2)
         with sqlite3.connect(db, timeout=30) as con:
             con.execute("BEGIN EXCLUSIVE")
-            time.sleep(8)
+            time.sleep(24)  # longer than MLflow's own sqlite wait (PRAGMA busy_timeout = 20 s), so writes fail
             con.rollback()
 
     locker = threading.Thread(target=hold_lock, daemon=True)

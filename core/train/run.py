@@ -112,6 +112,9 @@ def train(
             raise MertlabError(f"--resume: {ckpt_path} belongs to MLflow run {ckpt_run}, not {run_id}")
         run_id = ckpt_run or run_id
 
+    tracking_uri = resolve_tracking_uri(spec)
+    experiment = spec.tracking.experiment or spec.name
+    client = check_store(tracking_uri, spec.tracking.connect_timeout)  # one clear error, before any work or file is written
     check_writable(run_directory(spec), "trainer.output_dir")  # before any work or MLflow run
     prepare_data(spec)
     module = PretrainModule(spec, registry)
@@ -123,9 +126,6 @@ def train(
             build_teacher_cache(teacher, files, spec.data.target_cache, alias=alias, progress=progress)
     module.target_source.check_files(files)
 
-    tracking_uri = resolve_tracking_uri(spec)
-    experiment = spec.tracking.experiment or spec.name
-    client = check_store(tracking_uri, spec.tracking.connect_timeout)  # one clear error, before any training
     for crashed in mark_crashed_runs(client, experiment):
         log.warning("MLflow run %s was left RUNNING by a training process that is gone: marked FAILED", crashed)
     if run_id:
