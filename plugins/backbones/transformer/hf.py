@@ -20,6 +20,7 @@ from pydantic import ValidationError
 from torch import Tensor
 
 from mertlab.errors import MertlabError
+from mertlab.safe_load import load_torch_file
 
 from .backbone import TransformerBackbone
 from .params import TransformerParams
@@ -181,7 +182,7 @@ def read_hf_weights(directory: Path) -> dict[str, Tensor]:
 
                 state.update(load_file(str(path), device="cpu"))
             else:
-                state.update(torch.load(path, map_location="cpu", weights_only=True))
+                state.update(load_torch_file(path, "Hugging Face weights file"))
         return state
     raise MertlabError(f"{directory}: no model.safetensors or pytorch_model.bin (or their sharded index) found")
 
