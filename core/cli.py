@@ -105,6 +105,8 @@ def train_command(spec_path: str, overrides: tuple[str, ...], resume: str | None
         return
     spec = load_spec(spec_path, overrides)
     result = train(spec, resume=True if resume == "latest" else (resume or False), progress=not no_progress)
+    if not result.is_global_zero:  # the other processes of a distributed run stay quiet
+        return
     losses = ", ".join(f"{k}={v:.4g}" for k, v in sorted(result.metrics.items()) if k.startswith(("loss/", "val/loss/")))
     accuracy = ", ".join(f"{alias} {value:.3f}" for alias, value in mean_accuracies(result.metrics).items())
     click.echo(

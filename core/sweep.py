@@ -249,6 +249,7 @@ def run_child(
 
     Raises on failure, after marking the child run FAILED.
     """
+    from lightning.pytorch.utilities.rank_zero import rank_zero_only
     from mlflow.entities import Param
     from mlflow.exceptions import MlflowException
 
@@ -273,6 +274,14 @@ def run_child(
             f"--parent-run-id: run {parent_run_id} is not in experiment '{experiment}' of this spec; "
             "children must log to their parent's experiment"
         )
+    if rank_zero_only.rank != 0:
+        # Another process of a distributed child (started by Lightning's launcher after rank 0
+        # set the child run up): train alongside rank 0, from the same checkpoint, and leave
+        # MLflow alone.
+        existing = find_child(client, parent, variant)
+        last = run_directory(spec) / existing.info.run_id / "checkpoints" / "last.ckpt" if existing else None
+        train(spec, resume=str(last) if last is not None and last.exists() else False, registry=registry, progress=progress)
+        return ChildOutcome(variant, existing.info.run_id if existing else None, "trained")
     sha = spec_sha(spec)
     existing = find_child(client, parent, variant)
     ckpt = None
@@ -287,7 +296,7 @@ def run_child(
                 "give the sweep a new `name`, or delete that run to train the variant again"
             )
         last = run_directory(spec) / run_id / "checkpoints" / "last.ckpt"
-        if same and last.is_file():
+        if same and last.exists():  # a file, or a sharded (fsdp) folder
             ckpt = last
         else:  # an unfinished run with nothing to resume from (or of an older spec): start over
             client.delete_run(run_id)

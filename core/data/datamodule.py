@@ -8,7 +8,7 @@ import lightning as L
 from torch.utils.data import DataLoader
 
 from mertlab.data.audio import AudioFile, list_audio_paths, probe
-from mertlab.data.dataset import CropDataset, collate_crops, seed_worker
+from mertlab.data.dataset import CropDataset, EpochSampler, collate_crops, seed_worker
 from mertlab.errors import DataError
 from mertlab.spec import DataSpec
 
@@ -65,11 +65,16 @@ class AudioDataModule(L.LightningDataModule):
 
     def _loader(self, files: list[AudioFile], train: bool) -> DataLoader:
         dataset = CropDataset(files, self.sample_rate, self.data.crop_seconds, random_crops=train, seed=self.seed)
+        # Ranks split the data through our sampler (the trainer sets use_distributed_sampler=False):
+        # the same interleaved (seed, epoch) permutation in one process and on N ranks.
+        trainer = self.trainer
+        rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+        sampler = EpochSampler(dataset, num_replicas=world, rank=rank, shuffle=train, seed=self.seed, drop_last=train and len(files) >= world)
         return DataLoader(
             dataset,
             batch_size=self.data.batch_size,
-            shuffle=train,
-            drop_last=train and len(files) > self.data.batch_size,
+            sampler=sampler,
+            drop_last=train and len(sampler) > self.data.batch_size,
             num_workers=self.data.num_workers,
             collate_fn=collate_crops,
             worker_init_fn=seed_worker,

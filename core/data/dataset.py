@@ -3,13 +3,15 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, DistributedSampler
 
 from mertlab.data.audio import AudioFile, read_segment, resample
+from mertlab.seeding import derive_seed
 
 
 @dataclass(frozen=True)
@@ -57,6 +59,12 @@ class CropDataset(Dataset):
     Training crops start at a random position (a fresh draw each epoch); validation crops
     (``random_crops=False``) are deterministic: the middle of the file. Files shorter than the
     crop are zero-padded and their ``length`` says how many samples are real.
+
+    Indexed by ``(epoch, index)`` (what :class:`EpochSampler` yields), a training crop's start
+    is drawn from (seed, epoch, file index) alone: different for every file and epoch, yet the
+    same whichever rank or DataLoader worker reads it -- so N ranks see exactly the crops of one
+    process, and a resumed epoch the crops of the interrupted one. A plain integer index draws
+    from the dataset's own stream instead (a fresh crop per call).
     """
 
     def __init__(self, files: list[AudioFile], sample_rate: int, crop_seconds: float, random_crops: bool, seed: int = 0) -> None:
@@ -71,18 +79,36 @@ class CropDataset(Dataset):
     def __len__(self) -> int:
         return len(self.files)
 
-    def __getitem__(self, index: int) -> Crop:
+    def __getitem__(self, key: int | tuple[int, int]) -> Crop:
+        if isinstance(key, tuple):
+            epoch, index = key
+            rng = random.Random(derive_seed("crop", self.seed, epoch, index))
+        else:
+            index, rng = key, self._rng
         file = self.files[index]
         # Read a few native frames more than needed so resampling edges don't shorten the crop.
         native = math.ceil(self.crop_seconds * file.sample_rate) + 16
         spare = max(file.num_frames - native, 0)
-        start = self._rng.randint(0, spare) if self.random_crops else spare // 2
+        start = rng.randint(0, spare) if self.random_crops else spare // 2
         wav = resample(read_segment(file, start, min(native, file.num_frames)), file.sample_rate, self.sample_rate)
         wav = wav[: self.crop_samples]
         length = wav.shape[0]
         if length < self.crop_samples:
             wav = torch.nn.functional.pad(wav, (0, self.crop_samples - length))
         return Crop(wav, length, file, start / file.sample_rate)
+
+
+class EpochSampler(DistributedSampler):
+    """:class:`~torch.utils.data.DistributedSampler` yielding ``(epoch, index)`` keys.
+
+    Rank ``r`` of ``world`` takes every ``world``-th index of a (seed, epoch) permutation, so
+    the ranks' batches together are the batch one process would draw; Lightning calls
+    :meth:`set_epoch` at each epoch. The epoch in the key seeds the crop (see
+    :class:`CropDataset`).
+    """
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:  # type: ignore[override]
+        return ((self.epoch, index) for index in super().__iter__())
 
 
 def collate_crops(items: list[Crop]) -> AudioBatch:

@@ -28,6 +28,7 @@ from mertlab import metric_names as M
 from mertlab.augment import mixup
 from mertlab.contracts import BackboneOutput, Targets
 from mertlab.data.dataset import AudioBatch
+from mertlab.seeding import derive_seed, generator
 from mertlab.spec import ExperimentSpec
 from mertlab.train.schedule import lr_factor
 from mertlab.train.targets import target_source
@@ -117,21 +118,54 @@ class PretrainModule(L.LightningModule):
         """Each teacher's targets of the clean audio, aligned to the backbone's frames."""
         return self.target_source.targets(batch, self.backbone.frame_rate, num_frames, frame_lengths)
 
-    def mask_generator(self, stage: str, batch_idx: int) -> torch.Generator:
-        """Reproducible masks: seeded by spec seed and step (train) or batch index (validation)."""
-        offset = self.global_step if stage == "train" else 10_000_019 + batch_idx
-        return torch.Generator().manual_seed(self.spec.seed * 1_000_003 + offset)
+    def distributed_position(self) -> tuple[int, int, int]:
+        """``(rank, world size, gradient-accumulation steps)``; ``(0, 1, 1)`` outside a Trainer."""
+        trainer = self._trainer
+        if trainer is None:
+            return 0, 1, 1
+        return trainer.global_rank, trainer.world_size, trainer.accumulate_grad_batches
+
+    def frame_masks(self, padding: Tensor, stage: str, batch_idx: int) -> Tensor:
+        """Masks of a batch, one random stream per clip.
+
+        Training clip ``i`` on rank ``r`` draws from (seed, step, micro-batch, ``i * world + r``):
+        masks differ across micro-batches of one step and across ranks, and ``i * world + r`` is
+        the clip's position in the global batch under the interleaved
+        :class:`~torch.utils.data.DistributedSampler` mertlab always uses -- so N ranks draw
+        exactly the masks one process would for the same global batch. Validation clips use
+        (seed, batch index, position): the same masks at every validation.
+        """
+        rank, world, accumulation = self.distributed_position()
+        if stage == "train":
+            stream, key = "mask", (self.spec.seed, self.global_step, batch_idx % accumulation)
+        else:
+            stream, key = "val_mask", (self.spec.seed, batch_idx)
+        rows = [self.masking(padding[i:i + 1], generator(stream, *key, i * world + rank)) for i in range(padding.shape[0])]
+        return torch.cat(rows) if rows else padding.clone()
+
+    def mixup_generator(self, batch_idx: int) -> torch.Generator:
+        """Mixup pairs are drawn within the local batch: seeded by (seed, step, micro-batch, rank)."""
+        rank, _, accumulation = self.distributed_position()
+        return generator("mixup", self.spec.seed, self.global_step, batch_idx % accumulation, rank)
+
+    def layer_drop_seed(self, batch_idx: int) -> int:
+        """Seed of the backbone's structural randomness (layer drop): (seed, step, micro-batch),
+        deliberately *not* the rank, so every rank skips the same layers -- the global batch
+        then sees one network, as it would in one process (see :meth:`Backbone.set_step_seed`)."""
+        _, _, accumulation = self.distributed_position()
+        return derive_seed("layer_drop", self.spec.seed, self.global_step, batch_idx % accumulation)
 
     def shared_step(self, batch: AudioBatch, batch_idx: int, stage: str) -> tuple[Tensor, dict[str, Tensor], dict[str, Targets]]:
         wav, lengths = batch.wav, batch.lengths
         num_frames, frame_lengths, padding = self.frame_padding(wav, lengths)
         targets = self.compute_targets(batch, num_frames, frame_lengths)
-        generator = self.mask_generator(stage, batch_idx)
         student = wav
         mix = self.spec.augment.mixup
         if stage == "train" and mix.probability > 0:
-            student = mixup(wav, lengths, mix.probability, mix.max_gain, generator)
-        mask = self.masking(padding.cpu(), generator).to(wav.device) & ~padding
+            student = mixup(wav, lengths, mix.probability, mix.max_gain, self.mixup_generator(batch_idx))
+        if stage == "train":
+            self.backbone.set_step_seed(self.layer_drop_seed(batch_idx))
+        mask = self.frame_masks(padding.cpu(), stage, batch_idx).to(wav.device) & ~padding
         out = self.backbone(student, lengths, mask, instrument=stage == "train" and self.instrument_next_step)
         self.last_output = out if stage == "train" else None
 
@@ -165,13 +199,27 @@ class PretrainModule(L.LightningModule):
         logs[M.SKIPPED_STEPS] = torch.tensor(float(self.skipped_steps))
         total = logs.pop(M.LOSS_TOTAL, None)
         if total is not None:
-            self.log(M.LOSS_TOTAL, total, prog_bar=True, on_step=True, on_epoch=False, batch_size=len(batch))
+            # The mean over ranks (one all-reduce; a no-op in one process): the loss of the global batch.
+            self.log(M.LOSS_TOTAL, total, prog_bar=True, on_step=True, on_epoch=False, batch_size=len(batch), sync_dist=True)
         self.log_dict(logs, on_step=True, on_epoch=False, batch_size=len(batch))
         return loss
 
     def validation_step(self, batch: AudioBatch, batch_idx: int) -> None:
         _, logs, _ = self.shared_step(batch, batch_idx, "val")
-        self.log_dict({M.val(k): v for k, v in logs.items()}, on_step=False, on_epoch=True, batch_size=len(batch))
+        # Averaged over ranks at the end of validation, so every rank's checkpoint callback sees
+        # the same (global) val/loss/total when it picks the best checkpoint.
+        self.log_dict({M.val(k): v for k, v in logs.items()}, on_step=False, on_epoch=True, batch_size=len(batch), sync_dist=True)
+
+    def configure_gradient_clipping(self, optimizer: torch.optim.Optimizer, gradient_clip_val: float | None = None,
+                                    gradient_clip_algorithm: str | None = None) -> None:
+        """Clip the global gradient norm; under FSDP through the sharded module's own
+        ``clip_grad_norm_`` (the norm over every rank's shard), which Lightning's FSDP precision
+        plugin leaves to the module."""
+        model = self.trainer.model
+        if gradient_clip_val and hasattr(model, "clip_grad_norm_"):
+            model.clip_grad_norm_(gradient_clip_val)
+        else:
+            super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         """Measure the global gradient norm (before clipping); drop non-finite gradients."""
@@ -199,7 +247,8 @@ class PretrainModule(L.LightningModule):
         return logs
 
     def log_throughput(self, batch: AudioBatch) -> None:
-        """Audio seconds and clips per wall-clock second, measured step start to step start."""
+        """Audio seconds and clips per wall-clock second, measured step start to step start,
+        summed over ranks (each rank measures its own share of the global batch)."""
         now = time.perf_counter()
         if self._last_step_start is not None:
             elapsed = max(now - self._last_step_start, 1e-9)
@@ -207,5 +256,5 @@ class PretrainModule(L.LightningModule):
             self.log_dict({
                 M.AUDIO_SECONDS_PER_S: seconds / elapsed,
                 M.SAMPLES_PER_S: len(batch) / elapsed,
-            }, on_step=True, on_epoch=False)
+            }, on_step=True, on_epoch=False, sync_dist=True, reduce_fx="sum")
         self._last_step_start = now

@@ -10,7 +10,7 @@ from torch import Tensor, nn
 from mertlab.contracts import Backbone, BackboneOutput
 from mertlab.errors import DataError, MertlabError
 
-from .layers import Encoder, FeatureExtractor, FeatureProjection
+from .layers import Encoder, EncoderLayer, FeatureExtractor, FeatureProjection
 from .params import TransformerParams
 
 
@@ -106,6 +106,12 @@ class TransformerBackbone(Backbone):
         }
         blocks.update({f"layer{i}": [f"encoder.layers.{i}."] for i in range(self.params.num_layers)})
         return blocks
+
+    def set_step_seed(self, seed: int) -> None:
+        self.encoder.layer_drop_generator = torch.Generator().manual_seed(seed)
+
+    def layer_classes(self) -> set[type[nn.Module]]:
+        return {EncoderLayer}
 
     # ------------------------------------------------------------------ forward
     def forward(

@@ -1,0 +1,70 @@
+"""Lightning strategies from ``trainer.strategy``: one process, DDP or FSDP, on one or many nodes.
+
+Everything distributed is PyTorch's, through Lightning; this module only chooses and configures:
+
+* ``ddp``: :class:`~lightning.pytorch.strategies.DDPStrategy` with ``find_unused_parameters``
+  on. Every preset uses layer drop: a skipped layer has no gradient on that step, which plain
+  DDP rejects ("Expected to have finished reduction..."). The *decision* is the same on every
+  rank (seeded from seed, step and micro-batch: :meth:`PretrainModule.layer_drop_seed`), so the
+  global batch trains one network, as in one process; ``find_unused_parameters`` lets DDP
+  reduce the layers that did run. Its cost is one walk over the autograd graph per step, small
+  next to the forward pass; masks hiding no frame or an objective without targets can leave
+  parameters unused too, so it stays on whatever the backbone.
+* ``fsdp``: :class:`~lightning.pytorch.strategies.FSDPStrategy`; each backbone layer
+  (:meth:`Backbone.layer_classes`) is one wrapped, sharded unit and, with
+  ``trainer.activation_checkpointing``, recomputed in backward; ``trainer.precision:
+  bf16-mixed`` gives bf16 compute and gradient reduction with fp32 master weights;
+  checkpoints are sharded (one folder, a file per rank; torch distributed checkpoint, which
+  reshards to another device count on load).
+* ``auto``: one device -> no strategy; several -> ``ddp`` as above (Lightning's own choice
+  would leave ``find_unused_parameters`` off).
+"""
+from __future__ import annotations
+
+from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy, Strategy
+
+from mertlab.contracts import Backbone
+from mertlab.errors import MertlabError
+from mertlab.spec import TrainerSpec
+
+
+def world_size(trainer: TrainerSpec) -> int:
+    """Processes of the run: ``devices x num_nodes``."""
+    return trainer.devices * trainer.num_nodes
+
+
+def ddp_strategy(trainer: TrainerSpec, backbone: Backbone) -> Strategy:
+    return DDPStrategy(find_unused_parameters=True)
+
+
+def fsdp_strategy(trainer: TrainerSpec, backbone: Backbone) -> Strategy:
+    import torch
+
+    if trainer.accelerator == "cpu" or (trainer.accelerator == "auto" and not torch.cuda.is_available()):
+        raise MertlabError(
+            f"trainer.strategy: fsdp needs CUDA GPUs (Lightning's FSDP does not run on CPU; accelerator here: "
+            f"{trainer.accelerator}); use ddp on CPU"
+        )
+    layers = backbone.layer_classes() or None
+    return FSDPStrategy(
+        auto_wrap_policy=layers,
+        activation_checkpointing_policy=layers if trainer.activation_checkpointing else None,
+        state_dict_type="sharded",
+        # Frozen teachers and trainable layers share the root unit: FSDP needs the original
+        # parameters (not one flat tensor per unit) to mix requires_grad within a unit.
+        use_orig_params=True,
+    )
+
+
+STRATEGIES = {"ddp": ddp_strategy, "fsdp": fsdp_strategy}
+
+
+def build_strategy(trainer: TrainerSpec, backbone: Backbone) -> Strategy | str:
+    """The Lightning ``strategy`` argument for ``trainer.strategy`` (see the module doc)."""
+    name = trainer.strategy
+    if name == "auto":
+        if world_size(trainer) == 1:
+            return "auto"
+        name = "ddp"
+    return STRATEGIES[name](trainer, backbone)
+
