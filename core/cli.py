@@ -273,6 +273,19 @@ DEVICE_OPTION = click.option("--device", default="auto", show_default=True, help
 WORKERS_OPTION = click.option("--num-workers", default=0, show_default=True, type=click.IntRange(min=0), help="Audio decoding processes.")
 
 
+@cli.command("export")
+@click.argument("checkpoint", metavar="CKPT")
+@click.argument("out", metavar="OUT")
+@click.option("--format", "fmt", type=click.Choice(["hf"]), default="hf", show_default=True,
+              help="hf: a transformers HubertModel directory (config.json, model.safetensors, README.md model card).")
+def export_command(checkpoint: str, out: str, fmt: str) -> None:
+    """Export the backbone of CKPT to OUT for sharing, e.g. `transformers.HubertModel.from_pretrained(OUT)`."""
+    from mertlab.export import export
+
+    directory = export(checkpoint, out, fmt)
+    click.echo(f"exported {checkpoint} to {directory} (config.json, model.safetensors, README.md)")
+
+
 @cli.command("extract")
 @click.argument("checkpoint", metavar="CKPT")
 @click.argument("data", metavar="DATA")

@@ -21,6 +21,7 @@ import hashlib
 import json
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import torch
@@ -227,6 +228,13 @@ class Backbone(nn.Module, ABC):
         decisions from a generator seeded here (not from the global RNG, which differs across
         ranks and is also used by dropout). Default: nothing to seed.
         """
+
+    def save_hf(self, directory: Path) -> None:
+        """Write a Hugging Face model directory (``config.json`` + ``model.safetensors``) that
+        ``transformers`` loads (``mertlab export --format hf``). Default: not supported."""
+        from mertlab.errors import MertlabError
+
+        raise MertlabError(f"backbone '{self.name}' has no Hugging Face format to export to")
 
     def layer_classes(self) -> set[type[nn.Module]]:
         """The repeated block classes (transformer/conformer layers): FSDP wraps and shards each

@@ -166,6 +166,12 @@ class TransformerBackbone(Backbone):
         )
 
     # ------------------------------------------------------------------ Hugging Face
+    def save_hf(self, directory: Path) -> None:
+        """Write a ``transformers.HubertModel`` directory; see :func:`.hf.save_hf`."""
+        from .hf import save_hf
+
+        save_hf(self, directory)
+
     @classmethod
     def load_hf(cls, directory: str | Path, sample_rate: int | None = None) -> TransformerBackbone:
         """Load a local ``transformers.HubertModel`` / MERT checkpoint directory (config.json +

@@ -211,3 +211,18 @@ def load_hf(directory: str | Path, sample_rate: int | None = None) -> Transforme
             f"unexpected: {unexpected or 'none'}"
         )
     return backbone.eval()
+
+
+def save_hf(backbone: TransformerBackbone, directory: str | Path) -> Path:
+    """Write ``backbone`` as a ``transformers.HubertModel`` directory: ``config.json``
+    (``model_type: hubert``, our architecture via :func:`hf_config_from_params`) and
+    ``model.safetensors`` (our state dict: the keys are HF's)."""
+    from safetensors.torch import save_file
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    config = {"model_type": "hubert", "architectures": ["HubertModel"], **hf_config_from_params(backbone.params)}
+    (directory / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    state = {k: v.detach().contiguous().cpu() for k, v in backbone.state_dict().items()}
+    save_file(state, str(directory / "model.safetensors"), metadata={"format": "pt"})
+    return directory
