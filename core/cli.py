@@ -134,9 +134,13 @@ def mean_accuracies(metrics: dict[str, float]) -> dict[str, float]:
 @OVERRIDE_OPTION
 @click.option("--dry-run", is_flag=True,
               help="Validate, create the parent run, and print the `mertlab train` command of each unfinished child instead of running it.")
+@click.option("--launcher", type=click.Choice(["shell", "slurm"]), default="shell", show_default=True,
+              help="With --dry-run: print shell commands, or write one SLURM array job (--sbatch) whose tasks are the children.")
+@click.option("--sbatch", "sbatch_path", metavar="FILE", help="Where --launcher slurm writes the job [default: <sweep name>.sbatch].")
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
 @click.option("--no-compare", is_flag=True, help="Do not tabulate the children and log the comparison to the parent run at the end.")
-def sweep_command(spec_path: str, overrides: tuple[str, ...], dry_run: bool, no_progress: bool, no_compare: bool) -> None:
+def sweep_command(spec_path: str, overrides: tuple[str, ...], dry_run: bool, launcher: str, sbatch_path: str | None,
+                  no_progress: bool, no_compare: bool) -> None:
     """Run every variant of SPEC's `sweep:` block as a child of one MLflow parent run.
 
     Overrides apply to every variant. All variants are validated before the first starts;
@@ -145,8 +149,15 @@ def sweep_command(spec_path: str, overrides: tuple[str, ...], dry_run: bool, no_
     from mertlab.sweep import run_sweep
     from mertlab.tracking import ui_command
 
+    if launcher == "slurm" and not dry_run:
+        raise click.UsageError("--launcher slurm writes a job for the scheduler: add --dry-run")
     result = run_sweep(spec_path, overrides, dry_run=dry_run, progress=not no_progress, echo=click.echo)
     if dry_run:
+        if launcher == "slurm" and result.pending:
+            from mertlab.slurm import write_sbatch
+
+            path = write_sbatch(result, sbatch_path or f"{result.plan.name}.sbatch")
+            click.echo(f"SLURM array job of {len(result.pending)} children written to {path}; submit: sbatch {path}")
         return
     if not no_compare:
         from mertlab.compare import compare, to_text

@@ -324,16 +324,25 @@ def run_child(
     return ChildOutcome(variant, run_id, "resumed" if ckpt else "trained")
 
 
-def child_command(plan: SweepPlan, child: ChildPlan, parent_run_id: str) -> str:
-    """The shell command that trains ``child`` on any machine sharing the tracking store."""
+def child_argv(plan: SweepPlan, child: ChildPlan, parent_run_id: str) -> list[str]:
+    """``mertlab train ...`` of ``child`` nested under ``parent_run_id``, as an argument list."""
     argv = ["mertlab", "train", plan.spec_path]
     for override in child.overrides:
         argv += ["-o", override]
-    argv += ["--parent-run-id", parent_run_id, "--variant", child.variant.name, "--no-progress"]
-    command = " ".join(shlex.quote(a) for a in argv)
-    if plan.spec.tracking.tracking_uri is None:  # pin the store the parent was created in
-        command = f"MLFLOW_TRACKING_URI={shlex.quote(plan.tracking_uri)} {command}"
-    return command
+    return argv + ["--parent-run-id", parent_run_id, "--variant", child.variant.name, "--no-progress"]
+
+
+def child_env(plan: SweepPlan) -> dict[str, str]:
+    """Environment the children need: the MLflow store the parent was created in, when the spec
+    names none (children must not fall back to another machine's ./mlflow.db)."""
+    return {} if plan.spec.tracking.tracking_uri else {"MLFLOW_TRACKING_URI": plan.tracking_uri}
+
+
+def child_command(plan: SweepPlan, child: ChildPlan, parent_run_id: str) -> str:
+    """The shell command that trains ``child`` on any machine sharing the tracking store."""
+    env = " ".join(f"{k}={shlex.quote(v)}" for k, v in child_env(plan).items())
+    command = " ".join(shlex.quote(a) for a in child_argv(plan, child, parent_run_id))
+    return f"{env} {command}" if env else command
 
 
 # --------------------------------------------------------------------------- the sweep
@@ -344,6 +353,8 @@ class SweepResult:
     experiment: str
     outcomes: list[ChildOutcome] = field(default_factory=list)
     commands: list[str] = field(default_factory=list)
+    pending: list[ChildPlan] = field(default_factory=list)  # dry run: the children still to train
+    plan: SweepPlan | None = None
 
     @property
     def failed(self) -> list[ChildOutcome]:
@@ -372,7 +383,7 @@ def run_sweep(
     client = _client(plan.tracking_uri)
     parent = ensure_parent(client, plan, registry)
     parent_id = parent.info.run_id
-    result = SweepResult(parent_id, plan.tracking_uri, plan.experiment)
+    result = SweepResult(parent_id, plan.tracking_uri, plan.experiment, plan=plan)
     echo(f"sweep '{plan.name}': {len(plan.children)} variants, parent run {parent_id} (experiment '{plan.experiment}')")
     if dry_run:
         for child in plan.children:
@@ -382,6 +393,7 @@ def run_sweep(
                 continue
             command = child_command(plan, child, parent_id)
             result.commands.append(command)
+            result.pending.append(child)
             echo(command)
         client.update_run(parent_id, status="SCHEDULED" if result.commands else "FINISHED")
         return result
