@@ -189,7 +189,11 @@ def test_two_process_ddp_matches_one_process_logs_once_and_resumes_in_one_proces
     # The DDP checkpoint resumes in one process (same MLflow run, same global batch).
     run_cli(["train", str(spec_path), "--resume", str(ckpt_dir / "last.ckpt"), "-o", "data.batch_size=4",
              "-o", "trainer.max_steps=6", "--no-progress"], tmp_path)
-    assert [s for s, _ in losses(client.get_run(two.info.run_id))] == [0, 1, 2, 3, 4, 5]
+    resumed = torch.load(ckpt_dir / "last.ckpt", map_location="cpu", weights_only=False)
+    assert resumed["global_step"] == 6 and resumed["mlflow_run_id"] == two.info.run_id
+    steps = [s for s, _ in losses(client.get_run(two.info.run_id))]
+    assert len(steps) == 6 and steps[:4] == [0, 1, 2, 3] and steps[4] > 3  # two more steps, same run
+    assert len(client.search_runs([one.info.experiment_id])) == 2
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="Lightning's FSDP needs CUDA; runs where a GPU is present")
