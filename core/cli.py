@@ -5,6 +5,7 @@ import json
 import re
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -41,6 +42,55 @@ def plugins_command(kind: str | None, pattern: str) -> None:
         return
     rows = [(e.name, e.kind, e.source.label, e.summary) for e in entries]
     click.echo(format_table(("name", "kind", "source", "summary"), rows))
+
+
+@cli.command("check-plugin")
+@click.argument("name")
+@click.option("--kind", type=click.Choice(KINDS), help="The component's kind, where NAME is registered under several.")
+def check_plugin_command(name: str, kind: str | None) -> None:
+    """Run mertlab's contract checks (mertlab.testing) on the registered component NAME."""
+    from mertlab.registry import get_registry
+    from mertlab.testing import run_contract_checks
+
+    registry = get_registry()
+    entries = [e for e in registry.list(kind) if e.name == name]
+    if not entries:
+        from mertlab.registry import unknown_name_message
+
+        raise MertlabError(unknown_name_message(kind or "component", name, sorted({e.name for e in registry.list(kind)})))
+    if len(entries) > 1:
+        raise click.UsageError(f"'{name}' is a {' and a '.join(e.kind for e in entries)}; choose one with --kind")
+    entry = entries[0]
+    click.echo(f"{entry.kind} '{entry.name}' ({entry.source.label}):")
+    failed = []
+    for result in run_contract_checks(entry.kind, entry.name, registry):
+        note = f"  ({result.message})" if result.status == "skipped" else ""
+        click.echo(f"  {result.status:7s} {result.check}{note}")
+        if result.status == "failed":
+            failed.append(result.message)
+    if failed:
+        raise MertlabError("\n".join(failed))
+
+
+@cli.command("new")
+@click.argument("kind", type=click.Choice(["teacher", "backbone", "objective"]))
+@click.argument("name")
+@click.argument("directory", required=False, metavar="[DIR]")
+def new_command(kind: str, name: str, directory: str | None) -> None:
+    """Write a ready plugin package for a new KIND named NAME into DIR [default: ./mertlab-NAME].
+
+    The package has the entry point, the component with documented Params, a test file running
+    mertlab's contract checks and a README; install it with `pip install -c constraints.txt -e DIR`.
+    """
+    from mertlab.scaffold import write_package
+
+    path = write_package(kind, name, directory)
+    click.echo(
+        f"wrote {kind} '{name}' in {path}/\n"
+        f"  install:  pip install -c constraints.txt -e {path}   (keeps your torch; constraints.txt of the mertlab checkout)\n"
+        f"  test:     python -m pytest {path / 'tests'}   or   mertlab check-plugin {name}\n"
+        f"  edit:     {path / ('mertlab_' + name) / '__init__.py'}"
+    )
 
 
 @cli.command("validate")
@@ -113,10 +163,29 @@ def train_command(spec_path: str, overrides: tuple[str, ...], resume: str | None
         f"\nrun {result.run_id} finished (experiment '{result.experiment}')\n"
         f"  final: {losses}\n"
         + (f"  masked accuracy (mean over codebooks): {accuracy}\n" if accuracy else "")
+        + (f"  skipped {len(result.skipped_files)} bad audio files (each named in the log; listed with the reason "
+           f"in the run's data/skipped_files.tsv artifact)\n" if result.skipped_files else "")
         + f"  metrics: {result.tracking_uri}\n"
         f"  checkpoints: {result.checkpoint_dir}\n"
         f"  open the UI: {ui_command(result.tracking_uri)}  (then http://127.0.0.1:5000)"
     )
+    if spec.probe is not None:
+        from mertlab.probe.experiment import probe_spec_tasks
+
+        click.echo(f"\nprobing the final checkpoint on {len(spec.probe.tasks)} task(s) (probe: section)")
+        results = probe_spec_tasks(spec.probe, result.checkpoint_dir / "last.ckpt", result.run_id, result.tracking_uri,
+                                   progress=not no_progress, echo=click.echo)
+        echo_probe_results(results)
+
+
+def echo_probe_results(results: list[Any]) -> None:
+    """The table of a ``probe:`` section's results, then one verdict line per task."""
+    from mertlab.probe.experiment import results_table
+
+    header, rows = results_table(results)
+    if rows:
+        click.echo("\n" + format_table(header, rows))
+    click.echo("\n".join(r.verdict for r in results))
 
 
 def mean_accuracies(metrics: dict[str, float]) -> dict[str, float]:
@@ -201,7 +270,7 @@ def compare_command(target: str, metrics: tuple[str, ...], out_dir: str | None, 
 
 @cli.group("teachers")
 def teachers_group() -> None:
-    """Teacher tasks: fit the teachers that learn from data (k-means) before training."""
+    """Teacher tasks: fit the teachers that learn from data (k-means, Mel-RVQ), evaluate teachers on a labelled task."""
 
 
 @teachers_group.command("fit")
@@ -209,7 +278,7 @@ def teachers_group() -> None:
 @OVERRIDE_OPTION
 @click.option("--passes", default=1, show_default=True, type=click.IntRange(min=1),
               help="Passes over the training files, each with fresh random crops.")
-@click.option("--device", default="cpu", show_default=True, help="Torch device for features and k-means, e.g. cuda.")
+@click.option("--device", default="cpu", show_default=True, help="Torch device for features and fitting (k-means, Mel-RVQ), e.g. cuda.")
 def teachers_fit_command(spec_path: str, overrides: tuple[str, ...], passes: int, device: str) -> None:
     """Fit every teacher of SPEC that needs fitting on its training audio and write its state file."""
     from mertlab.fitting import fit_teachers
@@ -224,17 +293,69 @@ def teachers_fit_command(spec_path: str, overrides: tuple[str, ...], passes: int
         click.echo(f"teachers.{f.alias} ({f.name}): wrote {f.path}{note}; fingerprint {f.fingerprint}")
 
 
+@teachers_group.command("evaluate")
+@click.argument("spec_path", metavar="SPEC")
+@click.argument("task_path", metavar="TASK")
+@OVERRIDE_OPTION
+@click.option("--teacher", "aliases", multiple=True, metavar="ALIAS", help="Only this teacher of the spec (repeatable).")
+@click.option("--window-seconds", default=5.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
+              help="Audio is fed to each teacher in windows of this length.")
+@click.option("--max-epochs", default=None, type=click.IntRange(min=1), help="Epoch limit of the continuous teachers' probes [default: 200].")
+@click.option("--seed", default=0, show_default=True, help="Seed of the probes.")
+@click.option("--experiment", default="teacher-eval", show_default=True, help="MLflow experiment (one run per teacher).")
+@click.option("--tracking-uri", default=None, help="MLflow store [default: the spec's, else $MLFLOW_TRACKING_URI, else ./mlflow.db].")
+@click.option("--no-tracking", is_flag=True, help="Do not log to MLflow.")
+@click.option("--device", default="cpu", show_default=True, help="Torch device the teachers run on, e.g. cuda.")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+def teachers_evaluate_command(spec_path: str, task_path: str, overrides: tuple[str, ...], aliases: tuple[str, ...],
+                              window_seconds: float, max_epochs: int | None, seed: int, experiment: str,
+                              tracking_uri: str | None, no_tracking: bool, device: str, no_progress: bool) -> None:
+    """Rank SPEC's teachers on a labelled TASK without training anything.
+
+    Discrete teachers: per-codebook code perplexity, cluster purity, label purity and PNMI
+    (HuBERT's analysis, with the clip label on every frame). Continuous teachers: the MLP
+    probe score of their clip-mean features. One MLflow run per teacher, metrics
+    teacher_eval/<task>/<metric>.
+    """
+    from mertlab.probe.fit import ProbeParams
+    from mertlab.probe.task import load_task
+    from mertlab.spec import load_spec
+    from mertlab.teacher_eval import evaluate_teachers, log_scores, scores_table
+    from mertlab.tracking import resolve_tracking_uri
+
+    spec = load_spec(spec_path, overrides)
+    task = load_task(task_path)
+    params = ProbeParams(seed=seed, **({"max_epochs": max_epochs} if max_epochs else {}))
+    scores = evaluate_teachers(spec, task, window_seconds, params, device, progress=not no_progress, aliases=list(aliases))
+    header, rows = scores_table(scores)
+    click.echo(format_table(header, rows))
+    click.echo(f"task '{task.name}': {len(task.paths)} clips ({task.type}); discrete teachers ranked by PNMI, "
+               "continuous ones by the probe's test score")
+    if no_tracking:
+        return
+    uri = tracking_uri or resolve_tracking_uri(spec)
+    log_scores(scores, spec, uri, experiment)
+    click.echo(f"logged teacher_eval/{task.name}/... to {len(scores)} runs of experiment '{experiment}' ({uri})")
+
+
 @cli.command("demo-data")
 @click.argument("directory", default="data/demo")
 @click.option("--clips", default=40, show_default=True, help="Number of generated clips.")
 @click.option("--seconds", default=6.0, show_default=True, help="Length of each clip.")
 @click.option("--seed", default=0, show_default=True)
-def demo_data_command(directory: str, clips: int, seconds: float, seed: int) -> None:
-    """Write a small generated music set (chords, melodies, drums; 24 kHz WAV) to DIRECTORY."""
+@click.option("--tasks/--no-tasks", default=True, show_default=True,
+              help="Also write the labelled probe tasks (pitch, timbre, key, tempo) to DIRECTORY-tasks/.")
+def demo_data_command(directory: str, clips: int, seconds: float, seed: int, tasks: bool) -> None:
+    """Write a small generated music set (chords, melodies, drums; 24 kHz WAV) to DIRECTORY, and
+    labelled probe tasks from the same synthesiser (other clips) to DIRECTORY-tasks/."""
     from mertlab.data.demo import write_demo_dataset
+    from mertlab.data.demo_tasks import demo_tasks_dir, write_demo_tasks
 
     paths = write_demo_dataset(directory, num_clips=clips, seconds=seconds, seed=seed)
     click.echo(f"{len(paths)} clips ({len(paths) * seconds / 60:.1f} min) in {directory}")
+    if tasks:
+        written = write_demo_tasks(demo_tasks_dir(directory), seed=seed)
+        click.echo("probe tasks: " + ", ".join(str(p) for p in written.values()))
 
 
 @cli.group("targets")
@@ -258,7 +379,8 @@ def targets_build_command(spec_path: str, overrides: tuple[str, ...], device: st
 
     spec = load_spec(spec_path, overrides)
     for s in build_targets(spec, device=device, progress=not no_progress):
-        click.echo(f"teachers.{s.alias} ({s.teacher}): {s.computed} files computed, {s.skipped} already cached -> {s.folder}")
+        repaired = f" (of which {len(s.repaired)} replaced damaged entries)" if s.repaired else ""
+        click.echo(f"teachers.{s.alias} ({s.teacher}): {s.computed} files computed{repaired}, {s.skipped} already cached -> {s.folder}")
 
 
 @cli.command("model-info")
@@ -337,57 +459,93 @@ def extract_command(checkpoint: str, data: str, out: str, layers: str, window_se
     click.echo(f"{n} files x {k} layers x {d} dims -> {out}")
 
 
+CACHE_OPTIONS = (
+    click.option("--cache-dir", default=None, metavar="DIR",
+                 help="Feature cache folder [default: .mertlab-cache/features]; re-probing with other probe settings or layers reuses it."),
+    click.option("--no-cache", is_flag=True, help="Neither read nor write the feature cache."),
+)
+
+
+def _with_options(options: tuple) -> Any:
+    def decorate(f: Any) -> Any:
+        for option in reversed(options):
+            f = option(f)
+        return f
+
+    return decorate
+
+
 @cli.command("probe")
-@click.argument("checkpoint", metavar="CKPT")
-@click.argument("task_path", metavar="TASK")
+@click.argument("checkpoint", metavar="CKPT", required=False)
+@click.argument("task_path", metavar="TASK", required=False)
+@click.option("--hf-dir", default=None, metavar="DIR", help="Probe a local Hugging Face HuBERT/MERT directory (same as CKPT hf:DIR).")
 @click.option("--layers", default="all", show_default=True, help="Layers to probe one by one: all, last, or e.g. 6,12 (0 = encoder input).")
 @click.option("--type", "task_type", type=click.Choice(["auto", "classification", "multilabel", "regression"]), default=None,
               help="Task type (default: the task YAML's, else detected from the labels).")
 @click.option("--name", default=None, help="Task name in metric names (default: the YAML's name, else the CSV's file name).")
 @click.option("--random-init", is_flag=True, help="Also probe an untrained backbone of the same architecture (baseline).")
+@click.option("--baselines", default="", metavar="NAMES",
+              help="Also probe handcrafted clip features with the same MLP and splits: comma-separated mfcc, chroma, cqt.")
 @click.option("--no-weighted", is_flag=True, help="Skip the probe on the learnable weighted sum of all layers.")
 @WINDOW_OPTION
 @BATCH_OPTION
 @click.option("--patience", default=None, type=click.IntRange(min=1), help="Early-stopping patience in epochs [default: 10].")
 @click.option("--max-epochs", default=None, type=click.IntRange(min=1), help="Epoch limit of each probe [default: 200].")
 @click.option("--seed", default=0, show_default=True, help="Seed of the probes (and of the random-init backbone).")
-@click.option("--run-id", default=None, help="MLflow run to log to (default: the run that trained CKPT).")
+@click.option("--run-id", default=None, help="MLflow run to log to (default: the run that trained CKPT; for hf:DIR a run named after DIR).")
 @click.option("--tracking-uri", default=None, help="MLflow store (default: the checkpoint's, else $MLFLOW_TRACKING_URI, else ./mlflow.db).")
+@click.option("--experiment", default="probes", show_default=True, help="MLflow experiment of the run named after an hf:DIR.")
 @click.option("--no-tracking", is_flag=True, help="Do not log to MLflow.")
 @click.option("--out", default=None, metavar="FILE.json", help="Also write the full report as JSON.")
+@_with_options(CACHE_OPTIONS)
 @DEVICE_OPTION
 @WORKERS_OPTION
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
-def probe_command(checkpoint: str, task_path: str, layers: str, task_type: str | None, name: str | None, random_init: bool,
-                  no_weighted: bool, window_seconds: float, batch_size: int, patience: int | None, max_epochs: int | None,
-                  seed: int, run_id: str | None, tracking_uri: str | None, no_tracking: bool, out: str | None,
-                  device: str, num_workers: int, no_progress: bool) -> None:
+def probe_command(checkpoint: str | None, task_path: str | None, hf_dir: str | None, layers: str, task_type: str | None,
+                  name: str | None, random_init: bool, baselines: str, no_weighted: bool, window_seconds: float,
+                  batch_size: int, patience: int | None, max_epochs: int | None, seed: int, run_id: str | None,
+                  tracking_uri: str | None, experiment: str, no_tracking: bool, out: str | None, cache_dir: str | None,
+                  no_cache: bool, device: str, num_workers: int, no_progress: bool) -> None:
     """Probe CKPT's frozen features on a labelled TASK (MARBLE protocol) and log the scores.
 
-    TASK is a CSV with columns path,label[,split] (paths relative to the CSV; without a split
-    column a seeded 70/15/15 split is used), a YAML with csv/name/type/seed, or a folder of class
-    sub-folders (GTZAN layout: TASK/<class>/<file>, classification). One MLP probe per
-    layer and one on a learnable weighted sum of layers; the best (by valid) gives
-    probe/<task>/<metric> on the test split, logged to the checkpoint's MLflow run.
+    CKPT is a training checkpoint, a saved backbone, or hf:DIR -- a local Hugging Face
+    HuBERT/MERT directory (or give --hf-dir DIR and only TASK). TASK is a CSV with columns
+    path,label[,split] (paths relative to the CSV; without a split column a seeded 70/15/15
+    split is used), a YAML with csv/name/type/seed, or a folder of class sub-folders (GTZAN
+    layout: TASK/<class>/<file>, classification). One MLP probe per layer and one on a
+    learnable weighted sum of layers; the best (by valid) gives probe/<task>/<metric> on the
+    test split, logged to the checkpoint's MLflow run. Features are cached on disk.
     """
+    from mertlab.checkpoint import HF_PREFIX
+    from mertlab.probe.baselines import parse_baselines
+    from mertlab.probe.cache import DEFAULT_CACHE_DIR, FeatureCache
     from mertlab.probe.fit import ProbeParams
     from mertlab.probe.run import log_probe, probe_run, report_dict, report_table, run_probe, summary_lines
     from mertlab.probe.task import load_task
 
+    if hf_dir is not None:
+        if task_path is not None:
+            raise click.UsageError("with --hf-dir give only TASK (the directory replaces CKPT)")
+        checkpoint, task_path = HF_PREFIX + hf_dir, checkpoint
+    if checkpoint is None or task_path is None:
+        raise click.UsageError("give CKPT and TASK (or --hf-dir DIR and TASK)")
+    chosen_baselines = parse_baselines(baselines)
     task = load_task(task_path, task_type=task_type, name=name)
     overrides = {k: v for k, v in {"patience": patience, "max_epochs": max_epochs}.items() if v is not None}
     params = ProbeParams(seed=seed, **overrides)
     if not no_tracking:  # before the (long) extraction, so a wrong run fails fast
-        run_id, tracking_uri, step = probe_run(checkpoint, run_id, tracking_uri)
+        run_id, tracking_uri, step = probe_run(checkpoint, run_id, tracking_uri, experiment)
+    cache = FeatureCache(None if no_cache else (cache_dir or DEFAULT_CACHE_DIR))
     outcome = run_probe(checkpoint, task, layers, window_seconds, batch_size, params, random_init, not no_weighted,
-                        device, num_workers, progress=not no_progress)
+                        device, num_workers, progress=not no_progress, baselines=chosen_baselines, cache=cache)
     header, rows = report_table(outcome)
     click.echo(format_table(header, rows))
     click.echo("\n".join(summary_lines(outcome)))
-    settings = {"checkpoint": str(checkpoint), "layers": layers, "window_seconds": window_seconds, **params.model_dump()}
+    if cache.root is not None:
+        click.echo(f"features: {cache.hits} from the cache, {cache.misses} extracted ({cache.root})")
+    settings = {"checkpoint": str(checkpoint), "layers": layers, "window_seconds": window_seconds,
+                "random_init": random_init, "baselines": chosen_baselines, "weighted": not no_weighted, **params.model_dump()}
     if out:
-        from pathlib import Path
-
         Path(out).write_text(json.dumps(report_dict(outcome, settings), indent=2))
     if no_tracking:
         return
@@ -420,8 +578,12 @@ def main(argv: list[str] | None = None) -> int:
     except MertlabError as exc:
         click.echo(f"error: {exc}".replace("\n", "\nerror: "), err=True)
         return 1
-    except click.exceptions.Abort:
-        click.echo("aborted", err=True)
+    except click.exceptions.Abort as exc:
+        cause = exc.__cause__ or exc.__context__
+        if isinstance(cause, EOFError):  # click turns an EOFError from a damaged file into Abort
+            click.echo(f"error: a file ended early (damaged or truncated): {cause or 'EOFError'}", err=True)
+        else:
+            click.echo("aborted", err=True)
         return 1
     except click.ClickException as exc:
         exc.show()

@@ -25,13 +25,14 @@ import hashlib
 import math
 import warnings
 from collections.abc import Callable, Iterator, Mapping
+from typing import Any
 from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
-from mertlab.errors import DataError, WeightsError
+from mertlab.errors import DataError, MertlabError, WeightsError
 
 
 # --------------------------------------------------------------------------- weights
@@ -62,6 +63,17 @@ def load_error(teacher: str, path: Path, exc: Exception) -> WeightsError:
     if len(detail) > 400:
         detail = detail[:400] + " ..."
     return WeightsError(f"{teacher} teacher: cannot load weights file {path}: {type(exc).__name__}: {detail}")
+
+
+def read_weights(teacher: str, path: Path) -> Any:
+    """The contents of a torch weights file, loaded with ``weights_only=True``
+    (:func:`mertlab.safe_load.load_torch_file`): a file that could run code is refused."""
+    from mertlab.safe_load import load_torch_file
+
+    try:
+        return load_torch_file(path, "weights file")
+    except MertlabError as exc:
+        raise WeightsError(f"{teacher} teacher: {exc}") from None
 
 
 def state_hash(state: Mapping[str, Tensor]) -> str:

@@ -21,12 +21,20 @@ from typing import Any
 
 from mertlab import metric_names as M
 from mertlab.errors import MertlabError
+from mertlab.plotting import colors, figure
 from mertlab.run_summary import Point, fetch_histories, needed_metrics, reduce_values, summarize
 from mertlab.sweep import INDEX_TAG, OVERRIDE_PARAM_PREFIX, VARIANT_TAG, children_of, sweep_parents
 
-#: ``*`` matches within one ``/``-separated segment, ``**`` across segments. Probes: the score
-#: of each task's best probe (``probe/<task>/<metric>``), not every layer's (``mertlab probe``).
-DEFAULT_METRICS = ("loss/*", "val/loss/*", "probe/*/*")
+#: ``*`` matches within one ``/``-separated segment, ``**`` across segments. Probes: per task the
+#: best probe (``probe/<task>/<metric>``), the best single layer, the weighted sum, random init
+#: and the baselines -- not every layer's score (those go to the per-layer figure).
+PROBE_METRICS = (
+    "probe/*/*", "probe/*/best_layer/*", "probe/*/weighted/*", "probe/*/random_init/*", "probe/*/baseline_*/*",
+    "probe/*/majority/*", "probe/*/chance/*",
+)
+DEFAULT_METRICS = (*PROBE_METRICS, "loss/*", "val/loss/*")
+#: Row order of a task's probe metrics: the scores first, then what they must beat.
+_PROBE_ORDER = ("", "best_layer", "weighted", "random_init", "baseline_", "majority", "chance")
 #: Stability columns (``summary/*`` names, as training logs them at the end of a run).
 STABILITY_COLUMNS = (
     M.SUMMARY_MAX_GRAD_NORM, M.SUMMARY_LOSS_SPIKES, M.SUMMARY_NONFINITE_STEPS, M.SUMMARY_SKIPPED_STEPS,
@@ -35,6 +43,17 @@ STABILITY_COLUMNS = (
 ARTIFACT_DIR = "compare"
 _RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 _CURVE_PREFIXES = ("loss/", "val/loss/", M.GRAD_NORM_TOTAL)
+
+
+def metric_order(metric: str) -> tuple[Any, ...]:
+    """Sort key of tabulated metrics: probe scores first (per task: best, best layer, weighted,
+    random init, baselines), then everything else by name."""
+    parts = metric.split("/")
+    if parts[0] != "probe" or len(parts) < 3:
+        return (1, metric)
+    probe = parts[2] if len(parts) > 3 else ""
+    ranks = [i for i, prefix in enumerate(_PROBE_ORDER) if (probe.startswith(prefix) if prefix else not probe)]
+    return (0, parts[1], ranks[0] if ranks else len(_PROBE_ORDER), metric)
 
 
 def best_is_lowest(metric: str) -> bool:
@@ -54,6 +73,7 @@ class RunRow:
     best: dict[str, float]
     summary: dict[str, float]
     histories: dict[str, list[Point]] = field(repr=False)
+    probes: dict[str, float] = field(default_factory=dict, repr=False)  # every probe/* metric (latest value)
 
 
 @dataclass
@@ -173,9 +193,10 @@ def load_comparison(target: str, tracking_uri: str | None = None, metrics: tuple
             best=best,
             summary=summarize(histories),
             histories=histories,
+            probes={k: v for k, v in run.data.metrics.items() if k.startswith("probe/")},
         ))
         tabulated += [k for k in selected if k not in tabulated]
-    return Comparison(title, tracking_uri, parent.info.run_id if parent else None, rows, sorted(tabulated), note)
+    return Comparison(title, tracking_uri, parent.info.run_id if parent else None, rows, sorted(tabulated, key=metric_order), note)
 
 
 # --------------------------------------------------------------------------- rendering
@@ -236,25 +257,12 @@ def _file_name(metric: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", metric).strip("_") + ".png"
 
 
-def _figure(width: float, height: float) -> Any:
-    from matplotlib.figure import Figure  # no pyplot: no global state, Agg canvas on save
-
-    return Figure(figsize=(width, height), layout="constrained")
-
-
-def _colors(n: int) -> list[Any]:
-    from matplotlib import colormaps
-
-    cmap = colormaps["tab10" if n <= 10 else "tab20"]
-    return [cmap(i % cmap.N) for i in range(n)]
-
-
 def _curves(comparison: Comparison, metric: str, out_dir: Path, log_y: bool = False) -> Path | None:
-    colors = _colors(len(comparison.rows))
-    fig = _figure(8, 4.5)
+    palette = colors(len(comparison.rows))
+    fig = figure(8, 4.5)
     ax = fig.subplots()
     drawn = False
-    for row, color in zip(comparison.rows, colors):
+    for row, color in zip(comparison.rows, palette):
         for key, style in ((metric, "-"), (M.val(metric), "--")):
             points = [p for p in row.histories.get(key, []) if math.isfinite(p.value)]
             if points:
@@ -286,13 +294,13 @@ def _bars(comparison: Comparison, out_dir: Path) -> Path | None:
     ncols = min(3, len(metrics))
     nrows = math.ceil(len(metrics) / ncols)
     n = len(comparison.rows)
-    fig = _figure(max(4.0, 0.6 * n + 2) * ncols, 3.2 * nrows)
+    fig = figure(max(4.0, 0.6 * n + 2) * ncols, 3.2 * nrows)
     axes = fig.subplots(nrows, ncols, squeeze=False).flatten()
-    colors = _colors(n)
+    palette = colors(n)
     names = [r.variant for r in comparison.rows]
     for ax, metric in zip(axes, metrics):
         values = [f.get(metric, math.nan) for f in finals]
-        ax.bar(range(n), values, color=colors)
+        ax.bar(range(n), values, color=palette)
         ax.set_title(metric if metric in STABILITY_COLUMNS else f"{metric} (final)", fontsize="medium")
         ax.set_xticks(range(n), names, rotation=30 if n > 2 else 0, ha="right" if n > 2 else "center", fontsize="small")
         ax.grid(axis="y", alpha=0.3)
@@ -303,12 +311,43 @@ def _bars(comparison: Comparison, out_dir: Path) -> Path | None:
     return path
 
 
+_BASELINES = ("baseline_", "majority", "chance")
+_LAYER_METRIC = re.compile(r"probe/(?P<task>[^/]+)/layer(?P<layer>\d+)/(?P<metric>[^/]+)\Z")
+
+
+def _probe_layers(comparison: Comparison, out_dir: Path) -> list[Path]:
+    """Per task and metric: one figure of every child's test score by layer
+    (``probe_<task>_<metric>_layers.png``), weighted sums and baselines as horizontal lines."""
+    from mertlab.probe.plots import ChildLayers, sweep_layer_plot
+
+    found: dict[tuple[str, str], list[ChildLayers]] = {}
+    for row in comparison.rows:
+        per_task: dict[tuple[str, str], ChildLayers] = {}
+        for key, value in row.probes.items():
+            match = _LAYER_METRIC.match(key)
+            if match:
+                task, metric = match["task"], match["metric"]
+                child = per_task.setdefault((task, metric), ChildLayers(row.variant, {}))
+                child.layers[int(match["layer"])] = value
+        for (task, metric), child in per_task.items():
+            child.weighted = row.probes.get(f"probe/{task}/weighted/{metric}")
+            child.baselines = {  # model-independent: the same for every child
+                parts[2]: value for parts, value in ((k.split("/"), v) for k, v in sorted(row.probes.items()))
+                if len(parts) == 4 and parts[1] == task and parts[3] == metric and parts[2].startswith(_BASELINES)
+            }
+            found.setdefault((task, metric), []).append(child)
+    return [sweep_layer_plot(task, metric, children, out_dir / _file_name(f"probe_{task}_{metric}_layers"))
+            for (task, metric), children in sorted(found.items())]
+
+
 def plot(comparison: Comparison, out_dir: Path) -> list[Path]:
-    """Loss curves per objective, grad-norm curves and final-value bars, as PNG files."""
+    """Loss curves per objective, grad-norm curves, final-value bars (probe scores first) and
+    the probes' per-layer figures, as PNG files."""
     losses = sorted({k for r in comparison.rows for k in r.histories if k.startswith("loss/")})
     paths = [_curves(comparison, k, out_dir) for k in losses]
     paths.append(_curves(comparison, M.GRAD_NORM_TOTAL, out_dir, log_y=True))
     paths.append(_bars(comparison, out_dir))
+    paths += _probe_layers(comparison, out_dir)
     return [p for p in paths if p is not None]
 
 

@@ -9,7 +9,8 @@ Every component is a class with three class attributes and a constructor taking 
 
 Optionally ``test_params`` (a dict, default ``{}``): params for a small, fast instance that needs
 no downloaded weights (e.g. ``{"preset": "tiny"}`` or ``{"pretrained": False}``). mertlab's test
-suite builds every registered component with them, so a new plugin is tested for free.
+suite and :mod:`mertlab.testing` (``contract_tests``, ``mertlab check-plugin``) build components
+with them, so a new plugin is tested for free, from its own package too.
 
 Components are built as ``Component(params, **context)``; the context each kind receives is
 documented on its base class. The training loop only talks to these base classes, so adding a
@@ -67,6 +68,10 @@ class Targets:
 
     ``values``: ``[B, T, n_codebooks]`` int64 codes (discrete) or ``[B, T, dim]`` float32 (continuous).
     ``lengths``: ``[B]`` number of valid frames per clip (frames past it are padding).
+
+    Frame timing (the contract every consumer relies on, see :class:`Teacher`): frame ``j`` is
+    the audio at time ``j / info.frame_rate`` seconds after the clip's first sample; ``T`` and
+    each ``lengths[b]`` are within 2 frames of ``seconds x info.frame_rate``.
     """
 
     values: Tensor
@@ -86,6 +91,17 @@ class Teacher(nn.Module, ABC):
     Constructed as ``Teacher(params)``. Teachers are frozen: ``targets`` runs under ``no_grad``
     and never updates weights. A teacher that must be fitted first (k-means) sets
     ``requires_fit = True`` and implements :meth:`fit`, :meth:`save_state`, :meth:`load_state`.
+
+    **Frame timing.** For a clip of ``S`` samples at :attr:`sample_rate`, frame ``j`` of the
+    targets describes the audio at time ``j / info.frame_rate`` (frame 0 at the clip's first
+    sample; a centred spectrogram frame ``j`` is centred there, a codec frame ``j`` covers
+    ``[j, j + 1) / frame_rate``). ``T`` is within 2 frames of ``S / sample_rate * frame_rate``
+    (``ceil``, ``floor`` or ``1 + S // hop`` all qualify) and so is ``lengths[b]`` for clip
+    ``b``'s valid samples. mertlab relies on it twice: :func:`mertlab.align.align_targets` maps
+    frame ``j`` to the backbone frame starting at the same time, and the target cache reads a
+    crop starting ``t`` seconds into a file from frame ``floor(t * frame_rate)`` of the whole
+    file's targets. Every output is checked against this at the boundary
+    (:mod:`mertlab.teacher_output`). :class:`FrameTeacher` implements it for hop-based teachers.
     """
 
     name: ClassVar[str]
@@ -94,6 +110,9 @@ class Teacher(nn.Module, ABC):
     #: The kind of targets; objectives declare which kind they accept (checked when a spec loads).
     target_kind: ClassVar[TargetKind]
     requires_fit: ClassVar[bool] = False
+    #: Bump it when a change of the code changes the targets (same params, new values): it is
+    #: part of :meth:`fingerprint`, so cached targets of the old code are not reused.
+    version: ClassVar[str | int | None] = None
 
     def __init__(self, params: Params) -> None:
         super().__init__()
@@ -113,14 +132,33 @@ class Teacher(nn.Module, ABC):
     def targets(self, wav: Tensor, lengths: Tensor) -> Targets:
         """``wav``: ``[B, S]`` float mono at :attr:`sample_rate`; ``lengths``: ``[B]`` valid samples."""
 
-    def fingerprint(self) -> str:
-        """Stable hash of everything that changes the targets (params + fitted state).
+    @classmethod
+    def kind_for(cls, params: Params) -> TargetKind:
+        """The target kind an instance built with ``params`` gives (checked against objectives
+        when a spec loads). Default :attr:`target_kind`; a teacher whose kind follows a param
+        (``crepe``'s ``output``) overrides it and sets ``self.target_kind`` to match."""
+        return cls.target_kind
 
-        The target cache is keyed by it. Teachers with fitted state or weights loaded from a
-        file should extend the hashed payload via :meth:`fingerprint_payload`.
+    def fingerprint(self) -> str:
+        """Stable hash of everything that changes the targets: the teacher's name, params, the
+        distribution (name and version) of the plugin that registered it, its :attr:`version`
+        and :meth:`fingerprint_payload` (fitted state, loaded weights).
+
+        The target cache is keyed by it, so upgrading a plugin package, bumping ``version`` after
+        an in-tree change of the algorithm, or changing a param recomputes the cached targets.
+        Teachers with fitted state or weights loaded from a file extend :meth:`fingerprint_payload`.
         """
+        from mertlab.registry import component_source
+
+        source = component_source(type(self))
         payload = json.dumps(
-            {"name": self.name, "params": self.params.model_dump(mode="json"), "extra": self.fingerprint_payload()},
+            {
+                "name": self.name,
+                "params": self.params.model_dump(mode="json"),
+                "extra": self.fingerprint_payload(),
+                "provider": list(source.provider) if source is not None else None,
+                "version": self.version,
+            },
             sort_keys=True,
         )
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
@@ -174,10 +212,21 @@ class Backbone(nn.Module, ABC):
     name: ClassVar[str]
     summary: ClassVar[str]
     Params: ClassVar[type[Params]]
+    #: ``model_type`` values of Hugging Face ``config.json`` files this backbone can load with
+    #: :meth:`load_hf` (e.g. ``("hubert", "mert_model")``); ``load_backbone("hf:DIR")`` picks the
+    #: registered backbone that lists the directory's ``model_type``.
+    hf_model_types: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, params: Params) -> None:
         super().__init__()
         self.params = params
+
+    @classmethod
+    def load_hf(cls, directory: str | Path) -> "Backbone":
+        """Build the backbone from a local Hugging Face model directory (only for backbones
+        with :attr:`hf_model_types`); raise :class:`~mertlab.errors.MertlabError` naming what is
+        missing or does not fit."""
+        raise NotImplementedError(f"backbone '{cls.name}' does not load Hugging Face directories")
 
     @property
     @abstractmethod
@@ -299,3 +348,61 @@ class Masking(ABC):
 
     @abstractmethod
     def __call__(self, padding_mask: Tensor, generator: torch.Generator | None = None) -> Tensor: ...
+
+
+class FrameTeacher(Teacher):
+    """A teacher that is its ``Params`` and one :meth:`compute` method.
+
+    For frame-level teachers with a fixed hop: frame ``j`` starts at sample ``j * hop_length``
+    (the convention of :class:`Teacher`), a clip of ``S`` valid samples has
+    :meth:`num_frames` ``(S) = ceil(S / hop_length)`` frames. The helper provides
+    :attr:`sample_rate` and :attr:`hop_length` (from the params fields of those names unless
+    overridden), :attr:`info`, zeroes the input past each clip's length before :meth:`compute`
+    (padding never leaks into valid frames), and returns int64 codes / float32 features with
+    the frames past each clip's length zeroed. Subclasses set ``name``, ``summary``,
+    ``Params``, ``target_kind`` and either ``dim`` (continuous) or ``vocab_sizes`` (discrete).
+    """
+
+    #: Feature size of continuous targets (set it, or override the property in a subclass).
+    dim: ClassVar[int] = 0
+    #: Codebook sizes of discrete targets, one per codebook.
+    vocab_sizes: ClassVar[tuple[int, ...]] = ()
+
+    @property
+    def sample_rate(self) -> int:
+        """Sample rate the teacher expects; default: the ``sample_rate`` params field."""
+        return int(self.params.sample_rate)
+
+    @property
+    def hop_length(self) -> int:
+        """Samples between frame starts; default: the ``hop_length`` params field."""
+        return int(self.params.hop_length)
+
+    @property
+    def info(self) -> TargetInfo:
+        dim = len(self.vocab_sizes) if self.target_kind == "discrete" else self.dim
+        return TargetInfo(self.target_kind, dim, self.sample_rate / self.hop_length, tuple(self.vocab_sizes))
+
+    def num_frames(self, num_samples: int | Tensor) -> Any:
+        """Frames of a clip of ``num_samples`` samples: ``ceil(num_samples / hop_length)``."""
+        return -(-num_samples // self.hop_length)
+
+    @abstractmethod
+    def compute(self, wav: Tensor) -> Tensor:
+        """``wav`` ``[B, S]`` (zero past each clip's end) -> ``[B, num_frames(S), D]`` targets
+        (codes for discrete teachers, features for continuous ones)."""
+
+    @torch.no_grad()
+    def targets(self, wav: Tensor, lengths: Tensor) -> Targets:
+        steps = torch.arange(wav.shape[1], device=wav.device)
+        wav = wav.masked_fill(steps[None, :] >= lengths[:, None].to(wav.device), 0.0)
+        values = self.compute(wav)
+        frame_lengths = self.num_frames(lengths.to(values.device).long()).clamp(max=values.shape[1])
+        padding = torch.arange(values.shape[1], device=values.device)[None, :] >= frame_lengths[:, None]
+        if values.dim() == 3:
+            values = values.masked_fill(padding[:, :, None], 0)
+        if self.target_kind == "discrete" and not values.dtype.is_floating_point:
+            values = values.long()
+        elif self.target_kind == "continuous" and values.dtype.is_floating_point:
+            values = values.float()
+        return Targets(values=values, lengths=frame_lengths, info=self.info)

@@ -25,8 +25,14 @@ class SpecError(MertlabError):
         self.problems = list(problems)
         self.source = source
         prefix = f"{source}: " if source else ""
-        lines = [f"{prefix}{path}: {msg}" if path else f"{prefix}{msg}" for path, msg in self.problems]
+        lines = [f"{prefix}{_one_line(path)}: {_one_line(msg)}" if path else f"{prefix}{_one_line(msg)}" for path, msg in self.problems]
         super().__init__("\n".join(lines))
+
+
+def _one_line(text: str) -> str:
+    """``text`` as it is when printable, else quoted: each problem stays one line."""
+    text = str(text)
+    return text if text.isprintable() else repr(text)
 
 
 class DataError(MertlabError):
@@ -39,3 +45,7 @@ class ObjectiveError(MertlabError):
 
 class WeightsError(MertlabError):
     """Pretrained weights are missing (nothing is downloaded) or do not fit the model."""
+
+
+class TeacherOutputError(MertlabError):
+    """A teacher returned targets that break its contract (shape, dtype, range, frame count)."""

@@ -3,17 +3,19 @@
 The backbone writes its own format (:meth:`Backbone.save_hf`: ``config.json`` +
 ``model.safetensors`` for the ``transformer``, loadable by ``transformers.HubertModel``); this
 module adds the model card (``README.md``): the resolved spec and the probe scores
-(``probe/*`` metrics) found on the checkpoint's MLflow run.
+(``probe/*`` metrics) found on the checkpoint's MLflow run. The checkpoint (a training
+checkpoint or a backbone file) is read weights-only (:mod:`mertlab.safe_load`): exporting a
+file from elsewhere never runs code hidden in it.
 """
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from mertlab.checkpoint import load_backbone
+from mertlab.atomic import atomic_write
+from mertlab.checkpoint import hf_directory, load_backbone
 from mertlab.errors import MertlabError
+from mertlab.safe_load import is_safetensors, load_torch_file
 
 FORMATS = ("hf",)
 
@@ -33,6 +35,18 @@ def probe_scores(checkpoint: Path) -> dict[str, float]:
     except MlflowException:
         return {}
     return {k: v for k, v in sorted(metrics.items()) if k.startswith("probe/")}
+
+
+def training_details(checkpoint: Path) -> tuple[dict[str, Any] | None, str | None]:
+    """``(resolved spec, MLflow run id)`` of a training checkpoint; ``(None, None)`` for a
+    backbone file. Read weights-only and memory-mapped (the weights are not read)."""
+    if is_safetensors(checkpoint):  # a backbone file (save_backbone): no spec, no run
+        return None, None
+    ckpt = load_torch_file(checkpoint, "checkpoint", mmap=True)
+    if not isinstance(ckpt, dict):
+        return None, None
+    spec, run_id = ckpt.get("mertlab_spec"), ckpt.get("mlflow_run_id")
+    return (spec if isinstance(spec, dict) else None), (run_id if isinstance(run_id, str) else None)
 
 
 def model_card(spec_yaml: str | None, scores: dict[str, float], run_id: str | None) -> str:
@@ -69,15 +83,18 @@ def export(checkpoint: str | Path, out: str | Path, fmt: str = "hf", registry: A
             f"{checkpoint}: a sharded (fsdp) checkpoint; consolidate it first: "
             f"python -m lightning.pytorch.utilities.consolidate_checkpoint {checkpoint}"
         )
-    if out.exists() and any(out.iterdir()):
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise MertlabError(f"{out}: not empty; export into a new folder")
     backbone = load_backbone(checkpoint, registry=registry)
-    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=False, mmap=True)
+    # an hf:DIR source (see load_backbone) has no training spec or run
+    spec, run_id = training_details(checkpoint) if hf_directory(checkpoint) is None else (None, None)
     spec_yaml = None
-    if "mertlab_spec" in ckpt:
+    if spec is not None:
         import yaml
 
-        spec_yaml = yaml.safe_dump(ckpt["mertlab_spec"], sort_keys=False)
+        spec_yaml = yaml.safe_dump(spec, sort_keys=False)
     backbone.save_hf(out)
-    (out / "README.md").write_text(model_card(spec_yaml, probe_scores(checkpoint), ckpt.get("mlflow_run_id")))
+    scores = probe_scores(checkpoint) if run_id else {}
+    card = model_card(spec_yaml, scores, run_id).encode()
+    atomic_write(out / "README.md", lambda f: f.write(card))
     return out

@@ -43,7 +43,8 @@ def crop_batches(spec: ExperimentSpec, files: list[AudioFile], sample_rate: int,
             dataset, batch_size=spec.data.batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed),
             num_workers=spec.data.num_workers, collate_fn=collate_crops, worker_init_fn=seed_worker,
         ):
-            yield batch.wav, batch.lengths
+            if len(batch):  # bad files (undecodable, NaN) are left out of their batch
+                yield batch.wav, batch.lengths
 
 
 def fit_teachers(spec: ExperimentSpec, *, registry: Any = None, device: str = "cpu", passes: int = 1) -> list[FittedTeacher]:

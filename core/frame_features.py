@@ -11,15 +11,23 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from pathlib import Path
+from typing import Callable, Iterable, Literal, Sequence
+
+import importlib
 
 import torch
-import torchaudio
 from torch import Tensor, nn
+from tqdm.auto import tqdm
 
 from mertlab.errors import MertlabError
 
 #: Added to mel energies before the log: keeps silence finite (log(1e-6) ~ -13.8).
 LOG_EPS = 1e-6
+
+
+def _torchaudio():
+    """torchaudio, imported on first use (it takes a second; `mertlab plugins` never needs it)."""
+    return importlib.import_module("torchaudio")
 
 
 def check_audio_batch(wav: Tensor, lengths: Tensor, who: str) -> None:
@@ -48,6 +56,59 @@ def centred_frames(num_samples: Tensor, hop_length: int) -> Tensor:
 def pad_frames(frames: list[Tensor]) -> Tensor:
     """Stack ``[T_i, D]`` tensors into ``[B, max T_i, D]`` with zero padding."""
     return nn.utils.rnn.pad_sequence(frames, batch_first=True)
+
+
+def stack_frames(
+    frames: Tensor, frame_lengths: Tensor, stack: int, lengths: Tensor, hop_length: int, who: str
+) -> tuple[Tensor, Tensor]:
+    """Concatenate ``stack`` consecutive centred frames (hop ``hop_length`` samples):
+    ``[B, T, D] -> [B, T // stack, stack * D]``.
+
+    A clip keeps ``frame_lengths // stack`` frames (an incomplete last stack is dropped); a clip
+    with none (``lengths``: its samples, for the message) is a one-line :class:`MertlabError`.
+    """
+    out_lengths = torch.div(frame_lengths, stack, rounding_mode="floor")
+    if bool((out_lengths < 1).any()):
+        b = int(out_lengths.argmin())
+        raise MertlabError(
+            f"{who}: clip {b} has {int(lengths[b])} samples, shorter than one frame "
+            f"(needs >= {hop_length * (stack - 1)} samples: stack_frames={stack} frames of hop {hop_length})"
+        )
+    frames_out = int(out_lengths.max())
+    return frames[:, : frames_out * stack].reshape(frames.shape[0], frames_out, -1), out_lengths
+
+
+def valid_frames(frame_lengths: Tensor, num_frames: int) -> Tensor:
+    """``[B, num_frames]`` bool, True on each clip's first ``frame_lengths[b]`` frames."""
+    return torch.arange(num_frames, device=frame_lengths.device)[None, :] < frame_lengths[:, None]
+
+
+def collect_frames(
+    extract: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]],
+    batches: Iterable[tuple[Tensor, Tensor]],
+    limit: int,
+    device: torch.device | str,
+    who: str,
+    progress: bool = True,
+) -> Tensor:
+    """The valid frames ``[N, D]`` (``N <= limit``: the first ones) of ``extract(wav, lengths) ->
+    (frames [B, T, D], frame_lengths [B])`` over ``(wav [B, S], lengths [B])`` batches, run on
+    ``device``; what teachers fitted on data (k-means, Mel-RVQ) fit on."""
+    chunks: list[Tensor] = []
+    total = 0
+    with tqdm(total=limit, desc=f"{who} frames", unit="frame", disable=not progress, leave=False) as bar:
+        for wav, lengths in batches:
+            check_audio_batch(wav, lengths, f"{who} fit")
+            feats, frame_lengths = extract(wav.to(device).float(), lengths.to(device))
+            frames = feats[valid_frames(frame_lengths, feats.shape[1])][: limit - total]
+            chunks.append(frames)
+            total += len(frames)
+            bar.update(len(frames))
+            if total >= limit:
+                break
+    if not chunks:
+        raise MertlabError(f"{who} fit: no audio batches to fit on")
+    return torch.cat(chunks)
 
 
 class FrameFeature(nn.Module, ABC):
@@ -92,7 +153,7 @@ class _SpectralFeature(FrameFeature):
 
     def _power(self, wav: Tensor, lengths: Tensor) -> Tensor:
         """``[B, n_fft // 2 + 1, T]`` power spectrogram of the zero-padded batch."""
-        return torchaudio.functional.spectrogram(
+        return _torchaudio().functional.spectrogram(
             zero_padding(wav, lengths), pad=0, window=self.window, n_fft=self.n_fft, hop_length=self.hop_length,
             win_length=self.n_fft, power=2.0, normalized=False, center=True, pad_mode="constant",
         )
@@ -104,7 +165,7 @@ class LogMel(_SpectralFeature):
     def __init__(self, sample_rate: int, n_fft: int, hop_length: int, n_mels: int) -> None:
         super().__init__(sample_rate, n_fft, hop_length)
         self.n_mels = n_mels
-        self.mel_scale = torchaudio.transforms.MelScale(n_mels, sample_rate, n_stft=n_fft // 2 + 1)
+        self.mel_scale = _torchaudio().transforms.MelScale(n_mels, sample_rate, n_stft=n_fft // 2 + 1)
 
     @property
     def dim(self) -> int:
@@ -113,6 +174,28 @@ class LogMel(_SpectralFeature):
     def forward(self, wav: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
         mel = self.mel_scale(self._power(wav, lengths))
         return torch.log(mel + LOG_EPS).transpose(1, 2), self._frame_lengths(lengths)
+
+
+class StackedLogMel(LogMel):
+    """:class:`LogMel` with ``stack`` consecutive frames concatenated: ``[B, T // stack, stack * n_mels]``
+    at ``sample_rate / (hop_length * stack)`` Hz (MuQ / MusicFM: 4 frames of hop 240 -> 25 Hz)."""
+
+    def __init__(self, sample_rate: int, n_fft: int, hop_length: int, n_mels: int, stack: int, who: str = "log-mel") -> None:
+        super().__init__(sample_rate, n_fft, hop_length, n_mels)
+        self.stack = stack
+        self.who = who  # names the user of this feature in errors
+
+    @property
+    def dim(self) -> int:
+        return self.n_mels * self.stack
+
+    @property
+    def frame_rate(self) -> float:
+        return self.sample_rate / (self.hop_length * self.stack)
+
+    def forward(self, wav: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+        mel, mel_lengths = super().forward(wav, lengths)
+        return stack_frames(mel, mel_lengths, self.stack, lengths, self.hop_length, self.who)
 
 
 class MFCCDeltas(_SpectralFeature):
@@ -126,7 +209,7 @@ class MFCCDeltas(_SpectralFeature):
         self.n_mfcc = n_mfcc
         # log_mels=True: log(mel + 1e-6). The default dB path clamps at (batch max - 80 dB),
         # which would make one clip's features depend on the others in its batch.
-        self.mfcc = torchaudio.transforms.MFCC(
+        self.mfcc = _torchaudio().transforms.MFCC(
             sample_rate, n_mfcc=n_mfcc, log_mels=True,
             melkwargs={"n_fft": n_fft, "hop_length": hop_length, "n_mels": n_mels, "center": True, "pad_mode": "constant"},
         )
@@ -141,8 +224,8 @@ class MFCCDeltas(_SpectralFeature):
         clips = []
         for b, n in enumerate(frame_lengths.tolist()):
             c = coeffs[b, :, :n]
-            d1 = torchaudio.functional.compute_deltas(c)
-            d2 = torchaudio.functional.compute_deltas(d1)
+            d1 = _torchaudio().functional.compute_deltas(c)
+            d2 = _torchaudio().functional.compute_deltas(d1)
             clips.append(torch.cat([c, d1, d2]).T)
         return pad_frames(clips), frame_lengths
 
@@ -168,7 +251,7 @@ class LogMelChroma(_SpectralFeature):
     def __init__(self, sample_rate: int, n_fft: int, hop_length: int, n_mels: int) -> None:
         super().__init__(sample_rate, n_fft, hop_length)
         self.n_mels = n_mels
-        self.mel_scale = torchaudio.transforms.MelScale(n_mels, sample_rate, n_stft=n_fft // 2 + 1)
+        self.mel_scale = _torchaudio().transforms.MelScale(n_mels, sample_rate, n_stft=n_fft // 2 + 1)
         self.register_buffer("chroma_bank", chroma_filterbank(sample_rate, n_fft), persistent=False)
 
     @property
@@ -183,25 +266,46 @@ class LogMelChroma(_SpectralFeature):
         return torch.cat([logmel, chroma], dim=1).transpose(1, 2), self._frame_lengths(lengths)
 
 
-class BackboneLayer(FrameFeature):
-    """Hidden states of layer ``layer`` of a trained mertlab backbone (HuBERT iteration 2).
+#: How :class:`BackboneLayer` normalises each selected layer before averaging them.
+LayerNorm = Literal["none", "frame", "time"]
 
-    ``layer`` indexes ``BackboneOutput.hidden_states``: 0 = encoder input, ``i`` = output of
-    encoder layer ``i``. Clips run one at a time: backbones with group-norm extractors give
-    different frames for a padded batch, and targets must not depend on batch composition.
+
+class BackboneLayer(FrameFeature):
+    """Hidden states of a frozen backbone: layer ``layer``, or the mean of several layers.
+
+    ``checkpoint``: anything :func:`mertlab.checkpoint.load_backbone` reads -- a backbone file
+    (``save_backbone``), a training ``.ckpt``, or ``hf:DIR`` (a local Hugging Face HuBERT/MERT
+    directory). ``layer`` indexes ``BackboneOutput.hidden_states``: 0 = encoder input, ``i`` =
+    output of encoder layer ``i``, negative indices count from the end (-1 = last); a
+    sequence of indices averages those layers (data2vec's
+    top-K targets), each first normalised by ``normalize``:
+
+    * ``none``  -- as the backbone gives it;
+    * ``frame`` -- each frame's vector to zero mean and unit variance over its channels (a
+      parameter-free layer norm): independent of the rest of the clip, so cached and
+      on-the-fly targets agree;
+    * ``time``  -- each channel to zero mean and unit variance over the clip's frames (the
+      parameter-free instance norm data2vec applies to speech targets).
+
+    Clips run one at a time: backbones with group-norm extractors give different frames for a
+    padded batch, and targets must not depend on batch composition.
     """
 
-    def __init__(self, checkpoint: str | Path, layer: int) -> None:
+    def __init__(self, checkpoint: str | Path, layer: int | Sequence[int], normalize: LayerNorm = "none") -> None:
         super().__init__()
         from mertlab.checkpoint import load_backbone
 
         self.backbone = load_backbone(checkpoint).requires_grad_(False)
-        if not 0 <= layer <= self.backbone.num_layers:
+        depth = self.backbone.num_layers
+        requested = (layer,) if isinstance(layer, int) else tuple(layer)
+        bad = [i for i in requested if not -(depth + 1) <= i <= depth]
+        self.layers = tuple(i % (depth + 1) for i in requested)  # negative: from the end, -1 = last
+        if bad or not self.layers:
             raise MertlabError(
-                f"layer {layer} is out of range for the backbone in {checkpoint} "
+                f"layer {bad[0] if bad else '(none)'} is out of range for the backbone in {checkpoint} "
                 f"({self.backbone.num_layers} layers: use 0..{self.backbone.num_layers})"
             )
-        self.layer = layer
+        self.normalize = normalize
 
     @property
     def dim(self) -> int:
@@ -228,7 +332,16 @@ class BackboneLayer(FrameFeature):
                 raise MertlabError(
                     f"clip {b} has {n} samples, too short for one frame of backbone '{self.backbone.name}'"
                 )
-            out = self.backbone(wav[b : b + 1, :n])
-            clips.append(out.hidden_states[self.layer][0, :frames])
+            states = self.backbone(wav[b : b + 1, :n]).hidden_states
+            selected = [_normalise_layer(states[i][0, :frames], self.normalize) for i in self.layers]
+            clips.append(selected[0] if len(selected) == 1 else torch.stack(selected).mean(0))
         frame_lengths = torch.tensor([c.shape[0] for c in clips], device=wav.device)
         return pad_frames(clips), frame_lengths
+
+
+def _normalise_layer(h: Tensor, normalize: LayerNorm) -> Tensor:
+    """``h`` ``[T, D]`` normalised as :class:`BackboneLayer` documents (eps 1e-5, as torch's norms)."""
+    if normalize == "none":
+        return h
+    dim = -1 if normalize == "frame" else 0
+    return (h - h.mean(dim, keepdim=True)) / torch.sqrt(h.var(dim, unbiased=False, keepdim=True) + 1e-5)

@@ -54,8 +54,11 @@ class CodebookObjectiveParams(MaskedObjectiveParams):
         description="Teacher codebooks to predict (0-based, e.g. [0, 1] for the first two RVQ levels); null = all.",
     )
     reduction: Literal["sum", "mean"] = Field(
-        "sum",
-        description="How per-codebook losses combine: 'sum' (MERT sums its 8 EnCodec codebook CEs) or 'mean'.",
+        "mean",
+        description="How per-codebook losses combine: 'mean' (default: the loss is on the scale of one codebook's "
+        "cross-entropy, whatever the number of codebooks, so objective weights compare across teachers) or 'sum' "
+        "(the MERT/HuBERT convention: fairseq's hubert_criterion adds the codebook losses, so 8 EnCodec codebooks "
+        "weigh 8x one CQT loss at equal weights).",
     )
 
     @field_validator("codebooks")

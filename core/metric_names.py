@@ -14,6 +14,9 @@ NONFINITE_STEPS = "stability/nonfinite_steps"
 SKIPPED_STEPS = "stability/skipped_steps"
 LOSS_SPIKE_Z = "stability/loss_spike_z"
 LOSS_SPIKES = "stability/loss_spikes"
+SPIKE_SKIPS = "stability/spike_skips"
+ROLLBACKS = "stability/rollbacks"
+SKIPPED_FILES = "data/skipped_files"
 AUDIO_SECONDS_PER_S = "throughput/audio_seconds_per_s"
 SAMPLES_PER_S = "throughput/samples_per_s"
 FEATURE_PENALTY = "loss/feature_penalty"
@@ -22,6 +25,12 @@ VAL_PREFIX = "val/"
 
 def loss(alias: str) -> str:
     return f"loss/{alias}"
+
+
+def weighted_loss(alias: str) -> str:
+    """``weight x loss`` of one objective: its contribution to ``loss/total``, so an objective
+    that dominates the gradient is visible at a glance."""
+    return f"loss/{alias}/weighted"
 
 
 def objective_metric(alias: str, key: str) -> str:

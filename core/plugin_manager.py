@@ -21,7 +21,7 @@ DISABLE_AUTOLOAD_ENV = "MERTLAB_DISABLE_AUTOLOAD"
 
 #: Built-in plugin modules, registered exactly like third-party plugins.
 DEFAULT_PLUGINS: tuple[str, ...] = (
-    "mertlab.plugins.callbacks.stability",
+    "mertlab.plugins.callbacks.stability_plugin",
     "mertlab.plugins.objectives.masked_prediction",
     "mertlab.plugins.objectives.masked_regression",
     "mertlab.plugins.objectives.linear_classification",
@@ -33,6 +33,9 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "mertlab.plugins.teachers.cqt",
     "mertlab.plugins.teachers.kmeans",
     "mertlab.plugins.teachers.bestrq",
+    "mertlab.plugins.teachers.melrvq",
+    "mertlab.plugins.teachers.crepe",
+    "mertlab.plugins.teachers.hidden",
 )
 
 
@@ -49,6 +52,15 @@ class PluginSource:
         if self.distribution is None:
             return "builtin"
         return f"{self.distribution} {self.version}"
+
+    @property
+    def provider(self) -> tuple[str, str]:
+        """``(distribution, version)`` that ships the plugin; built-ins ship with mertlab."""
+        if self.distribution is None:
+            from mertlab import __version__
+
+            return ("mertlab", __version__)
+        return (self.distribution, str(self.version))
 
 
 class MertlabPluginManager(pluggy.PluginManager):
@@ -84,7 +96,8 @@ def load_entry_point_plugins(pm: MertlabPluginManager, group: str = ENTRY_POINT_
             except Exception as exc:  # noqa: BLE001 - re-raised with context
                 raise PluginError(
                     f"plugin '{ep.name}' ({ep.value}) from distribution '{dist_name} {dist.version}' "
-                    f"failed to import: {type(exc).__name__}: {exc}"
+                    f"failed to import: {type(exc).__name__}: {exc}; fix or uninstall it, or set "
+                    f"{DISABLE_AUTOLOAD_ENV}=1 to start without third-party plugins"
                 ) from exc
             pm.register_source(plugin, PluginSource(ep.name, dist_name, dist.version))
 

@@ -6,16 +6,18 @@
 """
 from __future__ import annotations
 
+import contextlib
 import difflib
+import importlib
 import fnmatch
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any, Literal, get_args
+from typing import Any, Callable, Literal, get_args
 
 from pydantic import BaseModel, ValidationError
 
-from mertlab.errors import PluginError, UnknownComponentError
-from mertlab.plugin_manager import MertlabPluginManager, PluginSource, create_plugin_manager
+from mertlab.errors import MertlabError, PluginError, UnknownComponentError
+from mertlab.plugin_manager import DISABLE_AUTOLOAD_ENV, MertlabPluginManager, PluginSource, create_plugin_manager
 
 Kind = Literal["teacher", "backbone", "objective", "masking", "callback"]
 KINDS: tuple[str, ...] = get_args(Kind)
@@ -29,22 +31,66 @@ HOOKS: dict[str, str] = {
 }
 
 
+@dataclass(frozen=True, eq=False)
+class LazyComponent:
+    """A component registered by reference, so that listing it, validating a spec against its
+    ``Params`` and printing its schema never import its implementation (and the heavy packages
+    that imports: Lightning, codecs...). ``register(LazyComponent("pkg.module:Class", name=...,
+    summary=..., Params=..., target_kind=...))`` declares what the class would carry; the class
+    is imported on first use (building it) and must carry the same values.
+
+    ``attributes``: the kind's other class attributes (``target_kind``, ``accepts``,
+    ``requires_fit``, ``test_params``), readable as attributes of the declaration.
+    """
+
+    target: str
+    name: str
+    summary: str
+    Params: type
+    attributes: dict[str, Any] = field(default_factory=dict)
+
+    def __init__(self, target: str, *, name: str, summary: str, Params: type, **attributes: Any) -> None:
+        object.__setattr__(self, "target", target)
+        object.__setattr__(self, "name", name)
+        object.__setattr__(self, "summary", summary)
+        object.__setattr__(self, "Params", Params)
+        object.__setattr__(self, "attributes", dict(attributes))
+
+    def __getattr__(self, item: str) -> Any:
+        attributes = self.__dict__.get("attributes", {})
+        if item in attributes:
+            return attributes[item]
+        raise AttributeError(item)
+
+
 @dataclass(frozen=True)
 class Entry:
-    """One registered component."""
+    """One registered component: ``declared`` is its class or a :class:`LazyComponent`."""
 
     kind: str
     name: str
-    component: type
+    declared: Any
     source: PluginSource
 
     @property
+    def component(self) -> type:
+        """The component class (imported now if it was registered lazily)."""
+        if isinstance(self.declared, LazyComponent):
+            return _load(self.declared, self.kind, self.source)
+        return self.declared
+
+    def attribute(self, name: str, default: Any = None) -> Any:
+        """A class attribute (``target_kind``, ``accepts``, ``requires_fit``...) without importing
+        a lazily registered implementation."""
+        return getattr(self.declared, name, default)
+
+    @property
     def summary(self) -> str:
-        return getattr(self.component, "summary", "") or ""
+        return getattr(self.declared, "summary", "") or ""
 
     @property
     def params_model(self) -> type[BaseModel]:
-        return self.component.Params
+        return self.declared.Params
 
     def validate_params(self, params: dict[str, Any] | BaseModel | None) -> BaseModel:
         """Validate raw params against the component's ``Params`` (raises ``ValidationError``)."""
@@ -56,16 +102,124 @@ class Entry:
         return self.component(self.validate_params(params), **context)
 
 
-def _check_component(kind: str, component: Any, source: PluginSource) -> None:
+_LOADED: dict[int, type] = {}
+
+
+def _load(declared: LazyComponent, kind: str, source: PluginSource) -> type:
+    """Import a lazily registered class and check it carries what was declared."""
+    if id(declared) in _LOADED:
+        return _LOADED[id(declared)]
     where = f"plugin '{source.plugin}' ({source.label})"
-    if not isinstance(component, type):
-        raise PluginError(f"{where} registered {component!r} as a {kind}; expected a class")
+    module_name, _, attr = declared.target.partition(":")
+    try:
+        component = getattr(importlib.import_module(module_name), attr)
+    except Exception as exc:  # noqa: BLE001 - re-raised with context
+        raise PluginError(f"{where}: {kind} '{declared.name}' ({declared.target}) failed to import: {type(exc).__name__}: {exc}; "
+                          f"set {DISABLE_AUTOLOAD_ENV}=1 to start without third-party plugins") from exc
+    _check_component(kind, component, source)
+    mismatched = [key for key in ("name", "summary", "Params", *declared.attributes)
+                  if getattr(component, key, None) != getattr(declared, key)]
+    if mismatched:
+        raise PluginError(f"{where}: {kind} '{declared.name}': {declared.target} differs from its registration in "
+                          f"{', '.join(mismatched)}")
+    _COMPONENT_SOURCES[component] = source
+    _LOADED[id(declared)] = component
+    return component
+
+
+#: The target kinds a teacher may declare and an objective may accept.
+TARGET_KINDS: tuple[str, ...] = ("discrete", "continuous")
+
+
+def _check_target_kind(component: type) -> str | None:
+    kind = getattr(component, "target_kind", None)
+    if kind not in TARGET_KINDS:
+        return f"`target_kind` must be one of {', '.join(map(repr, TARGET_KINDS))}, got {kind!r}"
+    return None
+
+
+def _check_accepts(component: type) -> str | None:
+    accepts = getattr(component, "accepts", None)
+    if not isinstance(accepts, tuple) or not accepts or any(k not in TARGET_KINDS for k in accepts):
+        return f"`accepts` must be a non-empty tuple of {', '.join(map(repr, TARGET_KINDS))}, got {accepts!r}"
+    return None
+
+
+#: Extra class attributes each kind's contract requires (see :mod:`mertlab.contracts`).
+KIND_CHECKS: dict[str, tuple[Callable[[type], str | None], ...]] = {
+    "teacher": (_check_target_kind,),
+    "objective": (_check_accepts,),
+}
+
+
+def contract_problems(kind: str, component: Any) -> list[str]:
+    """What ``component`` violates of the registration contract of ``kind`` (empty: nothing).
+
+    A class with an identifier ``name``, a one-line non-empty ``summary``, a pydantic ``Params``
+    whose every field has a default and a ``description``, plus the kind's own attributes
+    (:data:`KIND_CHECKS`: a teacher's ``target_kind``, an objective's ``accepts``).
+    """
+    if not isinstance(component, (type, LazyComponent)):
+        return [f"registered {component!r} as a {kind}; expected a class"]
     name = getattr(component, "name", None)
     if not isinstance(name, str) or not name:
-        raise PluginError(f"{where} registered {component.__qualname__} as a {kind} without a string `name`")
+        return [f"registered {component.__qualname__} as a {kind} without a string `name`"]
+    what = f"{kind} '{name}'"
+    problems = []
+    if not name.isidentifier():
+        problems.append(f"{what}: `name` must be a Python identifier (letters, digits, _), got {name!r}")
+    summary = getattr(component, "summary", None)
+    if not isinstance(summary, str) or not summary.strip() or "\n" in summary.strip():
+        problems.append(f"{what}: `summary` must be a non-empty one-line string, got {summary!r}")
     params = getattr(component, "Params", None)
     if not (isinstance(params, type) and issubclass(params, BaseModel)):
-        raise PluginError(f"{where} registered {kind} '{name}' without a pydantic `Params` model")
+        problems.append(f"{what}: `Params` must be a pydantic model (subclass mertlab.contracts.Params), got {params!r}")
+    else:
+        for field_name, info in params.model_fields.items():
+            if info.is_required():
+                problems.append(f"{what}: Params field '{field_name}' has no default")
+            if not (info.description or "").strip():
+                problems.append(f"{what}: Params field '{field_name}' has no description (Field(..., description=...))")
+    for check in KIND_CHECKS.get(kind, ()):
+        problem = check(component)
+        if problem:
+            problems.append(f"{what}: {problem}")
+    return problems
+
+
+def _check_component(kind: str, component: Any, source: PluginSource) -> None:
+    problems = contract_problems(kind, component)
+    if problems:
+        where = f"plugin '{source.plugin}' ({source.label})"
+        raise PluginError("\n".join(f"{where} {p}" if p.startswith("registered") else f"{where}: {p}" for p in problems))
+
+
+#: Where each registered component class came from (filled at registration).
+_COMPONENT_SOURCES: dict[type, PluginSource] = {}
+
+
+def component_source(component: type) -> PluginSource | None:
+    """The plugin (and its distribution) that registered ``component``; None if no registry
+    registers it (the process-wide one is built first if it was not, so the answer does not
+    depend on what ran before)."""
+    if component not in _COMPONENT_SOURCES:
+        with contextlib.suppress(MertlabError):
+            get_registry()
+    return _COMPONENT_SOURCES.get(component)
+
+
+def component_label(component: type, kind: str | None = None) -> str:
+    """``teacher 'onset_flux' (my-plugin 0.1.0)``: how messages name a component and its origin."""
+    kind = kind or next((k for k, base in _kind_bases().items() if isinstance(component, type) and issubclass(component, base)), "component")
+    source = component_source(component)
+    origin = source.label if source is not None else f"module {component.__module__}"
+    return f"{kind} '{getattr(component, 'name', component.__qualname__)}' ({origin})"
+
+
+def _kind_bases() -> dict[str, type]:
+    from mertlab import contracts
+
+    return {"teacher": contracts.Teacher, "backbone": contracts.Backbone, "objective": contracts.Objective, "masking": contracts.Masking}
 
 
 class Registry:
@@ -81,7 +235,7 @@ class Registry:
                 impl.function(register=self._registrar(kind, source))
 
     def _registrar(self, kind: str, source: PluginSource):
-        def register(component: type) -> None:
+        def register(component: type | LazyComponent) -> None:
             _check_component(kind, component, source)
             existing = self._entries[kind].get(component.name)
             if existing is not None:
@@ -91,6 +245,8 @@ class Registry:
                     f"'{source.plugin}' ({source.label}); uninstall one or set MERTLAB_DISABLE_AUTOLOAD=1"
                 )
             self._entries[kind][component.name] = Entry(kind, component.name, component, source)
+            if isinstance(component, type):
+                _COMPONENT_SOURCES[component] = source
 
         return register
 

@@ -49,11 +49,15 @@ def ordered(points: Sequence[Point]) -> list[Point]:
 
 
 def reduce_values(points: Sequence[Point], how: str) -> float | None:
-    """``last`` / ``min`` / ``max`` of the finite values, or None when there are none."""
-    values = [p.value for p in ordered(points) if math.isfinite(p.value)]
+    """``last``: the last logged value, non-finite included (a run that ended on NaN losses
+    says so); ``min`` / ``max`` of the finite values. None when there is nothing to reduce."""
+    points = ordered(points)
+    if how == "last":
+        return points[-1].value if points else None
+    values = [p.value for p in points if math.isfinite(p.value)]
     if not values:
         return None
-    return {"last": values[-1], "min": min(values), "max": max(values)}[how]
+    return {"min": min(values), "max": max(values)}[how]
 
 
 def summarize(histories: Mapping[str, Sequence[Point]]) -> dict[str, float]:

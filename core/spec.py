@@ -18,8 +18,37 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from mertlab.errors import MertlabError, SpecError
 
 
+#: What a spec ``name`` may be: it names a folder (``<output_dir>/<name>``) and an experiment.
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+#: Seeds numpy accepts (``np.random.seed``): 0 .. 2**32 - 1.
+MAX_SEED = 2**32 - 1
+#: Accelerator names Lightning knows without a plugin ("gpu" is its alias of cuda).
+KNOWN_ACCELERATORS = ("auto", "cpu", "cuda", "gpu", "mps", "tpu")
+
+
+def _reject_nul(value: Any) -> Any:
+    """NUL characters cannot be in file paths, MLflow names or tags: reject them anywhere."""
+    if isinstance(value, str) and "\x00" in value:
+        raise ValueError("contains a NUL character (\\x00)")
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _reject_nul(k)
+            _reject_nul(v)
+    elif isinstance(value, (list, tuple)):
+        for v in value:
+            _reject_nul(v)
+    return value
+
+
 class StrictModel(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    """Unknown keys, NaN/infinite numbers and NUL characters are errors."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _no_nul(cls, value: Any) -> Any:
+        return _reject_nul(value)
 
 
 class ComponentSpec(StrictModel):
@@ -70,13 +99,20 @@ class AugmentSpec(StrictModel):
 class OptimSpec(StrictModel):
     name: Literal["adam", "adamw"] = "adamw"
     lr: float = Field(5e-4, gt=0, description="Peak learning rate (MERT-95M: 5e-4).")
-    betas: tuple[float, float] = (0.9, 0.98)
+    betas: tuple[float, float] = Field((0.9, 0.98), description="Adam betas, each in [0, 1).")
     eps: float = Field(1e-6, gt=0)
     weight_decay: float = Field(0.01, ge=0)
     warmup_steps: int = Field(0, ge=0)
     schedule: Literal["linear", "cosine", "constant"] = "linear"
     min_lr_ratio: float = Field(0.0, ge=0, le=1, description="Final lr as a fraction of the peak.")
     grad_clip: float = Field(10.0, ge=0, description="Max global grad norm (MERT-95M: 10, 330M: 1); 0 disables.")
+
+    @field_validator("betas")
+    @classmethod
+    def _betas_in_range(cls, betas: tuple[float, float]) -> tuple[float, float]:
+        if not all(0.0 <= b < 1.0 for b in betas):
+            raise ValueError(f"each beta must be in [0, 1), got {list(betas)}")
+        return betas
 
 
 class TrainerSpec(StrictModel):
@@ -87,7 +123,7 @@ class TrainerSpec(StrictModel):
     limit_val_batches: int = Field(4, ge=0)
     log_every_n_steps: int = Field(10, ge=1)
     output_dir: str = Field("runs", description="Checkpoints go to <output_dir>/<name>/.")
-    accelerator: str = Field("auto", description="Lightning accelerator: auto, cpu, gpu/cuda, mps.")
+    accelerator: str = Field("auto", description="Lightning accelerator: auto, cpu, cuda (gpu), mps, tpu, or one a plugin registers.")
     devices: int = Field(1, ge=1, description="Devices (processes) per node.")
     num_nodes: int = Field(1, ge=1, description="Machines; the launcher (SLURM srun, torchrun) starts devices x num_nodes processes.")
     strategy: Literal["auto", "ddp", "fsdp"] = Field(
@@ -98,6 +134,23 @@ class TrainerSpec(StrictModel):
     activation_checkpointing: bool = Field(
         False, description="With strategy fsdp: recompute each backbone layer in backward instead of storing its activations."
     )
+    max_consecutive_nonfinite: int = Field(
+        50, ge=0,
+        description="Stop the run (checkpoint saved, run FAILED, one clear error) after this many consecutive "
+        "non-finite steps; 0 never stops.",
+    )
+
+    @field_validator("accelerator")
+    @classmethod
+    def _known_accelerator(cls, value: str) -> str:
+        if value in KNOWN_ACCELERATORS:
+            return value
+        from lightning.pytorch.accelerators import AcceleratorRegistry  # plugins may register more
+
+        known = sorted(set(KNOWN_ACCELERATORS) | set(AcceleratorRegistry.available_accelerators()))
+        if value not in known:
+            raise ValueError(f"unknown accelerator {value!r}; use one of {', '.join(known)}")
+        return value
 
     @field_validator("precision", mode="before")
     @classmethod
@@ -111,6 +164,54 @@ class TrackingSpec(StrictModel):
     experiment: str | None = Field(None, description="MLflow experiment; null uses the spec name.")
     run_name: str | None = None
     tags: dict[str, str] = Field(default_factory=dict)
+    connect_timeout: float = Field(
+        30.0, gt=0,
+        description="Seconds to wait for the tracking store at start (then one clear error, before any work); "
+        "mid-run outages never stop training (metrics are buffered and retried).",
+    )
+
+
+class ProbeSpec(StrictModel):
+    """Downstream probes of the trained model: ``mertlab train`` probes its final checkpoint,
+    ``mertlab sweep`` every finished child (see README, "Probing downstream tasks")."""
+
+    tasks: list[str] = Field(
+        min_length=1,
+        description="Task CSVs, task YAMLs or class-folder directories (as `mertlab probe` takes them), relative to the working directory like data.path.",
+    )
+    layers: str | list[int] = Field("all", description="Layers probed one by one: all, last, '6,12' or a list (0 = encoder input).")
+    window_seconds: float = Field(5.0, gt=0, description="Long audio is cut into windows of this length (MERT crops: 5 s).")
+    baselines: list[str] = Field(default_factory=list, description="Handcrafted baselines probed alongside: mfcc, chroma, cqt.")
+    random_init: bool = Field(False, description="Also probe an untrained backbone of the same architecture.")
+    weighted: bool = Field(True, description="Also fit the probe on a learnable weighted sum of all layers.")
+    max_epochs: int = Field(200, gt=0, description="Epoch limit of each probe (MARBLE early stopping).")
+    patience: int = Field(10, gt=0, description="Early-stopping patience in epochs.")
+    seed: int = Field(0, description="Seed of the probes (and of the random-init backbone).")
+    batch_size: int = Field(8, ge=1, description="Windows per forward pass during feature extraction.")
+    device: str = Field("auto", description="auto (cuda if available), cpu, cuda, cuda:1...")
+    cache_dir: str | None = Field(
+        ".mertlab-cache/features", description="Feature cache folder (relative to the working directory); null disables the cache."
+    )
+
+    @field_validator("layers")
+    @classmethod
+    def _check_layers(cls, layers: str | list[int]) -> str | list[int]:
+        if isinstance(layers, str) and layers not in ("all", "last"):
+            try:
+                [int(part) for part in layers.split(",") if part.strip()]
+            except ValueError:
+                raise ValueError(f"expected all, last, comma-separated layer numbers or a list, got {layers!r}") from None
+        return layers
+
+    @field_validator("baselines")
+    @classmethod
+    def _check_baselines(cls, baselines: list[str]) -> list[str]:
+        from mertlab.probe.baselines import parse_baselines
+
+        try:
+            return parse_baselines(baselines)
+        except MertlabError as exc:
+            raise ValueError(str(exc).removeprefix("baselines: ")) from None
 
 
 #: Keys a sweep may not vary: every child must land in its parent's store, experiment and
@@ -181,9 +282,12 @@ class SweepSpec(StrictModel):
 class ExperimentSpec(StrictModel):
     """A complete, resolved experiment."""
 
-    name: str = Field(min_length=1, description="Experiment name (MLflow experiment by default).")
+    name: str = Field(
+        description="Experiment name: letters, digits, '.', '_' and '-' (not first), at most 100; "
+        "names the folder <trainer.output_dir>/<name> and the MLflow experiment by default."
+    )
     description: str = ""
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=MAX_SEED, description="Seed of everything random (numpy's range: 0 .. 2**32-1).")
     requires_plugins: list[str] = Field(default_factory=list, description="Plugin or distribution names that must be installed.")
     data: DataSpec = Field(default_factory=DataSpec)
     backbone: ComponentSpec
@@ -202,13 +306,33 @@ class ExperimentSpec(StrictModel):
     sweep: SweepSpec | None = Field(
         None, description="Optional variants of this spec for `mertlab sweep` (one MLflow child run each)."
     )
+    probe: ProbeSpec | None = Field(
+        None, description="Optional downstream probes of the final checkpoint (`-o probe=null` removes them)."
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _name_is_a_slug(cls, name: str) -> str:
+        if not NAME_PATTERN.match(name):
+            raise ValueError(
+                f"{name!r} is not a valid name: use letters, digits, '.', '_' and '-' (not first; at most 100), "
+                "e.g. my-ablation; it names the run folder under trainer.output_dir"
+            )
+        return name
 
 
 # --------------------------------------------------------------------------- rendering
 def validation_problems(exc: ValidationError, prefix: str = "") -> list[tuple[str, str]]:
     """``(path.to.field, message)`` for each pydantic error, paths under ``prefix``."""
     head = prefix.split(".") if prefix else []
-    return [(".".join(str(p) for p in (*head, *err["loc"])), err["msg"]) for err in exc.errors()]
+    return [(".".join(_path_part(p) for p in (*head, *err["loc"])), err["msg"]) for err in exc.errors()]
+
+
+def _path_part(part: Any) -> str:
+    """A key as written, or quoted when empty or unprintable (a control character must not
+    break the one-line message)."""
+    text = str(part)
+    return text if text and text.isprintable() else repr(text)
 
 
 def render_validation_error(exc: ValidationError, prefix: str = "") -> list[str]:
@@ -326,6 +450,8 @@ def resolve_spec(data: dict[str, Any], source: str | None = None, registry: Any 
             component.params = entry.validate_params(component.params).model_dump(mode="json")
         except ValidationError as exc:
             problems.extend(validation_problems(exc, prefix=f"{path}.params"))
+        except Exception as exc:  # noqa: BLE001 - a plugin validator that raised TypeError etc. on odd input
+            problems.append((f"{path}.params", f"invalid params ({type(exc).__name__}: {exc})"))
         return entry
 
     check("backbone", "backbone", spec.backbone)
@@ -341,11 +467,11 @@ def resolve_spec(data: dict[str, Any], source: str | None = None, registry: Any 
             continue
         teacher = teacher_entries.get(objective.teacher)
         if entry is not None and teacher is not None:
-            kind = teacher.component.target_kind
-            if kind not in entry.component.accepts:
+            kind = _target_kind(teacher, spec.teachers[objective.teacher].params)
+            if kind not in entry.attribute("accepts", ()):
                 problems.append((
                     f"objectives.{alias}.teacher",
-                    f"objective '{objective.name}' needs {' or '.join(entry.component.accepts)} targets, "
+                    f"objective '{objective.name}' needs {' or '.join(entry.attribute('accepts', ()))} targets, "
                     f"but teacher '{objective.teacher}' ({teacher.name}) gives {kind} targets",
                 ))
     problems += _global_batch_problems(spec)
@@ -369,6 +495,18 @@ def _global_batch_problems(spec: ExperimentSpec) -> list[tuple[str, str]]:
         f"x trainer.num_nodes {t.num_nodes} x trainer.accumulate_grad_batches {t.accumulate_grad_batches} = "
         f"{global_batch_size(spec)}; change one of them"
     ))]
+
+
+def _target_kind(entry: Any, params: dict[str, Any]) -> str:
+    """The kind of targets teacher ``entry`` gives with ``params`` (its class's kind when the
+    params are invalid: that problem is reported on its own)."""
+    kind_for = entry.attribute("kind_for")
+    if kind_for is None:
+        return entry.attribute("target_kind")
+    try:
+        return kind_for(entry.validate_params(params))
+    except ValidationError:
+        return entry.attribute("target_kind")
 
 
 def _missing_plugins(required: list[str], registry: Any) -> list[tuple[str, str]]:

@@ -105,8 +105,9 @@ def load_child_spec(spec_path: str | Path, overrides: list[str] | tuple[str, ...
 
 
 def spec_sha(spec: ExperimentSpec) -> str:
-    """Fingerprint of what a run trains (tracking settings and the sweep block excluded)."""
-    data = spec.model_dump(mode="json", exclude={"tracking", "sweep"})
+    """Fingerprint of what a run trains (tracking settings, the sweep block and the probe
+    section -- which only changes what is measured after training -- excluded)."""
+    data = spec.model_dump(mode="json", exclude={"tracking", "sweep", "probe"})
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -249,11 +250,11 @@ def run_child(
 
     Raises on failure, after marking the child run FAILED.
     """
-    from lightning.pytorch.utilities.rank_zero import rank_zero_only
     from mlflow.entities import Param
     from mlflow.exceptions import MlflowException
 
     from mertlab.train.run import run_directory, train
+    from mertlab.train.strategy import process_rank
 
     if registry is None:
         from mertlab.registry import get_registry
@@ -274,7 +275,7 @@ def run_child(
             f"--parent-run-id: run {parent_run_id} is not in experiment '{experiment}' of this spec; "
             "children must log to their parent's experiment"
         )
-    if rank_zero_only.rank != 0:
+    if process_rank(spec.trainer) != 0:
         # Another process of a distributed child (started by Lightning's launcher after rank 0
         # set the child run up): train alongside rank 0, from the same checkpoint, and leave
         # MLflow alone.
@@ -290,6 +291,7 @@ def run_child(
         same = existing.data.tags.get(SPEC_SHA_TAG) == sha
         if existing.info.status == "FINISHED":
             if same:
+                probe_child(spec, run_id, tracking_uri, registry, progress)
                 return ChildOutcome(variant, run_id, "skipped", "already finished")
             raise MertlabError(
                 f"variant '{variant}': run {run_id} under parent {parent_run_id} finished with a different spec; "
@@ -321,7 +323,20 @@ def run_child(
     except BaseException:
         client.set_terminated(run_id, "FAILED")
         raise
+    probe_child(spec, run_id, tracking_uri, registry, progress)
     return ChildOutcome(variant, run_id, "resumed" if ckpt else "trained")
+
+
+def probe_child(spec: ExperimentSpec, run_id: str, tracking_uri: str, registry: Any, progress: bool) -> None:
+    """Run the spec's ``probe:`` tasks on a finished child's ``last.ckpt`` (tasks already probed
+    on the run with the same settings are skipped: re-running a sweep is idempotent)."""
+    if spec.probe is None:
+        return
+    from mertlab.probe.experiment import probe_spec_tasks
+    from mertlab.train.run import run_directory
+
+    checkpoint = run_directory(spec) / run_id / "checkpoints" / "last.ckpt"
+    probe_spec_tasks(spec.probe, checkpoint, run_id, tracking_uri, progress=progress, registry=registry)
 
 
 def child_argv(plan: SweepPlan, child: ChildPlan, parent_run_id: str) -> list[str]:

@@ -38,28 +38,30 @@ frame count the teacher gives for it whole. Approximations, by design:
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
+import io
 import json
+import logging
 import math
-import os
-import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, Callable
+from typing import Any
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from mertlab.atomic import atomic_write
 from mertlab.contracts import TargetInfo, Teacher
 from mertlab.data.audio import AudioFile, read_segment, resample
 from mertlab.errors import MertlabError
 from mertlab.spec import ExperimentSpec
+from mertlab.teacher_output import check_targets
 
 FORMAT = "mertlab-target-cache-v1"
 MANIFEST = "manifest.json"
 BUILD_HINT = "run `mertlab targets build SPEC` to compute them"
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -86,27 +88,32 @@ def file_key(path: str | Path) -> str:
     return hashlib.sha256(f"{resolved}\0{stat.st_size}\0{stat.st_mtime_ns}".encode()).hexdigest()[:24]
 
 
+def _record_path(entry: Path) -> Path:
+    """The size/checksum record of a cache entry: ``<key>.sum.json`` beside ``<key>.npy``."""
+    return entry.with_name(entry.stem + ".sum.json")
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class DamagedEntryError(MertlabError):
+    """A cache entry that fails its checks; names the entry and the audio file it belongs to."""
+
+    def __init__(self, entry: Path, audio: str | Path, problem: str) -> None:
+        self.entry, self.audio, self.problem = entry, audio, problem
+        super().__init__(f"data.target_cache: damaged entry {entry} (targets of {audio}): {problem}")
+
+
 def storage_dtype(info: TargetInfo) -> np.dtype:
     """Smallest dtype holding the teacher's values: int16/int32 codes, float32 features."""
     if info.kind == "continuous":
         return np.dtype(np.float32)
     return np.dtype(np.int16) if max(info.vocab_sizes, default=0) <= 2**15 else np.dtype(np.int32)
-
-
-def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
-    """Write ``path`` through ``write(file)`` into a unique temporary name beside it, then
-    rename: readers never see a partial file, and a failure leaves nothing behind."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; a shared cache must stay readable
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
 class TeacherCache:
@@ -131,6 +138,7 @@ class TeacherCache:
             "windowing": asdict(windowing) if windowing is not None else None,
         }
         self._manifest_checked = False
+        self._verified: set[Path] = set()  # entries whose checksum this object has checked
 
     # ----------------------------------------------------------------- entries
     def entry(self, path: str | Path) -> Path:
@@ -141,25 +149,92 @@ class TeacherCache:
     def has(self, path: str | Path) -> bool:
         return self.entry(path).is_file()
 
-    def read(self, path: str | Path) -> np.ndarray:
-        """The file's ``[frames, channels]`` targets, memory-mapped (read only what you slice)."""
+    def read(self, path: str | Path, verify: bool = True) -> np.ndarray:
+        """The file's ``[frames, channels]`` targets, memory-mapped (read only what you slice).
+
+        ``verify``: check the entry's size and checksum against its record the first time this
+        object reads it (:meth:`damage`); a damaged entry raises :class:`DamagedEntryError`.
+        """
         entry = self.entry(path)
-        try:
-            return np.load(entry, mmap_mode="r")
-        except FileNotFoundError:
+        if not entry.is_file():
             raise MertlabError(
                 f"data.target_cache: no cached {self.name} targets for {path} in {self.folder} "
                 f"(new or edited since the build); {BUILD_HINT}"
-            ) from None
+            )
+        if verify and entry not in self._verified:
+            problem = self.damage(entry, full=True)
+            if problem:
+                raise DamagedEntryError(entry, path, problem)
+            self._verified.add(entry)
+        try:
+            return np.load(entry, mmap_mode="r")
+        except (OSError, ValueError, EOFError) as exc:  # damaged after verification
+            raise DamagedEntryError(entry, path, f"unreadable ({exc})") from None
+
+    def damage(self, entry: Path, full: bool = True) -> str | None:
+        """What is wrong with the cache file ``entry``, or None when it is intact.
+
+        Always: the ``.npy`` header must parse and the file size must match the header's shape
+        and dtype (catches truncation). ``full``: the file's size and SHA-256 must also match
+        its record (``<key>.sum.json``, written with the entry), which catches any changed byte;
+        entries written before records existed are checked structurally only.
+        """
+        try:
+            size = entry.stat().st_size
+            with open(entry, "rb") as f:
+                version = np.lib.format.read_magic(f)
+                read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+                shape, _, dtype = read_header(f)
+                expected = f.tell() + math.prod(shape) * dtype.itemsize
+        except FileNotFoundError:
+            return "missing"
+        except (OSError, ValueError, EOFError) as exc:
+            return f"not a valid .npy file ({' '.join(str(exc).split())[:200]})"
+        if size != expected:
+            return f"truncated or padded: {size} bytes, its header needs {expected}"
+        if len(shape) != 2 or shape[1] != self.info.dim:
+            return f"holds an array of shape {shape}, expected [frames, {self.info.dim}]"
+        if not full:
+            return None
+        record = self._record(entry)
+        if record is None:
+            return None
+        if record.get("bytes") != size:
+            return f"{size} bytes, its record says {record.get('bytes')}"
+        if record.get("sha256") != _sha256(entry):
+            return "checksum mismatch (contents changed since it was written)"
+        return None
 
     def store(self, entry: Path, values: np.ndarray) -> None:
         """Write ``values`` ``[frames, channels]`` as ``entry`` (from :meth:`entry`, taken before
-        computing them, so a file edited meanwhile stays a miss) atomically."""
+        computing them, so a file edited meanwhile stays a miss) atomically, with its record
+        (size and SHA-256) beside it. A folder that cannot be written is one clear error."""
         channels = self.info.dim
         if values.ndim != 2 or values.shape[1] != channels:
             raise MertlabError(f"teacher '{self.name}': targets must be [frames, {channels}], got {values.shape}")
-        self.write_manifest()
-        atomic_write(entry, lambda f: np.save(f, values.astype(storage_dtype(self.info), copy=False)))
+        buffer = io.BytesIO()
+        np.save(buffer, values.astype(storage_dtype(self.info), copy=False))
+        blob = buffer.getvalue()
+        record = json.dumps({"bytes": len(blob), "sha256": hashlib.sha256(blob).hexdigest()}).encode()
+        try:
+            self.write_manifest()
+            atomic_write(_record_path(entry), lambda f: f.write(record))
+            atomic_write(entry, lambda f: f.write(blob))
+        except OSError as exc:
+            raise MertlabError(
+                f"data.target_cache: cannot write {entry} ({exc.strerror or exc}); the cache folder {self.folder} "
+                "must be writable to add or repair entries (or point data.target_cache at a writable copy)"
+            ) from None
+        self._verified.add(entry)
+
+    def _record(self, entry: Path) -> dict[str, Any] | None:
+        try:
+            record = json.loads(_record_path(entry).read_text())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError):
+            return {}  # a damaged record: the entry cannot be trusted
+        return record if isinstance(record, dict) else {}
 
     # ----------------------------------------------------------------- manifest
     def read_manifest(self) -> dict[str, Any] | None:
@@ -191,11 +266,13 @@ class TeacherCache:
         self._manifest_checked = True
 
     def write_manifest(self) -> None:
-        """Create the manifest once (before the first entry), or check the existing one."""
+        """Create the manifest once (before the first entry), or check the existing one (a
+        reader, ``windowing=None``, only checks it)."""
         if self._manifest_checked:
             return
-        if self.windowing is None:
-            raise ValueError(f"{self.folder}: opened for reading (windowing=None); give the windowing to build")
+        if self.windowing is None:  # a reader repairing an entry: the folder must already be this teacher's
+            self.check_manifest(required=True)
+            return
         self.check_manifest(required=False)
         if not self._manifest_checked:
             text = json.dumps(self._manifest, indent=2, sort_keys=True) + "\n"
@@ -228,7 +305,8 @@ def compute_file_targets(teacher: Teacher, file: AudioFile, windowing: Windowing
         first = max(0, start - context)
         a, b = native(first), native(start + window + context)
         wav = resample(read_segment(file, a, b - a), file.sample_rate, rate).to(device)
-        out = teacher.targets(wav[None], torch.tensor([wav.shape[0]], device=device))
+        lengths = torch.tensor([wav.shape[0]], device=device)
+        out = check_targets(teacher, teacher.targets(wav[None], lengths), wav.shape[0], lengths)
         values = out.values[0, : int(out.lengths[0])]
         offset = start - first
         last = b >= file.num_frames
@@ -253,6 +331,8 @@ class BuildSummary:
     folder: Path
     computed: int
     skipped: int
+    #: damaged entries found and recomputed (also counted in ``computed``)
+    repaired: list[Path] = field(default_factory=list)
 
 
 def build_teacher_cache(
@@ -264,25 +344,39 @@ def build_teacher_cache(
     windowing: Windowing = Windowing(),
     device: str | torch.device = "cpu",
     progress: bool = True,
+    verify: bool = True,
 ) -> BuildSummary:
-    """Compute and store ``teacher``'s targets of every file without a cache entry."""
+    """Compute and store ``teacher``'s targets of every file without an intact cache entry.
+
+    Existing entries are checked (:meth:`TeacherCache.damage`; ``verify``: their checksums
+    too, which reads each once) and damaged ones recomputed, each named in a warning."""
     alias = alias or teacher.name
     cache = TeacherCache(root, teacher, windowing)
     cache.check_manifest(required=False)
     teacher.to(device).eval()
     computed = skipped = 0
+    repaired: list[Path] = []
     for file in tqdm(files, desc=f"targets {alias}", unit="file", disable=not progress):
         entry = cache.entry(file.path)
         if entry.is_file():
-            skipped += 1
-            continue
-        try:
-            values = compute_file_targets(teacher, file, windowing, device)
-        except MertlabError as exc:
-            raise MertlabError(f"teachers.{alias} on {file.path}: {exc}") from None
-        cache.store(entry, values)
+            problem = cache.damage(entry, full=verify)
+            if problem is None:
+                skipped += 1
+                continue
+            log.warning("data.target_cache: recomputing damaged entry %s (targets of %s): %s", entry, file.path, problem)
+            repaired.append(entry)
+        cache.store(entry, compute_targets_of(teacher, file, alias, windowing, device))
         computed += 1
-    return BuildSummary(alias, teacher.name, cache.folder, computed, skipped)
+    return BuildSummary(alias, teacher.name, cache.folder, computed, skipped, repaired)
+
+
+def compute_targets_of(teacher: Teacher, file: AudioFile, alias: str, windowing: Windowing = Windowing(),
+                       device: str | torch.device = "cpu") -> np.ndarray:
+    """:func:`compute_file_targets`, with errors naming the teacher alias and the audio file."""
+    try:
+        return compute_file_targets(teacher, file, windowing, device)
+    except MertlabError as exc:
+        raise MertlabError(f"teachers.{alias} on {file.path}: {exc}") from None
 
 
 def build_targets(

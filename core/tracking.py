@@ -5,6 +5,7 @@ import os
 import platform
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -101,3 +102,100 @@ def log_spec(logger: Any, spec: ExperimentSpec) -> None:
     if params:
         logger.log_hyperparams(params)
     client.log_text(run_id, dump_spec(spec), "spec.yaml")
+
+
+# --------------------------------------------------------------------------- store health
+#: MLflow's own HTTP retries (default: 7 with backoff, minutes) are lowered unless the user set
+#: them: mertlab's logger queues and retries by itself (mertlab.train.tracking_logger).
+HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+PROCESS_TAG = "mertlab.process"
+
+
+def check_store(tracking_uri: str, timeout: float) -> Any:
+    """An ``MlflowClient`` of ``tracking_uri`` once the store answers, retried for ``timeout``
+    seconds, else a :class:`~mertlab.errors.MertlabError` (one line, before any work is done)."""
+    import threading
+
+    from mlflow.tracking import MlflowClient
+
+    from mertlab.errors import MertlabError
+
+    for key, value in HTTP_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+    outcome: dict[str, Any] = {}
+
+    def probe() -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                client = MlflowClient(tracking_uri)
+                client.search_experiments(max_results=1)
+                outcome["client"] = client
+                return
+            except Exception as exc:  # noqa: BLE001 - any store failure: retry until the deadline
+                outcome["error"] = exc
+                if time.monotonic() + 1 >= deadline:
+                    return
+                time.sleep(1)
+
+    thread = threading.Thread(target=probe, name="mertlab-mlflow-check", daemon=True)
+    thread.start()
+    # A local store answers or fails by itself (a locked sqlite file fails after sqlite's busy
+    # timeout; creating a new database can take a while); a remote one may hang: bounded wait.
+    local = tracking_uri.startswith(("sqlite:", "file:")) or "://" not in tracking_uri
+    thread.join(None if local else timeout)
+    if "client" in outcome:
+        return outcome["client"]
+    error = outcome.get("error")
+    why = f"{type(error).__name__}: {str(error).splitlines()[0][:200]}" if error else f"no answer within {timeout:g} s"
+    raise MertlabError(
+        f"tracking.tracking_uri: the MLflow store {tracking_uri} is not usable ({why}); nothing was trained. "
+        "Start or fix the store (or unset tracking.tracking_uri and $MLFLOW_TRACKING_URI for sqlite:///mlflow.db); "
+        "tracking.connect_timeout sets how long to wait"
+    )
+
+
+def _start_ticks(pid: int) -> str | None:
+    """The start time of process ``pid`` (Linux ``/proc``; None elsewhere or if it is gone)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
+def process_identity() -> str:
+    """``host:pid:start`` of this process, tagged on the runs it trains (see :func:`mark_crashed_runs`)."""
+    pid = os.getpid()
+    return f"{platform.node()}:{pid}:{_start_ticks(pid) or ''}"
+
+
+def process_alive(identity: str) -> bool:
+    """Whether the process of a :func:`process_identity` may still run (other hosts: assumed alive)."""
+    host, _, rest = identity.partition(":")
+    pid_text, _, start = rest.partition(":")
+    if host != platform.node() or not pid_text.isdigit():
+        return True
+    pid = int(pid_text)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return not start or _start_ticks(pid) == start
+
+
+def mark_crashed_runs(client: Any, experiment_name: str) -> list[str]:
+    """Mark FAILED the RUNNING runs of the experiment whose training process (on this host) is gone."""
+    experiment = client.get_experiment_by_name(experiment_name)
+    if experiment is None:
+        return []
+    marked = []
+    for run in client.search_runs([experiment.experiment_id], "attributes.status = 'RUNNING'", max_results=1000):
+        identity = run.data.tags.get(PROCESS_TAG)
+        if identity and not process_alive(identity):
+            client.set_tag(run.info.run_id, "mertlab.failure", "the training process ended without closing the run (killed or crashed)")
+            client.set_terminated(run.info.run_id, "FAILED")
+            marked.append(run.info.run_id)
+    return marked

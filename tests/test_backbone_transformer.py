@@ -32,6 +32,9 @@ def build(**overrides) -> TransformerBackbone:
     return get_registry().build("backbone", "transformer", {**TINY, **overrides})
 
 
+MEL_TINY = build(frontend="mel", mel_bins=32, mel_n_fft=512).eval()
+
+
 def no_dropout(**overrides) -> dict:
     return {"dropout": 0.0, "attention_dropout": 0.0, "activation_dropout": 0.0, "projection_dropout": 0.0,
             "layer_drop": 0.0, **overrides}
@@ -199,6 +202,63 @@ def _alone_vs_padded(extractor_mode: str) -> list[float]:
     t = backbone.num_frames(5000)
     assert not padded.padding_mask[0, :t].any() and padded.padding_mask[0, t:].all()
     return [(a[0] - p[0, :t]).abs().max().item() for a, p in zip(alone.hidden_states, padded.hidden_states)]
+
+
+def test_mel_frontend_is_padding_invariant():
+    torch.manual_seed(0)
+    backbone = build(**no_dropout(frontend="mel")).eval()
+    clip = torch.randn(1, 5000)
+    batch = torch.randn(2, 9000)  # garbage after the clip, which its last STFT windows would see
+    batch[0, :5000] = clip[0]
+    with torch.no_grad():
+        alone = backbone(clip)
+        padded = backbone(batch, torch.tensor([5000, 9000]))
+    t = backbone.num_frames(5000)
+    assert t == math.ceil(5000 / 320) and alone.hidden_states[0].shape[1] == t
+    assert not padded.padding_mask[0, :t].any() and padded.padding_mask[0, t:].all()
+    assert max((a[0] - p[0, :t]).abs().max().item() for a, p in zip(alone.hidden_states, padded.hidden_states)) < 1e-4
+
+
+@given(st.integers(min_value=1, max_value=20000))
+@settings(max_examples=15, deadline=None)
+def test_mel_frontend_frame_count_is_ceil_of_samples_over_hop(num_samples):
+    backbone = MEL_TINY
+    with torch.no_grad():
+        out = backbone(torch.zeros(1, num_samples))
+    assert out.hidden_states[-1].shape[1] == backbone.num_frames(num_samples) == math.ceil(num_samples / 320)
+    assert backbone.frame_lengths(torch.tensor([num_samples])).item() == math.ceil(num_samples / 320)
+    assert backbone.frame_rate == 75.0
+
+
+@pytest.mark.parametrize("mult", [0.0, 0.1])
+def test_feature_grad_mult_scales_only_the_frontend_gradient(mult):
+    torch.manual_seed(0)
+    wav = torch.randn(2, 4000)
+    grads = {}
+    outputs = {}
+    for factor in (1.0, mult):
+        torch.manual_seed(1)
+        backbone = build(**no_dropout(feature_grad_mult=factor))
+        out = backbone(wav)
+        out.hidden_states[-1].pow(2).mean().backward()
+        outputs[factor] = out.hidden_states[-1].detach()
+        grads[factor] = {n: p.grad.clone() for n, p in backbone.named_parameters() if p.grad is not None}
+    torch.testing.assert_close(outputs[1.0], outputs[mult])  # forward unchanged
+    for name, grad in grads[1.0].items():
+        if name.startswith("feature_extractor."):
+            if mult == 0.0:
+                assert name not in grads[mult]
+            else:
+                torch.testing.assert_close(grads[mult][name], grad * mult, rtol=1e-4, atol=1e-8)
+        else:
+            torch.testing.assert_close(grads[mult][name], grad)
+
+
+def test_mel_frontend_has_no_hf_equivalent():
+    from mertlab.plugins.backbones.transformer.hf import hf_config_from_params
+
+    with pytest.raises(MertlabError, match="frontend.*mel.*Hugging Face"):
+        hf_config_from_params(TransformerParams(preset="tiny", frontend="mel"))
 
 
 def test_layer_norm_extractor_is_padding_invariant():

@@ -152,12 +152,12 @@ def test_metric_patterns_and_probe_scores(sweep):
         client.log_metric(lr_high.run_id, best, value, step=step)
         client.log_metric(lr_high.run_id, layer, value / 2, step=step)
 
-    assert load_comparison(parent, uri).metrics == [  # default: losses and each task's best probe
-        "loss/cqt_recon", "loss/rvq_pred", "loss/total", best,
+    assert load_comparison(parent, uri).metrics == [  # default: each task's probe scores first, then losses
+        best, "loss/cqt_recon", "loss/rvq_pred", "loss/total",
         "val/loss/cqt_recon", "val/loss/rvq_pred", "val/loss/total",
     ]
     comparison = load_comparison(parent, uri, metrics=["loss/total", "probe/**"])
-    assert comparison.metrics == ["loss/total", best, layer]
+    assert comparison.metrics == [best, layer, "loss/total"]
     header, rows = comparison.records()
     assert "loss/cqt_recon final" not in header and M.SUMMARY_MAX_GRAD_NORM in header
     values = {row[0]: dict(zip(header, row)) for row in rows}

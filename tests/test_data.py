@@ -71,9 +71,10 @@ def test_clear_errors_for_bad_data(tmp_path):
     write_tone(tmp_path / "empty" / "short.wav", 1.5)
     with pytest.raises(DataError, match=r"data.crop_seconds: 5 s is longer than every file .*longest: 1.50 s"):
         scan_dataset(DataSpec(path=str(tmp_path / "empty"), crop_seconds=5), 24000)
-    (tmp_path / "empty" / "bad.wav").write_bytes(b"not audio at all")
-    with pytest.raises(DataError, match="bad.wav: cannot read audio"):
-        scan_dataset(DataSpec(path=str(tmp_path / "empty"), crop_seconds=1), 24000)
+    (tmp_path / "only_bad").mkdir()
+    (tmp_path / "only_bad" / "bad.wav").write_bytes(b"not audio at all")
+    with pytest.raises(DataError, match="no audio files .* 1 skipped as unusable, e.g. .*bad.wav: cannot read audio"):
+        scan_dataset(DataSpec(path=str(tmp_path / "only_bad"), crop_seconds=1), 24000)
 
 
 def test_split_is_deterministic_and_disjoint(tmp_path):

@@ -8,15 +8,17 @@ import subprocess
 import sys
 from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
 import yaml
 from mlflow.tracking import MlflowClient
 
 from mertlab.data.audio import probe
-from mertlab.data.dataset import CropDataset, EpochSampler
+from mertlab.data.dataset import CropDataset
+from mertlab.data.sampler import CropKey, ResumableBatchSampler
 from mertlab.errors import MertlabError, SpecError
-from mertlab.seeding import derive_seed
+from mertlab.seeding import CROP, LAYER_DROP, derive_seed
 from mertlab.spec import resolve_spec
 from mertlab.train.module import PretrainModule
 from mertlab.train.run import GLOBAL_BATCH_PARAM, train
@@ -91,16 +93,54 @@ def test_layer_drop_is_the_same_on_every_rank_and_differs_across_micro_batches(d
     assert skipped(1) == skipped(2)
 
 
-def test_crops_depend_on_file_and_epoch_not_on_rank_or_worker(demo_dir):
+def test_ranks_read_interleaved_shares_of_one_stream_and_crops_depend_on_file_and_epoch_only(demo_dir):
     files = [probe(p) for p in sorted(Path(demo_dir).glob("*.wav"))]
     dataset = CropDataset(files, 24000, 1.0, random_crops=True, seed=5)
-    one = list(EpochSampler(dataset, num_replicas=1, rank=0, shuffle=True, seed=5))
-    ranks = [list(EpochSampler(dataset, num_replicas=2, rank=r, shuffle=True, seed=5)) for r in (0, 1)]
-    assert [k for pair in zip(*ranks) for k in pair] == one  # interleaved: the one-process order
-    key = one[0]
-    assert torch.equal(dataset[key].wav, CropDataset(files, 24000, 1.0, random_crops=True, seed=5)[key].wav)
-    epoch1 = (1, key[1])
-    assert dataset[key].start_seconds != dataset[epoch1].start_seconds or dataset[key].file.seconds <= 1.01
+    one = list(ResumableBatchSampler(len(files), 4, True, seed=5))  # one process, batch 4
+    ranks = [list(ResumableBatchSampler(len(files), 2, True, seed=5, num_replicas=2, rank=r)) for r in (0, 1)]
+    assert len(one) == len(ranks[0]) == len(ranks[1]) == len(files) // 4
+    for batch, mine, theirs in zip(one, *ranks):  # clip i of rank r is clip i * 2 + r of the global batch
+        assert [k for pair in zip(mine, theirs) for k in pair] == batch
+    key = one[0][0]
+    assert torch.equal(dataset[key].item.wav, CropDataset(files, 24000, 1.0, random_crops=True, seed=5)[key].item.wav)
+    epoch1 = CropKey(key.index, derive_seed(5, CROP, 1, key.index), 1, 0)
+    assert dataset[key].item.start_seconds != dataset[epoch1].item.start_seconds or dataset[key].item.file.seconds <= 1.01
+
+
+def stream(sampler: ResumableBatchSampler, batches: int) -> list[list[CropKey]]:
+    """``batches`` batches as training consumes them: a new iterator per epoch, as Lightning makes."""
+    out: list[list[CropKey]] = []
+    while len(out) < batches:
+        for batch in sampler:
+            sampler.mark_consumed(batch[0].epoch, batch[0].batch)
+            out.append(batch)
+            if len(out) == batches:
+                break
+    return out
+
+
+@pytest.mark.parametrize("size, drop_last", [(11, True), (5, False), (3, False)])
+def test_rank_samplers_resume_exactly_and_on_another_world_size(size, drop_last):
+    make = lambda world, rank=0: ResumableBatchSampler(size, 4 // world, drop_last, seed=7, num_replicas=world, rank=rank)
+    total = 3 * len(make(2))
+    full = [stream(make(2, r), total) for r in (0, 1)]
+    one = stream(make(1), total)
+    for cut in range(total):
+        for rank in (0, 1):
+            first = make(2, rank)
+            head = stream(first, cut)
+            resumed = make(2, rank)
+            resumed.load_state_dict(first.state_dict())
+            assert head + stream(resumed, total - cut) == full[rank], (cut, rank)
+        # a two-rank position continues in one process with the same global batch
+        single = make(1)
+        single.load_state_dict(first.state_dict())
+        assert stream(single, total - cut) == one[cut:], cut
+    # every rank gets a clip in every batch (a last partial global batch is padded, not empty)
+    assert all(len(batch) == len(other) >= 1 for batch, other in zip(*full))
+    if not drop_last:  # the ranks together cover every file of an epoch
+        epoch = [k.index for r in (0, 1) for batch in full[r] for k in batch if k.epoch == 0]
+        assert set(epoch) == set(range(size))
 
 
 # --------------------------------------------------------------------------- spec + strategy
@@ -161,7 +201,7 @@ def test_two_process_ddp_matches_one_process_logs_once_and_resumes_in_one_proces
     spec_path = tmp_path / "spec.yaml"
     spec_path.write_text(yaml.safe_dump(raw))
     # Layer drop really skips layers within these steps (the decisions are reproducible).
-    drops = [[torch.rand((), generator=torch.Generator().manual_seed(derive_seed("layer_drop", 3, step, 0))) < 0.5]
+    drops = [[torch.rand((), generator=torch.Generator().manual_seed(derive_seed(3, LAYER_DROP, step, 0))) < 0.5]
              for step in range(4)]
     assert any(d[0] for d in drops)
     train(resolve_spec({**raw, "data": {**raw["data"], "batch_size": 4}}), progress=False)  # the one-process reference
@@ -194,6 +234,29 @@ def test_two_process_ddp_matches_one_process_logs_once_and_resumes_in_one_proces
     steps = [s for s, _ in losses(client.get_run(two.info.run_id))]
     assert len(steps) == 6 and steps[:4] == [0, 1, 2, 3] and steps[4] > 3  # two more steps, same run
     assert len(client.search_runs([one.info.experiment_id])) == 2
+
+
+def test_two_process_ddp_skips_nonfinite_steps_on_every_rank(demo_dir, tmp_path, tracking_uri, one_thread):
+    """Lightning refuses a None loss from a rank in distributed training: a skipped step still
+    runs backward on every rank (a zero-weighted loss) and drops the gradients, so the weights
+    and the optimizer state stay untouched, the same on both ranks, and the run finishes."""
+    raw = {**raw_spec(demo_dir, tmp_path, tracking_uri), "name": "dist-nonfinite", "callbacks": {}}
+    raw["objectives"] = {"cqt_recon": {"name": "masked_regression", "teacher": "cqt", "weight": 1e308}}
+    raw["trainer"] = {**raw["trainer"], "max_steps": 2, "limit_val_batches": 0}
+    spec_path = tmp_path / "spec.yaml"
+    spec_path.write_text(yaml.safe_dump(raw))
+    run_cli(["train", str(spec_path), "-o", "trainer.devices=2", "-o", "trainer.strategy=ddp", "--no-progress"], tmp_path)
+    client = MlflowClient(tracking_uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("dist-nonfinite").experiment_id])
+    assert run.info.status == "FINISHED"
+    counts = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "stability/nonfinite_steps")}
+    assert counts == {0: 1.0, 1: 2.0}
+    ckpt = torch.load(tmp_path / "runs" / "dist-nonfinite" / run.info.run_id / "checkpoints" / "last.ckpt",
+                      map_location="cpu", weights_only=False)
+    assert ckpt["global_step"] == 2 and ckpt["optimizer_states"][0]["state"] == {}
+    L.seed_everything(3, verbose=False)  # as train() does before building the module: the initial weights
+    initial = PretrainModule(resolve_spec(raw)).state_dict()
+    assert all(torch.equal(initial[k], v) for k, v in ckpt["state_dict"].items())
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="Lightning's FSDP needs CUDA; runs where a GPU is present")

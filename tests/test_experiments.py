@@ -35,7 +35,18 @@ SLOW = {"dac_teacher"}
 def test_the_experiment_library_is_complete():
     names = set(IDS)
     assert {"quickstart", "mert_v1_95m", "mert_v1_330m", "hubert_mfcc_kmeans", "hubert_iter2_hidden_kmeans",
-            "bestrq_conformer", "dac_teacher", "ablation_teachers", "scaleup_stability"} <= names
+            "bestrq_conformer", "dac_teacher", "ablation_teachers", "scaleup_stability",
+            "muq_melrvq_conformer", "crepe_pitch_aux", "distill_hidden", "small_scale"} <= names
+
+
+def test_quickstart_ends_with_a_probe_verdict_on_the_demo_tasks():
+    spec = load_spec(EXPERIMENTS / "quickstart.yaml")
+    assert spec.data.generate_demo and spec.probe is not None and spec.probe.random_init
+    from mertlab.data.demo_tasks import DEMO_TASKS, demo_tasks_dir
+
+    tasks_dir = demo_tasks_dir(spec.data.path)
+    assert [Path(t) for t in spec.probe.tasks] == [tasks_dir / f"{name}.csv" for name in DEMO_TASKS]
+    assert "cqt" in spec.probe.baselines
 
 
 @pytest.mark.parametrize("path", SPECS, ids=IDS)
@@ -78,7 +89,7 @@ def tiny_overrides(path: Path, demo_dir: Path, tmp_path: Path, tracking_uri: str
         "trainer.max_steps=2", "trainer.val_every_n_steps=2", "trainer.limit_val_batches=1",
         "trainer.log_every_n_steps=1", "trainer.precision='32'", "trainer.accelerator=cpu", "trainer.devices=1",
         "trainer.accumulate_grad_batches=1", f"trainer.output_dir={tmp_path / 'runs'}",
-        f"tracking.tracking_uri={tracking_uri}", "sweep=null",
+        f"tracking.tracking_uri={tracking_uri}", "sweep=null", "probe=null",  # probing: tests/test_probe_experiment.py
     ]
     overrides += component_test_params("backbone", "backbone", spec.backbone)
     for alias, teacher in spec.teachers.items():
@@ -95,7 +106,7 @@ def tiny_overrides(path: Path, demo_dir: Path, tmp_path: Path, tracking_uri: str
             backbone = registry.build("backbone", tiny.backbone.name, tiny.backbone.params)
             checkpoint = save_backbone(tmp_path / f"{alias}_backbone.pt", backbone)
             overrides.append(f"teachers.{alias}.params.checkpoint={checkpoint}")
-            if "layer" in teacher.params:
+            if teacher.params.get("layer") is not None:
                 overrides.append(f"teachers.{alias}.params.layer={min(teacher.params['layer'], backbone.num_layers)}")
     return overrides
 
@@ -125,7 +136,9 @@ def test_example_sweeps_vary_what_they_say():
         "cqt_only": (["cqt"], ["cqt_recon"]),
         "rvq_cqt": (["cqt", "rvq"], ["cqt_recon", "rvq_pred"]),
         "mfcc_kmeans": (["mfcc_units"], ["units_pred"]),
+        "melrvq": (["mel_rvq"], ["mel_pred"]),
     }
+    assert ablation["melrvq"].teachers["mel_rvq"].name == "melrvq"
     assert ablation["mfcc_kmeans"].teachers["mfcc_units"].params["feature"] == "mfcc"
     scaleup = {c.variant.name: c.spec.backbone.params for c in plan_sweep(EXPERIMENTS / "scaleup_stability.yaml").children}
     assert len(scaleup) == 9

@@ -45,10 +45,10 @@ def test_entry_point_plugin_is_discovered_with_its_distribution(fake_dist):
 
 
 def test_disable_autoload_hides_third_party(fake_dist, monkeypatch):
-    fake_dist("hidden-teachers", "hidden_teacher_mod", TEACHER_CODE.format(cls="Hid", name="hidden"))
+    fake_dist("hidden-teachers", "hidden_teacher_mod", TEACHER_CODE.format(cls="Hid", name="offstage"))
     monkeypatch.setenv("MERTLAB_DISABLE_AUTOLOAD", "1")
     with pytest.raises(UnknownComponentError):
-        get_registry().get("teacher", "hidden")
+        get_registry().get("teacher", "offstage")
 
 
 def test_plugin_import_failure_names_distribution_and_cause(fake_dist):
@@ -57,6 +57,7 @@ def test_plugin_import_failure_names_distribution_and_cause(fake_dist):
         get_registry()
     msg = str(err.value)
     assert "broken-plugin 0.9" in msg and "does_not_exist_xyz" in msg and "ModuleNotFoundError" in msg
+    assert "MERTLAB_DISABLE_AUTOLOAD=1" in msg and len(msg.splitlines()) == 1
 
 
 def test_duplicate_names_name_both_sources(fake_dist):
@@ -93,3 +94,47 @@ def test_wildcard_listing(toy_registry):
     assert names == ["toy_cqt", "toy_rvq"]
     assert [e.name for e in toy_registry.list(None, "toy_sp*")] == ["toy_span"]
     assert isinstance(toy_registry, Registry)
+
+
+HEAVY = ("lightning", "mlflow", "torchaudio", "nnAudio", "encodec", "dac", "transformers", "matplotlib")
+
+
+def test_light_commands_import_no_heavy_package():
+    """`plugins`, `validate`, `schema` and `--help` only import what they need (not Lightning,
+    MLflow, codecs...): components registered lazily or importing their heavy packages on use."""
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    code = (
+        "import sys\nfrom mertlab.cli import main\n"
+        f"for args in (['plugins'], ['validate', {str(REPO / 'experiments' / 'quickstart.yaml')!r}], "
+        "['schema', 'callback', 'stability'], ['--help']):\n"
+        "    assert main(args) == 0, args\n"
+        f"print(sorted({{m.split('.')[0] for m in sys.modules}} & set({HEAVY!r})))"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={"PATH": "/usr/bin:/bin", "MERTLAB_DISABLE_AUTOLOAD": "1"})
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_lazy_component_is_imported_on_use_and_must_match_its_declaration():
+    from mertlab.plugin_manager import PluginSource
+    from mertlab.plugins.callbacks.stability_plugin import STABILITY, StabilityParams
+    from mertlab.registry import LazyComponent
+    from mertlab.hookspecs import hookimpl
+
+    entry = get_registry().get("callback", "stability")
+    assert entry.declared is STABILITY and entry.params_model is StabilityParams
+    assert entry.component.__name__ == "StabilityMonitor" and entry.build({}).params.every_n_steps == 10
+
+    class Wrong:
+        @hookimpl
+        def register_callbacks(self, register):
+            register(LazyComponent(STABILITY.target, name="stability2", summary="another summary", Params=StabilityParams))
+
+    pm = create_plugin_manager(autoload=False)
+    pm.register_source(Wrong(), PluginSource("wrong", "wrong-dist", "1.0"))
+    with pytest.raises(PluginError, match=r"plugin 'wrong' \(wrong-dist 1.0\): callback 'stability2': .* differs from its registration in name, summary"):
+        Registry(pm).get("callback", "stability2").component

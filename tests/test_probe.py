@@ -96,6 +96,12 @@ def data(tmp_path_factory, backbone):
     }
 
 
+@pytest.fixture(autouse=True)
+def _cwd(tmp_path, monkeypatch):
+    """The CLI's feature cache (.mertlab-cache/) goes to the working directory: a temporary one."""
+    monkeypatch.chdir(tmp_path)
+
+
 def read_rows(path):
     with open(path, newline="") as f:
         return list(csv.DictReader(f))
@@ -367,8 +373,9 @@ def test_cli_probe_logs_onto_the_checkpoints_training_run(trained, data, capsys)
     assert "loss/total" in metrics  # the pre-training metrics are still there, on the same run
     step = torch.load(ckpt, map_location="cpu", weights_only=False)["global_step"]
     assert step == 2 and [m.step for m in MlflowClient(uri).get_metric_history(run_id, "probe/pitch/accuracy")] == [step]
-    artifacts = [a.path for a in MlflowClient(uri).list_artifacts(run_id, "probe")]
-    assert artifacts == ["probe/pitch.json"]
+    artifacts = sorted(a.path for a in MlflowClient(uri).list_artifacts(run_id, "probe"))
+    assert artifacts == ["probe/pitch.json", "probe/pitch_layers.png"]
+    assert run.data.tags["probe/pitch/settings"]
 
 
 def test_cli_probe_onto_a_given_run_and_errors(trained, data, capsys, tmp_path):

@@ -153,7 +153,9 @@ def test_interrupted_build_leaves_no_partial_entry_and_resumes(demo_dir, tmp_pat
 
     folder = TeacherCache(tmp_path / "targets", teacher(spec, "codes")).folder
     visible = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
-    assert len(visible) == 2 and "manifest.json" in visible  # the manifest and the one complete entry
+    entries = [v for v in visible if v.endswith(".npy")]
+    assert len(entries) == 1 and "manifest.json" in visible  # the manifest and the one complete entry
+    assert set(visible) == {"manifest.json", entries[0], entries[0].replace(".npy", ".sum.json")}  # and its record
     assert not [p for p in folder.rglob("*tmp*")]
     assert counts(build_targets(spec, progress=False)) == {"codes": (2, 1)}  # resumes
     t = teacher(spec, "codes")
@@ -241,6 +243,7 @@ def test_cli_builds_generated_demo_data_and_reports(tmp_path, write_yaml, capsys
     import mertlab.train.run as run
 
     monkeypatch.setattr(run, "write_demo_dataset", lambda path: write_demo_dataset(path, num_clips=3, seconds=1.5, progress=False))
+    monkeypatch.setattr(run, "write_demo_tasks", lambda directory, names=None: {})  # tested in test_demo_tasks.py
     raw = make_spec(tmp_path / "fresh", tmp_path, cache=False, generate_demo=True).model_dump(mode="json")
     path = write_yaml(raw)
     cache_opt = f"data.target_cache={tmp_path / 'cli-targets'}"

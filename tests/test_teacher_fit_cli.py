@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
+from mertlab.safe_load import read_safetensors
 from mertlab.cli import main
 from mertlab.data.demo import write_demo_dataset
 from mertlab.registry import get_registry
@@ -53,10 +55,10 @@ def test_fit_writes_the_centroids_file_the_spec_names(demo_dir, tmp_path, write_
     codes = teacher.targets(torch.randn(1, 12000), torch.tensor([12000])).values
     assert codes.shape == (1, 38, 1) and bool((codes < 6).all())
     # the same spec refits deterministically (seeded crops and k-means) and says it replaced the file
-    before = torch.load(centroids, weights_only=True)["centroids"]
+    before = load_file(centroids)["centroids"]  # safetensors
     assert main(["teachers", "fit", str(spec_path), "-o", "teachers.km.params.n_clusters=6"]) == 0
     assert "replaced the previous file" in capsys.readouterr().out
-    assert torch.equal(torch.load(centroids, weights_only=True)["centroids"], before)
+    assert torch.equal(load_file(centroids)["centroids"], before)
 
 
 def test_fit_without_a_state_path_is_one_clear_error(demo_dir, write_yaml, capsys):
@@ -71,3 +73,23 @@ def test_spec_without_fittable_teachers_says_so(demo_dir, write_yaml, capsys):
     del data["teachers"]["km"], data["objectives"]["km_pred"]
     assert main(["teachers", "fit", str(write_yaml(data))]) == 0
     assert "no teacher in" in capsys.readouterr().out
+
+
+def test_fit_trains_the_melrvq_tokenizer_with_a_progress_bar(demo_dir, tmp_path, write_yaml, capsys):
+    tokenizer = tmp_path / "state" / "melrvq.pt"
+    data = spec_data(demo_dir, centroids=None)
+    del data["teachers"]["km"], data["objectives"]["km_pred"]
+    data["teachers"]["mel"] = {"name": "melrvq", "params": {
+        "n_mels": 32, "n_codebooks": 2, "codebook_size": 8, "steps": 30, "batch_size": 128, "tokenizer": str(tokenizer)}}
+    data["objectives"]["mel_pred"] = {"name": "masked_prediction", "teacher": "mel"}
+    spec_path = write_yaml(data)
+
+    assert main(["teachers", "fit", str(spec_path)]) == 0
+
+    captured = capsys.readouterr()
+    assert f"teachers.mel (melrvq): wrote {tokenizer}" in captured.out
+    assert "melrvq fit" in captured.err and "recon=" in captured.err  # the progress bar shows the reconstruction error
+    tensors, meta = read_safetensors(tokenizer, "state")
+    assert meta["format"] == "mertlab-melrvq-v1" and tensors["rvq.codebooks"].shape == (2, 8, 16)
+    teacher = get_registry().build("teacher", "melrvq", load_spec(spec_path).teachers["mel"].params)
+    assert teacher.fitted and teacher.fingerprint() in captured.out

@@ -187,7 +187,7 @@ def test_state_from_other_settings_or_garbage_is_rejected(fitted_state, tmp_path
         build(n_mfcc=12, centroids=str(fitted_state))
     junk = tmp_path / "junk.pt"
     junk.write_text("not torch")
-    with pytest.raises(MertlabError, match="not a readable k-means state file"):
+    with pytest.raises(MertlabError, match="junk.pt: damaged or truncated k-means state file"):
         build(centroids=str(junk))
     with pytest.raises(MertlabError, match="not fitted"):
         build().save_state(tmp_path / "x.pt")

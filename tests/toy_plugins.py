@@ -40,7 +40,7 @@ class ToyRVQ:
 
 class ToyCQTParams(Params):
     n_bins: int = Field(84, gt=0, description="Bins.")
-    magnitude: Literal["linear", "log"] = "linear"
+    magnitude: Literal["linear", "log"] = Field("linear", description="Magnitude scale.")
 
 
 class ToyCQT:

@@ -3,25 +3,65 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
+from typing import Any
 
 import lightning as L
-from torch.utils.data import DataLoader
+import torch
+from torch.utils.data import DataLoader, DistributedSampler
 
 from mertlab.data.audio import AudioFile, list_audio_paths, probe
-from mertlab.data.dataset import CropDataset, EpochSampler, collate_crops, seed_worker
+from mertlab.data.dataset import AudioBatch, CropDataset, collate_crops, seed_worker
+from mertlab.data.sampler import ResumableBatchSampler, ResumableDataLoader
+from mertlab.data.skipped import SkippedFile, SkippedFiles
 from mertlab.errors import DataError
+from mertlab.seeding import LOADER, derive_seed
 from mertlab.spec import DataSpec
 
 
-def scan_dataset(data: DataSpec, sample_rate: int) -> list[AudioFile]:
-    """Probe every audio file of ``data.path``; errors name the field and what was expected."""
+#: Sample rates outside this range are treated as a damaged header (resampling them is not sensible).
+SAMPLE_RATE_RANGE = (1000, 768_000)
+
+
+def check_audio_files(paths: list[Path], min_seconds: float = 0.0) -> tuple[list[AudioFile], list[SkippedFile]]:
+    """Probe each file (header only, no decoding): the usable ones, and the skipped ones with why
+    (unreadable or not audio, no samples (empty or header-only), an implausible sample rate,
+    shorter than ``min_seconds``)."""
+    files, skipped = [], []
+    for path in paths:
+        try:
+            file = probe(path)
+        except DataError as exc:
+            skipped.append(SkippedFile(path, str(exc).removeprefix(f"{path}: ")))
+            continue
+        low, high = SAMPLE_RATE_RANGE
+        if file.num_frames <= 0:
+            skipped.append(SkippedFile(path, "no audio samples (empty or header-only file)"))
+        elif not low <= file.sample_rate <= high:
+            skipped.append(SkippedFile(path, f"implausible sample rate {file.sample_rate} Hz (damaged header?)"))
+        elif file.seconds < min_seconds:
+            skipped.append(SkippedFile(
+                path, f"too short ({file.num_frames} samples = {file.seconds:.3g} s; at least {min_seconds:.3g} s needed)"))
+        else:
+            files.append(file)
+    return files, skipped
+
+
+def scan_dataset(data: DataSpec, sample_rate: int, min_seconds: float = 0.0, skipped: SkippedFiles | None = None) -> list[AudioFile]:
+    """Probe every audio file of ``data.path``; errors name the field and what was expected.
+
+    Bad files are left out, each recorded (and logged once) in ``skipped`` (see
+    :func:`check_audio_files`); only a data set without any usable file is an error.
+    """
     path = Path(data.path)
     if not path.exists():
         raise DataError(f"data.path: {path} does not exist (set generate_demo: true, or run `mertlab demo-data {path}`)")
-    files = [probe(p) for p in list_audio_paths(path, data.extensions)]
-    files = [f for f in files if f.num_frames > 0]
+    files, bad = check_audio_files(list_audio_paths(path, data.extensions), min_seconds)
+    skipped = skipped if skipped is not None else SkippedFiles()
+    for item in bad:
+        skipped.add(item)
     if not files:
-        raise DataError(f"data.path: no audio files ({', '.join(data.extensions)}) found under {path}")
+        found = f"; {len(bad)} skipped as unusable, e.g. {bad[0].path}: {bad[0].reason}" if bad else ""
+        raise DataError(f"data.path: no audio files ({', '.join(data.extensions)}) found under {path}{found}")
     longest = max(f.seconds for f in files)
     if data.crop_seconds > longest:
         raise DataError(
@@ -47,42 +87,69 @@ def split_files(files: list[AudioFile], val_fraction: float) -> tuple[list[Audio
 
 
 class AudioDataModule(L.LightningDataModule):
-    """Random crops for training, deterministic crops for validation, at the backbone's rate."""
+    """Random crops for training, deterministic crops for validation, at the backbone's rate.
 
-    def __init__(self, data: DataSpec, sample_rate: int, seed: int = 0) -> None:
+    The training stream is resumable (:mod:`mertlab.data.sampler`): Lightning saves its
+    position in checkpoints. Under data parallelism each rank reads its interleaved share of
+    every global batch (and of the validation files) through samplers that know the rank; the
+    trainer runs with ``use_distributed_sampler=False`` so that Lightning keeps them. Bad files
+    are skipped and recorded in :attr:`skipped`, at scan time (``min_seconds``: shorter files
+    are skipped) and when a crop cannot be decoded.
+    """
+
+    def __init__(self, data: DataSpec, sample_rate: int, seed: int = 0, min_seconds: float = 0.0) -> None:
         super().__init__()
         self.data = data
         self.sample_rate = sample_rate
         self.seed = seed
+        self.min_seconds = min_seconds
         self.train_files: list[AudioFile] = []
         self.val_files: list[AudioFile] = []
+        self.skipped = SkippedFiles()
+        self._train_sampler: ResumableBatchSampler | None = None
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_files:
             return
-        files = scan_dataset(self.data, self.sample_rate)
+        files = scan_dataset(self.data, self.sample_rate, self.min_seconds, self.skipped)
         self.train_files, self.val_files = split_files(files, self.data.val_fraction)
 
-    def _loader(self, files: list[AudioFile], train: bool) -> DataLoader:
-        dataset = CropDataset(files, self.sample_rate, self.data.crop_seconds, random_crops=train, seed=self.seed)
-        # Ranks split the data through our sampler (the trainer sets use_distributed_sampler=False):
-        # the same interleaved (seed, epoch) permutation in one process and on N ranks.
+    def _dataset(self, files: list[AudioFile], train: bool) -> CropDataset:
+        return CropDataset(files, self.sample_rate, self.data.crop_seconds, random_crops=train, seed=self.seed)
+
+    def _workers(self) -> dict[str, Any]:
+        return {
+            "num_workers": self.data.num_workers, "collate_fn": collate_crops, "worker_init_fn": seed_worker,
+            "persistent_workers": self.data.num_workers > 0,
+            # the loader's own seed source, so creating it never draws from the global RNG
+            "generator": torch.Generator().manual_seed(derive_seed(self.seed, LOADER)),
+        }
+
+    def distributed_position(self) -> tuple[int, int]:
+        """``(rank, world size)`` of this process; ``(0, 1)`` outside a Trainer."""
         trainer = self.trainer
-        rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
-        sampler = EpochSampler(dataset, num_replicas=world, rank=rank, shuffle=train, seed=self.seed, drop_last=train and len(files) >= world)
-        return DataLoader(
-            dataset,
-            batch_size=self.data.batch_size,
-            sampler=sampler,
-            drop_last=train and len(sampler) > self.data.batch_size,
-            num_workers=self.data.num_workers,
-            collate_fn=collate_crops,
-            worker_init_fn=seed_worker,
-            persistent_workers=self.data.num_workers > 0,
-        )
+        return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_files, train=True)
+        files = self.train_files
+        rank, world = self.distributed_position()
+        global_batch = self.data.batch_size * world
+        sampler = ResumableBatchSampler(len(files), self.data.batch_size, len(files) > global_batch, self.seed,
+                                        num_replicas=world, rank=rank)
+        self._train_sampler = sampler
+        return ResumableDataLoader(self._dataset(files, train=True), batch_sampler=sampler, **self._workers())
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_files, train=False)
+        dataset = self._dataset(self.val_files, train=False)
+        rank, world = self.distributed_position()
+        # Rank r validates files r, r + world, ... (padded so every rank runs as many batches).
+        sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=False) if world > 1 else None
+        return DataLoader(dataset, batch_size=self.data.batch_size, shuffle=False, sampler=sampler, **self._workers())
+
+    def on_before_batch_transfer(self, batch: AudioBatch, dataloader_idx: int) -> AudioBatch:
+        """Record the batch's skipped files; mark a training batch as consumed (its position)."""
+        for item in batch.skipped:
+            self.skipped.add(item)
+        if batch.position is not None and self._train_sampler is not None:
+            self._train_sampler.mark_consumed(*batch.position)
+        return batch

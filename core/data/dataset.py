@@ -3,15 +3,16 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
-from torch.utils.data import Dataset, DistributedSampler
+from torch.utils.data import Dataset
 
 from mertlab.data.audio import AudioFile, read_segment, resample
-from mertlab.seeding import derive_seed
+from mertlab.data.sampler import CropKey
+from mertlab.data.skipped import SkippedFile
+from mertlab.errors import DataError
 
 
 @dataclass(frozen=True)
@@ -32,7 +33,9 @@ class Crop:
 @dataclass
 class AudioBatch:
     """A collated batch of crops: ``wav [B, S]``, ``lengths [B]`` valid samples, the source
-    ``files`` and each crop's ``start_seconds [B]`` (float64) in its file.
+    ``files`` and each crop's ``start_seconds [B]`` (float64) in its file. ``position`` is
+    ``(epoch, batch)`` of a training batch in the data stream (None for validation);
+    ``skipped`` the bad files left out of this batch (it may then be smaller, even empty).
 
     Lightning moves it to the training device through :meth:`to`.
     """
@@ -41,6 +44,8 @@ class AudioBatch:
     lengths: Tensor
     files: tuple[AudioFile, ...]
     start_seconds: Tensor
+    position: tuple[int, int] | None = None
+    skipped: tuple[SkippedFile, ...] = ()
 
     def __len__(self) -> int:
         return self.wav.shape[0]
@@ -49,22 +54,21 @@ class AudioBatch:
         # start_seconds stays on the CPU: only the target cache reads it, to index numpy arrays.
         return AudioBatch(
             self.wav.to(device, non_blocking=non_blocking), self.lengths.to(device, non_blocking=non_blocking),
-            self.files, self.start_seconds,
+            self.files, self.start_seconds, self.position, self.skipped,
         )
 
 
 class CropDataset(Dataset):
     """One item per file: a :class:`Crop` of ``crop_seconds`` resampled to ``sample_rate``.
 
-    Training crops start at a random position (a fresh draw each epoch); validation crops
-    (``random_crops=False``) are deterministic: the middle of the file. Files shorter than the
-    crop are zero-padded and their ``length`` says how many samples are real.
-
-    Indexed by ``(epoch, index)`` (what :class:`EpochSampler` yields), a training crop's start
-    is drawn from (seed, epoch, file index) alone: different for every file and epoch, yet the
-    same whichever rank or DataLoader worker reads it -- so N ranks see exactly the crops of one
-    process, and a resumed epoch the crops of the interrupted one. A plain integer index draws
-    from the dataset's own stream instead (a fresh crop per call).
+    Training crops (``random_crops=True``) indexed by a :class:`CropKey` (training batches of a
+    :class:`~mertlab.data.sampler.ResumableBatchSampler`) start where the key's crop seed says: the
+    same key gives the same crop, in any worker, on any rank, after any resume; the item is then
+    a :class:`KeyedItem`. Indexed by an ``int``, random crops are a fresh draw each time (from the
+    dataset's own seeded stream) and validation crops (``random_crops=False``) are the middle of
+    the file. Files shorter than the crop
+    are zero-padded and their ``length`` says how many samples are real. A file that cannot be
+    decoded or holds non-finite samples gives a :class:`SkippedFile` instead of a crop.
     """
 
     def __init__(self, files: list[AudioFile], sample_rate: int, crop_seconds: float, random_crops: bool, seed: int = 0) -> None:
@@ -79,18 +83,28 @@ class CropDataset(Dataset):
     def __len__(self) -> int:
         return len(self.files)
 
-    def __getitem__(self, key: int | tuple[int, int]) -> Crop:
-        if isinstance(key, tuple):
-            epoch, index = key
-            rng = random.Random(derive_seed("crop", self.seed, epoch, index))
-        else:
-            index, rng = key, self._rng
+    def __getitem__(self, key: CropKey | int) -> "Crop | SkippedFile | KeyedItem":
+        if isinstance(key, CropKey):
+            return KeyedItem(key, self.crop(key.index, random.Random(key.crop_seed)))
+        return self.crop(key, self._rng)
+
+    def crop(self, index: int, rng: random.Random) -> "Crop | SkippedFile":
+        """The crop of file ``index`` (random start from ``rng`` when ``random_crops``)."""
         file = self.files[index]
         # Read a few native frames more than needed so resampling edges don't shorten the crop.
         native = math.ceil(self.crop_seconds * file.sample_rate) + 16
         spare = max(file.num_frames - native, 0)
         start = rng.randint(0, spare) if self.random_crops else spare // 2
-        wav = resample(read_segment(file, start, min(native, file.num_frames)), file.sample_rate, self.sample_rate)
+        try:
+            wav = resample(read_segment(file, start, min(native, file.num_frames)), file.sample_rate, self.sample_rate)
+        except DataError as exc:
+            return SkippedFile(file.path, str(exc).removeprefix(f"{file.path}: "))
+        except Exception as exc:  # noqa: BLE001 - a damaged file must never stop the loader
+            return SkippedFile(file.path, f"cannot decode audio ({type(exc).__name__}: {exc})")
+        if not bool(torch.isfinite(wav).all()):
+            return SkippedFile(file.path, "non-finite samples (NaN or inf)")
+        if wav.shape[0] == 0:
+            return SkippedFile(file.path, "no samples could be decoded")
         wav = wav[: self.crop_samples]
         length = wav.shape[0]
         if length < self.crop_samples:
@@ -98,31 +112,35 @@ class CropDataset(Dataset):
         return Crop(wav, length, file, start / file.sample_rate)
 
 
-class EpochSampler(DistributedSampler):
-    """:class:`~torch.utils.data.DistributedSampler` yielding ``(epoch, index)`` keys.
+@dataclass(frozen=True)
+class KeyedItem:
+    """A training item with the :class:`CropKey` it was made from (its place in the stream)."""
 
-    Rank ``r`` of ``world`` takes every ``world``-th index of a (seed, epoch) permutation, so
-    the ranks' batches together are the batch one process would draw; Lightning calls
-    :meth:`set_epoch` at each epoch. The epoch in the key seeds the crop (see
-    :class:`CropDataset`).
-    """
-
-    def __iter__(self) -> Iterator[tuple[int, int]]:  # type: ignore[override]
-        return ((self.epoch, index) for index in super().__iter__())
+    key: CropKey
+    item: Crop | SkippedFile
 
 
-def collate_crops(items: list[Crop]) -> AudioBatch:
-    """Stack crops into an :class:`AudioBatch`."""
+def collate_crops(items: list[Crop | SkippedFile | KeyedItem]) -> AudioBatch:
+    """Stack the crops into an :class:`AudioBatch`; skipped files ride along in ``skipped``;
+    keyed items give the batch its ``(epoch, batch)`` position."""
+    keys = [i.key for i in items if isinstance(i, KeyedItem)]
+    position = (keys[0].epoch, keys[0].batch) if keys else None
+    items = [i.item if isinstance(i, KeyedItem) else i for i in items]
+    crops = [c for c in items if isinstance(c, Crop)]
+    skipped = tuple(c for c in items if isinstance(c, SkippedFile))
     return AudioBatch(
-        wav=torch.stack([c.wav for c in items]),
-        lengths=torch.tensor([c.length for c in items], dtype=torch.long),
-        files=tuple(c.file for c in items),
-        start_seconds=torch.tensor([c.start_seconds for c in items], dtype=torch.float64),
+        wav=torch.stack([c.wav for c in crops]) if crops else torch.zeros(0, 0),
+        lengths=torch.tensor([c.length for c in crops], dtype=torch.long),
+        files=tuple(c.file for c in crops),
+        start_seconds=torch.tensor([c.start_seconds for c in crops], dtype=torch.float64),
+        position=position,
+        skipped=skipped,
     )
 
 
 def seed_worker(worker_id: int) -> None:
-    """DataLoader worker init: give each worker's dataset its own, reproducible crop stream."""
+    """DataLoader worker init: give each worker's dataset its own, reproducible stream of
+    ``int``-indexed random crops (keyed crops need nothing: their key holds the seed)."""
     info = torch.utils.data.get_worker_info()
     if info is not None:
         info.dataset._rng = random.Random(info.dataset.seed * 1000 + worker_id + torch.initial_seed() % 997)

@@ -1,7 +1,7 @@
 """A small generated *musical* data set, so the quickstart needs no download.
 
 Each clip is a short piece: a chord progression (pad), a melody of notes with varied timbre
-(additive harmonics, FM bell, plucked string), and percussion (kick, snare, hi-hat), at a
+(:data:`TIMBRES`: organ, FM bell, plucked string, sawtooth, square, flute, strings, marimba), and percussion (kick, snare, hi-hat), at a
 random tempo and key. Deterministic for a given seed.
 """
 from __future__ import annotations
@@ -27,24 +27,70 @@ def _envelope(n: int, attack: float, decay: float, sr: int) -> np.ndarray:
     return env.astype(np.float32)
 
 
+def _harmonics(freq: float, t: np.ndarray, amplitudes: dict[int, float], sr: int) -> np.ndarray:
+    """Sum of sine partials ``k * freq`` (weights ``amplitudes[k]``) below Nyquist."""
+    wave = np.zeros_like(t)
+    for k, amp in amplitudes.items():
+        if k * freq < sr / 2:
+            wave += amp * np.sin(2 * np.pi * freq * k * t)
+    return wave
+
+
+def _organ(freq, t, sr):
+    return _harmonics(freq, t, {1: 1, 2: 1 / 2, 3: 1 / 3, 4: 1 / 4}, sr), (0.02, 1.5)
+
+
+def _bell(freq, t, sr):  # FM bell: modulator at 3.5x the carrier, decaying index
+    index = 3.0 * np.exp(-t * 3)
+    return np.sin(2 * np.pi * freq * t + index * np.sin(2 * np.pi * freq * 3.5 * t)), (0.002, 0.6)
+
+
+def _pluck(freq, t, sr):  # higher partials die faster, like a plucked string
+    wave = sum(np.sin(2 * np.pi * freq * k * t) * np.exp(-t * k * 2) / k for k in range(1, 9) if k * freq < sr / 2)
+    return wave, (0.001, 0.35)
+
+
+def _saw(freq, t, sr):  # band-limited sawtooth
+    return _harmonics(freq, t, {k: 1 / k for k in range(1, 13)}, sr), (0.01, 0.8)
+
+
+def _square(freq, t, sr):  # odd harmonics only (clarinet-like)
+    return _harmonics(freq, t, {k: 1 / k for k in range(1, 16, 2)}, sr), (0.01, 1.2)
+
+
+def _flute(freq, t, sr):  # near-sine with vibrato
+    vibrato = 1 + 0.006 * np.sin(2 * np.pi * 5.0 * t)
+    phase = 2 * np.pi * freq * np.cumsum(vibrato) / sr
+    return np.sin(phase) + 0.2 * np.sin(2 * phase) + 0.05 * np.sin(3 * phase), (0.08, 2.0)
+
+
+def _strings(freq, t, sr):  # bowed: sawtooth with vibrato and a slow attack
+    vibrato = 1 + 0.004 * np.sin(2 * np.pi * 6.0 * t)
+    phase = 2 * np.pi * freq * np.cumsum(vibrato) / sr
+    wave = sum(np.sin(k * phase) / k for k in range(1, 11) if k * freq < sr / 2)
+    return wave, (0.15, 2.0)
+
+
+def _marimba(freq, t, sr):  # struck bar: fundamental plus the bar's 4x and 10x modes, fast decay
+    wave = np.sin(2 * np.pi * freq * t) + 0.3 * np.sin(2 * np.pi * 4 * freq * t) * np.exp(-t * 12)
+    if 10 * freq < sr / 2:
+        wave += 0.1 * np.sin(2 * np.pi * 10 * freq * t) * np.exp(-t * 25)
+    return wave, (0.001, 0.4)
+
+
+#: Generated instrument timbres: name -> (waveform, (attack, decay) in seconds) of a note.
+TIMBRES = {
+    "organ": _organ, "bell": _bell, "pluck": _pluck, "saw": _saw,
+    "square": _square, "flute": _flute, "strings": _strings, "marimba": _marimba,
+}
+
+
 def _tone(freq: float, n: int, timbre: str, rng: np.random.Generator, sr: int) -> np.ndarray:
+    """One note of ``n`` samples at ``freq`` Hz in a :data:`TIMBRES` timbre."""
     t = np.arange(n) / sr
-    if timbre == "organ":
-        wave = sum(np.sin(2 * np.pi * freq * k * t) / k for k in (1, 2, 3, 4))
-        env = _envelope(n, 0.02, 1.5, sr)
-    elif timbre == "bell":
-        index = 3.0 * np.exp(-t * 3)
-        wave = np.sin(2 * np.pi * freq * t + index * np.sin(2 * np.pi * freq * 3.5 * t))
-        env = _envelope(n, 0.002, 0.6, sr)
-    elif timbre == "pluck":
-        wave = sum(np.sin(2 * np.pi * freq * k * t) * np.exp(-t * k * 2) / k for k in range(1, 9))
-        env = _envelope(n, 0.001, 0.35, sr)
-    else:  # "saw": band-limited sawtooth
-        top = max(1, int(sr / 2 / freq))
-        wave = sum(np.sin(2 * np.pi * freq * k * t) / k for k in range(1, min(top, 12) + 1))
-        env = _envelope(n, 0.01, 0.8, sr)
+    wave, (attack, decay) = TIMBRES[timbre](freq, t, sr)
     detune = 1 + rng.normal(0, 0.002)
-    return (wave * env * detune).astype(np.float32)
+    return (wave * _envelope(n, attack, decay, sr) * detune).astype(np.float32)
 
 
 def _drum(kind: str, n: int, rng: np.random.Generator, sr: int) -> np.ndarray:
@@ -73,7 +119,7 @@ def render_piece(seconds: float, rng: np.random.Generator, sr: int = SAMPLE_RATE
     beat = int(sr * 60 / bpm)
     root = int(rng.integers(40, 56))
     scale = MAJOR if rng.random() < 0.5 else MINOR
-    lead, pad = rng.choice(["organ", "bell", "pluck", "saw"], size=2)
+    lead, pad = rng.choice(list(TIMBRES), size=2)
     degrees = rng.choice([0, 3, 4, 5], size=max(1, n // (4 * beat) + 1))
     for bar, degree in enumerate(degrees):  # chord pad, one chord per bar
         chord = [root + scale[(degree + k) % 7] + 12 * ((degree + k) // 7) for k in (0, 2, 4)]

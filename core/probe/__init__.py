@@ -4,13 +4,27 @@
 * :mod:`.task`    -- the user's labelled audio: a CSV ``path,label[,split]`` (or a YAML pointing to one);
 * :mod:`.fit`     -- MLP probes per layer and on a learnable weighted sum of layers;
 * :mod:`.metrics` -- accuracy, ROC-AUC / average precision, R², and the input-independent baseline;
-* :mod:`.run`     -- ``mertlab probe``: all of the above, a report table and MLflow logging.
+* :mod:`.baselines` -- handcrafted clip features (MFCC, chroma, CQT) probed like a layer;
+* :mod:`.frames`  -- frame features of whole files, window by window, and their clip pooling;
+* :mod:`.cache`   -- the on-disk feature cache (checkpoint content hash + audio + window);
+* :mod:`.plots`   -- score-by-layer figures (one run; all children of a sweep);
+* :mod:`.run`     -- ``mertlab probe``: all of the above, a report table and MLflow logging;
+* :mod:`.experiment` -- a spec's ``probe:`` section (``probe_spec_tasks``), for train and sweep.
 """
-from mertlab.probe.extract import FeatureSet, extract_features
-from mertlab.probe.fit import ProbeParams, ProbeReport, ProbeResult, probe_task
-from mertlab.probe.task import Task, TaskError, load_task
+from importlib import import_module
+from typing import Any
 
-__all__ = [
-    "FeatureSet", "ProbeParams", "ProbeReport", "ProbeResult", "Task", "TaskError",
-    "extract_features", "load_task", "probe_task",
-]
+#: Public names, imported on first use (PEP 562) so that `mertlab validate` of a spec with a
+#: `probe:` section does not load the audio stack.
+_EXPORTS = {
+    "FeatureSet": "extract", "extract_features": "extract",
+    "ProbeParams": "fit", "ProbeReport": "fit", "ProbeResult": "fit", "probe_task": "fit",
+    "Task": "task", "TaskError": "task", "load_task": "task",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'mertlab.probe' has no attribute {name!r}")
+    return getattr(import_module(f"mertlab.probe.{_EXPORTS[name]}"), name)

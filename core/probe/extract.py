@@ -1,6 +1,6 @@
 """Frozen clip-level features of a backbone: per layer, mean-pooled over time, for any length of audio.
 
-MARBLE protocol (see /work/shared/REFERENCE.md): every layer's frames are mean-pooled per clip;
+MARBLE protocol (Yuan et al. 2023, "MARBLE: Music Audio Representation Benchmark"): every layer's frames are mean-pooled per clip;
 long clips are cut into windows and the window means are averaged. MERT users report that long
 audio "needs windowing at inference" -- here it is built in: a file is cut into consecutive
 windows of ``window_seconds`` (the last one shorter), each window runs through the backbone on its
@@ -53,11 +53,25 @@ class FeatureSet:
     def save(self, path: str | Path) -> Path:
         """Write an ``.npz`` readable without mertlab: arrays ``paths``, ``features`` [N, K, D],
         ``layers``, ``seconds`` and ``meta`` (a JSON string)."""
-        import json
+        import os
+        import tempfile
 
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".part.npz")
+        # a unique temporary name: concurrent writers of the same file never mix their bytes
+        fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".part.npz")
+        os.close(fd)
+        tmp = Path(tmp_name)
+        try:
+            self._write(tmp)
+            tmp.replace(path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return path
+
+    def _write(self, tmp: Path) -> None:
+        import json
+
         np.savez(
             tmp,
             format=np.array(FEATURES_FORMAT),
@@ -67,8 +81,6 @@ class FeatureSet:
             seconds=self.seconds,
             meta=np.array(json.dumps(self.meta, sort_keys=True)),
         )
-        tmp.replace(path)
-        return path
 
     @classmethod
     def load(cls, path: str | Path) -> FeatureSet:

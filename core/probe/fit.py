@@ -1,6 +1,6 @@
 """MARBLE-style probes on frozen clip features: one MLP per layer, plus a learnable weighted sum.
 
-Protocol (/work/shared/REFERENCE.md, "MARBLE probing protocol"): an MLP with one hidden layer of
+Protocol (MARBLE, Yuan et al. 2023): an MLP with one hidden layer of
 512, ReLU, dropout 0.2, trained with Adam (lr 1e-3) and early stopping on the valid split; also a
 probe on a softmax-weighted sum of all layers. Features are standardised with train statistics
 (per layer), regression targets too (predictions are mapped back before scoring).
@@ -89,10 +89,10 @@ class ProbeReport:
     @property
     def best(self) -> ProbeResult:
         """The probe with the best *valid* primary metric (the test split never selects)."""
-        return max(self.probes, key=lambda r: _orderable(r.valid[self.metric]))
+        return max(self.probes, key=lambda r: orderable(r.valid[self.metric]))
 
 
-def _orderable(value: float) -> float:
+def orderable(value: float) -> float:
     return -math.inf if math.isnan(value) else value
 
 
@@ -144,7 +144,7 @@ def fit_probe(features: np.ndarray, task: Task, params: ProbeParams, name: str, 
             optimizer.zero_grad()
             loss_fn(model(x_all[rows]), y_all[rows]).backward()
             optimizer.step()
-        value = _orderable(compute_metrics(task.type, targets[valid], predict(model)[valid])[metric])
+        value = orderable(compute_metrics(task.type, targets[valid], predict(model)[valid])[metric])
         if value > best_value or epoch == 1:
             best_value, best_epoch, best_state = value, epoch, copy.deepcopy(model.state_dict())
         elif epoch - best_epoch >= params.patience:

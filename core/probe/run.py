@@ -7,32 +7,61 @@ next to the pre-training metrics of that run.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic import ValidationError
 
 from mertlab import metric_names
-from mertlab.checkpoint import load_backbone
+from mertlab.checkpoint import check_hf_directory, hf_directory, load_backbone
 from mertlab.contracts import Backbone
 from mertlab.errors import MertlabError
 from mertlab.probe.extract import FeatureSet, extract_features, resolve_device, resolve_layers
-from mertlab.probe.fit import ProbeParams, ProbeReport, ProbeResult, probe_task
+from mertlab.probe.baselines import baseline_features, cache_identity, parse_baselines
+from mertlab.probe.cache import FeatureCache, content_hash
+from mertlab.probe.fit import ProbeParams, ProbeReport, ProbeResult, orderable, probe_task
 from mertlab.probe.metrics import METRICS
 from mertlab.probe.task import Task, load_task
+from mertlab.safe_load import is_safetensors, load_torch_file
 
 RANDOM_INIT = "random_init"
+WEIGHTED = "weighted"
+BEST_LAYER = "best_layer"
+BASELINE_PREFIX = "baseline_"
 
 
 @dataclass
 class ProbeOutcome:
     """What :func:`run_probe` produced: the trained checkpoint's report and, when asked, the
-    same probes on an untrained backbone of the same architecture."""
+    same probes on an untrained backbone of the same architecture and on handcrafted baselines
+    (``baselines``: name -> report of its single feature, probe named ``baseline_<name>``)."""
 
     report: ProbeReport
     random_init: ProbeReport | None
     features: FeatureSet
+    baselines: dict[str, ProbeReport] = field(default_factory=dict)
+
+    @property
+    def metric(self) -> str:
+        return self.report.metric
+
+    def baseline_results(self) -> list[ProbeResult]:
+        """Majority/chance, then every handcrafted baseline's probe."""
+        return [self.report.baseline, *(r.probes[0] for r in self.baselines.values())]
+
+    def strongest_baseline(self) -> ProbeResult:
+        """The baseline with the best *valid* primary metric (the test split never selects)."""
+        return max(self.baseline_results(), key=lambda r: orderable(r.valid[self.metric]))
+
+    def best_layer(self) -> ProbeResult | None:
+        """The best single-layer probe (by valid), the weighted-sum probe left out."""
+        layers = [r for r in self.report.probes if r.layer is not None]
+        return max(layers, key=lambda r: orderable(r.valid[self.metric])) if layers else None
+
+    def weighted(self) -> ProbeResult | None:
+        return next((r for r in self.report.probes if r.name == WEIGHTED), None)
 
 
 def checkpoint_tracking(path: str | Path) -> tuple[str | None, str | None, int]:
@@ -47,17 +76,17 @@ def checkpoint_tracking(path: str | Path) -> tuple[str | None, str | None, int]:
 
     if not Path(path).is_file():
         raise MertlabError(f"{path}: no such checkpoint file")
-    try:  # mmap: the weights are not read (a large checkpoint's optimizer state can be GBs)
-        ckpt = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
-    except Exception:  # noqa: BLE001 - e.g. a legacy (non-zip) file, which mmap cannot open
-        try:
-            ckpt = torch.load(path, map_location="cpu", weights_only=False)
-        except Exception as exc:  # noqa: BLE001
-            raise MertlabError(f"{path}: not a readable torch checkpoint ({type(exc).__name__}: {exc})") from None
+    if is_safetensors(path):  # a backbone file (save_backbone): no run
+        return None, None, 0
+    # mmap: the weights are not read (a large checkpoint's optimizer state can be GBs)
+    ckpt = load_torch_file(path, "checkpoint", mmap=True)
     run_id = ckpt.get("mlflow_run_id") if isinstance(ckpt, dict) else None
     if not run_id:
         return None, None, 0
-    tracking = TrackingSpec.model_validate(ckpt.get("mertlab_spec", {}).get("tracking", {}))
+    try:
+        tracking = TrackingSpec.model_validate(ckpt.get("mertlab_spec", {}).get("tracking", {}))
+    except (AttributeError, ValidationError):
+        raise MertlabError(f"{path}: the checkpoint's mertlab_spec.tracking is not a valid tracking spec") from None
     # resolve_tracking_uri only reads spec.tracking: no need to re-validate the whole spec.
     uri = resolve_tracking_uri(ExperimentSpec.model_construct(tracking=tracking))
     return str(run_id), uri, int(ckpt.get("global_step", 0))
@@ -71,17 +100,49 @@ def default_tracking_uri() -> str:
     return resolve_tracking_uri(ExperimentSpec.model_construct(tracking=TrackingSpec()))
 
 
-def probe_run(checkpoint: str | Path, run_id: str | None = None, tracking_uri: str | None = None) -> tuple[str | None, str, int]:
+#: Experiment of the runs that hold probes of released (``hf:DIR``) checkpoints.
+HF_EXPERIMENT = "probes"
+
+
+def probe_run(
+    checkpoint: str | Path, run_id: str | None = None, tracking_uri: str | None = None, experiment: str = HF_EXPERIMENT
+) -> tuple[str | None, str, int]:
     """``(run_id, tracking_uri, step)`` where probe scores go: ``run_id`` or the checkpoint's
     training run, on ``tracking_uri`` or the checkpoint's store, at the checkpoint's training step
     (so probes of several checkpoints of one run form a curve). Checks the run exists (before any
-    long work); ``run_id`` is None when there is none (a backbone file and no ``run_id``)."""
+    long work); ``run_id`` is None when there is none (a backbone file and no ``run_id``).
+    An ``hf:DIR`` checkpoint logs to the run named after the directory in ``experiment``
+    (created on first use, reused after)."""
+    directory = hf_directory(checkpoint)
+    if directory is not None:
+        check_hf_directory(directory)
+        tracking_uri = tracking_uri or default_tracking_uri()
+        if not run_id:
+            run_id = named_run(tracking_uri, experiment, directory.resolve().name, {"mertlab.hf_dir": str(directory)})
+        _client_for_run(run_id, tracking_uri)
+        return run_id, tracking_uri, 0
     ckpt_run, ckpt_uri, step = checkpoint_tracking(checkpoint)
     run_id = run_id or ckpt_run
     tracking_uri = tracking_uri or ckpt_uri or default_tracking_uri()
     if run_id:
         _client_for_run(run_id, tracking_uri)
     return run_id, tracking_uri, step
+
+
+def named_run(tracking_uri: str, experiment: str, run_name: str, tags: dict[str, str] | None = None) -> str:
+    """The newest run called ``run_name`` in ``experiment`` (both created when missing)."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    found = client.get_experiment_by_name(experiment)
+    exp_id = found.experiment_id if found is not None else client.create_experiment(experiment)
+    runs = [r for r in client.search_runs([exp_id], order_by=["attributes.start_time DESC"], max_results=1000)
+            if r.info.run_name == run_name]
+    if runs:
+        return runs[0].info.run_id
+    run = client.create_run(exp_id, run_name=run_name, tags=tags or {})
+    client.set_terminated(run.info.run_id, "FINISHED")
+    return run.info.run_id
 
 
 def _client_for_run(run_id: str, tracking_uri: str) -> Any:
@@ -106,6 +167,17 @@ def random_init_backbone(backbone: Backbone, seed: int = 0, registry: Any = None
     return registry.build("backbone", backbone.name, backbone.params).eval()
 
 
+def checkpoint_identity(checkpoint: str | Path) -> dict[str, Any]:
+    """Feature-cache identity of a checkpoint: the content hash of its file (of every file of an
+    ``hf:DIR`` directory)."""
+    directory = hf_directory(checkpoint)
+    if directory is not None:
+        files = sorted(p for p in directory.iterdir() if p.is_file()) if directory.is_dir() else []
+    else:
+        files = [Path(checkpoint)]
+    return {"kind": "checkpoint", "sha256": content_hash(files)}
+
+
 def run_probe(
     checkpoint: str | Path,
     task: str | Path | Task,
@@ -119,29 +191,49 @@ def run_probe(
     num_workers: int = 0,
     progress: bool = True,
     registry: Any = None,
+    baselines: str | list[str] | tuple[str, ...] | None = (),
+    cache: FeatureCache | None = None,
 ) -> ProbeOutcome:
-    """Probe ``checkpoint`` (a training checkpoint or a ``save_backbone`` file) on ``task``.
+    """Probe ``checkpoint`` (a training checkpoint, a ``save_backbone`` file or ``hf:DIR``) on ``task``.
 
     Features of all layers are extracted once (the weighted-sum probe needs them all); per-layer
     probes are fitted on ``layers`` (``all``, ``last``, ``"i,j"``), plus the weighted-sum probe
-    unless ``weighted`` is false; ``random_init`` repeats it all on an untrained copy.
+    unless ``weighted`` is false; ``random_init`` repeats it all on an untrained copy;
+    ``baselines`` (``mfcc``, ``chroma``, ``cqt``) probes handcrafted features with the same MLP
+    and splits. With a ``cache``, features come from / go to it (see :mod:`.cache`).
     """
     params = params or ProbeParams()
     task = task if isinstance(task, Task) else load_task(task)
+    chosen_baselines = parse_baselines(baselines)
     backbone = load_backbone(checkpoint, registry)
     chosen = resolve_layers(layers, backbone.num_layers)
     device = resolve_device(device)
+    cache = cache or FeatureCache(None)
+    paths = [str(p) for p in task.paths]
 
-    def report_for(model: Backbone) -> tuple[ProbeReport, FeatureSet]:
-        features = extract_features(model, task.paths, window_seconds, None, batch_size, device, num_workers, progress)
-        report = probe_task(features.features, features.layers, task, params, probe_layers=chosen, weighted=weighted, device=device)
-        return report, features
+    def backbone_features(model: Backbone, source: dict[str, Any]) -> FeatureSet:
+        return cache.get_or_compute(source, paths, window_seconds, lambda: extract_features(
+            model, paths, window_seconds, None, batch_size, device, num_workers, progress))
 
-    report, features = report_for(backbone)
+    def report_for(features: FeatureSet, weighted_sum: bool = weighted, probe_layers: list[int] | None = chosen) -> ProbeReport:
+        return probe_task(features.features, features.layers, task, params, probe_layers=probe_layers,
+                          weighted=weighted_sum, device=device)
+
+    features = backbone_features(backbone, checkpoint_identity(checkpoint))
+    report = report_for(features)
     random_report = None
     if random_init:
-        random_report, _ = report_for(random_init_backbone(backbone, params.seed, registry))
-    return ProbeOutcome(report, random_report, features)
+        untrained = random_init_backbone(backbone, params.seed, registry)
+        source = {"kind": RANDOM_INIT, "backbone": backbone.name, "params": backbone.params.model_dump(mode="json"),
+                  "seed": params.seed, "torch": torch.__version__}
+        random_report = report_for(backbone_features(untrained, source))
+    reports = {}
+    for name in chosen_baselines:
+        pooled = cache.get_or_compute(cache_identity(name), paths, window_seconds,
+                                      lambda name=name: baseline_features(name, paths, window_seconds, progress))
+        reports[name] = report_for(pooled, weighted_sum=False, probe_layers=None)
+        reports[name].probes[0].name = BASELINE_PREFIX + name
+    return ProbeOutcome(report, random_report, features, reports)
 
 
 # --------------------------------------------------------------------------- reporting
@@ -149,21 +241,30 @@ def _fmt(value: float) -> str:
     return "n/a" if math.isnan(value) else f"{value:.4f}"
 
 
+def _diff(value: float, reference: float) -> str:
+    return "n/a" if math.isnan(value) or math.isnan(reference) else f"{value - reference:+.4f}"
+
+
 def report_table(outcome: ProbeOutcome) -> tuple[tuple[str, ...], list[tuple[str, ...]]]:
-    """Header and rows: one row per probe (valid and test of every metric), the baseline,
-    and the random-init probes when present; the best probe (by valid) is starred."""
-    report = outcome.report
+    """Header and rows: one row per probe (valid and test of every metric), the baselines
+    (majority/chance, handcrafted) and the random-init probes when present; the best probe
+    (by valid) is starred. The last column is each test score minus the strongest baseline's."""
+    report, strongest = outcome.report, outcome.strongest_baseline()
+    metric = report.metric
     metrics = METRICS[report.task.type]
-    header = ("probe", *(f"{split} {m}" for m in metrics for split in ("valid", "test")), "epochs")
+    header = ("probe", *(f"{split} {m}" for m in metrics for split in ("valid", "test")), "epochs",
+              f"vs {strongest.name} (test {metric})")
     rows: list[tuple[str, ...]] = []
 
     def add(result: ProbeResult, label: str) -> None:
         cells = [_fmt(getattr(result, split)[m]) for m in metrics for split in ("valid", "test")]
-        rows.append((label, *cells, str(result.best_epoch) if result.best_epoch else "-"))
+        diff = "-" if result is strongest else _diff(result.test[metric], strongest.test[metric])
+        rows.append((label, *cells, str(result.best_epoch) if result.best_epoch else "-", diff))
 
     for result in report.probes:
         add(result, result.name + (" *" if result is report.best else ""))
-    add(report.baseline, report.baseline.name)
+    for result in outcome.baseline_results():
+        add(result, result.name)
     if outcome.random_init is not None:
         for result in outcome.random_init.probes:
             add(result, f"random-init {result.name}" + (" *" if result is outcome.random_init.best else ""))
@@ -177,19 +278,39 @@ def summary_lines(outcome: ProbeOutcome) -> list[str]:
     kind = f"{task.type}{' (auto-detected)' if task.auto_type else ''}"
     classes = f", {len(task.classes)} {'tags' if task.type == 'multilabel' else 'classes'}" if task.classes else ""
     split = "automatic 70/15/15 split" if task.auto_split else "splits from the CSV"
-    best = report.best
+    best, strongest, metric = report.best, outcome.strongest_baseline(), report.metric
     lines = [
         f"task '{task.name}': {kind}{classes}; train/valid/test {sizes} ({split})",
-        f"best probe (by valid {report.metric}): {best.name}, test {report.metric} {_fmt(best.test[report.metric])} "
-        f"(baseline {report.baseline.name}: {_fmt(report.baseline.test[report.metric])})",
+        f"best probe (by valid {metric}): {best.name}, test {metric} {_fmt(best.test[metric])} "
+        f"(strongest baseline {strongest.name}: {_fmt(strongest.test[metric])}, "
+        f"difference {_diff(best.test[metric], strongest.test[metric])})",
     ]
     weighted = next((r for r in report.probes if r.layer_weights), None)
     if weighted is not None:
         lines.append("weighted-sum layer weights: " + ", ".join(f"{w:.2f}" for w in weighted.layer_weights))
     if outcome.random_init is not None:
         rbest = outcome.random_init.best
-        lines.append(f"random-init best: {rbest.name}, test {report.metric} {_fmt(rbest.test[report.metric])}")
+        lines.append(f"random-init best: {rbest.name}, test {metric} {_fmt(rbest.test[metric])}")
     return lines
+
+
+def verdict(outcome: ProbeOutcome) -> str:
+    """One line per task, e.g. ``pitch: 71% (random init 9%, best baseline cqt 80%)``: the best
+    probe's test score beside random-init and the strongest baseline (percent for accuracy)."""
+    metric, report = outcome.metric, outcome.report
+
+    def show(value: float) -> str:
+        if math.isnan(value):
+            return "n/a"
+        return f"{100 * value:.0f}%" if metric == "accuracy" else f"{metric} {value:.3f}"
+
+    extra = []
+    if outcome.random_init is not None:
+        extra.append(f"random init {show(outcome.random_init.best.test[metric])}")
+    strongest = outcome.strongest_baseline()
+    label = strongest.name.removeprefix(BASELINE_PREFIX)
+    extra.append(f"best baseline {label} {show(strongest.test[metric])}")
+    return f"{report.task.name}: {show(report.best.test[metric])} ({', '.join(extra)})"
 
 
 def probe_metrics(outcome: ProbeOutcome) -> dict[str, float]:
@@ -198,9 +319,13 @@ def probe_metrics(outcome: ProbeOutcome) -> dict[str, float]:
     metrics: dict[str, float] = {}
     for metric, value in report.best.test.items():
         metrics[metric_names.probe(name, metric)] = value
-    for result in (*report.probes, report.baseline):
+    for result in (*report.probes, *outcome.baseline_results()):
         for metric, value in result.test.items():
             metrics[metric_names.probe(name, metric, result.name)] = value
+    best_layer = outcome.best_layer()
+    if best_layer is not None:
+        for metric, value in best_layer.test.items():
+            metrics[metric_names.probe(name, metric, BEST_LAYER)] = value
     if outcome.random_init is not None:
         for metric, value in outcome.random_init.best.test.items():
             metrics[metric_names.probe(name, metric, RANDOM_INIT)] = value
@@ -217,6 +342,10 @@ def report_dict(outcome: ProbeOutcome, settings: dict[str, Any]) -> dict[str, An
             for r in (*report.probes, report.baseline)
         ]
 
+    def handcrafted(name: str, report: ProbeReport) -> dict[str, Any]:
+        r = report.probes[0]
+        return {"probe": r.name, "baseline": name, "valid": r.valid, "test": r.test, "best_epoch": r.best_epoch}
+
     task = outcome.report.task
     return {
         "task": {"name": task.name, "type": task.type, "source": str(task.source), "classes": task.classes,
@@ -226,15 +355,29 @@ def report_dict(outcome: ProbeOutcome, settings: dict[str, Any]) -> dict[str, An
         "best": outcome.report.best.name,
         "probes": probes(outcome.report),
         "random_init": probes(outcome.random_init) if outcome.random_init is not None else None,
+        "baselines": [handcrafted(name, r) for name, r in outcome.baselines.items()],
+        "strongest_baseline": outcome.strongest_baseline().name,
     }
+
+
+def settings_sha(settings: dict[str, Any]) -> str:
+    """Fingerprint of probe settings (tag ``probe/<task>/settings``): equal settings, same probe."""
+    import hashlib
+    import json
+
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def log_probe(outcome: ProbeOutcome, run_id: str, tracking_uri: str, settings: dict[str, Any] | None = None, step: int = 0) -> None:
     """Log the probe scores onto an existing MLflow run: metrics (see :func:`probe_metrics`) at
-    ``step``, the tag ``probe/<task>/best`` and the artifact ``probe/<task>.json``."""
+    ``step``, the tags ``probe/<task>/best`` and ``probe/<task>/settings`` (:func:`settings_sha`),
+    and the artifacts ``probe/<task>.json`` and ``probe/<task>_layers.png`` (:func:`.plots.layer_plot`)."""
+    import tempfile
     import time
 
     from mlflow.entities import Metric
+
+    from mertlab.probe.plots import layer_plot
 
     client = _client_for_run(run_id, tracking_uri)
     name = outcome.report.task.name
@@ -242,4 +385,6 @@ def log_probe(outcome: ProbeOutcome, run_id: str, tracking_uri: str, settings: d
     client.log_batch(run_id, metrics=[Metric(k, float(v), now, step) for k, v in sorted(probe_metrics(outcome).items())])
     client.set_tag(run_id, f"probe/{name}/best", outcome.report.best.name)
     client.log_dict(run_id, report_dict(outcome, settings or {}), f"probe/{name}.json")
-
+    with tempfile.TemporaryDirectory() as tmp:
+        client.log_artifact(run_id, str(layer_plot(outcome, Path(tmp) / f"{name}_layers.png")), "probe")
+    client.set_tag(run_id, f"probe/{name}/settings", settings_sha(settings or {}))

@@ -9,7 +9,8 @@ One step, top to bottom (``training_step``):
 3. the masking picks frames to hide; the backbone sees them as the mask embedding;
 4. each objective scores the backbone output against its teacher's targets;
    ``loss/total = sum(weight * loss) (+ feature penalty)``;
-5. non-finite losses or gradients skip the step (counted in ``stability/*``).
+5. non-finite losses or gradients skip the step (counted in ``stability/*``, logged with their
+   real non-finite values, never the last finite ones); see :meth:`PretrainModule.skip_update`.
 
 Stability instrumentation beyond that (per-block gradient norms, attention logits, update
 ratios, loss spikes) lives in the ``stability`` callback.
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import lightning as L
@@ -28,9 +30,10 @@ from mertlab import metric_names as M
 from mertlab.augment import mixup
 from mertlab.contracts import BackboneOutput, Targets
 from mertlab.data.dataset import AudioBatch
-from mertlab.seeding import derive_seed, generator
+from mertlab.seeding import DROPOUT, LAYER_DROP, MASK, MIXUP, VAL_MASK, derive_seed, generator
 from mertlab.spec import ExperimentSpec
 from mertlab.train.schedule import lr_factor
+from mertlab.train.strategy import global_norms
 from mertlab.train.targets import target_source
 
 
@@ -40,6 +43,16 @@ def code_perplexity(codes: Tensor, vocab_size: int) -> Tensor:
     p = counts / counts.sum().clamp_min(1)
     entropy = -(p * torch.log(p.clamp_min(1e-12))).sum()
     return entropy.exp()
+
+
+@dataclass(frozen=True)
+class StepTotals:
+    """A training step over all ranks (see :meth:`PretrainModule.step_totals`)."""
+
+    loss: float  # mean loss/total of the ranks with clips (NaN: none had any)
+    empty_ranks: int  # ranks whose batch had no clip (every file bad)
+    audio_seconds: float
+    clips: float
 
 
 class PretrainModule(L.LightningModule):
@@ -74,6 +87,12 @@ class PretrainModule(L.LightningModule):
         # Stability bookkeeping, saved in checkpoints so resumed runs keep counting.
         self.nonfinite_steps = 0
         self.skipped_steps = 0
+        self.consecutive_nonfinite = 0
+        self.stop_reason: str | None = None  # set when training stops itself (see on_train_batch_end)
+        self.last_loss: float | None = None  # this step's finite loss/total (None: non-finite)
+        self._step_nonfinite = False  # this step's loss or gradient was non-finite
+        self._step_skipped = False  # this step's update was skipped (skip_update)
+        self._update_blocked = False  # a micro-batch of this optimizer step was skipped
         self.instrument_next_step = False  # set by the stability callback
         self.last_output: BackboneOutput | None = None
         self._last_step_start: float | None = None
@@ -95,7 +114,10 @@ class PretrainModule(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["mertlab_spec"] = self.spec.model_dump(mode="json")
-        checkpoint["mertlab_stability"] = {"nonfinite_steps": self.nonfinite_steps, "skipped_steps": self.skipped_steps}
+        checkpoint["mertlab_stability"] = {
+            "nonfinite_steps": self.nonfinite_steps, "skipped_steps": self.skipped_steps,
+            "consecutive_nonfinite": self.consecutive_nonfinite,
+        }
         logger = self.logger
         if logger is not None and getattr(logger, "run_id", None):
             checkpoint["mlflow_run_id"] = logger.run_id
@@ -104,6 +126,7 @@ class PretrainModule(L.LightningModule):
         counters = checkpoint.get("mertlab_stability", {})
         self.nonfinite_steps = counters.get("nonfinite_steps", 0)
         self.skipped_steps = counters.get("skipped_steps", 0)
+        self.consecutive_nonfinite = counters.get("consecutive_nonfinite", 0)
 
     # ------------------------------------------------------------------ the step
     def frame_padding(self, wav: Tensor, lengths: Tensor) -> tuple[int, Tensor, Tensor]:
@@ -125,35 +148,45 @@ class PretrainModule(L.LightningModule):
             return 0, 1, 1
         return trainer.global_rank, trainer.world_size, trainer.accumulate_grad_batches
 
+    def micro_batch(self, batch_idx: int) -> int:
+        """Index of the micro-batch within its optimizer step (0 without gradient accumulation)."""
+        return batch_idx % self.distributed_position()[2]
+
     def frame_masks(self, padding: Tensor, stage: str, batch_idx: int) -> Tensor:
         """Masks of a batch, one random stream per clip.
 
         Training clip ``i`` on rank ``r`` draws from (seed, step, micro-batch, ``i * world + r``):
         masks differ across micro-batches of one step and across ranks, and ``i * world + r`` is
         the clip's position in the global batch under the interleaved
-        :class:`~torch.utils.data.DistributedSampler` mertlab always uses -- so N ranks draw
-        exactly the masks one process would for the same global batch. Validation clips use
-        (seed, batch index, position): the same masks at every validation.
+        :class:`~mertlab.data.sampler.ResumableBatchSampler` -- so N ranks draw exactly the masks
+        one process would for the same global batch, and a resumed run the masks of the
+        uninterrupted one. Validation clips use (seed, batch index, position): the same masks at
+        every validation.
         """
-        rank, world, accumulation = self.distributed_position()
+        rank, world, _ = self.distributed_position()
         if stage == "train":
-            stream, key = "mask", (self.spec.seed, self.global_step, batch_idx % accumulation)
+            key = (MASK, self.global_step, self.micro_batch(batch_idx))
         else:
-            stream, key = "val_mask", (self.spec.seed, batch_idx)
-        rows = [self.masking(padding[i:i + 1], generator(stream, *key, i * world + rank)) for i in range(padding.shape[0])]
+            key = (VAL_MASK, batch_idx)
+        rows = [self.masking(padding[i:i + 1], generator(self.spec.seed, *key, i * world + rank)) for i in range(padding.shape[0])]
         return torch.cat(rows) if rows else padding.clone()
 
     def mixup_generator(self, batch_idx: int) -> torch.Generator:
         """Mixup pairs are drawn within the local batch: seeded by (seed, step, micro-batch, rank)."""
-        rank, _, accumulation = self.distributed_position()
-        return generator("mixup", self.spec.seed, self.global_step, batch_idx % accumulation, rank)
+        rank = self.distributed_position()[0]
+        return generator(self.spec.seed, MIXUP, self.global_step, self.micro_batch(batch_idx), rank)
 
     def layer_drop_seed(self, batch_idx: int) -> int:
         """Seed of the backbone's structural randomness (layer drop): (seed, step, micro-batch),
         deliberately *not* the rank, so every rank skips the same layers -- the global batch
         then sees one network, as it would in one process (see :meth:`Backbone.set_step_seed`)."""
-        _, _, accumulation = self.distributed_position()
-        return derive_seed("layer_drop", self.spec.seed, self.global_step, batch_idx % accumulation)
+        return derive_seed(self.spec.seed, LAYER_DROP, self.global_step, self.micro_batch(batch_idx))
+
+    def on_train_batch_start(self, batch: AudioBatch, batch_idx: int) -> None:
+        """Seed the global RNG (dropout) from the step's position: (seed, step, micro-batch, rank),
+        so each rank drops its own units and a resumed run drops the uninterrupted run's."""
+        rank = self.distributed_position()[0]
+        torch.manual_seed(derive_seed(self.spec.seed, DROPOUT, self.global_step, self.micro_batch(batch_idx), rank))
 
     def shared_step(self, batch: AudioBatch, batch_idx: int, stage: str) -> tuple[Tensor, dict[str, Tensor], dict[str, Targets]]:
         wav, lengths = batch.wav, batch.lengths
@@ -174,8 +207,10 @@ class PretrainModule(L.LightningModule):
         for alias, objective in self.objectives.items():
             spec = self.spec.objectives[alias]
             result = objective(out, targets[spec.teacher], mask)
-            total = total + spec.weight * result.loss
+            weighted = spec.weight * result.loss
+            total = total + weighted
             logs[M.loss(alias)] = result.loss.detach()
+            logs[M.weighted_loss(alias)] = weighted.detach()
             for key, value in result.metrics.items():
                 logs[M.objective_metric(alias, key)] = value.detach()
         if self.spec.feature_penalty > 0 and out.extractor_features is not None:
@@ -186,25 +221,105 @@ class PretrainModule(L.LightningModule):
         return total, logs, targets
 
     def training_step(self, batch: AudioBatch, batch_idx: int) -> Tensor | None:
-        loss, logs, targets = self.shared_step(batch, batch_idx, "train")
-        self.log_throughput(batch)
-        logs.update(self.teacher_statistics(targets))  # cheap histograms; Lightning throttles logging
+        if len(batch) == 0:  # every file of the batch was bad (skipped and recorded by the data module)
+            loss, logs = None, {}
+        else:
+            loss, logs, targets = self.shared_step(batch, batch_idx, "train")
+            logs.update(self.teacher_statistics(targets))  # cheap histograms; Lightning throttles logging
+            logs.pop(M.LOSS_TOTAL)
+        totals = self.step_totals(loss, batch)
+        self.log_throughput(totals)
         logs[M.LR] = torch.tensor(self.trainer.optimizers[0].param_groups[0]["lr"])
-        if not torch.isfinite(loss):
-            self.nonfinite_steps += 1
-            self.skipped_steps += 1
-            logs = {k: v for k, v in logs.items() if torch.isfinite(v).all()}
-            loss = None  # Lightning skips backward and the optimizer step
-        logs[M.NONFINITE_STEPS] = torch.tensor(float(self.nonfinite_steps))
-        logs[M.SKIPPED_STEPS] = torch.tensor(float(self.skipped_steps))
-        total = logs.pop(M.LOSS_TOTAL, None)
-        if total is not None:
-            # The mean over ranks (one all-reduce; a no-op in one process): the loss of the global batch.
-            self.log(M.LOSS_TOTAL, total, prog_bar=True, on_step=True, on_epoch=False, batch_size=len(batch), sync_dist=True)
-        self.log_dict(logs, on_step=True, on_epoch=False, batch_size=len(batch))
+        # Every rank takes the same decision (the totals are global): a rank skipping backward
+        # alone would leave the others waiting in DDP's gradient all-reduce.
+        if totals.empty_ranks or not math.isfinite(totals.loss):
+            if totals.empty_ranks:  # a batch without clips: nothing to learn from, not a bad step
+                self._step_skipped = True
+            else:
+                self._step_nonfinite = True
+            # No backward runs, so there is no gradient: its norm is logged as NaN at this step
+            # (Lightning would otherwise re-log the last finite norm).
+            logs[M.GRAD_NORM_TOTAL] = torch.tensor(float("nan"))
+            loss = self.skipped_step_loss(loss, batch_idx)
+            self._update_blocked = True  # no update, whatever backward gives (on_before_optimizer_step)
+        self.last_loss = None if self._update_blocked else totals.loss
+        # Every value is logged as computed, non-finite ones included: a curve never shows a
+        # stale finite value for a step that was skipped. loss/total is the global batch's.
+        size = max(len(batch), 1)
+        self.log(M.LOSS_TOTAL, torch.tensor(totals.loss), prog_bar=True, on_step=True, on_epoch=False, batch_size=size)
+        self.log_dict(logs, on_step=True, on_epoch=False, batch_size=size)
         return loss
 
+    def skipped_step_loss(self, loss: Tensor | None, batch_idx: int) -> Tensor | None:
+        """What a skipped step returns. In one process None: Lightning skips backward and the
+        optimizer sees no gradients. Distributed, Lightning needs a loss from every rank (DDP
+        and FSDP reduce gradients in backward): the loss times zero, or where this rank had no
+        clip a zero-weighted forward of silence through the backbone; the gradients that
+        backward gives (zero or non-finite) are dropped before the optimizer step."""
+        if self.distributed_position()[1] == 1:
+            return None
+        if loss is None:
+            self.backbone.set_step_seed(self.layer_drop_seed(batch_idx))
+            silence = torch.zeros(1, max(1, round(self.spec.data.crop_seconds * self.backbone.sample_rate)), device=self.device)
+            loss = self.backbone(silence).last_hidden_state.float().sum()
+        return loss * 0.0
+
+    def step_totals(self, loss: Tensor | None, batch: AudioBatch) -> StepTotals:
+        """This step's loss and amount of audio over all ranks: one all-reduce when distributed.
+
+        ``loss`` is the mean of the ranks' losses (each the mean over its own clips' masked
+        frames), non-finite when any rank's is, NaN when no rank has a clip. In one process it
+        is the local loss.
+        """
+        local = [
+            0.0 if loss is None else float(loss.detach()), 0.0 if loss is None else 1.0,
+            float(batch.lengths.sum()) / self.backbone.sample_rate if len(batch) else 0.0, float(len(batch)),
+        ]
+        world = self.distributed_position()[1]
+        if world > 1:
+            local = self.trainer.strategy.reduce(torch.tensor(local, device=self.device), reduce_op="sum").tolist()
+        total, ranks, seconds, clips = local
+        return StepTotals(total / ranks if ranks else float("nan"), world - round(ranks), seconds, clips)
+
+    def skip_update(self, optimizer: torch.optim.Optimizer) -> None:
+        """Make this step's optimizer update a no-op and count it in ``stability/skipped_steps``.
+
+        The gradients are dropped (``None``), so Adam/AdamW leave the parameters *and* their
+        state (moments, per-parameter step counts, weight decay) untouched. The step still
+        counts: the global step and the learning-rate schedule advance as usual, so a run with
+        skipped steps ends at ``trainer.max_steps`` on the same schedule. Callbacks (e.g. the
+        stability monitor's loss-spike ``skip`` action) may call it from
+        ``on_before_optimizer_step``.
+        """
+        optimizer.zero_grad(set_to_none=True)
+        self._step_skipped = True
+
+    def on_train_batch_end(self, outputs: Any, batch: AudioBatch, batch_idx: int) -> None:
+        """Log the step's counters; stop after ``trainer.max_consecutive_nonfinite`` bad steps."""
+        if self._step_nonfinite:
+            self.nonfinite_steps += 1
+            self.consecutive_nonfinite += 1
+        else:
+            self.consecutive_nonfinite = 0
+        if self._step_nonfinite or self._step_skipped:
+            self.skipped_steps += 1
+        self._step_nonfinite = self._step_skipped = False
+        self.log_dict({
+            M.NONFINITE_STEPS: float(self.nonfinite_steps), M.SKIPPED_STEPS: float(self.skipped_steps),
+        }, on_step=True, on_epoch=False, batch_size=max(len(batch), 1))
+        limit = self.spec.trainer.max_consecutive_nonfinite
+        if limit and self.consecutive_nonfinite >= limit:
+            self.stop_reason = (
+                f"training stopped at step {self.global_step}: {self.consecutive_nonfinite} consecutive non-finite "
+                f"steps (trainer.max_consecutive_nonfinite: {limit}); the checkpoint holds the last finite state "
+                "(skipped steps change nothing) and --resume continues it on the same schedule; to change the "
+                "schedule, lower optim.lr or raise optim.warmup_steps and train again"
+            )
+            self.trainer.should_stop = True
+
     def validation_step(self, batch: AudioBatch, batch_idx: int) -> None:
+        if len(batch) == 0:
+            return
         _, logs, _ = self.shared_step(batch, batch_idx, "val")
         # Averaged over ranks at the end of validation, so every rank's checkpoint callback sees
         # the same (global) val/loss/total when it picks the best checkpoint.
@@ -222,17 +337,25 @@ class PretrainModule(L.LightningModule):
             super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        """Measure the global gradient norm (before clipping); drop non-finite gradients."""
+        """Measure the global gradient norm (before clipping); skip non-finite gradients.
+
+        A step one of whose micro-batches was skipped (non-finite loss, no clips) makes no
+        update at all: under DDP that micro-batch's backward -- the one that all-reduces the
+        accumulated gradients -- may be the one that did not run, so the ranks' gradients could
+        differ; dropping them keeps every rank's weights the same.
+        """
+        if self._update_blocked:
+            self._update_blocked = False
+            optimizer.zero_grad(set_to_none=True)  # counted when its micro-batch was skipped
+            return
         grads = [p.grad for p in self.parameters() if p.grad is not None]
-        if not grads:
+        norm = global_norms(self.trainer, {"total": grads}).get("total")
+        if norm is None:  # a non-finite loss: no backward ran, there is nothing to update
             return
-        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads]))
+        self.log(M.GRAD_NORM_TOTAL, norm, on_step=True, on_epoch=False)  # logged as is, also when non-finite
         if not torch.isfinite(norm):
-            self.nonfinite_steps += 1
-            self.skipped_steps += 1
-            optimizer.zero_grad(set_to_none=True)  # Adam skips parameters without gradients
-            return
-        self.log(M.GRAD_NORM_TOTAL, norm, on_step=True, on_epoch=False)
+            self._step_nonfinite = True
+            self.skip_update(optimizer)
 
     # ------------------------------------------------------------------ metrics
     def teacher_statistics(self, targets: dict[str, Targets]) -> dict[str, Tensor]:
@@ -246,15 +369,14 @@ class PretrainModule(L.LightningModule):
                 logs[M.code_perplexity(alias, cb)] = code_perplexity(t.values[..., cb][valid], vocab)
         return logs
 
-    def log_throughput(self, batch: AudioBatch) -> None:
-        """Audio seconds and clips per wall-clock second, measured step start to step start,
-        summed over ranks (each rank measures its own share of the global batch)."""
+    def log_throughput(self, totals: StepTotals) -> None:
+        """Audio seconds and clips per wall-clock second of the global batch (all ranks),
+        measured step start to step start."""
         now = time.perf_counter()
         if self._last_step_start is not None:
             elapsed = max(now - self._last_step_start, 1e-9)
-            seconds = float(batch.lengths.sum()) / self.backbone.sample_rate
             self.log_dict({
-                M.AUDIO_SECONDS_PER_S: seconds / elapsed,
-                M.SAMPLES_PER_S: len(batch) / elapsed,
-            }, on_step=True, on_epoch=False, sync_dist=True, reduce_fx="sum")
+                M.AUDIO_SECONDS_PER_S: totals.audio_seconds / elapsed,
+                M.SAMPLES_PER_S: totals.clips / elapsed,
+            }, on_step=True, on_epoch=False)
         self._last_step_start = now

@@ -10,22 +10,27 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.loggers import MLFlowLogger
 from lightning.fabric.utilities.exceptions import MisconfigurationException
-from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
+from mertlab import metric_names as M
+from mertlab.atomic import check_writable
 from mertlab.data.audio import list_audio_paths
 from mertlab.data.datamodule import AudioDataModule
 from mertlab.data.demo import write_demo_dataset
+from mertlab.data.demo_tasks import DEMO_TASKS, demo_tasks_dir, write_demo_tasks
 from mertlab.errors import MertlabError
+from mertlab.paths import inside
 from mertlab.run_summary import log_run_summary
-from mertlab.seeding import derive_seed
 from mertlab.spec import ExperimentSpec, global_batch_size
 from mertlab.target_cache import build_teacher_cache
-from mertlab.tracking import log_spec, resolve_tracking_uri, run_tags
+from mertlab.tracking import PROCESS_TAG, check_store, log_spec, mark_crashed_runs, process_identity, resolve_tracking_uri, run_tags
+from mertlab.train.checkpoint_io import ResumePoint, SafeCheckpointIO, select_resume_checkpoint
 from mertlab.train.module import PretrainModule
-from mertlab.train.strategy import build_strategy
+from mertlab.train.strategy import build_strategy, process_rank
+from mertlab.train.tracking_logger import ResilientMLFlowLogger, logged_steps
 
+log = logging.getLogger(__name__)
+SKIPPED_FILES_ARTIFACT = "data/skipped_files.tsv"
 #: MLflow param: clips per optimizer step over all devices and nodes.
 GLOBAL_BATCH_PARAM = "global_batch_size"
 
@@ -37,41 +42,34 @@ class TrainResult:
     tracking_uri: str
     checkpoint_dir: Path
     metrics: dict[str, float] = field(default_factory=dict)
+    skipped_files: list[Any] = field(default_factory=list)  # mertlab.data.skipped.SkippedFile
     is_global_zero: bool = True  # False in the other processes of a distributed run
 
 
 def run_directory(spec: ExperimentSpec) -> Path:
     """``<trainer.output_dir>/<spec name>``; each MLflow run gets a sub-folder of checkpoints."""
-    return Path(spec.trainer.output_dir) / spec.name
+    return inside(spec.trainer.output_dir, spec.name, what="name")
 
 
-def find_resume_checkpoint(spec: ExperimentSpec, resume: str | bool) -> Path:
-    """An explicit checkpoint path, or the newest ``last.ckpt`` of this spec's runs."""
-    if isinstance(resume, str):
-        path = Path(resume)
-        if not path.exists():
-            raise MertlabError(f"--resume: no checkpoint file {path}")
-        return path
-    # A sharded (fsdp) checkpoint is a folder named last.ckpt.
-    candidates = sorted(run_directory(spec).glob("*/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
-    if not candidates:
-        raise MertlabError(f"--resume: no last.ckpt under {run_directory(spec)}/*/checkpoints; train without --resume first")
-    return candidates[-1]
-
-
-def checkpoint_run_id(path: Path) -> str | None:
-    """The MLflow run a training checkpoint belongs to (file, or sharded folder's metadata)."""
-    if path.is_dir():  # fsdp: the non-tensor state is in the folder's meta.pt
-        meta = path / "meta.pt"
-        return torch.load(meta, map_location="cpu", weights_only=False).get("mlflow_run_id") if meta.is_file() else None
-    return torch.load(path, map_location="cpu", weights_only=False).get("mlflow_run_id")
+def find_resume_checkpoint(spec: ExperimentSpec, resume: str | bool) -> ResumePoint:
+    """An explicit checkpoint path, or the newest checkpoint of this spec's runs that loads
+    (:func:`~mertlab.train.checkpoint_io.select_resume_checkpoint`; a sharded (fsdp) checkpoint
+    is a folder)."""
+    return select_resume_checkpoint(run_directory(spec), resume if isinstance(resume, str) else None)
 
 
 def prepare_data(spec: ExperimentSpec) -> None:
-    """Write the generated demo set when the spec asks for it and the folder has no audio."""
+    """With ``data.generate_demo``: write the generated demo set when the folder has no audio,
+    and the labelled demo probe tasks to ``<data.path>-tasks/`` when their CSVs are missing."""
+    if not spec.data.generate_demo:
+        return
     path = Path(spec.data.path)
-    if spec.data.generate_demo and (not path.exists() or not list_audio_paths(path, spec.data.extensions)):
+    if not path.exists() or not list_audio_paths(path, spec.data.extensions):
         write_demo_dataset(path)
+    tasks = demo_tasks_dir(path)
+    missing = [name for name in DEMO_TASKS if not (tasks / f"{name}.csv").is_file()]
+    if missing:
+        write_demo_tasks(tasks, names=missing)
 
 
 class _DropAdvertisements(logging.Filter):
@@ -85,7 +83,8 @@ def quiet_lightning() -> None:
     """Silence Lightning messages that are expected by design here (frozen teachers are in eval
     mode; few batches per epoch on small data sets; no DataLoader workers by default)."""
     for message in (".*does not have many workers.*", ".*Checkpoint directory .* exists and is not empty.*",
-                    ".*module\\(s\\) in eval mode.*", ".*smaller than the logging interval.*"):
+                    ".*module\\(s\\) in eval mode.*", ".*smaller than the logging interval.*",
+                    ".*`training_step` returned `None`.*"):  # a skipped (non-finite) step, counted by mertlab
         warnings.filterwarnings("ignore", message=message)
     rank_zero_logger = logging.getLogger("lightning.pytorch.utilities.rank_zero")
     if not any(isinstance(f, _DropAdvertisements) for f in rank_zero_logger.filters):
@@ -93,7 +92,7 @@ def quiet_lightning() -> None:
 
 
 def make_trainer(
-    spec: ExperimentSpec, strategy: Any, logger: Any, callbacks: list[Any], has_val: bool, progress: bool
+    spec: ExperimentSpec, strategy: Any, logger: Any, callbacks: list[Any], plugins: list[Any], has_val: bool, progress: bool
 ) -> L.Trainer:
     """The Lightning Trainer of ``spec.trainer`` (strategy, devices and nodes included)."""
     t = spec.trainer
@@ -111,7 +110,8 @@ def make_trainer(
         devices=t.devices,
         num_nodes=t.num_nodes,
         strategy=strategy,
-        use_distributed_sampler=False,  # AudioDataModule's EpochSampler splits the data per rank
+        plugins=plugins,
+        use_distributed_sampler=False,  # AudioDataModule's samplers split the data per rank (exact resume)
         logger=logger,
         callbacks=callbacks,
         default_root_dir=str(run_directory(spec)),
@@ -137,42 +137,60 @@ def train(
     L.seed_everything(spec.seed, workers=True, verbose=False)
 
     ckpt_path = None
+    checkpoint_io = SafeCheckpointIO()
     if resume:
-        ckpt_path = find_resume_checkpoint(spec, resume)
-        ckpt_run = checkpoint_run_id(ckpt_path)
+        point = find_resume_checkpoint(spec, resume)
+        ckpt_path = point.path
+        if point.path.is_file():  # a sharded folder is read by the fsdp strategy itself
+            checkpoint_io.preload(point.path, point.checkpoint)
+        ckpt_run = point.checkpoint.get("mlflow_run_id")
         if run_id and ckpt_run and ckpt_run != run_id:
             raise MertlabError(f"--resume: {ckpt_path} belongs to MLflow run {ckpt_run}, not {run_id}")
         run_id = ckpt_run or run_id
 
-    rank = rank_zero_only.rank  # from the launcher's environment (RANK, LOCAL_RANK, SLURM_PROCID)
-    prepare_data(spec)
+    # Rank 0 alone prepares data, checks the store and keeps the MLflow run; with Lightning's own
+    # launcher the other ranks start (as copies of this command) once rank 0 reaches fit.
+    lead = process_rank(spec.trainer) == 0
+    tracking_uri = resolve_tracking_uri(spec)
+    experiment = spec.tracking.experiment or spec.name
+    client = check_store(tracking_uri, spec.tracking.connect_timeout) if lead else None  # one clear error, before any work
+    check_writable(run_directory(spec), "trainer.output_dir")  # before any work or MLflow run
+    if lead:
+        prepare_data(spec)
     module = PretrainModule(spec, registry)
     strategy = build_strategy(spec.trainer, module.backbone)  # misconfigurations surface before MLflow
-    # Same weights on every rank (above), but each rank its own dropout stream from here on.
-    torch.manual_seed(derive_seed("dropout", spec.seed, rank))
-    datamodule = AudioDataModule(spec.data, module.backbone.sample_rate, spec.seed)
+    datamodule = AudioDataModule(spec.data, module.backbone.sample_rate, spec.seed, min_seconds=shortest_usable_seconds(module))
     datamodule.setup()  # data errors surface before an MLflow run is created
     files = datamodule.train_files + datamodule.val_files
-    if spec.data.target_cache and spec.data.build_target_cache:
+    if lead and spec.data.target_cache and spec.data.build_target_cache:
         for alias, teacher in module.teachers.items():
             build_teacher_cache(teacher, files, spec.data.target_cache, alias=alias, progress=progress)
     module.target_source.check_files(files)
 
-    tracking_uri = resolve_tracking_uri(spec)
-    experiment = spec.tracking.experiment or spec.name
-    logger = MLFlowLogger(
+    if lead:
+        for crashed in mark_crashed_runs(client, experiment):
+            log.warning("MLflow run %s was left RUNNING by a training process that is gone: marked FAILED", crashed)
+        if run_id:
+            client.update_run(run_id, status="RUNNING")
+    # On other ranks the logger is inert (Lightning logs from rank 0 only) and has no new run.
+    logger = ResilientMLFlowLogger(
         experiment_name=experiment,
         tracking_uri=tracking_uri,
         run_name=spec.tracking.run_name or spec.name,
         tags=None if run_id else run_tags(spec, registry),
         run_id=run_id,
+        skip_logged_steps=logged_steps(client, run_id) if lead and resume and run_id else None,
+        flush_timeout=spec.tracking.connect_timeout,
     )
-    if rank == 0:  # other ranks log nothing (Lightning's logger is a no-op there too)
+    if lead:
         log_spec(logger, spec)
-        logger.log_hyperparams({GLOBAL_BATCH_PARAM: global_batch_size(spec)})
-
-    # Other ranks have no MLflow run: ModelCheckpoint broadcasts rank 0's folder in setup.
-    checkpoint_dir = run_directory(spec) / str(logger.run_id) / "checkpoints"
+        if GLOBAL_BATCH_PARAM not in client.get_run(logger.run_id).data.params:
+            logger.log_hyperparams({GLOBAL_BATCH_PARAM: global_batch_size(spec)})
+        logger.experiment.set_tag(logger.run_id, PROCESS_TAG, process_identity())
+        checkpoint_dir = inside(run_directory(spec), logger.run_id, what="MLflow run id") / "checkpoints"
+        logger.unsent_file = checkpoint_dir.parent / "unsent_metrics.jsonl"
+    else:  # ModelCheckpoint takes rank 0's folder (a broadcast in its setup)
+        checkpoint_dir = run_directory(spec) / str(run_id or "rank-0-run") / "checkpoints"
     has_val = bool(datamodule.val_files) and spec.trainer.limit_val_batches > 0
     checkpoint = ModelCheckpoint(
         dirpath=checkpoint_dir,
@@ -190,7 +208,7 @@ def train(
     )
     callbacks = [registry.build("callback", c.name, c.params) for c in spec.callbacks.values()]
     try:
-        trainer = make_trainer(spec, strategy, logger, [*callbacks, checkpoint], has_val, progress)
+        trainer = make_trainer(spec, strategy, logger, [*callbacks, checkpoint], [checkpoint_io], has_val, progress)
     except (ValueError, MisconfigurationException) as exc:  # e.g. more devices than the machine has
         raise MertlabError(f"trainer: {exc}") from None
     trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt_path) if ckpt_path else None)
@@ -198,7 +216,50 @@ def train(
     if trainer.state.finished:  # max_steps may end mid-epoch: make last.ckpt the final state
         # Every rank calls it (FSDP gathers or writes shards); DDP writes on rank 0 only.
         trainer.save_checkpoint(checkpoint_dir / "last.ckpt", weights_only=False)
+    skipped = gather_skipped(trainer, datamodule)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if torch.is_tensor(v) and v.numel() == 1}
     if trainer.is_global_zero:
-        metrics.update(log_run_summary(logger.experiment, logger.run_id, trainer.global_step))
-    return TrainResult(logger.run_id, experiment, tracking_uri, checkpoint_dir, metrics, trainer.is_global_zero)
+        finish_run(logger, client, tracking_uri, module, datamodule, trainer.global_step, metrics)
+    if module.stop_reason:
+        raise MertlabError(f"{module.stop_reason}; checkpoint: {checkpoint_dir / 'last.ckpt'}")
+    return TrainResult(logger.run_id, experiment, tracking_uri, checkpoint_dir, metrics, skipped, trainer.is_global_zero)
+
+
+def gather_skipped(trainer: L.Trainer, datamodule: AudioDataModule) -> list[Any]:
+    """The bad files every rank skipped (each rank reads its own share of the data)."""
+    if trainer.world_size == 1 or not torch.distributed.is_initialized():
+        return list(datamodule.skipped)
+    found: list[Any] = [None] * trainer.world_size
+    torch.distributed.all_gather_object(found, list(datamodule.skipped))
+    for items in found:
+        for item in items:
+            datamodule.skipped.add(item)
+    return list(datamodule.skipped)
+
+
+def finish_run(logger: ResilientMLFlowLogger, client: Any, tracking_uri: str, module: PretrainModule,
+               datamodule: AudioDataModule, step: int, metrics: dict[str, float]) -> None:
+    """Rank 0, after fit: send the queued metrics, log the skipped files and the run summary
+    (into ``metrics`` too), and mark a run that stopped itself FAILED. The store failing now
+    is a warning: it must not hide the finished training."""
+    skipped = list(datamodule.skipped)
+    if skipped:
+        logger.log_metrics({M.SKIPPED_FILES: float(len(skipped))}, step=step)
+        log.warning("skipped %d bad audio file(s); the list is the run's %s artifact", len(skipped), SKIPPED_FILES_ARTIFACT)
+    if not logger.flush():
+        logger.write_unsent()
+    try:
+        if skipped:
+            client.log_text(logger.run_id, datamodule.skipped.report(), SKIPPED_FILES_ARTIFACT)
+        metrics.update(log_run_summary(client, logger.run_id, step))
+        if module.stop_reason:
+            client.set_tag(logger.run_id, "mertlab.stopped", module.stop_reason)
+            client.set_terminated(logger.run_id, "FAILED")
+    except Exception as exc:  # noqa: BLE001 - the store failing now must not hide the finished training
+        log.warning("MLflow tracking store %s: could not log the run summary (%s)", tracking_uri, exc)
+
+
+def shortest_usable_seconds(module: PretrainModule) -> float:
+    """Files shorter than one frame of the backbone or of a teacher are skipped as too short."""
+    rates = [module.backbone.frame_rate, *(t.info.frame_rate for t in module.teachers.values())]
+    return 1.0 / min(rates)

@@ -21,7 +21,12 @@ Everything distributed is PyTorch's, through Lightning; this module only chooses
 """
 from __future__ import annotations
 
+import os
+from typing import Any
+
+import torch
 from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy, Strategy
+from torch import Tensor
 
 from mertlab.contracts import Backbone
 from mertlab.errors import MertlabError
@@ -31,6 +36,24 @@ from mertlab.spec import TrainerSpec
 def world_size(trainer: TrainerSpec) -> int:
     """Processes of the run: ``devices x num_nodes``."""
     return trainer.devices * trainer.num_nodes
+
+
+def process_rank(trainer: TrainerSpec) -> int:
+    """This process's global rank, from the launcher's environment, before a Trainer exists.
+
+    ``RANK`` (torchrun); ``NODE_RANK x devices + LOCAL_RANK`` in the processes Lightning's own
+    launcher starts (it re-runs this command once per further device); ``SLURM_PROCID`` when
+    ``srun`` starts one task per device; else the first process of node ``NODE_RANK``.
+    """
+    env = os.environ
+    node = int(env.get("NODE_RANK", 0))
+    if "RANK" in env:
+        return int(env["RANK"])
+    if "LOCAL_RANK" in env:  # checked before SLURM_PROCID: Lightning's launcher may run inside a SLURM job
+        return node * trainer.devices + int(env["LOCAL_RANK"])
+    if "SLURM_PROCID" in env and int(env.get("SLURM_NTASKS", 1)) > 1:
+        return int(env["SLURM_PROCID"])
+    return node * trainer.devices
 
 
 def ddp_strategy(trainer: TrainerSpec, backbone: Backbone) -> Strategy:
@@ -68,3 +91,31 @@ def build_strategy(trainer: TrainerSpec, backbone: Backbone) -> Strategy | str:
         name = "ddp"
     return STRATEGIES[name](trainer, backbone)
 
+
+def sharded(trainer: Any) -> bool:
+    """Whether each rank holds only a shard of the parameters and gradients (FSDP)."""
+    return trainer is not None and isinstance(trainer.strategy, FSDPStrategy)
+
+
+def global_norms(trainer: Any, groups: dict[str, list[Tensor]]) -> dict[str, Tensor]:
+    """The 2-norm of each group of tensors (e.g. gradients), over the whole model.
+
+    Unsharded (one process, DDP), from this process's tensors. Under FSDP each rank holds a
+    shard of every group: the squared norms are summed over the ranks in one all-reduce (in
+    float64; every rank must call this, with the same groups). Groups without a tensor on any
+    rank are left out.
+    """
+    def norm(tensors: list[Tensor]) -> Tensor:
+        return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(t.float()) for t in tensors]))
+
+    if not sharded(trainer):
+        return {key: norm(tensors) for key, tensors in groups.items() if tensors}
+    keys = list(groups)
+    if not keys:
+        return {}
+    device = trainer.strategy.root_device
+    zero = torch.zeros((), dtype=torch.float64, device=device)
+    squares = [norm(groups[k]).to(device, torch.float64) ** 2 if groups[k] else zero for k in keys]
+    counts = torch.tensor([float(len(groups[k])) for k in keys], dtype=torch.float64, device=device)
+    packed = trainer.strategy.reduce(torch.cat([torch.stack(squares), counts]), reduce_op="sum")
+    return {k: packed[i].sqrt().float() for i, k in enumerate(keys) if packed[len(keys) + i] > 0}

@@ -7,11 +7,13 @@ the teachers on the clean crops (e.g. on a GPU).
 """
 from __future__ import annotations
 
+import logging
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -20,7 +22,11 @@ from mertlab.contracts import Targets, Teacher
 from mertlab.data.audio import AudioFile, resample
 from mertlab.data.dataset import AudioBatch
 from mertlab.errors import MertlabError
-from mertlab.target_cache import BUILD_HINT, TeacherCache
+from mertlab.target_cache import BUILD_HINT, DamagedEntryError, TeacherCache, Windowing, compute_targets_of, storage_dtype
+from mertlab.teacher_output import check_cached_values, check_targets
+
+log = logging.getLogger(__name__)
+REBUILD_HINT = "run `mertlab targets build SPEC` to recompute it"
 
 # Crop starts are float seconds; a start a hair below a frame boundary is on it.
 _FRAME_TOLERANCE = 1e-6
@@ -52,7 +58,8 @@ class TeacherTargets(TargetSource):
             for alias, teacher in self.teachers.items():
                 t_wav = resample(wav.float(), self.sample_rate, teacher.sample_rate)
                 t_len = torch.div(lengths * teacher.sample_rate, self.sample_rate, rounding_mode="floor").clamp(max=t_wav.shape[1])
-                out[alias] = align_targets(teacher.targets(t_wav, t_len), frame_rate, num_frames, frame_lengths)
+                raw = check_targets(teacher, teacher.targets(t_wav, t_len), t_wav.shape[1], t_len)
+                out[alias] = align_targets(raw, frame_rate, num_frames, frame_lengths)
         return out
 
 
@@ -68,9 +75,12 @@ class CachedTargets(TargetSource):
     of the file) or per-crop statistics (see :mod:`mertlab.target_cache`).
     """
 
-    def __init__(self, cache_dir: str | Path, teachers: Mapping[str, Teacher], sample_rate: int) -> None:
+    def __init__(self, cache_dir: str | Path, teachers: Mapping[str, Teacher], sample_rate: int, repair: bool = True) -> None:
         self.sample_rate = sample_rate
+        self.teachers = teachers
+        self.repair = repair
         self.caches = {alias: TeacherCache(cache_dir, teacher) for alias, teacher in teachers.items()}
+        self._recomputed: dict[tuple[str, Path], np.ndarray] = {}  # repairs a read-only cache could not store
 
     def check_files(self, files: Sequence[AudioFile]) -> None:
         for alias, cache in self.caches.items():
@@ -85,6 +95,35 @@ class CachedTargets(TargetSource):
                     f"targets for teachers.{alias} ({cache.name}) in {cache.folder} (new or edited since the build); "
                     f"{BUILD_HINT}"
                 )
+            for f in files:  # size and header of every entry (cheap); checksums on first read
+                entry = cache.entry(f.path)
+                problem = cache.damage(entry, full=False)
+                if problem:
+                    raise MertlabError(f"{DamagedEntryError(entry, f.path, problem)}; {REBUILD_HINT}")
+
+    def read(self, alias: str, file: AudioFile, device: torch.device | str = "cpu") -> np.ndarray:
+        """``file``'s cached targets of teacher ``alias``; a damaged entry is recomputed by the
+        teacher (``repair``; stored back when the cache is writable) or one clear error."""
+        cache = self.caches[alias]
+        try:
+            return cache.read(file.path)
+        except DamagedEntryError as exc:
+            if not self.repair:
+                raise MertlabError(f"{exc}; {REBUILD_HINT}") from None
+            key = (alias, exc.entry)
+            if key not in self._recomputed:
+                log.warning("%s; recomputing it with teachers.%s", exc, alias)
+                stored = (cache.read_manifest() or {}).get("windowing")
+                windowing = Windowing(**stored) if isinstance(stored, dict) else Windowing()
+                with torch.autocast(device_type=torch.device(device).type, enabled=False):
+                    values = compute_targets_of(self.teachers[alias], file, alias, windowing, device)
+                try:
+                    cache.store(exc.entry, values)
+                    return cache.read(file.path)
+                except MertlabError as store_error:
+                    log.warning("%s; using the recomputed targets for this run only", store_error)
+                self._recomputed[key] = values.astype(storage_dtype(cache.info), copy=False)
+            return self._recomputed[key]
 
     def targets(self, batch: AudioBatch, frame_rate: float, num_frames: int, frame_lengths: Tensor) -> dict[str, Targets]:
         device = batch.wav.device
@@ -99,7 +138,9 @@ class CachedTargets(TargetSource):
                 first = math.floor(position + _FRAME_TOLERANCE)
                 offset = max(position - first, 0.0)
                 count = math.ceil(offset + duration * rate - _FRAME_TOLERANCE)  # frames starting inside the crop
-                chunks.append(torch.from_numpy(cache.read(file.path)[first: first + count].copy()))
+                chunk = torch.from_numpy(self.read(alias, file, device)[first: first + count].copy())
+                check_cached_values(self.teachers[alias], chunk, f"of {file.path} in {cache.folder}")
+                chunks.append(chunk)
                 offsets.append(offset)
             dtype = torch.long if cache.info.kind == "discrete" else torch.float32
             lengths = torch.tensor([c.shape[0] for c in chunks], device=device)

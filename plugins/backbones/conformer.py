@@ -9,7 +9,7 @@ Pipeline (shapes for a batch ``[B, S]`` of 24 kHz audio)::
         -> mask embedding at frame_mask     hidden_states[0]
         -> conformer blocks                 hidden_states[1..L]
 
-MusicFM (minzwon/musicfm, see /work/shared/REFERENCE.md "BEST-RQ / MusicFM") uses a 128-bin
+MusicFM (Won et al. 2023, "A Foundation Model for Music Informatics"; minzwon/musicfm) uses a 128-bin
 log-mel (n_fft 2048, hop 240 at 24 kHz), two stride-2 conv blocks (4x subsampling -> 25 Hz) and
 12 wav2vec2-conformer layers with rotary positions. Our defaults keep that frontend but use hop 80,
 so the frame rate is 24000 / (80 * 4) = 75 Hz: the MERT/EnCodec rate, so the same teachers
@@ -33,7 +33,6 @@ from typing import Annotated, Any, Literal
 
 import torch
 import torch.nn.functional as F
-from nnAudio.features import MelSpectrogram
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
@@ -41,11 +40,12 @@ from torch.utils.checkpoint import checkpoint
 from mertlab.contracts import Backbone, BackboneOutput, Params
 from mertlab.errors import DataError, MertlabError
 from mertlab.hookspecs import hookimpl
+from mertlab.log_mel import LogMelFrontend, ceil_div
 
 PresetName = Literal["tiny", "small", "base", "large"]
 
 #: Size fields each preset fills (fields the user sets explicitly win).
-#: ``base``/``large`` keep MERT-95M/330M depth, width and heads (REFERENCE.md "MERT": 12 x 768,
+#: ``base``/``large`` keep MERT-95M/330M depth, width and heads (Li et al. 2023, "MERT", arXiv 2306.00107: 12 x 768,
 #: 12 heads; 24 x 1024, 16 heads) so layer-wise probing compares like with like. Each macaron
 #: feed-forward is 1.5 x hidden wide: two of them (6 D^2) + attention (4 D^2) + conv module (3 D^2)
 #: is ~13 D^2 per layer against MERT's 12 D^2, so base ~96M and large ~338M parameters sit next to
@@ -116,7 +116,7 @@ class ConformerParams(Params):
     @model_validator(mode="before")
     @classmethod
     def _fill_preset(cls, data: Any) -> Any:
-        if isinstance(data, dict) and data.get("preset") in PRESETS:
+        if isinstance(data, dict) and isinstance(data.get("preset"), str) and data["preset"] in PRESETS:
             data = {**PRESETS[data["preset"]], **data}
         return data
 
@@ -177,10 +177,6 @@ class ConformerParams(Params):
 
 
 # --------------------------------------------------------------------------- helpers
-def _ceil_div(a: int | Tensor, b: int) -> int | Tensor:
-    return -(-a // b)
-
-
 def _same_padding(kernel: int, stride: int) -> tuple[int, int]:
     """Padding so a conv maps ``L`` frames to ``ceil(L / stride)``, centred where possible.
 
@@ -193,44 +189,6 @@ def _same_padding(kernel: int, stride: int) -> tuple[int, int]:
 def _steps_mask(lengths: Tensor, size: int) -> Tensor:
     """``[B, size]`` True at padded steps (index >= length)."""
     return torch.arange(size, device=lengths.device)[None, :] >= lengths[:, None]
-
-
-class LogMelFrontend(nn.Module):
-    """Log-mel spectrogram (nnAudio, fixed kernels) with a per-bin affine normalisation.
-
-    Produces ``ceil(S / hop)`` frames: the signal is zero-padded by ``n_fft - 1`` samples in total,
-    ``(n_fft - hop) // 2`` on the left, so frame ``t`` is centred on samples ``[t*hop, (t+1)*hop)``.
-    Zero padding (not reflect) works for clips of any length >= 1 sample and equals the zeros
-    that follow a clip inside a padded batch.
-    """
-
-    def __init__(self, p: ConformerParams) -> None:
-        super().__init__()
-        self.pad = (p.n_fft - p.hop_length) // 2, p.n_fft - 1 - (p.n_fft - p.hop_length) // 2
-        self.mel = MelSpectrogram(
-            sr=p.sample_rate, n_fft=p.n_fft, n_mels=p.n_mels, hop_length=p.hop_length, center=False,
-            fmin=p.f_min, fmax=p.f_max, power=2.0, trainable_mel=False, trainable_STFT=False, verbose=False,
-        )
-        # The STFT/mel kernels are a deterministic function of the params (up to 16 MB at n_fft
-        # 2048): keep them out of checkpoints.
-        for module in self.mel.modules():
-            for name, buf in list(module._buffers.items()):
-                module.register_buffer(name, buf, persistent=False)
-        scale = torch.full((p.n_mels,), 1.0 / p.mel_db_std)
-        shift = torch.full((p.n_mels,), -p.mel_db_mean / p.mel_db_std)
-        if p.learnable_mel_norm:
-            self.scale, self.shift = nn.Parameter(scale), nn.Parameter(shift)
-        else:
-            self.register_buffer("scale", scale)
-            self.register_buffer("shift", shift)
-
-    def forward(self, wav: Tensor) -> Tensor:
-        """``[B, S]`` -> ``[B, ceil(S / hop), n_mels]`` normalised log-mel (fp32)."""
-        # fp32 regardless of autocast: the STFT sums 2048 products and the log needs range.
-        with torch.autocast(device_type=wav.device.type, enabled=False):
-            spec = self.mel(F.pad(wav.float(), self.pad))  # [B, n_mels, T]
-            db = 10.0 * torch.log10(spec.clamp_min(1e-10))  # torchaudio AmplitudeToDB(power), as MusicFM
-            return db.transpose(1, 2) * self.scale + self.shift
 
 
 class ConvSubsampling(nn.Module):
@@ -249,7 +207,7 @@ class ConvSubsampling(nn.Module):
         )
         freq = p.n_mels
         for _ in self.strides:
-            freq = _ceil_div(freq, fs)
+            freq = ceil_div(freq, fs)
         self.out_dim = p.subsampling_channels * freq
 
     def forward(self, x: Tensor, frame_lengths: Tensor) -> tuple[Tensor, Tensor]:
@@ -259,7 +217,7 @@ class ConvSubsampling(nn.Module):
         for conv, stride, (left, right) in zip(self.convs, self.strides, self.time_pads):
             x = x.masked_fill(_steps_mask(lengths, x.shape[2])[:, None, :, None], 0.0)
             x = F.gelu(conv(F.pad(x, (*self.freq_pad, left, right))))
-            lengths = _ceil_div(lengths, stride)
+            lengths = ceil_div(lengths, stride)
         b, c, t, f = x.shape
         return x.permute(0, 2, 1, 3).reshape(b, t, c * f), lengths
 
@@ -398,7 +356,10 @@ class ConformerBackbone(Backbone):
     def __init__(self, params: ConformerParams) -> None:
         super().__init__(params)
         p = params
-        self.frontend = LogMelFrontend(p)
+        self.frontend = LogMelFrontend(
+            p.sample_rate, p.n_fft, p.hop_length, p.n_mels, p.f_min, p.f_max,
+            p.mel_db_mean, p.mel_db_std, p.learnable_mel_norm,
+        )
         self.subsampling = ConvSubsampling(p)
         self.projection = nn.Sequential(
             nn.Linear(self.subsampling.out_dim, p.hidden_dim), nn.LayerNorm(p.hidden_dim), nn.Dropout(p.dropout)
@@ -426,9 +387,9 @@ class ConformerBackbone(Backbone):
 
     def _frames(self, samples: int | Tensor) -> int | Tensor:
         # ceil(S / hop) mel frames, then ceil(L / s) per subsampling layer (see _same_padding)
-        frames = _ceil_div(samples, self.params.hop_length)
+        frames = ceil_div(samples, self.params.hop_length)
         for stride in self.params.subsampling_strides:
-            frames = _ceil_div(frames, stride)
+            frames = ceil_div(frames, stride)
         return frames
 
     def num_frames(self, num_samples: int) -> int:
@@ -471,7 +432,7 @@ class ConformerBackbone(Backbone):
         wav = wav.masked_fill(_steps_mask(lengths, num_samples), 0.0)
 
         mel = self.frontend(wav)
-        features, frame_lengths = self.subsampling(mel, _ceil_div(lengths, self.params.hop_length))
+        features, frame_lengths = self.subsampling(mel, ceil_div(lengths, self.params.hop_length))
         pad = _steps_mask(frame_lengths, features.shape[1])
         x = self.projection(features)
         if frame_mask is not None:

@@ -6,31 +6,26 @@ logits and activation RMS (``attn/max_logit/layer<i>``, ``act_rms/layer<i>``) an
 update size (``update_ratio/total`` = ||w_after - w_before|| / ||w_before||). Every logging
 step: the loss-spike z-score against an exponential moving average (``stability/loss_spike_z``)
 and the running count of spikes (``stability/loss_spikes``).
+
+What happens on a spike is ``spike_action``: ``log`` (count it), ``skip`` (also drop the step's
+update, as for a non-finite step) or ``rollback`` (reload the weights and optimizer state of the
+newest checkpoint, multiply the learning rate by ``rollback_lr_scale`` and continue; the step
+counter, data order and schedule go on). Each action is counted (``stability/spike_skips``,
+``stability/rollbacks``) and described in the run tag ``mertlab.stability.last_action``.
 """
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Literal
 
 import lightning as L
 import torch
-from pydantic import Field
 
 from mertlab import metric_names as M
-from mertlab.contracts import Params
-from mertlab.hookspecs import hookimpl
-
-
-class StabilityParams(Params):
-    every_n_steps: int = Field(10, ge=1, description="Instrument (grad norms per block, attention logits, activation RMS, update ratio) every N steps.")
-    ema_decay: float = Field(0.98, gt=0, lt=1, description="Decay of the loss mean/variance EMA used for the spike z-score.")
-    spike_z: float = Field(4.0, gt=0, description="A step whose loss z-score exceeds this counts as a spike.")
-    warmup_steps: int = Field(20, ge=0, description="Steps before spike detection starts (the EMA needs history).")
-    update_ratio: bool = Field(True, description="Measure ||dw||/||w|| (keeps one copy of the weights on instrumented steps).")
-
-
-def _norm(tensors: list[torch.Tensor]) -> float:
-    return float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(t.float()) for t in tensors])))
+from mertlab.plugins.callbacks.stability_plugin import StabilityParams
+from mertlab.train.rollback import rollback_to_last_checkpoint
+from mertlab.train.strategy import global_norms
+from mertlab.train.tracking_logger import set_run_tag
 
 
 class StabilityMonitor(L.Callback):
@@ -46,6 +41,9 @@ class StabilityMonitor(L.Callback):
         self.loss_var = 0.0
         self.seen = 0
         self.spikes = 0
+        self.spike_skips = 0
+        self.rollbacks = 0
+        self._z: float | None = None
         self._step = 0
         self._before: list[torch.Tensor] | None = None
 
@@ -62,21 +60,45 @@ class StabilityMonitor(L.Callback):
         pl_module.instrument_next_step = self._due()
 
     def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: Any, optimizer: torch.optim.Optimizer) -> None:
-        if not self._due():
+        self._check_spike(trainer, pl_module, optimizer)
+        if not self._due() or pl_module.last_loss is None:  # a skipped step: no gradient to measure
             return
-        metrics = {}
+        groups = {}
         named = dict(pl_module.backbone.named_parameters())
         for block, prefixes in pl_module.backbone.block_names().items():
-            grads = [p.grad for n, p in named.items() if p.grad is not None and n.startswith(tuple(prefixes))]
-            if grads:
-                metrics[M.grad_norm(block)] = _norm(grads)
+            groups[M.grad_norm(block)] = [p.grad for n, p in named.items() if p.grad is not None and n.startswith(tuple(prefixes))]
         for alias, objective in pl_module.objectives.items():
-            grads = [p.grad for p in objective.parameters() if p.grad is not None]
-            if grads:
-                metrics[M.grad_norm(f"head.{alias}")] = _norm(grads)
+            groups[M.grad_norm(f"head.{alias}")] = [p.grad for p in objective.parameters() if p.grad is not None]
+        # Under FSDP each rank holds a shard of the gradients: the norms are summed over ranks.
+        metrics = {key: float(norm) for key, norm in global_norms(trainer, groups).items()}
         self._log(trainer, metrics, self._step)
         if self.params.update_ratio:
             self._before = [p.detach().clone() for p in pl_module.parameters() if p.requires_grad]
+
+    def _check_spike(self, trainer: L.Trainer, pl_module: Any, optimizer: torch.optim.Optimizer) -> None:
+        """Score this step's finite loss (``pl_module.last_loss``) and act on a spike before the update."""
+        self._z = None
+        if pl_module.last_loss is None:  # non-finite: the module skips it and counts it
+            return
+        self._z = self._update_spike_stats(pl_module.last_loss)
+        if self._z <= self.params.spike_z:
+            return
+        what = f"step {self._step}: loss spike z={self._z:.1f}"
+        action = self.params.spike_action
+        if action == "skip":
+            pl_module.skip_update(optimizer)
+            self.spike_skips += 1
+            self._log(trainer, {M.SPIKE_SKIPS: float(self.spike_skips)}, self._step)
+            what += ", update skipped"
+        elif action == "rollback":
+            outcome = rollback_to_last_checkpoint(trainer, pl_module, optimizer, self.params.rollback_lr_scale)
+            if outcome.rolled_back:
+                self.rollbacks += 1
+                self._log(trainer, {M.ROLLBACKS: float(self.rollbacks)}, self._step)
+            what += f", {outcome.message}"
+        else:
+            what += ", logged"
+        set_run_tag(trainer, "mertlab.stability.last_action", what)
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
         metrics: dict[str, float] = {}
@@ -88,15 +110,14 @@ class StabilityMonitor(L.Callback):
         pl_module.instrument_next_step = False
         if self._before is not None:
             after = [p.detach() for p in pl_module.parameters() if p.requires_grad]
-            delta = _norm([a - b for a, b in zip(after, self._before)])
-            metrics[M.UPDATE_RATIO_TOTAL] = delta / max(_norm(self._before), 1e-12)
+            norms = global_norms(trainer, {"delta": [a - b for a, b in zip(after, self._before)], "before": self._before})
+            if "delta" in norms:
+                metrics[M.UPDATE_RATIO_TOTAL] = float(norms["delta"]) / max(float(norms["before"]), 1e-12)
             self._before = None
-        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
-        if loss is not None and torch.isfinite(loss):
-            z = self._update_spike_stats(float(loss))
-            if self._step % trainer.log_every_n_steps == 0:
-                metrics[M.LOSS_SPIKE_Z] = z
-                metrics[M.LOSS_SPIKES] = float(self.spikes)
+        if self._step % trainer.log_every_n_steps == 0:
+            # a non-finite step has no z-score: NaN, never the previous step's value
+            metrics[M.LOSS_SPIKE_Z] = self._z if self._z is not None else float("nan")
+            metrics[M.LOSS_SPIKES] = float(self.spikes)
         if metrics:
             self._log(trainer, metrics, self._step)
 
@@ -117,12 +138,9 @@ class StabilityMonitor(L.Callback):
         return z
 
     def state_dict(self) -> dict[str, Any]:
-        return {"loss_mean": self.loss_mean, "loss_var": self.loss_var, "seen": self.seen, "spikes": self.spikes}
+        return {"loss_mean": self.loss_mean, "loss_var": self.loss_var, "seen": self.seen, "spikes": self.spikes,
+                "spike_skips": self.spike_skips, "rollbacks": self.rollbacks}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.__dict__.update(state_dict)
 
-
-@hookimpl
-def register_callbacks(register):
-    register(StabilityMonitor)

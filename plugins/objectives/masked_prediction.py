@@ -33,7 +33,7 @@ class MaskedPredictionParams(CodebookObjectiveParams):
 class MaskedPrediction(Objective):
     """HuBERT/MERT-style masked prediction of discrete codes with cosine-similarity logits.
 
-    ``loss`` = sum (or mean, ``reduction``) over the predicted codebooks of the cross-entropy
+    ``loss`` = mean (or sum, ``reduction``) over the predicted codebooks of the cross-entropy
     averaged over masked, non-padding frames (+ ``unmasked_weight`` x the unmasked-frame CE).
     Metrics: ``acc/cb<i>`` masked accuracy and ``ce/cb<i>`` masked cross-entropy per codebook
     (logged as ``acc/<alias>/cb<i>``); 0 for a batch without masked frames.

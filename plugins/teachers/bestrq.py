@@ -10,8 +10,7 @@ from pydantic import Field
 from torch import Tensor
 
 from mertlab.contracts import Params, TargetInfo, Targets, Teacher
-from mertlab.errors import MertlabError
-from mertlab.frame_features import LogMel, check_audio_batch
+from mertlab.frame_features import LogMel, check_audio_batch, stack_frames
 from mertlab.hookspecs import hookimpl
 
 # A mel bin whose per-clip std is below this is constant (silence): it normalises to 0.
@@ -19,7 +18,7 @@ _STD_EPS = 1e-5
 
 
 class BestRQParams(Params):
-    """MusicFM's recipe (REFERENCE.md: 128 log-mel bins, stacked, normalised, Xavier projection to
+    """MusicFM's recipe (the MERT paper (arXiv 2306.00107) and its peers: 128 log-mel bins, stacked, normalised, Xavier projection to
     16 dims, 4096-code random codebook, cosine) on MERT's 75 Hz grid: mel hop 80 x 4 stacked
     frames = 320 samples per target at 24 kHz (MusicFM: hop 240 x 4 -> 25 Hz)."""
 
@@ -90,18 +89,10 @@ class BestRQTeacher(Teacher):
         check_audio_batch(wav, lengths, f"teacher '{self.name}'")
         p = self.params
         mel, mel_lengths = self.logmel(wav.float(), lengths.to(wav.device))  # [B, M, n_mels]
-        frame_lengths = torch.div(mel_lengths, p.stack_frames, rounding_mode="floor")
-        if bool((frame_lengths < 1).any()):
-            b = int(frame_lengths.argmin())
-            raise MertlabError(
-                f"teacher '{self.name}': clip {b} has {int(lengths[b])} samples, shorter than one frame "
-                f"(needs >= {p.hop_length * (p.stack_frames - 1)} samples: stack_frames={p.stack_frames} "
-                f"mel frames of hop {p.hop_length})"
-            )
         if p.normalize == "per_clip":
             mel = self._standardise(mel, mel_lengths)
-        frames = int(frame_lengths.max())
-        stacked = mel[:, : frames * p.stack_frames].reshape(mel.shape[0], frames, -1)  # [B, T, stack * n_mels]
+        stacked, frame_lengths = stack_frames(mel, mel_lengths, p.stack_frames, lengths, p.hop_length, f"teacher '{self.name}'")
+        frames = stacked.shape[1]
         z = F.normalize(torch.einsum("btd,cdp->btcp", stacked, self.projection), dim=-1)
         codes = torch.einsum("btcp,ckp->btck", z, self.codebooks).argmax(-1)  # cosine: both unit-norm
         valid = torch.arange(frames, device=codes.device)[None, :] < frame_lengths[:, None]

@@ -4,7 +4,6 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-from nnAudio.features import CQT
 from pydantic import Field, model_validator
 from torch import Tensor
 
@@ -17,7 +16,7 @@ _STD_EPS = 1e-5
 
 
 class CQTParams(Params):
-    """Defaults are MERT's (REFERENCE.md): 24 kHz, fmin 32.7 Hz (C1), 336 bins, 48 bins/octave
+    """Defaults are MERT's (the MERT paper (arXiv 2306.00107) and its peers): 24 kHz, fmin 32.7 Hz (C1), 336 bins, 48 bins/octave
     (7 octaves), hop 320 (75 Hz, the default backbone's frame rate), raw linear magnitude."""
 
     sample_rate: int = Field(24000, gt=0, description="Sample rate (Hz) the teacher expects (MERT: 24000).")
@@ -67,6 +66,8 @@ class CQTTeacher(Teacher):
 
     def __init__(self, params: CQTParams) -> None:
         super().__init__(params)
+        from nnAudio.features import CQT  # imported here: nnAudio is slow to import
+
         self.cqt = CQT(
             sr=params.sample_rate, hop_length=params.hop_length, fmin=params.fmin, n_bins=params.n_bins,
             bins_per_octave=params.bins_per_octave, center=True, pad_mode="constant", trainable=False,

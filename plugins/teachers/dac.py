@@ -85,6 +85,22 @@ class DACParams(Params):
         return self
 
 
+def _load_weights(model_class: Any, path: Path, seed: int) -> Any:
+    """A ``dac.DAC`` from a weights file in DAC's format, read with ``weights_only=True``."""
+    import inspect
+
+    state = codec_support.read_weights("dac", path)
+    try:
+        accepted = inspect.signature(model_class).parameters
+        kwargs = {k: v for k, v in state["metadata"]["kwargs"].items() if k in accepted}
+        with codec_support.seeded_build(seed):
+            model = model_class(**kwargs)
+        model.load_state_dict(state["state_dict"], strict=True)
+    except Exception as exc:  # noqa: BLE001 - foreign files become one clear error
+        raise codec_support.load_error("dac", path, exc) from exc
+    return model
+
+
 class DACTeacher(Teacher):
     """Discrete RVQ codes of a Descript Audio Codec model: ``[B, T, n_codebooks]``.
 
@@ -96,8 +112,9 @@ class DACTeacher(Teacher):
     * DAC's encoder is not causal (its last frames see the padding), so clips are encoded in
       groups of equal length, each cropped to its valid samples: batched codes equal
       one-clip-at-a-time codes.
-    * ``pretrained: true`` loads a local weights file through DAC's own loader (``DAC.load``,
-      strict key matching); nothing is downloaded, a missing file is a clear error.
+    * ``pretrained: true`` loads a local weights file in DAC's format (``{"state_dict",
+      "metadata": {"kwargs"}}``, strict key matching) with ``weights_only=True``: unlike
+      ``DAC.load``, never as a ``torch.package`` archive or a pickle that could run code; nothing is downloaded, a missing file is a clear error.
       ``pretrained: false`` builds the released architecture with random weights from ``seed``
       and fits each used residual codebook by a seeded spherical k-means (DAC looks codes up by
       cosine) on encoder frames of ``init_seconds`` of synthetic audio.
@@ -118,11 +135,7 @@ class DACTeacher(Teacher):
         if params.pretrained:
             default, url = default_weights(params.model_type, params.model_bitrate)
             path = codec_support.resolve_weights(self.name, params.weights, default, url)
-            try:
-                with codec_support.seeded_build(params.seed):
-                    model = dac.DAC.load(str(path), strict=True)
-            except Exception as exc:  # noqa: BLE001 - unreadable or foreign files become one clear error
-                raise codec_support.load_error(self.name, path, exc) from exc
+            model = _load_weights(dac.DAC, path, params.seed)
             if int(model.sample_rate) != arch["sample_rate"]:
                 raise WeightsError(
                     f"dac teacher: weights file {path} holds a {model.sample_rate} Hz model, but model_type "

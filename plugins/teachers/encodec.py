@@ -17,7 +17,7 @@ SAMPLE_RATE = 24_000
 HOP_LENGTH = 320
 CODEBOOK_SIZE = 1024
 #: RVQ codebooks per target bandwidth of the 24 kHz model: kbps / (10 bits * 75 Hz).
-#: MERT uses 6 kbps -> 8 codebooks x 1024 codes at 75 Hz (/work/shared/REFERENCE.md).
+#: MERT uses 6 kbps -> 8 codebooks x 1024 codes at 75 Hz (the MERT paper (arXiv 2306.00107) and its peers).
 CODEBOOKS_PER_BANDWIDTH: dict[float, int] = {1.5: 2, 3.0: 4, 6.0: 8, 12.0: 16, 24.0: 32}
 #: File name used by ``EncodecModel.encodec_model_24khz`` (torch hub checkpoints directory).
 CHECKPOINT_NAME = "encodec_24khz-d7cc33bc.th"
@@ -116,8 +116,9 @@ class EncodecTeacher(Teacher):
             path = codec_support.resolve_weights(
                 self.name, params.weights, default_weights_path(), ROOT_URL + CHECKPOINT_NAME
             )
+            state = codec_support.read_weights(self.name, path)
             try:
-                model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+                model.load_state_dict(state)
             except Exception as exc:  # noqa: BLE001 - unreadable or foreign files become one clear error
                 raise codec_support.load_error(self.name, path, exc) from exc
         model.set_target_bandwidth(params.bandwidth)

@@ -1,22 +1,29 @@
 """``kmeans``: k-means pseudo-labels over a frame feature (HuBERT iterations 1 and 2, MERT-v0)."""
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Any, Callable, Iterable, Literal
 
 import torch
 from pydantic import Field, model_validator
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from mertlab.contracts import Params, TargetInfo, Targets, Teacher
 from mertlab.errors import MertlabError
-from mertlab.frame_features import BackboneLayer, FrameFeature, LogMelChroma, MFCCDeltas, check_audio_batch
+from mertlab.frame_features import (
+    BackboneLayer,
+    FrameFeature,
+    LogMelChroma,
+    MFCCDeltas,
+    check_audio_batch,
+    collect_frames,
+    valid_frames,
+)
 from mertlab.hookspecs import hookimpl
 from mertlab.kmeans import KMeansInit, fit_minibatch_kmeans, nearest_centroid
+from mertlab.teacher_state import load_state_file, save_state_file, tensor_digest
 
-STATE_FORMAT = "mertlab-kmeans-v1"
+STATE_FORMAT = "mertlab-kmeans-v2"  # safetensors + JSON metadata (core/teacher_state.py)
 #: Params that only steer fitting or name the state file: they do not change the features.
 FIT_ONLY_FIELDS = frozenset({"centroids", "seed", "n_iter", "batch_size", "init", "max_fit_frames"})
 # Floor on per-dimension feature std (constant dimensions, e.g. silence-only data).
@@ -25,12 +32,12 @@ _STD_EPS = 1e-5
 
 class KMeansParams(Params):
     """k-means teacher; defaults follow HuBERT iteration 1 (100 clusters of 39-dim MFCC) at
-    MERT's 24 kHz / 75 Hz frame grid (REFERENCE.md)."""
+    MERT's 24 kHz / 75 Hz frame grid (the MERT paper (arXiv 2306.00107) and its peers)."""
 
     feature: Literal["mfcc", "logmel_chroma", "hidden"] = Field(
         "mfcc",
         description="Frame feature clustered: mfcc (n_mfcc MFCC + deltas + delta-deltas, HuBERT iteration 1), "
-        "logmel_chroma (log-mel + 12-bin chroma, MERT-v0), hidden (layer `layer` of the mertlab backbone in "
+        "logmel_chroma (log-mel + 12-bin chroma, MERT-v0), hidden (layer `layer` of the backbone in "
         "`checkpoint`, HuBERT iteration 2).",
     )
     n_clusters: int = Field(100, ge=2, description="Number of clusters = vocabulary size (HuBERT: 100, iteration 2: 500).")
@@ -39,7 +46,11 @@ class KMeansParams(Params):
     n_fft: int = Field(2048, gt=0, description="STFT size (Hann window) of mfcc/logmel_chroma.")
     n_mels: int = Field(128, gt=0, description="Mel bands of mfcc/logmel_chroma.")
     n_mfcc: int = Field(13, gt=0, description="MFCCs before deltas (feature dim = 3 * n_mfcc; HuBERT: 13 -> 39).")
-    checkpoint: str | None = Field(None, description="feature=hidden: backbone file (mertlab.checkpoint.save_backbone) or training .ckpt.")
+    checkpoint: str | None = Field(
+        None,
+        description="feature=hidden: backbone file (mertlab.checkpoint.save_backbone), training .ckpt, or hf:DIR "
+        "(a local Hugging Face HubertModel / MERT directory: HuBERT iteration 2 from a released model).",
+    )
     layer: int = Field(6, ge=0, description="feature=hidden: index into hidden_states (0 = encoder input; HuBERT base iteration 2: 6).")
     centroids: str | None = Field(
         None, description="File holding the fitted state; written by `mertlab teachers fit SPEC`, loaded when present."
@@ -69,14 +80,6 @@ FEATURES: dict[str, Callable[[KMeansParams], FrameFeature]] = {
 }
 
 
-def _tensor_digest(tensors: Iterable[tuple[str, Tensor]]) -> str:
-    h = hashlib.sha256()
-    for name, t in tensors:
-        h.update(name.encode())
-        h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()[:16]
-
-
 class KMeansTeacher(Teacher):
     """Nearest-centroid codes ``[B, T, 1]`` (int64 in ``[0, n_clusters)``) of a frame feature.
 
@@ -102,7 +105,7 @@ class KMeansTeacher(Teacher):
         self.register_buffer("feature_mean", torch.zeros(0), persistent=False)
         self.register_buffer("feature_std", torch.zeros(0), persistent=False)
         self._backbone_digest = (
-            _tensor_digest(sorted(self.feature.state_dict().items())) if params.feature == "hidden" else None
+            tensor_digest(sorted(self.feature.state_dict().items())) if params.feature == "hidden" else None
         )
         if params.centroids is not None and Path(params.centroids).is_file():
             self.load_state(params.centroids)
@@ -126,8 +129,7 @@ class KMeansTeacher(Teacher):
         self._require_state()
         feats, frame_lengths = self.feature(wav.float(), lengths.to(wav.device))
         codes = nearest_centroid(self._standardise(feats).flatten(0, 1), self.centroids).view(feats.shape[:2])
-        valid = torch.arange(codes.shape[1], device=codes.device)[None, :] < frame_lengths[:, None]
-        codes = codes.masked_fill(~valid, 0)
+        codes = codes.masked_fill(~valid_frames(frame_lengths, codes.shape[1]), 0)
         return Targets(values=codes[:, :, None], lengths=frame_lengths, info=self._info)
 
     def _standardise(self, feats: Tensor) -> Tensor:
@@ -154,24 +156,9 @@ class KMeansTeacher(Teacher):
     def fit(self, batches: Iterable[tuple[Tensor, Tensor]], progress: bool = True) -> None:
         """Cluster the valid frames of ``batches`` (``(wav [B, S], lengths [B])`` at
         :attr:`sample_rate`), at most ``max_fit_frames`` of them, on this teacher's device."""
-        device = self.centroids.device
-        limit = self.params.max_fit_frames
-        chunks: list[Tensor] = []
-        total = 0
-        with tqdm(total=limit, desc=f"{self.name} features", unit="frame", disable=not progress, leave=False) as bar:
-            for wav, lengths in batches:
-                check_audio_batch(wav, lengths, f"teacher '{self.name}' fit")
-                feats, frame_lengths = self.feature(wav.to(device).float(), lengths.to(device))
-                valid = torch.arange(feats.shape[1], device=device)[None, :] < frame_lengths[:, None]
-                frames = feats[valid][: limit - total]
-                chunks.append(frames)
-                total += len(frames)
-                bar.update(len(frames))
-                if total >= limit:
-                    break
-        if not chunks:
-            raise MertlabError(f"teacher '{self.name}' fit: no audio batches to fit on")
-        x = torch.cat(chunks)
+        x = collect_frames(
+            self.feature, batches, self.params.max_fit_frames, self.centroids.device, f"teacher '{self.name}'", progress
+        )
         mean = x.mean(0)
         std = x.std(0, unbiased=False).clamp(min=_STD_EPS)
         centroids = fit_minibatch_kmeans(
@@ -197,41 +184,16 @@ class KMeansTeacher(Teacher):
         return config
 
     def save_state(self, path: str | Path) -> Path:
-        """Write centroids, feature statistics and :meth:`feature_config` to ``path`` atomically."""
+        """Write centroids and feature statistics (safetensors) with :meth:`feature_config`
+        (JSON metadata) to ``path`` atomically."""
         if not self.fitted:
             raise MertlabError(f"teacher '{self.name}' is not fitted: call fit() before save_state()")
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        payload = {
-            "format": STATE_FORMAT,
-            "feature_config": self.feature_config(),
-            "centroids": self.centroids.cpu(),
-            "feature_mean": self.feature_mean.cpu(),
-            "feature_std": self.feature_std.cpu(),
-        }
-        tmp = path.with_name(path.name + ".tmp")
-        torch.save(payload, tmp)
-        tmp.replace(path)  # readers never see a half-written file
-        return path
+        tensors = {"centroids": self.centroids, "feature_mean": self.feature_mean, "feature_std": self.feature_std}
+        return save_state_file(path, STATE_FORMAT, self.feature_config(), tensors, config_key="feature_config")
 
     def load_state(self, path: str | Path) -> None:
         """Load a file written by :meth:`save_state`; it must match this teacher's features."""
-        path = Path(path)
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except FileNotFoundError:
-            raise MertlabError(f"teacher '{self.name}': centroids file {path} not found") from None
-        except Exception as exc:  # noqa: BLE001 - any unreadable file is a user error here
-            raise MertlabError(f"{path}: not a readable k-means state file ({type(exc).__name__}: {exc})") from None
-        if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
-            raise MertlabError(f"{path}: not a mertlab k-means state file (expected format {STATE_FORMAT})")
-        stored, current = state["feature_config"], self.feature_config()
-        differ = sorted(k for k in stored.keys() | current.keys() if stored.get(k) != current.get(k))
-        if differ:
-            detail = ", ".join(f"{k}: file {stored.get(k)!r} vs params {current.get(k)!r}" for k in differ)
-            raise MertlabError(
-                f"{path} was fitted with different settings ({detail}); rerun `mertlab teachers fit SPEC`"
-            )
+        state = load_state_file(path, STATE_FORMAT, self.feature_config(), "k-means", config_key="feature_config")
         centroids = state["centroids"]
         if tuple(centroids.shape) != (self.params.n_clusters, self.feature.dim):
             raise MertlabError(
@@ -243,7 +205,7 @@ class KMeansTeacher(Teacher):
         if not self.fitted:
             return {"centroids": None}
         return {
-            "centroids": _tensor_digest(
+            "centroids": tensor_digest(
                 [("centroids", self.centroids), ("mean", self.feature_mean), ("std", self.feature_std)]
             ),
             "backbone": self._backbone_digest,

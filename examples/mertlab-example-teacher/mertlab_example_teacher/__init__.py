@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from pydantic import Field
 
-from mertlab.contracts import Params, TargetInfo, Targets, Teacher
+from mertlab.contracts import FrameTeacher, Params
 from mertlab.hookspecs import hookimpl
 
 
@@ -23,30 +23,25 @@ class LoudnessParams(Params):
     eps: float = Field(1e-5, gt=0, description="Floor added before the log, so silence stays finite.")
 
 
-class LoudnessTeacher(Teacher):
-    """Continuous targets: ``log(rms + eps)`` of each non-overlapping frame of ``hop_length``."""
+class LoudnessTeacher(FrameTeacher):
+    """Continuous targets: ``log(rms + eps)`` of each non-overlapping frame of ``hop_length``.
+
+    :class:`~mertlab.contracts.FrameTeacher` supplies ``sample_rate``/``hop_length`` (from the
+    params), ``info``, the frame count ``ceil(S / hop_length)`` and zeroed padding.
+    """
 
     name = "loudness"
     summary = "Frame-level log-RMS loudness (example third-party plugin)"
     Params = LoudnessParams
     target_kind = "continuous"
+    dim = 1
 
-    @property
-    def sample_rate(self) -> int:
-        return self.params.sample_rate
-
-    @property
-    def info(self) -> TargetInfo:
-        return TargetInfo(kind="continuous", dim=1, frame_rate=self.params.sample_rate / self.params.hop_length)
-
-    @torch.no_grad()
-    def targets(self, wav: torch.Tensor, lengths: torch.Tensor) -> Targets:
-        hop = self.params.hop_length
-        frames = wav.shape[1] // hop
-        chunks = wav[:, : frames * hop].reshape(wav.shape[0], frames, hop)
+    def compute(self, wav: torch.Tensor) -> torch.Tensor:
+        hop = self.hop_length
+        frames = self.num_frames(wav.shape[1])
+        chunks = torch.nn.functional.pad(wav, (0, frames * hop - wav.shape[1])).reshape(wav.shape[0], frames, hop)
         rms = chunks.pow(2).mean(dim=-1).sqrt()
-        values = torch.log(rms + self.params.eps).unsqueeze(-1)
-        return Targets(values=values.float(), lengths=torch.div(lengths, hop, rounding_mode="floor"), info=self.info)
+        return torch.log(rms + self.params.eps).unsqueeze(-1)
 
 
 @hookimpl

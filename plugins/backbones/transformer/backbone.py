@@ -10,8 +10,18 @@ from torch import Tensor, nn
 from mertlab.contracts import Backbone, BackboneOutput
 from mertlab.errors import DataError, MertlabError
 
-from .layers import Encoder, EncoderLayer, FeatureExtractor, FeatureProjection
+from .layers import Encoder, EncoderLayer, FeatureExtractor, FeatureProjection, MelFeatureExtractor
 from .params import TransformerParams
+
+
+def scale_gradient(x: Tensor, factor: float) -> Tensor:
+    """Identity forward; the backward pass multiplies the gradient by ``factor`` (fairseq's
+    ``GradMultiply``; 0 detaches)."""
+    if factor == 1.0 or not x.requires_grad:
+        return x
+    if factor == 0.0:
+        return x.detach()
+    return x * factor + x.detach() * (1.0 - factor)
 
 
 class TransformerBackbone(Backbone):
@@ -48,7 +58,7 @@ class TransformerBackbone(Backbone):
     def __init__(self, params: TransformerParams) -> None:
         super().__init__(params)
         # Attribute names = HF HubertModel's, so state_dict keys match (see hf.py).
-        self.feature_extractor = FeatureExtractor(params)
+        self.feature_extractor = MelFeatureExtractor(params) if params.frontend == "mel" else FeatureExtractor(params)
         self.feature_projection = FeatureProjection(params)
         self.masked_spec_embed = nn.Parameter(torch.empty(params.hidden_dim).uniform_())
         self.encoder = Encoder(params)
@@ -85,12 +95,22 @@ class TransformerBackbone(Backbone):
     def num_layers(self) -> int:
         return self.params.num_layers
 
+    @property
+    def min_samples(self) -> int:
+        """The shortest clip that gives one frame: the conv receptive field, 1 sample for mel."""
+        return 1 if self.params.frontend == "mel" else self.params.receptive_field
+
     def num_frames(self, num_samples: int) -> int:
-        """``floor((S - receptive_field) / hop) + 1`` (0 below the receptive field): the nested
-        conv output lengths collapse to this closed form (MERT: ``(S - 400) // 320 + 1``)."""
+        """conv: ``floor((S - receptive_field) / hop) + 1`` (0 below the receptive field): the
+        nested conv output lengths collapse to this closed form (MERT: ``(S - 400) // 320 + 1``).
+        mel: ``ceil(S / hop)`` (frame ``t`` centred on samples ``[t*hop, (t+1)*hop)``)."""
+        if self.params.frontend == "mel":
+            return -(-max(num_samples, 0) // self.params.hop)
         return max(0, (num_samples - self.params.receptive_field) // self.params.hop + 1)
 
     def frame_lengths(self, lengths: Tensor) -> Tensor:
+        if self.params.frontend == "mel":
+            return -torch.div(-lengths, self.params.hop, rounding_mode="floor")
         frames = torch.div(lengths - self.params.receptive_field, self.params.hop, rounding_mode="floor") + 1
         return frames.clamp(min=0)
 
@@ -124,17 +144,12 @@ class TransformerBackbone(Backbone):
         if wav.dim() != 2:
             raise MertlabError(f"transformer backbone expects wav [batch, samples], got shape {tuple(wav.shape)}")
         batch, num_samples = wav.shape
-        field = self.params.receptive_field
+        field = self.min_samples
         if num_samples < field:
             raise DataError(
                 f"clips of {num_samples} samples are shorter than the backbone's receptive field "
                 f"({field} samples = {field / self.sample_rate * 1000:.1f} ms at {self.sample_rate} Hz)"
             )
-        features = self.feature_extractor(wav).transpose(1, 2)  # [B, T, C]
-        num_frames = features.shape[1]
-
-        pad = None
-        steps = torch.arange(num_frames, device=wav.device)
         if lengths is not None:
             if lengths.shape != (batch,):
                 raise MertlabError(f"lengths must have shape [{batch}], got {tuple(lengths.shape)}")
@@ -143,6 +158,15 @@ class TransformerBackbone(Backbone):
                     f"lengths must lie in [{field}, {num_samples}] samples (receptive field, padded length); "
                     f"got {lengths.tolist()}"
                 )
+            if self.params.frontend == "mel":  # a clip's last STFT windows reach past its end: zeros, as alone
+                samples = torch.arange(num_samples, device=wav.device)
+                wav = wav.masked_fill(samples[None, :] >= lengths.to(wav.device)[:, None], 0.0)
+        features = scale_gradient(self.feature_extractor(wav), self.params.feature_grad_mult).transpose(1, 2)  # [B, T, C]
+        num_frames = features.shape[1]
+
+        pad = None
+        steps = torch.arange(num_frames, device=wav.device)
+        if lengths is not None:
             pad = steps[None, :] >= self.frame_lengths(lengths.to(wav.device))[:, None]
         padding_mask = pad if pad is not None else torch.zeros(batch, num_frames, dtype=torch.bool, device=wav.device)
         if pad is not None and not bool(pad.any()):
@@ -166,6 +190,9 @@ class TransformerBackbone(Backbone):
         )
 
     # ------------------------------------------------------------------ Hugging Face
+    #: HubertModel / HubertFor* (transformers) and MERT's own MERTModel (``mert_model``).
+    hf_model_types: ClassVar[tuple[str, ...]] = ("hubert", "mert_model")
+
     def save_hf(self, directory: Path) -> None:
         """Write a ``transformers.HubertModel`` directory; see :func:`.hf.save_hf`."""
         from .hf import save_hf

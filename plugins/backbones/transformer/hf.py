@@ -135,6 +135,11 @@ def hf_config_from_params(params: TransformerParams) -> dict[str, Any]:
     """``HubertConfig(**hf_config_from_params(p))`` builds the HF model with our architecture
     (MERT extras ``attention_relax``/``deepnorm``/``sample_rate`` included; HubertModel ignores
     them -- relaxation is numerically equivalent, DeepNorm is not representable there)."""
+    if params.frontend != "conv":
+        raise MertlabError(
+            f"backbone.params.frontend: '{params.frontend}' has no Hugging Face HubertModel equivalent "
+            "(HubertModel takes waveforms through its conv extractor); only frontend 'conv' maps to HF"
+        )
     config: dict[str, Any] = {hf: getattr(params, ours) for ours, hf in HF_CONFIG_KEYS.items()}
     for key in ("conv_dim", "conv_kernel", "conv_stride"):
         config[key] = list(config[key])
@@ -216,13 +221,14 @@ def load_hf(directory: str | Path, sample_rate: int | None = None) -> Transforme
 def save_hf(backbone: TransformerBackbone, directory: str | Path) -> Path:
     """Write ``backbone`` as a ``transformers.HubertModel`` directory: ``config.json``
     (``model_type: hubert``, our architecture via :func:`hf_config_from_params`) and
-    ``model.safetensors`` (our state dict: the keys are HF's)."""
-    from safetensors.torch import save_file
+    ``model.safetensors`` (our state dict: the keys are HF's), each written atomically."""
+    from mertlab.atomic import atomic_write
+    from mertlab.safe_load import write_plain_safetensors
 
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
+    # first: a backbone without an HF equivalent is refused before anything is written
     config = {"model_type": "hubert", "architectures": ["HubertModel"], **hf_config_from_params(backbone.params)}
-    (directory / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-    state = {k: v.detach().contiguous().cpu() for k, v in backbone.state_dict().items()}
-    save_file(state, str(directory / "model.safetensors"), metadata={"format": "pt"})
+    directory = Path(directory)
+    text = (json.dumps(config, indent=2) + "\n").encode()
+    atomic_write(directory / "config.json", lambda f: f.write(text))
+    write_plain_safetensors(directory / "model.safetensors", backbone.state_dict(), {"format": "pt"})
     return directory

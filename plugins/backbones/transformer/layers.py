@@ -14,6 +14,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from mertlab.log_mel import LogMelFrontend
+
 from .params import Activation, TransformerParams
 
 
@@ -76,13 +78,24 @@ class FeatureExtractor(nn.Module):
         return x
 
 
-class FeatureProjection(nn.Module):
-    """(LayerNorm) -> Linear(conv channels -> hidden) -> dropout, per frame."""
+class MelFeatureExtractor(nn.Module):
+    """Waveform ``[B, S]`` -> normalised log-mel ``[B, mel_bins, ceil(S / hop)]`` (``frontend: mel``)."""
 
     def __init__(self, p: TransformerParams):
         super().__init__()
-        self.layer_norm = nn.LayerNorm(p.conv_channels[-1], eps=p.layer_norm_eps) if p.projection_layer_norm else None
-        self.projection = nn.Linear(p.conv_channels[-1], p.hidden_dim)
+        self.log_mel = LogMelFrontend(p.sample_rate, p.mel_n_fft, p.hop, p.mel_bins)
+
+    def forward(self, wav: Tensor) -> Tensor:
+        return self.log_mel(wav).transpose(1, 2)
+
+
+class FeatureProjection(nn.Module):
+    """(LayerNorm) -> Linear(frontend features -> hidden) -> dropout, per frame."""
+
+    def __init__(self, p: TransformerParams):
+        super().__init__()
+        self.layer_norm = nn.LayerNorm(p.extractor_dim, eps=p.layer_norm_eps) if p.projection_layer_norm else None
+        self.projection = nn.Linear(p.extractor_dim, p.hidden_dim)
         self.dropout = nn.Dropout(p.projection_dropout)
 
     def forward(self, features: Tensor) -> Tensor:

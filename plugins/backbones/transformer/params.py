@@ -85,6 +85,16 @@ class TransformerParams(Params):
     )
     sample_rate: PositiveInt = Field(24000, description="Input sample rate in Hz (MERT: 24 kHz).")
 
+    # ---- frontend
+    frontend: Literal["conv", "mel"] = Field(
+        "conv",
+        description="conv: HuBERT/MERT waveform CNN (the conv_* fields; Hugging Face HubertModel layout); mel: a "
+        "log-mel spectrogram (the mel_* fields, hop = the product of conv_strides, so the frame rate is the same) "
+        "projected to hidden_dim, as spectrogram models such as MusicFM and MuQ use (not exportable to HF).",
+    )
+    mel_bins: PositiveInt = Field(128, description="frontend mel: number of mel bins (MusicFM/BEST-RQ: 128).")
+    mel_n_fft: PositiveInt = Field(2048, description="frontend mel: STFT size in samples (MusicFM: 2048 at 24 kHz).")
+
     # ---- convolutional feature extractor
     conv_channels: tuple[PositiveInt, ...] = Field(
         (512,) * 7, min_length=1, description="Output channels of each extractor conv layer (MERT: 7 x 512)."
@@ -102,6 +112,13 @@ class TransformerParams(Params):
         "so padding changes the output); layer_norm: LayerNorm after every conv (HF 'layer', MERT-330M; padding-invariant).",
     )
     extractor_activation: Activation = Field("gelu", description="Activation of the extractor convs and the positional conv.")
+    feature_grad_mult: float = Field(
+        1.0,
+        ge=0.0,
+        description="Scales the gradient reaching the frontend (forward unchanged): fairseq wav2vec 2.0/HuBERT base "
+        "pre-training use 0.1 (feature_grad_mult in wav2vec2_base_librispeech.yaml / hubert_base_librispeech.yaml) so "
+        "the conv extractor learns slowly; 0 freezes it; 1 = plain gradients.",
+    )
     projection_layer_norm: bool = Field(True, description="LayerNorm on extractor features before the projection (HF feat_proj_layer_norm).")
     projection_dropout: float = Field(0.1, ge=0.0, lt=1.0, description="Dropout after the feature projection (fairseq dropout_input: 0.1).")
 
@@ -141,7 +158,7 @@ class TransformerParams(Params):
     @classmethod
     def _fill_from_preset(cls, data: Any) -> Any:
         """Fill preset fields the user left unset (explicit values always win)."""
-        if isinstance(data, dict) and data.get("preset") in PRESETS:
+        if isinstance(data, dict) and isinstance(data.get("preset"), str) and data["preset"] in PRESETS:
             data = {**PRESETS[data["preset"]], **data}
         return data
 
@@ -168,8 +185,14 @@ class TransformerParams(Params):
         return math.prod(self.conv_strides)
 
     @property
+    def extractor_dim(self) -> int:
+        """Width of the frontend's per-frame features (the feature projection's input)."""
+        return self.mel_bins if self.frontend == "mel" else self.conv_channels[-1]
+
+    @property
     def receptive_field(self) -> int:
-        """Samples seen by one frame (MERT: 400); also the shortest clip giving one frame."""
+        """Samples seen by one frame of the conv frontend (MERT: 400); also the shortest clip
+        giving one frame. (The mel frontend gives ``ceil(S / hop)`` frames for any ``S >= 1``.)"""
         field, jump = 1, 1
         for kernel, stride in zip(self.conv_kernels, self.conv_strides):
             field += (kernel - 1) * jump

@@ -1,0 +1,104 @@
+"""On-disk cache of extracted clip features, so re-probing never re-runs a backbone needlessly.
+
+An entry is one :class:`~mertlab.probe.extract.FeatureSet` (``.npz``, every layer) stored under
+``<root>/<key[:2]>/<key>.npz``. The key hashes what the features depend on:
+
+* the feature source -- a checkpoint's **content hash** (so a retrained or edited checkpoint
+  misses, a copied one hits), the architecture and seed of a random-init backbone, or a
+  handcrafted baseline's settings;
+* the task's audio files, in order, by resolved path, size and modification time;
+* the window length.
+
+Probe settings (layers, epochs, patience, seed of the MLP...) are not part of it: they only
+change the probes fitted on the cached features. Entries are written to a unique temporary
+name and renamed into place, so an interrupted or concurrent run never leaves a partial entry.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from mertlab.errors import MertlabError
+from mertlab.probe.extract import FeatureSet
+
+#: Default cache folder, relative to the working directory.
+DEFAULT_CACHE_DIR = Path(".mertlab-cache") / "features"
+CACHE_FORMAT = 1
+
+
+def file_identity(path: str | Path) -> list[Any]:
+    """``[resolved path, size, mtime_ns]`` of a file: changes when the file is edited."""
+    path = Path(path)
+    try:
+        stat = path.stat()
+    except OSError as exc:
+        raise MertlabError(f"{path}: cannot read ({exc.strerror})") from None
+    return [str(path.resolve()), stat.st_size, stat.st_mtime_ns]
+
+
+def content_hash(paths: Sequence[str | Path]) -> str:
+    """SHA-256 of the bytes of ``paths`` (in order, names included): a checkpoint's identity."""
+    digest = hashlib.sha256()
+    for path in paths:
+        path = Path(path)
+        digest.update(path.name.encode() + b"\0")
+        try:
+            with open(path, "rb") as f:
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    digest.update(chunk)
+        except OSError as exc:
+            raise MertlabError(f"{path}: cannot read ({exc.strerror})") from None
+    return digest.hexdigest()
+
+
+class FeatureCache:
+    """Features by key under ``root``; ``root=None`` disables caching (always computes)."""
+
+    def __init__(self, root: str | Path | None = DEFAULT_CACHE_DIR) -> None:
+        self.root = Path(root) if root is not None else None
+        self.hits = 0
+        self.misses = 0
+
+    @staticmethod
+    def key(source: dict[str, Any], paths: Sequence[str | Path], window_seconds: float) -> str:
+        payload = {"format": CACHE_FORMAT, "source": source, "files": [file_identity(p) for p in paths],
+                   "window_seconds": float(window_seconds)}
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+    def path(self, key: str) -> Path:
+        assert self.root is not None
+        return self.root / key[:2] / f"{key}.npz"
+
+    def get_or_compute(
+        self,
+        source: dict[str, Any],
+        paths: Sequence[str | Path],
+        window_seconds: float,
+        compute: Callable[[], FeatureSet],
+    ) -> FeatureSet:
+        """The cached features of ``source`` on ``paths``, else ``compute()`` (then stored)."""
+        if self.root is None:
+            self.misses += 1
+            return compute()
+        entry = self.path(self.key(source, paths, window_seconds))
+        if entry.is_file():
+            try:
+                features = FeatureSet.load(entry)
+            except MertlabError:
+                features = None  # unreadable (e.g. a disk error): recompute and replace it
+            if features is not None and features.paths == [str(p) for p in paths]:
+                self.hits += 1
+                return features
+        self.misses += 1
+        features = compute()
+        features.meta = {**features.meta, "cache_source": source}
+        self._store(features, entry)
+        return features
+
+    def _store(self, features: FeatureSet, entry: Path) -> None:
+        try:
+            features.save(entry)  # unique temporary name, then renamed into place
+        except OSError as exc:
+            raise MertlabError(f"feature cache {self.root}: cannot write ({exc.strerror}); use another --cache-dir or --no-cache") from None

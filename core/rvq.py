@@ -1,0 +1,176 @@
+"""Residual vector quantisation through linear projections: the tokenizer of MuQ's Mel-RVQ.
+
+MuQ (Zhu et al., 2025, "MuQ: Self-Supervised Music Representation Learning with Mel Residual
+Vector Quantization", arXiv 2501.01108, Sec. 3.2 "Mel-RVQ"; released code
+``src/muq/muq/modules/rvq.py``) quantises normalised mel frames with a stack of stages, each a
+linear projection of the current residual into a small codebook space, the nearest code by
+cosine, and a linear projection of that code back to the frame space; the next stage quantises
+what is left::
+
+    r_0 = x;   z_c = W_c r_c + b_c;   k_c = argmax_k cos(z_c, e_{c,k});   r_{c+1} = r_c - (V_c e_{c,k_c} + d_c)
+    x_hat = sum_c (V_c e_{c,k_c} + d_c)
+
+Training minimises ``|x - x_hat|_1 + codebook_weight * ||sg(z) - e||^2 + commitment_weight *
+||z - sg(e)||^2`` (MuQ's code: weights 1.0 and 0.25) with a straight-through estimator, and
+restarts codes left unused for ``dead_code_steps`` consecutive steps on random projected
+frames of the current batch (MuQ's ``stale_tolerance``), so every code ends up used.
+
+mertlab's choices where the paper is silent: plain linear layers (MuQ's code wraps them in
+weight normalisation, a reparametrisation of the same function class), Adam, and codebooks
+initialised by k-means of each stage's projected frames (stage by stage) rather than at
+random, which keeps all codes in use from the start.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from mertlab.errors import MertlabError
+from mertlab.kmeans import fit_minibatch_kmeans
+
+# Rows per assignment block: bounds the [rows, codebook_size] similarity matrix.
+_CHUNK = 16384
+
+
+@dataclass
+class RVQOutput:
+    """``recon`` ``[N, D]``; ``codes`` ``[N, C]``; ``latents``: per stage ``[N, d]`` projections;
+    ``commitment`` / ``codebook``: the two VQ loss terms, summed over stages."""
+
+    recon: Tensor
+    codes: Tensor
+    latents: list[Tensor]
+    commitment: Tensor
+    codebook: Tensor
+
+
+class ResidualLinearVQ(nn.Module):
+    """``n_codebooks`` stages of (linear in, cosine nearest code, linear out) over residuals."""
+
+    def __init__(self, input_dim: int, n_codebooks: int, codebook_size: int, codebook_dim: int) -> None:
+        super().__init__()
+        self.input_dim, self.n_codebooks, self.codebook_size = input_dim, n_codebooks, codebook_size
+        self.in_proj = nn.ModuleList(nn.Linear(input_dim, codebook_dim) for _ in range(n_codebooks))
+        self.out_proj = nn.ModuleList(nn.Linear(codebook_dim, input_dim) for _ in range(n_codebooks))
+        self.codebooks = nn.Parameter(torch.randn(n_codebooks, codebook_size, codebook_dim))
+
+    def assign(self, z: Tensor, stage: int) -> Tensor:
+        """``[N]`` index of the code of ``stage`` with the highest cosine similarity to each row of ``z``."""
+        book = F.normalize(self.codebooks[stage].detach(), dim=-1)
+        return torch.cat([(F.normalize(block, dim=-1) @ book.T).argmax(1) for block in z.detach().split(_CHUNK)])
+
+    def forward(self, x: Tensor) -> RVQOutput:
+        """Quantise ``x`` ``[N, input_dim]``; differentiable (straight-through) for fitting."""
+        residual, recon = x, torch.zeros_like(x)
+        codes, latents = [], []
+        commitment = codebook = x.new_zeros(())
+        for stage in range(self.n_codebooks):
+            z = self.in_proj[stage](residual)
+            index = self.assign(z, stage)
+            q = self.codebooks[stage][index]
+            commitment = commitment + F.mse_loss(z, q.detach())
+            codebook = codebook + F.mse_loss(q, z.detach())
+            out = self.out_proj[stage](z + (q - z).detach())
+            recon, residual = recon + out, residual - out
+            codes.append(index)
+            latents.append(z)
+        return RVQOutput(recon, torch.stack(codes, 1), latents, commitment, codebook)
+
+    @torch.no_grad()
+    def encode(self, x: Tensor) -> Tensor:
+        """``[N, n_codebooks]`` int64 codes of ``x`` ``[N, input_dim]``."""
+        return torch.cat([self(block).codes for block in x.split(_CHUNK)]) if len(x) else x.new_zeros(0, self.n_codebooks, dtype=torch.long)
+
+    @torch.no_grad()
+    def decode(self, codes: Tensor) -> Tensor:
+        """``[N, input_dim]`` reconstruction from ``[N, n_codebooks]`` codes."""
+        return sum(self.out_proj[c](self.codebooks[c][codes[:, c]]) for c in range(self.n_codebooks))
+
+    @torch.no_grad()
+    def init_codebooks(self, x: Tensor, generator: torch.Generator) -> None:
+        """Stage by stage, on the residual the earlier stages leave: the codes := k-means
+        centroids of the stage's (unit-norm) projected rows of ``x``, scaled to their mean norm,
+        so every code starts where data is and used about equally."""
+        residual = x
+        for stage in range(self.n_codebooks):
+            z = self.in_proj[stage](residual)
+            seed = int(torch.randint(2**31 - 1, (1,), generator=generator))
+            if len(z) >= self.codebook_size:
+                unit = F.normalize(z, dim=-1)
+                codes = fit_minibatch_kmeans(unit, self.codebook_size, n_iter=20, batch_size=1024, seed=seed, progress=False)
+                codes = codes * z.norm(dim=-1).mean()
+            else:  # fewer rows than codes: rows, repeated
+                codes = z[_draw(len(z), self.codebook_size, generator, z.device)]
+            self.codebooks[stage].copy_(codes)
+            residual = residual - self.out_proj[stage](self.codebooks[stage][self.assign(z, stage)])
+
+
+def _draw(n: int, k: int, generator: torch.Generator, device: torch.device) -> Tensor:
+    """``k`` row indices in ``[0, n)``, distinct when ``k <= n`` (seeded, same draws on every device)."""
+    rows = torch.randperm(n, generator=generator)
+    if k > n:
+        rows = rows.repeat(-(-k // n))
+    return rows[:k].to(device)
+
+
+@dataclass(frozen=True)
+class RVQFitSettings:
+    """How :func:`fit_rvq` trains (see the module docstring for the loss)."""
+
+    steps: int = 2000
+    batch_size: int = 4096
+    lr: float = 1e-3
+    commitment_weight: float = 0.25
+    codebook_weight: float = 1.0
+    dead_code_steps: int = 100
+    seed: int = 0
+
+
+def fit_rvq(rvq: ResidualLinearVQ, x: Tensor, settings: RVQFitSettings, progress: bool = True, desc: str = "Mel-RVQ") -> list[float]:
+    """Train ``rvq`` on the rows of ``x`` ``[N, input_dim]`` (on their device); returns the L1
+    reconstruction error of every step's batch. Deterministic for a given seed and device."""
+    if x.dim() != 2 or x.shape[1] != rvq.input_dim:
+        raise MertlabError(f"{desc}: expected frames [N, {rvq.input_dim}], got shape {tuple(x.shape)}")
+    if len(x) < 2:
+        raise MertlabError(f"{desc}: needs at least 2 frames to fit, got {len(x)}")
+    if not bool(torch.isfinite(x).all()):
+        raise MertlabError(f"{desc}: fitting frames contain NaN or inf")
+    generator = torch.Generator().manual_seed(settings.seed)
+    rvq.train()
+    rvq.init_codebooks(x[_draw(len(x), min(len(x), 4 * settings.batch_size), generator, x.device)], generator)
+    optimizer = torch.optim.Adam(rvq.parameters(), lr=settings.lr)
+    stale = torch.zeros(rvq.n_codebooks, rvq.codebook_size, device=x.device)
+    history: list[float] = []
+    bar = tqdm(range(settings.steps), desc=desc, unit="step", disable=not progress, leave=False)
+    for _ in bar:
+        batch = x[_draw(len(x), min(len(x), settings.batch_size), generator, x.device)]
+        out = rvq(batch)
+        recon = (out.recon - batch).abs().mean()
+        loss = recon + settings.codebook_weight * out.codebook + settings.commitment_weight * out.commitment
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        _restart_dead_codes(rvq, out, stale, settings.dead_code_steps, generator)
+        history.append(float(recon.detach()))
+        bar.set_postfix(recon=f"{history[-1]:.4f}")
+    rvq.eval()
+    return history
+
+
+@torch.no_grad()
+def _restart_dead_codes(rvq: ResidualLinearVQ, out: RVQOutput, stale: Tensor, patience: int, generator: torch.Generator) -> None:
+    """Count, per code, the consecutive steps it went unused; move codes unused for ``patience``
+    steps onto random projected frames of this batch (where the data is)."""
+    for stage in range(rvq.n_codebooks):
+        used = torch.bincount(out.codes[:, stage], minlength=rvq.codebook_size) > 0
+        stale[stage] = torch.where(used, 0.0, stale[stage] + 1)
+        dead = torch.nonzero(stale[stage] >= patience).squeeze(1)
+        if len(dead):
+            latents = out.latents[stage].detach()
+            rvq.codebooks[stage, dead] = latents[_draw(len(latents), len(dead), generator, latents.device)]
+            stale[stage, dead] = 0
+

@@ -1,0 +1,449 @@
+"""Contract tests for mertlab components, shipped with mertlab so plugin packages can run them.
+
+In a plugin package's test file, one line tests a component against its contract::
+
+    from mertlab.testing import contract_tests
+
+    test_onset_flux = contract_tests("teacher", "onset_flux")
+
+That is a pytest test parametrized over the checks of the component's kind (each reported
+on its own, e.g. ``test_onset_flux[determinism]``); ``mertlab check-plugin onset_flux`` runs the
+same checks from the command line. Components are built with their ``test_params`` (a small,
+download-free configuration) and run on generated music (:func:`contract_audio`: tones with
+onsets, drum transients, clicks and a noise burst).
+
+Teacher checks: registration contract; outputs through the boundary check of
+:mod:`mertlab.teacher_output` (shape, dtype, code range, finite values, lengths and frame
+counts against ``info.frame_rate``); determinism; a batch with junk padding equals each clip
+alone; padding content does not change valid frames; fingerprint stability; the target cache
+round-trip. Backbones, objectives, maskings and callbacks get the checks of their contract.
+mertlab's own test suite runs these very checks on every registered component.
+"""
+from __future__ import annotations
+
+import functools
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from mertlab.errors import MertlabError, TeacherOutputError
+
+RegistryLike = Any  # a mertlab.registry.Registry, or a zero-argument callable returning one
+
+
+class ContractViolation(MertlabError):
+    """A component does not honour its contract; the message names it, its origin and the check."""
+
+
+class CheckSkipped(Exception):
+    """A check does not apply to this component (e.g. a teacher that must be fitted first)."""
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """Outcome of one check: ``status`` is ``passed``, ``failed`` or ``skipped``."""
+
+    check: str
+    status: str
+    message: str = ""
+
+
+# --------------------------------------------------------------------------- audio
+def contract_audio(seconds: float, sample_rate: int, seed: int = 0) -> torch.Tensor:
+    """``[S]`` float32 generated music at ``sample_rate``: chords and a melody with onsets,
+    drums, a click every 0.25 s and a burst of white noise, peak 0.9 (deterministic)."""
+    from mertlab.data.demo import render_piece
+
+    rng = np.random.default_rng([seed, 1234])
+    wav = render_piece(seconds, rng, sr=sample_rate).astype(np.float64)
+    n = wav.shape[0]
+    for start in range(0, n, max(1, sample_rate // 4)):  # clicks: sharp transients
+        wav[start: start + max(1, sample_rate // 1000)] += 0.6
+    burst = slice(n // 3, n // 3 + n // 10)
+    wav[burst] += rng.normal(0, 0.3, wav[burst].shape)
+    return torch.from_numpy(0.9 * wav / max(np.abs(wav).max(), 1e-6)).float()
+
+
+def _batch(clips: list[torch.Tensor], pad: float | str = 0.0, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(wav [B, max S], lengths)``; padding is ``pad`` or, for ``"noise"``, loud noise."""
+    lengths = torch.tensor([c.numel() for c in clips])
+    g = torch.Generator().manual_seed(seed)
+    wav = torch.randn(len(clips), int(lengths.max()), generator=g) if pad == "noise" else torch.full((len(clips), int(lengths.max())), float(pad))
+    for b, c in enumerate(clips):
+        wav[b, : c.numel()] = c
+    return wav, lengths
+
+
+# --------------------------------------------------------------------------- helpers
+def _resolve(registry: RegistryLike) -> Any:
+    if registry is None:
+        from mertlab.registry import get_registry
+
+        return get_registry()
+    return registry() if callable(registry) and not hasattr(registry, "get") else registry
+
+
+def _build(entry: Any, **context: Any) -> Any:
+    params = dict(getattr(entry.component, "test_params", {}) or {})
+    if "checkpoint" in entry.params_model.model_fields and not params.get("checkpoint"):
+        # a teacher reading a trained backbone gets a tiny one, where its params accept one
+        # (kmeans takes a checkpoint only with feature=hidden)
+        with_checkpoint = {**params, "checkpoint": _tiny_backbone_file()}
+        try:
+            entry.params_model.model_validate(with_checkpoint)
+        except ValueError:  # pydantic's ValidationError is a ValueError
+            pass
+        else:
+            params = with_checkpoint
+    return entry.build(params, **context)
+
+
+@functools.lru_cache(maxsize=1)
+def _tiny_backbone_file() -> str:
+    """A saved tiny ``transformer`` backbone (a temporary file, once per process)."""
+    import tempfile
+
+    import torch
+
+    from mertlab.checkpoint import save_backbone
+    from mertlab.registry import get_registry
+
+    torch.manual_seed(0)
+    backbone = get_registry().build("backbone", "transformer", {"preset": "tiny"})
+    return str(save_backbone(Path(tempfile.mkdtemp(prefix="mertlab-contract-")) / "backbone.safetensors", backbone))
+
+
+def _label(entry: Any) -> str:
+    from mertlab.registry import component_label
+
+    return component_label(entry.component, entry.kind)
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise ContractViolation(message)
+
+
+def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
+    if a.shape != b.shape:
+        return False
+    if a.dtype.is_floating_point:
+        return bool(torch.allclose(a, b, rtol=1e-4, atol=1e-5))
+    return bool(torch.equal(a, b))
+
+
+# --------------------------------------------------------------------------- checks: every kind
+def check_registration(entry: Any) -> None:
+    """Registration contract, default params round-trip through JSON, a JSON schema, and
+    ``test_params`` valid."""
+    from mertlab.registry import contract_problems
+
+    problems = contract_problems(entry.kind, entry.component)
+    _require(not problems, "; ".join(problems))
+    params = entry.params_model()
+    _require(entry.params_model.model_validate(params.model_dump(mode="json")) == params,
+             "default params do not survive a JSON round-trip")
+    import json
+
+    json.dumps(entry.params_model.model_json_schema())
+    _require(entry.params_model.model_config.get("extra") == "forbid",
+             "Params must forbid unknown fields (subclass mertlab.contracts.Params)")
+    test_params = getattr(entry.component, "test_params", {})
+    _require(isinstance(test_params, dict), f"test_params must be a dict, got {test_params!r}")
+    entry.validate_params(test_params)
+
+
+# --------------------------------------------------------------------------- checks: teachers
+def _teacher(entry: Any, fresh: bool = False) -> Any:
+    """The entry's teacher built with its ``test_params`` (shared by the checks: teachers are
+    frozen; ``fresh`` builds a second instance)."""
+    from mertlab.contracts import Teacher
+
+    teacher = _build(entry) if fresh else _shared_teacher(entry)
+    _require(isinstance(teacher, Teacher), f"built a {type(teacher).__name__}, not a mertlab.contracts.Teacher")
+    _require(teacher.target_kind == teacher.info.kind,
+             f"target_kind is {teacher.target_kind!r} but info.kind is {teacher.info.kind!r}")
+    if teacher.requires_fit:
+        raise CheckSkipped("requires fitting first (requires_fit = True)")
+    return teacher.eval()
+
+
+@functools.lru_cache(maxsize=2)
+def _shared_teacher(entry: Any) -> Any:
+    return _build(entry)
+
+
+def _clips(rate: int) -> list[torch.Tensor]:
+    return [contract_audio(1.0, rate, seed=1), contract_audio(0.6, rate, seed=2)]
+
+
+def _targets(teacher: Any, wav: torch.Tensor, lengths: torch.Tensor) -> Any:
+    from mertlab.teacher_output import check_targets
+
+    with torch.no_grad():
+        return check_targets(teacher, teacher.targets(wav, lengths), wav.shape[1], lengths)
+
+
+def check_teacher_outputs(entry: Any) -> None:
+    """Shapes, dtypes, code range, finite values, lengths and frame counts (the boundary check)."""
+    teacher = _teacher(entry)
+    wav, lengths = _batch(_clips(teacher.sample_rate))
+    out = _targets(teacher, wav, lengths)
+    _require(int(out.lengths[1]) < int(out.lengths[0]),
+             f"a shorter clip must have fewer valid frames, got lengths {out.lengths.tolist()}")
+
+
+def check_teacher_determinism(entry: Any) -> None:
+    """The same audio gives the same targets twice, and from a second instance."""
+    teacher = _teacher(entry)
+    wav, lengths = _batch(_clips(teacher.sample_rate))
+    first, again, other = (_targets(t, wav, lengths) for t in (teacher, teacher, _teacher(entry, fresh=True)))
+    _require(_same(first.values, again.values), "two calls on the same audio gave different targets")
+    _require(_same(first.values, other.values), "two instances with the same params gave different targets")
+
+
+def check_teacher_batching(entry: Any) -> None:
+    """A padded batch gives each clip the valid frames (and length) it has alone."""
+    teacher = _teacher(entry)
+    clips = _clips(teacher.sample_rate)
+    wav, lengths = _batch(clips, pad=0.5)
+    batch = _targets(teacher, wav, lengths)
+    for b, clip in enumerate(clips):
+        alone = _targets(teacher, clip[None], torch.tensor([clip.numel()]))
+        n = int(alone.lengths[0])
+        _require(int(batch.lengths[b]) == n, f"clip {b}: {int(batch.lengths[b])} valid frames in a batch, {n} alone")
+        _require(_same(batch.values[b, :n], alone.values[0, :n]),
+                 f"clip {b}: valid frames differ between a padded batch and the clip alone")
+
+
+def check_teacher_padding(entry: Any) -> None:
+    """What lies past a clip's length (zeros or loud noise) does not change its valid frames."""
+    teacher = _teacher(entry)
+    clip = contract_audio(0.6, teacher.sample_rate, seed=3)
+    padded = torch.cat([clip, torch.zeros(teacher.sample_rate // 2)])
+    lengths = torch.tensor([clip.numel()])
+    zeros = _targets(teacher, padded[None], lengths)
+    noisy = padded.clone()
+    noisy[clip.numel():] = torch.randn(noisy.numel() - clip.numel(), generator=torch.Generator().manual_seed(0))
+    noise = _targets(teacher, noisy[None], lengths)
+    n = int(zeros.lengths[0])
+    _require(_same(zeros.values[0, :n], noise.values[0, :n]), "noise in the padding changed the valid frames")
+
+
+def check_teacher_fingerprint(entry: Any) -> None:
+    """Two instances with the same params have the same fingerprint (the cache key)."""
+    a, b = _shared_teacher(entry), _build(entry)
+    fingerprint = a.fingerprint()
+    _require(isinstance(fingerprint, str) and fingerprint, f"fingerprint() must be a non-empty str, got {fingerprint!r}")
+    _require(fingerprint == b.fingerprint(), "fingerprint() differs between two instances with the same params")
+
+
+def check_teacher_cache_round_trip(entry: Any) -> None:
+    """Targets stored in and read back from the target cache equal the teacher's own."""
+    import soundfile as sf
+
+    from mertlab.data.audio import probe
+    from mertlab.target_cache import TeacherCache, Windowing, compute_file_targets
+
+    teacher = _teacher(entry)
+    clip = contract_audio(1.0, teacher.sample_rate, seed=4)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "clip.wav"
+        sf.write(str(path), clip.numpy(), teacher.sample_rate, subtype="FLOAT")
+        file = probe(path)
+        windowing = Windowing()
+        cache = TeacherCache(Path(tmp) / "cache", teacher, windowing)
+        entry_path = cache.entry(path)
+        cache.store(entry_path, compute_file_targets(teacher, file, windowing))
+        read = torch.from_numpy(np.array(TeacherCache(Path(tmp) / "cache", teacher).read(path)))
+    whole = _targets(teacher, clip[None], torch.tensor([clip.numel()]))
+    n = int(whole.lengths[0])
+    expected = whole.values[0, :n]
+    _require(read.shape == expected.shape, f"cache holds {tuple(read.shape)} targets, the teacher gives {tuple(expected.shape)}")
+    _require(_same(read.to(expected.dtype), expected), "targets read back from the cache differ from the teacher's")
+
+
+# --------------------------------------------------------------------------- checks: other kinds
+def _audio_batch(rate: int, seconds: float = 0.5) -> torch.Tensor:
+    return torch.stack([contract_audio(seconds, rate, seed=s) for s in (5, 6)])
+
+
+def check_backbone_forward(entry: Any) -> None:
+    """Hidden states, padding mask, frame rate and instrumentation as the contract says."""
+    from mertlab.contracts import Backbone, BackboneOutput
+
+    torch.manual_seed(0)
+    backbone = _build(entry).eval()
+    _require(isinstance(backbone, Backbone), f"built a {type(backbone).__name__}, not a mertlab.contracts.Backbone")
+    wav = _audio_batch(backbone.sample_rate)
+    samples = wav.shape[1]
+    frames = backbone.num_frames(samples)
+    mask = torch.zeros(2, frames, dtype=torch.bool)
+    mask[:, 2:5] = True
+    with torch.no_grad():
+        out = backbone(wav, torch.tensor([samples, samples // 2]), mask, instrument=True)
+    _require(isinstance(out, BackboneOutput), f"forward returned {type(out).__name__}, not BackboneOutput")
+    _require(len(out.hidden_states) == backbone.num_layers + 1,
+             f"{len(out.hidden_states)} hidden states for {backbone.num_layers} layers (expected layers + 1)")
+    _require(out.last_hidden_state.shape == (2, frames, backbone.hidden_dim),
+             f"last hidden state {tuple(out.last_hidden_state.shape)}, expected {(2, frames, backbone.hidden_dim)}")
+    _require(out.padding_mask.shape == (2, frames) and bool(out.padding_mask[1].any()) and not bool(out.padding_mask[0].any()),
+             "padding_mask must be [B, T], True exactly at the frames past each clip's length")
+    _require(out.frame_rate == backbone.frame_rate, f"output frame_rate {out.frame_rate} != backbone.frame_rate {backbone.frame_rate}")
+    _require(out.attn_max_logits is not None and out.act_rms is not None
+             and len(out.attn_max_logits) == len(out.act_rms) == backbone.num_layers,
+             "instrument=True must fill attn_max_logits and act_rms with one value per layer")
+    _require(bool(backbone.block_names()), "block_names() must name at least one block")
+
+
+def check_backbone_determinism(entry: Any) -> None:
+    """In eval mode the same input gives the same features."""
+    torch.manual_seed(0)
+    backbone = _build(entry).eval()
+    wav = _audio_batch(backbone.sample_rate)
+    with torch.no_grad():
+        a, b = backbone(wav).last_hidden_state, backbone(wav).last_hidden_state
+    _require(_same(a, b), "two forward passes in eval mode gave different features")
+
+
+def check_objective_loss(entry: Any) -> None:
+    """A finite scalar loss with gradient to the features, and ``family/key`` metric names."""
+    from mertlab.contracts import BackboneOutput, Objective, TargetInfo, Targets
+
+    torch.manual_seed(0)
+    kind = entry.component.accepts[0]
+    info = TargetInfo(kind, 2, 75.0, (16, 16)) if kind == "discrete" else TargetInfo(kind, 6, 75.0)
+    objective = _build(entry, hidden_dim=8, num_layers=2, target_info=info)
+    _require(isinstance(objective, Objective), f"built a {type(objective).__name__}, not a mertlab.contracts.Objective")
+    hidden = tuple(torch.randn(2, 20, 8, requires_grad=True) for _ in range(3))
+    out = BackboneOutput(hidden, torch.zeros(2, 20, dtype=torch.bool), 75.0)
+    values = torch.randint(0, 16, (2, 20, 2)) if kind == "discrete" else torch.randn(2, 20, 6)
+    mask = torch.rand(2, 20) < 0.5
+    result = objective(out, Targets(values, torch.tensor([20, 20]), info), mask)
+    _require(result.loss.ndim == 0 and bool(torch.isfinite(result.loss)), f"loss must be a finite scalar, got {result.loss}")
+    result.loss.backward()
+    _require(hidden[-1].grad is not None and bool(hidden[-1].grad.abs().sum() > 0), "the loss has no gradient to the last hidden state")
+    _require(all("/" in key for key in result.metrics), f"metric keys must look like 'acc/cb0', got {sorted(result.metrics)}")
+
+
+def check_masking(entry: Any) -> None:
+    """A ``[B, T]`` bool mask, never on padding, masking something where there is audio."""
+    from mertlab.contracts import Masking
+
+    masking = _build(entry)
+    _require(isinstance(masking, Masking), f"built a {type(masking).__name__}, not a mertlab.contracts.Masking")
+    padding = torch.zeros(3, 100, dtype=torch.bool)
+    padding[1, 60:] = True
+    padding[2, 10:] = True
+    mask = masking(padding, torch.Generator().manual_seed(0))
+    _require(mask.shape == padding.shape and mask.dtype == torch.bool, f"mask must be bool {tuple(padding.shape)}")
+    _require(not bool((mask & padding).any()), "the mask covers padding frames")
+    _require(bool(mask[0].any()), "nothing was masked on a clip without padding")
+
+
+def check_callback(entry: Any) -> None:
+    """Builds into a ``lightning.Callback``."""
+    import lightning as L
+
+    callback = _build(entry)
+    _require(isinstance(callback, L.Callback), f"built a {type(callback).__name__}, not a lightning.Callback")
+
+
+#: The checks of each kind, in the order they run.
+CHECKS: dict[str, dict[str, Callable[[Any], None]]] = {
+    "teacher": {
+        "registration": check_registration,
+        "outputs": check_teacher_outputs,
+        "determinism": check_teacher_determinism,
+        "batching": check_teacher_batching,
+        "padding": check_teacher_padding,
+        "fingerprint": check_teacher_fingerprint,
+        "cache_round_trip": check_teacher_cache_round_trip,
+    },
+    "backbone": {"registration": check_registration, "forward": check_backbone_forward, "determinism": check_backbone_determinism},
+    "objective": {"registration": check_registration, "loss": check_objective_loss},
+    "masking": {"registration": check_registration, "mask": check_masking},
+    "callback": {"registration": check_registration, "constructs": check_callback},
+}
+
+
+# --------------------------------------------------------------------------- running
+def run_check(kind: str, name: str, check: str, registry: RegistryLike = None) -> None:
+    """Run one check; raises :class:`ContractViolation` (one line naming the component and its
+    distribution) or :class:`CheckSkipped`."""
+    entry = _resolve(registry).get(kind, name)
+    try:
+        CHECKS[kind][check](entry)
+    except CheckSkipped:
+        raise
+    except (ContractViolation, TeacherOutputError) as exc:
+        message = str(exc)
+        label = _label(entry)
+        message = message[len(label) + 2:] if message.startswith(label + ": ") else message
+        raise ContractViolation(f"{label}: check '{check}': {message}") from None
+    except MertlabError as exc:
+        raise ContractViolation(f"{_label(entry)}: check '{check}': {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - a crash is a contract failure, reported on one line
+        raise ContractViolation(f"{_label(entry)}: check '{check}' crashed: {type(exc).__name__}: {exc}") from exc
+
+
+def run_contract_checks(kind: str, name: str, registry: RegistryLike = None) -> Iterator[CheckResult]:
+    """Every check of ``kind`` on component ``name``, as results (for ``mertlab check-plugin``)."""
+    for check in CHECKS[kind]:
+        try:
+            run_check(kind, name, check, registry)
+        except CheckSkipped as exc:
+            yield CheckResult(check, "skipped", str(exc))
+        except ContractViolation as exc:
+            yield CheckResult(check, "failed", str(exc))
+        else:
+            yield CheckResult(check, "passed")
+
+
+def assert_contract(kind: str, name: str, check: str, registry: RegistryLike = None) -> None:
+    """Inside a pytest test: run one check; a violation fails the test with its one-line message
+    (no traceback), a check that does not apply skips it."""
+    import pytest
+
+    try:
+        run_check(kind, name, check, registry)
+    except CheckSkipped as exc:
+        skipped: str | None = str(exc)
+        failed = None
+    except ContractViolation as exc:
+        skipped, failed = None, str(exc)
+    else:
+        return
+    if skipped is not None:
+        pytest.skip(skipped)
+    pytest.fail(failed, pytrace=False)
+
+
+def contract_tests(kind: str, name: str, registry: RegistryLike = None) -> Callable[[str], None]:
+    """A pytest test function running every check of ``kind`` on component ``name``
+    (parametrized by check). Assign it to a ``test_*`` name in a test module."""
+    import pytest
+
+    if kind not in CHECKS:
+        raise ValueError(f"kind must be one of {', '.join(CHECKS)}, got {kind!r}")
+
+    @pytest.mark.parametrize("check", list(CHECKS[kind]))
+    def test_contract(check: str) -> None:
+        assert_contract(kind, name, check, registry)
+
+    test_contract.__doc__ = f"mertlab contract checks of {kind} '{name}'."
+    return test_contract
+
+
+def all_contract_cases(registry: RegistryLike = None) -> list[tuple[str, str, str]]:
+    """``(kind, name, check)`` of every check of every registered component."""
+    return [(e.kind, e.name, check) for e in _resolve(registry).list() for check in CHECKS[e.kind]]
+
+
+__all__ = ["CHECKS", "CheckResult", "assert_contract", "CheckSkipped", "ContractViolation", "all_contract_cases", "contract_audio",
+           "contract_tests", "run_check", "run_contract_checks"]

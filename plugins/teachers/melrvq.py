@@ -1,0 +1,200 @@
+"""``melrvq``: MuQ's Mel residual vector quantisation, a learned tokenizer fitted offline."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterable
+
+import torch
+from pydantic import Field
+from torch import Tensor
+
+from mertlab.contracts import Params, TargetInfo, Targets, Teacher
+from mertlab.errors import MertlabError
+from mertlab.frame_features import StackedLogMel, check_audio_batch, collect_frames, valid_frames
+from mertlab.hookspecs import hookimpl
+from mertlab.rvq import ResidualLinearVQ, RVQFitSettings, fit_rvq
+from mertlab.teacher_state import load_state_file, save_state_file, tensor_digest
+
+STATE_FORMAT = "mertlab-melrvq-v1"
+#: Params that only steer fitting or name the state file: they do not change what a state means.
+FIT_ONLY_FIELDS = frozenset(
+    {"tokenizer", "seed", "steps", "batch_size", "lr", "commitment_weight", "codebook_weight", "dead_code_steps", "max_fit_frames"}
+)
+# Floor on per-dimension feature std (constant dimensions, e.g. silence-only data).
+_STD_EPS = 1e-5
+
+
+class MelRVQParams(Params):
+    """Mel-RVQ (MuQ: Zhu et al., 2025, arXiv 2501.01108, Sec. 3.2 and its released code
+    ``src/muq/muq/models/muq_model.py`` / ``modules/rvq.py``): 128-bin mel of 24 kHz audio,
+    n_fft 2048, hop 240 (100 Hz), 4 frames stacked (25 Hz labels), normalised, 8 residual
+    codebooks of 1024 codes in 16 dimensions; loss = L1 reconstruction + codebook + 0.25 x
+    commitment; codes unused for 100 steps restarted."""
+
+    sample_rate: int = Field(24000, gt=0, description="Sample rate (Hz) the teacher expects (MuQ: 24 kHz).")
+    n_fft: int = Field(2048, gt=0, description="STFT size (Hann window) of the mel (MuQ: 2048).")
+    hop_length: int = Field(240, gt=0, description="Mel hop in samples (MuQ: 240 = 100 Hz at 24 kHz); frame rate = sample_rate / (hop_length * stack_frames).")
+    n_mels: int = Field(128, gt=0, description="Mel bands (MuQ: 128).")
+    stack_frames: int = Field(4, ge=1, description="Consecutive mel frames quantised as one target frame (MuQ: 4 -> 25 Hz labels).")
+    n_codebooks: int = Field(8, ge=1, description="Residual codebooks = target channels (MuQ: 8).")
+    codebook_size: int = Field(1024, ge=2, description="Codes per codebook (MuQ: 1024).")
+    codebook_dim: int = Field(16, ge=1, description="Dimension of the projected space each codebook lives in (MuQ: 16).")
+    tokenizer: str | None = Field(
+        None, description="File holding the fitted tokenizer; written by `mertlab teachers fit SPEC`, loaded when present."
+    )
+    seed: int = Field(0, description="Seed of the initial weights, the codebook initialisation and batch sampling.")
+    steps: int = Field(2000, ge=1, description="Optimisation steps of the fit (mertlab choice; MuQ does not state it).")
+    batch_size: int = Field(4096, ge=1, description="Frames per fitting step (mertlab choice).")
+    lr: float = Field(1e-3, gt=0, description="Adam learning rate of the fit (mertlab choice).")
+    commitment_weight: float = Field(0.25, ge=0, description="Weight of the commitment term ||z - sg(e)||^2 (MuQ's code: 0.25).")
+    codebook_weight: float = Field(1.0, ge=0, description="Weight of the codebook term ||sg(z) - e||^2 (MuQ's code: 1.0).")
+    dead_code_steps: int = Field(
+        100, ge=1, description="A code unused for this many consecutive steps is restarted on a random frame (MuQ's code: 100)."
+    )
+    max_fit_frames: int = Field(200_000, ge=2, description="fit() trains on at most this many frames: the first ones its batches yield.")
+
+
+class MelRVQTeacher(Teacher):
+    """Codes ``[B, T, n_codebooks]`` (int64 in ``[0, codebook_size)``) of MuQ's Mel-RVQ.
+
+    Frames: log-mel (``log(mel power + 1e-6)``; MuQ uses dB, the same up to a scale that the
+    normalisation removes), ``stack_frames`` consecutive frames concatenated, each dimension
+    standardised with the mean/std of the fitting data (kept in the state file; MuQ also
+    normalises with dataset statistics). Then :class:`mertlab.rvq.ResidualLinearVQ`.
+
+    Fit once with ``mertlab teachers fit SPEC``: :meth:`fit` trains the tokenizer on the spec's
+    training audio (progress bar with the reconstruction error; :attr:`fit_history` keeps it),
+    :meth:`save_state` writes ``params.tokenizer`` (plain tensors, loaded with
+    ``weights_only=True``), which the teacher loads when built. A clip of ``n`` samples gives
+    ``(1 + n // hop_length) // stack_frames`` frames.
+    """
+
+    name = "melrvq"
+    summary = "Mel-RVQ: learned residual VQ of stacked log-mel frames, fitted offline (MuQ)"
+    Params = MelRVQParams
+    target_kind = "discrete"
+    requires_fit = True
+    test_params = {"n_mels": 32, "n_codebooks": 2, "codebook_size": 16, "steps": 50, "batch_size": 256}
+    params: MelRVQParams
+
+    def __init__(self, params: MelRVQParams) -> None:
+        super().__init__(params)
+        p = params
+        self.feature = StackedLogMel(p.sample_rate, p.n_fft, p.hop_length, p.n_mels, p.stack_frames, f"teacher '{self.name}'")
+        with torch.random.fork_rng(devices=[]):  # seeded weights, global RNG untouched
+            torch.manual_seed(p.seed)
+            self.rvq = ResidualLinearVQ(self.feature.dim, p.n_codebooks, p.codebook_size, p.codebook_dim)
+        self.rvq.requires_grad_(False).eval()
+        self.register_buffer("feature_mean", torch.zeros(0), persistent=False)
+        self.register_buffer("feature_std", torch.zeros(0), persistent=False)
+        self._info = TargetInfo("discrete", p.n_codebooks, self.feature.frame_rate, (p.codebook_size,) * p.n_codebooks)
+        self.fit_history: list[float] = []
+        if p.tokenizer is not None and Path(p.tokenizer).is_file():
+            self.load_state(p.tokenizer)
+
+    @property
+    def sample_rate(self) -> int:
+        return self.params.sample_rate
+
+    @property
+    def info(self) -> TargetInfo:
+        return self._info
+
+    @property
+    def fitted(self) -> bool:
+        return self.feature_mean.numel() > 0
+
+    def train(self, mode: bool = True) -> "MelRVQTeacher":
+        super().train(mode)
+        self.rvq.eval()  # frozen outside fit()
+        return self
+
+    # ----------------------------------------------------------------- targets
+    @torch.no_grad()
+    def targets(self, wav: Tensor, lengths: Tensor) -> Targets:
+        check_audio_batch(wav, lengths, f"teacher '{self.name}'")
+        self._require_state()
+        feats, frame_lengths = self.feature(wav.float(), lengths.to(wav.device))
+        codes = self.rvq.encode(self._standardise(feats).flatten(0, 1)).view(*feats.shape[:2], -1)
+        codes = codes.masked_fill(~valid_frames(frame_lengths, codes.shape[1])[:, :, None], 0)
+        return Targets(values=codes, lengths=frame_lengths, info=self._info)
+
+    @torch.no_grad()
+    def reconstruct(self, wav: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+        """``(standardised frames, their reconstruction from the codes)``, both ``[B, T, dim]``."""
+        feats, _ = self.feature(wav.float(), lengths.to(wav.device))
+        x = self._standardise(feats)
+        codes = self.rvq.encode(x.flatten(0, 1))
+        return x, self.rvq.decode(codes).view_as(x)
+
+    def _standardise(self, feats: Tensor) -> Tensor:
+        return (feats - self.feature_mean) / self.feature_std
+
+    def _require_state(self) -> None:
+        if self.fitted:
+            return
+        if self.params.tokenizer is None:
+            raise MertlabError(
+                f"teacher '{self.name}' is not fitted: set params.tokenizer to a file path and run "
+                "`mertlab teachers fit SPEC` to fit the tokenizer and write it"
+            )
+        self.load_state(self.params.tokenizer)  # written after this teacher was built
+
+    # ----------------------------------------------------------------- fitting
+    def fit(self, batches: Iterable[tuple[Tensor, Tensor]], progress: bool = True) -> None:
+        """Train the tokenizer on the valid frames of ``batches`` (``(wav [B, S], lengths [B])`` at
+        :attr:`sample_rate`), at most ``max_fit_frames`` of them, on this teacher's device."""
+        p = self.params
+        device = self.feature.window.device
+        with torch.no_grad():
+            x = collect_frames(self.feature, batches, p.max_fit_frames, device, f"teacher '{self.name}'", progress)
+        mean, std = x.mean(0), x.std(0, unbiased=False).clamp(min=_STD_EPS)
+        settings = RVQFitSettings(
+            steps=p.steps, batch_size=p.batch_size, lr=p.lr, commitment_weight=p.commitment_weight,
+            codebook_weight=p.codebook_weight, dead_code_steps=p.dead_code_steps, seed=p.seed,
+        )
+        with torch.random.fork_rng(devices=[]):  # fresh seeded weights: refitting gives the same tokenizer
+            torch.manual_seed(p.seed)
+            rvq = ResidualLinearVQ(self.feature.dim, p.n_codebooks, p.codebook_size, p.codebook_dim).to(device)
+        with torch.enable_grad():
+            self.fit_history = fit_rvq(rvq, (x - mean) / std, settings, progress, desc=f"{self.name} fit")
+        self.rvq.load_state_dict(rvq.state_dict())
+        self.feature_mean, self.feature_std = mean, std
+
+    # ----------------------------------------------------------------- persistence
+    def state_file(self) -> str | None:
+        return self.params.tokenizer
+
+    def state_config(self) -> dict[str, Any]:
+        """What the tokenizer was fitted on; a state file only loads into a matching teacher."""
+        return {k: v for k, v in self.params.model_dump(mode="json").items() if k not in FIT_ONLY_FIELDS}
+
+    def save_state(self, path: str | Path) -> Path:
+        """Write the tokenizer weights, feature statistics and :meth:`state_config` to ``path``."""
+        if not self.fitted:
+            raise MertlabError(f"teacher '{self.name}' is not fitted: call fit() before save_state()")
+        tensors = {"feature_mean": self.feature_mean, "feature_std": self.feature_std}
+        tensors.update({f"rvq.{k}": v for k, v in self.rvq.state_dict().items()})
+        return save_state_file(path, STATE_FORMAT, self.state_config(), tensors)
+
+    def load_state(self, path: str | Path) -> None:
+        """Load a file written by :meth:`save_state`; it must match this teacher's params."""
+        state = load_state_file(path, STATE_FORMAT, self.state_config(), f"teacher '{self.name}'")
+        weights = {k[len("rvq."):]: v for k, v in state.items() if k.startswith("rvq.")}
+        try:
+            self.rvq.load_state_dict(weights)
+        except RuntimeError as exc:
+            raise MertlabError(f"{path}: tokenizer weights do not fit params ({' '.join(str(exc).split())[:300]})") from None
+        device = self.feature.window.device
+        self.feature_mean, self.feature_std = state["feature_mean"].to(device), state["feature_std"].to(device)
+
+    def fingerprint_payload(self) -> Any:
+        if not self.fitted:
+            return {"tokenizer": None}
+        tensors = [("mean", self.feature_mean), ("std", self.feature_std), *sorted(self.rvq.state_dict().items())]
+        return {"tokenizer": tensor_digest(tensors)}
+
+
+@hookimpl
+def register_teachers(register) -> None:
+    register(MelRVQTeacher)

@@ -1,0 +1,181 @@
+"""Deliberately broken teachers, each making one of the mistakes a plugin author can make.
+
+The output-broken ones register through :func:`register_teachers` (tests install this module
+into a plugin manager they build, as a distribution ``broken-teachers 0.0.1``); the ones that
+break the registration contract are separate plugin objects (:data:`REGISTRATION_BROKEN`),
+since one of them fails the whole registry.
+"""
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from pydantic import Field
+
+from mertlab.contracts import FrameTeacher, Params, TargetInfo, Targets
+from mertlab.hookspecs import hookimpl
+
+
+class FrameParams(Params):
+    sample_rate: int = Field(24000, gt=0, description="Sample rate (Hz).")
+    hop_length: int = Field(320, gt=0, description="Samples between frames.")
+
+
+class LogEnergy(FrameTeacher):
+    """A correct teacher: log energy and mean absolute value per frame (the broken ones change one thing)."""
+
+    name = "log_energy"
+    summary = "log energy per frame (correct baseline)"
+    Params = FrameParams
+    target_kind = "continuous"
+    dim = 2
+
+    def compute(self, wav: torch.Tensor) -> torch.Tensor:
+        hop = self.hop_length
+        frames = self.num_frames(wav.shape[1])
+        chunks = torch.nn.functional.pad(wav, (0, frames * hop - wav.shape[1])).reshape(wav.shape[0], frames, hop)
+        return torch.stack([torch.log(chunks.pow(2).mean(-1) + 1e-5), chunks.abs().mean(-1)], dim=-1)
+
+
+class EnergyCodes(LogEnergy):
+    """A correct discrete teacher: the log energy quantised into 8 levels."""
+
+    name = "energy_codes"
+    summary = "quantised log energy per frame (correct baseline)"
+    target_kind = "discrete"
+    vocab_sizes = (8,)
+
+    def compute(self, wav: torch.Tensor) -> torch.Tensor:
+        energy = super().compute(wav)[..., :1]
+        return ((energy + 12) / 12 * 8).floor().clamp(0, 7).long()
+
+
+class RateTimesFour(LogEnergy):
+    """Produces 4x the frames its info.frame_rate implies (hop/4, rate claimed for hop)."""
+
+    name = "rate_x4"
+    summary = "4x the frames info.frame_rate implies"
+
+    @property
+    def info(self) -> TargetInfo:
+        return TargetInfo("continuous", 2, self.sample_rate / self.params.hop_length)
+
+    @property
+    def hop_length(self) -> int:
+        return self.params.hop_length // 4
+
+
+class RateQuarter(RateTimesFour):
+    """Produces a quarter of the frames its info.frame_rate implies."""
+
+    name = "rate_x0_25"
+    summary = "a quarter of the frames info.frame_rate implies"
+
+    @property
+    def hop_length(self) -> int:
+        return self.params.hop_length * 4
+
+
+class CodesOutOfRange(EnergyCodes):
+    """Codes up to 8 * 2 - 1 with a vocabulary of 8."""
+
+    name = "codes_out_of_range"
+    summary = "codes beyond the vocabulary"
+
+    def compute(self, wav: torch.Tensor) -> torch.Tensor:
+        return super().compute(wav) * 2 + 1
+
+
+class FloatCodes(EnergyCodes):
+    """Discrete teacher returning float codes."""
+
+    name = "float_codes"
+    summary = "float codes for a discrete teacher"
+
+    def targets(self, wav: torch.Tensor, lengths: torch.Tensor) -> Targets:
+        out = super().targets(wav, lengths)
+        return Targets(out.values.float(), out.lengths, out.info)
+
+
+class ChannelsFirst(LogEnergy):
+    """Returns ``[B, dim, T]``."""
+
+    name = "channels_first"
+    summary = "channels-first values"
+
+    def targets(self, wav: torch.Tensor, lengths: torch.Tensor) -> Targets:
+        out = super().targets(wav, lengths)
+        return Targets(out.values.transpose(1, 2), out.lengths, out.info)
+
+
+class LengthsPastT(LogEnergy):
+    """Claims more valid frames than it returns."""
+
+    name = "lengths_past_t"
+    summary = "lengths larger than T"
+
+    def targets(self, wav: torch.Tensor, lengths: torch.Tensor) -> Targets:
+        out = super().targets(wav, lengths)
+        return Targets(out.values, out.lengths + 5, out.info)
+
+
+class NaNValues(LogEnergy):
+    """A NaN in every clip's first frame."""
+
+    name = "nan_values"
+    summary = "NaN targets"
+
+    def compute(self, wav: torch.Tensor) -> torch.Tensor:
+        values = super().compute(wav)
+        values[:, 0, 0] = float("nan")
+        return values
+
+
+OUTPUT_BROKEN = {
+    "rate_x4": "frames",
+    "rate_x0_25": "valid frames",
+    "codes_out_of_range": "codes must lie in [0, 8)",
+    "float_codes": "must be integer codes",
+    "channels_first": "channels-first",
+    "lengths_past_t": "must lie in [0, T=",
+    "nan_values": "non-finite",
+}
+
+
+@hookimpl
+def register_teachers(register):
+    for teacher in (LogEnergy, EnergyCodes, RateTimesFour, RateQuarter, CodesOutOfRange, FloatCodes, ChannelsFirst,
+                    LengthsPastT, NaNValues):
+        register(teacher)
+
+
+# --------------------------------------------------------------------------- registration-broken
+class UndocumentedParams(Params):
+    window: int = Field(1024, gt=0)
+
+
+class MissingDescription(LogEnergy):
+    name = "missing_description"
+    Params = UndocumentedParams
+
+
+class BadTargetKind(LogEnergy):
+    name = "bad_target_kind"
+    target_kind: Literal["continous"] = "continous"  # type: ignore[assignment]
+
+
+class _Registers:
+    """A plugin object registering one teacher class."""
+
+    def __init__(self, teacher: type) -> None:
+        self.teacher = teacher
+
+    @hookimpl
+    def register_teachers(self, register):
+        register(self.teacher)
+
+
+REGISTRATION_BROKEN = {
+    "missing_description": (_Registers(MissingDescription), "Params field 'window' has no description"),
+    "bad_target_kind": (_Registers(BadTargetKind), "`target_kind` must be one of 'discrete', 'continuous', got 'continous'"),
+}
