@@ -170,8 +170,14 @@ def train_command(spec_path: str, overrides: tuple[str, ...], resume: str | None
         f"  open the UI: {ui_command(result.tracking_uri)}  (then http://127.0.0.1:5000)"
     )
     if spec.probe is not None:
+        from mertlab.checkpoint import is_sharded_checkpoint
         from mertlab.probe.experiment import probe_spec_tasks
 
+        last = result.checkpoint_dir / "last.ckpt"
+        if is_sharded_checkpoint(last):
+            click.echo(f"\nprobe: section skipped: {last} is sharded (fsdp); consolidate it into one file "
+                       f"(python -m lightning.pytorch.utilities.consolidate_checkpoint {last}), then `mertlab probe` it")
+            return
         click.echo(f"\nprobing the final checkpoint on {len(spec.probe.tasks)} task(s) (probe: section)")
         results = probe_spec_tasks(spec.probe, result.checkpoint_dir / "last.ckpt", result.run_id, result.tracking_uri,
                                    progress=not no_progress, echo=click.echo)

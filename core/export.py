@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from mertlab.atomic import atomic_write
-from mertlab.checkpoint import hf_directory, load_backbone
+from mertlab.checkpoint import check_not_sharded, hf_directory, load_backbone
 from mertlab.errors import MertlabError
 from mertlab.safe_load import is_safetensors, load_torch_file
 
@@ -78,11 +78,7 @@ def export(checkpoint: str | Path, out: str | Path, fmt: str = "hf", registry: A
     if fmt not in FORMATS:
         raise MertlabError(f"--format: {fmt!r} is not supported (expected one of {', '.join(FORMATS)})")
     checkpoint, out = Path(checkpoint), Path(out)
-    if checkpoint.is_dir():
-        raise MertlabError(
-            f"{checkpoint}: a sharded (fsdp) checkpoint; consolidate it first: "
-            f"python -m lightning.pytorch.utilities.consolidate_checkpoint {checkpoint}"
-        )
+    check_not_sharded(checkpoint)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise MertlabError(f"{out}: not empty; export into a new folder")
     backbone = load_backbone(checkpoint, registry=registry)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import logging
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +33,8 @@ import yaml
 from mertlab.errors import MertlabError, SpecError
 from mertlab.spec import ExperimentSpec, SweepSpec, dump_spec, load_spec
 from mertlab.tracking import resolve_tracking_uri, run_tags
+
+log = logging.getLogger(__name__)
 
 SWEEP_TAG = "mertlab.sweep"  # parent and children: the sweep's (spec's) name
 VARIANT_TAG = "variant"  # children: the variant name
@@ -332,10 +335,14 @@ def probe_child(spec: ExperimentSpec, run_id: str, tracking_uri: str, registry: 
     on the run with the same settings are skipped: re-running a sweep is idempotent)."""
     if spec.probe is None:
         return
+    from mertlab.checkpoint import is_sharded_checkpoint
     from mertlab.probe.experiment import probe_spec_tasks
     from mertlab.train.run import run_directory
 
     checkpoint = run_directory(spec) / run_id / "checkpoints" / "last.ckpt"
+    if is_sharded_checkpoint(checkpoint):  # probing needs one file: `mertlab probe` the consolidated one
+        log.warning("variant run %s: probe section skipped, %s is sharded (fsdp); consolidate it first", run_id, checkpoint)
+        return
     probe_spec_tasks(spec.probe, checkpoint, run_id, tracking_uri, progress=progress, registry=registry)
 
 

@@ -269,3 +269,19 @@ def test_fsdp_smoke_bf16_activation_checkpointing_sharded_checkpoint(demo_dir, t
     raw["trainer"]["max_steps"] = 6
     resumed = train(resolve_spec(raw), resume=str(last), progress=False)
     assert resumed.run_id == result.run_id
+
+
+def test_a_sharded_checkpoint_folder_is_resumable_and_named_where_one_file_is_needed(tmp_path):
+    """FSDP writes last.ckpt as a folder; --resume reads its meta.pt (weights-only), while
+    export, probe and extract ask for the consolidated file."""
+    from mertlab.checkpoint import load_backbone
+    from mertlab.train.checkpoint_io import select_resume_checkpoint
+
+    folder = tmp_path / "runs" / "abc123" / "checkpoints" / "last.ckpt"
+    folder.mkdir(parents=True)
+    torch.save({"global_step": 4, "mlflow_run_id": "abc123"}, folder / "meta.pt")
+    point = select_resume_checkpoint(tmp_path / "runs")
+    assert point.path == folder and point.checkpoint["mlflow_run_id"] == "abc123"
+    assert select_resume_checkpoint(tmp_path / "runs", str(folder)).checkpoint["global_step"] == 4
+    with pytest.raises(MertlabError, match="sharded \\(fsdp\\) checkpoint folder; consolidate it"):
+        load_backbone(folder)

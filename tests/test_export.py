@@ -77,3 +77,19 @@ def test_export_refuses_a_non_empty_folder_and_an_unknown_backbone_format(tmp_pa
     path = save_backbone(tmp_path / "conformer.pt", conformer)
     assert main(["export", str(path), str(tmp_path / "c")]) == 1
     assert "backbone 'conformer' has no Hugging Face format" in capsys.readouterr().err
+
+
+def test_export_names_a_sharded_checkpoint_and_reads_checkpoints_weights_only(tmp_path, tracking_uri, capsys):
+    folder = tmp_path / "sharded" / "last.ckpt"
+    folder.mkdir(parents=True)
+    torch.save({"global_step": 4}, folder / "meta.pt")
+    assert main(["export", str(folder), str(tmp_path / "out")]) == 1
+    assert "consolidate it into one file first" in capsys.readouterr().err
+
+    ckpt, _, _ = training_checkpoint(tmp_path, tracking_uri, {"preset": "tiny"})
+    state = torch.load(ckpt, weights_only=False)
+    state["extra"] = print  # a Python object: could run code when unpickled
+    torch.save(state, ckpt)
+    assert main(["export", str(ckpt), str(tmp_path / "hf")]) == 1
+    assert "refused to load" in capsys.readouterr().err
+    assert not (tmp_path / "hf").exists()
