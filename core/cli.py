@@ -167,7 +167,7 @@ def train_command(spec_path: str, overrides: tuple[str, ...], resume: str | None
            f"in the run's data/skipped_files.tsv artifact)\n" if result.skipped_files else "")
         + f"  metrics: {result.tracking_uri}\n"
         f"  checkpoints: {result.checkpoint_dir}\n"
-        f"  open the UI: {ui_command(result.tracking_uri)}  (then http://127.0.0.1:5000)"
+        f"  open the UI: {ui_command(result.tracking_uri)}  (then http://localhost:5000)"
     )
     if spec.probe is not None:
         from mertlab.checkpoint import is_sharded_checkpoint
@@ -243,7 +243,7 @@ def sweep_command(spec_path: str, overrides: tuple[str, ...], dry_run: bool, lau
     click.echo(
         f"parent run {result.parent_run_id} (experiment '{result.experiment}')\n"
         f"  compare: mertlab compare {result.parent_run_id}\n"
-        f"  open the UI: {ui_command(result.tracking_uri)}  (then http://127.0.0.1:5000)"
+        f"  open the UI: {ui_command(result.tracking_uri)}  (then http://localhost:5000)"
     )
     if result.failed:
         raise MertlabError(f"{len(result.failed)} of {len(result.outcomes)} variants failed: " + ", ".join(o.variant for o in result.failed))
@@ -272,6 +272,32 @@ def compare_command(target: str, metrics: tuple[str, ...], out_dir: str | None, 
     click.echo(f"\nwrote {', '.join(result.files)} to {result.out_dir}")
     if result.logged_to:
         click.echo(f"logged them to parent run {result.logged_to} (artifacts/compare)")
+
+
+@cli.command("ui")
+@click.option("--tracking-uri", metavar="URI", help="MLflow store [default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db].")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0: every interface).")
+@click.option("--port", default=5000, show_default=True, type=click.IntRange(1, 65535), help="Port to listen on.")
+def ui_cli_command(tracking_uri: str | None, host: str, port: int) -> None:
+    """Start the MLflow UI on mertlab's tracking store and print its URL (Ctrl-C stops it)."""
+    import subprocess
+
+    from mertlab.tracking import default_tracking_uri, ui_argv
+
+    uri = tracking_uri or default_tracking_uri()
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
+        raise MertlabError(f"--tracking-uri: no MLflow store at {uri[len('sqlite:///'):]} (run `mertlab train SPEC` first, "
+                           "or run this command in the folder you trained from)")
+    shown = "localhost" if host in ("127.0.0.1", "0.0.0.0") else host
+    click.echo(f"MLflow UI for {uri}: http://{shown}:{port}  (Ctrl-C to stop)")
+    process = subprocess.Popen(ui_argv(uri, host, port))
+    try:
+        code = process.wait()
+    except KeyboardInterrupt:
+        process.terminate()
+        code = process.wait()
+    if code not in (0, -2, -15, 130):
+        raise MertlabError(f"the MLflow UI exited with status {code} (is port {port} in use? try --port)")
 
 
 @cli.group("teachers")

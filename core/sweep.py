@@ -32,7 +32,7 @@ import yaml
 
 from mertlab.errors import MertlabError, SpecError
 from mertlab.spec import ExperimentSpec, SweepSpec, dump_spec, load_spec
-from mertlab.tracking import resolve_tracking_uri, run_tags
+from mertlab.tracking import ensure_experiment, resolve_tracking_uri, run_tags
 
 log = logging.getLogger(__name__)
 
@@ -168,10 +168,10 @@ def _client(tracking_uri: str) -> Any:
 
 
 def experiment_id(client: Any, name: str, create: bool = False) -> str | None:
+    if create:
+        return ensure_experiment(client, name)
     experiment = client.get_experiment_by_name(name)
-    if experiment is not None:
-        return experiment.experiment_id
-    return client.create_experiment(name) if create else None
+    return experiment.experiment_id if experiment is not None else None
 
 
 def find_parent(client: Any, experiment: str, sweep_name: str) -> Any | None:

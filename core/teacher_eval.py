@@ -208,11 +208,10 @@ def log_scores(scores: list[TeacherScores], spec: ExperimentSpec, tracking_uri: 
     from mlflow.entities import Metric, Param
     from mlflow.tracking import MlflowClient
 
-    from mertlab.tracking import flatten
+    from mertlab.tracking import ensure_experiment, flatten
 
     client = MlflowClient(tracking_uri)
-    found = client.get_experiment_by_name(experiment)
-    exp_id = found.experiment_id if found is not None else client.create_experiment(experiment)
+    exp_id = ensure_experiment(client, experiment)
     now = int(time.time() * 1000)
     for rank, s in enumerate(scores, 1):
         component = spec.teachers[s.alias]

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import platform
+import re
 import subprocess
 import sys
 import time
@@ -27,23 +28,77 @@ def default_tracking_uri() -> str:
     return f"sqlite:///{Path.cwd() / DEFAULT_DB}"
 
 
-def mlflow_executable() -> str:
-    """``mlflow`` from this Python's environment (e.g. ``.venv/bin/mlflow``), so the printed
-    command works without activating the environment; plain ``mlflow`` if it is not there."""
-    exe = Path(sys.executable).parent / "mlflow"
+def venv_executable(name: str) -> str:
+    """``name`` from this Python's environment (e.g. ``.venv/bin/mlflow``), so a printed command
+    works without activating the environment; plain ``name`` if it is not there."""
+    exe = Path(sys.executable).parent / name
     if not exe.is_file():
-        return "mlflow"
+        return name
     try:
         return str(exe.relative_to(Path.cwd()))
     except ValueError:
         return str(exe)
 
 
+def mlflow_executable() -> str:
+    """``mlflow`` of this Python's environment (see :func:`venv_executable`)."""
+    return venv_executable("mlflow")
+
+
 def ui_command(tracking_uri: str) -> str:
-    """The command that opens the MLflow UI on this store."""
+    """The command that opens the MLflow UI on this store (``mertlab ui``)."""
     if tracking_uri.startswith("sqlite:///") and Path(tracking_uri[len("sqlite:///"):]) == Path.cwd() / DEFAULT_DB:
-        tracking_uri = f"sqlite:///{DEFAULT_DB}"
-    return f"{mlflow_executable()} ui --backend-store-uri {tracking_uri}"
+        return f"{venv_executable('mertlab')} ui"
+    return f"{venv_executable('mertlab')} ui --tracking-uri {tracking_uri}"
+
+
+#: MLflow 3 opens an experiment without this tag in its GenAI (traces) view; mertlab's runs are
+#: model training, so their experiments say so and open in the training-runs view.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+MODEL_TRAINING_KIND = "custom_model_development"
+#: Folder, next to a local sqlite store, that holds the artifacts of the experiments mertlab creates.
+ARTIFACTS_DIR = "mlartifacts"
+
+
+def artifact_location(tracking_uri: str, experiment: str) -> str | None:
+    """Where a new experiment keeps its artifacts: for a local ``sqlite:///PATH`` store,
+    ``<PATH's folder>/mlartifacts/<experiment>`` (beside the store, whatever folder a command runs
+    from -- MLflow's default is ``./mlruns`` of the current directory); None (the store's own
+    default) for servers and other stores."""
+    if not tracking_uri.startswith("sqlite:///"):
+        return None
+    folder = Path(tracking_uri[len("sqlite:///"):]).parent
+    return (folder.resolve() / ARTIFACTS_DIR / re.sub(r"[^\w.-]+", "_", experiment)).as_uri()
+
+
+def ensure_experiment(client: Any, name: str) -> str:
+    """The id of experiment ``name``, created when missing with its artifacts beside the store
+    (:func:`artifact_location`) and tagged for MLflow's model-training view; an existing one
+    without the tag gets it. Safe when two processes create the same experiment at once."""
+    found = client.get_experiment_by_name(name)
+    if found is None:
+        try:
+            return client.create_experiment(
+                name, artifact_location=artifact_location(client.tracking_uri, name),
+                tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING_KIND},
+            )
+        except Exception:  # noqa: BLE001 - created meanwhile by another process (a sweep child)
+            found = client.get_experiment_by_name(name)
+            if found is None:
+                raise
+    if EXPERIMENT_KIND_TAG not in found.tags:
+        client.set_experiment_tag(found.experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND)
+    return found.experiment_id
+
+
+def ui_argv(tracking_uri: str, host: str = "127.0.0.1", port: int = 5000) -> list[str]:
+    """The ``mlflow ui`` command line serving ``tracking_uri`` (for a local sqlite store, new
+    experiments' artifacts default to the ``mlartifacts`` folder beside it, as mertlab's own)."""
+    argv = [mlflow_executable(), "ui", "--backend-store-uri", tracking_uri, "--host", host, "--port", str(port)]
+    if tracking_uri.startswith("sqlite:///"):
+        folder = Path(tracking_uri[len("sqlite:///"):]).parent.resolve()
+        argv += ["--default-artifact-root", str(folder / ARTIFACTS_DIR)]
+    return argv
 
 
 def flatten(data: Any, prefix: str = "") -> dict[str, str]:
@@ -90,6 +145,8 @@ def run_tags(spec: ExperimentSpec, registry: Any) -> dict[str, str]:
     commit = git_commit() or git_commit(Path(mertlab.__file__).parent)
     if commit:
         tags["mlflow.source.git.commit"] = commit
+    if spec.description:
+        tags["mlflow.note.content"] = spec.description  # the run page's description
     tags.update(spec.tracking.tags)
     return tags
 

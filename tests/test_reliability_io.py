@@ -527,3 +527,18 @@ def test_fuzzed_yaml_and_overrides_load_or_give_a_spec_error(tmp_path, one_threa
             assert str(exc)
 
     check()
+
+
+def test_every_torch_load_of_the_product_goes_through_the_safe_loader():
+    """A new ``torch.load``/``pickle.load`` call in core/ or plugins/ would bypass the allow-list
+    of :func:`mertlab.safe_load.load_torch_file`; reading files is that module's job alone."""
+    root = Path(__file__).resolve().parents[1]
+    offenders = [
+        f"{path.relative_to(root)}:{number}"
+        for folder in ("core", "plugins")
+        for path in sorted((root / folder).rglob("*.py"))
+        if path.name != "safe_load.py"
+        for number, line in enumerate(path.read_text().splitlines(), 1)
+        if ("torch.load(" in line or "pickle.load" in line) and not line.lstrip().startswith(("#", "*", "``"))
+    ]
+    assert not offenders, f"use mertlab.safe_load.load_torch_file instead: {offenders}"

@@ -151,8 +151,9 @@ def test_tracking_uri_resolution(demo_dir, tmp_path, tracking_uri, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert resolve_tracking_uri(spec) == f"sqlite:///{tmp_path / 'mlflow.db'}"
     command = ui_command(resolve_tracking_uri(spec))
-    assert command.endswith("mlflow ui --backend-store-uri sqlite:///mlflow.db")
+    assert command.endswith("mertlab ui")
     assert subprocess.run([command.split()[0], "--version"], capture_output=True).returncode == 0  # runnable as printed
+    assert ui_command("sqlite:////elsewhere/runs.db").endswith("mertlab ui --tracking-uri sqlite:////elsewhere/runs.db")
     assert resolve_tracking_uri(make_spec(demo_dir, tmp_path, tracking_uri)) == tracking_uri
 
 
@@ -172,4 +173,4 @@ def test_train_cli_prints_a_summary(demo_dir, tmp_path, tracking_uri, write_yaml
     assert code == 0
     assert "finished (experiment 'cli-summary')" in out and "loss/total=" in out
     assert "masked accuracy (mean over codebooks): rvq_pred" in out
-    assert f"metrics: {tracking_uri}" in out and "mlflow ui --backend-store-uri" in out
+    assert f"metrics: {tracking_uri}" in out and "mertlab ui --tracking-uri" in out

@@ -134,9 +134,10 @@ def named_run(tracking_uri: str, experiment: str, run_name: str, tags: dict[str,
     """The newest run called ``run_name`` in ``experiment`` (both created when missing)."""
     from mlflow.tracking import MlflowClient
 
+    from mertlab.tracking import ensure_experiment
+
     client = MlflowClient(tracking_uri)
-    found = client.get_experiment_by_name(experiment)
-    exp_id = found.experiment_id if found is not None else client.create_experiment(experiment)
+    exp_id = ensure_experiment(client, experiment)
     runs = [r for r in client.search_runs([exp_id], order_by=["attributes.start_time DESC"], max_results=1000)
             if r.info.run_name == run_name]
     if runs:

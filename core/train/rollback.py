@@ -8,6 +8,8 @@ from typing import Any
 import lightning as L
 import torch
 
+from mertlab.safe_load import load_torch_file
+
 
 @dataclass(frozen=True)
 class RollbackOutcome:
@@ -34,7 +36,7 @@ def rollback_to_last_checkpoint(trainer: L.Trainer, module: Any, optimizer: torc
     if path is None:
         return RollbackOutcome(False, "no checkpoint yet to roll back to: update skipped")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        ckpt = load_torch_file(path, "checkpoint")
         module.load_state_dict(ckpt["state_dict"])
         optimizer.load_state_dict(ckpt["optimizer_states"][0])
     except Exception as exc:  # noqa: BLE001 - an unreadable checkpoint must not end the run

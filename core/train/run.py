@@ -23,7 +23,7 @@ from mertlab.paths import inside
 from mertlab.run_summary import log_run_summary
 from mertlab.spec import ExperimentSpec, global_batch_size
 from mertlab.target_cache import build_teacher_cache
-from mertlab.tracking import PROCESS_TAG, check_store, log_spec, mark_crashed_runs, process_identity, resolve_tracking_uri, run_tags
+from mertlab.tracking import PROCESS_TAG, check_store, ensure_experiment, log_spec, mark_crashed_runs, process_identity, resolve_tracking_uri, run_tags
 from mertlab.train.checkpoint_io import ResumePoint, SafeCheckpointIO, select_resume_checkpoint
 from mertlab.train.module import PretrainModule
 from mertlab.train.strategy import build_strategy, process_rank
@@ -168,6 +168,7 @@ def train(
     module.target_source.check_files(files)
 
     if lead:
+        ensure_experiment(client, experiment)  # artifacts beside the store, MLflow's training view
         for crashed in mark_crashed_runs(client, experiment):
             log.warning("MLflow run %s was left RUNNING by a training process that is gone: marked FAILED", crashed)
         if run_id:

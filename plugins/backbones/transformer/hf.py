@@ -19,7 +19,9 @@ import torch
 from pydantic import ValidationError
 from torch import Tensor
 
+from mertlab.atomic import atomic_write
 from mertlab.errors import MertlabError
+from mertlab.safe_load import load_torch_file, write_plain_safetensors
 
 from .backbone import TransformerBackbone
 from .params import TransformerParams
@@ -181,7 +183,7 @@ def read_hf_weights(directory: Path) -> dict[str, Tensor]:
 
                 state.update(load_file(str(path), device="cpu"))
             else:
-                state.update(torch.load(path, map_location="cpu", weights_only=True))
+                state.update(load_torch_file(path, "Hugging Face weights file"))
         return state
     raise MertlabError(f"{directory}: no model.safetensors or pytorch_model.bin (or their sharded index) found")
 
@@ -222,9 +224,6 @@ def save_hf(backbone: TransformerBackbone, directory: str | Path) -> Path:
     """Write ``backbone`` as a ``transformers.HubertModel`` directory: ``config.json``
     (``model_type: hubert``, our architecture via :func:`hf_config_from_params`) and
     ``model.safetensors`` (our state dict: the keys are HF's), each written atomically."""
-    from mertlab.atomic import atomic_write
-    from mertlab.safe_load import write_plain_safetensors
-
     # first: a backbone without an HF equivalent is refused before anything is written
     config = {"model_type": "hubert", "architectures": ["HubertModel"], **hf_config_from_params(backbone.params)}
     directory = Path(directory)

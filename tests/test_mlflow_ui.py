@@ -1,0 +1,112 @@
+"""The MLflow experience: experiments open in the UI's model-training view, artifacts live beside
+the sqlite store (not in ./mlruns of whatever folder a command ran from), the spec's description
+is the run's description, and `mertlab ui` serves a run's metrics and its spec.yaml.
+
+The UI is checked through the same HTTP endpoints its pages call (a headless browser cannot be
+installed on these machines: no browser download)."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+from test_train import make_spec
+
+from mertlab.cli import main
+from mertlab.tracking import ARTIFACTS_DIR, EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND
+from mertlab.train.run import train
+
+pytestmark = pytest.mark.filterwarnings("ignore")
+
+
+@pytest.fixture(scope="module")
+def trained(demo_dir, tmp_path_factory):
+    """A tiny run whose store is in one folder while the command runs from another."""
+    store = tmp_path_factory.mktemp("store")
+    elsewhere = tmp_path_factory.mktemp("elsewhere")
+    uri = f"sqlite:///{store / 'mlflow.db'}"
+    spec = make_spec(demo_dir, store, uri, discrete="bestrq", discrete_params={"codebook_size": 16},
+                     name="ui-check", description="tiny run for the UI test", trainer={"max_steps": 2})
+    cwd = Path.cwd()
+    os.chdir(elsewhere)
+    try:
+        result = train(spec, progress=False)
+    finally:
+        os.chdir(cwd)
+    return store, elsewhere, uri, result
+
+
+def test_artifacts_beside_the_store_training_view_and_description(trained):
+    store, elsewhere, uri, result = trained
+    client = MlflowClient(uri)
+    run = client.get_run(result.run_id)
+    assert run.info.artifact_uri.startswith((store / ARTIFACTS_DIR).as_uri())
+    assert (Path(run.info.artifact_uri[len("file://"):]) / "spec.yaml").is_file()
+    assert not (elsewhere / "mlruns").exists()
+    assert client.get_experiment(run.info.experiment_id).tags[EXPERIMENT_KIND_TAG] == MODEL_TRAINING_KIND
+    assert run.data.tags["mlflow.note.content"] == "tiny run for the UI test"
+
+
+def test_an_older_experiment_gets_the_training_view_tag(tmp_path):
+    from mertlab.tracking import ensure_experiment
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    old = client.create_experiment("made-by-mlflow")
+    assert ensure_experiment(client, "made-by-mlflow") == old
+    assert client.get_experiment(old).tags[EXPERIMENT_KIND_TAG] == MODEL_TRAINING_KIND
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def get(url: str) -> bytes:
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return response.read()
+
+
+def test_mertlab_ui_serves_the_runs_metrics_and_spec(trained):
+    _, _, uri, result = trained
+    port = free_port()
+    ui = subprocess.Popen(
+        [sys.executable, "-c", "import sys; from mertlab.cli import main; sys.exit(main())",
+         "ui", "--tracking-uri", uri, "--port", str(port)],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, start_new_session=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        assert f"http://localhost:{port}" in ui.stdout.readline()  # the URL comes first
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                get(f"{base}/health")
+                break
+            except OSError:
+                assert time.monotonic() < deadline and ui.poll() is None, "the UI did not start"
+                time.sleep(0.5)
+        run = json.loads(get(f"{base}/ajax-api/2.0/mlflow/runs/get?run_id={result.run_id}"))["run"]
+        metrics = {m["key"] for m in run["data"]["metrics"]}
+        assert {"loss/total", "loss/rvq_pred", "loss/cqt_recon"} <= metrics
+        listed = json.loads(get(f"{base}/ajax-api/2.0/mlflow/artifacts/list?run_id={result.run_id}"))
+        assert "spec.yaml" in {f["path"] for f in listed["files"]}
+        spec_text = get(f"{base}/get-artifact?path=spec.yaml&run_uuid={result.run_id}").decode()
+        assert "name: ui-check" in spec_text
+    finally:
+        os.killpg(ui.pid, signal.SIGTERM)
+        ui.wait(timeout=30)
+
+
+def test_ui_without_a_store_is_one_clear_error(tmp_path, capsys):
+    assert main(["ui", "--tracking-uri", f"sqlite:///{tmp_path / 'none.db'}"]) == 1
+    err = capsys.readouterr().err
+    assert "no MLflow store at" in err and len(err.strip().splitlines()) == 1
