@@ -32,9 +32,25 @@ def save_backbone(path: str | Path, backbone: Backbone) -> Path:
     return write_safetensors(path, backbone.state_dict(), {"format": BACKBONE_FORMAT, "backbone": component})
 
 
+def is_sharded_checkpoint(path: str | Path) -> bool:
+    """Whether ``path`` is a sharded (fsdp) training checkpoint: a folder with ``meta.pt``."""
+    path = Path(path)
+    return path.is_dir() and (path / "meta.pt").is_file()
+
+
+def check_not_sharded(path: str | Path) -> None:
+    """One clear error for a sharded (fsdp) checkpoint where one file is needed."""
+    if is_sharded_checkpoint(path):
+        raise MertlabError(
+            f"{path}: a sharded (fsdp) checkpoint folder; consolidate it into one file first: "
+            f"python -m lightning.pytorch.utilities.consolidate_checkpoint {path}"
+        )
+
+
 def read_backbone_file(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
     """``(component {name, params}, backbone state_dict)`` stored in ``path`` (any format above)."""
     path = Path(path)
+    check_not_sharded(path)
     if not path.is_file():
         raise MertlabError(f"{path}: no such checkpoint file")
     if is_safetensors(path):

@@ -155,6 +155,8 @@ def train_command(spec_path: str, overrides: tuple[str, ...], resume: str | None
         return
     spec = load_spec(spec_path, overrides)
     result = train(spec, resume=True if resume == "latest" else (resume or False), progress=not no_progress)
+    if not result.is_global_zero:  # the other processes of a distributed run stay quiet
+        return
     losses = ", ".join(f"{k}={v:.4g}" for k, v in sorted(result.metrics.items()) if k.startswith(("loss/", "val/loss/")))
     accuracy = ", ".join(f"{alias} {value:.3f}" for alias, value in mean_accuracies(result.metrics).items())
     click.echo(
@@ -168,8 +170,14 @@ def train_command(spec_path: str, overrides: tuple[str, ...], resume: str | None
         f"  open the UI: {ui_command(result.tracking_uri)}  (then http://localhost:5000)"
     )
     if spec.probe is not None:
+        from mertlab.checkpoint import is_sharded_checkpoint
         from mertlab.probe.experiment import probe_spec_tasks
 
+        last = result.checkpoint_dir / "last.ckpt"
+        if is_sharded_checkpoint(last):
+            click.echo(f"\nprobe: section skipped: {last} is sharded (fsdp); consolidate it into one file "
+                       f"(python -m lightning.pytorch.utilities.consolidate_checkpoint {last}), then `mertlab probe` it")
+            return
         click.echo(f"\nprobing the final checkpoint on {len(spec.probe.tasks)} task(s) (probe: section)")
         results = probe_spec_tasks(spec.probe, result.checkpoint_dir / "last.ckpt", result.run_id, result.tracking_uri,
                                    progress=not no_progress, echo=click.echo)
@@ -201,9 +209,13 @@ def mean_accuracies(metrics: dict[str, float]) -> dict[str, float]:
 @OVERRIDE_OPTION
 @click.option("--dry-run", is_flag=True,
               help="Validate, create the parent run, and print the `mertlab train` command of each unfinished child instead of running it.")
+@click.option("--launcher", type=click.Choice(["shell", "slurm"]), default="shell", show_default=True,
+              help="With --dry-run: print shell commands, or write one SLURM array job (--sbatch) whose tasks are the children.")
+@click.option("--sbatch", "sbatch_path", metavar="FILE", help="Where --launcher slurm writes the job [default: <sweep name>.sbatch].")
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
 @click.option("--no-compare", is_flag=True, help="Do not tabulate the children and log the comparison to the parent run at the end.")
-def sweep_command(spec_path: str, overrides: tuple[str, ...], dry_run: bool, no_progress: bool, no_compare: bool) -> None:
+def sweep_command(spec_path: str, overrides: tuple[str, ...], dry_run: bool, launcher: str, sbatch_path: str | None,
+                  no_progress: bool, no_compare: bool) -> None:
     """Run every variant of SPEC's `sweep:` block as a child of one MLflow parent run.
 
     Overrides apply to every variant. All variants are validated before the first starts;
@@ -212,8 +224,15 @@ def sweep_command(spec_path: str, overrides: tuple[str, ...], dry_run: bool, no_
     from mertlab.sweep import run_sweep
     from mertlab.tracking import ui_command
 
+    if launcher == "slurm" and not dry_run:
+        raise click.UsageError("--launcher slurm writes a job for the scheduler: add --dry-run")
     result = run_sweep(spec_path, overrides, dry_run=dry_run, progress=not no_progress, echo=click.echo)
     if dry_run:
+        if launcher == "slurm" and result.pending:
+            from mertlab.slurm import write_sbatch
+
+            path = write_sbatch(result, sbatch_path or f"{result.plan.name}.sbatch")
+            click.echo(f"SLURM array job of {len(result.pending)} children written to {path}; submit: sbatch {path}")
         return
     if not no_compare:
         from mertlab.compare import compare, to_text
@@ -417,6 +436,19 @@ WINDOW_OPTION = click.option(
 BATCH_OPTION = click.option("--batch-size", default=8, show_default=True, type=click.IntRange(min=1), help="Windows per forward pass.")
 DEVICE_OPTION = click.option("--device", default="auto", show_default=True, help="auto (cuda if available), cpu, cuda, cuda:1...")
 WORKERS_OPTION = click.option("--num-workers", default=0, show_default=True, type=click.IntRange(min=0), help="Audio decoding processes.")
+
+
+@cli.command("export")
+@click.argument("checkpoint", metavar="CKPT")
+@click.argument("out", metavar="OUT")
+@click.option("--format", "fmt", type=click.Choice(["hf"]), default="hf", show_default=True,
+              help="hf: a transformers HubertModel directory (config.json, model.safetensors, README.md model card).")
+def export_command(checkpoint: str, out: str, fmt: str) -> None:
+    """Export the backbone of CKPT to OUT for sharing, e.g. `transformers.HubertModel.from_pretrained(OUT)`."""
+    from mertlab.export import export
+
+    directory = export(checkpoint, out, fmt)
+    click.echo(f"exported {checkpoint} to {directory} (config.json, model.safetensors, README.md)")
 
 
 @cli.command("extract")

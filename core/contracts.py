@@ -268,6 +268,29 @@ class Backbone(nn.Module, ABC):
         """
         return {child: [child + "."] for child, _ in self.named_children()}
 
+    def set_step_seed(self, seed: int) -> None:
+        """Seed for random *structural* decisions of the next training forward (layer drop).
+
+        The trainer calls it before every training forward with a seed derived from
+        (spec seed, step, micro-batch) -- the same on every data-parallel rank -- so all ranks
+        drop the same layers, as one process would for the whole global batch. Draw such
+        decisions from a generator seeded here (not from the global RNG, which differs across
+        ranks and is also used by dropout). Default: nothing to seed.
+        """
+
+    def save_hf(self, directory: Path) -> None:
+        """Write a Hugging Face model directory (``config.json`` + ``model.safetensors``) that
+        ``transformers`` loads (``mertlab export --format hf``). Default: not supported."""
+        from mertlab.errors import MertlabError
+
+        raise MertlabError(f"backbone '{self.name}' has no Hugging Face format to export to")
+
+    def layer_classes(self) -> set[type[nn.Module]]:
+        """The repeated block classes (transformer/conformer layers): FSDP wraps and shards each
+        instance as one unit and activation checkpointing recomputes each one. Default: none
+        (FSDP then shards the model as one unit)."""
+        return set()
+
 
 # --------------------------------------------------------------------------- objectives
 @dataclass

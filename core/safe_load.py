@@ -86,11 +86,16 @@ def is_safetensors(path: str | Path) -> bool:
 def write_safetensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, Any]) -> Path:
     """Write ``tensors`` and JSON-serialisable ``metadata`` (each value JSON-encoded into the
     header) as one safetensors file, atomically (see :func:`mertlab.atomic.atomic_write`)."""
+    return write_plain_safetensors(path, tensors, {k: json.dumps(v) for k, v in metadata.items()})
+
+
+def write_plain_safetensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> Path:
+    """Like :func:`write_safetensors`, with the header's string ``metadata`` stored as is: the
+    layout other tools read (e.g. ``transformers`` expects ``{"format": "pt"}``)."""
     from safetensors.torch import save
 
     # clone: safetensors refuses tensors sharing memory (tied weights); each is stored on its own
-    blob = save({k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()},
-                metadata={k: json.dumps(v) for k, v in metadata.items()})
+    blob = save({k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}, metadata=metadata)
     return atomic_write(Path(path), lambda f: f.write(blob))
 
 

@@ -69,7 +69,13 @@ class DataSpec(StrictModel):
     path: str = Field("data/demo", description="Audio folder (scanned recursively) or a manifest file listing audio paths.")
     generate_demo: bool = Field(False, description="If `path` has no audio, write the generated demo set there first.")
     crop_seconds: float = Field(5.0, gt=0, description="Random crop length in seconds (MERT: 5 s).")
-    batch_size: int = Field(8, ge=1)
+    batch_size: int = Field(8, ge=1, description="Clips per device and micro-batch.")
+    global_batch_size: int | None = Field(
+        None, ge=1,
+        description="Optional check: must equal batch_size x trainer.devices x trainer.num_nodes x "
+        "trainer.accumulate_grad_batches (the clips per optimizer step), e.g. to keep a recipe's batch when "
+        "moving it to another cluster.",
+    )
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes.")
     val_fraction: float = Field(0.1, ge=0, lt=1, description="Fraction of files held out for validation.")
     extensions: list[str] = Field(default_factory=lambda: [".wav", ".flac", ".ogg", ".mp3"])
@@ -118,7 +124,16 @@ class TrainerSpec(StrictModel):
     log_every_n_steps: int = Field(10, ge=1)
     output_dir: str = Field("runs", description="Checkpoints go to <output_dir>/<name>/.")
     accelerator: str = Field("auto", description="Lightning accelerator: auto, cpu, cuda (gpu), mps, tpu, or one a plugin registers.")
-    devices: int = Field(1, ge=1)
+    devices: int = Field(1, ge=1, description="Devices (processes) per node.")
+    num_nodes: int = Field(1, ge=1, description="Machines; the launcher (SLURM srun, torchrun) starts devices x num_nodes processes.")
+    strategy: Literal["auto", "ddp", "fsdp"] = Field(
+        "auto",
+        description="auto (one device: none; several: ddp), ddp (replicated model, gradient all-reduce), or fsdp "
+        "(parameters, gradients and optimizer state sharded per backbone layer; sharded checkpoints).",
+    )
+    activation_checkpointing: bool = Field(
+        False, description="With strategy fsdp: recompute each backbone layer in backward instead of storing its activations."
+    )
     max_consecutive_nonfinite: int = Field(
         50, ge=0,
         description="Stop the run (checkpoint saved, run FAILED, one clear error) after this many consecutive "
@@ -459,9 +474,27 @@ def resolve_spec(data: dict[str, Any], source: str | None = None, registry: Any 
                     f"objective '{objective.name}' needs {' or '.join(entry.attribute('accepts', ()))} targets, "
                     f"but teacher '{objective.teacher}' ({teacher.name}) gives {kind} targets",
                 ))
+    problems += _global_batch_problems(spec)
     if problems:
         raise SpecError(problems, source=source)
     return spec
+
+
+def global_batch_size(spec: ExperimentSpec) -> int:
+    """Clips per optimizer step: per-device batch x devices x nodes x accumulation."""
+    t = spec.trainer
+    return spec.data.batch_size * t.devices * t.num_nodes * t.accumulate_grad_batches
+
+
+def _global_batch_problems(spec: ExperimentSpec) -> list[tuple[str, str]]:
+    wanted, t = spec.data.global_batch_size, spec.trainer
+    if wanted is None or wanted == global_batch_size(spec):
+        return []
+    return [("data.global_batch_size", (
+        f"{wanted} clips per step expected, but data.batch_size {spec.data.batch_size} x trainer.devices {t.devices} "
+        f"x trainer.num_nodes {t.num_nodes} x trainer.accumulate_grad_batches {t.accumulate_grad_batches} = "
+        f"{global_batch_size(spec)}; change one of them"
+    ))]
 
 
 def _target_kind(entry: Any, params: dict[str, Any]) -> str:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import logging
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +33,8 @@ import yaml
 from mertlab.errors import MertlabError, SpecError
 from mertlab.spec import ExperimentSpec, SweepSpec, dump_spec, load_spec
 from mertlab.tracking import ensure_experiment, resolve_tracking_uri, run_tags
+
+log = logging.getLogger(__name__)
 
 SWEEP_TAG = "mertlab.sweep"  # parent and children: the sweep's (spec's) name
 VARIANT_TAG = "variant"  # children: the variant name
@@ -254,6 +257,7 @@ def run_child(
     from mlflow.exceptions import MlflowException
 
     from mertlab.train.run import run_directory, train
+    from mertlab.train.strategy import process_rank
 
     if registry is None:
         from mertlab.registry import get_registry
@@ -274,6 +278,14 @@ def run_child(
             f"--parent-run-id: run {parent_run_id} is not in experiment '{experiment}' of this spec; "
             "children must log to their parent's experiment"
         )
+    if process_rank(spec.trainer) != 0:
+        # Another process of a distributed child (started by Lightning's launcher after rank 0
+        # set the child run up): train alongside rank 0, from the same checkpoint, and leave
+        # MLflow alone.
+        existing = find_child(client, parent, variant)
+        last = run_directory(spec) / existing.info.run_id / "checkpoints" / "last.ckpt" if existing else None
+        train(spec, resume=str(last) if last is not None and last.exists() else False, registry=registry, progress=progress)
+        return ChildOutcome(variant, existing.info.run_id if existing else None, "trained")
     sha = spec_sha(spec)
     existing = find_child(client, parent, variant)
     ckpt = None
@@ -289,7 +301,7 @@ def run_child(
                 "give the sweep a new `name`, or delete that run to train the variant again"
             )
         last = run_directory(spec) / run_id / "checkpoints" / "last.ckpt"
-        if same and last.is_file():
+        if same and last.exists():  # a file, or a sharded (fsdp) folder
             ckpt = last
         else:  # an unfinished run with nothing to resume from (or of an older spec): start over
             client.delete_run(run_id)
@@ -323,23 +335,36 @@ def probe_child(spec: ExperimentSpec, run_id: str, tracking_uri: str, registry: 
     on the run with the same settings are skipped: re-running a sweep is idempotent)."""
     if spec.probe is None:
         return
+    from mertlab.checkpoint import is_sharded_checkpoint
     from mertlab.probe.experiment import probe_spec_tasks
     from mertlab.train.run import run_directory
 
     checkpoint = run_directory(spec) / run_id / "checkpoints" / "last.ckpt"
+    if is_sharded_checkpoint(checkpoint):  # probing needs one file: `mertlab probe` the consolidated one
+        log.warning("variant run %s: probe section skipped, %s is sharded (fsdp); consolidate it first", run_id, checkpoint)
+        return
     probe_spec_tasks(spec.probe, checkpoint, run_id, tracking_uri, progress=progress, registry=registry)
+
+
+def child_argv(plan: SweepPlan, child: ChildPlan, parent_run_id: str) -> list[str]:
+    """``mertlab train ...`` of ``child`` nested under ``parent_run_id``, as an argument list."""
+    argv = ["mertlab", "train", plan.spec_path]
+    for override in child.overrides:
+        argv += ["-o", override]
+    return argv + ["--parent-run-id", parent_run_id, "--variant", child.variant.name, "--no-progress"]
+
+
+def child_env(plan: SweepPlan) -> dict[str, str]:
+    """Environment the children need: the MLflow store the parent was created in, when the spec
+    names none (children must not fall back to another machine's ./mlflow.db)."""
+    return {} if plan.spec.tracking.tracking_uri else {"MLFLOW_TRACKING_URI": plan.tracking_uri}
 
 
 def child_command(plan: SweepPlan, child: ChildPlan, parent_run_id: str) -> str:
     """The shell command that trains ``child`` on any machine sharing the tracking store."""
-    argv = ["mertlab", "train", plan.spec_path]
-    for override in child.overrides:
-        argv += ["-o", override]
-    argv += ["--parent-run-id", parent_run_id, "--variant", child.variant.name, "--no-progress"]
-    command = " ".join(shlex.quote(a) for a in argv)
-    if plan.spec.tracking.tracking_uri is None:  # pin the store the parent was created in
-        command = f"MLFLOW_TRACKING_URI={shlex.quote(plan.tracking_uri)} {command}"
-    return command
+    env = " ".join(f"{k}={shlex.quote(v)}" for k, v in child_env(plan).items())
+    command = " ".join(shlex.quote(a) for a in child_argv(plan, child, parent_run_id))
+    return f"{env} {command}" if env else command
 
 
 # --------------------------------------------------------------------------- the sweep
@@ -350,6 +375,8 @@ class SweepResult:
     experiment: str
     outcomes: list[ChildOutcome] = field(default_factory=list)
     commands: list[str] = field(default_factory=list)
+    pending: list[ChildPlan] = field(default_factory=list)  # dry run: the children still to train
+    plan: SweepPlan | None = None
 
     @property
     def failed(self) -> list[ChildOutcome]:
@@ -378,7 +405,7 @@ def run_sweep(
     client = _client(plan.tracking_uri)
     parent = ensure_parent(client, plan, registry)
     parent_id = parent.info.run_id
-    result = SweepResult(parent_id, plan.tracking_uri, plan.experiment)
+    result = SweepResult(parent_id, plan.tracking_uri, plan.experiment, plan=plan)
     echo(f"sweep '{plan.name}': {len(plan.children)} variants, parent run {parent_id} (experiment '{plan.experiment}')")
     if dry_run:
         for child in plan.children:
@@ -388,6 +415,7 @@ def run_sweep(
                 continue
             command = child_command(plan, child, parent_id)
             result.commands.append(command)
+            result.pending.append(child)
             echo(command)
         client.update_run(parent_id, status="SCHEDULED" if result.commands else "FINISHED")
         return result

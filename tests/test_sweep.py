@@ -251,6 +251,27 @@ def test_dry_run_prints_commands_a_scheduler_can_run(workdir, tracking_uri, caps
     assert len([line for line in out.splitlines() if "mertlab train" in line]) == 2
 
 
+def test_dry_run_slurm_launcher_writes_one_array_job_of_the_children(workdir, tracking_uri, capsys):
+    spec_path = write_spec(workdir / "slurm.yaml", tiny_sweep_spec("tiny-slurm", workdir / "demo", workdir, tracking_uri, THREE_VARIANTS))
+    job = workdir / "jobs" / "tiny.sbatch"
+    code, out, _ = run_cli(capsys, "sweep", spec_path, "--dry-run", "--launcher", "slurm", "--sbatch", str(job),
+                           "-o", "trainer.devices=2", "-o", "trainer.accelerator=gpu")
+    assert code == 0 and f"written to {job}" in out
+    printed = [line for line in out.splitlines() if line.startswith("mertlab train")]
+    script = job.read_text()
+    assert "#SBATCH --array=0-2" in script and "#SBATCH --ntasks-per-node=2" in script and "#SBATCH --gpus-per-node=2" in script
+    arms = [line.strip() for line in script.splitlines() if line.strip()[:2] in ("0)", "1)", "2)")]
+    assert len(arms) == 3
+    for arm, command in zip(arms, printed):  # each task runs exactly its child's printed command under srun
+        assert arm.split(" ;;")[0].split(") srun ", 1)[1] == command
+    assert subprocess.run(["bash", "-n", str(job)]).returncode == 0
+    env = {**os.environ, "SLURM_ARRAY_TASK_ID": "9", "SLURM_SUBMIT_DIR": str(workdir)}
+    done = subprocess.run(["bash", str(job)], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1 and "no sweep child for array task 9" in done.stderr
+    code, _, err = run_cli(capsys, "sweep", spec_path, "--launcher", "slurm")
+    assert code == 2 and "add --dry-run" in err
+
+
 def test_invalid_variant_fails_before_any_child_starts(workdir, tracking_uri, capsys):
     sweep = {"variants": {"fine": {"optim.lr": 0.002}, "bad_lr": {"optim.lr": -1}, "bad_cqt": {"teachers.cqt.params.n_bins": 0}}}
     spec_path = write_spec(workdir / "invalid.yaml", tiny_sweep_spec("tiny-invalid", workdir / "demo", workdir, tracking_uri, sweep))

@@ -7,14 +7,14 @@ from typing import Any
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, DistributedSampler
 
 from mertlab.data.audio import AudioFile, list_audio_paths, probe
 from mertlab.data.dataset import AudioBatch, CropDataset, collate_crops, seed_worker
 from mertlab.data.sampler import ResumableBatchSampler, ResumableDataLoader
 from mertlab.data.skipped import SkippedFile, SkippedFiles
 from mertlab.errors import DataError
-from mertlab.seeding import derive_seed
+from mertlab.seeding import LOADER, derive_seed
 from mertlab.spec import DataSpec
 
 
@@ -90,8 +90,11 @@ class AudioDataModule(L.LightningDataModule):
     """Random crops for training, deterministic crops for validation, at the backbone's rate.
 
     The training stream is resumable (:mod:`mertlab.data.sampler`): Lightning saves its
-    position in checkpoints. Bad files are skipped and recorded in :attr:`skipped`, at scan
-    time (``min_seconds``: shorter files are skipped) and when a crop cannot be decoded.
+    position in checkpoints. Under data parallelism each rank reads its interleaved share of
+    every global batch (and of the validation files) through samplers that know the rank; the
+    trainer runs with ``use_distributed_sampler=False`` so that Lightning keeps them. Bad files
+    are skipped and recorded in :attr:`skipped`, at scan time (``min_seconds``: shorter files
+    are skipped) and when a crop cannot be decoded.
     """
 
     def __init__(self, data: DataSpec, sample_rate: int, seed: int = 0, min_seconds: float = 0.0) -> None:
@@ -119,17 +122,29 @@ class AudioDataModule(L.LightningDataModule):
             "num_workers": self.data.num_workers, "collate_fn": collate_crops, "worker_init_fn": seed_worker,
             "persistent_workers": self.data.num_workers > 0,
             # the loader's own seed source, so creating it never draws from the global RNG
-            "generator": torch.Generator().manual_seed(derive_seed(self.seed, 2)),
+            "generator": torch.Generator().manual_seed(derive_seed(self.seed, LOADER)),
         }
+
+    def distributed_position(self) -> tuple[int, int]:
+        """``(rank, world size)`` of this process; ``(0, 1)`` outside a Trainer."""
+        trainer = self.trainer
+        return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
 
     def train_dataloader(self) -> DataLoader:
         files = self.train_files
-        sampler = ResumableBatchSampler(len(files), self.data.batch_size, len(files) > self.data.batch_size, self.seed)
+        rank, world = self.distributed_position()
+        global_batch = self.data.batch_size * world
+        sampler = ResumableBatchSampler(len(files), self.data.batch_size, len(files) > global_batch, self.seed,
+                                        num_replicas=world, rank=rank)
         self._train_sampler = sampler
         return ResumableDataLoader(self._dataset(files, train=True), batch_sampler=sampler, **self._workers())
 
     def val_dataloader(self) -> DataLoader:
-        return DataLoader(self._dataset(self.val_files, train=False), batch_size=self.data.batch_size, shuffle=False, **self._workers())
+        dataset = self._dataset(self.val_files, train=False)
+        rank, world = self.distributed_position()
+        # Rank r validates files r, r + world, ... (padded so every rank runs as many batches).
+        sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=False) if world > 1 else None
+        return DataLoader(dataset, batch_size=self.data.batch_size, shuffle=False, sampler=sampler, **self._workers())
 
     def on_before_batch_transfer(self, batch: AudioBatch, dataloader_idx: int) -> AudioBatch:
         """Record the batch's skipped files; mark a training batch as consumed (its position)."""

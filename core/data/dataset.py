@@ -63,8 +63,8 @@ class CropDataset(Dataset):
 
     Training crops (``random_crops=True``) indexed by a :class:`CropKey` (training batches of a
     :class:`~mertlab.data.sampler.ResumableBatchSampler`) start where the key's crop seed says: the
-    same key gives the same crop, in any worker, after any resume; the item is then a
-    :class:`KeyedItem`. Indexed by an ``int``, random crops are a fresh draw each time (from the
+    same key gives the same crop, in any worker, on any rank, after any resume; the item is then
+    a :class:`KeyedItem`. Indexed by an ``int``, random crops are a fresh draw each time (from the
     dataset's own seeded stream) and validation crops (``random_crops=False``) are the middle of
     the file. Files shorter than the crop
     are zero-padded and their ``length`` says how many samples are real. A file that cannot be

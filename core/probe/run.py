@@ -15,7 +15,7 @@ import torch
 from pydantic import ValidationError
 
 from mertlab import metric_names
-from mertlab.checkpoint import check_hf_directory, hf_directory, load_backbone
+from mertlab.checkpoint import check_hf_directory, check_not_sharded, hf_directory, load_backbone
 from mertlab.contracts import Backbone
 from mertlab.errors import MertlabError
 from mertlab.probe.extract import FeatureSet, extract_features, resolve_device, resolve_layers
@@ -74,6 +74,7 @@ def checkpoint_tracking(path: str | Path) -> tuple[str | None, str | None, int]:
     from mertlab.spec import ExperimentSpec, TrackingSpec
     from mertlab.tracking import resolve_tracking_uri
 
+    check_not_sharded(path)
     if not Path(path).is_file():
         raise MertlabError(f"{path}: no such checkpoint file")
     if is_safetensors(path):  # a backbone file (save_backbone): no run

@@ -11,6 +11,10 @@
 
 :func:`select_resume_checkpoint` picks what ``--resume`` continues: the newest checkpoint of a
 spec's runs that loads, reporting (and skipping) damaged or refused ones.
+
+A sharded (``fsdp``) checkpoint is a folder (one file per rank, written and read by torch
+distributed checkpoint through Lightning's FSDP strategy); what mertlab reads of it before the
+strategy loads it is its ``meta.pt`` (the non-tensor state: step, run id, spec), weights-only too.
 """
 from __future__ import annotations
 
@@ -64,11 +68,28 @@ class SafeCheckpointIO(TorchCheckpointIO):
         return read_training_checkpoint(path)
 
 
+#: The non-tensor state of a sharded checkpoint folder (Lightning's FSDP strategy writes it).
+SHARDED_METADATA = "meta.pt"
+
+
 def read_training_checkpoint(path: str | Path) -> dict[str, Any]:
-    """A Lightning training checkpoint, read weights-only; one-line errors name ``path``."""
-    checkpoint = load_torch_file(path, "checkpoint")
-    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
-        raise MertlabError(f"{path}: not a training checkpoint (no state_dict)")
+    """A Lightning training checkpoint, read weights-only; one-line errors name ``path``.
+
+    For a sharded checkpoint folder: its metadata only (no ``state_dict``; the strategy reads
+    the shards when it restores).
+    """
+    path = Path(path)
+    if path.is_dir():
+        meta = path / SHARDED_METADATA
+        if not meta.is_file():
+            raise MertlabError(f"{path}: a folder, but not a sharded training checkpoint (no {SHARDED_METADATA})")
+        checkpoint = load_torch_file(meta, "checkpoint")
+        if not isinstance(checkpoint, dict):
+            raise MertlabError(f"{meta}: not the metadata of a sharded training checkpoint")
+    else:
+        checkpoint = load_torch_file(path, "checkpoint")
+        if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+            raise MertlabError(f"{path}: not a training checkpoint (no state_dict)")
     run_id = checkpoint.get("mlflow_run_id")
     if run_id is not None and not (isinstance(run_id, str) and _RUN_ID.match(run_id)):
         raise MertlabError(f"{path}: its mlflow_run_id {run_id!r} is not an MLflow run id")
@@ -87,14 +108,14 @@ class ResumePoint:
 def select_resume_checkpoint(runs_dir: Path, explicit: str | None = None) -> ResumePoint:
     """What ``--resume [CKPT]`` continues.
 
-    ``explicit``: that file, which must load. Otherwise every checkpoint under
-    ``runs_dir/*/checkpoints/`` (``last.ckpt`` and the best ones), newest first: the first
+    ``explicit``: that file (or sharded folder), which must load. Otherwise every checkpoint
+    under ``runs_dir/*/checkpoints/`` (``last.ckpt`` and the best ones), newest first: the first
     that loads is used; each damaged or refused newer one is then logged as a warning and listed in
     :attr:`ResumePoint.skipped`. None loading is one error listing why.
     """
     if explicit is not None:
         path = Path(explicit)
-        if not path.is_file():
+        if not path.exists():
             raise MertlabError(f"--resume: no checkpoint file {path}")
         try:
             return ResumePoint(path, read_training_checkpoint(path))

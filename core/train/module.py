@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import lightning as L
@@ -29,9 +30,10 @@ from mertlab import metric_names as M
 from mertlab.augment import mixup
 from mertlab.contracts import BackboneOutput, Targets
 from mertlab.data.dataset import AudioBatch
-from mertlab.seeding import derive_seed
+from mertlab.seeding import DROPOUT, LAYER_DROP, MASK, MIXUP, VAL_MASK, derive_seed, generator
 from mertlab.spec import ExperimentSpec
 from mertlab.train.schedule import lr_factor
+from mertlab.train.strategy import global_norms
 from mertlab.train.targets import target_source
 
 
@@ -41,6 +43,16 @@ def code_perplexity(codes: Tensor, vocab_size: int) -> Tensor:
     p = counts / counts.sum().clamp_min(1)
     entropy = -(p * torch.log(p.clamp_min(1e-12))).sum()
     return entropy.exp()
+
+
+@dataclass(frozen=True)
+class StepTotals:
+    """A training step over all ranks (see :meth:`PretrainModule.step_totals`)."""
+
+    loss: float  # mean loss/total of the ranks with clips (NaN: none had any)
+    empty_ranks: int  # ranks whose batch had no clip (every file bad)
+    audio_seconds: float
+    clips: float
 
 
 class PretrainModule(L.LightningModule):
@@ -80,6 +92,7 @@ class PretrainModule(L.LightningModule):
         self.last_loss: float | None = None  # this step's finite loss/total (None: non-finite)
         self._step_nonfinite = False  # this step's loss or gradient was non-finite
         self._step_skipped = False  # this step's update was skipped (skip_update)
+        self._update_blocked = False  # a micro-batch of this optimizer step was skipped
         self.instrument_next_step = False  # set by the stability callback
         self.last_output: BackboneOutput | None = None
         self._last_step_start: float | None = None
@@ -128,28 +141,64 @@ class PretrainModule(L.LightningModule):
         """Each teacher's targets of the clean audio, aligned to the backbone's frames."""
         return self.target_source.targets(batch, self.backbone.frame_rate, num_frames, frame_lengths)
 
-    def mask_generator(self, stage: str, batch_idx: int) -> torch.Generator:
-        """Reproducible masks and mixup: seeded by (spec seed, stage, global step, micro-batch
-        index, rank), so every micro-batch and device draws its own masks and a resumed run
-        draws the same ones as the uninterrupted run."""
-        step = self.global_step if stage == "train" else 0
-        stage_id = 0 if stage == "train" else 1
-        return torch.Generator().manual_seed(derive_seed(self.spec.seed, stage_id, step, batch_idx, self.global_rank))
+    def distributed_position(self) -> tuple[int, int, int]:
+        """``(rank, world size, gradient-accumulation steps)``; ``(0, 1, 1)`` outside a Trainer."""
+        trainer = self._trainer
+        if trainer is None:
+            return 0, 1, 1
+        return trainer.global_rank, trainer.world_size, trainer.accumulate_grad_batches
+
+    def micro_batch(self, batch_idx: int) -> int:
+        """Index of the micro-batch within its optimizer step (0 without gradient accumulation)."""
+        return batch_idx % self.distributed_position()[2]
+
+    def frame_masks(self, padding: Tensor, stage: str, batch_idx: int) -> Tensor:
+        """Masks of a batch, one random stream per clip.
+
+        Training clip ``i`` on rank ``r`` draws from (seed, step, micro-batch, ``i * world + r``):
+        masks differ across micro-batches of one step and across ranks, and ``i * world + r`` is
+        the clip's position in the global batch under the interleaved
+        :class:`~mertlab.data.sampler.ResumableBatchSampler` -- so N ranks draw exactly the masks
+        one process would for the same global batch, and a resumed run the masks of the
+        uninterrupted one. Validation clips use (seed, batch index, position): the same masks at
+        every validation.
+        """
+        rank, world, _ = self.distributed_position()
+        if stage == "train":
+            key = (MASK, self.global_step, self.micro_batch(batch_idx))
+        else:
+            key = (VAL_MASK, batch_idx)
+        rows = [self.masking(padding[i:i + 1], generator(self.spec.seed, *key, i * world + rank)) for i in range(padding.shape[0])]
+        return torch.cat(rows) if rows else padding.clone()
+
+    def mixup_generator(self, batch_idx: int) -> torch.Generator:
+        """Mixup pairs are drawn within the local batch: seeded by (seed, step, micro-batch, rank)."""
+        rank = self.distributed_position()[0]
+        return generator(self.spec.seed, MIXUP, self.global_step, self.micro_batch(batch_idx), rank)
+
+    def layer_drop_seed(self, batch_idx: int) -> int:
+        """Seed of the backbone's structural randomness (layer drop): (seed, step, micro-batch),
+        deliberately *not* the rank, so every rank skips the same layers -- the global batch
+        then sees one network, as it would in one process (see :meth:`Backbone.set_step_seed`)."""
+        return derive_seed(self.spec.seed, LAYER_DROP, self.global_step, self.micro_batch(batch_idx))
 
     def on_train_batch_start(self, batch: AudioBatch, batch_idx: int) -> None:
-        """Seed the global RNG (dropout) from the step's position, as :meth:`mask_generator` does."""
-        torch.manual_seed(derive_seed(self.spec.seed, 2, self.global_step, batch_idx, self.global_rank))
+        """Seed the global RNG (dropout) from the step's position: (seed, step, micro-batch, rank),
+        so each rank drops its own units and a resumed run drops the uninterrupted run's."""
+        rank = self.distributed_position()[0]
+        torch.manual_seed(derive_seed(self.spec.seed, DROPOUT, self.global_step, self.micro_batch(batch_idx), rank))
 
     def shared_step(self, batch: AudioBatch, batch_idx: int, stage: str) -> tuple[Tensor, dict[str, Tensor], dict[str, Targets]]:
         wav, lengths = batch.wav, batch.lengths
         num_frames, frame_lengths, padding = self.frame_padding(wav, lengths)
         targets = self.compute_targets(batch, num_frames, frame_lengths)
-        generator = self.mask_generator(stage, batch_idx)
         student = wav
         mix = self.spec.augment.mixup
         if stage == "train" and mix.probability > 0:
-            student = mixup(wav, lengths, mix.probability, mix.max_gain, generator)
-        mask = self.masking(padding.cpu(), generator).to(wav.device) & ~padding
+            student = mixup(wav, lengths, mix.probability, mix.max_gain, self.mixup_generator(batch_idx))
+        if stage == "train":
+            self.backbone.set_step_seed(self.layer_drop_seed(batch_idx))
+        mask = self.frame_masks(padding.cpu(), stage, batch_idx).to(wav.device) & ~padding
         out = self.backbone(student, lengths, mask, instrument=stage == "train" and self.instrument_next_step)
         self.last_output = out if stage == "train" else None
 
@@ -173,29 +222,64 @@ class PretrainModule(L.LightningModule):
 
     def training_step(self, batch: AudioBatch, batch_idx: int) -> Tensor | None:
         if len(batch) == 0:  # every file of the batch was bad (skipped and recorded by the data module)
-            self._step_skipped = True
-            self.last_loss = None
-            nothing = {M.LOSS_TOTAL: float("nan"), M.GRAD_NORM_TOTAL: float("nan")}  # no value, not a stale one
-            self.log_dict(nothing, on_step=True, on_epoch=False, batch_size=1)
-            return None
-        loss, logs, targets = self.shared_step(batch, batch_idx, "train")
-        self.log_throughput(batch)
-        logs.update(self.teacher_statistics(targets))  # cheap histograms; Lightning throttles logging
+            loss, logs = None, {}
+        else:
+            loss, logs, targets = self.shared_step(batch, batch_idx, "train")
+            logs.update(self.teacher_statistics(targets))  # cheap histograms; Lightning throttles logging
+            logs.pop(M.LOSS_TOTAL)
+        totals = self.step_totals(loss, batch)
+        self.log_throughput(totals)
         logs[M.LR] = torch.tensor(self.trainer.optimizers[0].param_groups[0]["lr"])
-        finite = bool(torch.isfinite(loss))
-        self.last_loss = float(loss.detach()) if finite else None
-        if not finite:
-            self._step_nonfinite = True
+        # Every rank takes the same decision (the totals are global): a rank skipping backward
+        # alone would leave the others waiting in DDP's gradient all-reduce.
+        if totals.empty_ranks or not math.isfinite(totals.loss):
+            if totals.empty_ranks:  # a batch without clips: nothing to learn from, not a bad step
+                self._step_skipped = True
+            else:
+                self._step_nonfinite = True
             # No backward runs, so there is no gradient: its norm is logged as NaN at this step
             # (Lightning would otherwise re-log the last finite norm).
             logs[M.GRAD_NORM_TOTAL] = torch.tensor(float("nan"))
-            loss = None  # Lightning skips backward; the optimizer sees no gradients (see skip_update)
+            loss = self.skipped_step_loss(loss, batch_idx)
+            self._update_blocked = True  # no update, whatever backward gives (on_before_optimizer_step)
+        self.last_loss = None if self._update_blocked else totals.loss
         # Every value is logged as computed, non-finite ones included: a curve never shows a
-        # stale finite value for a step that was skipped.
-        total = logs.pop(M.LOSS_TOTAL)
-        self.log(M.LOSS_TOTAL, total, prog_bar=True, on_step=True, on_epoch=False, batch_size=len(batch))
-        self.log_dict(logs, on_step=True, on_epoch=False, batch_size=len(batch))
+        # stale finite value for a step that was skipped. loss/total is the global batch's.
+        size = max(len(batch), 1)
+        self.log(M.LOSS_TOTAL, torch.tensor(totals.loss), prog_bar=True, on_step=True, on_epoch=False, batch_size=size)
+        self.log_dict(logs, on_step=True, on_epoch=False, batch_size=size)
         return loss
+
+    def skipped_step_loss(self, loss: Tensor | None, batch_idx: int) -> Tensor | None:
+        """What a skipped step returns. In one process None: Lightning skips backward and the
+        optimizer sees no gradients. Distributed, Lightning needs a loss from every rank (DDP
+        and FSDP reduce gradients in backward): the loss times zero, or where this rank had no
+        clip a zero-weighted forward of silence through the backbone; the gradients that
+        backward gives (zero or non-finite) are dropped before the optimizer step."""
+        if self.distributed_position()[1] == 1:
+            return None
+        if loss is None:
+            self.backbone.set_step_seed(self.layer_drop_seed(batch_idx))
+            silence = torch.zeros(1, max(1, round(self.spec.data.crop_seconds * self.backbone.sample_rate)), device=self.device)
+            loss = self.backbone(silence).last_hidden_state.float().sum()
+        return loss * 0.0
+
+    def step_totals(self, loss: Tensor | None, batch: AudioBatch) -> StepTotals:
+        """This step's loss and amount of audio over all ranks: one all-reduce when distributed.
+
+        ``loss`` is the mean of the ranks' losses (each the mean over its own clips' masked
+        frames), non-finite when any rank's is, NaN when no rank has a clip. In one process it
+        is the local loss.
+        """
+        local = [
+            0.0 if loss is None else float(loss.detach()), 0.0 if loss is None else 1.0,
+            float(batch.lengths.sum()) / self.backbone.sample_rate if len(batch) else 0.0, float(len(batch)),
+        ]
+        world = self.distributed_position()[1]
+        if world > 1:
+            local = self.trainer.strategy.reduce(torch.tensor(local, device=self.device), reduce_op="sum").tolist()
+        total, ranks, seconds, clips = local
+        return StepTotals(total / ranks if ranks else float("nan"), world - round(ranks), seconds, clips)
 
     def skip_update(self, optimizer: torch.optim.Optimizer) -> None:
         """Make this step's optimizer update a no-op and count it in ``stability/skipped_steps``.
@@ -237,14 +321,37 @@ class PretrainModule(L.LightningModule):
         if len(batch) == 0:
             return
         _, logs, _ = self.shared_step(batch, batch_idx, "val")
-        self.log_dict({M.val(k): v for k, v in logs.items()}, on_step=False, on_epoch=True, batch_size=len(batch))
+        # Averaged over ranks at the end of validation, so every rank's checkpoint callback sees
+        # the same (global) val/loss/total when it picks the best checkpoint.
+        self.log_dict({M.val(k): v for k, v in logs.items()}, on_step=False, on_epoch=True, batch_size=len(batch), sync_dist=True)
+
+    def configure_gradient_clipping(self, optimizer: torch.optim.Optimizer, gradient_clip_val: float | None = None,
+                                    gradient_clip_algorithm: str | None = None) -> None:
+        """Clip the global gradient norm; under FSDP through the sharded module's own
+        ``clip_grad_norm_`` (the norm over every rank's shard), which Lightning's FSDP precision
+        plugin leaves to the module."""
+        model = self.trainer.model
+        if gradient_clip_val and hasattr(model, "clip_grad_norm_"):
+            model.clip_grad_norm_(gradient_clip_val)
+        else:
+            super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        """Measure the global gradient norm (before clipping); skip non-finite gradients."""
-        grads = [p.grad for p in self.parameters() if p.grad is not None]
-        if not grads:  # a non-finite loss: no backward ran, there is nothing to update
+        """Measure the global gradient norm (before clipping); skip non-finite gradients.
+
+        A step one of whose micro-batches was skipped (non-finite loss, no clips) makes no
+        update at all: under DDP that micro-batch's backward -- the one that all-reduces the
+        accumulated gradients -- may be the one that did not run, so the ranks' gradients could
+        differ; dropping them keeps every rank's weights the same.
+        """
+        if self._update_blocked:
+            self._update_blocked = False
+            optimizer.zero_grad(set_to_none=True)  # counted when its micro-batch was skipped
             return
-        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads]))
+        grads = [p.grad for p in self.parameters() if p.grad is not None]
+        norm = global_norms(self.trainer, {"total": grads}).get("total")
+        if norm is None:  # a non-finite loss: no backward ran, there is nothing to update
+            return
         self.log(M.GRAD_NORM_TOTAL, norm, on_step=True, on_epoch=False)  # logged as is, also when non-finite
         if not torch.isfinite(norm):
             self._step_nonfinite = True
@@ -262,14 +369,14 @@ class PretrainModule(L.LightningModule):
                 logs[M.code_perplexity(alias, cb)] = code_perplexity(t.values[..., cb][valid], vocab)
         return logs
 
-    def log_throughput(self, batch: AudioBatch) -> None:
-        """Audio seconds and clips per wall-clock second, measured step start to step start."""
+    def log_throughput(self, totals: StepTotals) -> None:
+        """Audio seconds and clips per wall-clock second of the global batch (all ranks),
+        measured step start to step start."""
         now = time.perf_counter()
         if self._last_step_start is not None:
             elapsed = max(now - self._last_step_start, 1e-9)
-            seconds = float(batch.lengths.sum()) / self.backbone.sample_rate
             self.log_dict({
-                M.AUDIO_SECONDS_PER_S: seconds / elapsed,
-                M.SAMPLES_PER_S: len(batch) / elapsed,
+                M.AUDIO_SECONDS_PER_S: totals.audio_seconds / elapsed,
+                M.SAMPLES_PER_S: totals.clips / elapsed,
             }, on_step=True, on_epoch=False)
         self._last_step_start = now

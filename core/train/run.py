@@ -10,6 +10,7 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 
 from mertlab import metric_names as M
 from mertlab.atomic import check_writable
@@ -20,15 +21,18 @@ from mertlab.data.demo_tasks import DEMO_TASKS, demo_tasks_dir, write_demo_tasks
 from mertlab.errors import MertlabError
 from mertlab.paths import inside
 from mertlab.run_summary import log_run_summary
-from mertlab.spec import ExperimentSpec
+from mertlab.spec import ExperimentSpec, global_batch_size
 from mertlab.target_cache import build_teacher_cache
 from mertlab.tracking import PROCESS_TAG, check_store, ensure_experiment, log_spec, mark_crashed_runs, process_identity, resolve_tracking_uri, run_tags
 from mertlab.train.checkpoint_io import ResumePoint, SafeCheckpointIO, select_resume_checkpoint
 from mertlab.train.module import PretrainModule
+from mertlab.train.strategy import build_strategy, process_rank
 from mertlab.train.tracking_logger import ResilientMLFlowLogger, logged_steps
 
 log = logging.getLogger(__name__)
 SKIPPED_FILES_ARTIFACT = "data/skipped_files.tsv"
+#: MLflow param: clips per optimizer step over all devices and nodes.
+GLOBAL_BATCH_PARAM = "global_batch_size"
 
 
 @dataclass
@@ -39,6 +43,7 @@ class TrainResult:
     checkpoint_dir: Path
     metrics: dict[str, float] = field(default_factory=dict)
     skipped_files: list[Any] = field(default_factory=list)  # mertlab.data.skipped.SkippedFile
+    is_global_zero: bool = True  # False in the other processes of a distributed run
 
 
 def run_directory(spec: ExperimentSpec) -> Path:
@@ -48,7 +53,8 @@ def run_directory(spec: ExperimentSpec) -> Path:
 
 def find_resume_checkpoint(spec: ExperimentSpec, resume: str | bool) -> ResumePoint:
     """An explicit checkpoint path, or the newest checkpoint of this spec's runs that loads
-    (:func:`~mertlab.train.checkpoint_io.select_resume_checkpoint`)."""
+    (:func:`~mertlab.train.checkpoint_io.select_resume_checkpoint`; a sharded (fsdp) checkpoint
+    is a folder)."""
     return select_resume_checkpoint(run_directory(spec), resume if isinstance(resume, str) else None)
 
 
@@ -85,6 +91,35 @@ def quiet_lightning() -> None:
         rank_zero_logger.addFilter(_DropAdvertisements())
 
 
+def make_trainer(
+    spec: ExperimentSpec, strategy: Any, logger: Any, callbacks: list[Any], plugins: list[Any], has_val: bool, progress: bool
+) -> L.Trainer:
+    """The Lightning Trainer of ``spec.trainer`` (strategy, devices and nodes included)."""
+    t = spec.trainer
+    return L.Trainer(
+        max_steps=t.max_steps,
+        precision=t.precision,
+        accumulate_grad_batches=t.accumulate_grad_batches,
+        gradient_clip_val=spec.optim.grad_clip or None,
+        val_check_interval=t.val_every_n_steps if has_val else None,
+        check_val_every_n_epoch=None,
+        limit_val_batches=t.limit_val_batches if has_val else 0,
+        num_sanity_val_steps=0,
+        log_every_n_steps=t.log_every_n_steps,
+        accelerator=t.accelerator,
+        devices=t.devices,
+        num_nodes=t.num_nodes,
+        strategy=strategy,
+        plugins=plugins,
+        use_distributed_sampler=False,  # AudioDataModule's samplers split the data per rank (exact resume)
+        logger=logger,
+        callbacks=callbacks,
+        default_root_dir=str(run_directory(spec)),
+        enable_progress_bar=progress,
+        enable_model_summary=progress,
+    )
+
+
 def train(
     spec: ExperimentSpec, resume: str | bool = False, registry: Any = None, progress: bool = True, run_id: str | None = None
 ) -> TrainResult:
@@ -106,45 +141,57 @@ def train(
     if resume:
         point = find_resume_checkpoint(spec, resume)
         ckpt_path = point.path
-        checkpoint_io.preload(point.path, point.checkpoint)
+        if point.path.is_file():  # a sharded folder is read by the fsdp strategy itself
+            checkpoint_io.preload(point.path, point.checkpoint)
         ckpt_run = point.checkpoint.get("mlflow_run_id")
         if run_id and ckpt_run and ckpt_run != run_id:
             raise MertlabError(f"--resume: {ckpt_path} belongs to MLflow run {ckpt_run}, not {run_id}")
         run_id = ckpt_run or run_id
 
+    # Rank 0 alone prepares data, checks the store and keeps the MLflow run; with Lightning's own
+    # launcher the other ranks start (as copies of this command) once rank 0 reaches fit.
+    lead = process_rank(spec.trainer) == 0
     tracking_uri = resolve_tracking_uri(spec)
     experiment = spec.tracking.experiment or spec.name
-    client = check_store(tracking_uri, spec.tracking.connect_timeout)  # one clear error, before any work or file is written
+    client = check_store(tracking_uri, spec.tracking.connect_timeout) if lead else None  # one clear error, before any work
     check_writable(run_directory(spec), "trainer.output_dir")  # before any work or MLflow run
-    prepare_data(spec)
+    if lead:
+        prepare_data(spec)
     module = PretrainModule(spec, registry)
+    strategy = build_strategy(spec.trainer, module.backbone)  # misconfigurations surface before MLflow
     datamodule = AudioDataModule(spec.data, module.backbone.sample_rate, spec.seed, min_seconds=shortest_usable_seconds(module))
     datamodule.setup()  # data errors surface before an MLflow run is created
     files = datamodule.train_files + datamodule.val_files
-    if spec.data.target_cache and spec.data.build_target_cache:
+    if lead and spec.data.target_cache and spec.data.build_target_cache:
         for alias, teacher in module.teachers.items():
             build_teacher_cache(teacher, files, spec.data.target_cache, alias=alias, progress=progress)
     module.target_source.check_files(files)
 
-    ensure_experiment(client, experiment)  # artifacts beside the store, MLflow's training view
-    for crashed in mark_crashed_runs(client, experiment):
-        log.warning("MLflow run %s was left RUNNING by a training process that is gone: marked FAILED", crashed)
-    if run_id:
-        client.update_run(run_id, status="RUNNING")
+    if lead:
+        ensure_experiment(client, experiment)  # artifacts beside the store, MLflow's training view
+        for crashed in mark_crashed_runs(client, experiment):
+            log.warning("MLflow run %s was left RUNNING by a training process that is gone: marked FAILED", crashed)
+        if run_id:
+            client.update_run(run_id, status="RUNNING")
+    # On other ranks the logger is inert (Lightning logs from rank 0 only) and has no new run.
     logger = ResilientMLFlowLogger(
         experiment_name=experiment,
         tracking_uri=tracking_uri,
         run_name=spec.tracking.run_name or spec.name,
         tags=None if run_id else run_tags(spec, registry),
         run_id=run_id,
-        skip_logged_steps=logged_steps(client, run_id) if resume and run_id else None,
+        skip_logged_steps=logged_steps(client, run_id) if lead and resume and run_id else None,
         flush_timeout=spec.tracking.connect_timeout,
     )
-    log_spec(logger, spec)
-    logger.experiment.set_tag(logger.run_id, PROCESS_TAG, process_identity())
-
-    checkpoint_dir = inside(run_directory(spec), logger.run_id, what="MLflow run id") / "checkpoints"
-    logger.unsent_file = checkpoint_dir.parent / "unsent_metrics.jsonl"
+    if lead:
+        log_spec(logger, spec)
+        if GLOBAL_BATCH_PARAM not in client.get_run(logger.run_id).data.params:
+            logger.log_hyperparams({GLOBAL_BATCH_PARAM: global_batch_size(spec)})
+        logger.experiment.set_tag(logger.run_id, PROCESS_TAG, process_identity())
+        checkpoint_dir = inside(run_directory(spec), logger.run_id, what="MLflow run id") / "checkpoints"
+        logger.unsent_file = checkpoint_dir.parent / "unsent_metrics.jsonl"
+    else:  # ModelCheckpoint takes rank 0's folder (a broadcast in its setup)
+        checkpoint_dir = run_directory(spec) / str(run_id or "rank-0-run") / "checkpoints"
     has_val = bool(datamodule.val_files) and spec.trainer.limit_val_batches > 0
     checkpoint = ModelCheckpoint(
         dirpath=checkpoint_dir,
@@ -154,51 +201,63 @@ def train(
         mode="min",
         save_top_k=1,
         save_last=True,
-        every_n_train_steps=spec.trainer.val_every_n_steps,
+        # With validation, save right after it (on_validation_end), so "best" is chosen on this
+        # step's val/loss/total; saving every n train steps would run before that step's
+        # validation and rank the checkpoint by the previous score.
+        every_n_train_steps=None if has_val else spec.trainer.val_every_n_steps,
+        save_on_train_epoch_end=False,
     )
     callbacks = [registry.build("callback", c.name, c.params) for c in spec.callbacks.values()]
-    t = spec.trainer
-    trainer = L.Trainer(
-        max_steps=t.max_steps,
-        precision=t.precision,
-        accumulate_grad_batches=t.accumulate_grad_batches,
-        gradient_clip_val=spec.optim.grad_clip or None,
-        val_check_interval=t.val_every_n_steps if has_val else None,
-        check_val_every_n_epoch=None,
-        limit_val_batches=t.limit_val_batches if has_val else 0,
-        num_sanity_val_steps=0,
-        log_every_n_steps=t.log_every_n_steps,
-        accelerator=t.accelerator,
-        devices=t.devices,
-        logger=logger,
-        callbacks=[*callbacks, checkpoint],
-        plugins=[checkpoint_io],
-        default_root_dir=str(run_directory(spec)),
-        enable_progress_bar=progress,
-        enable_model_summary=progress,
-    )
+    try:
+        trainer = make_trainer(spec, strategy, logger, [*callbacks, checkpoint], [checkpoint_io], has_val, progress)
+    except (ValueError, MisconfigurationException) as exc:  # e.g. more devices than the machine has
+        raise MertlabError(f"trainer: {exc}") from None
     trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt_path) if ckpt_path else None)
+    checkpoint_dir = Path(checkpoint.dirpath)  # rank 0's, on every rank
     if trainer.state.finished:  # max_steps may end mid-epoch: make last.ckpt the final state
+        # Every rank calls it (FSDP gathers or writes shards); DDP writes on rank 0 only.
         trainer.save_checkpoint(checkpoint_dir / "last.ckpt", weights_only=False)
+    skipped = gather_skipped(trainer, datamodule)
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if torch.is_tensor(v) and v.numel() == 1}
+    if trainer.is_global_zero:
+        finish_run(logger, client, tracking_uri, module, datamodule, trainer.global_step, metrics)
+    if module.stop_reason:
+        raise MertlabError(f"{module.stop_reason}; checkpoint: {checkpoint_dir / 'last.ckpt'}")
+    return TrainResult(logger.run_id, experiment, tracking_uri, checkpoint_dir, metrics, skipped, trainer.is_global_zero)
+
+
+def gather_skipped(trainer: L.Trainer, datamodule: AudioDataModule) -> list[Any]:
+    """The bad files every rank skipped (each rank reads its own share of the data)."""
+    if trainer.world_size == 1 or not torch.distributed.is_initialized():
+        return list(datamodule.skipped)
+    found: list[Any] = [None] * trainer.world_size
+    torch.distributed.all_gather_object(found, list(datamodule.skipped))
+    for items in found:
+        for item in items:
+            datamodule.skipped.add(item)
+    return list(datamodule.skipped)
+
+
+def finish_run(logger: ResilientMLFlowLogger, client: Any, tracking_uri: str, module: PretrainModule,
+               datamodule: AudioDataModule, step: int, metrics: dict[str, float]) -> None:
+    """Rank 0, after fit: send the queued metrics, log the skipped files and the run summary
+    (into ``metrics`` too), and mark a run that stopped itself FAILED. The store failing now
+    is a warning: it must not hide the finished training."""
     skipped = list(datamodule.skipped)
     if skipped:
-        logger.log_metrics({M.SKIPPED_FILES: float(len(skipped))}, step=trainer.global_step)
+        logger.log_metrics({M.SKIPPED_FILES: float(len(skipped))}, step=step)
         log.warning("skipped %d bad audio file(s); the list is the run's %s artifact", len(skipped), SKIPPED_FILES_ARTIFACT)
-    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if torch.is_tensor(v) and v.numel() == 1}
     if not logger.flush():
         logger.write_unsent()
     try:
         if skipped:
             client.log_text(logger.run_id, datamodule.skipped.report(), SKIPPED_FILES_ARTIFACT)
-        metrics.update(log_run_summary(client, logger.run_id, trainer.global_step))
+        metrics.update(log_run_summary(client, logger.run_id, step))
         if module.stop_reason:
             client.set_tag(logger.run_id, "mertlab.stopped", module.stop_reason)
             client.set_terminated(logger.run_id, "FAILED")
     except Exception as exc:  # noqa: BLE001 - the store failing now must not hide the finished training
         log.warning("MLflow tracking store %s: could not log the run summary (%s)", tracking_uri, exc)
-    if module.stop_reason:
-        raise MertlabError(f"{module.stop_reason}; checkpoint: {checkpoint_dir / 'last.ckpt'}")
-    return TrainResult(logger.run_id, experiment, tracking_uri, checkpoint_dir, metrics, skipped)
 
 
 def shortest_usable_seconds(module: PretrainModule) -> float:

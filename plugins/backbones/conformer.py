@@ -407,6 +407,9 @@ class ConformerBackbone(Backbone):
         groups["mask_embedding"] = ["mask_embedding"]
         return groups
 
+    def layer_classes(self) -> set[type[nn.Module]]:
+        return {ConformerBlock}
+
     # ---------------------------------------------------------------- forward
     def forward(
         self,

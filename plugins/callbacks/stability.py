@@ -24,11 +24,8 @@ import torch
 from mertlab import metric_names as M
 from mertlab.plugins.callbacks.stability_plugin import StabilityParams
 from mertlab.train.rollback import rollback_to_last_checkpoint
+from mertlab.train.strategy import global_norms
 from mertlab.train.tracking_logger import set_run_tag
-
-
-def _norm(tensors: list[torch.Tensor]) -> float:
-    return float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(t.float()) for t in tensors])))
 
 
 class StabilityMonitor(L.Callback):
@@ -64,18 +61,16 @@ class StabilityMonitor(L.Callback):
 
     def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: Any, optimizer: torch.optim.Optimizer) -> None:
         self._check_spike(trainer, pl_module, optimizer)
-        if not self._due():
+        if not self._due() or pl_module.last_loss is None:  # a skipped step: no gradient to measure
             return
-        metrics = {}
+        groups = {}
         named = dict(pl_module.backbone.named_parameters())
         for block, prefixes in pl_module.backbone.block_names().items():
-            grads = [p.grad for n, p in named.items() if p.grad is not None and n.startswith(tuple(prefixes))]
-            if grads:
-                metrics[M.grad_norm(block)] = _norm(grads)
+            groups[M.grad_norm(block)] = [p.grad for n, p in named.items() if p.grad is not None and n.startswith(tuple(prefixes))]
         for alias, objective in pl_module.objectives.items():
-            grads = [p.grad for p in objective.parameters() if p.grad is not None]
-            if grads:
-                metrics[M.grad_norm(f"head.{alias}")] = _norm(grads)
+            groups[M.grad_norm(f"head.{alias}")] = [p.grad for p in objective.parameters() if p.grad is not None]
+        # Under FSDP each rank holds a shard of the gradients: the norms are summed over ranks.
+        metrics = {key: float(norm) for key, norm in global_norms(trainer, groups).items()}
         self._log(trainer, metrics, self._step)
         if self.params.update_ratio:
             self._before = [p.detach().clone() for p in pl_module.parameters() if p.requires_grad]
@@ -115,8 +110,9 @@ class StabilityMonitor(L.Callback):
         pl_module.instrument_next_step = False
         if self._before is not None:
             after = [p.detach() for p in pl_module.parameters() if p.requires_grad]
-            delta = _norm([a - b for a, b in zip(after, self._before)])
-            metrics[M.UPDATE_RATIO_TOTAL] = delta / max(_norm(self._before), 1e-12)
+            norms = global_norms(trainer, {"delta": [a - b for a, b in zip(after, self._before)], "before": self._before})
+            if "delta" in norms:
+                metrics[M.UPDATE_RATIO_TOTAL] = float(norms["delta"]) / max(float(norms["before"]), 1e-12)
             self._before = None
         if self._step % trainer.log_every_n_steps == 0:
             # a non-finite step has no z-score: NaN, never the previous step's value

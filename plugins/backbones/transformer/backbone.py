@@ -10,7 +10,7 @@ from torch import Tensor, nn
 from mertlab.contracts import Backbone, BackboneOutput
 from mertlab.errors import DataError, MertlabError
 
-from .layers import Encoder, FeatureExtractor, FeatureProjection, MelFeatureExtractor
+from .layers import Encoder, EncoderLayer, FeatureExtractor, FeatureProjection, MelFeatureExtractor
 from .params import TransformerParams
 
 
@@ -127,6 +127,12 @@ class TransformerBackbone(Backbone):
         blocks.update({f"layer{i}": [f"encoder.layers.{i}."] for i in range(self.params.num_layers)})
         return blocks
 
+    def set_step_seed(self, seed: int) -> None:
+        self.encoder.layer_drop_generator = torch.Generator().manual_seed(seed)
+
+    def layer_classes(self) -> set[type[nn.Module]]:
+        return {EncoderLayer}
+
     # ------------------------------------------------------------------ forward
     def forward(
         self,
@@ -186,6 +192,12 @@ class TransformerBackbone(Backbone):
     # ------------------------------------------------------------------ Hugging Face
     #: HubertModel / HubertFor* (transformers) and MERT's own MERTModel (``mert_model``).
     hf_model_types: ClassVar[tuple[str, ...]] = ("hubert", "mert_model")
+
+    def save_hf(self, directory: Path) -> None:
+        """Write a ``transformers.HubertModel`` directory; see :func:`.hf.save_hf`."""
+        from .hf import save_hf
+
+        save_hf(self, directory)
 
     @classmethod
     def load_hf(cls, directory: str | Path, sample_rate: int | None = None) -> TransformerBackbone:

@@ -19,8 +19,9 @@ import torch
 from pydantic import ValidationError
 from torch import Tensor
 
+from mertlab.atomic import atomic_write
 from mertlab.errors import MertlabError
-from mertlab.safe_load import load_torch_file
+from mertlab.safe_load import load_torch_file, write_plain_safetensors
 
 from .backbone import TransformerBackbone
 from .params import TransformerParams
@@ -217,3 +218,16 @@ def load_hf(directory: str | Path, sample_rate: int | None = None) -> Transforme
             f"unexpected: {unexpected or 'none'}"
         )
     return backbone.eval()
+
+
+def save_hf(backbone: TransformerBackbone, directory: str | Path) -> Path:
+    """Write ``backbone`` as a ``transformers.HubertModel`` directory: ``config.json``
+    (``model_type: hubert``, our architecture via :func:`hf_config_from_params`) and
+    ``model.safetensors`` (our state dict: the keys are HF's), each written atomically."""
+    # first: a backbone without an HF equivalent is refused before anything is written
+    config = {"model_type": "hubert", "architectures": ["HubertModel"], **hf_config_from_params(backbone.params)}
+    directory = Path(directory)
+    text = (json.dumps(config, indent=2) + "\n").encode()
+    atomic_write(directory / "config.json", lambda f: f.write(text))
+    write_plain_safetensors(directory / "model.safetensors", backbone.state_dict(), {"format": "pt"})
+    return directory

@@ -269,6 +269,9 @@ class Encoder(nn.Module):
         self.pre_ln = p.layer_norm_first
         self.layer_drop = p.layer_drop
         self.gradient_checkpointing = p.gradient_checkpointing
+        # Layer-drop decisions come from this generator when the trainer seeded it (the same seed
+        # on every rank: see Backbone.set_step_seed), else from the global RNG.
+        self.layer_drop_generator: torch.Generator | None = None
 
     def forward(self, x: Tensor, pad: Tensor | None, instrument: bool = False) -> EncoderOutput:
         """``x`` ``[B, T, D]`` projected (and masked) features; ``pad`` ``[B, T]`` True at
@@ -286,7 +289,7 @@ class Encoder(nn.Module):
         max_logits: list[Tensor] | None = [] if instrument else None
         rms: list[Tensor] | None = [] if instrument else None
         for layer in self.layers:
-            if self.training and self.layer_drop > 0 and torch.rand(()) < self.layer_drop:
+            if self.training and self.layer_drop > 0 and torch.rand((), generator=self.layer_drop_generator) < self.layer_drop:
                 # Skipped layer: its hidden state repeats the input so indices stay layer numbers.
                 if instrument:
                     max_logits.append(torch.tensor(float("nan"), device=x.device))
