@@ -3,36 +3,44 @@
 Both teachers wrap a real RVQ-VAE codec and need the same few things, kept here so the
 plugins stay independent of each other:
 
+* :class:`CodecTeacher` -- the teacher itself, but for building the codec, fitting its random
+  codebooks and encoding: a frozen ``model``, ``ceil(n / hop)`` frames per clip, checked input
+  (:func:`mertlab.frame_features.check_audio_batch`), a fingerprint over the codec's weights;
 * :func:`resolve_weights` -- the local weights file to load (explicit path or the codec
   package's own cache location), with one clear error when it is absent (nothing is ever
   downloaded);
 * :func:`state_hash` -- a hash of the weights that produce the codes, mixed into the
   teacher's fingerprint so the target cache notices changed weights;
-* :func:`check_audio_batch` / :func:`encode_by_length` -- input checks and exact batching:
-  codec encoders pad the end of a clip (to a whole frame, or through their convolutions), so
-  a clip padded inside a batch would get different last frames than the same clip alone.
-  Clips are therefore encoded in groups of equal length, each cropped to its valid samples;
+* :func:`encode_by_length` -- exact batching: codec encoders pad the end of a clip (to a whole
+  frame, or through their convolutions), so a clip padded inside a batch would get different
+  last frames than the same clip alone. Clips are therefore encoded in groups of equal length,
+  each cropped to its valid samples;
 * :func:`calibration_audio` / :func:`fit_codebook` -- a randomly initialised codec has useless
   codebooks (EnCodec's are all zeros until its k-means init sees data), so a teacher built
-  with ``pretrained: false`` fits each residual codebook with a seeded k-means on the encoder
-  output of synthetic audio (tones and noise at random levels) generated from the teacher's
-  seed. The result depends only on the params, never on which batch came first, so cached
-  and on-the-fly targets agree.
+  with ``pretrained: false`` fits each residual codebook with a seeded k-means
+  (:func:`mertlab.kmeans.lloyd_kmeans`) on the encoder output of synthetic audio (tones and
+  noise at random levels) generated from the teacher's seed. The result depends only on the
+  params, never on which batch came first, so cached and on-the-fly targets agree.
 """
 from __future__ import annotations
 
 import hashlib
 import math
 import warnings
+from abc import abstractmethod
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 from contextlib import contextmanager
 from pathlib import Path
 
 import torch
-from torch import Tensor
+from pydantic import Field
+from torch import Tensor, nn
 
-from mertlab.errors import DataError, MertlabError, WeightsError
+from mertlab.contracts import Params, TargetInfo
+from mertlab.errors import MertlabError, WeightsError
+from mertlab.frame_features import CheckedFrameTeacher
+from mertlab.kmeans import lloyd_kmeans
 
 
 # --------------------------------------------------------------------------- weights
@@ -98,34 +106,6 @@ def seeded_build(seed: int) -> Iterator[None]:
 
 
 # --------------------------------------------------------------------------- batches
-def check_audio_batch(teacher: str, wav: Tensor, lengths: Tensor) -> list[int]:
-    """Validate a ``[B, S]`` float batch and its ``[B]`` valid lengths; return the lengths.
-
-    Every clip needs at least one valid sample and finite values where valid (a codec would
-    silently turn NaN into arbitrary codes)."""
-    if wav.dim() != 2 or not wav.is_floating_point():
-        raise DataError(
-            f"{teacher} teacher expects float mono audio [batch, samples]; got {tuple(wav.shape)} {wav.dtype}"
-        )
-    if lengths.shape != (wav.shape[0],):
-        raise DataError(
-            f"{teacher} teacher: lengths must be [batch] = [{wav.shape[0]}]; got {tuple(lengths.shape)}"
-        )
-    if lengths.is_floating_point() and not torch.equal(lengths, lengths.round()):
-        raise DataError(f"{teacher} teacher: lengths must be whole numbers of samples; got {lengths.tolist()}")
-    lens = [int(n) for n in lengths.tolist()]
-    for i, n in enumerate(lens):
-        if not 1 <= n <= wav.shape[1]:
-            raise DataError(
-                f"{teacher} teacher: clip {i} has {n} valid samples; expected 1..{wav.shape[1]} "
-                "(empty clips cannot be encoded)"
-            )
-    valid = torch.arange(wav.shape[1], device=wav.device)[None, :] < lengths.to(wav.device)[:, None]
-    if not bool(torch.isfinite(wav[valid]).all()):
-        raise DataError(f"{teacher} teacher: audio contains NaN or infinite samples")
-    return lens
-
-
 def encode_by_length(
     wav: Tensor, lens: list[int], encode: Callable[[Tensor], Tensor]
 ) -> tuple[Tensor, Tensor]:
@@ -179,43 +159,133 @@ def calibration_audio(sample_rate: int, seconds: float, generator: torch.Generat
 #: Samples per fitted centroid at least: with one centroid per sample, a residual codebook would
 #: quantize its calibration frames exactly and leave the next codebooks nothing but zeros.
 SAMPLES_PER_CODE = 4
+#: Lloyd iterations of the codebook fit for ``pretrained: false``.
+KMEANS_ITERS = 20
 
 
-def fit_codebook(samples: Tensor, size: int, iters: int, generator: torch.Generator, spherical: bool = False) -> Tensor:
-    """A ``[size, D]`` codebook from ``samples`` ``[N, D]``: k-means with
-    ``min(size, ceil(N / SAMPLES_PER_CODE))`` centroids, repeated to fill ``size`` rows when there
-    are fewer (nearest-code lookups return the first of equal rows, so repeats stay unused)."""
-    fitted = kmeans(samples, min(size, -(-samples.shape[0] // SAMPLES_PER_CODE)), iters, generator, spherical)
+def fit_codebook(
+    samples: Tensor, size: int, generator: torch.Generator, spherical: bool = False, iters: int = KMEANS_ITERS
+) -> Tensor:
+    """A ``[size, D]`` codebook from ``samples`` ``[N, D]``: k-means (:func:`mertlab.kmeans.lloyd_kmeans`,
+    on the CPU, ``spherical`` for cosine lookups) with ``min(size, ceil(N / SAMPLES_PER_CODE))``
+    centroids, repeated to fill ``size`` rows when there are fewer (nearest-code lookups return
+    the first of equal rows, so repeats stay unused)."""
+    samples = samples.detach().float().cpu()
+    k = min(size, -(-samples.shape[0] // SAMPLES_PER_CODE))
+    fitted = lloyd_kmeans(samples, k, n_iter=iters, generator=generator, spherical=spherical)
     return fitted.repeat(-(-size // fitted.shape[0]), 1)[:size]
 
 
-def kmeans(samples: Tensor, k: int, iters: int, generator: torch.Generator, spherical: bool = False) -> Tensor:
-    """Lloyd's k-means of ``samples`` ``[N, D]`` (``N >= k``) into ``k`` centroids ``[k, D]``,
-    seeded by ``generator`` (initial centroids: ``k`` distinct random samples).
+# --------------------------------------------------------------------------- the teacher
+class CodecTeacher(CheckedFrameTeacher):
+    """Discrete RVQ codes ``[B, T, n_codebooks]`` of a frozen neural codec.
 
-    ``spherical``: cluster directions (samples and centroids L2-normalised, cosine nearest), as
-    DAC's codebook lookup does."""
-    samples = samples.detach().float().cpu()
-    if spherical:
-        samples = torch.nn.functional.normalize(samples, dim=1)
-    if not 1 <= k <= samples.shape[0]:
-        raise ValueError(f"k-means needs 1 <= k <= number of samples; got k={k}, {samples.shape[0]} samples")
-    centroids = samples[torch.randperm(samples.shape[0], generator=generator)[:k]].clone()
-    for _ in range(iters):
-        assign = nearest(samples, centroids, spherical)
-        counts = torch.bincount(assign, minlength=k)
-        sums = torch.zeros_like(centroids).index_add_(0, assign, samples)
-        filled = counts > 0  # empty clusters keep their centroid
-        centroids[filled] = sums[filled] / counts[filled, None].float()
-        if spherical:
-            centroids = torch.nn.functional.normalize(centroids, dim=1)
-    return centroids
+    A subclass builds (or loads) its codec in its constructor and hands it to :meth:`hold`;
+    it implements :meth:`encode` (one group of equal-length clips) and :meth:`fit_codebooks`
+    (``pretrained: false``). Its params have ``pretrained``, ``seed`` and ``init_seconds``.
+
+    * A clip of ``n`` samples gives ``ceil(n / hop_length)`` frames (:meth:`num_frames`;
+      codecs pad the last frame); an empty clip is an error.
+    * Clips of a batch are encoded in groups of equal length (:func:`encode_by_length`), so
+      batched codes equal one-clip-at-a-time codes.
+    * The codec stays in eval mode and frozen; :meth:`fingerprint` covers a hash of its encoder
+      and quantizer weights.
+    """
+
+    target_kind = "discrete"
+    #: The codec, frozen (set by :meth:`hold`).
+    model: nn.Module
+    #: Samples per frame of the codec.
+    hop_length: int
+    #: Codebooks kept (the first ones of the residual stack).
+    n_codebooks: int
+
+    def hold(self, model: nn.Module, *, hop_length: int, n_codebooks: int, codebook_size: int) -> None:
+        """Keep ``model`` frozen in eval mode, fit its codebooks when ``params.pretrained`` is
+        false, then hash the weights that produce the codes."""
+        self.model = model.eval().requires_grad_(False)
+        self.hop_length = hop_length
+        self.n_codebooks = n_codebooks
+        self.target_info = TargetInfo(
+            kind="discrete",
+            dim=n_codebooks,
+            frame_rate=self.sample_rate / hop_length,
+            vocab_sizes=(codebook_size,) * n_codebooks,
+        )
+        if not self.params.pretrained:
+            generator = torch.Generator().manual_seed(self.params.seed)
+            with torch.no_grad():
+                self.fit_codebooks(calibration_audio(self.sample_rate, self.params.init_seconds, generator), generator)
+        self._weights_hash = state_hash(
+            {k: v for k, v in self.model.state_dict().items() if k.startswith(("encoder.", "quantizer."))}
+        )
+
+    @abstractmethod
+    def fit_codebooks(self, audio: Tensor, generator: torch.Generator) -> None:
+        """Fit the used residual codebooks of the random-init codec, in order, on its encoder
+        frames of ``audio`` ``[clips, samples]`` (:func:`calibration_audio`), drawing from ``generator``."""
+
+    @abstractmethod
+    def encode(self, audio: Tensor) -> Tensor:
+        """``audio`` ``[b, 1, n]`` (clips of one length, on the codec's device and dtype) ->
+        ``[b, T, n_codebooks]`` integer codes."""
+
+    @property
+    def label(self) -> str:
+        return f"{self.name} teacher"
+
+    @property
+    def sample_rate(self) -> int:
+        return int(self.model.sample_rate)
+
+    def train(self, mode: bool = True) -> "CodecTeacher":
+        super().train(mode)
+        self.model.eval()  # frozen: never the codec's training behaviour (quantizer dropout, EMA codebooks)
+        return self
+
+    def num_frames(self, num_samples: int) -> int:
+        """Frames for a clip of ``num_samples`` samples (>= 1)."""
+        return -(-num_samples // self.hop_length)
+
+    def frames(self, wav: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+        return encode_by_length(wav, [int(n) for n in lengths.tolist()], self._encode)
+
+    def _encode(self, wav: Tensor) -> Tensor:
+        weight = next(self.model.parameters())
+        return self.encode(wav[:, None].to(device=weight.device, dtype=weight.dtype))
+
+    def fingerprint_payload(self) -> Any:
+        return {"weights_sha256": self._weights_hash}
 
 
-def nearest(samples: Tensor, centroids: Tensor, spherical: bool = False) -> Tensor:
-    """Index of the nearest centroid per sample (Euclidean, or cosine when ``spherical``)."""
-    if spherical:
-        return (samples @ centroids.T).argmax(dim=1)
-    dist = samples.pow(2).sum(1, keepdim=True) - 2 * samples @ centroids.T + centroids.pow(2).sum(1)[None]
-    return dist.argmin(dim=1)
+# --------------------------------------------------------------------------- params
+# The params fields every codec teacher has, declared by each teacher's Params in its own order.
+def pretrained_field() -> Any:
+    """The ``pretrained: bool`` field of a codec teacher's params."""
+    return Field(
+        True,
+        description="Load the released weights from a local file; false builds the architecture with "
+        "seeded random weights and k-means-fitted codebooks (tests, quickstart: codes carry no meaning).",
+    )
 
+
+def seed_field() -> Any:
+    """The ``seed: int`` field of a codec teacher's params."""
+    return Field(0, ge=0, description="Seed of the random weights and codebook fit (pretrained: false only).")
+
+
+def init_seconds_field() -> Any:
+    """The ``init_seconds: float`` field of a codec teacher's params."""
+    return Field(
+        8.0,
+        gt=0,
+        le=600,
+        description="Seconds of seeded synthetic audio whose encoder frames fit the random codebooks "
+        "(pretrained: false only; one fitted code per 4 frames, up to 1024).",
+    )
+
+
+def weights_need_pretrained(params: Params) -> None:
+    """Reject ``weights`` set together with ``pretrained: false`` (a params validator's check)."""
+    if params.weights is not None and not params.pretrained:
+        raise ValueError("weights is set but pretrained is false; drop one of them")

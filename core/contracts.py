@@ -350,7 +350,41 @@ class Masking(ABC):
     def __call__(self, padding_mask: Tensor, generator: torch.Generator | None = None) -> Tensor: ...
 
 
-class FrameTeacher(Teacher):
+class FrameTeacherBase(Teacher):
+    """What every frame-level teacher's :meth:`targets` does, around one :meth:`frames` method.
+
+    :meth:`targets` runs :meth:`frames` without gradients, zeroes the frames past each clip's
+    frame count (padding never holds stale values) and returns contiguous int64 codes (discrete)
+    or float32 features (continuous) with :attr:`info`. :attr:`sample_rate` defaults to the
+    ``sample_rate`` params field. Subclass :class:`FrameTeacher` for a hop-based teacher; a
+    teacher with its own frame counts (centred frames, a codec's) subclasses this and
+    implements :meth:`frames` and :attr:`info`.
+    """
+
+    @property
+    def sample_rate(self) -> int:
+        """Sample rate the teacher expects; default: the ``sample_rate`` params field."""
+        return int(self.params.sample_rate)
+
+    @abstractmethod
+    def frames(self, wav: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+        """``wav`` ``[B, S]``, ``lengths`` ``[B]`` valid samples -> ``(values [B, T, C], frame_lengths [B])``:
+        the targets of every clip and its number of valid frames (values past it are zeroed)."""
+
+    @torch.no_grad()
+    def targets(self, wav: Tensor, lengths: Tensor) -> Targets:
+        values, frame_lengths = self.frames(wav, lengths)
+        if values.dim() == 3:
+            steps = torch.arange(values.shape[1], device=values.device)
+            values = values.masked_fill((steps[None, :] >= frame_lengths.to(values.device)[:, None])[:, :, None], 0)
+        if self.target_kind == "discrete" and not values.dtype.is_floating_point:
+            values = values.long()
+        elif self.target_kind == "continuous" and values.dtype.is_floating_point:
+            values = values.float()
+        return Targets(values=values.contiguous(), lengths=frame_lengths, info=self.info)
+
+
+class FrameTeacher(FrameTeacherBase):
     """A teacher that is its ``Params`` and one :meth:`compute` method.
 
     For frame-level teachers with a fixed hop: frame ``j`` starts at sample ``j * hop_length``
@@ -367,11 +401,6 @@ class FrameTeacher(Teacher):
     dim: ClassVar[int] = 0
     #: Codebook sizes of discrete targets, one per codebook.
     vocab_sizes: ClassVar[tuple[int, ...]] = ()
-
-    @property
-    def sample_rate(self) -> int:
-        """Sample rate the teacher expects; default: the ``sample_rate`` params field."""
-        return int(self.params.sample_rate)
 
     @property
     def hop_length(self) -> int:
@@ -392,17 +421,8 @@ class FrameTeacher(Teacher):
         """``wav`` ``[B, S]`` (zero past each clip's end) -> ``[B, num_frames(S), D]`` targets
         (codes for discrete teachers, features for continuous ones)."""
 
-    @torch.no_grad()
-    def targets(self, wav: Tensor, lengths: Tensor) -> Targets:
+    def frames(self, wav: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+        """:meth:`compute` on ``wav`` zeroed past each clip's length; ``num_frames`` frames a clip."""
         steps = torch.arange(wav.shape[1], device=wav.device)
-        wav = wav.masked_fill(steps[None, :] >= lengths[:, None].to(wav.device), 0.0)
-        values = self.compute(wav)
-        frame_lengths = self.num_frames(lengths.to(values.device).long()).clamp(max=values.shape[1])
-        padding = torch.arange(values.shape[1], device=values.device)[None, :] >= frame_lengths[:, None]
-        if values.dim() == 3:
-            values = values.masked_fill(padding[:, :, None], 0)
-        if self.target_kind == "discrete" and not values.dtype.is_floating_point:
-            values = values.long()
-        elif self.target_kind == "continuous" and values.dtype.is_floating_point:
-            values = values.float()
-        return Targets(values=values, lengths=frame_lengths, info=self.info)
+        values = self.compute(wav.masked_fill(steps[None, :] >= lengths[:, None].to(wav.device), 0.0))
+        return values, self.num_frames(lengths.to(values.device).long()).clamp(max=values.shape[1])

@@ -6,6 +6,9 @@ valid frames as each clip alone. Spectral features use centred frames with **zer
 padding, so a clip of ``n >= 1`` samples has ``1 + n // hop`` frames (one frame even when it is
 shorter than the window): reflect padding would fail on clips shorter than half a window, and
 samples past ``lengths`` are zeroed first, so padding never leaks into valid frames.
+
+:class:`CheckedFrameTeacher` is the base of the built-in teachers computed from such features:
+it checks every batch (:func:`check_audio_batch`) before its :meth:`frames` runs.
 """
 from __future__ import annotations
 
@@ -19,10 +22,13 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from mertlab.errors import MertlabError
+from mertlab.contracts import FrameTeacherBase, TargetInfo, Targets
+from mertlab.errors import DataError, MertlabError
 
 #: Added to mel energies before the log: keeps silence finite (log(1e-6) ~ -13.8).
 LOG_EPS = 1e-6
+#: Below this std a dimension (or clip) counts as constant, e.g. silence: it standardises to 0.
+STD_EPS = 1e-5
 
 
 def _torchaudio():
@@ -31,15 +37,23 @@ def _torchaudio():
 
 
 def check_audio_batch(wav: Tensor, lengths: Tensor, who: str) -> None:
-    """Raise a one-line :class:`MertlabError` unless ``wav`` is ``[B, S]`` and ``1 <= lengths <= S``."""
-    if wav.dim() != 2:
-        raise MertlabError(f"{who}: expected mono audio [batch, samples], got shape {tuple(wav.shape)}")
+    """Raise a one-line :class:`~mertlab.errors.DataError` (``who: ...``) unless ``wav`` is float
+    mono audio ``[B, S]``, ``lengths`` ``[B]`` whole numbers of samples in ``1..S`` and every
+    valid sample finite (a teacher would silently turn NaN into arbitrary targets)."""
+    if wav.dim() != 2 or not wav.is_floating_point():
+        raise DataError(f"{who}: expected float mono audio [batch, samples]; got {tuple(wav.shape)} {wav.dtype}")
     if lengths.shape != (wav.shape[0],):
-        raise MertlabError(f"{who}: lengths must be [batch={wav.shape[0]}], got shape {tuple(lengths.shape)}")
-    if wav.shape[0] and (int(lengths.min()) < 1 or int(lengths.max()) > wav.shape[1]):
-        raise MertlabError(
-            f"{who}: clip lengths {lengths.tolist()} must be between 1 and the padded length {wav.shape[1]} samples"
-        )
+        raise DataError(f"{who}: lengths must be [batch={wav.shape[0]}]; got shape {tuple(lengths.shape)}")
+    if lengths.is_floating_point() and not torch.equal(lengths, lengths.round()):
+        raise DataError(f"{who}: lengths must be whole numbers of samples; got {lengths.tolist()}")
+    for i, n in enumerate(int(n) for n in lengths.tolist()):
+        if not 1 <= n <= wav.shape[1]:
+            raise DataError(
+                f"{who}: clip {i} has {n} valid samples; expected 1..{wav.shape[1]} "
+                "(clip lengths must be between 1 and the padded length: empty clips have no frames)"
+            )
+    if not bool(torch.isfinite(wav[valid_frames(lengths.to(wav.device), wav.shape[1])]).all()):
+        raise DataError(f"{who}: audio contains NaN or infinite samples")
 
 
 def zero_padding(wav: Tensor, lengths: Tensor) -> Tensor:
@@ -81,6 +95,25 @@ def stack_frames(
 def valid_frames(frame_lengths: Tensor, num_frames: int) -> Tensor:
     """``[B, num_frames]`` bool, True on each clip's first ``frame_lengths[b]`` frames."""
     return torch.arange(num_frames, device=frame_lengths.device)[None, :] < frame_lengths[:, None]
+
+
+def standardise_clips(values: Tensor, frame_lengths: Tensor, per_dim: bool = True) -> Tensor:
+    """``values`` ``[B, T, D]`` standardised per clip over its ``frame_lengths[b]`` valid frames:
+    each dimension to zero mean and unit std (``per_dim``), or one mean/std over all dimensions.
+    Statistics never mix clips of a batch; a constant dimension or clip (std <= :data:`STD_EPS`,
+    e.g. silence) becomes 0, not rounding noise blown up by a tiny std."""
+    weight = valid_frames(frame_lengths, values.shape[1]).to(values.dtype)[:, :, None]  # [B, T, 1]
+    dims = (1,) if per_dim else (1, 2)
+    count = weight.sum(dim=1, keepdim=True) * (1 if per_dim else values.shape[2])
+    mean = (values * weight).sum(dim=dims, keepdim=True) / count
+    std = ((((values - mean) * weight) ** 2).sum(dim=dims, keepdim=True) / count).sqrt()
+    return torch.where(std > STD_EPS, (values - mean) / std.clamp(min=STD_EPS), 0.0)
+
+
+def fit_statistics(frames: Tensor) -> tuple[Tensor, Tensor]:
+    """``(mean [D], std [D])`` of ``frames`` ``[N, D]`` (population std, at least :data:`STD_EPS`):
+    what fitted teachers standardise their features with."""
+    return frames.mean(0), frames.std(0, unbiased=False).clamp(min=STD_EPS)
 
 
 def collect_frames(
@@ -178,12 +211,21 @@ class LogMel(_SpectralFeature):
 
 class StackedLogMel(LogMel):
     """:class:`LogMel` with ``stack`` consecutive frames concatenated: ``[B, T // stack, stack * n_mels]``
-    at ``sample_rate / (hop_length * stack)`` Hz (MuQ / MusicFM: 4 frames of hop 240 -> 25 Hz)."""
+    at ``sample_rate / (hop_length * stack)`` Hz (MuQ / MusicFM: 4 frames of hop 240 -> 25 Hz).
 
-    def __init__(self, sample_rate: int, n_fft: int, hop_length: int, n_mels: int, stack: int, who: str = "log-mel") -> None:
+    ``standardise``: each mel bin to zero mean and unit std over the clip's valid frames before
+    stacking (:func:`standardise_clips`; BEST-RQ's per-clip normalisation). ``who`` names the
+    user of this feature in errors (a clip too short for one stacked frame).
+    """
+
+    def __init__(
+        self, sample_rate: int, n_fft: int, hop_length: int, n_mels: int, stack: int, who: str = "log-mel",
+        standardise: bool = False,
+    ) -> None:
         super().__init__(sample_rate, n_fft, hop_length, n_mels)
         self.stack = stack
-        self.who = who  # names the user of this feature in errors
+        self.who = who
+        self.standardise = standardise
 
     @property
     def dim(self) -> int:
@@ -195,6 +237,8 @@ class StackedLogMel(LogMel):
 
     def forward(self, wav: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
         mel, mel_lengths = super().forward(wav, lengths)
+        if self.standardise:
+            mel = standardise_clips(mel, mel_lengths)
         return stack_frames(mel, mel_lengths, self.stack, lengths, self.hop_length, self.who)
 
 
@@ -345,3 +389,30 @@ def _normalise_layer(h: Tensor, normalize: LayerNorm) -> Tensor:
         return h
     dim = -1 if normalize == "frame" else 0
     return (h - h.mean(dim, keepdim=True)) / torch.sqrt(h.var(dim, unbiased=False, keepdim=True) + 1e-5)
+
+
+class CheckedFrameTeacher(FrameTeacherBase):
+    """Base of the built-in frame-level teachers (also open to plugins): a
+    :class:`~mertlab.contracts.FrameTeacherBase` whose :meth:`targets` first checks the batch
+    (:func:`check_audio_batch`, errors named by :attr:`label`) and hands :meth:`frames` float32
+    audio with ``lengths`` on its device.
+
+    The targets' description is known once the teacher is built: a subclass sets
+    :attr:`target_info` in its constructor and implements :meth:`frames`.
+    """
+
+    #: What :attr:`info` returns; set it in the constructor.
+    target_info: TargetInfo
+
+    @property
+    def info(self) -> TargetInfo:
+        return self.target_info
+
+    @property
+    def label(self) -> str:
+        """How errors about this teacher's input name it."""
+        return f"teacher '{self.name}'"
+
+    def targets(self, wav: Tensor, lengths: Tensor) -> Targets:
+        check_audio_batch(wav, lengths, self.label)
+        return super().targets(wav.float(), lengths.to(wav.device))

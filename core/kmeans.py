@@ -9,6 +9,10 @@ its points with step ``points_in_batch / points_seen_so_far`` -- so each centroi
 the running mean of everything assigned to it. That running mean still remembers assignments
 made while the centroids were far off, so a few full-data Lloyd steps (assign all rows, move
 each centroid to the mean of its rows) finish the fit.
+
+:func:`lloyd_kmeans` is plain Lloyd's k-means (distinct random rows as the initial centroids),
+optionally spherical (cosine), for small samples such as the codec teachers' random-init
+codebooks; both fits share one Lloyd step.
 """
 from __future__ import annotations
 
@@ -25,8 +29,12 @@ KMeansInit = Literal["kmeans++", "random"]
 _CHUNK = 65536
 
 
-def nearest_centroid(x: Tensor, centroids: Tensor) -> Tensor:
-    """``[N]`` index of the closest centroid (squared Euclidean) for each row of ``x`` ``[N, D]``."""
+def nearest_centroid(x: Tensor, centroids: Tensor, spherical: bool = False) -> Tensor:
+    """``[N]`` index of the closest centroid (squared Euclidean) for each row of ``x`` ``[N, D]``;
+    ``spherical``: the largest dot product instead (cosine, for L2-normalised rows and centroids)."""
+    if spherical:
+        out = [(block @ centroids.T).argmax(1) for block in x.split(_CHUNK)]
+        return torch.cat(out) if out else torch.zeros(0, dtype=torch.long, device=x.device)
     c_sq = (centroids * centroids).sum(1)
     out = [
         (c_sq[None, :] - 2 * block @ centroids.T).argmin(1)  # ||x||^2 is the same for every centroid
@@ -99,14 +107,41 @@ def fit_minibatch_kmeans(
         hit = count > 0
         # c <- c + (sum_batch - n_batch * c) / n_seen  ==  running mean of assigned points
         centroids[hit] += (sums[hit] - count[hit, None] * centroids[hit]) / seen[hit, None]
+    return _lloyd(x, centroids, lloyd_steps)
+
+
+def lloyd_kmeans(x: Tensor, n_clusters: int, *, n_iter: int, generator: torch.Generator, spherical: bool = False) -> Tensor:
+    """Lloyd's k-means of the rows of ``x`` ``[N, D]`` (``N >= n_clusters``) into ``[n_clusters, D]``
+    centroids: ``n_clusters`` distinct random rows (drawn with ``generator``), then at most
+    ``n_iter`` Lloyd steps (fewer once no assignment changes: the rest would change nothing).
+
+    ``spherical``: cluster directions -- rows and centroids L2-normalised, nearest by cosine (as
+    DAC's codebook lookup). Runs on the device of ``x``; a cluster left empty keeps its centroid.
+    """
+    if not 1 <= n_clusters <= len(x):
+        raise MertlabError(f"k-means needs 1 <= n_clusters <= number of rows; got n_clusters={n_clusters}, {len(x)} rows")
+    x = x.float()
+    if spherical:
+        x = torch.nn.functional.normalize(x, dim=1)
+    centroids = x[torch.randperm(len(x), generator=generator)[:n_clusters].to(x.device)].clone()
+    return _lloyd(x, centroids, n_iter, spherical)
+
+
+def _lloyd(x: Tensor, centroids: Tensor, steps: int, spherical: bool = False) -> Tensor:
+    """The centroids after up to ``steps`` Lloyd steps from ``centroids`` (which may be updated in
+    place): assign every row to its nearest centroid, move each centroid to the mean of its rows
+    (re-normalised when ``spherical``; an empty cluster keeps its centroid); stop early once no
+    assignment changes, since the remaining steps would repeat the last one exactly."""
     previous = None
-    for _ in range(lloyd_steps):
-        assign = nearest_centroid(x, centroids)
+    for _ in range(steps):
+        assign = nearest_centroid(x, centroids, spherical)
         if previous is not None and torch.equal(assign, previous):
             break
-        count = torch.bincount(assign, minlength=n_clusters).to(x.dtype)
+        count = torch.bincount(assign, minlength=len(centroids)).to(x.dtype)
         sums = torch.zeros_like(centroids).index_add_(0, assign, x)
         hit = count > 0
         centroids[hit] = sums[hit] / count[hit, None]
+        if spherical:
+            centroids = torch.nn.functional.normalize(centroids, dim=1)
         previous = assign
     return centroids

@@ -12,6 +12,9 @@ Conventions (HuBERT / MERT, fairseq ``hubert_criterion``):
   (HuBERT's ``pred_nomask_weight``; MERT uses 0);
 * a batch without masked frames gives a loss of exactly 0 that is still connected to the
   objective's parameters (zero gradients, no NaN), so a step never breaks on an unlucky mask.
+
+:class:`MaskedObjective` and :class:`CodebookObjective` are bases that do the construction
+checks and frame gathering, so an objective is its head and its loss.
 """
 from __future__ import annotations
 
@@ -23,7 +26,7 @@ import torch.nn.functional as F
 from pydantic import Field, field_validator
 from torch import Tensor
 
-from mertlab.contracts import BackboneOutput, ObjectiveOutput, Params, TargetInfo, Targets
+from mertlab.contracts import BackboneOutput, Objective, ObjectiveOutput, Params, TargetInfo, Targets
 from mertlab.errors import ObjectiveError
 
 
@@ -203,3 +206,48 @@ def codebook_classification(
     stacked = torch.stack(losses)
     loss = stacked.sum() if reduction == "sum" else stacked.mean()
     return ObjectiveOutput(loss=loss, metrics=metrics)
+
+
+# --------------------------------------------------------------------------- bases
+class MaskedObjective(Objective):
+    """Base of masked-frame objectives with :class:`MaskedObjectiveParams`.
+
+    The constructor checks that the teacher's targets are of a kind in ``accepts``
+    (:func:`check_target_info`) and resolves ``params.layer`` to :attr:`layer_index`
+    (:func:`resolve_layer`); a subclass then builds its head. :meth:`loss_frames` gathers the
+    frames its loss is computed on: the masked ones, plus the unmasked ones when
+    ``params.unmasked_weight > 0``.
+    """
+
+    params: MaskedObjectiveParams
+
+    def __init__(self, params: MaskedObjectiveParams, *, hidden_dim: int, num_layers: int, target_info: TargetInfo) -> None:
+        super().__init__(params, hidden_dim=hidden_dim, num_layers=num_layers, target_info=target_info)
+        check_target_info(self.name, self.accepts, target_info)
+        #: Non-negative index into the backbone's ``hidden_states``.
+        self.layer_index = resolve_layer(self.name, params.layer, num_layers)
+
+    def loss_frames(self, out: BackboneOutput, targets: Targets, mask: Tensor) -> LossFrames:
+        """:func:`gather_loss_frames` of hidden state :attr:`layer_index` for this objective."""
+        return gather_loss_frames(
+            self.name, out, targets, mask, self.layer_index,
+            include_unmasked=self.params.unmasked_weight > 0, target_dim=self.target_info.dim,
+        )
+
+
+class CodebookObjective(MaskedObjective):
+    """Base of objectives that classify discrete codes, one head per codebook, with
+    :class:`CodebookObjectiveParams`: the constructor also resolves ``params.codebooks`` to
+    :attr:`codebooks` (teacher codebook indices) and their :attr:`vocab_sizes`;
+    :meth:`classification` turns one logits tensor per codebook into the loss and metrics."""
+
+    params: CodebookObjectiveParams
+
+    def __init__(self, params: CodebookObjectiveParams, *, hidden_dim: int, num_layers: int, target_info: TargetInfo) -> None:
+        super().__init__(params, hidden_dim=hidden_dim, num_layers=num_layers, target_info=target_info)
+        self.codebooks = resolve_codebooks(self.name, params.codebooks, target_info)
+        self.vocab_sizes = [target_info.vocab_sizes[c] for c in self.codebooks]
+
+    def classification(self, logits: Sequence[Tensor], frames: LossFrames) -> ObjectiveOutput:
+        """:func:`codebook_classification` with this objective's codebooks, weight and reduction."""
+        return codebook_classification(logits, frames, self.codebooks, self.params.unmasked_weight, self.params.reduction)

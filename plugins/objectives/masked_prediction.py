@@ -13,16 +13,9 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
 
-from mertlab.contracts import BackboneOutput, Objective, ObjectiveOutput, TargetInfo, Targets
+from mertlab.contracts import BackboneOutput, ObjectiveOutput, TargetInfo, Targets
 from mertlab.hookspecs import hookimpl
-from mertlab.masked_loss import (
-    CodebookObjectiveParams,
-    check_target_info,
-    codebook_classification,
-    gather_loss_frames,
-    resolve_codebooks,
-    resolve_layer,
-)
+from mertlab.masked_loss import CodebookObjective, CodebookObjectiveParams
 
 
 class MaskedPredictionParams(CodebookObjectiveParams):
@@ -30,7 +23,7 @@ class MaskedPredictionParams(CodebookObjectiveParams):
     logit_temp: float = Field(0.1, gt=0, description="Cosine similarities are divided by this temperature (HuBERT/MERT: 0.1).")
 
 
-class MaskedPrediction(Objective):
+class MaskedPrediction(CodebookObjective):
     """HuBERT/MERT-style masked prediction of discrete codes with cosine-similarity logits.
 
     ``loss`` = mean (or sum, ``reduction``) over the predicted codebooks of the cross-entropy
@@ -46,31 +39,23 @@ class MaskedPrediction(Objective):
 
     def __init__(self, params: MaskedPredictionParams, *, hidden_dim: int, num_layers: int, target_info: TargetInfo) -> None:
         super().__init__(params, hidden_dim=hidden_dim, num_layers=num_layers, target_info=target_info)
-        check_target_info(self.name, self.accepts, target_info)
-        self.layer_index = resolve_layer(self.name, params.layer, num_layers)
-        self.codebooks = resolve_codebooks(self.name, params.codebooks, target_info)
-        vocab_sizes = [target_info.vocab_sizes[c] for c in self.codebooks]
         self.final_proj = nn.Linear(hidden_dim, params.final_dim * len(self.codebooks))
         # fairseq HuBERT / MERT: one table of all codes' embeddings, uniform(0, 1) init.
         self.label_embs = nn.ParameterList(
-            nn.Parameter(torch.empty(vocab, params.final_dim).uniform_()) for vocab in vocab_sizes
+            nn.Parameter(torch.empty(vocab, params.final_dim).uniform_()) for vocab in self.vocab_sizes
         )
 
     def forward(self, out: BackboneOutput, targets: Targets, mask: Tensor) -> ObjectiveOutput:
-        p: MaskedPredictionParams = self.params
-        frames = gather_loss_frames(
-            self.name, out, targets, mask, self.layer_index,
-            include_unmasked=p.unmasked_weight > 0, target_dim=self.target_info.dim,
-        )
+        frames = self.loss_frames(out, targets, mask)
         projected = self.final_proj(frames.features).chunk(len(self.codebooks), dim=-1)
         # Cosine logits in float32 (as MERT's compute_nce): at temperature 0.1 half-precision
         # rounding of the similarities would be amplified tenfold.
         with torch.autocast(device_type=frames.features.device.type, enabled=False):
             logits = [
-                F.normalize(proj.float(), dim=-1) @ F.normalize(emb.float(), dim=-1).T / p.logit_temp
+                F.normalize(proj.float(), dim=-1) @ F.normalize(emb.float(), dim=-1).T / self.params.logit_temp
                 for proj, emb in zip(projected, self.label_embs)
             ]
-        return codebook_classification(logits, frames, self.codebooks, p.unmasked_weight, p.reduction)
+        return self.classification(logits, frames)
 
 
 @hookimpl

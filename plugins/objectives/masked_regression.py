@@ -11,23 +11,16 @@ import torch
 from pydantic import Field
 from torch import Tensor, nn
 
-from mertlab.contracts import BackboneOutput, Objective, ObjectiveOutput, TargetInfo, Targets
+from mertlab.contracts import BackboneOutput, ObjectiveOutput, TargetInfo, Targets
 from mertlab.hookspecs import hookimpl
-from mertlab.masked_loss import (
-    MaskedObjectiveParams,
-    check_target_info,
-    gather_loss_frames,
-    masked_mean,
-    reduce_frames,
-    resolve_layer,
-)
+from mertlab.masked_loss import MaskedObjective, MaskedObjectiveParams, masked_mean, reduce_frames
 
 
 class MaskedRegressionParams(MaskedObjectiveParams):
     loss: Literal["mse", "l1"] = Field("mse", description="Per-frame error, averaged over feature dims (MERT's CQT loss: mse).")
 
 
-class MaskedRegression(Objective):
+class MaskedRegression(MaskedObjective):
     """Linear head ``hidden_dim -> target dim``; ``loss`` is the per-frame error (mean over the
     feature dimension) averaged over masked, non-padding frames (+ ``unmasked_weight`` x the
     unmasked-frame average). Metric: ``mse/masked`` (masked-frame MSE, whatever ``loss`` is,
@@ -40,16 +33,11 @@ class MaskedRegression(Objective):
 
     def __init__(self, params: MaskedRegressionParams, *, hidden_dim: int, num_layers: int, target_info: TargetInfo) -> None:
         super().__init__(params, hidden_dim=hidden_dim, num_layers=num_layers, target_info=target_info)
-        check_target_info(self.name, self.accepts, target_info)
-        self.layer_index = resolve_layer(self.name, params.layer, num_layers)
         self.head = nn.Linear(hidden_dim, target_info.dim)
 
     def forward(self, out: BackboneOutput, targets: Targets, mask: Tensor) -> ObjectiveOutput:
         p: MaskedRegressionParams = self.params
-        frames = gather_loss_frames(
-            self.name, out, targets, mask, self.layer_index,
-            include_unmasked=p.unmasked_weight > 0, target_dim=self.target_info.dim,
-        )
+        frames = self.loss_frames(out, targets, mask)
         # float32 error: CQT magnitudes squared can overflow half precision.
         error = self.head(frames.features).float() - frames.targets.float()
         squared = error.pow(2).mean(-1)

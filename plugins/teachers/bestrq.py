@@ -9,12 +9,9 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor
 
-from mertlab.contracts import Params, TargetInfo, Targets, Teacher
-from mertlab.frame_features import LogMel, check_audio_batch, stack_frames
+from mertlab.contracts import Params, TargetInfo
+from mertlab.frame_features import CheckedFrameTeacher, StackedLogMel
 from mertlab.hookspecs import hookimpl
-
-# A mel bin whose per-clip std is below this is constant (silence): it normalises to 0.
-_STD_EPS = 1e-5
 
 
 class BestRQParams(Params):
@@ -38,7 +35,7 @@ class BestRQParams(Params):
     seed: int = Field(0, description="Seed of the frozen projections and codebooks.")
 
 
-class BestRQTeacher(Teacher):
+class BestRQTeacher(CheckedFrameTeacher):
     """Codes ``[B, T, n_codebooks]`` (int64) from frozen random projections of stacked log-mels.
 
     Per codebook: ``argmax_k cos(P^T x, e_k)`` with ``P`` Xavier-normal ``[n_mels * stack, proj_dim]``
@@ -58,56 +55,28 @@ class BestRQTeacher(Teacher):
 
     def __init__(self, params: BestRQParams) -> None:
         super().__init__(params)
-        self.logmel = LogMel(params.sample_rate, params.n_fft, params.hop_length, params.n_mels)
-        in_dim = params.n_mels * params.stack_frames
+        self.logmel = StackedLogMel(
+            params.sample_rate, params.n_fft, params.hop_length, params.n_mels, params.stack_frames, self.label,
+            standardise=params.normalize == "per_clip",
+        )
         generator = torch.Generator().manual_seed(params.seed)
-        projection = torch.empty(params.n_codebooks, in_dim, params.proj_dim)
+        projection = torch.empty(params.n_codebooks, self.logmel.dim, params.proj_dim)
         for p in projection:
             torch.nn.init.xavier_normal_(p, generator=generator)
         codebooks = torch.randn(params.n_codebooks, params.codebook_size, params.proj_dim, generator=generator)
         self.register_buffer("projection", projection)
         self.register_buffer("codebooks", F.normalize(codebooks, dim=-1))
-        self._info = TargetInfo(
-            "discrete", params.n_codebooks, params.sample_rate / (params.hop_length * params.stack_frames),
-            (params.codebook_size,) * params.n_codebooks,
-        )
-
-    @property
-    def sample_rate(self) -> int:
-        return self.params.sample_rate
-
-    @property
-    def info(self) -> TargetInfo:
-        return self._info
+        vocab_sizes = (params.codebook_size,) * params.n_codebooks
+        self.target_info = TargetInfo("discrete", params.n_codebooks, self.logmel.frame_rate, vocab_sizes)
 
     @property
     def samples_per_frame(self) -> int:
         return self.params.hop_length * self.params.stack_frames
 
-    @torch.no_grad()
-    def targets(self, wav: Tensor, lengths: Tensor) -> Targets:
-        check_audio_batch(wav, lengths, f"teacher '{self.name}'")
-        p = self.params
-        mel, mel_lengths = self.logmel(wav.float(), lengths.to(wav.device))  # [B, M, n_mels]
-        if p.normalize == "per_clip":
-            mel = self._standardise(mel, mel_lengths)
-        stacked, frame_lengths = stack_frames(mel, mel_lengths, p.stack_frames, lengths, p.hop_length, f"teacher '{self.name}'")
-        frames = stacked.shape[1]
+    def frames(self, wav: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+        stacked, frame_lengths = self.logmel(wav, lengths)  # [B, T, stack_frames * n_mels]
         z = F.normalize(torch.einsum("btd,cdp->btcp", stacked, self.projection), dim=-1)
-        codes = torch.einsum("btcp,ckp->btck", z, self.codebooks).argmax(-1)  # cosine: both unit-norm
-        valid = torch.arange(frames, device=codes.device)[None, :] < frame_lengths[:, None]
-        codes = codes.masked_fill(~valid[:, :, None], 0)
-        return Targets(values=codes, lengths=frame_lengths, info=self._info)
-
-    @staticmethod
-    def _standardise(mel: Tensor, mel_lengths: Tensor) -> Tensor:
-        """Each mel bin to zero mean, unit std over the clip's valid frames."""
-        weight = (torch.arange(mel.shape[1], device=mel.device)[None, :] < mel_lengths[:, None]).to(mel.dtype)[:, :, None]
-        count = weight.sum(1, keepdim=True)
-        mean = (mel * weight).sum(1, keepdim=True) / count
-        std = ((((mel - mean) * weight) ** 2).sum(1, keepdim=True) / count).sqrt()
-        # a constant bin (silence) becomes 0, not rounding noise blown up by a tiny std
-        return torch.where(std > _STD_EPS, (mel - mean) / std.clamp(min=_STD_EPS), 0.0)
+        return torch.einsum("btcp,ckp->btck", z, self.codebooks).argmax(-1), frame_lengths  # cosine: both unit-norm
 
     def fingerprint_payload(self) -> Any:
         # The buffers follow from the seed, but a loaded state_dict may carry other ones.

@@ -7,12 +7,9 @@ import torch
 from pydantic import Field, model_validator
 from torch import Tensor
 
-from mertlab.contracts import Params, TargetInfo, Targets, Teacher
-from mertlab.frame_features import centred_frames, check_audio_batch, zero_padding
+from mertlab.contracts import Params, TargetInfo
+from mertlab.frame_features import CheckedFrameTeacher, centred_frames, standardise_clips, zero_padding
 from mertlab.hookspecs import hookimpl
-
-# Below this per-clip std a bin (or clip) counts as constant, e.g. silence, and normalises to 0.
-_STD_EPS = 1e-5
 
 
 class CQTParams(Params):
@@ -45,7 +42,7 @@ class CQTParams(Params):
         return self
 
 
-class CQTTeacher(Teacher):
+class CQTTeacher(CheckedFrameTeacher):
     """Constant-Q magnitudes as ``[B, T, n_bins]`` float32 regression targets.
 
     Frames are centred: a clip of ``n`` samples has ``1 + n // hop_length`` frames (one more than
@@ -77,28 +74,15 @@ class CQTTeacher(Teacher):
         # state_dict so checkpoints of a model holding this teacher stay small.
         for name, buffer in list(self.cqt.named_buffers(recurse=False)):
             self.cqt.register_buffer(name, buffer, persistent=False)
-        self._info = TargetInfo(kind="continuous", dim=params.n_bins, frame_rate=params.sample_rate / params.hop_length)
+        self.target_info = TargetInfo(kind="continuous", dim=params.n_bins, frame_rate=params.sample_rate / params.hop_length)
 
-    @property
-    def sample_rate(self) -> int:
-        return self.params.sample_rate
-
-    @property
-    def info(self) -> TargetInfo:
-        return self._info
-
-    @torch.no_grad()
-    def targets(self, wav: Tensor, lengths: Tensor) -> Targets:
-        check_audio_batch(wav, lengths, f"teacher '{self.name}'")
-        lengths = lengths.to(wav.device)
-        mag = self.cqt(zero_padding(wav.float(), lengths)).transpose(1, 2)  # [B, T, n_bins]
+    def frames(self, wav: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+        mag = self.cqt(zero_padding(wav, lengths)).transpose(1, 2)  # [B, T, n_bins]
         frame_lengths = centred_frames(lengths, self.params.hop_length)
         values = self._magnitude(mag)
-        valid = torch.arange(values.shape[1], device=wav.device)[None, :] < frame_lengths[:, None]
         if self.params.normalize != "none":
-            values = self._standardise(values, valid)
-        values = values.masked_fill(~valid[:, :, None], 0.0)
-        return Targets(values=values.float().contiguous(), lengths=frame_lengths, info=self._info)
+            values = standardise_clips(values, frame_lengths, per_dim=self.params.normalize == "per_bin")
+        return values, frame_lengths
 
     def _magnitude(self, mag: Tensor) -> Tensor:
         if self.params.magnitude == "log":
@@ -106,17 +90,6 @@ class CQTTeacher(Teacher):
         if self.params.magnitude == "log1p":
             return torch.log1p(mag)
         return mag
-
-    def _standardise(self, values: Tensor, valid: Tensor) -> Tensor:
-        """Per-clip standardisation over valid frames (``per_bin`` or ``global``)."""
-        weight = valid[:, :, None].to(values.dtype)  # [B, T, 1]
-        dims = (1,) if self.params.normalize == "per_bin" else (1, 2)
-        count = weight.sum(dim=1, keepdim=True) * (1 if self.params.normalize == "per_bin" else values.shape[2])
-        mean = (values * weight).sum(dim=dims, keepdim=True) / count
-        var = (((values - mean) * weight) ** 2).sum(dim=dims, keepdim=True) / count
-        std = var.sqrt()
-        # constant bins/clips (silence) become 0, not rounding noise blown up by a tiny std
-        return torch.where(std > _STD_EPS, (values - mean) / std.clamp(min=_STD_EPS), 0.0)
 
 
 @hookimpl

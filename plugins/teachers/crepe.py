@@ -18,9 +18,8 @@ from pydantic import Field
 from torch import Tensor
 
 from mertlab import codec_support
-from mertlab.contracts import Params, TargetInfo, Targets, Teacher
-from mertlab.errors import WeightsError
-from mertlab.frame_features import centred_frames, check_audio_batch, pad_frames, valid_frames, zero_padding
+from mertlab.contracts import Params, TargetInfo
+from mertlab.frame_features import CheckedFrameTeacher, centred_frames, pad_frames, valid_frames, zero_padding
 from mertlab.hookspecs import hookimpl
 from mertlab.safe_load import load_torch_file
 
@@ -62,7 +61,7 @@ class CrepeParams(Params):
     batch_frames: int = Field(512, ge=1, description="Windows per forward pass of the network (memory vs speed).")
 
 
-class CrepeTeacher(Teacher):
+class CrepeTeacher(CheckedFrameTeacher):
     """CREPE pitch salience / embedding (continuous) or pitch class + unvoiced (discrete).
 
     Frame ``j`` of a clip is the 1024-sample CREPE window centred at ``j * hop_length`` samples
@@ -98,10 +97,10 @@ class CrepeTeacher(Teacher):
         self.n_classes = math.ceil(PITCH_BINS / params.bins_per_class)
         rate = params.sample_rate / params.hop_length
         if params.output == "pitch_bin":
-            self._info = TargetInfo("discrete", 1, rate, (self.n_classes + 1,))
+            self.target_info = TargetInfo("discrete", 1, rate, (self.n_classes + 1,))
         else:
             dim = EMBEDDING_DIM[params.model] if params.output == "embedding" else PITCH_BINS
-            self._info = TargetInfo("continuous", dim, rate)
+            self.target_info = TargetInfo("continuous", dim, rate)
         self.target_kind = self.kind_for(params)
 
     @classmethod
@@ -112,31 +111,19 @@ class CrepeTeacher(Teacher):
     def unvoiced_class(self) -> int:
         return self.n_classes
 
-    @property
-    def sample_rate(self) -> int:
-        return self.params.sample_rate
-
-    @property
-    def info(self) -> TargetInfo:
-        return self._info
-
     def train(self, mode: bool = True) -> "CrepeTeacher":
         super().train(mode)
         self.model.eval()  # frozen: batch norm keeps its running statistics
         return self
 
     # ----------------------------------------------------------------- targets
-    @torch.no_grad()
-    def targets(self, wav: Tensor, lengths: Tensor) -> Targets:
-        check_audio_batch(wav, lengths, f"teacher '{self.name}'")
+    def frames(self, wav: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
         device = next(self.model.parameters()).device
         frame_lengths = centred_frames(lengths.to(device), self.params.hop_length)
-        windows = self._windows(wav.to(device).float(), lengths.to(device), frame_lengths)
+        windows = self._windows(wav.to(device), lengths.to(device), frame_lengths)
         embedding, salience = self._network(windows)
         values = self._values(windows, embedding, salience)
-        clips = list(values.split(frame_lengths.tolist()))
-        out = pad_frames(clips)
-        return Targets(values=out, lengths=frame_lengths, info=self._info)
+        return pad_frames(list(values.split(frame_lengths.tolist()))), frame_lengths
 
     def _windows(self, wav: Tensor, lengths: Tensor, frame_lengths: Tensor) -> Tensor:
         """``[sum(frames), 1024]`` raw CREPE windows of every clip's frames, in clip order."""

@@ -9,7 +9,7 @@ from pydantic import Field, model_validator
 from torch import Tensor
 
 from mertlab import codec_support
-from mertlab.contracts import Params, TargetInfo, Targets, Teacher
+from mertlab.contracts import Params
 from mertlab.errors import WeightsError
 from mertlab.hookspecs import hookimpl
 
@@ -27,9 +27,6 @@ ARCHITECTURES: dict[tuple[str, str], dict[str, Any]] = {
     ("24khz", "8kbps"): dict(sample_rate=24000, encoder_rates=[2, 4, 5, 8], decoder_rates=[8, 5, 4, 2], n_codebooks=32),
     ("16khz", "8kbps"): dict(sample_rate=16000, encoder_rates=[2, 4, 5, 8], decoder_rates=[8, 5, 4, 2], n_codebooks=12),
 }
-#: Lloyd iterations of the codebook fit for ``pretrained: false``.
-KMEANS_ITERS = 20
-
 
 def default_weights(model_type: str, model_bitrate: str) -> tuple[Path, str]:
     """Where ``dac.utils.download`` caches the latest weights of a model, and their URL
@@ -51,24 +48,14 @@ class DACParams(Params):
         gt=0,
         description="Keep the first k RVQ codebooks (null: all; 44khz: 9, 24khz: 32, 16khz: 12, 44khz 16kbps: 18).",
     )
-    pretrained: bool = Field(
-        True,
-        description="Load released weights from a local file; false builds the architecture with seeded "
-        "random weights and k-means-fitted codebooks (tests, quickstart: codes carry no meaning).",
-    )
+    pretrained: bool = codec_support.pretrained_field()
     weights: str | None = Field(
         None,
         description="Path of a weights file as DAC saves it (DAC.save / dac download); null: "
         "~/.cache/descript/dac/weights_<model_type>_<model_bitrate>_<tag>.pth, dac's own cache.",
     )
-    seed: int = Field(0, ge=0, description="Seed of the random weights and codebook fit (pretrained: false only).")
-    init_seconds: float = Field(
-        8.0,
-        gt=0,
-        le=600,
-        description="Seconds of seeded synthetic audio whose encoder frames fit the random codebooks "
-        "(pretrained: false only; one fitted code per 4 frames, up to 1024).",
-    )
+    seed: int = codec_support.seed_field()
+    init_seconds: float = codec_support.init_seconds_field()
 
     @model_validator(mode="after")
     def _consistent(self) -> "DACParams":
@@ -80,8 +67,7 @@ class DACParams(Params):
                 f"n_codebooks={self.n_codebooks} exceeds the {arch['n_codebooks']} codebooks of DAC "
                 f"{self.model_type} {self.model_bitrate}"
             )
-        if self.weights is not None and not self.pretrained:
-            raise ValueError("weights is set but pretrained is false; drop one of them")
+        codec_support.weights_need_pretrained(self)
         return self
 
 
@@ -101,7 +87,7 @@ def _load_weights(model_class: Any, path: Path, seed: int) -> Any:
     return model
 
 
-class DACTeacher(Teacher):
+class DACTeacher(codec_support.CodecTeacher):
     """Discrete RVQ codes of a Descript Audio Codec model: ``[B, T, n_codebooks]``.
 
     * Audio must be mono at the model's rate (16000, 24000 or 44100 Hz; callers resample to
@@ -125,7 +111,6 @@ class DACTeacher(Teacher):
     summary = "Descript Audio Codec RVQ codes (16/24/44.1 kHz models; 44.1 kHz: 9 x 1024 codes at 86.1 Hz)"
     Params = DACParams
     test_params = {"pretrained": False, "model_type": "16khz", "n_codebooks": 2, "init_seconds": 1.0}
-    target_kind = "discrete"
 
     def __init__(self, params: DACParams) -> None:
         super().__init__(params)
@@ -149,66 +134,22 @@ class DACTeacher(Teacher):
         else:
             with codec_support.seeded_build(params.seed):
                 model = dac.DAC(**arch)
-        self.model = model.eval().requires_grad_(False)
-        self.hop_length = int(model.hop_length)
-        self.n_codebooks = params.n_codebooks or int(model.n_codebooks)
-        if not params.pretrained:
-            self._fit_codebooks(params.seed, params.init_seconds)
-        self._weights_hash = codec_support.state_hash(
-            {k: v for k, v in self.model.state_dict().items() if k.startswith(("encoder.", "quantizer."))}
-        )
+        n_codebooks = params.n_codebooks or int(model.n_codebooks)
+        self.hold(model, hop_length=int(model.hop_length), n_codebooks=n_codebooks, codebook_size=int(model.codebook_size))
 
-    @torch.no_grad()
-    def _fit_codebooks(self, seed: int, seconds: float) -> None:
-        """Fit the used residual codebooks, in order, on encoder frames of synthetic audio."""
-        generator = torch.Generator().manual_seed(seed)
-        audio = codec_support.calibration_audio(self.sample_rate, seconds, generator)
+    def fit_codebooks(self, audio: Tensor, generator: torch.Generator) -> None:
         residual = self.model.encoder(self.model.preprocess(audio[:, None], self.sample_rate))
         for quantizer in self.model.quantizer.quantizers[: self.n_codebooks]:
             projected = quantizer.in_proj(residual)  # codes live in this low-dim space
             frames = projected.transpose(1, 2).reshape(-1, projected.shape[1])
             quantizer.codebook.weight.copy_(
-                codec_support.fit_codebook(frames, quantizer.codebook_size, KMEANS_ITERS, generator, spherical=True)
+                codec_support.fit_codebook(frames, quantizer.codebook_size, generator, spherical=True)
             )
             residual = residual - quantizer(residual)[0]
 
-    def train(self, mode: bool = True) -> "DACTeacher":
-        super().train(mode)
-        self.model.eval()  # training mode would apply DAC's quantizer dropout
-        return self
-
-    @property
-    def sample_rate(self) -> int:
-        return int(self.model.sample_rate)
-
-    @property
-    def info(self) -> TargetInfo:
-        return TargetInfo(
-            kind="discrete",
-            dim=self.n_codebooks,
-            frame_rate=self.sample_rate / self.hop_length,
-            vocab_sizes=(int(self.model.codebook_size),) * self.n_codebooks,
-        )
-
-    def num_frames(self, num_samples: int) -> int:
-        """Frames for a clip of ``num_samples`` samples (>= 1)."""
-        return -(-num_samples // self.hop_length)
-
-    @torch.no_grad()
-    def targets(self, wav: Tensor, lengths: Tensor) -> Targets:
-        lens = codec_support.check_audio_batch(self.name, wav, lengths)
-        values, frames = codec_support.encode_by_length(wav, lens, self._encode)
-        return Targets(values=values, lengths=frames, info=self.info)
-
-    def _encode(self, wav: Tensor) -> Tensor:
-        """``[b, n]`` clips of one length -> ``[b, T, n_codebooks]`` codes."""
-        weight = next(self.model.parameters())
-        audio = self.model.preprocess(wav[:, None].to(device=weight.device, dtype=weight.dtype), self.sample_rate)
-        _z, codes, *_ = self.model.encode(audio, n_quantizers=self.n_codebooks)
+    def encode(self, audio: Tensor) -> Tensor:
+        _z, codes, *_ = self.model.encode(self.model.preprocess(audio, self.sample_rate), n_quantizers=self.n_codebooks)
         return codes.transpose(1, 2)
-
-    def fingerprint_payload(self) -> Any:
-        return {"weights_sha256": self._weights_hash}
 
 
 @hookimpl

@@ -3,13 +3,12 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
 from pydantic import Field, model_validator
 from torch import Tensor
 
-from mertlab.contracts import Params, TargetInfo, Targets, Teacher
+from mertlab.contracts import Params, TargetInfo
 from mertlab.errors import MertlabError
-from mertlab.frame_features import BackboneLayer, LayerNorm, check_audio_batch
+from mertlab.frame_features import BackboneLayer, CheckedFrameTeacher, LayerNorm
 from mertlab.hookspecs import hookimpl
 from mertlab.teacher_state import tensor_digest
 
@@ -42,7 +41,7 @@ class HiddenParams(Params):
         return self
 
 
-class HiddenTeacher(Teacher):
+class HiddenTeacher(CheckedFrameTeacher):
     """Continuous targets ``[B, T, hidden_dim]`` at the frozen backbone's frame rate.
 
     For distilling a large released model into a small student: the student's objective
@@ -71,22 +70,15 @@ class HiddenTeacher(Teacher):
         depth = self.feature.backbone.num_layers
         if params.layer is None and params.top_k > depth:
             raise MertlabError(f"teacher '{self.name}': top_k={params.top_k} exceeds the {depth} layers of {params.checkpoint}")
-        self._info = TargetInfo("continuous", self.feature.dim, self.feature.frame_rate)
+        self.target_info = TargetInfo("continuous", self.feature.dim, self.feature.frame_rate)
         self._digest = tensor_digest(sorted(self.feature.backbone.state_dict().items()))
 
     @property
     def sample_rate(self) -> int:
         return self.feature.sample_rate
 
-    @property
-    def info(self) -> TargetInfo:
-        return self._info
-
-    @torch.no_grad()
-    def targets(self, wav: Tensor, lengths: Tensor) -> Targets:
-        check_audio_batch(wav, lengths, f"teacher '{self.name}'")
-        values, frame_lengths = self.feature(wav.float(), lengths.to(wav.device))
-        return Targets(values=values, lengths=frame_lengths, info=self._info)
+    def frames(self, wav: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+        return self.feature(wav, lengths)
 
     def fingerprint_payload(self) -> Any:
         return {"backbone": self._digest}

@@ -8,16 +8,16 @@ import torch
 from pydantic import Field, model_validator
 from torch import Tensor
 
-from mertlab.contracts import Params, TargetInfo, Targets, Teacher
+from mertlab.contracts import Params, TargetInfo
 from mertlab.errors import MertlabError
 from mertlab.frame_features import (
     BackboneLayer,
+    CheckedFrameTeacher,
     FrameFeature,
     LogMelChroma,
     MFCCDeltas,
-    check_audio_batch,
     collect_frames,
-    valid_frames,
+    fit_statistics,
 )
 from mertlab.hookspecs import hookimpl
 from mertlab.kmeans import KMeansInit, fit_minibatch_kmeans, nearest_centroid
@@ -26,8 +26,6 @@ from mertlab.teacher_state import load_state_file, save_state_file, tensor_diges
 STATE_FORMAT = "mertlab-kmeans-v2"  # safetensors + JSON metadata (core/teacher_state.py)
 #: Params that only steer fitting or name the state file: they do not change the features.
 FIT_ONLY_FIELDS = frozenset({"centroids", "seed", "n_iter", "batch_size", "init", "max_fit_frames"})
-# Floor on per-dimension feature std (constant dimensions, e.g. silence-only data).
-_STD_EPS = 1e-5
 
 
 class KMeansParams(Params):
@@ -80,7 +78,7 @@ FEATURES: dict[str, Callable[[KMeansParams], FrameFeature]] = {
 }
 
 
-class KMeansTeacher(Teacher):
+class KMeansTeacher(CheckedFrameTeacher):
     """Nearest-centroid codes ``[B, T, 1]`` (int64 in ``[0, n_clusters)``) of a frame feature.
 
     Fit once with ``mertlab teachers fit SPEC`` (it calls :meth:`fit` on a sample of the training
@@ -99,7 +97,7 @@ class KMeansTeacher(Teacher):
     def __init__(self, params: KMeansParams) -> None:
         super().__init__(params)
         self.feature = FEATURES[params.feature](params)
-        self._info = TargetInfo("discrete", 1, self.feature.frame_rate, (params.n_clusters,))
+        self.target_info = TargetInfo("discrete", 1, self.feature.frame_rate, (params.n_clusters,))
         # the state file is the source of truth: keep it out of state_dict (non-persistent)
         self.register_buffer("centroids", torch.zeros(0), persistent=False)
         self.register_buffer("feature_mean", torch.zeros(0), persistent=False)
@@ -115,22 +113,15 @@ class KMeansTeacher(Teacher):
         return self.feature.sample_rate
 
     @property
-    def info(self) -> TargetInfo:
-        return self._info
-
-    @property
     def fitted(self) -> bool:
         return self.centroids.numel() > 0
 
     # ----------------------------------------------------------------- targets
-    @torch.no_grad()
-    def targets(self, wav: Tensor, lengths: Tensor) -> Targets:
-        check_audio_batch(wav, lengths, f"teacher '{self.name}'")
+    def frames(self, wav: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
         self._require_state()
-        feats, frame_lengths = self.feature(wav.float(), lengths.to(wav.device))
-        codes = nearest_centroid(self._standardise(feats).flatten(0, 1), self.centroids).view(feats.shape[:2])
-        codes = codes.masked_fill(~valid_frames(frame_lengths, codes.shape[1]), 0)
-        return Targets(values=codes[:, :, None], lengths=frame_lengths, info=self._info)
+        feats, frame_lengths = self.feature(wav, lengths)
+        codes = nearest_centroid(self._standardise(feats).flatten(0, 1), self.centroids)
+        return codes.view(*feats.shape[:2], 1), frame_lengths
 
     def _standardise(self, feats: Tensor) -> Tensor:
         return (feats - self.feature_mean) / self.feature_std
@@ -159,8 +150,7 @@ class KMeansTeacher(Teacher):
         x = collect_frames(
             self.feature, batches, self.params.max_fit_frames, self.centroids.device, f"teacher '{self.name}'", progress
         )
-        mean = x.mean(0)
-        std = x.std(0, unbiased=False).clamp(min=_STD_EPS)
+        mean, std = fit_statistics(x)
         centroids = fit_minibatch_kmeans(
             (x - mean) / std, self.params.n_clusters, n_iter=self.params.n_iter, batch_size=self.params.batch_size,
             init=self.params.init, seed=self.params.seed, progress=progress,

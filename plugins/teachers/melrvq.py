@@ -8,9 +8,9 @@ import torch
 from pydantic import Field
 from torch import Tensor
 
-from mertlab.contracts import Params, TargetInfo, Targets, Teacher
+from mertlab.contracts import Params, TargetInfo
 from mertlab.errors import MertlabError
-from mertlab.frame_features import StackedLogMel, check_audio_batch, collect_frames, valid_frames
+from mertlab.frame_features import CheckedFrameTeacher, StackedLogMel, collect_frames, fit_statistics
 from mertlab.hookspecs import hookimpl
 from mertlab.rvq import ResidualLinearVQ, RVQFitSettings, fit_rvq
 from mertlab.teacher_state import load_state_file, save_state_file, tensor_digest
@@ -20,8 +20,6 @@ STATE_FORMAT = "mertlab-melrvq-v1"
 FIT_ONLY_FIELDS = frozenset(
     {"tokenizer", "seed", "steps", "batch_size", "lr", "commitment_weight", "codebook_weight", "dead_code_steps", "max_fit_frames"}
 )
-# Floor on per-dimension feature std (constant dimensions, e.g. silence-only data).
-_STD_EPS = 1e-5
 
 
 class MelRVQParams(Params):
@@ -54,7 +52,7 @@ class MelRVQParams(Params):
     max_fit_frames: int = Field(200_000, ge=2, description="fit() trains on at most this many frames: the first ones its batches yield.")
 
 
-class MelRVQTeacher(Teacher):
+class MelRVQTeacher(CheckedFrameTeacher):
     """Codes ``[B, T, n_codebooks]`` (int64 in ``[0, codebook_size)``) of MuQ's Mel-RVQ.
 
     Frames: log-mel (``log(mel power + 1e-6)``; MuQ uses dB, the same up to a scale that the
@@ -80,25 +78,17 @@ class MelRVQTeacher(Teacher):
     def __init__(self, params: MelRVQParams) -> None:
         super().__init__(params)
         p = params
-        self.feature = StackedLogMel(p.sample_rate, p.n_fft, p.hop_length, p.n_mels, p.stack_frames, f"teacher '{self.name}'")
+        self.feature = StackedLogMel(p.sample_rate, p.n_fft, p.hop_length, p.n_mels, p.stack_frames, self.label)
         with torch.random.fork_rng(devices=[]):  # seeded weights, global RNG untouched
             torch.manual_seed(p.seed)
             self.rvq = ResidualLinearVQ(self.feature.dim, p.n_codebooks, p.codebook_size, p.codebook_dim)
         self.rvq.requires_grad_(False).eval()
         self.register_buffer("feature_mean", torch.zeros(0), persistent=False)
         self.register_buffer("feature_std", torch.zeros(0), persistent=False)
-        self._info = TargetInfo("discrete", p.n_codebooks, self.feature.frame_rate, (p.codebook_size,) * p.n_codebooks)
+        self.target_info = TargetInfo("discrete", p.n_codebooks, self.feature.frame_rate, (p.codebook_size,) * p.n_codebooks)
         self.fit_history: list[float] = []
         if p.tokenizer is not None and Path(p.tokenizer).is_file():
             self.load_state(p.tokenizer)
-
-    @property
-    def sample_rate(self) -> int:
-        return self.params.sample_rate
-
-    @property
-    def info(self) -> TargetInfo:
-        return self._info
 
     @property
     def fitted(self) -> bool:
@@ -110,14 +100,10 @@ class MelRVQTeacher(Teacher):
         return self
 
     # ----------------------------------------------------------------- targets
-    @torch.no_grad()
-    def targets(self, wav: Tensor, lengths: Tensor) -> Targets:
-        check_audio_batch(wav, lengths, f"teacher '{self.name}'")
+    def frames(self, wav: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
         self._require_state()
-        feats, frame_lengths = self.feature(wav.float(), lengths.to(wav.device))
-        codes = self.rvq.encode(self._standardise(feats).flatten(0, 1)).view(*feats.shape[:2], -1)
-        codes = codes.masked_fill(~valid_frames(frame_lengths, codes.shape[1])[:, :, None], 0)
-        return Targets(values=codes, lengths=frame_lengths, info=self._info)
+        feats, frame_lengths = self.feature(wav, lengths)
+        return self.rvq.encode(self._standardise(feats).flatten(0, 1)).view(*feats.shape[:2], -1), frame_lengths
 
     @torch.no_grad()
     def reconstruct(self, wav: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
@@ -148,7 +134,7 @@ class MelRVQTeacher(Teacher):
         device = self.feature.window.device
         with torch.no_grad():
             x = collect_frames(self.feature, batches, p.max_fit_frames, device, f"teacher '{self.name}'", progress)
-        mean, std = x.mean(0), x.std(0, unbiased=False).clamp(min=_STD_EPS)
+        mean, std = fit_statistics(x)
         settings = RVQFitSettings(
             steps=p.steps, batch_size=p.batch_size, lr=p.lr, commitment_weight=p.commitment_weight,
             codebook_weight=p.codebook_weight, dead_code_steps=p.dead_code_steps, seed=p.seed,
