@@ -247,7 +247,7 @@ class CodecTeacher(CheckedFrameTeacher):
         """Frames for a clip of ``num_samples`` samples (>= 1)."""
         return -(-num_samples // self.hop_length)
 
-    def frames(self, wav: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+    def frame_targets(self, wav: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
         return encode_by_length(wav, [int(n) for n in lengths.tolist()], self._encode)
 
     def _encode(self, wav: Tensor) -> Tensor:

@@ -351,14 +351,15 @@ class Masking(ABC):
 
 
 class FrameTeacherBase(Teacher):
-    """What every frame-level teacher's :meth:`targets` does, around one :meth:`frames` method.
+    """What every frame-level teacher's :meth:`targets` does around its :meth:`frame_targets`.
 
-    :meth:`targets` runs :meth:`frames` without gradients, zeroes the frames past each clip's
-    frame count (padding never holds stale values) and returns contiguous int64 codes (discrete)
-    or float32 features (continuous) with :attr:`info`. :attr:`sample_rate` defaults to the
-    ``sample_rate`` params field. Subclass :class:`FrameTeacher` for a hop-based teacher; a
-    teacher with its own frame counts (centred frames, a codec's) subclasses this and
-    implements :meth:`frames` and :attr:`info`.
+    :meth:`targets` runs :meth:`frame_targets` without gradients, zeroes the frames past each
+    clip's frame count (padding never holds stale values) and returns contiguous int64 codes
+    (discrete) or float32 features (continuous) with :attr:`info`. :attr:`sample_rate` defaults
+    to the ``sample_rate`` params field. Subclass :class:`FrameTeacher` for a hop-based teacher
+    (it implements :meth:`frame_targets` with your ``compute``); a teacher with its own frame
+    counts (centred frames, a codec's) subclasses this and implements :meth:`frame_targets`
+    and :attr:`info`.
     """
 
     @property
@@ -367,13 +368,13 @@ class FrameTeacherBase(Teacher):
         return int(self.params.sample_rate)
 
     @abstractmethod
-    def frames(self, wav: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+    def frame_targets(self, wav: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
         """``wav`` ``[B, S]``, ``lengths`` ``[B]`` valid samples -> ``(values [B, T, C], frame_lengths [B])``:
         the targets of every clip and its number of valid frames (values past it are zeroed)."""
 
     @torch.no_grad()
     def targets(self, wav: Tensor, lengths: Tensor) -> Targets:
-        values, frame_lengths = self.frames(wav, lengths)
+        values, frame_lengths = self.frame_targets(wav, lengths)
         if values.dim() == 3:
             steps = torch.arange(values.shape[1], device=values.device)
             values = values.masked_fill((steps[None, :] >= frame_lengths.to(values.device)[:, None])[:, :, None], 0)
@@ -421,7 +422,7 @@ class FrameTeacher(FrameTeacherBase):
         """``wav`` ``[B, S]`` (zero past each clip's end) -> ``[B, num_frames(S), D]`` targets
         (codes for discrete teachers, features for continuous ones)."""
 
-    def frames(self, wav: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+    def frame_targets(self, wav: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
         """:meth:`compute` on ``wav`` zeroed past each clip's length; ``num_frames`` frames a clip."""
         steps = torch.arange(wav.shape[1], device=wav.device)
         values = self.compute(wav.masked_fill(steps[None, :] >= lengths[:, None].to(wav.device), 0.0))

@@ -8,7 +8,7 @@ shorter than the window): reflect padding would fail on clips shorter than half 
 samples past ``lengths`` are zeroed first, so padding never leaks into valid frames.
 
 :class:`CheckedFrameTeacher` is the base of the built-in teachers computed from such features:
-it checks every batch (:func:`check_audio_batch`) before its :meth:`frames` runs.
+it checks every batch (:func:`check_audio_batch`) before its :meth:`frame_targets` runs.
 """
 from __future__ import annotations
 
@@ -394,11 +394,11 @@ def _normalise_layer(h: Tensor, normalize: LayerNorm) -> Tensor:
 class CheckedFrameTeacher(FrameTeacherBase):
     """Base of the built-in frame-level teachers (also open to plugins): a
     :class:`~mertlab.contracts.FrameTeacherBase` whose :meth:`targets` first checks the batch
-    (:func:`check_audio_batch`, errors named by :attr:`label`) and hands :meth:`frames` float32
+    (:func:`check_audio_batch`, errors named by :attr:`label`) and hands :meth:`frame_targets` float32
     audio with ``lengths`` on its device.
 
     The targets' description is known once the teacher is built: a subclass sets
-    :attr:`target_info` in its constructor and implements :meth:`frames`.
+    :attr:`target_info` in its constructor and implements :meth:`frame_targets`.
     """
 
     #: What :attr:`info` returns; set it in the constructor.

@@ -7,7 +7,7 @@ import pytest
 import torch
 from synth_audio import SR, chord, melody, padded_batch
 
-from mertlab.errors import MertlabError
+from mertlab.errors import DataError, MertlabError
 from mertlab.registry import get_registry
 
 
@@ -110,6 +110,14 @@ def test_bad_input_and_params_are_clear_errors(mert_cqt):
         mert_cqt.targets(torch.zeros(1, 100), torch.tensor([0]))
     with pytest.raises(MertlabError, match=r"\[batch, samples\]"):
         mert_cqt.targets(torch.zeros(100), torch.tensor([100]))
+    # the check every built-in teacher runs first (mertlab.frame_features.check_audio_batch)
+    nan = torch.zeros(2, 1000)
+    nan[1, 10] = float("nan")
+    with pytest.raises(DataError, match="teacher 'cqt': audio contains NaN or infinite samples"):
+        mert_cqt.targets(nan, torch.tensor([1000, 500]))
+    nan[1, 600:] = float("nan")  # in the padding only: ignored
+    nan[1, 10] = 0.0
+    assert mert_cqt.targets(nan, torch.tensor([1000, 500])).lengths.tolist() == [4, 2]
     with pytest.raises(MertlabError, match="Nyquist"):
         build(n_bins=500)
     with pytest.raises(MertlabError, match="hop_length"):

@@ -3,13 +3,14 @@ from __future__ import annotations
 
 import pytest
 import torch
+from fitted_teacher_checks import assert_bad_state_is_rejected, assert_missing_state_says_fit
 from sklearn.metrics import adjusted_rand_score
 from synth_audio import SR, chord, melody, padded_batch
 
 from mertlab.checkpoint import save_backbone
 from mertlab.errors import MertlabError
 from mertlab.frame_features import LogMelChroma, MFCCDeltas
-from mertlab.kmeans import fit_minibatch_kmeans, nearest_centroid
+from mertlab.kmeans import fit_minibatch_kmeans, lloyd_kmeans, nearest_centroid
 from mertlab.registry import get_registry
 
 SMALL_FIT = {"n_clusters": 8, "n_iter": 30, "batch_size": 2000}
@@ -73,6 +74,25 @@ def test_minibatch_kmeans_is_seeded_and_checks_its_input():
         fit_minibatch_kmeans(x[:5], 6, progress=False)
     # fewer distinct points than clusters (e.g. silence) still fits instead of crashing k-means++
     assert fit_minibatch_kmeans(torch.zeros(50, 3), 4, n_iter=2, progress=False).shape == (4, 3)
+
+
+def test_lloyd_kmeans_is_seeded_and_converged():
+    # the plain Lloyd fit the codec teachers' random-init codebooks use
+    x, _, _ = planted(n_per=200, seed=2)
+
+    def fit(seed: int, spherical: bool = False) -> torch.Tensor:
+        return lloyd_kmeans(x, 6, n_iter=30, generator=torch.Generator().manual_seed(seed), spherical=spherical)
+
+    centroids = fit(0)
+    assert torch.equal(centroids, fit(0)) and not torch.equal(centroids, fit(1))
+    assign = nearest_centroid(x, centroids)
+    for k in assign.unique():  # converged: each centroid is the mean of its points
+        assert torch.dist(centroids[k], x[assign == k].mean(0)) < 1e-4
+    spherical = fit(0, spherical=True)  # directions: unit centroids, nearest by cosine
+    assert torch.allclose(spherical.norm(dim=1), torch.ones(6))
+    assert torch.equal(nearest_centroid(x, spherical, spherical=True), (x @ spherical.T).argmax(1))
+    with pytest.raises(MertlabError, match="n_clusters=7, 5 rows"):
+        lloyd_kmeans(x[:5], 7, n_iter=1, generator=torch.Generator())
 
 
 def test_nearest_centroid_matches_brute_force():
@@ -168,11 +188,7 @@ def test_teacher_codes_separate_distinct_sounds():
 
 
 def test_missing_centroids_tell_the_user_to_fit(tmp_path):
-    wav, lengths = padded_batch([melody(0.3)])
-    with pytest.raises(MertlabError, match=r"not found; run `mertlab teachers fit SPEC`"):
-        build(centroids=str(tmp_path / "nope.pt")).targets(wav, lengths)
-    with pytest.raises(MertlabError, match=r"set params.centroids .* `mertlab teachers fit SPEC`"):
-        build().targets(wav, lengths)
+    assert_missing_state_says_fit(build, "centroids", tmp_path)
 
 
 def test_file_written_after_construction_is_picked_up(fitted_state, tmp_path):
@@ -183,14 +199,11 @@ def test_file_written_after_construction_is_picked_up(fitted_state, tmp_path):
 
 
 def test_state_from_other_settings_or_garbage_is_rejected(fitted_state, tmp_path):
-    with pytest.raises(MertlabError, match=r"different settings \(n_mfcc: file 13 vs params 12\)"):
-        build(n_mfcc=12, centroids=str(fitted_state))
-    junk = tmp_path / "junk.pt"
-    junk.write_text("not torch")
-    with pytest.raises(MertlabError, match="junk.pt: damaged or truncated k-means state file"):
-        build(centroids=str(junk))
-    with pytest.raises(MertlabError, match="not fitted"):
-        build().save_state(tmp_path / "x.pt")
+    assert_bad_state_is_rejected(
+        build, "centroids", fitted_state, tmp_path, {"n_mfcc": 12},
+        settings_message=r"different settings \(n_mfcc: file 13 vs params 12\)",
+        junk_message="junk.pt: damaged or truncated k-means state file",
+    )
 
 
 def test_params_cross_checks():

@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from fitted_teacher_checks import assert_bad_state_is_rejected, assert_missing_state_says_fit
 from sklearn.metrics import adjusted_rand_score
 from synth_audio import SR, melody, padded_batch
 
@@ -111,19 +112,12 @@ def test_state_round_trips_and_is_plain_tensors(fitted, tmp_path):
 
 def test_missing_mismatched_or_garbage_state_is_one_clear_error(fitted, tmp_path):
     _, path = fitted
-    wav, lengths = padded_batch([melody(0.5)])
-    with pytest.raises(MertlabError, match=r"set params.tokenizer .* `mertlab teachers fit SPEC`"):
-        build().targets(wav, lengths)
-    with pytest.raises(MertlabError, match=r"not found; run `mertlab teachers fit SPEC`"):
-        build(tokenizer=str(tmp_path / "nope.pt")).targets(wav, lengths)
-    with pytest.raises(MertlabError, match=r"different settings \(n_mels: file 32 vs params 40\)"):
-        build(n_mels=40, tokenizer=str(path))
-    junk = tmp_path / "junk.pt"
-    junk.write_text("not torch")
-    with pytest.raises(MertlabError, match="damaged or truncated teacher 'melrvq' state file"):
-        build(tokenizer=str(junk))
-    with pytest.raises(MertlabError, match="not fitted"):
-        build().save_state(tmp_path / "x.pt")
+    assert_missing_state_says_fit(build, "tokenizer", tmp_path)
+    assert_bad_state_is_rejected(
+        build, "tokenizer", path, tmp_path, {"n_mels": 40},
+        settings_message=r"different settings \(n_mels: file 32 vs params 40\)",
+        junk_message="damaged or truncated teacher 'melrvq' state file",
+    )
 
 
 def test_residual_vq_recovers_planted_clusters():

@@ -73,7 +73,7 @@ class BestRQTeacher(CheckedFrameTeacher):
     def samples_per_frame(self) -> int:
         return self.params.hop_length * self.params.stack_frames
 
-    def frames(self, wav: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+    def frame_targets(self, wav: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
         stacked, frame_lengths = self.logmel(wav, lengths)  # [B, T, stack_frames * n_mels]
         z = F.normalize(torch.einsum("btd,cdp->btcp", stacked, self.projection), dim=-1)
         return torch.einsum("btcp,ckp->btck", z, self.codebooks).argmax(-1), frame_lengths  # cosine: both unit-norm

@@ -76,7 +76,7 @@ class CQTTeacher(CheckedFrameTeacher):
             self.cqt.register_buffer(name, buffer, persistent=False)
         self.target_info = TargetInfo(kind="continuous", dim=params.n_bins, frame_rate=params.sample_rate / params.hop_length)
 
-    def frames(self, wav: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+    def frame_targets(self, wav: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
         mag = self.cqt(zero_padding(wav, lengths)).transpose(1, 2)  # [B, T, n_bins]
         frame_lengths = centred_frames(lengths, self.params.hop_length)
         values = self._magnitude(mag)

@@ -117,7 +117,7 @@ class CrepeTeacher(CheckedFrameTeacher):
         return self
 
     # ----------------------------------------------------------------- targets
-    def frames(self, wav: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+    def frame_targets(self, wav: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
         device = next(self.model.parameters()).device
         frame_lengths = centred_frames(lengths.to(device), self.params.hop_length)
         windows = self._windows(wav.to(device), lengths.to(device), frame_lengths)

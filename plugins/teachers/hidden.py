@@ -77,7 +77,7 @@ class HiddenTeacher(CheckedFrameTeacher):
     def sample_rate(self) -> int:
         return self.feature.sample_rate
 
-    def frames(self, wav: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+    def frame_targets(self, wav: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
         return self.feature(wav, lengths)
 
     def fingerprint_payload(self) -> Any:

@@ -117,7 +117,7 @@ class KMeansTeacher(CheckedFrameTeacher):
         return self.centroids.numel() > 0
 
     # ----------------------------------------------------------------- targets
-    def frames(self, wav: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+    def frame_targets(self, wav: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
         self._require_state()
         feats, frame_lengths = self.feature(wav, lengths)
         codes = nearest_centroid(self._standardise(feats).flatten(0, 1), self.centroids)

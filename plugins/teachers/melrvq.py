@@ -100,7 +100,7 @@ class MelRVQTeacher(CheckedFrameTeacher):
         return self
 
     # ----------------------------------------------------------------- targets
-    def frames(self, wav: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+    def frame_targets(self, wav: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
         self._require_state()
         feats, frame_lengths = self.feature(wav, lengths)
         return self.rvq.encode(self._standardise(feats).flatten(0, 1)).view(*feats.shape[:2], -1), frame_lengths
