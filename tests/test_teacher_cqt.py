@@ -122,3 +122,45 @@ def test_bad_input_and_params_are_clear_errors(mert_cqt):
         build(n_bins=500)
     with pytest.raises(MertlabError, match="hop_length"):
         build(hop_length=0)
+
+
+def _close_to_exact(fast: torch.Tensor, exact: torch.Tensor) -> None:
+    """The tolerance the `implementation` param states: relative L2 error and largest error
+    (relative to the largest magnitude) both under 1e-3."""
+    err = (fast - exact).abs()
+    assert float(err.norm() / exact.norm()) < 1e-3
+    assert float(err.max() / exact.abs().max()) < 1e-3
+
+
+@pytest.fixture(scope="module")
+def mert_cqt_exact():
+    from mertlab.plugins.teachers.cqt import CQTParams, CQTTeacher
+
+    return CQTTeacher(CQTParams(implementation="exact"))
+
+
+def test_fast_equals_exact_within_tolerance_at_mert_settings(mert_cqt, mert_cqt_exact):
+    assert mert_cqt.params.implementation == "fast"  # the default
+    clips = [melody(2.0, seed=11), chord(0.7, (40, 64, 79), seed=12), melody(0.2, seed=13)]
+    wav, lengths = padded_batch(clips, pad_value=0.5)
+    fast, exact = mert_cqt.targets(wav, lengths), mert_cqt_exact.targets(wav, lengths)
+    assert torch.equal(fast.lengths, exact.lengths) and fast.values.shape == exact.values.shape
+    for b, n in enumerate(fast.lengths.tolist()):
+        _close_to_exact(fast.values[b, :n], exact.values[b, :n])
+    assert bool((fast.values[0, :, :] >= 0).all())
+
+
+def test_fast_equals_exact_across_blocks_and_other_settings():
+    # 12 s spans many FFT blocks (103 and 193 frames each here); small kernels, other hops and bins
+    for params in ({"n_bins": 24, "bins_per_octave": 12, "fmin": 65.4}, {"n_bins": 84, "bins_per_octave": 12, "hop_length": 256, "fmin": 32.7}):
+        fast, exact = build(**params), build(implementation="exact", **params)
+        wav = melody(12.0, seed=14)[None]
+        lengths = torch.tensor([wav.shape[1]])
+        a, b = fast.targets(wav, lengths), exact.targets(wav, lengths)
+        assert torch.equal(a.lengths, b.lengths)
+        _close_to_exact(a.values, b.values)
+
+
+def test_implementation_changes_the_fingerprint():
+    assert build().fingerprint() != build(implementation="exact").fingerprint()
+    assert build().fingerprint() == build(implementation="fast").fingerprint()
