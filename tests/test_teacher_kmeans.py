@@ -255,3 +255,29 @@ def test_hidden_feature_errors(tiny_checkpoint, tmp_path):
     with pytest.raises(MertlabError, match="too short for one frame"):
         teacher.targets(torch.randn(1, 300), torch.tensor([300]))
 
+
+
+def test_nearest_centroid_matches_brute_force_in_every_path():
+    """Blocked addmm + argmin (NumPy on CPU, threads over blocks) equals the plain argmin of the
+    distance matrix, ties to the lowest index, spherical by dot product; empty input is fine."""
+    from mertlab.kmeans import nearest_centroid
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(20_000, 39, generator=g)
+    c = torch.randn(100, 39, generator=g)
+    c[7] = c[3]  # an exact tie: index 3 wins
+    x[:5] = c[3]
+    expected = torch.cdist(x.double(), c.double()).argmin(1)
+    threads = torch.get_num_threads()
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            assert torch.equal(nearest_centroid(x, c), expected)
+            assert torch.get_num_threads() == n  # restored after the threaded path
+    finally:
+        torch.set_num_threads(threads)
+    assert nearest_centroid(x[:5], c).tolist() == [3] * 5
+    xn, cn = torch.nn.functional.normalize(x, dim=1), torch.nn.functional.normalize(c, dim=1)
+    assert torch.equal(nearest_centroid(xn, cn, spherical=True), (xn.double() @ cn.double().T).argmax(1))
+    assert nearest_centroid(x[:0], c).shape == (0,)
+    assert torch.equal(nearest_centroid(x.double(), c.double()), expected)  # float64: same path
