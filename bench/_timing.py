@@ -54,11 +54,18 @@ def interleaved(contenders: dict[str, Callable[[], Any]], repeats: int, warmup: 
 
 
 def ratio_line(what: str, ours: float, peer: float, target: float | None = None, unit: str = "s") -> str:
-    """``RATIO what: 2.31x (peer 0.120 s / ours 0.052 s) target >= 2x: met``."""
+    """``RATIO what: 2.31x (peer 0.120 s / ours 0.052 s)  target >= 2x: met`` (peer time / our time)."""
     ratio = peer / ours if ours > 0 else float("inf")
-    line = f"RATIO {what}: {ratio:.2f}x (peer {peer:.4g} {unit} / ours {ours:.4g} {unit})"
+    return ratio_value(what, ratio, f"peer {peer:.4g} {unit} / ours {ours:.4g} {unit}", target)
+
+
+def ratio_value(what: str, ratio: float, detail: str, target: float | None = None, at_most: bool = False) -> str:
+    """Print and return ``RATIO what: 1.23x (detail)``, with the target (``>=``, or ``<=`` when
+    ``at_most``) and whether it is met."""
+    line = f"RATIO {what}: {ratio:.3g}x ({detail})"
     if target is not None:
-        line += f"  target >= {target:g}x: {'met' if ratio >= target else 'NOT met'}"
+        met = ratio <= target if at_most else ratio >= target
+        line += f"  target {'<=' if at_most else '>='} {target:g}x: {'met' if met else 'NOT met'}"
     print(line)
     return line
 
