@@ -136,8 +136,11 @@ def schema_command(kind: str | None, name: str | None) -> None:
 @click.option("--parent-run-id", metavar="RUN_ID",
               help="Train as a sweep child nested under this MLflow run (with --variant); as printed by `mertlab sweep --dry-run`.")
 @click.option("--variant", metavar="NAME", help="Sweep variant name of this child run (with --parent-run-id).")
+@click.option("--profile", "profile", type=click.IntRange(min=1), is_flag=False, flag_value=5, default=None, metavar="[N]",
+              help="Record a torch.profiler trace of N steps (default 5) after 2 warm-up steps; logged with a "
+              "top-ops table as the run's profile/ artifacts.")
 def train_command(spec_path: str, overrides: tuple[str, ...], resume: str | None, no_progress: bool,
-                  parent_run_id: str | None, variant: str | None) -> None:
+                  parent_run_id: str | None, variant: str | None, profile: int | None) -> None:
     """Pre-train the model described by SPEC; metrics go to MLflow."""
     from mertlab.spec import load_spec
     from mertlab.tracking import ui_command
@@ -148,13 +151,16 @@ def train_command(spec_path: str, overrides: tuple[str, ...], resume: str | None
     if parent_run_id is not None:
         if resume is not None:
             raise click.UsageError("sweep children resume by themselves: drop --resume")
+        if profile is not None:
+            raise click.UsageError("--profile is for single runs: drop it for sweep children")
         from mertlab.sweep import run_child
 
         outcome = run_child(spec_path, list(overrides), parent_run_id, variant, progress=not no_progress)
         click.echo(f"variant '{variant}': {outcome.status}{' (' + outcome.message + ')' if outcome.message else ''}, run {outcome.run_id}")
         return
     spec = load_spec(spec_path, overrides)
-    result = train(spec, resume=True if resume == "latest" else (resume or False), progress=not no_progress)
+    result = train(spec, resume=True if resume == "latest" else (resume or False), progress=not no_progress,
+                   profile_steps=profile)
     if not result.is_global_zero:  # the other processes of a distributed run stay quiet
         return
     losses = ", ".join(f"{k}={v:.4g}" for k, v in sorted(result.metrics.items()) if k.startswith(("loss/", "val/loss/")))

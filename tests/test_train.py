@@ -174,3 +174,25 @@ def test_train_cli_prints_a_summary(demo_dir, tmp_path, tracking_uri, write_yaml
     assert "finished (experiment 'cli-summary')" in out and "loss/total=" in out
     assert "masked accuracy (mean over codebooks): rvq_pred" in out
     assert f"metrics: {tracking_uri}" in out and "mertlab ui --tracking-uri" in out
+
+
+def test_profile_logs_a_trace_and_top_ops_table(demo_dir, tmp_path, tracking_uri, write_yaml, capsys):
+    """`mertlab train --profile 2`: steps 3-4 (after 2 warm-up steps) traced; both files in the run."""
+    spec = make_spec(demo_dir, tmp_path, tracking_uri, name="profile-test").model_dump(mode="json")
+    code, err = run_cli(capsys, "train", str(write_yaml(spec, "profile.yaml")), "--no-progress", "--profile", "2")
+    assert code in (0, None), err
+    client = MlflowClient(tracking_uri)
+    run = client.search_runs([client.get_experiment_by_name("profile-test").experiment_id])[0]
+    assert sorted(a.path for a in client.list_artifacts(run.info.run_id, "profile")) == ["profile/top_ops.txt", "profile/trace.json"]
+    top = open(client.download_artifacts(run.info.run_id, "profile/top_ops.txt", str(tmp_path))).read()
+    assert top.startswith("torch.profiler: 2 training step(s) from step 2") and "Self CPU" in top and "aten::" in top
+    assert '"traceEvents"' in open(client.download_artifacts(run.info.run_id, "profile/trace.json", str(tmp_path))).read()
+
+
+def test_profile_of_a_run_shorter_than_asked_logs_what_it_recorded(demo_dir, tmp_path, tracking_uri):
+    spec = make_spec(demo_dir, tmp_path, tracking_uri, name="profile-short",
+                     trainer={"max_steps": 3, "val_every_n_steps": 100, "limit_val_batches": 0})
+    result = train(spec, progress=False, profile_steps=5)
+    client = MlflowClient(tracking_uri)
+    top = open(client.download_artifacts(result.run_id, "profile/top_ops.txt", str(tmp_path))).read()
+    assert "training ended after 1 of the 5 profiled steps" in top.splitlines()[0]

@@ -121,13 +121,16 @@ def make_trainer(
 
 
 def train(
-    spec: ExperimentSpec, resume: str | bool = False, registry: Any = None, progress: bool = True, run_id: str | None = None
+    spec: ExperimentSpec, resume: str | bool = False, registry: Any = None, progress: bool = True, run_id: str | None = None,
+    profile_steps: int | None = None,
 ) -> TrainResult:
     """Train ``spec``; with ``resume`` continue a checkpoint and its MLflow run.
 
     ``run_id`` logs into an MLflow run that already exists (a sweep child made by
     :mod:`mertlab.sweep`, which sets its tags); by default a new run is created. At the end the
-    run's ``summary/*`` metrics are logged (:mod:`mertlab.run_summary`).
+    run's ``summary/*`` metrics are logged (:mod:`mertlab.run_summary`). ``profile_steps``: a
+    torch.profiler trace of that many steps after warm-up, logged with a top-ops table
+    (:mod:`mertlab.train.profiling`).
     """
     if registry is None:
         from mertlab.registry import get_registry
@@ -208,6 +211,10 @@ def train(
         save_on_train_epoch_end=False,
     )
     callbacks = [registry.build("callback", c.name, c.params) for c in spec.callbacks.values()]
+    if profile_steps:
+        from mertlab.train.profiling import ProfileSteps
+
+        callbacks.append(ProfileSteps(profile_steps))
     try:
         trainer = make_trainer(spec, strategy, logger, [*callbacks, checkpoint], [checkpoint_io], has_val, progress)
     except (ValueError, MisconfigurationException) as exc:  # e.g. more devices than the machine has
