@@ -23,18 +23,26 @@ def parser(doc: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=doc.strip().splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="Tiny sizes and one repeat (seconds; for CI, no meaningful ratios).")
     p.add_argument("--repeats", type=int, default=5, help="Timed repeats per contender (median reported).")
-    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's).")
+    p.add_argument("--threads", type=int, default=1,
+                   help="Threads for torch and for the peers' BLAS/OpenMP pools (default 1: on a shared machine "
+                        "multi-threaded OpenMP regions stall whenever another process holds a core).")
     return p
 
 
+_LIMITS: list[Any] = []  # the process-wide thread limit of the peers' pools, kept alive
+
+
 def setup(args: argparse.Namespace) -> None:
-    """Seed, threads, and fewer repeats under ``--quick``."""
+    """Seed, the same thread count for torch and the peers (NumPy/SciPy BLAS, scikit-learn's
+    OpenMP), and one repeat under ``--quick``."""
+    from threadpoolctl import threadpool_limits
+
     torch.manual_seed(0)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    torch.set_num_threads(args.threads)
+    _LIMITS.append(threadpool_limits(args.threads))
     if args.quick:
         args.repeats = 1
-    print(f"# torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs; "
+    print(f"# torch {torch.__version__}, {torch.get_num_threads()} thread(s) for ours and the peers, {os.cpu_count()} CPUs; "
           f"{'--quick (sizes too small for meaningful ratios)' if args.quick else f'median of {args.repeats}'}")
 
 

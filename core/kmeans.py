@@ -17,7 +17,8 @@ codebooks; both fits share one Lloyd step.
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
-from typing import Literal
+from functools import lru_cache
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -36,10 +37,10 @@ def nearest_centroid(x: Tensor, centroids: Tensor, spherical: bool = False) -> T
     ``spherical``: the largest dot product instead (cosine, for L2-normalised rows and centroids).
     Ties go to the lowest index.
 
-    Blocks of rows small enough for the cache: one fused ``addmm`` per block into a reused buffer
-    (``||c||^2 - 2 x.c``: ``||x||^2`` is the same for every centroid; ``-x.c`` when spherical),
-    then the argmin -- NumPy's SIMD argmin on CPU (~2.5x torch's over rows of ~100), torch's
-    elsewhere. No ``[N, K]`` matrix, no ``cdist``: >= 1x ``sklearn`` ``KMeans.predict`` (``bench/teachers.py``).
+    Blocks of rows small enough for the cache, scored by one GEMM each (``||c||^2 - 2 x.c``:
+    ``||x||^2`` is the same for every centroid; ``-x.c`` when spherical), then the argmin. No
+    ``[N, K]`` matrix, no ``cdist``. On CPU (:func:`_nearest_on_cpu`) as scikit-learn's
+    ``KMeans.predict`` does it, and at least as fast (``bench/teachers.py``).
     """
     out = torch.empty(len(x), dtype=torch.long, device=x.device)
     if len(x) == 0:
@@ -48,37 +49,51 @@ def nearest_centroid(x: Tensor, centroids: Tensor, spherical: bool = False) -> T
         bias, alpha = torch.zeros(len(centroids), dtype=centroids.dtype, device=centroids.device), -1
     else:
         bias, alpha = (centroids * centroids).sum(1), -2
-    c_t = centroids.T.contiguous()
     rows = max(256, min(8192, (1 << 18) // max(1, len(centroids))))  # a [rows, K] block of ~1 MiB
     dtype = torch.result_type(x, centroids)
-    if x.device.type != "cpu" or dtype not in (torch.float32, torch.float64):
-        for start in range(0, len(x), rows):
-            torch.argmin(torch.addmm(bias, x[start : start + rows], c_t, alpha=alpha), 1, out=out[start : start + rows])
+    if x.device.type == "cpu" and dtype in (torch.float32, torch.float64):
+        _nearest_on_cpu(x.detach().to(dtype), torch.cat([alpha * centroids.T, bias[None]]).detach().to(dtype), rows, out)
         return out
-    out_np = out.numpy()
-    starts = range(0, len(x), rows)
+    c_t = centroids.T.contiguous()
+    for start in range(0, len(x), rows):
+        torch.argmin(torch.addmm(bias, x[start : start + rows], c_t, alpha=alpha), 1, out=out[start : start + rows])
+    return out
 
-    def assign(part: range) -> None:  # one worker: its own buffer, blocks start, start + step, ...
-        scores = torch.empty(min(rows, len(x)), len(centroids), dtype=dtype)
+
+@lru_cache(maxsize=1)
+def _blas_pools() -> Any:
+    from threadpoolctl import ThreadpoolController  # a scikit-learn dependency
+
+    return ThreadpoolController()
+
+
+def _nearest_on_cpu(x: Tensor, weights: Tensor, rows: int, out: Tensor) -> None:
+    """``out[i] = argmin_k [x_i, 1] @ weights[:, k]`` (``weights``: ``[D + 1, K]``, the bias as its
+    last row), block by block with NumPy: its OpenBLAS GEMM (faster than torch's MKL on AMD CPUs)
+    on rows padded with a column of ones, so the bias costs no extra pass, and its SIMD argmin
+    (~2.5x torch's over rows of ~100). As scikit-learn does, BLAS runs single-threaded and the
+    blocks are spread over ``torch.get_num_threads()`` threads (both release the GIL): one
+    fork/join per call, not one per small GEMM, which stalls whenever a core is busy elsewhere."""
+    x_np, w_np, out_np = x.numpy(), weights.numpy(), out.numpy()
+    dim = x_np.shape[1]
+    starts = range(0, len(x_np), rows)
+
+    def assign(part: range) -> None:  # one worker: its own buffers; blocks start, start + step, ...
+        padded = np.ones((min(rows, len(x_np)), dim + 1), dtype=x_np.dtype)
+        scores = np.empty((len(padded), w_np.shape[1]), dtype=x_np.dtype)
         for start in part:
-            block = x[start : start + rows]
-            torch.addmm(bias, block, c_t, alpha=alpha, out=scores[: len(block)])
-            np.argmin(scores[: len(block)].numpy(), axis=1, out=out_np[start : start + len(block)])
+            n = min(rows, len(x_np) - start)
+            padded[:n, :dim] = x_np[start : start + n]
+            np.matmul(padded[:n], w_np, out=scores[:n])
+            np.argmin(scores[:n], axis=1, out=out_np[start : start + n])
 
-    configured = torch.get_num_threads()
-    threads = min(configured, len(starts))
-    if threads <= 1:
-        assign(starts)
-        return out
-    # Like scikit-learn's predict: blocks in parallel, each single-threaded (one fork/join for
-    # the call, not one per small GEMM: those stall whenever a core is busy elsewhere).
-    torch.set_num_threads(1)
-    try:
+    threads = min(torch.get_num_threads(), len(starts) // 4)  # a pool pays off from a few blocks per thread
+    with _blas_pools().limit(limits=1, user_api="blas"):
+        if threads <= 1:
+            assign(starts)
+            return
         with ThreadPoolExecutor(threads) as pool:
             list(pool.map(assign, [starts[i::threads] for i in range(threads)]))
-    finally:
-        torch.set_num_threads(configured)
-    return out
 
 
 def _sq_dist_to_nearest(x: Tensor, centroids: Tensor) -> Tensor:

@@ -258,7 +258,7 @@ def test_hidden_feature_errors(tiny_checkpoint, tmp_path):
 
 
 def test_nearest_centroid_matches_brute_force_in_every_path():
-    """Blocked addmm + argmin (NumPy on CPU, threads over blocks) equals the plain argmin of the
+    """Blocked GEMM + argmin (NumPy on CPU, threads over blocks) equals the plain argmin of the
     distance matrix, ties to the lowest index, spherical by dot product; empty input is fine."""
     from mertlab.kmeans import nearest_centroid
 
@@ -273,7 +273,7 @@ def test_nearest_centroid_matches_brute_force_in_every_path():
         for n in (1, 2):
             torch.set_num_threads(n)
             assert torch.equal(nearest_centroid(x, c), expected)
-            assert torch.get_num_threads() == n  # restored after the threaded path
+            assert torch.get_num_threads() == n  # the threaded path leaves torch's threads alone
     finally:
         torch.set_num_threads(threads)
     assert nearest_centroid(x[:5], c).tolist() == [3] * 5
