@@ -135,6 +135,18 @@ def peak_rss_delta(fn: Callable[[], Any], interval: float = 0.0005) -> tuple[Any
     return result, max(peak, _rss()) - base
 
 
+def top_ops(fn: Callable[[], Any], title: str, rows: int = 12) -> None:
+    """Print torch.profiler's top operators by self CPU time for one call of ``fn`` (after it ran
+    once): where a contender's time goes, for explaining a ratio."""
+    from torch.profiler import profile
+
+    fn()
+    with profile() as prof:
+        fn()
+    print(f"\n### top ops: {title}")
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows))
+
+
 def flops_of(fn: Callable[[], Any]) -> int:
     """FLOPs of one call of ``fn`` counted by :class:`torch.utils.flop_counter.FlopCounterMode`
     (matmuls, convolutions and attention, forward and backward)."""

@@ -8,13 +8,13 @@ both do the same work every step. Peak memory: the resident-set growth during on
 
 Target (issue #14): >= 1.2x HF at small and base with peak memory <= HF's.
 
-    .venv/bin/python bench/backbone_step.py [--quick] [--presets tiny,small] [--base] [--repeats 5]
+    .venv/bin/python bench/backbone_step.py [--quick] [--presets tiny,small] [--base] [--repeats 5] [--profile]
 """
 from __future__ import annotations
 
 import torch
 
-from _timing import interleaved, parser, peak_rss_delta, ratio_line, setup, table, train_step
+from _timing import interleaved, parser, peak_rss_delta, ratio_line, setup, table, top_ops, train_step
 from mertlab.registry import get_registry
 
 #: (clips, seconds) per preset: the issue's sizes
@@ -57,6 +57,7 @@ def main() -> None:
     p = parser(__doc__)
     p.add_argument("--presets", default="tiny,small", help="Comma-separated presets (tiny, small, base).")
     p.add_argument("--base", action="store_true", help="Also the base preset (MERT-95M; slow on CPU).")
+    p.add_argument("--profile", action="store_true", help="Also print torch.profiler's top ops of each step.")
     args = p.parse_args()
     setup(args)
     presets = ["tiny"] if args.quick else args.presets.split(",") + (["base"] if args.base else [])
@@ -68,6 +69,9 @@ def main() -> None:
         contenders = steps(ours, hf, wav)
         t = interleaved(contenders, args.repeats)
         memory = {name: peak_rss_delta(fn)[1] / 2**20 for name, fn in contenders.items()}
+        if args.profile:
+            for name, fn in contenders.items():
+                top_ops(fn, f"{name}, {preset}")
         rows.append([preset, f"{clips} x {seconds:g} s", t["ours"], t["hf"], memory["ours"], memory["hf"]])
         ratio_line(f"transformer train step vs HubertModel, {preset}", t["ours"], t["hf"], target=1.2)
         print(f"RATIO peak memory HubertModel / ours, {preset}: {memory['hf'] / max(memory['ours'], 1e-9):.2f}x "

@@ -6,13 +6,13 @@ width and depthwise kernel, dropout as configured; ours without rotary positions
 (``pos_encoding: none``) since torchaudio's blocks have none. Forward, loss = mean square of
 the output, backward, AdamW; fp32 on CPU; peak memory as the resident-set growth of one step.
 
-    .venv/bin/python bench/conformer_step.py [--quick] [--presets tiny,small] [--repeats 5]
+    .venv/bin/python bench/conformer_step.py [--quick] [--presets tiny,small] [--repeats 5] [--profile]
 """
 from __future__ import annotations
 
 import torch
 
-from _timing import interleaved, parser, peak_rss_delta, ratio_line, setup, table, train_step
+from _timing import interleaved, parser, peak_rss_delta, ratio_line, setup, table, top_ops, train_step
 from mertlab.registry import get_registry
 
 
@@ -35,6 +35,7 @@ def main() -> None:
 
     p = parser(__doc__)
     p.add_argument("--presets", default="tiny,small", help="Comma-separated conformer presets (tiny, small, base).")
+    p.add_argument("--profile", action="store_true", help="Also print torch.profiler's top ops of each step.")
     args = p.parse_args()
     setup(args)
     rows = []
@@ -56,6 +57,9 @@ def main() -> None:
         }
         t = interleaved(contenders, args.repeats)
         memory = {name: peak_rss_delta(fn)[1] / 2**20 for name, fn in contenders.items()}
+        if args.profile:
+            for name, fn in contenders.items():
+                top_ops(fn, f"{name}, {preset}")
         params = {name: sum(p.numel() for p in m.parameters()) / 1e6 for name, m in (("ours", ours), ("torchaudio", peer))}
         rows.append([preset, f"{clips} x {frames} frames", f"{params['ours']:.1f}M / {params['torchaudio']:.1f}M",
                      t["ours"], t["torchaudio"], memory["ours"], memory["torchaudio"]])
