@@ -8,7 +8,8 @@
 * k-means assignment (200k x 39 features, 100 centroids) vs ``sklearn`` ``KMeans.predict``
   with the same centroids, at one thread each and at two.
 * ``encodec`` teacher on a batch vs the ``encodec`` model's own ``encode`` one clip at a time
-  (the same model: the batching gain), codes checked equal.
+  (the same model: the batching gain) and the share of equal codes (batched convolutions round
+  differently, so a few near-tie frames may pick another code).
 
 Targets (issue #14): CQT >= 2x librosa.cqt on CPU; k-means >= 1x sklearn.
 
@@ -131,7 +132,7 @@ def bench_encodec(clips: list[torch.Tensor], repeats: int, quick: bool) -> None:
         peer = torch.cat([codes[:, : teacher.info.dim].transpose(1, 2) for codes in own()])
     seconds = batch.numel() / SR
     print(f"\n## encodec teacher ({params}) on {len(clips)} x {batch.shape[1] / SR:.0f} s: ours {seconds / t['ours']:.1f} audio-s/s, "
-          f"EncodecModel.encode per clip {seconds / t['encodec']:.1f} audio-s/s; codes equal: {torch.equal(ours, peer)}")
+          f"EncodecModel.encode per clip {seconds / t['encodec']:.1f} audio-s/s; codes agree: {100 * float((ours == peer).float().mean()):.2f}%")
     ratio_line(f"encodec teacher (batch of {len(clips)}) vs EncodecModel.encode per clip", t["ours"], t["encodec"])
 
 
