@@ -90,20 +90,25 @@ def test_build_layout_then_hit(demo_dir, tmp_path):
             assert np.array_equal(stored, whole.values[0].numpy().astype(dtype))
 
 
+CQT_EXACT = {"name": "cqt", "params": {**CQT["params"], "implementation": "exact"}}
+
+
 def test_windows_match_the_whole_file(demo_dir):
-    """Windows with enough context give the whole-file frames: codes exactly, CQT to float precision
-    (context 0.15 s = 12 frames > CQT half kernel 1942 samples and half the 2048-sample STFT)."""
+    """Windows with enough context give the whole-file frames: codes exactly, nnAudio's CQT to float
+    precision (context 0.15 s = 12 frames > CQT half kernel 1942 samples and half the 2048-sample
+    STFT), the default FFT-based CQT within 1e-4 of the peak (its kernels' spectra are truncated at
+    1e-4, which leaves tiny tails past the kernel: well inside its stated 1e-3 tolerance)."""
     file = files_of(demo_dir)[0]
     small = Windowing(window_seconds=0.4, context_seconds=0.15)  # 4 windows over 1.5 s
-    for params, exact in [(BESTRQ, True), (CQT, False)]:
+    for params, atol in [(BESTRQ, None), (CQT_EXACT, 1e-5), (CQT, 1e-4)]:
         t = get_registry().build("teacher", params["name"], params["params"])
         whole = compute_file_targets(t, file, Windowing(window_seconds=100))
         windowed = compute_file_targets(t, file, small)
         assert windowed.shape == whole.shape
-        if exact:
+        if atol is None:
             assert np.array_equal(windowed, whole)
         else:
-            np.testing.assert_allclose(windowed, whole, rtol=1e-4, atol=1e-5 * np.abs(whole).max())
+            np.testing.assert_allclose(windowed, whole, rtol=1e-4, atol=atol * np.abs(whole).max())
         no_context = compute_file_targets(t, file, Windowing(window_seconds=0.4, context_seconds=0))
         assert not np.array_equal(no_context, whole)  # the context is what makes window edges right
 
