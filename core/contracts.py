@@ -97,11 +97,11 @@ class Teacher(nn.Module, ABC):
     sample; a centred spectrogram frame ``j`` is centred there, a codec frame ``j`` covers
     ``[j, j + 1) / frame_rate``). ``T`` is within 2 frames of ``S / sample_rate * frame_rate``
     (``ceil``, ``floor`` or ``1 + S // hop`` all qualify) and so is ``lengths[b]`` for clip
-    ``b``'s valid samples. mertlab relies on it twice: :func:`mertlab.align.align_targets` maps
+    ``b``'s valid samples. mertlab relies on it twice: :func:`mertlab.toolkit.align.align_targets` maps
     frame ``j`` to the backbone frame starting at the same time, and the target cache reads a
     crop starting ``t`` seconds into a file from frame ``floor(t * frame_rate)`` of the whole
     file's targets. Every output is checked against this at the boundary
-    (:mod:`mertlab.teacher_output`). :class:`FrameTeacher` implements it for hop-based teachers.
+    (:mod:`mertlab.toolkit.teacher_output`). :class:`FrameTeacher` implements it for hop-based teachers.
     """
 
     name: ClassVar[str]
@@ -148,7 +148,7 @@ class Teacher(nn.Module, ABC):
         an in-tree change of the algorithm, or changing a param recomputes the cached targets.
         Teachers with fitted state or weights loaded from a file extend :meth:`fingerprint_payload`.
         """
-        from mertlab.registry import component_source
+        from mertlab.plugin_system.registry import component_source
 
         source = component_source(type(self))
         payload = json.dumps(

@@ -18,8 +18,8 @@ from mertlab.data.audio import probe
 from mertlab.data.dataset import CropDataset
 from mertlab.data.sampler import CropKey, ResumableBatchSampler
 from mertlab.errors import MertlabError, SpecError
-from mertlab.seeding import CROP, LAYER_DROP, derive_seed
-from mertlab.spec import resolve_spec
+from mertlab.experiment.spec import resolve_spec
+from mertlab.toolkit.seeding import CROP, LAYER_DROP, derive_seed
 from mertlab.train.module import PretrainModule
 from mertlab.train.run import GLOBAL_BATCH_PARAM, train
 from mertlab.train.strategy import build_strategy
@@ -274,7 +274,7 @@ def test_fsdp_smoke_bf16_activation_checkpointing_sharded_checkpoint(demo_dir, t
 def test_a_sharded_checkpoint_folder_is_resumable_and_named_where_one_file_is_needed(tmp_path):
     """FSDP writes last.ckpt as a folder; --resume reads its meta.pt (weights-only), while
     export, probe and extract ask for the consolidated file."""
-    from mertlab.checkpoint import load_backbone
+    from mertlab.toolkit.checkpoint import load_backbone
     from mertlab.train.checkpoint_io import select_resume_checkpoint
 
     folder = tmp_path / "runs" / "abc123" / "checkpoints" / "last.ckpt"

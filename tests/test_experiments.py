@@ -4,7 +4,7 @@ steps at tiny scale, reached only through ``-o`` overrides.
 The tiny overrides are generic, not per file: short crops and steps, a temporary store and
 output folder, and each component's own ``test_params`` (the plugin's small, download-free
 configuration: tiny presets, ``pretrained: false`` codecs...) merged over the spec's params.
-Teachers that need fitting are fitted with their own API (``mertlab.fitting.fit_teachers``);
+Teachers that need fitting are fitted with their own API (``mertlab.teachers.fitting.fit_teachers``);
 a teacher reading a trained backbone (``checkpoint``) gets a tiny one.
 """
 from __future__ import annotations
@@ -15,12 +15,12 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from mertlab import metric_names as M
-from mertlab.checkpoint import save_backbone
-from mertlab.fitting import fit_teachers
-from mertlab.registry import get_registry
-from mertlab.spec import load_spec
-from mertlab.sweep import format_value, plan_sweep
+from mertlab.experiment import metric_names as M
+from mertlab.experiment.spec import load_spec
+from mertlab.experiment.sweep import format_value, plan_sweep
+from mertlab.plugin_system.registry import get_registry
+from mertlab.teachers.fitting import fit_teachers
+from mertlab.toolkit.checkpoint import save_backbone
 from mertlab.train.run import train
 
 pytestmark = pytest.mark.filterwarnings("ignore")

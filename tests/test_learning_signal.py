@@ -20,7 +20,7 @@ import pytest
 from mertlab.cli import main
 from mertlab.data.demo import write_demo_dataset
 from mertlab.data.demo_tasks import DEMO_TASKS, write_demo_task
-from mertlab.sweep import plan_sweep
+from mertlab.experiment.sweep import plan_sweep
 
 SPEC = Path(__file__).resolve().parents[1] / "experiments" / "small_scale.yaml"
 VARIANT = "filterbank"

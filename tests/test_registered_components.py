@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from mertlab.plugin_manager import create_plugin_manager
-from mertlab.registry import Registry
+from mertlab.plugin_system.plugin_manager import create_plugin_manager
+from mertlab.plugin_system.registry import Registry
 from mertlab.testing import all_contract_cases, assert_contract
 
 REGISTRY = Registry(create_plugin_manager())  # built-ins and installed plugins alike

@@ -18,7 +18,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from mertlab.data.sampler import ResumableBatchSampler
-from mertlab.spec import load_spec
+from mertlab.experiment.spec import load_spec
 from mertlab.train.run import train
 
 pytestmark = pytest.mark.filterwarnings("ignore")

@@ -26,12 +26,12 @@ import lightning as L
 import torch
 from torch import Tensor, nn
 
-from mertlab import metric_names as M
 from mertlab.augment import mixup
 from mertlab.contracts import BackboneOutput, Targets
 from mertlab.data.dataset import AudioBatch
-from mertlab.seeding import DROPOUT, LAYER_DROP, MASK, MIXUP, VAL_MASK, derive_seed, generator
-from mertlab.spec import ExperimentSpec
+from mertlab.experiment import metric_names as M
+from mertlab.experiment.spec import ExperimentSpec
+from mertlab.toolkit.seeding import DROPOUT, LAYER_DROP, MASK, MIXUP, VAL_MASK, derive_seed, generator
 from mertlab.train.schedule import lr_factor
 from mertlab.train.strategy import global_norms
 from mertlab.train.targets import target_source
@@ -61,7 +61,7 @@ class PretrainModule(L.LightningModule):
     def __init__(self, spec: ExperimentSpec, registry: Any = None) -> None:
         super().__init__()
         if registry is None:
-            from mertlab.registry import get_registry
+            from mertlab.plugin_system.registry import get_registry
 
             registry = get_registry()
         self.spec = spec

@@ -40,7 +40,7 @@ from torch.utils.checkpoint import checkpoint
 from mertlab.contracts import Backbone, BackboneOutput, Params
 from mertlab.errors import DataError, MertlabError
 from mertlab.hookspecs import hookimpl
-from mertlab.log_mel import LogMelFrontend, ceil_div
+from mertlab.toolkit.log_mel import LogMelFrontend, ceil_div
 
 PresetName = Literal["tiny", "small", "base", "large"]
 

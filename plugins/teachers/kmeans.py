@@ -10,7 +10,7 @@ from torch import Tensor
 
 from mertlab.contracts import Params, TargetInfo
 from mertlab.errors import MertlabError
-from mertlab.frame_features import (
+from mertlab.toolkit.frame_features import (
     BackboneLayer,
     CheckedFrameTeacher,
     FrameFeature,
@@ -20,10 +20,10 @@ from mertlab.frame_features import (
     fit_statistics,
 )
 from mertlab.hookspecs import hookimpl
-from mertlab.kmeans import KMeansInit, fit_minibatch_kmeans, nearest_centroid
-from mertlab.teacher_state import load_state_file, save_state_file, tensor_digest
+from mertlab.toolkit.kmeans import KMeansInit, fit_minibatch_kmeans, nearest_centroid
+from mertlab.toolkit.teacher_state import load_state_file, save_state_file, tensor_digest
 
-STATE_FORMAT = "mertlab-kmeans-v2"  # safetensors + JSON metadata (core/teacher_state.py)
+STATE_FORMAT = "mertlab-kmeans-v2"  # safetensors + JSON metadata (core/toolkit/teacher_state.py)
 #: Params that only steer fitting or name the state file: they do not change the features.
 FIT_ONLY_FIELDS = frozenset({"centroids", "seed", "n_iter", "batch_size", "init", "max_fit_frames"})
 
@@ -46,7 +46,7 @@ class KMeansParams(Params):
     n_mfcc: int = Field(13, gt=0, description="MFCCs before deltas (feature dim = 3 * n_mfcc; HuBERT: 13 -> 39).")
     checkpoint: str | None = Field(
         None,
-        description="feature=hidden: backbone file (mertlab.checkpoint.save_backbone), training .ckpt, or hf:DIR "
+        description="feature=hidden: backbone file (mertlab.toolkit.checkpoint.save_backbone), training .ckpt, or hf:DIR "
         "(a local Hugging Face HubertModel / MERT directory: HuBERT iteration 2 from a released model).",
     )
     layer: int = Field(6, ge=0, description="feature=hidden: index into hidden_states (0 = encoder input; HuBERT base iteration 2: 6).")

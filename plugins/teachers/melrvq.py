@@ -10,10 +10,10 @@ from torch import Tensor
 
 from mertlab.contracts import Params, TargetInfo
 from mertlab.errors import MertlabError
-from mertlab.frame_features import CheckedFrameTeacher, StackedLogMel, collect_frames, fit_statistics
 from mertlab.hookspecs import hookimpl
-from mertlab.rvq import ResidualLinearVQ, RVQFitSettings, fit_rvq
-from mertlab.teacher_state import load_state_file, save_state_file, tensor_digest
+from mertlab.toolkit.frame_features import CheckedFrameTeacher, StackedLogMel, collect_frames, fit_statistics
+from mertlab.toolkit.rvq import ResidualLinearVQ, RVQFitSettings, fit_rvq
+from mertlab.toolkit.teacher_state import load_state_file, save_state_file, tensor_digest
 
 STATE_FORMAT = "mertlab-melrvq-v1"
 #: Params that only steer fitting or name the state file: they do not change what a state means.
@@ -58,7 +58,7 @@ class MelRVQTeacher(CheckedFrameTeacher):
     Frames: log-mel (``log(mel power + 1e-6)``; MuQ uses dB, the same up to a scale that the
     normalisation removes), ``stack_frames`` consecutive frames concatenated, each dimension
     standardised with the mean/std of the fitting data (kept in the state file; MuQ also
-    normalises with dataset statistics). Then :class:`mertlab.rvq.ResidualLinearVQ`.
+    normalises with dataset statistics). Then :class:`mertlab.toolkit.rvq.ResidualLinearVQ`.
 
     Fit once with ``mertlab teachers fit SPEC``: :meth:`fit` trains the tokenizer on the spec's
     training audio (progress bar with the reconstruction error; :attr:`fit_history` keeps it),

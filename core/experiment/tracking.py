@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from mertlab.spec import ExperimentSpec, dump_spec
+from mertlab.experiment.spec import ExperimentSpec, dump_spec
 
 DEFAULT_DB = "mlflow.db"
 

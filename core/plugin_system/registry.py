@@ -1,6 +1,6 @@
 """The component registry: kind -> {name: entry}, filled by the ``register_*`` hooks.
 
->>> from mertlab.registry import get_registry
+>>> from mertlab.plugin_system.registry import get_registry
 >>> get_registry().list("teacher", "*enc*")        # wildcard listing, like timm.list_models
 >>> get_registry().build("teacher", "cqt", {"n_bins": 84})
 """
@@ -17,7 +17,7 @@ from typing import Any, Callable, Literal, get_args
 from pydantic import BaseModel, ValidationError
 
 from mertlab.errors import MertlabError, PluginError, UnknownComponentError
-from mertlab.plugin_manager import DISABLE_AUTOLOAD_ENV, MertlabPluginManager, PluginSource, create_plugin_manager
+from mertlab.plugin_system.plugin_manager import DISABLE_AUTOLOAD_ENV, MertlabPluginManager, PluginSource, create_plugin_manager
 
 Kind = Literal["teacher", "backbone", "objective", "masking", "callback"]
 KINDS: tuple[str, ...] = get_args(Kind)
@@ -275,7 +275,7 @@ class Registry:
         try:
             validated = entry.validate_params(params)
         except ValidationError as exc:
-            from mertlab.spec import render_validation_error
+            from mertlab.experiment.spec import render_validation_error
 
             raise UnknownComponentError(
                 "\n".join(f"{kind} '{name}' params.{line}" for line in render_validation_error(exc))

@@ -434,7 +434,7 @@ def resolve_spec(data: dict[str, Any], source: str | None = None, registry: Any 
         raise SpecError(validation_problems(exc), source=source) from None
 
     if registry is None:
-        from mertlab.registry import get_registry
+        from mertlab.plugin_system.registry import get_registry
 
         registry = get_registry()
     problems: list[tuple[str, str]] = []

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from mertlab.errors import MertlabError
-from mertlab.safe_load import is_safetensors, load_torch_file, read_safetensors, write_safetensors
+from mertlab.toolkit.safe_load import is_safetensors, load_torch_file, read_safetensors, write_safetensors
 
 
 def save_state_file(
