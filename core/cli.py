@@ -445,7 +445,7 @@ WORKERS_OPTION = click.option("--num-workers", default=0, show_default=True, typ
               help="hf: a transformers HubertModel directory (config.json, model.safetensors, README.md model card).")
 def export_command(checkpoint: str, out: str, fmt: str) -> None:
     """Export the backbone of CKPT to OUT for sharing, e.g. `transformers.HubertModel.from_pretrained(OUT)`."""
-    from mertlab.toolkit.export import export
+    from mertlab.experiment.export import export
 
     directory = export(checkpoint, out, fmt)
     click.echo(f"exported {checkpoint} to {directory} (config.json, model.safetensors, README.md)")

@@ -1,12 +1,13 @@
 """The audio & target toolkit that plugins build on (built-in and third-party alike).
 
-Depends only on the public modules (:mod:`mertlab.contracts`, :mod:`mertlab.errors`), torch and
-the audio libraries -- never on the experiment layer or the training loop.
+Depends only on the public modules (:mod:`mertlab.contracts`, :mod:`mertlab.errors`), the
+registry (to build a saved backbone, to name a component in an error), torch and the audio
+libraries -- never on the experiment layer, the data pipeline or the training loop.
 
 * targets & frames: :mod:`.frame_features`, :mod:`.align`, :mod:`.teacher_output`, :mod:`.log_mel`;
 * quantisers: :mod:`.kmeans`, :mod:`.rvq`, :mod:`.codec_support` (neural-codec teachers);
 * objectives: :mod:`.masked_loss`;
 * files: :mod:`.teacher_state` (fitted teachers), :mod:`.checkpoint` (backbones),
-  :mod:`.export` (Hugging Face), :mod:`.safe_load`, :mod:`.atomic`, :mod:`.paths`;
+  :mod:`.safe_load`, :mod:`.atomic`, :mod:`.paths`;
 * randomness: :mod:`.seeding` (seeds derived from position, never from history).
 """
