@@ -1,4 +1,5 @@
-"""The contracts between mertlab and its plugins: teachers, backbones, objectives, maskings.
+"""The contracts between mertlab and its plugins: teachers, backbones, objectives, maskings,
+augmentations.
 
 Every component is a class with three class attributes and a constructor taking its params:
 
@@ -349,6 +350,30 @@ class Masking(ABC):
     @abstractmethod
     def __call__(self, padding_mask: Tensor, generator: torch.Generator | None = None) -> Tensor: ...
 
+
+
+class Augmentation(ABC):
+    """Perturbs the *student's* input waveform in training steps (teachers see the clean audio).
+
+    Constructed as ``Augmentation(params)``; called as ``augmentation(wav, lengths, generator)``
+    with ``wav`` ``[B, S]`` (clip ``i`` has ``lengths[i]`` valid samples, then padding) and
+    returns a new ``[B, S]`` tensor of the same dtype and device: ``wav`` itself is left
+    untouched, padding is not filled with sound. All randomness comes from ``generator`` (a CPU
+    generator seeded from the run's seed and the step's position: (seed, step, micro-batch,
+    rank, augmentation alias)), so a resumed run draws what the uninterrupted one drew. A spec
+    lists augmentations under ``augment:``; they run in that order, each on the previous one's
+    output, in training steps only.
+    """
+
+    name: ClassVar[str]
+    summary: ClassVar[str]
+    Params: ClassVar[type[Params]]
+
+    def __init__(self, params: Params) -> None:
+        self.params = params
+
+    @abstractmethod
+    def __call__(self, wav: Tensor, lengths: Tensor, generator: torch.Generator | None = None) -> Tensor: ...
 
 class FrameTeacherBase(Teacher):
     """What every frame-level teacher's :meth:`targets` does around its :meth:`frame_targets`.

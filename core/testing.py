@@ -16,7 +16,8 @@ Teacher checks: registration contract; outputs through the boundary check of
 :mod:`mertlab.toolkit.teacher_output` (shape, dtype, code range, finite values, lengths and frame
 counts against ``info.frame_rate``); determinism; a batch with junk padding equals each clip
 alone; padding content does not change valid frames; fingerprint stability; the target cache
-round-trip. Backbones, objectives, maskings and callbacks get the checks of their contract.
+round-trip. Backbones, objectives, maskings, augmentations and callbacks get the checks of their
+contract.
 mertlab's own test suite runs these very checks on every registered component.
 """
 from __future__ import annotations
@@ -346,6 +347,28 @@ def check_masking(entry: Any) -> None:
     _require(bool(mask[0].any()), "nothing was masked on a clip without padding")
 
 
+def check_augmentation(entry: Any) -> None:
+    """A new ``[B, S]`` tensor of the input's dtype, finite, padding left silent, the input
+    untouched, the same result from the same generator seed."""
+    from mertlab.contracts import Augmentation
+
+    augmentation = _build(entry)
+    _require(isinstance(augmentation, Augmentation), f"built a {type(augmentation).__name__}, not a mertlab.contracts.Augmentation")
+    rate = 16000
+    wav, lengths = _batch([contract_audio(0.5, rate, seed=s)[: n] for s, n in enumerate((8000, 6000, 3000))])
+    before = wav.clone()
+    out = augmentation(wav, lengths, torch.Generator().manual_seed(0))
+    _require(isinstance(out, torch.Tensor) and out.shape == wav.shape and out.dtype == wav.dtype,
+             f"must return a {wav.dtype} tensor of shape {tuple(wav.shape)}, got {getattr(out, 'dtype', type(out).__name__)} "
+             f"{tuple(getattr(out, 'shape', ()))}")
+    _require(torch.equal(wav, before), "changed its input in place (return a new tensor)")
+    _require(bool(torch.isfinite(out).all()), "returned non-finite samples")
+    padding = torch.arange(wav.shape[1])[None, :] >= lengths[:, None]
+    _require(not bool(out[padding].any()), "put sound into padding")
+    again = augmentation(wav, lengths, torch.Generator().manual_seed(0))
+    _require(torch.equal(out, again), "two calls with the same generator seed differ")
+
+
 def check_callback(entry: Any) -> None:
     """Builds into a ``lightning.Callback``."""
     import lightning as L
@@ -368,6 +391,7 @@ CHECKS: dict[str, dict[str, Callable[[Any], None]]] = {
     "backbone": {"registration": check_registration, "forward": check_backbone_forward, "determinism": check_backbone_determinism},
     "objective": {"registration": check_registration, "loss": check_objective_loss},
     "masking": {"registration": check_registration, "mask": check_masking},
+    "augmentation": {"registration": check_registration, "augment": check_augmentation},
     "callback": {"registration": check_registration, "constructs": check_callback},
 }
 

@@ -67,7 +67,7 @@ def test_mert_recipes_carry_the_paper_numbers():
         cqt = spec.teachers["cqt"].params
         assert (cqt["n_bins"], cqt["bins_per_octave"], cqt["hop_length"]) == (336, 48, 320)
         assert spec.masking.params["mask_prob"] == 0.8 and spec.masking.params["span_length"] == 5
-        assert spec.augment.mixup.probability == 0.5 and spec.feature_penalty == 10.0
+        assert spec.augment["mixup"].params["probability"] == 0.5 and spec.feature_penalty == 10.0
         assert spec.objectives["cqt_recon"].weight == 1.0 and spec.objectives["rvq_pred"].params["reduction"] == "sum"
     assert small.backbone.params["layer_norm_first"] is False and small.backbone.params["hidden_dim"] == 768
     assert (small.optim.lr, small.optim.grad_clip, small.optim.warmup_steps, small.trainer.max_steps) == (5e-4, 10.0, 32000, 400000)

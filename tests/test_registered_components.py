@@ -13,7 +13,7 @@ CASES = all_contract_cases(REGISTRY)
 
 
 def test_every_kind_has_builtins():
-    assert {kind for kind, _, _ in CASES} == {"teacher", "backbone", "objective", "masking", "callback"}
+    assert {kind for kind, _, _ in CASES} == {"teacher", "backbone", "objective", "masking", "augmentation", "callback"}
 
 
 @pytest.mark.parametrize(("kind", "name", "check"), CASES, ids=[":".join(c) for c in CASES])

@@ -19,7 +19,7 @@ from pydantic import BaseModel, ValidationError
 from mertlab.errors import MertlabError, PluginError, UnknownComponentError
 from mertlab.plugin_system.plugin_manager import DISABLE_AUTOLOAD_ENV, MertlabPluginManager, PluginSource, create_plugin_manager
 
-Kind = Literal["teacher", "backbone", "objective", "masking", "callback"]
+Kind = Literal["teacher", "backbone", "objective", "masking", "augmentation", "callback"]
 KINDS: tuple[str, ...] = get_args(Kind)
 #: hook name per kind
 HOOKS: dict[str, str] = {
@@ -27,6 +27,7 @@ HOOKS: dict[str, str] = {
     "backbone": "register_backbones",
     "objective": "register_objectives",
     "masking": "register_maskings",
+    "augmentation": "register_augmentations",
     "callback": "register_callbacks",
 }
 
@@ -219,7 +220,8 @@ def component_label(component: type, kind: str | None = None) -> str:
 def _kind_bases() -> dict[str, type]:
     from mertlab import contracts
 
-    return {"teacher": contracts.Teacher, "backbone": contracts.Backbone, "objective": contracts.Objective, "masking": contracts.Masking}
+    return {"teacher": contracts.Teacher, "backbone": contracts.Backbone, "objective": contracts.Objective, "masking": contracts.Masking,
+            "augmentation": contracts.Augmentation}
 
 
 class Registry:
