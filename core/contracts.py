@@ -230,20 +230,23 @@ class Backbone(nn.Module, ABC):
         raise NotImplementedError(f"backbone '{cls.name}' does not load Hugging Face directories")
 
     @property
-    @abstractmethod
-    def sample_rate(self) -> int: ...
+    def sample_rate(self) -> int:
+        """Input sample rate (Hz). Default: ``params.sample_rate``."""
+        return self.params.sample_rate
 
     @property
     @abstractmethod
     def frame_rate(self) -> float: ...
 
     @property
-    @abstractmethod
-    def hidden_dim(self) -> int: ...
+    def hidden_dim(self) -> int:
+        """Width of every hidden state. Default: ``params.hidden_dim``."""
+        return self.params.hidden_dim
 
     @property
-    @abstractmethod
-    def num_layers(self) -> int: ...
+    def num_layers(self) -> int:
+        """Layers; ``hidden_states`` has ``num_layers + 1`` entries. Default: ``params.num_layers``."""
+        return self.params.num_layers
 
     @abstractmethod
     def num_frames(self, num_samples: int) -> int:

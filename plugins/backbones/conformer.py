@@ -370,20 +370,8 @@ class ConformerBackbone(Backbone):
 
     # ---------------------------------------------------------------- contract properties
     @property
-    def sample_rate(self) -> int:
-        return self.params.sample_rate
-
-    @property
     def frame_rate(self) -> float:
         return self.params.sample_rate / (self.params.hop_length * math.prod(self.params.subsampling_strides))
-
-    @property
-    def hidden_dim(self) -> int:
-        return self.params.hidden_dim
-
-    @property
-    def num_layers(self) -> int:
-        return self.params.num_layers
 
     def _frames(self, samples: int | Tensor) -> int | Tensor:
         # ceil(S / hop) mel frames, then ceil(L / s) per subsampling layer (see _same_padding)
