@@ -9,5 +9,6 @@ libraries -- never on the experiment layer, the data pipeline or the training lo
 * objectives: :mod:`.masked_loss`;
 * files: :mod:`.teacher_state` (fitted teachers), :mod:`.checkpoint` (backbones),
   :mod:`.safe_load`, :mod:`.atomic`, :mod:`.paths`;
+* params: :mod:`.presets` (named presets of a component's params);
 * randomness: :mod:`.seeding` (seeds derived from position, never from history).
 """

@@ -41,6 +41,7 @@ from mertlab.contracts import Backbone, BackboneOutput, Params
 from mertlab.errors import DataError, MertlabError
 from mertlab.hookspecs import hookimpl
 from mertlab.toolkit.log_mel import LogMelFrontend, ceil_div
+from mertlab.toolkit.presets import fill_preset
 
 PresetName = Literal["tiny", "small", "base", "large"]
 
@@ -116,9 +117,7 @@ class ConformerParams(Params):
     @model_validator(mode="before")
     @classmethod
     def _fill_preset(cls, data: Any) -> Any:
-        if isinstance(data, dict) and isinstance(data.get("preset"), str) and data["preset"] in PRESETS:
-            data = {**PRESETS[data["preset"]], **data}
-        return data
+        return fill_preset(data, PRESETS)
 
     # Cross-field checks are field validators (fields validate in declaration order, so the
     # earlier field is in info.data) so errors name the field: "params.num_heads: ...".
