@@ -15,8 +15,8 @@ from pathlib import Path
 import torch
 
 from mertlab.data.datamodule import AudioDataModule
-from mertlab.spec import load_spec
-from mertlab.target_cache import build_teacher_cache
+from mertlab.experiment.spec import load_spec
+from mertlab.teachers.target_cache import build_teacher_cache
 from mertlab.train.module import PretrainModule
 from mertlab.train.run import prepare_data
 

@@ -21,7 +21,7 @@ from mlflow.tracking import MlflowClient
 from test_train import make_spec
 
 from mertlab.cli import main
-from mertlab.tracking import ARTIFACTS_DIR, EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND
+from mertlab.experiment.tracking import ARTIFACTS_DIR, EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND
 from mertlab.train.run import train
 
 pytestmark = pytest.mark.filterwarnings("ignore")
@@ -56,7 +56,7 @@ def test_artifacts_beside_the_store_training_view_and_description(trained):
 
 
 def test_an_older_experiment_gets_the_training_view_tag(tmp_path):
-    from mertlab.tracking import ensure_experiment
+    from mertlab.experiment.tracking import ensure_experiment
 
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     old = client.create_experiment("made-by-mlflow")
