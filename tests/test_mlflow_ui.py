@@ -99,8 +99,39 @@ def serving_ui(uri: str):
                 time.sleep(0.5)
         yield base
     finally:
-        os.killpg(ui.pid, signal.SIGTERM)
-        ui.wait(timeout=30)
+        server = descendants(ui.pid)  # the MLflow server, its workers, job runner and task consumer
+        ui.terminate()  # SIGTERM to `mertlab ui` alone, as a process manager stops it
+        ui.wait(timeout=60)
+    time.sleep(1)
+    leftovers = [pid for pid in server if alive(pid)]
+    for pid in leftovers:
+        os.kill(pid, signal.SIGKILL)
+    assert not leftovers, f"`mertlab ui` left {len(leftovers)} of its {len(server)} server processes running"
+
+
+def descendants(pid: int) -> list[int]:
+    """Pids of every live process below ``pid`` (Linux /proc)."""
+    parents = {}
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit():
+                stat = (entry / "stat").read_text()
+                parents[int(entry.name)] = int(stat[stat.rindex(")") + 2:].split()[1])
+        except (OSError, ValueError):
+            continue
+    found, frontier = [], [pid]
+    while frontier:
+        children = [child for child, parent in parents.items() if parent in frontier]
+        found += children
+        frontier = children
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        return (Path("/proc") / str(pid) / "stat").read_text().split(") ")[-1][0] != "Z"
+    except OSError:
+        return False
 
 
 def test_mertlab_ui_serves_the_runs_metrics_and_spec(trained):
