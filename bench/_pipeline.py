@@ -15,16 +15,16 @@ import torch
 
 from _timing import parser, setup
 from mertlab.data.datamodule import AudioDataModule
-from mertlab.spec import load_spec
-from mertlab.target_cache import build_teacher_cache
+from mertlab.experiment.spec import load_spec
+from mertlab.teachers.target_cache import build_teacher_cache
 from mertlab.train.module import PretrainModule
 
 
-def pipeline_args(doc: str, batches: int, quick_batches: int) -> argparse.Namespace:
+def pipeline_args(doc: str, batches: int, quick_batches: int, spec: str = "experiments/quickstart.yaml") -> argparse.Namespace:
     """The command line of a pipeline bench: ``--quick``, ``--repeats``, ``--spec`` and
     ``--batches``; sets ``clips``/``seconds`` of the demo set (quickstart-sized, or tiny)."""
     p = parser(doc)
-    p.add_argument("--spec", default="experiments/quickstart.yaml", help="Experiment spec whose pipeline is timed.")
+    p.add_argument("--spec", default=spec, help="Experiment spec whose pipeline is timed.")
     p.add_argument("--batches", type=int, default=batches, help="Batches timed per setting.")
     args = p.parse_args()
     setup(args)

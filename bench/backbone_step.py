@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 
 from _timing import interleaved, parser, peak_rss_delta, ratio_line, setup, table, top_ops, train_step
-from mertlab.registry import get_registry
+from mertlab.plugin_system.registry import get_registry
 
 #: (clips, seconds) per preset: the issue's sizes
 BATCHES = {"tiny": (2, 2.0), "small": (2, 5.0), "base": (1, 5.0)}

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 
 from _timing import interleaved, parser, peak_rss_delta, ratio_line, setup, table, top_ops, train_step
-from mertlab.registry import get_registry
+from mertlab.plugin_system.registry import get_registry
 
 
 class OurBlocks(torch.nn.Module):

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from _timing import demo_clips, interleaved, parser, ratio_line, setup, table
-from mertlab.registry import get_registry
+from mertlab.plugin_system.registry import get_registry
 
 SR = 24000
 

@@ -2,8 +2,11 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +14,7 @@ import click
 
 from mertlab import __version__
 from mertlab.errors import MertlabError
-from mertlab.registry import KINDS
+from mertlab.plugin_system.registry import KINDS
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -34,7 +37,7 @@ OVERRIDE_OPTION = click.option(
 @click.argument("pattern", default="*")
 def plugins_command(kind: str | None, pattern: str) -> None:
     """List registered components (built-in and installed plugins), filtered by a wildcard PATTERN."""
-    from mertlab.registry import get_registry
+    from mertlab.plugin_system.registry import get_registry
 
     entries = get_registry().list(kind, pattern)
     if not entries:
@@ -49,13 +52,13 @@ def plugins_command(kind: str | None, pattern: str) -> None:
 @click.option("--kind", type=click.Choice(KINDS), help="The component's kind, where NAME is registered under several.")
 def check_plugin_command(name: str, kind: str | None) -> None:
     """Run mertlab's contract checks (mertlab.testing) on the registered component NAME."""
-    from mertlab.registry import get_registry
+    from mertlab.plugin_system.registry import get_registry
     from mertlab.testing import run_contract_checks
 
     registry = get_registry()
     entries = [e for e in registry.list(kind) if e.name == name]
     if not entries:
-        from mertlab.registry import unknown_name_message
+        from mertlab.plugin_system.registry import unknown_name_message
 
         raise MertlabError(unknown_name_message(kind or "component", name, sorted({e.name for e in registry.list(kind)})))
     if len(entries) > 1:
@@ -82,7 +85,7 @@ def new_command(kind: str, name: str, directory: str | None) -> None:
     The package has the entry point, the component with documented Params, a test file running
     mertlab's contract checks and a README; install it with `pip install -c constraints.txt -e DIR`.
     """
-    from mertlab.scaffold import write_package
+    from mertlab.plugin_system.scaffold import write_package
 
     path = write_package(kind, name, directory)
     click.echo(
@@ -98,11 +101,11 @@ def new_command(kind: str, name: str, directory: str | None) -> None:
 @OVERRIDE_OPTION
 def validate_command(spec_path: str, overrides: tuple[str, ...]) -> None:
     """Validate SPEC (with overrides; and every sweep variant) and print the fully resolved spec as YAML."""
-    from mertlab.spec import dump_spec, load_spec
+    from mertlab.experiment.spec import dump_spec, load_spec
 
     spec = load_spec(spec_path, overrides)
     if spec.sweep is not None:  # every variant must be valid too
-        from mertlab.sweep import plan_sweep
+        from mertlab.experiment.sweep import plan_sweep
 
         plan = plan_sweep(spec_path, overrides)
         click.echo(f"sweep: {len(plan.children)} variants, all valid", err=True)
@@ -115,13 +118,13 @@ def validate_command(spec_path: str, overrides: tuple[str, ...]) -> None:
 def schema_command(kind: str | None, name: str | None) -> None:
     """JSON Schema of the experiment spec, or of one component's params (KIND NAME)."""
     if kind is None:
-        from mertlab.spec import ExperimentSpec
+        from mertlab.experiment.spec import ExperimentSpec
 
         schema = ExperimentSpec.model_json_schema()
     else:
         if name is None:
             raise click.UsageError("give the component NAME after KIND, e.g. `mertlab schema teacher cqt`")
-        from mertlab.registry import get_registry
+        from mertlab.plugin_system.registry import get_registry
 
         schema = get_registry().get(kind, name).params_model.model_json_schema()
     click.echo(json.dumps(schema, indent=2))
@@ -142,8 +145,8 @@ def schema_command(kind: str | None, name: str | None) -> None:
 def train_command(spec_path: str, overrides: tuple[str, ...], resume: str | None, no_progress: bool,
                   parent_run_id: str | None, variant: str | None, profile: int | None) -> None:
     """Pre-train the model described by SPEC; metrics go to MLflow."""
-    from mertlab.spec import load_spec
-    from mertlab.tracking import ui_command
+    from mertlab.experiment.spec import load_spec
+    from mertlab.experiment.tracking import ui_command
     from mertlab.train.run import train
 
     if (parent_run_id is None) != (variant is None):
@@ -153,7 +156,7 @@ def train_command(spec_path: str, overrides: tuple[str, ...], resume: str | None
             raise click.UsageError("sweep children resume by themselves: drop --resume")
         if profile is not None:
             raise click.UsageError("--profile is for single runs: drop it for sweep children")
-        from mertlab.sweep import run_child
+        from mertlab.experiment.sweep import run_child
 
         outcome = run_child(spec_path, list(overrides), parent_run_id, variant, progress=not no_progress)
         click.echo(f"variant '{variant}': {outcome.status}{' (' + outcome.message + ')' if outcome.message else ''}, run {outcome.run_id}")
@@ -176,8 +179,8 @@ def train_command(spec_path: str, overrides: tuple[str, ...], resume: str | None
         f"  open the UI: {ui_command(result.tracking_uri)}  (then http://localhost:5000)"
     )
     if spec.probe is not None:
-        from mertlab.checkpoint import is_sharded_checkpoint
         from mertlab.probe.experiment import probe_spec_tasks
+        from mertlab.toolkit.checkpoint import is_sharded_checkpoint
 
         last = result.checkpoint_dir / "last.ckpt"
         if is_sharded_checkpoint(last):
@@ -227,21 +230,21 @@ def sweep_command(spec_path: str, overrides: tuple[str, ...], dry_run: bool, lau
     Overrides apply to every variant. All variants are validated before the first starts;
     re-running skips finished children and resumes unfinished ones.
     """
-    from mertlab.sweep import run_sweep
-    from mertlab.tracking import ui_command
+    from mertlab.experiment.sweep import run_sweep
+    from mertlab.experiment.tracking import ui_command
 
     if launcher == "slurm" and not dry_run:
         raise click.UsageError("--launcher slurm writes a job for the scheduler: add --dry-run")
     result = run_sweep(spec_path, overrides, dry_run=dry_run, progress=not no_progress, echo=click.echo)
     if dry_run:
         if launcher == "slurm" and result.pending:
-            from mertlab.slurm import write_sbatch
+            from mertlab.experiment.slurm import write_sbatch
 
             path = write_sbatch(result, sbatch_path or f"{result.plan.name}.sbatch")
             click.echo(f"SLURM array job of {len(result.pending)} children written to {path}; submit: sbatch {path}")
         return
     if not no_compare:
-        from mertlab.compare import compare, to_text
+        from mertlab.experiment.compare import compare, to_text
 
         report = compare(result.parent_run_id, result.tracking_uri)
         click.echo("\n" + to_text(report.comparison))
@@ -267,7 +270,7 @@ def compare_command(target: str, metrics: tuple[str, ...], out_dir: str | None, 
     """Compare the child runs of a sweep (a parent run id, or an experiment: its newest sweep)."""
     import re
 
-    from mertlab.compare import load_comparison, to_text, write_comparison
+    from mertlab.experiment.compare import load_comparison, to_text, write_comparison
 
     comparison = load_comparison(target, tracking_uri, metrics)
     if out_dir is None:
@@ -280,6 +283,27 @@ def compare_command(target: str, metrics: tuple[str, ...], out_dir: str | None, 
         click.echo(f"logged them to parent run {result.logged_to} (artifacts/compare)")
 
 
+def _raise_keyboard_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _stop_process_group(process: "subprocess.Popen[bytes]", grace_s: float = 20.0) -> int:
+    """SIGTERM to ``process``'s whole process group, SIGKILL after ``grace_s``; its exit status."""
+    import subprocess
+
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(process.pid, sig)
+        except ProcessLookupError:  # the group is gone
+            break
+        try:
+            process.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            continue
+        time.sleep(0.5)  # give the server's own children a moment to follow it
+    return process.wait()
+
+
 @cli.command("ui")
 @click.option("--tracking-uri", metavar="URI", help="MLflow store [default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db].")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0: every interface).")
@@ -288,7 +312,7 @@ def ui_cli_command(tracking_uri: str | None, host: str, port: int) -> None:
     """Start the MLflow UI on mertlab's tracking store and print its URL (Ctrl-C stops it)."""
     import subprocess
 
-    from mertlab.tracking import default_tracking_uri, ui_argv
+    from mertlab.experiment.tracking import default_tracking_uri, ui_argv
 
     uri = tracking_uri or default_tracking_uri()
     if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
@@ -296,12 +320,17 @@ def ui_cli_command(tracking_uri: str | None, host: str, port: int) -> None:
                            "or run this command in the folder you trained from)")
     shown = "localhost" if host in ("127.0.0.1", "0.0.0.0") else host
     click.echo(f"MLflow UI for {uri}: http://{shown}:{port}  (Ctrl-C to stop)")
-    process = subprocess.Popen(ui_argv(uri, host, port))
+    # The server runs in a session of its own (MLflow 3 starts workers, a job runner and a task
+    # consumer that hold the sqlite store); stopping mertlab -- Ctrl-C or SIGTERM -- stops all of it.
+    process = subprocess.Popen(ui_argv(uri, host, port), start_new_session=True)
+    previous = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     try:
         code = process.wait()
     except KeyboardInterrupt:
-        process.terminate()
-        code = process.wait()
+        code = _stop_process_group(process)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        _stop_process_group(process)  # what the server left behind, if it exited by itself
     if code not in (0, -2, -15, 130):
         raise MertlabError(f"the MLflow UI exited with status {code} (is port {port} in use? try --port)")
 
@@ -319,8 +348,8 @@ def teachers_group() -> None:
 @click.option("--device", default="cpu", show_default=True, help="Torch device for features and fitting (k-means, Mel-RVQ), e.g. cuda.")
 def teachers_fit_command(spec_path: str, overrides: tuple[str, ...], passes: int, device: str) -> None:
     """Fit every teacher of SPEC that needs fitting on its training audio and write its state file."""
-    from mertlab.fitting import fit_teachers
-    from mertlab.spec import load_spec
+    from mertlab.experiment.spec import load_spec
+    from mertlab.teachers.fitting import fit_teachers
 
     spec = load_spec(spec_path, overrides)
     fitted = fit_teachers(spec, device=device, passes=passes)
@@ -355,11 +384,11 @@ def teachers_evaluate_command(spec_path: str, task_path: str, overrides: tuple[s
     probe score of their clip-mean features. One MLflow run per teacher, metrics
     teacher_eval/<task>/<metric>.
     """
+    from mertlab.experiment.spec import load_spec
+    from mertlab.experiment.tracking import resolve_tracking_uri
     from mertlab.probe.fit import ProbeParams
     from mertlab.probe.task import load_task
-    from mertlab.spec import load_spec
-    from mertlab.teacher_eval import evaluate_teachers, log_scores, scores_table
-    from mertlab.tracking import resolve_tracking_uri
+    from mertlab.teachers.evaluation import evaluate_teachers, log_scores, scores_table
 
     spec = load_spec(spec_path, overrides)
     task = load_task(task_path)
@@ -412,8 +441,8 @@ def targets_build_command(spec_path: str, overrides: tuple[str, ...], device: st
     Files already cached for a teacher's current params are skipped, so an interrupted build
     resumes where it stopped and changing one teacher recomputes only that teacher.
     """
-    from mertlab.spec import load_spec
-    from mertlab.target_cache import build_targets
+    from mertlab.experiment.spec import load_spec
+    from mertlab.teachers.target_cache import build_targets
 
     spec = load_spec(spec_path, overrides)
     for s in build_targets(spec, device=device, progress=not no_progress):
@@ -430,7 +459,7 @@ def model_info_command(spec: str, overrides: tuple[str, ...]) -> None:
     SPEC is an experiment spec file (overrides are spec keys: -o backbone.params.preset=large)
     or a backbone name (overrides are its params: `mertlab model-info transformer -o preset=large`).
     """
-    from mertlab.model_info import model_info
+    from mertlab.experiment.model_info import model_info
 
     click.echo(format_table(("field", "value"), model_info(spec, overrides).rows()))
 
@@ -451,7 +480,7 @@ WORKERS_OPTION = click.option("--num-workers", default=0, show_default=True, typ
               help="hf: a transformers HubertModel directory (config.json, model.safetensors, README.md model card).")
 def export_command(checkpoint: str, out: str, fmt: str) -> None:
     """Export the backbone of CKPT to OUT for sharing, e.g. `transformers.HubertModel.from_pretrained(OUT)`."""
-    from mertlab.export import export
+    from mertlab.experiment.export import export
 
     directory = export(checkpoint, out, fmt)
     click.echo(f"exported {checkpoint} to {directory} (config.json, model.safetensors, README.md)")
@@ -475,15 +504,15 @@ def extract_command(checkpoint: str, data: str, out: str, layers: str, window_se
     DATA is an audio folder, a manifest (one path per line) or a probe task CSV/YAML. The .npz
     holds `paths` [N], `features` [N, layers, dim], `layers`, `seconds` and `meta` (JSON).
     """
-    from mertlab.checkpoint import load_backbone
     from mertlab.probe.extract import extract_features
     from mertlab.probe.task import load_task
+    from mertlab.toolkit.checkpoint import load_backbone
 
     if data.lower().endswith((".csv", ".yaml", ".yml")):
         paths = load_task(data).paths
     else:
         from mertlab.data.audio import list_audio_paths
-        from mertlab.spec import DataSpec
+        from mertlab.experiment.spec import DataSpec
 
         extensions = DataSpec().extensions
         paths = list_audio_paths(data, extensions)
@@ -554,12 +583,12 @@ def probe_command(checkpoint: str | None, task_path: str | None, hf_dir: str | N
     learnable weighted sum of layers; the best (by valid) gives probe/<task>/<metric> on the
     test split, logged to the checkpoint's MLflow run. Features are cached on disk.
     """
-    from mertlab.checkpoint import HF_PREFIX
     from mertlab.probe.baselines import parse_baselines
     from mertlab.probe.cache import DEFAULT_CACHE_DIR, FeatureCache
     from mertlab.probe.fit import ProbeParams
     from mertlab.probe.run import log_probe, probe_run, report_dict, report_table, run_probe, summary_lines
     from mertlab.probe.task import load_task
+    from mertlab.toolkit.checkpoint import HF_PREFIX
 
     if hf_dir is not None:
         if task_path is not None:
@@ -603,7 +632,7 @@ def format_table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
 
 
 def _add_plugin_commands() -> None:
-    from mertlab.registry import get_registry
+    from mertlab.plugin_system.registry import get_registry
 
     get_registry().plugin_manager.hook.register_commands(cli=cli)
 

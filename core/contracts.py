@@ -1,4 +1,5 @@
-"""The contracts between mertlab and its plugins: teachers, backbones, objectives, maskings.
+"""The contracts between mertlab and its plugins: teachers, backbones, objectives, maskings,
+augmentations.
 
 Every component is a class with three class attributes and a constructor taking its params:
 
@@ -97,11 +98,11 @@ class Teacher(nn.Module, ABC):
     sample; a centred spectrogram frame ``j`` is centred there, a codec frame ``j`` covers
     ``[j, j + 1) / frame_rate``). ``T`` is within 2 frames of ``S / sample_rate * frame_rate``
     (``ceil``, ``floor`` or ``1 + S // hop`` all qualify) and so is ``lengths[b]`` for clip
-    ``b``'s valid samples. mertlab relies on it twice: :func:`mertlab.align.align_targets` maps
+    ``b``'s valid samples. mertlab relies on it twice: :func:`mertlab.toolkit.align.align_targets` maps
     frame ``j`` to the backbone frame starting at the same time, and the target cache reads a
     crop starting ``t`` seconds into a file from frame ``floor(t * frame_rate)`` of the whole
     file's targets. Every output is checked against this at the boundary
-    (:mod:`mertlab.teacher_output`). :class:`FrameTeacher` implements it for hop-based teachers.
+    (:mod:`mertlab.toolkit.teacher_output`). :class:`FrameTeacher` implements it for hop-based teachers.
     """
 
     name: ClassVar[str]
@@ -148,7 +149,7 @@ class Teacher(nn.Module, ABC):
         an in-tree change of the algorithm, or changing a param recomputes the cached targets.
         Teachers with fitted state or weights loaded from a file extend :meth:`fingerprint_payload`.
         """
-        from mertlab.registry import component_source
+        from mertlab.plugin_system.registry import component_source
 
         source = component_source(type(self))
         payload = json.dumps(
@@ -229,20 +230,23 @@ class Backbone(nn.Module, ABC):
         raise NotImplementedError(f"backbone '{cls.name}' does not load Hugging Face directories")
 
     @property
-    @abstractmethod
-    def sample_rate(self) -> int: ...
+    def sample_rate(self) -> int:
+        """Input sample rate (Hz). Default: ``params.sample_rate``."""
+        return self.params.sample_rate
 
     @property
     @abstractmethod
     def frame_rate(self) -> float: ...
 
     @property
-    @abstractmethod
-    def hidden_dim(self) -> int: ...
+    def hidden_dim(self) -> int:
+        """Width of every hidden state. Default: ``params.hidden_dim``."""
+        return self.params.hidden_dim
 
     @property
-    @abstractmethod
-    def num_layers(self) -> int: ...
+    def num_layers(self) -> int:
+        """Layers; ``hidden_states`` has ``num_layers + 1`` entries. Default: ``params.num_layers``."""
+        return self.params.num_layers
 
     @abstractmethod
     def num_frames(self, num_samples: int) -> int:
@@ -349,6 +353,30 @@ class Masking(ABC):
     @abstractmethod
     def __call__(self, padding_mask: Tensor, generator: torch.Generator | None = None) -> Tensor: ...
 
+
+
+class Augmentation(ABC):
+    """Perturbs the *student's* input waveform in training steps (teachers see the clean audio).
+
+    Constructed as ``Augmentation(params)``; called as ``augmentation(wav, lengths, generator)``
+    with ``wav`` ``[B, S]`` (clip ``i`` has ``lengths[i]`` valid samples, then padding) and
+    returns a new ``[B, S]`` tensor of the same dtype and device: ``wav`` itself is left
+    untouched, padding is not filled with sound. All randomness comes from ``generator`` (a CPU
+    generator seeded from the run's seed and the step's position: (seed, step, micro-batch,
+    rank, augmentation alias)), so a resumed run draws what the uninterrupted one drew. A spec
+    lists augmentations under ``augment:``; they run in that order, each on the previous one's
+    output, in training steps only.
+    """
+
+    name: ClassVar[str]
+    summary: ClassVar[str]
+    Params: ClassVar[type[Params]]
+
+    def __init__(self, params: Params) -> None:
+        self.params = params
+
+    @abstractmethod
+    def __call__(self, wav: Tensor, lengths: Tensor, generator: torch.Generator | None = None) -> Tensor: ...
 
 class FrameTeacherBase(Teacher):
     """What every frame-level teacher's :meth:`targets` does around its :meth:`frame_targets`.

@@ -43,6 +43,12 @@ def register_maskings(register: Register) -> None:
     """Register :class:`mertlab.contracts.Masking` subclasses (frame-masking strategies)."""
 
 
+
+@hookspec
+def register_augmentations(register: Register) -> None:
+    """Register :class:`mertlab.contracts.Augmentation` subclasses (student-input augmentations,
+    e.g. the built-in ``mixup``), named by a spec's ``augment`` section."""
+
 @hookspec
 def register_callbacks(register: Register) -> None:
     """Register training callbacks: ``lightning.Callback`` subclasses with ``name``,

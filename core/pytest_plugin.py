@@ -28,7 +28,7 @@ def pytest_report_header(config: pytest.Config) -> str:
 @pytest.fixture
 def mertlab_registry() -> Any:
     """The registry of built-in and installed components, built fresh for the test."""
-    from mertlab.registry import get_registry, reset_registry
+    from mertlab.plugin_system.registry import get_registry, reset_registry
 
     reset_registry()
     yield get_registry()

@@ -13,10 +13,11 @@ download-free configuration) and run on generated music (:func:`contract_audio`:
 onsets, drum transients, clicks and a noise burst).
 
 Teacher checks: registration contract; outputs through the boundary check of
-:mod:`mertlab.teacher_output` (shape, dtype, code range, finite values, lengths and frame
+:mod:`mertlab.toolkit.teacher_output` (shape, dtype, code range, finite values, lengths and frame
 counts against ``info.frame_rate``); determinism; a batch with junk padding equals each clip
 alone; padding content does not change valid frames; fingerprint stability; the target cache
-round-trip. Backbones, objectives, maskings and callbacks get the checks of their contract.
+round-trip. Backbones, objectives, maskings, augmentations and callbacks get the checks of their
+contract.
 mertlab's own test suite runs these very checks on every registered component.
 """
 from __future__ import annotations
@@ -33,7 +34,7 @@ import torch
 
 from mertlab.errors import MertlabError, TeacherOutputError
 
-RegistryLike = Any  # a mertlab.registry.Registry, or a zero-argument callable returning one
+RegistryLike = Any  # a mertlab.plugin_system.registry.Registry, or a zero-argument callable returning one
 
 
 class ContractViolation(MertlabError):
@@ -82,7 +83,7 @@ def _batch(clips: list[torch.Tensor], pad: float | str = 0.0, seed: int = 0) -> 
 # --------------------------------------------------------------------------- helpers
 def _resolve(registry: RegistryLike) -> Any:
     if registry is None:
-        from mertlab.registry import get_registry
+        from mertlab.plugin_system.registry import get_registry
 
         return get_registry()
     return registry() if callable(registry) and not hasattr(registry, "get") else registry
@@ -110,8 +111,8 @@ def _tiny_backbone_file() -> str:
 
     import torch
 
-    from mertlab.checkpoint import save_backbone
-    from mertlab.registry import get_registry
+    from mertlab.plugin_system.registry import get_registry
+    from mertlab.toolkit.checkpoint import save_backbone
 
     torch.manual_seed(0)
     backbone = get_registry().build("backbone", "transformer", {"preset": "tiny"})
@@ -119,7 +120,7 @@ def _tiny_backbone_file() -> str:
 
 
 def _label(entry: Any) -> str:
-    from mertlab.registry import component_label
+    from mertlab.plugin_system.registry import component_label
 
     return component_label(entry.component, entry.kind)
 
@@ -141,7 +142,7 @@ def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
 def check_registration(entry: Any) -> None:
     """Registration contract, default params round-trip through JSON, a JSON schema, and
     ``test_params`` valid."""
-    from mertlab.registry import contract_problems
+    from mertlab.plugin_system.registry import contract_problems
 
     problems = contract_problems(entry.kind, entry.component)
     _require(not problems, "; ".join(problems))
@@ -183,7 +184,7 @@ def _clips(rate: int) -> list[torch.Tensor]:
 
 
 def _targets(teacher: Any, wav: torch.Tensor, lengths: torch.Tensor) -> Any:
-    from mertlab.teacher_output import check_targets
+    from mertlab.toolkit.teacher_output import check_targets
 
     with torch.no_grad():
         return check_targets(teacher, teacher.targets(wav, lengths), wav.shape[1], lengths)
@@ -248,7 +249,7 @@ def check_teacher_cache_round_trip(entry: Any) -> None:
     import soundfile as sf
 
     from mertlab.data.audio import probe
-    from mertlab.target_cache import TeacherCache, Windowing, compute_file_targets
+    from mertlab.teachers.target_cache import TeacherCache, Windowing, compute_file_targets
 
     teacher = _teacher(entry)
     clip = contract_audio(1.0, teacher.sample_rate, seed=4)
@@ -346,6 +347,28 @@ def check_masking(entry: Any) -> None:
     _require(bool(mask[0].any()), "nothing was masked on a clip without padding")
 
 
+def check_augmentation(entry: Any) -> None:
+    """A new ``[B, S]`` tensor of the input's dtype, finite, padding left silent, the input
+    untouched, the same result from the same generator seed."""
+    from mertlab.contracts import Augmentation
+
+    augmentation = _build(entry)
+    _require(isinstance(augmentation, Augmentation), f"built a {type(augmentation).__name__}, not a mertlab.contracts.Augmentation")
+    rate = 16000
+    wav, lengths = _batch([contract_audio(0.5, rate, seed=s)[: n] for s, n in enumerate((8000, 6000, 3000))])
+    before = wav.clone()
+    out = augmentation(wav, lengths, torch.Generator().manual_seed(0))
+    _require(isinstance(out, torch.Tensor) and out.shape == wav.shape and out.dtype == wav.dtype,
+             f"must return a {wav.dtype} tensor of shape {tuple(wav.shape)}, got {getattr(out, 'dtype', type(out).__name__)} "
+             f"{tuple(getattr(out, 'shape', ()))}")
+    _require(torch.equal(wav, before), "changed its input in place (return a new tensor)")
+    _require(bool(torch.isfinite(out).all()), "returned non-finite samples")
+    padding = torch.arange(wav.shape[1])[None, :] >= lengths[:, None]
+    _require(not bool(out[padding].any()), "put sound into padding")
+    again = augmentation(wav, lengths, torch.Generator().manual_seed(0))
+    _require(torch.equal(out, again), "two calls with the same generator seed differ")
+
+
 def check_callback(entry: Any) -> None:
     """Builds into a ``lightning.Callback``."""
     import lightning as L
@@ -368,6 +391,7 @@ CHECKS: dict[str, dict[str, Callable[[Any], None]]] = {
     "backbone": {"registration": check_registration, "forward": check_backbone_forward, "determinism": check_backbone_determinism},
     "objective": {"registration": check_registration, "loss": check_objective_loss},
     "masking": {"registration": check_registration, "mask": check_masking},
+    "augmentation": {"registration": check_registration, "augment": check_augmentation},
     "callback": {"registration": check_registration, "constructs": check_callback},
 }
 

@@ -18,7 +18,7 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.fixture(autouse=True)
 def _fresh_registry():
     """Every test sees a registry built from the current environment (no cross-test leaks)."""
-    from mertlab.registry import reset_registry
+    from mertlab.plugin_system.registry import reset_registry
 
     reset_registry()
     yield
@@ -56,8 +56,8 @@ def toy_registry(monkeypatch):
     process-wide registry (so the CLI sees it too)."""
     import toy_plugins
 
-    import mertlab.registry as registry_module
-    from mertlab.plugin_manager import PluginSource, create_plugin_manager
+    import mertlab.plugin_system.registry as registry_module
+    from mertlab.plugin_system.plugin_manager import PluginSource, create_plugin_manager
 
     pm = create_plugin_manager(autoload=False)
     pm.register_source(toy_plugins, PluginSource("toy_plugins"))

@@ -8,9 +8,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mertlab.align import align_targets, mapped_lengths
 from mertlab.contracts import TargetInfo, Targets
 from mertlab.errors import MertlabError
+from mertlab.toolkit.align import align_targets, mapped_lengths
 
 RATES = st.sampled_from([75.0, 44100 / 512, 50.0, 25.0, 100.0, 24000 / 320, 16000 / 320, 37.5])
 STOCK = settings(max_examples=30, deadline=None)

@@ -6,10 +6,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mertlab.checkpoint import load_backbone, save_backbone
 from mertlab.errors import DataError, MertlabError, UnknownComponentError
+from mertlab.plugin_system.registry import get_registry
 from mertlab.plugins.backbones.conformer import PRESETS, ConformerBackbone, ConformerParams
-from mertlab.registry import get_registry
+from mertlab.toolkit.checkpoint import load_backbone, save_backbone
 
 #: Frontend/subsampling variants for the frame-count property: default 75 Hz, MusicFM's 25 Hz,
 #: 25 Hz via an extra stride-3 layer, and a short-window odd-hop config.

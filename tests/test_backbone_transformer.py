@@ -11,13 +11,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from mertlab.checkpoint import load_backbone, save_backbone
 from mertlab.cli import main
 from mertlab.errors import DataError, MertlabError, UnknownComponentError
+from mertlab.plugin_system.registry import get_registry
 from mertlab.plugins.backbones.transformer import PRESETS, TransformerBackbone, TransformerParams
 from mertlab.plugins.backbones.transformer import layers as layers_module
 from mertlab.plugins.backbones.transformer.layers import relaxed_attention
-from mertlab.registry import get_registry
+from mertlab.toolkit.checkpoint import load_backbone, save_backbone
 
 SR = 24000
 TINY = {"preset": "tiny"}

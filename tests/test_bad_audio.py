@@ -12,12 +12,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from mlflow.tracking import MlflowClient
 
-from mertlab import metric_names as M
 from mertlab.cli import main
 from mertlab.data.datamodule import check_audio_files
 from mertlab.data.dataset import CropDataset, collate_crops
 from mertlab.data.sampler import ResumableBatchSampler
 from mertlab.data.skipped import SkippedFile
+from mertlab.experiment import metric_names as M
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 

@@ -1,4 +1,4 @@
-"""What every neural-codec teacher (:class:`mertlab.codec_support.CodecTeacher`: ``encodec``,
+"""What every neural-codec teacher (:class:`mertlab.toolkit.codec_support.CodecTeacher`: ``encodec``,
 ``dac``) guarantees, checked on each built through the registry with random weights and
 codebooks fitted on synthetic audio: seeded, diverse codes; ``ceil(n / hop)`` frames per clip;
 a batch encoded exactly as clip by clip; checked input; a codec that stays frozen. What is
@@ -13,9 +13,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from synth_audio import gliding_tones
 
-from mertlab.codec_support import CodecTeacher
 from mertlab.errors import DataError
-from mertlab.registry import get_registry
+from mertlab.plugin_system.registry import get_registry
+from mertlab.toolkit.codec_support import CodecTeacher
 
 #: Params of each codec (16 kHz DAC keeps CPU time small) and how many of the frames of one
 #: second of music must differ from each other (most of them).

@@ -13,11 +13,11 @@ import pytest
 from mlflow.tracking import MlflowClient
 from sweep_support import THREE_VARIANTS, tiny_sweep_spec, write_spec
 
-from mertlab import metric_names as M
 from mertlab.cli import main
-from mertlab.compare import load_comparison
 from mertlab.data.demo import write_demo_dataset
-from mertlab.sweep import run_sweep
+from mertlab.experiment import metric_names as M
+from mertlab.experiment.compare import load_comparison
+from mertlab.experiment.sweep import run_sweep
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -167,7 +167,7 @@ def test_metric_patterns_and_probe_scores(sweep):
 
 
 def test_metric_patterns_stay_within_segments():
-    from mertlab.compare import metric_pattern
+    from mertlab.experiment.compare import metric_pattern
 
     assert metric_pattern("loss/*").match("loss/total") and not metric_pattern("loss/*").match("loss/a/b")
     assert metric_pattern("probe/**").match("probe/key/layer3/accuracy")

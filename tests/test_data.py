@@ -11,7 +11,7 @@ from mertlab.data.datamodule import AudioDataModule, scan_dataset, split_files
 from mertlab.data.dataset import CropDataset, collate_crops
 from mertlab.data.demo import render_piece, write_demo_dataset
 from mertlab.errors import DataError
-from mertlab.spec import DataSpec
+from mertlab.experiment.spec import DataSpec
 
 
 def write_tone(path, seconds, sr=16000, channels=1, freq=440.0):

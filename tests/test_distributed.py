@@ -13,13 +13,14 @@ import pytest
 import torch
 import yaml
 from mlflow.tracking import MlflowClient
+from sampler_support import stream
 
 from mertlab.data.audio import probe
 from mertlab.data.dataset import CropDataset
 from mertlab.data.sampler import CropKey, ResumableBatchSampler
 from mertlab.errors import MertlabError, SpecError
-from mertlab.seeding import CROP, LAYER_DROP, derive_seed
-from mertlab.spec import resolve_spec
+from mertlab.experiment.spec import resolve_spec
+from mertlab.toolkit.seeding import CROP, LAYER_DROP, derive_seed
 from mertlab.train.module import PretrainModule
 from mertlab.train.run import GLOBAL_BATCH_PARAM, train
 from mertlab.train.strategy import build_strategy
@@ -105,18 +106,6 @@ def test_ranks_read_interleaved_shares_of_one_stream_and_crops_depend_on_file_an
     assert torch.equal(dataset[key].item.wav, CropDataset(files, 24000, 1.0, random_crops=True, seed=5)[key].item.wav)
     epoch1 = CropKey(key.index, derive_seed(5, CROP, 1, key.index), 1, 0)
     assert dataset[key].item.start_seconds != dataset[epoch1].item.start_seconds or dataset[key].item.file.seconds <= 1.01
-
-
-def stream(sampler: ResumableBatchSampler, batches: int) -> list[list[CropKey]]:
-    """``batches`` batches as training consumes them: a new iterator per epoch, as Lightning makes."""
-    out: list[list[CropKey]] = []
-    while len(out) < batches:
-        for batch in sampler:
-            sampler.mark_consumed(batch[0].epoch, batch[0].batch)
-            out.append(batch)
-            if len(out) == batches:
-                break
-    return out
 
 
 @pytest.mark.parametrize("size, drop_last", [(11, True), (5, False), (3, False)])
@@ -274,7 +263,7 @@ def test_fsdp_smoke_bf16_activation_checkpointing_sharded_checkpoint(demo_dir, t
 def test_a_sharded_checkpoint_folder_is_resumable_and_named_where_one_file_is_needed(tmp_path):
     """FSDP writes last.ckpt as a folder; --resume reads its meta.pt (weights-only), while
     export, probe and extract ask for the consolidated file."""
-    from mertlab.checkpoint import load_backbone
+    from mertlab.toolkit.checkpoint import load_backbone
     from mertlab.train.checkpoint_io import select_resume_checkpoint
 
     folder = tmp_path / "runs" / "abc123" / "checkpoints" / "last.ckpt"

@@ -41,7 +41,7 @@ def test_disabling_autoload_hides_the_example(installed_example):
 
 def test_example_teacher_produces_loudness_targets(installed_example, monkeypatch):
     monkeypatch.syspath_prepend(str(installed_example))
-    from mertlab.registry import get_registry
+    from mertlab.plugin_system.registry import get_registry
 
     teacher = get_registry().build("teacher", "loudness", {"hop_length": 100})
     wav = torch.zeros(2, 1000)

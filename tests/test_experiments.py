@@ -4,7 +4,7 @@ steps at tiny scale, reached only through ``-o`` overrides.
 The tiny overrides are generic, not per file: short crops and steps, a temporary store and
 output folder, and each component's own ``test_params`` (the plugin's small, download-free
 configuration: tiny presets, ``pretrained: false`` codecs...) merged over the spec's params.
-Teachers that need fitting are fitted with their own API (``mertlab.fitting.fit_teachers``);
+Teachers that need fitting are fitted with their own API (``mertlab.teachers.fitting.fit_teachers``);
 a teacher reading a trained backbone (``checkpoint``) gets a tiny one.
 """
 from __future__ import annotations
@@ -15,12 +15,12 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from mertlab import metric_names as M
-from mertlab.checkpoint import save_backbone
-from mertlab.fitting import fit_teachers
-from mertlab.registry import get_registry
-from mertlab.spec import load_spec
-from mertlab.sweep import format_value, plan_sweep
+from mertlab.experiment import metric_names as M
+from mertlab.experiment.spec import load_spec
+from mertlab.experiment.sweep import format_value, plan_sweep
+from mertlab.plugin_system.registry import get_registry
+from mertlab.teachers.fitting import fit_teachers
+from mertlab.toolkit.checkpoint import save_backbone
 from mertlab.train.run import train
 
 pytestmark = pytest.mark.filterwarnings("ignore")
@@ -36,7 +36,8 @@ def test_the_experiment_library_is_complete():
     names = set(IDS)
     assert {"quickstart", "mert_v1_95m", "mert_v1_330m", "hubert_mfcc_kmeans", "hubert_iter2_hidden_kmeans",
             "bestrq_conformer", "dac_teacher", "ablation_teachers", "scaleup_stability",
-            "muq_melrvq_conformer", "crepe_pitch_aux", "distill_hidden", "small_scale"} <= names
+            "muq_melrvq_conformer", "crepe_pitch_aux", "distill_hidden", "small_scale", "small_scale_r1",
+            "mert_tiny"} <= names
 
 
 def test_quickstart_ends_with_a_probe_verdict_on_the_demo_tasks():
@@ -67,7 +68,7 @@ def test_mert_recipes_carry_the_paper_numbers():
         cqt = spec.teachers["cqt"].params
         assert (cqt["n_bins"], cqt["bins_per_octave"], cqt["hop_length"]) == (336, 48, 320)
         assert spec.masking.params["mask_prob"] == 0.8 and spec.masking.params["span_length"] == 5
-        assert spec.augment.mixup.probability == 0.5 and spec.feature_penalty == 10.0
+        assert spec.augment["mixup"].params["probability"] == 0.5 and spec.feature_penalty == 10.0
         assert spec.objectives["cqt_recon"].weight == 1.0 and spec.objectives["rvq_pred"].params["reduction"] == "sum"
     assert small.backbone.params["layer_norm_first"] is False and small.backbone.params["hidden_dim"] == 768
     assert (small.optim.lr, small.optim.grad_clip, small.optim.warmup_steps, small.trainer.max_steps) == (5e-4, 10.0, 32000, 400000)

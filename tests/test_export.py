@@ -9,8 +9,8 @@ from mlflow.tracking import MlflowClient
 from test_hf_compat import assert_states_match, hf_hidden_states
 
 from mertlab.cli import main
-from mertlab.registry import get_registry
-from mertlab.spec import resolve_spec
+from mertlab.experiment.spec import resolve_spec
+from mertlab.plugin_system.registry import get_registry
 
 transformers = pytest.importorskip("transformers")
 
@@ -71,7 +71,7 @@ def test_export_refuses_a_non_empty_folder_and_an_unknown_backbone_format(tmp_pa
     assert "not empty" in capsys.readouterr().err
     assert (tmp_path / "full" / "x").read_text() == "keep me"
 
-    from mertlab.checkpoint import save_backbone
+    from mertlab.toolkit.checkpoint import save_backbone
 
     conformer = get_registry().build("backbone", "conformer", {"preset": "tiny"})
     path = save_backbone(tmp_path / "conformer.pt", conformer)

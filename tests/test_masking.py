@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mertlab.errors import MertlabError
-from mertlab.registry import get_registry
+from mertlab.plugin_system.registry import get_registry
 
 FAST = settings(max_examples=30, deadline=None)
 

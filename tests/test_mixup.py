@@ -1,4 +1,4 @@
-"""In-batch mixup (MERT): property tests of mertlab.augment.mixup."""
+"""In-batch mixup (MERT): property tests of the built-in ``mixup`` augmentation plugin."""
 from __future__ import annotations
 
 import pytest
@@ -6,7 +6,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mertlab.augment import mixup
+from mertlab.plugins.augmentations.mixup import mixup
 
 FAST = settings(max_examples=30, deadline=None)
 SAMPLES = 48

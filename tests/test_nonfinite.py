@@ -10,8 +10,8 @@ import torch
 from mlflow.tracking import MlflowClient
 from test_train import make_spec
 
-from mertlab import metric_names as M
 from mertlab.errors import MertlabError
+from mertlab.experiment import metric_names as M
 from mertlab.train.module import PretrainModule
 from mertlab.train.run import train
 from mertlab.train.schedule import lr_factor

@@ -10,7 +10,7 @@ from torch import nn
 
 from mertlab.contracts import BackboneOutput, Objective, TargetInfo, Targets
 from mertlab.errors import MertlabError, ObjectiveError
-from mertlab.registry import get_registry
+from mertlab.plugin_system.registry import get_registry
 
 B, T, D, LAYERS = 3, 20, 16, 2
 DISCRETE = ("masked_prediction", "linear_classification")

@@ -40,7 +40,7 @@ def test_wheel_install_imports_and_runs(wheel, tmp_path):
     target = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel)],
                    check=True, capture_output=True)
-    code = ("import mertlab, mertlab.plugins.teachers, mertlab.registry as r; "
+    code = ("import mertlab, mertlab.plugins.teachers, mertlab.plugin_system.registry as r; "
             "print(mertlab.__file__); print(len(r.get_registry().list()))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={"PYTHONPATH": str(target), "MERTLAB_DISABLE_AUTOLOAD": "1", "PATH": "/usr/bin:/bin"})
     assert proc.returncode == 0, proc.stderr

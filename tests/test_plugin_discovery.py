@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 
 from mertlab.errors import PluginError, UnknownComponentError
-from mertlab.plugin_manager import DEFAULT_PLUGINS, create_plugin_manager
-from mertlab.registry import Registry, get_registry
+from mertlab.plugin_system.plugin_manager import DEFAULT_PLUGINS, create_plugin_manager
+from mertlab.plugin_system.registry import Registry, get_registry
 
 TEACHER_CODE = '''
 from pydantic import Field
@@ -120,10 +120,10 @@ def test_light_commands_import_no_heavy_package():
 
 
 def test_lazy_component_is_imported_on_use_and_must_match_its_declaration():
-    from mertlab.plugin_manager import PluginSource
-    from mertlab.plugins.callbacks.stability_plugin import STABILITY, StabilityParams
-    from mertlab.registry import LazyComponent
     from mertlab.hookspecs import hookimpl
+    from mertlab.plugin_system.plugin_manager import PluginSource
+    from mertlab.plugin_system.registry import LazyComponent
+    from mertlab.plugins.callbacks.stability_plugin import STABILITY, StabilityParams
 
     entry = get_registry().get("callback", "stability")
     assert entry.declared is STABILITY and entry.params_model is StabilityParams

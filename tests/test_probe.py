@@ -21,16 +21,16 @@ import torch
 from mlflow.tracking import MlflowClient
 from sklearn.metrics import accuracy_score, average_precision_score, r2_score, roc_auc_score
 
-from mertlab.checkpoint import save_backbone
 from mertlab.cli import main
 from mertlab.data.audio import load_audio
 from mertlab.errors import DataError, MertlabError
+from mertlab.plugin_system.registry import get_registry
 from mertlab.probe.extract import FeatureSet, extract_features, resolve_layers, window_bounds
 from mertlab.probe.fit import ProbeParams, fit_probe, probe_task
 from mertlab.probe.metrics import compute_metrics
 from mertlab.probe.run import random_init_backbone, run_probe
 from mertlab.probe.task import TaskError, load_task
-from mertlab.registry import get_registry
+from mertlab.toolkit.checkpoint import save_backbone
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 
@@ -336,7 +336,7 @@ def test_bad_task_options(data):
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, data):
     """A real two-step pre-training run: its last.ckpt knows its MLflow run."""
-    from mertlab.spec import resolve_spec
+    from mertlab.experiment.spec import resolve_spec
     from mertlab.train.run import train
 
     root = tmp_path_factory.mktemp("pretrain")

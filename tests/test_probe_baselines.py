@@ -11,16 +11,16 @@ from mlflow.tracking import MlflowClient
 from probe_tasks import SR, harmonic_tone, write_pitch_class_task
 
 import mertlab.probe.run as probe_run_module
-from mertlab.checkpoint import load_backbone, save_backbone
 from mertlab.cli import main
 from mertlab.errors import MertlabError
+from mertlab.plugin_system.registry import get_registry
 from mertlab.probe.baselines import BASELINES, baseline_features, parse_baselines
 from mertlab.probe.cache import FeatureCache
 from mertlab.probe.extract import extract_features
 from mertlab.probe.fit import ProbeParams
 from mertlab.probe.run import probe_metrics, report_table, run_probe, summary_lines, verdict
 from mertlab.probe.task import load_task
-from mertlab.registry import get_registry
+from mertlab.toolkit.checkpoint import load_backbone, save_backbone
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 FAST = ProbeParams(max_epochs=60, patience=10)

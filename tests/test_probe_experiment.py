@@ -10,9 +10,9 @@ from sweep_support import tiny_sweep_spec, write_spec
 
 import mertlab.probe.run as probe_run_module
 from mertlab.cli import main
-from mertlab.compare import load_comparison, to_text
 from mertlab.errors import SpecError
-from mertlab.spec import load_spec
+from mertlab.experiment.compare import load_comparison, to_text
+from mertlab.experiment.spec import load_spec
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 

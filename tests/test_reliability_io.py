@@ -17,12 +17,12 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from mertlab.checkpoint import LEGACY_BACKBONE_FORMAT, load_backbone, save_backbone
 from mertlab.cli import main
 from mertlab.errors import MertlabError, WeightsError
-from mertlab.registry import get_registry
-from mertlab.safe_load import is_safetensors, load_torch_file
-from mertlab.spec import resolve_spec
+from mertlab.experiment.spec import resolve_spec
+from mertlab.plugin_system.registry import get_registry
+from mertlab.toolkit.checkpoint import LEGACY_BACKBONE_FORMAT, load_backbone, save_backbone
+from mertlab.toolkit.safe_load import is_safetensors, load_torch_file
 from mertlab.train.checkpoint_io import SafeCheckpointIO, select_resume_checkpoint
 from mertlab.train.run import train
 
@@ -179,7 +179,7 @@ def test_numpy_rng_states_in_a_checkpoint_are_allowed(tmp_path):
 # ----------------------------------------------------------------------------- 2-3. checkpoints
 def full_disk(monkeypatch) -> None:
     """Checkpoint files run out of space after a few bytes have reached the disk."""
-    from mertlab.atomic import atomic_write
+    from mertlab.toolkit.atomic import atomic_write
 
     def write_then_fail(f):
         f.write(b"partial bytes")
@@ -209,7 +209,7 @@ def test_checkpoint_write_to_a_read_only_folder_keeps_the_previous(tmp_path, mon
     def read_only(*args, **kwargs):  # what a read-only mount answers (chmod does not stop root)
         raise OSError(errno.EROFS, "Read-only file system")
 
-    monkeypatch.setattr("mertlab.atomic.tempfile.mkstemp", read_only)
+    monkeypatch.setattr("mertlab.toolkit.atomic.tempfile.mkstemp", read_only)
     with pytest.raises(MertlabError, match="Read-only file system"):
         io.save_checkpoint({"state_dict": {}, "global_step": 2}, path)
     assert io.load_checkpoint(path)["global_step"] == 1
@@ -281,7 +281,7 @@ def cache_spec(demo_dir, tmp_path, tracking_uri) -> dict:
 def cache_of(spec_dict) -> tuple:
     """The CQT teacher's cache folder object and the audio files of the spec."""
     from mertlab.data.audio import list_audio_paths, probe
-    from mertlab.target_cache import TeacherCache
+    from mertlab.teachers.target_cache import TeacherCache
 
     t = spec_dict["teachers"]["cqt"]
     teacher = get_registry().build("teacher", t["name"], t["params"])
@@ -311,11 +311,11 @@ def make_read_only(monkeypatch, root: Path) -> None:
             raise OSError(errno.EROFS, "Read-only file system")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr("mertlab.atomic.tempfile.mkstemp", mkstemp)
+    monkeypatch.setattr("mertlab.toolkit.atomic.tempfile.mkstemp", mkstemp)
 
 
 def test_damaged_cache_entries_are_named_and_recomputed_by_targets_build(demo_dir, tmp_path, tracking_uri, write_yaml, capsys, caplog):
-    from mertlab.target_cache import compute_file_targets
+    from mertlab.teachers.target_cache import compute_file_targets
 
     data = cache_spec(demo_dir, tmp_path, tracking_uri)
     spec = write_yaml(data)
@@ -341,7 +341,7 @@ def test_damaged_cache_entries_are_named_and_recomputed_by_targets_build(demo_di
 def test_a_damaged_entry_read_while_training_is_recomputed(demo_dir, tmp_path, tracking_uri, caplog, monkeypatch):
     """Checksums are checked on each entry's first read: a changed byte is repaired from the
     teacher, stored back, or kept in memory when the cache cannot be written."""
-    from mertlab.target_cache import build_teacher_cache
+    from mertlab.teachers.target_cache import build_teacher_cache
     from mertlab.train.targets import CachedTargets
 
     data = cache_spec(demo_dir, tmp_path, tracking_uri)
@@ -387,7 +387,7 @@ def test_damaged_or_missing_entries_without_repair_are_one_line(demo_dir, tmp_pa
 
 
 def test_entries_of_older_caches_without_a_record_still_load(demo_dir, tmp_path, tracking_uri):
-    from mertlab.target_cache import build_teacher_cache
+    from mertlab.teachers.target_cache import build_teacher_cache
 
     data = cache_spec(demo_dir, tmp_path, tracking_uri)
     cache, teacher, files = cache_of(data)
@@ -432,7 +432,7 @@ def test_largest_seed_trains(demo_dir, tmp_path, tracking_uri):
 
 
 def test_paths_from_values_stay_inside_their_root(tmp_path):
-    from mertlab.paths import inside
+    from mertlab.toolkit.paths import inside
 
     assert inside(tmp_path, "a", "b") == tmp_path / "a" / "b"
     for parts in (("..", "x"), ("a", "../../x"), ("/etc",), (".",)):
@@ -509,7 +509,7 @@ def test_fuzzed_yaml_and_overrides_load_or_give_a_spec_error(tmp_path, one_threa
     from hypothesis import strategies as st
 
     from mertlab.errors import SpecError
-    from mertlab.spec import load_spec
+    from mertlab.experiment.spec import load_spec
 
     good = yaml.safe_dump(FUZZ_BASE)
     path = tmp_path / "spec.yaml"
@@ -531,7 +531,7 @@ def test_fuzzed_yaml_and_overrides_load_or_give_a_spec_error(tmp_path, one_threa
 
 def test_every_torch_load_of_the_product_goes_through_the_safe_loader():
     """A new ``torch.load``/``pickle.load`` call in core/ or plugins/ would bypass the allow-list
-    of :func:`mertlab.safe_load.load_torch_file`; reading files is that module's job alone."""
+    of :func:`mertlab.toolkit.safe_load.load_torch_file`; reading files is that module's job alone."""
     root = Path(__file__).resolve().parents[1]
     offenders = [
         f"{path.relative_to(root)}:{number}"
@@ -541,4 +541,4 @@ def test_every_torch_load_of_the_product_goes_through_the_safe_loader():
         for number, line in enumerate(path.read_text().splitlines(), 1)
         if ("torch.load(" in line or "pickle.load" in line) and not line.lstrip().startswith(("#", "*", "``"))
     ]
-    assert not offenders, f"use mertlab.safe_load.load_torch_file instead: {offenders}"
+    assert not offenders, f"use mertlab.toolkit.safe_load.load_torch_file instead: {offenders}"

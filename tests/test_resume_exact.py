@@ -16,9 +16,10 @@ import time
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
+from sampler_support import stream
 
 from mertlab.data.sampler import ResumableBatchSampler
-from mertlab.spec import load_spec
+from mertlab.experiment.spec import load_spec
 from mertlab.train.run import train
 
 pytestmark = pytest.mark.filterwarnings("ignore")
@@ -28,18 +29,6 @@ EVERY = 20  # checkpoint (and validation) interval
 KILL_AFTER = 50  # logged steps before the kill: between two checkpoints
 COMPARED = ["loss/total", "loss/cqt_recon", "acc/rvq_pred/cb0", "lr", "grad_norm/total", "stability/loss_spike_z",
             "val/loss/total"]
-
-
-def stream(sampler: ResumableBatchSampler, batches: int) -> list:
-    """``batches`` batches as training consumes them: a new iterator per epoch, as Lightning makes."""
-    out = []
-    while len(out) < batches:
-        for batch in sampler:
-            sampler.mark_consumed(batch[0].epoch, batch[0].batch)
-            out.append(batch)
-            if len(out) == batches:
-                break
-    return out
 
 
 @pytest.mark.parametrize("size, batch_size, drop_last", [(5, 2, True), (5, 2, False), (4, 2, True)])

@@ -11,7 +11,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from mertlab.cli import main
-from mertlab.scaffold import package_files
+from mertlab.plugin_system.scaffold import package_files
 
 
 def run(*args: str, site: Path, cwd: Path) -> subprocess.CompletedProcess:

@@ -7,7 +7,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mertlab.errors import SpecError
-from mertlab.spec import ExperimentSpec, apply_overrides, deep_merge, dump_spec, load_spec
+from mertlab.experiment.spec import ExperimentSpec, apply_overrides, deep_merge, dump_spec, load_spec
 
 
 def problems(exc: SpecError) -> dict[str, str]:

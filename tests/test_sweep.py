@@ -16,13 +16,13 @@ from hypothesis import strategies as st
 from mlflow.tracking import MlflowClient
 from sweep_support import THREE_VARIANTS, tiny_sweep_spec, write_spec
 
-from mertlab import metric_names as M
 from mertlab.cli import main
 from mertlab.data.demo import write_demo_dataset
 from mertlab.errors import SpecError
-from mertlab.run_summary import summarize
-from mertlab.spec import SweepSpec, load_spec
-from mertlab.sweep import (
+from mertlab.experiment import metric_names as M
+from mertlab.experiment.run_summary import summarize
+from mertlab.experiment.spec import SweepSpec, load_spec
+from mertlab.experiment.sweep import (
     OVERRIDE_PARAM_PREFIX, PARENT_TAG, SWEEP_TAG, VARIANT_TAG, expand, format_value, short_keys,
 )
 

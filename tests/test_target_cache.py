@@ -10,15 +10,15 @@ import soundfile as sf
 import torch
 from mlflow.tracking import MlflowClient
 
-from mertlab import target_cache as tc
 from mertlab.cli import main
 from mertlab.data.audio import list_audio_paths, load_audio, probe, read_segment
 from mertlab.data.dataset import AudioBatch
 from mertlab.data.demo import write_demo_dataset
 from mertlab.errors import MertlabError
-from mertlab.registry import get_registry
-from mertlab.spec import resolve_spec
-from mertlab.target_cache import TeacherCache, Windowing, build_targets, compute_file_targets, file_key
+from mertlab.experiment.spec import resolve_spec
+from mertlab.plugin_system.registry import get_registry
+from mertlab.teachers import target_cache as tc
+from mertlab.teachers.target_cache import TeacherCache, Windowing, build_targets, compute_file_targets, file_key
 from mertlab.train.module import PretrainModule
 from mertlab.train.run import train
 

@@ -8,7 +8,7 @@ import torch
 from synth_audio import SR, melody, padded_batch
 
 from mertlab.errors import MertlabError
-from mertlab.registry import get_registry
+from mertlab.plugin_system.registry import get_registry
 
 
 def build(**params):

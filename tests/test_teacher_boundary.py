@@ -9,8 +9,8 @@ import pytest
 
 from mertlab.cli import main
 from mertlab.errors import PluginError
-from mertlab.plugin_manager import PluginSource, create_plugin_manager
-from mertlab.registry import Registry
+from mertlab.plugin_system.plugin_manager import PluginSource, create_plugin_manager
+from mertlab.plugin_system.registry import Registry
 from mertlab.testing import CHECKS, ContractViolation, run_check
 
 SOURCE = PluginSource("broken_teachers", "broken-teachers", "0.0.1")
@@ -21,7 +21,7 @@ CASES = sorted(broken_teachers.OUTPUT_BROKEN.items())
 @pytest.fixture
 def broken_registry(monkeypatch):
     """The built-ins plus the broken teachers, as the process-wide registry (the CLI sees it)."""
-    import mertlab.registry as registry_module
+    import mertlab.plugin_system.registry as registry_module
 
     pm = create_plugin_manager(autoload=False)
     pm.register_source(broken_teachers, SOURCE)

@@ -8,7 +8,7 @@ import torch
 from synth_audio import SR, chord, melody, padded_batch
 
 from mertlab.errors import DataError, MertlabError
-from mertlab.registry import get_registry
+from mertlab.plugin_system.registry import get_registry
 
 
 def build(**params):
@@ -110,7 +110,7 @@ def test_bad_input_and_params_are_clear_errors(mert_cqt):
         mert_cqt.targets(torch.zeros(1, 100), torch.tensor([0]))
     with pytest.raises(MertlabError, match=r"\[batch, samples\]"):
         mert_cqt.targets(torch.zeros(100), torch.tensor([100]))
-    # the check every built-in teacher runs first (mertlab.frame_features.check_audio_batch)
+    # the check every built-in teacher runs first (mertlab.toolkit.frame_features.check_audio_batch)
     nan = torch.zeros(2, 1000)
     nan[1, 10] = float("nan")
     with pytest.raises(DataError, match="teacher 'cqt': audio contains NaN or infinite samples"):

@@ -12,9 +12,9 @@ from synth_audio import SR, padded_batch
 
 from mertlab.data.audio import load_audio, probe
 from mertlab.errors import SpecError
-from mertlab.registry import get_registry
-from mertlab.spec import resolve_spec
-from mertlab.target_cache import TeacherCache, Windowing, build_teacher_cache
+from mertlab.experiment.spec import resolve_spec
+from mertlab.plugin_system.registry import get_registry
+from mertlab.teachers.target_cache import TeacherCache, Windowing, build_teacher_cache
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

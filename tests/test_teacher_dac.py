@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from mertlab.errors import MertlabError, WeightsError
+from mertlab.plugin_system.registry import get_registry
 from mertlab.plugins.teachers.dac import DACParams, DACTeacher, default_weights
-from mertlab.registry import get_registry
 from synth_audio import gliding_tones
 
 SR = 16_000  # the 16 kHz model keeps CPU time small; 44.1 kHz is checked on its own

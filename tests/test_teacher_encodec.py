@@ -9,8 +9,8 @@ import torch
 import torchaudio
 
 from mertlab.errors import MertlabError, WeightsError
+from mertlab.plugin_system.registry import get_registry
 from mertlab.plugins.teachers.encodec import CHECKPOINT_NAME, EncodecParams, EncodecTeacher
-from mertlab.registry import get_registry
 from synth_audio import SR, gliding_tones as music
 
 

@@ -12,7 +12,7 @@ from mlflow.tracking import MlflowClient
 from probe_tasks import write_pitch_class_task
 
 from mertlab.cli import main
-from mertlab.teacher_eval import code_statistics, joint_counts
+from mertlab.teachers.evaluation import code_statistics, joint_counts
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 

@@ -5,11 +5,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from mertlab.safe_load import read_safetensors
 from mertlab.cli import main
 from mertlab.data.demo import write_demo_dataset
-from mertlab.registry import get_registry
-from mertlab.spec import load_spec
+from mertlab.experiment.spec import load_spec
+from mertlab.plugin_system.registry import get_registry
+from mertlab.toolkit.safe_load import read_safetensors
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 

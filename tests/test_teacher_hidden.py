@@ -8,12 +8,12 @@ import torch
 import torch.nn.functional as F
 from synth_audio import SR, melody, padded_batch
 
-from mertlab.safe_load import read_safetensors
-from mertlab.checkpoint import load_backbone, save_backbone
 from mertlab.data.audio import load_audio, probe
 from mertlab.errors import MertlabError
-from mertlab.registry import get_registry
-from mertlab.target_cache import TeacherCache, Windowing, build_teacher_cache
+from mertlab.plugin_system.registry import get_registry
+from mertlab.teachers.target_cache import TeacherCache, Windowing, build_teacher_cache
+from mertlab.toolkit.checkpoint import load_backbone, save_backbone
+from mertlab.toolkit.safe_load import read_safetensors
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -29,7 +29,7 @@ def build(**params):
 
 @pytest.fixture(scope="module")
 def backbone_file(tmp_path_factory):
-    """A tiny transformer with seeded random weights, saved by mertlab.checkpoint."""
+    """A tiny transformer with seeded random weights, saved by mertlab.toolkit.checkpoint."""
     torch.manual_seed(0)
     backbone = get_registry().build("backbone", "transformer", {"preset": "tiny"})
     return save_backbone(tmp_path_factory.mktemp("hidden") / "backbone.pt", backbone)

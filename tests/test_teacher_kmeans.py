@@ -7,11 +7,11 @@ from fitted_teacher_checks import assert_bad_state_is_rejected, assert_missing_s
 from sklearn.metrics import adjusted_rand_score
 from synth_audio import SR, chord, melody, padded_batch
 
-from mertlab.checkpoint import save_backbone
 from mertlab.errors import MertlabError
-from mertlab.frame_features import LogMelChroma, MFCCDeltas
-from mertlab.kmeans import fit_minibatch_kmeans, lloyd_kmeans, nearest_centroid
-from mertlab.registry import get_registry
+from mertlab.plugin_system.registry import get_registry
+from mertlab.toolkit.checkpoint import save_backbone
+from mertlab.toolkit.frame_features import LogMelChroma, MFCCDeltas
+from mertlab.toolkit.kmeans import fit_minibatch_kmeans, lloyd_kmeans, nearest_centroid
 
 SMALL_FIT = {"n_clusters": 8, "n_iter": 30, "batch_size": 2000}
 
@@ -217,7 +217,7 @@ def test_params_cross_checks():
 
 # ----------------------------------------------------------------------------- hidden feature
 def save_tiny_transformer(path, seed: int):
-    """A registered backbone (the tiny transformer preset) saved by mertlab.checkpoint."""
+    """A registered backbone (the tiny transformer preset) saved by mertlab.toolkit.checkpoint."""
     torch.manual_seed(seed)
     return save_backbone(path, get_registry().build("backbone", "transformer", {"preset": "tiny"}))
 
@@ -260,7 +260,7 @@ def test_hidden_feature_errors(tiny_checkpoint, tmp_path):
 def test_nearest_centroid_matches_brute_force_in_every_path():
     """Blocked GEMM + argmin (NumPy on CPU, threads over blocks) equals the plain argmin of the
     distance matrix, ties to the lowest index, spherical by dot product; empty input is fine."""
-    from mertlab.kmeans import nearest_centroid
+    from mertlab.toolkit.kmeans import nearest_centroid
 
     g = torch.Generator().manual_seed(0)
     x = torch.randn(20_000, 39, generator=g)

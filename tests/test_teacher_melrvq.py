@@ -8,12 +8,12 @@ from fitted_teacher_checks import assert_bad_state_is_rejected, assert_missing_s
 from sklearn.metrics import adjusted_rand_score
 from synth_audio import SR, melody, padded_batch
 
-from mertlab.safe_load import read_safetensors
 from mertlab.data.audio import probe
 from mertlab.errors import MertlabError
-from mertlab.registry import get_registry
-from mertlab.rvq import ResidualLinearVQ, RVQFitSettings, fit_rvq
-from mertlab.target_cache import TeacherCache, Windowing, build_teacher_cache
+from mertlab.plugin_system.registry import get_registry
+from mertlab.teachers.target_cache import TeacherCache, Windowing, build_teacher_cache
+from mertlab.toolkit.rvq import ResidualLinearVQ, RVQFitSettings, fit_rvq
+from mertlab.toolkit.safe_load import read_safetensors
 from mertlab.train.module import code_perplexity
 
 SMALL = {"n_mels": 32, "n_codebooks": 3, "codebook_size": 16, "steps": 200, "batch_size": 256, "dead_code_steps": 20}

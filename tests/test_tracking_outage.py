@@ -18,9 +18,9 @@ import pytest
 from mlflow.tracking import MlflowClient
 from test_nonfinite import spec_for
 
-from mertlab import metric_names as M
 from mertlab.errors import MertlabError
-from mertlab.tracking import PROCESS_TAG, mark_crashed_runs, process_identity
+from mertlab.experiment import metric_names as M
+from mertlab.experiment.tracking import PROCESS_TAG, mark_crashed_runs, process_identity
 from mertlab.train.run import train
 
 pytestmark = pytest.mark.filterwarnings("ignore")

@@ -9,7 +9,7 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from mertlab.cli import main
-from mertlab.spec import dump_spec, resolve_spec
+from mertlab.experiment.spec import dump_spec, resolve_spec
 from mertlab.train.module import PretrainModule
 from mertlab.train.run import train
 
@@ -142,7 +142,7 @@ def test_bad_training_input_gives_one_clear_error(demo_dir, tmp_path, tracking_u
 
 
 def test_tracking_uri_resolution(demo_dir, tmp_path, tracking_uri, monkeypatch):
-    from mertlab.tracking import resolve_tracking_uri, ui_command
+    from mertlab.experiment.tracking import resolve_tracking_uri, ui_command
 
     spec = make_spec(demo_dir, tmp_path, tracking_uri, tracking={"tracking_uri": None})
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:////elsewhere/runs.db")

@@ -78,6 +78,32 @@ class ToySpan:
     Params = SpanParams
 
 
+class GainParams(Params):
+    gain: float = Field(2.0, description="Factor on every valid sample.")
+
+
+class ToyGain:
+    """A third-party augmentation as a plugin package would write it: scales the valid samples
+    and records each call (the input, the output and the generator's first draw)."""
+
+    name = "toy_gain"
+    summary = "toy augmentation: scales the student input"
+    Params = GainParams
+    calls: list[dict] = []
+
+    def __init__(self, params):
+        self.params = params
+
+    def __call__(self, wav, lengths, generator=None):
+        import torch
+
+        valid = torch.arange(wav.shape[1], device=wav.device)[None, :] < lengths[:, None]
+        out = torch.where(valid, wav * self.params.gain, wav)
+        draw = torch.rand(1, generator=generator).item()
+        ToyGain.calls.append({"input": wav.detach().clone(), "output": out.detach().clone(), "draw": draw})
+        return out
+
+
 @hookimpl
 def register_backbones(register):
     register(ToyBackbone)
@@ -98,6 +124,11 @@ def register_objectives(register):
 @hookimpl
 def register_maskings(register):
     register(ToySpan)
+
+
+@hookimpl
+def register_augmentations(register):
+    register(ToyGain)
 
 
 TOY_SPEC = {

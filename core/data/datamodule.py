@@ -14,8 +14,8 @@ from mertlab.data.dataset import AudioBatch, CropDataset, collate_crops, seed_wo
 from mertlab.data.sampler import ResumableBatchSampler, ResumableDataLoader
 from mertlab.data.skipped import SkippedFile, SkippedFiles
 from mertlab.errors import DataError
-from mertlab.seeding import LOADER, derive_seed
-from mertlab.spec import DataSpec
+from mertlab.experiment.spec import DataSpec
+from mertlab.toolkit.seeding import LOADER, derive_seed
 
 
 #: Sample rates outside this range are treated as a damaged header (resampling them is not sensible).

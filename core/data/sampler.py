@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Sampler
 
-from mertlab.seeding import CROP, ORDER, derive_seed
+from mertlab.toolkit.seeding import CROP, ORDER, derive_seed
 
 
 @dataclass(frozen=True)

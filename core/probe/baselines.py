@@ -3,7 +3,7 @@
 Each baseline is a fixed signal-processing feature, mean-pooled over the clip (MFCC also its
 standard deviation), probed with exactly the MLP protocol and splits of the backbone's layers:
 
-* ``mfcc``   -- mean and std of 20 MFCCs (128 mel bands, log(mel + 1e-6)), :mod:`mertlab.frame_features`;
+* ``mfcc``   -- mean and std of 20 MFCCs (128 mel bands, log(mel + 1e-6)), :mod:`mertlab.toolkit.frame_features`;
 * ``chroma`` -- mean 12-bin chroma (STFT power folded onto pitch classes, each frame max-normalised);
 * ``cqt``    -- mean log-magnitude constant-Q transform, 7 octaves from C1 at 12 bins per octave
   (the ``cqt`` teacher's nnAudio transform).
@@ -32,7 +32,7 @@ HOP = 512
 
 
 def _mfcc() -> FrameFn:
-    from mertlab.frame_features import MFCCDeltas
+    from mertlab.toolkit.frame_features import MFCCDeltas
 
     n_mfcc = 20
     feature = MFCCDeltas(SAMPLE_RATE, n_fft=2048, hop_length=HOP, n_mels=128, n_mfcc=n_mfcc).eval()
@@ -40,7 +40,7 @@ def _mfcc() -> FrameFn:
 
 
 def _chroma() -> FrameFn:
-    from mertlab.frame_features import LogMelChroma
+    from mertlab.toolkit.frame_features import LogMelChroma
 
     n_mels = 8  # the log-mel half is discarded; the STFT is shared
     feature = LogMelChroma(SAMPLE_RATE, n_fft=4096, hop_length=HOP, n_mels=n_mels).eval()
@@ -48,7 +48,7 @@ def _chroma() -> FrameFn:
 
 
 def _cqt() -> FrameFn:
-    from mertlab.registry import get_registry
+    from mertlab.plugin_system.registry import get_registry
 
     params = {"sample_rate": SAMPLE_RATE, "hop_length": HOP, "fmin": 32.7, "n_bins": 84, "bins_per_octave": 12,
               "magnitude": "log", "normalize": "none"}

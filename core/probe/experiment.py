@@ -2,7 +2,7 @@
 
 ``mertlab train`` calls :func:`probe_spec_tasks` on its final checkpoint and prints
 :func:`results_table` and one :func:`~mertlab.probe.run.verdict` line per task; ``mertlab
-sweep`` (through :func:`mertlab.sweep.run_child`) calls it on every finished child. Scores go to
+sweep`` (through :func:`mertlab.experiment.sweep.run_child`) calls it on every finished child. Scores go to
 the checkpoint's MLflow run exactly as ``mertlab probe`` logs them. A task already probed on that
 run with the same settings and checkpoint (tag ``probe/<task>/settings``) is skipped, so
 re-running a sweep is idempotent.
@@ -19,8 +19,8 @@ from mertlab.probe.fit import ProbeParams
 from mertlab.probe.run import (
     ProbeOutcome, checkpoint_identity, log_probe, probe_run, run_probe, settings_sha, verdict,
 )
+from mertlab.experiment.spec import ProbeSpec
 from mertlab.probe.task import load_task
-from mertlab.spec import ProbeSpec
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """Frame-level features of whole files, window by window, and their clip-level pooling.
 
 Shared by the handcrafted probe baselines (:mod:`.baselines`) and the teacher evaluation
-(:mod:`mertlab.teacher_eval`): a *frame function* maps one mono window ``[S]`` to frames
+(:mod:`mertlab.teachers.evaluation`): a *frame function* maps one mono window ``[S]`` to frames
 ``[T, D]``; every file is decoded at the function's sample rate, cut into windows of
 ``window_seconds`` (as :func:`mertlab.probe.extract.extract_features` does for backbones) and each
 window runs on its own, so nothing depends on padding or on the other files.

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mertlab.plotting import colors, figure
+from mertlab.experiment.plotting import colors, figure
 
 
 def _finish(ax: Any, title: str, metric: str, path: Path) -> Path:

@@ -14,17 +14,17 @@ from typing import Any
 import torch
 from pydantic import ValidationError
 
-from mertlab import metric_names
-from mertlab.checkpoint import check_hf_directory, check_not_sharded, hf_directory, load_backbone
 from mertlab.contracts import Backbone
 from mertlab.errors import MertlabError
-from mertlab.probe.extract import FeatureSet, extract_features, resolve_device, resolve_layers
+from mertlab.experiment import metric_names
 from mertlab.probe.baselines import baseline_features, cache_identity, parse_baselines
 from mertlab.probe.cache import FeatureCache, content_hash
+from mertlab.probe.extract import FeatureSet, extract_features, resolve_device, resolve_layers
 from mertlab.probe.fit import ProbeParams, ProbeReport, ProbeResult, orderable, probe_task
 from mertlab.probe.metrics import METRICS
 from mertlab.probe.task import Task, load_task
-from mertlab.safe_load import is_safetensors, load_torch_file
+from mertlab.toolkit.checkpoint import check_hf_directory, check_not_sharded, hf_directory, load_backbone
+from mertlab.toolkit.safe_load import is_safetensors, load_torch_file
 
 RANDOM_INIT = "random_init"
 WEIGHTED = "weighted"
@@ -71,8 +71,8 @@ def checkpoint_tracking(path: str | Path) -> tuple[str | None, str | None, int]:
     The URI is resolved as training resolved it: the spec's ``tracking.tracking_uri``, else
     ``$MLFLOW_TRACKING_URI``, else ``sqlite:///<cwd>/mlflow.db``.
     """
-    from mertlab.spec import ExperimentSpec, TrackingSpec
-    from mertlab.tracking import resolve_tracking_uri
+    from mertlab.experiment.spec import ExperimentSpec, TrackingSpec
+    from mertlab.experiment.tracking import resolve_tracking_uri
 
     check_not_sharded(path)
     if not Path(path).is_file():
@@ -95,8 +95,8 @@ def checkpoint_tracking(path: str | Path) -> tuple[str | None, str | None, int]:
 
 def default_tracking_uri() -> str:
     """Where runs go when nothing names a store ($MLFLOW_TRACKING_URI or ./mlflow.db)."""
-    from mertlab.spec import ExperimentSpec, TrackingSpec
-    from mertlab.tracking import resolve_tracking_uri
+    from mertlab.experiment.spec import ExperimentSpec, TrackingSpec
+    from mertlab.experiment.tracking import resolve_tracking_uri
 
     return resolve_tracking_uri(ExperimentSpec.model_construct(tracking=TrackingSpec()))
 
@@ -134,7 +134,7 @@ def named_run(tracking_uri: str, experiment: str, run_name: str, tags: dict[str,
     """The newest run called ``run_name`` in ``experiment`` (both created when missing)."""
     from mlflow.tracking import MlflowClient
 
-    from mertlab.tracking import ensure_experiment
+    from mertlab.experiment.tracking import ensure_experiment
 
     client = MlflowClient(tracking_uri)
     exp_id = ensure_experiment(client, experiment)
@@ -162,7 +162,7 @@ def _client_for_run(run_id: str, tracking_uri: str) -> Any:
 def random_init_backbone(backbone: Backbone, seed: int = 0, registry: Any = None) -> Backbone:
     """A freshly initialised backbone with ``backbone``'s architecture (same name and params)."""
     if registry is None:
-        from mertlab.registry import get_registry
+        from mertlab.plugin_system.registry import get_registry
 
         registry = get_registry()
     torch.manual_seed(seed)

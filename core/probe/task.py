@@ -95,7 +95,7 @@ def load_task(path: str | Path, task_type: str | None = None, name: str | None =
     settings = TaskFile(csv=path.name)
     csv_path = path
     if path.suffix.lower() in (".yaml", ".yml"):
-        from mertlab.spec import read_yaml, render_validation_error
+        from mertlab.experiment.spec import read_yaml, render_validation_error
 
         try:
             settings = TaskFile.model_validate(read_yaml(path))

@@ -3,11 +3,11 @@
 :class:`SafeCheckpointIO` is the Lightning ``CheckpointIO`` of every training run:
 
 * **writes** go to a temporary file in the checkpoint's own folder, are fsynced and renamed
-  over the final name (:func:`mertlab.atomic.atomic_write`), so a crash, a full disk or a
+  over the final name (:func:`mertlab.toolkit.atomic.atomic_write`), so a crash, a full disk or a
   read-only folder never leaves a truncated ``last.ckpt``: the previous checkpoint stays;
   such a failure is one :class:`~mertlab.errors.MertlabError` naming the file;
 * **reads** (``--resume``) use ``torch.load(weights_only=True)``
-  (:func:`mertlab.safe_load.load_torch_file`): a checkpoint that could run code is refused.
+  (:func:`mertlab.toolkit.safe_load.load_torch_file`): a checkpoint that could run code is refused.
 
 :func:`select_resume_checkpoint` picks what ``--resume`` continues: the newest checkpoint of a
 spec's runs that loads, reporting (and skipping) damaged or refused ones.
@@ -28,9 +28,9 @@ from typing import Any, Callable, Optional
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
-from mertlab.atomic import atomic_write
 from mertlab.errors import MertlabError
-from mertlab.safe_load import load_torch_file
+from mertlab.toolkit.atomic import atomic_write
+from mertlab.toolkit.safe_load import load_torch_file
 
 log = logging.getLogger(__name__)
 _RUN_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")

@@ -5,7 +5,7 @@ One step, top to bottom (``training_step``):
 1. the target source gives each teacher's targets of the *clean* audio, aligned to the
    backbone's frames: the teachers run on the crops, or the crops' frames are read from the
    target cache (``data.target_cache``; see :mod:`mertlab.train.targets`);
-2. mixup perturbs the *student* input only;
+2. the spec's augmentations (``augment``: plugins, e.g. ``mixup``) perturb the *student* input only;
 3. the masking picks frames to hide; the backbone sees them as the mask embedding;
 4. each objective scores the backbone output against its teacher's targets;
    ``loss/total = sum(weight * loss) (+ feature penalty)``;
@@ -26,12 +26,11 @@ import lightning as L
 import torch
 from torch import Tensor, nn
 
-from mertlab import metric_names as M
-from mertlab.augment import mixup
 from mertlab.contracts import BackboneOutput, Targets
 from mertlab.data.dataset import AudioBatch
-from mertlab.seeding import DROPOUT, LAYER_DROP, MASK, MIXUP, VAL_MASK, derive_seed, generator
-from mertlab.spec import ExperimentSpec
+from mertlab.experiment import metric_names as M
+from mertlab.experiment.spec import ExperimentSpec
+from mertlab.toolkit.seeding import AUGMENT, DROPOUT, LAYER_DROP, MASK, VAL_MASK, derive_seed, generator, name_key
 from mertlab.train.schedule import lr_factor
 from mertlab.train.strategy import global_norms
 from mertlab.train.targets import target_source
@@ -61,7 +60,7 @@ class PretrainModule(L.LightningModule):
     def __init__(self, spec: ExperimentSpec, registry: Any = None) -> None:
         super().__init__()
         if registry is None:
-            from mertlab.registry import get_registry
+            from mertlab.plugin_system.registry import get_registry
 
             registry = get_registry()
         self.spec = spec
@@ -84,6 +83,7 @@ class PretrainModule(L.LightningModule):
             for alias, o in spec.objectives.items()
         })
         self.masking = registry.build("masking", spec.masking.name, spec.masking.params)
+        self.augmentations = {alias: registry.build("augmentation", a.name, a.params) for alias, a in spec.augment.items()}
         # Stability bookkeeping, saved in checkpoints so resumed runs keep counting.
         self.nonfinite_steps = 0
         self.skipped_steps = 0
@@ -171,10 +171,19 @@ class PretrainModule(L.LightningModule):
         rows = [self.masking(padding[i:i + 1], generator(self.spec.seed, *key, i * world + rank)) for i in range(padding.shape[0])]
         return torch.cat(rows) if rows else padding.clone()
 
-    def mixup_generator(self, batch_idx: int) -> torch.Generator:
-        """Mixup pairs are drawn within the local batch: seeded by (seed, step, micro-batch, rank)."""
+    def augmentation_generator(self, alias: str, batch_idx: int) -> torch.Generator:
+        """An augmentation works on the local batch: seeded by (seed, step, micro-batch, rank,
+        alias), so each rank and micro-batch draws its own, a resumed run what the uninterrupted
+        one drew, and adding an augmentation leaves the others' draws as they were."""
         rank = self.distributed_position()[0]
-        return generator(self.spec.seed, MIXUP, self.global_step, self.micro_batch(batch_idx), rank)
+        return generator(self.spec.seed, AUGMENT, self.global_step, self.micro_batch(batch_idx), rank, name_key(alias))
+
+    def augment(self, wav: Tensor, lengths: Tensor, batch_idx: int) -> Tensor:
+        """The student's input of a training step: the spec's augmentations, in order."""
+        student = wav
+        for alias, augmentation in self.augmentations.items():
+            student = augmentation(student, lengths, self.augmentation_generator(alias, batch_idx))
+        return student
 
     def layer_drop_seed(self, batch_idx: int) -> int:
         """Seed of the backbone's structural randomness (layer drop): (seed, step, micro-batch),
@@ -192,10 +201,7 @@ class PretrainModule(L.LightningModule):
         wav, lengths = batch.wav, batch.lengths
         num_frames, frame_lengths, padding = self.frame_padding(wav, lengths)
         targets = self.compute_targets(batch, num_frames, frame_lengths)
-        student = wav
-        mix = self.spec.augment.mixup
-        if stage == "train" and mix.probability > 0:
-            student = mixup(wav, lengths, mix.probability, mix.max_gain, self.mixup_generator(batch_idx))
+        student = self.augment(wav, lengths, batch_idx) if stage == "train" else wav
         if stage == "train":
             self.backbone.set_step_seed(self.layer_drop_seed(batch_idx))
         mask = self.frame_masks(padding.cpu(), stage, batch_idx).to(wav.device) & ~padding

@@ -8,7 +8,7 @@ from typing import Any
 import lightning as L
 import torch
 
-from mertlab.safe_load import load_torch_file
+from mertlab.toolkit.safe_load import load_torch_file
 
 
 @dataclass(frozen=True)

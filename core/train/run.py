@@ -12,18 +12,18 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 
-from mertlab import metric_names as M
-from mertlab.atomic import check_writable
 from mertlab.data.audio import list_audio_paths
 from mertlab.data.datamodule import AudioDataModule
 from mertlab.data.demo import write_demo_dataset
 from mertlab.data.demo_tasks import DEMO_TASKS, demo_tasks_dir, write_demo_tasks
 from mertlab.errors import MertlabError
-from mertlab.paths import inside
-from mertlab.run_summary import log_run_summary
-from mertlab.spec import ExperimentSpec, global_batch_size
-from mertlab.target_cache import build_teacher_cache
-from mertlab.tracking import PROCESS_TAG, check_store, ensure_experiment, log_spec, mark_crashed_runs, process_identity, resolve_tracking_uri, run_tags
+from mertlab.experiment import metric_names as M
+from mertlab.experiment.run_summary import log_run_summary
+from mertlab.experiment.spec import ExperimentSpec, global_batch_size
+from mertlab.experiment.tracking import PROCESS_TAG, check_store, ensure_experiment, log_spec, mark_crashed_runs, process_identity, resolve_tracking_uri, run_tags
+from mertlab.teachers.target_cache import build_teacher_cache
+from mertlab.toolkit.atomic import check_writable
+from mertlab.toolkit.paths import inside
 from mertlab.train.checkpoint_io import ResumePoint, SafeCheckpointIO, select_resume_checkpoint
 from mertlab.train.module import PretrainModule
 from mertlab.train.strategy import build_strategy, process_rank
@@ -127,13 +127,13 @@ def train(
     """Train ``spec``; with ``resume`` continue a checkpoint and its MLflow run.
 
     ``run_id`` logs into an MLflow run that already exists (a sweep child made by
-    :mod:`mertlab.sweep`, which sets its tags); by default a new run is created. At the end the
-    run's ``summary/*`` metrics are logged (:mod:`mertlab.run_summary`). ``profile_steps``: a
+    :mod:`mertlab.experiment.sweep`, which sets its tags); by default a new run is created. At the end the
+    run's ``summary/*`` metrics are logged (:mod:`mertlab.experiment.run_summary`). ``profile_steps``: a
     torch.profiler trace of that many steps after warm-up, logged with a top-ops table
     (:mod:`mertlab.train.profiling`).
     """
     if registry is None:
-        from mertlab.registry import get_registry
+        from mertlab.plugin_system.registry import get_registry
 
         registry = get_registry()
     quiet_lightning()

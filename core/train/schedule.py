@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import math
 
-from mertlab.spec import OptimSpec
+from mertlab.experiment.spec import OptimSpec
 
 
 def lr_factor(step: int, optim: OptimSpec, max_steps: int) -> float:

@@ -30,7 +30,7 @@ from torch import Tensor
 
 from mertlab.contracts import Backbone
 from mertlab.errors import MertlabError
-from mertlab.spec import TrainerSpec
+from mertlab.experiment.spec import TrainerSpec
 
 
 def world_size(trainer: TrainerSpec) -> int:

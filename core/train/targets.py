@@ -17,13 +17,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from mertlab.align import align_targets
 from mertlab.contracts import Targets, Teacher
 from mertlab.data.audio import AudioFile, resample
 from mertlab.data.dataset import AudioBatch
 from mertlab.errors import MertlabError
-from mertlab.target_cache import BUILD_HINT, DamagedEntryError, TeacherCache, Windowing, compute_targets_of, storage_dtype
-from mertlab.teacher_output import check_cached_values, check_targets
+from mertlab.teachers.target_cache import BUILD_HINT, DamagedEntryError, TeacherCache, Windowing, compute_targets_of, storage_dtype
+from mertlab.toolkit.align import align_targets
+from mertlab.toolkit.teacher_output import check_cached_values, check_targets
 
 log = logging.getLogger(__name__)
 REBUILD_HINT = "run `mertlab targets build SPEC` to recompute it"
@@ -72,7 +72,7 @@ class CachedTargets(TargetSource):
     offset ``p - floor(p)`` (nearest frame for codes, interpolation for features). For crops on
     the teacher's frame grid the frames read are those the teachers would give on the fly; they
     differ only where on-the-fly targets see the crop's edges (zero padding instead of the rest
-    of the file) or per-crop statistics (see :mod:`mertlab.target_cache`).
+    of the file) or per-crop statistics (see :mod:`mertlab.teachers.target_cache`).
     """
 
     def __init__(self, cache_dir: str | Path, teachers: Mapping[str, Teacher], sample_rate: int, repair: bool = True) -> None:

@@ -40,7 +40,8 @@ from torch.utils.checkpoint import checkpoint
 from mertlab.contracts import Backbone, BackboneOutput, Params
 from mertlab.errors import DataError, MertlabError
 from mertlab.hookspecs import hookimpl
-from mertlab.log_mel import LogMelFrontend, ceil_div
+from mertlab.toolkit.log_mel import LogMelFrontend, ceil_div
+from mertlab.toolkit.presets import fill_preset
 
 PresetName = Literal["tiny", "small", "base", "large"]
 
@@ -116,9 +117,7 @@ class ConformerParams(Params):
     @model_validator(mode="before")
     @classmethod
     def _fill_preset(cls, data: Any) -> Any:
-        if isinstance(data, dict) and isinstance(data.get("preset"), str) and data["preset"] in PRESETS:
-            data = {**PRESETS[data["preset"]], **data}
-        return data
+        return fill_preset(data, PRESETS)
 
     # Cross-field checks are field validators (fields validate in declaration order, so the
     # earlier field is in info.data) so errors name the field: "params.num_heads: ...".
@@ -370,20 +369,8 @@ class ConformerBackbone(Backbone):
 
     # ---------------------------------------------------------------- contract properties
     @property
-    def sample_rate(self) -> int:
-        return self.params.sample_rate
-
-    @property
     def frame_rate(self) -> float:
         return self.params.sample_rate / (self.params.hop_length * math.prod(self.params.subsampling_strides))
-
-    @property
-    def hidden_dim(self) -> int:
-        return self.params.hidden_dim
-
-    @property
-    def num_layers(self) -> int:
-        return self.params.num_layers
 
     def _frames(self, samples: int | Tensor) -> int | Tensor:
         # ceil(S / hop) mel frames, then ceil(L / s) per subsampling layer (see _same_padding)

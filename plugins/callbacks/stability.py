@@ -21,7 +21,7 @@ from typing import Any, Literal
 import lightning as L
 import torch
 
-from mertlab import metric_names as M
+from mertlab.experiment import metric_names as M
 from mertlab.plugins.callbacks.stability_plugin import StabilityParams
 from mertlab.train.rollback import rollback_to_last_checkpoint
 from mertlab.train.strategy import global_norms

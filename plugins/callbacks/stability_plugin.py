@@ -1,6 +1,6 @@
 """Registers the ``stability`` callback without importing Lightning: its params and metadata
 are here, the class (:mod:`mertlab.plugins.callbacks.stability`) is imported on first use
-(a :class:`mertlab.registry.LazyComponent`), so ``mertlab plugins``/``validate``/``schema``
+(a :class:`mertlab.plugin_system.registry.LazyComponent`), so ``mertlab plugins``/``validate``/``schema``
 stay fast."""
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pydantic import Field
 
 from mertlab.contracts import Params
 from mertlab.hookspecs import hookimpl
-from mertlab.registry import LazyComponent
+from mertlab.plugin_system.registry import LazyComponent
 
 
 class StabilityParams(Params):

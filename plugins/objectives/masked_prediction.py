@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from mertlab.contracts import BackboneOutput, ObjectiveOutput, TargetInfo, Targets
 from mertlab.hookspecs import hookimpl
-from mertlab.masked_loss import CodebookObjective, CodebookObjectiveParams
+from mertlab.toolkit.masked_loss import CodebookObjective, CodebookObjectiveParams
 
 
 class MaskedPredictionParams(CodebookObjectiveParams):

@@ -13,7 +13,7 @@ from torch import Tensor, nn
 
 from mertlab.contracts import BackboneOutput, ObjectiveOutput, TargetInfo, Targets
 from mertlab.hookspecs import hookimpl
-from mertlab.masked_loss import MaskedObjective, MaskedObjectiveParams, masked_mean, reduce_frames
+from mertlab.toolkit.masked_loss import MaskedObjective, MaskedObjectiveParams, masked_mean, reduce_frames
 
 
 class MaskedRegressionParams(MaskedObjectiveParams):

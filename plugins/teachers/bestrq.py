@@ -10,8 +10,8 @@ from pydantic import Field
 from torch import Tensor
 
 from mertlab.contracts import Params, TargetInfo
-from mertlab.frame_features import CheckedFrameTeacher, StackedLogMel
 from mertlab.hookspecs import hookimpl
+from mertlab.toolkit.frame_features import CheckedFrameTeacher, StackedLogMel
 
 
 class BestRQParams(Params):

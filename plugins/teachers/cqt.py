@@ -8,8 +8,8 @@ from pydantic import Field, model_validator
 from torch import Tensor
 
 from mertlab.contracts import Params, TargetInfo
-from mertlab.frame_features import CheckedFrameTeacher, centred_frames, standardise_clips, zero_padding
 from mertlab.hookspecs import hookimpl
+from mertlab.toolkit.frame_features import CheckedFrameTeacher, centred_frames, standardise_clips, zero_padding
 
 
 class CQTParams(Params):
@@ -53,7 +53,7 @@ class CQTTeacher(CheckedFrameTeacher):
     """Constant-Q magnitudes as ``[B, T, n_bins]`` float32 regression targets.
 
     Frames are centred: a clip of ``n`` samples has ``1 + n // hop_length`` frames (one more than
-    a codec's ``ceil(n / hop)`` for whole hops; :func:`mertlab.align.align_targets` drops it).
+    a codec's ``ceil(n / hop)`` for whole hops; :func:`mertlab.toolkit.align.align_targets` drops it).
     The signal is zero-padded by half a kernel on each side (nnAudio ``pad_mode="constant"``):
     the lowest bin's kernel is 65536 samples long at the defaults, and nnAudio's default
     reflect padding fails for any clip up to half that length. Samples past ``lengths`` are

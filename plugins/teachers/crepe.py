@@ -17,11 +17,11 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor
 
-from mertlab import codec_support
 from mertlab.contracts import Params, TargetInfo
-from mertlab.frame_features import CheckedFrameTeacher, centred_frames, pad_frames, valid_frames, zero_padding
 from mertlab.hookspecs import hookimpl
-from mertlab.safe_load import load_torch_file
+from mertlab.toolkit import codec_support
+from mertlab.toolkit.frame_features import CheckedFrameTeacher, centred_frames, pad_frames, valid_frames, zero_padding
+from mertlab.toolkit.safe_load import load_torch_file
 
 #: CREPE's input: 16 kHz, 1024-sample windows, 360 bins of 20 cents starting at this many cents above 10 Hz.
 CREPE_RATE = 16000

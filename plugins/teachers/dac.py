@@ -8,10 +8,10 @@ import torch
 from pydantic import Field, model_validator
 from torch import Tensor
 
-from mertlab import codec_support
 from mertlab.contracts import Params
 from mertlab.errors import WeightsError
 from mertlab.hookspecs import hookimpl
+from mertlab.toolkit import codec_support
 
 ModelType = Literal["16khz", "24khz", "44khz"]
 ModelBitrate = Literal["8kbps", "16kbps"]

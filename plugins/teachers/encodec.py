@@ -7,10 +7,10 @@ import torch
 from pydantic import Field, field_validator, model_validator
 from torch import Tensor
 
-from mertlab import codec_support
 from mertlab.contracts import Params
 from mertlab.hookspecs import hookimpl
-from mertlab.kmeans import nearest_centroid
+from mertlab.toolkit import codec_support
+from mertlab.toolkit.kmeans import nearest_centroid
 
 #: Samples per frame: product of the SEANet encoder ratios (8, 5, 4, 2) -> 75 Hz.
 HOP_LENGTH = 320

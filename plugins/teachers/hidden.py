@@ -8,9 +8,9 @@ from torch import Tensor
 
 from mertlab.contracts import Params, TargetInfo
 from mertlab.errors import MertlabError
-from mertlab.frame_features import BackboneLayer, CheckedFrameTeacher, LayerNorm
 from mertlab.hookspecs import hookimpl
-from mertlab.teacher_state import tensor_digest
+from mertlab.toolkit.frame_features import BackboneLayer, CheckedFrameTeacher, LayerNorm
+from mertlab.toolkit.teacher_state import tensor_digest
 
 
 class HiddenParams(Params):
@@ -20,7 +20,7 @@ class HiddenParams(Params):
 
     checkpoint: str | None = Field(
         None,
-        description="The trained backbone: a mertlab backbone file (mertlab.checkpoint.save_backbone), a training "
+        description="The trained backbone: a mertlab backbone file (mertlab.toolkit.checkpoint.save_backbone), a training "
         ".ckpt, or hf:DIR for a local Hugging Face HubertModel / MERT directory (config.json + weights). Required.",
     )
     layer: int | None = Field(
@@ -46,7 +46,7 @@ class HiddenTeacher(CheckedFrameTeacher):
 
     For distilling a large released model into a small student: the student's objective
     (``masked_regression``) predicts these frames. Audio is read at the backbone's sample
-    rate; clips run one at a time (see :class:`mertlab.frame_features.BackboneLayer`). The
+    rate; clips run one at a time (see :class:`mertlab.toolkit.frame_features.BackboneLayer`). The
     fingerprint covers a digest of the backbone's weights, so retraining the model behind the
     same path invalidates cached targets.
     """

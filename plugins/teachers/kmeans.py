@@ -10,20 +10,12 @@ from torch import Tensor
 
 from mertlab.contracts import Params, TargetInfo
 from mertlab.errors import MertlabError
-from mertlab.frame_features import (
-    BackboneLayer,
-    CheckedFrameTeacher,
-    FrameFeature,
-    LogMelChroma,
-    MFCCDeltas,
-    collect_frames,
-    fit_statistics,
-)
 from mertlab.hookspecs import hookimpl
-from mertlab.kmeans import KMeansInit, fit_minibatch_kmeans, nearest_centroid
-from mertlab.teacher_state import load_state_file, save_state_file, tensor_digest
+from mertlab.toolkit.frame_features import BackboneLayer, FrameFeature, LogMelChroma, MFCCDeltas
+from mertlab.toolkit.kmeans import KMeansInit, fit_minibatch_kmeans, nearest_centroid
+from mertlab.toolkit.teacher_state import FittedFrameTeacher, load_state_file, save_state_file, tensor_digest
 
-STATE_FORMAT = "mertlab-kmeans-v2"  # safetensors + JSON metadata (core/teacher_state.py)
+STATE_FORMAT = "mertlab-kmeans-v2"  # safetensors + JSON metadata (core/toolkit/teacher_state.py)
 #: Params that only steer fitting or name the state file: they do not change the features.
 FIT_ONLY_FIELDS = frozenset({"centroids", "seed", "n_iter", "batch_size", "init", "max_fit_frames"})
 
@@ -46,7 +38,7 @@ class KMeansParams(Params):
     n_mfcc: int = Field(13, gt=0, description="MFCCs before deltas (feature dim = 3 * n_mfcc; HuBERT: 13 -> 39).")
     checkpoint: str | None = Field(
         None,
-        description="feature=hidden: backbone file (mertlab.checkpoint.save_backbone), training .ckpt, or hf:DIR "
+        description="feature=hidden: backbone file (mertlab.toolkit.checkpoint.save_backbone), training .ckpt, or hf:DIR "
         "(a local Hugging Face HubertModel / MERT directory: HuBERT iteration 2 from a released model).",
     )
     layer: int = Field(6, ge=0, description="feature=hidden: index into hidden_states (0 = encoder input; HuBERT base iteration 2: 6).")
@@ -78,7 +70,7 @@ FEATURES: dict[str, Callable[[KMeansParams], FrameFeature]] = {
 }
 
 
-class KMeansTeacher(CheckedFrameTeacher):
+class KMeansTeacher(FittedFrameTeacher):
     """Nearest-centroid codes ``[B, T, 1]`` (int64 in ``[0, n_clusters)``) of a frame feature.
 
     Fit once with ``mertlab teachers fit SPEC`` (it calls :meth:`fit` on a sample of the training
@@ -91,7 +83,8 @@ class KMeansTeacher(CheckedFrameTeacher):
     summary = "k-means pseudo-labels of MFCC / log-mel+chroma / backbone-layer frames (HuBERT-style)"
     Params = KMeansParams
     target_kind = "discrete"
-    requires_fit = True
+    state_param = "centroids"
+    fit_only_fields = FIT_ONLY_FIELDS
     params: KMeansParams
 
     def __init__(self, params: KMeansParams) -> None:
@@ -100,59 +93,30 @@ class KMeansTeacher(CheckedFrameTeacher):
         self.target_info = TargetInfo("discrete", 1, self.feature.frame_rate, (params.n_clusters,))
         # the state file is the source of truth: keep it out of state_dict (non-persistent)
         self.register_buffer("centroids", torch.zeros(0), persistent=False)
-        self.register_buffer("feature_mean", torch.zeros(0), persistent=False)
-        self.register_buffer("feature_std", torch.zeros(0), persistent=False)
         self._backbone_digest = (
             tensor_digest(sorted(self.feature.state_dict().items())) if params.feature == "hidden" else None
         )
-        if params.centroids is not None and Path(params.centroids).is_file():
-            self.load_state(params.centroids)
+        self.load_state_if_present()
 
     @property
     def sample_rate(self) -> int:
         return self.feature.sample_rate
 
-    @property
-    def fitted(self) -> bool:
-        return self.centroids.numel() > 0
-
     # ----------------------------------------------------------------- targets
     def frame_targets(self, wav: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
-        self._require_state()
+        self.require_state()
         feats, frame_lengths = self.feature(wav, lengths)
-        codes = nearest_centroid(self._standardise(feats).flatten(0, 1), self.centroids)
+        codes = nearest_centroid(self.standardise(feats).flatten(0, 1), self.centroids)
         return codes.view(*feats.shape[:2], 1), frame_lengths
-
-    def _standardise(self, feats: Tensor) -> Tensor:
-        return (feats - self.feature_mean) / self.feature_std
-
-    def _require_state(self) -> None:
-        if self.fitted:
-            return
-        path = self.params.centroids
-        if path is None:
-            raise MertlabError(
-                f"teacher '{self.name}' has no centroids: set params.centroids to a file path and run "
-                "`mertlab teachers fit SPEC` to fit k-means and write it"
-            )
-        if not Path(path).is_file():
-            raise MertlabError(
-                f"teacher '{self.name}': centroids file {path} not found; run `mertlab teachers fit SPEC` "
-                "to fit k-means on the training audio and write it"
-            )
-        self.load_state(path)  # written after this teacher was built
 
     # ----------------------------------------------------------------- fitting
     @torch.no_grad()
     def fit(self, batches: Iterable[tuple[Tensor, Tensor]], progress: bool = True) -> None:
         """Cluster the valid frames of ``batches`` (``(wav [B, S], lengths [B])`` at
         :attr:`sample_rate`), at most ``max_fit_frames`` of them, on this teacher's device."""
-        x = collect_frames(
-            self.feature, batches, self.params.max_fit_frames, self.centroids.device, f"teacher '{self.name}'", progress
-        )
-        mean, std = fit_statistics(x)
+        x, mean, std = self.standardised_fit_frames(batches, self.centroids.device, progress)
         centroids = fit_minibatch_kmeans(
-            (x - mean) / std, self.params.n_clusters, n_iter=self.params.n_iter, batch_size=self.params.batch_size,
+            x, self.params.n_clusters, n_iter=self.params.n_iter, batch_size=self.params.batch_size,
             init=self.params.init, seed=self.params.seed, progress=progress,
         )
         self._set_state(centroids, mean, std)
@@ -164,26 +128,23 @@ class KMeansTeacher(CheckedFrameTeacher):
         self.feature_std = std.float().to(device)
 
     # ----------------------------------------------------------------- persistence
-    def state_file(self) -> str | None:
-        return self.params.centroids
-
-    def feature_config(self) -> dict[str, Any]:
+    def state_config(self) -> dict[str, Any]:
         """What the centroids were fitted on; a state file only loads into a matching teacher."""
-        config = {k: v for k, v in self.params.model_dump(mode="json").items() if k not in FIT_ONLY_FIELDS}
+        config = super().state_config()
         config["backbone_digest"] = self._backbone_digest  # a retrained checkpoint at the same path differs
         return config
 
     def save_state(self, path: str | Path) -> Path:
-        """Write centroids and feature statistics (safetensors) with :meth:`feature_config`
+        """Write centroids and feature statistics (safetensors) with :meth:`state_config`
         (JSON metadata) to ``path`` atomically."""
         if not self.fitted:
             raise MertlabError(f"teacher '{self.name}' is not fitted: call fit() before save_state()")
         tensors = {"centroids": self.centroids, "feature_mean": self.feature_mean, "feature_std": self.feature_std}
-        return save_state_file(path, STATE_FORMAT, self.feature_config(), tensors, config_key="feature_config")
+        return save_state_file(path, STATE_FORMAT, self.state_config(), tensors, config_key="feature_config")
 
     def load_state(self, path: str | Path) -> None:
         """Load a file written by :meth:`save_state`; it must match this teacher's features."""
-        state = load_state_file(path, STATE_FORMAT, self.feature_config(), "k-means", config_key="feature_config")
+        state = load_state_file(path, STATE_FORMAT, self.state_config(), "k-means", config_key="feature_config")
         centroids = state["centroids"]
         if tuple(centroids.shape) != (self.params.n_clusters, self.feature.dim):
             raise MertlabError(

@@ -10,10 +10,10 @@ from torch import Tensor
 
 from mertlab.contracts import Params, TargetInfo
 from mertlab.errors import MertlabError
-from mertlab.frame_features import CheckedFrameTeacher, StackedLogMel, collect_frames, fit_statistics
 from mertlab.hookspecs import hookimpl
-from mertlab.rvq import ResidualLinearVQ, RVQFitSettings, fit_rvq
-from mertlab.teacher_state import load_state_file, save_state_file, tensor_digest
+from mertlab.toolkit.frame_features import StackedLogMel
+from mertlab.toolkit.rvq import ResidualLinearVQ, RVQFitSettings, fit_rvq
+from mertlab.toolkit.teacher_state import FittedFrameTeacher, load_state_file, save_state_file, tensor_digest
 
 STATE_FORMAT = "mertlab-melrvq-v1"
 #: Params that only steer fitting or name the state file: they do not change what a state means.
@@ -52,13 +52,13 @@ class MelRVQParams(Params):
     max_fit_frames: int = Field(200_000, ge=2, description="fit() trains on at most this many frames: the first ones its batches yield.")
 
 
-class MelRVQTeacher(CheckedFrameTeacher):
+class MelRVQTeacher(FittedFrameTeacher):
     """Codes ``[B, T, n_codebooks]`` (int64 in ``[0, codebook_size)``) of MuQ's Mel-RVQ.
 
     Frames: log-mel (``log(mel power + 1e-6)``; MuQ uses dB, the same up to a scale that the
     normalisation removes), ``stack_frames`` consecutive frames concatenated, each dimension
     standardised with the mean/std of the fitting data (kept in the state file; MuQ also
-    normalises with dataset statistics). Then :class:`mertlab.rvq.ResidualLinearVQ`.
+    normalises with dataset statistics). Then :class:`mertlab.toolkit.rvq.ResidualLinearVQ`.
 
     Fit once with ``mertlab teachers fit SPEC``: :meth:`fit` trains the tokenizer on the spec's
     training audio (progress bar with the reconstruction error; :attr:`fit_history` keeps it),
@@ -71,7 +71,8 @@ class MelRVQTeacher(CheckedFrameTeacher):
     summary = "Mel-RVQ: learned residual VQ of stacked log-mel frames, fitted offline (MuQ)"
     Params = MelRVQParams
     target_kind = "discrete"
-    requires_fit = True
+    state_param = "tokenizer"
+    fit_only_fields = FIT_ONLY_FIELDS
     test_params = {"n_mels": 32, "n_codebooks": 2, "codebook_size": 16, "steps": 50, "batch_size": 256}
     params: MelRVQParams
 
@@ -83,16 +84,9 @@ class MelRVQTeacher(CheckedFrameTeacher):
             torch.manual_seed(p.seed)
             self.rvq = ResidualLinearVQ(self.feature.dim, p.n_codebooks, p.codebook_size, p.codebook_dim)
         self.rvq.requires_grad_(False).eval()
-        self.register_buffer("feature_mean", torch.zeros(0), persistent=False)
-        self.register_buffer("feature_std", torch.zeros(0), persistent=False)
         self.target_info = TargetInfo("discrete", p.n_codebooks, self.feature.frame_rate, (p.codebook_size,) * p.n_codebooks)
         self.fit_history: list[float] = []
-        if p.tokenizer is not None and Path(p.tokenizer).is_file():
-            self.load_state(p.tokenizer)
-
-    @property
-    def fitted(self) -> bool:
-        return self.feature_mean.numel() > 0
+        self.load_state_if_present()
 
     def train(self, mode: bool = True) -> "MelRVQTeacher":
         super().train(mode)
@@ -101,30 +95,17 @@ class MelRVQTeacher(CheckedFrameTeacher):
 
     # ----------------------------------------------------------------- targets
     def frame_targets(self, wav: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
-        self._require_state()
+        self.require_state()
         feats, frame_lengths = self.feature(wav, lengths)
-        return self.rvq.encode(self._standardise(feats).flatten(0, 1)).view(*feats.shape[:2], -1), frame_lengths
+        return self.rvq.encode(self.standardise(feats).flatten(0, 1)).view(*feats.shape[:2], -1), frame_lengths
 
     @torch.no_grad()
     def reconstruct(self, wav: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
         """``(standardised frames, their reconstruction from the codes)``, both ``[B, T, dim]``."""
         feats, _ = self.feature(wav.float(), lengths.to(wav.device))
-        x = self._standardise(feats)
+        x = self.standardise(feats)
         codes = self.rvq.encode(x.flatten(0, 1))
         return x, self.rvq.decode(codes).view_as(x)
-
-    def _standardise(self, feats: Tensor) -> Tensor:
-        return (feats - self.feature_mean) / self.feature_std
-
-    def _require_state(self) -> None:
-        if self.fitted:
-            return
-        if self.params.tokenizer is None:
-            raise MertlabError(
-                f"teacher '{self.name}' is not fitted: set params.tokenizer to a file path and run "
-                "`mertlab teachers fit SPEC` to fit the tokenizer and write it"
-            )
-        self.load_state(self.params.tokenizer)  # written after this teacher was built
 
     # ----------------------------------------------------------------- fitting
     def fit(self, batches: Iterable[tuple[Tensor, Tensor]], progress: bool = True) -> None:
@@ -132,9 +113,7 @@ class MelRVQTeacher(CheckedFrameTeacher):
         :attr:`sample_rate`), at most ``max_fit_frames`` of them, on this teacher's device."""
         p = self.params
         device = self.feature.window.device
-        with torch.no_grad():
-            x = collect_frames(self.feature, batches, p.max_fit_frames, device, f"teacher '{self.name}'", progress)
-        mean, std = fit_statistics(x)
+        x, mean, std = self.standardised_fit_frames(batches, device, progress)
         settings = RVQFitSettings(
             steps=p.steps, batch_size=p.batch_size, lr=p.lr, commitment_weight=p.commitment_weight,
             codebook_weight=p.codebook_weight, dead_code_steps=p.dead_code_steps, seed=p.seed,
@@ -143,18 +122,11 @@ class MelRVQTeacher(CheckedFrameTeacher):
             torch.manual_seed(p.seed)
             rvq = ResidualLinearVQ(self.feature.dim, p.n_codebooks, p.codebook_size, p.codebook_dim).to(device)
         with torch.enable_grad():
-            self.fit_history = fit_rvq(rvq, (x - mean) / std, settings, progress, desc=f"{self.name} fit")
+            self.fit_history = fit_rvq(rvq, x, settings, progress, desc=f"{self.name} fit")
         self.rvq.load_state_dict(rvq.state_dict())
         self.feature_mean, self.feature_std = mean, std
 
     # ----------------------------------------------------------------- persistence
-    def state_file(self) -> str | None:
-        return self.params.tokenizer
-
-    def state_config(self) -> dict[str, Any]:
-        """What the tokenizer was fitted on; a state file only loads into a matching teacher."""
-        return {k: v for k, v in self.params.model_dump(mode="json").items() if k not in FIT_ONLY_FIELDS}
-
     def save_state(self, path: str | Path) -> Path:
         """Write the tokenizer weights, feature statistics and :meth:`state_config` to ``path``."""
         if not self.fitted:

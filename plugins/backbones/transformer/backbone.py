@@ -80,20 +80,8 @@ class TransformerBackbone(Backbone):
 
     # ------------------------------------------------------------------ contract properties
     @property
-    def sample_rate(self) -> int:
-        return self.params.sample_rate
-
-    @property
     def frame_rate(self) -> float:
         return self.params.sample_rate / self.params.hop
-
-    @property
-    def hidden_dim(self) -> int:
-        return self.params.hidden_dim
-
-    @property
-    def num_layers(self) -> int:
-        return self.params.num_layers
 
     @property
     def min_samples(self) -> int:

@@ -19,9 +19,9 @@ import torch
 from pydantic import ValidationError
 from torch import Tensor
 
-from mertlab.atomic import atomic_write
 from mertlab.errors import MertlabError
-from mertlab.safe_load import load_torch_file, write_plain_safetensors
+from mertlab.toolkit.atomic import atomic_write
+from mertlab.toolkit.safe_load import load_torch_file, write_plain_safetensors
 
 from .backbone import TransformerBackbone
 from .params import TransformerParams

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from mertlab.log_mel import LogMelFrontend
+from mertlab.toolkit.log_mel import LogMelFrontend
 
 from .params import Activation, TransformerParams
 

@@ -13,6 +13,7 @@ from typing import Any, Literal
 from pydantic import Field, PositiveInt, model_validator
 
 from mertlab.contracts import Params
+from mertlab.toolkit.presets import fill_preset
 
 Activation = Literal["gelu", "gelu_tanh", "relu", "silu"]
 Preset = Literal["tiny", "small", "base", "large"]
@@ -158,9 +159,7 @@ class TransformerParams(Params):
     @classmethod
     def _fill_from_preset(cls, data: Any) -> Any:
         """Fill preset fields the user left unset (explicit values always win)."""
-        if isinstance(data, dict) and isinstance(data.get("preset"), str) and data["preset"] in PRESETS:
-            data = {**PRESETS[data["preset"]], **data}
-        return data
+        return fill_preset(data, PRESETS)
 
     @model_validator(mode="after")
     def _check_shapes(self) -> TransformerParams:

@@ -3,7 +3,7 @@
 Everything is read back from MLflow: a row per child with its variant, status, overridden
 params (``override.*``), the final and best value of each selected metric (default
 ``loss/*``, ``val/loss/*``, ``probe/*/*``; best = lowest for names containing ``loss``,
-highest otherwise), and the stability summary of :mod:`mertlab.run_summary` computed from the metric
+highest otherwise), and the stability summary of :mod:`mertlab.experiment.run_summary` computed from the metric
 histories (so unfinished runs get one too). Plots (PNG, matplotlib's Agg canvas): overlaid
 loss curves per objective (validation dashed), overlaid ``grad_norm/total`` curves, and bars
 of the final values per variant. With a parent run the files are logged as its artifacts
@@ -19,11 +19,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mertlab import metric_names as M
+from mertlab.experiment import metric_names as M
 from mertlab.errors import MertlabError
-from mertlab.plotting import colors, figure
-from mertlab.run_summary import Point, fetch_histories, needed_metrics, reduce_values, summarize
-from mertlab.sweep import INDEX_TAG, OVERRIDE_PARAM_PREFIX, VARIANT_TAG, children_of, sweep_parents
+from mertlab.experiment.plotting import colors, figure
+from mertlab.experiment.run_summary import Point, fetch_histories, needed_metrics, reduce_values, summarize
+from mertlab.experiment.sweep import INDEX_TAG, OVERRIDE_PARAM_PREFIX, VARIANT_TAG, children_of, sweep_parents
 
 #: ``*`` matches within one ``/``-separated segment, ``**`` across segments. Probes: per task the
 #: best probe (``probe/<task>/<metric>``), the best single layer, the weighted sum, random init
@@ -166,7 +166,7 @@ def _select(keys: list[str], patterns: tuple[str, ...] | list[str]) -> list[str]
 def load_comparison(target: str, tracking_uri: str | None = None, metrics: tuple[str, ...] | list[str] = ()) -> Comparison:
     """Read every compared run back from MLflow (``metrics``: name patterns, default
     :data:`DEFAULT_METRICS`)."""
-    from mertlab.tracking import default_tracking_uri
+    from mertlab.experiment.tracking import default_tracking_uri
 
     tracking_uri = tracking_uri or default_tracking_uri()
     client = _client(tracking_uri)

@@ -19,7 +19,7 @@ from mertlab.data.audio import AudioFile
 from mertlab.data.datamodule import scan_dataset, split_files
 from mertlab.data.dataset import CropDataset, collate_crops, seed_worker
 from mertlab.errors import MertlabError
-from mertlab.spec import ExperimentSpec
+from mertlab.experiment.spec import ExperimentSpec
 
 
 @dataclass(frozen=True)
@@ -50,7 +50,7 @@ def crop_batches(spec: ExperimentSpec, files: list[AudioFile], sample_rate: int,
 def fit_teachers(spec: ExperimentSpec, *, registry: Any = None, device: str = "cpu", passes: int = 1) -> list[FittedTeacher]:
     """Fit and save every ``requires_fit`` teacher of ``spec``; returns what was written."""
     if registry is None:
-        from mertlab.registry import get_registry
+        from mertlab.plugin_system.registry import get_registry
 
         registry = get_registry()
     aliases = [a for a, t in spec.teachers.items() if registry.get("teacher", t.name).component.requires_fit]

@@ -5,7 +5,7 @@ plugins stay independent of each other:
 
 * :class:`CodecTeacher` -- the teacher itself, but for building the codec, fitting its random
   codebooks and encoding: a frozen ``model``, ``ceil(n / hop)`` frames per clip, checked input
-  (:func:`mertlab.frame_features.check_audio_batch`), a fingerprint over the codec's weights;
+  (:func:`mertlab.toolkit.frame_features.check_audio_batch`), a fingerprint over the codec's weights;
 * :func:`resolve_weights` -- the local weights file to load (explicit path or the codec
   package's own cache location), with one clear error when it is absent (nothing is ever
   downloaded);
@@ -18,7 +18,7 @@ plugins stay independent of each other:
 * :func:`calibration_audio` / :func:`fit_codebook` -- a randomly initialised codec has useless
   codebooks (EnCodec's are all zeros until its k-means init sees data), so a teacher built
   with ``pretrained: false`` fits each residual codebook with a seeded k-means
-  (:func:`mertlab.kmeans.lloyd_kmeans`) on the encoder output of synthetic audio (tones and
+  (:func:`mertlab.toolkit.kmeans.lloyd_kmeans`) on the encoder output of synthetic audio (tones and
   noise at random levels) generated from the teacher's seed. The result depends only on the
   params, never on which batch came first, so cached and on-the-fly targets agree.
 """
@@ -39,8 +39,8 @@ from torch import Tensor, nn
 
 from mertlab.contracts import Params, TargetInfo
 from mertlab.errors import MertlabError, WeightsError
-from mertlab.frame_features import CheckedFrameTeacher
-from mertlab.kmeans import lloyd_kmeans
+from mertlab.toolkit.frame_features import CheckedFrameTeacher
+from mertlab.toolkit.kmeans import lloyd_kmeans
 
 
 # --------------------------------------------------------------------------- weights
@@ -75,8 +75,8 @@ def load_error(teacher: str, path: Path, exc: Exception) -> WeightsError:
 
 def read_weights(teacher: str, path: Path) -> Any:
     """The contents of a torch weights file, loaded with ``weights_only=True``
-    (:func:`mertlab.safe_load.load_torch_file`): a file that could run code is refused."""
-    from mertlab.safe_load import load_torch_file
+    (:func:`mertlab.toolkit.safe_load.load_torch_file`): a file that could run code is refused."""
+    from mertlab.toolkit.safe_load import load_torch_file
 
     try:
         return load_torch_file(path, "weights file")
@@ -166,7 +166,7 @@ KMEANS_ITERS = 20
 def fit_codebook(
     samples: Tensor, size: int, generator: torch.Generator, spherical: bool = False, iters: int = KMEANS_ITERS
 ) -> Tensor:
-    """A ``[size, D]`` codebook from ``samples`` ``[N, D]``: k-means (:func:`mertlab.kmeans.lloyd_kmeans`,
+    """A ``[size, D]`` codebook from ``samples`` ``[N, D]``: k-means (:func:`mertlab.toolkit.kmeans.lloyd_kmeans`,
     on the CPU, ``spherical`` for cosine lookups) with ``min(size, ceil(N / SAMPLES_PER_CODE))``
     centroids, repeated to fill ``size`` rows when there are fewer (nearest-code lookups return
     the first of equal rows, so repeats stay unused)."""

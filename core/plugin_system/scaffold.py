@@ -199,20 +199,8 @@ class $cls(Backbone):
         )
 
     @property
-    def sample_rate(self) -> int:
-        return self.params.sample_rate
-
-    @property
     def frame_rate(self) -> float:
         return self.params.sample_rate / self.params.hop_length
-
-    @property
-    def hidden_dim(self) -> int:
-        return self.params.hidden_dim
-
-    @property
-    def num_layers(self) -> int:
-        return self.params.num_layers
 
     def num_frames(self, num_samples: int) -> int:
         return max(0, num_samples // self.params.hop_length)

@@ -13,7 +13,7 @@ import torch
 from pydantic import ValidationError
 
 from mertlab.errors import SpecError
-from mertlab.spec import ComponentSpec, apply_overrides, read_with_bases, validation_problems
+from mertlab.experiment.spec import ComponentSpec, apply_overrides, read_with_bases, validation_problems
 
 SPEC_SUFFIXES = (".yaml", ".yml")
 
@@ -64,7 +64,7 @@ def backbone_component(spec: str, overrides: tuple[str, ...] | list[str] = ()) -
 def model_info(spec: str, overrides: tuple[str, ...] | list[str] = (), registry: Any = None) -> ModelInfo:
     """Describe the backbone of ``spec`` (see :func:`backbone_component`)."""
     if registry is None:
-        from mertlab.registry import get_registry
+        from mertlab.plugin_system.registry import get_registry
 
         registry = get_registry()
     name, raw_params, path = backbone_component(spec, overrides)

@@ -30,7 +30,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from mertlab.errors import MertlabError
-from mertlab.kmeans import fit_minibatch_kmeans
+from mertlab.toolkit.kmeans import fit_minibatch_kmeans
 
 # Rows per assignment block: bounds the [rows, codebook_size] similarity matrix.
 _CHUNK = 16384

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from mertlab.atomic import atomic_write
+from mertlab.toolkit.atomic import atomic_write
 from mertlab.errors import MertlabError
 
 _ZIP_MAGIC = b"PK\x03\x04"
@@ -85,7 +85,7 @@ def is_safetensors(path: str | Path) -> bool:
 
 def write_safetensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, Any]) -> Path:
     """Write ``tensors`` and JSON-serialisable ``metadata`` (each value JSON-encoded into the
-    header) as one safetensors file, atomically (see :func:`mertlab.atomic.atomic_write`)."""
+    header) as one safetensors file, atomically (see :func:`mertlab.toolkit.atomic.atomic_write`)."""
     return write_plain_safetensors(path, tensors, {k: json.dumps(v) for k, v in metadata.items()})
 
 

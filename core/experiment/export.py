@@ -4,7 +4,7 @@ The backbone writes its own format (:meth:`Backbone.save_hf`: ``config.json`` +
 ``model.safetensors`` for the ``transformer``, loadable by ``transformers.HubertModel``); this
 module adds the model card (``README.md``): the resolved spec and the probe scores
 (``probe/*`` metrics) found on the checkpoint's MLflow run. The checkpoint (a training
-checkpoint or a backbone file) is read weights-only (:mod:`mertlab.safe_load`): exporting a
+checkpoint or a backbone file) is read weights-only (:mod:`mertlab.toolkit.safe_load`): exporting a
 file from elsewhere never runs code hidden in it.
 """
 from __future__ import annotations
@@ -12,10 +12,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from mertlab.atomic import atomic_write
-from mertlab.checkpoint import check_not_sharded, hf_directory, load_backbone
+from mertlab.toolkit.atomic import atomic_write
+from mertlab.toolkit.checkpoint import check_not_sharded, hf_directory, load_backbone
 from mertlab.errors import MertlabError
-from mertlab.safe_load import is_safetensors, load_torch_file
+from mertlab.toolkit.safe_load import is_safetensors, load_torch_file
 
 FORMATS = ("hf",)
 

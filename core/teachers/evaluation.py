@@ -32,7 +32,7 @@ from mertlab.probe.extract import FeatureSet, resolve_device
 from mertlab.probe.fit import ProbeParams, probe_task
 from mertlab.probe.frames import iter_file_frames
 from mertlab.probe.task import Task, load_task
-from mertlab.spec import ExperimentSpec
+from mertlab.experiment.spec import ExperimentSpec
 
 EXPERIMENT = "teacher-eval"
 DISCRETE_METRICS = ("pnmi", "label_purity", "cluster_purity", "perplexity")
@@ -155,7 +155,7 @@ def evaluate_teachers(
     from mertlab.probe.metrics import primary_metric
 
     if registry is None:
-        from mertlab.registry import get_registry
+        from mertlab.plugin_system.registry import get_registry
 
         registry = get_registry()
     task = task if isinstance(task, Task) else load_task(task)
@@ -208,7 +208,7 @@ def log_scores(scores: list[TeacherScores], spec: ExperimentSpec, tracking_uri: 
     from mlflow.entities import Metric, Param
     from mlflow.tracking import MlflowClient
 
-    from mertlab.tracking import ensure_experiment, flatten
+    from mertlab.experiment.tracking import ensure_experiment, flatten
 
     client = MlflowClient(tracking_uri)
     exp_id = ensure_experiment(client, experiment)

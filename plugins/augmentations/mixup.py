@@ -1,16 +1,23 @@
-"""Waveform augmentation of the student input (teachers always see the clean audio).
+"""``mixup``: MERT's in-batch mixture augmentation of the student input (teachers see the clean audio).
 
 :func:`mixup` is MERT's in-batch mixture augmentation: each clip, with some probability, gets a
 random crop of *another* clip of the batch added to it, so the student must pick out the
 dominant source the teachers labelled. MERT (``inbatch_noise_augment``) adds 1-3 segments of
 0.33-1 s from the other clips at full volume; here one crop as long as the shorter of the two
-clips is added at a random gain in ``[0, max_gain]``, which keeps the knobs to the two of the
-spec's ``augment.mixup`` section.
+clips is added at a random gain in ``[0, max_gain]``, which keeps the knobs to the two of
+:class:`MixupParams`.
+
+Registered through ``register_augmentations`` like any third-party augmentation; a spec turns it
+on with ``augment: {mixup: {probability: 0.5}}`` (the built-in default).
 """
 from __future__ import annotations
 
 import torch
+from pydantic import Field
 from torch import Tensor
+
+from mertlab.contracts import Augmentation, Params
+from mertlab.hookspecs import hookimpl
 
 
 def mixup(
@@ -63,3 +70,25 @@ def mixup(
         gain = gain_draw[i] * max_gain
         mixed[i, dest:dest + crop] += gain * wav[j, source:source + crop]
     return mixed
+
+
+class MixupParams(Params):
+    probability: float = Field(0.5, ge=0, le=1, description="Chance per clip of adding another clip's crop (MERT: 0.5; 0 disables).")
+    max_gain: float = Field(0.5, ge=0, description="The added clip is scaled by a random gain in [0, max_gain].")
+
+
+class Mixup(Augmentation):
+    """In-batch mixup (:func:`mixup`); pairs are drawn within the batch it is given (one device's)."""
+
+    name = "mixup"
+    summary = "MERT in-batch mixup: add a random crop of another clip of the batch at a random gain"
+    Params = MixupParams
+
+    def __call__(self, wav: Tensor, lengths: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        p: MixupParams = self.params
+        return mixup(wav, lengths, p.probability, p.max_gain, generator)
+
+
+@hookimpl
+def register_augmentations(register):
+    register(Mixup)

@@ -1,7 +1,7 @@
 """One stability/loss summary per run, computed from the run's logged metric history.
 
 Training logs it at the end of every run (``summary/*`` metrics, names in
-:mod:`mertlab.metric_names`) so MLflow's own run-comparison view can sort and plot runs by
+:mod:`mertlab.experiment.metric_names`) so MLflow's own run-comparison view can sort and plot runs by
 them; ``mertlab compare`` shows the same numbers (same function), also for unfinished runs.
 Values cover the *logged* steps (every ``trainer.log_every_n_steps``; the stability callback's
 ``every_n_steps`` for attention logits). Counters (spikes, non-finite and skipped steps) are
@@ -14,7 +14,7 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
-from mertlab import metric_names as M
+from mertlab.experiment import metric_names as M
 
 
 class Point(Protocol):

@@ -52,12 +52,12 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from mertlab.atomic import atomic_write
+from mertlab.toolkit.atomic import atomic_write
 from mertlab.contracts import TargetInfo, Teacher
 from mertlab.data.audio import AudioFile, read_segment, resample
 from mertlab.errors import MertlabError
-from mertlab.spec import ExperimentSpec
-from mertlab.teacher_output import check_targets
+from mertlab.experiment.spec import ExperimentSpec
+from mertlab.toolkit.teacher_output import check_targets
 
 FORMAT = "mertlab-target-cache-v1"
 MANIFEST = "manifest.json"
@@ -395,7 +395,7 @@ def build_targets(
             "data.target_cache: not set; name the cache folder in the spec or with -o data.target_cache=DIR"
         )
     if registry is None:
-        from mertlab.registry import get_registry
+        from mertlab.plugin_system.registry import get_registry
 
         registry = get_registry()
     from mertlab.data.datamodule import scan_dataset

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from mertlab.spec import ExperimentSpec, dump_spec
+from mertlab.experiment.spec import ExperimentSpec, dump_spec
 
 DEFAULT_DB = "mlflow.db"
 
@@ -140,6 +140,7 @@ def run_tags(spec: ExperimentSpec, registry: Any) -> dict[str, str]:
     }
     used = [("backbone", spec.backbone.name)] + [("teacher", t.name) for t in spec.teachers.values()]
     used += [("objective", o.name) for o in spec.objectives.values()] + [("masking", spec.masking.name)]
+    used += [("augmentation", a.name) for a in spec.augment.values()]
     for kind, name in used:
         tags[f"mertlab.{kind}.{name}.source"] = registry.get(kind, name).source.label
     commit = git_commit() or git_commit(Path(mertlab.__file__).parent)

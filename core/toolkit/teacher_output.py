@@ -35,7 +35,7 @@ FRAME_TOLERANCE = 2
 
 def teacher_label(teacher: Teacher) -> str:
     """``teacher 'onset_flux' (my-plugin 0.1.0)``."""
-    from mertlab.registry import component_label
+    from mertlab.plugin_system.registry import component_label
 
     return component_label(type(teacher), "teacher")
 

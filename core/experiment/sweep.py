@@ -1,6 +1,6 @@
 """``mertlab sweep``: the variants of one spec as MLflow child runs under one parent run.
 
-A spec's ``sweep:`` block (:class:`mertlab.spec.SweepSpec`) expands into variants, each a list
+A spec's ``sweep:`` block (:class:`mertlab.experiment.spec.SweepSpec`) expands into variants, each a list
 of dotted overrides with a readable, deterministic name (``lr=0.001,preset=small`` for grid
 points, the given name for named variants, ``<variant>,<grid point>`` when both are used).
 
@@ -31,8 +31,8 @@ from typing import Any, Callable
 import yaml
 
 from mertlab.errors import MertlabError, SpecError
-from mertlab.spec import ExperimentSpec, SweepSpec, dump_spec, load_spec
-from mertlab.tracking import ensure_experiment, resolve_tracking_uri, run_tags
+from mertlab.experiment.spec import ExperimentSpec, SweepSpec, dump_spec, load_spec
+from mertlab.experiment.tracking import ensure_experiment, resolve_tracking_uri, run_tags
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ class Variant:
     overrides: tuple[tuple[str, Any], ...] = ()
 
     def args(self) -> list[str]:
-        """The overrides as ``key=value`` strings for :func:`mertlab.spec.load_spec` / ``-o``."""
+        """The overrides as ``key=value`` strings for :func:`mertlab.experiment.spec.load_spec` / ``-o``."""
         return [f"{key}={format_value(value)}" for key, value in self.overrides]
 
 
@@ -260,7 +260,7 @@ def run_child(
     from mertlab.train.strategy import process_rank
 
     if registry is None:
-        from mertlab.registry import get_registry
+        from mertlab.plugin_system.registry import get_registry
 
         registry = get_registry()
     full = load_spec(spec_path, overrides, registry=registry)
@@ -335,7 +335,7 @@ def probe_child(spec: ExperimentSpec, run_id: str, tracking_uri: str, registry: 
     on the run with the same settings are skipped: re-running a sweep is idempotent)."""
     if spec.probe is None:
         return
-    from mertlab.checkpoint import is_sharded_checkpoint
+    from mertlab.toolkit.checkpoint import is_sharded_checkpoint
     from mertlab.probe.experiment import probe_spec_tasks
     from mertlab.train.run import run_directory
 
@@ -398,7 +398,7 @@ def run_sweep(
     """
     echo = echo or (lambda _: None)
     if registry is None:
-        from mertlab.registry import get_registry
+        from mertlab.plugin_system.registry import get_registry
 
         registry = get_registry()
     plan = plan_sweep(spec_path, overrides, registry)

@@ -10,7 +10,7 @@ Formats :func:`load_backbone` reads, none of which can run code when loaded:
 * ``hf:DIR``, a local Hugging Face model directory (``config.json`` + weights), read by the
   registered backbone that lists its ``model_type`` in ``hf_model_types`` (HuBERT, MERT).
 
-Torch files load with ``weights_only=True`` (:func:`mertlab.safe_load.load_torch_file`).
+Torch files load with ``weights_only=True`` (:func:`mertlab.toolkit.safe_load.load_torch_file`).
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from typing import Any
 
 from mertlab.contracts import Backbone
 from mertlab.errors import MertlabError
-from mertlab.safe_load import is_safetensors, load_torch_file, read_safetensors, write_safetensors
+from mertlab.toolkit.safe_load import is_safetensors, load_torch_file, read_safetensors, write_safetensors
 
 BACKBONE_FORMAT = "mertlab-backbone-v2"
 LEGACY_BACKBONE_FORMAT = "mertlab-backbone-v1"
@@ -104,7 +104,7 @@ def load_hf_backbone(directory: str | Path, registry: Any = None) -> Backbone:
     except (json.JSONDecodeError, AttributeError) as exc:
         raise MertlabError(f"{config_path}: not a JSON object ({exc})") from None
     if registry is None:
-        from mertlab.registry import get_registry
+        from mertlab.plugin_system.registry import get_registry
 
         registry = get_registry()
     entries = registry.list("backbone")
@@ -125,7 +125,7 @@ def load_backbone(path: str | Path, registry: Any = None) -> Backbone:
         return load_hf_backbone(directory, registry)
     component, state = read_backbone_file(path)
     if registry is None:
-        from mertlab.registry import get_registry
+        from mertlab.plugin_system.registry import get_registry
 
         registry = get_registry()
     backbone = registry.build("backbone", component["name"], component.get("params", {}))

@@ -10,7 +10,7 @@ from __future__ import annotations
 import shlex
 from pathlib import Path
 
-from mertlab.sweep import SweepResult, child_argv, child_env
+from mertlab.experiment.sweep import SweepResult, child_argv, child_env
 
 
 def sbatch_script(result: SweepResult) -> str:

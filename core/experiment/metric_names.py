@@ -59,7 +59,7 @@ def val(name: str) -> str:
     return VAL_PREFIX + name
 
 
-# Per-run summary, logged once at the end of training (mertlab.run_summary) so MLflow's run
+# Per-run summary, logged once at the end of training (mertlab.experiment.run_summary) so MLflow's run
 # comparison view can sort runs by them; `mertlab compare` shows the same numbers.
 SUMMARY_PREFIX = "summary/"
 SUMMARY_FINAL_LOSS = "summary/final_loss"

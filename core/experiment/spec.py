@@ -87,13 +87,23 @@ class DataSpec(StrictModel):
     )
 
 
-class MixupSpec(StrictModel):
-    probability: float = Field(0.5, ge=0, le=1, description="Chance per clip of adding another clip's crop (MERT: 0.5).")
-    max_gain: float = Field(0.5, ge=0, description="The added clip is scaled by a random gain in [0, max_gain].")
+class AugmentationSpec(ComponentSpec):
+    """An augmentation of the student input, under its alias in ``augment``.
+
+    ``name`` defaults to the alias, and the params may be written directly under the alias when
+    there is no ``params`` key: ``augment: {mixup: {probability: 0.5}}`` is
+    ``augment: {mixup: {name: mixup, params: {probability: 0.5}}}``.
+    """
+
+    name: str | None = Field(None, description="Registered augmentation name (see `mertlab plugins`); default: the alias.")
 
 
-class AugmentSpec(StrictModel):
-    mixup: MixupSpec = Field(default_factory=MixupSpec, description="In-batch mixup on the student input (probability 0 disables).")
+def _augmentation_entry(entry: Any) -> Any:
+    """The short form of an ``augment`` entry (no ``params`` key) -> ``{name?, params}``."""
+    if not isinstance(entry, dict) or "params" in entry:
+        return entry
+    params = {k: v for k, v in entry.items() if k != "name"}
+    return {**({"name": entry["name"]} if "name" in entry else {}), "params": params}
 
 
 class OptimSpec(StrictModel):
@@ -295,7 +305,12 @@ class ExperimentSpec(StrictModel):
     objectives: dict[str, ObjectiveSpec] = Field(min_length=1)
     feature_penalty: float = Field(0.0, ge=0, description="Weight of the L2 penalty on extractor features (MERT: 10).")
     masking: ComponentSpec = Field(default_factory=lambda: ComponentSpec(name="span"))
-    augment: AugmentSpec = Field(default_factory=AugmentSpec)
+    augment: dict[str, AugmentationSpec] = Field(
+        default_factory=lambda: {"mixup": AugmentationSpec(name="mixup")},
+        description="Augmentations of the student input by alias, applied in order in training steps; each "
+        "`{name, params}` (name defaults to the alias) or the params alone (default: MERT's mixup at "
+        "probability 0.5; `augment: {mixup: null}` or `augment: {}` removes it).",
+    )
     optim: OptimSpec = Field(default_factory=OptimSpec)
     trainer: TrainerSpec = Field(default_factory=TrainerSpec)
     tracking: TrackingSpec = Field(default_factory=TrackingSpec)
@@ -309,6 +324,21 @@ class ExperimentSpec(StrictModel):
     probe: ProbeSpec | None = Field(
         None, description="Optional downstream probes of the final checkpoint (`-o probe=null` removes them)."
     )
+
+    @field_validator("augment", mode="before")
+    @classmethod
+    def _augment_short_form(cls, value: Any) -> Any:
+        if not isinstance(value, dict):
+            return value
+        return {alias: _augmentation_entry(entry) for alias, entry in value.items() if entry is not None}
+
+    @field_validator("augment")
+    @classmethod
+    def _augment_name_defaults_to_alias(cls, value: dict[str, AugmentationSpec]) -> dict[str, AugmentationSpec]:
+        for alias, augmentation in value.items():
+            if augmentation.name is None:
+                augmentation.name = alias
+        return value
 
     @field_validator("name")
     @classmethod
@@ -434,7 +464,7 @@ def resolve_spec(data: dict[str, Any], source: str | None = None, registry: Any 
         raise SpecError(validation_problems(exc), source=source) from None
 
     if registry is None:
-        from mertlab.registry import get_registry
+        from mertlab.plugin_system.registry import get_registry
 
         registry = get_registry()
     problems: list[tuple[str, str]] = []
@@ -456,6 +486,8 @@ def resolve_spec(data: dict[str, Any], source: str | None = None, registry: Any 
 
     check("backbone", "backbone", spec.backbone)
     check("masking", "masking", spec.masking)
+    for alias, augmentation in spec.augment.items():
+        check("augmentation", f"augment.{alias}", augmentation)
     teacher_entries = {alias: check("teacher", f"teachers.{alias}", t) for alias, t in spec.teachers.items()}
     for alias, cb in spec.callbacks.items():
         check("callback", f"callbacks.{alias}", cb)

@@ -26,6 +26,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "mertlab.plugins.objectives.masked_regression",
     "mertlab.plugins.objectives.linear_classification",
     "mertlab.plugins.maskings.span",
+    "mertlab.plugins.augmentations.mixup",
     "mertlab.plugins.backbones.transformer",
     "mertlab.plugins.backbones.conformer",
     "mertlab.plugins.teachers.encodec",

@@ -317,7 +317,7 @@ LayerNorm = Literal["none", "frame", "time"]
 class BackboneLayer(FrameFeature):
     """Hidden states of a frozen backbone: layer ``layer``, or the mean of several layers.
 
-    ``checkpoint``: anything :func:`mertlab.checkpoint.load_backbone` reads -- a backbone file
+    ``checkpoint``: anything :func:`mertlab.toolkit.checkpoint.load_backbone` reads -- a backbone file
     (``save_backbone``), a training ``.ckpt``, or ``hf:DIR`` (a local Hugging Face HuBERT/MERT
     directory). ``layer`` indexes ``BackboneOutput.hidden_states``: 0 = encoder input, ``i`` =
     output of encoder layer ``i``, negative indices count from the end (-1 = last); a
@@ -337,7 +337,7 @@ class BackboneLayer(FrameFeature):
 
     def __init__(self, checkpoint: str | Path, layer: int | Sequence[int], normalize: LayerNorm = "none") -> None:
         super().__init__()
-        from mertlab.checkpoint import load_backbone
+        from mertlab.toolkit.checkpoint import load_backbone
 
         self.backbone = load_backbone(checkpoint).requires_grad_(False)
         depth = self.backbone.num_layers

@@ -1,6 +1,6 @@
 """The component registry: kind -> {name: entry}, filled by the ``register_*`` hooks.
 
->>> from mertlab.registry import get_registry
+>>> from mertlab.plugin_system.registry import get_registry
 >>> get_registry().list("teacher", "*enc*")        # wildcard listing, like timm.list_models
 >>> get_registry().build("teacher", "cqt", {"n_bins": 84})
 """
@@ -17,9 +17,9 @@ from typing import Any, Callable, Literal, get_args
 from pydantic import BaseModel, ValidationError
 
 from mertlab.errors import MertlabError, PluginError, UnknownComponentError
-from mertlab.plugin_manager import DISABLE_AUTOLOAD_ENV, MertlabPluginManager, PluginSource, create_plugin_manager
+from mertlab.plugin_system.plugin_manager import DISABLE_AUTOLOAD_ENV, MertlabPluginManager, PluginSource, create_plugin_manager
 
-Kind = Literal["teacher", "backbone", "objective", "masking", "callback"]
+Kind = Literal["teacher", "backbone", "objective", "masking", "augmentation", "callback"]
 KINDS: tuple[str, ...] = get_args(Kind)
 #: hook name per kind
 HOOKS: dict[str, str] = {
@@ -27,6 +27,7 @@ HOOKS: dict[str, str] = {
     "backbone": "register_backbones",
     "objective": "register_objectives",
     "masking": "register_maskings",
+    "augmentation": "register_augmentations",
     "callback": "register_callbacks",
 }
 
@@ -219,7 +220,8 @@ def component_label(component: type, kind: str | None = None) -> str:
 def _kind_bases() -> dict[str, type]:
     from mertlab import contracts
 
-    return {"teacher": contracts.Teacher, "backbone": contracts.Backbone, "objective": contracts.Objective, "masking": contracts.Masking}
+    return {"teacher": contracts.Teacher, "backbone": contracts.Backbone, "objective": contracts.Objective, "masking": contracts.Masking,
+            "augmentation": contracts.Augmentation}
 
 
 class Registry:
@@ -275,7 +277,7 @@ class Registry:
         try:
             validated = entry.validate_params(params)
         except ValidationError as exc:
-            from mertlab.spec import render_validation_error
+            from mertlab.experiment.spec import render_validation_error
 
             raise UnknownComponentError(
                 "\n".join(f"{kind} '{name}' params.{line}" for line in render_validation_error(exc))

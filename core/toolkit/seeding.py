@@ -1,10 +1,10 @@
 """Seeds derived from a run's seed and a position (epoch, step, batch, rank...), never from history.
 
-Every random draw of a training step (crop positions, shuffling, masks, mixup, dropout, layer
+Every random draw of a training step (crop positions, shuffling, masks, augmentations, dropout, layer
 drop) is seeded from the spec's seed and *where* it happens, so a run resumed from a checkpoint
 draws exactly what the uninterrupted run drew, whatever happened before (worker count,
 restarts). The position names the stream first (one of the constants below: the masks and the
-mixup of one step never share a seed), then the stream's own key, e.g. ``(MASK, step,
+augmentations of one step never share a seed), then the stream's own key, e.g. ``(MASK, step,
 micro-batch, clip)``.
 
 Distributed training needs randomness that *differs* where samples differ (masks of two
@@ -16,6 +16,8 @@ tell a key with trailing zeros from a shorter one.
 """
 from __future__ import annotations
 
+import zlib
+
 import numpy as np
 import torch
 
@@ -26,7 +28,7 @@ LOADER = 2  #: (LOADER,): the DataLoader's own base seed
 MASK = 3  #: (MASK, step, micro-batch, global clip position): a training clip's mask
 VAL_MASK = 4  #: (VAL_MASK, batch, global clip position): a validation clip's mask
 DROPOUT = 5  #: (DROPOUT, step, micro-batch, rank): the global RNG of a training step (dropout)
-MIXUP = 6  #: (MIXUP, step, micro-batch, rank): mixup pairs, drawn within a device's batch
+AUGMENT = 6  #: (AUGMENT, step, micro-batch, rank, name_key(alias)): an augmentation (e.g. mixup) of a device's batch
 LAYER_DROP = 7  #: (LAYER_DROP, step, micro-batch): layer drop, the same on every rank
 
 
@@ -39,3 +41,9 @@ def derive_seed(seed: int, *position: int) -> int:
 def generator(seed: int, *position: int) -> torch.Generator:
     """A CPU ``torch.Generator`` seeded with :func:`derive_seed`."""
     return torch.Generator().manual_seed(derive_seed(seed, *position))
+
+
+def name_key(name: str) -> int:
+    """A key position for a name (an augmentation's alias): stable across processes and runs
+    (CRC-32 of its UTF-8 bytes, unlike ``hash``)."""
+    return zlib.crc32(name.encode("utf-8"))

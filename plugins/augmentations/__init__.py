@@ -1,0 +1,1 @@
+"""Built-in augmentations of the student input (``register_augmentations``)."""
