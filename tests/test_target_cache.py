@@ -201,7 +201,8 @@ def test_cached_crop_targets_equal_on_the_fly(demo_dir, tmp_path):
         if alias == "codes":
             assert torch.equal(a.values[:, inner], b.values[:, inner])
         else:
-            torch.testing.assert_close(a.values[:, inner], b.values[:, inner], rtol=1e-4, atol=1e-5)
+            # the default (FFT) CQT: within 1e-4 of the peak, see test_windows_match_the_whole_file
+            torch.testing.assert_close(a.values[:, inner], b.values[:, inner], rtol=1e-4, atol=1e-4 * float(b.values.abs().max()))
     assert torch.equal(got["codes"].values[0, :-4], want["codes"].values[0, :-4])  # the file's start is a real edge
 
     # Slicing follows the crop's start time: one frame later shifts by one frame; 3/4 of a frame
