@@ -261,6 +261,30 @@ class Backbone(nn.Module, ABC):
         instrument: bool = False,
     ) -> BackboneOutput: ...
 
+    def checked_input(self, wav: Tensor, lengths: Tensor | None, min_samples: int = 1) -> Tensor | None:
+        """The checks every ``forward`` starts with: ``wav`` is ``[batch, samples]`` with at least
+        ``min_samples`` samples (the receptive field) and ``lengths`` (when given) is ``[batch]``
+        within ``[min_samples, samples]``; returns ``lengths`` as long
+        on ``wav``'s device. Errors are one line naming the backbone and the shape or values seen."""
+        from mertlab.errors import DataError, MertlabError
+
+        if wav.dim() != 2:
+            raise MertlabError(f"{self.name} backbone expects wav of shape [batch, samples]; got {tuple(wav.shape)}")
+        batch, num_samples = wav.shape
+        if num_samples < min_samples:
+            raise DataError(
+                f"clips of {num_samples} samples are shorter than the {self.name} backbone's receptive field "
+                f"({min_samples} samples = {min_samples / self.sample_rate * 1000:.1f} ms at {self.sample_rate} Hz)"
+            )
+        if lengths is None:
+            return None
+        if lengths.shape != (batch,):
+            raise MertlabError(f"{self.name} backbone: lengths must have shape [{batch}]; got {tuple(lengths.shape)}")
+        lengths = lengths.to(device=wav.device, dtype=torch.long)
+        if bool(((lengths < min_samples) | (lengths > num_samples)).any()):
+            raise DataError(f"{self.name} backbone: lengths must lie in [{min_samples}, {num_samples}] samples; got {lengths.tolist()}")
+        return lengths
+
     def frame_lengths(self, lengths: Tensor) -> Tensor:
         """Valid frames per clip for ``lengths`` valid samples."""
         return torch.tensor([self.num_frames(int(n)) for n in lengths], device=lengths.device)

@@ -38,7 +38,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from mertlab.contracts import Backbone, BackboneOutput, Params
-from mertlab.errors import DataError, MertlabError
+from mertlab.errors import MertlabError
 from mertlab.hookspecs import hookimpl
 from mertlab.toolkit.log_mel import LogMelFrontend, ceil_div
 from mertlab.toolkit.presets import fill_preset
@@ -405,16 +405,10 @@ class ConformerBackbone(Backbone):
         frame_mask: Tensor | None = None,
         instrument: bool = False,
     ) -> BackboneOutput:
-        if wav.dim() != 2:
-            raise MertlabError(f"conformer expects wav of shape [batch, samples]; got {tuple(wav.shape)}")
+        lengths = self.checked_input(wav, lengths)
         batch, num_samples = wav.shape
         if lengths is None:
             lengths = torch.full((batch,), num_samples, device=wav.device, dtype=torch.long)
-        lengths = lengths.to(device=wav.device, dtype=torch.long)
-        if lengths.shape != (batch,) or bool(((lengths < 1) | (lengths > num_samples)).any()):
-            raise DataError(
-                f"conformer: lengths must be [batch] values in [1, {num_samples}]; got {lengths.tolist()}"
-            )
         # Zero the padding explicitly: the frontend's padding invariance relies on it.
         wav = wav.masked_fill(_steps_mask(lengths, num_samples), 0.0)
 

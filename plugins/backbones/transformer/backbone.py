@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from mertlab.contracts import Backbone, BackboneOutput
-from mertlab.errors import DataError, MertlabError
+from mertlab.errors import MertlabError
 
 from .layers import Encoder, EncoderLayer, FeatureExtractor, FeatureProjection, MelFeatureExtractor
 from .params import TransformerParams
@@ -129,23 +129,9 @@ class TransformerBackbone(Backbone):
         frame_mask: Tensor | None = None,
         instrument: bool = False,
     ) -> BackboneOutput:
-        if wav.dim() != 2:
-            raise MertlabError(f"transformer backbone expects wav [batch, samples], got shape {tuple(wav.shape)}")
+        lengths = self.checked_input(wav, lengths, min_samples=self.min_samples)  # >= one receptive field each
         batch, num_samples = wav.shape
-        field = self.min_samples
-        if num_samples < field:
-            raise DataError(
-                f"clips of {num_samples} samples are shorter than the backbone's receptive field "
-                f"({field} samples = {field / self.sample_rate * 1000:.1f} ms at {self.sample_rate} Hz)"
-            )
         if lengths is not None:
-            if lengths.shape != (batch,):
-                raise MertlabError(f"lengths must have shape [{batch}], got {tuple(lengths.shape)}")
-            if bool((lengths > num_samples).any()) or bool((lengths < field).any()):
-                raise DataError(
-                    f"lengths must lie in [{field}, {num_samples}] samples (receptive field, padded length); "
-                    f"got {lengths.tolist()}"
-                )
             if self.params.frontend == "mel":  # a clip's last STFT windows reach past its end: zeros, as alone
                 samples = torch.arange(num_samples, device=wav.device)
                 wav = wav.masked_fill(samples[None, :] >= lengths.to(wav.device)[:, None], 0.0)
