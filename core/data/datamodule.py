@@ -158,7 +158,7 @@ class AudioDataModule(L.LightningDataModule):
 
         dataset = ShardDataset(split_location(self.data.path, split), sample_rate=self.sample_rate,
                                crop_seconds=self.data.crop_seconds, random_crops=train, seed=self.seed,
-                               min_seconds=self.min_seconds, frame_rates=frame_rates)
+                               min_seconds=self.min_seconds, frame_rates=frame_rates, cache_dir=self.data.shard_cache)
         # Workers are not persistent: litdata hands each epoch's assignment to fresh workers.
         return ShardLoader(dataset, train=train, batch_size=self.data.batch_size, num_workers=self.data.num_workers,
                            collate_fn=collate_crops)

@@ -95,8 +95,14 @@ class ShardLoader(StreamingDataLoader):
         self._handed_out: dict[tuple[int, int], tuple[int, int, int]] = {}  # position -> loader counters after it
         self._consumed: tuple[int, int, int] | None = None
         self._restored: dict[str, Any] | None = None
+        self._restore_pending = False  # a state was loaded and no iterator has started from it yet
 
     def __iter__(self) -> Any:
+        if self.restore and not self._restore_pending:
+            # litdata replays a restored state until an epoch's iterator is exhausted, but Lightning
+            # stops after len(loader) batches without asking for more: the restored epoch is over.
+            self.restore = False
+        self._restore_pending = False
         for batch in super().__iter__():
             if self.train:
                 position = (self.current_epoch, self._num_samples_yielded_streaming // self.batch_size - 1)
@@ -132,3 +138,4 @@ class ShardLoader(StreamingDataLoader):
         self._consumed = None
         self._handed_out = {}
         super().load_state_dict(state)
+        self._restore_pending = True
