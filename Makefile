@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.mertlab-installed
 
-.PHONY: install quickstart test test-all clean-venv
+.PHONY: install quickstart test test-all clean-venv browser
 
 install: $(STAMP)
 
@@ -29,3 +29,7 @@ test-all: install
 
 clean-venv:
 	rm -rf $(VENV)
+
+# Debian's Chromium, for the real-browser check of the MLflow UI (tests/test_mlflow_ui.py, in `make test-all`).
+browser:
+	command -v chromium >/dev/null || (apt-get update && apt-get install -y chromium)

@@ -2,8 +2,11 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -274,6 +277,27 @@ def compare_command(target: str, metrics: tuple[str, ...], out_dir: str | None, 
         click.echo(f"logged them to parent run {result.logged_to} (artifacts/compare)")
 
 
+def _raise_keyboard_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _stop_process_group(process: "subprocess.Popen[bytes]", grace_s: float = 20.0) -> int:
+    """SIGTERM to ``process``'s whole process group, SIGKILL after ``grace_s``; its exit status."""
+    import subprocess
+
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(process.pid, sig)
+        except ProcessLookupError:  # the group is gone
+            break
+        try:
+            process.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            continue
+        time.sleep(0.5)  # give the server's own children a moment to follow it
+    return process.wait()
+
+
 @cli.command("ui")
 @click.option("--tracking-uri", metavar="URI", help="MLflow store [default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db].")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0: every interface).")
@@ -290,12 +314,17 @@ def ui_cli_command(tracking_uri: str | None, host: str, port: int) -> None:
                            "or run this command in the folder you trained from)")
     shown = "localhost" if host in ("127.0.0.1", "0.0.0.0") else host
     click.echo(f"MLflow UI for {uri}: http://{shown}:{port}  (Ctrl-C to stop)")
-    process = subprocess.Popen(ui_argv(uri, host, port))
+    # The server runs in a session of its own (MLflow 3 starts workers, a job runner and a task
+    # consumer that hold the sqlite store); stopping mertlab -- Ctrl-C or SIGTERM -- stops all of it.
+    process = subprocess.Popen(ui_argv(uri, host, port), start_new_session=True)
+    previous = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     try:
         code = process.wait()
     except KeyboardInterrupt:
-        process.terminate()
-        code = process.wait()
+        code = _stop_process_group(process)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        _stop_process_group(process)  # what the server left behind, if it exited by itself
     if code not in (0, -2, -15, 130):
         raise MertlabError(f"the MLflow UI exited with status {code} (is port {port} in use? try --port)")
 

@@ -36,7 +36,8 @@ def test_the_experiment_library_is_complete():
     names = set(IDS)
     assert {"quickstart", "mert_v1_95m", "mert_v1_330m", "hubert_mfcc_kmeans", "hubert_iter2_hidden_kmeans",
             "bestrq_conformer", "dac_teacher", "ablation_teachers", "scaleup_stability",
-            "muq_melrvq_conformer", "crepe_pitch_aux", "distill_hidden", "small_scale"} <= names
+            "muq_melrvq_conformer", "crepe_pitch_aux", "distill_hidden", "small_scale", "small_scale_r1",
+            "mert_tiny"} <= names
 
 
 def test_quickstart_ends_with_a_probe_verdict_on_the_demo_tasks():
