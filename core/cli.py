@@ -425,6 +425,51 @@ def demo_data_command(directory: str, clips: int, seconds: float, seed: int, tas
         click.echo("probe tasks: " + ", ".join(str(p) for p in written.values()))
 
 
+@cli.group("data")
+def data_group() -> None:
+    """Data set tasks: shards for streaming (local or object store)."""
+
+
+@data_group.command("shard")
+@click.argument("src")
+@click.argument("dst")
+@click.option("--with-targets", "spec_path", metavar="SPEC",
+              help="Also store each teacher's targets of SPEC per file (as the target cache computes them).")
+@OVERRIDE_OPTION
+@click.option("--chunk-bytes", default="64MB", show_default=True, help="Size of one shard chunk file (e.g. 64MB, 256MB).")
+@click.option("--sample-rate", type=click.IntRange(min=1000), default=None,
+              help="Store mono FLAC at this rate (e.g. 24000) instead of each file's original bytes.")
+@click.option("--val-fraction", type=click.FloatRange(0, 1, max_open=True), default=None,
+              help="Files held out into DST/val by the file dataset's rule  [default: SPEC's data.val_fraction, else 0.1]")
+@click.option("--device", default="cpu", show_default=True, help="Torch device the teachers run on (--with-targets).")
+@click.option("--no-progress", is_flag=True, help="No progress bar (e.g. in batch jobs).")
+def data_shard_command(src: str, dst: str, spec_path: str | None, overrides: tuple[str, ...], chunk_bytes: str,
+                       sample_rate: int | None, val_fraction: float | None, device: str, no_progress: bool) -> None:
+    """Write the audio files under SRC (a folder or manifest) as litdata shards in DST.
+
+    Training streams them when data.path is DST, or the URL DST was copied to (s3://...). DST
+    appears only once complete (written to a temporary folder first).
+    """
+    from mertlab.teachers.shard_targets import shard_with_spec
+
+    spec = None
+    if spec_path is not None:
+        from mertlab.experiment.spec import load_spec
+
+        spec = load_spec(spec_path, overrides)
+    elif overrides:
+        raise click.UsageError("-o/--override applies to the spec of --with-targets")
+    options: dict[str, Any] = {"chunk_bytes": int(chunk_bytes) if chunk_bytes.isdigit() else chunk_bytes,
+                               "sample_rate": sample_rate, "progress": not no_progress}
+    if val_fraction is not None:
+        options["val_fraction"] = val_fraction
+    summary = shard_with_spec(spec, src, dst, device=device, **options)
+    splits = ", ".join(f"{s}: {n} files ({summary.seconds[s] / 60:.1f} min)" for s, n in summary.files.items())
+    targets = f"; targets of {', '.join(summary.teachers)}" if summary.teachers else ""
+    skipped = f"; {len(summary.skipped)} unusable files skipped (listed in {summary.path}/mertlab_shards.json)" if summary.skipped else ""
+    click.echo(f"{summary.path}: {splits}{targets}{skipped}")
+
+
 @cli.group("targets")
 def targets_group() -> None:
     """Target cache tasks: precompute teacher targets so training does not run the teachers."""

@@ -1,6 +1,7 @@
 """Finding and decoding audio files (soundfile/libsndfile: wav, flac, ogg, mp3)."""
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,11 +59,15 @@ def probe(path: Path) -> AudioFile:
     return AudioFile(Path(path), int(info.samplerate), int(info.frames))
 
 
-def read_segment(file: AudioFile, start: int = 0, num_frames: int | None = None) -> torch.Tensor:
-    """Decode ``num_frames`` native-rate frames from ``start`` (all if None) as mono float32 ``[S]``."""
+def read_segment(file: AudioFile, start: int = 0, num_frames: int | None = None, data: bytes | None = None) -> torch.Tensor:
+    """Decode ``num_frames`` native-rate frames from ``start`` (all if None) as mono float32 ``[S]``.
+
+    ``data``: the file's encoded bytes (e.g. read from a shard) instead of reading ``file.path``.
+    """
     stop = None if num_frames is None else start + num_frames
+    source = io.BytesIO(data) if data is not None else str(file.path)
     try:
-        data, _ = sf.read(str(file.path), start=start, stop=stop, dtype="float32", always_2d=True)
+        data, _ = sf.read(source, start=start, stop=stop, dtype="float32", always_2d=True)
     except Exception as exc:  # noqa: BLE001
         raise DataError(f"{file.path}: cannot decode audio ({exc})") from None
     return torch.from_numpy(np.ascontiguousarray(data.mean(axis=1)))

@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from mertlab.data.audio import AudioFile, list_audio_paths, probe
 from mertlab.data.dataset import AudioBatch, CropDataset, collate_crops, seed_worker
 from mertlab.data.sampler import ResumableBatchSampler, ResumableDataLoader
+from mertlab.data.shards import SPLITS, is_shard_path, read_meta, split_location
 from mertlab.data.skipped import SkippedFile, SkippedFiles
 from mertlab.errors import DataError
 from mertlab.experiment.spec import DataSpec
@@ -33,17 +34,24 @@ def check_audio_files(paths: list[Path], min_seconds: float = 0.0) -> tuple[list
         except DataError as exc:
             skipped.append(SkippedFile(path, str(exc).removeprefix(f"{path}: ")))
             continue
-        low, high = SAMPLE_RATE_RANGE
-        if file.num_frames <= 0:
-            skipped.append(SkippedFile(path, "no audio samples (empty or header-only file)"))
-        elif not low <= file.sample_rate <= high:
-            skipped.append(SkippedFile(path, f"implausible sample rate {file.sample_rate} Hz (damaged header?)"))
-        elif file.seconds < min_seconds:
-            skipped.append(SkippedFile(
-                path, f"too short ({file.num_frames} samples = {file.seconds:.3g} s; at least {min_seconds:.3g} s needed)"))
+        problem = file_problem(file, min_seconds)
+        if problem:
+            skipped.append(SkippedFile(path, problem))
         else:
             files.append(file)
     return files, skipped
+
+
+def file_problem(file: AudioFile, min_seconds: float = 0.0) -> str | None:
+    """Why a probed file is unusable (no samples, implausible rate, too short), or None."""
+    low, high = SAMPLE_RATE_RANGE
+    if file.num_frames <= 0:
+        return "no audio samples (empty or header-only file)"
+    if not low <= file.sample_rate <= high:
+        return f"implausible sample rate {file.sample_rate} Hz (damaged header?)"
+    if file.seconds < min_seconds:
+        return f"too short ({file.num_frames} samples = {file.seconds:.3g} s; at least {min_seconds:.3g} s needed)"
+    return None
 
 
 def scan_dataset(data: DataSpec, sample_rate: int, min_seconds: float = 0.0, skipped: SkippedFiles | None = None) -> list[AudioFile]:
@@ -52,6 +60,8 @@ def scan_dataset(data: DataSpec, sample_rate: int, min_seconds: float = 0.0, ski
     Bad files are left out, each recorded (and logged once) in ``skipped`` (see
     :func:`check_audio_files`); only a data set without any usable file is an error.
     """
+    if is_shard_path(data.path):
+        raise DataError(f"data.path: {data.path} holds shards (`mertlab data shard`); this needs a folder or manifest of audio files")
     path = Path(data.path)
     if not path.exists():
         raise DataError(f"data.path: {path} does not exist (set generate_demo: true, or run `mertlab demo-data {path}`)")
@@ -86,6 +96,18 @@ def split_files(files: list[AudioFile], val_fraction: float) -> tuple[list[Audio
     return train, val
 
 
+def check_shards(data: DataSpec) -> dict[str, Any]:
+    """The metadata of the shards at ``data.path``; the crop must fit the longest file."""
+    meta = read_meta(data.path)
+    longest = float(meta.get("longest_seconds", 0.0))
+    if data.crop_seconds > longest:
+        raise DataError(
+            f"data.crop_seconds: {data.crop_seconds:g} s is longer than every file in the shards at {data.path} "
+            f"(longest: {longest:.2f} s); lower data.crop_seconds"
+        )
+    return meta
+
+
 class AudioDataModule(L.LightningDataModule):
     """Random crops for training, deterministic crops for validation, at the backbone's rate.
 
@@ -95,6 +117,12 @@ class AudioDataModule(L.LightningDataModule):
     trainer runs with ``use_distributed_sampler=False`` so that Lightning keeps them. Bad files
     are skipped and recorded in :attr:`skipped`, at scan time (``min_seconds``: shorter files
     are skipped) and when a crop cannot be decoded.
+
+    When ``data.path`` holds shards (:func:`~mertlab.data.shards.is_shard_path`), both streams
+    come from them instead (:mod:`mertlab.data.streaming`): litdata splits them per rank and
+    worker and shuffles them, the training loader saves its consumed position in checkpoints, and
+    validation reads the shards' ``val/`` split (chosen when they were written, by the same
+    ``val_fraction`` rule); :attr:`train_files` and :attr:`val_files` then stay empty.
     """
 
     def __init__(self, data: DataSpec, sample_rate: int, seed: int = 0, min_seconds: float = 0.0) -> None:
@@ -106,13 +134,39 @@ class AudioDataModule(L.LightningDataModule):
         self.train_files: list[AudioFile] = []
         self.val_files: list[AudioFile] = []
         self.skipped = SkippedFiles()
-        self._train_sampler: ResumableBatchSampler | None = None
+        self._train_sampler: ResumableBatchSampler | Any = None  # or a ShardLoader: both take mark_consumed
+        #: the shards' metadata when data.path holds shards (:mod:`mertlab.data.shards`), else None
+        self.shard_meta: dict[str, Any] | None = None
 
     def setup(self, stage: str | None = None) -> None:
-        if self.train_files:
+        if self.train_files or self.shard_meta is not None:
+            return
+        if is_shard_path(self.data.path):
+            self.shard_meta = check_shards(self.data)
             return
         files = scan_dataset(self.data, self.sample_rate, self.min_seconds, self.skipped)
         self.train_files, self.val_files = split_files(files, self.data.val_fraction)
+
+    def has_validation(self) -> bool:
+        """There are validation files (or a validation split of the shards)."""
+        if self.shard_meta is not None:
+            return bool(self.shard_meta["splits"].get("val", {}).get("files"))
+        return bool(self.val_files)
+
+    def _shard_loader(self, split: str, train: bool, frame_rates: dict[str, float] | None) -> DataLoader:
+        from mertlab.data.streaming import ShardDataset, ShardLoader
+
+        dataset = ShardDataset(split_location(self.data.path, split), sample_rate=self.sample_rate,
+                               crop_seconds=self.data.crop_seconds, random_crops=train, seed=self.seed,
+                               min_seconds=self.min_seconds, frame_rates=frame_rates, cache_dir=self.data.shard_cache)
+        # Workers are not persistent: litdata hands each epoch's assignment to fresh workers.
+        return ShardLoader(dataset, train=train, batch_size=self.data.batch_size, num_workers=self.data.num_workers,
+                           collate_fn=collate_crops)
+
+    def shard_frame_rates(self) -> dict[str, float] | None:
+        """alias -> frame rate of the targets the shards hold (cut for each crop), or None."""
+        teachers = (self.shard_meta or {}).get("teachers") or {}
+        return {alias: float(t["target_info"]["frame_rate"]) for alias, t in teachers.items()} or None
 
     def _dataset(self, files: list[AudioFile], train: bool) -> CropDataset:
         return CropDataset(files, self.sample_rate, self.data.crop_seconds, random_crops=train, seed=self.seed)
@@ -131,6 +185,9 @@ class AudioDataModule(L.LightningDataModule):
         return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
 
     def train_dataloader(self) -> DataLoader:
+        if self.shard_meta is not None:
+            self._train_sampler = self._shard_loader(SPLITS[0], True, self.shard_frame_rates())
+            return self._train_sampler
         files = self.train_files
         rank, world = self.distributed_position()
         global_batch = self.data.batch_size * world
@@ -140,6 +197,8 @@ class AudioDataModule(L.LightningDataModule):
         return ResumableDataLoader(self._dataset(files, train=True), batch_sampler=sampler, **self._workers())
 
     def val_dataloader(self) -> DataLoader:
+        if self.shard_meta is not None:
+            return self._shard_loader(SPLITS[1], False, self.shard_frame_rates())
         dataset = self._dataset(self.val_files, train=False)
         rank, world = self.distributed_position()
         # Rank r validates files r, r + world, ... (padded so every rank runs as many batches).

@@ -28,6 +28,8 @@ class Crop:
     length: int
     file: AudioFile
     start_seconds: float
+    #: a shard's cached targets of this crop (alias -> the frames :func:`~mertlab.toolkit.align.frame_window` names)
+    frames: dict[str, Tensor] | None = None
 
 
 @dataclass
@@ -35,7 +37,8 @@ class AudioBatch:
     """A collated batch of crops: ``wav [B, S]``, ``lengths [B]`` valid samples, the source
     ``files`` and each crop's ``start_seconds [B]`` (float64) in its file. ``position`` is
     ``(epoch, batch)`` of a training batch in the data stream (None for validation);
-    ``skipped`` the bad files left out of this batch (it may then be smaller, even empty).
+    ``skipped`` the bad files left out of this batch (it may then be smaller, even empty);
+    ``frames`` each crop's cached target frames when the batch comes from shards that hold them.
 
     Lightning moves it to the training device through :meth:`to`.
     """
@@ -46,15 +49,16 @@ class AudioBatch:
     start_seconds: Tensor
     position: tuple[int, int] | None = None
     skipped: tuple[SkippedFile, ...] = ()
+    frames: tuple[dict[str, Tensor], ...] | None = None
 
     def __len__(self) -> int:
         return self.wav.shape[0]
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> "AudioBatch":
-        # start_seconds stays on the CPU: only the target cache reads it, to index numpy arrays.
+        # start_seconds and frames stay on the CPU: the target sources slice and pad them first.
         return AudioBatch(
             self.wav.to(device, non_blocking=non_blocking), self.lengths.to(device, non_blocking=non_blocking),
-            self.files, self.start_seconds, self.position, self.skipped,
+            self.files, self.start_seconds, self.position, self.skipped, self.frames,
         )
 
 
@@ -90,26 +94,35 @@ class CropDataset(Dataset):
 
     def crop(self, index: int, rng: random.Random) -> "Crop | SkippedFile":
         """The crop of file ``index`` (random start from ``rng`` when ``random_crops``)."""
-        file = self.files[index]
-        # Read a few native frames more than needed so resampling edges don't shorten the crop.
-        native = math.ceil(self.crop_seconds * file.sample_rate) + 16
-        spare = max(file.num_frames - native, 0)
-        start = rng.randint(0, spare) if self.random_crops else spare // 2
-        try:
-            wav = resample(read_segment(file, start, min(native, file.num_frames)), file.sample_rate, self.sample_rate)
-        except DataError as exc:
-            return SkippedFile(file.path, str(exc).removeprefix(f"{file.path}: "))
-        except Exception as exc:  # noqa: BLE001 - a damaged file must never stop the loader
-            return SkippedFile(file.path, f"cannot decode audio ({type(exc).__name__}: {exc})")
-        if not bool(torch.isfinite(wav).all()):
-            return SkippedFile(file.path, "non-finite samples (NaN or inf)")
-        if wav.shape[0] == 0:
-            return SkippedFile(file.path, "no samples could be decoded")
-        wav = wav[: self.crop_samples]
-        length = wav.shape[0]
-        if length < self.crop_samples:
-            wav = torch.nn.functional.pad(wav, (0, self.crop_samples - length))
-        return Crop(wav, length, file, start / file.sample_rate)
+        return crop_file(self.files[index], self.sample_rate, self.crop_seconds, self.random_crops, rng)
+
+
+def crop_file(file: AudioFile, sample_rate: int, crop_seconds: float, random_crops: bool, rng: random.Random | None,
+              data: bytes | None = None) -> "Crop | SkippedFile":
+    """A crop of ``crop_seconds`` of ``file`` at ``sample_rate``: a random start drawn from ``rng``
+    (``random_crops``) or the middle of the file; zero-padded past the file's end. ``data``: the
+    file's encoded bytes (a shard's copy) instead of reading ``file.path``. A file that cannot be
+    decoded or holds non-finite samples gives a :class:`SkippedFile`."""
+    crop_samples = int(round(crop_seconds * sample_rate))
+    # Read a few native frames more than needed so resampling edges don't shorten the crop.
+    native = math.ceil(crop_seconds * file.sample_rate) + 16
+    spare = max(file.num_frames - native, 0)
+    start = rng.randint(0, spare) if random_crops else spare // 2
+    try:
+        wav = resample(read_segment(file, start, min(native, file.num_frames), data), file.sample_rate, sample_rate)
+    except DataError as exc:
+        return SkippedFile(file.path, str(exc).removeprefix(f"{file.path}: "))
+    except Exception as exc:  # noqa: BLE001 - a damaged file must never stop the loader
+        return SkippedFile(file.path, f"cannot decode audio ({type(exc).__name__}: {exc})")
+    if not bool(torch.isfinite(wav).all()):
+        return SkippedFile(file.path, "non-finite samples (NaN or inf)")
+    if wav.shape[0] == 0:
+        return SkippedFile(file.path, "no samples could be decoded")
+    wav = wav[:crop_samples]
+    length = wav.shape[0]
+    if length < crop_samples:
+        wav = torch.nn.functional.pad(wav, (0, crop_samples - length))
+    return Crop(wav, length, file, start / file.sample_rate)
 
 
 @dataclass(frozen=True)
@@ -135,6 +148,7 @@ def collate_crops(items: list[Crop | SkippedFile | KeyedItem]) -> AudioBatch:
         start_seconds=torch.tensor([c.start_seconds for c in crops], dtype=torch.float64),
         position=position,
         skipped=skipped,
+        frames=tuple(c.frames for c in crops) if crops and all(c.frames is not None for c in crops) else None,
     )
 
 

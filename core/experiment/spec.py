@@ -66,7 +66,15 @@ class ObjectiveSpec(ComponentSpec):
 
 
 class DataSpec(StrictModel):
-    path: str = Field("data/demo", description="Audio folder (scanned recursively) or a manifest file listing audio paths.")
+    path: str = Field(
+        "data/demo",
+        description="Audio folder (scanned recursively) or a manifest file listing audio paths; or shards written by "
+        "`mertlab data shard` (their folder, or the object-store URL they were copied to, e.g. s3://bucket/shards).",
+    )
+    shard_cache: str | None = Field(
+        None, description="Local folder where chunks of shards streamed from an object store are cached "
+        "(default: litdata's, $LITDATA_CACHE_DIR or ~/.lightning/chunks).",
+    )
     generate_demo: bool = Field(False, description="If `path` has no audio, write the generated demo set there first.")
     crop_seconds: float = Field(5.0, gt=0, description="Random crop length in seconds (MERT: 5 s).")
     batch_size: int = Field(8, ge=1, description="Clips per device and micro-batch.")

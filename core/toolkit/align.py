@@ -23,6 +23,7 @@ produced. Frames past that are padding and hold zeros.
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import torch
 from torch import Tensor
@@ -32,6 +33,18 @@ from mertlab.errors import MertlabError
 
 # Rates are floats (44100 / 512); a mapped length a hair above an integer is that integer.
 _LENGTH_TOLERANCE = 1e-6
+
+
+def frame_window(start_seconds: float, seconds: float, frame_rate: float) -> tuple[int, int, float]:
+    """The source frames a crop of ``seconds`` starting ``start_seconds`` into its file needs:
+    ``(first, count, offset)`` -- frames ``first`` to ``first + count`` (those starting inside the
+    crop) and the crop's start ``offset`` in source frames past ``first`` (for :func:`align_targets`).
+    The target cache and the shards slice whole-file targets with it."""
+    position = start_seconds * frame_rate
+    first = math.floor(position + _LENGTH_TOLERANCE)
+    offset = max(position - first, 0.0)
+    count = math.ceil(offset + seconds * frame_rate - _LENGTH_TOLERANCE)
+    return first, count, offset
 
 
 def mapped_lengths(src_lengths: Tensor, src_rate: float, dst_rate: float) -> Tensor:

@@ -72,7 +72,7 @@ class PretrainModule(L.LightningModule):
             teacher.requires_grad_(False)
         # Teachers stay modules of the model either way (their info types the objectives; the
         # checkpoint layout does not depend on where targets come from).
-        self.target_source = target_source(spec.data.target_cache, self.teachers, self.backbone.sample_rate)
+        self.target_source = target_source(spec.data.target_cache, self.teachers, self.backbone.sample_rate, spec.data.path)
         self.objectives = nn.ModuleDict({
             alias: registry.build(
                 "objective", o.name, o.params,

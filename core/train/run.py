@@ -15,6 +15,7 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 from mertlab.data.audio import list_audio_paths
 from mertlab.data.datamodule import AudioDataModule
 from mertlab.data.demo import write_demo_dataset
+from mertlab.data.shards import is_shard_path
 from mertlab.data.demo_tasks import DEMO_TASKS, demo_tasks_dir, write_demo_tasks
 from mertlab.errors import MertlabError
 from mertlab.experiment import metric_names as M
@@ -61,7 +62,7 @@ def find_resume_checkpoint(spec: ExperimentSpec, resume: str | bool) -> ResumePo
 def prepare_data(spec: ExperimentSpec) -> None:
     """With ``data.generate_demo``: write the generated demo set when the folder has no audio,
     and the labelled demo probe tasks to ``<data.path>-tasks/`` when their CSVs are missing."""
-    if not spec.data.generate_demo:
+    if not spec.data.generate_demo or is_shard_path(spec.data.path):
         return
     path = Path(spec.data.path)
     if not path.exists() or not list_audio_paths(path, spec.data.extensions):
@@ -84,7 +85,8 @@ def quiet_lightning() -> None:
     mode; few batches per epoch on small data sets; no DataLoader workers by default)."""
     for message in (".*does not have many workers.*", ".*Checkpoint directory .* exists and is not empty.*",
                     ".*module\\(s\\) in eval mode.*", ".*smaller than the logging interval.*",
-                    ".*`training_step` returned `None`.*"):  # a skipped (non-finite) step, counted by mertlab
+                    ".*`training_step` returned `None`.*",  # a skipped (non-finite) step, counted by mertlab
+                    ".*`IterableDataset` has `__len__` defined.*"):  # shards: litdata splits them per worker itself
         warnings.filterwarnings("ignore", message=message)
     rank_zero_logger = logging.getLogger("lightning.pytorch.utilities.rank_zero")
     if not any(isinstance(f, _DropAdvertisements) for f in rank_zero_logger.filters):
@@ -165,7 +167,7 @@ def train(
     datamodule = AudioDataModule(spec.data, module.backbone.sample_rate, spec.seed, min_seconds=shortest_usable_seconds(module))
     datamodule.setup()  # data errors surface before an MLflow run is created
     files = datamodule.train_files + datamodule.val_files
-    if lead and spec.data.target_cache and spec.data.build_target_cache:
+    if lead and spec.data.target_cache and spec.data.build_target_cache and files:
         for alias, teacher in module.teachers.items():
             build_teacher_cache(teacher, files, spec.data.target_cache, alias=alias, progress=progress)
     module.target_source.check_files(files)
@@ -195,7 +197,7 @@ def train(
         logger.unsent_file = checkpoint_dir.parent / "unsent_metrics.jsonl"
     else:  # ModelCheckpoint takes rank 0's folder (a broadcast in its setup)
         checkpoint_dir = run_directory(spec) / str(run_id or "rank-0-run") / "checkpoints"
-    has_val = bool(datamodule.val_files) and spec.trainer.limit_val_batches > 0
+    has_val = datamodule.has_validation() and spec.trainer.limit_val_batches > 0
     checkpoint = ModelCheckpoint(
         dirpath=checkpoint_dir,
         filename="best-step{step}",

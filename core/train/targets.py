@@ -8,28 +8,25 @@ the teachers on the clean crops (e.g. on a GPU).
 from __future__ import annotations
 
 import logging
-import math
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from mertlab.contracts import Targets, Teacher
+from mertlab.contracts import TargetInfo, Targets, Teacher
 from mertlab.data.audio import AudioFile, resample
 from mertlab.data.dataset import AudioBatch
 from mertlab.errors import MertlabError
 from mertlab.teachers.target_cache import BUILD_HINT, DamagedEntryError, TeacherCache, Windowing, compute_targets_of, storage_dtype
-from mertlab.toolkit.align import align_targets
+from mertlab.toolkit.align import align_targets, frame_window
 from mertlab.toolkit.teacher_output import check_cached_values, check_targets
 
 log = logging.getLogger(__name__)
 REBUILD_HINT = "run `mertlab targets build SPEC` to recompute it"
-
-# Crop starts are float seconds; a start a hair below a frame boundary is on it.
-_FRAME_TOLERANCE = 1e-6
 
 
 class TargetSource(ABC):
@@ -126,33 +123,125 @@ class CachedTargets(TargetSource):
             return self._recomputed[key]
 
     def targets(self, batch: AudioBatch, frame_rate: float, num_frames: int, frame_lengths: Tensor) -> dict[str, Targets]:
-        device = batch.wav.device
-        seconds = (batch.lengths.cpu().double() / self.sample_rate).tolist()
-        starts = batch.start_seconds.tolist()
-        out = {}
-        for alias, cache in self.caches.items():
-            rate = cache.info.frame_rate
-            chunks, offsets = [], []
-            for file, start, duration in zip(batch.files, starts, seconds):
-                position = start * rate
-                first = math.floor(position + _FRAME_TOLERANCE)
-                offset = max(position - first, 0.0)
-                count = math.ceil(offset + duration * rate - _FRAME_TOLERANCE)  # frames starting inside the crop
-                chunk = torch.from_numpy(self.read(alias, file, device)[first: first + count].copy())
-                check_cached_values(self.teachers[alias], chunk, f"of {file.path} in {cache.folder}")
-                chunks.append(chunk)
-                offsets.append(offset)
-            dtype = torch.long if cache.info.kind == "discrete" else torch.float32
-            lengths = torch.tensor([c.shape[0] for c in chunks], device=device)
-            values = torch.nn.utils.rnn.pad_sequence(chunks, batch_first=True).to(device=device, dtype=dtype)
-            raw = Targets(values=values, lengths=lengths, info=cache.info)
-            offsets_t = torch.tensor(offsets, dtype=torch.float64, device=device)
-            out[alias] = align_targets(raw, frame_rate, num_frames, frame_lengths, offsets_t)
-        return out
+        return sliced_targets(self.teachers, {a: c.info for a, c in self.caches.items()}, batch, self.sample_rate,
+                              frame_rate, num_frames, frame_lengths, self.chunk)
+
+    def chunk(self, alias: str, batch: AudioBatch, clip: int, first: int, count: int) -> tuple[Tensor, str]:
+        """Frames ``first`` to ``first + count`` of clip ``clip``'s file, and where they came from."""
+        file, cache = batch.files[clip], self.caches[alias]
+        values = self.read(alias, file, batch.wav.device)[first: first + count]
+        return torch.from_numpy(values.copy()), f"of {file.path} in {cache.folder}"
 
 
-def target_source(cache_dir: str | None, teachers: Mapping[str, Teacher], sample_rate: int) -> TargetSource:
-    """The source a spec's ``data.target_cache`` selects (None: the teachers on the fly)."""
+def sliced_targets(teachers: Mapping[str, Teacher], infos: Mapping[str, TargetInfo], batch: AudioBatch, sample_rate: int,
+                   frame_rate: float, num_frames: int, frame_lengths: Tensor, chunk: Any) -> dict[str, Targets]:
+    """Each teacher's targets of a batch cut from whole-file targets (the cache's or a shard's).
+
+    A crop starting ``start_seconds`` into its file starts at source position ``p =
+    start_seconds * teacher_rate``: the frames from ``floor(p)`` that start inside the crop are
+    read (:func:`~mertlab.toolkit.align.frame_window`; ``chunk(alias, batch, clip, first,
+    count)`` gives them and a description of their origin) and :func:`align_targets` places them
+    on the backbone's frames with the residual offset ``p - floor(p)``.
+    """
+    device = batch.wav.device
+    seconds = (batch.lengths.cpu().double() / sample_rate).tolist()
+    starts = batch.start_seconds.tolist()
+    out = {}
+    for alias, info in infos.items():
+        chunks, offsets = [], []
+        for clip, (start, duration) in enumerate(zip(starts, seconds)):
+            first, count, offset = frame_window(start, duration, info.frame_rate)
+            values, origin = chunk(alias, batch, clip, first, count)
+            check_cached_values(teachers[alias], values, origin)
+            chunks.append(values)
+            offsets.append(offset)
+        dtype = torch.long if info.kind == "discrete" else torch.float32
+        lengths = torch.tensor([c.shape[0] for c in chunks], device=device)
+        values = torch.nn.utils.rnn.pad_sequence(chunks, batch_first=True).to(device=device, dtype=dtype)
+        raw = Targets(values=values, lengths=lengths, info=info)
+        offsets_t = torch.tensor(offsets, dtype=torch.float64, device=device)
+        out[alias] = align_targets(raw, frame_rate, num_frames, frame_lengths, offsets_t)
+    return out
+
+
+class ShardTargets(TargetSource):
+    """Targets of a run on shards (``data.path``, :mod:`mertlab.data.shards`).
+
+    Shards written with ``--with-targets`` carry each teacher's whole-file targets, computed as
+    the target cache computes them; the data loader cuts each crop's frames
+    (:func:`~mertlab.toolkit.align.frame_window`) and they are aligned here exactly as
+    :class:`CachedTargets` aligns the cache's, so a run on shards trains on the targets a run
+    on the files with a target cache trains on. Every teacher of the spec must then be in the
+    shards with the same fingerprint (params and fitted state). Shards without targets: the
+    teachers run on the fly. The shards' metadata is read on first use (:meth:`check_files`).
+    """
+
+    def __init__(self, data_path: str, cache_dir: str | None, teachers: Mapping[str, Teacher], sample_rate: int) -> None:
+        self.data_path = data_path
+        self.cache_dir = cache_dir
+        self.teachers = teachers
+        self.sample_rate = sample_rate
+        self._source: TargetSource | None = None
+        self._infos: dict[str, TargetInfo] = {}
+
+    def resolve(self) -> TargetSource:
+        if self._source is not None:
+            return self._source
+        from mertlab.data.shards import read_meta, shard_teachers
+
+        held = shard_teachers(read_meta(self.data_path))
+        if self.cache_dir is not None:
+            raise MertlabError(
+                f"data.target_cache: not used with shards (data.path {self.data_path}); the cache is keyed by audio "
+                "file paths -- write the targets into the shards (`mertlab data shard SRC DST --with-targets SPEC`) "
+                "and set data.target_cache: null"
+            )
+        if not held:
+            self._source = TeacherTargets(self.teachers, self.sample_rate)
+            return self._source
+        for alias, teacher in self.teachers.items():
+            found = held.get(alias)
+            if found is None:
+                raise MertlabError(
+                    f"teachers.{alias}: the shards at {self.data_path} hold targets of {', '.join(sorted(held))} only; "
+                    "rewrite them with `mertlab data shard SRC DST --with-targets SPEC` for this spec"
+                )
+            if (found.teacher, found.fingerprint) != (teacher.name, teacher.fingerprint()):
+                raise MertlabError(
+                    f"teachers.{alias}: the shards at {self.data_path} hold {found.teacher} targets of fingerprint "
+                    f"{found.fingerprint}, this spec's teacher is {teacher.name} {teacher.fingerprint()} (other params or "
+                    "fitted state); rewrite them with `mertlab data shard SRC DST --with-targets SPEC`"
+                )
+            self._infos[alias] = teacher.info
+        self._source = self
+        return self
+
+    def check_files(self, files: Sequence[AudioFile]) -> None:
+        self.resolve()
+
+    def targets(self, batch: AudioBatch, frame_rate: float, num_frames: int, frame_lengths: Tensor) -> dict[str, Targets]:
+        source = self.resolve()
+        if source is not self:
+            return source.targets(batch, frame_rate, num_frames, frame_lengths)
+        if batch.frames is None:
+            raise MertlabError(f"data.path: a batch from the shards at {self.data_path} carries no targets")
+        return sliced_targets(self.teachers, self._infos, batch, self.sample_rate, frame_rate, num_frames,
+                              frame_lengths, self.chunk)
+
+    def chunk(self, alias: str, batch: AudioBatch, clip: int, first: int, count: int) -> tuple[Tensor, str]:
+        """The frames the loader cut (``first``/``count`` are the same :func:`frame_window`'s)."""
+        return batch.frames[clip][alias], f"of {batch.files[clip].path} in the shards at {self.data_path}"
+
+
+def target_source(cache_dir: str | None, teachers: Mapping[str, Teacher], sample_rate: int,
+                  data_path: str | None = None) -> TargetSource:
+    """The source a spec's data section selects: the shards' targets when ``data_path`` holds
+    shards with targets; else ``data.target_cache`` (None: the teachers on the fly)."""
+    if data_path is not None:
+        from mertlab.data.shards import is_shard_path
+
+        if is_shard_path(data_path):
+            return ShardTargets(data_path, cache_dir, teachers, sample_rate)
     if cache_dir is None:
         return TeacherTargets(teachers, sample_rate)
     return CachedTargets(cache_dir, teachers, sample_rate)
