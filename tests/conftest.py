@@ -5,6 +5,9 @@ import sys
 import textwrap
 from pathlib import Path
 
+# Lightning binds its log handler to sys.stderr when first imported: import it here, before a
+# test captures (and later closes) stderr, or a later test's Lightning log line hits a closed stream.
+import lightning.pytorch  # noqa: F401
 import pytest
 import torch
 import yaml
