@@ -99,7 +99,14 @@ class FFTCQT(nn.Module):
         )
         self.hop_length, self.n_bins = hop_length, n_bins
         self.block = hop_length * self.fold
-        self.register_buffer("kernels", matrix, persistent=False)  # follows params: not in state_dict
+        # A plain attribute, not a buffer: DDP broadcasts every buffer at start-up and cannot
+        # broadcast a sparse tensor; the matrix follows the params, so each rank builds the same.
+        self.kernels = matrix
+
+    def _kernels_on(self, device: torch.device) -> Tensor:
+        if self.kernels.device != device:
+            self.kernels = self.kernels.to(device)
+        return self.kernels
 
     def forward(self, x: Tensor) -> Tensor:
         batch, samples = x.shape
@@ -110,7 +117,7 @@ class FFTCQT(nn.Module):
         left = self.kernel_width // 2
         padded = nn.functional.pad(x.float(), (left, max(0, total - samples - left)))[:, :total]
         spectra = torch.fft.rfft(padded.unfold(-1, self.block, step).reshape(batch * blocks, self.block), dim=-1)
-        folded = (self.kernels @ spectra.T.contiguous()).view(self.n_bins, self.fold, batch * blocks)
+        folded = (self._kernels_on(spectra.device) @ spectra.T.contiguous()).view(self.n_bins, self.fold, batch * blocks)
         values = torch.fft.ifft(folded, dim=1, norm="forward")[:, : self.frames_per_block].abs()
         values = values.view(self.n_bins, self.frames_per_block, batch, blocks).permute(2, 0, 3, 1)
         return values.reshape(batch, self.n_bins, blocks * self.frames_per_block)[..., :frames]
