@@ -187,7 +187,9 @@ class CodecTeacher(CheckedFrameTeacher):
     * A clip of ``n`` samples gives ``ceil(n / hop_length)`` frames (:meth:`num_frames`;
       codecs pad the last frame); an empty clip is an error.
     * Clips of a batch are encoded in groups of equal length (:func:`encode_by_length`), so
-      batched codes equal one-clip-at-a-time codes.
+      padding never leaks into a clip's codes; batched codes equal one-clip-at-a-time codes up
+      to float rounding (another batch size may sum the encoder's convolutions in another order
+      and flip rare near-tie codes).
     * The codec stays in eval mode and frozen; :meth:`fingerprint` covers a hash of its encoder
       and quantizer weights.
     """

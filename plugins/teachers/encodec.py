@@ -73,8 +73,10 @@ class EncodecTeacher(codec_support.CodecTeacher):
       does not normalise loudness (``normalize=False``), and neither does this teacher.
     * A clip of ``n`` samples gives ``ceil(n / 320)`` frames (EnCodec pads the last frame); a
       clip shorter than one frame gives one frame, an empty clip is an error.
-    * Clips in a batch are encoded in groups of equal length, so batched codes equal
-      one-clip-at-a-time codes (padding never leaks into a clip's last frames).
+    * Clips in a batch are encoded in groups of equal length, so padding never leaks into a
+      clip's last frames. Batched codes equal one-clip-at-a-time codes up to float rounding: at
+      another batch size the encoder's convolutions may sum in another order, which flips rare
+      near-tie codes (98.4% equal for 8 x 5 s clips in ``bench/teachers.py``).
     * ``pretrained: true`` loads a local checkpoint (nothing is downloaded; a missing file is a
       clear error). ``pretrained: false`` builds the real architecture with random weights from
       ``seed``; since its codebooks start empty (EnCodec initialises them by k-means on the
