@@ -325,12 +325,12 @@ def ui_cli_command(tracking_uri: str | None, host: str, port: int) -> None:
     process = subprocess.Popen(ui_argv(uri, host, port), start_new_session=True)
     previous = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     try:
-        code = process.wait()
+        process.wait()
     except KeyboardInterrupt:
-        code = _stop_process_group(process)
+        pass
     finally:
         signal.signal(signal.SIGTERM, previous)
-        _stop_process_group(process)  # what the server left behind, if it exited by itself
+        code = _stop_process_group(process)  # the server and what it started (or left behind)
     if code not in (0, -2, -15, 130):
         raise MertlabError(f"the MLflow UI exited with status {code} (is port {port} in use? try --port)")
 
