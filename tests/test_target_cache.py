@@ -217,6 +217,40 @@ def test_cached_crop_targets_equal_on_the_fly(demo_dir, tmp_path):
     assert torch.equal(between["codes"].values[:, :n], later["codes"].values[:, :n])
 
 
+def test_entries_open_and_check_once_then_stay_mapped(demo_dir, tmp_path, monkeypatch):
+    """Each entry is read (checksum) and its values checked once, over the whole file -- a bad
+    value outside every crop still stops the run -- then later crops only slice the open map;
+    past OPEN_ENTRIES the least recently used map is closed and reopened (checked) on demand."""
+    from mertlab.train import targets as target_sources
+
+    spec = make_spec(demo_dir, tmp_path)
+    build_targets(spec, progress=False)
+    module = PretrainModule(spec)
+    opened = []
+    read = target_sources.CachedTargets.read
+    monkeypatch.setattr(target_sources.CachedTargets, "read", lambda self, alias, file, device="cpu": opened.append((alias, file.path)) or read(self, alias, file, device))
+    first = targets_of(module, grid_batch(demo_dir, [0, 17, 37]))
+    targets_of(module, grid_batch(demo_dir, [1, 18, 38]))
+    assert sorted(opened) == sorted((a, f.path) for a in ("codes", "cqt") for f in files_of(demo_dir))  # once each
+
+    monkeypatch.setattr(target_sources, "OPEN_ENTRIES", 2)
+    fresh = PretrainModule(spec)
+    opened.clear()
+    again = targets_of(fresh, grid_batch(demo_dir, [0, 17, 37]))
+    targets_of(fresh, grid_batch(demo_dir, [0, 17, 37]))
+    assert len(opened) == 12  # 6 entries, only 2 stay open: every use reopens (and rechecks) one
+    torch.testing.assert_close(again["cqt"].values, first["cqt"].values)
+
+    t = teacher(spec, "cqt")
+    entry = TeacherCache(tmp_path / "targets", t).entry(files_of(demo_dir)[0].path)
+    values = np.load(entry)
+    values[-1, 0] = np.nan  # the file's last frame: outside the crop read below
+    np.save(entry, values)
+    entry.with_name(entry.stem + ".sum.json").unlink()  # (as an older cache without records)
+    with pytest.raises(MertlabError, match=r"cqt.*cached targets of .*non-finite"):
+        targets_of(PretrainModule(spec), grid_batch(demo_dir, [0, 17, 37]))
+
+
 def test_training_reads_targets_from_the_cache(demo_dir, tmp_path, tracking_uri, monkeypatch):
     spec = make_spec(demo_dir, tmp_path, tracking_uri=tracking_uri)
     build_targets(spec, progress=False)

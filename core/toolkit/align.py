@@ -106,7 +106,9 @@ def align_targets(
         i1 = torch.minimum(lower + 1, last)
         out = torch.lerp(_gather_frames(values, i0), _gather_frames(values, i1), weight)
     steps = torch.arange(num_frames, device=device)
-    out = out.masked_fill((steps[None, :] >= out_lengths[:, None])[:, :, None], 0)
+    padding = steps[None, :] >= out_lengths[:, None]
+    if bool(padding.any()):
+        out[padding] = 0  # out is a fresh tensor
     return Targets(values=out, lengths=out_lengths, info=dataclasses.replace(info, frame_rate=float(frame_rate)))
 
 
@@ -115,5 +117,8 @@ def _gather_frames(values: Tensor, index: Tensor) -> Tensor:
     batch, src_frames, channels = values.shape
     if src_frames == 0:
         return values.new_zeros(batch, index.shape[1], channels)
-    return torch.gather(values, 1, index[:, :, None].expand(-1, -1, channels))
+    # Whole rows by flat row index: a row copy each (index_select), several times faster than an
+    # element-wise torch.gather over the channels.
+    rows = index + torch.arange(batch, device=index.device)[:, None] * src_frames
+    return values.reshape(batch * src_frames, channels).index_select(0, rows.reshape(-1)).view(batch, -1, channels)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from abc import ABC, abstractmethod
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,11 @@ from mertlab.toolkit.teacher_output import check_cached_values, check_targets
 
 log = logging.getLogger(__name__)
 REBUILD_HINT = "run `mertlab targets build SPEC` to recompute it"
+#: Cache entries :class:`CachedTargets` keeps memory-mapped between reads (each holds a file
+#: descriptor; least recently used ones are closed past this many).
+OPEN_ENTRIES = 256
+#: Frames checked at a time when an entry's values are checked on first use (bounds memory).
+_CHECK_FRAMES = 1 << 16
 
 
 class TargetSource(ABC):
@@ -78,6 +84,10 @@ class CachedTargets(TargetSource):
         self.repair = repair
         self.caches = {alias: TeacherCache(cache_dir, teacher) for alias, teacher in teachers.items()}
         self._recomputed: dict[tuple[str, Path], np.ndarray] = {}  # repairs a read-only cache could not store
+        self._open: OrderedDict[tuple[str, str], np.ndarray] = OrderedDict()  # checked entries, LRU order
+
+    def __getstate__(self) -> dict[str, Any]:  # memory maps stay in their process (e.g. ddp_spawn)
+        return {**self.__dict__, "_open": OrderedDict()}
 
     def check_files(self, files: Sequence[AudioFile]) -> None:
         for alias, cache in self.caches.items():
@@ -123,25 +133,47 @@ class CachedTargets(TargetSource):
             return self._recomputed[key]
 
     def targets(self, batch: AudioBatch, frame_rate: float, num_frames: int, frame_lengths: Tensor) -> dict[str, Targets]:
-        return sliced_targets(self.teachers, {a: c.info for a, c in self.caches.items()}, batch, self.sample_rate,
+        return sliced_targets({a: c.info for a, c in self.caches.items()}, batch, self.sample_rate,
                               frame_rate, num_frames, frame_lengths, self.chunk)
 
-    def chunk(self, alias: str, batch: AudioBatch, clip: int, first: int, count: int) -> tuple[Tensor, str]:
-        """Frames ``first`` to ``first + count`` of clip ``clip``'s file, and where they came from."""
-        file, cache = batch.files[clip], self.caches[alias]
-        values = self.read(alias, file, batch.wav.device)[first: first + count]
-        return torch.from_numpy(values.copy()), f"of {file.path} in {cache.folder}"
+    def checked(self, alias: str, file: AudioFile, device: torch.device | str = "cpu") -> np.ndarray:
+        """``file``'s cached targets of teacher ``alias``, opened and checked once per run.
+
+        The first use reads the entry (checksum, :meth:`read`) and checks all its values as the
+        teacher's output is checked (:func:`check_cached_values`); the memory map then stays
+        open (the :data:`OPEN_ENTRIES` most recently used), so each later crop only slices it.
+        The entry is looked up by the audio path: a file edited during a run keeps the targets
+        it had when first read (the next run sees the edit and asks for a rebuild).
+        """
+        key = (alias, str(file.path))
+        values = self._open.get(key)
+        if values is not None:
+            self._open.move_to_end(key)
+            return values
+        values = self.read(alias, file, device)
+        origin = f"of {file.path} in {self.caches[alias].folder}"
+        for start in range(0, max(len(values), 1), _CHECK_FRAMES):
+            check_cached_values(self.teachers[alias], torch.from_numpy(np.array(values[start: start + _CHECK_FRAMES])), origin)
+        self._open[key] = values
+        if len(self._open) > OPEN_ENTRIES:
+            self._open.popitem(last=False)
+        return values
+
+    def chunk(self, alias: str, batch: AudioBatch, clip: int, first: int, count: int) -> Tensor:
+        """Frames ``first`` to ``first + count`` of clip ``clip``'s file (checked: :meth:`checked`)."""
+        values = self.checked(alias, batch.files[clip], batch.wav.device)[first: first + count]
+        return torch.from_numpy(np.array(values))
 
 
-def sliced_targets(teachers: Mapping[str, Teacher], infos: Mapping[str, TargetInfo], batch: AudioBatch, sample_rate: int,
+def sliced_targets(infos: Mapping[str, TargetInfo], batch: AudioBatch, sample_rate: int,
                    frame_rate: float, num_frames: int, frame_lengths: Tensor, chunk: Any) -> dict[str, Targets]:
     """Each teacher's targets of a batch cut from whole-file targets (the cache's or a shard's).
 
     A crop starting ``start_seconds`` into its file starts at source position ``p =
     start_seconds * teacher_rate``: the frames from ``floor(p)`` that start inside the crop are
     read (:func:`~mertlab.toolkit.align.frame_window`; ``chunk(alias, batch, clip, first,
-    count)`` gives them and a description of their origin) and :func:`align_targets` places them
-    on the backbone's frames with the residual offset ``p - floor(p)``.
+    count)`` gives them, ``[count, C]``, their values already checked) and :func:`align_targets`
+    places them on the backbone's frames with the residual offset ``p - floor(p)``.
     """
     device = batch.wav.device
     seconds = (batch.lengths.cpu().double() / sample_rate).tolist()
@@ -151,13 +183,13 @@ def sliced_targets(teachers: Mapping[str, Teacher], infos: Mapping[str, TargetIn
         chunks, offsets = [], []
         for clip, (start, duration) in enumerate(zip(starts, seconds)):
             first, count, offset = frame_window(start, duration, info.frame_rate)
-            values, origin = chunk(alias, batch, clip, first, count)
-            check_cached_values(teachers[alias], values, origin)
-            chunks.append(values)
+            chunks.append(chunk(alias, batch, clip, first, count))
             offsets.append(offset)
         dtype = torch.long if info.kind == "discrete" else torch.float32
         lengths = torch.tensor([c.shape[0] for c in chunks], device=device)
-        values = torch.nn.utils.rnn.pad_sequence(chunks, batch_first=True).to(device=device, dtype=dtype)
+        same_length = all(c.shape[0] == chunks[0].shape[0] for c in chunks)
+        values = (torch.stack(chunks) if same_length else torch.nn.utils.rnn.pad_sequence(chunks, batch_first=True))
+        values = values.to(device=device, dtype=dtype)
         raw = Targets(values=values, lengths=lengths, info=info)
         offsets_t = torch.tensor(offsets, dtype=torch.float64, device=device)
         out[alias] = align_targets(raw, frame_rate, num_frames, frame_lengths, offsets_t)
@@ -225,12 +257,14 @@ class ShardTargets(TargetSource):
             return source.targets(batch, frame_rate, num_frames, frame_lengths)
         if batch.frames is None:
             raise MertlabError(f"data.path: a batch from the shards at {self.data_path} carries no targets")
-        return sliced_targets(self.teachers, self._infos, batch, self.sample_rate, frame_rate, num_frames,
+        return sliced_targets(self._infos, batch, self.sample_rate, frame_rate, num_frames,
                               frame_lengths, self.chunk)
 
-    def chunk(self, alias: str, batch: AudioBatch, clip: int, first: int, count: int) -> tuple[Tensor, str]:
-        """The frames the loader cut (``first``/``count`` are the same :func:`frame_window`'s)."""
-        return batch.frames[clip][alias], f"of {batch.files[clip].path} in the shards at {self.data_path}"
+    def chunk(self, alias: str, batch: AudioBatch, clip: int, first: int, count: int) -> Tensor:
+        """The frames the loader cut (``first``/``count`` are the same :func:`frame_window`'s), checked."""
+        values = batch.frames[clip][alias]
+        check_cached_values(self.teachers[alias], values, f"of {batch.files[clip].path} in the shards at {self.data_path}")
+        return values
 
 
 def target_source(cache_dir: str | None, teachers: Mapping[str, Teacher], sample_rate: int,
