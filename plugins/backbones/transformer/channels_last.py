@@ -1,0 +1,140 @@
+"""The conv feature extractor's ops on channels-last ``[B, T, C]`` activations, as plain GEMMs (CPU).
+
+Why: a strided ``nn.Conv1d`` on CPU (oneDNN) wants channels-last memory for its backward pass and
+gets ``[B, C, T]``, so every layer's backward first transposes its output gradient
+(``aten::contiguous`` inside ``convolution_backward``) -- a 512 x 24000 transpose per clip for the
+first layer of HuBERT's extractor on 5 s, 18% of a ``small`` train step (torch.profiler; Hugging
+Face's ``HubertModel`` pays it too). Kept channels-last from the waveform on, a stride-``s``
+convolution needs no copy at all: output frame ``t`` reads input frames ``s*t + j`` for taps
+``j < k``, and for ``m <= s`` consecutive taps these are ``m * C`` consecutive numbers starting at
+row ``s*t``, so each group of ``s`` taps is one GEMM over a strided view of the input (row stride
+``s * C`` >= its width, a valid BLAS matrix). The backward pass is GEMMs into the same views.
+The results equal ``nn.Conv1d``'s up to float summation order (``tests/test_backbone_transformer.py``).
+
+:class:`ChannelsLastConv` is the convolution, :class:`ChannelTimeNorm` HuBERT's first-layer
+``GroupNorm(C, C)`` (each channel normalised over time) in the same layout.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+
+def _tap_groups(kernel: int, stride: int) -> list[tuple[int, int]]:
+    """Taps ``[j0, j1)`` read by one GEMM: at most ``stride`` consecutive taps each."""
+    return [(j, min(j + stride, kernel)) for j in range(0, kernel, stride)]
+
+
+def _taps(clip: Tensor, frames: int, stride: int, j0: int, j1: int) -> Tensor:
+    """``[frames, (j1 - j0) * C]`` view of a contiguous ``[T, C]`` clip: row ``t`` holds input
+    frames ``stride * t + j0`` to ``stride * t + j1 - 1``."""
+    channels = clip.shape[-1]
+    return clip.as_strided((frames, (j1 - j0) * channels), (stride * channels, 1), clip.storage_offset() + j0 * channels)
+
+
+def _tap_weight(weight: Tensor, j0: int, j1: int) -> Tensor:
+    """``[O, C, k]`` conv weight -> ``[(j1 - j0) * C, O]``, rows ordered (tap, channel) as :func:`_taps`."""
+    out_channels, in_channels, _ = weight.shape
+    return weight[:, :, j0:j1].permute(2, 1, 0).reshape((j1 - j0) * in_channels, out_channels)
+
+
+class ChannelsLastConv(torch.autograd.Function):
+    """``nn.Conv1d`` (no padding, dilation 1, one group) on ``[B, T, C]`` input, giving ``[B, T', O]``."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, weight: Tensor, bias: Tensor | None, stride: int) -> Tensor:
+        x = x.contiguous()
+        batch, length, _ = x.shape
+        out_channels, _, kernel = weight.shape
+        frames = (length - kernel) // stride + 1
+        out = x.new_empty(batch, frames, out_channels)
+        groups = _tap_groups(kernel, stride)
+        weights = [_tap_weight(weight, j0, j1) for j0, j1 in groups]
+        for b in range(batch):
+            for g, ((j0, j1), w) in enumerate(zip(groups, weights)):
+                taps = _taps(x[b], frames, stride, j0, j1)
+                if g > 0:
+                    out[b].addmm_(taps, w)
+                elif bias is None:
+                    torch.mm(taps, w, out=out[b])
+                else:
+                    torch.addmm(bias, taps, w, out=out[b])
+        ctx.save_for_backward(x, weight)
+        ctx.stride, ctx.has_bias = stride, bias is not None
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
+        x, weight = ctx.saved_tensors
+        stride = ctx.stride
+        grad = grad.contiguous()
+        batch, _, in_channels = x.shape
+        out_channels, _, kernel = weight.shape
+        frames = grad.shape[1]
+        groups = _tap_groups(kernel, stride)
+        grad_x = grad_w = grad_b = None
+        if ctx.needs_input_grad[1]:
+            by_tap = weight.new_zeros(kernel, in_channels, out_channels)
+            for j0, j1 in groups:
+                rows = by_tap[j0:j1].view((j1 - j0) * in_channels, out_channels)
+                for b in range(batch):
+                    rows.addmm_(_taps(x[b], frames, stride, j0, j1).t(), grad[b])
+            grad_w = by_tap.permute(2, 1, 0)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_b = grad.sum((0, 1))
+        if ctx.needs_input_grad[0]:
+            grad_x = torch.zeros_like(x)
+            for j0, j1 in groups:
+                w = _tap_weight(weight, j0, j1).t()
+                for b in range(batch):
+                    _taps(grad_x[b], frames, stride, j0, j1).addmm_(grad[b], w)
+        return grad_x, grad_w, grad_b, None
+
+
+def channels_last_conv(x: Tensor, weight: Tensor, bias: Tensor | None, stride: int) -> Tensor:
+    """:class:`ChannelsLastConv` under CPU autocast too (it runs in the autocast dtype)."""
+    if torch.is_autocast_enabled("cpu"):
+        dtype = torch.get_autocast_dtype("cpu")
+        x, weight = x.to(dtype), weight.to(dtype)
+        bias = bias.to(dtype) if bias is not None else None
+    with torch.autocast("cpu", enabled=False):
+        return ChannelsLastConv.apply(x, weight, bias, stride)
+
+
+class ChannelTimeNorm(torch.autograd.Function):
+    """``GroupNorm(C, C)`` of ``[B, T, C]``: each (clip, channel) normalised over time, then scaled
+    by ``weight`` and shifted by ``bias`` (both ``[C]``)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, weight: Tensor, bias: Tensor, eps: float) -> Tensor:
+        var, mean = torch.var_mean(x, dim=1, unbiased=False, keepdim=True)  # [B, 1, C]
+        rstd = (var + eps).rsqrt()
+        scale = rstd * weight
+        ctx.save_for_backward(x, mean, rstd, weight)
+        return torch.addcmul(bias - mean * scale, x, scale)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
+        x, mean, rstd, weight = ctx.saved_tensors
+        length = x.shape[1]
+        sum_grad = grad.sum(1, keepdim=True)
+        sum_grad_xhat = ((grad * x).sum(1, keepdim=True) - mean * sum_grad) * rstd  # sum over t of grad * xhat
+        grad_x = None
+        if ctx.needs_input_grad[0]:
+            # dx = w * rstd * (g - mean_t(g) - xhat * mean_t(g * xhat)) = a * g + c * x + d per (clip, channel)
+            a = weight * rstd
+            c = -a * rstd * sum_grad_xhat / length
+            d = -a * sum_grad / length - c * mean
+            grad_x = torch.addcmul(d, grad, a).addcmul_(x, c)
+        grad_w = sum_grad_xhat.sum((0, 1)) if ctx.needs_input_grad[1] else None
+        grad_b = sum_grad.sum((0, 1)) if ctx.needs_input_grad[2] else None
+        return grad_x, grad_w, grad_b, None
+
+
+def channel_time_norm(x: Tensor, weight: Tensor, bias: Tensor, eps: float) -> Tensor:
+    """:class:`ChannelTimeNorm` in at least float32 (GroupNorm runs in float32 under autocast too)."""
+    dtype = torch.promote_types(x.dtype, torch.float32)
+    with torch.autocast("cpu", enabled=False):
+        return ChannelTimeNorm.apply(x.to(dtype), weight.to(dtype), bias.to(dtype), eps)
