@@ -40,6 +40,7 @@ from torch.utils.checkpoint import checkpoint
 from mertlab.contracts import Backbone, BackboneOutput, Params
 from mertlab.errors import MertlabError
 from mertlab.hookspecs import hookimpl
+from mertlab.toolkit.dropout import Dropout
 from mertlab.toolkit.log_mel import LogMelFrontend, ceil_div
 from mertlab.toolkit.presets import fill_preset
 
@@ -240,7 +241,7 @@ class FeedForward(nn.Module):
         self.norm = nn.LayerNorm(dim)
         self.fc1 = nn.Linear(dim, inner)
         self.fc2 = nn.Linear(inner, dim)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.dropout(self.fc2(self.dropout(F.silu(self.fc1(self.norm(x))))))
@@ -257,7 +258,7 @@ class SelfAttention(nn.Module):
         self.qkv = nn.Linear(p.hidden_dim, 3 * p.hidden_dim)
         self.out = nn.Linear(p.hidden_dim, p.hidden_dim)
         self.attention_dropout = p.attention_dropout
-        self.dropout = nn.Dropout(p.dropout)
+        self.dropout = Dropout(p.dropout)
 
     def forward(
         self, x: Tensor, attend: Tensor, rotary: tuple[Tensor, Tensor] | None, instrument: bool
@@ -294,7 +295,7 @@ class ConvModule(nn.Module):
         self.depthwise = nn.Conv1d(d, d, p.conv_kernel, padding=p.conv_kernel // 2, groups=d)
         self.depthwise_norm = nn.LayerNorm(d)
         self.pointwise_out = nn.Linear(d, d)
-        self.dropout = nn.Dropout(p.dropout)
+        self.dropout = Dropout(p.dropout)
 
     def forward(self, x: Tensor, pad: Tensor) -> Tensor:
         y = F.glu(self.pointwise_in(self.norm(x)), dim=-1).masked_fill(pad[..., None], 0.0)
@@ -361,7 +362,7 @@ class ConformerBackbone(Backbone):
         )
         self.subsampling = ConvSubsampling(p)
         self.projection = nn.Sequential(
-            nn.Linear(self.subsampling.out_dim, p.hidden_dim), nn.LayerNorm(p.hidden_dim), nn.Dropout(p.dropout)
+            nn.Linear(self.subsampling.out_dim, p.hidden_dim), nn.LayerNorm(p.hidden_dim), Dropout(p.dropout)
         )
         # HuBERT initialises its mask embedding uniformly in [0, 1); the transformer does the same.
         self.mask_embedding = nn.Parameter(torch.empty(p.hidden_dim).uniform_())
