@@ -20,8 +20,8 @@ def dropout(x: Tensor, p: float, training: bool = True) -> Tensor:
         return x
     if x.device.type != "cpu" or p >= 1.0:
         return F.dropout(x, p, training)
-    with torch.no_grad():
-        scale = (torch.rand(x.shape, device=x.device) >= p).to(x.dtype).mul_(1.0 / (1.0 - p))
+    with torch.no_grad():  # 1 / (1 - p) where the draw is >= p, else 0; in place
+        scale = torch.rand(x.shape, device=x.device).ge_(p).mul_(1.0 / (1.0 - p)).to(x.dtype)
     return x * scale
 
 

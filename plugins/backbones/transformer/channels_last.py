@@ -36,9 +36,10 @@ def _taps(clip: Tensor, frames: int, stride: int, j0: int, j1: int) -> Tensor:
 
 
 def _tap_weight(weight: Tensor, j0: int, j1: int) -> Tensor:
-    """``[O, C, k]`` conv weight -> ``[(j1 - j0) * C, O]``, rows ordered (tap, channel) as :func:`_taps`."""
+    """``[O, C, k]`` conv weight -> ``[O, (j1 - j0) * C]``, columns ordered (tap, channel) as
+    :func:`_taps` (a copy transposing only within each output channel's row: cache friendly)."""
     out_channels, in_channels, _ = weight.shape
-    return weight[:, :, j0:j1].permute(2, 1, 0).reshape((j1 - j0) * in_channels, out_channels)
+    return weight[:, :, j0:j1].transpose(1, 2).reshape(out_channels, (j1 - j0) * in_channels)
 
 
 class ChannelsLastConv(torch.autograd.Function):
@@ -52,7 +53,7 @@ class ChannelsLastConv(torch.autograd.Function):
         frames = (length - kernel) // stride + 1
         out = x.new_empty(batch, frames, out_channels)
         groups = _tap_groups(kernel, stride)
-        weights = [_tap_weight(weight, j0, j1) for j0, j1 in groups]
+        weights = [_tap_weight(weight, j0, j1).t() for j0, j1 in groups]
         for b in range(batch):
             for g, ((j0, j1), w) in enumerate(zip(groups, weights)):
                 taps = _taps(x[b], frames, stride, j0, j1)
@@ -71,26 +72,39 @@ class ChannelsLastConv(torch.autograd.Function):
         x, weight = ctx.saved_tensors
         stride = ctx.stride
         grad = grad.contiguous()
-        batch, _, in_channels = x.shape
+        batch, length, in_channels = x.shape
         out_channels, _, kernel = weight.shape
         frames = grad.shape[1]
         groups = _tap_groups(kernel, stride)
         grad_x = grad_w = grad_b = None
         if ctx.needs_input_grad[1]:
-            by_tap = weight.new_zeros(kernel, in_channels, out_channels)
+            by_tap = weight.new_empty(out_channels, kernel * in_channels)  # columns (tap, channel)
             for j0, j1 in groups:
-                rows = by_tap[j0:j1].view((j1 - j0) * in_channels, out_channels)
+                columns = by_tap[:, j0 * in_channels: j1 * in_channels]
                 for b in range(batch):
-                    rows.addmm_(_taps(x[b], frames, stride, j0, j1).t(), grad[b])
-            grad_w = by_tap.permute(2, 1, 0)
+                    taps = _taps(x[b], frames, stride, j0, j1)
+                    if b == 0:
+                        torch.mm(grad[b].t(), taps, out=columns)
+                    else:
+                        columns.addmm_(grad[b].t(), taps)
+            grad_w = by_tap.view(out_channels, kernel, in_channels).transpose(1, 2).contiguous()
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_b = grad.sum((0, 1))
         if ctx.needs_input_grad[0]:
-            grad_x = torch.zeros_like(x)
-            for j0, j1 in groups:
-                w = _tap_weight(weight, j0, j1).t()
+            # The first tap group covers frames [0, stride * frames) exactly when it has `stride`
+            # taps: it writes them, and only the frames past it need zeros.
+            first_writes = groups[0][1] - groups[0][0] == stride
+            grad_x = torch.empty_like(x) if first_writes else torch.zeros_like(x)
+            if first_writes:
+                grad_x[:, stride * frames:] = 0
+            for g, (j0, j1) in enumerate(groups):
+                w = _tap_weight(weight, j0, j1)
                 for b in range(batch):
-                    _taps(grad_x[b], frames, stride, j0, j1).addmm_(grad[b], w)
+                    view = _taps(grad_x[b], frames, stride, j0, j1)
+                    if g == 0 and first_writes:
+                        torch.mm(grad[b], w, out=view)
+                    else:
+                        view.addmm_(grad[b], w)
         return grad_x, grad_w, grad_b, None
 
 
