@@ -258,7 +258,8 @@ def test_feature_grad_mult_scales_only_the_frontend_gradient(mult):
 
 
 EXTRACTORS = [
-    {},  # HuBERT/MERT-95M shape: group norm on the first layer, no bias
+    {},  # HuBERT/MERT-95M shape: group norm + exact GELU (fused) on the first layer, no bias
+    {"extractor_activation": "gelu_tanh"},  # group norm, then a separate activation
     {"extractor_mode": "layer_norm", "conv_bias": True},  # MERT-330M shape
     {"conv_channels": [16, 24], "conv_kernels": [7, 2], "conv_strides": [2, 5]},  # kernel < stride
     {"conv_channels": [32], "conv_kernels": [2048], "conv_strides": [320]},  # the quickstart's filterbank

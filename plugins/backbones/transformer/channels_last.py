@@ -143,40 +143,85 @@ def _sum_of_products(a: Tensor, b: Tensor) -> Tensor:
     return _time_sum(a, lambda out, t: torch.mul(a[:, t], b[:, t], out=out))
 
 
+def _frame_chunks(length: int, rows: int = 256) -> list[slice]:
+    """Consecutive slices of ``rows`` frames covering ``length`` (cache-sized pieces of ``[B, T, C]``)."""
+    return [slice(start, min(start + rows, length)) for start in range(0, length, rows)]
+
+
+def _contiguous_part(flat: Tensor, like: Tensor, t: slice) -> Tensor:
+    """A contiguous ``[B, len(t), C]`` tensor on the storage of the 1-D buffer ``flat``. (torch
+    2.9's CPU GELU writes wrongly into a strided ``out=`` view, so GELU ops only see these.)"""
+    batch, _, channels = like.shape
+    return flat[: batch * (t.stop - t.start) * channels].view(batch, t.stop - t.start, channels)
+
+
 class ChannelTimeNorm(torch.autograd.Function):
     """``GroupNorm(C, C)`` of ``[B, T, C]``: each (clip, channel) normalised over time, then scaled
-    by ``weight`` and shifted by ``bias`` (both ``[C]``)."""
+    by ``weight`` and shifted by ``bias`` (both ``[C]``); with ``gelu``, followed by the exact GELU
+    in the same pass (HuBERT's first extractor layer): the normalised values are made and used
+    chunk by chunk in cache and recomputed in the backward pass instead of being stored."""
 
     @staticmethod
-    def forward(ctx: Any, x: Tensor, weight: Tensor, bias: Tensor, eps: float) -> Tensor:
+    def forward(ctx: Any, x: Tensor, weight: Tensor, bias: Tensor, eps: float, gelu: bool) -> Tensor:
         length = x.shape[1]
         mean = x.sum(1, keepdim=True) / length  # [B, 1, C]
         var = _sum_of_squares(x, mean) / length
         rstd = (var + eps).rsqrt()
         scale = rstd * weight
-        ctx.save_for_backward(x, mean, rstd, weight)
-        return torch.addcmul(bias - mean * scale, x, scale)
+        shift = bias - mean * scale
+        ctx.save_for_backward(x, mean, rstd, weight, shift)
+        ctx.gelu = gelu
+        if not gelu:
+            return torch.addcmul(shift, x, scale)
+        out = torch.empty_like(x)
+        buffer = x.new_empty(x.shape[0] * min(256, length) * x.shape[2])
+        for t in _frame_chunks(length):
+            part = torch.addcmul(shift, x[:, t], scale, out=_contiguous_part(buffer, x, t))
+            out[:, t] = torch.ops.aten.gelu_(part)
+        return out
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
-        x, mean, rstd, weight = ctx.saved_tensors
+        x, mean, rstd, weight, shift = ctx.saved_tensors
         length = x.shape[1]
-        sum_grad = grad.sum(1, keepdim=True)
-        sum_grad_xhat = (_sum_of_products(grad, x) - mean * sum_grad) * rstd  # sum over t of grad * xhat
+        if ctx.gelu:  # gradient at the GELU's input, and its two sums over time, chunk by chunk
+            scale = rstd * weight
+            grad_norm = torch.empty_like(x)
+            buffers = [x.new_empty(x.shape[0] * min(256, length) * x.shape[2]) for _ in range(2)]
+            sum_grad = x.new_zeros(mean.shape)
+            sum_grad_x = x.new_zeros(mean.shape)
+            for t in _frame_chunks(length):
+                first, second = (_contiguous_part(b, x, t) for b in buffers)
+                normalised = torch.addcmul(shift, x[:, t], scale, out=first)
+                g = torch.ops.aten.gelu_backward.grad_input(grad[:, t], normalised, grad_input=second)
+                grad_norm[:, t] = g
+                sum_grad += g.sum(1, keepdim=True)
+                sum_grad_x += torch.mul(g, x[:, t], out=first).sum(1, keepdim=True)
+        else:
+            grad_norm = grad
+            sum_grad = grad.sum(1, keepdim=True)
+            sum_grad_x = _sum_of_products(grad, x)
+        sum_grad_xhat = (sum_grad_x - mean * sum_grad) * rstd  # sum over t of grad * xhat
         grad_x = None
         if ctx.needs_input_grad[0]:
             # dx = w * rstd * (g - mean_t(g) - xhat * mean_t(g * xhat)) = a * g + c * x + d per (clip, channel)
             a = weight * rstd
             c = -a * rstd * sum_grad_xhat / length
             d = -a * sum_grad / length - c * mean
-            grad_x = torch.addcmul(d, grad, a).addcmul_(x, c)
+            if ctx.gelu:  # in place, in cache-sized pieces: grad_norm is this function's own buffer
+                for t in _frame_chunks(length):
+                    grad_norm[:, t].mul_(a).add_(d).addcmul_(x[:, t], c)
+                grad_x = grad_norm
+            else:
+                grad_x = torch.addcmul(d, grad, a).addcmul_(x, c)
         grad_w = sum_grad_xhat.sum((0, 1)) if ctx.needs_input_grad[1] else None
         grad_b = sum_grad.sum((0, 1)) if ctx.needs_input_grad[2] else None
-        return grad_x, grad_w, grad_b, None
+        return grad_x, grad_w, grad_b, None, None
 
 
-def channel_time_norm(x: Tensor, weight: Tensor, bias: Tensor, eps: float) -> Tensor:
-    """:class:`ChannelTimeNorm` in at least float32 (GroupNorm runs in float32 under autocast too)."""
+def channel_time_norm(x: Tensor, weight: Tensor, bias: Tensor, eps: float, gelu: bool = False) -> Tensor:
+    """:class:`ChannelTimeNorm` (``gelu``: then the exact GELU) in at least float32 (GroupNorm
+    runs in float32 under autocast too)."""
     dtype = torch.promote_types(x.dtype, torch.float32)
     with torch.autocast("cpu", enabled=False):
-        return ChannelTimeNorm.apply(x.to(dtype), weight.to(dtype), bias.to(dtype), eps)
+        return ChannelTimeNorm.apply(x.to(dtype), weight.to(dtype), bias.to(dtype), eps, gelu)

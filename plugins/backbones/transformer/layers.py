@@ -62,8 +62,10 @@ class ConvLayer(nn.Module):
         """The same function on ``[B, T, C]`` -> ``[B, T', C']`` as GEMMs (see ``channels_last.py``)."""
         x = channels_last_conv(x, self.conv.weight, self.conv.bias, self.conv.stride[0])
         if self.norm == "group":
-            x = channel_time_norm(x, self.layer_norm.weight, self.layer_norm.bias, self.layer_norm.eps)
-        elif self.norm == "layer":
+            exact_gelu = isinstance(self.activation, nn.GELU) and self.activation.approximate == "none"
+            x = channel_time_norm(x, self.layer_norm.weight, self.layer_norm.bias, self.layer_norm.eps, gelu=exact_gelu)
+            return x if exact_gelu else self.activation(x)
+        if self.norm == "layer":
             x = self.layer_norm(x)
         return self.activation(x)
 
