@@ -78,7 +78,7 @@ class FeatureExtractor(nn.Module):
     elsewhere (CUDA: cuDNN) as ``nn.Conv1d``. ``channels_last=False`` forces the latter.
     """
 
-    #: Use the channels-last GEMM path on CPU (a class attribute so tests can compare both).
+    #: Use the channels-last GEMM path on CPU (set False on an instance to run nn.Conv1d there too).
     channels_last: bool = True
 
     def __init__(self, p: TransformerParams):
