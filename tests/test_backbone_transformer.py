@@ -351,7 +351,7 @@ def test_relaxation_takes_its_own_computation_path(monkeypatch):
         calls.append(1)
         return sdpa(*args, **kwargs)
 
-    monkeypatch.setattr(layers_module.F, "scaled_dot_product_attention", counting_sdpa)
+    monkeypatch.setattr(F, "scaled_dot_product_attention", counting_sdpa)
     plain, relaxed = _pair()
     wav = torch.randn(1, 4000)
     relaxed(wav)

@@ -1,11 +1,11 @@
-"""The CPU dropout (``torch.rand`` mask) and the spelled-out attention with dropout."""
+"""The CPU dropout (``torch.rand`` mask) and the attention that writes SDPA out when it drops."""
 from __future__ import annotations
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from mertlab.plugins.backbones.transformer.layers import attention_with_dropout
+from mertlab.toolkit.attention import attention, attention_with_dropout
 from mertlab.toolkit.dropout import Dropout, dropout
 
 
@@ -40,3 +40,15 @@ def test_attention_with_dropout_is_sdpa_when_nothing_is_dropped():
     got = attention_with_dropout(q, k, v, keep, 1e-12)
     torch.testing.assert_close(got, F.scaled_dot_product_attention(q, k, v, attn_mask=keep))
     torch.testing.assert_close(attention_with_dropout(q, k, v, None, 1e-12), F.scaled_dot_product_attention(q, k, v))
+
+
+def test_attention_dispatches_to_sdpa_without_dropout_and_writes_it_out_with_dropout(monkeypatch):
+    import mertlab.toolkit.attention as attention_module
+
+    q = k = v = torch.randn(1, 2, 8, 4)
+    calls = []
+    monkeypatch.setattr(attention_module, "attention_with_dropout", lambda *a: calls.append("spelled") or q)
+    attention(q, k, v, None, 0.0)
+    assert calls == []
+    attention(q, k, v, None, 0.1)
+    assert calls == ["spelled"]

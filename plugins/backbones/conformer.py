@@ -40,6 +40,7 @@ from torch.utils.checkpoint import checkpoint
 from mertlab.contracts import Backbone, BackboneOutput, Params
 from mertlab.errors import MertlabError
 from mertlab.hookspecs import hookimpl
+from mertlab.toolkit.attention import attention
 from mertlab.toolkit.dropout import Dropout
 from mertlab.toolkit.log_mel import LogMelFrontend, ceil_div
 from mertlab.toolkit.presets import fill_preset
@@ -248,7 +249,7 @@ class FeedForward(nn.Module):
 
 
 class SelfAttention(nn.Module):
-    """Pre-norm MHSA with optional rotary positions, via ``scaled_dot_product_attention``."""
+    """Pre-norm MHSA with optional rotary positions, via :func:`mertlab.toolkit.attention.attention`."""
 
     def __init__(self, p: ConformerParams) -> None:
         super().__init__()
@@ -276,9 +277,7 @@ class SelfAttention(nn.Module):
                 logits = (q @ k.transpose(-1, -2)).float() * self.head_dim**-0.5
                 valid = attend & attend.transpose(-1, -2)  # [B, 1, T, T] valid query and key
                 max_logit = logits.masked_fill(~valid, float("-inf")).amax()
-        y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=attend, dropout_p=self.attention_dropout if self.training else 0.0
-        )
+        y = attention(q, k, v, attend, self.attention_dropout if self.training else 0.0)
         return self.dropout(self.out(y.transpose(1, 2).reshape(b, t, d))), max_logit
 
 

@@ -10,10 +10,10 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from mertlab.toolkit.attention import attention
 from mertlab.toolkit.dropout import Dropout, dropout
 from mertlab.toolkit.log_mel import LogMelFrontend
 
@@ -182,14 +182,6 @@ def relaxed_attention(q: Tensor, k: Tensor, v: Tensor, keep: Tensor | None, alph
     return probs @ v, scores
 
 
-def attention_with_dropout(q: Tensor, k: Tensor, v: Tensor, keep: Tensor | None, dropout_p: float) -> Tensor:
-    """``scaled_dot_product_attention(q, k, v, keep, dropout_p)`` spelled out (``[B, H, T, d]``)."""
-    scores = (q * (1.0 / math.sqrt(q.shape[-1]))) @ k.transpose(-1, -2)
-    if keep is not None:
-        scores = scores.masked_fill(~keep, float("-inf"))
-    return dropout(torch.softmax(scores, dim=-1), dropout_p) @ v
-
-
 class SelfAttention(nn.Module):
     """Multi-head self-attention: ``scaled_dot_product_attention`` or relaxed attention."""
 
@@ -220,12 +212,7 @@ class SelfAttention(nn.Module):
             if instrument:
                 max_logit = masked_max(scores, keep) * self.relax
         else:
-            if dropout_p > 0 and q.device.type == "cpu":
-                # SDPA with dropout runs the unfused math path on CPU, with a bernoulli_ mask and
-                # masked-row checks: the same computation spelled out is 1.35x faster (bench/README.md).
-                out = attention_with_dropout(q, k, v, keep, dropout_p)
-            else:
-                out = F.scaled_dot_product_attention(q, k, v, attn_mask=keep, dropout_p=dropout_p)
+            out = attention(q, k, v, keep, dropout_p)  # SDPA, or written out with dropout on CPU
             if instrument:
                 # SDPA never materialises the logits: recompute them (fp32) only when asked.
                 with torch.no_grad():
