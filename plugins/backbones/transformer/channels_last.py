@@ -118,17 +118,37 @@ def channels_last_conv(x: Tensor, weight: Tensor, bias: Tensor | None, stride: i
         return ChannelsLastConv.apply(x, weight, bias, stride)
 
 
-def _time_sum(x: Tensor, term: Callable[[Tensor, slice], None], rows: int = 256) -> Tensor:
+#: Frames of ``[B, T, C]`` processed at a time by the chunked loops below (a cache-sized piece).
+_CHUNK_FRAMES = 256
+
+
+def _frame_chunks(length: int) -> list[slice]:
+    """Consecutive slices of :data:`_CHUNK_FRAMES` frames covering ``length``."""
+    return [slice(start, min(start + _CHUNK_FRAMES, length)) for start in range(0, length, _CHUNK_FRAMES)]
+
+
+def _chunk_buffer(x: Tensor) -> Tensor:
+    """A flat buffer holding one chunk of ``[B, T, C]`` ``x`` (see :func:`_contiguous_part`)."""
+    batch, length, channels = x.shape
+    return x.new_empty(batch * min(_CHUNK_FRAMES, length) * channels)
+
+
+def _contiguous_part(flat: Tensor, like: Tensor, t: slice) -> Tensor:
+    """A contiguous ``[B, len(t), C]`` tensor on the storage of the 1-D buffer ``flat``. (torch
+    2.9's CPU GELU writes wrongly into a strided ``out=`` view, so GELU ops only see these.)"""
+    batch, _, channels = like.shape
+    return flat[: batch * (t.stop - t.start) * channels].view(batch, t.stop - t.start, channels)
+
+
+def _time_sum(x: Tensor, term: Callable[[Tensor, slice], None]) -> Tensor:
     """``sum_t term`` over the frames of ``[B, T, C]`` ``x`` as ``[B, 1, C]``; ``term(out, frames)``
     writes the term of ``frames`` into ``out``, a cache-sized buffer (``torch.var_mean`` over a
     non-innermost dim, or a whole-tensor product, is 10-30x slower on CPU)."""
-    batch, length, channels = x.shape
-    total = x.new_zeros(batch, 1, channels)
-    buffer = x.new_empty(batch, min(rows, length), channels)
-    for start in range(0, length, rows):
-        frames = slice(start, min(start + rows, length))
-        part = buffer[:, : frames.stop - start]
-        term(part, frames)
+    total = x.new_zeros(x.shape[0], 1, x.shape[2])
+    buffer = _chunk_buffer(x)
+    for t in _frame_chunks(x.shape[1]):
+        part = _contiguous_part(buffer, x, t)
+        term(part, t)
         total += part.sum(1, keepdim=True)
     return total
 
@@ -141,18 +161,6 @@ def _sum_of_squares(x: Tensor, mean: Tensor) -> Tensor:
 def _sum_of_products(a: Tensor, b: Tensor) -> Tensor:
     """``sum_t a * b``."""
     return _time_sum(a, lambda out, t: torch.mul(a[:, t], b[:, t], out=out))
-
-
-def _frame_chunks(length: int, rows: int = 256) -> list[slice]:
-    """Consecutive slices of ``rows`` frames covering ``length`` (cache-sized pieces of ``[B, T, C]``)."""
-    return [slice(start, min(start + rows, length)) for start in range(0, length, rows)]
-
-
-def _contiguous_part(flat: Tensor, like: Tensor, t: slice) -> Tensor:
-    """A contiguous ``[B, len(t), C]`` tensor on the storage of the 1-D buffer ``flat``. (torch
-    2.9's CPU GELU writes wrongly into a strided ``out=`` view, so GELU ops only see these.)"""
-    batch, _, channels = like.shape
-    return flat[: batch * (t.stop - t.start) * channels].view(batch, t.stop - t.start, channels)
 
 
 class ChannelTimeNorm(torch.autograd.Function):
@@ -174,7 +182,7 @@ class ChannelTimeNorm(torch.autograd.Function):
         if not gelu:
             return torch.addcmul(shift, x, scale)
         out = torch.empty_like(x)
-        buffer = x.new_empty(x.shape[0] * min(256, length) * x.shape[2])
+        buffer = _chunk_buffer(x)
         for t in _frame_chunks(length):
             part = torch.addcmul(shift, x[:, t], scale, out=_contiguous_part(buffer, x, t))
             out[:, t] = torch.ops.aten.gelu_(part)
@@ -187,7 +195,7 @@ class ChannelTimeNorm(torch.autograd.Function):
         if ctx.gelu:  # gradient at the GELU's input, and its two sums over time, chunk by chunk
             scale = rstd * weight
             grad_norm = torch.empty_like(x)
-            buffers = [x.new_empty(x.shape[0] * min(256, length) * x.shape[2]) for _ in range(2)]
+            buffers = [_chunk_buffer(x) for _ in range(2)]
             sum_grad = x.new_zeros(mean.shape)
             sum_grad_x = x.new_zeros(mean.shape)
             for t in _frame_chunks(length):
