@@ -1,6 +1,7 @@
 """Shared set-up of the bench scripts that run mertlab's own training pipeline (spec -> data
 module -> PretrainModule -> target cache): a demo data set in a temporary folder, the batches,
 and a timed train step. Everything is reached through the spec, as ``mertlab train`` does."""
+
 from __future__ import annotations
 
 import argparse
@@ -20,7 +21,9 @@ from mertlab.teachers.target_cache import build_teacher_cache
 from mertlab.train.module import PretrainModule
 
 
-def pipeline_args(doc: str, batches: int, quick_batches: int, spec: str = "experiments/quickstart.yaml") -> argparse.Namespace:
+def pipeline_args(
+    doc: str, batches: int, quick_batches: int, spec: str = "experiments/quickstart.yaml"
+) -> argparse.Namespace:
     """The command line of a pipeline bench: ``--quick``, ``--repeats``, ``--spec`` and
     ``--batches``; sets ``clips``/``seconds`` of the demo set (quickstart-sized, or tiny)."""
     p = parser(doc)
@@ -43,15 +46,33 @@ def demo_spec(args: argparse.Namespace, folder: Path, cached: bool):
     spec_path, clips, seconds, quick = args.spec, args.clips, args.seconds, args.quick
     data = folder / "demo"
     if not data.exists():
-        subprocess.run([sys.executable, "-m", "mertlab", "demo-data", str(data), "--clips", str(clips), "--seconds",
-                        str(seconds), "--no-tasks"], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "mertlab",
+                "demo-data",
+                str(data),
+                "--clips",
+                str(clips),
+                "--seconds",
+                str(seconds),
+                "--no-tasks",
+            ],
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
     cache = f"data.target_cache={folder / 'cache'}" if cached else "data.target_cache=null"
     overrides = [f"data.path={data}", "data.generate_demo=false", cache]
     if quick:
         overrides.append("data.batch_size=2")
         spec = load_spec(spec_path, overrides)
-        overrides += [f"teachers.{alias}.params.init_seconds=1.0" for alias, t in spec.teachers.items()
-                      if t.name in ("encodec", "dac") and t.params.get("pretrained") is False]
+        overrides += [
+            f"teachers.{alias}.params.init_seconds=1.0"
+            for alias, t in spec.teachers.items()
+            if t.name in ("encodec", "dac") and t.params.get("pretrained") is False
+        ]
     return load_spec(spec_path, overrides)
 
 

@@ -5,6 +5,7 @@ same process, on the same inputs, interleaved (A B A B ...), and reports the med
 repeats and the ratio ``peer time / our time`` (> 1: ours is faster). Every script prints at
 least one line starting with ``RATIO`` (tests/test_bench.py checks it; nothing asserts timings).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,12 +21,20 @@ import torch
 
 def parser(doc: str) -> argparse.ArgumentParser:
     """An argument parser with ``--quick`` (tiny sizes, seconds; what CI runs) and ``--repeats``."""
-    p = argparse.ArgumentParser(description=doc.strip().splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="Tiny sizes and one repeat (seconds; for CI, no meaningful ratios).")
+    p = argparse.ArgumentParser(
+        description=doc.strip().splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--quick", action="store_true", help="Tiny sizes and one repeat (seconds; for CI, no meaningful ratios)."
+    )
     p.add_argument("--repeats", type=int, default=5, help="Timed repeats per contender (median reported).")
-    p.add_argument("--threads", type=int, default=1,
-                   help="Threads for torch and for the peers' BLAS/OpenMP pools (default 1: on a shared machine "
-                        "multi-threaded OpenMP regions stall whenever another process holds a core).")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="Threads for torch and for the peers' BLAS/OpenMP pools (default 1: on a shared machine "
+        "multi-threaded OpenMP regions stall whenever another process holds a core).",
+    )
     return p
 
 
@@ -42,8 +51,10 @@ def setup(args: argparse.Namespace) -> None:
     _LIMITS.append(threadpool_limits(args.threads))
     if args.quick:
         args.repeats = 1
-    print(f"# torch {torch.__version__}, {torch.get_num_threads()} thread(s) for ours and the peers, {os.cpu_count()} CPUs; "
-          f"{'--quick (sizes too small for meaningful ratios)' if args.quick else f'median of {args.repeats}'}")
+    print(
+        f"# torch {torch.__version__}, {torch.get_num_threads()} thread(s) for ours and the peers, {os.cpu_count()} CPUs; "
+        f"{'--quick (sizes too small for meaningful ratios)' if args.quick else f'median of {args.repeats}'}"
+    )
 
 
 def interleaved(contenders: dict[str, Callable[[], Any]], repeats: int, warmup: int = 1) -> dict[str, float]:
@@ -177,8 +188,15 @@ def demo_clips(count: int, seconds: float, seed: int = 0, quick: bool = False) -
     if quick:
         g = torch.Generator().manual_seed(seed)
         t = torch.arange(int(seconds * 24000)) / 24000
-        return [sum(torch.sin(2 * torch.pi * 110 * 2 ** (float(torch.randint(0, 36, (1,), generator=g)) / 12) * t) for _ in range(3)) / 3
-                + 0.01 * torch.randn(t.shape, generator=g) for _ in range(count)]
+        return [
+            sum(
+                torch.sin(2 * torch.pi * 110 * 2 ** (float(torch.randint(0, 36, (1,), generator=g)) / 12) * t)
+                for _ in range(3)
+            )
+            / 3
+            + 0.01 * torch.randn(t.shape, generator=g)
+            for _ in range(count)
+        ]
     import subprocess
     import sys
     import tempfile
@@ -189,9 +207,23 @@ def demo_clips(count: int, seconds: float, seed: int = 0, quick: bool = False) -
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "demo"
         subprocess.run(
-            [sys.executable, "-m", "mertlab", "demo-data", str(folder), "--clips", str(count), "--seconds", str(seconds),
-             "--seed", str(seed), "--no-tasks"],
-            check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [
+                sys.executable,
+                "-m",
+                "mertlab",
+                "demo-data",
+                str(folder),
+                "--clips",
+                str(count),
+                "--seconds",
+                str(seconds),
+                "--seed",
+                str(seed),
+                "--no-tasks",
+            ],
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         return [torch.from_numpy(sf.read(path, dtype="float32")[0]) for path in sorted(folder.glob("*.wav"))]
 

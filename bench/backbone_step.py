@@ -10,6 +10,7 @@ Target (issue #14): >= 1.2x HF at small and base with peak memory <= HF's.
 
     .venv/bin/python bench/backbone_step.py [--quick] [--presets tiny,small] [--base] [--repeats 5] [--profile]
 """
+
 from __future__ import annotations
 
 import torch
@@ -74,8 +75,10 @@ def main() -> None:
                 top_ops(fn, f"{name}, {preset}")
         rows.append([preset, f"{clips} x {seconds:g} s", t["ours"], t["hf"], memory["ours"], memory["hf"]])
         ratio_line(f"transformer train step vs HubertModel, {preset}", t["ours"], t["hf"], target=1.2)
-        print(f"RATIO peak memory HubertModel / ours, {preset}: {memory['hf'] / max(memory['ours'], 1e-9):.2f}x "
-              f"(ours {memory['ours']:.0f} MiB, HF {memory['hf']:.0f} MiB; >= 1: ours uses no more)")
+        print(
+            f"RATIO peak memory HubertModel / ours, {preset}: {memory['hf'] / max(memory['ours'], 1e-9):.2f}x "
+            f"(ours {memory['ours']:.0f} MiB, HF {memory['hf']:.0f} MiB; >= 1: ours uses no more)"
+        )
     print()
     table(["preset", "batch", "ours s/step", "HF s/step", "ours peak MiB", "HF peak MiB"], rows)
 

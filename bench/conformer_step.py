@@ -8,6 +8,7 @@ the output, backward, AdamW; fp32 on CPU; peak memory as the resident-set growth
 
     .venv/bin/python bench/conformer_step.py [--quick] [--presets tiny,small] [--repeats 5] [--profile]
 """
+
 from __future__ import annotations
 
 import torch
@@ -44,8 +45,12 @@ def main() -> None:
         q = backbone.params
         ours = OurBlocks(backbone).train()
         peer = torchaudio.models.Conformer(
-            input_dim=q.hidden_dim, num_heads=q.num_heads, ffn_dim=q.ffn_dim, num_layers=q.num_layers,
-            depthwise_conv_kernel_size=q.conv_kernel, dropout=q.dropout,
+            input_dim=q.hidden_dim,
+            num_heads=q.num_heads,
+            ffn_dim=q.ffn_dim,
+            num_layers=q.num_layers,
+            depthwise_conv_kernel_size=q.conv_kernel,
+            dropout=q.dropout,
         ).train()
         clips, seconds = (1, 2.0) if args.quick else (2, 10.0)
         frames = int(seconds * backbone.frame_rate)
@@ -60,12 +65,26 @@ def main() -> None:
         if args.profile:
             for name, fn in contenders.items():
                 top_ops(fn, f"{name}, {preset}")
-        params = {name: sum(p.numel() for p in m.parameters()) / 1e6 for name, m in (("ours", ours), ("torchaudio", peer))}
-        rows.append([preset, f"{clips} x {frames} frames", f"{params['ours']:.1f}M / {params['torchaudio']:.1f}M",
-                     t["ours"], t["torchaudio"], memory["ours"], memory["torchaudio"]])
+        params = {
+            name: sum(p.numel() for p in m.parameters()) / 1e6 for name, m in (("ours", ours), ("torchaudio", peer))
+        }
+        rows.append(
+            [
+                preset,
+                f"{clips} x {frames} frames",
+                f"{params['ours']:.1f}M / {params['torchaudio']:.1f}M",
+                t["ours"],
+                t["torchaudio"],
+                memory["ours"],
+                memory["torchaudio"],
+            ]
+        )
         ratio_line(f"conformer train step vs torchaudio Conformer, {preset}", t["ours"], t["torchaudio"])
     print()
-    table(["preset", "input", "params ours / ta", "ours s/step", "torchaudio s/step", "ours peak MiB", "ta peak MiB"], rows)
+    table(
+        ["preset", "input", "params ours / ta", "ours s/step", "torchaudio s/step", "ours peak MiB", "ta peak MiB"],
+        rows,
+    )
 
 
 if __name__ == "__main__":

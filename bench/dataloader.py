@@ -10,6 +10,7 @@ Target (issue #14): headroom >= 3x at the quickstart's size (its tiny transforme
 
     .venv/bin/python bench/dataloader.py [--quick] [--spec experiments/quickstart.yaml] [--batches 20]
 """
+
 from __future__ import annotations
 
 import itertools
@@ -18,7 +19,14 @@ import time
 from pathlib import Path
 
 from _pipeline import (
-    audio_seconds, batches_forever, build_caches, data_module, demo_spec, pipeline_args, seconds_per_step, targets_of,
+    audio_seconds,
+    batches_forever,
+    build_caches,
+    data_module,
+    demo_spec,
+    pipeline_args,
+    seconds_per_step,
+    targets_of,
 )
 from _timing import ratio_value, table
 from mertlab.train.module import PretrainModule
@@ -51,14 +59,20 @@ def main() -> None:
         seconds_per_step(module, batches[:1])  # warm-up
         step = seconds_per_step(module, batches, 1 if args.quick else 2)
         consumed = audio_seconds(batches, module.backbone.sample_rate) / len(batches) / step
-    print(f"spec {args.spec}: batch {spec.data.batch_size} x {spec.data.crop_seconds:g} s, {len(files)} training files, "
-          f"train step {step:.3f} s")
+    print(
+        f"spec {args.spec}: batch {spec.data.batch_size} x {spec.data.crop_seconds:g} s, {len(files)} training files, "
+        f"train step {step:.3f} s"
+    )
     for workers, rate in rates.items():
         rows.append([f"{workers} workers", rate, consumed, rate / consumed])
     table(["loader", "delivered audio-s/s", "consumed audio-s/s", "headroom"], rows)
     for workers, rate in rates.items():
-        ratio_value(f"data pipeline headroom, {workers} workers", rate / consumed,
-                    f"delivered {rate:.0f} / consumed {consumed:.0f} audio-s/s", target=3)
+        ratio_value(
+            f"data pipeline headroom, {workers} workers",
+            rate / consumed,
+            f"delivered {rate:.0f} / consumed {consumed:.0f} audio-s/s",
+            target=3,
+        )
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ backbones near the same fraction of the peak means a speed-up must come from doi
 
     .venv/bin/python bench/mfu.py [--quick] [--preset small] [--repeats 5]
 """
+
 from __future__ import annotations
 
 import torch
@@ -39,13 +40,24 @@ def main() -> None:
     ours.feature_extractor.channels_last = True
     t = interleaved(contenders, args.repeats)
     peak = max(peak, matmul_peak_flops(512 if args.quick else 2048))  # again after the steps: same load
-    rows = [[name, f"{flops[name] / 1e9:.2f}", t[name], f"{flops[name] / t[name] / 1e9:.1f}", f"{100 * flops[name] / t[name] / peak:.0f}%"]
-            for name in ("ours", "hf")]
+    rows = [
+        [
+            name,
+            f"{flops[name] / 1e9:.2f}",
+            t[name],
+            f"{flops[name] / t[name] / 1e9:.1f}",
+            f"{100 * flops[name] / t[name] / peak:.0f}%",
+        ]
+        for name in ("ours", "hf")
+    ]
     print(f"{preset}, {clips} x {seconds:g} s, fp32; measured matmul peak {peak / 1e9:.1f} GFLOP/s")
     table(["model", "GFLOP/step", "s/step", "GFLOP/s", "MFU"], rows)
     mfu = {name: flops[name] / t[name] / peak for name in ("ours", "hf")}
-    ratio_value(f"MFU ours / HubertModel, {preset}", mfu["ours"] / mfu["hf"],
-                f"ours {100 * mfu['ours']:.0f}%, HF {100 * mfu['hf']:.0f}% of the matmul peak")
+    ratio_value(
+        f"MFU ours / HubertModel, {preset}",
+        mfu["ours"] / mfu["hf"],
+        f"ours {100 * mfu['ours']:.0f}%, HF {100 * mfu['hf']:.0f}% of the matmul peak",
+    )
     ratio_line(f"train step vs HubertModel, {preset}", t["ours"], t["hf"])
 
 

@@ -8,6 +8,7 @@ time is the median CPU time (user + system) of fresh processes.
 
     .venv/bin/python bench/startup.py [--quick] [--repeats 5]
 """
+
 from __future__ import annotations
 
 import os
@@ -32,7 +33,9 @@ COMMANDS = {
 def cpu_seconds(args: list[str]) -> float:
     """CPU time (user + system) of one fresh ``python ARGS`` process."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    subprocess.run([sys.executable, *args], check=True, stdout=subprocess.DEVNULL, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    subprocess.run(
+        [sys.executable, *args], check=True, stdout=subprocess.DEVNULL, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     return (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
@@ -49,7 +52,9 @@ def main() -> None:
     width = max(map(len, commands))
     print(f"{'command':{width}}  cpu s (median of {repeats})  x import torch")
     for name, values in times.items():
-        print(f"{name:{width}}  {statistics.median(values):8.2f}                 {statistics.median(values) / reference:5.2f}x")
+        print(
+            f"{name:{width}}  {statistics.median(values):8.2f}                 {statistics.median(values) / reference:5.2f}x"
+        )
     ratio = statistics.median(times["mertlab plugins"]) / reference
     print()
     ratio_value("mertlab plugins / import torch, CPU time", ratio, "fresh processes", target=1.5, at_most=True)

@@ -15,6 +15,7 @@ Targets (issue #14): CQT >= 2x librosa.cqt on CPU; k-means >= 1x sklearn.
 
     .venv/bin/python bench/teachers.py [--quick] [--repeats 5] [--threads 1]
 """
+
 from __future__ import annotations
 
 import warnings
@@ -37,7 +38,9 @@ def bench_cqt(clips: list[torch.Tensor], long: torch.Tensor, repeats: int, quick
 
     teacher = build_teacher("cqt")  # MERT's defaults; implementation: fast
     p = teacher.params
-    kw = dict(sr=p.sample_rate, hop_length=p.hop_length, fmin=p.fmin, n_bins=p.n_bins, bins_per_octave=p.bins_per_octave)
+    kw = dict(
+        sr=p.sample_rate, hop_length=p.hop_length, fmin=p.fmin, n_bins=p.n_bins, bins_per_octave=p.bins_per_octave
+    )
     batch = torch.stack(clips)
     lengths = torch.full((len(clips),), batch.shape[1])
     with torch.no_grad():
@@ -49,25 +52,42 @@ def bench_cqt(clips: list[torch.Tensor], long: torch.Tensor, repeats: int, quick
         }
         t = interleaved(contenders, repeats)
     long_s, batch_s = long.numel() / SR, batch.numel() / SR
-    print(f"\n## cqt teacher vs librosa.cqt ({p.n_bins} bins, {p.bins_per_octave}/octave, hop {p.hop_length}, fmin {p.fmin})")
-    table(["input", "ours audio-s/s", "librosa audio-s/s"], [
-        [f"1 x {long_s:.0f} s", long_s / t["ours long"], long_s / t["librosa long"]],
-        [f"{len(clips)} x {batch.shape[1] / SR:.0f} s", batch_s / t["ours batch"], batch_s / t["librosa batch"]],
-    ])
+    print(
+        f"\n## cqt teacher vs librosa.cqt ({p.n_bins} bins, {p.bins_per_octave}/octave, hop {p.hop_length}, fmin {p.fmin})"
+    )
+    table(
+        ["input", "ours audio-s/s", "librosa audio-s/s"],
+        [
+            [f"1 x {long_s:.0f} s", long_s / t["ours long"], long_s / t["librosa long"]],
+            [f"{len(clips)} x {batch.shape[1] / SR:.0f} s", batch_s / t["ours batch"], batch_s / t["librosa batch"]],
+        ],
+    )
     ratio_line(f"cqt teacher vs librosa.cqt, 1 x {long_s:.0f} s", t["ours long"], t["librosa long"], target=2)
-    ratio_line(f"cqt teacher vs librosa.cqt, {len(clips)} x {batch.shape[1] / SR:.0f} s", t["ours batch"], t["librosa batch"], target=2)
+    ratio_line(
+        f"cqt teacher vs librosa.cqt, {len(clips)} x {batch.shape[1] / SR:.0f} s",
+        t["ours batch"],
+        t["librosa batch"],
+        target=2,
+    )
     if quick:
         return
     exact = build_teacher("cqt", implementation="exact")
     with torch.no_grad():
-        t = interleaved({"fast": lambda: teacher.targets(long[None], torch.tensor([long.numel()])),
-                         "exact": lambda: exact.targets(long[None], torch.tensor([long.numel()]))}, max(1, repeats // 2))
+        t = interleaved(
+            {
+                "fast": lambda: teacher.targets(long[None], torch.tensor([long.numel()])),
+                "exact": lambda: exact.targets(long[None], torch.tensor([long.numel()])),
+            },
+            max(1, repeats // 2),
+        )
         a = teacher.targets(long[None], torch.tensor([long.numel()])).values
         b = exact.targets(long[None], torch.tensor([long.numel()])).values
     err = (a - b).abs()
     corr = np.corrcoef(a.flatten().numpy(), b.flatten().numpy())[0, 1]
-    print(f"fast vs exact on {long_s:.0f} s of demo audio: relative L2 error {float(err.norm() / b.norm()):.2e}, "
-          f"largest error {float(err.max() / b.max()):.2e} of the largest magnitude, correlation {corr:.9f}")
+    print(
+        f"fast vs exact on {long_s:.0f} s of demo audio: relative L2 error {float(err.norm() / b.norm()):.2e}, "
+        f"largest error {float(err.max() / b.max()):.2e} of the largest magnitude, correlation {corr:.9f}"
+    )
     ratio_line("cqt implementation fast vs exact (nnAudio CQT1992v2)", t["fast"], t["exact"])
 
 
@@ -79,16 +99,26 @@ def bench_mfcc(long: torch.Tensor, repeats: int) -> None:
     lengths = torch.tensor([long.numel()])
 
     def peer():
-        m = librosa.feature.mfcc(y=long.numpy(), sr=p.sample_rate, n_mfcc=p.n_mfcc, n_fft=p.n_fft, hop_length=p.hop_length,
-                                 n_mels=p.n_mels, center=True, pad_mode="constant")
+        m = librosa.feature.mfcc(
+            y=long.numpy(),
+            sr=p.sample_rate,
+            n_mfcc=p.n_mfcc,
+            n_fft=p.n_fft,
+            hop_length=p.hop_length,
+            n_mels=p.n_mels,
+            center=True,
+            pad_mode="constant",
+        )
         d1 = librosa.feature.delta(m)
         return np.concatenate([m, d1, librosa.feature.delta(d1)])
 
     with torch.no_grad():
         t = interleaved({"ours": lambda: feature(long[None], lengths), "librosa": peer}, repeats)
     seconds = long.numel() / SR
-    print(f"\n## MFCC + deltas ({p.n_mfcc} x 3, n_fft {p.n_fft}, {p.n_mels} mels, hop {p.hop_length}) on {seconds:.0f} s: "
-          f"ours {seconds / t['ours']:.0f} audio-s/s, librosa {seconds / t['librosa']:.0f} audio-s/s")
+    print(
+        f"\n## MFCC + deltas ({p.n_mfcc} x 3, n_fft {p.n_fft}, {p.n_mels} mels, hop {p.hop_length}) on {seconds:.0f} s: "
+        f"ours {seconds / t['ours']:.0f} audio-s/s, librosa {seconds / t['librosa']:.0f} audio-s/s"
+    )
     ratio_line("kmeans teacher's MFCC features vs librosa.feature.mfcc + delta", t["ours"], t["librosa"])
 
 
@@ -110,10 +140,15 @@ def bench_kmeans(rows: int, repeats: int) -> None:
     for threads in sorted({default, 2}):  # 2: ours spreads blocks over threads, as sklearn does
         torch.set_num_threads(threads)
         with threadpool_limits(threads):
-            t = interleaved({"ours": lambda: kmeans_teacher.nearest_centroid(x, centroids), "sklearn": lambda: km.predict(xn)}, repeats)
+            t = interleaved(
+                {"ours": lambda: kmeans_teacher.nearest_centroid(x, centroids), "sklearn": lambda: km.predict(xn)},
+                repeats,
+            )
         torch.set_num_threads(default)
         print(f"{threads} thread(s): ours {t['ours'] * 1e3:.1f} ms, sklearn {t['sklearn'] * 1e3:.1f} ms")
-        ratio_line(f"k-means assignment vs sklearn KMeans.predict, {threads} thread(s)", t["ours"], t["sklearn"], target=1)
+        ratio_line(
+            f"k-means assignment vs sklearn KMeans.predict, {threads} thread(s)", t["ours"], t["sklearn"], target=1
+        )
 
 
 def bench_encodec(clips: list[torch.Tensor], repeats: int, quick: bool) -> None:
@@ -131,8 +166,10 @@ def bench_encodec(clips: list[torch.Tensor], repeats: int, quick: bool) -> None:
         ours = teacher.targets(batch, lengths).values
         peer = torch.cat([codes[:, : teacher.info.dim].transpose(1, 2) for codes in own()])
     seconds = batch.numel() / SR
-    print(f"\n## encodec teacher ({params}) on {len(clips)} x {batch.shape[1] / SR:.0f} s: ours {seconds / t['ours']:.1f} audio-s/s, "
-          f"EncodecModel.encode per clip {seconds / t['encodec']:.1f} audio-s/s; codes agree: {100 * float((ours == peer).float().mean()):.2f}%")
+    print(
+        f"\n## encodec teacher ({params}) on {len(clips)} x {batch.shape[1] / SR:.0f} s: ours {seconds / t['ours']:.1f} audio-s/s, "
+        f"EncodecModel.encode per clip {seconds / t['encodec']:.1f} audio-s/s; codes agree: {100 * float((ours == peer).float().mean()):.2f}%"
+    )
     ratio_line(f"encodec teacher (batch of {len(clips)}) vs EncodecModel.encode per clip", t["ours"], t["encodec"])
 
 

@@ -1,2 +1,3 @@
 """mertlab: MERT-style self-supervised music pre-training."""
+
 __version__ = "0.1.0"

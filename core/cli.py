@@ -1,4 +1,5 @@
 """The ``mertlab`` command line: one thin command per user task, calling the library."""
+
 from __future__ import annotations
 
 import json
@@ -27,7 +28,11 @@ def cli() -> None:
 
 
 OVERRIDE_OPTION = click.option(
-    "-o", "--override", "overrides", multiple=True, metavar="KEY=VALUE",
+    "-o",
+    "--override",
+    "overrides",
+    multiple=True,
+    metavar="KEY=VALUE",
     help="Dotted override applied after the YAML, value parsed as YAML (repeatable), e.g. -o optim.lr=1e-4.",
 )
 
@@ -60,7 +65,9 @@ def check_plugin_command(name: str, kind: str | None) -> None:
     if not entries:
         from mertlab.plugin_system.registry import unknown_name_message
 
-        raise MertlabError(unknown_name_message(kind or "component", name, sorted({e.name for e in registry.list(kind)})))
+        raise MertlabError(
+            unknown_name_message(kind or "component", name, sorted({e.name for e in registry.list(kind)}))
+        )
     if len(entries) > 1:
         raise click.UsageError(f"'{name}' is a {' and a '.join(e.kind for e in entries)}; choose one with --kind")
     entry = entries[0]
@@ -133,17 +140,42 @@ def schema_command(kind: str | None, name: str | None) -> None:
 @cli.command("train")
 @click.argument("spec_path", metavar="SPEC")
 @OVERRIDE_OPTION
-@click.option("--resume", "resume", is_flag=False, flag_value="latest", default=None, metavar="[CKPT]",
-              help="Continue the newest run of this spec (or the given checkpoint): same step, optimizer state and MLflow run.")
+@click.option(
+    "--resume",
+    "resume",
+    is_flag=False,
+    flag_value="latest",
+    default=None,
+    metavar="[CKPT]",
+    help="Continue the newest run of this spec (or the given checkpoint): same step, optimizer state and MLflow run.",
+)
 @click.option("--no-progress", is_flag=True, help="No progress bar (e.g. in batch jobs).")
-@click.option("--parent-run-id", metavar="RUN_ID",
-              help="Train as a sweep child nested under this MLflow run (with --variant); as printed by `mertlab sweep --dry-run`.")
+@click.option(
+    "--parent-run-id",
+    metavar="RUN_ID",
+    help="Train as a sweep child nested under this MLflow run (with --variant); as printed by `mertlab sweep --dry-run`.",
+)
 @click.option("--variant", metavar="NAME", help="Sweep variant name of this child run (with --parent-run-id).")
-@click.option("--profile", "profile", type=click.IntRange(min=1), is_flag=False, flag_value=5, default=None, metavar="[N]",
-              help="Record a torch.profiler trace of N steps (default 5) after 2 warm-up steps; logged with a "
-              "top-ops table as the run's profile/ artifacts.")
-def train_command(spec_path: str, overrides: tuple[str, ...], resume: str | None, no_progress: bool,
-                  parent_run_id: str | None, variant: str | None, profile: int | None) -> None:
+@click.option(
+    "--profile",
+    "profile",
+    type=click.IntRange(min=1),
+    is_flag=False,
+    flag_value=5,
+    default=None,
+    metavar="[N]",
+    help="Record a torch.profiler trace of N steps (default 5) after 2 warm-up steps; logged with a "
+    "top-ops table as the run's profile/ artifacts.",
+)
+def train_command(
+    spec_path: str,
+    overrides: tuple[str, ...],
+    resume: str | None,
+    no_progress: bool,
+    parent_run_id: str | None,
+    variant: str | None,
+    profile: int | None,
+) -> None:
     """Pre-train the model described by SPEC; metrics go to MLflow."""
     from mertlab.experiment.spec import load_spec
     from mertlab.experiment.tracking import ui_command
@@ -159,21 +191,30 @@ def train_command(spec_path: str, overrides: tuple[str, ...], resume: str | None
         from mertlab.experiment.sweep import run_child
 
         outcome = run_child(spec_path, list(overrides), parent_run_id, variant, progress=not no_progress)
-        click.echo(f"variant '{variant}': {outcome.status}{' (' + outcome.message + ')' if outcome.message else ''}, run {outcome.run_id}")
+        click.echo(
+            f"variant '{variant}': {outcome.status}{' (' + outcome.message + ')' if outcome.message else ''}, run {outcome.run_id}"
+        )
         return
     spec = load_spec(spec_path, overrides)
-    result = train(spec, resume=True if resume == "latest" else (resume or False), progress=not no_progress,
-                   profile_steps=profile)
+    result = train(
+        spec, resume=True if resume == "latest" else (resume or False), progress=not no_progress, profile_steps=profile
+    )
     if not result.is_global_zero:  # the other processes of a distributed run stay quiet
         return
-    losses = ", ".join(f"{k}={v:.4g}" for k, v in sorted(result.metrics.items()) if k.startswith(("loss/", "val/loss/")))
+    losses = ", ".join(
+        f"{k}={v:.4g}" for k, v in sorted(result.metrics.items()) if k.startswith(("loss/", "val/loss/"))
+    )
     accuracy = ", ".join(f"{alias} {value:.3f}" for alias, value in mean_accuracies(result.metrics).items())
     click.echo(
         f"\nrun {result.run_id} finished (experiment '{result.experiment}')\n"
         f"  final: {losses}\n"
         + (f"  masked accuracy (mean over codebooks): {accuracy}\n" if accuracy else "")
-        + (f"  skipped {len(result.skipped_files)} bad audio files (each named in the log; listed with the reason "
-           f"in the run's data/skipped_files.tsv artifact)\n" if result.skipped_files else "")
+        + (
+            f"  skipped {len(result.skipped_files)} bad audio files (each named in the log; listed with the reason "
+            f"in the run's data/skipped_files.tsv artifact)\n"
+            if result.skipped_files
+            else ""
+        )
         + f"  metrics: {result.tracking_uri}\n"
         f"  checkpoints: {result.checkpoint_dir}\n"
         f"  open the UI: {ui_command(result.tracking_uri)}  (then http://localhost:5000)"
@@ -184,12 +225,20 @@ def train_command(spec_path: str, overrides: tuple[str, ...], resume: str | None
 
         last = result.checkpoint_dir / "last.ckpt"
         if is_sharded_checkpoint(last):
-            click.echo(f"\nprobe: section skipped: {last} is sharded (fsdp); consolidate it into one file "
-                       f"(python -m lightning.pytorch.utilities.consolidate_checkpoint {last}), then `mertlab probe` it")
+            click.echo(
+                f"\nprobe: section skipped: {last} is sharded (fsdp); consolidate it into one file "
+                f"(python -m lightning.pytorch.utilities.consolidate_checkpoint {last}), then `mertlab probe` it"
+            )
             return
         click.echo(f"\nprobing the final checkpoint on {len(spec.probe.tasks)} task(s) (probe: section)")
-        results = probe_spec_tasks(spec.probe, result.checkpoint_dir / "last.ckpt", result.run_id, result.tracking_uri,
-                                   progress=not no_progress, echo=click.echo)
+        results = probe_spec_tasks(
+            spec.probe,
+            result.checkpoint_dir / "last.ckpt",
+            result.run_id,
+            result.tracking_uri,
+            progress=not no_progress,
+            echo=click.echo,
+        )
         echo_probe_results(results)
 
 
@@ -216,15 +265,39 @@ def mean_accuracies(metrics: dict[str, float]) -> dict[str, float]:
 @cli.command("sweep")
 @click.argument("spec_path", metavar="SPEC")
 @OVERRIDE_OPTION
-@click.option("--dry-run", is_flag=True,
-              help="Validate, create the parent run, and print the `mertlab train` command of each unfinished child instead of running it.")
-@click.option("--launcher", type=click.Choice(["shell", "slurm"]), default="shell", show_default=True,
-              help="With --dry-run: print shell commands, or write one SLURM array job (--sbatch) whose tasks are the children.")
-@click.option("--sbatch", "sbatch_path", metavar="FILE", help="Where --launcher slurm writes the job [default: <sweep name>.sbatch].")
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Validate, create the parent run, and print the `mertlab train` command of each unfinished child instead of running it.",
+)
+@click.option(
+    "--launcher",
+    type=click.Choice(["shell", "slurm"]),
+    default="shell",
+    show_default=True,
+    help="With --dry-run: print shell commands, or write one SLURM array job (--sbatch) whose tasks are the children.",
+)
+@click.option(
+    "--sbatch",
+    "sbatch_path",
+    metavar="FILE",
+    help="Where --launcher slurm writes the job [default: <sweep name>.sbatch].",
+)
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
-@click.option("--no-compare", is_flag=True, help="Do not tabulate the children and log the comparison to the parent run at the end.")
-def sweep_command(spec_path: str, overrides: tuple[str, ...], dry_run: bool, launcher: str, sbatch_path: str | None,
-                  no_progress: bool, no_compare: bool) -> None:
+@click.option(
+    "--no-compare",
+    is_flag=True,
+    help="Do not tabulate the children and log the comparison to the parent run at the end.",
+)
+def sweep_command(
+    spec_path: str,
+    overrides: tuple[str, ...],
+    dry_run: bool,
+    launcher: str,
+    sbatch_path: str | None,
+    no_progress: bool,
+    no_compare: bool,
+) -> None:
     """Run every variant of SPEC's `sweep:` block as a child of one MLflow parent run.
 
     Overrides apply to every variant. All variants are validated before the first starts;
@@ -248,25 +321,44 @@ def sweep_command(spec_path: str, overrides: tuple[str, ...], dry_run: bool, lau
 
         report = compare(result.parent_run_id, result.tracking_uri)
         click.echo("\n" + to_text(report.comparison))
-        click.echo(f"\ncomparison table and plots logged to the parent run ({', '.join(report.files)} under artifacts/compare)")
+        click.echo(
+            f"\ncomparison table and plots logged to the parent run ({', '.join(report.files)} under artifacts/compare)"
+        )
     click.echo(
         f"parent run {result.parent_run_id} (experiment '{result.experiment}')\n"
         f"  compare: mertlab compare {result.parent_run_id}\n"
         f"  open the UI: {ui_command(result.tracking_uri)}  (then http://localhost:5000)"
     )
     if result.failed:
-        raise MertlabError(f"{len(result.failed)} of {len(result.outcomes)} variants failed: " + ", ".join(o.variant for o in result.failed))
+        raise MertlabError(
+            f"{len(result.failed)} of {len(result.outcomes)} variants failed: "
+            + ", ".join(o.variant for o in result.failed)
+        )
 
 
 @cli.command("compare")
 @click.argument("target", metavar="PARENT_RUN_ID|EXPERIMENT")
-@click.option("--metric", "metrics", multiple=True, metavar="PATTERN",
-              help="Metrics to tabulate and plot as final/best (repeatable; * within a /-segment, ** across). "
-                   "Default: loss/* val/loss/* probe/*/* (each task's best probe).")
-@click.option("--out", "out_dir", metavar="DIR", help="Folder for comparison.csv, comparison.md and the plots [default: comparisons/<name>].")
-@click.option("--tracking-uri", metavar="URI", help="MLflow store [default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db].")
+@click.option(
+    "--metric",
+    "metrics",
+    multiple=True,
+    metavar="PATTERN",
+    help="Metrics to tabulate and plot as final/best (repeatable; * within a /-segment, ** across). "
+    "Default: loss/* val/loss/* probe/*/* (each task's best probe).",
+)
+@click.option(
+    "--out",
+    "out_dir",
+    metavar="DIR",
+    help="Folder for comparison.csv, comparison.md and the plots [default: comparisons/<name>].",
+)
+@click.option(
+    "--tracking-uri", metavar="URI", help="MLflow store [default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db]."
+)
 @click.option("--no-log", is_flag=True, help="Do not log the table and plots as artifacts of the parent run.")
-def compare_command(target: str, metrics: tuple[str, ...], out_dir: str | None, tracking_uri: str | None, no_log: bool) -> None:
+def compare_command(
+    target: str, metrics: tuple[str, ...], out_dir: str | None, tracking_uri: str | None, no_log: bool
+) -> None:
     """Compare the child runs of a sweep (a parent run id, or an experiment: its newest sweep)."""
     import re
 
@@ -276,7 +368,9 @@ def compare_command(target: str, metrics: tuple[str, ...], out_dir: str | None, 
     if out_dir is None:
         out_dir = str(Path("comparisons") / re.sub(r"[^A-Za-z0-9_.=,+-]+", "_", comparison.title))
     result = write_comparison(comparison, out_dir, log_artifacts=not no_log)
-    click.echo(f"{comparison.title}: {len(comparison.rows)} runs" + (f" ({comparison.note})" if comparison.note else ""))
+    click.echo(
+        f"{comparison.title}: {len(comparison.rows)} runs" + (f" ({comparison.note})" if comparison.note else "")
+    )
     click.echo(to_text(comparison))
     click.echo(f"\nwrote {', '.join(result.files)} to {result.out_dir}")
     if result.logged_to:
@@ -287,7 +381,7 @@ def _raise_keyboard_interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
-def _stop_process_group(process: "subprocess.Popen[bytes]", grace_s: float = 20.0) -> int:
+def _stop_process_group(process: subprocess.Popen[bytes], grace_s: float = 20.0) -> int:
     """SIGTERM to ``process``'s whole process group, SIGKILL after ``grace_s``; its exit status."""
     import subprocess
 
@@ -305,7 +399,9 @@ def _stop_process_group(process: "subprocess.Popen[bytes]", grace_s: float = 20.
 
 
 @cli.command("ui")
-@click.option("--tracking-uri", metavar="URI", help="MLflow store [default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db].")
+@click.option(
+    "--tracking-uri", metavar="URI", help="MLflow store [default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db]."
+)
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0: every interface).")
 @click.option("--port", default=5000, show_default=True, type=click.IntRange(1, 65535), help="Port to listen on.")
 def ui_cli_command(tracking_uri: str | None, host: str, port: int) -> None:
@@ -315,9 +411,11 @@ def ui_cli_command(tracking_uri: str | None, host: str, port: int) -> None:
     from mertlab.experiment.tracking import default_tracking_uri, ui_argv
 
     uri = tracking_uri or default_tracking_uri()
-    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
-        raise MertlabError(f"--tracking-uri: no MLflow store at {uri[len('sqlite:///'):]} (run `mertlab train SPEC` first, "
-                           "or run this command in the folder you trained from)")
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///") :]).is_file():
+        raise MertlabError(
+            f"--tracking-uri: no MLflow store at {uri[len('sqlite:///') :]} (run `mertlab train SPEC` first, "
+            "or run this command in the folder you trained from)"
+        )
     shown = "localhost" if host in ("127.0.0.1", "0.0.0.0") else host
     click.echo(f"MLflow UI for {uri}: http://{shown}:{port}  (Ctrl-C to stop)")
     # The server runs in a session of its own (MLflow 3 starts workers, a job runner and a task
@@ -343,9 +441,19 @@ def teachers_group() -> None:
 @teachers_group.command("fit")
 @click.argument("spec_path", metavar="SPEC")
 @OVERRIDE_OPTION
-@click.option("--passes", default=1, show_default=True, type=click.IntRange(min=1),
-              help="Passes over the training files, each with fresh random crops.")
-@click.option("--device", default="cpu", show_default=True, help="Torch device for features and fitting (k-means, Mel-RVQ), e.g. cuda.")
+@click.option(
+    "--passes",
+    default=1,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Passes over the training files, each with fresh random crops.",
+)
+@click.option(
+    "--device",
+    default="cpu",
+    show_default=True,
+    help="Torch device for features and fitting (k-means, Mel-RVQ), e.g. cuda.",
+)
 def teachers_fit_command(spec_path: str, overrides: tuple[str, ...], passes: int, device: str) -> None:
     """Fit every teacher of SPEC that needs fitting on its training audio and write its state file."""
     from mertlab.experiment.spec import load_spec
@@ -364,19 +472,48 @@ def teachers_fit_command(spec_path: str, overrides: tuple[str, ...], passes: int
 @click.argument("spec_path", metavar="SPEC")
 @click.argument("task_path", metavar="TASK")
 @OVERRIDE_OPTION
-@click.option("--teacher", "aliases", multiple=True, metavar="ALIAS", help="Only this teacher of the spec (repeatable).")
-@click.option("--window-seconds", default=5.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
-              help="Audio is fed to each teacher in windows of this length.")
-@click.option("--max-epochs", default=None, type=click.IntRange(min=1), help="Epoch limit of the continuous teachers' probes [default: 200].")
+@click.option(
+    "--teacher", "aliases", multiple=True, metavar="ALIAS", help="Only this teacher of the spec (repeatable)."
+)
+@click.option(
+    "--window-seconds",
+    default=5.0,
+    show_default=True,
+    type=click.FloatRange(min=0, min_open=True),
+    help="Audio is fed to each teacher in windows of this length.",
+)
+@click.option(
+    "--max-epochs",
+    default=None,
+    type=click.IntRange(min=1),
+    help="Epoch limit of the continuous teachers' probes [default: 200].",
+)
 @click.option("--seed", default=0, show_default=True, help="Seed of the probes.")
-@click.option("--experiment", default="teacher-eval", show_default=True, help="MLflow experiment (one run per teacher).")
-@click.option("--tracking-uri", default=None, help="MLflow store [default: the spec's, else $MLFLOW_TRACKING_URI, else ./mlflow.db].")
+@click.option(
+    "--experiment", default="teacher-eval", show_default=True, help="MLflow experiment (one run per teacher)."
+)
+@click.option(
+    "--tracking-uri",
+    default=None,
+    help="MLflow store [default: the spec's, else $MLFLOW_TRACKING_URI, else ./mlflow.db].",
+)
 @click.option("--no-tracking", is_flag=True, help="Do not log to MLflow.")
 @click.option("--device", default="cpu", show_default=True, help="Torch device the teachers run on, e.g. cuda.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
-def teachers_evaluate_command(spec_path: str, task_path: str, overrides: tuple[str, ...], aliases: tuple[str, ...],
-                              window_seconds: float, max_epochs: int | None, seed: int, experiment: str,
-                              tracking_uri: str | None, no_tracking: bool, device: str, no_progress: bool) -> None:
+def teachers_evaluate_command(
+    spec_path: str,
+    task_path: str,
+    overrides: tuple[str, ...],
+    aliases: tuple[str, ...],
+    window_seconds: float,
+    max_epochs: int | None,
+    seed: int,
+    experiment: str,
+    tracking_uri: str | None,
+    no_tracking: bool,
+    device: str,
+    no_progress: bool,
+) -> None:
     """Rank SPEC's teachers on a labelled TASK without training anything.
 
     Discrete teachers: per-codebook code perplexity, cluster purity, label purity and PNMI
@@ -393,11 +530,15 @@ def teachers_evaluate_command(spec_path: str, task_path: str, overrides: tuple[s
     spec = load_spec(spec_path, overrides)
     task = load_task(task_path)
     params = ProbeParams(seed=seed, **({"max_epochs": max_epochs} if max_epochs else {}))
-    scores = evaluate_teachers(spec, task, window_seconds, params, device, progress=not no_progress, aliases=list(aliases))
+    scores = evaluate_teachers(
+        spec, task, window_seconds, params, device, progress=not no_progress, aliases=list(aliases)
+    )
     header, rows = scores_table(scores)
     click.echo(format_table(header, rows))
-    click.echo(f"task '{task.name}': {len(task.paths)} clips ({task.type}); discrete teachers ranked by PNMI, "
-               "continuous ones by the probe's test score")
+    click.echo(
+        f"task '{task.name}': {len(task.paths)} clips ({task.type}); discrete teachers ranked by PNMI, "
+        "continuous ones by the probe's test score"
+    )
     if no_tracking:
         return
     uri = tracking_uri or resolve_tracking_uri(spec)
@@ -410,8 +551,12 @@ def teachers_evaluate_command(spec_path: str, task_path: str, overrides: tuple[s
 @click.option("--clips", default=40, show_default=True, help="Number of generated clips.")
 @click.option("--seconds", default=6.0, show_default=True, help="Length of each clip.")
 @click.option("--seed", default=0, show_default=True)
-@click.option("--tasks/--no-tasks", default=True, show_default=True,
-              help="Also write the labelled probe tasks (pitch, timbre, key, tempo) to DIRECTORY-tasks/.")
+@click.option(
+    "--tasks/--no-tasks",
+    default=True,
+    show_default=True,
+    help="Also write the labelled probe tasks (pitch, timbre, key, tempo) to DIRECTORY-tasks/.",
+)
 def demo_data_command(directory: str, clips: int, seconds: float, seed: int, tasks: bool) -> None:
     """Write a small generated music set (chords, melodies, drums; 24 kHz WAV) to DIRECTORY, and
     labelled probe tasks from the same synthesiser (other clips) to DIRECTORY-tasks/."""
@@ -433,18 +578,41 @@ def data_group() -> None:
 @data_group.command("shard")
 @click.argument("src")
 @click.argument("dst")
-@click.option("--with-targets", "spec_path", metavar="SPEC",
-              help="Also store each teacher's targets of SPEC per file (as the target cache computes them).")
+@click.option(
+    "--with-targets",
+    "spec_path",
+    metavar="SPEC",
+    help="Also store each teacher's targets of SPEC per file (as the target cache computes them).",
+)
 @OVERRIDE_OPTION
-@click.option("--chunk-bytes", default="64MB", show_default=True, help="Size of one shard chunk file (e.g. 64MB, 256MB).")
-@click.option("--sample-rate", type=click.IntRange(min=1000), default=None,
-              help="Store mono FLAC at this rate (e.g. 24000) instead of each file's original bytes.")
-@click.option("--val-fraction", type=click.FloatRange(0, 1, max_open=True), default=None,
-              help="Files held out into DST/val by the file dataset's rule  [default: SPEC's data.val_fraction, else 0.1]")
+@click.option(
+    "--chunk-bytes", default="64MB", show_default=True, help="Size of one shard chunk file (e.g. 64MB, 256MB)."
+)
+@click.option(
+    "--sample-rate",
+    type=click.IntRange(min=1000),
+    default=None,
+    help="Store mono FLAC at this rate (e.g. 24000) instead of each file's original bytes.",
+)
+@click.option(
+    "--val-fraction",
+    type=click.FloatRange(0, 1, max_open=True),
+    default=None,
+    help="Files held out into DST/val by the file dataset's rule  [default: SPEC's data.val_fraction, else 0.1]",
+)
 @click.option("--device", default="cpu", show_default=True, help="Torch device the teachers run on (--with-targets).")
 @click.option("--no-progress", is_flag=True, help="No progress bar (e.g. in batch jobs).")
-def data_shard_command(src: str, dst: str, spec_path: str | None, overrides: tuple[str, ...], chunk_bytes: str,
-                       sample_rate: int | None, val_fraction: float | None, device: str, no_progress: bool) -> None:
+def data_shard_command(
+    src: str,
+    dst: str,
+    spec_path: str | None,
+    overrides: tuple[str, ...],
+    chunk_bytes: str,
+    sample_rate: int | None,
+    val_fraction: float | None,
+    device: str,
+    no_progress: bool,
+) -> None:
     """Write the audio files under SRC (a folder or manifest) as litdata shards in DST.
 
     Training streams them when data.path is DST, or the URL DST was copied to (s3://...). DST
@@ -459,14 +627,21 @@ def data_shard_command(src: str, dst: str, spec_path: str | None, overrides: tup
         spec = load_spec(spec_path, overrides)
     elif overrides:
         raise click.UsageError("-o/--override applies to the spec of --with-targets")
-    options: dict[str, Any] = {"chunk_bytes": int(chunk_bytes) if chunk_bytes.isdigit() else chunk_bytes,
-                               "sample_rate": sample_rate, "progress": not no_progress}
+    options: dict[str, Any] = {
+        "chunk_bytes": int(chunk_bytes) if chunk_bytes.isdigit() else chunk_bytes,
+        "sample_rate": sample_rate,
+        "progress": not no_progress,
+    }
     if val_fraction is not None:
         options["val_fraction"] = val_fraction
     summary = shard_with_spec(spec, src, dst, device=device, **options)
     splits = ", ".join(f"{s}: {n} files ({summary.seconds[s] / 60:.1f} min)" for s, n in summary.files.items())
     targets = f"; targets of {', '.join(summary.teachers)}" if summary.teachers else ""
-    skipped = f"; {len(summary.skipped)} unusable files skipped (listed in {summary.path}/mertlab_shards.json)" if summary.skipped else ""
+    skipped = (
+        f"; {len(summary.skipped)} unusable files skipped (listed in {summary.path}/mertlab_shards.json)"
+        if summary.skipped
+        else ""
+    )
     click.echo(f"{summary.path}: {splits}{targets}{skipped}")
 
 
@@ -492,7 +667,9 @@ def targets_build_command(spec_path: str, overrides: tuple[str, ...], device: st
     spec = load_spec(spec_path, overrides)
     for s in build_targets(spec, device=device, progress=not no_progress):
         repaired = f" (of which {len(s.repaired)} replaced damaged entries)" if s.repaired else ""
-        click.echo(f"teachers.{s.alias} ({s.teacher}): {s.computed} files computed{repaired}, {s.skipped} already cached -> {s.folder}")
+        click.echo(
+            f"teachers.{s.alias} ({s.teacher}): {s.computed} files computed{repaired}, {s.skipped} already cached -> {s.folder}"
+        )
 
 
 @cli.command("model-info")
@@ -510,19 +687,34 @@ def model_info_command(spec: str, overrides: tuple[str, ...]) -> None:
 
 
 WINDOW_OPTION = click.option(
-    "--window-seconds", default=5.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
+    "--window-seconds",
+    default=5.0,
+    show_default=True,
+    type=click.FloatRange(min=0, min_open=True),
     help="Long audio is cut into windows of this length; window means are averaged (MERT crops: 5 s).",
 )
-BATCH_OPTION = click.option("--batch-size", default=8, show_default=True, type=click.IntRange(min=1), help="Windows per forward pass.")
-DEVICE_OPTION = click.option("--device", default="auto", show_default=True, help="auto (cuda if available), cpu, cuda, cuda:1...")
-WORKERS_OPTION = click.option("--num-workers", default=0, show_default=True, type=click.IntRange(min=0), help="Audio decoding processes.")
+BATCH_OPTION = click.option(
+    "--batch-size", default=8, show_default=True, type=click.IntRange(min=1), help="Windows per forward pass."
+)
+DEVICE_OPTION = click.option(
+    "--device", default="auto", show_default=True, help="auto (cuda if available), cpu, cuda, cuda:1..."
+)
+WORKERS_OPTION = click.option(
+    "--num-workers", default=0, show_default=True, type=click.IntRange(min=0), help="Audio decoding processes."
+)
 
 
 @cli.command("export")
 @click.argument("checkpoint", metavar="CKPT")
 @click.argument("out", metavar="OUT")
-@click.option("--format", "fmt", type=click.Choice(["hf"]), default="hf", show_default=True,
-              help="hf: a transformers HubertModel directory (config.json, model.safetensors, README.md model card).")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["hf"]),
+    default="hf",
+    show_default=True,
+    help="hf: a transformers HubertModel directory (config.json, model.safetensors, README.md model card).",
+)
 def export_command(checkpoint: str, out: str, fmt: str) -> None:
     """Export the backbone of CKPT to OUT for sharing, e.g. `transformers.HubertModel.from_pretrained(OUT)`."""
     from mertlab.experiment.export import export
@@ -535,14 +727,25 @@ def export_command(checkpoint: str, out: str, fmt: str) -> None:
 @click.argument("checkpoint", metavar="CKPT")
 @click.argument("data", metavar="DATA")
 @click.option("--out", required=True, metavar="FILE.npz", help="Where to write the features.")
-@click.option("--layers", default="all", show_default=True, help="all, last, or comma-separated layers (0 = encoder input).")
+@click.option(
+    "--layers", default="all", show_default=True, help="all, last, or comma-separated layers (0 = encoder input)."
+)
 @WINDOW_OPTION
 @BATCH_OPTION
 @DEVICE_OPTION
 @WORKERS_OPTION
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
-def extract_command(checkpoint: str, data: str, out: str, layers: str, window_seconds: float, batch_size: int,
-                    device: str, num_workers: int, no_progress: bool) -> None:
+def extract_command(
+    checkpoint: str,
+    data: str,
+    out: str,
+    layers: str,
+    window_seconds: float,
+    batch_size: int,
+    device: str,
+    num_workers: int,
+    no_progress: bool,
+) -> None:
     """Mean-pooled per-layer features of every audio file in DATA, written to an .npz.
 
     CKPT is a training checkpoint (runs/<name>/<run>/checkpoints/last.ckpt) or a saved backbone.
@@ -563,8 +766,16 @@ def extract_command(checkpoint: str, data: str, out: str, layers: str, window_se
         paths = list_audio_paths(data, extensions)
         if not paths:
             raise MertlabError(f"{data}: no audio files ({', '.join(extensions)})")
-    features = extract_features(load_backbone(checkpoint), paths, window_seconds, layers, batch_size, device, num_workers,
-                                progress=not no_progress)
+    features = extract_features(
+        load_backbone(checkpoint),
+        paths,
+        window_seconds,
+        layers,
+        batch_size,
+        device,
+        num_workers,
+        progress=not no_progress,
+    )
     features.meta["checkpoint"] = str(checkpoint)
     features.save(out)
     n, k, d = features.features.shape
@@ -572,8 +783,12 @@ def extract_command(checkpoint: str, data: str, out: str, layers: str, window_se
 
 
 CACHE_OPTIONS = (
-    click.option("--cache-dir", default=None, metavar="DIR",
-                 help="Feature cache folder [default: .mertlab-cache/features]; re-probing with other probe settings or layers reuses it."),
+    click.option(
+        "--cache-dir",
+        default=None,
+        metavar="DIR",
+        help="Feature cache folder [default: .mertlab-cache/features]; re-probing with other probe settings or layers reuses it.",
+    ),
     click.option("--no-cache", is_flag=True, help="Neither read nor write the feature cache."),
 )
 
@@ -590,34 +805,92 @@ def _with_options(options: tuple) -> Any:
 @cli.command("probe")
 @click.argument("checkpoint", metavar="CKPT", required=False)
 @click.argument("task_path", metavar="TASK", required=False)
-@click.option("--hf-dir", default=None, metavar="DIR", help="Probe a local Hugging Face HuBERT/MERT directory (same as CKPT hf:DIR).")
-@click.option("--layers", default="all", show_default=True, help="Layers to probe one by one: all, last, or e.g. 6,12 (0 = encoder input).")
-@click.option("--type", "task_type", type=click.Choice(["auto", "classification", "multilabel", "regression"]), default=None,
-              help="Task type (default: the task YAML's, else detected from the labels).")
-@click.option("--name", default=None, help="Task name in metric names (default: the YAML's name, else the CSV's file name).")
-@click.option("--random-init", is_flag=True, help="Also probe an untrained backbone of the same architecture (baseline).")
-@click.option("--baselines", default="", metavar="NAMES",
-              help="Also probe handcrafted clip features with the same MLP and splits: comma-separated mfcc, chroma, cqt.")
+@click.option(
+    "--hf-dir",
+    default=None,
+    metavar="DIR",
+    help="Probe a local Hugging Face HuBERT/MERT directory (same as CKPT hf:DIR).",
+)
+@click.option(
+    "--layers",
+    default="all",
+    show_default=True,
+    help="Layers to probe one by one: all, last, or e.g. 6,12 (0 = encoder input).",
+)
+@click.option(
+    "--type",
+    "task_type",
+    type=click.Choice(["auto", "classification", "multilabel", "regression"]),
+    default=None,
+    help="Task type (default: the task YAML's, else detected from the labels).",
+)
+@click.option(
+    "--name", default=None, help="Task name in metric names (default: the YAML's name, else the CSV's file name)."
+)
+@click.option(
+    "--random-init", is_flag=True, help="Also probe an untrained backbone of the same architecture (baseline)."
+)
+@click.option(
+    "--baselines",
+    default="",
+    metavar="NAMES",
+    help="Also probe handcrafted clip features with the same MLP and splits: comma-separated mfcc, chroma, cqt.",
+)
 @click.option("--no-weighted", is_flag=True, help="Skip the probe on the learnable weighted sum of all layers.")
 @WINDOW_OPTION
 @BATCH_OPTION
-@click.option("--patience", default=None, type=click.IntRange(min=1), help="Early-stopping patience in epochs [default: 10].")
-@click.option("--max-epochs", default=None, type=click.IntRange(min=1), help="Epoch limit of each probe [default: 200].")
+@click.option(
+    "--patience", default=None, type=click.IntRange(min=1), help="Early-stopping patience in epochs [default: 10]."
+)
+@click.option(
+    "--max-epochs", default=None, type=click.IntRange(min=1), help="Epoch limit of each probe [default: 200]."
+)
 @click.option("--seed", default=0, show_default=True, help="Seed of the probes (and of the random-init backbone).")
-@click.option("--run-id", default=None, help="MLflow run to log to (default: the run that trained CKPT; for hf:DIR a run named after DIR).")
-@click.option("--tracking-uri", default=None, help="MLflow store (default: the checkpoint's, else $MLFLOW_TRACKING_URI, else ./mlflow.db).")
-@click.option("--experiment", default="probes", show_default=True, help="MLflow experiment of the run named after an hf:DIR.")
+@click.option(
+    "--run-id",
+    default=None,
+    help="MLflow run to log to (default: the run that trained CKPT; for hf:DIR a run named after DIR).",
+)
+@click.option(
+    "--tracking-uri",
+    default=None,
+    help="MLflow store (default: the checkpoint's, else $MLFLOW_TRACKING_URI, else ./mlflow.db).",
+)
+@click.option(
+    "--experiment", default="probes", show_default=True, help="MLflow experiment of the run named after an hf:DIR."
+)
 @click.option("--no-tracking", is_flag=True, help="Do not log to MLflow.")
 @click.option("--out", default=None, metavar="FILE.json", help="Also write the full report as JSON.")
 @_with_options(CACHE_OPTIONS)
 @DEVICE_OPTION
 @WORKERS_OPTION
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
-def probe_command(checkpoint: str | None, task_path: str | None, hf_dir: str | None, layers: str, task_type: str | None,
-                  name: str | None, random_init: bool, baselines: str, no_weighted: bool, window_seconds: float,
-                  batch_size: int, patience: int | None, max_epochs: int | None, seed: int, run_id: str | None,
-                  tracking_uri: str | None, experiment: str, no_tracking: bool, out: str | None, cache_dir: str | None,
-                  no_cache: bool, device: str, num_workers: int, no_progress: bool) -> None:
+def probe_command(
+    checkpoint: str | None,
+    task_path: str | None,
+    hf_dir: str | None,
+    layers: str,
+    task_type: str | None,
+    name: str | None,
+    random_init: bool,
+    baselines: str,
+    no_weighted: bool,
+    window_seconds: float,
+    batch_size: int,
+    patience: int | None,
+    max_epochs: int | None,
+    seed: int,
+    run_id: str | None,
+    tracking_uri: str | None,
+    experiment: str,
+    no_tracking: bool,
+    out: str | None,
+    cache_dir: str | None,
+    no_cache: bool,
+    device: str,
+    num_workers: int,
+    no_progress: bool,
+) -> None:
     """Probe CKPT's frozen features on a labelled TASK (MARBLE protocol) and log the scores.
 
     CKPT is a training checkpoint, a saved backbone, or hf:DIR -- a local Hugging Face
@@ -648,15 +921,35 @@ def probe_command(checkpoint: str | None, task_path: str | None, hf_dir: str | N
     if not no_tracking:  # before the (long) extraction, so a wrong run fails fast
         run_id, tracking_uri, step = probe_run(checkpoint, run_id, tracking_uri, experiment)
     cache = FeatureCache(None if no_cache else (cache_dir or DEFAULT_CACHE_DIR))
-    outcome = run_probe(checkpoint, task, layers, window_seconds, batch_size, params, random_init, not no_weighted,
-                        device, num_workers, progress=not no_progress, baselines=chosen_baselines, cache=cache)
+    outcome = run_probe(
+        checkpoint,
+        task,
+        layers,
+        window_seconds,
+        batch_size,
+        params,
+        random_init,
+        not no_weighted,
+        device,
+        num_workers,
+        progress=not no_progress,
+        baselines=chosen_baselines,
+        cache=cache,
+    )
     header, rows = report_table(outcome)
     click.echo(format_table(header, rows))
     click.echo("\n".join(summary_lines(outcome)))
     if cache.root is not None:
         click.echo(f"features: {cache.hits} from the cache, {cache.misses} extracted ({cache.root})")
-    settings = {"checkpoint": str(checkpoint), "layers": layers, "window_seconds": window_seconds,
-                "random_init": random_init, "baselines": chosen_baselines, "weighted": not no_weighted, **params.model_dump()}
+    settings = {
+        "checkpoint": str(checkpoint),
+        "layers": layers,
+        "window_seconds": window_seconds,
+        "random_init": random_init,
+        "baselines": chosen_baselines,
+        "weighted": not no_weighted,
+        **params.model_dump(),
+    }
     if out:
         Path(out).write_text(json.dumps(report_dict(outcome, settings), indent=2))
     if no_tracking:

@@ -17,6 +17,7 @@ Components are built as ``Component(params, **context)``; the context each kind 
 documented on its base class. The training loop only talks to these base classes, so adding a
 teacher never touches it.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -223,7 +224,7 @@ class Backbone(nn.Module, ABC):
         self.params = params
 
     @classmethod
-    def load_hf(cls, directory: str | Path) -> "Backbone":
+    def load_hf(cls, directory: str | Path) -> Backbone:
         """Build the backbone from a local Hugging Face model directory (only for backbones
         with :attr:`hf_model_types`); raise :class:`~mertlab.errors.MertlabError` naming what is
         missing or does not fit."""
@@ -282,7 +283,9 @@ class Backbone(nn.Module, ABC):
             raise MertlabError(f"{self.name} backbone: lengths must have shape [{batch}]; got {tuple(lengths.shape)}")
         lengths = lengths.to(device=wav.device, dtype=torch.long)
         if bool(((lengths < min_samples) | (lengths > num_samples)).any()):
-            raise DataError(f"{self.name} backbone: lengths must lie in [{min_samples}, {num_samples}] samples; got {lengths.tolist()}")
+            raise DataError(
+                f"{self.name} backbone: lengths must lie in [{min_samples}, {num_samples}] samples; got {lengths.tolist()}"
+            )
         return lengths
 
     def frame_lengths(self, lengths: Tensor) -> Tensor:
@@ -378,7 +381,6 @@ class Masking(ABC):
     def __call__(self, padding_mask: Tensor, generator: torch.Generator | None = None) -> Tensor: ...
 
 
-
 class Augmentation(ABC):
     """Perturbs the *student's* input waveform in training steps (teachers see the clean audio).
 
@@ -401,6 +403,7 @@ class Augmentation(ABC):
 
     @abstractmethod
     def __call__(self, wav: Tensor, lengths: Tensor, generator: torch.Generator | None = None) -> Tensor: ...
+
 
 class FrameTeacherBase(Teacher):
     """What every frame-level teacher's :meth:`targets` does around its :meth:`frame_targets`.

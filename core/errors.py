@@ -3,6 +3,7 @@
 Every error a user can cause by bad input derives from :class:`MertlabError`; the CLI prints
 its message (one line per problem) and exits 1 without a traceback.
 """
+
 from __future__ import annotations
 
 
@@ -25,7 +26,10 @@ class SpecError(MertlabError):
         self.problems = list(problems)
         self.source = source
         prefix = f"{source}: " if source else ""
-        lines = [f"{prefix}{_one_line(path)}: {_one_line(msg)}" if path else f"{prefix}{_one_line(msg)}" for path, msg in self.problems]
+        lines = [
+            f"{prefix}{_one_line(path)}: {_one_line(msg)}" if path else f"{prefix}{_one_line(msg)}"
+            for path, msg in self.problems
+        ]
         super().__init__("\n".join(lines))
 
 

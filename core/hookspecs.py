@@ -11,9 +11,11 @@ Each ``register_*`` hook receives a ``register`` callable; call it once per comp
 The component contracts (``name``, ``summary``, ``Params``, constructor) are documented in
 :mod:`mertlab.contracts`.
 """
+
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pluggy
 
@@ -43,11 +45,11 @@ def register_maskings(register: Register) -> None:
     """Register :class:`mertlab.contracts.Masking` subclasses (frame-masking strategies)."""
 
 
-
 @hookspec
 def register_augmentations(register: Register) -> None:
     """Register :class:`mertlab.contracts.Augmentation` subclasses (student-input augmentations,
     e.g. the built-in ``mixup``), named by a spec's ``augment`` section."""
+
 
 @hookspec
 def register_callbacks(register: Register) -> None:
@@ -60,9 +62,9 @@ def register_callbacks(register: Register) -> None:
 def register_commands(cli: Any) -> None:
     """Add commands to the ``mertlab`` CLI. ``cli`` is the root ``click.Group``::
 
-        @hookimpl
-        def register_commands(cli):
-            @cli.command()
-            def hello():
-                click.echo("hi")
+    @hookimpl
+    def register_commands(cli):
+        @cli.command()
+        def hello():
+            click.echo("hi")
     """

@@ -12,9 +12,11 @@ The contract tests themselves are one line in a test module (see :mod:`mertlab.t
     from mertlab.testing import contract_tests
     test_my_teacher = contract_tests("teacher", "my_teacher")
 """
+
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 

@@ -20,6 +20,7 @@ round-trip. Backbones, objectives, maskings, augmentations and callbacks get the
 contract.
 mertlab's own test suite runs these very checks on every registered component.
 """
+
 from __future__ import annotations
 
 import functools
@@ -64,7 +65,7 @@ def contract_audio(seconds: float, sample_rate: int, seed: int = 0) -> torch.Ten
     wav = render_piece(seconds, rng, sr=sample_rate).astype(np.float64)
     n = wav.shape[0]
     for start in range(0, n, max(1, sample_rate // 4)):  # clicks: sharp transients
-        wav[start: start + max(1, sample_rate // 1000)] += 0.6
+        wav[start : start + max(1, sample_rate // 1000)] += 0.6
     burst = slice(n // 3, n // 3 + n // 10)
     wav[burst] += rng.normal(0, 0.3, wav[burst].shape)
     return torch.from_numpy(0.9 * wav / max(np.abs(wav).max(), 1e-6)).float()
@@ -74,7 +75,11 @@ def _batch(clips: list[torch.Tensor], pad: float | str = 0.0, seed: int = 0) -> 
     """``(wav [B, max S], lengths)``; padding is ``pad`` or, for ``"noise"``, loud noise."""
     lengths = torch.tensor([c.numel() for c in clips])
     g = torch.Generator().manual_seed(seed)
-    wav = torch.randn(len(clips), int(lengths.max()), generator=g) if pad == "noise" else torch.full((len(clips), int(lengths.max())), float(pad))
+    wav = (
+        torch.randn(len(clips), int(lengths.max()), generator=g)
+        if pad == "noise"
+        else torch.full((len(clips), int(lengths.max())), float(pad))
+    )
     for b, c in enumerate(clips):
         wav[b, : c.numel()] = c
     return wav, lengths
@@ -147,13 +152,17 @@ def check_registration(entry: Any) -> None:
     problems = contract_problems(entry.kind, entry.component)
     _require(not problems, "; ".join(problems))
     params = entry.params_model()
-    _require(entry.params_model.model_validate(params.model_dump(mode="json")) == params,
-             "default params do not survive a JSON round-trip")
+    _require(
+        entry.params_model.model_validate(params.model_dump(mode="json")) == params,
+        "default params do not survive a JSON round-trip",
+    )
     import json
 
     json.dumps(entry.params_model.model_json_schema())
-    _require(entry.params_model.model_config.get("extra") == "forbid",
-             "Params must forbid unknown fields (subclass mertlab.contracts.Params)")
+    _require(
+        entry.params_model.model_config.get("extra") == "forbid",
+        "Params must forbid unknown fields (subclass mertlab.contracts.Params)",
+    )
     test_params = getattr(entry.component, "test_params", {})
     _require(isinstance(test_params, dict), f"test_params must be a dict, got {test_params!r}")
     entry.validate_params(test_params)
@@ -167,8 +176,10 @@ def _teacher(entry: Any, fresh: bool = False) -> Any:
 
     teacher = _build(entry) if fresh else _shared_teacher(entry)
     _require(isinstance(teacher, Teacher), f"built a {type(teacher).__name__}, not a mertlab.contracts.Teacher")
-    _require(teacher.target_kind == teacher.info.kind,
-             f"target_kind is {teacher.target_kind!r} but info.kind is {teacher.info.kind!r}")
+    _require(
+        teacher.target_kind == teacher.info.kind,
+        f"target_kind is {teacher.target_kind!r} but info.kind is {teacher.info.kind!r}",
+    )
     if teacher.requires_fit:
         raise CheckSkipped("requires fitting first (requires_fit = True)")
     return teacher.eval()
@@ -195,8 +206,10 @@ def check_teacher_outputs(entry: Any) -> None:
     teacher = _teacher(entry)
     wav, lengths = _batch(_clips(teacher.sample_rate))
     out = _targets(teacher, wav, lengths)
-    _require(int(out.lengths[1]) < int(out.lengths[0]),
-             f"a shorter clip must have fewer valid frames, got lengths {out.lengths.tolist()}")
+    _require(
+        int(out.lengths[1]) < int(out.lengths[0]),
+        f"a shorter clip must have fewer valid frames, got lengths {out.lengths.tolist()}",
+    )
 
 
 def check_teacher_determinism(entry: Any) -> None:
@@ -218,8 +231,10 @@ def check_teacher_batching(entry: Any) -> None:
         alone = _targets(teacher, clip[None], torch.tensor([clip.numel()]))
         n = int(alone.lengths[0])
         _require(int(batch.lengths[b]) == n, f"clip {b}: {int(batch.lengths[b])} valid frames in a batch, {n} alone")
-        _require(_same(batch.values[b, :n], alone.values[0, :n]),
-                 f"clip {b}: valid frames differ between a padded batch and the clip alone")
+        _require(
+            _same(batch.values[b, :n], alone.values[0, :n]),
+            f"clip {b}: valid frames differ between a padded batch and the clip alone",
+        )
 
 
 def check_teacher_padding(entry: Any) -> None:
@@ -230,7 +245,7 @@ def check_teacher_padding(entry: Any) -> None:
     lengths = torch.tensor([clip.numel()])
     zeros = _targets(teacher, padded[None], lengths)
     noisy = padded.clone()
-    noisy[clip.numel():] = torch.randn(noisy.numel() - clip.numel(), generator=torch.Generator().manual_seed(0))
+    noisy[clip.numel() :] = torch.randn(noisy.numel() - clip.numel(), generator=torch.Generator().manual_seed(0))
     noise = _targets(teacher, noisy[None], lengths)
     n = int(zeros.lengths[0])
     _require(_same(zeros.values[0, :n], noise.values[0, :n]), "noise in the padding changed the valid frames")
@@ -240,7 +255,9 @@ def check_teacher_fingerprint(entry: Any) -> None:
     """Two instances with the same params have the same fingerprint (the cache key)."""
     a, b = _shared_teacher(entry), _build(entry)
     fingerprint = a.fingerprint()
-    _require(isinstance(fingerprint, str) and fingerprint, f"fingerprint() must be a non-empty str, got {fingerprint!r}")
+    _require(
+        isinstance(fingerprint, str) and fingerprint, f"fingerprint() must be a non-empty str, got {fingerprint!r}"
+    )
     _require(fingerprint == b.fingerprint(), "fingerprint() differs between two instances with the same params")
 
 
@@ -265,7 +282,10 @@ def check_teacher_cache_round_trip(entry: Any) -> None:
     whole = _targets(teacher, clip[None], torch.tensor([clip.numel()]))
     n = int(whole.lengths[0])
     expected = whole.values[0, :n]
-    _require(read.shape == expected.shape, f"cache holds {tuple(read.shape)} targets, the teacher gives {tuple(expected.shape)}")
+    _require(
+        read.shape == expected.shape,
+        f"cache holds {tuple(read.shape)} targets, the teacher gives {tuple(expected.shape)}",
+    )
     _require(_same(read.to(expected.dtype), expected), "targets read back from the cache differ from the teacher's")
 
 
@@ -289,16 +309,30 @@ def check_backbone_forward(entry: Any) -> None:
     with torch.no_grad():
         out = backbone(wav, torch.tensor([samples, samples // 2]), mask, instrument=True)
     _require(isinstance(out, BackboneOutput), f"forward returned {type(out).__name__}, not BackboneOutput")
-    _require(len(out.hidden_states) == backbone.num_layers + 1,
-             f"{len(out.hidden_states)} hidden states for {backbone.num_layers} layers (expected layers + 1)")
-    _require(out.last_hidden_state.shape == (2, frames, backbone.hidden_dim),
-             f"last hidden state {tuple(out.last_hidden_state.shape)}, expected {(2, frames, backbone.hidden_dim)}")
-    _require(out.padding_mask.shape == (2, frames) and bool(out.padding_mask[1].any()) and not bool(out.padding_mask[0].any()),
-             "padding_mask must be [B, T], True exactly at the frames past each clip's length")
-    _require(out.frame_rate == backbone.frame_rate, f"output frame_rate {out.frame_rate} != backbone.frame_rate {backbone.frame_rate}")
-    _require(out.attn_max_logits is not None and out.act_rms is not None
-             and len(out.attn_max_logits) == len(out.act_rms) == backbone.num_layers,
-             "instrument=True must fill attn_max_logits and act_rms with one value per layer")
+    _require(
+        len(out.hidden_states) == backbone.num_layers + 1,
+        f"{len(out.hidden_states)} hidden states for {backbone.num_layers} layers (expected layers + 1)",
+    )
+    _require(
+        out.last_hidden_state.shape == (2, frames, backbone.hidden_dim),
+        f"last hidden state {tuple(out.last_hidden_state.shape)}, expected {(2, frames, backbone.hidden_dim)}",
+    )
+    _require(
+        out.padding_mask.shape == (2, frames)
+        and bool(out.padding_mask[1].any())
+        and not bool(out.padding_mask[0].any()),
+        "padding_mask must be [B, T], True exactly at the frames past each clip's length",
+    )
+    _require(
+        out.frame_rate == backbone.frame_rate,
+        f"output frame_rate {out.frame_rate} != backbone.frame_rate {backbone.frame_rate}",
+    )
+    _require(
+        out.attn_max_logits is not None
+        and out.act_rms is not None
+        and len(out.attn_max_logits) == len(out.act_rms) == backbone.num_layers,
+        "instrument=True must fill attn_max_logits and act_rms with one value per layer",
+    )
     _require(bool(backbone.block_names()), "block_names() must name at least one block")
 
 
@@ -326,10 +360,17 @@ def check_objective_loss(entry: Any) -> None:
     values = torch.randint(0, 16, (2, 20, 2)) if kind == "discrete" else torch.randn(2, 20, 6)
     mask = torch.rand(2, 20) < 0.5
     result = objective(out, Targets(values, torch.tensor([20, 20]), info), mask)
-    _require(result.loss.ndim == 0 and bool(torch.isfinite(result.loss)), f"loss must be a finite scalar, got {result.loss}")
+    _require(
+        result.loss.ndim == 0 and bool(torch.isfinite(result.loss)), f"loss must be a finite scalar, got {result.loss}"
+    )
     result.loss.backward()
-    _require(hidden[-1].grad is not None and bool(hidden[-1].grad.abs().sum() > 0), "the loss has no gradient to the last hidden state")
-    _require(all("/" in key for key in result.metrics), f"metric keys must look like 'acc/cb0', got {sorted(result.metrics)}")
+    _require(
+        hidden[-1].grad is not None and bool(hidden[-1].grad.abs().sum() > 0),
+        "the loss has no gradient to the last hidden state",
+    )
+    _require(
+        all("/" in key for key in result.metrics), f"metric keys must look like 'acc/cb0', got {sorted(result.metrics)}"
+    )
 
 
 def check_masking(entry: Any) -> None:
@@ -353,14 +394,19 @@ def check_augmentation(entry: Any) -> None:
     from mertlab.contracts import Augmentation
 
     augmentation = _build(entry)
-    _require(isinstance(augmentation, Augmentation), f"built a {type(augmentation).__name__}, not a mertlab.contracts.Augmentation")
+    _require(
+        isinstance(augmentation, Augmentation),
+        f"built a {type(augmentation).__name__}, not a mertlab.contracts.Augmentation",
+    )
     rate = 16000
-    wav, lengths = _batch([contract_audio(0.5, rate, seed=s)[: n] for s, n in enumerate((8000, 6000, 3000))])
+    wav, lengths = _batch([contract_audio(0.5, rate, seed=s)[:n] for s, n in enumerate((8000, 6000, 3000))])
     before = wav.clone()
     out = augmentation(wav, lengths, torch.Generator().manual_seed(0))
-    _require(isinstance(out, torch.Tensor) and out.shape == wav.shape and out.dtype == wav.dtype,
-             f"must return a {wav.dtype} tensor of shape {tuple(wav.shape)}, got {getattr(out, 'dtype', type(out).__name__)} "
-             f"{tuple(getattr(out, 'shape', ()))}")
+    _require(
+        isinstance(out, torch.Tensor) and out.shape == wav.shape and out.dtype == wav.dtype,
+        f"must return a {wav.dtype} tensor of shape {tuple(wav.shape)}, got {getattr(out, 'dtype', type(out).__name__)} "
+        f"{tuple(getattr(out, 'shape', ()))}",
+    )
     _require(torch.equal(wav, before), "changed its input in place (return a new tensor)")
     _require(bool(torch.isfinite(out).all()), "returned non-finite samples")
     padding = torch.arange(wav.shape[1])[None, :] >= lengths[:, None]
@@ -388,7 +434,11 @@ CHECKS: dict[str, dict[str, Callable[[Any], None]]] = {
         "fingerprint": check_teacher_fingerprint,
         "cache_round_trip": check_teacher_cache_round_trip,
     },
-    "backbone": {"registration": check_registration, "forward": check_backbone_forward, "determinism": check_backbone_determinism},
+    "backbone": {
+        "registration": check_registration,
+        "forward": check_backbone_forward,
+        "determinism": check_backbone_determinism,
+    },
     "objective": {"registration": check_registration, "loss": check_objective_loss},
     "masking": {"registration": check_registration, "mask": check_masking},
     "augmentation": {"registration": check_registration, "augment": check_augmentation},
@@ -408,7 +458,7 @@ def run_check(kind: str, name: str, check: str, registry: RegistryLike = None) -
     except (ContractViolation, TeacherOutputError) as exc:
         message = str(exc)
         label = _label(entry)
-        message = message[len(label) + 2:] if message.startswith(label + ": ") else message
+        message = message[len(label) + 2 :] if message.startswith(label + ": ") else message
         raise ContractViolation(f"{label}: check '{check}': {message}") from None
     except MertlabError as exc:
         raise ContractViolation(f"{_label(entry)}: check '{check}': {exc}") from None
@@ -469,5 +519,15 @@ def all_contract_cases(registry: RegistryLike = None) -> list[tuple[str, str, st
     return [(e.kind, e.name, check) for e in _resolve(registry).list() for check in CHECKS[e.kind]]
 
 
-__all__ = ["CHECKS", "CheckResult", "assert_contract", "CheckSkipped", "ContractViolation", "all_contract_cases", "contract_audio",
-           "contract_tests", "run_check", "run_contract_checks"]
+__all__ = [
+    "CHECKS",
+    "CheckResult",
+    "assert_contract",
+    "CheckSkipped",
+    "ContractViolation",
+    "all_contract_cases",
+    "contract_audio",
+    "contract_tests",
+    "run_check",
+    "run_contract_checks",
+]

@@ -5,6 +5,7 @@ into a plugin manager they build, as a distribution ``broken-teachers 0.0.1``); 
 break the registration contract are separate plugin objects (:data:`REGISTRATION_BROKEN`),
 since one of them fails the whole registry.
 """
+
 from __future__ import annotations
 
 from typing import Literal
@@ -144,8 +145,17 @@ OUTPUT_BROKEN = {
 
 @hookimpl
 def register_teachers(register):
-    for teacher in (LogEnergy, EnergyCodes, RateTimesFour, RateQuarter, CodesOutOfRange, FloatCodes, ChannelsFirst,
-                    LengthsPastT, NaNValues):
+    for teacher in (
+        LogEnergy,
+        EnergyCodes,
+        RateTimesFour,
+        RateQuarter,
+        CodesOutOfRange,
+        FloatCodes,
+        ChannelsFirst,
+        LengthsPastT,
+        NaNValues,
+    ):
         register(teacher)
 
 
@@ -177,5 +187,8 @@ class _Registers:
 
 REGISTRATION_BROKEN = {
     "missing_description": (_Registers(MissingDescription), "Params field 'window' has no description"),
-    "bad_target_kind": (_Registers(BadTargetKind), "`target_kind` must be one of 'discrete', 'continuous', got 'continous'"),
+    "bad_target_kind": (
+        _Registers(BadTargetKind),
+        "`target_kind` must be one of 'discrete', 'continuous', got 'continous'",
+    ),
 }

@@ -57,9 +57,8 @@ def one_thread():
 def toy_registry(monkeypatch):
     """The real registry plus the toy components of tests/toy_plugins.py, installed as the
     process-wide registry (so the CLI sees it too)."""
-    import toy_plugins
-
     import mertlab.plugin_system.registry as registry_module
+    import toy_plugins
     from mertlab.plugin_system.plugin_manager import PluginSource, create_plugin_manager
 
     pm = create_plugin_manager(autoload=False)

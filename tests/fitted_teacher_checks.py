@@ -1,14 +1,16 @@
 """Checks shared by the tests of teachers fitted offline (``kmeans``, ``melrvq``): the errors
 for a missing, mismatched or damaged state file, which must tell the user what to run."""
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
-from synth_audio import melody, padded_batch
 
 from mertlab.errors import MertlabError
+from synth_audio import melody, padded_batch
 
 Build = Callable[..., Any]
 
@@ -24,8 +26,13 @@ def assert_missing_state_says_fit(build: Build, state_param: str, tmp_path: Path
 
 
 def assert_bad_state_is_rejected(
-    build: Build, state_param: str, state_file: Path, tmp_path: Path, other_settings: dict[str, Any],
-    settings_message: str, junk_message: str,
+    build: Build,
+    state_param: str,
+    state_file: Path,
+    tmp_path: Path,
+    other_settings: dict[str, Any],
+    settings_message: str,
+    junk_message: str,
 ) -> None:
     """A state fitted with other settings, a file that is not a state and saving an unfitted
     teacher are each one clear error."""

@@ -1,6 +1,7 @@
 """A labelled task whose labels are recoverable from the sound, for probe/teacher-eval tests:
 the pitch class (C, Eb, Gb, A) of a harmonic tone played in one of three octaves (MIDI 36-71),
 so the class is a property of the spectrum's periodicity in pitch, not one frequency."""
+
 from __future__ import annotations
 
 import csv
@@ -21,7 +22,9 @@ def harmonic_tone(midi: float, seconds: float, rng: np.random.Generator, sr: int
     return (0.3 * rng.uniform(0.5, 1.0) * wav + 0.01 * rng.standard_normal(t.size)).astype(np.float32)
 
 
-def write_pitch_class_task(root: Path, clips: int = 96, seconds: float = 0.5, seed: int = 0, name: str = "pitch") -> Path:
+def write_pitch_class_task(
+    root: Path, clips: int = 96, seconds: float = 0.5, seed: int = 0, name: str = "pitch"
+) -> Path:
     """``root/<name>.csv`` (path,label; the automatic seeded split) and its audio under ``root/<name>/``."""
     rng = np.random.default_rng(seed)
     (root / name).mkdir(parents=True, exist_ok=True)

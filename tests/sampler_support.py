@@ -1,5 +1,6 @@
 """Reading a :class:`~mertlab.data.sampler.ResumableBatchSampler` the way training does, for the
 resume and distributed tests."""
+
 from __future__ import annotations
 
 from mertlab.data.sampler import CropKey, ResumableBatchSampler

@@ -1,5 +1,6 @@
 """A tiny sweep spec for the sweep/compare tests: tiny transformer, CQT + a small BEST-RQ
 teacher, a few steps per child (about a second each on a CPU)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -16,7 +17,9 @@ THREE_VARIANTS = {
 }
 
 
-def tiny_sweep_spec(name: str, demo_dir: Path, out_dir: Path, tracking_uri: str | None, sweep: dict[str, Any]) -> dict[str, Any]:
+def tiny_sweep_spec(
+    name: str, demo_dir: Path, out_dir: Path, tracking_uri: str | None, sweep: dict[str, Any]
+) -> dict[str, Any]:
     spec = {
         "name": name,
         "data": {"path": str(demo_dir), "crop_seconds": 1.0, "batch_size": 2, "val_fraction": 0.2},
@@ -30,8 +33,13 @@ def tiny_sweep_spec(name: str, demo_dir: Path, out_dir: Path, tracking_uri: str 
             "cqt_recon": {"name": "masked_regression", "teacher": "cqt", "weight": 0.5},
         },
         "optim": {"lr": 1e-3, "warmup_steps": 1},
-        "trainer": {"max_steps": 4, "log_every_n_steps": 1, "val_every_n_steps": 2, "limit_val_batches": 1,
-                    "output_dir": str(out_dir / "runs")},
+        "trainer": {
+            "max_steps": 4,
+            "log_every_n_steps": 1,
+            "val_every_n_steps": 2,
+            "limit_val_batches": 1,
+            "output_dir": str(out_dir / "runs"),
+        },
         "callbacks": {"stability": {"name": "stability", "params": {"every_n_steps": 1}}},
         "sweep": sweep,
     }

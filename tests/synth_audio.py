@@ -1,4 +1,5 @@
 """Short synthetic music-like clips for teacher tests: chords of sine tones plus a little noise."""
+
 from __future__ import annotations
 
 import math

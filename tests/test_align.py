@@ -1,4 +1,5 @@
 """align_targets: teacher frames onto the backbone's frame grid."""
+
 from __future__ import annotations
 
 import math
@@ -110,8 +111,8 @@ def test_integer_offsets_equal_dropping_leading_source_frames(src, src_rate, dst
     out = align_targets(targets, dst_rate, num_frames, frame_lengths, torch.tensor(offsets, dtype=torch.float64))
 
     for b, k in enumerate(offsets):
-        alone = Targets(targets.values[b: b + 1, k:], src_lengths[b: b + 1] - k, targets.info)
-        want = align_targets(alone, dst_rate, num_frames, frame_lengths[b: b + 1])
+        alone = Targets(targets.values[b : b + 1, k:], src_lengths[b : b + 1] - k, targets.info)
+        want = align_targets(alone, dst_rate, num_frames, frame_lengths[b : b + 1])
         assert torch.equal(out.values[b], want.values[0]) and out.lengths[b] == want.lengths[0]
 
 
@@ -181,6 +182,8 @@ def test_mapped_lengths_tolerates_float_rates():
     ],
 )
 def test_inconsistent_lengths_are_clear_errors(src_lengths, frame_lengths, num_frames, match):
-    targets = Targets(torch.zeros(len(src_lengths), 10, 1), torch.tensor(src_lengths), TargetInfo("continuous", 1, 75.0))
+    targets = Targets(
+        torch.zeros(len(src_lengths), 10, 1), torch.tensor(src_lengths), TargetInfo("continuous", 1, 75.0)
+    )
     with pytest.raises(MertlabError, match=match):
         align_targets(targets, 75.0, num_frames, torch.tensor(frame_lengths))

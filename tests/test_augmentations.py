@@ -1,10 +1,11 @@
 """Augmentations are plugins (``register_augmentations``), named by a spec's ``augment`` section."""
+
 from __future__ import annotations
 
 import pytest
 import torch
-import toy_plugins
 
+import toy_plugins
 from mertlab.cli import main
 from mertlab.errors import SpecError
 from mertlab.experiment.spec import resolve_spec

@@ -1,4 +1,5 @@
 """Tests of the ``conformer`` backbone (plugins/backbones/conformer.py)."""
+
 from __future__ import annotations
 
 import pytest
@@ -205,7 +206,9 @@ def test_instrumentation_only_when_requested():
     off = model(wav, lengths)
     assert off.attn_max_logits is None and off.act_rms is None
     residuals = []  # each block's residual stream entering its final LayerNorm
-    hooks = [layer.final_norm.register_forward_pre_hook(lambda m, args: residuals.append(args[0])) for layer in model.layers]
+    hooks = [
+        layer.final_norm.register_forward_pre_hook(lambda m, args: residuals.append(args[0])) for layer in model.layers
+    ]
     on = model(wav, lengths, instrument=True)
     for hook in hooks:
         hook.remove()

@@ -1,5 +1,6 @@
 """The ``transformer`` backbone: params/presets, frames, masking, padding, attention relaxation,
 DeepNorm, layer drop, gradient checkpointing, autocast, instrumentation, CLI model-info."""
+
 from __future__ import annotations
 
 import math
@@ -23,8 +24,14 @@ SR = 24000
 TINY = {"preset": "tiny"}
 # MERT-330M's stability options (pre-LN, relaxation 32, layer-norm extractor) at tiny width.
 LARGE_STYLE_TINY = {
-    "preset": "large", "hidden_dim": 64, "num_heads": 4, "ffn_dim": 128, "num_layers": 2,
-    "conv_channels": [32] * 7, "pos_conv_kernel": 16, "pos_conv_groups": 4,
+    "preset": "large",
+    "hidden_dim": 64,
+    "num_heads": 4,
+    "ffn_dim": 128,
+    "num_layers": 2,
+    "conv_channels": [32] * 7,
+    "pos_conv_kernel": 16,
+    "pos_conv_groups": 4,
 }
 
 
@@ -36,8 +43,14 @@ MEL_TINY = build(frontend="mel", mel_bins=32, mel_n_fft=512).eval()
 
 
 def no_dropout(**overrides) -> dict:
-    return {"dropout": 0.0, "attention_dropout": 0.0, "activation_dropout": 0.0, "projection_dropout": 0.0,
-            "layer_drop": 0.0, **overrides}
+    return {
+        "dropout": 0.0,
+        "attention_dropout": 0.0,
+        "activation_dropout": 0.0,
+        "projection_dropout": 0.0,
+        "layer_drop": 0.0,
+        **overrides,
+    }
 
 
 def n_params(module: torch.nn.Module) -> int:
@@ -150,7 +163,11 @@ def test_output_contract():
         (lambda b: b(torch.randn(1, 399)), DataError, "backbone's receptive field"),
         (lambda b: b(torch.randn(2, 4000), torch.tensor([4000, 4001])), DataError, "lengths must lie in"),
         (lambda b: b(torch.randn(2, 4000), torch.tensor([4000, 100])), DataError, "lengths must lie in"),
-        (lambda b: b(torch.randn(1, 4000), frame_mask=torch.zeros(1, 3, dtype=torch.bool)), MertlabError, "frame_mask must be bool"),
+        (
+            lambda b: b(torch.randn(1, 4000), frame_mask=torch.zeros(1, 3, dtype=torch.bool)),
+            MertlabError,
+            "frame_mask must be bool",
+        ),
         (lambda b: b(torch.randn(4000)), MertlabError, "expects wav"),
     ],
 )
@@ -365,7 +382,7 @@ def test_relaxed_attention_stays_finite_where_plain_attention_overflows(dtype, m
     torch.manual_seed(0)
     q = torch.randn(1, 2, 12, 16) * magnitude
     k, v = q.clone(), torch.randn(1, 2, 12, 16)
-    scale = 16 ** -0.5
+    scale = 16**-0.5
     reference = torch.softmax((q.double() @ k.double().transpose(-1, -2)) * scale, -1) @ v.double()
     qh, kh, vh = q.to(dtype), k.to(dtype), v.to(dtype)
     # Textbook attention in half precision: QK^T overflows, softmax gives NaN.

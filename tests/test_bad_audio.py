@@ -1,4 +1,5 @@
 """Bad audio never stops a run: skipped, counted, named once with the reason, summarised."""
+
 from __future__ import annotations
 
 import logging
@@ -34,8 +35,12 @@ def write_bad_files(folder):
     (folder / "garbage.wav").write_bytes(bytes(range(256)) * 8)
     (folder / "unreadable.flac").write_bytes(RIFF_HEADER + b"\x00" * 40)
     return {
-        "header_only.wav": "no audio samples", "one_sample.wav": "too short", "nan.wav": "non-finite samples",
-        "empty.wav": "cannot read audio", "garbage.wav": "cannot read audio", "unreadable.flac": "cannot read audio",
+        "header_only.wav": "no audio samples",
+        "one_sample.wav": "too short",
+        "nan.wav": "non-finite samples",
+        "empty.wav": "cannot read audio",
+        "garbage.wav": "cannot read audio",
+        "unreadable.flac": "cannot read audio",
     }
 
 
@@ -77,13 +82,24 @@ def test_train_skips_bad_files_counts_names_and_summarises_them(demo_dir, tmp_pa
     expected = write_bad_files(data)
     spec = {
         "name": "bad-audio",
-        "data": {"path": str(data), "crop_seconds": 0.5, "batch_size": 2, "val_fraction": 0.3, "num_workers": 1,
-                 "extensions": [".wav", ".flac"]},
+        "data": {
+            "path": str(data),
+            "crop_seconds": 0.5,
+            "batch_size": 2,
+            "val_fraction": 0.3,
+            "num_workers": 1,
+            "extensions": [".wav", ".flac"],
+        },
         "backbone": {"name": "transformer", "params": {"preset": "tiny"}},
         "teachers": {"cqt": {"name": "cqt", "params": {"n_bins": 12, "bins_per_octave": 4}}},
         "objectives": {"cqt_recon": {"name": "masked_regression", "teacher": "cqt"}},
-        "trainer": {"max_steps": 12, "log_every_n_steps": 2, "val_every_n_steps": 6, "limit_val_batches": 2,
-                    "output_dir": str(tmp_path / "runs")},
+        "trainer": {
+            "max_steps": 12,
+            "log_every_n_steps": 2,
+            "val_every_n_steps": 6,
+            "limit_val_batches": 2,
+            "output_dir": str(tmp_path / "runs"),
+        },
         "tracking": {"tracking_uri": tracking_uri},
     }
     path = tmp_path / "spec.yaml"

@@ -3,6 +3,7 @@
 No timing is asserted (machines are noisy; the ratios at --quick sizes mean nothing): this only
 keeps the scripts working. Two scripts run at a time, each in its own process.
 """
+
 from __future__ import annotations
 
 import os
@@ -19,8 +20,14 @@ SCRIPTS = sorted(p.name for p in BENCH.glob("*.py") if not p.name.startswith("_"
 
 def run_quick(name: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    return subprocess.run([sys.executable, str(BENCH / name), "--quick"], cwd=BENCH.parent, env=env,
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, str(BENCH / name), "--quick"],
+        cwd=BENCH.parent,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +37,15 @@ def results() -> dict[str, subprocess.CompletedProcess]:
 
 
 def test_every_script_is_covered():
-    expected = {"backbone_step.py", "conformer_step.py", "dataloader.py", "mfu.py", "startup.py", "target_cache.py", "teachers.py"}
+    expected = {
+        "backbone_step.py",
+        "conformer_step.py",
+        "dataloader.py",
+        "mfu.py",
+        "startup.py",
+        "target_cache.py",
+        "teachers.py",
+    }
     assert expected <= set(SCRIPTS)
 
 

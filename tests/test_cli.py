@@ -1,4 +1,5 @@
 """The CLI as a user meets it: exit codes, one clear message per problem, no tracebacks."""
+
 from __future__ import annotations
 
 import json
@@ -42,10 +43,19 @@ def test_validate_prints_resolved_spec(toy_registry, toy_spec, write_yaml, capsy
     "mutate, expected",
     [
         (lambda s: s.update(bogus=1), "bogus: Extra inputs are not permitted"),
-        (lambda s: s["optim"].update(lr="x") if "optim" in s else s.update(optim={"lr": "x"}), "optim.lr: Input should be a valid number"),
+        (
+            lambda s: s["optim"].update(lr="x") if "optim" in s else s.update(optim={"lr": "x"}),
+            "optim.lr: Input should be a valid number",
+        ),
         (lambda s: s["teachers"]["rvq"].update(name="nope"), "teachers.rvq.name: unknown teacher 'nope'"),
-        (lambda s: s["objectives"]["cqt_recon"].update(teacher="ghost"), "objectives.cqt_recon.teacher: no teacher alias 'ghost'"),
-        (lambda s: s["teachers"]["cqt"]["params"].update(n_bins=-3), "teachers.cqt.params.n_bins: Input should be greater than 0"),
+        (
+            lambda s: s["objectives"]["cqt_recon"].update(teacher="ghost"),
+            "objectives.cqt_recon.teacher: no teacher alias 'ghost'",
+        ),
+        (
+            lambda s: s["teachers"]["cqt"]["params"].update(n_bins=-3),
+            "teachers.cqt.params.n_bins: Input should be greater than 0",
+        ),
     ],
 )
 def test_validate_errors_exit_1_with_one_line_each(toy_registry, toy_spec, write_yaml, capsys, mutate, expected):
@@ -74,8 +84,9 @@ def test_schema_of_spec_and_component(toy_registry, capsys):
 
 
 def test_console_script_runs_without_traceback(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "mertlab", "validate", str(tmp_path / "none.yaml")],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "mertlab", "validate", str(tmp_path / "none.yaml")], capture_output=True, text=True
+    )
     assert proc.returncode == 1
     assert proc.stderr.startswith("error: ") and "Traceback" not in proc.stderr
 

@@ -3,6 +3,7 @@
 codebooks fitted on synthetic audio: seeded, diverse codes; ``ceil(n / hop)`` frames per clip;
 a batch encoded exactly as clip by clip; checked input; a codec that stays frozen. What is
 particular to one codec (weights files, bandwidths, model types) is in its own test file."""
+
 from __future__ import annotations
 
 import math
@@ -11,11 +12,11 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from synth_audio import gliding_tones
 
 from mertlab.errors import DataError
 from mertlab.plugin_system.registry import get_registry
 from mertlab.toolkit.codec_support import CodecTeacher
+from synth_audio import gliding_tones
 
 #: Params of each codec (16 kHz DAC keeps CPU time small) and how many of the frames of one
 #: second of music must differ from each other (most of them).

@@ -1,5 +1,6 @@
 """`mertlab compare`: every child of a sweep, with values read back from MLflow, as a table,
 CSV, Markdown and PNG plots logged to the parent run."""
+
 from __future__ import annotations
 
 import csv
@@ -11,13 +12,13 @@ from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
-from sweep_support import THREE_VARIANTS, tiny_sweep_spec, write_spec
 
 from mertlab.cli import main
 from mertlab.data.demo import write_demo_dataset
 from mertlab.experiment import metric_names as M
 from mertlab.experiment.compare import load_comparison
 from mertlab.experiment.sweep import run_sweep
+from sweep_support import THREE_VARIANTS, tiny_sweep_spec, write_spec
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -105,7 +106,13 @@ def test_terminal_and_markdown_tables(sweep, compared):
     lines = out.splitlines()
     header = next(line for line in lines if line.startswith("variant "))
     assert header.split() == ["variant", "base", "cqt_only", "lr_high"]
-    for field in ("optim.lr", "loss/total final", "val/loss/total best", M.SUMMARY_MAX_GRAD_NORM, M.SUMMARY_LOSS_SPIKES):
+    for field in (
+        "optim.lr",
+        "loss/total final",
+        "val/loss/total best",
+        M.SUMMARY_MAX_GRAD_NORM,
+        M.SUMMARY_LOSS_SPIKES,
+    ):
         assert any(line.startswith(field + " ") for line in lines), field
     markdown = (out_dir / "comparison.md").read_text().splitlines()
     table = [line for line in markdown if line.startswith("|")]
@@ -138,8 +145,9 @@ def test_compare_by_experiment_name_finds_the_sweep(sweep, compared, capsys):
     uri, parent, path = sweep
     code, out, _ = run_cli(capsys, "compare", "cmp-sweep", "--tracking-uri", uri, "--out", path / "by-name", "--no-log")
     assert code == 0 and "logged" not in out
-    assert [r["run_id"] for r in read_csv(path / "by-name" / "comparison.csv")] == \
-        [r["run_id"] for r in read_csv(compared[2] / "comparison.csv")]
+    assert [r["run_id"] for r in read_csv(path / "by-name" / "comparison.csv")] == [
+        r["run_id"] for r in read_csv(compared[2] / "comparison.csv")
+    ]
 
 
 def test_metric_patterns_and_probe_scores(sweep):
@@ -153,8 +161,13 @@ def test_metric_patterns_and_probe_scores(sweep):
         client.log_metric(lr_high.run_id, layer, value / 2, step=step)
 
     assert load_comparison(parent, uri).metrics == [  # default: each task's probe scores first, then losses
-        best, "loss/cqt_recon", "loss/rvq_pred", "loss/total",
-        "val/loss/cqt_recon", "val/loss/rvq_pred", "val/loss/total",
+        best,
+        "loss/cqt_recon",
+        "loss/rvq_pred",
+        "loss/total",
+        "val/loss/cqt_recon",
+        "val/loss/rvq_pred",
+        "val/loss/total",
     ]
     comparison = load_comparison(parent, uri, metrics=["loss/total", "probe/**"])
     assert comparison.metrics == [best, layer, "loss/total"]
@@ -171,7 +184,9 @@ def test_metric_patterns_stay_within_segments():
 
     assert metric_pattern("loss/*").match("loss/total") and not metric_pattern("loss/*").match("loss/a/b")
     assert metric_pattern("probe/**").match("probe/key/layer3/accuracy")
-    assert not metric_pattern("loss/*").match("val/loss/total") and metric_pattern("*/loss/?otal").match("val/loss/total")
+    assert not metric_pattern("loss/*").match("val/loss/total") and metric_pattern("*/loss/?otal").match(
+        "val/loss/total"
+    )
 
 
 def test_bad_targets_are_one_clear_error(sweep, capsys):

@@ -1,4 +1,5 @@
 """Audio discovery, decoding, crops, splits and the clear errors of bad data."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -51,7 +52,7 @@ def test_crops_train_random_val_deterministic_short_files_padded(tmp_path):
     val = CropDataset(files, 24000, 1.0, random_crops=False)
     assert torch.equal(val[0].wav, val[0].wav)
     crop = val[1]
-    assert crop.wav.shape == (24000,) and crop.length == 12000 and crop.wav[crop.length:].abs().max() == 0
+    assert crop.wav.shape == (24000,) and crop.length == 12000 and crop.wav[crop.length :].abs().max() == 0
     assert crop.file == files[1] and crop.start_seconds == 0.0
     middle = val[0]  # (3 s - (1 s + 16 spare frames)) / 2 into the file, and the audio from there
     assert middle.start_seconds == (72000 - 24016) // 2 / 24000

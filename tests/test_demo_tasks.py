@@ -1,4 +1,5 @@
 """The generated demo probe tasks: loadable by `mertlab probe`, labels that match the audio."""
+
 from __future__ import annotations
 
 import csv
@@ -10,7 +11,13 @@ import soundfile as sf
 
 from mertlab.data.demo import MAJOR, TIMBRES
 from mertlab.data.demo_tasks import (
-    DEMO_TASKS, HARMONIC_MINOR, KEYS, PITCH_CLASS_NAMES, SAMPLE_RATE, write_demo_task, write_demo_tasks,
+    DEMO_TASKS,
+    HARMONIC_MINOR,
+    KEYS,
+    PITCH_CLASS_NAMES,
+    SAMPLE_RATE,
+    write_demo_task,
+    write_demo_tasks,
 )
 from mertlab.errors import MertlabError
 from mertlab.probe.task import load_task
@@ -120,10 +127,10 @@ def test_tempo_labels_match_the_onsets(tasks):
     for r in table:
         audio, sr = sf.read(str(base / r["path"]), dtype="float32")
         hop = 160
-        energy = np.array([np.sum(audio[i:i + hop] ** 2) for i in range(0, len(audio) - hop, hop)])
+        energy = np.array([np.sum(audio[i : i + hop] ** 2) for i in range(0, len(audio) - hop, hop)])
         onset = np.maximum(np.diff(np.log(energy + 1e-6)), 0)
         onset -= onset.mean()
-        ac = np.correlate(onset, onset, "full")[len(onset) - 1:]
+        ac = np.correlate(onset, onset, "full")[len(onset) - 1 :]
         lag = 60 / float(r["label"]) * sr / hop  # the labelled beat period, in hops
         index = np.arange(len(ac))
         at_label = ac[np.abs(index - lag) <= 0.03 * lag + 1].max()

@@ -1,6 +1,7 @@
 """Scale-out: randomness per rank and micro-batch, strategies from the spec, two-process DDP
 (gloo on CPU) against one process, the best checkpoint. FSDP needs CUDA in Lightning: its
 smoke test runs where a GPU is present."""
+
 from __future__ import annotations
 
 import os
@@ -13,7 +14,6 @@ import pytest
 import torch
 import yaml
 from mlflow.tracking import MlflowClient
-from sampler_support import stream
 
 from mertlab.data.audio import probe
 from mertlab.data.dataset import CropDataset
@@ -24,6 +24,7 @@ from mertlab.toolkit.seeding import CROP, LAYER_DROP, derive_seed
 from mertlab.train.module import PretrainModule
 from mertlab.train.run import GLOBAL_BATCH_PARAM, train
 from mertlab.train.strategy import build_strategy
+from sampler_support import stream
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 MERTLAB = str(Path(sys.executable).parent / "mertlab")
@@ -45,15 +46,24 @@ def raw_spec(demo_dir, tmp_path, tracking_uri, **trainer) -> dict:
         "masking": {"name": "span", "params": {"mask_prob": 0.5, "span_length": 1, "no_overlap": True}},
         "augment": {"mixup": {"probability": 0.0}},
         "optim": {"lr": 1e-3, "warmup_steps": 2},
-        "trainer": {"max_steps": 4, "log_every_n_steps": 1, "val_every_n_steps": 2, "limit_val_batches": 1,
-                    "output_dir": str(tmp_path / "runs"), "accelerator": "cpu", **trainer},
+        "trainer": {
+            "max_steps": 4,
+            "log_every_n_steps": 1,
+            "val_every_n_steps": 2,
+            "limit_val_batches": 1,
+            "output_dir": str(tmp_path / "runs"),
+            "accelerator": "cpu",
+            **trainer,
+        },
         "tracking": {"tracking_uri": tracking_uri},
         "callbacks": {"stability": {"name": "stability", "params": {"every_n_steps": 2}}},
     }
 
 
 # --------------------------------------------------------------------------- randomness
-def test_masks_differ_across_micro_batches_and_ranks_and_match_one_process(demo_dir, tmp_path, tracking_uri, one_thread):
+def test_masks_differ_across_micro_batches_and_ranks_and_match_one_process(
+    demo_dir, tmp_path, tracking_uri, one_thread
+):
     module = PretrainModule(resolve_spec(raw_spec(demo_dir, tmp_path, tracking_uri)))
     padding = torch.zeros(4, 74, dtype=torch.bool)
 
@@ -73,7 +83,9 @@ def test_masks_differ_across_micro_batches_and_ranks_and_match_one_process(demo_
     assert len({tuple(row.tolist()) for row in one}) == 4
 
 
-def test_layer_drop_is_the_same_on_every_rank_and_differs_across_micro_batches(demo_dir, tmp_path, tracking_uri, one_thread):
+def test_layer_drop_is_the_same_on_every_rank_and_differs_across_micro_batches(
+    demo_dir, tmp_path, tracking_uri, one_thread
+):
     module = PretrainModule(resolve_spec(raw_spec(demo_dir, tmp_path, tracking_uri)))
     seeds = {}
     for rank in (0, 1):
@@ -105,12 +117,16 @@ def test_ranks_read_interleaved_shares_of_one_stream_and_crops_depend_on_file_an
     key = one[0][0]
     assert torch.equal(dataset[key].item.wav, CropDataset(files, 24000, 1.0, random_crops=True, seed=5)[key].item.wav)
     epoch1 = CropKey(key.index, derive_seed(5, CROP, 1, key.index), 1, 0)
-    assert dataset[key].item.start_seconds != dataset[epoch1].item.start_seconds or dataset[key].item.file.seconds <= 1.01
+    assert (
+        dataset[key].item.start_seconds != dataset[epoch1].item.start_seconds or dataset[key].item.file.seconds <= 1.01
+    )
 
 
 @pytest.mark.parametrize("size, drop_last", [(11, True), (5, False), (3, False)])
 def test_rank_samplers_resume_exactly_and_on_another_world_size(size, drop_last):
-    make = lambda world, rank=0: ResumableBatchSampler(size, 4 // world, drop_last, seed=7, num_replicas=world, rank=rank)
+    make = lambda world, rank=0: ResumableBatchSampler(
+        size, 4 // world, drop_last, seed=7, num_replicas=world, rank=rank
+    )
     total = 3 * len(make(2))
     full = [stream(make(2, r), total) for r in (0, 1)]
     one = stream(make(1), total)
@@ -152,7 +168,9 @@ def test_strategies_from_the_spec(demo_dir, tmp_path, tracking_uri):
     assert build_strategy(spec.trainer, backbone) == "auto"
     ddp = build_strategy(spec.trainer.model_copy(update={"devices": 2}), backbone)  # auto on 2 devices
     assert isinstance(ddp, DDPStrategy) and ddp._ddp_kwargs["find_unused_parameters"] is True
-    fsdp_trainer = spec.trainer.model_copy(update={"strategy": "fsdp", "activation_checkpointing": True, "accelerator": "cuda"})
+    fsdp_trainer = spec.trainer.model_copy(
+        update={"strategy": "fsdp", "activation_checkpointing": True, "accelerator": "cuda"}
+    )
     fsdp = build_strategy(fsdp_trainer, backbone)
     assert isinstance(fsdp, FSDPStrategy) and fsdp._state_dict_type == "sharded"
     assert fsdp.kwargs["auto_wrap_policy"]._module_classes == {EncoderLayer}
@@ -183,18 +201,24 @@ def run_cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
     return out
 
 
-def test_two_process_ddp_matches_one_process_logs_once_and_resumes_in_one_process(demo_dir, tmp_path, tracking_uri, one_thread):
+def test_two_process_ddp_matches_one_process_logs_once_and_resumes_in_one_process(
+    demo_dir, tmp_path, tracking_uri, one_thread
+):
     """Same global batch (2 ranks x 2 clips vs 1 x 4), layer drop on: the loss of every step
     agrees within 1e-4 relative (the ranks' all-reduce sums in another order than one process)."""
     raw = {**raw_spec(demo_dir, tmp_path, tracking_uri), "name": "dist-ddp"}
     spec_path = tmp_path / "spec.yaml"
     spec_path.write_text(yaml.safe_dump(raw))
     # Layer drop really skips layers within these steps (the decisions are reproducible).
-    drops = [[torch.rand((), generator=torch.Generator().manual_seed(derive_seed(3, LAYER_DROP, step, 0))) < 0.5]
-             for step in range(4)]
+    drops = [
+        [torch.rand((), generator=torch.Generator().manual_seed(derive_seed(3, LAYER_DROP, step, 0))) < 0.5]
+        for step in range(4)
+    ]
     assert any(d[0] for d in drops)
     train(resolve_spec({**raw, "data": {**raw["data"], "batch_size": 4}}), progress=False)  # the one-process reference
-    out = run_cli(["train", str(spec_path), "-o", "trainer.devices=2", "-o", "trainer.strategy=ddp", "--no-progress"], tmp_path)
+    out = run_cli(
+        ["train", str(spec_path), "-o", "trainer.devices=2", "-o", "trainer.strategy=ddp", "--no-progress"], tmp_path
+    )
     assert out.stdout.count("finished (experiment") == 1  # rank 1 prints nothing
 
     client = MlflowClient(tracking_uri)
@@ -216,8 +240,20 @@ def test_two_process_ddp_matches_one_process_logs_once_and_resumes_in_one_proces
     assert len(list(ckpt_dir.glob("best-step*.ckpt"))) == 1 and (ckpt_dir / "last.ckpt").is_file()
 
     # The DDP checkpoint resumes in one process (same MLflow run, same global batch).
-    run_cli(["train", str(spec_path), "--resume", str(ckpt_dir / "last.ckpt"), "-o", "data.batch_size=4",
-             "-o", "trainer.max_steps=6", "--no-progress"], tmp_path)
+    run_cli(
+        [
+            "train",
+            str(spec_path),
+            "--resume",
+            str(ckpt_dir / "last.ckpt"),
+            "-o",
+            "data.batch_size=4",
+            "-o",
+            "trainer.max_steps=6",
+            "--no-progress",
+        ],
+        tmp_path,
+    )
     resumed = torch.load(ckpt_dir / "last.ckpt", map_location="cpu", weights_only=False)
     assert resumed["global_step"] == 6 and resumed["mlflow_run_id"] == two.info.run_id
     steps = [s for s, _ in losses(client.get_run(two.info.run_id))]
@@ -234,14 +270,19 @@ def test_two_process_ddp_skips_nonfinite_steps_on_every_rank(demo_dir, tmp_path,
     raw["trainer"] = {**raw["trainer"], "max_steps": 2, "limit_val_batches": 0}
     spec_path = tmp_path / "spec.yaml"
     spec_path.write_text(yaml.safe_dump(raw))
-    run_cli(["train", str(spec_path), "-o", "trainer.devices=2", "-o", "trainer.strategy=ddp", "--no-progress"], tmp_path)
+    run_cli(
+        ["train", str(spec_path), "-o", "trainer.devices=2", "-o", "trainer.strategy=ddp", "--no-progress"], tmp_path
+    )
     client = MlflowClient(tracking_uri)
     (run,) = client.search_runs([client.get_experiment_by_name("dist-nonfinite").experiment_id])
     assert run.info.status == "FINISHED"
     counts = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "stability/nonfinite_steps")}
     assert counts == {0: 1.0, 1: 2.0}
-    ckpt = torch.load(tmp_path / "runs" / "dist-nonfinite" / run.info.run_id / "checkpoints" / "last.ckpt",
-                      map_location="cpu", weights_only=False)
+    ckpt = torch.load(
+        tmp_path / "runs" / "dist-nonfinite" / run.info.run_id / "checkpoints" / "last.ckpt",
+        map_location="cpu",
+        weights_only=False,
+    )
     assert ckpt["global_step"] == 2 and ckpt["optimizer_states"][0]["state"] == {}
     L.seed_everything(3, verbose=False)  # as train() does before building the module: the initial weights
     initial = PretrainModule(resolve_spec(raw)).state_dict()
@@ -250,8 +291,16 @@ def test_two_process_ddp_skips_nonfinite_steps_on_every_rank(demo_dir, tmp_path,
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="Lightning's FSDP needs CUDA; runs where a GPU is present")
 def test_fsdp_smoke_bf16_activation_checkpointing_sharded_checkpoint(demo_dir, tmp_path, tracking_uri):
-    raw = raw_spec(demo_dir, tmp_path, tracking_uri, strategy="fsdp", accelerator="cuda", devices=1,
-                   precision="bf16-mixed", activation_checkpointing=True)
+    raw = raw_spec(
+        demo_dir,
+        tmp_path,
+        tracking_uri,
+        strategy="fsdp",
+        accelerator="cuda",
+        devices=1,
+        precision="bf16-mixed",
+        activation_checkpointing=True,
+    )
     result = train(resolve_spec(raw), progress=False)
     last = result.checkpoint_dir / "last.ckpt"
     assert last.is_dir() and (last / "meta.pt").is_file()  # sharded: a folder

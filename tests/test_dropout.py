@@ -1,4 +1,5 @@
 """The CPU dropout (``torch.rand`` mask) and the attention that writes SDPA out when it drops."""
+
 from __future__ import annotations
 
 import pytest

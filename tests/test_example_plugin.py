@@ -1,4 +1,5 @@
 """The example third-party package really installs and is discovered through its entry point."""
+
 from __future__ import annotations
 
 import os
@@ -16,8 +17,22 @@ EXAMPLE = REPO / "examples" / "mertlab-example-teacher"
 @pytest.fixture(scope="module")
 def installed_example(tmp_path_factory) -> Path:
     target = tmp_path_factory.mktemp("example-site")
-    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "-q", "--target", str(target), str(EXAMPLE)],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "--target",
+            str(target),
+            str(EXAMPLE),
+        ],
+        check=True,
+        capture_output=True,
+    )
     return target
 
 

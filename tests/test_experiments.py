@@ -7,6 +7,7 @@ configuration: tiny presets, ``pretrained: false`` codecs...) merged over the sp
 Teachers that need fitting are fitted with their own API (``mertlab.teachers.fitting.fit_teachers``);
 a teacher reading a trained backbone (``checkpoint``) gets a tiny one.
 """
+
 from __future__ import annotations
 
 import math
@@ -34,10 +35,23 @@ SLOW = {"dac_teacher"}
 
 def test_the_experiment_library_is_complete():
     names = set(IDS)
-    assert {"quickstart", "mert_v1_95m", "mert_v1_330m", "hubert_mfcc_kmeans", "hubert_iter2_hidden_kmeans",
-            "bestrq_conformer", "dac_teacher", "ablation_teachers", "scaleup_stability",
-            "muq_melrvq_conformer", "crepe_pitch_aux", "distill_hidden", "small_scale", "small_scale_r1",
-            "mert_tiny"} <= names
+    assert {
+        "quickstart",
+        "mert_v1_95m",
+        "mert_v1_330m",
+        "hubert_mfcc_kmeans",
+        "hubert_iter2_hidden_kmeans",
+        "bestrq_conformer",
+        "dac_teacher",
+        "ablation_teachers",
+        "scaleup_stability",
+        "muq_melrvq_conformer",
+        "crepe_pitch_aux",
+        "distill_hidden",
+        "small_scale",
+        "small_scale_r1",
+        "mert_tiny",
+    } <= names
 
 
 def test_quickstart_ends_with_a_probe_verdict_on_the_demo_tasks():
@@ -71,7 +85,12 @@ def test_mert_recipes_carry_the_paper_numbers():
         assert spec.augment["mixup"].params["probability"] == 0.5 and spec.feature_penalty == 10.0
         assert spec.objectives["cqt_recon"].weight == 1.0 and spec.objectives["rvq_pred"].params["reduction"] == "sum"
     assert small.backbone.params["layer_norm_first"] is False and small.backbone.params["hidden_dim"] == 768
-    assert (small.optim.lr, small.optim.grad_clip, small.optim.warmup_steps, small.trainer.max_steps) == (5e-4, 10.0, 32000, 400000)
+    assert (small.optim.lr, small.optim.grad_clip, small.optim.warmup_steps, small.trainer.max_steps) == (
+        5e-4,
+        10.0,
+        32000,
+        400000,
+    )
     assert large.backbone.params["layer_norm_first"] is True and large.backbone.params["attention_relax"] == 32.0
     assert large.backbone.params["num_layers"] == 24 and large.backbone.params["hidden_dim"] == 1024
     assert (large.optim.lr, large.optim.grad_clip) == (1.5e-3, 1.0)
@@ -85,12 +104,25 @@ def component_test_params(kind: str, prefix: str, component) -> list[str]:
 def tiny_overrides(path: Path, demo_dir: Path, tmp_path: Path, tracking_uri: str) -> list[str]:
     spec = load_spec(path)
     overrides = [
-        f"data.path={demo_dir}", "data.generate_demo=false", "data.crop_seconds=1.0", "data.batch_size=2",
-        "data.num_workers=0", "data.val_fraction=0.2", "data.target_cache=null",
-        "trainer.max_steps=2", "trainer.val_every_n_steps=2", "trainer.limit_val_batches=1",
-        "trainer.log_every_n_steps=1", "trainer.precision='32'", "trainer.accelerator=cpu", "trainer.devices=1",
-        "trainer.accumulate_grad_batches=1", f"trainer.output_dir={tmp_path / 'runs'}",
-        f"tracking.tracking_uri={tracking_uri}", "sweep=null", "probe=null",  # probing: tests/test_probe_experiment.py
+        f"data.path={demo_dir}",
+        "data.generate_demo=false",
+        "data.crop_seconds=1.0",
+        "data.batch_size=2",
+        "data.num_workers=0",
+        "data.val_fraction=0.2",
+        "data.target_cache=null",
+        "trainer.max_steps=2",
+        "trainer.val_every_n_steps=2",
+        "trainer.limit_val_batches=1",
+        "trainer.log_every_n_steps=1",
+        "trainer.precision='32'",
+        "trainer.accelerator=cpu",
+        "trainer.devices=1",
+        "trainer.accumulate_grad_batches=1",
+        f"trainer.output_dir={tmp_path / 'runs'}",
+        f"tracking.tracking_uri={tracking_uri}",
+        "sweep=null",
+        "probe=null",  # probing: tests/test_probe_experiment.py
     ]
     overrides += component_test_params("backbone", "backbone", spec.backbone)
     for alias, teacher in spec.teachers.items():
@@ -112,7 +144,9 @@ def tiny_overrides(path: Path, demo_dir: Path, tmp_path: Path, tracking_uri: str
     return overrides
 
 
-@pytest.mark.parametrize("path", [pytest.param(p, marks=pytest.mark.slow) if p.stem in SLOW else p for p in SPECS], ids=IDS)
+@pytest.mark.parametrize(
+    "path", [pytest.param(p, marks=pytest.mark.slow) if p.stem in SLOW else p for p in SPECS], ids=IDS
+)
 def test_spec_trains_at_tiny_scale(path, demo_dir, tracking_uri, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # relative paths of the spec (centroids, mlruns) land here
     spec = load_spec(path, tiny_overrides(path, demo_dir, tmp_path, tracking_uri))
@@ -141,7 +175,9 @@ def test_example_sweeps_vary_what_they_say():
     }
     assert ablation["melrvq"].teachers["mel_rvq"].name == "melrvq"
     assert ablation["mfcc_kmeans"].teachers["mfcc_units"].params["feature"] == "mfcc"
-    scaleup = {c.variant.name: c.spec.backbone.params for c in plan_sweep(EXPERIMENTS / "scaleup_stability.yaml").children}
+    scaleup = {
+        c.variant.name: c.spec.backbone.params for c in plan_sweep(EXPERIMENTS / "scaleup_stability.yaml").children
+    }
     assert len(scaleup) == 9
     for size, width in (("tiny", 64), ("small", 512), ("base", 768)):
         post, pre, relax = (scaleup[f"{v},preset={size}"] for v in ("post_ln", "pre_ln", "pre_ln_relax"))

@@ -1,4 +1,5 @@
 """`mertlab export CKPT --format hf OUT`: a HubertModel directory with a model card."""
+
 from __future__ import annotations
 
 import json
@@ -6,11 +7,11 @@ import json
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
-from test_hf_compat import assert_states_match, hf_hidden_states
 
 from mertlab.cli import main
 from mertlab.experiment.spec import resolve_spec
 from mertlab.plugin_system.registry import get_registry
+from test_hf_compat import assert_states_match, hf_hidden_states
 
 transformers = pytest.importorskip("transformers")
 
@@ -18,13 +19,15 @@ transformers = pytest.importorskip("transformers")
 def training_checkpoint(tmp_path, tracking_uri, backbone_params: dict) -> tuple:
     """A training checkpoint as `mertlab train` writes it (spec, backbone.* weights, MLflow run
     with a probe score on it)."""
-    spec = resolve_spec({
-        "name": "export",
-        "backbone": {"name": "transformer", "params": backbone_params},
-        "teachers": {"cqt": {"name": "cqt", "params": {"n_bins": 24, "bins_per_octave": 4}}},
-        "objectives": {"cqt_recon": {"name": "masked_regression", "teacher": "cqt"}},
-        "tracking": {"tracking_uri": tracking_uri},
-    })
+    spec = resolve_spec(
+        {
+            "name": "export",
+            "backbone": {"name": "transformer", "params": backbone_params},
+            "teachers": {"cqt": {"name": "cqt", "params": {"n_bins": 24, "bins_per_octave": 4}}},
+            "objectives": {"cqt_recon": {"name": "masked_regression", "teacher": "cqt"}},
+            "tracking": {"tracking_uri": tracking_uri},
+        }
+    )
     torch.manual_seed(0)
     backbone = get_registry().build("backbone", "transformer", spec.backbone.params)
     with torch.no_grad():  # non-trivial norms and biases, so a mismatched tensor cannot hide
@@ -35,19 +38,25 @@ def training_checkpoint(tmp_path, tracking_uri, backbone_params: dict) -> tuple:
     run_id = client.create_run(client.create_experiment(f"export-{len(str(tmp_path))}-{tmp_path.name}")).info.run_id
     client.log_metric(run_id, "probe/gtzan/accuracy", 0.625)
     path = tmp_path / "last.ckpt"
-    torch.save({
-        "mertlab_spec": spec.model_dump(mode="json"),
-        "state_dict": {f"backbone.{k}": v for k, v in backbone.state_dict().items()},
-        "mlflow_run_id": run_id,
-        "global_step": 10,
-    }, path)
+    torch.save(
+        {
+            "mertlab_spec": spec.model_dump(mode="json"),
+            "state_dict": {f"backbone.{k}": v for k, v in backbone.state_dict().items()},
+            "mlflow_run_id": run_id,
+            "global_step": 10,
+        },
+        path,
+    )
     return path, backbone.eval(), run_id
 
 
-@pytest.mark.parametrize("params", [
-    {"preset": "tiny"},
-    {"preset": "tiny", "layer_norm_first": True, "extractor_mode": "layer_norm", "attention_relax": 32.0},
-])
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"preset": "tiny"},
+        {"preset": "tiny", "layer_norm_first": True, "extractor_mode": "layer_norm", "attention_relax": 32.0},
+    ],
+)
 def test_export_round_trips_through_transformers(tmp_path, tracking_uri, capsys, params):
     ckpt, ours, run_id = training_checkpoint(tmp_path, tracking_uri, params)
     out = tmp_path / "hf"

@@ -1,5 +1,6 @@
 """Hugging Face compatibility of the ``transformer`` backbone against real ``transformers.HubertModel``s:
 same state_dict keys, same hidden states after loading a saved directory, same parameter counts."""
+
 from __future__ import annotations
 
 import json
@@ -21,8 +22,13 @@ transformers = pytest.importorskip("transformers")
 HubertConfig, HubertModel = transformers.HubertConfig, transformers.HubertModel
 
 TINY_HF = dict(
-    hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
-    conv_dim=(16,) * 7, num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4,
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    intermediate_size=64,
+    conv_dim=(16,) * 7,
+    num_conv_pos_embeddings=16,
+    num_conv_pos_embedding_groups=4,
 )
 
 
@@ -169,4 +175,6 @@ def test_preset_parameter_counts_equal_hubert_model(preset):
     assert count == sum(p.numel() for p in hf.parameters())
     assert list(ours.state_dict()) == list(hf.state_dict())
     # MERT-95M / MERT-330M scale (HF layout, counting the mask embedding).
-    assert {"base": 94_000_000, "large": 315_000_000}[preset] < count < {"base": 95_000_000, "large": 316_000_000}[preset]
+    assert (
+        {"base": 94_000_000, "large": 315_000_000}[preset] < count < {"base": 95_000_000, "large": 316_000_000}[preset]
+    )

@@ -12,6 +12,7 @@ model learning music fails them, seed noise (one test clip is 1.4-2.1 points) do
 It runs the real command (`mertlab train` with the spec's `probe:` section) on freshly generated
 demo data and reads the scores back from MLflow.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -36,9 +37,14 @@ def test_pretraining_beats_random_init_on_pitch_timbre_and_key(tmp_path, monkeyp
     tasks = [write_demo_task(tmp_path / "demo-tasks", DEMO_TASKS[name], progress=False) for name in MARGINS]
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     overrides = [
-        f"data.path={tmp_path / 'demo'}", "data.generate_demo=false", f"data.target_cache={tmp_path / 'targets'}",
-        f"trainer.output_dir={tmp_path / 'runs'}", f"tracking.tracking_uri={uri}",
-        f"probe.tasks=[{', '.join(map(str, tasks))}]", "probe.baselines=[]", "probe.cache_dir=null",
+        f"data.path={tmp_path / 'demo'}",
+        "data.generate_demo=false",
+        f"data.target_cache={tmp_path / 'targets'}",
+        f"trainer.output_dir={tmp_path / 'runs'}",
+        f"tracking.tracking_uri={uri}",
+        f"probe.tasks=[{', '.join(map(str, tasks))}]",
+        "probe.baselines=[]",
+        "probe.cache_dir=null",
     ]
     code = main(["train", str(SPEC), "--no-progress", "-o", "sweep=null", *[a for o in overrides for a in ("-o", o)]])
     assert code == 0

@@ -1,4 +1,5 @@
 """Span masking (HuBERT/MERT): property tests of the guarantees documented on SpanMasking."""
+
 from __future__ import annotations
 
 import pytest
@@ -37,12 +38,14 @@ def runs(row: torch.Tensor) -> list[int]:
     return out
 
 
-params_strategy = st.fixed_dictionaries({
-    "mask_prob": st.floats(0.0, 1.0),
-    "span_length": st.integers(1, 12),
-    "min_spans": st.integers(0, 4),
-    "no_overlap": st.booleans(),
-})
+params_strategy = st.fixed_dictionaries(
+    {
+        "mask_prob": st.floats(0.0, 1.0),
+        "span_length": st.integers(1, 12),
+        "min_spans": st.integers(0, 4),
+        "no_overlap": st.booleans(),
+    }
+)
 
 
 def test_span_is_registered_with_mert_defaults():
@@ -68,8 +71,11 @@ def test_padding_mask_must_be_2d():
 
 
 @FAST
-@given(params=params_strategy, padding=st.lists(st.lists(st.booleans(), min_size=30, max_size=30), min_size=1, max_size=4),
-       seed=st.integers(0, 2**31 - 1))
+@given(
+    params=params_strategy,
+    padding=st.lists(st.lists(st.booleans(), min_size=30, max_size=30), min_size=1, max_size=4),
+    seed=st.integers(0, 2**31 - 1),
+)
 def test_never_masks_padding_any_pattern(params, padding, seed):
     padding_mask = torch.tensor(padding)
     mask = span_masking(**params)(padding_mask, torch.Generator().manual_seed(seed))
@@ -78,7 +84,9 @@ def test_never_masks_padding_any_pattern(params, padding, seed):
 
 
 @FAST
-@given(params=params_strategy, lengths=st.lists(st.integers(0, 80), min_size=1, max_size=5), seed=st.integers(0, 2**31 - 1))
+@given(
+    params=params_strategy, lengths=st.lists(st.integers(0, 80), min_size=1, max_size=5), seed=st.integers(0, 2**31 - 1)
+)
 def test_deterministic_for_a_generator_seed(params, lengths, seed):
     masking = span_masking(**params)
     padding = right_padding(lengths, 80)
@@ -94,21 +102,34 @@ def test_different_seeds_give_different_masks():
 
 
 @FAST
-@given(mask_prob=st.floats(0.1, 0.9), span=st.integers(1, 10), length=st.integers(1500, 3000), seed=st.integers(0, 2**31 - 1))
+@given(
+    mask_prob=st.floats(0.1, 0.9),
+    span=st.integers(1, 10),
+    length=st.integers(1500, 3000),
+    seed=st.integers(0, 2**31 - 1),
+)
 def test_overlapping_fraction_matches_expectation_for_long_clips(mask_prob, span, length, seed):
     """Spans start at distinct frames chosen uniformly: a frame stays visible when none of the
     ``span`` starts covering it is drawn, so ~(1 - mask_prob/span)**span of frames stay visible."""
     # 8 clips: the batch fraction has a standard deviation below 0.01 (the bound is > 4 of them)
-    mask = span_masking(mask_prob=mask_prob, span_length=span)(right_padding([length] * 8, length), torch.Generator().manual_seed(seed))
+    mask = span_masking(mask_prob=mask_prob, span_length=span)(
+        right_padding([length] * 8, length), torch.Generator().manual_seed(seed)
+    )
     expected = 1 - (1 - mask_prob / span) ** span
     assert abs(mask.float().mean().item() - expected) < 0.04
 
 
 @FAST
-@given(mask_prob=st.floats(0.05, 1.0), span=st.integers(1, 10), length=st.integers(200, 3000), seed=st.integers(0, 2**31 - 1))
+@given(
+    mask_prob=st.floats(0.05, 1.0),
+    span=st.integers(1, 10),
+    length=st.integers(200, 3000),
+    seed=st.integers(0, 2**31 - 1),
+)
 def test_no_overlap_fraction_is_mask_prob_up_to_one_span(mask_prob, span, length, seed):
     mask = span_masking(mask_prob=mask_prob, span_length=span, no_overlap=True, min_spans=0)(
-        right_padding([length], length), torch.Generator().manual_seed(seed))
+        right_padding([length], length), torch.Generator().manual_seed(seed)
+    )
     # int(mask_prob * L / span + u) spans of exactly `span` frames, capped at L // span
     assert abs(mask.sum().item() - mask_prob * length) <= span
 
@@ -120,7 +141,9 @@ def test_mert_defaults_mask_about_58_percent():
 
 
 @FAST
-@given(params=params_strategy, lengths=st.lists(st.integers(0, 60), min_size=1, max_size=5), seed=st.integers(0, 2**31 - 1))
+@given(
+    params=params_strategy, lengths=st.lists(st.integers(0, 60), min_size=1, max_size=5), seed=st.integers(0, 2**31 - 1)
+)
 def test_span_structure_and_minimum_coverage(params, lengths, seed):
     span, min_spans = params["span_length"], params["min_spans"]
     mask = span_masking(**params)(right_padding(lengths, 60), torch.Generator().manual_seed(seed))

@@ -1,4 +1,5 @@
 """In-batch mixup (MERT): property tests of the built-in ``mixup`` augmentation plugin."""
+
 from __future__ import annotations
 
 import pytest
@@ -32,11 +33,11 @@ def explain(added: torch.Tensor, wav: torch.Tensor, lengths: list[int], i: int, 
     found = []
     for j in range(wav.shape[0]):
         crop = min(lengths[i], lengths[j])
-        segment = added[dest:dest + crop]
-        if crop == 0 or dest + crop > lengths[i] or added[:dest].any() or added[dest + crop:].any():
+        segment = added[dest : dest + crop]
+        if crop == 0 or dest + crop > lengths[i] or added[:dest].any() or added[dest + crop :].any():
             continue
         for source in range(lengths[j] - crop + 1):
-            window = wav[j, source:source + crop]
+            window = wav[j, source : source + crop]
             gain = float(segment @ window / (window @ window))
             residual = torch.linalg.vector_norm(segment - gain * window)
             if residual <= 1e-6 * torch.linalg.vector_norm(segment) + 1e-12 and -1e-6 <= gain <= max_gain * (1 + 1e-5):
@@ -48,7 +49,12 @@ lengths_strategy = st.lists(st.integers(0, SAMPLES), min_size=2, max_size=5)
 
 
 @FAST
-@given(lengths=lengths_strategy, probability=st.floats(0.0, 1.0), max_gain=st.one_of(st.just(0.0), st.floats(0.01, 2.0)), seed=st.integers(0, 2**31 - 1))
+@given(
+    lengths=lengths_strategy,
+    probability=st.floats(0.0, 1.0),
+    max_gain=st.one_of(st.just(0.0), st.floats(0.01, 2.0)),
+    seed=st.integers(0, 2**31 - 1),
+)
 def test_each_clip_gets_a_gained_crop_of_another_clip_inside_its_length(lengths, probability, max_gain, seed):
     wav, lengths_t = padded_batch(lengths, seed)
     before = wav.clone()

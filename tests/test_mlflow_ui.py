@@ -4,6 +4,7 @@ is the run's description, and `mertlab ui` serves a run's metrics and its spec.y
 
 The UI is checked through the same HTTP endpoints its pages call and, where Debian's Chromium is
 installed (`make browser`; slow-marked: `make test-all`), in a real headless browser."""
+
 from __future__ import annotations
 
 import contextlib
@@ -20,11 +21,11 @@ from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
-from test_train import make_spec
 
 from mertlab.cli import main
 from mertlab.experiment.tracking import ARTIFACTS_DIR, EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND
 from mertlab.train.run import train
+from test_train import make_spec
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 
@@ -35,8 +36,16 @@ def trained(demo_dir, tmp_path_factory):
     store = tmp_path_factory.mktemp("store")
     elsewhere = tmp_path_factory.mktemp("elsewhere")
     uri = f"sqlite:///{store / 'mlflow.db'}"
-    spec = make_spec(demo_dir, store, uri, discrete="bestrq", discrete_params={"codebook_size": 16},
-                     name="ui-check", description="tiny run for the UI test", trainer={"max_steps": 2})
+    spec = make_spec(
+        demo_dir,
+        store,
+        uri,
+        discrete="bestrq",
+        discrete_params={"codebook_size": 16},
+        name="ui-check",
+        description="tiny run for the UI test",
+        trainer={"max_steps": 2},
+    )
     cwd = Path.cwd()
     os.chdir(elsewhere)
     try:
@@ -51,7 +60,7 @@ def test_artifacts_beside_the_store_training_view_and_description(trained):
     client = MlflowClient(uri)
     run = client.get_run(result.run_id)
     assert run.info.artifact_uri.startswith((store / ARTIFACTS_DIR).as_uri())
-    assert (Path(run.info.artifact_uri[len("file://"):]) / "spec.yaml").is_file()
+    assert (Path(run.info.artifact_uri[len("file://") :]) / "spec.yaml").is_file()
     assert not (elsewhere / "mlruns").exists()
     assert client.get_experiment(run.info.experiment_id).tags[EXPERIMENT_KIND_TAG] == MODEL_TRAINING_KIND
     assert run.data.tags["mlflow.note.content"] == "tiny run for the UI test"
@@ -82,9 +91,20 @@ def serving_ui(uri: str):
     """`mertlab ui` on a free port, as a user starts it; yields the base URL once it answers."""
     port = free_port()
     ui = subprocess.Popen(
-        [sys.executable, "-c", "import sys; from mertlab.cli import main; sys.exit(main())",
-         "ui", "--tracking-uri", uri, "--port", str(port)],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, start_new_session=True,
+        [
+            sys.executable,
+            "-c",
+            "import sys; from mertlab.cli import main; sys.exit(main())",
+            "ui",
+            "--tracking-uri",
+            uri,
+            "--port",
+            str(port),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        start_new_session=True,
     )
     base = f"http://127.0.0.1:{port}"
     try:
@@ -116,7 +136,7 @@ def descendants(pid: int) -> list[int]:
         try:
             if entry.name.isdigit():
                 stat = (entry / "stat").read_text()
-                parents[int(entry.name)] = int(stat[stat.rindex(")") + 2:].split()[1])
+                parents[int(entry.name)] = int(stat[stat.rindex(")") + 2 :].split()[1])
         except (OSError, ValueError):
             continue
     found, frontier = [], [pid]
@@ -148,8 +168,16 @@ def test_mertlab_ui_serves_the_runs_metrics_and_spec(trained):
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 #: Headless flags for a machine without a display, a session bus or outside network.
-CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync")
+CHROMIUM_FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+)
 
 
 def rendered_page(url: str, profile: Path) -> str:
@@ -157,7 +185,9 @@ def rendered_page(url: str, profile: Path) -> str:
     run after load), as headless Chromium renders it."""
     done = subprocess.run(
         [CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--virtual-time-budget=30000", "--dump-dom", url],
-        capture_output=True, text=True, timeout=180,
+        capture_output=True,
+        text=True,
+        timeout=180,
     )
     return done.stdout
 

@@ -1,5 +1,6 @@
 """Non-finite steps and loss spikes: skipped, counted, logged as such, with or without the
 stability callback; a run of bad steps stops with a usable checkpoint; spike actions."""
+
 from __future__ import annotations
 
 import math
@@ -8,13 +9,13 @@ import lightning as L
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
-from test_train import make_spec
 
 from mertlab.errors import MertlabError
 from mertlab.experiment import metric_names as M
 from mertlab.train.module import PretrainModule
 from mertlab.train.run import train
 from mertlab.train.schedule import lr_factor
+from test_train import make_spec
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 
@@ -40,11 +41,19 @@ def nonfinite(value):
 
 
 @pytest.mark.parametrize("callbacks", [None, NO_CALLBACK], ids=["stability-callback", "no-callback"])
-def test_every_step_nonfinite_is_skipped_and_never_logged_as_a_finite_value(demo_dir, tmp_path, tracking_uri, callbacks):
+def test_every_step_nonfinite_is_skipped_and_never_logged_as_a_finite_value(
+    demo_dir, tmp_path, tracking_uri, callbacks
+):
     # cross-entropy over 16 codes is > 2 at init: x 1e308 overflows to inf on every step
     objectives = {"rvq_pred": {"name": "masked_prediction", "teacher": "rvq", "weight": 1e308}}
-    spec = spec_for(demo_dir, tmp_path, tracking_uri, objectives=objectives,
-                    trainer={"max_steps": 4, "max_consecutive_nonfinite": 0}, **(callbacks or {}))
+    spec = spec_for(
+        demo_dir,
+        tmp_path,
+        tracking_uri,
+        objectives=objectives,
+        trainer={"max_steps": 4, "max_consecutive_nonfinite": 0},
+        **(callbacks or {}),
+    )
     result = train(spec, progress=False)
     client = MlflowClient(tracking_uri)
     assert client.get_run(result.run_id).info.status == "FINISHED"
@@ -65,23 +74,36 @@ def test_every_step_nonfinite_is_skipped_and_never_logged_as_a_finite_value(demo
 
 
 @pytest.mark.parametrize("callbacks", [None, NO_CALLBACK], ids=["stability-callback", "no-callback"])
-def test_diverging_run_logs_real_values_then_stops_with_a_usable_checkpoint(demo_dir, tmp_path, tracking_uri, callbacks):
+def test_diverging_run_logs_real_values_then_stops_with_a_usable_checkpoint(
+    demo_dir, tmp_path, tracking_uri, callbacks
+):
     # the issue's reproduction: a huge learning rate without warmup diverges after the first steps
-    spec = spec_for(demo_dir, tmp_path, tracking_uri, optim={"lr": 1e6, "warmup_steps": 0},
-                    trainer={"max_steps": 40, "max_consecutive_nonfinite": 3, "val_every_n_steps": 100},
-                    **(callbacks or {}))
-    with pytest.raises(MertlabError, match=r"training stopped at step \d+: 3 consecutive non-finite steps "
-                                           r"\(trainer.max_consecutive_nonfinite: 3\).*checkpoint: .*last.ckpt"):
+    spec = spec_for(
+        demo_dir,
+        tmp_path,
+        tracking_uri,
+        optim={"lr": 1e6, "warmup_steps": 0},
+        trainer={"max_steps": 40, "max_consecutive_nonfinite": 3, "val_every_n_steps": 100},
+        **(callbacks or {}),
+    )
+    with pytest.raises(
+        MertlabError,
+        match=r"training stopped at step \d+: 3 consecutive non-finite steps "
+        r"\(trainer.max_consecutive_nonfinite: 3\).*checkpoint: .*last.ckpt",
+    ):
         train(spec, progress=False)
     client = MlflowClient(tracking_uri)
-    run = client.search_runs([client.get_experiment_by_name(spec.name).experiment_id],
-                             order_by=["attributes.start_time DESC"], max_results=1)[0]
+    run = client.search_runs(
+        [client.get_experiment_by_name(spec.name).experiment_id], order_by=["attributes.start_time DESC"], max_results=1
+    )[0]
     assert run.info.status == "FAILED" and "3 consecutive non-finite steps" in run.data.tags["mertlab.stopped"]
     losses, norms = history(client, run.info.run_id, M.LOSS_TOTAL), history(client, run.info.run_id, M.GRAD_NORM_TOTAL)
     counts = history(client, run.info.run_id, M.NONFINITE_STEPS)
     assert any(math.isfinite(v) for v in losses.values()) and counts[max(counts)] >= 3
     previous = 0.0
-    for step in sorted(counts):  # a step counted non-finite shows a non-finite loss or gradient norm, never stale values
+    for step in sorted(
+        counts
+    ):  # a step counted non-finite shows a non-finite loss or gradient norm, never stale values
         if counts[step] > previous:
             assert nonfinite(losses[step]) or nonfinite(norms[step]), step
         else:
@@ -95,9 +117,17 @@ def test_diverging_run_logs_real_values_then_stops_with_a_usable_checkpoint(demo
 
 def test_spike_action_skip_drops_the_update_and_is_counted_and_tagged(demo_dir, tmp_path, tracking_uri):
     # a first Adam step of 0.3 per weight wrecks the tiny model: the next losses spike far above the first
-    callbacks = {"stability": {"name": "stability", "params": {"spike_z": 2.0, "warmup_steps": 1, "spike_action": "skip"}}}
-    spec = spec_for(demo_dir, tmp_path, tracking_uri, callbacks=callbacks, trainer={"max_steps": 8},
-                    optim={"lr": 0.3, "warmup_steps": 0, "schedule": "constant"})
+    callbacks = {
+        "stability": {"name": "stability", "params": {"spike_z": 2.0, "warmup_steps": 1, "spike_action": "skip"}}
+    }
+    spec = spec_for(
+        demo_dir,
+        tmp_path,
+        tracking_uri,
+        callbacks=callbacks,
+        trainer={"max_steps": 8},
+        optim={"lr": 0.3, "warmup_steps": 0, "schedule": "constant"},
+    )
     result = train(spec, progress=False)
     client = MlflowClient(tracking_uri)
     skips = history(client, result.run_id, M.SPIKE_SKIPS)
@@ -108,10 +138,20 @@ def test_spike_action_skip_drops_the_update_and_is_counted_and_tagged(demo_dir, 
 
 
 def test_spike_action_rollback_reloads_the_checkpoint_and_scales_the_learning_rate(demo_dir, tmp_path, tracking_uri):
-    callbacks = {"stability": {"name": "stability", "params": {
-        "spike_z": 2.0, "warmup_steps": 1, "spike_action": "rollback", "rollback_lr_scale": 0.5}}}
-    spec = spec_for(demo_dir, tmp_path, tracking_uri, callbacks=callbacks,
-                    optim={"lr": 0.3, "schedule": "constant", "warmup_steps": 0}, trainer={"max_steps": 10, "val_every_n_steps": 3})
+    callbacks = {
+        "stability": {
+            "name": "stability",
+            "params": {"spike_z": 2.0, "warmup_steps": 1, "spike_action": "rollback", "rollback_lr_scale": 0.5},
+        }
+    }
+    spec = spec_for(
+        demo_dir,
+        tmp_path,
+        tracking_uri,
+        callbacks=callbacks,
+        optim={"lr": 0.3, "schedule": "constant", "warmup_steps": 0},
+        trainer={"max_steps": 10, "val_every_n_steps": 3},
+    )
     result = train(spec, progress=False)
     client = MlflowClient(tracking_uri)
     rollbacks = history(client, result.run_id, M.ROLLBACKS)
@@ -121,6 +161,6 @@ def test_spike_action_rollback_reloads_the_checkpoint_and_scales_the_learning_ra
     lrs = history(client, result.run_id, M.LR)
     assert lrs[first] == pytest.approx(spec.optim.lr)  # logged before the spike was seen
     before_last = len([s for s in rollbacks if s < 9])
-    assert lrs[9] == pytest.approx(spec.optim.lr * 0.5 ** before_last)  # the scale persists and compounds
+    assert lrs[9] == pytest.approx(spec.optim.lr * 0.5**before_last)  # the scale persists and compounds
     tag = client.get_run(result.run_id).data.tags["mertlab.stability.last_action"]
     assert "rolled back to last.ckpt" in tag or "update skipped" in tag

@@ -1,4 +1,5 @@
 """Objectives on hand-made backbone outputs and targets (no backbone, no teacher needed)."""
+
 from __future__ import annotations
 
 import math
@@ -26,7 +27,9 @@ def continuous_info(dim=6) -> TargetInfo:
 
 
 def build(name: str, info: TargetInfo, hidden_dim: int = D, num_layers: int = LAYERS, **params) -> Objective:
-    return get_registry().build("objective", name, params, hidden_dim=hidden_dim, num_layers=num_layers, target_info=info)
+    return get_registry().build(
+        "objective", name, params, hidden_dim=hidden_dim, num_layers=num_layers, target_info=info
+    )
 
 
 def backbone_output(hidden: torch.Tensor | list[torch.Tensor], lengths: torch.Tensor) -> BackboneOutput:
@@ -153,7 +156,9 @@ def test_forward_gives_finite_loss_metrics_and_gradients(name):
 @pytest.mark.parametrize("name", DISCRETE)
 def test_metrics_are_named_per_teacher_codebook(name):
     objective = build(name, discrete_info(), codebooks=[2, 0])
-    result = objective(backbone_output(torch.randn(B, T, D), LENGTHS), random_targets(discrete_info(), LENGTHS), every_other_mask())
+    result = objective(
+        backbone_output(torch.randn(B, T, D), LENGTHS), random_targets(discrete_info(), LENGTHS), every_other_mask()
+    )
     assert set(result.metrics) == {"acc/cb2", "ce/cb2", "acc/cb0", "ce/cb0"}
 
 
@@ -207,7 +212,9 @@ def test_empty_mask_gives_zero_loss_with_graph(name, unmasked_weight):
     objective = build(name, info, unmasked_weight=unmasked_weight)
     hidden = torch.randn(B, T, D, requires_grad=True)
     lengths = torch.zeros(B, dtype=torch.long) if unmasked_weight else LENGTHS  # nothing counts at all
-    result = objective(backbone_output(hidden, lengths), random_targets(info, lengths), torch.zeros(B, T, dtype=torch.bool))
+    result = objective(
+        backbone_output(hidden, lengths), random_targets(info, lengths), torch.zeros(B, T, dtype=torch.bool)
+    )
     assert result.loss.item() == 0.0 and result.loss.requires_grad
     result.loss.backward()
     assert all(p.grad is not None and torch.all(p.grad == 0) for p in objective.parameters())
@@ -359,7 +366,9 @@ def test_learning_planted_regression():
 
     def batch(seed):
         hidden, lengths, mask = planted_batch(seed, dim=dim)
-        noise = 0.05 * torch.randn(hidden.shape[:2] + (target_dim,), generator=torch.Generator().manual_seed(seed + 100))
+        noise = 0.05 * torch.randn(
+            hidden.shape[:2] + (target_dim,), generator=torch.Generator().manual_seed(seed + 100)
+        )
         return backbone_output(hidden, lengths), Targets(hidden @ planted + noise, lengths, info), mask
 
     torch.manual_seed(0)

@@ -1,4 +1,5 @@
 """One import namespace from core/ + plugins/, in editable and in wheel installs."""
+
 from __future__ import annotations
 
 import os
@@ -23,8 +24,11 @@ def test_editable_layout_maps_plugins_into_mertlab():
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("wheel")
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out), str(REPO)],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out), str(REPO)],
+        check=True,
+        capture_output=True,
+    )
     return next(out.glob("mertlab-*.whl"))
 
 
@@ -38,11 +42,21 @@ def test_wheel_contains_every_python_module(wheel):
 
 def test_wheel_install_imports_and_runs(wheel, tmp_path):
     target = tmp_path / "site"
-    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel)],
-                   check=True, capture_output=True)
-    code = ("import mertlab, mertlab.plugins.teachers, mertlab.plugin_system.registry as r; "
-            "print(mertlab.__file__); print(len(r.get_registry().list()))")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={"PYTHONPATH": str(target), "MERTLAB_DISABLE_AUTOLOAD": "1", "PATH": "/usr/bin:/bin"})
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel)],
+        check=True,
+        capture_output=True,
+    )
+    code = (
+        "import mertlab, mertlab.plugins.teachers, mertlab.plugin_system.registry as r; "
+        "print(mertlab.__file__); print(len(r.get_registry().list()))"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env={"PYTHONPATH": str(target), "MERTLAB_DISABLE_AUTOLOAD": "1", "PATH": "/usr/bin:/bin"},
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines()[0].startswith(str(target))
 
@@ -74,6 +88,7 @@ def test_every_imported_package_is_a_declared_dependency():
     library), so `pip install mertlab` alone gives a working package."""
     import importlib.metadata as md
     import re
+
     import tomllib
 
     declared = {
@@ -83,8 +98,10 @@ def test_every_imported_package_is_a_declared_dependency():
     providers = md.packages_distributions()
     imported = {**_imported_top_level_names(REPO / "core"), **_imported_top_level_names(REPO / "plugins")}
     undeclared = {
-        name: where for name, where in imported.items()
-        if name not in sys.stdlib_module_names and name not in {"mertlab", "__future__"} | RUN_BY_THEIR_HOST
+        name: where
+        for name, where in imported.items()
+        if name not in sys.stdlib_module_names
+        and name not in {"mertlab", "__future__"} | RUN_BY_THEIR_HOST
         and not {d.lower().replace("_", "-") for d in providers.get(name, [name])} & declared
     }
     assert not undeclared, f"imported but not in [project.dependencies]: {undeclared}"
@@ -93,14 +110,19 @@ def test_every_imported_package_is_a_declared_dependency():
 def test_every_module_of_the_wheel_imports_over_the_locked_environment(wheel, tmp_path):
     """The wheel alone (--no-deps) on top of the pinned environment: every module imports."""
     target = tmp_path / "site"
-    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel)],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel)],
+        check=True,
+        capture_output=True,
+    )
     modules = sorted(
         ".".join(p.relative_to(target).with_suffix("").parts).removesuffix(".__init__")
         for p in (target / "mertlab").rglob("*.py")
         if p.name != "__main__.py"  # importing it runs the CLI
     )
-    code = "import importlib, sys\nfor m in sys.argv[1:]:\n    importlib.import_module(m)\nprint('ok', len(sys.argv) - 1)"
+    code = (
+        "import importlib, sys\nfor m in sys.argv[1:]:\n    importlib.import_module(m)\nprint('ok', len(sys.argv) - 1)"
+    )
     env = {**os.environ, "PYTHONPATH": str(target), "MERTLAB_DISABLE_AUTOLOAD": "1"}
     proc = subprocess.run([sys.executable, "-c", code, *modules], capture_output=True, text=True, env=env, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -116,8 +138,16 @@ def test_no_machine_paths_or_files_outside_the_repository_are_cited():
     if tracked.returncode != 0:
         pytest.skip("not a git checkout")
     # the forbidden prefixes, spelled in pieces so this file does not match itself
-    forbidden = ["/" + "work/", "/" + r"home/\w", "/" + r"Users/\w", "/" + "root/", r"[A-Z]:\\" + "Users",
-                 r"\.\./" + "shared/", r"\b" + "shared/" + "REFERENCE", r"(?<![\w$}])/" + "shared/"]
+    forbidden = [
+        "/" + "work/",
+        "/" + r"home/\w",
+        "/" + r"Users/\w",
+        "/" + "root/",
+        r"[A-Z]:\\" + "Users",
+        r"\.\./" + "shared/",
+        r"\b" + "shared/" + "REFERENCE",
+        r"(?<![\w$}])/" + "shared/",
+    ]
     pattern = re.compile(r"(?<![\w.])(" + "|".join(forbidden) + ")")
     hits = []
     for name in tracked.stdout.split():

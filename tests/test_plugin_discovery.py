@@ -1,4 +1,5 @@
 """Discovery: built-ins via DEFAULT_PLUGINS, third-party via the `mertlab` entry-point group."""
+
 from __future__ import annotations
 
 import pytest
@@ -7,7 +8,7 @@ from mertlab.errors import PluginError, UnknownComponentError
 from mertlab.plugin_system.plugin_manager import DEFAULT_PLUGINS, create_plugin_manager
 from mertlab.plugin_system.registry import Registry, get_registry
 
-TEACHER_CODE = '''
+TEACHER_CODE = """
 from pydantic import Field
 from mertlab.contracts import Params
 from mertlab.hookspecs import hookimpl
@@ -27,7 +28,7 @@ class {cls}:
 @hookimpl
 def register_teachers(register):
     register({cls})
-'''
+"""
 
 
 def test_builtins_register_through_the_same_hooks():
@@ -114,7 +115,12 @@ def test_light_commands_import_no_heavy_package():
         "    assert main(args) == 0, args\n"
         f"print(sorted({{m.split('.')[0] for m in sys.modules}} & set({HEAVY!r})))"
     )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={"PATH": "/usr/bin:/bin", "MERTLAB_DISABLE_AUTOLOAD": "1"})
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env={"PATH": "/usr/bin:/bin", "MERTLAB_DISABLE_AUTOLOAD": "1"},
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip().splitlines()[-1] == "[]"
 
@@ -132,9 +138,14 @@ def test_lazy_component_is_imported_on_use_and_must_match_its_declaration():
     class Wrong:
         @hookimpl
         def register_callbacks(self, register):
-            register(LazyComponent(STABILITY.target, name="stability2", summary="another summary", Params=StabilityParams))
+            register(
+                LazyComponent(STABILITY.target, name="stability2", summary="another summary", Params=StabilityParams)
+            )
 
     pm = create_plugin_manager(autoload=False)
     pm.register_source(Wrong(), PluginSource("wrong", "wrong-dist", "1.0"))
-    with pytest.raises(PluginError, match=r"plugin 'wrong' \(wrong-dist 1.0\): callback 'stability2': .* differs from its registration in name, summary"):
+    with pytest.raises(
+        PluginError,
+        match=r"plugin 'wrong' \(wrong-dist 1.0\): callback 'stability2': .* differs from its registration in name, summary",
+    ):
         Registry(pm).get("callback", "stability2").component

@@ -8,6 +8,7 @@ filter bank, so mean-pooled features encode the spectrum -- which is what lets a
 probe clearly beat the majority / chance baseline. (Loudness would not do as a regression
 target: the group-norm extractor normalises each channel over time, removing a clip's gain.)
 """
+
 from __future__ import annotations
 
 import csv
@@ -112,7 +113,7 @@ def manual_features(backbone, wav: torch.Tensor, window: int) -> np.ndarray:
     """Each window alone through the backbone, frame means averaged with frame-count weights."""
     sums, frames = 0.0, 0
     for start in range(0, wav.numel(), window):
-        piece = wav[start:start + window]
+        piece = wav[start : start + window]
         if backbone.num_frames(piece.numel()) == 0:
             continue
         with torch.no_grad():
@@ -163,7 +164,9 @@ def test_layer_selection_and_npz_roundtrip(backbone, data, tmp_path):
     np.testing.assert_array_equal(saved.features, some.features)
     assert saved.paths == [str(p) for p in paths] and saved.layers == [0, 2]
     raw = np.load(tmp_path / "f.npz")  # usable without mertlab
-    assert raw["features"].shape == (6, 2, backbone.hidden_dim) and json.loads(str(raw["meta"]))["window_seconds"] == 5.0
+    assert (
+        raw["features"].shape == (6, 2, backbone.hidden_dim) and json.loads(str(raw["meta"]))["window_seconds"] == 5.0
+    )
 
 
 def test_windows_and_too_short_audio(backbone, tmp_path):
@@ -227,7 +230,9 @@ def test_metrics_agree_with_sklearn_on_the_csv_labels(reports, data):
                 truth = np.array([[name in label.split(";") for name in task.classes] for label in labels], dtype=int)
                 keep = (truth.sum(0) > 0) & (truth.sum(0) < len(truth))
                 assert result.test["roc_auc"] == pytest.approx(roc_auc_score(truth[:, keep], scores[:, keep]))
-                assert result.test["average_precision"] == pytest.approx(average_precision_score(truth[:, keep], scores[:, keep]))
+                assert result.test["average_precision"] == pytest.approx(
+                    average_precision_score(truth[:, keep], scores[:, keep])
+                )
             else:
                 assert result.test["r2"] == pytest.approx(r2_score([float(v) for v in labels], scores))
 
@@ -257,7 +262,9 @@ def test_best_layer_and_weighted_sum_follow_the_informative_layer(data):
     assert weights[1] > 0.6 and weights[1] > 3 * max(weights[0], weights[2])
     # Starting from equal weights, the default logit learning rate also moves towards layer 1.
     default = probe_task(features, [0, 1, 2], task, ProbeParams(max_epochs=60, patience=20), probe_layers=[])
-    assert default.probes[0].layer_weights[1] > max(default.probes[0].layer_weights[0], default.probes[0].layer_weights[2])
+    assert default.probes[0].layer_weights[1] > max(
+        default.probes[0].layer_weights[0], default.probes[0].layer_weights[2]
+    )
 
 
 def test_probes_are_seeded_and_deterministic(backbone, data):
@@ -282,7 +289,8 @@ def test_auto_split_is_seeded_stratified_70_15_15(data):
     for c in (0, 1):  # every class lands in every split, in proportion
         members = small.splits[small.targets == c]
         assert {s: int((members == s).sum()) for s in ("train", "valid", "test")} == (
-            {"train": 14, "valid": 3, "test": 3} if c == 0 else {"train": 5, "valid": 1, "test": 1})
+            {"train": 14, "valid": 3, "test": 3} if c == 0 else {"train": 5, "valid": 1, "test": 1}
+        )
 
 
 def test_type_detection_and_yaml_task(data):
@@ -298,22 +306,55 @@ def test_type_detection_and_yaml_task(data):
         load_task(root / "bad.yaml")
 
 
-@pytest.mark.parametrize("header, rows, expected", [
-    (("path", "tag"), [("audio/pc/0.wav", "C")], r"bad\.csv:1: missing column 'label'"),
-    (("path", "label"), [("audio/pc/0.wav", "C"), ("audio/nope.wav", "C")], r"bad\.csv:3: column path: no such file 'audio/nope.wav'"),
-    (("path", "label", "split"), [("audio/pc/0.wav", "C", "train"), ("audio/pc/1.wav", "Eb", "test")], r"bad\.csv: split 'valid' has no rows"),
-    (("path", "label", "split"), [("audio/pc/0.wav", "C", "holdout")], r"bad\.csv:2: column split: unknown split 'holdout'"),
-    (("path", "label", "split"), [("audio/pc/0.wav", "C", "train"), ("audio/pc/1.wav", "Eb", "train"),
-                                  ("audio/pc/2.wav", "C", "valid"), ("audio/pc/3.wav", "A", "test")],
-     r"bad\.csv:5: column label: class 'A' appears only in test, never in train"),
-    (("path", "label", "split"), [("audio/pc/0.wav", "C", "train"), ("audio/pc/1.wav", "Eb", "train"),
-                                  ("audio/pc/2.wav", "A;C", "valid"), ("audio/pc/3.wav", "Gb", "test")],
-     r"bad\.csv:4: column label: class 'A' appears only in valid, never in train"),
-    (("path", "label"), [("audio/pc/0.wav", "C"), ("audio/pc/0.wav", "Eb")], r"bad\.csv:3: column path: 'audio/pc/0.wav' is listed twice \(also line 2\)"),
-    (("path", "label"), [("audio/pc/0.wav", "C", "extra")], r"bad\.csv:2: 3 fields, the header has 2"),
-    (("path", "label"), [], r"bad\.csv: no rows after the header"),
-    (("path", "label"), [("audio/pc/0.wav", "")] * 1, r"bad\.csv:2: column label: empty"),
-])
+@pytest.mark.parametrize(
+    "header, rows, expected",
+    [
+        (("path", "tag"), [("audio/pc/0.wav", "C")], r"bad\.csv:1: missing column 'label'"),
+        (
+            ("path", "label"),
+            [("audio/pc/0.wav", "C"), ("audio/nope.wav", "C")],
+            r"bad\.csv:3: column path: no such file 'audio/nope.wav'",
+        ),
+        (
+            ("path", "label", "split"),
+            [("audio/pc/0.wav", "C", "train"), ("audio/pc/1.wav", "Eb", "test")],
+            r"bad\.csv: split 'valid' has no rows",
+        ),
+        (
+            ("path", "label", "split"),
+            [("audio/pc/0.wav", "C", "holdout")],
+            r"bad\.csv:2: column split: unknown split 'holdout'",
+        ),
+        (
+            ("path", "label", "split"),
+            [
+                ("audio/pc/0.wav", "C", "train"),
+                ("audio/pc/1.wav", "Eb", "train"),
+                ("audio/pc/2.wav", "C", "valid"),
+                ("audio/pc/3.wav", "A", "test"),
+            ],
+            r"bad\.csv:5: column label: class 'A' appears only in test, never in train",
+        ),
+        (
+            ("path", "label", "split"),
+            [
+                ("audio/pc/0.wav", "C", "train"),
+                ("audio/pc/1.wav", "Eb", "train"),
+                ("audio/pc/2.wav", "A;C", "valid"),
+                ("audio/pc/3.wav", "Gb", "test"),
+            ],
+            r"bad\.csv:4: column label: class 'A' appears only in valid, never in train",
+        ),
+        (
+            ("path", "label"),
+            [("audio/pc/0.wav", "C"), ("audio/pc/0.wav", "Eb")],
+            r"bad\.csv:3: column path: 'audio/pc/0.wav' is listed twice \(also line 2\)",
+        ),
+        (("path", "label"), [("audio/pc/0.wav", "C", "extra")], r"bad\.csv:2: 3 fields, the header has 2"),
+        (("path", "label"), [], r"bad\.csv: no rows after the header"),
+        (("path", "label"), [("audio/pc/0.wav", "")] * 1, r"bad\.csv:2: column label: empty"),
+    ],
+)
 def test_bad_csv_gives_one_line_naming_file_line_column(data, header, rows, expected):
     path = write_csv(data["root"] / "bad.csv", rows, header)
     with pytest.raises(TaskError, match=expected) as info:
@@ -341,30 +382,59 @@ def trained(tmp_path_factory, data):
 
     root = tmp_path_factory.mktemp("pretrain")
     uri = f"sqlite:///{root / 'mlflow.db'}"
-    spec = resolve_spec({
-        "name": "pre", "data": {"path": str(data["root"] / "audio"), "crop_seconds": 0.5, "batch_size": 2, "val_fraction": 0.0},
-        "backbone": {"name": "transformer", "params": {"preset": "tiny"}},
-        "teachers": {"cqt": {"name": "cqt", "params": {"n_bins": 24, "bins_per_octave": 4}}},
-        "objectives": {"cqt_recon": {"name": "masked_regression", "teacher": "cqt"}},
-        "trainer": {"max_steps": 2, "log_every_n_steps": 1, "output_dir": str(root / "runs")},
-        "tracking": {"tracking_uri": uri}, "callbacks": {},
-    })
+    spec = resolve_spec(
+        {
+            "name": "pre",
+            "data": {"path": str(data["root"] / "audio"), "crop_seconds": 0.5, "batch_size": 2, "val_fraction": 0.0},
+            "backbone": {"name": "transformer", "params": {"preset": "tiny"}},
+            "teachers": {"cqt": {"name": "cqt", "params": {"n_bins": 24, "bins_per_octave": 4}}},
+            "objectives": {"cqt_recon": {"name": "masked_regression", "teacher": "cqt"}},
+            "trainer": {"max_steps": 2, "log_every_n_steps": 1, "output_dir": str(root / "runs")},
+            "tracking": {"tracking_uri": uri},
+            "callbacks": {},
+        }
+    )
     result = train(spec, progress=False)
     return result.checkpoint_dir / "last.ckpt", result.run_id, uri
 
 
 def test_cli_probe_logs_onto_the_checkpoints_training_run(trained, data, capsys):
     ckpt, run_id, uri = trained
-    code = main(["probe", str(ckpt), str(data["pitch"]), "--layers", "0,2", "--random-init", "--max-epochs", "60",
-                 "--device", "cpu", "--no-progress"])
+    code = main(
+        [
+            "probe",
+            str(ckpt),
+            str(data["pitch"]),
+            "--layers",
+            "0,2",
+            "--random-init",
+            "--max-epochs",
+            "60",
+            "--device",
+            "cpu",
+            "--no-progress",
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 0, out
-    assert "layer0" in out and "layer2" in out and "layer1 " not in out and "majority" in out and "random-init layer2" in out
+    assert (
+        "layer0" in out
+        and "layer2" in out
+        and "layer1 " not in out
+        and "majority" in out
+        and "random-init layer2" in out
+    )
     assert f"MLflow run {run_id}" in out
     run = MlflowClient(uri).get_run(run_id)
     metrics = run.data.metrics
-    for name in ("probe/pitch/accuracy", "probe/pitch/layer0/accuracy", "probe/pitch/layer2/accuracy",
-                 "probe/pitch/weighted/accuracy", "probe/pitch/majority/accuracy", "probe/pitch/random_init/accuracy"):
+    for name in (
+        "probe/pitch/accuracy",
+        "probe/pitch/layer0/accuracy",
+        "probe/pitch/layer2/accuracy",
+        "probe/pitch/weighted/accuracy",
+        "probe/pitch/majority/accuracy",
+        "probe/pitch/random_init/accuracy",
+    ):
         assert name in metrics, sorted(metrics)
     assert "probe/pitch/layer1/accuracy" not in metrics
     assert metrics["probe/pitch/majority/accuracy"] == pytest.approx(0.25)
@@ -372,7 +442,9 @@ def test_cli_probe_logs_onto_the_checkpoints_training_run(trained, data, capsys)
     assert metrics["probe/pitch/accuracy"] == metrics[f"probe/pitch/{best}/accuracy"]
     assert "loss/total" in metrics  # the pre-training metrics are still there, on the same run
     step = torch.load(ckpt, map_location="cpu", weights_only=False)["global_step"]
-    assert step == 2 and [m.step for m in MlflowClient(uri).get_metric_history(run_id, "probe/pitch/accuracy")] == [step]
+    assert step == 2 and [m.step for m in MlflowClient(uri).get_metric_history(run_id, "probe/pitch/accuracy")] == [
+        step
+    ]
     artifacts = sorted(a.path for a in MlflowClient(uri).list_artifacts(run_id, "probe"))
     assert artifacts == ["probe/pitch.json", "probe/pitch_layers.png"]
     assert run.data.tags["probe/pitch/settings"]
@@ -382,8 +454,24 @@ def test_cli_probe_onto_a_given_run_and_errors(trained, data, capsys, tmp_path):
     _, _, uri = trained
     client = MlflowClient(uri)
     other = client.create_run(client.create_experiment("probes-elsewhere")).info.run_id
-    code = main(["probe", str(data["backbone"]), str(data["hz"]), "--layers", "last", "--run-id", other,
-                 "--tracking-uri", uri, "--max-epochs", "30", "--out", str(tmp_path / "r.json"), "--no-progress"])
+    code = main(
+        [
+            "probe",
+            str(data["backbone"]),
+            str(data["hz"]),
+            "--layers",
+            "last",
+            "--run-id",
+            other,
+            "--tracking-uri",
+            uri,
+            "--max-epochs",
+            "30",
+            "--out",
+            str(tmp_path / "r.json"),
+            "--no-progress",
+        ]
+    )
     assert code == 0, capsys.readouterr()
     assert "probe/hz/r2" in client.get_run(other).data.metrics
     report = json.loads((tmp_path / "r.json").read_text())
@@ -398,18 +486,61 @@ def test_cli_probe_onto_a_given_run_and_errors(trained, data, capsys, tmp_path):
     assert main(["probe", str(data["root"] / "nope.ckpt"), str(data["hz"])]) == 1
     assert capsys.readouterr().err.strip().endswith("nope.ckpt: no such checkpoint file")
     # A backbone file has no run: the scores are printed, and the reply says how to log them.
-    assert main(["probe", str(data["backbone"]), str(data["pitch"]), "--layers", "last", "--max-epochs", "5", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "probe",
+                str(data["backbone"]),
+                str(data["pitch"]),
+                "--layers",
+                "last",
+                "--max-epochs",
+                "5",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     assert "not logged to MLflow" in capsys.readouterr().out
 
 
 def test_cli_extract_writes_npz(data, tmp_path, capsys):
     out = tmp_path / "features.npz"
-    assert main(["extract", str(data["backbone"]), str(data["pitch"]), "--out", str(out), "--window-seconds", "0.25",
-                 "--batch-size", "4", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "extract",
+                str(data["backbone"]),
+                str(data["pitch"]),
+                "--out",
+                str(out),
+                "--window-seconds",
+                "0.25",
+                "--batch-size",
+                "4",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     assert "64 files x 3 layers x 64 dims" in capsys.readouterr().out
     features = FeatureSet.load(out)
     assert features.meta["window_seconds"] == 0.25 and features.meta["checkpoint"] == str(data["backbone"])
-    assert main(["extract", str(data["backbone"]), str(data["root"] / "audio" / "hz"), "--out", str(out), "--layers", "last", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "extract",
+                str(data["backbone"]),
+                str(data["root"] / "audio" / "hz"),
+                "--out",
+                str(out),
+                "--layers",
+                "last",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     assert FeatureSet.load(out).features.shape == (64, 1, 64)
 
 

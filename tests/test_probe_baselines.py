@@ -1,4 +1,5 @@
 """Handcrafted probe baselines, the feature cache and probing released (``hf:DIR``) checkpoints."""
+
 from __future__ import annotations
 
 import json
@@ -8,7 +9,6 @@ import pytest
 import soundfile as sf
 import torch
 from mlflow.tracking import MlflowClient
-from probe_tasks import SR, harmonic_tone, write_pitch_class_task
 
 import mertlab.probe.run as probe_run_module
 from mertlab.cli import main
@@ -21,6 +21,7 @@ from mertlab.probe.fit import ProbeParams
 from mertlab.probe.run import probe_metrics, report_table, run_probe, summary_lines, verdict
 from mertlab.probe.task import load_task
 from mertlab.toolkit.checkpoint import load_backbone, save_backbone
+from probe_tasks import SR, harmonic_tone, write_pitch_class_task
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 FAST = ProbeParams(max_epochs=60, patience=10)
@@ -31,12 +32,25 @@ def pitch(tmp_path_factory):
     root = tmp_path_factory.mktemp("pitch")
     torch.manual_seed(0)
     backbone = get_registry().build("backbone", "transformer", {"preset": "tiny"})
-    return {"root": root, "task": write_pitch_class_task(root), "backbone": save_backbone(root / "backbone.pt", backbone)}
+    return {
+        "root": root,
+        "task": write_pitch_class_task(root),
+        "backbone": save_backbone(root / "backbone.pt", backbone),
+    }
 
 
 def test_cqt_baseline_learns_pitch_class_and_random_init_stays_well_below(pitch, tmp_path, one_thread):
-    outcome = run_probe(pitch["backbone"], pitch["task"], "last", params=FAST, random_init=True, device="cpu",
-                        progress=False, baselines="cqt,chroma", cache=FeatureCache(tmp_path))
+    outcome = run_probe(
+        pitch["backbone"],
+        pitch["task"],
+        "last",
+        params=FAST,
+        random_init=True,
+        device="cpu",
+        progress=False,
+        baselines="cqt,chroma",
+        cache=FeatureCache(tmp_path),
+    )
     cqt = outcome.baselines["cqt"].probes[0]
     random_best = outcome.random_init.best.test["accuracy"]
     assert cqt.name == "baseline_cqt" and cqt.test["accuracy"] >= 0.8, cqt
@@ -47,8 +61,14 @@ def test_cqt_baseline_learns_pitch_class_and_random_init_stays_well_below(pitch,
     assert strongest.name in {"baseline_cqt", "baseline_chroma"}
     assert strongest.valid["accuracy"] == max(r.valid["accuracy"] for r in outcome.baseline_results())
     metrics = probe_metrics(outcome)
-    for name in ("probe/pitch/baseline_cqt/accuracy", "probe/pitch/baseline_chroma/accuracy", "probe/pitch/best_layer/accuracy",
-                 "probe/pitch/random_init/accuracy", "probe/pitch/majority/accuracy", "probe/pitch/accuracy"):
+    for name in (
+        "probe/pitch/baseline_cqt/accuracy",
+        "probe/pitch/baseline_chroma/accuracy",
+        "probe/pitch/best_layer/accuracy",
+        "probe/pitch/random_init/accuracy",
+        "probe/pitch/majority/accuracy",
+        "probe/pitch/accuracy",
+    ):
         assert name in metrics, sorted(metrics)
     assert metrics["probe/pitch/baseline_cqt/accuracy"] == cqt.test["accuracy"]
     # every row carries its difference to the strongest baseline
@@ -100,8 +120,16 @@ def test_feature_cache_is_hit_on_rerun_and_invalidated_by_a_new_checkpoint(pitch
 
     def probe(**kwargs):
         cache = FeatureCache(tmp_path / "cache")
-        outcome = run_probe(ckpt, pitch["task"], device="cpu", progress=False, baselines=["mfcc"], cache=cache,
-                            random_init=True, **kwargs)
+        outcome = run_probe(
+            ckpt,
+            pitch["task"],
+            device="cpu",
+            progress=False,
+            baselines=["mfcc"],
+            cache=cache,
+            random_init=True,
+            **kwargs,
+        )
         return outcome, cache
 
     first, cache = probe(params=quick)
@@ -131,8 +159,13 @@ def hf_dir(tmp_path_factory):
     path = tmp_path_factory.mktemp("hf") / "tiny-hubert"
     torch.manual_seed(0)
     config = transformers.HubertConfig(
-        hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, conv_dim=(16,) * 7,
-        num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        conv_dim=(16,) * 7,
+        num_conv_pos_embeddings=16,
+        num_conv_pos_embedding_groups=4,
     )
     model = transformers.HubertModel(config).eval()
     model.save_pretrained(path)
@@ -175,8 +208,20 @@ def test_cli_probes_hf_dir_into_a_run_named_after_it(hf_dir, pitch, tmp_path, ca
     path, _ = hf_dir
     monkeypatch.chdir(tmp_path)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    args = [str(pitch["task"]), "--layers", "last", "--max-epochs", "5", "--baselines", "chroma", "--tracking-uri", uri,
-            "--device", "cpu", "--no-progress"]
+    args = [
+        str(pitch["task"]),
+        "--layers",
+        "last",
+        "--max-epochs",
+        "5",
+        "--baselines",
+        "chroma",
+        "--tracking-uri",
+        uri,
+        "--device",
+        "cpu",
+        "--no-progress",
+    ]
     assert main(["probe", "--hf-dir", str(path), *args]) == 0, capsys.readouterr()
     out = capsys.readouterr().out
     assert "baseline_chroma" in out and "features: 0 from the cache, 2 extracted" in out
@@ -185,8 +230,13 @@ def test_cli_probes_hf_dir_into_a_run_named_after_it(hf_dir, pitch, tmp_path, ca
     runs = client.search_runs([client.get_experiment_by_name("probes").experiment_id])
     assert [r.info.run_name for r in runs] == ["tiny-hubert"]
     run = runs[0]
-    assert "probe/pitch/baseline_chroma/accuracy" in run.data.metrics and "probe/pitch/layer2/accuracy" in run.data.metrics
-    assert sorted(a.path for a in client.list_artifacts(run.info.run_id, "probe")) == ["probe/pitch.json", "probe/pitch_layers.png"]
+    assert (
+        "probe/pitch/baseline_chroma/accuracy" in run.data.metrics and "probe/pitch/layer2/accuracy" in run.data.metrics
+    )
+    assert sorted(a.path for a in client.list_artifacts(run.info.run_id, "probe")) == [
+        "probe/pitch.json",
+        "probe/pitch_layers.png",
+    ]
     # hf:DIR as CKPT goes to the same run; the features come from the cache
     assert main(["probe", f"hf:{path}", *args]) == 0
     assert "features: 2 from the cache, 0 extracted" in capsys.readouterr().out

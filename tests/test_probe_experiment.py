@@ -1,30 +1,43 @@
 """The spec's ``probe:`` section: `mertlab train` probes its final checkpoint, `mertlab sweep`
 every child (idempotently), and `mertlab compare` shows the probe scores first."""
+
 from __future__ import annotations
 
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
-from probe_tasks import write_pitch_class_task
-from sweep_support import tiny_sweep_spec, write_spec
 
 import mertlab.probe.run as probe_run_module
 from mertlab.cli import main
 from mertlab.errors import SpecError
 from mertlab.experiment.compare import load_comparison, to_text
 from mertlab.experiment.spec import load_spec
+from probe_tasks import write_pitch_class_task
+from sweep_support import tiny_sweep_spec, write_spec
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 
-PROBE = {"layers": "all", "window_seconds": 5.0, "baselines": ["chroma"], "random_init": True, "max_epochs": 15, "patience": 5}
+PROBE = {
+    "layers": "all",
+    "window_seconds": 5.0,
+    "baselines": ["chroma"],
+    "random_init": True,
+    "max_epochs": 15,
+    "patience": 5,
+}
 
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory, demo_dir):
     root = tmp_path_factory.mktemp("probe-exp")
     write_pitch_class_task(root, clips=48)
-    spec = tiny_sweep_spec("probe-sweep", demo_dir, root, f"sqlite:///{root / 'mlflow.db'}",
-                           {"variants": {"base": {}, "cqt_only": {"teachers.rvq": None, "objectives.rvq_pred": None}}})
+    spec = tiny_sweep_spec(
+        "probe-sweep",
+        demo_dir,
+        root,
+        f"sqlite:///{root / 'mlflow.db'}",
+        {"variants": {"base": {}, "cqt_only": {"teachers.rvq": None, "objectives.rvq_pred": None}}},
+    )
     spec["probe"] = {"tasks": ["pitch.csv"], **PROBE}  # relative to the working directory
     return root, write_spec(root / "sweep.yaml", spec)
 
@@ -53,19 +66,31 @@ def test_sweep_probes_every_child_and_compare_shows_the_scores_first(workdir, mo
     out = capsys.readouterr().out
     uri = f"sqlite:///{root / 'mlflow.db'}"
     client = MlflowClient(uri)
-    parent = client.search_runs([client.get_experiment_by_name("probe-sweep").experiment_id],
-                                filter_string="tags.`mertlab.sweep` = 'probe-sweep'")
+    parent = client.search_runs(
+        [client.get_experiment_by_name("probe-sweep").experiment_id],
+        filter_string="tags.`mertlab.sweep` = 'probe-sweep'",
+    )
     comparison = load_comparison(next(r for r in parent if "mlflow.parentRunId" not in r.data.tags).info.run_id, uri)
     assert [r.variant for r in comparison.rows] == ["base", "cqt_only"]
     for row in comparison.rows:
-        for name in ("probe/pitch/accuracy", "probe/pitch/best_layer/accuracy", "probe/pitch/weighted/accuracy",
-                     "probe/pitch/random_init/accuracy", "probe/pitch/baseline_chroma/accuracy", "probe/pitch/majority/accuracy"):
+        for name in (
+            "probe/pitch/accuracy",
+            "probe/pitch/best_layer/accuracy",
+            "probe/pitch/weighted/accuracy",
+            "probe/pitch/random_init/accuracy",
+            "probe/pitch/baseline_chroma/accuracy",
+            "probe/pitch/majority/accuracy",
+        ):
             assert name in row.final, (row.variant, sorted(row.final))
         assert client.get_run(row.run_id).data.tags["probe/pitch/settings"]
     # the probe scores are the first rows of the table, then the losses
     assert comparison.metrics[:6] == [
-        "probe/pitch/accuracy", "probe/pitch/best_layer/accuracy", "probe/pitch/weighted/accuracy",
-        "probe/pitch/random_init/accuracy", "probe/pitch/baseline_chroma/accuracy", "probe/pitch/majority/accuracy",
+        "probe/pitch/accuracy",
+        "probe/pitch/best_layer/accuracy",
+        "probe/pitch/weighted/accuracy",
+        "probe/pitch/random_init/accuracy",
+        "probe/pitch/baseline_chroma/accuracy",
+        "probe/pitch/majority/accuracy",
     ]
     assert comparison.metrics[6].startswith("loss/")
     body = to_text(comparison).splitlines()
@@ -84,7 +109,9 @@ def test_sweep_probes_every_child_and_compare_shows_the_scores_first(workdir, mo
 
     monkeypatch.setattr(probe_run_module, "extract_features", no_extraction)
     assert main(["sweep", str(spec_path), "--no-progress"]) == 0
-    assert {r.run_id: len(client.get_metric_history(r.run_id, "probe/pitch/accuracy")) for r in comparison.rows} == histories
+    assert {
+        r.run_id: len(client.get_metric_history(r.run_id, "probe/pitch/accuracy")) for r in comparison.rows
+    } == histories
 
 
 def test_train_with_a_probe_section_prints_a_verdict_per_task(workdir, monkeypatch, capsys):

@@ -1,5 +1,6 @@
 """Every registered component, built-in or installed, is checked here for free (timm-style),
 by the same contract checks plugin packages run from :mod:`mertlab.testing`."""
+
 from __future__ import annotations
 
 import pytest

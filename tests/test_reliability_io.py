@@ -6,6 +6,7 @@
 * damaged checkpoints and target-cache entries are named in one line; cache entries are
   verified (size + SHA-256) and recomputed.
 """
+
 from __future__ import annotations
 
 import errno
@@ -42,7 +43,10 @@ class Payload:
 def malicious_file(path: Path, marker: Path, **extra) -> Path:
     """A torch.save'd training-checkpoint look-alike carrying :class:`Payload`."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"state_dict": {"backbone.x": torch.zeros(1)}, "mlflow_run_id": "0" * 32, **extra, "hook": Payload(marker)}, path)
+    torch.save(
+        {"state_dict": {"backbone.x": torch.zeros(1)}, "mlflow_run_id": "0" * 32, **extra, "hook": Payload(marker)},
+        path,
+    )
     return path
 
 
@@ -80,8 +84,14 @@ def spec_data(demo_dir, tmp_path, tracking_uri, **trainer) -> dict:
         "teachers": {"cqt": {"name": "cqt", "params": {"n_bins": 24, "bins_per_octave": 4}}},
         "objectives": {"cqt_recon": {"name": "masked_regression", "teacher": "cqt"}},
         "optim": {"lr": 1e-3, "warmup_steps": 0},
-        "trainer": {"max_steps": 2, "log_every_n_steps": 1, "val_every_n_steps": 1, "limit_val_batches": 1,
-                    "output_dir": str(tmp_path / "runs"), **trainer},
+        "trainer": {
+            "max_steps": 2,
+            "log_every_n_steps": 1,
+            "val_every_n_steps": 1,
+            "limit_val_batches": 1,
+            "output_dir": str(tmp_path / "runs"),
+            **trainer,
+        },
         "tracking": {"tracking_uri": tracking_uri},
         "callbacks": {},
     }
@@ -128,11 +138,21 @@ def test_no_command_runs_code_from_a_file(demo_dir, task_dir, tmp_path, tracking
     err = one_error_line(capsys)
     assert str(planted) in err and "refused to load" in err
 
-    kmeans = {"feature": "hidden", "checkpoint": str(evil), "layer": 1, "n_clusters": 4,
-              "centroids": str(tmp_path / "km.safetensors")}
-    fit_spec = write_yaml({**spec_data(demo_dir, tmp_path, tracking_uri),
-                           "teachers": {"km": {"name": "kmeans", "params": kmeans}},
-                           "objectives": {"km_pred": {"name": "masked_prediction", "teacher": "km"}}}, "fit.yaml")
+    kmeans = {
+        "feature": "hidden",
+        "checkpoint": str(evil),
+        "layer": 1,
+        "n_clusters": 4,
+        "centroids": str(tmp_path / "km.safetensors"),
+    }
+    fit_spec = write_yaml(
+        {
+            **spec_data(demo_dir, tmp_path, tracking_uri),
+            "teachers": {"km": {"name": "kmeans", "params": kmeans}},
+            "objectives": {"km_pred": {"name": "masked_prediction", "teacher": "km"}},
+        },
+        "fit.yaml",
+    )
     assert main(["teachers", "fit", str(fit_spec)]) == 1
     err = one_error_line(capsys)
     assert str(evil) in err and "refused to load" in err
@@ -142,8 +162,10 @@ def test_no_command_runs_code_from_a_file(demo_dir, task_dir, tmp_path, tracking
 def test_codec_weights_and_legacy_state_files_load_weights_only(tmp_path):
     marker = tmp_path / "MARKER"
     evil = malicious_file(tmp_path / "weights.pth", marker)
-    for name, params in (("encodec", {"pretrained": True, "weights": str(evil)}),
-                         ("dac", {"pretrained": True, "model_type": "16khz", "weights": str(evil)})):
+    for name, params in (
+        ("encodec", {"pretrained": True, "weights": str(evil)}),
+        ("dac", {"pretrained": True, "model_type": "16khz", "weights": str(evil)}),
+    ):
         with pytest.raises(WeightsError, match=r"refused to load") as err:
             get_registry().build("teacher", name, params)
         assert str(evil) in str(err.value) and "\n" not in str(err.value)
@@ -161,8 +183,14 @@ def test_backbone_files_are_safetensors_and_old_files_still_load(tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(backbone.state_dict().values(), loaded.state_dict().values()))
     # the torch format of earlier versions (plain data + tensors) loads weights-only
     legacy = tmp_path / "legacy.pt"
-    torch.save({"format": LEGACY_BACKBONE_FORMAT, "state_dict": backbone.state_dict(),
-                "backbone": {"name": backbone.name, "params": backbone.params.model_dump(mode="json")}}, legacy)
+    torch.save(
+        {
+            "format": LEGACY_BACKBONE_FORMAT,
+            "state_dict": backbone.state_dict(),
+            "backbone": {"name": backbone.name, "params": backbone.params.model_dump(mode="json")},
+        },
+        legacy,
+    )
     reloaded = load_backbone(legacy).state_dict()
     assert all(torch.equal(reloaded[k], v) for k, v in backbone.state_dict().items())
 
@@ -170,8 +198,15 @@ def test_backbone_files_are_safetensors_and_old_files_still_load(tmp_path):
 def test_numpy_rng_states_in_a_checkpoint_are_allowed(tmp_path):
     """Resumable data pipelines store numpy RNG states: allow-listed, still weights-only."""
     path = tmp_path / "rng.ckpt"
-    torch.save({"state_dict": {}, "rng": np.random.default_rng(0).bit_generator.state,
-                "legacy": np.random.RandomState(0).get_state(), "x": np.float64(1.5)}, path)
+    torch.save(
+        {
+            "state_dict": {},
+            "rng": np.random.default_rng(0).bit_generator.state,
+            "legacy": np.random.RandomState(0).get_state(),
+            "x": np.float64(1.5),
+        },
+        path,
+    )
     loaded = load_torch_file(path)
     assert loaded["legacy"][1].dtype == np.uint32 and loaded["x"] == 1.5
 
@@ -185,7 +220,9 @@ def full_disk(monkeypatch) -> None:
         f.write(b"partial bytes")
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr("mertlab.train.checkpoint_io.atomic_write", lambda path, write: atomic_write(path, write_then_fail))
+    monkeypatch.setattr(
+        "mertlab.train.checkpoint_io.atomic_write", lambda path, write: atomic_write(path, write_then_fail)
+    )
 
 
 def test_checkpoint_write_is_atomic_on_a_full_disk(tmp_path, monkeypatch):
@@ -195,7 +232,9 @@ def test_checkpoint_write_is_atomic_on_a_full_disk(tmp_path, monkeypatch):
     before = path.read_bytes()
 
     full_disk(monkeypatch)
-    with pytest.raises(MertlabError, match=r"last.ckpt: cannot write checkpoint \(No space left on device\); the previous"):
+    with pytest.raises(
+        MertlabError, match=r"last.ckpt: cannot write checkpoint \(No space left on device\); the previous"
+    ):
         io.save_checkpoint({"state_dict": {"w": torch.zeros(3)}, "global_step": 2}, path)
     assert path.read_bytes() == before and sorted(p.name for p in path.parent.iterdir()) == ["last.ckpt"]
     assert io.load_checkpoint(path)["global_step"] == 1
@@ -227,7 +266,9 @@ def test_unwritable_output_dir_fails_before_the_mlflow_run(demo_dir, tmp_path, w
     assert experiment is None or not MlflowClient(uri).search_runs([experiment.experiment_id])
 
 
-def test_full_disk_mid_run_is_one_line_and_keeps_the_last_checkpoint(trained, tmp_path, write_yaml, capsys, monkeypatch):
+def test_full_disk_mid_run_is_one_line_and_keeps_the_last_checkpoint(
+    trained, tmp_path, write_yaml, capsys, monkeypatch
+):
     data, ckpt_dir = copy_runs(trained, tmp_path, max_steps=4)
     last = ckpt_dir / "last.ckpt"
     before = last.read_bytes()
@@ -259,8 +300,11 @@ def test_damaged_checkpoints_are_named_in_one_line(trained, demo_dir, task_dir, 
     random.write_bytes(np.random.default_rng(0).bytes(4000))
     spec = write_yaml(data)
     for path in (damaged, random):
-        for argv in (["train", str(spec), "--resume", str(path)], ["probe", str(path), str(task_dir)],
-                     ["extract", str(path), str(demo_dir), "--out", str(tmp_path / "x.npz")]):
+        for argv in (
+            ["train", str(spec), "--resume", str(path)],
+            ["probe", str(path), str(task_dir)],
+            ["extract", str(path), str(demo_dir), "--out", str(tmp_path / "x.npz")],
+        ):
             assert main(argv) == 1, argv
             err = one_error_line(capsys)
             assert str(path) in err and "damaged or truncated checkpoint" in err, (argv, err)
@@ -314,7 +358,9 @@ def make_read_only(monkeypatch, root: Path) -> None:
     monkeypatch.setattr("mertlab.toolkit.atomic.tempfile.mkstemp", mkstemp)
 
 
-def test_damaged_cache_entries_are_named_and_recomputed_by_targets_build(demo_dir, tmp_path, tracking_uri, write_yaml, capsys, caplog):
+def test_damaged_cache_entries_are_named_and_recomputed_by_targets_build(
+    demo_dir, tmp_path, tracking_uri, write_yaml, capsys, caplog
+):
     from mertlab.teachers.target_cache import compute_file_targets
 
     data = cache_spec(demo_dir, tmp_path, tracking_uri)
@@ -366,7 +412,9 @@ def test_a_damaged_entry_read_while_training_is_recomputed(demo_dir, tmp_path, t
         CachedTargets(data["data"]["target_cache"], {"cqt": teacher}, 24000, repair=False).read("cqt", files[0])
 
 
-def test_damaged_or_missing_entries_without_repair_are_one_line(demo_dir, tmp_path, tracking_uri, write_yaml, capsys, monkeypatch):
+def test_damaged_or_missing_entries_without_repair_are_one_line(
+    demo_dir, tmp_path, tracking_uri, write_yaml, capsys, monkeypatch
+):
     data = cache_spec(demo_dir, tmp_path, tracking_uri)
     spec = write_yaml(data)
     assert main(["targets", "build", str(spec), "--no-progress"]) == 0
@@ -415,7 +463,9 @@ BAD_SPECS = [
 
 
 @pytest.mark.parametrize("argv, message", BAD_SPECS, ids=[a[1] for a, _ in BAD_SPECS])
-def test_validate_rejects_what_train_would_and_train_starts_nothing(argv, message, demo_dir, tmp_path, write_yaml, capsys):
+def test_validate_rejects_what_train_would_and_train_starts_nothing(
+    argv, message, demo_dir, tmp_path, write_yaml, capsys
+):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     spec = write_yaml(spec_data(demo_dir, tmp_path, uri))
     assert main(["validate", str(spec), *argv]) == 1
@@ -449,16 +499,49 @@ FUZZ_BASE = {
     "name": "fuzz",
     "backbone": {"name": "transformer", "params": {"preset": "tiny"}},
     "teachers": {"c": {"name": "cqt"}, "k": {"name": "bestrq", "params": {"codebook_size": 64}}},
-    "objectives": {"o": {"name": "masked_regression", "teacher": "c"}, "p": {"name": "masked_prediction", "teacher": "k"}},
+    "objectives": {
+        "o": {"name": "masked_regression", "teacher": "c"},
+        "p": {"name": "masked_prediction", "teacher": "k"},
+    },
 }
 FUZZ_KEYS = [
-    "name", "seed", "description", "data", "data.path", "data.crop_seconds", "data.batch_size", "data.extensions",
-    "backbone", "backbone.name", "backbone.params", "backbone.params.preset", "backbone.params.num_layers",
-    "backbone.params.num_heads", "teachers", "teachers.c", "teachers.c.name", "teachers.c.params.n_bins",
-    "teachers.k.params.codebook_size", "objectives.o", "objectives.o.teacher", "objectives.o.weight",
-    "masking.name", "masking.params.mask_prob", "optim.betas", "optim.lr", "trainer.precision", "trainer.accelerator",
-    "trainer.output_dir", "tracking.tags", "callbacks.stability.params", "sweep", "sweep.grid", "sweep.variants",
-    "requires_plugins", "augment.mixup.probability", "feature_penalty",
+    "name",
+    "seed",
+    "description",
+    "data",
+    "data.path",
+    "data.crop_seconds",
+    "data.batch_size",
+    "data.extensions",
+    "backbone",
+    "backbone.name",
+    "backbone.params",
+    "backbone.params.preset",
+    "backbone.params.num_layers",
+    "backbone.params.num_heads",
+    "teachers",
+    "teachers.c",
+    "teachers.c.name",
+    "teachers.c.params.n_bins",
+    "teachers.k.params.codebook_size",
+    "objectives.o",
+    "objectives.o.teacher",
+    "objectives.o.weight",
+    "masking.name",
+    "masking.params.mask_prob",
+    "optim.betas",
+    "optim.lr",
+    "trainer.precision",
+    "trainer.accelerator",
+    "trainer.output_dir",
+    "tracking.tags",
+    "callbacks.stability.params",
+    "sweep",
+    "sweep.grid",
+    "sweep.variants",
+    "requires_plugins",
+    "augment.mixup.probability",
+    "feature_penalty",
 ]
 
 
@@ -466,8 +549,9 @@ def fuzz_values():
     from hypothesis import strategies as st
 
     leaves = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=12)
-    return st.recursive(leaves, lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=8), c, max_size=3),
-                        max_leaves=6)
+    return st.recursive(
+        leaves, lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=8), c, max_size=3), max_leaves=6
+    )
 
 
 def put(data: dict, key: str, value) -> None:
@@ -490,7 +574,9 @@ def test_fuzzed_spec_dicts_load_or_give_a_spec_error(one_thread):
     from mertlab.errors import SpecError
 
     @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
-    @given(st.lists(st.tuples(st.sampled_from(FUZZ_KEYS) | st.text(max_size=10), fuzz_values()), min_size=1, max_size=4))
+    @given(
+        st.lists(st.tuples(st.sampled_from(FUZZ_KEYS) | st.text(max_size=10), fuzz_values()), min_size=1, max_size=4)
+    )
     def check(mutations):
         data = copy.deepcopy(FUZZ_BASE)
         for key, value in mutations:
@@ -515,10 +601,18 @@ def test_fuzzed_yaml_and_overrides_load_or_give_a_spec_error(tmp_path, one_threa
     path = tmp_path / "spec.yaml"
 
     @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
-    @given(st.one_of(st.text(max_size=60), st.text(max_size=30).map(lambda t: good + t), st.binary(max_size=40).map(
-        lambda b: good[: len(good) // 2] + b.decode("latin-1"))),
-        st.lists(st.sampled_from(FUZZ_KEYS).flatmap(lambda k: st.text(max_size=12).map(lambda v: f"{k}={v}"))
-                 | st.text(max_size=15), max_size=3))
+    @given(
+        st.one_of(
+            st.text(max_size=60),
+            st.text(max_size=30).map(lambda t: good + t),
+            st.binary(max_size=40).map(lambda b: good[: len(good) // 2] + b.decode("latin-1")),
+        ),
+        st.lists(
+            st.sampled_from(FUZZ_KEYS).flatmap(lambda k: st.text(max_size=12).map(lambda v: f"{k}={v}"))
+            | st.text(max_size=15),
+            max_size=3,
+        ),
+    )
     def check(text, overrides):
         path.write_text(text, encoding="utf-8", errors="surrogateescape")
         try:

@@ -4,6 +4,7 @@ The data stream (order, crop positions), masks, mixup and dropout are seeded by 
 stream's position is saved in checkpoints, so the resumed run re-does the steps after its
 checkpoint exactly; steps MLflow already holds are not logged twice.
 """
+
 from __future__ import annotations
 
 import os
@@ -16,19 +17,26 @@ import time
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
-from sampler_support import stream
 
 from mertlab.data.sampler import ResumableBatchSampler
 from mertlab.experiment.spec import load_spec
 from mertlab.train.run import train
+from sampler_support import stream
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 
 MAX_STEPS = 80
 EVERY = 20  # checkpoint (and validation) interval
 KILL_AFTER = 50  # logged steps before the kill: between two checkpoints
-COMPARED = ["loss/total", "loss/cqt_recon", "acc/rvq_pred/cb0", "lr", "grad_norm/total", "stability/loss_spike_z",
-            "val/loss/total"]
+COMPARED = [
+    "loss/total",
+    "loss/cqt_recon",
+    "acc/rvq_pred/cb0",
+    "lr",
+    "grad_norm/total",
+    "stability/loss_spike_z",
+    "val/loss/total",
+]
 
 
 @pytest.mark.parametrize("size, batch_size, drop_last", [(5, 2, True), (5, 2, False), (4, 2, True)])
@@ -61,8 +69,13 @@ def spec_dict(demo_dir, out, db, experiment):
         },
         "augment": {"mixup": {"probability": 0.5}},
         "optim": {"lr": 2e-3, "warmup_steps": 10, "schedule": "cosine"},
-        "trainer": {"max_steps": MAX_STEPS, "log_every_n_steps": 1, "val_every_n_steps": EVERY, "limit_val_batches": 1,
-                    "output_dir": str(out)},
+        "trainer": {
+            "max_steps": MAX_STEPS,
+            "log_every_n_steps": 1,
+            "val_every_n_steps": EVERY,
+            "limit_val_batches": 1,
+            "output_dir": str(out),
+        },
         "tracking": {"tracking_uri": f"sqlite:///{db}", "experiment": experiment},
         "callbacks": {"stability": {"name": "stability", "params": {"every_n_steps": 5}}},
     }
@@ -103,8 +116,10 @@ def test_sigkill_then_resume_equals_the_uninterrupted_run(demo_dir, tmp_path, on
     resumed = subprocess.run([*cmd, "--resume"], env=env, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
 
-    reference = train(load_spec(spec_path, [f"trainer.output_dir={tmp_path / 'reference'}", "tracking.experiment=reference"]),
-                      progress=False)
+    reference = train(
+        load_spec(spec_path, [f"trainer.output_dir={tmp_path / 'reference'}", "tracking.experiment=reference"]),
+        progress=False,
+    )
 
     client = MlflowClient(f"sqlite:///{db}")
     (run,) = client.search_runs([client.get_experiment_by_name("killed").experiment_id])

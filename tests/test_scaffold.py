@@ -1,4 +1,5 @@
 """`mertlab new` writes packages that install, pass their generated contract tests and train."""
+
 from __future__ import annotations
 
 import os
@@ -28,8 +29,22 @@ def generated(tmp_path_factory) -> tuple[Path, Path]:
     site = root / "site"
     for kind in ("teacher", "backbone", "objective"):
         assert main(["new", kind, f"demo_{kind}", str(root / f"demo-{kind}")]) == 0
-        subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "-q", "--target",
-                        str(site), str(root / f"demo-{kind}")], check=True, capture_output=True)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "install",
+                "--no-deps",
+                "--no-build-isolation",
+                "-q",
+                "--target",
+                str(site),
+                str(root / f"demo-{kind}"),
+            ],
+            check=True,
+            capture_output=True,
+        )
     return root, site
 
 
@@ -50,16 +65,22 @@ def test_generated_packages_pass_their_own_contract_tests(generated):
 def test_tiny_training_run_with_the_generated_components_logs_their_loss(generated, demo_dir, tracking_uri):
     root, site = generated
     spec = root / "spec.yaml"
-    spec.write_text(yaml.safe_dump({
-        "name": "scaffolded",
-        "data": {"path": str(demo_dir), "crop_seconds": 1.0, "batch_size": 2, "val_fraction": 0.0},
-        "backbone": {"name": "demo_backbone", "params": {"hidden_dim": 32}},
-        "teachers": {"onset": {"name": "demo_teacher"}},
-        "objectives": {"onset_l1": {"name": "demo_objective", "teacher": "onset"},
-                       "onset_mse": {"name": "masked_regression", "teacher": "onset", "weight": 0.5}},
-        "trainer": {"max_steps": 3, "log_every_n_steps": 1, "output_dir": str(root / "runs")},
-        "tracking": {"tracking_uri": tracking_uri},
-    }))
+    spec.write_text(
+        yaml.safe_dump(
+            {
+                "name": "scaffolded",
+                "data": {"path": str(demo_dir), "crop_seconds": 1.0, "batch_size": 2, "val_fraction": 0.0},
+                "backbone": {"name": "demo_backbone", "params": {"hidden_dim": 32}},
+                "teachers": {"onset": {"name": "demo_teacher"}},
+                "objectives": {
+                    "onset_l1": {"name": "demo_objective", "teacher": "onset"},
+                    "onset_mse": {"name": "masked_regression", "teacher": "onset", "weight": 0.5},
+                },
+                "trainer": {"max_steps": 3, "log_every_n_steps": 1, "output_dir": str(root / "runs")},
+                "tracking": {"tracking_uri": tracking_uri},
+            }
+        )
+    )
     proc = run("-m", "mertlab", "train", str(spec), "--no-progress", site=site, cwd=root)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     run_id = proc.stdout.split("\nrun ")[1].split()[0]
@@ -75,7 +96,10 @@ def test_generated_files_and_bad_names(tmp_path, capsys):
     assert 'test_onset_flux = contract_tests("teacher", "onset_flux")' in files["tests/test_onset_flux.py"]
     assert "pip install -c constraints.txt -e ./mertlab-onset-flux" in files["README.md"]
     assert main(["new", "teacher", "Onset-Flux", str(tmp_path / "x")]) == 1
-    assert capsys.readouterr().err.strip() == "error: mertlab new: NAME must be a lowercase Python identifier (letters, digits, _), got 'Onset-Flux'"
+    assert (
+        capsys.readouterr().err.strip()
+        == "error: mertlab new: NAME must be a lowercase Python identifier (letters, digits, _), got 'Onset-Flux'"
+    )
     (tmp_path / "taken").mkdir()
     (tmp_path / "taken" / "keep.txt").write_text("mine")
     assert main(["new", "teacher", "onset_flux", str(tmp_path / "taken")]) == 1

@@ -1,5 +1,6 @@
 """Sharded streaming data (litdata): writing shards, training on them, rank/worker splitting,
 exact mid-epoch resume, targets equal to the target cache's, one-line errors."""
+
 from __future__ import annotations
 
 import json
@@ -31,21 +32,28 @@ ONE_ITEM_PER_CHUNK = 50_000  # bytes: each 1.5 s 24 kHz 16-bit clip (72 kB) gets
 
 
 def make_spec(data_path, tmp_path, name="shard-test", max_steps=6, **data):
-    return resolve_spec({
-        "name": name,
-        "seed": 5,
-        "data": {"path": str(data_path), "crop_seconds": 1.0, "batch_size": 2, "val_fraction": 0.2, **data},
-        "backbone": {"name": "transformer", "params": {"preset": "tiny"}},
-        "teachers": {"codes": BESTRQ, "cqt": CQT},
-        "objectives": {
-            "codes_pred": {"name": "masked_prediction", "teacher": "codes"},
-            "cqt_recon": {"name": "masked_regression", "teacher": "cqt", "weight": 0.5},
-        },
-        "trainer": {"max_steps": max_steps, "log_every_n_steps": 1, "val_every_n_steps": 3, "limit_val_batches": 1,
-                    "output_dir": str(tmp_path / "runs")},
-        "tracking": {"tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}"},
-        "callbacks": {},
-    })
+    return resolve_spec(
+        {
+            "name": name,
+            "seed": 5,
+            "data": {"path": str(data_path), "crop_seconds": 1.0, "batch_size": 2, "val_fraction": 0.2, **data},
+            "backbone": {"name": "transformer", "params": {"preset": "tiny"}},
+            "teachers": {"codes": BESTRQ, "cqt": CQT},
+            "objectives": {
+                "codes_pred": {"name": "masked_prediction", "teacher": "codes"},
+                "cqt_recon": {"name": "masked_regression", "teacher": "cqt", "weight": 0.5},
+            },
+            "trainer": {
+                "max_steps": max_steps,
+                "log_every_n_steps": 1,
+                "val_every_n_steps": 3,
+                "limit_val_batches": 1,
+                "output_dir": str(tmp_path / "runs"),
+            },
+            "tracking": {"tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}"},
+            "callbacks": {},
+        }
+    )
 
 
 @pytest.fixture(scope="module")
@@ -144,11 +152,14 @@ def test_targets_from_shards_equal_the_target_cache(demo, with_targets, tmp_path
     from mertlab.data.streaming import ShardDataset, ShardLoader
 
     rates = {a: t.info.frame_rate for a, t in teachers.items()}
-    dataset = ShardDataset(str(dst / "train"), sample_rate=24000, crop_seconds=1.0, random_crops=True, seed=1, frame_rates=rates)
+    dataset = ShardDataset(
+        str(dst / "train"), sample_rate=24000, crop_seconds=1.0, random_crops=True, seed=1, frame_rates=rates
+    )
     batch = next(iter(ShardLoader(dataset, train=True, batch_size=3, collate_fn=collate_crops)))
     assert batch.frames is not None and len(batch) == 3
-    source_batch = AudioBatch(batch.wav, batch.lengths, tuple(probe(demo / f.path) for f in batch.files),
-                              batch.start_seconds)
+    source_batch = AudioBatch(
+        batch.wav, batch.lengths, tuple(probe(demo / f.path) for f in batch.files), batch.start_seconds
+    )
     source = target_source(None, teachers, 24000, str(dst))
     assert isinstance(source, ShardTargets)
     source.check_files([])
@@ -156,7 +167,9 @@ def test_targets_from_shards_equal_the_target_cache(demo, with_targets, tmp_path
     ours = source.targets(batch, 75.0, 75, frame_lengths)
     theirs = CachedTargets(tmp_path / "cache", teachers, 24000).targets(source_batch, 75.0, 75, frame_lengths)
     for alias in teachers:
-        assert torch.equal(ours[alias].values, theirs[alias].values) and torch.equal(ours[alias].lengths, theirs[alias].lengths)
+        assert torch.equal(ours[alias].values, theirs[alias].values) and torch.equal(
+            ours[alias].lengths, theirs[alias].lengths
+        )
 
 
 # --------------------------------------------------------------------------- streaming
@@ -198,7 +211,9 @@ def test_mid_epoch_resume_neither_repeats_nor_skips(plain):
     full = loader(plain / "train", **kwargs)
     per_epoch = len(full)
     epochs = [take(full, per_epoch), take(full, per_epoch)]
-    assert [sorted(n for b in e for n in b[1]) for e in epochs] == [sorted(f"demo_{i:03d}.wav" for i in range(CLIPS))] * 2
+    assert [sorted(n for b in e for n in b[1]) for e in epochs] == [
+        sorted(f"demo_{i:03d}.wav" for i in range(CLIPS))
+    ] * 2
     assert [b[1] for b in epochs[0]] != [b[1] for b in epochs[1]]  # reshuffled each epoch
     assert [b[2] for b in epochs[0]] != [b[2] for b in epochs[1]]  # and new crops
     for cut in (1, 3):
@@ -266,7 +281,10 @@ def test_bad_input_gives_one_line_errors(demo, plain, tmp_path, capsys, write_ya
         (("data", "shard", str(tmp_path / "empty"), str(tmp_path / "o2")), "no audio files"),
         (("data", "shard", str(demo), str(plain)), "not empty"),
         (("data", "shard", str(demo), "s3://bucket/shards"), "must be a local folder"),
-        (("data", "shard", str(demo), str(tmp_path / "o3"), "--with-targets", str(tmp_path / "nope.yaml")), "nope.yaml"),
+        (
+            ("data", "shard", str(demo), str(tmp_path / "o3"), "--with-targets", str(tmp_path / "nope.yaml")),
+            "nope.yaml",
+        ),
         (("data", "shard", str(demo), str(tmp_path / "o4"), "--with-targets", str(bad_spec)), "n_bins"),
     ]
     for argv, expected in cases:
@@ -276,8 +294,14 @@ def test_bad_input_gives_one_line_errors(demo, plain, tmp_path, capsys, write_ya
 
     # a spec whose teachers differ from the shards' targets, and shards with a target cache
     spec = make_spec(plain, tmp_path).model_dump(mode="json")
-    code, err = run_cli(capsys, "train", str(write_yaml(spec, "cache.yaml")), "-o", f"data.target_cache={tmp_path / 'c'}",
-                        "--no-progress")
+    code, err = run_cli(
+        capsys,
+        "train",
+        str(write_yaml(spec, "cache.yaml")),
+        "-o",
+        f"data.target_cache={tmp_path / 'c'}",
+        "--no-progress",
+    )
     errors = [line for line in err.splitlines() if line.startswith("error:")]
     assert code == 1 and len(errors) == 1 and "data.target_cache: not used with shards" in errors[0], err
 
@@ -305,8 +329,13 @@ def test_object_store_url_is_read_through_litdata(plain, tmp_path):
     assert not sh.is_shard_path(tmp_path / "nothing-here")
     from mertlab.data.streaming import ShardDataset, ShardLoader
 
-    dataset = ShardDataset(sh.split_location(url, "train"), sample_rate=24000, crop_seconds=1.0, random_crops=False,
-                           cache_dir=str(tmp_path / "cache"))
+    dataset = ShardDataset(
+        sh.split_location(url, "train"),
+        sample_rate=24000,
+        crop_seconds=1.0,
+        random_crops=False,
+        cache_dir=str(tmp_path / "cache"),
+    )
     batches = list(ShardLoader(dataset, train=False, batch_size=4, collate_fn=collate_crops))
     assert sum(len(b) for b in batches) == CLIPS and batches[0].wav.shape == (4, 24000)
     assert any((tmp_path / "cache").rglob("chunk-*.bin"))

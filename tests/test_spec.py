@@ -1,4 +1,5 @@
 """Experiment specs: two-stage validation, inheritance, overrides, round trip."""
+
 from __future__ import annotations
 
 import pytest
@@ -84,8 +85,16 @@ def test_malformed_yaml_and_missing_file(toy_registry, write_yaml, tmp_path):
 
 def test_base_inheritance_and_deletion(toy_registry, toy_spec, write_yaml):
     write_yaml(toy_spec, "base.yaml")
-    child = write_yaml({"base": "base.yaml", "name": "child", "optim": {"lr": 1e-4},
-                        "objectives": {"cqt_recon": None}, "teachers": {"cqt": None}}, "child.yaml")
+    child = write_yaml(
+        {
+            "base": "base.yaml",
+            "name": "child",
+            "optim": {"lr": 1e-4},
+            "objectives": {"cqt_recon": None},
+            "teachers": {"cqt": None},
+        },
+        "child.yaml",
+    )
     spec = load_spec(child)
     assert spec.name == "child" and spec.optim.lr == 1e-4
     assert list(spec.teachers) == ["rvq"] and list(spec.objectives) == ["rvq_pred"]
@@ -99,8 +108,15 @@ def test_inheritance_cycle(toy_registry, write_yaml):
 
 
 def test_overrides_parse_values_as_yaml(toy_registry, toy_spec, write_yaml):
-    spec = load_spec(write_yaml(toy_spec), ["optim.lr=1e-4", "teachers.rvq.params.n_codebooks=4",
-                                            "trainer.precision='bf16-mixed'", "data.extensions=[.wav]"])
+    spec = load_spec(
+        write_yaml(toy_spec),
+        [
+            "optim.lr=1e-4",
+            "teachers.rvq.params.n_codebooks=4",
+            "trainer.precision='bf16-mixed'",
+            "data.extensions=[.wav]",
+        ],
+    )
     assert spec.optim.lr == 1e-4 and spec.teachers["rvq"].params["n_codebooks"] == 4
     assert spec.trainer.precision == "bf16-mixed" and spec.data.extensions == [".wav"]
 
@@ -128,10 +144,15 @@ def test_bad_overrides(toy_registry, toy_spec, write_yaml):
     magnitude=st.sampled_from(["linear", "log"]),
     clip=st.floats(0, 100),
     # any text but NUL, which specs reject everywhere (tested with the spec hardening)
-    tags=st.dictionaries(st.text("abc_", min_size=1, max_size=5),
-                         st.text(st.characters(blacklist_characters="\x00"), max_size=8), max_size=3),
+    tags=st.dictionaries(
+        st.text("abc_", min_size=1, max_size=5),
+        st.text(st.characters(blacklist_characters="\x00"), max_size=8),
+        max_size=3,
+    ),
 )
-def test_resolved_spec_round_trips_through_yaml(toy_registry, toy_spec, tmp_path, lr, seed, weight, n_bins, magnitude, clip, tags):
+def test_resolved_spec_round_trips_through_yaml(
+    toy_registry, toy_spec, tmp_path, lr, seed, weight, n_bins, magnitude, clip, tags
+):
     toy_spec.update(seed=seed, optim={"lr": lr, "grad_clip": clip}, tracking={"tags": tags})
     toy_spec["objectives"]["rvq_pred"]["weight"] = weight
     toy_spec["teachers"]["cqt"]["params"] = {"n_bins": n_bins, "magnitude": magnitude}
@@ -144,9 +165,14 @@ def test_resolved_spec_round_trips_through_yaml(toy_registry, toy_spec, tmp_path
 
 
 @settings(max_examples=50, deadline=None)
-@given(st.recursive(st.none() | st.integers() | st.text(max_size=3),
-                    lambda kids: st.dictionaries(st.text("ab", min_size=1, max_size=2), kids, max_size=3), max_leaves=8),
-       st.dictionaries(st.text("ab", min_size=1, max_size=2), st.integers(), max_size=3))
+@given(
+    st.recursive(
+        st.none() | st.integers() | st.text(max_size=3),
+        lambda kids: st.dictionaries(st.text("ab", min_size=1, max_size=2), kids, max_size=3),
+        max_leaves=8,
+    ),
+    st.dictionaries(st.text("ab", min_size=1, max_size=2), st.integers(), max_size=3),
+)
 def test_deep_merge_properties(base, override):
     base = base if isinstance(base, dict) else {}
     merged = deep_merge(base, override)

@@ -1,5 +1,6 @@
 """`mertlab sweep`: variants as MLflow child runs of one parent, resumable, schedulable, and
 validated as a whole before anything runs."""
+
 from __future__ import annotations
 
 import math
@@ -14,7 +15,6 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from mlflow.tracking import MlflowClient
-from sweep_support import THREE_VARIANTS, tiny_sweep_spec, write_spec
 
 from mertlab.cli import main
 from mertlab.data.demo import write_demo_dataset
@@ -23,8 +23,15 @@ from mertlab.experiment import metric_names as M
 from mertlab.experiment.run_summary import summarize
 from mertlab.experiment.spec import SweepSpec, load_spec
 from mertlab.experiment.sweep import (
-    OVERRIDE_PARAM_PREFIX, PARENT_TAG, SWEEP_TAG, VARIANT_TAG, expand, format_value, short_keys,
+    OVERRIDE_PARAM_PREFIX,
+    PARENT_TAG,
+    SWEEP_TAG,
+    VARIANT_TAG,
+    expand,
+    format_value,
+    short_keys,
 )
+from sweep_support import THREE_VARIANTS, tiny_sweep_spec, write_spec
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 
@@ -34,7 +41,10 @@ def test_grid_names_are_readable_and_ordered():
     sweep = SweepSpec(grid={"optim.lr": [1e-3, 2e-3], "teachers.rvq.name": ["encodec", "dac"]})
     variants = expand(sweep)
     assert [v.name for v in variants] == [
-        "lr=0.001,name=encodec", "lr=0.001,name=dac", "lr=0.002,name=encodec", "lr=0.002,name=dac",
+        "lr=0.001,name=encodec",
+        "lr=0.001,name=dac",
+        "lr=0.002,name=encodec",
+        "lr=0.002,name=dac",
     ]
     assert variants[1].args() == ["optim.lr=0.001", "teachers.rvq.name=dac"]
     assert [v.name for v in expand(sweep)] == [v.name for v in variants]  # deterministic
@@ -42,18 +52,29 @@ def test_grid_names_are_readable_and_ordered():
 
 def test_named_variants_cross_the_grid():
     sweep = SweepSpec(
-        variants={"post_ln": {"backbone.params.layer_norm_first": False}, "relax": {"backbone.params.attention_relax": 32.0}},
+        variants={
+            "post_ln": {"backbone.params.layer_norm_first": False},
+            "relax": {"backbone.params.attention_relax": 32.0},
+        },
         grid={"backbone.params.preset": ["tiny", "small"]},
     )
     variants = expand(sweep)
-    assert [v.name for v in variants] == ["post_ln,preset=tiny", "post_ln,preset=small", "relax,preset=tiny", "relax,preset=small"]
+    assert [v.name for v in variants] == [
+        "post_ln,preset=tiny",
+        "post_ln,preset=small",
+        "relax,preset=tiny",
+        "relax,preset=small",
+    ]
     assert variants[2].args() == ["backbone.params.attention_relax=32.0", "backbone.params.preset=tiny"]
     only_named = expand(SweepSpec(variants={"a": {}, "b": {"optim.lr": 0.1}}))
     assert [(v.name, v.args()) for v in only_named] == [("a", []), ("b", ["optim.lr=0.1"])]
 
 
 def test_short_keys_stay_distinct():
-    assert short_keys(["optim.lr", "teachers.rvq.params.bandwidth"]) == {"optim.lr": "lr", "teachers.rvq.params.bandwidth": "bandwidth"}
+    assert short_keys(["optim.lr", "teachers.rvq.params.bandwidth"]) == {
+        "optim.lr": "lr",
+        "teachers.rvq.params.bandwidth": "bandwidth",
+    }
     assert short_keys(["a.x.lr", "b.x.lr", "c.y"]) == {"a.x.lr": "a.x.lr", "b.x.lr": "b.x.lr", "c.y": "y"}
     assert short_keys(["optim.lr", "head.optim.lr"]) == {"optim.lr": "optim.lr", "head.optim.lr": "head.optim.lr"}
 
@@ -73,15 +94,24 @@ def test_override_values_round_trip_through_the_command_line(value):
     assert yaml.safe_load(text) == value
 
 
-@pytest.mark.parametrize("sweep, message", [
-    ({"grid": {"tracking.experiment": ["a", "b"]}}, "sweep.grid: Value error, a sweep cannot vary 'tracking.experiment'"),
-    ({"variants": {"v": {"name": "other"}}}, "sweep.variants: Value error, a sweep cannot vary 'name'"),
-    ({"grid": {"optim.lr": []}}, "sweep.grid: Value error, grid key 'optim.lr' has an empty list of values"),
-    ({"grid": {"optim.lr": [0.1, 0.1]}}, "grid key 'optim.lr' lists the same value twice"),
-    ({"variants": {"a b": {}}}, "variant name 'a b': use letters, digits"),
-    ({"grid": {"optim.lr": [0.1]}, "variants": {"v": {"optim.lr": 0.2}}}, "variant 'v' sets optim.lr, which the grid also varies"),
-    ({}, "sweep: Value error, a sweep needs `grid` and/or `variants`"),
-])
+@pytest.mark.parametrize(
+    "sweep, message",
+    [
+        (
+            {"grid": {"tracking.experiment": ["a", "b"]}},
+            "sweep.grid: Value error, a sweep cannot vary 'tracking.experiment'",
+        ),
+        ({"variants": {"v": {"name": "other"}}}, "sweep.variants: Value error, a sweep cannot vary 'name'"),
+        ({"grid": {"optim.lr": []}}, "sweep.grid: Value error, grid key 'optim.lr' has an empty list of values"),
+        ({"grid": {"optim.lr": [0.1, 0.1]}}, "grid key 'optim.lr' lists the same value twice"),
+        ({"variants": {"a b": {}}}, "variant name 'a b': use letters, digits"),
+        (
+            {"grid": {"optim.lr": [0.1]}, "variants": {"v": {"optim.lr": 0.2}}},
+            "variant 'v' sets optim.lr, which the grid also varies",
+        ),
+        ({}, "sweep: Value error, a sweep needs `grid` and/or `variants`"),
+    ],
+)
 def test_bad_sweep_blocks_are_spec_errors(tmp_path, sweep, message):
     spec = tiny_sweep_spec("bad", tmp_path, tmp_path, None, sweep)
     with pytest.raises(SpecError) as err:
@@ -103,8 +133,11 @@ def test_summary_reduces_histories():
         M.val(M.LOSS_TOTAL): [P(1, 2.0), P(3, 2.5)],
     }
     assert summarize(histories) == {
-        M.SUMMARY_FINAL_LOSS: 1.2, M.SUMMARY_MAX_GRAD_NORM: 7.0, M.SUMMARY_LOSS_SPIKES: 2.0,
-        M.SUMMARY_MAX_ATTN_LOGIT: 9.0, M.SUMMARY_BEST_VAL_LOSS: 2.0,
+        M.SUMMARY_FINAL_LOSS: 1.2,
+        M.SUMMARY_MAX_GRAD_NORM: 7.0,
+        M.SUMMARY_LOSS_SPIKES: 2.0,
+        M.SUMMARY_MAX_ATTN_LOGIT: 9.0,
+        M.SUMMARY_BEST_VAL_LOSS: 2.0,
     }  # never logged -> left out (no nonfinite/skipped counters here)
 
 
@@ -138,7 +171,9 @@ def experiment_runs(client, name):
 @pytest.fixture(scope="module")
 def swept(workdir, tracking_uri):
     """The three-variant sweep, run once through the CLI."""
-    spec_path = write_spec(workdir / "sweep.yaml", tiny_sweep_spec("tiny-sweep", workdir / "demo", workdir, tracking_uri, THREE_VARIANTS))
+    spec_path = write_spec(
+        workdir / "sweep.yaml", tiny_sweep_spec("tiny-sweep", workdir / "demo", workdir, tracking_uri, THREE_VARIANTS)
+    )
     code = main(["sweep", str(spec_path), "--no-progress"])
     assert code == 0
     client = MlflowClient(tracking_uri)
@@ -156,7 +191,9 @@ def test_sweep_makes_one_parent_with_a_child_per_variant(swept, tracking_uri, tm
     for name, child in children.items():
         assert child.data.tags[PARENT_TAG] == parent.info.run_id and child.info.run_name == name
         assert child.info.status == "FINISHED" and child.data.tags[SWEEP_TAG] == "tiny-sweep"
-    overrides = {n: {k: v for k, v in c.data.params.items() if k.startswith(OVERRIDE_PARAM_PREFIX)} for n, c in children.items()}
+    overrides = {
+        n: {k: v for k, v in c.data.params.items() if k.startswith(OVERRIDE_PARAM_PREFIX)} for n, c in children.items()
+    }
     assert overrides == {
         "base": {},
         "cqt_only": {"override.teachers.rvq": "null", "override.objectives.rvq_pred": "null"},
@@ -164,11 +201,16 @@ def test_sweep_makes_one_parent_with_a_child_per_variant(swept, tracking_uri, tm
     }
     # the overrides were really applied to what each child trained
     assert children["lr_high"].data.params["optim.lr"] == "0.01" and children["base"].data.params["optim.lr"] == "0.001"
-    assert "teachers.rvq.name" not in children["cqt_only"].data.params and "loss/rvq_pred" not in children["cqt_only"].data.metrics
+    assert (
+        "teachers.rvq.name" not in children["cqt_only"].data.params
+        and "loss/rvq_pred" not in children["cqt_only"].data.metrics
+    )
     assert "loss/rvq_pred" in children["base"].data.metrics
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert {"spec.yaml", "sweep.yaml", "compare"} <= artifacts
-    listing = yaml.safe_load(Path(client.download_artifacts(parent.info.run_id, "sweep.yaml", str(tmp_path))).read_text())
+    listing = yaml.safe_load(
+        Path(client.download_artifacts(parent.info.run_id, "sweep.yaml", str(tmp_path))).read_text()
+    )
     assert [v["name"] for v in listing["variants"]] == ["base", "cqt_only", "lr_high"]
 
 
@@ -215,7 +257,9 @@ def test_rerun_skips_finished_children_and_resumes_unfinished_ones(swept, tracki
 def test_dry_run_prints_commands_a_scheduler_can_run(workdir, tracking_uri, capsys, monkeypatch):
     # no tracking_uri in the spec: the store comes from the environment, and the commands pin it
     monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_uri)
-    spec_path = write_spec(workdir / "dry.yaml", tiny_sweep_spec("tiny-dry", workdir / "demo", workdir, None, THREE_VARIANTS))
+    spec_path = write_spec(
+        workdir / "dry.yaml", tiny_sweep_spec("tiny-dry", workdir / "demo", workdir, None, THREE_VARIANTS)
+    )
     code, out, _ = run_cli(capsys, "sweep", spec_path, "--dry-run", "-o", "trainer.max_steps=3")
     assert code == 0
     commands = [line for line in out.splitlines() if "mertlab train" in line]
@@ -225,7 +269,10 @@ def test_dry_run_prints_commands_a_scheduler_can_run(workdir, tracking_uri, caps
     assert parent.info.status == "SCHEDULED"
     first = shlex.split(commands[0])
     assert first[0] == f"MLFLOW_TRACKING_URI={tracking_uri}" and first[1:4] == ["mertlab", "train", str(spec_path)]
-    assert first[first.index("--parent-run-id") + 1] == parent.info.run_id and first[first.index("--variant") + 1] == "base"
+    assert (
+        first[first.index("--parent-run-id") + 1] == parent.info.run_id
+        and first[first.index("--variant") + 1] == "base"
+    )
     assert "trainer.max_steps=3" in first  # the sweep command's own overrides reach every child
     assert "optim.lr=0.01" in commands[2]
 
@@ -233,7 +280,9 @@ def test_dry_run_prints_commands_a_scheduler_can_run(workdir, tracking_uri, caps
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env["OMP_NUM_THREADS"] = "1"
-    done = subprocess.run(["bash", "-c", commands[0]], cwd=workdir, env=env, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        ["bash", "-c", commands[0]], cwd=workdir, env=env, capture_output=True, text=True, timeout=300
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert "variant 'base': trained" in done.stdout
     children = [r for r in experiment_runs(client, "tiny-dry") if PARENT_TAG in r.data.tags]
@@ -252,14 +301,32 @@ def test_dry_run_prints_commands_a_scheduler_can_run(workdir, tracking_uri, caps
 
 
 def test_dry_run_slurm_launcher_writes_one_array_job_of_the_children(workdir, tracking_uri, capsys):
-    spec_path = write_spec(workdir / "slurm.yaml", tiny_sweep_spec("tiny-slurm", workdir / "demo", workdir, tracking_uri, THREE_VARIANTS))
+    spec_path = write_spec(
+        workdir / "slurm.yaml", tiny_sweep_spec("tiny-slurm", workdir / "demo", workdir, tracking_uri, THREE_VARIANTS)
+    )
     job = workdir / "jobs" / "tiny.sbatch"
-    code, out, _ = run_cli(capsys, "sweep", spec_path, "--dry-run", "--launcher", "slurm", "--sbatch", str(job),
-                           "-o", "trainer.devices=2", "-o", "trainer.accelerator=gpu")
+    code, out, _ = run_cli(
+        capsys,
+        "sweep",
+        spec_path,
+        "--dry-run",
+        "--launcher",
+        "slurm",
+        "--sbatch",
+        str(job),
+        "-o",
+        "trainer.devices=2",
+        "-o",
+        "trainer.accelerator=gpu",
+    )
     assert code == 0 and f"written to {job}" in out
     printed = [line for line in out.splitlines() if line.startswith("mertlab train")]
     script = job.read_text()
-    assert "#SBATCH --array=0-2" in script and "#SBATCH --ntasks-per-node=2" in script and "#SBATCH --gpus-per-node=2" in script
+    assert (
+        "#SBATCH --array=0-2" in script
+        and "#SBATCH --ntasks-per-node=2" in script
+        and "#SBATCH --gpus-per-node=2" in script
+    )
     arms = [line.strip() for line in script.splitlines() if line.strip()[:2] in ("0)", "1)", "2)")]
     assert len(arms) == 3
     for arm, command in zip(arms, printed):  # each task runs exactly its child's printed command under srun
@@ -273,13 +340,23 @@ def test_dry_run_slurm_launcher_writes_one_array_job_of_the_children(workdir, tr
 
 
 def test_invalid_variant_fails_before_any_child_starts(workdir, tracking_uri, capsys):
-    sweep = {"variants": {"fine": {"optim.lr": 0.002}, "bad_lr": {"optim.lr": -1}, "bad_cqt": {"teachers.cqt.params.n_bins": 0}}}
-    spec_path = write_spec(workdir / "invalid.yaml", tiny_sweep_spec("tiny-invalid", workdir / "demo", workdir, tracking_uri, sweep))
+    sweep = {
+        "variants": {
+            "fine": {"optim.lr": 0.002},
+            "bad_lr": {"optim.lr": -1},
+            "bad_cqt": {"teachers.cqt.params.n_bins": 0},
+        }
+    }
+    spec_path = write_spec(
+        workdir / "invalid.yaml", tiny_sweep_spec("tiny-invalid", workdir / "demo", workdir, tracking_uri, sweep)
+    )
     for extra in ((), ("--dry-run",)):
         code, out, err = run_cli(capsys, "sweep", spec_path, *extra)
         assert code == 1
         assert f"error: {spec_path}: variant 'bad_lr': optim.lr: Input should be greater than 0" in err
-        assert f"error: {spec_path}: variant 'bad_cqt': teachers.cqt.params.n_bins: Input should be greater than 0" in err
+        assert (
+            f"error: {spec_path}: variant 'bad_cqt': teachers.cqt.params.n_bins: Input should be greater than 0" in err
+        )
         assert "fine" not in err
     assert experiment_runs(MlflowClient(tracking_uri), "tiny-invalid") == []  # not even a parent
     code, _, err = run_cli(capsys, "validate", spec_path)
@@ -292,13 +369,17 @@ def test_train_child_options_are_checked(swept, capsys):
     assert code == 2 and "--parent-run-id and --variant go together" in err
     code, _, err = run_cli(capsys, "train", spec_path, "--parent-run-id", "0" * 32, "--variant", "x")
     assert code == 1 and f"--parent-run-id: no MLflow run {'0' * 32}" in err
-    code, _, err = run_cli(capsys, "sweep", write_spec(Path("plain.yaml"), {**yaml.safe_load(spec_path.read_text()), "sweep": None}))
+    code, _, err = run_cli(
+        capsys, "sweep", write_spec(Path("plain.yaml"), {**yaml.safe_load(spec_path.read_text()), "sweep": None})
+    )
     assert code == 1 and "sweep: this spec has no `sweep:` block" in err
 
 
 def test_a_failing_child_is_recorded_and_the_others_still_run(workdir, tracking_uri, capsys):
     sweep = {"variants": {"too_long": {"data.crop_seconds": 30}, "fine": {}}}  # the demo clips last 2 s
-    spec_path = write_spec(workdir / "failing.yaml", tiny_sweep_spec("tiny-failing", workdir / "demo", workdir, tracking_uri, sweep))
+    spec_path = write_spec(
+        workdir / "failing.yaml", tiny_sweep_spec("tiny-failing", workdir / "demo", workdir, tracking_uri, sweep)
+    )
     code, out, err = run_cli(capsys, "sweep", spec_path, "--no-progress", "--no-compare")
     assert code == 1 and "error: 1 of 2 variants failed: too_long" in err
     assert "failed: data.crop_seconds: 30 s is longer than every file" in out

@@ -1,4 +1,5 @@
 """The target cache: build, hit, miss, invalidation, interrupted builds, crops, training from it."""
+
 from __future__ import annotations
 
 import json
@@ -37,21 +38,34 @@ def demo_dir(tmp_path_factory):
 
 
 def make_spec(data_path, tmp_path, cache=True, cqt=CQT, tracking_uri=None, **data):
-    return resolve_spec({
-        "name": "cache-test",
-        "data": {"path": str(data_path), "crop_seconds": 1.0, "batch_size": 2, "val_fraction": 0.3,
-                 "target_cache": str(tmp_path / "targets") if cache else None, **data},
-        "backbone": {"name": "transformer", "params": {"preset": "tiny"}},
-        "teachers": {"codes": BESTRQ, "cqt": cqt},
-        "objectives": {
-            "codes_pred": {"name": "masked_prediction", "teacher": "codes"},
-            "cqt_recon": {"name": "masked_regression", "teacher": "cqt", "weight": 0.5},
-        },
-        "trainer": {"max_steps": 3, "log_every_n_steps": 1, "val_every_n_steps": 3, "limit_val_batches": 1,
-                    "output_dir": str(tmp_path / "runs")},
-        "tracking": {"tracking_uri": tracking_uri},
-        "callbacks": {},
-    })
+    return resolve_spec(
+        {
+            "name": "cache-test",
+            "data": {
+                "path": str(data_path),
+                "crop_seconds": 1.0,
+                "batch_size": 2,
+                "val_fraction": 0.3,
+                "target_cache": str(tmp_path / "targets") if cache else None,
+                **data,
+            },
+            "backbone": {"name": "transformer", "params": {"preset": "tiny"}},
+            "teachers": {"codes": BESTRQ, "cqt": cqt},
+            "objectives": {
+                "codes_pred": {"name": "masked_prediction", "teacher": "codes"},
+                "cqt_recon": {"name": "masked_regression", "teacher": "cqt", "weight": 0.5},
+            },
+            "trainer": {
+                "max_steps": 3,
+                "log_every_n_steps": 1,
+                "val_every_n_steps": 3,
+                "limit_val_batches": 1,
+                "output_dir": str(tmp_path / "runs"),
+            },
+            "tracking": {"tracking_uri": tracking_uri},
+            "callbacks": {},
+        }
+    )
 
 
 def counts(summaries):
@@ -131,8 +145,11 @@ def test_edited_file_and_param_change_recompute_only_what_changed(demo_dir, tmp_
     assert counts(build_targets(spec, progress=False)) == {"codes": (1, 2), "cqt": (1, 2)}
 
     changed = make_spec(data, tmp_path, cqt={"name": "cqt", "params": {"n_bins": 12, "bins_per_octave": 4}})
-    with pytest.raises(MertlabError, match=r"teachers.cqt: .*no targets for teacher 'cqt' with its current params .*"
-                                           r"other params/state \(fingerprints .*mertlab targets build SPEC"):
+    with pytest.raises(
+        MertlabError,
+        match=r"teachers.cqt: .*no targets for teacher 'cqt' with its current params .*"
+        r"other params/state \(fingerprints .*mertlab targets build SPEC",
+    ):
         PretrainModule(changed).target_source.check_files(files_of(data))
     assert counts(build_targets(changed, progress=False)) == {"codes": (0, 3), "cqt": (3, 0)}
     assert len(list((tmp_path / "targets").glob("cqt-*"))) == 2  # the old version is untouched
@@ -202,7 +219,9 @@ def test_cached_crop_targets_equal_on_the_fly(demo_dir, tmp_path):
             assert torch.equal(a.values[:, inner], b.values[:, inner])
         else:
             # the default (FFT) CQT: within 1e-4 of the peak, see test_windows_match_the_whole_file
-            torch.testing.assert_close(a.values[:, inner], b.values[:, inner], rtol=1e-4, atol=1e-4 * float(b.values.abs().max()))
+            torch.testing.assert_close(
+                a.values[:, inner], b.values[:, inner], rtol=1e-4, atol=1e-4 * float(b.values.abs().max())
+            )
     assert torch.equal(got["codes"].values[0, :-4], want["codes"].values[0, :-4])  # the file's start is a real edge
 
     # Slicing follows the crop's start time: one frame later shifts by one frame; 3/4 of a frame
@@ -212,8 +231,10 @@ def test_cached_crop_targets_equal_on_the_fly(demo_dir, tmp_path):
     shifted.start_seconds = shifted.start_seconds + 240 / 24000
     between = targets_of(cached, shifted)
     n = int(later["cqt"].lengths.min()) - 1  # frames valid in all three (the last crop ends with the file)
-    torch.testing.assert_close(later["cqt"].values[:, :n], got["cqt"].values[:, 1: n + 1])
-    torch.testing.assert_close(between["cqt"].values[:, :n], torch.lerp(got["cqt"].values[:, :n], later["cqt"].values[:, :n], 0.75))
+    torch.testing.assert_close(later["cqt"].values[:, :n], got["cqt"].values[:, 1 : n + 1])
+    torch.testing.assert_close(
+        between["cqt"].values[:, :n], torch.lerp(got["cqt"].values[:, :n], later["cqt"].values[:, :n], 0.75)
+    )
     assert torch.equal(between["codes"].values[:, :n], later["codes"].values[:, :n])
 
 
@@ -228,7 +249,11 @@ def test_entries_open_and_check_once_then_stay_mapped(demo_dir, tmp_path, monkey
     module = PretrainModule(spec)
     opened = []
     read = target_sources.CachedTargets.read
-    monkeypatch.setattr(target_sources.CachedTargets, "read", lambda self, alias, file, device="cpu": opened.append((alias, file.path)) or read(self, alias, file, device))
+    monkeypatch.setattr(
+        target_sources.CachedTargets,
+        "read",
+        lambda self, alias, file, device="cpu": opened.append((alias, file.path)) or read(self, alias, file, device),
+    )
     first = targets_of(module, grid_batch(demo_dir, [0, 17, 37]))
     targets_of(module, grid_batch(demo_dir, [1, 18, 38]))
     assert sorted(opened) == sorted((a, f.path) for a in ("codes", "cqt") for f in files_of(demo_dir))  # once each
@@ -282,7 +307,9 @@ def test_missing_cache_is_one_clear_error(demo_dir, tmp_path, write_yaml, capsys
 def test_cli_builds_generated_demo_data_and_reports(tmp_path, write_yaml, capsys, monkeypatch):
     import mertlab.train.run as run
 
-    monkeypatch.setattr(run, "write_demo_dataset", lambda path: write_demo_dataset(path, num_clips=3, seconds=1.5, progress=False))
+    monkeypatch.setattr(
+        run, "write_demo_dataset", lambda path: write_demo_dataset(path, num_clips=3, seconds=1.5, progress=False)
+    )
     monkeypatch.setattr(run, "write_demo_tasks", lambda directory, names=None: {})  # tested in test_demo_tasks.py
     raw = make_spec(tmp_path / "fresh", tmp_path, cache=False, generate_demo=True).model_dump(mode="json")
     path = write_yaml(raw)
@@ -300,7 +327,9 @@ def test_cli_builds_generated_demo_data_and_reports(tmp_path, write_yaml, capsys
 
     # a k-means teacher that is not fitted yet: its own error, and no cache folder for it
     kmeans = {"name": "kmeans", "params": {"n_clusters": 8, "centroids": str(tmp_path / "km.pt")}}
-    code = main(["targets", "build", str(path), "-o", cache_opt, "-o", f"teachers.km={json.dumps(kmeans)}", "--no-progress"])
+    code = main(
+        ["targets", "build", str(path), "-o", cache_opt, "-o", f"teachers.km={json.dumps(kmeans)}", "--no-progress"]
+    )
     err = capsys.readouterr().err
     assert code == 1 and "teachers.km on " in err and "run `mertlab teachers fit SPEC`" in err
     assert not list((tmp_path / "cli-targets").glob("kmeans-*/manifest.json"))

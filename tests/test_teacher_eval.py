@@ -1,5 +1,6 @@
 """`mertlab teachers evaluate`: code statistics (HuBERT's PNMI and purities) and the probe score
 of continuous teachers, ranked and logged without training any backbone."""
+
 from __future__ import annotations
 
 import math
@@ -9,10 +10,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from mlflow.tracking import MlflowClient
-from probe_tasks import write_pitch_class_task
 
 from mertlab.cli import main
 from mertlab.teachers.evaluation import code_statistics, joint_counts
+from probe_tasks import write_pitch_class_task
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 
@@ -63,24 +64,40 @@ def test_statistics_are_bounded_and_ignore_code_names(pairs, permutation):
 def test_cli_ranks_teachers_on_a_labelled_task_and_logs_one_run_each(tmp_path, write_yaml, capsys, one_thread):
     task = write_pitch_class_task(tmp_path, clips=48)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    spec = write_yaml({
-        "name": "teachers",
-        "backbone": {"name": "transformer", "params": {"preset": "tiny"}},
-        "teachers": {
-            "rvq": {"name": "bestrq", "params": {"codebook_size": 64, "n_codebooks": 2}},
-            "cqt": {"name": "cqt", "params": {"n_bins": 48, "bins_per_octave": 12, "fmin": 32.7, "magnitude": "log"}},
-        },
-        "objectives": {"rvq_pred": {"name": "masked_prediction", "teacher": "rvq"},
-                       "cqt_recon": {"name": "masked_regression", "teacher": "cqt"}},
-        "tracking": {"tracking_uri": uri},
-    })
-    assert main(["teachers", "evaluate", str(spec), str(task), "--max-epochs", "40", "--no-progress"]) == 0, capsys.readouterr()
+    spec = write_yaml(
+        {
+            "name": "teachers",
+            "backbone": {"name": "transformer", "params": {"preset": "tiny"}},
+            "teachers": {
+                "rvq": {"name": "bestrq", "params": {"codebook_size": 64, "n_codebooks": 2}},
+                "cqt": {
+                    "name": "cqt",
+                    "params": {"n_bins": 48, "bins_per_octave": 12, "fmin": 32.7, "magnitude": "log"},
+                },
+            },
+            "objectives": {
+                "rvq_pred": {"name": "masked_prediction", "teacher": "rvq"},
+                "cqt_recon": {"name": "masked_regression", "teacher": "cqt"},
+            },
+            "tracking": {"tracking_uri": uri},
+        }
+    )
+    assert main(["teachers", "evaluate", str(spec), str(task), "--max-epochs", "40", "--no-progress"]) == 0, (
+        capsys.readouterr()
+    )
     out = capsys.readouterr().out
     lines = out.splitlines()
     assert lines[0].split()[:4] == ["rank", "teacher", "plugin", "kind"]
-    assert lines[2].split()[:4] == ["1", "rvq", "bestrq", "discrete"] and lines[3].split()[:4] == ["2", "cqt", "cqt", "continuous"]
+    assert lines[2].split()[:4] == ["1", "rvq", "bestrq", "discrete"] and lines[3].split()[:4] == [
+        "2",
+        "cqt",
+        "cqt",
+        "continuous",
+    ]
     client = MlflowClient(uri)
-    runs = {r.info.run_name: r for r in client.search_runs([client.get_experiment_by_name("teacher-eval").experiment_id])}
+    runs = {
+        r.info.run_name: r for r in client.search_runs([client.get_experiment_by_name("teacher-eval").experiment_id])
+    }
     assert set(runs) == {"teachers/rvq", "teachers/cqt"}
     rvq, cqt = runs["teachers/rvq"].data.metrics, runs["teachers/cqt"].data.metrics
     for name in ("pnmi", "pnmi/cb0", "pnmi/cb1", "label_purity", "cluster_purity", "perplexity/cb1"):
@@ -88,7 +105,10 @@ def test_cli_ranks_teachers_on_a_labelled_task_and_logs_one_run_each(tmp_path, w
     assert 0 <= rvq["teacher_eval/pitch/pnmi"] <= 1 and rvq["teacher_eval/pitch/label_purity"] >= 0.25
     # the CQT's mean log-magnitudes tell the pitch class apart: far above chance (4 classes)
     assert cqt["teacher_eval/pitch/probe_accuracy"] >= 0.6 > cqt["teacher_eval/pitch/chance_accuracy"] + 0.3
-    assert runs["teachers/cqt"].data.tags["teacher"] == "cqt" and runs["teachers/rvq"].data.params["params.codebook_size"] == "64"
+    assert (
+        runs["teachers/cqt"].data.tags["teacher"] == "cqt"
+        and runs["teachers/rvq"].data.params["params.codebook_size"] == "64"
+    )
 
     assert main(["teachers", "evaluate", str(spec), str(task), "--teacher", "nope", "--no-tracking"]) == 1
     assert "--teacher: no teacher alias 'nope'" in capsys.readouterr().err

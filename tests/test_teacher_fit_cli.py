@@ -1,4 +1,5 @@
 """`mertlab teachers fit SPEC`: fit the spec's requires_fit teachers on its training audio."""
+
 from __future__ import annotations
 
 import pytest
@@ -79,8 +80,17 @@ def test_fit_trains_the_melrvq_tokenizer_with_a_progress_bar(demo_dir, tmp_path,
     tokenizer = tmp_path / "state" / "melrvq.pt"
     data = spec_data(demo_dir, centroids=None)
     del data["teachers"]["km"], data["objectives"]["km_pred"]
-    data["teachers"]["mel"] = {"name": "melrvq", "params": {
-        "n_mels": 32, "n_codebooks": 2, "codebook_size": 8, "steps": 30, "batch_size": 128, "tokenizer": str(tokenizer)}}
+    data["teachers"]["mel"] = {
+        "name": "melrvq",
+        "params": {
+            "n_mels": 32,
+            "n_codebooks": 2,
+            "codebook_size": 8,
+            "steps": 30,
+            "batch_size": 128,
+            "tokenizer": str(tokenizer),
+        },
+    }
     data["objectives"]["mel_pred"] = {"name": "masked_prediction", "teacher": "mel"}
     spec_path = write_yaml(data)
 

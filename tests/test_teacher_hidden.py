@@ -1,4 +1,5 @@
 """The `hidden` distillation teacher (and the kmeans `feature: hidden`) on mertlab checkpoints and hf:DIR."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -6,7 +7,6 @@ import pytest
 import soundfile as sf
 import torch
 import torch.nn.functional as F
-from synth_audio import SR, melody, padded_batch
 
 from mertlab.data.audio import load_audio, probe
 from mertlab.errors import MertlabError
@@ -14,12 +14,18 @@ from mertlab.plugin_system.registry import get_registry
 from mertlab.teachers.target_cache import TeacherCache, Windowing, build_teacher_cache
 from mertlab.toolkit.checkpoint import load_backbone, save_backbone
 from mertlab.toolkit.safe_load import read_safetensors
+from synth_audio import SR, melody, padded_batch
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 TINY_HF = dict(
-    hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
-    conv_dim=(16,) * 7, num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4,
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    intermediate_size=64,
+    conv_dim=(16,) * 7,
+    num_conv_pos_embeddings=16,
+    num_conv_pos_embedding_groups=4,
 )
 
 
@@ -60,7 +66,7 @@ def test_layer_equals_the_backbones_own_hidden_state(backbone_file):
         own = backbone(wav[b : b + 1, :n]).hidden_states[1][0]
         assert int(out.lengths[b]) == own.shape[0] == backbone.num_frames(n)
         torch.testing.assert_close(out.values[b, : out.lengths[b]], own)
-    assert bool((out.values[1, out.lengths[1]:] == 0).all())
+    assert bool((out.values[1, out.lengths[1] :] == 0).all())
 
 
 def test_top_k_is_the_mean_of_normalised_last_layers(backbone_file):
@@ -70,10 +76,18 @@ def test_top_k_is_the_mean_of_normalised_last_layers(backbone_file):
     per_frame = build(checkpoint=str(backbone_file), top_k=2).targets(wav, torch.tensor([wav.shape[1]])).values[0]
     expected = torch.stack([F.layer_norm(states[i][0], (64,)) for i in (1, 2)]).mean(0)
     torch.testing.assert_close(per_frame, expected, atol=1e-5, rtol=1e-4)
-    per_time = build(checkpoint=str(backbone_file), top_k=2, normalize="time").targets(wav, torch.tensor([wav.shape[1]])).values[0]
+    per_time = (
+        build(checkpoint=str(backbone_file), top_k=2, normalize="time")
+        .targets(wav, torch.tensor([wav.shape[1]]))
+        .values[0]
+    )
     expected = torch.stack([F.instance_norm(states[i][0].T[None])[0].T for i in (1, 2)]).mean(0)
     torch.testing.assert_close(per_time, expected, atol=1e-5, rtol=1e-4)
-    last = build(checkpoint=str(backbone_file), top_k=1, normalize="none").targets(wav, torch.tensor([wav.shape[1]])).values[0]
+    last = (
+        build(checkpoint=str(backbone_file), top_k=1, normalize="none")
+        .targets(wav, torch.tensor([wav.shape[1]]))
+        .values[0]
+    )
     torch.testing.assert_close(last, states[-1][0])
 
 
@@ -90,8 +104,11 @@ def test_hf_directory_gives_the_hubert_models_hidden_states(hf_dir):
 
 def test_kmeans_clusters_a_layer_of_an_hf_directory(hf_dir):
     path, _ = hf_dir
-    kmeans = get_registry().build("teacher", "kmeans", {
-        "feature": "hidden", "checkpoint": f"hf:{path}", "layer": 2, "n_clusters": 4, "n_iter": 10, "batch_size": 200})
+    kmeans = get_registry().build(
+        "teacher",
+        "kmeans",
+        {"feature": "hidden", "checkpoint": f"hf:{path}", "layer": 2, "n_clusters": 4, "n_iter": 10, "batch_size": 200},
+    )
     kmeans.fit([padded_batch([melody(0.8, seed=s) for s in range(3)])], progress=False)
     codes = kmeans.targets(*clips_batch())
     assert codes.values.shape[2] == 1 and int(codes.values.max()) < 4 and kmeans.info.frame_rate == 75.0

@@ -1,17 +1,18 @@
 """The `kmeans` teacher, its frame features and the torch mini-batch k-means behind it."""
+
 from __future__ import annotations
 
 import pytest
 import torch
-from fitted_teacher_checks import assert_bad_state_is_rejected, assert_missing_state_says_fit
 from sklearn.metrics import adjusted_rand_score
-from synth_audio import SR, chord, melody, padded_batch
 
+from fitted_teacher_checks import assert_bad_state_is_rejected, assert_missing_state_says_fit
 from mertlab.errors import MertlabError
 from mertlab.plugin_system.registry import get_registry
 from mertlab.toolkit.checkpoint import save_backbone
 from mertlab.toolkit.frame_features import LogMelChroma, MFCCDeltas
 from mertlab.toolkit.kmeans import fit_minibatch_kmeans, lloyd_kmeans, nearest_centroid
+from synth_audio import SR, chord, melody, padded_batch
 
 SMALL_FIT = {"n_clusters": 8, "n_iter": 30, "batch_size": 2000}
 
@@ -200,7 +201,11 @@ def test_file_written_after_construction_is_picked_up(fitted_state, tmp_path):
 
 def test_state_from_other_settings_or_garbage_is_rejected(fitted_state, tmp_path):
     assert_bad_state_is_rejected(
-        build, "centroids", fitted_state, tmp_path, {"n_mfcc": 12},
+        build,
+        "centroids",
+        fitted_state,
+        tmp_path,
+        {"n_mfcc": 12},
         settings_message=r"different settings \(n_mfcc: file 13 vs params 12\)",
         junk_message="junk.pt: damaged or truncated k-means state file",
     )
@@ -242,7 +247,13 @@ def test_hidden_feature_clusters_a_saved_backbone_layer(tiny_checkpoint, tmp_pat
     # retraining the backbone behind the same path invalidates the fitted centroids
     save_tiny_transformer(tiny_checkpoint, seed=1)
     with pytest.raises(MertlabError, match="backbone_digest"):
-        build(feature="hidden", checkpoint=str(tiny_checkpoint), layer=2, n_clusters=6, centroids=str(tmp_path / "hidden.pt"))
+        build(
+            feature="hidden",
+            checkpoint=str(tiny_checkpoint),
+            layer=2,
+            n_clusters=6,
+            centroids=str(tmp_path / "hidden.pt"),
+        )
 
 
 def test_hidden_feature_errors(tiny_checkpoint, tmp_path):
@@ -254,7 +265,6 @@ def test_hidden_feature_errors(tiny_checkpoint, tmp_path):
     teacher.fit(training_batches(1), progress=False)
     with pytest.raises(MertlabError, match="too short for one frame"):
         teacher.targets(torch.randn(1, 300), torch.tensor([300]))
-
 
 
 def test_nearest_centroid_matches_brute_force_in_every_path():

@@ -1,13 +1,13 @@
 """The `melrvq` teacher (MuQ's Mel-RVQ) and the residual linear VQ behind it."""
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
-from fitted_teacher_checks import assert_bad_state_is_rejected, assert_missing_state_says_fit
 from sklearn.metrics import adjusted_rand_score
-from synth_audio import SR, melody, padded_batch
 
+from fitted_teacher_checks import assert_bad_state_is_rejected, assert_missing_state_says_fit
 from mertlab.data.audio import probe
 from mertlab.errors import MertlabError
 from mertlab.plugin_system.registry import get_registry
@@ -15,6 +15,7 @@ from mertlab.teachers.target_cache import TeacherCache, Windowing, build_teacher
 from mertlab.toolkit.rvq import ResidualLinearVQ, RVQFitSettings, fit_rvq
 from mertlab.toolkit.safe_load import read_safetensors
 from mertlab.train.module import code_perplexity
+from synth_audio import SR, melody, padded_batch
 
 SMALL = {"n_mels": 32, "n_codebooks": 3, "codebook_size": 16, "steps": 200, "batch_size": 256, "dead_code_steps": 20}
 
@@ -88,7 +89,7 @@ def test_targets_are_batch_independent_and_padding_is_zero(fitted):
     assert out.lengths.tolist() == [(1 + int(n) // 240) // 4 for n in lengths]
     alone = teacher.targets(data[1][None], lengths[1:])
     assert torch.equal(out.values[1, : out.lengths[1]], alone.values[0])
-    assert bool((out.values[1, out.lengths[1]:] == 0).all())
+    assert bool((out.values[1, out.lengths[1] :] == 0).all())
     with pytest.raises(MertlabError, match=r"teacher 'melrvq': clip 0 has 500 samples, shorter than one frame"):
         teacher.targets(torch.randn(1, 500), torch.tensor([500]))
 
@@ -114,7 +115,11 @@ def test_missing_mismatched_or_garbage_state_is_one_clear_error(fitted, tmp_path
     _, path = fitted
     assert_missing_state_says_fit(build, "tokenizer", tmp_path)
     assert_bad_state_is_rejected(
-        build, "tokenizer", path, tmp_path, {"n_mels": 40},
+        build,
+        "tokenizer",
+        path,
+        tmp_path,
+        {"n_mels": 40},
         settings_message=r"different settings \(n_mels: file 32 vs params 40\)",
         junk_message="damaged or truncated teacher 'melrvq' state file",
     )
@@ -142,7 +147,9 @@ def test_targets_through_the_target_cache(fitted, tmp_path):
     wav = melody(1.5, seed=60)
     sf.write(tmp_path / "a.wav", wav.numpy(), SR)
     file = probe(tmp_path / "a.wav")
-    summary = build_teacher_cache(teacher, [file], tmp_path / "cache", windowing=Windowing(window_seconds=100), progress=False)
+    summary = build_teacher_cache(
+        teacher, [file], tmp_path / "cache", windowing=Windowing(window_seconds=100), progress=False
+    )
     assert (summary.computed, summary.skipped) == (1, 0)
     cached = TeacherCache(tmp_path / "cache", teacher).read(file.path)
     from mertlab.data.audio import load_audio

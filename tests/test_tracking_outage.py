@@ -1,6 +1,7 @@
 """Tracking outages never stop training: a clear error before any work when the store is not
 usable at start; mid-run, metrics are queued and retried (locked sqlite, a real MLflow server
 going down); runs left RUNNING by a dead process are marked FAILED on the next start."""
+
 from __future__ import annotations
 
 import logging
@@ -16,12 +17,12 @@ from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
-from test_nonfinite import spec_for
 
 from mertlab.errors import MertlabError
 from mertlab.experiment import metric_names as M
 from mertlab.experiment.tracking import PROCESS_TAG, mark_crashed_runs, process_identity
 from mertlab.train.run import train
+from test_nonfinite import spec_for
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 
@@ -29,7 +30,7 @@ STEPS = 10
 
 
 def sqlite_path(uri: str) -> Path:
-    return Path(uri[len("sqlite:///"):])
+    return Path(uri[len("sqlite:///") :])
 
 
 def wait_for_step(db: Path, step: int, timeout: float = 120) -> None:
@@ -58,13 +59,17 @@ def test_store_not_usable_at_start_is_one_clear_error_before_any_work(demo_dir, 
     lock.execute("BEGIN EXCLUSIVE")
     try:
         spec = spec_for(demo_dir, tmp_path, tracking_uri, tracking={"tracking_uri": tracking_uri, "connect_timeout": 2})
-        with pytest.raises(MertlabError, match=r"tracking.tracking_uri: the MLflow store sqlite:.* is not usable .*nothing was trained"):
+        with pytest.raises(
+            MertlabError, match=r"tracking.tracking_uri: the MLflow store sqlite:.* is not usable .*nothing was trained"
+        ):
             train(spec, progress=False)
     finally:
         lock.rollback()
         lock.close()
     assert not (tmp_path / "runs").exists()
-    unreachable = spec_for(demo_dir, tmp_path, tracking_uri, tracking={"tracking_uri": "http://127.0.0.1:9", "connect_timeout": 3})
+    unreachable = spec_for(
+        demo_dir, tmp_path, tracking_uri, tracking={"tracking_uri": "http://127.0.0.1:9", "connect_timeout": 3}
+    )
     started = time.monotonic()
     with pytest.raises(MertlabError, match=r"the MLflow store http://127.0.0.1:9 is not usable"):
         train(unreachable, progress=False)
@@ -73,8 +78,13 @@ def test_store_not_usable_at_start_is_one_clear_error_before_any_work(demo_dir, 
 
 def test_sqlite_locked_mid_run_metrics_are_kept_and_sent_later(demo_dir, tmp_path, tracking_uri, caplog):
     db = sqlite_path(tracking_uri)
-    spec = spec_for(demo_dir, tmp_path, tracking_uri, trainer={"max_steps": STEPS, "val_every_n_steps": 5},
-                    tracking={"tracking_uri": tracking_uri, "connect_timeout": 60})
+    spec = spec_for(
+        demo_dir,
+        tmp_path,
+        tracking_uri,
+        trainer={"max_steps": STEPS, "val_every_n_steps": 5},
+        tracking={"tracking_uri": tracking_uri, "connect_timeout": 60},
+    )
 
     def hold_lock():
         wait_for_step(db, 2)
@@ -104,9 +114,23 @@ def free_port() -> int:
 def start_server(store: Path, port: int) -> subprocess.Popen:
     mlflow = Path(sys.executable).parent / "mlflow"
     proc = subprocess.Popen(
-        [str(mlflow), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-         "--backend-store-uri", f"sqlite:///{store}", "--default-artifact-root", str(store.parent / "artifacts")],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        [
+            str(mlflow),
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+            "--backend-store-uri",
+            f"sqlite:///{store}",
+            "--default-artifact-root",
+            str(store.parent / "artifacts"),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
     )
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
@@ -129,8 +153,13 @@ def test_real_mlflow_server_going_down_mid_run(demo_dir, tmp_path, caplog):
     store.parent.mkdir()
     server = start_server(store, port)
     uri = f"http://127.0.0.1:{port}"
-    spec = spec_for(demo_dir, tmp_path, uri, trainer={"max_steps": STEPS, "val_every_n_steps": 5},
-                    tracking={"tracking_uri": uri, "connect_timeout": 120})
+    spec = spec_for(
+        demo_dir,
+        tmp_path,
+        uri,
+        trainer={"max_steps": STEPS, "val_every_n_steps": 5},
+        tracking={"tracking_uri": uri, "connect_timeout": 120},
+    )
     restarted = {}
 
     def outage():
@@ -166,7 +195,9 @@ def test_runs_left_running_by_a_dead_process_are_marked_failed(tracking_uri):
         "alive": process_identity(),
         "other-host": f"elsewhere.example:{dead.pid}:",
     }
-    ids = {name: client.create_run(experiment_id, tags={PROCESS_TAG: ident}).info.run_id for name, ident in runs.items()}
+    ids = {
+        name: client.create_run(experiment_id, tags={PROCESS_TAG: ident}).info.run_id for name, ident in runs.items()
+    }
     assert mark_crashed_runs(client, experiment) == [ids["dead"]]
     status = {name: client.get_run(run_id).info.status for name, run_id in ids.items()}
     assert status == {"dead": "FAILED", "alive": "RUNNING", "other-host": "RUNNING"}

@@ -1,4 +1,5 @@
 """The main job end to end: short real runs tracked in MLflow, learning, resume, bad input."""
+
 from __future__ import annotations
 
 import math
@@ -16,13 +17,18 @@ from mertlab.train.run import train
 pytestmark = pytest.mark.filterwarnings("ignore")
 
 
-def make_spec(demo_dir, tmp_path, tracking_uri, backbone="transformer", discrete="encodec", discrete_params=None, **overrides):
+def make_spec(
+    demo_dir, tmp_path, tracking_uri, backbone="transformer", discrete="encodec", discrete_params=None, **overrides
+):
     raw = {
         "name": f"test-{backbone}-{discrete}",
         "data": {"path": str(demo_dir), "crop_seconds": 1.0, "batch_size": 2, "val_fraction": 0.2},
         "backbone": {"name": backbone, "params": {"preset": "tiny"}},
         "teachers": {
-            "rvq": {"name": discrete, "params": discrete_params if discrete_params is not None else {"bandwidth": 1.5, "pretrained": False}},
+            "rvq": {
+                "name": discrete,
+                "params": discrete_params if discrete_params is not None else {"bandwidth": 1.5, "pretrained": False},
+            },
             "cqt": {"name": "cqt", "params": {"n_bins": 24, "bins_per_octave": 4}},
         },
         "objectives": {
@@ -30,8 +36,13 @@ def make_spec(demo_dir, tmp_path, tracking_uri, backbone="transformer", discrete
             "cqt_recon": {"name": "masked_regression", "teacher": "cqt", "weight": 0.5},
         },
         "optim": {"lr": 1e-3, "warmup_steps": 2},
-        "trainer": {"max_steps": 6, "log_every_n_steps": 2, "val_every_n_steps": 3, "limit_val_batches": 1,
-                    "output_dir": str(tmp_path / "runs")},
+        "trainer": {
+            "max_steps": 6,
+            "log_every_n_steps": 2,
+            "val_every_n_steps": 3,
+            "limit_val_batches": 1,
+            "output_dir": str(tmp_path / "runs"),
+        },
         "tracking": {"tracking_uri": tracking_uri},
         "callbacks": {"stability": {"name": "stability", "params": {"every_n_steps": 2}}},
     }
@@ -41,19 +52,34 @@ def make_spec(demo_dir, tmp_path, tracking_uri, backbone="transformer", discrete
 
 
 METRIC_FAMILIES = [
-    "loss/total", "loss/rvq_pred", "loss/cqt_recon", "acc/rvq_pred/cb0", "acc/rvq_pred/cb1", "lr",
-    "grad_norm/total", "grad_norm/head.rvq_pred", "update_ratio/total",
-    "attn/max_logit/layer0", "act_rms/layer0",
-    "stability/nonfinite_steps", "stability/skipped_steps", "stability/loss_spike_z",
-    "teacher/rvq/code_perplexity/cb0", "throughput/audio_seconds_per_s", "throughput/samples_per_s",
+    "loss/total",
+    "loss/rvq_pred",
+    "loss/cqt_recon",
+    "acc/rvq_pred/cb0",
+    "acc/rvq_pred/cb1",
+    "lr",
+    "grad_norm/total",
+    "grad_norm/head.rvq_pred",
+    "update_ratio/total",
+    "attn/max_logit/layer0",
+    "act_rms/layer0",
+    "stability/nonfinite_steps",
+    "stability/skipped_steps",
+    "stability/loss_spike_z",
+    "teacher/rvq/code_perplexity/cb0",
+    "throughput/audio_seconds_per_s",
+    "throughput/samples_per_s",
     "val/loss/total",
 ]
 
 
-@pytest.mark.parametrize("backbone, discrete, discrete_params", [
-    ("transformer", "encodec", None),
-    ("conformer", "bestrq", {"codebook_size": 64, "n_codebooks": 2}),
-])
+@pytest.mark.parametrize(
+    "backbone, discrete, discrete_params",
+    [
+        ("transformer", "encodec", None),
+        ("conformer", "bestrq", {"codebook_size": 64, "n_codebooks": 2}),
+    ],
+)
 def test_short_run_logs_every_metric_family(demo_dir, tmp_path, tracking_uri, backbone, discrete, discrete_params):
     spec = make_spec(demo_dir, tmp_path, tracking_uri, backbone, discrete, discrete_params)
     result = train(spec, progress=False)
@@ -132,11 +158,15 @@ def test_bad_training_input_gives_one_clear_error(demo_dir, tmp_path, tracking_u
     assert code == 1 and "objectives.cqt_recon.teacher: objective 'masked_regression' needs continuous targets" in err
 
     spec = make_spec(demo_dir, tmp_path, tracking_uri).model_dump(mode="json")
-    code, err = run_cli(capsys, "train", str(write_yaml(spec, "long.yaml")), "-o", "data.crop_seconds=30", "--no-progress")
+    code, err = run_cli(
+        capsys, "train", str(write_yaml(spec, "long.yaml")), "-o", "data.crop_seconds=30", "--no-progress"
+    )
     assert code == 1 and "data.crop_seconds: 30 s is longer than every file" in err
 
     (tmp_path / "empty").mkdir()
-    code, err = run_cli(capsys, "train", str(write_yaml(spec, "empty.yaml")), "-o", f"data.path={tmp_path / 'empty'}", "--no-progress")
+    code, err = run_cli(
+        capsys, "train", str(write_yaml(spec, "empty.yaml")), "-o", f"data.path={tmp_path / 'empty'}", "--no-progress"
+    )
     assert code == 1 and "data.path: no audio files" in err
     assert len(err.strip().splitlines()) == 1
 
@@ -158,16 +188,30 @@ def test_tracking_uri_resolution(demo_dir, tmp_path, tracking_uri, monkeypatch):
 
 
 def test_bf16_mixed_precision_run_is_finite(demo_dir, tmp_path, tracking_uri):
-    spec = make_spec(demo_dir, tmp_path, tracking_uri, discrete="bestrq", discrete_params={"codebook_size": 64},
-                     name="bf16", trainer={"max_steps": 3, "precision": "bf16-mixed", "limit_val_batches": 0})
+    spec = make_spec(
+        demo_dir,
+        tmp_path,
+        tracking_uri,
+        discrete="bestrq",
+        discrete_params={"codebook_size": 64},
+        name="bf16",
+        trainer={"max_steps": 3, "precision": "bf16-mixed", "limit_val_batches": 0},
+    )
     result = train(spec, progress=False)
     metrics = MlflowClient(tracking_uri).get_run(result.run_id).data.metrics
     assert math.isfinite(metrics["loss/total"]) and metrics["stability/nonfinite_steps"] == 0
 
 
 def test_train_cli_prints_a_summary(demo_dir, tmp_path, tracking_uri, write_yaml, capsys):
-    spec = make_spec(demo_dir, tmp_path, tracking_uri, discrete="bestrq", discrete_params={"codebook_size": 64},
-                     name="cli-summary", trainer={"max_steps": 3}).model_dump(mode="json")
+    spec = make_spec(
+        demo_dir,
+        tmp_path,
+        tracking_uri,
+        discrete="bestrq",
+        discrete_params={"codebook_size": 64},
+        name="cli-summary",
+        trainer={"max_steps": 3},
+    ).model_dump(mode="json")
     code = main(["train", str(write_yaml(spec, "cli.yaml")), "--no-progress"])
     out = capsys.readouterr().out
     assert code == 0
@@ -183,15 +227,25 @@ def test_profile_logs_a_trace_and_top_ops_table(demo_dir, tmp_path, tracking_uri
     assert code in (0, None), err
     client = MlflowClient(tracking_uri)
     run = client.search_runs([client.get_experiment_by_name("profile-test").experiment_id])[0]
-    assert sorted(a.path for a in client.list_artifacts(run.info.run_id, "profile")) == ["profile/top_ops.txt", "profile/trace.json"]
+    assert sorted(a.path for a in client.list_artifacts(run.info.run_id, "profile")) == [
+        "profile/top_ops.txt",
+        "profile/trace.json",
+    ]
     top = open(client.download_artifacts(run.info.run_id, "profile/top_ops.txt", str(tmp_path))).read()
     assert top.startswith("torch.profiler: 2 training step(s) from step 2") and "Self CPU" in top and "aten::" in top
-    assert '"traceEvents"' in open(client.download_artifacts(run.info.run_id, "profile/trace.json", str(tmp_path))).read()
+    assert (
+        '"traceEvents"' in open(client.download_artifacts(run.info.run_id, "profile/trace.json", str(tmp_path))).read()
+    )
 
 
 def test_profile_of_a_run_shorter_than_asked_logs_what_it_recorded(demo_dir, tmp_path, tracking_uri):
-    spec = make_spec(demo_dir, tmp_path, tracking_uri, name="profile-short",
-                     trainer={"max_steps": 3, "val_every_n_steps": 100, "limit_val_batches": 0})
+    spec = make_spec(
+        demo_dir,
+        tmp_path,
+        tracking_uri,
+        name="profile-short",
+        trainer={"max_steps": 3, "val_every_n_steps": 100, "limit_val_batches": 0},
+    )
     result = train(spec, progress=False, profile_steps=5)
     client = MlflowClient(tracking_uri)
     top = open(client.download_artifacts(result.run_id, "profile/top_ops.txt", str(tmp_path))).read()

@@ -1,5 +1,6 @@
 """Test-only components, registered through the real hooks, so spec/CLI tests don't depend on
 which built-ins exist. Only class attributes matter for spec validation."""
+
 from __future__ import annotations
 
 from typing import Literal

@@ -1,4 +1,5 @@
 """Finding and decoding audio files (soundfile/libsndfile: wav, flac, ogg, mp3)."""
+
 from __future__ import annotations
 
 import io
@@ -59,7 +60,9 @@ def probe(path: Path) -> AudioFile:
     return AudioFile(Path(path), int(info.samplerate), int(info.frames))
 
 
-def read_segment(file: AudioFile, start: int = 0, num_frames: int | None = None, data: bytes | None = None) -> torch.Tensor:
+def read_segment(
+    file: AudioFile, start: int = 0, num_frames: int | None = None, data: bytes | None = None
+) -> torch.Tensor:
     """Decode ``num_frames`` native-rate frames from ``start`` (all if None) as mono float32 ``[S]``.
 
     ``data``: the file's encoded bytes (e.g. read from a shard) instead of reading ``file.path``.

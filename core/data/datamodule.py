@@ -1,4 +1,5 @@
 """The Lightning DataModule built from a spec's ``data`` section."""
+
 from __future__ import annotations
 
 import hashlib
@@ -17,7 +18,6 @@ from mertlab.data.skipped import SkippedFile, SkippedFiles
 from mertlab.errors import DataError
 from mertlab.experiment.spec import DataSpec
 from mertlab.toolkit.seeding import LOADER, derive_seed
-
 
 #: Sample rates outside this range are treated as a damaged header (resampling them is not sensible).
 SAMPLE_RATE_RANGE = (1000, 768_000)
@@ -54,17 +54,23 @@ def file_problem(file: AudioFile, min_seconds: float = 0.0) -> str | None:
     return None
 
 
-def scan_dataset(data: DataSpec, sample_rate: int, min_seconds: float = 0.0, skipped: SkippedFiles | None = None) -> list[AudioFile]:
+def scan_dataset(
+    data: DataSpec, sample_rate: int, min_seconds: float = 0.0, skipped: SkippedFiles | None = None
+) -> list[AudioFile]:
     """Probe every audio file of ``data.path``; errors name the field and what was expected.
 
     Bad files are left out, each recorded (and logged once) in ``skipped`` (see
     :func:`check_audio_files`); only a data set without any usable file is an error.
     """
     if is_shard_path(data.path):
-        raise DataError(f"data.path: {data.path} holds shards (`mertlab data shard`); this needs a folder or manifest of audio files")
+        raise DataError(
+            f"data.path: {data.path} holds shards (`mertlab data shard`); this needs a folder or manifest of audio files"
+        )
     path = Path(data.path)
     if not path.exists():
-        raise DataError(f"data.path: {path} does not exist (set generate_demo: true, or run `mertlab demo-data {path}`)")
+        raise DataError(
+            f"data.path: {path} does not exist (set generate_demo: true, or run `mertlab demo-data {path}`)"
+        )
     files, bad = check_audio_files(list_audio_paths(path, data.extensions), min_seconds)
     skipped = skipped if skipped is not None else SkippedFiles()
     for item in bad:
@@ -156,12 +162,24 @@ class AudioDataModule(L.LightningDataModule):
     def _shard_loader(self, split: str, train: bool, frame_rates: dict[str, float] | None) -> DataLoader:
         from mertlab.data.streaming import ShardDataset, ShardLoader
 
-        dataset = ShardDataset(split_location(self.data.path, split), sample_rate=self.sample_rate,
-                               crop_seconds=self.data.crop_seconds, random_crops=train, seed=self.seed,
-                               min_seconds=self.min_seconds, frame_rates=frame_rates, cache_dir=self.data.shard_cache)
+        dataset = ShardDataset(
+            split_location(self.data.path, split),
+            sample_rate=self.sample_rate,
+            crop_seconds=self.data.crop_seconds,
+            random_crops=train,
+            seed=self.seed,
+            min_seconds=self.min_seconds,
+            frame_rates=frame_rates,
+            cache_dir=self.data.shard_cache,
+        )
         # Workers are not persistent: litdata hands each epoch's assignment to fresh workers.
-        return ShardLoader(dataset, train=train, batch_size=self.data.batch_size, num_workers=self.data.num_workers,
-                           collate_fn=collate_crops)
+        return ShardLoader(
+            dataset,
+            train=train,
+            batch_size=self.data.batch_size,
+            num_workers=self.data.num_workers,
+            collate_fn=collate_crops,
+        )
 
     def shard_frame_rates(self) -> dict[str, float] | None:
         """alias -> frame rate of the targets the shards hold (cut for each crop), or None."""
@@ -173,7 +191,9 @@ class AudioDataModule(L.LightningDataModule):
 
     def _workers(self) -> dict[str, Any]:
         return {
-            "num_workers": self.data.num_workers, "collate_fn": collate_crops, "worker_init_fn": seed_worker,
+            "num_workers": self.data.num_workers,
+            "collate_fn": collate_crops,
+            "worker_init_fn": seed_worker,
             "persistent_workers": self.data.num_workers > 0,
             # the loader's own seed source, so creating it never draws from the global RNG
             "generator": torch.Generator().manual_seed(derive_seed(self.seed, LOADER)),
@@ -191,8 +211,9 @@ class AudioDataModule(L.LightningDataModule):
         files = self.train_files
         rank, world = self.distributed_position()
         global_batch = self.data.batch_size * world
-        sampler = ResumableBatchSampler(len(files), self.data.batch_size, len(files) > global_batch, self.seed,
-                                        num_replicas=world, rank=rank)
+        sampler = ResumableBatchSampler(
+            len(files), self.data.batch_size, len(files) > global_batch, self.seed, num_replicas=world, rank=rank
+        )
         self._train_sampler = sampler
         return ResumableDataLoader(self._dataset(files, train=True), batch_sampler=sampler, **self._workers())
 

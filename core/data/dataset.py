@@ -1,4 +1,5 @@
 """Fixed-length crops of audio files, at the model's sample rate."""
+
 from __future__ import annotations
 
 import math
@@ -54,11 +55,16 @@ class AudioBatch:
     def __len__(self) -> int:
         return self.wav.shape[0]
 
-    def to(self, device: torch.device | str, non_blocking: bool = False) -> "AudioBatch":
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> AudioBatch:
         # start_seconds and frames stay on the CPU: the target sources slice and pad them first.
         return AudioBatch(
-            self.wav.to(device, non_blocking=non_blocking), self.lengths.to(device, non_blocking=non_blocking),
-            self.files, self.start_seconds, self.position, self.skipped, self.frames,
+            self.wav.to(device, non_blocking=non_blocking),
+            self.lengths.to(device, non_blocking=non_blocking),
+            self.files,
+            self.start_seconds,
+            self.position,
+            self.skipped,
+            self.frames,
         )
 
 
@@ -75,7 +81,9 @@ class CropDataset(Dataset):
     decoded or holds non-finite samples gives a :class:`SkippedFile` instead of a crop.
     """
 
-    def __init__(self, files: list[AudioFile], sample_rate: int, crop_seconds: float, random_crops: bool, seed: int = 0) -> None:
+    def __init__(
+        self, files: list[AudioFile], sample_rate: int, crop_seconds: float, random_crops: bool, seed: int = 0
+    ) -> None:
         self.files = files
         self.sample_rate = sample_rate
         self.crop_seconds = crop_seconds
@@ -87,18 +95,24 @@ class CropDataset(Dataset):
     def __len__(self) -> int:
         return len(self.files)
 
-    def __getitem__(self, key: CropKey | int) -> "Crop | SkippedFile | KeyedItem":
+    def __getitem__(self, key: CropKey | int) -> Crop | SkippedFile | KeyedItem:
         if isinstance(key, CropKey):
             return KeyedItem(key, self.crop(key.index, random.Random(key.crop_seed)))
         return self.crop(key, self._rng)
 
-    def crop(self, index: int, rng: random.Random) -> "Crop | SkippedFile":
+    def crop(self, index: int, rng: random.Random) -> Crop | SkippedFile:
         """The crop of file ``index`` (random start from ``rng`` when ``random_crops``)."""
         return crop_file(self.files[index], self.sample_rate, self.crop_seconds, self.random_crops, rng)
 
 
-def crop_file(file: AudioFile, sample_rate: int, crop_seconds: float, random_crops: bool, rng: random.Random | None,
-              data: bytes | None = None) -> "Crop | SkippedFile":
+def crop_file(
+    file: AudioFile,
+    sample_rate: int,
+    crop_seconds: float,
+    random_crops: bool,
+    rng: random.Random | None,
+    data: bytes | None = None,
+) -> Crop | SkippedFile:
     """A crop of ``crop_seconds`` of ``file`` at ``sample_rate``: a random start drawn from ``rng``
     (``random_crops``) or the middle of the file; zero-padded past the file's end. ``data``: the
     file's encoded bytes (a shard's copy) instead of reading ``file.path``. A file that cannot be

@@ -4,6 +4,7 @@ Each clip is a short piece: a chord progression (pad), a melody of notes with va
 (:data:`TIMBRES`: organ, FM bell, plucked string, sawtooth, square, flute, strings, marimba), and percussion (kick, snare, hi-hat), at a
 random tempo and key. Deterministic for a given seed.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -80,8 +81,14 @@ def _marimba(freq, t, sr):  # struck bar: fundamental plus the bar's 4x and 10x 
 
 #: Generated instrument timbres: name -> (waveform, (attack, decay) in seconds) of a note.
 TIMBRES = {
-    "organ": _organ, "bell": _bell, "pluck": _pluck, "saw": _saw,
-    "square": _square, "flute": _flute, "strings": _strings, "marimba": _marimba,
+    "organ": _organ,
+    "bell": _bell,
+    "pluck": _pluck,
+    "saw": _saw,
+    "square": _square,
+    "flute": _flute,
+    "strings": _strings,
+    "marimba": _marimba,
 }
 
 
@@ -140,7 +147,9 @@ def render_piece(seconds: float, rng: np.random.Generator, sr: int = SAMPLE_RATE
     return (0.9 * out / max(np.abs(out).max(), 1e-6)).astype(np.float32)
 
 
-def write_demo_dataset(directory: str | Path, num_clips: int = 40, seconds: float = 6.0, seed: int = 0, progress: bool = True) -> list[Path]:
+def write_demo_dataset(
+    directory: str | Path, num_clips: int = 40, seconds: float = 6.0, seed: int = 0, progress: bool = True
+) -> list[Path]:
     """Write ``num_clips`` generated pieces as 16-bit WAV files into ``directory``.
 
     Existing clips with the same names are kept (the set is deterministic), so re-running is cheap.

@@ -19,12 +19,13 @@ around the labelled content of a real recording; a spectrum's mean alone no long
 label away. Splits are fixed in the CSV (per class 2/3 train, 1/6 valid, 1/6 test for classification; the
 same fractions for tempo). Everything is deterministic for a given seed.
 """
+
 from __future__ import annotations
 
 import csv
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import soundfile as sf
@@ -64,8 +65,8 @@ def _with_background(out: np.ndarray, rng: np.random.Generator, sr: int) -> np.n
     for b, start in enumerate(range(int(rng.integers(0, beat)), len(out), beat)):
         _add(drums, _drum("kick" if b % 2 == 0 else "snare", sr // 3, rng, sr), start, 1.0)
         _add(drums, _drum("hat", sr // 10, rng, sr), start + beat // 2, 0.6)
-    level = float(np.sqrt(np.mean(out ** 2))) + 1e-6
-    drums *= rng.uniform(0.3, 1.0) * level / (float(np.sqrt(np.mean(drums ** 2))) + 1e-6)
+    level = float(np.sqrt(np.mean(out**2))) + 1e-6
+    drums *= rng.uniform(0.3, 1.0) * level / (float(np.sqrt(np.mean(drums**2))) + 1e-6)
     noise = rng.standard_normal(len(out)).astype(np.float32) * level * rng.uniform(0.05, 0.3)
     return out + drums + noise
 
@@ -115,7 +116,11 @@ def key_example(index: int, rng: np.random.Generator, sr: int = SAMPLE_RATE) -> 
             note = root + 24 + scale[int(rng.integers(0, 7))]
             _add(out, _tone(_midi_hz(note), step + sr // 8, lead, rng, sr), position, 0.2)
         position += step
-    return Example(_normalise(_with_background(out, rng, sr), rng), key, {"tonic": PITCH_CLASS_NAMES[tonic_pc], "mode": key.split()[1]})
+    return Example(
+        _normalise(_with_background(out, rng, sr), rng),
+        key,
+        {"tonic": PITCH_CLASS_NAMES[tonic_pc], "mode": key.split()[1]},
+    )
 
 
 def tempo_example(index: int, rng: np.random.Generator, sr: int = SAMPLE_RATE) -> Example:
@@ -210,7 +215,9 @@ def demo_tasks_dir(data_path: str | Path) -> Path:
     return data_path.with_name(data_path.name + "-tasks")
 
 
-def write_demo_tasks(directory: str | Path, names: list[str] | None = None, seed: int = 0, progress: bool = True) -> dict[str, Path]:
+def write_demo_tasks(
+    directory: str | Path, names: list[str] | None = None, seed: int = 0, progress: bool = True
+) -> dict[str, Path]:
     """Write the demo probe tasks (all of :data:`DEMO_TASKS` or ``names``); returns name -> CSV."""
     unknown = sorted(set(names or []) - set(DEMO_TASKS))
     if unknown:

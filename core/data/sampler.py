@@ -16,6 +16,7 @@ then the batch one process with the global batch size draws (the same files, the
 and every rank is at the same batch of the same epoch, so the saved position is the same on
 all ranks and resumes on any number of them that keeps the global batch size.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterator
@@ -42,7 +43,9 @@ class ResumableBatchSampler(Sampler[list[CropKey]]):
     """Shuffled batches of :class:`CropKey`, resumable at any batch of any epoch; rank ``rank``
     of ``num_replicas`` reads its interleaved share of each global batch (see the module doc)."""
 
-    def __init__(self, size: int, batch_size: int, drop_last: bool, seed: int, num_replicas: int = 1, rank: int = 0) -> None:
+    def __init__(
+        self, size: int, batch_size: int, drop_last: bool, seed: int, num_replicas: int = 1, rank: int = 0
+    ) -> None:
         if not 0 <= rank < num_replicas:
             raise ValueError(f"rank {rank} is not in [0, {num_replicas})")
         self.size = size

@@ -20,6 +20,7 @@ SPEC``, ``targets``: each teacher alias's ``[frames, channels]`` targets of the 
 A write goes to a hidden temporary folder beside DST that is renamed to DST once complete, so an
 interrupted write never leaves a DST that looks complete.
 """
+
 from __future__ import annotations
 
 import io
@@ -95,12 +96,18 @@ def read_meta(path: str | Path) -> dict[str, Any]:
             text = (Path(path) / META).read_text()
         meta = json.loads(text)
     except FileNotFoundError:
-        raise DataError(f"data.path: {path} holds litdata shards without {META}; write them with `mertlab data shard SRC DST`") from None
+        raise DataError(
+            f"data.path: {path} holds litdata shards without {META}; write them with `mertlab data shard SRC DST`"
+        ) from None
     except Exception as exc:  # noqa: BLE001 - network, permissions, JSON: one line naming the file
-        raise DataError(f"data.path: cannot read {where} ({type(exc).__name__}: {' '.join(str(exc).split())[:200]})") from None
+        raise DataError(
+            f"data.path: cannot read {where} ({type(exc).__name__}: {' '.join(str(exc).split())[:200]})"
+        ) from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         found = meta.get("format") if isinstance(meta, dict) else None
-        raise DataError(f"data.path: {where} has format {found!r}, expected {FORMAT!r}; rewrite the shards with `mertlab data shard`")
+        raise DataError(
+            f"data.path: {where} has format {found!r}, expected {FORMAT!r}; rewrite the shards with `mertlab data shard`"
+        )
     return meta
 
 
@@ -133,7 +140,8 @@ def check_destination(dst: str | Path) -> Path:
     if is_url(dst) or "://" in str(dst):
         raise DataError(
             f"data shard: DST {dst} must be a local folder; copy the finished folder to the object store afterwards "
-            "(e.g. `aws s3 sync DST s3://bucket/shards`) and point data.path at that URL")
+            "(e.g. `aws s3 sync DST s3://bucket/shards`) and point data.path at that URL"
+        )
     path = Path(dst)
     if path.exists() and (not path.is_dir() or any(path.iterdir())):
         raise DataError(f"data shard: DST {path} already exists and is not empty; choose a new folder or delete it")
@@ -211,8 +219,11 @@ def write_shards(
             for n, file in enumerate(members):
                 blob, rate, frames = encode_audio(file, sample_rate)
                 item: dict[str, Any] = {
-                    "id": ids[file.path], "name": _relative(file.path, root), "sample_rate": rate,
-                    "num_frames": frames, "audio": blob,
+                    "id": ids[file.path],
+                    "name": _relative(file.path, root),
+                    "sample_rate": rate,
+                    "num_frames": frames,
+                    "audio": blob,
                 }
                 if targets is not None:
                     item["targets"] = targets.compute(file)
@@ -267,4 +278,3 @@ def shard_teachers(meta: Mapping[str, Any]) -> dict[str, ShardTeacher]:
         alias: ShardTeacher(alias, d["teacher"], d["fingerprint"], d["target_info"])
         for alias, d in (meta.get("teachers") or {}).items()
     }
-

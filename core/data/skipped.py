@@ -5,6 +5,7 @@ and again whenever a crop is decoded (decoding errors, non-finite samples), in D
 workers too: a bad item travels to the main process inside its batch (``AudioBatch.skipped``)
 and is recorded here.
 """
+
 from __future__ import annotations
 
 import logging

@@ -18,6 +18,7 @@ litdata's state at that position. Lightning saves it in checkpoints and restores
 the items (and crops) the uninterrupted run reads next, none repeated or skipped, as long as
 the number of ranks, workers and the batch size are unchanged.
 """
+
 from __future__ import annotations
 
 import copy
@@ -46,11 +47,27 @@ class ShardDataset(StreamingDataset):
     index). ``frame_rates``: alias -> teacher frame rate of the targets to cut for each crop (the
     items must hold them); ``min_seconds``: shorter files are skipped (as the file dataset does)."""
 
-    def __init__(self, location: str, *, sample_rate: int, crop_seconds: float, random_crops: bool, seed: int = 0,
-                 min_seconds: float = 0.0, frame_rates: Mapping[str, float] | None = None, shuffle: bool | None = None,
-                 drop_last: bool | None = None, cache_dir: str | None = None) -> None:
-        super().__init__(location, cache_dir=cache_dir, shuffle=random_crops if shuffle is None else shuffle,
-                         drop_last=drop_last, seed=seed)
+    def __init__(
+        self,
+        location: str,
+        *,
+        sample_rate: int,
+        crop_seconds: float,
+        random_crops: bool,
+        seed: int = 0,
+        min_seconds: float = 0.0,
+        frame_rates: Mapping[str, float] | None = None,
+        shuffle: bool | None = None,
+        drop_last: bool | None = None,
+        cache_dir: str | None = None,
+    ) -> None:
+        super().__init__(
+            location,
+            cache_dir=cache_dir,
+            shuffle=random_crops if shuffle is None else shuffle,
+            drop_last=drop_last,
+            seed=seed,
+        )
         self.sample_rate = sample_rate
         self.crop_seconds = crop_seconds
         self.random_crops = random_crops
@@ -68,9 +85,16 @@ class ShardDataset(StreamingDataset):
         """The crop of one shard item, with its targets' frames when ``frame_rates`` is set."""
         file = AudioFile(Path(item["name"]), int(item["sample_rate"]), int(item["num_frames"]))
         if file.seconds < self.min_seconds:
-            return SkippedFile(file.path, f"too short ({file.num_frames} samples = {file.seconds:.3g} s; "
-                                          f"at least {self.min_seconds:.3g} s needed)")
-        rng = random.Random(derive_seed(self.crop_seed, CROP, self.current_epoch, int(item["id"]))) if self.random_crops else None
+            return SkippedFile(
+                file.path,
+                f"too short ({file.num_frames} samples = {file.seconds:.3g} s; "
+                f"at least {self.min_seconds:.3g} s needed)",
+            )
+        rng = (
+            random.Random(derive_seed(self.crop_seed, CROP, self.current_epoch, int(item["id"])))
+            if self.random_crops
+            else None
+        )
         crop = crop_file(file, self.sample_rate, self.crop_seconds, self.random_crops, rng, data=bytes(item["audio"]))
         if isinstance(crop, SkippedFile) or not self.frame_rates:
             return crop
@@ -78,7 +102,7 @@ class ShardDataset(StreamingDataset):
         for alias, rate in self.frame_rates.items():
             first, count, _ = frame_window(crop.start_seconds, crop.length / self.sample_rate, rate)
             values = np.asarray(item["targets"][alias])
-            frames[alias] = torch.from_numpy(np.ascontiguousarray(values[first: first + count]))
+            frames[alias] = torch.from_numpy(np.ascontiguousarray(values[first : first + count]))
         return Crop(crop.wav, crop.length, crop.file, crop.start_seconds, frames)
 
 
@@ -106,7 +130,11 @@ class ShardLoader(StreamingDataLoader):
         for batch in super().__iter__():
             if self.train:
                 position = (self.current_epoch, self._num_samples_yielded_streaming // self.batch_size - 1)
-                self._handed_out[position] = (self.current_epoch, self._num_samples_yielded_streaming, self._latest_worker_idx)
+                self._handed_out[position] = (
+                    self.current_epoch,
+                    self._num_samples_yielded_streaming,
+                    self._latest_worker_idx,
+                )
                 batch.position = position
             yield batch
 
@@ -123,13 +151,23 @@ class ShardLoader(StreamingDataLoader):
             return {}
         if self._consumed is None:  # nothing consumed since the start (or since the restore)
             return copy.deepcopy(self._restored) if self._restored is not None else {}
-        saved = (self.current_epoch, self._num_samples_yielded_streaming, self._latest_worker_idx, self.dataset.current_epoch)
+        saved = (
+            self.current_epoch,
+            self._num_samples_yielded_streaming,
+            self._latest_worker_idx,
+            self.dataset.current_epoch,
+        )
         self.current_epoch, self._num_samples_yielded_streaming, self._latest_worker_idx = self._consumed
         self.dataset.current_epoch = self.current_epoch
         try:
             return copy.deepcopy(super().state_dict())
         finally:
-            self.current_epoch, self._num_samples_yielded_streaming, self._latest_worker_idx, self.dataset.current_epoch = saved
+            (
+                self.current_epoch,
+                self._num_samples_yielded_streaming,
+                self._latest_worker_idx,
+                self.dataset.current_epoch,
+            ) = saved
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if not state:

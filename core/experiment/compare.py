@@ -9,6 +9,7 @@ loss curves per objective (validation dashed), overlaid ``grad_norm/total`` curv
 of the final values per variant. With a parent run the files are logged as its artifacts
 under ``compare/``, where the MLflow UI shows them on the parent's page.
 """
+
 from __future__ import annotations
 
 import csv
@@ -19,8 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mertlab.experiment import metric_names as M
 from mertlab.errors import MertlabError
+from mertlab.experiment import metric_names as M
 from mertlab.experiment.plotting import colors, figure
 from mertlab.experiment.run_summary import Point, fetch_histories, needed_metrics, reduce_values, summarize
 from mertlab.experiment.sweep import INDEX_TAG, OVERRIDE_PARAM_PREFIX, VARIANT_TAG, children_of, sweep_parents
@@ -29,15 +30,23 @@ from mertlab.experiment.sweep import INDEX_TAG, OVERRIDE_PARAM_PREFIX, VARIANT_T
 #: best probe (``probe/<task>/<metric>``), the best single layer, the weighted sum, random init
 #: and the baselines -- not every layer's score (those go to the per-layer figure).
 PROBE_METRICS = (
-    "probe/*/*", "probe/*/best_layer/*", "probe/*/weighted/*", "probe/*/random_init/*", "probe/*/baseline_*/*",
-    "probe/*/majority/*", "probe/*/chance/*",
+    "probe/*/*",
+    "probe/*/best_layer/*",
+    "probe/*/weighted/*",
+    "probe/*/random_init/*",
+    "probe/*/baseline_*/*",
+    "probe/*/majority/*",
+    "probe/*/chance/*",
 )
 DEFAULT_METRICS = (*PROBE_METRICS, "loss/*", "val/loss/*")
 #: Row order of a task's probe metrics: the scores first, then what they must beat.
 _PROBE_ORDER = ("", "best_layer", "weighted", "random_init", "baseline_", "majority", "chance")
 #: Stability columns (``summary/*`` names, as training logs them at the end of a run).
 STABILITY_COLUMNS = (
-    M.SUMMARY_MAX_GRAD_NORM, M.SUMMARY_LOSS_SPIKES, M.SUMMARY_NONFINITE_STEPS, M.SUMMARY_SKIPPED_STEPS,
+    M.SUMMARY_MAX_GRAD_NORM,
+    M.SUMMARY_LOSS_SPIKES,
+    M.SUMMARY_NONFINITE_STEPS,
+    M.SUMMARY_SKIPPED_STEPS,
     M.SUMMARY_MAX_ATTN_LOGIT,
 )
 ARTIFACT_DIR = "compare"
@@ -163,7 +172,9 @@ def _select(keys: list[str], patterns: tuple[str, ...] | list[str]) -> list[str]
     return [k for k in keys if any(c.match(k) for c in compiled)]
 
 
-def load_comparison(target: str, tracking_uri: str | None = None, metrics: tuple[str, ...] | list[str] = ()) -> Comparison:
+def load_comparison(
+    target: str, tracking_uri: str | None = None, metrics: tuple[str, ...] | list[str] = ()
+) -> Comparison:
     """Read every compared run back from MLflow (``metrics``: name patterns, default
     :data:`DEFAULT_METRICS`)."""
     from mertlab.experiment.tracking import default_tracking_uri
@@ -184,19 +195,27 @@ def load_comparison(target: str, tracking_uri: str | None = None, metrics: tuple
             value = reduce_values(histories[k], "min" if best_is_lowest(k) else "max")
             if value is not None:
                 best[k] = value
-        rows.append(RunRow(
-            run_id=run.info.run_id,
-            variant=_variant(run),
-            status=run.info.status,
-            overrides={k[len(OVERRIDE_PARAM_PREFIX):]: v for k, v in run.data.params.items() if k.startswith(OVERRIDE_PARAM_PREFIX)},
-            final={k: run.data.metrics[k] for k in selected},
-            best=best,
-            summary=summarize(histories),
-            histories=histories,
-            probes={k: v for k, v in run.data.metrics.items() if k.startswith("probe/")},
-        ))
+        rows.append(
+            RunRow(
+                run_id=run.info.run_id,
+                variant=_variant(run),
+                status=run.info.status,
+                overrides={
+                    k[len(OVERRIDE_PARAM_PREFIX) :]: v
+                    for k, v in run.data.params.items()
+                    if k.startswith(OVERRIDE_PARAM_PREFIX)
+                },
+                final={k: run.data.metrics[k] for k in selected},
+                best=best,
+                summary=summarize(histories),
+                histories=histories,
+                probes={k: v for k, v in run.data.metrics.items() if k.startswith("probe/")},
+            )
+        )
         tabulated += [k for k in selected if k not in tabulated]
-    return Comparison(title, tracking_uri, parent.info.run_id if parent else None, rows, sorted(tabulated, key=metric_order), note)
+    return Comparison(
+        title, tracking_uri, parent.info.run_id if parent else None, rows, sorted(tabulated, key=metric_order), note
+    )
 
 
 # --------------------------------------------------------------------------- rendering
@@ -267,8 +286,14 @@ def _curves(comparison: Comparison, metric: str, out_dir: Path, log_y: bool = Fa
             points = [p for p in row.histories.get(key, []) if math.isfinite(p.value)]
             if points:
                 label = row.variant if key == metric else f"{row.variant} (val)"
-                ax.plot([p.step for p in points], [p.value for p in points], style, color=color, label=label,
-                        marker="o" if len(points) < 3 else None)
+                ax.plot(
+                    [p.step for p in points],
+                    [p.value for p in points],
+                    style,
+                    color=color,
+                    label=label,
+                    marker="o" if len(points) < 3 else None,
+                )
                 drawn = True
     if not drawn:
         return None
@@ -304,7 +329,7 @@ def _bars(comparison: Comparison, out_dir: Path) -> Path | None:
         ax.set_title(metric if metric in STABILITY_COLUMNS else f"{metric} (final)", fontsize="medium")
         ax.set_xticks(range(n), names, rotation=30 if n > 2 else 0, ha="right" if n > 2 else "center", fontsize="small")
         ax.grid(axis="y", alpha=0.3)
-    for ax in axes[len(metrics):]:
+    for ax in axes[len(metrics) :]:
         ax.set_visible(False)
     path = out_dir / "final_metrics.png"
     fig.savefig(path, dpi=100)
@@ -332,12 +357,15 @@ def _probe_layers(comparison: Comparison, out_dir: Path) -> list[Path]:
         for (task, metric), child in per_task.items():
             child.weighted = row.probes.get(f"probe/{task}/weighted/{metric}")
             child.baselines = {  # model-independent: the same for every child
-                parts[2]: value for parts, value in ((k.split("/"), v) for k, v in sorted(row.probes.items()))
+                parts[2]: value
+                for parts, value in ((k.split("/"), v) for k, v in sorted(row.probes.items()))
                 if len(parts) == 4 and parts[1] == task and parts[3] == metric and parts[2].startswith(_BASELINES)
             }
             found.setdefault((task, metric), []).append(child)
-    return [sweep_layer_plot(task, metric, children, out_dir / _file_name(f"probe_{task}_{metric}_layers"))
-            for (task, metric), children in sorted(found.items())]
+    return [
+        sweep_layer_plot(task, metric, children, out_dir / _file_name(f"probe_{task}_{metric}_layers"))
+        for (task, metric), children in sorted(found.items())
+    ]
 
 
 def plot(comparison: Comparison, out_dir: Path) -> list[Path]:
@@ -371,7 +399,9 @@ def compare(
     return write_comparison(load_comparison(target, tracking_uri, metrics), out_dir, log_artifacts)
 
 
-def write_comparison(comparison: Comparison, out_dir: str | Path | None = None, log_artifacts: bool = True) -> CompareResult:
+def write_comparison(
+    comparison: Comparison, out_dir: str | Path | None = None, log_artifacts: bool = True
+) -> CompareResult:
     """Write ``comparison.csv``/``comparison.md`` and the plots to ``out_dir`` (a temporary
     folder when None), and log them to the parent run when there is one."""
     with tempfile.TemporaryDirectory() as tmp:

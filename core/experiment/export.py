@@ -7,14 +7,15 @@ module adds the model card (``README.md``): the resolved spec and the probe scor
 checkpoint or a backbone file) is read weights-only (:mod:`mertlab.toolkit.safe_load`): exporting a
 file from elsewhere never runs code hidden in it.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
+from mertlab.errors import MertlabError
 from mertlab.toolkit.atomic import atomic_write
 from mertlab.toolkit.checkpoint import check_not_sharded, hf_directory, load_backbone
-from mertlab.errors import MertlabError
 from mertlab.toolkit.safe_load import is_safetensors, load_torch_file
 
 FORMATS = ("hf",)
@@ -52,14 +53,22 @@ def training_details(checkpoint: Path) -> tuple[dict[str, Any] | None, str | Non
 def model_card(spec_yaml: str | None, scores: dict[str, float], run_id: str | None) -> str:
     """README.md of the exported directory: what it is, how to load it, the spec, the scores."""
     lines = [
-        "---", "library_name: transformers", "tags: [audio, music, self-supervised, mert, hubert]", "---", "",
-        "# mertlab pre-trained music-audio backbone", "",
+        "---",
+        "library_name: transformers",
+        "tags: [audio, music, self-supervised, mert, hubert]",
+        "---",
+        "",
+        "# mertlab pre-trained music-audio backbone",
+        "",
         "A `HubertModel`-compatible encoder pre-trained with mertlab in the style of "
-        "MERT (Li et al., 2023, https://arxiv.org/abs/2306.00107).", "",
-        "```python", "from transformers import HubertModel",
-        "model = HubertModel.from_pretrained(\"path/to/this/folder\")",
+        "MERT (Li et al., 2023, https://arxiv.org/abs/2306.00107).",
+        "",
+        "```python",
+        "from transformers import HubertModel",
+        'model = HubertModel.from_pretrained("path/to/this/folder")',
         "hidden = model(wav, output_hidden_states=True).hidden_states  # wav: [batch, samples] at config.sample_rate",
-        "```", "",
+        "```",
+        "",
     ]
     if run_id:
         lines += [f"MLflow run: `{run_id}`.", ""]

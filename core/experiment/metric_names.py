@@ -4,6 +4,7 @@ Objective metrics: an objective returns keys like ``"acc/cb0"``; they are logged
 ``"acc/<objective alias>/cb0"`` (see :func:`objective_metric`). Validation metrics carry the
 ``val/`` prefix.
 """
+
 from __future__ import annotations
 
 LOSS_TOTAL = "loss/total"

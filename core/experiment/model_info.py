@@ -3,6 +3,7 @@
 The backbone is built on the ``meta`` device (shapes only, no memory, no init cost), so even
 MERT-330M-sized models are described instantly.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

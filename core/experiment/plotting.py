@@ -1,4 +1,5 @@
 """Matplotlib helpers shared by the comparison and probe plots (no pyplot: no global state)."""
+
 from __future__ import annotations
 
 from typing import Any

@@ -7,6 +7,7 @@ Values cover the *logged* steps (every ``trainer.log_every_n_steps``; the stabil
 ``every_n_steps`` for attention logits). Counters (spikes, non-finite and skipped steps) are
 running totals, so their last logged value is the count.
 """
+
 from __future__ import annotations
 
 import math

@@ -5,6 +5,7 @@ Each array task runs its child's ``mertlab train ... --parent-run-id ... --varia
 Lightning's SLURM environment turns into one DDP/FSDP process per device. Requeueing a task is
 safe: a child skips itself when finished and resumes from its ``last.ckpt`` otherwise.
 """
+
 from __future__ import annotations
 
 import shlex

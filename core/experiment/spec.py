@@ -5,6 +5,7 @@ Loading goes: read YAML -> merge ``base:`` files (deep merge; ``null`` deletes a
 validate each component's ``params`` against its plugin's ``Params`` -> cross-reference checks.
 Every problem becomes a ``path.to.field: message`` line of one :class:`SpecError`.
 """
+
 from __future__ import annotations
 
 import copy
@@ -16,7 +17,6 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from mertlab.errors import MertlabError, SpecError
-
 
 #: What a spec ``name`` may be: it names a folder (``<output_dir>/<name>``) and an experiment.
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
@@ -72,14 +72,16 @@ class DataSpec(StrictModel):
         "`mertlab data shard` (their folder, or the object-store URL they were copied to, e.g. s3://bucket/shards).",
     )
     shard_cache: str | None = Field(
-        None, description="Local folder where chunks of shards streamed from an object store are cached "
+        None,
+        description="Local folder where chunks of shards streamed from an object store are cached "
         "(default: litdata's, $LITDATA_CACHE_DIR or ~/.lightning/chunks).",
     )
     generate_demo: bool = Field(False, description="If `path` has no audio, write the generated demo set there first.")
     crop_seconds: float = Field(5.0, gt=0, description="Random crop length in seconds (MERT: 5 s).")
     batch_size: int = Field(8, ge=1, description="Clips per device and micro-batch.")
     global_batch_size: int | None = Field(
-        None, ge=1,
+        None,
+        ge=1,
         description="Optional check: must equal batch_size x trainer.devices x trainer.num_nodes x "
         "trainer.accumulate_grad_batches (the clips per optimizer step), e.g. to keep a recipe's batch when "
         "moving it to another cluster.",
@@ -87,7 +89,10 @@ class DataSpec(StrictModel):
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes.")
     val_fraction: float = Field(0.1, ge=0, lt=1, description="Fraction of files held out for validation.")
     extensions: list[str] = Field(default_factory=lambda: [".wav", ".flac", ".ogg", ".mp3"])
-    target_cache: str | None = Field(None, description="Directory of precomputed targets (`mertlab targets build`); null computes targets on the fly.")
+    target_cache: str | None = Field(
+        None,
+        description="Directory of precomputed targets (`mertlab targets build`); null computes targets on the fly.",
+    )
     build_target_cache: bool = Field(
         True,
         description="With target_cache set, `mertlab train` first computes the targets of files not cached yet "
@@ -103,7 +108,9 @@ class AugmentationSpec(ComponentSpec):
     ``augment: {mixup: {name: mixup, params: {probability: 0.5}}}``.
     """
 
-    name: str | None = Field(None, description="Registered augmentation name (see `mertlab plugins`); default: the alias.")
+    name: str | None = Field(
+        None, description="Registered augmentation name (see `mertlab plugins`); default: the alias."
+    )
 
 
 def _augmentation_entry(entry: Any) -> Any:
@@ -135,25 +142,33 @@ class OptimSpec(StrictModel):
 
 class TrainerSpec(StrictModel):
     max_steps: int = Field(1000, ge=1)
-    precision: Literal["32", "bf16-mixed", "16-mixed"] = Field("32", description="Lightning precision: 32 (fp32), bf16-mixed or 16-mixed (fp16 autocast + loss scaling).")
+    precision: Literal["32", "bf16-mixed", "16-mixed"] = Field(
+        "32", description="Lightning precision: 32 (fp32), bf16-mixed or 16-mixed (fp16 autocast + loss scaling)."
+    )
     accumulate_grad_batches: int = Field(1, ge=1)
     val_every_n_steps: int = Field(200, ge=1)
     limit_val_batches: int = Field(4, ge=0)
     log_every_n_steps: int = Field(10, ge=1)
     output_dir: str = Field("runs", description="Checkpoints go to <output_dir>/<name>/.")
-    accelerator: str = Field("auto", description="Lightning accelerator: auto, cpu, cuda (gpu), mps, tpu, or one a plugin registers.")
+    accelerator: str = Field(
+        "auto", description="Lightning accelerator: auto, cpu, cuda (gpu), mps, tpu, or one a plugin registers."
+    )
     devices: int = Field(1, ge=1, description="Devices (processes) per node.")
-    num_nodes: int = Field(1, ge=1, description="Machines; the launcher (SLURM srun, torchrun) starts devices x num_nodes processes.")
+    num_nodes: int = Field(
+        1, ge=1, description="Machines; the launcher (SLURM srun, torchrun) starts devices x num_nodes processes."
+    )
     strategy: Literal["auto", "ddp", "fsdp"] = Field(
         "auto",
         description="auto (one device: none; several: ddp), ddp (replicated model, gradient all-reduce), or fsdp "
         "(parameters, gradients and optimizer state sharded per backbone layer; sharded checkpoints).",
     )
     activation_checkpointing: bool = Field(
-        False, description="With strategy fsdp: recompute each backbone layer in backward instead of storing its activations."
+        False,
+        description="With strategy fsdp: recompute each backbone layer in backward instead of storing its activations.",
     )
     max_consecutive_nonfinite: int = Field(
-        50, ge=0,
+        50,
+        ge=0,
         description="Stop the run (checkpoint saved, run FAILED, one clear error) after this many consecutive "
         "non-finite steps; 0 never stops.",
     )
@@ -178,12 +193,15 @@ class TrainerSpec(StrictModel):
 
 
 class TrackingSpec(StrictModel):
-    tracking_uri: str | None = Field(None, description="MLflow tracking URI; null uses $MLFLOW_TRACKING_URI or sqlite:///mlflow.db.")
+    tracking_uri: str | None = Field(
+        None, description="MLflow tracking URI; null uses $MLFLOW_TRACKING_URI or sqlite:///mlflow.db."
+    )
     experiment: str | None = Field(None, description="MLflow experiment; null uses the spec name.")
     run_name: str | None = None
     tags: dict[str, str] = Field(default_factory=dict)
     connect_timeout: float = Field(
-        30.0, gt=0,
+        30.0,
+        gt=0,
         description="Seconds to wait for the tracking store at start (then one clear error, before any work); "
         "mid-run outages never stop training (metrics are buffered and retried).",
     )
@@ -197,9 +215,15 @@ class ProbeSpec(StrictModel):
         min_length=1,
         description="Task CSVs, task YAMLs or class-folder directories (as `mertlab probe` takes them), relative to the working directory like data.path.",
     )
-    layers: str | list[int] = Field("all", description="Layers probed one by one: all, last, '6,12' or a list (0 = encoder input).")
-    window_seconds: float = Field(5.0, gt=0, description="Long audio is cut into windows of this length (MERT crops: 5 s).")
-    baselines: list[str] = Field(default_factory=list, description="Handcrafted baselines probed alongside: mfcc, chroma, cqt.")
+    layers: str | list[int] = Field(
+        "all", description="Layers probed one by one: all, last, '6,12' or a list (0 = encoder input)."
+    )
+    window_seconds: float = Field(
+        5.0, gt=0, description="Long audio is cut into windows of this length (MERT crops: 5 s)."
+    )
+    baselines: list[str] = Field(
+        default_factory=list, description="Handcrafted baselines probed alongside: mfcc, chroma, cqt."
+    )
     random_init: bool = Field(False, description="Also probe an untrained backbone of the same architecture.")
     weighted: bool = Field(True, description="Also fit the probe on a learnable weighted sum of all layers.")
     max_epochs: int = Field(200, gt=0, description="Epoch limit of each probe (MARBLE early stopping).")
@@ -208,7 +232,8 @@ class ProbeSpec(StrictModel):
     batch_size: int = Field(8, ge=1, description="Windows per forward pass during feature extraction.")
     device: str = Field("auto", description="auto (cuda if available), cpu, cuda, cuda:1...")
     cache_dir: str | None = Field(
-        ".mertlab-cache/features", description="Feature cache folder (relative to the working directory); null disables the cache."
+        ".mertlab-cache/features",
+        description="Feature cache folder (relative to the working directory); null disables the cache.",
     )
 
     @field_validator("layers")
@@ -218,7 +243,9 @@ class ProbeSpec(StrictModel):
             try:
                 [int(part) for part in layers.split(",") if part.strip()]
             except ValueError:
-                raise ValueError(f"expected all, last, comma-separated layer numbers or a list, got {layers!r}") from None
+                raise ValueError(
+                    f"expected all, last, comma-separated layer numbers or a list, got {layers!r}"
+                ) from None
         return layers
 
     @field_validator("baselines")
@@ -244,7 +271,9 @@ def _check_sweep_key(key: str) -> None:
         raise ValueError(f"'{key}' is not a dotted spec key (e.g. optim.lr)")
     for fixed in SWEEP_FIXED_KEYS:
         if key == fixed or key.startswith(fixed + ".") or fixed.startswith(key + "."):
-            raise ValueError(f"a sweep cannot vary '{key}': every child shares the parent's name, tracking store and experiment")
+            raise ValueError(
+                f"a sweep cannot vary '{key}': every child shares the parent's name, tracking store and experiment"
+            )
 
 
 class SweepSpec(StrictModel):
@@ -287,7 +316,7 @@ class SweepSpec(StrictModel):
         return variants
 
     @model_validator(mode="after")
-    def _not_empty_no_overlap(self) -> "SweepSpec":
+    def _not_empty_no_overlap(self) -> SweepSpec:
         if not self.grid and not self.variants:
             raise ValueError("a sweep needs `grid` and/or `variants`")
         for name, overrides in self.variants.items():
@@ -306,7 +335,9 @@ class ExperimentSpec(StrictModel):
     )
     description: str = ""
     seed: int = Field(0, ge=0, le=MAX_SEED, description="Seed of everything random (numpy's range: 0 .. 2**32-1).")
-    requires_plugins: list[str] = Field(default_factory=list, description="Plugin or distribution names that must be installed.")
+    requires_plugins: list[str] = Field(
+        default_factory=list, description="Plugin or distribution names that must be installed."
+    )
     data: DataSpec = Field(default_factory=DataSpec)
     backbone: ComponentSpec
     teachers: dict[str, ComponentSpec] = Field(min_length=1)
@@ -454,7 +485,9 @@ def apply_overrides(data: dict[str, Any], overrides: list[str] | tuple[str, ...]
                 child = node[part] = {}
             if not isinstance(child, dict):
                 where = ".".join(parts[: i + 1])
-                raise SpecError([(key, f"cannot override inside {where}, which is a {type(child).__name__}, not a mapping")])
+                raise SpecError(
+                    [(key, f"cannot override inside {where}, which is a {type(child).__name__}, not a mapping")]
+                )
             node = child
         if value is None:
             node.pop(parts[-1], None)
@@ -503,17 +536,24 @@ def resolve_spec(data: dict[str, Any], source: str | None = None, registry: Any 
         entry = check("objective", f"objectives.{alias}", objective)
         if objective.teacher not in spec.teachers:
             known = ", ".join(sorted(spec.teachers)) or "(none)"
-            problems.append((f"objectives.{alias}.teacher", f"no teacher alias '{objective.teacher}' in `teachers` (defined: {known})"))
+            problems.append(
+                (
+                    f"objectives.{alias}.teacher",
+                    f"no teacher alias '{objective.teacher}' in `teachers` (defined: {known})",
+                )
+            )
             continue
         teacher = teacher_entries.get(objective.teacher)
         if entry is not None and teacher is not None:
             kind = _target_kind(teacher, spec.teachers[objective.teacher].params)
             if kind not in entry.attribute("accepts", ()):
-                problems.append((
-                    f"objectives.{alias}.teacher",
-                    f"objective '{objective.name}' needs {' or '.join(entry.attribute('accepts', ()))} targets, "
-                    f"but teacher '{objective.teacher}' ({teacher.name}) gives {kind} targets",
-                ))
+                problems.append(
+                    (
+                        f"objectives.{alias}.teacher",
+                        f"objective '{objective.name}' needs {' or '.join(entry.attribute('accepts', ()))} targets, "
+                        f"but teacher '{objective.teacher}' ({teacher.name}) gives {kind} targets",
+                    )
+                )
     problems += _global_batch_problems(spec)
     if problems:
         raise SpecError(problems, source=source)
@@ -530,11 +570,16 @@ def _global_batch_problems(spec: ExperimentSpec) -> list[tuple[str, str]]:
     wanted, t = spec.data.global_batch_size, spec.trainer
     if wanted is None or wanted == global_batch_size(spec):
         return []
-    return [("data.global_batch_size", (
-        f"{wanted} clips per step expected, but data.batch_size {spec.data.batch_size} x trainer.devices {t.devices} "
-        f"x trainer.num_nodes {t.num_nodes} x trainer.accumulate_grad_batches {t.accumulate_grad_batches} = "
-        f"{global_batch_size(spec)}; change one of them"
-    ))]
+    return [
+        (
+            "data.global_batch_size",
+            (
+                f"{wanted} clips per step expected, but data.batch_size {spec.data.batch_size} x trainer.devices {t.devices} "
+                f"x trainer.num_nodes {t.num_nodes} x trainer.accumulate_grad_batches {t.accumulate_grad_batches} = "
+                f"{global_batch_size(spec)}; change one of them"
+            ),
+        )
+    ]
 
 
 def _target_kind(entry: Any, params: dict[str, Any]) -> str:

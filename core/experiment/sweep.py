@@ -17,6 +17,7 @@ points, the given name for named variants, ``<variant>,<grid point>`` when both 
   over when it has none), and a finished child whose spec has since changed is an error
   rather than a silently stale result.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -24,9 +25,10 @@ import itertools
 import json
 import logging
 import shlex
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import yaml
 
@@ -89,10 +91,14 @@ def expand(sweep: SweepSpec) -> list[Variant]:
     with the grid points (grid keys in file order, the last varying fastest)."""
     keys = list(sweep.grid)
     short = short_keys(keys)
-    points = [
-        (",".join(f"{short[k]}={format_value(v)}" for k, v in zip(keys, values)), tuple(zip(keys, values)))
-        for values in itertools.product(*(sweep.grid[k] for k in keys))
-    ] if keys else [("", ())]
+    points = (
+        [
+            (",".join(f"{short[k]}={format_value(v)}" for k, v in zip(keys, values)), tuple(zip(keys, values)))
+            for values in itertools.product(*(sweep.grid[k] for k in keys))
+        ]
+        if keys
+        else [("", ())]
+    )
     named = list(sweep.variants.items()) or [("", {})]
     variants = []
     for (vname, overrides), (gname, gpoint) in itertools.product(named, points):
@@ -102,7 +108,9 @@ def expand(sweep: SweepSpec) -> list[Variant]:
 
 
 # --------------------------------------------------------------------------- planning
-def load_child_spec(spec_path: str | Path, overrides: list[str] | tuple[str, ...], registry: Any = None) -> ExperimentSpec:
+def load_child_spec(
+    spec_path: str | Path, overrides: list[str] | tuple[str, ...], registry: Any = None
+) -> ExperimentSpec:
     """The spec of one child: the YAML, then ``overrides``, without the ``sweep`` block."""
     return load_spec(spec_path, [*overrides, "sweep=null"], registry=registry)
 
@@ -145,7 +153,9 @@ def plan_sweep(spec_path: str | Path, overrides: list[str] | tuple[str, ...] = (
     """Load the spec and validate every variant; all problems of all variants in one error."""
     base = load_spec(spec_path, overrides, registry=registry)
     if base.sweep is None:
-        raise SpecError([("sweep", "this spec has no `sweep:` block (add `grid:` and/or `variants:`)")], source=str(spec_path))
+        raise SpecError(
+            [("sweep", "this spec has no `sweep:` block (add `grid:` and/or `variants:`)")], source=str(spec_path)
+        )
     # overrides of the sweep block itself only shape the expansion; children do not repeat them
     shared = [o for o in overrides if not parse_override(o)[0].split(".")[0] == "sweep"]
     children, problems = [], []
@@ -154,7 +164,10 @@ def plan_sweep(spec_path: str | Path, overrides: list[str] | tuple[str, ...] = (
         try:
             children.append(ChildPlan(variant, child_overrides, load_child_spec(spec_path, child_overrides, registry)))
         except SpecError as exc:
-            problems += [(f"variant '{variant.name}': {path}" if path else f"variant '{variant.name}'", msg) for path, msg in exc.problems]
+            problems += [
+                (f"variant '{variant.name}': {path}" if path else f"variant '{variant.name}'", msg)
+                for path, msg in exc.problems
+            ]
     if problems:
         raise SpecError(problems, source=str(spec_path))
     return SweepPlan(str(spec_path), list(overrides), base, children)
@@ -189,8 +202,10 @@ def sweep_parents(client: Any, exp_id: str, sweep_name: str | None = None) -> li
     query = f"tags.`{SWEEP_TAG}` = '{sweep_name}'" if by_name else ""
     runs = client.search_runs([exp_id], filter_string=query, order_by=["attributes.start_time DESC"], max_results=50000)
     return [
-        r for r in runs
-        if PARENT_TAG not in r.data.tags and SWEEP_TAG in r.data.tags
+        r
+        for r in runs
+        if PARENT_TAG not in r.data.tags
+        and SWEEP_TAG in r.data.tags
         and (sweep_name is None or r.data.tags[SWEEP_TAG] == sweep_name)
     ]
 
@@ -226,7 +241,10 @@ def ensure_parent(client: Any, plan: SweepPlan, registry: Any) -> Any:
     listing = {
         "spec": plan.spec_path,
         "overrides": plan.overrides,
-        "variants": [{"name": c.variant.name, "overrides": dict(parse_override(a) for a in c.variant.args())} for c in plan.children],
+        "variants": [
+            {"name": c.variant.name, "overrides": dict(parse_override(a) for a in c.variant.args())}
+            for c in plan.children
+        ],
     }
     client.log_text(run_id, yaml.safe_dump(listing, sort_keys=False), SWEEP_ARTIFACT)
     return client.get_run(run_id)
@@ -284,7 +302,12 @@ def run_child(
         # MLflow alone.
         existing = find_child(client, parent, variant)
         last = run_directory(spec) / existing.info.run_id / "checkpoints" / "last.ckpt" if existing else None
-        train(spec, resume=str(last) if last is not None and last.exists() else False, registry=registry, progress=progress)
+        train(
+            spec,
+            resume=str(last) if last is not None and last.exists() else False,
+            registry=registry,
+            progress=progress,
+        )
         return ChildOutcome(variant, existing.info.run_id if existing else None, "trained")
     sha = spec_sha(spec)
     existing = find_child(client, parent, variant)
@@ -335,13 +358,15 @@ def probe_child(spec: ExperimentSpec, run_id: str, tracking_uri: str, registry: 
     on the run with the same settings are skipped: re-running a sweep is idempotent)."""
     if spec.probe is None:
         return
-    from mertlab.toolkit.checkpoint import is_sharded_checkpoint
     from mertlab.probe.experiment import probe_spec_tasks
+    from mertlab.toolkit.checkpoint import is_sharded_checkpoint
     from mertlab.train.run import run_directory
 
     checkpoint = run_directory(spec) / run_id / "checkpoints" / "last.ckpt"
     if is_sharded_checkpoint(checkpoint):  # probing needs one file: `mertlab probe` the consolidated one
-        log.warning("variant run %s: probe section skipped, %s is sharded (fsdp); consolidate it first", run_id, checkpoint)
+        log.warning(
+            "variant run %s: probe section skipped, %s is sharded (fsdp); consolidate it first", run_id, checkpoint
+        )
         return
     probe_spec_tasks(spec.probe, checkpoint, run_id, tracking_uri, progress=progress, registry=registry)
 

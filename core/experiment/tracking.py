@@ -1,4 +1,5 @@
 """MLflow tracking: where runs go, and what is logged about each run besides metrics."""
+
 from __future__ import annotations
 
 import os
@@ -47,7 +48,7 @@ def mlflow_executable() -> str:
 
 def ui_command(tracking_uri: str) -> str:
     """The command that opens the MLflow UI on this store (``mertlab ui``)."""
-    if tracking_uri.startswith("sqlite:///") and Path(tracking_uri[len("sqlite:///"):]) == Path.cwd() / DEFAULT_DB:
+    if tracking_uri.startswith("sqlite:///") and Path(tracking_uri[len("sqlite:///") :]) == Path.cwd() / DEFAULT_DB:
         return f"{venv_executable('mertlab')} ui"
     return f"{venv_executable('mertlab')} ui --tracking-uri {tracking_uri}"
 
@@ -67,7 +68,7 @@ def artifact_location(tracking_uri: str, experiment: str) -> str | None:
     default) for servers and other stores."""
     if not tracking_uri.startswith("sqlite:///"):
         return None
-    folder = Path(tracking_uri[len("sqlite:///"):]).parent
+    folder = Path(tracking_uri[len("sqlite:///") :]).parent
     return (folder.resolve() / ARTIFACTS_DIR / re.sub(r"[^\w.-]+", "_", experiment)).as_uri()
 
 
@@ -79,7 +80,8 @@ def ensure_experiment(client: Any, name: str) -> str:
     if found is None:
         try:
             return client.create_experiment(
-                name, artifact_location=artifact_location(client.tracking_uri, name),
+                name,
+                artifact_location=artifact_location(client.tracking_uri, name),
                 tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING_KIND},
             )
         except Exception:  # noqa: BLE001 - created meanwhile by another process (a sweep child)
@@ -96,7 +98,7 @@ def ui_argv(tracking_uri: str, host: str = "127.0.0.1", port: int = 5000) -> lis
     experiments' artifacts default to the ``mlartifacts`` folder beside it, as mertlab's own)."""
     argv = [mlflow_executable(), "ui", "--backend-store-uri", tracking_uri, "--host", host, "--port", str(port)]
     if tracking_uri.startswith("sqlite:///"):
-        folder = Path(tracking_uri[len("sqlite:///"):]).parent.resolve()
+        folder = Path(tracking_uri[len("sqlite:///") :]).parent.resolve()
         argv += ["--default-artifact-root", str(folder / ARTIFACTS_DIR)]
     return argv
 
@@ -116,7 +118,9 @@ def flatten(data: Any, prefix: str = "") -> dict[str, str]:
 def git_commit(directory: Path | None = None) -> str | None:
     """Commit of the git checkout containing ``directory`` (the working directory by default)."""
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=directory or Path.cwd(), capture_output=True, text=True, timeout=10)
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=directory or Path.cwd(), capture_output=True, text=True, timeout=10
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() if out.returncode == 0 else None
@@ -253,7 +257,11 @@ def mark_crashed_runs(client: Any, experiment_name: str) -> list[str]:
     for run in client.search_runs([experiment.experiment_id], "attributes.status = 'RUNNING'", max_results=1000):
         identity = run.data.tags.get(PROCESS_TAG)
         if identity and not process_alive(identity):
-            client.set_tag(run.info.run_id, "mertlab.failure", "the training process ended without closing the run (killed or crashed)")
+            client.set_tag(
+                run.info.run_id,
+                "mertlab.failure",
+                "the training process ended without closing the run (killed or crashed)",
+            )
             client.set_terminated(run.info.run_id, "FAILED")
             marked.append(run.info.run_id)
     return marked

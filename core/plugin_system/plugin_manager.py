@@ -4,6 +4,7 @@ Built-in plugin modules are listed in :data:`DEFAULT_PLUGINS`; third-party ones 
 ``mertlab`` entry-point group. Set ``MERTLAB_DISABLE_AUTOLOAD=1`` to load only the built-ins
 (reproducible runs); the variable is read when the plugin manager is created, not at import.
 """
+
 from __future__ import annotations
 
 import importlib

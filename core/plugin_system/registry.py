@@ -4,20 +4,27 @@
 >>> get_registry().list("teacher", "*enc*")        # wildcard listing, like timm.list_models
 >>> get_registry().build("teacher", "cqt", {"n_bins": 84})
 """
+
 from __future__ import annotations
 
 import contextlib
 import difflib
-import importlib
 import fnmatch
+import importlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any, Callable, Literal, get_args
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ValidationError
 
 from mertlab.errors import MertlabError, PluginError, UnknownComponentError
-from mertlab.plugin_system.plugin_manager import DISABLE_AUTOLOAD_ENV, MertlabPluginManager, PluginSource, create_plugin_manager
+from mertlab.plugin_system.plugin_manager import (
+    DISABLE_AUTOLOAD_ENV,
+    MertlabPluginManager,
+    PluginSource,
+    create_plugin_manager,
+)
 
 Kind = Literal["teacher", "backbone", "objective", "masking", "augmentation", "callback"]
 KINDS: tuple[str, ...] = get_args(Kind)
@@ -115,14 +122,21 @@ def _load(declared: LazyComponent, kind: str, source: PluginSource) -> type:
     try:
         component = getattr(importlib.import_module(module_name), attr)
     except Exception as exc:  # noqa: BLE001 - re-raised with context
-        raise PluginError(f"{where}: {kind} '{declared.name}' ({declared.target}) failed to import: {type(exc).__name__}: {exc}; "
-                          f"set {DISABLE_AUTOLOAD_ENV}=1 to start without third-party plugins") from exc
+        raise PluginError(
+            f"{where}: {kind} '{declared.name}' ({declared.target}) failed to import: {type(exc).__name__}: {exc}; "
+            f"set {DISABLE_AUTOLOAD_ENV}=1 to start without third-party plugins"
+        ) from exc
     _check_component(kind, component, source)
-    mismatched = [key for key in ("name", "summary", "Params", *declared.attributes)
-                  if getattr(component, key, None) != getattr(declared, key)]
+    mismatched = [
+        key
+        for key in ("name", "summary", "Params", *declared.attributes)
+        if getattr(component, key, None) != getattr(declared, key)
+    ]
     if mismatched:
-        raise PluginError(f"{where}: {kind} '{declared.name}': {declared.target} differs from its registration in "
-                          f"{', '.join(mismatched)}")
+        raise PluginError(
+            f"{where}: {kind} '{declared.name}': {declared.target} differs from its registration in "
+            f"{', '.join(mismatched)}"
+        )
     _COMPONENT_SOURCES[component] = source
     _LOADED[id(declared)] = component
     return component
@@ -174,7 +188,9 @@ def contract_problems(kind: str, component: Any) -> list[str]:
         problems.append(f"{what}: `summary` must be a non-empty one-line string, got {summary!r}")
     params = getattr(component, "Params", None)
     if not (isinstance(params, type) and issubclass(params, BaseModel)):
-        problems.append(f"{what}: `Params` must be a pydantic model (subclass mertlab.contracts.Params), got {params!r}")
+        problems.append(
+            f"{what}: `Params` must be a pydantic model (subclass mertlab.contracts.Params), got {params!r}"
+        )
     else:
         for field_name, info in params.model_fields.items():
             if info.is_required():
@@ -192,7 +208,9 @@ def _check_component(kind: str, component: Any, source: PluginSource) -> None:
     problems = contract_problems(kind, component)
     if problems:
         where = f"plugin '{source.plugin}' ({source.label})"
-        raise PluginError("\n".join(f"{where} {p}" if p.startswith("registered") else f"{where}: {p}" for p in problems))
+        raise PluginError(
+            "\n".join(f"{where} {p}" if p.startswith("registered") else f"{where}: {p}" for p in problems)
+        )
 
 
 #: Where each registered component class came from (filled at registration).
@@ -211,7 +229,10 @@ def component_source(component: type) -> PluginSource | None:
 
 def component_label(component: type, kind: str | None = None) -> str:
     """``teacher 'onset_flux' (my-plugin 0.1.0)``: how messages name a component and its origin."""
-    kind = kind or next((k for k, base in _kind_bases().items() if isinstance(component, type) and issubclass(component, base)), "component")
+    kind = kind or next(
+        (k for k, base in _kind_bases().items() if isinstance(component, type) and issubclass(component, base)),
+        "component",
+    )
     source = component_source(component)
     origin = source.label if source is not None else f"module {component.__module__}"
     return f"{kind} '{getattr(component, 'name', component.__qualname__)}' ({origin})"
@@ -220,8 +241,13 @@ def component_label(component: type, kind: str | None = None) -> str:
 def _kind_bases() -> dict[str, type]:
     from mertlab import contracts
 
-    return {"teacher": contracts.Teacher, "backbone": contracts.Backbone, "objective": contracts.Objective, "masking": contracts.Masking,
-            "augmentation": contracts.Augmentation}
+    return {
+        "teacher": contracts.Teacher,
+        "backbone": contracts.Backbone,
+        "objective": contracts.Objective,
+        "masking": contracts.Masking,
+        "augmentation": contracts.Augmentation,
+    }
 
 
 class Registry:

@@ -6,6 +6,7 @@ mertlab's contract checks (:mod:`mertlab.testing`) and a README with the install
 commands. It installs without re-resolving torch (``pip install -c constraints.txt -e DIR``:
 its only dependency is mertlab) and passes its tests as generated.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -289,13 +290,20 @@ def package_files(kind: str, name: str, folder: str) -> dict[str, str]:
     if kind not in SCAFFOLD_KINDS:
         raise MertlabError(f"mertlab new: KIND must be one of {', '.join(SCAFFOLD_KINDS)}, got {kind!r}")
     if not (name.isidentifier() and name == name.lower()):
-        raise MertlabError(f"mertlab new: NAME must be a lowercase Python identifier (letters, digits, _), got {name!r}")
+        raise MertlabError(
+            f"mertlab new: NAME must be a lowercase Python identifier (letters, digits, _), got {name!r}"
+        )
     camel = "".join(part.capitalize() for part in name.split("_"))
     suffix = kind.capitalize()
     cls = camel if camel.endswith(suffix) else camel + suffix
     values = {
-        "kind": kind, "name": name, "cls": cls, "params": f"{cls}Params", "folder": folder,
-        "dist": "mertlab-" + name.replace("_", "-"), "package": f"mertlab_{name}",
+        "kind": kind,
+        "name": name,
+        "cls": cls,
+        "params": f"{cls}Params",
+        "folder": folder,
+        "dist": "mertlab-" + name.replace("_", "-"),
+        "package": f"mertlab_{name}",
     }
     values["usage"] = Template(USAGE[kind]).substitute(values)
     fill = lambda text: Template(text).substitute(values)  # noqa: E731

@@ -11,15 +11,22 @@
 * :mod:`.run`     -- ``mertlab probe``: all of the above, a report table and MLflow logging;
 * :mod:`.experiment` -- a spec's ``probe:`` section (``probe_spec_tasks``), for train and sweep.
 """
+
 from importlib import import_module
 from typing import Any
 
 #: Public names, imported on first use (PEP 562) so that `mertlab validate` of a spec with a
 #: `probe:` section does not load the audio stack.
 _EXPORTS = {
-    "FeatureSet": "extract", "extract_features": "extract",
-    "ProbeParams": "fit", "ProbeReport": "fit", "ProbeResult": "fit", "probe_task": "fit",
-    "Task": "task", "TaskError": "task", "load_task": "task",
+    "FeatureSet": "extract",
+    "extract_features": "extract",
+    "ProbeParams": "fit",
+    "ProbeReport": "fit",
+    "ProbeResult": "fit",
+    "probe_task": "fit",
+    "Task": "task",
+    "TaskError": "task",
+    "load_task": "task",
 }
 __all__ = sorted(_EXPORTS)
 

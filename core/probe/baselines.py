@@ -12,10 +12,12 @@ All run at 24 kHz (MERT's rate) with a hop of 512 samples, window by window like
 (:mod:`.frames`). These are the classic MIR feature baselines, e.g. of the MARBLE benchmark
 (Yuan et al., 2023) and of Choi et al., "Transfer learning for music classification" (2017).
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -50,8 +52,15 @@ def _chroma() -> FrameFn:
 def _cqt() -> FrameFn:
     from mertlab.plugin_system.registry import get_registry
 
-    params = {"sample_rate": SAMPLE_RATE, "hop_length": HOP, "fmin": 32.7, "n_bins": 84, "bins_per_octave": 12,
-              "magnitude": "log", "normalize": "none"}
+    params = {
+        "sample_rate": SAMPLE_RATE,
+        "hop_length": HOP,
+        "fmin": 32.7,
+        "n_bins": 84,
+        "bins_per_octave": 12,
+        "magnitude": "log",
+        "normalize": "none",
+    }
     teacher = get_registry().build("teacher", "cqt", params).eval()
 
     def frames(wav: Tensor) -> Tensor:
@@ -80,9 +89,17 @@ class Baseline:
 BASELINES: dict[str, Baseline] = {
     b.name: b
     for b in (
-        Baseline("mfcc", "mean + std of 20 MFCCs", _mfcc, with_std=True, settings={"n_mfcc": 20, "n_mels": 128, "n_fft": 2048}),
+        Baseline(
+            "mfcc",
+            "mean + std of 20 MFCCs",
+            _mfcc,
+            with_std=True,
+            settings={"n_mfcc": 20, "n_mels": 128, "n_fft": 2048},
+        ),
         Baseline("chroma", "mean 12-bin chroma", _chroma, settings={"n_fft": 4096}),
-        Baseline("cqt", "mean log-CQT, 84 bins (C1-B7)", _cqt, settings={"fmin": 32.7, "n_bins": 84, "bins_per_octave": 12}),
+        Baseline(
+            "cqt", "mean log-CQT, 84 bins (C1-B7)", _cqt, settings={"fmin": 32.7, "n_bins": 84, "bins_per_octave": 12}
+        ),
     )
 }
 
@@ -104,18 +121,28 @@ def parse_baselines(names: str | Sequence[str] | None) -> list[str]:
 def cache_identity(name: str) -> dict[str, Any]:
     """What the features of baseline ``name`` depend on besides the audio and the window."""
     baseline = BASELINES[name]
-    return {"kind": "baseline", "name": name, "sample_rate": SAMPLE_RATE, "hop": HOP, "with_std": baseline.with_std,
-            **baseline.settings}
+    return {
+        "kind": "baseline",
+        "name": name,
+        "sample_rate": SAMPLE_RATE,
+        "hop": HOP,
+        "with_std": baseline.with_std,
+        **baseline.settings,
+    }
 
 
-def baseline_features(name: str, paths: Sequence[str], window_seconds: float = 5.0, progress: bool = True) -> FeatureSet:
+def baseline_features(
+    name: str, paths: Sequence[str], window_seconds: float = 5.0, progress: bool = True
+) -> FeatureSet:
     """Clip features ``[N, 1, D]`` of baseline ``name`` (one pseudo-layer 0) for ``paths``."""
     baseline = BASELINES[parse_baselines([name])[0]]
     from mertlab.probe.extract import FeatureSet
     from mertlab.probe.frames import pooled_frames
 
-    pooled = pooled_frames(baseline.make(), list(paths), SAMPLE_RATE, window_seconds, baseline.with_std, progress,
-                           desc=f"baseline {name}")
+    pooled = pooled_frames(
+        baseline.make(), list(paths), SAMPLE_RATE, window_seconds, baseline.with_std, progress, desc=f"baseline {name}"
+    )
     meta = {"baseline": name, "window_seconds": window_seconds, "sample_rate": SAMPLE_RATE}
-    return FeatureSet(paths=[str(p) for p in paths], features=pooled[:, None, :], layers=[0],
-                      seconds=np.zeros(len(pooled)), meta=meta)
+    return FeatureSet(
+        paths=[str(p) for p in paths], features=pooled[:, None, :], layers=[0], seconds=np.zeros(len(pooled)), meta=meta
+    )

@@ -13,12 +13,14 @@ Probe settings (layers, epochs, patience, seed of the MLP...) are not part of it
 change the probes fitted on the cached features. Entries are written to a unique temporary
 name and renamed into place, so an interrupted or concurrent run never leaves a partial entry.
 """
+
 from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from mertlab.errors import MertlabError
 from mertlab.probe.extract import FeatureSet
@@ -63,8 +65,12 @@ class FeatureCache:
 
     @staticmethod
     def key(source: dict[str, Any], paths: Sequence[str | Path], window_seconds: float) -> str:
-        payload = {"format": CACHE_FORMAT, "source": source, "files": [file_identity(p) for p in paths],
-                   "window_seconds": float(window_seconds)}
+        payload = {
+            "format": CACHE_FORMAT,
+            "source": source,
+            "files": [file_identity(p) for p in paths],
+            "window_seconds": float(window_seconds),
+        }
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
     def path(self, key: str) -> Path:
@@ -101,4 +107,6 @@ class FeatureCache:
         try:
             features.save(entry)  # unique temporary name, then renamed into place
         except OSError as exc:
-            raise MertlabError(f"feature cache {self.root}: cannot write ({exc.strerror}); use another --cache-dir or --no-cache") from None
+            raise MertlabError(
+                f"feature cache {self.root}: cannot write ({exc.strerror}); use another --cache-dir or --no-cache"
+            ) from None

@@ -7,19 +7,27 @@ the checkpoint's MLflow run exactly as ``mertlab probe`` logs them. A task alrea
 run with the same settings and checkpoint (tag ``probe/<task>/settings``) is skipped, so
 re-running a sweep is idempotent.
 """
+
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
+from mertlab.experiment.spec import ProbeSpec
 from mertlab.probe.cache import FeatureCache, file_identity
 from mertlab.probe.fit import ProbeParams
 from mertlab.probe.run import (
-    ProbeOutcome, checkpoint_identity, log_probe, probe_run, run_probe, settings_sha, verdict,
+    ProbeOutcome,
+    checkpoint_identity,
+    log_probe,
+    probe_run,
+    run_probe,
+    settings_sha,
+    verdict,
 )
-from mertlab.experiment.spec import ProbeSpec
 from mertlab.probe.task import load_task
 
 
@@ -47,8 +55,12 @@ def task_settings(probe: ProbeSpec, task_path: str, checkpoint: dict[str, Any]) 
     return {
         "checkpoint": checkpoint,
         "task": file_identity(task_path) if Path(task_path).is_file() else str(Path(task_path).resolve()),
-        "layers": probe.layers, "window_seconds": probe.window_seconds, "baselines": probe.baselines,
-        "random_init": probe.random_init, "weighted": probe.weighted, **probe_params(probe).model_dump(),
+        "layers": probe.layers,
+        "window_seconds": probe.window_seconds,
+        "baselines": probe.baselines,
+        "random_init": probe.random_init,
+        "weighted": probe.weighted,
+        **probe_params(probe).model_dump(),
     }
 
 
@@ -86,9 +98,21 @@ def probe_spec_tasks(
                 results.append(TaskProbe(task.name, None, skipped=True))
                 continue
         echo(f"probe '{task.name}': {len(task.paths)} clips")
-        outcome = run_probe(checkpoint, task, probe.layers, probe.window_seconds, probe.batch_size, probe_params(probe),
-                            probe.random_init, probe.weighted, probe.device, progress=progress, registry=registry,
-                            baselines=probe.baselines, cache=cache)
+        outcome = run_probe(
+            checkpoint,
+            task,
+            probe.layers,
+            probe.window_seconds,
+            probe.batch_size,
+            probe_params(probe),
+            probe.random_init,
+            probe.weighted,
+            probe.device,
+            progress=progress,
+            registry=registry,
+            baselines=probe.baselines,
+            cache=cache,
+        )
         if run_id:
             log_probe(outcome, run_id, tracking_uri, settings, step)
         results.append(TaskProbe(task.name, outcome))
@@ -102,19 +126,38 @@ def _fmt(value: float | None) -> str:
 def results_table(results: list[TaskProbe]) -> tuple[tuple[str, ...], list[tuple[str, ...]]]:
     """One row per probed task (test split, primary metric): best probe, best single layer,
     weighted sum, random init, the strongest baseline and the best probe's margin over it."""
-    header = ("task", "metric", "best probe", "best layer", "weighted", "random init", "strongest baseline", "vs baseline")
+    header = (
+        "task",
+        "metric",
+        "best probe",
+        "best layer",
+        "weighted",
+        "random init",
+        "strongest baseline",
+        "vs baseline",
+    )
     rows = []
     for r in results:
         o = r.outcome
         if o is None:
             continue
-        m, best, layer, weighted, strongest = o.metric, o.report.best, o.best_layer(), o.weighted(), o.strongest_baseline()
-        rows.append((
-            r.task, m, f"{_fmt(best.test[m])} ({best.name})",
-            f"{_fmt(layer.test[m])} ({layer.name})" if layer else "-",
-            _fmt(weighted.test[m]) if weighted else "-",
-            _fmt(o.random_init.best.test[m]) if o.random_init is not None else "-",
-            f"{_fmt(strongest.test[m])} ({strongest.name})",
-            f"{best.test[m] - strongest.test[m]:+.3f}",
-        ))
+        m, best, layer, weighted, strongest = (
+            o.metric,
+            o.report.best,
+            o.best_layer(),
+            o.weighted(),
+            o.strongest_baseline(),
+        )
+        rows.append(
+            (
+                r.task,
+                m,
+                f"{_fmt(best.test[m])} ({best.name})",
+                f"{_fmt(layer.test[m])} ({layer.name})" if layer else "-",
+                _fmt(weighted.test[m]) if weighted else "-",
+                _fmt(o.random_init.best.test[m]) if o.random_init is not None else "-",
+                f"{_fmt(strongest.test[m])} ({strongest.name})",
+                f"{best.test[m] - strongest.test[m]:+.3f}",
+            )
+        )
     return header, rows

@@ -11,11 +11,13 @@ Windows are batched only with windows of exactly the same length, so nothing is 
 a group-norm extractor (MERT-95M) padding would change every frame, and a clip's features would
 depend on what it was batched with.
 """
+
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -131,7 +133,9 @@ def resolve_layers(layers: str | Sequence[int] | None, num_layers: int) -> list[
         try:
             layers = [int(part) for part in layers.split(",") if part.strip()]
         except ValueError:
-            raise MertlabError(f"--layers: expected all, last or comma-separated layer numbers, got {layers!r}") from None
+            raise MertlabError(
+                f"--layers: expected all, last or comma-separated layer numbers, got {layers!r}"
+            ) from None
     out: list[int] = []
     for layer in layers:
         index = layer + total if layer < 0 else layer

@@ -8,6 +8,7 @@ probe on a softmax-weighted sum of all layers. Features are standardised with tr
 Deterministic for a given seed on CPU: the initial weights and the minibatch order come from
 the seed, and the best epoch (by the valid split's primary metric) is restored at the end.
 """
+
 from __future__ import annotations
 
 import copy
@@ -20,7 +21,6 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from mertlab.contracts import Params
-
 from mertlab.probe.metrics import baseline_scores, compute_metrics, primary_metric
 from mertlab.probe.task import Task
 
@@ -32,7 +32,8 @@ class ProbeParams(Params):
     dropout: float = Field(0.2, ge=0.0, lt=1.0, description="Dropout after the hidden layer (MARBLE: 0.2).")
     lr: float = Field(1e-3, gt=0.0, description="Adam learning rate (MARBLE: 1e-3).")
     layer_weights_lr: float = Field(
-        1e-2, gt=0.0,
+        1e-2,
+        gt=0.0,
         description="Adam learning rate of the weighted-sum probe's layer logits: above the MLP's so the weights "
         "can move within the few hundred steps of a small task (at 1e-3 they barely leave uniform).",
     )
@@ -51,7 +52,10 @@ class LayerProbe(nn.Module):
         # Zero logits = equal weights at the start; only a multi-layer input learns them.
         self.layer_logits = nn.Parameter(torch.zeros(num_layers), requires_grad=num_layers > 1)
         self.mlp = nn.Sequential(
-            nn.Linear(dim, params.hidden_dim), nn.ReLU(), nn.Dropout(params.dropout), nn.Linear(params.hidden_dim, outputs)
+            nn.Linear(dim, params.hidden_dim),
+            nn.ReLU(),
+            nn.Dropout(params.dropout),
+            nn.Linear(params.hidden_dim, outputs),
         )
 
     @property
@@ -103,7 +107,9 @@ def _standardise(features: np.ndarray, train: np.ndarray) -> np.ndarray:
     return (features - mean) / np.where(std > 1e-8, std, 1.0)
 
 
-def fit_probe(features: np.ndarray, task: Task, params: ProbeParams, name: str, device: str | torch.device = "cpu") -> ProbeResult:
+def fit_probe(
+    features: np.ndarray, task: Task, params: ProbeParams, name: str, device: str | torch.device = "cpu"
+) -> ProbeResult:
     """Train one probe on ``features`` ``[N, K, D]`` (rows = the task's rows; K > 1 = weighted sum)."""
     train, valid = task.indices("train"), task.indices("valid")
     x_all = torch.as_tensor(_standardise(features.astype(np.float64), train), dtype=torch.float32, device=device)
@@ -157,13 +163,17 @@ def fit_probe(features: np.ndarray, task: Task, params: ProbeParams, name: str, 
 
 def _split_metrics(task: Task, scores: np.ndarray) -> tuple[dict[str, float], dict[str, float]]:
     valid, test = task.indices("valid"), task.indices("test")
-    return compute_metrics(task.type, task.targets[valid], scores[valid]), compute_metrics(task.type, task.targets[test], scores[test])
+    return compute_metrics(task.type, task.targets[valid], scores[valid]), compute_metrics(
+        task.type, task.targets[test], scores[test]
+    )
 
 
 def baseline(task: Task) -> ProbeResult:
     """The chance/majority baseline: predictions from the train labels alone (see metrics)."""
     scores = baseline_scores(task.type, task.targets[task.indices("train")], len(task.paths), len(task.classes))
-    return ProbeResult("majority" if task.type == "classification" else "chance", *_split_metrics(task, scores), scores=scores)
+    return ProbeResult(
+        "majority" if task.type == "classification" else "chance", *_split_metrics(task, scores), scores=scores
+    )
 
 
 def probe_task(
@@ -182,7 +192,7 @@ def probe_task(
     probes = []
     for layer in layers if probe_layers is None else probe_layers:
         k = layers.index(layer)
-        result = fit_probe(features[:, k:k + 1], task, params, f"layer{layer}", device)
+        result = fit_probe(features[:, k : k + 1], task, params, f"layer{layer}", device)
         result.layer = layer
         probes.append(result)
     if weighted and len(layers) > 1:

@@ -6,9 +6,10 @@ Shared by the handcrafted probe baselines (:mod:`.baselines`) and the teacher ev
 ``window_seconds`` (as :func:`mertlab.probe.extract.extract_features` does for backbones) and each
 window runs on its own, so nothing depends on padding or on the other files.
 """
+
 from __future__ import annotations
 
-from typing import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import torch

@@ -4,6 +4,7 @@
 probabilities ``[N, C]`` (multilabel) or predicted values ``[N]`` (regression). The first metric
 of each type is the primary one: it selects the epoch (early stopping) and the best layer.
 """
+
 from __future__ import annotations
 
 import math

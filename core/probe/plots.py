@@ -1,5 +1,6 @@
 """Per-layer probe plots: score by layer, with the weighted-sum probe and the baselines as
 horizontal lines -- for one run (``probe/<task>_layers.png``) and for all children of a sweep."""
+
 from __future__ import annotations
 
 import math
@@ -38,8 +39,14 @@ def layer_plot(outcome: Any, path: str | Path) -> Path:
     ax.plot(xs, [r.test[metric] for r in layers], "o-", color="tab:blue", label="test")
     if outcome.random_init is not None:
         rlayers = [r for r in outcome.random_init.probes if r.layer is not None]
-        ax.plot([r.layer for r in rlayers], [r.test[metric] for r in rlayers], "x-", color="tab:gray", alpha=0.7,
-                label="random init (test)")
+        ax.plot(
+            [r.layer for r in rlayers],
+            [r.test[metric] for r in rlayers],
+            "x-",
+            color="tab:gray",
+            alpha=0.7,
+            label="random init (test)",
+        )
     weighted = outcome.weighted()
     if weighted is not None:
         _hline(ax, weighted.test[metric], "weighted sum (test)", "tab:blue", "-.")
@@ -75,6 +82,6 @@ def sweep_layer_plot(task: str, metric: str, children: list[ChildLayers], path: 
     for child in children:
         for name, value in child.baselines.items():
             seen.setdefault(name, value)
-    for (name, value), color in zip(seen.items(), colors(len(seen) + len(children))[len(children):]):
+    for (name, value), color in zip(seen.items(), colors(len(seen) + len(children))[len(children) :]):
         _hline(ax, value, name, color)
     return _finish(ax, f"probe '{task}' by layer (test)", metric, Path(path))

@@ -4,6 +4,7 @@ By default the scores go onto the MLflow run that trained the checkpoint (a trai
 holds its ``mlflow_run_id`` and its spec's tracking settings), so ``probe/<task>/<metric>`` sits
 next to the pre-training metrics of that run.
 """
+
 from __future__ import annotations
 
 import math
@@ -138,8 +139,11 @@ def named_run(tracking_uri: str, experiment: str, run_name: str, tags: dict[str,
 
     client = MlflowClient(tracking_uri)
     exp_id = ensure_experiment(client, experiment)
-    runs = [r for r in client.search_runs([exp_id], order_by=["attributes.start_time DESC"], max_results=1000)
-            if r.info.run_name == run_name]
+    runs = [
+        r
+        for r in client.search_runs([exp_id], order_by=["attributes.start_time DESC"], max_results=1000)
+        if r.info.run_name == run_name
+    ]
     if runs:
         return runs[0].info.run_id
     run = client.create_run(exp_id, run_name=run_name, tags=tags or {})
@@ -155,7 +159,9 @@ def _client_for_run(run_id: str, tracking_uri: str) -> Any:
     try:
         client.get_run(run_id)
     except MlflowException:
-        raise MertlabError(f"MLflow run {run_id} not found at {tracking_uri} (pass --run-id / --tracking-uri, or --no-tracking)") from None
+        raise MertlabError(
+            f"MLflow run {run_id} not found at {tracking_uri} (pass --run-id / --tracking-uri, or --no-tracking)"
+        ) from None
     return client
 
 
@@ -214,25 +220,47 @@ def run_probe(
     paths = [str(p) for p in task.paths]
 
     def backbone_features(model: Backbone, source: dict[str, Any]) -> FeatureSet:
-        return cache.get_or_compute(source, paths, window_seconds, lambda: extract_features(
-            model, paths, window_seconds, None, batch_size, device, num_workers, progress))
+        return cache.get_or_compute(
+            source,
+            paths,
+            window_seconds,
+            lambda: extract_features(model, paths, window_seconds, None, batch_size, device, num_workers, progress),
+        )
 
-    def report_for(features: FeatureSet, weighted_sum: bool = weighted, probe_layers: list[int] | None = chosen) -> ProbeReport:
-        return probe_task(features.features, features.layers, task, params, probe_layers=probe_layers,
-                          weighted=weighted_sum, device=device)
+    def report_for(
+        features: FeatureSet, weighted_sum: bool = weighted, probe_layers: list[int] | None = chosen
+    ) -> ProbeReport:
+        return probe_task(
+            features.features,
+            features.layers,
+            task,
+            params,
+            probe_layers=probe_layers,
+            weighted=weighted_sum,
+            device=device,
+        )
 
     features = backbone_features(backbone, checkpoint_identity(checkpoint))
     report = report_for(features)
     random_report = None
     if random_init:
         untrained = random_init_backbone(backbone, params.seed, registry)
-        source = {"kind": RANDOM_INIT, "backbone": backbone.name, "params": backbone.params.model_dump(mode="json"),
-                  "seed": params.seed, "torch": torch.__version__}
+        source = {
+            "kind": RANDOM_INIT,
+            "backbone": backbone.name,
+            "params": backbone.params.model_dump(mode="json"),
+            "seed": params.seed,
+            "torch": torch.__version__,
+        }
         random_report = report_for(backbone_features(untrained, source))
     reports = {}
     for name in chosen_baselines:
-        pooled = cache.get_or_compute(cache_identity(name), paths, window_seconds,
-                                      lambda name=name: baseline_features(name, paths, window_seconds, progress))
+        pooled = cache.get_or_compute(
+            cache_identity(name),
+            paths,
+            window_seconds,
+            lambda name=name: baseline_features(name, paths, window_seconds, progress),
+        )
         reports[name] = report_for(pooled, weighted_sum=False, probe_layers=None)
         reports[name].probes[0].name = BASELINE_PREFIX + name
     return ProbeOutcome(report, random_report, features, reports)
@@ -254,8 +282,12 @@ def report_table(outcome: ProbeOutcome) -> tuple[tuple[str, ...], list[tuple[str
     report, strongest = outcome.report, outcome.strongest_baseline()
     metric = report.metric
     metrics = METRICS[report.task.type]
-    header = ("probe", *(f"{split} {m}" for m in metrics for split in ("valid", "test")), "epochs",
-              f"vs {strongest.name} (test {metric})")
+    header = (
+        "probe",
+        *(f"{split} {m}" for m in metrics for split in ("valid", "test")),
+        "epochs",
+        f"vs {strongest.name} (test {metric})",
+    )
     rows: list[tuple[str, ...]] = []
 
     def add(result: ProbeResult, label: str) -> None:
@@ -339,8 +371,14 @@ def report_dict(outcome: ProbeOutcome, settings: dict[str, Any]) -> dict[str, An
 
     def probes(report: ProbeReport) -> list[dict[str, Any]]:
         return [
-            {"probe": r.name, "layer": r.layer, "valid": r.valid, "test": r.test, "best_epoch": r.best_epoch,
-             "layer_weights": r.layer_weights}
+            {
+                "probe": r.name,
+                "layer": r.layer,
+                "valid": r.valid,
+                "test": r.test,
+                "best_epoch": r.best_epoch,
+                "layer_weights": r.layer_weights,
+            }
             for r in (*report.probes, report.baseline)
         ]
 
@@ -350,8 +388,14 @@ def report_dict(outcome: ProbeOutcome, settings: dict[str, Any]) -> dict[str, An
 
     task = outcome.report.task
     return {
-        "task": {"name": task.name, "type": task.type, "source": str(task.source), "classes": task.classes,
-                 "sizes": {s: int(len(task.indices(s))) for s in ("train", "valid", "test")}, "auto_split": task.auto_split},
+        "task": {
+            "name": task.name,
+            "type": task.type,
+            "source": str(task.source),
+            "classes": task.classes,
+            "sizes": {s: int(len(task.indices(s))) for s in ("train", "valid", "test")},
+            "auto_split": task.auto_split,
+        },
         "settings": settings,
         "metric": outcome.report.metric,
         "best": outcome.report.best.name,
@@ -370,7 +414,9 @@ def settings_sha(settings: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def log_probe(outcome: ProbeOutcome, run_id: str, tracking_uri: str, settings: dict[str, Any] | None = None, step: int = 0) -> None:
+def log_probe(
+    outcome: ProbeOutcome, run_id: str, tracking_uri: str, settings: dict[str, Any] | None = None, step: int = 0
+) -> None:
     """Log the probe scores onto an existing MLflow run: metrics (see :func:`probe_metrics`) at
     ``step``, the tags ``probe/<task>/best`` and ``probe/<task>/settings`` (:func:`settings_sha`),
     and the artifacts ``probe/<task>.json`` and ``probe/<task>_layers.png`` (:func:`.plots.layer_plot`)."""
@@ -384,7 +430,9 @@ def log_probe(outcome: ProbeOutcome, run_id: str, tracking_uri: str, settings: d
     client = _client_for_run(run_id, tracking_uri)
     name = outcome.report.task.name
     now = int(time.time() * 1000)
-    client.log_batch(run_id, metrics=[Metric(k, float(v), now, step) for k, v in sorted(probe_metrics(outcome).items())])
+    client.log_batch(
+        run_id, metrics=[Metric(k, float(v), now, step) for k, v in sorted(probe_metrics(outcome).items())]
+    )
     client.set_tag(run_id, f"probe/{name}/best", outcome.report.best.name)
     client.log_dict(run_id, report_dict(outcome, settings or {}), f"probe/{name}.json")
     with tempfile.TemporaryDirectory() as tmp:

@@ -20,6 +20,7 @@ YAML form::
     type: classification   # or multilabel / regression / auto (default)
     seed: 0                # of the automatic split
 """
+
 from __future__ import annotations
 
 import csv
@@ -36,7 +37,14 @@ from mertlab.errors import MertlabError
 TaskType = Literal["classification", "multilabel", "regression"]
 TASK_TYPES: tuple[str, ...] = ("classification", "multilabel", "regression")
 SPLITS: tuple[str, ...] = ("train", "valid", "test")
-SPLIT_ALIASES = {"train": "train", "valid": "valid", "val": "valid", "validation": "valid", "dev": "valid", "test": "test"}
+SPLIT_ALIASES = {
+    "train": "train",
+    "valid": "valid",
+    "val": "valid",
+    "validation": "valid",
+    "dev": "valid",
+    "test": "test",
+}
 #: Fractions of the automatic split (train, valid, test).
 AUTO_SPLIT = (0.70, 0.15, 0.15)
 MULTILABEL_SEPARATORS = re.compile(r"[;|]")
@@ -109,7 +117,9 @@ def load_task(path: str | Path, task_type: str | None = None, name: str | None =
     task_type = task_type or settings.type
     task_name = name or settings.name or csv_path.stem
     if not TASK_NAME.match(task_name):
-        raise TaskError(f"task name {task_name!r}: use only letters, digits, '_', '-', '.' and spaces (it becomes part of metric names)")
+        raise TaskError(
+            f"task name {task_name!r}: use only letters, digits, '_', '-', '.' and spaces (it becomes part of metric names)"
+        )
     return _parse_csv(csv_path, task_type, task_name, settings.seed if seed is None else seed)
 
 
@@ -125,7 +135,9 @@ def _parse_csv(path: Path, task_type: str, name: str, seed: int) -> Task:
     header = [h.strip().lower() for h in header]
     for column in ("path", "label"):
         if column not in header:
-            raise TaskError(f"{path}:1: missing column '{column}' (columns: {', '.join(header)}; expected path,label[,split])")
+            raise TaskError(
+                f"{path}:1: missing column '{column}' (columns: {', '.join(header)}; expected path,label[,split])"
+            )
     col = {h: i for i, h in enumerate(header)}
     has_split = "split" in col
 
@@ -149,7 +161,9 @@ def _parse_csv(path: Path, task_type: str, name: str, seed: int) -> Task:
         if has_split:
             raw_split = fields[col["split"]].strip().lower()
             if raw_split not in SPLIT_ALIASES:
-                raise TaskError(f"{path}:{line}: column split: unknown split {fields[col['split']].strip()!r} (use train, valid or test)")
+                raise TaskError(
+                    f"{path}:{line}: column split: unknown split {fields[col['split']].strip()!r} (use train, valid or test)"
+                )
             split = SPLIT_ALIASES[raw_split]
         rows.append((line, audio, fields[col["label"]].strip(), split))
     if not rows:
@@ -165,17 +179,23 @@ def _folder_task(folder: Path, task_type: str | None, name: str | None, seed: in
         raise TaskError(f"{folder}: a folder of class sub-folders is a classification task, not {task_type}")
     task_name = name or folder.name
     if not TASK_NAME.match(task_name):
-        raise TaskError(f"task name {task_name!r}: use only letters, digits, '_', '-', '.' and spaces (it becomes part of metric names)")
+        raise TaskError(
+            f"task name {task_name!r}: use only letters, digits, '_', '-', '.' and spaces (it becomes part of metric names)"
+        )
     extensions = (".wav", ".flac", ".ogg", ".mp3")
     rows: list[tuple[int, Path, str, str | None]] = []
     for class_dir in sorted(p for p in folder.iterdir() if p.is_dir()):
         rows += [(len(rows) + 1, audio, class_dir.name, None) for audio in list_audio_paths(class_dir, extensions)]
     if not rows:
-        raise TaskError(f"{folder}: no audio files ({', '.join(extensions)}) in class sub-folders (expected <folder>/<class>/<file>)")
+        raise TaskError(
+            f"{folder}: no audio files ({', '.join(extensions)}) in class sub-folders (expected <folder>/<class>/<file>)"
+        )
     return _task_from_rows(folder, rows, "classification", task_name, seed, has_split=False)
 
 
-def _task_from_rows(path: Path, rows: list[tuple[int, Path, str, str | None]], task_type: str, name: str, seed: int, has_split: bool) -> Task:
+def _task_from_rows(
+    path: Path, rows: list[tuple[int, Path, str, str | None]], task_type: str, name: str, seed: int, has_split: bool
+) -> Task:
     labels = [r[2] for r in rows]
     auto_type = task_type == "auto"
     if auto_type:
@@ -250,8 +270,8 @@ def _auto_split(n: int, strata: np.ndarray | None, seed: int) -> np.ndarray:
         n_test = int(round(AUTO_SPLIT[2] * len(members)))
         n_train = max(1, len(members) - n_valid - n_test)
         splits[members[:n_train]] = "train"
-        splits[members[n_train:n_train + n_valid]] = "valid"
-        splits[members[n_train + n_valid:]] = "test"
+        splits[members[n_train : n_train + n_valid]] = "valid"
+        splits[members[n_train + n_valid :]] = "test"
     return splits.astype(str)
 
 
@@ -269,7 +289,9 @@ def _check_splits(task: Task) -> None:
     if task.type == "classification":
         in_train = set(task.targets[train].tolist())
         if len(in_train) < 2:
-            raise TaskError(f"{where}: column label: the train split has only one class ({task.classes[next(iter(in_train))]!r})")
+            raise TaskError(
+                f"{where}: column label: the train split has only one class ({task.classes[next(iter(in_train))]!r})"
+            )
     else:
         in_train = {c for c in range(len(task.classes)) if task.targets[train, c].any()}
     for c in range(len(task.classes)):

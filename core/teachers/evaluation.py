@@ -17,22 +17,24 @@ Teachers are ranked within their kind: discrete by PNMI, continuous by the probe
 Each teacher gets one MLflow run (experiment ``teacher-eval`` by default) with the metrics
 ``teacher_eval/<task>/<metric>`` (``.../<metric>/cb<i>`` per codebook).
 """
+
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
 
 from mertlab.errors import MertlabError
+from mertlab.experiment.spec import ExperimentSpec
 from mertlab.probe.extract import FeatureSet, resolve_device
 from mertlab.probe.fit import ProbeParams, probe_task
 from mertlab.probe.frames import iter_file_frames
 from mertlab.probe.task import Task, load_task
-from mertlab.experiment.spec import ExperimentSpec
 
 EXPERIMENT = "teacher-eval"
 DISCRETE_METRICS = ("pnmi", "label_purity", "cluster_purity", "perplexity")
@@ -104,13 +106,16 @@ def _frame_fn(teacher: Any, device: torch.device) -> Callable[[torch.Tensor], to
     return frames
 
 
-def _discrete(teacher: Any, task: Task, window_seconds: float, device: torch.device, progress: bool) -> dict[str, float]:
+def _discrete(
+    teacher: Any, task: Task, window_seconds: float, device: torch.device, progress: bool
+) -> dict[str, float]:
     vocab = teacher.info.vocab_sizes
     labelled = task.type == "classification"
     counts = [np.zeros((v, max(1, len(task.classes)) if labelled else 1), dtype=np.int64) for v in vocab]
     paths = [str(p) for p in task.paths]
-    for index, codes in iter_file_frames(_frame_fn(teacher, device), paths, teacher.sample_rate, window_seconds,
-                                         progress, desc=f"teacher {teacher.name}"):
+    for index, codes in iter_file_frames(
+        _frame_fn(teacher, device), paths, teacher.sample_rate, window_seconds, progress, desc=f"teacher {teacher.name}"
+    ):
         label = int(task.targets[index]) if labelled else 0
         for cb, v in enumerate(vocab):
             counts[cb] += joint_counts(codes[:, cb].numpy(), np.full(codes.shape[0], label), v, counts[cb].shape[1])
@@ -124,13 +129,20 @@ def _discrete(teacher: Any, task: Task, window_seconds: float, device: torch.dev
     return metrics
 
 
-def _continuous(teacher: Any, task: Task, window_seconds: float, params: ProbeParams, device: torch.device,
-                progress: bool) -> dict[str, float]:
+def _continuous(
+    teacher: Any, task: Task, window_seconds: float, params: ProbeParams, device: torch.device, progress: bool
+) -> dict[str, float]:
     from mertlab.probe.frames import pooled_frames
 
     paths = [str(p) for p in task.paths]
-    pooled = pooled_frames(_frame_fn(teacher, device), paths, teacher.sample_rate, window_seconds, progress=progress,
-                           desc=f"teacher {teacher.name}")
+    pooled = pooled_frames(
+        _frame_fn(teacher, device),
+        paths,
+        teacher.sample_rate,
+        window_seconds,
+        progress=progress,
+        desc=f"teacher {teacher.name}",
+    )
     features = FeatureSet(paths, pooled[:, None, :], [0], np.zeros(len(paths)))
     report = probe_task(features.features, features.layers, task, params, weighted=False, device=device)
     result = report.probes[0]
@@ -162,7 +174,9 @@ def evaluate_teachers(
     params = params or ProbeParams()
     unknown = [a for a in aliases or [] if a not in spec.teachers]
     if unknown:
-        raise MertlabError(f"--teacher: no teacher alias {unknown[0]!r} in the spec (defined: {', '.join(spec.teachers)})")
+        raise MertlabError(
+            f"--teacher: no teacher alias {unknown[0]!r} in the spec (defined: {', '.join(spec.teachers)})"
+        )
     torch_device = resolve_device(device)
     scores = []
     for alias, component in spec.teachers.items():
@@ -184,8 +198,19 @@ def evaluate_teachers(
 def scores_table(scores: list[TeacherScores]) -> tuple[tuple[str, ...], list[tuple[str, ...]]]:
     """Header and one row per teacher (ranked as given): PNMI/purities/perplexity for discrete
     teachers, the probe's valid/test score and chance (test) for continuous ones."""
-    header = ("rank", "teacher", "plugin", "kind", "pnmi", "label purity", "cluster purity", "perplexity",
-              "probe valid", "probe test", "chance")
+    header = (
+        "rank",
+        "teacher",
+        "plugin",
+        "kind",
+        "pnmi",
+        "label purity",
+        "cluster purity",
+        "perplexity",
+        "probe valid",
+        "probe test",
+        "chance",
+    )
 
     def cell(s: TeacherScores, key: str) -> str:
         value = s.metrics.get(key)
@@ -194,13 +219,28 @@ def scores_table(scores: list[TeacherScores]) -> tuple[tuple[str, ...], list[tup
     rows = []
     for rank, s in enumerate(scores, 1):
         m = s.score_name.removeprefix("probe_")
-        rows.append((str(rank), s.alias, s.name, s.kind, *(cell(s, k) for k in DISCRETE_METRICS),
-                     cell(s, f"probe_valid_{m}"), cell(s, f"probe_{m}"), cell(s, f"chance_{m}")))
+        rows.append(
+            (
+                str(rank),
+                s.alias,
+                s.name,
+                s.kind,
+                *(cell(s, k) for k in DISCRETE_METRICS),
+                cell(s, f"probe_valid_{m}"),
+                cell(s, f"probe_{m}"),
+                cell(s, f"chance_{m}"),
+            )
+        )
     return header, rows
 
 
-def log_scores(scores: list[TeacherScores], spec: ExperimentSpec, tracking_uri: str, experiment: str = EXPERIMENT,
-               registry: Any = None) -> None:
+def log_scores(
+    scores: list[TeacherScores],
+    spec: ExperimentSpec,
+    tracking_uri: str,
+    experiment: str = EXPERIMENT,
+    registry: Any = None,
+) -> None:
     """One MLflow run per teacher in ``experiment`` (run name ``<spec name>/<alias>``): its
     params, plugin and task as tags, the metrics ``teacher_eval/<task>/<metric>``."""
     import time
@@ -215,12 +255,22 @@ def log_scores(scores: list[TeacherScores], spec: ExperimentSpec, tracking_uri: 
     now = int(time.time() * 1000)
     for rank, s in enumerate(scores, 1):
         component = spec.teachers[s.alias]
-        tags = {"teacher": s.name, "teacher.alias": s.alias, "teacher.kind": s.kind, "task": s.task, "spec": spec.name,
-                "rank": str(rank)}
+        tags = {
+            "teacher": s.name,
+            "teacher.alias": s.alias,
+            "teacher.kind": s.kind,
+            "task": s.task,
+            "spec": spec.name,
+            "rank": str(rank),
+        }
         run = client.create_run(exp_id, run_name=f"{spec.name}/{s.alias}", tags=tags)
         s.run_id = run.info.run_id
         params = [Param(k, v) for k, v in flatten(component.params, "params").items()]
-        metrics = [Metric(metric_name(s.task, *_split_cb(k)), float(v), now, 0) for k, v in s.metrics.items() if math.isfinite(v)]
+        metrics = [
+            Metric(metric_name(s.task, *_split_cb(k)), float(v), now, 0)
+            for k, v in s.metrics.items()
+            if math.isfinite(v)
+        ]
         client.log_batch(s.run_id, metrics=metrics, params=params)
         client.set_terminated(s.run_id, "FINISHED")
 

@@ -6,6 +6,7 @@ current fingerprint, else computed by :func:`~mertlab.teachers.target_cache.comp
 on the whole file in the cache's windows, and stored in the cache's dtype. A run on the shards
 therefore trains on the targets a run on the files with the target cache trains on.
 """
+
 from __future__ import annotations
 
 import logging
@@ -29,8 +30,13 @@ log = logging.getLogger(__name__)
 class SpecTargets(TargetWriter):
     """The targets of a spec's teachers (by alias), as the target cache holds them."""
 
-    def __init__(self, teachers: dict[str, Teacher], cache_dir: str | Path | None = None,
-                 windowing: Windowing = Windowing(), device: str | torch.device = "cpu") -> None:
+    def __init__(
+        self,
+        teachers: dict[str, Teacher],
+        cache_dir: str | Path | None = None,
+        windowing: Windowing = Windowing(),
+        device: str | torch.device = "cpu",
+    ) -> None:
         self.teachers = teachers
         self.windowing = windowing
         self.device = device
@@ -41,7 +47,8 @@ class SpecTargets(TargetWriter):
     def describe(self) -> dict[str, dict[str, Any]]:
         return {
             alias: {
-                "teacher": t.name, "fingerprint": t.fingerprint(),
+                "teacher": t.name,
+                "fingerprint": t.fingerprint(),
                 "target_info": {**asdict(t.info), "vocab_sizes": list(t.info.vocab_sizes)},
                 "windowing": asdict(self.windowing),
             }
@@ -63,8 +70,15 @@ class SpecTargets(TargetWriter):
         return values.astype(storage_dtype(teacher.info), copy=False)
 
 
-def shard_with_spec(spec: ExperimentSpec | None, src: str | Path, dst: str | Path, *, registry: Any = None,
-                    device: str = "cpu", **options: Any) -> ShardSummary:
+def shard_with_spec(
+    spec: ExperimentSpec | None,
+    src: str | Path,
+    dst: str | Path,
+    *,
+    registry: Any = None,
+    device: str = "cpu",
+    **options: Any,
+) -> ShardSummary:
     """:func:`~mertlab.data.shards.write_shards`, with the targets of ``spec``'s teachers when a
     spec is given (and its ``data.extensions`` and ``data.val_fraction`` unless ``options`` set them)."""
     check_paths(src, dst)  # before building the teachers

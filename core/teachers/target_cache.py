@@ -37,6 +37,7 @@ frame count the teacher gives for it whole. Approximations, by design:
 * a segment starts at the nearest native sample to its first frame (less than one native
   sample of misalignment when the file's rate is not the teacher's).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -52,11 +53,11 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from mertlab.toolkit.atomic import atomic_write
 from mertlab.contracts import TargetInfo, Teacher
 from mertlab.data.audio import AudioFile, read_segment, resample
 from mertlab.errors import MertlabError
 from mertlab.experiment.spec import ExperimentSpec
+from mertlab.toolkit.atomic import atomic_write
 from mertlab.toolkit.teacher_output import check_targets
 
 FORMAT = "mertlab-target-cache-v1"
@@ -76,7 +77,9 @@ class Windowing:
 
     def __post_init__(self) -> None:
         if not (self.window_seconds > 0 and self.context_seconds >= 0):
-            raise MertlabError(f"target cache windowing: window_seconds must be > 0 and context_seconds >= 0, got {self}")
+            raise MertlabError(
+                f"target cache windowing: window_seconds must be > 0 and context_seconds >= 0, got {self}"
+            )
 
 
 def file_key(path: str | Path) -> str:
@@ -184,7 +187,9 @@ class TeacherCache:
             size = entry.stat().st_size
             with open(entry, "rb") as f:
                 version = np.lib.format.read_magic(f)
-                read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+                read_header = (
+                    np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+                )
                 shape, _, dtype = read_header(f)
                 expected = f.tell() + math.prod(shape) * dtype.itemsize
         except FileNotFoundError:
@@ -245,7 +250,9 @@ class TeacherCache:
         except FileNotFoundError:
             return None
         except (OSError, ValueError) as exc:
-            raise MertlabError(f"{path}: unreadable target cache manifest ({exc}); delete {self.folder} and rebuild") from None
+            raise MertlabError(
+                f"{path}: unreadable target cache manifest ({exc}); delete {self.folder} and rebuild"
+            ) from None
 
     def check_manifest(self, required: bool) -> None:
         """The folder's manifest must describe this teacher version (and windowing).
@@ -282,7 +289,9 @@ class TeacherCache:
 
     def _missing_message(self) -> str:
         others = sorted(p.name.rsplit("-", 1)[1] for p in self.root.glob(f"{self.name}-*") if (p / MANIFEST).is_file())
-        note = f"; it holds {self.name} targets of other params/state (fingerprints {', '.join(others)})" if others else ""
+        note = (
+            f"; it holds {self.name} targets of other params/state (fingerprints {', '.join(others)})" if others else ""
+        )
         return (
             f"data.target_cache: {self.root} has no targets for teacher '{self.name}' with its current params "
             f"(fingerprint {self.fingerprint}){note}; {BUILD_HINT}"
@@ -291,7 +300,9 @@ class TeacherCache:
 
 # --------------------------------------------------------------------------- computing
 @torch.no_grad()
-def compute_file_targets(teacher: Teacher, file: AudioFile, windowing: Windowing = Windowing(), device: str | torch.device = "cpu") -> np.ndarray:
+def compute_file_targets(
+    teacher: Teacher, file: AudioFile, windowing: Windowing = Windowing(), device: str | torch.device = "cpu"
+) -> np.ndarray:
     """``[frames, channels]`` targets of the whole ``file``, in windows (see the module docstring)."""
     rate, frame_rate = teacher.sample_rate, teacher.info.frame_rate
     window = max(1, round(windowing.window_seconds * frame_rate))
@@ -311,7 +322,7 @@ def compute_file_targets(teacher: Teacher, file: AudioFile, windowing: Windowing
         values = out.values[0, : int(out.lengths[0])]
         offset = start - first
         last = b >= file.num_frames
-        kept = values[offset:] if last else values[offset: offset + window]
+        kept = values[offset:] if last else values[offset : offset + window]
         if not last and kept.shape[0] < window:
             raise MertlabError(
                 f"teacher '{teacher.name}' gave {values.shape[0]} frames for {wav.shape[0]} samples, fewer than "
@@ -364,15 +375,22 @@ def build_teacher_cache(
             if problem is None:
                 skipped += 1
                 continue
-            log.warning("data.target_cache: recomputing damaged entry %s (targets of %s): %s", entry, file.path, problem)
+            log.warning(
+                "data.target_cache: recomputing damaged entry %s (targets of %s): %s", entry, file.path, problem
+            )
             repaired.append(entry)
         cache.store(entry, compute_targets_of(teacher, file, alias, windowing, device))
         computed += 1
     return BuildSummary(alias, teacher.name, cache.folder, computed, skipped, repaired)
 
 
-def compute_targets_of(teacher: Teacher, file: AudioFile, alias: str, windowing: Windowing = Windowing(),
-                       device: str | torch.device = "cpu") -> np.ndarray:
+def compute_targets_of(
+    teacher: Teacher,
+    file: AudioFile,
+    alias: str,
+    windowing: Windowing = Windowing(),
+    device: str | torch.device = "cpu",
+) -> np.ndarray:
     """:func:`compute_file_targets`, with errors naming the teacher alias and the audio file."""
     try:
         return compute_file_targets(teacher, file, windowing, device)
@@ -405,6 +423,8 @@ def build_targets(
     prepare_data(spec)
     files = scan_dataset(spec.data, next(iter(teachers.values())).sample_rate)
     return [
-        build_teacher_cache(teacher, files, spec.data.target_cache, alias=alias, windowing=windowing, device=device, progress=progress)
+        build_teacher_cache(
+            teacher, files, spec.data.target_cache, alias=alias, windowing=windowing, device=device, progress=progress
+        )
         for alias, teacher in teachers.items()
     ]

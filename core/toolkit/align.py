@@ -20,6 +20,7 @@ padding. A clip keeps ``min(frame_lengths[b], ceil((src_len - offset) * r_dst / 
 backbone frames that start inside the audio the teacher covered and that the backbone itself
 produced. Frames past that are padding and hold zeros.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -121,4 +122,3 @@ def _gather_frames(values: Tensor, index: Tensor) -> Tensor:
     # element-wise torch.gather over the channels.
     rows = index + torch.arange(batch, device=index.device)[:, None] * src_frames
     return values.reshape(batch * src_frames, channels).index_select(0, rows.reshape(-1)).view(batch, -1, channels)
-

@@ -7,6 +7,7 @@ written out, with :func:`mertlab.toolkit.dropout.dropout`'s faster mask, is 1.35
 (8.2 vs 11.1 ms forward + backward for one MERT-95M layer; ``bench/README.md``). Without dropout
 (evaluation, probes) and on other devices SDPA's kernels run.
 """
+
 from __future__ import annotations
 
 import math

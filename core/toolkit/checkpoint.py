@@ -12,6 +12,7 @@ Formats :func:`load_backbone` reads, none of which can run code when loaded:
 
 Torch files load with ``weights_only=True`` (:func:`mertlab.toolkit.safe_load.load_torch_file`).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -56,7 +57,9 @@ def read_backbone_file(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]
     if is_safetensors(path):
         state, meta = read_safetensors(path, "backbone file")
         if meta.get("format") != BACKBONE_FORMAT or not isinstance(meta.get("backbone"), dict):
-            raise MertlabError(f"{path}: a safetensors file, but not a mertlab backbone (no {BACKBONE_FORMAT} metadata)")
+            raise MertlabError(
+                f"{path}: a safetensors file, but not a mertlab backbone (no {BACKBONE_FORMAT} metadata)"
+            )
         return meta["backbone"], state
     ckpt = load_torch_file(path, "checkpoint")
     if not isinstance(ckpt, dict):
@@ -65,7 +68,7 @@ def read_backbone_file(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]
         return ckpt["backbone"], ckpt["state_dict"]
     if isinstance(ckpt.get("mertlab_spec"), dict) and isinstance(ckpt.get("state_dict"), dict):
         component = ckpt["mertlab_spec"].get("backbone")
-        state = {k[len(BACKBONE_PREFIX):]: v for k, v in ckpt["state_dict"].items() if k.startswith(BACKBONE_PREFIX)}
+        state = {k[len(BACKBONE_PREFIX) :]: v for k, v in ckpt["state_dict"].items() if k.startswith(BACKBONE_PREFIX)}
         if isinstance(component, dict):
             return component, state
     raise MertlabError(f"{path}: not a mertlab backbone or training checkpoint")
@@ -78,7 +81,7 @@ HF_PREFIX = "hf:"
 def hf_directory(source: str | Path) -> Path | None:
     """``DIR`` of an ``hf:DIR`` source, else None."""
     text = str(source)
-    return Path(text[len(HF_PREFIX):]) if text.startswith(HF_PREFIX) else None
+    return Path(text[len(HF_PREFIX) :]) if text.startswith(HF_PREFIX) else None
 
 
 def check_hf_directory(directory: str | Path) -> Path:
@@ -88,7 +91,9 @@ def check_hf_directory(directory: str | Path) -> Path:
         raise MertlabError(f"hf:{directory}: no such directory (expected a saved Hugging Face model folder)")
     config_path = directory / "config.json"
     if not config_path.is_file():
-        raise MertlabError(f"hf:{directory}: no config.json in the directory (expected a saved Hugging Face model folder)")
+        raise MertlabError(
+            f"hf:{directory}: no config.json in the directory (expected a saved Hugging Face model folder)"
+        )
     return config_path
 
 
@@ -132,5 +137,7 @@ def load_backbone(path: str | Path, registry: Any = None) -> Backbone:
     try:
         backbone.load_state_dict(state)
     except RuntimeError as exc:
-        raise MertlabError(f"{path}: weights do not fit backbone '{component['name']}' ({str(exc).splitlines()[0]})") from None
+        raise MertlabError(
+            f"{path}: weights do not fit backbone '{component['name']}' ({str(exc).splitlines()[0]})"
+        ) from None
     return backbone.eval()

@@ -22,6 +22,7 @@ plugins stay independent of each other:
   noise at random levels) generated from the teacher's seed. The result depends only on the
   params, never on which batch came first, so cached and on-the-fly targets agree.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -29,9 +30,9 @@ import math
 import warnings
 from abc import abstractmethod
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import torch
 from pydantic import Field
@@ -106,9 +107,7 @@ def seeded_build(seed: int) -> Iterator[None]:
 
 
 # --------------------------------------------------------------------------- batches
-def encode_by_length(
-    wav: Tensor, lens: list[int], encode: Callable[[Tensor], Tensor]
-) -> tuple[Tensor, Tensor]:
+def encode_by_length(wav: Tensor, lens: list[int], encode: Callable[[Tensor], Tensor]) -> tuple[Tensor, Tensor]:
     """Run ``encode`` (``[b, n]`` audio -> ``[b, T, K]`` int codes) on groups of clips of equal
     valid length ``n``, each cropped to ``n``, and gather the codes into ``[B, T_max, K]`` with
     their frame counts ``[B]``. Frames past a clip's count are 0 (padding).
@@ -131,7 +130,9 @@ def encode_by_length(
 
 
 # --------------------------------------------------------------------------- random-init codebooks
-def calibration_audio(sample_rate: int, seconds: float, generator: torch.Generator, clip_seconds: float = 1.0) -> Tensor:
+def calibration_audio(
+    sample_rate: int, seconds: float, generator: torch.Generator, clip_seconds: float = 1.0
+) -> Tensor:
     """Seeded synthetic audio ``[n_clips, clip_samples]`` (about ``seconds`` in total): each clip
     mixes 1-4 sines (log-uniform 40 Hz .. 0.45 * sample rate) and white noise, at random levels
     spanning ~50 dB, under a random piecewise-linear envelope. Only used to give a randomly
@@ -147,9 +148,13 @@ def calibration_audio(sample_rate: int, seconds: float, generator: torch.Generat
         phases = 2 * math.pi * torch.rand(n_tones, generator=generator, dtype=torch.float64)
         gains = torch.rand(n_tones, generator=generator, dtype=torch.float64)
         tones = (gains[:, None] * torch.sin(2 * math.pi * freqs[:, None] * t[None] + phases[:, None])).sum(0)
-        noise = torch.randn(clip, generator=generator, dtype=torch.float64) * 10 ** (-3 * torch.rand(1, generator=generator, dtype=torch.float64))
+        noise = torch.randn(clip, generator=generator, dtype=torch.float64) * 10 ** (
+            -3 * torch.rand(1, generator=generator, dtype=torch.float64)
+        )
         knots = torch.rand(5, generator=generator, dtype=torch.float64)
-        envelope = torch.nn.functional.interpolate(knots[None, None], size=clip, mode="linear", align_corners=True)[0, 0]
+        envelope = torch.nn.functional.interpolate(knots[None, None], size=clip, mode="linear", align_corners=True)[
+            0, 0
+        ]
         level = 10 ** (-2.5 * torch.rand(1, generator=generator, dtype=torch.float64))
         mix = tones / n_tones + noise
         clips.append(level * envelope * mix / mix.abs().max().clamp_min(1e-12))
@@ -240,7 +245,7 @@ class CodecTeacher(CheckedFrameTeacher):
     def sample_rate(self) -> int:
         return int(self.model.sample_rate)
 
-    def train(self, mode: bool = True) -> "CodecTeacher":
+    def train(self, mode: bool = True) -> CodecTeacher:
         super().train(mode)
         self.model.eval()  # frozen: never the codec's training behaviour (quantizer dropout, EMA codebooks)
         return self

@@ -6,6 +6,7 @@ one thread; ``bench/README.md``). Keeping a value when a uniform draw is ``>= p`
 Bernoulli(1 - p) mask, scaled by ``1 / (1 - p)`` as usual. Other devices use
 ``F.dropout`` unchanged (fused kernels there).
 """
+
 from __future__ import annotations
 
 import torch

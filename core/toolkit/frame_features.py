@@ -10,13 +10,14 @@ samples past ``lengths`` are zeroed first, so padding never leaks into valid fra
 :class:`CheckedFrameTeacher` is the base of the built-in teachers computed from such features:
 it checks every batch (:func:`check_audio_batch`) before its :meth:`frame_targets` runs.
 """
+
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
-from pathlib import Path
-from typing import Callable, Iterable, Literal, Sequence
-
 import importlib
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
@@ -187,8 +188,16 @@ class _SpectralFeature(FrameFeature):
     def _power(self, wav: Tensor, lengths: Tensor) -> Tensor:
         """``[B, n_fft // 2 + 1, T]`` power spectrogram of the zero-padded batch."""
         return _torchaudio().functional.spectrogram(
-            zero_padding(wav, lengths), pad=0, window=self.window, n_fft=self.n_fft, hop_length=self.hop_length,
-            win_length=self.n_fft, power=2.0, normalized=False, center=True, pad_mode="constant",
+            zero_padding(wav, lengths),
+            pad=0,
+            window=self.window,
+            n_fft=self.n_fft,
+            hop_length=self.hop_length,
+            win_length=self.n_fft,
+            power=2.0,
+            normalized=False,
+            center=True,
+            pad_mode="constant",
         )
 
 
@@ -219,7 +228,13 @@ class StackedLogMel(LogMel):
     """
 
     def __init__(
-        self, sample_rate: int, n_fft: int, hop_length: int, n_mels: int, stack: int, who: str = "log-mel",
+        self,
+        sample_rate: int,
+        n_fft: int,
+        hop_length: int,
+        n_mels: int,
+        stack: int,
+        who: str = "log-mel",
         standardise: bool = False,
     ) -> None:
         super().__init__(sample_rate, n_fft, hop_length, n_mels)
@@ -254,8 +269,16 @@ class MFCCDeltas(_SpectralFeature):
         # log_mels=True: log(mel + 1e-6). The default dB path clamps at (batch max - 80 dB),
         # which would make one clip's features depend on the others in its batch.
         self.mfcc = _torchaudio().transforms.MFCC(
-            sample_rate, n_mfcc=n_mfcc, log_mels=True,
-            melkwargs={"n_fft": n_fft, "hop_length": hop_length, "n_mels": n_mels, "center": True, "pad_mode": "constant"},
+            sample_rate,
+            n_mfcc=n_mfcc,
+            log_mels=True,
+            melkwargs={
+                "n_fft": n_fft,
+                "hop_length": hop_length,
+                "n_mels": n_mels,
+                "center": True,
+                "pad_mode": "constant",
+            },
         )
 
     @property
@@ -363,7 +386,7 @@ class BackboneLayer(FrameFeature):
     def frame_rate(self) -> float:
         return self.backbone.frame_rate
 
-    def train(self, mode: bool = True) -> "BackboneLayer":
+    def train(self, mode: bool = True) -> BackboneLayer:
         super().train(mode)
         self.backbone.eval()  # frozen feature extractor: dropout stays off
         return self

@@ -14,6 +14,7 @@ each centroid to the mean of its rows) finish the fit.
 optionally spherical (cosine), for small samples such as the codec teachers' random-init
 codebooks; both fits share one Lloyd step.
 """
+
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
@@ -52,7 +53,9 @@ def nearest_centroid(x: Tensor, centroids: Tensor, spherical: bool = False) -> T
     rows = max(256, min(8192, (1 << 18) // max(1, len(centroids))))  # a [rows, K] block of ~1 MiB
     dtype = torch.result_type(x, centroids)
     if x.device.type == "cpu" and dtype in (torch.float32, torch.float64):
-        _nearest_on_cpu(x.detach().to(dtype), torch.cat([alpha * centroids.T, bias[None]]).detach().to(dtype), rows, out)
+        _nearest_on_cpu(
+            x.detach().to(dtype), torch.cat([alpha * centroids.T, bias[None]]).detach().to(dtype), rows, out
+        )
         return out
     c_t = centroids.T.contiguous()
     for start in range(0, len(x), rows):
@@ -163,7 +166,9 @@ def fit_minibatch_kmeans(
     return _lloyd(x, centroids, lloyd_steps)
 
 
-def lloyd_kmeans(x: Tensor, n_clusters: int, *, n_iter: int, generator: torch.Generator, spherical: bool = False) -> Tensor:
+def lloyd_kmeans(
+    x: Tensor, n_clusters: int, *, n_iter: int, generator: torch.Generator, spherical: bool = False
+) -> Tensor:
     """Lloyd's k-means of the rows of ``x`` ``[N, D]`` (``N >= n_clusters``) into ``[n_clusters, D]``
     centroids: ``n_clusters`` distinct random rows (drawn with ``generator``), then at most
     ``n_iter`` Lloyd steps (fewer once no assignment changes: the rest would change nothing).
@@ -172,7 +177,9 @@ def lloyd_kmeans(x: Tensor, n_clusters: int, *, n_iter: int, generator: torch.Ge
     DAC's codebook lookup). Runs on the device of ``x``; a cluster left empty keeps its centroid.
     """
     if not 1 <= n_clusters <= len(x):
-        raise MertlabError(f"k-means needs 1 <= n_clusters <= number of rows; got n_clusters={n_clusters}, {len(x)} rows")
+        raise MertlabError(
+            f"k-means needs 1 <= n_clusters <= number of rows; got n_clusters={n_clusters}, {len(x)} rows"
+        )
     x = x.float()
     if spherical:
         x = torch.nn.functional.normalize(x, dim=1)

@@ -1,6 +1,7 @@
 """A log-mel spectrogram frontend shared by backbones (the ``conformer``, and the ``transformer``
 with ``frontend: mel``): fixed nnAudio STFT/mel kernels and a per-bin affine normalisation.
 """
+
 from __future__ import annotations
 
 import torch
@@ -41,8 +42,17 @@ class LogMelFrontend(nn.Module):
         from nnAudio.features import MelSpectrogram  # imported here: nnAudio is slow to import
 
         self.mel = MelSpectrogram(
-            sr=sample_rate, n_fft=n_fft, n_mels=n_mels, hop_length=hop_length, center=False,
-            fmin=f_min, fmax=f_max, power=2.0, trainable_mel=False, trainable_STFT=False, verbose=False,
+            sr=sample_rate,
+            n_fft=n_fft,
+            n_mels=n_mels,
+            hop_length=hop_length,
+            center=False,
+            fmin=f_min,
+            fmax=f_max,
+            power=2.0,
+            trainable_mel=False,
+            trainable_STFT=False,
+            verbose=False,
         )
         # The STFT/mel kernels are a deterministic function of the params (up to 16 MB at n_fft
         # 2048): keep them out of checkpoints.

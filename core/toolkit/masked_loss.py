@@ -16,10 +16,12 @@ Conventions (HuBERT / MERT, fairseq ``hubert_criterion``):
 :class:`MaskedObjective` and :class:`CodebookObjective` are bases that do the construction
 checks and frame gathering, so an objective is its head and its loss.
 """
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Annotated, Literal, Sequence
+from typing import Annotated, Literal
 
 import torch
 import torch.nn.functional as F
@@ -88,9 +90,7 @@ def resolve_layer(objective: str, layer: int, num_layers: int) -> int:
 def check_target_info(objective: str, accepts: Sequence[str], info: TargetInfo) -> None:
     """Fail early when a teacher's targets cannot feed this objective."""
     if info.kind not in accepts:
-        raise ObjectiveError(
-            f"objective '{objective}' needs {' or '.join(accepts)} targets, got {info.kind} targets"
-        )
+        raise ObjectiveError(f"objective '{objective}' needs {' or '.join(accepts)} targets, got {info.kind} targets")
     if info.kind == "discrete" and not info.vocab_sizes:
         raise ObjectiveError(f"objective '{objective}': discrete targets declare no codebooks (vocab_sizes is empty)")
 
@@ -145,8 +145,11 @@ def gather_loss_frames(
         )
     hidden = out.hidden_states[layer_index]
     batch, frames = hidden.shape[:2]
-    for what, shape in (("mask", tuple(mask.shape)), ("padding_mask", tuple(out.padding_mask.shape)),
-                        ("targets", tuple(targets.values.shape[:2]))):
+    for what, shape in (
+        ("mask", tuple(mask.shape)),
+        ("padding_mask", tuple(out.padding_mask.shape)),
+        ("targets", tuple(targets.values.shape[:2])),
+    ):
         if shape != (batch, frames):
             raise ObjectiveError(
                 f"objective '{objective}': {what} has shape {list(shape)}, expected [batch, frames] = {[batch, frames]} "
@@ -221,7 +224,9 @@ class MaskedObjective(Objective):
 
     params: MaskedObjectiveParams
 
-    def __init__(self, params: MaskedObjectiveParams, *, hidden_dim: int, num_layers: int, target_info: TargetInfo) -> None:
+    def __init__(
+        self, params: MaskedObjectiveParams, *, hidden_dim: int, num_layers: int, target_info: TargetInfo
+    ) -> None:
         super().__init__(params, hidden_dim=hidden_dim, num_layers=num_layers, target_info=target_info)
         check_target_info(self.name, self.accepts, target_info)
         #: Non-negative index into the backbone's ``hidden_states``.
@@ -230,8 +235,13 @@ class MaskedObjective(Objective):
     def loss_frames(self, out: BackboneOutput, targets: Targets, mask: Tensor) -> LossFrames:
         """:func:`gather_loss_frames` of hidden state :attr:`layer_index` for this objective."""
         return gather_loss_frames(
-            self.name, out, targets, mask, self.layer_index,
-            include_unmasked=self.params.unmasked_weight > 0, target_dim=self.target_info.dim,
+            self.name,
+            out,
+            targets,
+            mask,
+            self.layer_index,
+            include_unmasked=self.params.unmasked_weight > 0,
+            target_dim=self.target_info.dim,
         )
 
 
@@ -243,11 +253,15 @@ class CodebookObjective(MaskedObjective):
 
     params: CodebookObjectiveParams
 
-    def __init__(self, params: CodebookObjectiveParams, *, hidden_dim: int, num_layers: int, target_info: TargetInfo) -> None:
+    def __init__(
+        self, params: CodebookObjectiveParams, *, hidden_dim: int, num_layers: int, target_info: TargetInfo
+    ) -> None:
         super().__init__(params, hidden_dim=hidden_dim, num_layers=num_layers, target_info=target_info)
         self.codebooks = resolve_codebooks(self.name, params.codebooks, target_info)
         self.vocab_sizes = [target_info.vocab_sizes[c] for c in self.codebooks]
 
     def classification(self, logits: Sequence[Tensor], frames: LossFrames) -> ObjectiveOutput:
         """:func:`codebook_classification` with this objective's codebooks, weight and reduction."""
-        return codebook_classification(logits, frames, self.codebooks, self.params.unmasked_weight, self.params.reduction)
+        return codebook_classification(
+            logits, frames, self.codebooks, self.params.unmasked_weight, self.params.reduction
+        )

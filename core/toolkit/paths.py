@@ -1,4 +1,5 @@
 """Paths built from spec values or file contents stay inside the folder they belong to."""
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -1,4 +1,5 @@
 """Named presets of a component's params (``preset: tiny``): one rule for every backbone."""
+
 from __future__ import annotations
 
 from collections.abc import Mapping

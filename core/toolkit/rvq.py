@@ -20,6 +20,7 @@ weight normalisation, a reparametrisation of the same function class), Adam, and
 initialised by k-means of each stage's projected frames (stage by stage) rather than at
 random, which keeps all codes in use from the start.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -83,7 +84,11 @@ class ResidualLinearVQ(nn.Module):
     @torch.no_grad()
     def encode(self, x: Tensor) -> Tensor:
         """``[N, n_codebooks]`` int64 codes of ``x`` ``[N, input_dim]``."""
-        return torch.cat([self(block).codes for block in x.split(_CHUNK)]) if len(x) else x.new_zeros(0, self.n_codebooks, dtype=torch.long)
+        return (
+            torch.cat([self(block).codes for block in x.split(_CHUNK)])
+            if len(x)
+            else x.new_zeros(0, self.n_codebooks, dtype=torch.long)
+        )
 
     @torch.no_grad()
     def decode(self, codes: Tensor) -> Tensor:
@@ -101,7 +106,9 @@ class ResidualLinearVQ(nn.Module):
             seed = int(torch.randint(2**31 - 1, (1,), generator=generator))
             if len(z) >= self.codebook_size:
                 unit = F.normalize(z, dim=-1)
-                codes = fit_minibatch_kmeans(unit, self.codebook_size, n_iter=20, batch_size=1024, seed=seed, progress=False)
+                codes = fit_minibatch_kmeans(
+                    unit, self.codebook_size, n_iter=20, batch_size=1024, seed=seed, progress=False
+                )
                 codes = codes * z.norm(dim=-1).mean()
             else:  # fewer rows than codes: rows, repeated
                 codes = z[_draw(len(z), self.codebook_size, generator, z.device)]
@@ -130,7 +137,9 @@ class RVQFitSettings:
     seed: int = 0
 
 
-def fit_rvq(rvq: ResidualLinearVQ, x: Tensor, settings: RVQFitSettings, progress: bool = True, desc: str = "Mel-RVQ") -> list[float]:
+def fit_rvq(
+    rvq: ResidualLinearVQ, x: Tensor, settings: RVQFitSettings, progress: bool = True, desc: str = "Mel-RVQ"
+) -> list[float]:
     """Train ``rvq`` on the rows of ``x`` ``[N, input_dim]`` (on their device); returns the L1
     reconstruction error of every step's batch. Deterministic for a given seed and device."""
     if x.dim() != 2 or x.shape[1] != rvq.input_dim:
@@ -162,7 +171,9 @@ def fit_rvq(rvq: ResidualLinearVQ, x: Tensor, settings: RVQFitSettings, progress
 
 
 @torch.no_grad()
-def _restart_dead_codes(rvq: ResidualLinearVQ, out: RVQOutput, stale: Tensor, patience: int, generator: torch.Generator) -> None:
+def _restart_dead_codes(
+    rvq: ResidualLinearVQ, out: RVQOutput, stale: Tensor, patience: int, generator: torch.Generator
+) -> None:
     """Count, per code, the consecutive steps it went unused; move codes unused for ``patience``
     steps onto random projected frames of this batch (where the data is)."""
     for stage in range(rvq.n_codebooks):
@@ -173,4 +184,3 @@ def _restart_dead_codes(rvq: ResidualLinearVQ, out: RVQOutput, stale: Tensor, pa
             latents = out.latents[stage].detach()
             rvq.codebooks[stage, dead] = latents[_draw(len(latents), len(dead), generator, latents.device)]
             stale[stage, dead] = 0
-

@@ -8,6 +8,7 @@ types allow-listed in :func:`safe_globals` (arrays and scalars of plain dtypes, 
 hold). Anything else is refused with one line naming the file. mertlab's own backbone and
 teacher-state files are safetensors (tensors + a JSON header), read by :func:`read_safetensors`.
 """
+
 from __future__ import annotations
 
 import json
@@ -18,8 +19,8 @@ from typing import Any
 
 import torch
 
-from mertlab.toolkit.atomic import atomic_write
 from mertlab.errors import MertlabError
+from mertlab.toolkit.atomic import atomic_write
 
 _ZIP_MAGIC = b"PK\x03\x04"
 _BLOCKED_GLOBAL = re.compile(r"GLOBAL ([\w.]+)")

@@ -14,6 +14,7 @@ global batch, or nothing rank-specific at all, rather than a running counter eve
 micro-batch would share. All keys of one stream have the same length: ``SeedSequence`` does not
 tell a key with trailing zeros from a shorter one.
 """
+
 from __future__ import annotations
 
 import zlib

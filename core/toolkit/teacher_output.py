@@ -19,6 +19,7 @@ The checks (see the frame-timing convention on :class:`mertlab.contracts.Teacher
   that many frames past what the batch's ``S`` samples give (a teacher may pad only to its
   longest clip).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -53,16 +54,25 @@ def check_targets(teacher: Teacher, targets: object, num_samples: int, sample_le
     """
     label = teacher_label(teacher)
     if not isinstance(targets, Targets):
-        raise TeacherOutputError(f"{label}: targets() must return mertlab.contracts.Targets, got {type(targets).__name__}")
+        raise TeacherOutputError(
+            f"{label}: targets() must return mertlab.contracts.Targets, got {type(targets).__name__}"
+        )
     info = teacher.info
     values, lengths = targets.values, targets.lengths
     batch = int(sample_lengths.shape[0])
     frames_f = expected_frames(num_samples, teacher.sample_rate, info.frame_rate)
-    shape_hint = f"[batch={batch}, frames~{frames_f:.0f}, {'n_codebooks' if info.kind == 'discrete' else 'dim'}={info.dim}]"
+    shape_hint = (
+        f"[batch={batch}, frames~{frames_f:.0f}, {'n_codebooks' if info.kind == 'discrete' else 'dim'}={info.dim}]"
+    )
     if not isinstance(values, Tensor) or values.dim() != 3 or values.shape[0] != batch or values.shape[2] != info.dim:
         got = tuple(values.shape) if isinstance(values, Tensor) else type(values).__name__
         hint = ""
-        if isinstance(values, Tensor) and values.dim() == 3 and values.shape[1] == info.dim and values.shape[2] != info.dim:
+        if (
+            isinstance(values, Tensor)
+            and values.dim() == 3
+            and values.shape[1] == info.dim
+            and values.shape[2] != info.dim
+        ):
             hint = " (channels-first? transpose to [B, T, C])"
         raise TeacherOutputError(f"{label}: targets.values must be {shape_hint}, got shape {got}{hint}")
     values = _checked_dtype(label, values, info.kind)
@@ -92,7 +102,9 @@ def check_cached_values(teacher: Teacher, values: Tensor, where: str) -> None:
     label = teacher_label(teacher)
     info = teacher.info
     if values.dim() != 2 or values.shape[1] != info.dim:
-        raise TeacherOutputError(f"{label}: cached targets {where} must be [frames, {info.dim}], got {tuple(values.shape)}")
+        raise TeacherOutputError(
+            f"{label}: cached targets {where} must be [frames, {info.dim}], got {tuple(values.shape)}"
+        )
     values = _checked_dtype(f"{label}: cached targets {where}", values[None], info.kind)
     _check_values(f"{label}: cached targets {where}", values, torch.ones(values.shape[:2], dtype=torch.bool), info)
 
@@ -108,8 +120,17 @@ def _checked_dtype(label: str, values: Tensor, kind: str) -> Tensor:
 
 
 def _checked_lengths(label: str, lengths: object, batch: int, frames: int) -> Tensor:
-    if not isinstance(lengths, Tensor) or lengths.shape != (batch,) or lengths.dtype.is_floating_point or lengths.dtype == torch.bool:
-        got = f"{lengths.dtype} of shape {tuple(lengths.shape)}" if isinstance(lengths, Tensor) else type(lengths).__name__
+    if (
+        not isinstance(lengths, Tensor)
+        or lengths.shape != (batch,)
+        or lengths.dtype.is_floating_point
+        or lengths.dtype == torch.bool
+    ):
+        got = (
+            f"{lengths.dtype} of shape {tuple(lengths.shape)}"
+            if isinstance(lengths, Tensor)
+            else type(lengths).__name__
+        )
         raise TeacherOutputError(f"{label}: targets.lengths must be [batch={batch}] integer frame counts, got {got}")
     if bool((lengths < 0).any()) or bool((lengths > frames).any()):
         raise TeacherOutputError(f"{label}: targets.lengths {lengths.tolist()} must lie in [0, T={frames}] frames")

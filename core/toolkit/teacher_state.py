@@ -8,11 +8,13 @@ older ``torch.save`` of the same dict still loads, with ``weights_only=True``).
 :func:`load_state_file` checks the format and that the stored config equals the teacher's
 current one, so a state never silently loads into a teacher it was not fitted for.
 """
+
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, ClassVar, Iterable
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
@@ -130,6 +132,8 @@ class FittedFrameTeacher(CheckedFrameTeacher):
         """``(standardised frames, mean, std)`` of at most ``params.max_fit_frames`` valid frames
         of ``batches`` (``(wav [B, S], lengths [B])``), on ``device``."""
         with torch.no_grad():
-            x = collect_frames(self.feature, batches, self.params.max_fit_frames, device, f"teacher '{self.name}'", progress)
+            x = collect_frames(
+                self.feature, batches, self.params.max_fit_frames, device, f"teacher '{self.name}'", progress
+            )
         mean, std = fit_statistics(x)
         return (x - mean) / std, mean, std

@@ -16,14 +16,16 @@ A sharded (``fsdp``) checkpoint is a folder (one file per rank, written and read
 distributed checkpoint through Lightning's FSDP strategy); what mertlab reads of it before the
 strategy loads it is its ``meta.pt`` (the non-tensor state: step, run id, spec), weights-only too.
 """
+
 from __future__ import annotations
 
 import io
 import logging
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any
 
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
@@ -48,7 +50,7 @@ class SafeCheckpointIO(TorchCheckpointIO):
         Lightning's restore does not read the file a second time."""
         self._preloaded = (Path(path).resolve(), checkpoint)
 
-    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Optional[Any] = None) -> None:
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
         if storage_options is not None:
             raise TypeError(f"{type(self).__name__} takes no storage_options")
         path = Path(path)
@@ -61,7 +63,9 @@ class SafeCheckpointIO(TorchCheckpointIO):
                 f"{path}: cannot write checkpoint ({exc.strerror or exc}); the previous checkpoint there is kept"
             ) from None
 
-    def load_checkpoint(self, path: Any, map_location: Optional[Callable] = None, weights_only: Optional[bool] = None) -> dict[str, Any]:
+    def load_checkpoint(
+        self, path: Any, map_location: Callable | None = None, weights_only: bool | None = None
+    ) -> dict[str, Any]:
         if self._preloaded is not None and self._preloaded[0] == Path(path).resolve():
             checkpoint, self._preloaded = self._preloaded[1], None
             return checkpoint

@@ -15,6 +15,7 @@ One step, top to bottom (``training_step``):
 Stability instrumentation beyond that (per-block gradient norms, attention logits, update
 ratios, loss spikes) lives in the ``stability`` callback.
 """
+
 from __future__ import annotations
 
 import math
@@ -72,18 +73,26 @@ class PretrainModule(L.LightningModule):
             teacher.requires_grad_(False)
         # Teachers stay modules of the model either way (their info types the objectives; the
         # checkpoint layout does not depend on where targets come from).
-        self.target_source = target_source(spec.data.target_cache, self.teachers, self.backbone.sample_rate, spec.data.path)
-        self.objectives = nn.ModuleDict({
-            alias: registry.build(
-                "objective", o.name, o.params,
-                hidden_dim=self.backbone.hidden_dim,
-                num_layers=self.backbone.num_layers,
-                target_info=self.teachers[o.teacher].info,
-            )
-            for alias, o in spec.objectives.items()
-        })
+        self.target_source = target_source(
+            spec.data.target_cache, self.teachers, self.backbone.sample_rate, spec.data.path
+        )
+        self.objectives = nn.ModuleDict(
+            {
+                alias: registry.build(
+                    "objective",
+                    o.name,
+                    o.params,
+                    hidden_dim=self.backbone.hidden_dim,
+                    num_layers=self.backbone.num_layers,
+                    target_info=self.teachers[o.teacher].info,
+                )
+                for alias, o in spec.objectives.items()
+            }
+        )
         self.masking = registry.build("masking", spec.masking.name, spec.masking.params)
-        self.augmentations = {alias: registry.build("augmentation", a.name, a.params) for alias, a in spec.augment.items()}
+        self.augmentations = {
+            alias: registry.build("augmentation", a.name, a.params) for alias, a in spec.augment.items()
+        }
         # Stability bookkeeping, saved in checkpoints so resumed runs keep counting.
         self.nonfinite_steps = 0
         self.skipped_steps = 0
@@ -98,7 +107,7 @@ class PretrainModule(L.LightningModule):
         self._last_step_start: float | None = None
 
     # ------------------------------------------------------------------ plumbing
-    def train(self, mode: bool = True) -> "PretrainModule":
+    def train(self, mode: bool = True) -> PretrainModule:
         super().train(mode)
         self.teachers.eval()  # teachers are frozen feature extractors, never in train mode
         return self
@@ -115,7 +124,8 @@ class PretrainModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["mertlab_spec"] = self.spec.model_dump(mode="json")
         checkpoint["mertlab_stability"] = {
-            "nonfinite_steps": self.nonfinite_steps, "skipped_steps": self.skipped_steps,
+            "nonfinite_steps": self.nonfinite_steps,
+            "skipped_steps": self.skipped_steps,
             "consecutive_nonfinite": self.consecutive_nonfinite,
         }
         logger = self.logger
@@ -168,7 +178,10 @@ class PretrainModule(L.LightningModule):
             key = (MASK, self.global_step, self.micro_batch(batch_idx))
         else:
             key = (VAL_MASK, batch_idx)
-        rows = [self.masking(padding[i:i + 1], generator(self.spec.seed, *key, i * world + rank)) for i in range(padding.shape[0])]
+        rows = [
+            self.masking(padding[i : i + 1], generator(self.spec.seed, *key, i * world + rank))
+            for i in range(padding.shape[0])
+        ]
         return torch.cat(rows) if rows else padding.clone()
 
     def augmentation_generator(self, alias: str, batch_idx: int) -> torch.Generator:
@@ -197,7 +210,9 @@ class PretrainModule(L.LightningModule):
         rank = self.distributed_position()[0]
         torch.manual_seed(derive_seed(self.spec.seed, DROPOUT, self.global_step, self.micro_batch(batch_idx), rank))
 
-    def shared_step(self, batch: AudioBatch, batch_idx: int, stage: str) -> tuple[Tensor, dict[str, Tensor], dict[str, Targets]]:
+    def shared_step(
+        self, batch: AudioBatch, batch_idx: int, stage: str
+    ) -> tuple[Tensor, dict[str, Tensor], dict[str, Targets]]:
         wav, lengths = batch.wav, batch.lengths
         num_frames, frame_lengths, padding = self.frame_padding(wav, lengths)
         targets = self.compute_targets(batch, num_frames, frame_lengths)
@@ -266,7 +281,9 @@ class PretrainModule(L.LightningModule):
             return None
         if loss is None:
             self.backbone.set_step_seed(self.layer_drop_seed(batch_idx))
-            silence = torch.zeros(1, max(1, round(self.spec.data.crop_seconds * self.backbone.sample_rate)), device=self.device)
+            silence = torch.zeros(
+                1, max(1, round(self.spec.data.crop_seconds * self.backbone.sample_rate)), device=self.device
+            )
             loss = self.backbone(silence).last_hidden_state.float().sum()
         return loss * 0.0
 
@@ -278,8 +295,10 @@ class PretrainModule(L.LightningModule):
         is the local loss.
         """
         local = [
-            0.0 if loss is None else float(loss.detach()), 0.0 if loss is None else 1.0,
-            float(batch.lengths.sum()) / self.backbone.sample_rate if len(batch) else 0.0, float(len(batch)),
+            0.0 if loss is None else float(loss.detach()),
+            0.0 if loss is None else 1.0,
+            float(batch.lengths.sum()) / self.backbone.sample_rate if len(batch) else 0.0,
+            float(len(batch)),
         ]
         world = self.distributed_position()[1]
         if world > 1:
@@ -310,9 +329,15 @@ class PretrainModule(L.LightningModule):
         if self._step_nonfinite or self._step_skipped:
             self.skipped_steps += 1
         self._step_nonfinite = self._step_skipped = False
-        self.log_dict({
-            M.NONFINITE_STEPS: float(self.nonfinite_steps), M.SKIPPED_STEPS: float(self.skipped_steps),
-        }, on_step=True, on_epoch=False, batch_size=max(len(batch), 1))
+        self.log_dict(
+            {
+                M.NONFINITE_STEPS: float(self.nonfinite_steps),
+                M.SKIPPED_STEPS: float(self.skipped_steps),
+            },
+            on_step=True,
+            on_epoch=False,
+            batch_size=max(len(batch), 1),
+        )
         limit = self.spec.trainer.max_consecutive_nonfinite
         if limit and self.consecutive_nonfinite >= limit:
             self.stop_reason = (
@@ -329,10 +354,16 @@ class PretrainModule(L.LightningModule):
         _, logs, _ = self.shared_step(batch, batch_idx, "val")
         # Averaged over ranks at the end of validation, so every rank's checkpoint callback sees
         # the same (global) val/loss/total when it picks the best checkpoint.
-        self.log_dict({M.val(k): v for k, v in logs.items()}, on_step=False, on_epoch=True, batch_size=len(batch), sync_dist=True)
+        self.log_dict(
+            {M.val(k): v for k, v in logs.items()}, on_step=False, on_epoch=True, batch_size=len(batch), sync_dist=True
+        )
 
-    def configure_gradient_clipping(self, optimizer: torch.optim.Optimizer, gradient_clip_val: float | None = None,
-                                    gradient_clip_algorithm: str | None = None) -> None:
+    def configure_gradient_clipping(
+        self,
+        optimizer: torch.optim.Optimizer,
+        gradient_clip_val: float | None = None,
+        gradient_clip_algorithm: str | None = None,
+    ) -> None:
         """Clip the global gradient norm; under FSDP through the sharded module's own
         ``clip_grad_norm_`` (the norm over every rank's shard), which Lightning's FSDP precision
         plugin leaves to the module."""
@@ -381,8 +412,12 @@ class PretrainModule(L.LightningModule):
         now = time.perf_counter()
         if self._last_step_start is not None:
             elapsed = max(now - self._last_step_start, 1e-9)
-            self.log_dict({
-                M.AUDIO_SECONDS_PER_S: totals.audio_seconds / elapsed,
-                M.SAMPLES_PER_S: totals.clips / elapsed,
-            }, on_step=True, on_epoch=False)
+            self.log_dict(
+                {
+                    M.AUDIO_SECONDS_PER_S: totals.audio_seconds / elapsed,
+                    M.SAMPLES_PER_S: totals.clips / elapsed,
+                },
+                on_step=True,
+                on_epoch=False,
+            )
         self._last_step_start = now

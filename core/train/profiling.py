@@ -11,6 +11,7 @@ the run, under ``profile/``:
 A run shorter than ``warmup + steps`` logs what it recorded (with a note in ``top_ops.txt``).
 Only rank 0 profiles.
 """
+
 from __future__ import annotations
 
 import logging
@@ -39,7 +40,9 @@ class ProfileSteps(L.Callback):
         self.recorded = 0
         self.done = False
 
-    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
         if self.done or self.profiler is not None or not trainer.is_global_zero:
             return
         if trainer.global_step >= self.warmup:
@@ -49,7 +52,9 @@ class ProfileSteps(L.Callback):
             self.profiler = torch.profiler.profile(activities=activities, record_shapes=True)
             self.profiler.__enter__()
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         if self.profiler is None:
             return
         self.recorded += 1
@@ -60,7 +65,9 @@ class ProfileSteps(L.Callback):
         if self.profiler is not None:
             self._finish(trainer, note=f"training ended after {self.recorded} of the {self.steps} profiled steps")
         elif not self.done and trainer.is_global_zero:
-            log.warning("--profile: training ended before step %d, where profiling starts; nothing recorded", self.warmup)
+            log.warning(
+                "--profile: training ended before step %d, where profiling starts; nothing recorded", self.warmup
+            )
 
     def _finish(self, trainer: L.Trainer, note: str | None) -> None:
         profiler, self.profiler, self.done = self.profiler, None, True
@@ -68,8 +75,10 @@ class ProfileSteps(L.Callback):
             torch.cuda.synchronize()
         profiler.__exit__(None, None, None)
         sort_by = "self_cuda_time_total" if torch.cuda.is_available() else "self_cpu_time_total"
-        header = (f"torch.profiler: {self.recorded} training step(s) from step {trainer.global_step - self.recorded}, "
-                  f"sorted by {sort_by}" + (f"; {note}" if note else ""))
+        header = (
+            f"torch.profiler: {self.recorded} training step(s) from step {trainer.global_step - self.recorded}, "
+            f"sorted by {sort_by}" + (f"; {note}" if note else "")
+        )
         table = profiler.key_averages().table(sort_by=sort_by, row_limit=self.row_limit)
         logger = trainer.logger
         with tempfile.TemporaryDirectory() as tmp:

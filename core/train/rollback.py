@@ -1,4 +1,5 @@
 """Rolling a running fit back to its newest checkpoint (the stability callback's ``rollback``)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -24,7 +25,9 @@ def newest_checkpoint(trainer: L.Trainer) -> Path | None:
     return max(paths, key=lambda p: p.stat().st_mtime) if paths else None
 
 
-def rollback_to_last_checkpoint(trainer: L.Trainer, module: Any, optimizer: torch.optim.Optimizer, lr_scale: float) -> RollbackOutcome:
+def rollback_to_last_checkpoint(
+    trainer: L.Trainer, module: Any, optimizer: torch.optim.Optimizer, lr_scale: float
+) -> RollbackOutcome:
     """Drop this step's update, reload weights and optimizer state from the newest checkpoint and
     multiply the learning rate (the schedule's peak, so it stays scaled) by ``lr_scale``.
 

@@ -1,4 +1,5 @@
 """``mertlab train``: build everything from a spec, fit with Lightning, track in MLflow."""
+
 from __future__ import annotations
 
 import logging
@@ -9,19 +10,28 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.pytorch.callbacks import ModelCheckpoint
 
 from mertlab.data.audio import list_audio_paths
 from mertlab.data.datamodule import AudioDataModule
 from mertlab.data.demo import write_demo_dataset
-from mertlab.data.shards import is_shard_path
 from mertlab.data.demo_tasks import DEMO_TASKS, demo_tasks_dir, write_demo_tasks
+from mertlab.data.shards import is_shard_path
 from mertlab.errors import MertlabError
 from mertlab.experiment import metric_names as M
 from mertlab.experiment.run_summary import log_run_summary
 from mertlab.experiment.spec import ExperimentSpec, global_batch_size
-from mertlab.experiment.tracking import PROCESS_TAG, check_store, ensure_experiment, log_spec, mark_crashed_runs, process_identity, resolve_tracking_uri, run_tags
+from mertlab.experiment.tracking import (
+    PROCESS_TAG,
+    check_store,
+    ensure_experiment,
+    log_spec,
+    mark_crashed_runs,
+    process_identity,
+    resolve_tracking_uri,
+    run_tags,
+)
 from mertlab.teachers.target_cache import build_teacher_cache
 from mertlab.toolkit.atomic import check_writable
 from mertlab.toolkit.paths import inside
@@ -83,10 +93,14 @@ class _DropAdvertisements(logging.Filter):
 def quiet_lightning() -> None:
     """Silence Lightning messages that are expected by design here (frozen teachers are in eval
     mode; few batches per epoch on small data sets; no DataLoader workers by default)."""
-    for message in (".*does not have many workers.*", ".*Checkpoint directory .* exists and is not empty.*",
-                    ".*module\\(s\\) in eval mode.*", ".*smaller than the logging interval.*",
-                    ".*`training_step` returned `None`.*",  # a skipped (non-finite) step, counted by mertlab
-                    ".*`IterableDataset` has `__len__` defined.*"):  # shards: litdata splits them per worker itself
+    for message in (
+        ".*does not have many workers.*",
+        ".*Checkpoint directory .* exists and is not empty.*",
+        ".*module\\(s\\) in eval mode.*",
+        ".*smaller than the logging interval.*",
+        ".*`training_step` returned `None`.*",  # a skipped (non-finite) step, counted by mertlab
+        ".*`IterableDataset` has `__len__` defined.*",
+    ):  # shards: litdata splits them per worker itself
         warnings.filterwarnings("ignore", message=message)
     rank_zero_logger = logging.getLogger("lightning.pytorch.utilities.rank_zero")
     if not any(isinstance(f, _DropAdvertisements) for f in rank_zero_logger.filters):
@@ -94,7 +108,13 @@ def quiet_lightning() -> None:
 
 
 def make_trainer(
-    spec: ExperimentSpec, strategy: Any, logger: Any, callbacks: list[Any], plugins: list[Any], has_val: bool, progress: bool
+    spec: ExperimentSpec,
+    strategy: Any,
+    logger: Any,
+    callbacks: list[Any],
+    plugins: list[Any],
+    has_val: bool,
+    progress: bool,
 ) -> L.Trainer:
     """The Lightning Trainer of ``spec.trainer`` (strategy, devices and nodes included)."""
     t = spec.trainer
@@ -123,7 +143,11 @@ def make_trainer(
 
 
 def train(
-    spec: ExperimentSpec, resume: str | bool = False, registry: Any = None, progress: bool = True, run_id: str | None = None,
+    spec: ExperimentSpec,
+    resume: str | bool = False,
+    registry: Any = None,
+    progress: bool = True,
+    run_id: str | None = None,
     profile_steps: int | None = None,
 ) -> TrainResult:
     """Train ``spec``; with ``resume`` continue a checkpoint and its MLflow run.
@@ -158,13 +182,17 @@ def train(
     lead = process_rank(spec.trainer) == 0
     tracking_uri = resolve_tracking_uri(spec)
     experiment = spec.tracking.experiment or spec.name
-    client = check_store(tracking_uri, spec.tracking.connect_timeout) if lead else None  # one clear error, before any work
+    client = (
+        check_store(tracking_uri, spec.tracking.connect_timeout) if lead else None
+    )  # one clear error, before any work
     check_writable(run_directory(spec), "trainer.output_dir")  # before any work or MLflow run
     if lead:
         prepare_data(spec)
     module = PretrainModule(spec, registry)
     strategy = build_strategy(spec.trainer, module.backbone)  # misconfigurations surface before MLflow
-    datamodule = AudioDataModule(spec.data, module.backbone.sample_rate, spec.seed, min_seconds=shortest_usable_seconds(module))
+    datamodule = AudioDataModule(
+        spec.data, module.backbone.sample_rate, spec.seed, min_seconds=shortest_usable_seconds(module)
+    )
     datamodule.setup()  # data errors surface before an MLflow run is created
     files = datamodule.train_files + datamodule.val_files
     if lead and spec.data.target_cache and spec.data.build_target_cache and files:
@@ -232,7 +260,9 @@ def train(
         finish_run(logger, client, tracking_uri, module, datamodule, trainer.global_step, metrics)
     if module.stop_reason:
         raise MertlabError(f"{module.stop_reason}; checkpoint: {checkpoint_dir / 'last.ckpt'}")
-    return TrainResult(logger.run_id, experiment, tracking_uri, checkpoint_dir, metrics, skipped, trainer.is_global_zero)
+    return TrainResult(
+        logger.run_id, experiment, tracking_uri, checkpoint_dir, metrics, skipped, trainer.is_global_zero
+    )
 
 
 def gather_skipped(trainer: L.Trainer, datamodule: AudioDataModule) -> list[Any]:
@@ -247,15 +277,24 @@ def gather_skipped(trainer: L.Trainer, datamodule: AudioDataModule) -> list[Any]
     return list(datamodule.skipped)
 
 
-def finish_run(logger: ResilientMLFlowLogger, client: Any, tracking_uri: str, module: PretrainModule,
-               datamodule: AudioDataModule, step: int, metrics: dict[str, float]) -> None:
+def finish_run(
+    logger: ResilientMLFlowLogger,
+    client: Any,
+    tracking_uri: str,
+    module: PretrainModule,
+    datamodule: AudioDataModule,
+    step: int,
+    metrics: dict[str, float],
+) -> None:
     """Rank 0, after fit: send the queued metrics, log the skipped files and the run summary
     (into ``metrics`` too), and mark a run that stopped itself FAILED. The store failing now
     is a warning: it must not hide the finished training."""
     skipped = list(datamodule.skipped)
     if skipped:
         logger.log_metrics({M.SKIPPED_FILES: float(len(skipped))}, step=step)
-        log.warning("skipped %d bad audio file(s); the list is the run's %s artifact", len(skipped), SKIPPED_FILES_ARTIFACT)
+        log.warning(
+            "skipped %d bad audio file(s); the list is the run's %s artifact", len(skipped), SKIPPED_FILES_ARTIFACT
+        )
     if not logger.flush():
         logger.write_unsent()
     try:

@@ -1,4 +1,5 @@
 """Learning-rate schedules: linear warmup, then linear / cosine decay or constant."""
+
 from __future__ import annotations
 
 import math

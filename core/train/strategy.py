@@ -19,6 +19,7 @@ Everything distributed is PyTorch's, through Lightning; this module only chooses
 * ``auto``: one device -> no strategy; several -> ``ddp`` as above (Lightning's own choice
   would leave ``find_unused_parameters`` off).
 """
+
 from __future__ import annotations
 
 import os
@@ -105,6 +106,7 @@ def global_norms(trainer: Any, groups: dict[str, list[Tensor]]) -> dict[str, Ten
     float64; every rank must call this, with the same groups). Groups without a tensor on any
     rank are left out.
     """
+
     def norm(tensors: list[Tensor]) -> Tensor:
         return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(t.float()) for t in tensors]))
 

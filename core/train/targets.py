@@ -5,6 +5,7 @@ backbone's frames, so the training step does not know which one runs. The spec c
 ``data.target_cache: DIR`` reads precomputed targets (``mertlab targets build SPEC``), null runs
 the teachers on the clean crops (e.g. on a GPU).
 """
+
 from __future__ import annotations
 
 import logging
@@ -22,7 +23,14 @@ from mertlab.contracts import TargetInfo, Targets, Teacher
 from mertlab.data.audio import AudioFile, resample
 from mertlab.data.dataset import AudioBatch
 from mertlab.errors import MertlabError
-from mertlab.teachers.target_cache import BUILD_HINT, DamagedEntryError, TeacherCache, Windowing, compute_targets_of, storage_dtype
+from mertlab.teachers.target_cache import (
+    BUILD_HINT,
+    DamagedEntryError,
+    TeacherCache,
+    Windowing,
+    compute_targets_of,
+    storage_dtype,
+)
 from mertlab.toolkit.align import align_targets, frame_window
 from mertlab.toolkit.teacher_output import check_cached_values, check_targets
 
@@ -39,7 +47,9 @@ class TargetSource(ABC):
     """Each teacher's targets (by alias) of a batch, on ``num_frames`` frames at ``frame_rate``."""
 
     @abstractmethod
-    def targets(self, batch: AudioBatch, frame_rate: float, num_frames: int, frame_lengths: Tensor) -> dict[str, Targets]:
+    def targets(
+        self, batch: AudioBatch, frame_rate: float, num_frames: int, frame_lengths: Tensor
+    ) -> dict[str, Targets]:
         """``frame_lengths``: ``[B]`` valid backbone frames per clip."""
 
     def check_files(self, files: Sequence[AudioFile]) -> None:
@@ -54,13 +64,17 @@ class TeacherTargets(TargetSource):
         self.sample_rate = sample_rate
 
     @torch.no_grad()
-    def targets(self, batch: AudioBatch, frame_rate: float, num_frames: int, frame_lengths: Tensor) -> dict[str, Targets]:
+    def targets(
+        self, batch: AudioBatch, frame_rate: float, num_frames: int, frame_lengths: Tensor
+    ) -> dict[str, Targets]:
         wav, lengths = batch.wav, batch.lengths
         out = {}
         with torch.autocast(device_type=wav.device.type, enabled=False):
             for alias, teacher in self.teachers.items():
                 t_wav = resample(wav.float(), self.sample_rate, teacher.sample_rate)
-                t_len = torch.div(lengths * teacher.sample_rate, self.sample_rate, rounding_mode="floor").clamp(max=t_wav.shape[1])
+                t_len = torch.div(lengths * teacher.sample_rate, self.sample_rate, rounding_mode="floor").clamp(
+                    max=t_wav.shape[1]
+                )
                 raw = check_targets(teacher, teacher.targets(t_wav, t_len), t_wav.shape[1], t_len)
                 out[alias] = align_targets(raw, frame_rate, num_frames, frame_lengths)
         return out
@@ -78,7 +92,9 @@ class CachedTargets(TargetSource):
     of the file) or per-crop statistics (see :mod:`mertlab.teachers.target_cache`).
     """
 
-    def __init__(self, cache_dir: str | Path, teachers: Mapping[str, Teacher], sample_rate: int, repair: bool = True) -> None:
+    def __init__(
+        self, cache_dir: str | Path, teachers: Mapping[str, Teacher], sample_rate: int, repair: bool = True
+    ) -> None:
         self.sample_rate = sample_rate
         self.teachers = teachers
         self.repair = repair
@@ -132,9 +148,18 @@ class CachedTargets(TargetSource):
                 self._recomputed[key] = values.astype(storage_dtype(cache.info), copy=False)
             return self._recomputed[key]
 
-    def targets(self, batch: AudioBatch, frame_rate: float, num_frames: int, frame_lengths: Tensor) -> dict[str, Targets]:
-        return sliced_targets({a: c.info for a, c in self.caches.items()}, batch, self.sample_rate,
-                              frame_rate, num_frames, frame_lengths, self.chunk)
+    def targets(
+        self, batch: AudioBatch, frame_rate: float, num_frames: int, frame_lengths: Tensor
+    ) -> dict[str, Targets]:
+        return sliced_targets(
+            {a: c.info for a, c in self.caches.items()},
+            batch,
+            self.sample_rate,
+            frame_rate,
+            num_frames,
+            frame_lengths,
+            self.chunk,
+        )
 
     def checked(self, alias: str, file: AudioFile, device: torch.device | str = "cpu") -> np.ndarray:
         """``file``'s cached targets of teacher ``alias``, opened and checked once per run.
@@ -153,7 +178,9 @@ class CachedTargets(TargetSource):
         values = self.read(alias, file, device)
         origin = f"of {file.path} in {self.caches[alias].folder}"
         for start in range(0, max(len(values), 1), _CHECK_FRAMES):
-            check_cached_values(self.teachers[alias], torch.from_numpy(np.array(values[start: start + _CHECK_FRAMES])), origin)
+            check_cached_values(
+                self.teachers[alias], torch.from_numpy(np.array(values[start : start + _CHECK_FRAMES])), origin
+            )
         self._open[key] = values
         if len(self._open) > OPEN_ENTRIES:
             self._open.popitem(last=False)
@@ -161,12 +188,19 @@ class CachedTargets(TargetSource):
 
     def chunk(self, alias: str, batch: AudioBatch, clip: int, first: int, count: int) -> Tensor:
         """Frames ``first`` to ``first + count`` of clip ``clip``'s file (checked: :meth:`checked`)."""
-        values = self.checked(alias, batch.files[clip], batch.wav.device)[first: first + count]
+        values = self.checked(alias, batch.files[clip], batch.wav.device)[first : first + count]
         return torch.from_numpy(np.array(values))
 
 
-def sliced_targets(infos: Mapping[str, TargetInfo], batch: AudioBatch, sample_rate: int,
-                   frame_rate: float, num_frames: int, frame_lengths: Tensor, chunk: Any) -> dict[str, Targets]:
+def sliced_targets(
+    infos: Mapping[str, TargetInfo],
+    batch: AudioBatch,
+    sample_rate: int,
+    frame_rate: float,
+    num_frames: int,
+    frame_lengths: Tensor,
+    chunk: Any,
+) -> dict[str, Targets]:
     """Each teacher's targets of a batch cut from whole-file targets (the cache's or a shard's).
 
     A crop starting ``start_seconds`` into its file starts at source position ``p =
@@ -188,7 +222,7 @@ def sliced_targets(infos: Mapping[str, TargetInfo], batch: AudioBatch, sample_ra
         dtype = torch.long if info.kind == "discrete" else torch.float32
         lengths = torch.tensor([c.shape[0] for c in chunks], device=device)
         same_length = all(c.shape[0] == chunks[0].shape[0] for c in chunks)
-        values = (torch.stack(chunks) if same_length else torch.nn.utils.rnn.pad_sequence(chunks, batch_first=True))
+        values = torch.stack(chunks) if same_length else torch.nn.utils.rnn.pad_sequence(chunks, batch_first=True)
         values = values.to(device=device, dtype=dtype)
         raw = Targets(values=values, lengths=lengths, info=info)
         offsets_t = torch.tensor(offsets, dtype=torch.float64, device=device)
@@ -208,7 +242,9 @@ class ShardTargets(TargetSource):
     teachers run on the fly. The shards' metadata is read on first use (:meth:`check_files`).
     """
 
-    def __init__(self, data_path: str, cache_dir: str | None, teachers: Mapping[str, Teacher], sample_rate: int) -> None:
+    def __init__(
+        self, data_path: str, cache_dir: str | None, teachers: Mapping[str, Teacher], sample_rate: int
+    ) -> None:
         self.data_path = data_path
         self.cache_dir = cache_dir
         self.teachers = teachers
@@ -251,24 +287,28 @@ class ShardTargets(TargetSource):
     def check_files(self, files: Sequence[AudioFile]) -> None:
         self.resolve()
 
-    def targets(self, batch: AudioBatch, frame_rate: float, num_frames: int, frame_lengths: Tensor) -> dict[str, Targets]:
+    def targets(
+        self, batch: AudioBatch, frame_rate: float, num_frames: int, frame_lengths: Tensor
+    ) -> dict[str, Targets]:
         source = self.resolve()
         if source is not self:
             return source.targets(batch, frame_rate, num_frames, frame_lengths)
         if batch.frames is None:
             raise MertlabError(f"data.path: a batch from the shards at {self.data_path} carries no targets")
-        return sliced_targets(self._infos, batch, self.sample_rate, frame_rate, num_frames,
-                              frame_lengths, self.chunk)
+        return sliced_targets(self._infos, batch, self.sample_rate, frame_rate, num_frames, frame_lengths, self.chunk)
 
     def chunk(self, alias: str, batch: AudioBatch, clip: int, first: int, count: int) -> Tensor:
         """The frames the loader cut (``first``/``count`` are the same :func:`frame_window`'s), checked."""
         values = batch.frames[clip][alias]
-        check_cached_values(self.teachers[alias], values, f"of {batch.files[clip].path} in the shards at {self.data_path}")
+        check_cached_values(
+            self.teachers[alias], values, f"of {batch.files[clip].path} in the shards at {self.data_path}"
+        )
         return values
 
 
-def target_source(cache_dir: str | None, teachers: Mapping[str, Teacher], sample_rate: int,
-                  data_path: str | None = None) -> TargetSource:
+def target_source(
+    cache_dir: str | None, teachers: Mapping[str, Teacher], sample_rate: int, data_path: str | None = None
+) -> TargetSource:
     """The source a spec's data section selects: the shards' targets when ``data_path`` holds
     shards with targets; else ``data.target_cache`` (None: the teachers on the fly)."""
     if data_path is not None:

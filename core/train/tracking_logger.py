@@ -13,6 +13,7 @@ moved to a background sender:
 * ``finalize`` waits at most ``flush_timeout`` seconds for the queue; what could still not be
   sent is written to ``unsent_file`` (JSON lines) and named in a warning, never dropped silently.
 """
+
 from __future__ import annotations
 
 import json
@@ -136,7 +137,11 @@ class ResilientMLFlowLogger(MLFlowLogger):
                 self._failing_since = time.monotonic()
                 log.warning(
                     "MLflow tracking store %s failed (%s: %s); training continues, metrics are kept and retried "
-                    "every %gs", self._tracking_uri, type(exc).__name__, str(exc).splitlines()[0][:200], self.retry_seconds,
+                    "every %gs",
+                    self._tracking_uri,
+                    type(exc).__name__,
+                    str(exc).splitlines()[0][:200],
+                    self.retry_seconds,
                 )
             return False
         with self._lock:
@@ -146,8 +151,11 @@ class ResilientMLFlowLogger(MLFlowLogger):
                     del self._tags[key]
             self._sending = False
         if self._failing_since is not None:
-            log.warning("MLflow tracking store %s is back after %.0fs; queued metrics sent",
-                        self._tracking_uri, time.monotonic() - self._failing_since)
+            log.warning(
+                "MLflow tracking store %s is back after %.0fs; queued metrics sent",
+                self._tracking_uri,
+                time.monotonic() - self._failing_since,
+            )
             self._failing_since = None
         return True
 
@@ -172,18 +180,31 @@ class ResilientMLFlowLogger(MLFlowLogger):
         if not metrics and not tags:
             return None
         if self.unsent_file is None:
-            log.warning("MLflow tracking store %s unreachable: %d metric values were not recorded",
-                        self._tracking_uri, len(metrics))
+            log.warning(
+                "MLflow tracking store %s unreachable: %d metric values were not recorded",
+                self._tracking_uri,
+                len(metrics),
+            )
             return None
         self.unsent_file.parent.mkdir(parents=True, exist_ok=True)
         with self.unsent_file.open("a") as f:
             for m in metrics:
                 value = m.value if math.isfinite(m.value) else str(m.value)
-                f.write(json.dumps({"run_id": self.run_id, "key": m.key, "value": value, "step": m.step, "timestamp": m.timestamp}) + "\n")
+                f.write(
+                    json.dumps(
+                        {"run_id": self.run_id, "key": m.key, "value": value, "step": m.step, "timestamp": m.timestamp}
+                    )
+                    + "\n"
+                )
             for key, value in tags.items():
                 f.write(json.dumps({"run_id": self.run_id, "tag": key, "value": value}) + "\n")
-        log.warning("MLflow tracking store %s unreachable: %d metric values and %d tags written to %s",
-                    self._tracking_uri, len(metrics), len(tags), self.unsent_file)
+        log.warning(
+            "MLflow tracking store %s unreachable: %d metric values and %d tags written to %s",
+            self._tracking_uri,
+            len(metrics),
+            len(tags),
+            self.unsent_file,
+        )
         return self.unsent_file
 
     @rank_zero_only
@@ -199,7 +220,9 @@ class ResilientMLFlowLogger(MLFlowLogger):
         try:
             super().finalize(status)
         except Exception as exc:  # noqa: BLE001 - the run's status is bookkeeping, not training
-            log.warning("MLflow tracking store %s: could not mark run %s %s (%s)", self._tracking_uri, self.run_id, status, exc)
+            log.warning(
+                "MLflow tracking store %s: could not mark run %s %s (%s)", self._tracking_uri, self.run_id, status, exc
+            )
 
 
 def set_run_tag(trainer: Any, key: str, value: str) -> None:

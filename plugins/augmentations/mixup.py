@@ -10,6 +10,7 @@ clips is added at a random gain in ``[0, max_gain]``, which keeps the knobs to t
 Registered through ``register_augmentations`` like any third-party augmentation; a spec turns it
 on with ``augment: {mixup: {probability: 0.5}}`` (the built-in default).
 """
+
 from __future__ import annotations
 
 import torch
@@ -68,12 +69,14 @@ def mixup(
         source = min(int(source_draw[i] * (valid[j] - crop + 1)), valid[j] - crop)
         dest = min(int(dest_draw[i] * (valid[i] - crop + 1)), valid[i] - crop)
         gain = gain_draw[i] * max_gain
-        mixed[i, dest:dest + crop] += gain * wav[j, source:source + crop]
+        mixed[i, dest : dest + crop] += gain * wav[j, source : source + crop]
     return mixed
 
 
 class MixupParams(Params):
-    probability: float = Field(0.5, ge=0, le=1, description="Chance per clip of adding another clip's crop (MERT: 0.5; 0 disables).")
+    probability: float = Field(
+        0.5, ge=0, le=1, description="Chance per clip of adding another clip's crop (MERT: 0.5; 0 disables)."
+    )
     max_gain: float = Field(0.5, ge=0, description="The added clip is scaled by a random gain in [0, max_gain].")
 
 

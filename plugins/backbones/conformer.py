@@ -26,6 +26,7 @@ samples past ``lengths`` are zeroed, frames past each clip's valid length are ze
 subsampling conv and before the depthwise conv, attention masks padded keys, and every norm is a
 per-frame LayerNorm (no BatchNorm: it mixes clips and padding).
 """
+
 from __future__ import annotations
 
 import math
@@ -56,14 +57,19 @@ PresetName = Literal["tiny", "small", "base", "large"]
 #: and 512 subsampling channels at 25 Hz (~330M): ``preset: large, num_layers: 12, ffn_dim: 4096,
 #: subsampling_channels: 512, hop_length: 240``.
 PRESETS: dict[str, dict[str, Any]] = {
-    "tiny": dict(num_layers=2, hidden_dim=64, num_heads=4, ffn_dim=128, conv_kernel=7,
-                 subsampling_channels=8, n_mels=32, n_fft=512),
-    "small": dict(num_layers=8, hidden_dim=512, num_heads=8, ffn_dim=768, conv_kernel=31,
-                  subsampling_channels=64),
-    "base": dict(num_layers=12, hidden_dim=768, num_heads=12, ffn_dim=1152, conv_kernel=31,
-                 subsampling_channels=128),
-    "large": dict(num_layers=24, hidden_dim=1024, num_heads=16, ffn_dim=1536, conv_kernel=31,
-                  subsampling_channels=256),
+    "tiny": dict(
+        num_layers=2,
+        hidden_dim=64,
+        num_heads=4,
+        ffn_dim=128,
+        conv_kernel=7,
+        subsampling_channels=8,
+        n_mels=32,
+        n_fft=512,
+    ),
+    "small": dict(num_layers=8, hidden_dim=512, num_heads=8, ffn_dim=768, conv_kernel=31, subsampling_channels=64),
+    "base": dict(num_layers=12, hidden_dim=768, num_heads=12, ffn_dim=1152, conv_kernel=31, subsampling_channels=128),
+    "large": dict(num_layers=24, hidden_dim=1024, num_heads=16, ffn_dim=1536, conv_kernel=31, subsampling_channels=256),
 }
 
 
@@ -72,36 +78,48 @@ class ConformerParams(Params):
     with no preset the defaults are the ``base`` sizes."""
 
     preset: PresetName | None = Field(
-        None, description="Named size (tiny < 1M params for tests, small ~29M, base ~96M, large ~338M); "
-        "fills the size fields you do not set."
+        None,
+        description="Named size (tiny < 1M params for tests, small ~29M, base ~96M, large ~338M); "
+        "fills the size fields you do not set.",
     )
     # frontend
     sample_rate: int = Field(24000, gt=0, description="Input sample rate in Hz (MERT/MusicFM: 24 kHz).")
     n_fft: int = Field(2048, gt=1, description="STFT size in samples (MusicFM: 2048).")
     hop_length: int = Field(
-        80, gt=0, validate_default=True, description="STFT hop in samples. 80 with 4x subsampling = 75 Hz at 24 kHz (MERT rate); "
-        "240 = MusicFM's 25 Hz."
+        80,
+        gt=0,
+        validate_default=True,
+        description="STFT hop in samples. 80 with 4x subsampling = 75 Hz at 24 kHz (MERT rate); 240 = MusicFM's 25 Hz.",
     )
     n_mels: int = Field(128, gt=0, description="Mel bins (MusicFM/BEST-RQ: 128).")
     f_min: float = Field(0.0, ge=0, description="Lowest mel filter frequency in Hz.")
-    f_max: float | None = Field(None, gt=0, validate_default=True, description="Highest mel filter frequency in Hz; null = sample_rate / 2.")
+    f_max: float | None = Field(
+        None, gt=0, validate_default=True, description="Highest mel filter frequency in Hz; null = sample_rate / 2."
+    )
     mel_db_mean: float = Field(
-        -5.0, description="Initial normalisation offset of the log-mel (dB); pink noise at -20 dBFS "
-        "RMS gives about -5 dB with n_fft 2048. Dataset statistics are better (MusicFM uses them)."
+        -5.0,
+        description="Initial normalisation offset of the log-mel (dB); pink noise at -20 dBFS "
+        "RMS gives about -5 dB with n_fft 2048. Dataset statistics are better (MusicFM uses them).",
     )
     mel_db_std: float = Field(20.0, gt=0, description="Initial normalisation scale of the log-mel (dB).")
     learnable_mel_norm: bool = Field(
-        True, description="Learn the per-mel-bin normalisation (scale, shift); the subsampling convs "
-        "share weights across frequency, so this lets the model equalise bins."
+        True,
+        description="Learn the per-mel-bin normalisation (scale, shift); the subsampling convs "
+        "share weights across frequency, so this lets the model equalise bins.",
     )
     # subsampling
     subsampling_strides: tuple[Annotated[int, Field(ge=1)], ...] = Field(
         (2, 2), min_length=1, description="Time stride of each 2D conv subsampling layer (MusicFM: 2, 2)."
     )
-    subsampling_freq_stride: int = Field(2, ge=1, description="Frequency stride of each subsampling layer (MusicFM: 2).")
+    subsampling_freq_stride: int = Field(
+        2, ge=1, description="Frequency stride of each subsampling layer (MusicFM: 2)."
+    )
     subsampling_kernel: int = Field(
-        4, ge=1, validate_default=True, description="Kernel size (time and frequency) of the subsampling convs; 4 with stride 2 "
-        "keeps output frames centred on their samples."
+        4,
+        ge=1,
+        validate_default=True,
+        description="Kernel size (time and frequency) of the subsampling convs; 4 with stride 2 "
+        "keeps output frames centred on their samples.",
     )
     subsampling_channels: int = Field(128, gt=0, description="Channels of the subsampling convs (MusicFM: 512).")
     # encoder
@@ -110,9 +128,13 @@ class ConformerParams(Params):
     num_heads: int = Field(12, ge=1, validate_default=True, description="Attention heads; must divide hidden_dim.")
     ffn_dim: int = Field(1152, gt=0, description="Inner width of each of the two macaron feed-forwards.")
     conv_kernel: int = Field(31, ge=1, description="Depthwise conv kernel (odd; conformer / wav2vec2-conformer: 31).")
-    pos_encoding: Literal["rotary", "none"] = Field("rotary", validate_default=True, description="Positions in self-attention (MusicFM: rotary).")
+    pos_encoding: Literal["rotary", "none"] = Field(
+        "rotary", validate_default=True, description="Positions in self-attention (MusicFM: rotary)."
+    )
     rotary_base: float = Field(10000.0, gt=1, description="Rotary embedding base (RoFormer: 10000).")
-    dropout: float = Field(0.1, ge=0, lt=1, description="Dropout on the projection, feed-forwards and residual branches.")
+    dropout: float = Field(
+        0.1, ge=0, lt=1, description="Dropout on the projection, feed-forwards and residual branches."
+    )
     attention_dropout: float = Field(0.1, ge=0, lt=1, description="Dropout on attention weights.")
     gradient_checkpointing: bool = Field(False, description="Recompute each block in the backward pass (saves memory).")
 
@@ -172,8 +194,9 @@ class ConformerParams(Params):
     def _kernel_covers_strides(cls, v: int, info: ValidationInfo) -> int:
         strides = (*info.data.get("subsampling_strides", ()), info.data.get("subsampling_freq_stride", 1))
         if v < max(strides):
-            raise ValueError(f"subsampling_kernel ({v}) must be >= every subsampling stride {list(strides)}, "
-                             "or frames are skipped")
+            raise ValueError(
+                f"subsampling_kernel ({v}) must be >= every subsampling stride {list(strides)}, or frames are skipped"
+            )
         return v
 
 
@@ -356,8 +379,15 @@ class ConformerBackbone(Backbone):
         super().__init__(params)
         p = params
         self.frontend = LogMelFrontend(
-            p.sample_rate, p.n_fft, p.hop_length, p.n_mels, p.f_min, p.f_max,
-            p.mel_db_mean, p.mel_db_std, p.learnable_mel_norm,
+            p.sample_rate,
+            p.n_fft,
+            p.hop_length,
+            p.n_mels,
+            p.f_min,
+            p.f_max,
+            p.mel_db_mean,
+            p.mel_db_std,
+            p.learnable_mel_norm,
         )
         self.subsampling = ConvSubsampling(p)
         self.projection = nn.Sequential(
@@ -427,7 +457,9 @@ class ConformerBackbone(Backbone):
 
         rotary = None
         if self.params.pos_encoding == "rotary":
-            rotary = _rotary_tables(x.shape[1], self.hidden_dim // self.params.num_heads, self.params.rotary_base, x.device)
+            rotary = _rotary_tables(
+                x.shape[1], self.hidden_dim // self.params.num_heads, self.params.rotary_base, x.device
+            )
 
         hidden_states = [x]
         max_logits: list[Tensor] = []

@@ -13,10 +13,11 @@ newest checkpoint, multiply the learning rate by ``rollback_lr_scale`` and conti
 counter, data order and schedule go on). Each action is counted (``stability/spike_skips``,
 ``stability/rollbacks``) and described in the run tag ``mertlab.stability.last_action``.
 """
+
 from __future__ import annotations
 
 import math
-from typing import Any, Literal
+from typing import Any
 
 import lightning as L
 import torch
@@ -66,7 +67,9 @@ class StabilityMonitor(L.Callback):
         groups = {}
         named = dict(pl_module.backbone.named_parameters())
         for block, prefixes in pl_module.backbone.block_names().items():
-            groups[M.grad_norm(block)] = [p.grad for n, p in named.items() if p.grad is not None and n.startswith(tuple(prefixes))]
+            groups[M.grad_norm(block)] = [
+                p.grad for n, p in named.items() if p.grad is not None and n.startswith(tuple(prefixes))
+            ]
         for alias, objective in pl_module.objectives.items():
             groups[M.grad_norm(f"head.{alias}")] = [p.grad for p in objective.parameters() if p.grad is not None]
         # Under FSDP each rank holds a shard of the gradients: the norms are summed over ranks.
@@ -110,7 +113,9 @@ class StabilityMonitor(L.Callback):
         pl_module.instrument_next_step = False
         if self._before is not None:
             after = [p.detach() for p in pl_module.parameters() if p.requires_grad]
-            norms = global_norms(trainer, {"delta": [a - b for a, b in zip(after, self._before)], "before": self._before})
+            norms = global_norms(
+                trainer, {"delta": [a - b for a, b in zip(after, self._before)], "before": self._before}
+            )
             if "delta" in norms:
                 metrics[M.UPDATE_RATIO_TOTAL] = float(norms["delta"]) / max(float(norms["before"]), 1e-12)
             self._before = None
@@ -138,9 +143,14 @@ class StabilityMonitor(L.Callback):
         return z
 
     def state_dict(self) -> dict[str, Any]:
-        return {"loss_mean": self.loss_mean, "loss_var": self.loss_var, "seen": self.seen, "spikes": self.spikes,
-                "spike_skips": self.spike_skips, "rollbacks": self.rollbacks}
+        return {
+            "loss_mean": self.loss_mean,
+            "loss_var": self.loss_var,
+            "seen": self.seen,
+            "spikes": self.spikes,
+            "spike_skips": self.spike_skips,
+            "rollbacks": self.rollbacks,
+        }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.__dict__.update(state_dict)
-

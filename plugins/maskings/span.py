@@ -15,6 +15,7 @@ Differences from fairseq, on purpose:
   sampling; HuBERT-style losses do not, and it would cut spans short);
 * a start is drawn from every frame where a full span fits, so spans never run off the end.
 """
+
 from __future__ import annotations
 
 import torch
@@ -27,12 +28,16 @@ from mertlab.hookspecs import hookimpl
 
 class SpanMaskingParams(Params):
     mask_prob: float = Field(
-        0.8, ge=0, le=1,
+        0.8,
+        ge=0,
+        le=1,
         description="Spans per clip = mask_prob x valid frames / span_length (HuBERT/MERT: 0.8); "
         "~58% of frames end up masked at 0.8 and span 5 because spans overlap.",
     )
     span_length: int = Field(5, ge=1, description="Frames per span (MERT: 5 at 75 Hz; HuBERT: 10 at 50 Hz).")
-    min_spans: int = Field(2, ge=0, description="At least this many spans per clip, when the clip has room (fairseq min_masks: 2).")
+    min_spans: int = Field(
+        2, ge=0, description="At least this many spans per clip, when the clip has room (fairseq min_masks: 2)."
+    )
     no_overlap: bool = Field(
         False,
         description="Place spans without overlap (each masks exactly span_length frames; "

@@ -4,6 +4,7 @@ A single ``Linear(D, sum(vocab_i))`` split per codebook (equivalent to one linea
 codebook), cross-entropy on the masked frames. No projection bottleneck, no cosine: the
 ablation partner of ``masked_prediction``.
 """
+
 from __future__ import annotations
 
 from torch import Tensor, nn
@@ -29,7 +30,9 @@ class LinearClassification(CodebookObjective):
     Params = LinearClassificationParams
     accepts = ("discrete",)
 
-    def __init__(self, params: LinearClassificationParams, *, hidden_dim: int, num_layers: int, target_info: TargetInfo) -> None:
+    def __init__(
+        self, params: LinearClassificationParams, *, hidden_dim: int, num_layers: int, target_info: TargetInfo
+    ) -> None:
         super().__init__(params, hidden_dim=hidden_dim, num_layers=num_layers, target_info=target_info)
         self.head = nn.Linear(hidden_dim, sum(self.vocab_sizes))
 

@@ -6,6 +6,7 @@ cross-entropy over the masked frames. This is fairseq HuBERT's ``compute_nce`` w
 as a negative (MERT: ``untie_final_proj``, one ``Linear(D, final_dim x n_codebooks)`` chunked per
 codebook, temperature 0.1, ``final_dim`` 64 at 95M), and MERT sums the codebook losses.
 """
+
 from __future__ import annotations
 
 import torch
@@ -19,8 +20,12 @@ from mertlab.toolkit.masked_loss import CodebookObjective, CodebookObjectivePara
 
 
 class MaskedPredictionParams(CodebookObjectiveParams):
-    final_dim: int = Field(64, gt=0, description="Projection size per codebook before the cosine similarity (MERT-95M: 64).")
-    logit_temp: float = Field(0.1, gt=0, description="Cosine similarities are divided by this temperature (HuBERT/MERT: 0.1).")
+    final_dim: int = Field(
+        64, gt=0, description="Projection size per codebook before the cosine similarity (MERT-95M: 64)."
+    )
+    logit_temp: float = Field(
+        0.1, gt=0, description="Cosine similarities are divided by this temperature (HuBERT/MERT: 0.1)."
+    )
 
 
 class MaskedPrediction(CodebookObjective):
@@ -37,7 +42,9 @@ class MaskedPrediction(CodebookObjective):
     Params = MaskedPredictionParams
     accepts = ("discrete",)
 
-    def __init__(self, params: MaskedPredictionParams, *, hidden_dim: int, num_layers: int, target_info: TargetInfo) -> None:
+    def __init__(
+        self, params: MaskedPredictionParams, *, hidden_dim: int, num_layers: int, target_info: TargetInfo
+    ) -> None:
         super().__init__(params, hidden_dim=hidden_dim, num_layers=num_layers, target_info=target_info)
         self.final_proj = nn.Linear(hidden_dim, params.final_dim * len(self.codebooks))
         # fairseq HuBERT / MERT: one table of all codes' embeddings, uniform(0, 1) init.

@@ -3,6 +3,7 @@
 MERT's musical objective: a linear head on the chosen backbone layer predicts the CQT of the
 clean audio (336 bins), trained with MSE on the masked frames (weight 1 next to the codebook CEs).
 """
+
 from __future__ import annotations
 
 from typing import Literal
@@ -17,7 +18,9 @@ from mertlab.toolkit.masked_loss import MaskedObjective, MaskedObjectiveParams, 
 
 
 class MaskedRegressionParams(MaskedObjectiveParams):
-    loss: Literal["mse", "l1"] = Field("mse", description="Per-frame error, averaged over feature dims (MERT's CQT loss: mse).")
+    loss: Literal["mse", "l1"] = Field(
+        "mse", description="Per-frame error, averaged over feature dims (MERT's CQT loss: mse)."
+    )
 
 
 class MaskedRegression(MaskedObjective):
@@ -31,7 +34,9 @@ class MaskedRegression(MaskedObjective):
     Params = MaskedRegressionParams
     accepts = ("continuous",)
 
-    def __init__(self, params: MaskedRegressionParams, *, hidden_dim: int, num_layers: int, target_info: TargetInfo) -> None:
+    def __init__(
+        self, params: MaskedRegressionParams, *, hidden_dim: int, num_layers: int, target_info: TargetInfo
+    ) -> None:
         super().__init__(params, hidden_dim=hidden_dim, num_layers=num_layers, target_info=target_info)
         self.head = nn.Linear(hidden_dim, target_info.dim)
 

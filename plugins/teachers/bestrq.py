@@ -1,4 +1,5 @@
 """``bestrq``: BEST-RQ random-projection quantiser targets (as in MusicFM), discrete."""
+
 from __future__ import annotations
 
 import hashlib
@@ -21,9 +22,13 @@ class BestRQParams(Params):
 
     sample_rate: int = Field(24000, gt=0, description="Sample rate (Hz) the teacher expects.")
     n_fft: int = Field(2048, gt=0, description="STFT size (Hann window) of the log-mel (MusicFM: 2048).")
-    hop_length: int = Field(80, gt=0, description="Mel hop in samples; frame rate = sample_rate / (hop_length * stack_frames).")
+    hop_length: int = Field(
+        80, gt=0, description="Mel hop in samples; frame rate = sample_rate / (hop_length * stack_frames)."
+    )
     n_mels: int = Field(128, gt=0, description="Mel bands (MusicFM: 128).")
-    stack_frames: int = Field(4, ge=1, description="Consecutive mel frames concatenated into one target frame (MusicFM: 4).")
+    stack_frames: int = Field(
+        4, ge=1, description="Consecutive mel frames concatenated into one target frame (MusicFM: 4)."
+    )
     normalize: Literal["per_clip", "none"] = Field(
         "per_clip",
         description="per_clip: standardise each mel bin over the clip's valid frames before projecting (MusicFM "
@@ -56,7 +61,12 @@ class BestRQTeacher(CheckedFrameTeacher):
     def __init__(self, params: BestRQParams) -> None:
         super().__init__(params)
         self.logmel = StackedLogMel(
-            params.sample_rate, params.n_fft, params.hop_length, params.n_mels, params.stack_frames, self.label,
+            params.sample_rate,
+            params.n_fft,
+            params.hop_length,
+            params.n_mels,
+            params.stack_frames,
+            self.label,
             standardise=params.normalize == "per_clip",
         )
         generator = torch.Generator().manual_seed(params.seed)

@@ -1,4 +1,5 @@
 """``cqt``: constant-Q transform magnitudes (nnAudio's, or an FFT-based equal within 1e-3), MERT's musical teacher (continuous targets)."""
+
 from __future__ import annotations
 
 from typing import Literal
@@ -17,14 +18,18 @@ class CQTParams(Params):
     (7 octaves), hop 320 (75 Hz, the default backbone's frame rate), raw linear magnitude."""
 
     sample_rate: int = Field(24000, gt=0, description="Sample rate (Hz) the teacher expects (MERT: 24000).")
-    hop_length: int = Field(320, gt=0, description="Hop in samples; frame rate = sample_rate / hop_length (MERT: 320 -> 75 Hz).")
+    hop_length: int = Field(
+        320, gt=0, description="Hop in samples; frame rate = sample_rate / hop_length (MERT: 320 -> 75 Hz)."
+    )
     fmin: float = Field(32.7, gt=0, description="Centre frequency (Hz) of the lowest bin (MERT: 32.7, C1).")
     n_bins: int = Field(336, gt=0, description="Number of CQT bins = target dim (MERT: 336).")
     bins_per_octave: int = Field(48, gt=0, description="Bins per octave (MERT: 48).")
     magnitude: Literal["linear", "log", "log1p"] = Field(
         "linear", description="linear: |CQT| (MERT); log: log(|CQT| + log_eps); log1p: log(1 + |CQT|)."
     )
-    log_eps: float = Field(1e-5, gt=0, description="Offset inside the log for magnitude=log (sets the floor for silence).")
+    log_eps: float = Field(
+        1e-5, gt=0, description="Offset inside the log for magnitude=log (sets the floor for silence)."
+    )
     implementation: Literal["fast", "exact"] = Field(
         "fast",
         description="fast: an FFT-based CQT (mertlab.plugins.teachers.fast_cqt, ~7x librosa.cqt on CPU at MERT's "
@@ -39,7 +44,7 @@ class CQTParams(Params):
     )
 
     @model_validator(mode="after")
-    def _top_bin_below_nyquist(self) -> "CQTParams":
+    def _top_bin_below_nyquist(self) -> CQTParams:
         top = self.fmin * 2 ** ((self.n_bins - 1) / self.bins_per_octave)
         if top >= self.sample_rate / 2:
             raise ValueError(
@@ -72,7 +77,9 @@ class CQTTeacher(CheckedFrameTeacher):
 
     def __init__(self, params: CQTParams) -> None:
         super().__init__(params)
-        self.target_info = TargetInfo(kind="continuous", dim=params.n_bins, frame_rate=params.sample_rate / params.hop_length)
+        self.target_info = TargetInfo(
+            kind="continuous", dim=params.n_bins, frame_rate=params.sample_rate / params.hop_length
+        )
         if params.implementation == "fast":
             from mertlab.plugins.teachers.fast_cqt import FFTCQT
 
@@ -81,9 +88,16 @@ class CQTTeacher(CheckedFrameTeacher):
         from nnAudio.features import CQT  # imported here: nnAudio is slow to import
 
         self.cqt = CQT(
-            sr=params.sample_rate, hop_length=params.hop_length, fmin=params.fmin, n_bins=params.n_bins,
-            bins_per_octave=params.bins_per_octave, center=True, pad_mode="constant", trainable=False,
-            output_format="Magnitude", verbose=False,
+            sr=params.sample_rate,
+            hop_length=params.hop_length,
+            fmin=params.fmin,
+            n_bins=params.n_bins,
+            bins_per_octave=params.bins_per_octave,
+            center=True,
+            pad_mode="constant",
+            trainable=False,
+            output_format="Magnitude",
+            verbose=False,
         )
         # The kernels (~176 MB at MERT's settings) follow from the params: keep them out of
         # state_dict so checkpoints of a model holding this teacher stay small.

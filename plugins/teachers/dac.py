@@ -1,4 +1,5 @@
 """DAC teacher: RVQ codes of the Descript Audio Codec (16, 24 or 44.1 kHz models)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -27,6 +28,7 @@ ARCHITECTURES: dict[tuple[str, str], dict[str, Any]] = {
     ("24khz", "8kbps"): dict(sample_rate=24000, encoder_rates=[2, 4, 5, 8], decoder_rates=[8, 5, 4, 2], n_codebooks=32),
     ("16khz", "8kbps"): dict(sample_rate=16000, encoder_rates=[2, 4, 5, 8], decoder_rates=[8, 5, 4, 2], n_codebooks=12),
 }
+
 
 def default_weights(model_type: str, model_bitrate: str) -> tuple[Path, str]:
     """Where ``dac.utils.download`` caches the latest weights of a model, and their URL
@@ -58,7 +60,7 @@ class DACParams(Params):
     init_seconds: float = codec_support.init_seconds_field()
 
     @model_validator(mode="after")
-    def _consistent(self) -> "DACParams":
+    def _consistent(self) -> DACParams:
         arch = ARCHITECTURES.get((self.model_type, self.model_bitrate))
         if arch is None:
             raise ValueError(f"model_bitrate {self.model_bitrate} exists only for model_type 44khz")
@@ -135,7 +137,9 @@ class DACTeacher(codec_support.CodecTeacher):
             with codec_support.seeded_build(params.seed):
                 model = dac.DAC(**arch)
         n_codebooks = params.n_codebooks or int(model.n_codebooks)
-        self.hold(model, hop_length=int(model.hop_length), n_codebooks=n_codebooks, codebook_size=int(model.codebook_size))
+        self.hold(
+            model, hop_length=int(model.hop_length), n_codebooks=n_codebooks, codebook_size=int(model.codebook_size)
+        )
 
     def fit_codebooks(self, audio: Tensor, generator: torch.Generator) -> None:
         residual = self.model.encoder(self.model.preprocess(audio[:, None], self.sample_rate))

@@ -1,4 +1,5 @@
 """EnCodec teacher: MERT's acoustic teacher (RVQ codes of the 24 kHz EnCodec model)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -55,7 +56,7 @@ class EncodecParams(Params):
         return float(value)
 
     @model_validator(mode="after")
-    def _consistent(self) -> "EncodecParams":
+    def _consistent(self) -> EncodecParams:
         available = CODEBOOKS_PER_BANDWIDTH[self.bandwidth]
         if self.n_codebooks is not None and self.n_codebooks > available:
             raise ValueError(
@@ -128,7 +129,7 @@ class EncodecTeacher(codec_support.CodecTeacher):
             residual = residual - layer.decode(layer.encode(residual))
 
     def encode(self, audio: Tensor) -> Tensor:
-        (codes, _scale), = self.model.encode(audio)
+        ((codes, _scale),) = self.model.encode(audio)
         return codes[:, : self.n_codebooks].transpose(1, 2)
 
 

@@ -21,6 +21,7 @@ only approximation: at ``threshold=1e-4`` the magnitudes match ``CQT1992v2`` to 
 error ~1.3e-4 and a largest error ~1.1e-4 of the clip's largest magnitude (MERT's settings, the
 demo set); tests hold it to 1e-3.
 """
+
 from __future__ import annotations
 
 import math
@@ -72,16 +73,24 @@ def _folded_kernels(
     length, omega = lengths[bins], 2 * np.pi * freqs[bins] / sr
     theta = 2 * np.pi * f / n
     w_sum = length / 2  # sum of a periodic Hann window (the kernels' L1 norm times length)
-    spectrum = np.exp(1j * (omega * np.floor(-length / 2) - theta * starts[bins])) / w_sum * _hann_dft(theta - omega, length)
+    spectrum = (
+        np.exp(1j * (omega * np.floor(-length / 2) - theta * starts[bins])) / w_sum * _hann_dft(theta - omega, length)
+    )
     magnitude = np.abs(spectrum)
     keep = magnitude >= threshold * np.maximum.reduceat(magnitude, offsets)[bins]
     rows = bins[keep] * m + f[keep] % m
     values = np.conj(spectrum[keep]) * np.sqrt(length[keep]) / n
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "sparse CSR support is in beta"
-        matrix = torch.sparse_coo_tensor(
-            torch.from_numpy(np.stack([rows, f[keep]])), torch.from_numpy(values).to(torch.complex64), (n_bins * m, n // 2 + 1)
-        ).coalesce().to_sparse_csr()
+        matrix = (
+            torch.sparse_coo_tensor(
+                torch.from_numpy(np.stack([rows, f[keep]])),
+                torch.from_numpy(values).to(torch.complex64),
+                (n_bins * m, n // 2 + 1),
+            )
+            .coalesce()
+            .to_sparse_csr()
+        )
     return matrix, k_len, m, (n - k_len) // hop + 1
 
 
@@ -117,7 +126,9 @@ class FFTCQT(nn.Module):
         left = self.kernel_width // 2
         padded = nn.functional.pad(x.float(), (left, max(0, total - samples - left)))[:, :total]
         spectra = torch.fft.rfft(padded.unfold(-1, self.block, step).reshape(batch * blocks, self.block), dim=-1)
-        folded = (self._kernels_on(spectra.device) @ spectra.T.contiguous()).view(self.n_bins, self.fold, batch * blocks)
+        folded = (self._kernels_on(spectra.device) @ spectra.T.contiguous()).view(
+            self.n_bins, self.fold, batch * blocks
+        )
         values = torch.fft.ifft(folded, dim=1, norm="forward")[:, : self.frames_per_block].abs()
         values = values.view(self.n_bins, self.frames_per_block, batch, blocks).permute(2, 0, 3, 1)
         return values.reshape(batch, self.n_bins, blocks * self.frames_per_block)[..., :frames]

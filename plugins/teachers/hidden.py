@@ -1,4 +1,5 @@
 """``hidden``: distillation targets from a frozen, already trained backbone (data2vec-style)."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -24,9 +25,15 @@ class HiddenParams(Params):
         ".ckpt, or hf:DIR for a local Hugging Face HubertModel / MERT directory (config.json + weights). Required.",
     )
     layer: int | None = Field(
-        None, ge=0, description="Use this hidden_states index alone (0 = encoder input, i = output of layer i); unset: top_k."
+        None,
+        ge=0,
+        description="Use this hidden_states index alone (0 = encoder input, i = output of layer i); unset: top_k.",
     )
-    top_k: int | None = Field(8, ge=1, description="Average the outputs of the last top_k encoder layers (data2vec: 8); ignored when layer is set.")
+    top_k: int | None = Field(
+        8,
+        ge=1,
+        description="Average the outputs of the last top_k encoder layers (data2vec: 8); ignored when layer is set.",
+    )
     normalize: LayerNorm = Field(
         "frame",
         description="Per layer, before averaging: frame (each frame to zero mean / unit variance over its channels; "
@@ -35,7 +42,7 @@ class HiddenParams(Params):
     )
 
     @model_validator(mode="after")
-    def _layer_or_top_k(self) -> "HiddenParams":
+    def _layer_or_top_k(self) -> HiddenParams:
         if self.layer is None and self.top_k is None:
             raise ValueError("set `layer` (one hidden state) or `top_k` (mean of the last top_k layers)")
         return self
@@ -69,7 +76,9 @@ class HiddenTeacher(CheckedFrameTeacher):
         self.feature = BackboneLayer(params.checkpoint, layers, params.normalize)
         depth = self.feature.backbone.num_layers
         if params.layer is None and params.top_k > depth:
-            raise MertlabError(f"teacher '{self.name}': top_k={params.top_k} exceeds the {depth} layers of {params.checkpoint}")
+            raise MertlabError(
+                f"teacher '{self.name}': top_k={params.top_k} exceeds the {depth} layers of {params.checkpoint}"
+            )
         self.target_info = TargetInfo("continuous", self.feature.dim, self.feature.frame_rate)
         self._digest = tensor_digest(sorted(self.feature.backbone.state_dict().items()))
 

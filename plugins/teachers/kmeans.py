@@ -1,8 +1,10 @@
 """``kmeans``: k-means pseudo-labels over a frame feature (HuBERT iterations 1 and 2, MERT-v0)."""
+
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, Callable, Iterable, Literal
+from typing import Any, Literal
 
 import torch
 from pydantic import Field, model_validator
@@ -30,9 +32,17 @@ class KMeansParams(Params):
         "logmel_chroma (log-mel + 12-bin chroma, MERT-v0), hidden (layer `layer` of the backbone in "
         "`checkpoint`, HuBERT iteration 2).",
     )
-    n_clusters: int = Field(100, ge=2, description="Number of clusters = vocabulary size (HuBERT: 100, iteration 2: 500).")
-    sample_rate: int = Field(24000, gt=0, description="Sample rate (Hz) of mfcc/logmel_chroma (hidden uses the backbone's).")
-    hop_length: int = Field(320, gt=0, description="Hop in samples of mfcc/logmel_chroma; frame rate = sample_rate / hop_length (320 -> 75 Hz).")
+    n_clusters: int = Field(
+        100, ge=2, description="Number of clusters = vocabulary size (HuBERT: 100, iteration 2: 500)."
+    )
+    sample_rate: int = Field(
+        24000, gt=0, description="Sample rate (Hz) of mfcc/logmel_chroma (hidden uses the backbone's)."
+    )
+    hop_length: int = Field(
+        320,
+        gt=0,
+        description="Hop in samples of mfcc/logmel_chroma; frame rate = sample_rate / hop_length (320 -> 75 Hz).",
+    )
     n_fft: int = Field(2048, gt=0, description="STFT size (Hann window) of mfcc/logmel_chroma.")
     n_mels: int = Field(128, gt=0, description="Mel bands of mfcc/logmel_chroma.")
     n_mfcc: int = Field(13, gt=0, description="MFCCs before deltas (feature dim = 3 * n_mfcc; HuBERT: 13 -> 39).")
@@ -41,7 +51,9 @@ class KMeansParams(Params):
         description="feature=hidden: backbone file (mertlab.toolkit.checkpoint.save_backbone), training .ckpt, or hf:DIR "
         "(a local Hugging Face HubertModel / MERT directory: HuBERT iteration 2 from a released model).",
     )
-    layer: int = Field(6, ge=0, description="feature=hidden: index into hidden_states (0 = encoder input; HuBERT base iteration 2: 6).")
+    layer: int = Field(
+        6, ge=0, description="feature=hidden: index into hidden_states (0 = encoder input; HuBERT base iteration 2: 6)."
+    )
     centroids: str | None = Field(
         None, description="File holding the fitted state; written by `mertlab teachers fit SPEC`, loaded when present."
     )
@@ -54,7 +66,7 @@ class KMeansParams(Params):
     )
 
     @model_validator(mode="after")
-    def _checkpoint_iff_hidden(self) -> "KMeansParams":
+    def _checkpoint_iff_hidden(self) -> KMeansParams:
         if self.feature == "hidden" and self.checkpoint is None:
             raise ValueError("feature=hidden needs `checkpoint`: a trained mertlab backbone file")
         if self.feature != "hidden" and self.checkpoint is not None:
@@ -116,8 +128,13 @@ class KMeansTeacher(FittedFrameTeacher):
         :attr:`sample_rate`), at most ``max_fit_frames`` of them, on this teacher's device."""
         x, mean, std = self.standardised_fit_frames(batches, self.centroids.device, progress)
         centroids = fit_minibatch_kmeans(
-            x, self.params.n_clusters, n_iter=self.params.n_iter, batch_size=self.params.batch_size,
-            init=self.params.init, seed=self.params.seed, progress=progress,
+            x,
+            self.params.n_clusters,
+            n_iter=self.params.n_iter,
+            batch_size=self.params.batch_size,
+            init=self.params.init,
+            seed=self.params.seed,
+            progress=progress,
         )
         self._set_state(centroids, mean, std)
 

@@ -1,8 +1,10 @@
 """``melrvq``: MuQ's Mel residual vector quantisation, a learned tokenizer fitted offline."""
+
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import torch
 from pydantic import Field
@@ -18,7 +20,17 @@ from mertlab.toolkit.teacher_state import FittedFrameTeacher, load_state_file, s
 STATE_FORMAT = "mertlab-melrvq-v1"
 #: Params that only steer fitting or name the state file: they do not change what a state means.
 FIT_ONLY_FIELDS = frozenset(
-    {"tokenizer", "seed", "steps", "batch_size", "lr", "commitment_weight", "codebook_weight", "dead_code_steps", "max_fit_frames"}
+    {
+        "tokenizer",
+        "seed",
+        "steps",
+        "batch_size",
+        "lr",
+        "commitment_weight",
+        "codebook_weight",
+        "dead_code_steps",
+        "max_fit_frames",
+    }
 )
 
 
@@ -31,25 +43,42 @@ class MelRVQParams(Params):
 
     sample_rate: int = Field(24000, gt=0, description="Sample rate (Hz) the teacher expects (MuQ: 24 kHz).")
     n_fft: int = Field(2048, gt=0, description="STFT size (Hann window) of the mel (MuQ: 2048).")
-    hop_length: int = Field(240, gt=0, description="Mel hop in samples (MuQ: 240 = 100 Hz at 24 kHz); frame rate = sample_rate / (hop_length * stack_frames).")
+    hop_length: int = Field(
+        240,
+        gt=0,
+        description="Mel hop in samples (MuQ: 240 = 100 Hz at 24 kHz); frame rate = sample_rate / (hop_length * stack_frames).",
+    )
     n_mels: int = Field(128, gt=0, description="Mel bands (MuQ: 128).")
-    stack_frames: int = Field(4, ge=1, description="Consecutive mel frames quantised as one target frame (MuQ: 4 -> 25 Hz labels).")
+    stack_frames: int = Field(
+        4, ge=1, description="Consecutive mel frames quantised as one target frame (MuQ: 4 -> 25 Hz labels)."
+    )
     n_codebooks: int = Field(8, ge=1, description="Residual codebooks = target channels (MuQ: 8).")
     codebook_size: int = Field(1024, ge=2, description="Codes per codebook (MuQ: 1024).")
-    codebook_dim: int = Field(16, ge=1, description="Dimension of the projected space each codebook lives in (MuQ: 16).")
+    codebook_dim: int = Field(
+        16, ge=1, description="Dimension of the projected space each codebook lives in (MuQ: 16)."
+    )
     tokenizer: str | None = Field(
-        None, description="File holding the fitted tokenizer; written by `mertlab teachers fit SPEC`, loaded when present."
+        None,
+        description="File holding the fitted tokenizer; written by `mertlab teachers fit SPEC`, loaded when present.",
     )
     seed: int = Field(0, description="Seed of the initial weights, the codebook initialisation and batch sampling.")
     steps: int = Field(2000, ge=1, description="Optimisation steps of the fit (mertlab choice; MuQ does not state it).")
     batch_size: int = Field(4096, ge=1, description="Frames per fitting step (mertlab choice).")
     lr: float = Field(1e-3, gt=0, description="Adam learning rate of the fit (mertlab choice).")
-    commitment_weight: float = Field(0.25, ge=0, description="Weight of the commitment term ||z - sg(e)||^2 (MuQ's code: 0.25).")
-    codebook_weight: float = Field(1.0, ge=0, description="Weight of the codebook term ||sg(z) - e||^2 (MuQ's code: 1.0).")
-    dead_code_steps: int = Field(
-        100, ge=1, description="A code unused for this many consecutive steps is restarted on a random frame (MuQ's code: 100)."
+    commitment_weight: float = Field(
+        0.25, ge=0, description="Weight of the commitment term ||z - sg(e)||^2 (MuQ's code: 0.25)."
     )
-    max_fit_frames: int = Field(200_000, ge=2, description="fit() trains on at most this many frames: the first ones its batches yield.")
+    codebook_weight: float = Field(
+        1.0, ge=0, description="Weight of the codebook term ||sg(z) - e||^2 (MuQ's code: 1.0)."
+    )
+    dead_code_steps: int = Field(
+        100,
+        ge=1,
+        description="A code unused for this many consecutive steps is restarted on a random frame (MuQ's code: 100).",
+    )
+    max_fit_frames: int = Field(
+        200_000, ge=2, description="fit() trains on at most this many frames: the first ones its batches yield."
+    )
 
 
 class MelRVQTeacher(FittedFrameTeacher):
@@ -84,11 +113,13 @@ class MelRVQTeacher(FittedFrameTeacher):
             torch.manual_seed(p.seed)
             self.rvq = ResidualLinearVQ(self.feature.dim, p.n_codebooks, p.codebook_size, p.codebook_dim)
         self.rvq.requires_grad_(False).eval()
-        self.target_info = TargetInfo("discrete", p.n_codebooks, self.feature.frame_rate, (p.codebook_size,) * p.n_codebooks)
+        self.target_info = TargetInfo(
+            "discrete", p.n_codebooks, self.feature.frame_rate, (p.codebook_size,) * p.n_codebooks
+        )
         self.fit_history: list[float] = []
         self.load_state_if_present()
 
-    def train(self, mode: bool = True) -> "MelRVQTeacher":
+    def train(self, mode: bool = True) -> MelRVQTeacher:
         super().train(mode)
         self.rvq.eval()  # frozen outside fit()
         return self
@@ -115,8 +146,13 @@ class MelRVQTeacher(FittedFrameTeacher):
         device = self.feature.window.device
         x, mean, std = self.standardised_fit_frames(batches, device, progress)
         settings = RVQFitSettings(
-            steps=p.steps, batch_size=p.batch_size, lr=p.lr, commitment_weight=p.commitment_weight,
-            codebook_weight=p.codebook_weight, dead_code_steps=p.dead_code_steps, seed=p.seed,
+            steps=p.steps,
+            batch_size=p.batch_size,
+            lr=p.lr,
+            commitment_weight=p.commitment_weight,
+            codebook_weight=p.codebook_weight,
+            dead_code_steps=p.dead_code_steps,
+            seed=p.seed,
         )
         with torch.random.fork_rng(devices=[]):  # fresh seeded weights: refitting gives the same tokenizer
             torch.manual_seed(p.seed)
@@ -138,11 +174,13 @@ class MelRVQTeacher(FittedFrameTeacher):
     def load_state(self, path: str | Path) -> None:
         """Load a file written by :meth:`save_state`; it must match this teacher's params."""
         state = load_state_file(path, STATE_FORMAT, self.state_config(), f"teacher '{self.name}'")
-        weights = {k[len("rvq."):]: v for k, v in state.items() if k.startswith("rvq.")}
+        weights = {k[len("rvq.") :]: v for k, v in state.items() if k.startswith("rvq.")}
         try:
             self.rvq.load_state_dict(weights)
         except RuntimeError as exc:
-            raise MertlabError(f"{path}: tokenizer weights do not fit params ({' '.join(str(exc).split())[:300]})") from None
+            raise MertlabError(
+                f"{path}: tokenizer weights do not fit params ({' '.join(str(exc).split())[:300]})"
+            ) from None
         device = self.feature.window.device
         self.feature_mean, self.feature_std = state["feature_mean"].to(device), state["feature_std"].to(device)
 

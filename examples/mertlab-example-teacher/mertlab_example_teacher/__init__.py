@@ -8,6 +8,7 @@ for ``mertlab plugins`` to list ``loudness`` and for a spec to use it::
     objectives:
       loud_recon: {name: masked_regression, teacher: loud, weight: 0.5}
 """
+
 from __future__ import annotations
 
 import torch

@@ -5,6 +5,7 @@
 * :mod:`.backbone` -- ``TransformerBackbone``, the registered component;
 * :mod:`.hf`       -- Hugging Face config/weight mapping and ``load_hf``.
 """
+
 from mertlab.hookspecs import hookimpl
 
 from .backbone import TransformerBackbone

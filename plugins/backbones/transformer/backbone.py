@@ -1,4 +1,5 @@
 """The ``transformer`` backbone: HuBERT/MERT architecture, Hugging Face weight layout."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -50,7 +51,9 @@ class TransformerBackbone(Backbone):
     """
 
     name: ClassVar[str] = "transformer"
-    summary: ClassVar[str] = "HuBERT/MERT transformer (conv extractor, pos-conv, post/pre-LN), HF HubertModel weight layout"
+    summary: ClassVar[str] = (
+        "HuBERT/MERT transformer (conv extractor, pos-conv, post/pre-LN), HF HubertModel weight layout"
+    )
     Params = TransformerParams
     test_params = {"preset": "tiny"}
     params: TransformerParams
@@ -74,8 +77,12 @@ class TransformerBackbone(Backbone):
             # DeepNet encoder-only init (torchscale): value/output/FFN weights / (8N)^(1/4).
             scale = (8.0 * self.params.num_layers) ** 0.25
             for layer in self.encoder.layers:
-                for linear in (layer.attention.v_proj, layer.attention.out_proj,
-                               layer.feed_forward.intermediate_dense, layer.feed_forward.output_dense):
+                for linear in (
+                    layer.attention.v_proj,
+                    layer.attention.out_proj,
+                    layer.feed_forward.intermediate_dense,
+                    layer.feed_forward.output_dense,
+                ):
                     linear.weight.data.div_(scale)
 
     # ------------------------------------------------------------------ contract properties

@@ -14,6 +14,7 @@ The results equal ``nn.Conv1d``'s up to float summation order (``tests/test_back
 :class:`ChannelsLastConv` is the convolution, :class:`ChannelTimeNorm` HuBERT's first-layer
 ``GroupNorm(C, C)`` (each channel normalised over time) in the same layout.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -32,7 +33,9 @@ def _taps(clip: Tensor, frames: int, stride: int, j0: int, j1: int) -> Tensor:
     """``[frames, (j1 - j0) * C]`` view of a contiguous ``[T, C]`` clip: row ``t`` holds input
     frames ``stride * t + j0`` to ``stride * t + j1 - 1``."""
     channels = clip.shape[-1]
-    return clip.as_strided((frames, (j1 - j0) * channels), (stride * channels, 1), clip.storage_offset() + j0 * channels)
+    return clip.as_strided(
+        (frames, (j1 - j0) * channels), (stride * channels, 1), clip.storage_offset() + j0 * channels
+    )
 
 
 def _tap_weight(weight: Tensor, j0: int, j1: int) -> Tensor:
@@ -80,7 +83,7 @@ class ChannelsLastConv(torch.autograd.Function):
         if ctx.needs_input_grad[1]:
             by_tap = weight.new_empty(out_channels, kernel * in_channels)  # columns (tap, channel)
             for j0, j1 in groups:
-                columns = by_tap[:, j0 * in_channels: j1 * in_channels]
+                columns = by_tap[:, j0 * in_channels : j1 * in_channels]
                 for b in range(batch):
                     taps = _taps(x[b], frames, stride, j0, j1)
                     if b == 0:
@@ -96,7 +99,7 @@ class ChannelsLastConv(torch.autograd.Function):
             first_writes = groups[0][1] - groups[0][0] == stride
             grad_x = torch.empty_like(x) if first_writes else torch.zeros_like(x)
             if first_writes:
-                grad_x[:, stride * frames:] = 0
+                grad_x[:, stride * frames :] = 0
             for g, (j0, j1) in enumerate(groups):
                 w = _tap_weight(weight, j0, j1)
                 for b in range(batch):

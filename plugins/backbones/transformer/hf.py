@@ -9,13 +9,13 @@
 
 No hub access: :func:`load_hf` reads a local directory only.
 """
+
 from __future__ import annotations
 
 import json
 from pathlib import Path
 from typing import Any
 
-import torch
 from pydantic import ValidationError
 from torch import Tensor
 
@@ -82,7 +82,11 @@ HF_ACTIVATIONS: dict[str, str] = {
     "swish": "silu",
 }
 #: HF/MERT options we do not implement, with the value meaning "off".
-UNSUPPORTED_HF_OPTIONS: dict[str, Any] = {"conv_pos_batch_norm": False, "feature_extractor_cqt": False, "adapter_attn_dim": None}
+UNSUPPORTED_HF_OPTIONS: dict[str, Any] = {
+    "conv_pos_batch_norm": False,
+    "feature_extractor_cqt": False,
+    "adapter_attn_dim": None,
+}
 
 #: Legacy weight-norm parameter names -> torch parametrization names used by our module and HF 5.x.
 LEGACY_KEY_RENAMES: dict[str, str] = {
@@ -129,7 +133,10 @@ def params_from_hf_config(config: dict[str, Any], sample_rate: int | None = None
     try:
         return TransformerParams(**values)
     except ValidationError as exc:
-        lines = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg'].removeprefix('Value error, ')}".lstrip(": ") for e in exc.errors()]
+        lines = [
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg'].removeprefix('Value error, ')}".lstrip(": ")
+            for e in exc.errors()
+        ]
         raise MertlabError("HF config does not map to valid transformer params: " + "; ".join(lines)) from None
 
 
@@ -159,7 +166,7 @@ def state_dict_from_hf(state: dict[str, Tensor]) -> dict[str, Tensor]:
     """An HF ``HubertModel``/``HubertFor*``/MERT state dict in our key layout."""
     if any(k.startswith(HF_BASE_MODEL_PREFIX) for k in state):
         # A task model: keep the base model, drop its heads.
-        state = {k[len(HF_BASE_MODEL_PREFIX):]: v for k, v in state.items() if k.startswith(HF_BASE_MODEL_PREFIX)}
+        state = {k[len(HF_BASE_MODEL_PREFIX) :]: v for k, v in state.items() if k.startswith(HF_BASE_MODEL_PREFIX)}
     return {LEGACY_KEY_RENAMES.get(k, k): v for k, v in state.items()}
 
 

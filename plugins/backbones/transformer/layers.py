@@ -4,6 +4,7 @@ Module and attribute names mirror ``transformers.HubertModel`` on purpose: the b
 ``state_dict`` keys are exactly Hugging Face's, so MERT/HuBERT checkpoints load without a key
 table (see ``hf.py`` for the only renames: legacy weight-norm names and a model prefix).
 """
+
 from __future__ import annotations
 
 import math
@@ -36,7 +37,9 @@ class ConvLayer(nn.Module):
     """Conv1d -> optional norm -> activation. ``norm``: None, "group" (GroupNorm with one group
     per channel: normalises each channel over *time*) or "layer" (LayerNorm over channels, per frame)."""
 
-    def __init__(self, in_dim: int, out_dim: int, kernel: int, stride: int, bias: bool, norm: str | None, activation: Activation):
+    def __init__(
+        self, in_dim: int, out_dim: int, kernel: int, stride: int, bias: bool, norm: str | None, activation: Activation
+    ):
         super().__init__()
         self.conv = nn.Conv1d(in_dim, out_dim, kernel_size=kernel, stride=stride, bias=bias)
         nn.init.kaiming_normal_(self.conv.weight)  # fairseq/HF wav2vec2 extractor init
@@ -164,7 +167,9 @@ def masked_max(scores: Tensor, keep: Tensor | None) -> Tensor:
     return scores.amax()
 
 
-def relaxed_attention(q: Tensor, k: Tensor, v: Tensor, keep: Tensor | None, alpha: float, dropout_p: float) -> tuple[Tensor, Tensor]:
+def relaxed_attention(
+    q: Tensor, k: Tensor, v: Tensor, keep: Tensor | None, alpha: float, dropout_p: float
+) -> tuple[Tensor, Tensor]:
     """CogView PB-relax attention (used by MERT-330M).
 
     softmax(QK^T/sqrt(d)) == softmax((Q/(sqrt(d)*alpha) K^T - rowmax) * alpha): the matmul runs on
@@ -316,7 +321,11 @@ class Encoder(nn.Module):
         max_logits: list[Tensor] | None = [] if instrument else None
         rms: list[Tensor] | None = [] if instrument else None
         for layer in self.layers:
-            if self.training and self.layer_drop > 0 and torch.rand((), generator=self.layer_drop_generator) < self.layer_drop:
+            if (
+                self.training
+                and self.layer_drop > 0
+                and torch.rand((), generator=self.layer_drop_generator) < self.layer_drop
+            ):
                 # Skipped layer: its hidden state repeats the input so indices stay layer numbers.
                 if instrument:
                     max_logits.append(torch.tensor(float("nan"), device=x.device))

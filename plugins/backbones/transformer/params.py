@@ -5,6 +5,7 @@ MERT paper / released ``m-a-p/MERT-v1-95M`` config; dropouts and layer drop from
 HuBERT-base pre-training recipe MERT builds on (dropout 0.1, attention 0.1, activation 0.0,
 input/projection 0.1, encoder layer drop 0.05).
 """
+
 from __future__ import annotations
 
 import math
@@ -101,10 +102,14 @@ class TransformerParams(Params):
         (512,) * 7, min_length=1, description="Output channels of each extractor conv layer (MERT: 7 x 512)."
     )
     conv_kernels: tuple[PositiveInt, ...] = Field(
-        (10, 3, 3, 3, 3, 2, 2), min_length=1, description="Kernel size of each extractor conv layer (MERT: 10,3,3,3,3,2,2)."
+        (10, 3, 3, 3, 3, 2, 2),
+        min_length=1,
+        description="Kernel size of each extractor conv layer (MERT: 10,3,3,3,3,2,2).",
     )
     conv_strides: tuple[PositiveInt, ...] = Field(
-        (5, 2, 2, 2, 2, 2, 2), min_length=1, description="Stride of each extractor conv layer; their product is the hop (MERT: 320)."
+        (5, 2, 2, 2, 2, 2, 2),
+        min_length=1,
+        description="Stride of each extractor conv layer; their product is the hop (MERT: 320).",
     )
     conv_bias: bool = Field(False, description="Bias in the extractor convs (MERT/HuBERT-base: false).")
     extractor_mode: Literal["group_norm", "layer_norm"] = Field(
@@ -112,7 +117,9 @@ class TransformerParams(Params):
         description="group_norm: GroupNorm on the first conv only (HF 'group', MERT-95M; normalises over time, "
         "so padding changes the output); layer_norm: LayerNorm after every conv (HF 'layer', MERT-330M; padding-invariant).",
     )
-    extractor_activation: Activation = Field("gelu", description="Activation of the extractor convs and the positional conv.")
+    extractor_activation: Activation = Field(
+        "gelu", description="Activation of the extractor convs and the positional conv."
+    )
     feature_grad_mult: float = Field(
         1.0,
         ge=0.0,
@@ -120,8 +127,12 @@ class TransformerParams(Params):
         "pre-training use 0.1 (feature_grad_mult in wav2vec2_base_librispeech.yaml / hubert_base_librispeech.yaml) so "
         "the conv extractor learns slowly; 0 freezes it; 1 = plain gradients.",
     )
-    projection_layer_norm: bool = Field(True, description="LayerNorm on extractor features before the projection (HF feat_proj_layer_norm).")
-    projection_dropout: float = Field(0.1, ge=0.0, lt=1.0, description="Dropout after the feature projection (fairseq dropout_input: 0.1).")
+    projection_layer_norm: bool = Field(
+        True, description="LayerNorm on extractor features before the projection (HF feat_proj_layer_norm)."
+    )
+    projection_dropout: float = Field(
+        0.1, ge=0.0, lt=1.0, description="Dropout after the feature projection (fairseq dropout_input: 0.1)."
+    )
 
     # ---- transformer encoder
     hidden_dim: PositiveInt = Field(768, description="Model width (MERT-95M: 768, 330M: 1024).")
@@ -133,8 +144,12 @@ class TransformerParams(Params):
         False, description="Pre-LN layers (MERT-330M, HF do_stable_layer_norm) instead of post-LN (MERT-95M)."
     )
     layer_norm_eps: float = Field(1e-5, gt=0.0, description="Epsilon of the projection and encoder LayerNorms.")
-    pos_conv_kernel: PositiveInt = Field(128, description="Kernel of the convolutional positional embedding (MERT: 128).")
-    pos_conv_groups: PositiveInt = Field(16, description="Groups of the positional conv; must divide hidden_dim (MERT: 16).")
+    pos_conv_kernel: PositiveInt = Field(
+        128, description="Kernel of the convolutional positional embedding (MERT: 128)."
+    )
+    pos_conv_groups: PositiveInt = Field(
+        16, description="Groups of the positional conv; must divide hidden_dim (MERT: 16)."
+    )
     attention_relax: float | None = Field(
         None,
         gt=0.0,
@@ -149,11 +164,20 @@ class TransformerParams(Params):
     )
 
     # ---- regularisation / memory
-    dropout: float = Field(0.1, ge=0.0, lt=1.0, description="Dropout on attention/FFN outputs and encoder input (HF hidden_dropout).")
+    dropout: float = Field(
+        0.1, ge=0.0, lt=1.0, description="Dropout on attention/FFN outputs and encoder input (HF hidden_dropout)."
+    )
     attention_dropout: float = Field(0.1, ge=0.0, lt=1.0, description="Dropout on attention probabilities.")
     activation_dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout after the FFN activation.")
-    layer_drop: float = Field(0.05, ge=0.0, lt=1.0, description="Probability of skipping each encoder layer in training (fairseq HuBERT: 0.05).")
-    gradient_checkpointing: bool = Field(False, description="Recompute each encoder layer in backward to save activation memory.")
+    layer_drop: float = Field(
+        0.05,
+        ge=0.0,
+        lt=1.0,
+        description="Probability of skipping each encoder layer in training (fairseq HuBERT: 0.05).",
+    )
+    gradient_checkpointing: bool = Field(
+        False, description="Recompute each encoder layer in backward to save activation memory."
+    )
 
     @model_validator(mode="before")
     @classmethod
