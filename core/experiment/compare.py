@@ -50,6 +50,7 @@ STABILITY_COLUMNS = (
     M.SUMMARY_MAX_ATTN_LOGIT,
 )
 ARTIFACT_DIR = "compare"
+MARKDOWN_FILE = "comparison.md"
 _RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 _CURVE_PREFIXES = ("loss/", "val/loss/", M.GRAD_NORM_TOTAL)
 
@@ -408,8 +409,8 @@ def write_comparison(
         folder = Path(out_dir) if out_dir is not None else Path(tmp)
         folder.mkdir(parents=True, exist_ok=True)
         files = [write_csv(comparison, folder / "comparison.csv")]
-        (folder / "comparison.md").write_text(to_markdown(comparison))
-        files.append(folder / "comparison.md")
+        (folder / MARKDOWN_FILE).write_text(to_markdown(comparison))
+        files.append(folder / MARKDOWN_FILE)
         files += plot(comparison, folder)
         logged_to = None
         if log_artifacts and comparison.parent_run_id:

@@ -418,7 +418,8 @@ def log_probe(
     outcome: ProbeOutcome, run_id: str, tracking_uri: str, settings: dict[str, Any] | None = None, step: int = 0
 ) -> None:
     """Log the probe scores onto an existing MLflow run: metrics (see :func:`probe_metrics`) at
-    ``step``, the tags ``probe/<task>/best`` and ``probe/<task>/settings`` (:func:`settings_sha`),
+    ``step``, the tags ``probe/<task>/best``, ``probe/<task>/strongest_baseline`` and
+    ``probe/<task>/settings`` (:func:`settings_sha`),
     and the artifacts ``probe/<task>.json`` and ``probe/<task>_layers.png`` (:func:`.plots.layer_plot`)."""
     import tempfile
     import time
@@ -434,6 +435,7 @@ def log_probe(
         run_id, metrics=[Metric(k, float(v), now, step) for k, v in sorted(probe_metrics(outcome).items())]
     )
     client.set_tag(run_id, f"probe/{name}/best", outcome.report.best.name)
+    client.set_tag(run_id, metric_names.probe_strongest_baseline_tag(name), outcome.strongest_baseline().name)
     client.log_dict(run_id, report_dict(outcome, settings or {}), f"probe/{name}.json")
     with tempfile.TemporaryDirectory() as tmp:
         client.log_artifact(run_id, str(layer_plot(outcome, Path(tmp) / f"{name}_layers.png")), "probe")
