@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import io
 import itertools
 import json
 import os
@@ -116,11 +117,20 @@ class Page:
         })()"""
         return json.loads(self.evaluate(script))
 
+    def type_into(self, selector: str, text: str) -> None:
+        """Focus the first element matching a CSS ``selector`` and type ``text`` into it."""
+        if not self.evaluate(f"(e => e ? (e.focus(), true) : false)(document.querySelector({json.dumps(selector)}))"):
+            raise PageError(f"no {selector} at {self.url()}")
+        self.call("Input.insertText", text=text)
+
     def screenshot(self, path: Path) -> Path:
-        """A PNG of the viewport."""
-        data = self.call("Page.captureScreenshot", format="png")["data"]
+        """A PNG of the viewport, in 256 colours (a UI needs no more; the file is a third)."""
+        from PIL import Image
+
+        data = base64.b64decode(self.call("Page.captureScreenshot", format="png")["data"])
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(base64.b64decode(data))
+        with Image.open(io.BytesIO(data)) as image:
+            image.convert("RGB").quantize(colors=256).save(path, optimize=True)
         return path
 
 

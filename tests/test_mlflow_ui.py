@@ -191,7 +191,10 @@ def store(tmp_path_factory, demo_dir) -> Store:
     os.chdir(root)
     try:
         printed = {"sweep": printed_links(run_cli("sweep", str(spec_path), "--no-progress"))}
-        train_out = run_cli("train", str(spec_path), "-o", "sweep=null", "-o", "probe=null", "--no-progress")
+        train_out = run_cli(
+            "train", str(spec_path), "-o", "sweep=null", "-o", "probe=null", "-o", "tracking.run_name=single-run",
+            "--no-progress",
+        )  # fmt: skip
         printed["train"] = printed_links(train_out)
         printed["compare"] = printed_links(run_cli("compare", "ui-sweep", "--out", str(root / "comparison")))
     finally:
@@ -525,7 +528,10 @@ def test_a_real_browser_follows_every_printed_link(store, served, screenshot_dir
 
         # train's run link: the run's overview lists its loss/* metrics; its artifacts, spec.yaml
         page.goto(served.local(store.printed["train"]["this run"]))
-        text = page.wait_for_text("loss/total", "loss/rvq_pred", "loss/cqt_recon")
+        page.wait_for_text("single-run", "Metrics (")
+        page.type_into("input[placeholder='Search metrics']", "loss/")  # as a user narrows the list
+        page.wait_for("!document.body.innerText.includes('grad_norm/total')", "the metrics search")
+        text = page.wait_for_text("loss/total", "loss/rvq_pred", "loss/cqt_recon", "loss/rvq_pred/weighted")
         assert "loss/never_logged" not in text
         page.screenshot(screenshot_dir / "mlflow-run.png")
         page.goto(served.local(ui_link(DEFAULT_UI_URL, store.experiment_id, store.plain_run_id, "spec.yaml")))
