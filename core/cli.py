@@ -453,7 +453,7 @@ def ui_cli_command(
     else:
         link = ui_link(base)
         click.echo(f"  experiments: {link}")
-    # The server runs in a session of its own (MLflow 3 starts workers, a job runner and a task
+    # The server runs in a new process session (MLflow 3 starts workers, a job runner and a task
     # consumer that hold the sqlite store); stopping mertlab -- Ctrl-C or SIGTERM -- stops all of it.
     process = subprocess.Popen(ui_argv(uri, host, port), start_new_session=True)
     if open_browser:
