@@ -23,16 +23,16 @@ def pytest_addoption(parser):
         "--screenshots",
         metavar="DIR",
         default=None,
-        help="Where the real-browser tests keep their screenshots (default: a folder of the session's "
+        help="Where the real-browser tests keep their screenshots (default: a folder of pytest's "
         "temporary directory, named at the end of the run). `--screenshots docs/img` renews the docs' ones.",
     )
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def screenshot_dir(request, tmp_path_factory) -> Path:
     """Folder of the real-browser tests' screenshots (``--screenshots DIR``), named in the summary."""
     chosen = request.config.getoption("--screenshots")
-    folder = Path(chosen).resolve() if chosen else tmp_path_factory.mktemp("screenshots", numbered=False)
+    folder = Path(chosen).resolve() if chosen else tmp_path_factory.mktemp("screenshots")
     folder.mkdir(parents=True, exist_ok=True)
     request.config.stash[_SCREENSHOTS] = folder
     return folder

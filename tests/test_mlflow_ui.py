@@ -7,7 +7,7 @@ summaries of a sweep's children, grouped under their sweep.
 The UI is checked through the HTTP endpoints its pages call and in a real headless Chromium
 (Debian's ``chromium``, which ``.ci/run`` installs through ``make browser``; without it the
 browser test is skipped locally, and fails where ``MERTLAB_REQUIRE_BROWSER=1``, as in CI). Its
-screenshots go to the folder the session summary names (``--screenshots DIR`` to choose it;
+screenshots go to the folder named at the end of the run (``--screenshots DIR`` to choose it;
 ``docs/img`` holds the ones the docs show)."""
 
 from __future__ import annotations
