@@ -28,6 +28,8 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from mlflow.tracking import MlflowClient
 
 from browser_support import CHROMIUM, headless_chromium
@@ -306,6 +308,35 @@ def test_refreshing_the_view_writes_what_changed_and_keeps_its_creation_time(tmp
         "metrics.`probe/genre/roc_auc`",
         "metrics.`probe/genre/baseline_cqt/roc_auc`",
     ]
+
+
+_PROBE_NAMES = (None, "random_init", "baseline_chroma", "baseline_mfcc", "majority", "layer0", "weighted")
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    keys=st.sets(
+        st.tuples(st.sampled_from(["pitch", "key"]), st.sampled_from(_PROBE_NAMES), st.sampled_from(["accuracy", "f1"]))
+    ),
+    strongest=st.dictionaries(st.sampled_from(["pitch", "key"]), st.sampled_from(["baseline_chroma", "majority"])),
+)
+def test_probe_columns_are_each_scores_random_init_and_strongest_baseline(keys, strongest):
+    logged = {f"probe/{task}/{probe}/{metric}" if probe else f"probe/{task}/{metric}" for task, probe, metric in keys}
+    columns = mlflow_ui.probe_columns(logged | {"loss/total", "summary/final_loss"}, strongest)
+    assert len(columns) == len(set(columns)) and set(columns) <= logged
+    scores = sorted((t, m) for t, p, m in keys if p is None)
+    expected = []
+    for task, metric in scores:  # per score: itself, random init, the strongest (or every) baseline
+        expected.append(f"probe/{task}/{metric}")
+        expected += [k for k in [f"probe/{task}/random_init/{metric}"] if k in logged]
+        chosen = f"probe/{task}/{strongest.get(task)}/{metric}"
+        if chosen in logged:
+            expected.append(chosen)
+        else:
+            expected += sorted(
+                k for k in logged if k.startswith(f"probe/{task}/baseline_") and k.endswith(f"/{metric}")
+            )
+    assert columns == expected
 
 
 def test_a_view_too_large_for_a_tag_loses_widths_then_trailing_columns():
