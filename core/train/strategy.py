@@ -18,6 +18,11 @@ Everything distributed is PyTorch's, through Lightning; this module only chooses
   reshards to another device count on load).
 * ``auto``: one device -> no strategy; several -> ``ddp`` as above (Lightning's own choice
   would leave ``find_unused_parameters`` off).
+
+The frozen teachers are not part of what either strategy wraps: the module holds them outside
+its submodules (:class:`~mertlab.train.targets.FrozenTeachers`), so DDP registers and
+broadcasts only the trained model's tensors, FSDP shards and casts only those, and the teachers
+run in float32 whatever ``trainer.precision`` is.
 """
 
 from __future__ import annotations
@@ -74,8 +79,8 @@ def fsdp_strategy(trainer: TrainerSpec, backbone: Backbone) -> Strategy:
         auto_wrap_policy=layers,
         activation_checkpointing_policy=layers if trainer.activation_checkpointing else None,
         state_dict_type="sharded",
-        # Frozen teachers and trainable layers share the root unit: FSDP needs the original
-        # parameters (not one flat tensor per unit) to mix requires_grad within a unit.
+        # The original parameters (not one flat tensor per unit): the stability callback
+        # reads gradient norms per named block of the backbone.
         use_orig_params=True,
     )
 
