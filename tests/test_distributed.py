@@ -4,6 +4,7 @@ smoke test runs where a GPU is present."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -16,7 +17,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from mertlab.data.audio import probe
-from mertlab.data.dataset import CropDataset
+from mertlab.data.dataset import AudioBatch, CropDataset
 from mertlab.data.sampler import CropKey, ResumableBatchSampler
 from mertlab.errors import MertlabError, SpecError
 from mertlab.experiment.spec import resolve_spec
@@ -323,3 +324,122 @@ def test_a_sharded_checkpoint_folder_is_resumable_and_named_where_one_file_is_ne
     assert select_resume_checkpoint(tmp_path / "runs", str(folder)).checkpoint["global_step"] == 4
     with pytest.raises(MertlabError, match="sharded \\(fsdp\\) checkpoint folder; consolidate it"):
         load_backbone(folder)
+
+
+# --------------------------------------------------------------------------- teachers outside the wrapper
+def teacher_spec(demo_dir, tmp_path, tracking_uri, **trainer) -> dict:
+    """Two teachers with buffers: the CQT (kernels) and BEST-RQ (projection, codebooks)."""
+    raw = raw_spec(demo_dir, tmp_path, tracking_uri, **trainer)
+    raw["teachers"]["codes"] = {"name": "bestrq", "params": {"codebook_size": 64}}
+    raw["objectives"]["codes_pred"] = {"name": "masked_prediction", "teacher": "codes"}
+    raw["callbacks"] = {}
+    return raw
+
+
+def teacher_tensors(module: PretrainModule) -> list[torch.Tensor]:
+    return [t for teacher in module.teachers.values() for t in (*teacher.parameters(), *teacher.buffers())]
+
+
+def test_teachers_are_outside_the_module_stay_float32_and_run_without_autocast(
+    demo_dir, tmp_path, tracking_uri, one_thread
+):
+    from mertlab.contracts import Teacher
+    from mertlab.data.audio import read_segment
+
+    module = PretrainModule(resolve_spec(teacher_spec(demo_dir, tmp_path, tracking_uri)))
+    tensors = teacher_tensors(module)
+    assert any(True for teacher in module.teachers.values() for _ in teacher.buffers())
+    assert not any(isinstance(m, Teacher) for m in module.modules())
+    assert not [k for k in module.state_dict() if k.startswith("teachers.")]
+    owned = {id(t) for t in (*module.parameters(), *module.buffers())}
+    assert not [t for t in tensors if id(t) in owned]
+
+    module.to(torch.bfloat16)  # what Lightning's *-true precisions do to the trained module
+    assert {t.dtype for t in teacher_tensors(module) if t.is_floating_point()} == {torch.float32}
+    assert module.backbone.feature_projection.projection.weight.dtype == torch.bfloat16
+    module.to(torch.float32)
+
+    files = [probe(p) for p in sorted(Path(demo_dir).glob("*.wav"))[:2]]
+    wav = torch.stack([read_segment(f, 0, 24000) for f in files])
+    batch = AudioBatch(wav, torch.tensor([24000, 20000]), tuple(files), torch.zeros(2, dtype=torch.float64))
+    num_frames, frame_lengths, _ = module.frame_padding(batch.wav, batch.lengths)
+    plain = module.compute_targets(batch, num_frames, frame_lengths)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # a bf16-mixed training step
+        mixed = module.compute_targets(batch, num_frames, frame_lengths)
+    assert mixed["cqt"].values.dtype == torch.float32
+    for alias in ("cqt", "codes"):
+        assert torch.equal(mixed[alias].values, plain[alias].values), alias
+    assert {t.dtype for t in teacher_tensors(module) if t.is_floating_point()} == {torch.float32}
+
+
+def test_checkpoints_hold_teacher_fingerprints_not_weights_and_older_ones_still_load(
+    demo_dir, tmp_path, tracking_uri, one_thread, caplog
+):
+    raw = teacher_spec(demo_dir, tmp_path, tracking_uri)
+    module = PretrainModule(resolve_spec(raw))
+    checkpoint = {"state_dict": module.state_dict()}
+    module.on_save_checkpoint(checkpoint)
+    assert set(checkpoint["mertlab_teachers"]) == {"cqt", "codes"}
+    assert checkpoint["mertlab_teachers"]["codes"]["fingerprint"] == module.teachers["codes"].fingerprint()
+    # a checkpoint written while teachers were submodules: their weights are ignored
+    older = {
+        **checkpoint["state_dict"],
+        **{f"teachers.codes.{k}": v for k, v in module.teachers["codes"].state_dict().items()},
+    }
+    assert any(k.startswith("teachers.") for k in older)
+    fresh = PretrainModule(resolve_spec(raw))
+    fresh.load_state_dict(older)  # strict
+    hook_input = {"state_dict": dict(older), "mertlab_teachers": checkpoint["mertlab_teachers"]}
+    fresh.on_load_checkpoint(hook_input)
+    assert not [k for k in hook_input["state_dict"] if k.startswith("teachers.")]
+    assert "other than the checkpoint's" not in caplog.text
+    # another teacher than the one the checkpoint trained with: said on resume
+    raw["teachers"]["codes"]["params"]["seed"] = 1
+    PretrainModule(resolve_spec(raw)).on_load_checkpoint(hook_input)
+    assert "resuming with teachers other than the checkpoint's: codes (bestrq" in caplog.text
+
+
+def test_two_process_ddp_bf16_registers_no_teacher_tensor_and_keeps_teachers_float32(
+    demo_dir, tmp_path, tracking_uri, one_thread
+):
+    """Under DDP with bf16-mixed autocast: DDP registers (and so broadcasts) none of the
+    teachers' tensors, the teachers stay float32 and their targets equal the autocast-off
+    ones, and the checkpoint holds no teacher tensor."""
+    raw = teacher_spec(demo_dir, tmp_path, tracking_uri, devices=2, strategy="ddp", precision="bf16-mixed")
+    raw["name"] = "dist-teachers"
+    raw["trainer"] = {**raw["trainer"], "max_steps": 2, "limit_val_batches": 0}
+    spec_path = tmp_path / "spec.json"
+    spec_path.write_text(json.dumps(raw))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    script = Path(__file__).parent / "wrapper_report.py"
+    out = subprocess.run(
+        [sys.executable, str(script), str(spec_path), str(tmp_path / "reports")],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    reports = [json.loads((tmp_path / "reports" / f"rank{r}.json").read_text()) for r in (0, 1)]
+    for report in reports:
+        assert report["world"] == 2 and report["wrapper"] == "DistributedDataParallel"
+        assert report["teacher_tensors"] > 0 and report["teacher_buffer_bytes"] > 0
+        assert report["teacher_tensors_in_wrapper"] == 0 and report["wrapper_tensors"] > 0
+        assert report["module_keys_of_teachers"] == []
+        assert set(report["teacher_dtypes"]) <= {"torch.float32", "torch.complex64"}
+        assert len(report["steps"]) == 2
+        for step in report["steps"]:
+            assert step["autocast"] and step["autocast_dtype"] == "torch.bfloat16"
+            assert step["target_dtypes"] == {"cqt": "torch.float32", "codes": "torch.int64"}
+            assert step["max_diff"] == 0.0
+    (last,) = (tmp_path / "runs" / "dist-teachers").glob("*/checkpoints/last.ckpt")
+    ckpt = torch.load(last, map_location="cpu", weights_only=False)
+    assert ckpt["global_step"] == 2
+    assert not [k for k in ckpt["state_dict"] if k.startswith("teachers.")]
+    fresh = PretrainModule(resolve_spec(raw))
+    assert ckpt["mertlab_teachers"] == fresh.teachers.fingerprints()
+    teacher_shapes = {tuple(t.shape) for t in teacher_tensors(fresh) if t.numel() > 1}
+    model_shapes = {tuple(t.shape) for t in fresh.state_dict().values()}
+    assert {tuple(t.shape) for t in ckpt["state_dict"].values()} == model_shapes
+    assert teacher_shapes - model_shapes  # the teachers' tensors would have shown up

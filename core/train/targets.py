@@ -110,9 +110,9 @@ class FrozenTeachers(Mapping[str, Teacher]):
             return []
         now = self.fingerprints()
         return [
-            f"{alias} ({old.get('name')} {old.get('fingerprint')} -> now {now[alias]['name']} {now[alias]['fingerprint']})"
+            f"{alias} ({old.get('name')} {old.get('fingerprint')} -> now {new['name']} {new['fingerprint']})"
             for alias, old in saved.items()
-            if alias in now and isinstance(old, dict) and old != now[alias]
+            if (new := now.get(alias)) is not None and isinstance(old, dict) and old != new
         ]
 
 
