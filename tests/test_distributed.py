@@ -1,6 +1,6 @@
 """Scale-out: randomness per rank and micro-batch, strategies from the spec, two-process DDP
-(gloo on CPU) against one process, the best checkpoint. FSDP needs CUDA in Lightning: its
-smoke test runs where a GPU is present."""
+(gloo on CPU) against one process, the best checkpoint, teachers outside the parallel wrapper.
+FSDP needs CUDA in Lightning: its tests are in tests/test_gpu.py (marked ``gpu``)."""
 
 from __future__ import annotations
 
@@ -290,26 +290,6 @@ def test_two_process_ddp_skips_nonfinite_steps_on_every_rank(demo_dir, tmp_path,
     assert all(torch.equal(initial[k], v) for k, v in ckpt["state_dict"].items())
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="Lightning's FSDP needs CUDA; runs where a GPU is present")
-def test_fsdp_smoke_bf16_activation_checkpointing_sharded_checkpoint(demo_dir, tmp_path, tracking_uri):
-    raw = raw_spec(
-        demo_dir,
-        tmp_path,
-        tracking_uri,
-        strategy="fsdp",
-        accelerator="cuda",
-        devices=1,
-        precision="bf16-mixed",
-        activation_checkpointing=True,
-    )
-    result = train(resolve_spec(raw), progress=False)
-    last = result.checkpoint_dir / "last.ckpt"
-    assert last.is_dir() and (last / "meta.pt").is_file()  # sharded: a folder
-    raw["trainer"]["max_steps"] = 6
-    resumed = train(resolve_spec(raw), resume=str(last), progress=False)
-    assert resumed.run_id == result.run_id
-
-
 def test_a_sharded_checkpoint_folder_is_resumable_and_named_where_one_file_is_needed(tmp_path):
     """FSDP writes last.ckpt as a folder; --resume reads its meta.pt (weights-only), while
     export, probe and extract ask for the consolidated file."""
@@ -402,37 +382,17 @@ def test_checkpoints_hold_teacher_fingerprints_not_weights_and_older_ones_still_
 def test_two_process_ddp_bf16_registers_no_teacher_tensor_and_keeps_teachers_float32(
     demo_dir, tmp_path, tracking_uri, one_thread
 ):
-    """Under DDP with bf16-mixed autocast: DDP registers (and so broadcasts) none of the
-    teachers' tensors, the teachers stay float32 and their targets equal the autocast-off
+    """Under DDP with bf16-mixed autocast: DDP reaches (so registers and broadcasts) none of
+    the teachers' tensors, the teachers stay float32 and their targets equal the autocast-off
     ones, and the checkpoint holds no teacher tensor."""
+    from wrapper_report import check_teachers_outside, run_reports
+
     raw = teacher_spec(demo_dir, tmp_path, tracking_uri, devices=2, strategy="ddp", precision="bf16-mixed")
     raw["name"] = "dist-teachers"
     raw["trainer"] = {**raw["trainer"], "max_steps": 2, "limit_val_batches": 0}
-    spec_path = tmp_path / "spec.json"
-    spec_path.write_text(json.dumps(raw))
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    script = Path(__file__).parent / "wrapper_report.py"
-    out = subprocess.run(
-        [sys.executable, str(script), str(spec_path), str(tmp_path / "reports")],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    reports = [json.loads((tmp_path / "reports" / f"rank{r}.json").read_text()) for r in (0, 1)]
-    for report in reports:
-        assert report["world"] == 2 and report["wrapper"] == "DistributedDataParallel"
-        assert report["teacher_tensors"] > 0 and report["teacher_buffer_bytes"] > 0
-        assert report["teacher_tensors_in_wrapper"] == 0 and report["wrapper_tensors"] > 0
-        assert report["module_keys_of_teachers"] == []
-        assert set(report["teacher_dtypes"]) <= {"torch.float32", "torch.complex64"}
-        assert len(report["steps"]) == 2
-        for step in report["steps"]:
-            assert step["autocast"] and step["autocast_dtype"] == "torch.bfloat16"
-            assert step["target_dtypes"] == {"cqt": "torch.float32", "codes": "torch.int64"}
-            assert step["max_diff"] == 0.0
+    reports = run_reports(raw, tmp_path)
+    check_teachers_outside(reports, "DistributedDataParallel", steps=2, device="cpu")
+    assert [r["world"] for r in reports] == [2, 2] and all(r["wrapper_buffers"] == 0 for r in reports)
     (last,) = (tmp_path / "runs" / "dist-teachers").glob("*/checkpoints/last.ckpt")
     ckpt = torch.load(last, map_location="cpu", weights_only=False)
     assert ckpt["global_step"] == 2

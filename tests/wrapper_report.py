@@ -2,6 +2,9 @@
 
     python tests/wrapper_report.py SPEC.json OUT_DIR
 
+(:func:`run_reports` runs it and reads the reports; :func:`check_teachers_outside` checks them:
+the DDP test on CPU and the FSDP test on GPUs share both.)
+
 ``SPEC.json`` is raw spec data; the ``wrapper_report`` callback (registered here through the
 real ``register_callbacks`` hook) is added to it. Under DDP Lightning's launcher runs this
 script once more per further rank; each rank writes ``OUT_DIR/rank<N>.json``: the tensors DDP
@@ -68,7 +71,8 @@ class WrapperReport(L.Callback):
             t for teacher in pl_module.teachers.values() for t in (*teacher.parameters(), *teacher.buffers())
         ]
         ids = {id(t) for t in teacher_tensors} | {t.data_ptr() for t in teacher_tensors if t.numel()}
-        registered = [*getattr(wrapper, "modules_buffers", []), *getattr(wrapper, "_module_parameters", [])]
+        # what the wrapper reaches: its module's tensors, and what DDP registered to broadcast
+        registered = [*wrapper.parameters(), *wrapper.buffers(), *getattr(wrapper, "modules_buffers", [])]
         self.wrapper = {
             "wrapper": type(wrapper).__name__,
             "broadcast_buffers": getattr(wrapper, "broadcast_buffers", None),
@@ -85,7 +89,11 @@ class WrapperReport(L.Callback):
                 {str(t.dtype) for t in teacher_tensors if t.is_floating_point() or t.is_complex()}
             ),
             "teacher_devices": sorted({str(t.device) for t in teacher_tensors}),
-            "module_keys_of_teachers": [k for k in pl_module.state_dict() if k.startswith("teachers.")],
+            "module_keys_of_teachers": [
+                name
+                for name, _ in (*pl_module.named_parameters(), *pl_module.named_buffers())
+                if name.startswith("teachers.")
+            ],
         }
 
     def on_train_end(self, trainer: L.Trainer, pl_module: Any) -> None:
@@ -98,6 +106,49 @@ class WrapperReport(L.Callback):
 @hookimpl
 def register_callbacks(register) -> None:
     register(WrapperReport)
+
+
+def run_reports(raw: dict[str, Any], folder: Path, timeout: float = 600) -> list[dict[str, Any]]:
+    """Train ``raw`` through this script in a fresh process (Lightning's launcher starts one per
+    further rank) from ``folder``; the reports of every rank, in rank order."""
+    import os
+    import subprocess
+
+    spec_path = folder / "spec.json"
+    spec_path.write_text(json.dumps(raw))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    out = subprocess.run(
+        [sys.executable, str(Path(__file__).resolve()), str(spec_path), str(folder / "reports")],
+        cwd=folder,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    reports = sorted(
+        (json.loads(p.read_text()) for p in (folder / "reports").glob("rank*.json")), key=lambda r: r["rank"]
+    )
+    assert reports and len(reports) == reports[0]["world"], [r["rank"] for r in reports]
+    return reports
+
+
+def check_teachers_outside(reports: list[dict[str, Any]], wrapper: str, steps: int, device: str) -> None:
+    """Every rank: the wrapper reached no teacher tensor, the teachers stayed float32 on
+    ``device``, every step computed their targets under bf16 autocast, in float32 (discrete:
+    int64) and equal to the autocast-off targets."""
+    for report in reports:
+        assert report["wrapper"] == wrapper, report["wrapper"]
+        assert report["teacher_tensors"] > 0 and report["teacher_buffer_bytes"] > 0
+        assert report["wrapper_tensors"] > 0 and report["teacher_tensors_in_wrapper"] == 0
+        assert report["module_keys_of_teachers"] == []
+        assert set(report["teacher_dtypes"]) <= {"torch.float32", "torch.complex64"}, report["teacher_dtypes"]
+        assert all(d.startswith(device) for d in report["teacher_devices"]), report["teacher_devices"]
+        assert len(report["steps"]) == steps
+        for step in report["steps"]:
+            assert step["autocast"] and step["autocast_dtype"] == "torch.bfloat16", step
+            assert set(step["target_dtypes"].values()) <= {"torch.float32", "torch.int64"}, step
+            assert step["max_diff"] == 0.0, step
 
 
 def main(spec_path: str, out: str) -> None:
