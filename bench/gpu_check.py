@@ -22,7 +22,7 @@
 Without CUDA it prints one line and exits 0: there is nothing to check. ``--quick`` runs every
 section at tiny sizes, on the GPU if there is one, else on the CPU (one process with bf16
 autocast instead of FSDP, which Lightning runs on CUDA only) -- ``tests/test_bench.py`` runs it,
-so the code paths are exercised before a GPU is lent. Exit status 1 when a check fails.
+so its code paths run in every test run, GPU or not. Exit status 1 when a check fails.
 """
 
 from __future__ import annotations
