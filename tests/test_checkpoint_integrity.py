@@ -22,27 +22,19 @@ import numpy as np
 import pytest
 import torch
 
+import test_reliability_io
 from mertlab.cli import main
 from mertlab.errors import MertlabError
-from mertlab.experiment.spec import resolve_spec, spec_fingerprint
+from mertlab.experiment.spec import spec_fingerprint
 from mertlab.toolkit.checkpoint import load_checkpoint_file
 from mertlab.toolkit.checkpoint_sidecar import file_sha256, read_sidecar, sidecar_path, verify_checkpoint
 from mertlab.toolkit.safe_load import load_torch_file
 from mertlab.train.checkpoint_io import SafeCheckpointIO, describe_checkpoint, select_resume_checkpoint
 from mertlab.train.rollback import rollback_to_last_checkpoint
-from mertlab.train.run import train
-from test_reliability_io import copy_runs, one_error_line, spec_data
+from test_reliability_io import copy_runs, one_error_line
 
 pytestmark = pytest.mark.filterwarnings("ignore")
-
-
-@pytest.fixture(scope="module")
-def trained(demo_dir, tmp_path_factory, tracking_uri):
-    """One short real run (a best and a last checkpoint); tests copy it before changing it."""
-    root = tmp_path_factory.mktemp("trained")
-    data = spec_data(demo_dir, root, tracking_uri)
-    result = train(resolve_spec(data), progress=False)
-    return data, result.checkpoint_dir
+trained = test_reliability_io.trained  # the fixture: one short real run (tests copy it before changing it)
 
 
 @pytest.fixture

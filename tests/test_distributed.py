@@ -175,6 +175,13 @@ def test_strategies_from_the_spec(demo_dir, tmp_path, tracking_uri):
     fsdp = build_strategy(fsdp_trainer, backbone)
     assert isinstance(fsdp, FSDPStrategy) and fsdp._state_dict_type == "sharded"
     assert fsdp.kwargs["auto_wrap_policy"]._module_classes == {EncoderLayer}
+    # bf16-mixed: bf16 compute, reduction and buffers, but FSDP does not cast the batch (the
+    # audio the teachers read, the crops' float64 start times); 32: float32 throughout
+    for precision, dtype in (("bf16-mixed", torch.bfloat16), ("32", torch.float32)):
+        policy = build_strategy(fsdp_trainer.model_copy(update={"precision": precision}), backbone)
+        policy = policy.mixed_precision_config
+        assert (policy.param_dtype, policy.reduce_dtype, policy.buffer_dtype) == (dtype,) * 3
+        assert policy.cast_root_forward_inputs is False and policy.cast_forward_inputs is False
     with pytest.raises(MertlabError, match="trainer.strategy: fsdp needs CUDA GPUs"):
         build_strategy(spec.trainer.model_copy(update={"strategy": "fsdp"}), backbone)
 

@@ -54,6 +54,7 @@ class WrapperReport(L.Callback):
                 {
                     "autocast": torch.is_autocast_enabled(device),
                     "autocast_dtype": str(torch.get_autocast_dtype(device)),
+                    "batch_dtypes": [str(batch.wav.dtype), str(batch.start_seconds.dtype)],
                     "target_dtypes": {alias: str(t.values.dtype) for alias, t in targets.items()},
                     "max_diff": max(
                         float((t.values.double() - reference[alias].values.double()).abs().max())
@@ -135,8 +136,8 @@ def run_reports(raw: dict[str, Any], folder: Path, timeout: float = 600) -> list
 
 def check_teachers_outside(reports: list[dict[str, Any]], wrapper: str, steps: int, device: str) -> None:
     """Every rank: the wrapper reached no teacher tensor, the teachers stayed float32 on
-    ``device``, every step computed their targets under bf16 autocast, in float32 (discrete:
-    int64) and equal to the autocast-off targets."""
+    ``device``, every step computed their targets under bf16 autocast from the float32 audio,
+    in float32 (discrete: int64) and equal to the autocast-off targets."""
     for report in reports:
         assert report["wrapper"] == wrapper, report["wrapper"]
         assert report["teacher_tensors"] > 0 and report["teacher_buffer_bytes"] > 0
@@ -147,6 +148,9 @@ def check_teachers_outside(reports: list[dict[str, Any]], wrapper: str, steps: i
         assert len(report["steps"]) == steps
         for step in report["steps"]:
             assert step["autocast"] and step["autocast_dtype"] == "torch.bfloat16", step
+            # the batch as the data module made it (Lightning's FSDP plugin turns float64 into float32)
+            wav, start = step["batch_dtypes"]
+            assert wav == "torch.float32" and start in ("torch.float64", "torch.float32"), step
             assert set(step["target_dtypes"].values()) <= {"torch.float32", "torch.int64"}, step
             assert step["max_diff"] == 0.0, step
 
