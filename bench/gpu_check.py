@@ -237,7 +237,7 @@ def check_train(s: Settings) -> list[Row]:
     )
     speed = [m.value for m in client.get_metric_history(runs[0].info.run_id, "throughput/audio_seconds_per_s")]
     if speed:
-        rows.append(Row("train: throughput (median, audio-s/s, all GPUs)", f"{float(np.median(speed)):.0f}"))
+        rows.append(Row("train: throughput (median audio-s/s, all devices)", f"{float(np.median(speed)):.0f}"))
     (last,) = (s.work / "runs" / raw["name"]).glob("*/checkpoints/last.ckpt")
     leaked = teacher_keys_in(last)
     rows.append(
