@@ -5,8 +5,9 @@ model-training view, and the experiment's comparison view shows the probe scores
 summaries of a sweep's children, grouped under their sweep.
 
 The UI is checked through the HTTP endpoints its pages call and in a real headless Chromium
-(Debian's ``chromium``, which ``.ci/run`` installs through ``make browser``; without it the
-browser test is skipped locally, and fails where ``MERTLAB_REQUIRE_BROWSER=1``, as in CI). Its
+(Debian's ``chromium``, which ``make test`` installs through ``make system-deps`` where it has root
+or sudo, as in CI; without it the browser test is skipped, or fails where
+``MERTLAB_REQUIRE_BROWSER=1``). Its
 screenshots go to the folder named at the end of the run (``--screenshots DIR`` to choose it;
 ``docs/img`` holds the ones the docs show)."""
 
