@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.mertlab-installed
 
-.PHONY: install quickstart test test-all clean-venv browser
+.PHONY: install quickstart test test-all clean-venv browser dev-data dev-data-ci dev-data-packages
 
 install: $(STAMP)
 
@@ -33,3 +33,19 @@ clean-venv:
 # Debian's Chromium, for the real-browser check of the MLflow UI (tests/test_mlflow_ui.py, in `make test-all`).
 browser:
 	command -v chromium >/dev/null || (apt-get update && apt-get install -y chromium)
+
+# The real-music development set (docs/probing.md): game soundtracks and a General MIDI soundfont
+# from Debian (the list is mertlab.data.devset.sources.APT_PACKAGES), FluidSynth's library.
+DEV_DATA_PACKAGES := asc-music drascula-music planetblupi-music-ogg nexuiz-music timgm6mb-soundfont libfluidsynth3
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+dev-data-packages:
+	dpkg -s $(DEV_DATA_PACKAGES) >/dev/null 2>&1 || \
+		($(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends $(DEV_DATA_PACKAGES))
+
+dev-data: install dev-data-packages
+	$(BIN)/mertlab dev-data data/dev
+
+# The small slice (a few minutes of recordings, ~250 clips per task) for CI's learning-signal test.
+dev-data-ci: install dev-data-packages
+	$(BIN)/mertlab dev-data data/dev-ci --size ci

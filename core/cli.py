@@ -570,6 +570,39 @@ def demo_data_command(directory: str, clips: int, seconds: float, seed: int, tas
         click.echo("probe tasks: " + ", ".join(str(p) for p in written.values()))
 
 
+@cli.command("dev-data")
+@click.argument("directory", default="data/dev")
+@click.option(
+    "--size",
+    type=click.Choice(["full", "ci"]),
+    default="full",
+    show_default=True,
+    help="full: ~2.3 h of recordings and 1,200-1,440 clips per task; ci: ~6 min and ~250 clips per task.",
+)
+@click.option("--seed", default=0, show_default=True, help="Seed of the generated probe-task clips.")
+@click.option("--no-progress", is_flag=True, help="No progress bars.")
+def dev_data_command(directory: str, size: str, seed: int, no_progress: bool) -> None:
+    """Build the real-music development set in DIRECTORY from Debian packages (install them
+    with `make dev-data-packages`): game soundtracks cut into 10 s pieces for pre-training
+    (DIRECTORY/recordings) and probe tasks rendered with FluidSynth and a sampled General MIDI
+    soundfont (DIRECTORY/tasks/{pitch,instrument,chord,key,tempo}.csv), with a README stating
+    each package's licence. Re-running finishes an interrupted build."""
+    import time
+
+    from mertlab.data.devset.build import build_dev_set
+
+    started = time.monotonic()
+    summary = build_dev_set(directory, size, seed, progress=not no_progress)
+    pieces = sum(s.pieces for s in summary.recordings)
+    click.echo(
+        f"recordings: {pieces} pieces, {summary.recording_seconds / 3600:.2f} h in {directory}/recordings"
+    )
+    for task in summary.tasks:
+        splits = "/".join(str(task.splits[s]) for s in ("train", "valid", "test"))
+        click.echo(f"task {task.name}: {task.clips} clips (train/valid/test {splits}) -> {task.csv}")
+    click.echo(f"README: {directory}/README.md ({time.monotonic() - started:.0f} s)")
+
+
 @cli.group("data")
 def data_group() -> None:
     """Data set tasks: shards for streaming (local or object store)."""
