@@ -594,9 +594,7 @@ def dev_data_command(directory: str, size: str, seed: int, no_progress: bool) ->
     started = time.monotonic()
     summary = build_dev_set(directory, size, seed, progress=not no_progress)
     pieces = sum(s.pieces for s in summary.recordings)
-    click.echo(
-        f"recordings: {pieces} pieces, {summary.recording_seconds / 3600:.2f} h in {directory}/recordings"
-    )
+    click.echo(f"recordings: {pieces} pieces, {summary.recording_seconds / 3600:.2f} h in {directory}/recordings")
     for task in summary.tasks:
         splits = "/".join(str(task.splits[s]) for s in ("train", "valid", "test"))
         click.echo(f"task {task.name}: {task.clips} clips (train/valid/test {splits}) -> {task.csv}")
@@ -880,6 +878,13 @@ def _with_options(options: tuple) -> Any:
 )
 @click.option("--seed", default=0, show_default=True, help="Seed of the probes (and of the random-init backbone).")
 @click.option(
+    "--seeds",
+    default=1,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Refit every probe with seeds SEED..SEED+N-1 and report the spread of the best probe's test score.",
+)
+@click.option(
     "--run-id",
     default=None,
     help="MLflow run to log to (default: the run that trained CKPT; for hf:DIR a run named after DIR).",
@@ -913,6 +918,7 @@ def probe_command(
     patience: int | None,
     max_epochs: int | None,
     seed: int,
+    seeds: int,
     run_id: str | None,
     tracking_uri: str | None,
     experiment: str,
@@ -937,7 +943,7 @@ def probe_command(
     from mertlab.probe.baselines import parse_baselines
     from mertlab.probe.cache import DEFAULT_CACHE_DIR, FeatureCache
     from mertlab.probe.fit import ProbeParams
-    from mertlab.probe.run import log_probe, probe_run, report_dict, report_table, run_probe, summary_lines
+    from mertlab.probe.run import log_probe, probe_run, report_dict, report_table, run_probe, summary_lines, verdict
     from mertlab.probe.task import load_task
     from mertlab.toolkit.checkpoint import HF_PREFIX
 
@@ -968,10 +974,12 @@ def probe_command(
         progress=not no_progress,
         baselines=chosen_baselines,
         cache=cache,
+        seeds=seeds,
     )
     header, rows = report_table(outcome)
     click.echo(format_table(header, rows))
     click.echo("\n".join(summary_lines(outcome)))
+    click.echo(verdict(outcome))
     if cache.root is not None:
         click.echo(f"features: {cache.hits} from the cache, {cache.misses} extracted ({cache.root})")
     settings = {
@@ -981,6 +989,7 @@ def probe_command(
         "random_init": random_init,
         "baselines": chosen_baselines,
         "weighted": not no_weighted,
+        **({"seeds": seeds} if seeds > 1 else {}),
         **params.model_dump(),
     }
     if out:

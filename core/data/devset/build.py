@@ -111,7 +111,9 @@ def _check_stamp(directory: Path, identity: dict[str, Any]) -> None:
         raise DataError(f"{stamp}: not a dev-set stamp (JSON); choose another folder or delete it") from None
     if found != identity:
         differ = ", ".join(f"{k} {found.get(k)!r} (asked: {v!r})" for k, v in identity.items() if found.get(k) != v)
-        raise DataError(f"{directory} holds a dev set built with other settings: {differ}; use another folder or delete it")
+        raise DataError(
+            f"{directory} holds a dev set built with other settings: {differ}; use another folder or delete it"
+        )
 
 
 def build_dev_set(
@@ -127,8 +129,10 @@ def build_dev_set(
     chosen = SIZES[size] if isinstance(size, str) else size
     missing = missing_packages(sources, soundfont)
     if missing:
-        raise DataError(f"the dev set's Debian packages are not installed: {', '.join(missing)}; "
-                        + INSTALL_HINT.format(packages=" ".join(missing)))
+        raise DataError(
+            f"the dev set's Debian packages are not installed: {', '.join(missing)}; "
+            + INSTALL_HINT.format(packages=" ".join(missing))
+        )
     identity = _identity(chosen, seed, soundfont)
     _check_stamp(directory, identity)
     directory.mkdir(parents=True, exist_ok=True)
@@ -138,12 +142,12 @@ def build_dev_set(
 
     recordings = write_recordings(directory / "recordings", sources, chosen.recordings, progress)
     with Renderer(soundfont.path) as renderer:
-        tasks = [
-            write_task(directory / "tasks", name, chosen.clips[name], renderer, seed, progress) for name in TASKS
-        ]
+        tasks = [write_task(directory / "tasks", name, chosen.clips[name], renderer, seed, progress) for name in TASKS]
     summary = DevSetSummary(directory, chosen.name, recordings, tasks, versions)
     (directory / "README.md").write_text(readme(summary, chosen, seed, soundfont))
-    (directory / STAMP).write_text(json.dumps({"identity": identity, "complete": True, **counts(summary)}, indent=2) + "\n")
+    (directory / STAMP).write_text(
+        json.dumps({"identity": identity, "complete": True, **counts(summary)}, indent=2) + "\n"
+    )
     return summary
 
 
@@ -209,7 +213,9 @@ def readme(summary: DevSetSummary, size: DevSetSize, seed: int, soundfont: Sound
             f"| `{src.package}` | {summary.versions.get(src.package, 'unknown')} | {src.title} | {src.licence} | "
             f"{src.copyright} | {src.origin} | {s.tracks} | {s.pieces} | {_minutes(s.seconds)} |"
         )
-    excluded = [f"`{s.source.package}`: {name} ({why})" for s in summary.recordings for name, why in s.source.exclude.items()]
+    excluded = [
+        f"`{s.source.package}`: {name} ({why})" for s in summary.recordings for name, why in s.source.exclude.items()
+    ]
     if excluded:
         lines += ["", "Left out: " + "; ".join(excluded) + "."]
     lines += [
@@ -221,7 +227,8 @@ def readme(summary: DevSetSummary, size: DevSetSize, seed: int, soundfont: Sound
         f"licence {soundfont.licence}, copyright {soundfont.copyright}, origin {soundfont.origin}. "
         "Splits are fixed in each CSV (60/20/20 per class); every clip is generated from its own seed.",
         "",
-        "| task | CSV | label | classes | clips | train / valid / test | per class (train / valid / test) | audio (min) |",
+        "| task | CSV | label | classes | clips | train / valid / test | per class (train / valid / test) "
+        "| audio (min) |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for t in summary.tasks:

@@ -137,7 +137,9 @@ def write_source(
                     summary.pieces += 1
                     summary.seconds += plan.piece_seconds
         except (sf.LibsndfileError, RuntimeError, zipfile.BadZipFile) as exc:
-            raise DataError(f"{track.path}{f':{track.member}' if track.member else ''}: cannot decode ({exc})") from None
+            raise DataError(
+                f"{track.path}{f':{track.member}' if track.member else ''}: cannot decode ({exc})"
+            ) from None
         if bar is not None:
             bar.update(1)
     return summary

@@ -113,12 +113,12 @@ class Renderer:
     def _play(self, synth: Any, font_id: int, clip: Clip) -> np.ndarray:
         """The clip's stereo samples ``[S, 2]`` from ``synth``."""
         chans = channels(clip)
-        for part, channel in zip(clip.parts, chans):
+        for part, channel in zip(clip.parts, chans, strict=True):
             bank = 128 if part.drums else 0
             if synth.program_select(channel, font_id, bank, part.program) != 0:
                 raise DataError(f"soundfont {self.soundfont}: no preset {part.program} in bank {bank}")
         events = []  # (sample, 0 = note off first, channel, pitch, velocity)
-        for part, channel in zip(clip.parts, chans):
+        for part, channel in zip(clip.parts, chans, strict=True):
             for note in part.notes:
                 events.append((blocks(note.start, self.sample_rate), 1, channel, note.pitch, note.velocity))
                 events.append((blocks(note.start + note.duration, self.sample_rate), 0, channel, note.pitch, 0))

@@ -119,9 +119,7 @@ def package_version(package: str) -> str:
     """The installed version of a Debian package (``unknown`` without dpkg)."""
     if shutil.which("dpkg-query") is None:
         return "unknown"
-    result = subprocess.run(
-        ["dpkg-query", "-W", "-f=${Version}", package], capture_output=True, text=True, check=False
-    )
+    result = subprocess.run(["dpkg-query", "-W", "-f=${Version}", package], capture_output=True, text=True, check=False)
     return result.stdout.strip() if result.returncode == 0 and result.stdout.strip() else "unknown"
 
 

@@ -39,7 +39,9 @@ def task_size(task: MidiTask, per_class: int) -> int:
 
 def task_rows(task: MidiTask, per_class: int, seed: int = 0) -> list[dict[str, str]]:
     """The CSV rows of ``task`` (no audio): path, label, split and the clips' info columns."""
-    return [_row(task, index, per_class, make_clip(task.name, index, seed)) for index in range(task_size(task, per_class))]
+    return [
+        _row(task, index, per_class, make_clip(task.name, index, seed)) for index in range(task_size(task, per_class))
+    ]
 
 
 def clip_path(task: str, index: int) -> str:
@@ -51,7 +53,12 @@ def _row(task: MidiTask, index: int, per_class: int, clip: Clip) -> dict[str, st
     """A clip's CSV row. Split by position within its class (regression: within the task; the
     clips are independent draws, so position says nothing about the label)."""
     position = index if task.is_regression else index // len(task.classes)
-    return {"path": clip_path(task.name, index), "label": clip.label, "split": split_of(position, per_class), **clip.info}
+    return {
+        "path": clip_path(task.name, index),
+        "label": clip.label,
+        "split": split_of(position, per_class),
+        **clip.info,
+    }
 
 
 def write_task(
