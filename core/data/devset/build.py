@@ -46,7 +46,7 @@ STAMP = "dev-set.json"
 
 @dataclass(frozen=True)
 class DevSetSize:
-    """How big a dev set is: the recordings' plan and, per task, clips per class (regression: clips)."""
+    """How big a dev set is: the recordings' plan and, per task built, clips per class (regression: clips)."""
 
     name: str
     recordings: RecordingPlan
@@ -142,7 +142,11 @@ def build_dev_set(
 
     recordings = write_recordings(directory / "recordings", sources, chosen.recordings, progress)
     with Renderer(soundfont.path) as renderer:
-        tasks = [write_task(directory / "tasks", name, chosen.clips[name], renderer, seed, progress) for name in TASKS]
+        tasks = [
+            write_task(directory / "tasks", name, chosen.clips[name], renderer, seed, progress)
+            for name in TASKS
+            if name in chosen.clips
+        ]
     summary = DevSetSummary(directory, chosen.name, recordings, tasks, versions)
     (directory / "README.md").write_text(readme(summary, chosen, seed, soundfont))
     (directory / STAMP).write_text(

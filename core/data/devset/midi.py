@@ -268,7 +268,7 @@ def _drum_part(
 
 
 def tempo_clip(index: int, rng: np.random.Generator) -> Clip:
-    bpm = float(rng.uniform(*TEMPO_RANGE))
+    bpm = round(float(rng.uniform(*TEMPO_RANGE)), 2)  # the label, exactly
     beat = 60.0 / bpm
     pattern = PATTERN_NAMES[int(rng.integers(len(PATTERNS)))]
     kit = _pick(rng, DRUM_KITS)
