@@ -979,9 +979,9 @@ def probe_command(
     header, rows = report_table(outcome)
     click.echo(format_table(header, rows))
     click.echo("\n".join(summary_lines(outcome)))
-    click.echo(verdict(outcome))
     if cache.root is not None:
         click.echo(f"features: {cache.hits} from the cache, {cache.misses} extracted ({cache.root})")
+    click.echo(verdict(outcome))
     settings = {
         "checkpoint": str(checkpoint),
         "layers": layers,

@@ -8,7 +8,7 @@ where they can be checked without rendering:
 =========== ====================================================================== ==========================
 task        content                                                                label
 =========== ====================================================================== ==========================
-pitch       one note, 2 s clip, any of 94 pitched GM programs that plays it        MIDI 48-83 (36 classes)
+pitch       one note, 2 s clip, any of the 102 pitched GM programs that reach it  MIDI 48-83 (36 classes)
 instrument  a phrase of 3-6 notes, 3 s, a program of one GM family                 family (10 classes)
 chord       a chord in any inversion, block or arpeggiated, 2 s                    quality (8 classes)
 key         4 chords (I-IV-V-I ...) with bass and melody, sometimes drums, 4 s     e.g. ``D minor`` (24)
