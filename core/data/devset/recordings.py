@@ -20,7 +20,7 @@ import soundfile as sf
 import torch
 from tqdm import tqdm
 
-from mertlab.data.audio import resample
+from mertlab.data.audio import resample, write_flac
 from mertlab.data.devset.sources import RecordingSource, missing_error
 from mertlab.errors import DataError
 
@@ -131,9 +131,7 @@ def write_source(
                         if float(np.sqrt(np.mean(audio**2))) < SILENT_RMS:
                             summary.silent += 1
                             continue
-                        tmp = path.with_name(path.name + ".part")  # never scanned as audio
-                        sf.write(str(tmp), np.clip(audio, -1.0, 1.0), SAMPLE_RATE, subtype="PCM_16", format="FLAC")
-                        tmp.replace(path)
+                        write_flac(path, audio, SAMPLE_RATE)
                     summary.pieces += 1
                     summary.seconds += plan.piece_seconds
         except (sf.LibsndfileError, RuntimeError, zipfile.BadZipFile) as exc:

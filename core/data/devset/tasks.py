@@ -5,14 +5,14 @@
 
 from __future__ import annotations
 
-import csv
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import soundfile as sf
 from tqdm import tqdm
 
+from mertlab.data.audio import write_flac
+from mertlab.data.demo_tasks import write_task_csv
 from mertlab.data.devset.midi import TASKS, Clip, MidiTask, make_clip, split_of
 from mertlab.data.devset.render import Renderer
 
@@ -78,18 +78,10 @@ def write_task(
         clip = make_clip(name, index, seed)
         path = directory / clip_path(name, index)
         if not path.exists():
-            tmp = path.with_name(path.name + ".part")
-            sf.write(str(tmp), renderer.render(clip), renderer.sample_rate, subtype="PCM_16", format="FLAC")
-            tmp.replace(path)
+            write_flac(path, renderer.render(clip), renderer.sample_rate)
         rows.append(_row(task, index, per_class, clip))
         seconds += clip.seconds
-    csv_path = directory / f"{name}.csv"
-    tmp = csv_path.with_name(csv_path.name + ".part")
-    with tmp.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    tmp.replace(csv_path)
+    csv_path = write_task_csv(directory / f"{name}.csv", rows)
     return summarise(name, csv_path, rows, seconds)
 
 
