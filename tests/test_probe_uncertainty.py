@@ -16,6 +16,7 @@ from scipy.stats import binomtest
 from mertlab.experiment import metric_names as M
 from mertlab.plugin_system.registry import get_registry
 from mertlab.probe.fit import ProbeParams
+from mertlab.probe.metrics import compute_metrics
 from mertlab.probe.run import probe_metrics, report_dict, report_table, run_probe, summary_lines, verdict
 from mertlab.probe.uncertainty import (
     confidence_intervals,
@@ -23,6 +24,7 @@ from mertlab.probe.uncertainty import (
     mcnemar_p,
     paired_p,
     resample_indices,
+    resampled_metrics,
 )
 from mertlab.toolkit.checkpoint import save_backbone
 from probe_tasks import write_pitch_class_task
@@ -114,6 +116,23 @@ def test_interval_width_shrinks_with_more_clips_and_resamples_are_seeded():
     assert width(400) < width(100) < width(25)
     assert 0.17 < width(100) < 0.22  # ~ 2 x 1.96 x sqrt(0.25 / 100) = 0.196
     assert np.array_equal(resample_indices(10, 5, seed=3), resample_indices(10, 5, seed=3))
+
+
+tagging_case = st.tuples(st.integers(2, 30), st.integers(1, 5), st.integers(0, 2**16), st.integers(1, 2))
+
+
+@settings(max_examples=12, deadline=None)
+@given(case=tagging_case)
+def test_resampled_tagging_metrics_equal_sklearns_ties_included(case):
+    n, tags, seed, decimals = case
+    rng = np.random.default_rng(seed)
+    targets = (rng.random((n, tags)) < rng.random()).astype(np.float32)
+    scores = np.round(rng.random((n, tags)), decimals)  # few distinct values: many ties
+    indices = resample_indices(n, 8, seed)
+    fast = resampled_metrics("multilabel", targets, scores, indices)
+    for name in ("roc_auc", "average_precision"):
+        reference = [compute_metrics("multilabel", targets[i], scores[i])[name] for i in indices]
+        np.testing.assert_allclose(fast[name], reference, rtol=1e-9, atol=1e-12)
 
 
 def test_multilabel_intervals_cover_each_metric():

@@ -22,12 +22,19 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.stats import binomtest
+from scipy.stats import binomtest, rankdata
 
-from mertlab.probe.metrics import compute_metrics
-
-#: Bootstrap resamples of the test clips.
+#: Bootstrap resamples of the test clips (accuracy, R²).
 RESAMPLES = 2000
+#: Resamples for tagging (ROC-AUC, average precision), whose every resample re-ranks every tag:
+#: fewer, so a large tagging task's intervals take seconds per probe, not minutes.
+TAGGING_RESAMPLES = 200
+
+
+def default_resamples(task_type: str) -> int:
+    return TAGGING_RESAMPLES if task_type == "multilabel" else RESAMPLES
+
+
 #: Coverage of the confidence intervals.
 LEVEL = 0.95
 
@@ -65,8 +72,50 @@ def resampled_metrics(
         return {"accuracy": correct[indices].mean(axis=1)}
     if task_type == "regression":
         return {"r2": _r2(targets[indices].astype(np.float64), scores[indices].astype(np.float64))}
-    rows = [compute_metrics(task_type, targets[i], scores[i]) for i in indices]
-    return {name: np.array([r[name] for r in rows]) for name in rows[0]} if rows else {}
+    chunk = max(1, CHUNK_ELEMENTS // max(1, indices.shape[1] * targets.shape[1]))
+    parts = [
+        _tagging_metrics(targets[rows], scores[rows])
+        for rows in np.array_split(indices, range(chunk, len(indices), chunk))
+    ]
+    return {name: np.concatenate([p[name] for p in parts]) for name in ("roc_auc", "average_precision")}
+
+
+#: Resampled tagging metrics are computed on ``[resamples, clips, tags]`` arrays of at most this many elements.
+CHUNK_ELEMENTS = 4_000_000
+
+
+def _tagging_metrics(targets: np.ndarray, scores: np.ndarray) -> dict[str, np.ndarray]:
+    """Macro ROC-AUC and average precision of each of a batch of clip sets, ``[B, n, C]`` in:
+    the values :func:`~mertlab.probe.metrics.compute_metrics` gives (over the tags with both
+    positive and negative clips; tied scores count as sklearn counts them), ``[B]`` out."""
+    n = targets.shape[1]
+    positives = targets.sum(axis=1)  # [B, C]
+    usable = (positives > 0) & (positives < n)
+    # ROC-AUC from average ranks (Mann-Whitney U): ties count one half
+    ranks = rankdata(scores, axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        auc = ((ranks * targets).sum(axis=1) - positives * (positives + 1) / 2) / (positives * (n - positives))
+    # average precision: the precision at the end of each group of tied scores, weighted by the
+    # positives in the group (sklearn's step-wise sum over thresholds)
+    order = np.argsort(-scores, axis=1, kind="stable")
+    sorted_scores = np.take_along_axis(scores, order, axis=1)
+    sorted_targets = np.take_along_axis(targets, order, axis=1)
+    true_positives = np.cumsum(sorted_targets, axis=1)
+    position = np.arange(n).reshape(1, n, 1)
+    last_of_group = np.ones_like(sorted_scores, dtype=bool)
+    last_of_group[:, :-1] = sorted_scores[:, :-1] != sorted_scores[:, 1:]
+    group_end = np.where(last_of_group, position, n)
+    group_end = np.flip(np.minimum.accumulate(np.flip(group_end, axis=1), axis=1), axis=1)
+    precision_at_end = np.take_along_axis(true_positives, group_end, axis=1) / (group_end + 1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ap = (sorted_targets * precision_at_end).sum(axis=1) / positives
+
+    def macro(values: np.ndarray) -> np.ndarray:
+        with np.errstate(invalid="ignore"):
+            total = np.where(usable, values, 0.0).sum(axis=1)
+            return np.where(usable.any(axis=1), total / usable.sum(axis=1), np.nan)
+
+    return {"roc_auc": macro(auc), "average_precision": macro(ap)}
 
 
 def _percentiles(values: np.ndarray, level: float) -> Interval:
@@ -82,12 +131,13 @@ def confidence_intervals(
     task_type: str,
     targets: np.ndarray,
     scores: np.ndarray,
-    resamples: int = RESAMPLES,
+    resamples: int | None = None,
     level: float = LEVEL,
     seed: int = 0,
 ) -> dict[str, Interval]:
-    """Percentile-bootstrap interval of every metric of ``task_type`` over the given clips."""
-    indices = resample_indices(len(targets), resamples, seed)
+    """Percentile-bootstrap interval of every metric of ``task_type`` over the given clips
+    (``resamples``: default :func:`default_resamples`)."""
+    indices = resample_indices(len(targets), resamples or default_resamples(task_type), seed)
     return {name: _percentiles(v, level) for name, v in resampled_metrics(task_type, targets, scores, indices).items()}
 
 
@@ -106,7 +156,7 @@ def paired_p(
     targets: np.ndarray,
     scores_a: np.ndarray,
     scores_b: np.ndarray,
-    resamples: int = RESAMPLES,
+    resamples: int | None = None,
     seed: int = 0,
 ) -> float:
     """Two-sided p-value that probes A and B score ``metric`` equally on these clips (see the
@@ -122,7 +172,7 @@ def paired_p(
     observed = float(difference(np.arange(len(targets))[None])[0])
     if not math.isfinite(observed):
         return math.nan
-    differences = difference(resample_indices(len(targets), resamples, seed))
+    differences = difference(resample_indices(len(targets), resamples or default_resamples(task_type), seed))
     differences = differences[np.isfinite(differences)]
     hits = int(np.sum(np.abs(differences - observed) >= abs(observed)))
     return (1 + hits) / (1 + len(differences))
