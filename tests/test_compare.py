@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import math
+import re
 import struct
 from contextlib import redirect_stdout
 from io import StringIO
@@ -200,7 +201,7 @@ def test_probe_scores_show_their_interval_and_p_values_are_rows(sweep, tmp_path)
     header, rows = comparison.records()
     cells = {row[0]: dict(zip(header, row, strict=True)) for row in rows}
     assert cells["base"][score] == Score(0.42, 0.35, 0.49) and cells["base"][p_name] == Score(0.0004)
-    assert "probe/key/accuracy  0.42 [0.35, 0.49]" in to_text(comparison)
+    assert re.search(r"^probe/key/accuracy +0\.42 \[0\.35, 0\.49\]", to_text(comparison), re.M)
     assert "| 0.42 [0.35, 0.49] |" in to_markdown(comparison)
     by_variant = {r["variant"]: r for r in read_csv(write_csv(comparison, tmp_path / "c.csv"))}
     assert [by_variant["base"][f"{score}{s}"] for s in ("", " ci_low", " ci_high")] == ["0.42", "0.35", "0.49"]

@@ -2,7 +2,7 @@
 the ``pyfluidsynth`` binding) playing a General MIDI soundfont.
 
 The soundfont is loaded once; every clip is played by a fresh synthesiser that shares it, so a
-clip sounds the same whatever was rendered before it (FluidSynth's voices keep a little state
+clip sounds the same whatever other clips the renderer played (FluidSynth's voices keep a little state
 from note to note). Reverb and chorus are off, and events take effect at FluidSynth's 64-sample
 block starts (2.7 ms at 24 kHz): the same clip gives the same samples on every run.
 """
