@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.mertlab-installed
 
-.PHONY: install quickstart test test-all docs clean-venv browser dev-data dev-data-ci dev-data-packages
+.PHONY: install quickstart test test-all docs gpu-check clean-venv browser dev-data dev-data-ci dev-data-packages
 
 install: $(STAMP)
 
@@ -30,6 +30,12 @@ test-all: install
 # The documentation site on http://127.0.0.1:8000, rebuilt on every save (`python -m`: see mkdocs.yml).
 docs: install
 	NO_MKDOCS_2_WARNING=1 $(BIN)/python -m mkdocs serve
+
+# On a CUDA machine: FSDP bf16 training with teachers on the fly + resume, the bf16 backbone step
+# vs HubertModel, the CQT teacher vs librosa, peak GPU memory, the GPU tests; one table, < 10 min
+# (bench/README.md). Without CUDA it says so in one line.
+gpu-check: install
+	$(BIN)/python bench/gpu_check.py
 
 clean-venv:
 	rm -rf $(VENV)
