@@ -58,6 +58,7 @@ from mertlab.data.audio import AudioFile, read_segment, resample
 from mertlab.errors import MertlabError
 from mertlab.experiment.spec import ExperimentSpec
 from mertlab.toolkit.atomic import atomic_write
+from mertlab.toolkit.integrity import record_problem, write_with_record
 from mertlab.toolkit.teacher_output import check_targets
 
 FORMAT = "mertlab-target-cache-v1"
@@ -90,19 +91,6 @@ def file_key(path: str | Path) -> str:
     except OSError as exc:
         raise MertlabError(f"{path}: cannot read file ({exc.strerror})") from None
     return hashlib.sha256(f"{resolved}\0{stat.st_size}\0{stat.st_mtime_ns}".encode()).hexdigest()[:24]
-
-
-def _record_path(entry: Path) -> Path:
-    """The size/checksum record of a cache entry: ``<key>.sum.json`` beside ``<key>.npy``."""
-    return entry.with_name(entry.stem + ".sum.json")
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 class DamagedEntryError(MertlabError):
@@ -202,14 +190,7 @@ class TeacherCache:
             return f"holds an array of shape {shape}, expected [frames, {self.info.dim}]"
         if not full:
             return None
-        record = self._record(entry)
-        if record is None:
-            return None
-        if record.get("bytes") != size:
-            return f"{size} bytes, its record says {record.get('bytes')}"
-        if record.get("sha256") != _sha256(entry):
-            return "checksum mismatch (contents changed since it was written)"
-        return None
+        return record_problem(entry)
 
     def store(self, entry: Path, values: np.ndarray) -> None:
         """Write ``values`` ``[frames, channels]`` as ``entry`` (from :meth:`entry`, taken before
@@ -221,26 +202,15 @@ class TeacherCache:
         buffer = io.BytesIO()
         np.save(buffer, values.astype(storage_dtype(self.info), copy=False))
         blob = buffer.getvalue()
-        record = json.dumps({"bytes": len(blob), "sha256": hashlib.sha256(blob).hexdigest()}).encode()
         try:
             self.write_manifest()
-            atomic_write(_record_path(entry), lambda f: f.write(record))
-            atomic_write(entry, lambda f: f.write(blob))
+            write_with_record(entry, blob)
         except OSError as exc:
             raise MertlabError(
                 f"data.target_cache: cannot write {entry} ({exc.strerror or exc}); the cache folder {self.folder} "
                 "must be writable to add or repair entries (or point data.target_cache at a writable copy)"
             ) from None
         self._verified.add(entry)
-
-    def _record(self, entry: Path) -> dict[str, Any] | None:
-        try:
-            record = json.loads(_record_path(entry).read_text())
-        except FileNotFoundError:
-            return None
-        except (OSError, ValueError):
-            return {}  # a damaged record: the entry cannot be trusted
-        return record if isinstance(record, dict) else {}
 
     # ----------------------------------------------------------------- manifest
     def read_manifest(self) -> dict[str, Any] | None:

@@ -4,29 +4,33 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
 
-def atomic_write(path: str | Path, write: Callable[[BinaryIO], None], mode: int = 0o644) -> Path:
+def atomic_write(path: str | Path, write: Callable[[BinaryIO], None], mode: int | None = None) -> Path:
     """Write ``path`` through ``write(file)`` into a unique temporary name in the same folder,
     flush it to disk (fsync), then rename it over ``path`` and fsync the folder.
 
     Readers see the previous file or the complete new one, never a partial file; a failure
     (an exception in ``write``, a full disk, a read-only folder) removes the temporary file and
     leaves ``path`` as it was. ``OSError`` propagates for the caller to name what was written.
+    The file gets the permissions any new file of the process gets (``0o666`` less the umask:
+    0644 by default, so shared caches and runs stay readable), or ``mode`` when given.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = _create_unique(path)
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, mode)  # mkstemp makes it private; shared caches and runs must stay readable
+        if mode is not None:
+            os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -34,6 +38,19 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], None], mode: int 
         raise
     _fsync_dir(path.parent)
     return path
+
+
+def _create_unique(path: Path) -> tuple[int, str]:
+    """A new, empty temporary file beside ``path`` (``.<name>.<random>.tmp``), opened for
+    writing; created with mode ``0o666`` so the umask applies as to any new file (``mkstemp``
+    would make it private)."""
+    for _ in range(100):
+        tmp = str(path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp")
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temporary name beside {path}")
 
 
 def _fsync_dir(folder: Path) -> None:
