@@ -107,10 +107,16 @@ def new_command(kind: str, name: str, directory: str | None) -> None:
 @click.argument("spec_path", metavar="SPEC")
 @OVERRIDE_OPTION
 def validate_command(spec_path: str, overrides: tuple[str, ...]) -> None:
-    """Validate SPEC (with overrides; and every sweep variant) and print the fully resolved spec as YAML."""
+    """Validate SPEC (with overrides; and every sweep variant) and print the fully resolved spec as YAML.
+
+    Also checks that trainer.output_dir can be written (creating nothing); data and the tracking
+    store are checked when training starts.
+    """
     from mertlab.experiment.spec import dump_spec, load_spec
+    from mertlab.toolkit.atomic import check_creatable
 
     spec = load_spec(spec_path, overrides)
+    check_creatable(spec.trainer.output_dir, "trainer.output_dir")
     if spec.sweep is not None:  # every variant must be valid too
         from mertlab.experiment.sweep import plan_sweep
 

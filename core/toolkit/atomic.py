@@ -79,13 +79,37 @@ def check_writable(folder: str | Path, what: str) -> Path:
     folder = Path(folder)
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(dir=folder, prefix=".mertlab-write-check.", suffix=".tmp")
-        try:
-            os.write(fd, b"ok")
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-            os.unlink(probe)
+        _write_probe(folder)
     except OSError as exc:
         raise MertlabError(f"{what}: cannot write to {folder} ({exc.strerror or exc})") from None
     return folder
+
+
+def check_creatable(folder: str | Path, what: str) -> None:
+    """What :func:`check_writable` checks, creating nothing: ``folder``, or the nearest of its
+    parents that exists when it does not, must be a folder a file can be written in (a probe
+    file is written there and removed). Raises a :class:`~mertlab.errors.MertlabError` naming
+    ``what`` and the folder."""
+    from mertlab.errors import MertlabError
+
+    folder = Path(folder).absolute()
+    existing = next((p for p in (folder, *folder.parents) if p.exists()), None)
+    if existing is None or not existing.is_dir():
+        where = "" if existing is None else f": {existing} is not a folder"
+        raise MertlabError(f"{what}: cannot create {folder}{where}")
+    try:
+        _write_probe(existing)
+    except OSError as exc:
+        inside = "" if existing == folder else f" (it would be created inside {existing})"
+        raise MertlabError(f"{what}: cannot write to {folder}{inside}: {exc.strerror or exc}") from None
+
+
+def _write_probe(folder: Path) -> None:
+    """Write, fsync and remove a small file in ``folder``; ``OSError`` when that fails."""
+    fd, probe = tempfile.mkstemp(dir=folder, prefix=".mertlab-write-check.", suffix=".tmp")
+    try:
+        os.write(fd, b"ok")
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+        os.unlink(probe)
