@@ -667,14 +667,23 @@ def targets_build_command(spec_path: str, overrides: tuple[str, ...], device: st
     Files already cached for a teacher's current params are skipped, so an interrupted build
     resumes where it stopped and changing one teacher recomputes only that teacher.
     """
+    from mertlab.data.skipped import SkippedFiles
     from mertlab.experiment.spec import load_spec
     from mertlab.teachers.target_cache import build_targets
 
     spec = load_spec(spec_path, overrides)
-    for s in build_targets(spec, device=device, progress=not no_progress):
+    skipped = SkippedFiles()
+    for s in build_targets(spec, device=device, progress=not no_progress, skipped=skipped):
         repaired = f" (of which {len(s.repaired)} replaced damaged entries)" if s.repaired else ""
+        bad = f", {len(s.bad)} unusable" if s.bad else ""
         click.echo(
-            f"teachers.{s.alias} ({s.teacher}): {s.computed} files computed{repaired}, {s.skipped} already cached -> {s.folder}"
+            f"teachers.{s.alias} ({s.teacher}): {s.computed} files computed{repaired}, {s.skipped} already cached"
+            f"{bad} -> {s.folder}"
+        )
+    if skipped:
+        click.echo(
+            f"skipped {len(skipped)} unusable audio files (each named in the log with the reason); training skips "
+            "and counts them too"
         )
 
 

@@ -208,8 +208,8 @@ def extract_features(
     keep = resolve_layers(layers, backbone.num_layers)
     rate = backbone.sample_rate
     window = max(1, int(round(window_seconds * rate)))
-    min_samples = next((n for n in range(1, window + 1) if backbone.num_frames(n) > 0), None)
-    if min_samples is None:
+    min_samples = backbone.min_samples
+    if min_samples > window:
         raise MertlabError(f"--window-seconds {window_seconds} is shorter than the backbone's receptive field")
     device = resolve_device(device)
     was_training = backbone.training

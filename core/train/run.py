@@ -15,6 +15,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 
 from mertlab.data.audio import list_audio_paths
 from mertlab.data.datamodule import AudioDataModule
+from mertlab.data.dataset import shortest_usable_seconds
 from mertlab.data.demo import write_demo_dataset
 from mertlab.data.demo_tasks import DEMO_TASKS, demo_tasks_dir, write_demo_tasks
 from mertlab.data.shards import is_shard_path
@@ -191,14 +192,20 @@ def train(
     module = PretrainModule(spec, registry)
     strategy = build_strategy(spec.trainer, module.backbone)  # misconfigurations surface before MLflow
     datamodule = AudioDataModule(
-        spec.data, module.backbone.sample_rate, spec.seed, min_seconds=shortest_usable_seconds(module)
+        spec.data,
+        module.backbone.sample_rate,
+        spec.seed,
+        min_seconds=shortest_usable_seconds(module.backbone, module.teachers.values()),
     )
     datamodule.setup()  # data errors surface before an MLflow run is created
     files = datamodule.train_files + datamodule.val_files
     if lead and spec.data.target_cache and spec.data.build_target_cache and files:
         for alias, teacher in module.teachers.items():
-            build_teacher_cache(teacher, files, spec.data.target_cache, alias=alias, progress=progress)
-    module.target_source.check_files(files)
+            build_teacher_cache(
+                teacher, files, spec.data.target_cache, alias=alias, progress=progress, skipped_files=datamodule.skipped
+            )
+    # files a build found unusable (e.g. NaN samples) are skipped and counted, like bad files at the scan
+    datamodule.exclude(module.target_source.check_files(files))
 
     if lead:
         ensure_experiment(client, experiment)  # artifacts beside the store, MLflow's training view
@@ -306,9 +313,3 @@ def finish_run(
             client.set_terminated(logger.run_id, "FAILED")
     except Exception as exc:  # noqa: BLE001 - the store failing now must not hide the finished training
         log.warning("MLflow tracking store %s: could not log the run summary (%s)", tracking_uri, exc)
-
-
-def shortest_usable_seconds(module: PretrainModule) -> float:
-    """Files shorter than one frame of the backbone or of a teacher are skipped as too short."""
-    rates = [module.backbone.frame_rate, *(t.info.frame_rate for t in module.teachers.values())]
-    return 1.0 / min(rates)

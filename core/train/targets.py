@@ -22,6 +22,7 @@ from torch import Tensor
 from mertlab.contracts import TargetInfo, Targets, Teacher
 from mertlab.data.audio import AudioFile, resample
 from mertlab.data.dataset import AudioBatch
+from mertlab.data.skipped import SkippedFile
 from mertlab.errors import MertlabError
 from mertlab.teachers.target_cache import (
     BUILD_HINT,
@@ -52,8 +53,10 @@ class TargetSource(ABC):
     ) -> dict[str, Targets]:
         """``frame_lengths``: ``[B]`` valid backbone frames per clip."""
 
-    def check_files(self, files: Sequence[AudioFile]) -> None:
-        """Raise a clear error now if targets of some of ``files`` cannot be provided later."""
+    def check_files(self, files: Sequence[AudioFile]) -> list[SkippedFile]:
+        """Raise a clear error now if targets of some of ``files`` cannot be provided later;
+        return the files found unusable meanwhile (the run skips and counts them)."""
+        return []
 
 
 class TeacherTargets(TargetSource):
@@ -105,7 +108,16 @@ class CachedTargets(TargetSource):
     def __getstate__(self) -> dict[str, Any]:  # memory maps stay in their process (e.g. ddp_spawn)
         return {**self.__dict__, "_open": OrderedDict()}
 
-    def check_files(self, files: Sequence[AudioFile]) -> None:
+    def check_files(self, files: Sequence[AudioFile]) -> list[SkippedFile]:
+        """Every file needs an entry of every teacher, except those a build found unusable
+        (:meth:`~mertlab.teachers.target_cache.TeacherCache.mark_bad`: returned, to be skipped)."""
+        bad: dict[Path, SkippedFile] = {}
+        for cache in self.caches.values():
+            for f in files:
+                reason = None if f.path in bad else cache.bad_reason(f.path)
+                if reason is not None:
+                    bad[f.path] = SkippedFile(f.path, reason)
+        files = [f for f in files if f.path not in bad]
         for alias, cache in self.caches.items():
             try:
                 cache.check_manifest(required=True)
@@ -123,6 +135,7 @@ class CachedTargets(TargetSource):
                 problem = cache.damage(entry, full=False)
                 if problem:
                     raise MertlabError(f"{DamagedEntryError(entry, f.path, problem)}; {REBUILD_HINT}")
+        return list(bad.values())
 
     def read(self, alias: str, file: AudioFile, device: torch.device | str = "cpu") -> np.ndarray:
         """``file``'s cached targets of teacher ``alias``; a damaged entry is recomputed by the
@@ -284,8 +297,9 @@ class ShardTargets(TargetSource):
         self._source = self
         return self
 
-    def check_files(self, files: Sequence[AudioFile]) -> None:
+    def check_files(self, files: Sequence[AudioFile]) -> list[SkippedFile]:
         self.resolve()
+        return []
 
     def targets(
         self, batch: AudioBatch, frame_rate: float, num_frames: int, frame_lengths: Tensor
