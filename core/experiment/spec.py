@@ -201,6 +201,11 @@ class TrainerSpec(StrictModel):
         description="Stop the run (checkpoint saved, run FAILED, one clear error) after this many consecutive "
         "non-finite steps; 0 never stops.",
     )
+    undo_nonfinite_updates: bool = Field(
+        True,
+        description="Undo an optimizer update that leaves a parameter NaN/inf (counted as a skipped non-finite step); "
+        "keeps a copy of the parameters and optimizer state (Adam: 3x the parameters' memory); false saves it.",
+    )
 
     @field_validator("accelerator")
     @classmethod

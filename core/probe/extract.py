@@ -32,6 +32,10 @@ from mertlab.toolkit.atomic import atomic_write
 FEATURES_FORMAT = "mertlab-features-v1"
 
 
+class NonFiniteFeaturesError(MertlabError):
+    """A backbone's features hold NaN or inf (a diverged model): probes refuse them."""
+
+
 @dataclass
 class FeatureSet:
     """Clip features: ``features[i, k]`` is layer ``layers[k]`` of ``paths[i]`` (``[N, K, D]`` float32).
@@ -105,6 +109,20 @@ class FeatureSet:
         if problem:
             raise MertlabError(f"{path}: not a valid features file ({problem})")
         return features
+
+    def check_finite(self, what: str) -> FeatureSet:
+        """``self``, or :class:`NonFiniteFeaturesError` naming ``what`` (the checkpoint...), the
+        first layer with a NaN/inf feature and how many clips have one there."""
+        finite = np.isfinite(self.features).all(axis=2)  # [N, K]
+        if bool(finite.all()):
+            return self
+        k = int(np.flatnonzero(~finite.all(axis=0))[0])
+        clips = np.flatnonzero(~finite[:, k])
+        raise NonFiniteFeaturesError(
+            f"{what}: layer {self.layers[k]} gives non-finite features (NaN or inf) for {len(clips)} of "
+            f"{len(self.paths)} clips (e.g. {self.paths[clips[0]]}); the model has diverged (see its run's "
+            "stability/nonfinite_steps), so there is nothing to probe"
+        )
 
     def shape_problem(self) -> str | None:
         """Why the arrays do not fit together (``[N, K, D]`` features for N paths and K layers), or None."""

@@ -10,7 +10,9 @@ One step, top to bottom (``training_step``):
 4. each objective scores the backbone output against its teacher's targets;
    ``loss/total = sum(weight * loss) (+ feature penalty)``;
 5. non-finite losses or gradients skip the step (counted in ``stability/*``, logged with their
-   real non-finite values, never the last finite ones); see :meth:`PretrainModule.skip_update`.
+   real non-finite values, never the last finite ones); see :meth:`PretrainModule.skip_update`;
+   an update that leaves a parameter non-finite is undone and counted the same way
+   (:meth:`PretrainModule.undo_nonfinite_update`).
 
 Stability instrumentation beyond that (per-block gradient norms, attention logits, update
 ratios, loss spikes) lives in the ``stability`` callback.
@@ -18,6 +20,7 @@ ratios, loss spikes) lives in the ``stability`` callback.
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from dataclasses import dataclass
@@ -35,6 +38,9 @@ from mertlab.toolkit.seeding import AUGMENT, DROPOUT, LAYER_DROP, MASK, VAL_MASK
 from mertlab.train.schedule import lr_factor
 from mertlab.train.strategy import global_norms
 from mertlab.train.targets import target_source
+from mertlab.train.update_guard import UpdateGuard
+
+log = logging.getLogger(__name__)
 
 
 def code_perplexity(codes: Tensor, vocab_size: int) -> Tensor:
@@ -97,12 +103,15 @@ class PretrainModule(L.LightningModule):
         self.nonfinite_steps = 0
         self.skipped_steps = 0
         self.consecutive_nonfinite = 0
+        self.nonfinite_updates = 0  # of them, updates undone for leaving a parameter non-finite
         self.stop_reason: str | None = None  # set when training stops itself (see on_train_batch_end)
         self.last_loss: float | None = None  # this step's finite loss/total (None: non-finite)
         self._step_nonfinite = False  # this step's loss or gradient was non-finite
         self._step_skipped = False  # this step's update was skipped (skip_update)
         self._update_blocked = False  # a micro-batch of this optimizer step was skipped
         self.instrument_next_step = False  # set by the stability callback
+        self.update_guard = UpdateGuard() if spec.trainer.undo_nonfinite_updates else None
+        self._warned_nonfinite_update = False
         self.last_output: BackboneOutput | None = None
         self._last_step_start: float | None = None
 
@@ -127,6 +136,7 @@ class PretrainModule(L.LightningModule):
             "nonfinite_steps": self.nonfinite_steps,
             "skipped_steps": self.skipped_steps,
             "consecutive_nonfinite": self.consecutive_nonfinite,
+            "nonfinite_updates": self.nonfinite_updates,
         }
         logger = self.logger
         if logger is not None and getattr(logger, "run_id", None):
@@ -137,6 +147,7 @@ class PretrainModule(L.LightningModule):
         self.nonfinite_steps = counters.get("nonfinite_steps", 0)
         self.skipped_steps = counters.get("skipped_steps", 0)
         self.consecutive_nonfinite = counters.get("consecutive_nonfinite", 0)
+        self.nonfinite_updates = counters.get("nonfinite_updates", 0)
 
     # ------------------------------------------------------------------ the step
     def frame_padding(self, wav: Tensor, lengths: Tensor) -> tuple[int, Tensor, Tensor]:
@@ -333,6 +344,7 @@ class PretrainModule(L.LightningModule):
             {
                 M.NONFINITE_STEPS: float(self.nonfinite_steps),
                 M.SKIPPED_STEPS: float(self.skipped_steps),
+                M.NONFINITE_UPDATES: float(self.nonfinite_updates),
             },
             on_step=True,
             on_epoch=False,
@@ -393,6 +405,45 @@ class PretrainModule(L.LightningModule):
         if not torch.isfinite(norm):
             self._step_nonfinite = True
             self.skip_update(optimizer)
+        elif self.update_guard is not None:
+            self.update_guard.snapshot(optimizer)  # an update will run: keep what it changes
+
+    def optimizer_step(self, epoch: int, batch_idx: int, optimizer: Any, optimizer_closure: Any = None) -> None:
+        super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
+        self.undo_nonfinite_update(getattr(optimizer, "optimizer", optimizer))
+
+    def undo_nonfinite_update(self, optimizer: torch.optim.Optimizer) -> None:
+        """Undo this step's update when it left a parameter NaN or infinite (finite loss and
+        gradients do not make a finite update: see :mod:`mertlab.train.update_guard`). The
+        parameters and optimizer state are put back as they were before the step, and the step
+        is counted as a skipped non-finite step (``stability/nonfinite_steps``,
+        ``stability/skipped_steps``; ``trainer.max_consecutive_nonfinite`` applies) and in
+        ``stability/nonfinite_updates``; the first one of a run is named in a warning."""
+        if self.update_guard is None:
+            return
+        bad = self.update_guard.undo_if_nonfinite(optimizer, agree=self._on_any_rank)
+        if bad is None:
+            return
+        self._step_nonfinite = True
+        self.nonfinite_updates += 1
+        if not self._warned_nonfinite_update:
+            self._warned_nonfinite_update = True
+            names = {id(p): n for n, p in self.named_parameters()}
+            which = f"parameter {names.get(id(self.update_guard.parameter(bad)), bad)}" if bad >= 0 else "a parameter"
+            log.warning(
+                "step %d: the optimizer update made %s non-finite (learning rate %g); the update is undone and the "
+                "step counted as skipped (stability/skipped_steps); lower optim.lr or raise optim.warmup_steps",
+                self.global_step,
+                which,
+                optimizer.param_groups[0]["lr"],
+            )
+
+    def _on_any_rank(self, flag: bool) -> bool:
+        """``flag`` or-ed over the ranks (one all-reduce when distributed)."""
+        if self.distributed_position()[1] == 1:
+            return flag
+        total = self.trainer.strategy.reduce(torch.tensor(float(flag), device=self.device), reduce_op="sum")
+        return bool(total > 0)
 
     # ------------------------------------------------------------------ metrics
     def teacher_statistics(self, targets: dict[str, Targets]) -> dict[str, Tensor]:
