@@ -439,6 +439,36 @@ def ui_cli_command(tracking_uri: str | None, host: str, port: int) -> None:
         raise MertlabError(f"the MLflow UI exited with status {code} (is port {port} in use? try --port)")
 
 
+@cli.group("tracking")
+def tracking_group() -> None:
+    """MLflow tracking tasks."""
+
+
+@tracking_group.command("replay")
+@click.argument("run_dir", metavar="RUN_DIR")
+@click.option(
+    "--tracking-uri", default=None, help="MLflow store to send to (default: the one the file names, the run's own)."
+)
+@click.option("--timeout", default=30.0, show_default=True, help="Seconds to wait for the store to answer.")
+def tracking_replay_command(run_dir: str, tracking_uri: str | None, timeout: float) -> None:
+    """Send a run's unsent_metrics.jsonl (written when its store was down at the end) and set the
+    run's final status.
+
+    RUN_DIR is the run's folder (<output_dir>/<name>/<run id>) or the file. Values the store
+    already holds at a step are not sent again, so replaying twice changes nothing; the file is
+    renamed unsent_metrics.replayed.jsonl once everything is sent.
+    """
+    from mertlab.experiment.replay import replay
+
+    summary = replay(run_dir, tracking_uri, timeout)
+    for run in summary.runs:
+        status = f", status {run.status}" if run.status else ""
+        click.echo(
+            f"run {run.run_id}: {run.sent} metric values sent ({run.already_there} already in the store), "
+            f"{len(run.tags)} tags{status} -> {summary.tracking_uri}"
+        )
+
+
 @cli.group("teachers")
 def teachers_group() -> None:
     """Teacher tasks: fit the teachers that learn from data (k-means, Mel-RVQ), evaluate teachers on a labelled task."""

@@ -473,6 +473,8 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
 def parse_yaml(text: str, field: str = "", source: str | None = None) -> Any:
     """``text`` parsed as YAML (safe types only) and checked by :func:`check_structure`; errors
     are one :class:`SpecError` line naming ``field`` (and ``source``)."""
+    if _flow_depth_above(text, 4 * MAX_NESTING):  # PyYAML's scanner is quadratic in it: fail fast
+        raise SpecError([(field, _too_deep())], source=source)
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -484,6 +486,22 @@ def parse_yaml(text: str, field: str = "", source: str | None = None) -> Any:
         raise SpecError([(field, _too_deep())], source=source) from None
     check_structure(data, field, source)
     return data
+
+
+def _flow_depth_above(text: str, limit: int) -> bool:
+    """Whether ``[``/``{`` brackets nest deeper than ``limit`` in ``text`` (quotes not parsed:
+    ``limit`` is well above :data:`MAX_NESTING`, so a bracket inside a string rarely matters)."""
+    if text.count("[") + text.count("{") <= limit:
+        return False
+    depth = 0
+    for char in text:
+        if char in "[{":
+            depth += 1
+            if depth > limit:
+                return True
+        elif char in "]}" and depth:
+            depth -= 1
+    return False
 
 
 def _too_deep() -> str:

@@ -98,18 +98,20 @@ def check_creatable(folder: str | Path, what: str) -> None:
         where = "" if existing is None else f": {existing} is not a folder"
         raise MertlabError(f"{what}: cannot create {folder}{where}")
     try:
-        _write_probe(existing)
+        _write_probe(existing, sync=False)
     except OSError as exc:
         inside = "" if existing == folder else f" (it would be created inside {existing})"
         raise MertlabError(f"{what}: cannot write to {folder}{inside}: {exc.strerror or exc}") from None
 
 
-def _write_probe(folder: Path) -> None:
-    """Write, fsync and remove a small file in ``folder``; ``OSError`` when that fails."""
+def _write_probe(folder: Path, sync: bool = True) -> None:
+    """Write (and ``sync``: fsync, where a full disk shows) and remove a small file in
+    ``folder``; ``OSError`` when that fails."""
     fd, probe = tempfile.mkstemp(dir=folder, prefix=".mertlab-write-check.", suffix=".tmp")
     try:
         os.write(fd, b"ok")
-        os.fsync(fd)
+        if sync:
+            os.fsync(fd)
     finally:
         os.close(fd)
         os.unlink(probe)

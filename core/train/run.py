@@ -25,13 +25,17 @@ from mertlab.experiment.run_summary import log_run_summary
 from mertlab.experiment.spec import ExperimentSpec, global_batch_size
 from mertlab.experiment.tracking import (
     PROCESS_TAG,
+    RUN_DIR_TAG,
+    UNSENT_FILE,
     check_store,
     ensure_experiment,
+    handled_store_errors,
     log_spec,
     mark_crashed_runs,
     process_identity,
     resolve_tracking_uri,
     run_tags,
+    store_errors,
 )
 from mertlab.teachers.target_cache import build_teacher_cache
 from mertlab.toolkit.atomic import check_writable
@@ -208,11 +212,12 @@ def train(
     datamodule.exclude(module.target_source.check_files(files))
 
     if lead:
-        ensure_experiment(client, experiment)  # artifacts beside the store, MLflow's training view
-        for crashed in mark_crashed_runs(client, experiment):
-            log.warning("MLflow run %s was left RUNNING by a training process that is gone: marked FAILED", crashed)
-        if run_id:
-            client.update_run(run_id, status="RUNNING")
+        with store_errors(tracking_uri):  # a store that takes reads but not writes: one line too
+            ensure_experiment(client, experiment)  # artifacts beside the store, MLflow's training view
+            for crashed in mark_crashed_runs(client, experiment):
+                log.warning("MLflow run %s was left RUNNING by a training process that is gone: marked FAILED", crashed)
+            if run_id:
+                client.update_run(run_id, status="RUNNING")
     # On other ranks the logger is inert (Lightning logs from rank 0 only) and has no new run.
     logger = ResilientMLFlowLogger(
         experiment_name=experiment,
@@ -224,12 +229,14 @@ def train(
         flush_timeout=spec.tracking.connect_timeout,
     )
     if lead:
-        log_spec(logger, spec)
-        if GLOBAL_BATCH_PARAM not in client.get_run(logger.run_id).data.params:
-            logger.log_hyperparams({GLOBAL_BATCH_PARAM: global_batch_size(spec)})
-        logger.experiment.set_tag(logger.run_id, PROCESS_TAG, process_identity())
-        checkpoint_dir = inside(run_directory(spec), logger.run_id, what="MLflow run id") / "checkpoints"
-        logger.unsent_file = checkpoint_dir.parent / "unsent_metrics.jsonl"
+        with store_errors(tracking_uri):
+            log_spec(logger, spec)
+            if GLOBAL_BATCH_PARAM not in client.get_run(logger.run_id).data.params:
+                logger.log_hyperparams({GLOBAL_BATCH_PARAM: global_batch_size(spec)})
+            checkpoint_dir = inside(run_directory(spec), logger.run_id, what="MLflow run id") / "checkpoints"
+            logger.experiment.set_tag(logger.run_id, PROCESS_TAG, process_identity())
+            logger.experiment.set_tag(logger.run_id, RUN_DIR_TAG, str(checkpoint_dir.parent.resolve()))
+        logger.unsent_file = checkpoint_dir.parent / UNSENT_FILE
     else:  # ModelCheckpoint takes rank 0's folder (a broadcast in its setup)
         checkpoint_dir = run_directory(spec) / str(run_id or "rank-0-run") / "checkpoints"
     has_val = datamodule.has_validation() and spec.trainer.limit_val_batches > 0
@@ -305,11 +312,22 @@ def finish_run(
     if not logger.flush():
         logger.write_unsent()
     try:
-        if skipped:
-            client.log_text(logger.run_id, datamodule.skipped.report(), SKIPPED_FILES_ARTIFACT)
-        metrics.update(log_run_summary(client, logger.run_id, step))
-        if module.stop_reason:
-            client.set_tag(logger.run_id, "mertlab.stopped", module.stop_reason)
-            client.set_terminated(logger.run_id, "FAILED")
+        with handled_store_errors():
+            if skipped:
+                client.log_text(logger.run_id, datamodule.skipped.report(), SKIPPED_FILES_ARTIFACT)
+            metrics.update(log_run_summary(client, logger.run_id, step))
+            if module.stop_reason:
+                client.set_tag(logger.run_id, "mertlab.stopped", module.stop_reason)
+                client.set_terminated(logger.run_id, "FAILED")
     except Exception as exc:  # noqa: BLE001 - the store failing now must not hide the finished training
-        log.warning("MLflow tracking store %s: could not log the run summary (%s)", tracking_uri, exc)
+        if module.stop_reason:
+            logger.set_tag("mertlab.stopped", module.stop_reason)
+            logger.write_unsent()
+        where = logger.write_end("FAILED" if module.stop_reason else "FINISHED", summary_step=step)
+        log.warning(
+            "MLflow tracking store %s: could not log the run summary (%s: %s)%s",
+            tracking_uri,
+            type(exc).__name__,
+            str(exc).splitlines()[0][:200] if str(exc) else "",
+            f"; recorded in {where} for `mertlab tracking replay {where.parent}`" if where else "",
+        )
