@@ -24,8 +24,14 @@ from mertlab.probe.extract import FeatureSet, extract_features, resolve_device, 
 from mertlab.probe.fit import ProbeParams, ProbeReport, ProbeResult, orderable, probe_task
 from mertlab.probe.metrics import METRICS
 from mertlab.probe.task import Task, load_task
-from mertlab.toolkit.checkpoint import check_hf_directory, check_not_sharded, hf_directory, load_backbone
-from mertlab.toolkit.safe_load import is_safetensors, load_torch_file
+from mertlab.toolkit.checkpoint import (
+    check_hf_directory,
+    check_not_sharded,
+    hf_directory,
+    load_backbone,
+    load_checkpoint_file,
+)
+from mertlab.toolkit.safe_load import is_safetensors
 
 RANDOM_INIT = "random_init"
 WEIGHTED = "weighted"
@@ -81,7 +87,7 @@ def checkpoint_tracking(path: str | Path) -> tuple[str | None, str | None, int]:
     if is_safetensors(path):  # a backbone file (save_backbone): no run
         return None, None, 0
     # mmap: the weights are not read (a large checkpoint's optimizer state can be GBs)
-    ckpt = load_torch_file(path, "checkpoint", mmap=True)
+    ckpt = load_checkpoint_file(path, mmap=True)
     run_id = ckpt.get("mlflow_run_id") if isinstance(ckpt, dict) else None
     if not run_id:
         return None, None, 0

@@ -11,7 +11,12 @@ from pathlib import Path
 from typing import BinaryIO
 
 
-def atomic_write(path: str | Path, write: Callable[[BinaryIO], None], mode: int | None = None) -> Path:
+def atomic_write(
+    path: str | Path,
+    write: Callable[[BinaryIO], None],
+    mode: int | None = None,
+    before_replace: Callable[[], None] | None = None,
+) -> Path:
     """Write ``path`` through ``write(file)`` into a unique temporary name in the same folder,
     flush it to disk (fsync), then rename it over ``path`` and fsync the folder.
 
@@ -20,6 +25,8 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], None], mode: int 
     leaves ``path`` as it was. ``OSError`` propagates for the caller to name what was written.
     The file gets the permissions any new file of the process gets (``0o666`` less the umask:
     0644 by default, so shared caches and runs stay readable), or ``mode`` when given.
+    ``before_replace()`` runs once the new file is complete on disk, just before the rename
+    (e.g. to record it elsewhere first); an exception there also keeps ``path`` as it was.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -31,6 +38,8 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], None], mode: int 
             os.fsync(f.fileno())
         if mode is not None:
             os.chmod(tmp, mode)
+        if before_replace is not None:
+            before_replace()
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

@@ -14,21 +14,13 @@ from pathlib import Path
 from typing import Any
 
 from mertlab.toolkit.atomic import atomic_write
+from mertlab.toolkit.checkpoint_sidecar import file_sha256
 
 
 def record_path(path: str | Path) -> Path:
     """The size/checksum record of ``path``: ``<stem>.sum.json`` beside it."""
     path = Path(path)
     return path.with_name(path.stem + ".sum.json")
-
-
-def sha256_file(path: str | Path) -> str:
-    """SHA-256 of a file's bytes, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def write_with_record(path: str | Path, blob: bytes) -> Path:
@@ -66,7 +58,7 @@ def record_problem(path: str | Path, require: bool = False) -> str | None:
     if record.get("bytes") != size:
         return f"{size} bytes, its record says {record.get('bytes')}"
     try:
-        digest = sha256_file(path)
+        digest = file_sha256(path)
     except OSError as exc:
         return f"cannot read it ({exc.strerror or exc})"
     if record.get("sha256") != digest:

@@ -9,7 +9,8 @@ from typing import Any
 import lightning as L
 import torch
 
-from mertlab.toolkit.safe_load import load_torch_file
+from mertlab.errors import MertlabError
+from mertlab.toolkit.checkpoint import load_checkpoint_file
 
 
 @dataclass(frozen=True)
@@ -39,9 +40,11 @@ def rollback_to_last_checkpoint(
     if path is None:
         return RollbackOutcome(False, "no checkpoint yet to roll back to: update skipped")
     try:
-        ckpt = load_torch_file(path, "checkpoint")
+        ckpt = load_checkpoint_file(path)  # checked against its sidecar first
         module.load_state_dict(ckpt["state_dict"])
         optimizer.load_state_dict(ckpt["optimizer_states"][0])
+    except MertlabError as exc:  # damaged, or not a checkpoint: the reason names the file
+        return RollbackOutcome(False, f"cannot roll back ({exc}): update skipped")
     except Exception as exc:  # noqa: BLE001 - an unreadable checkpoint must not end the run
         return RollbackOutcome(False, f"cannot roll back to {path.name} ({type(exc).__name__}): update skipped")
     for config in trainer.lr_scheduler_configs:
