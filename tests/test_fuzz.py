@@ -1,13 +1,13 @@
-"""Fuzzing: generated specs (YAML text, raw bytes, deeply nested values, dicts, overrides) through
-``mertlab validate``, and generated audio files (headers, lengths, NaN/inf, sample rates, channel
-counts, damaged bytes) through the dataset scan, the loader's crops and the target-cache build.
+"""Fuzzing: generated specs (YAML text, raw bytes, deeply nested values, overrides) through
+``mertlab validate`` (spec dicts: ``test_reliability_io``), and generated audio files (headers,
+lengths, NaN/inf, sample rates, channel counts, damaged bytes) through the dataset scan, the
+loader's crops and the target-cache build.
 Every outcome is success or mertlab's one-line errors, never another exception.
 
 Example counts are kept small (deterministic, ``derandomize``) so the fuzzers run in seconds."""
 
 from __future__ import annotations
 
-import copy
 import io
 import logging
 
@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mertlab.errors import MertlabError
-from test_reliability_io import FUZZ_BASE, FUZZ_KEYS, fuzz_values, put
+from test_reliability_io import FUZZ_BASE, FUZZ_KEYS
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 FUZZ = settings(deadline=None, suppress_health_check=list(HealthCheck), derandomize=True, database=None)
@@ -108,38 +108,6 @@ def test_fuzzed_overrides_validate_or_fail_in_one_line(validate, one_thread):
     )
     def check(overrides):
         validate(GOOD, overrides)
-
-    check()
-
-
-def test_fuzzed_deep_spec_dicts_resolve_or_give_a_spec_error(one_thread):
-    from mertlab.experiment.spec import resolve_spec
-
-    def deep(depth: int, leaf) -> object:
-        value = leaf
-        for i in range(depth):
-            value = [value] if i % 2 else {"k": value}
-        return value
-
-    @fuzz(40)
-    @given(
-        st.lists(
-            st.tuples(
-                st.sampled_from(FUZZ_KEYS) | st.text(max_size=10),
-                st.one_of(fuzz_values(), st.tuples(st.integers(0, 5000), fuzz_values()).map(lambda d: deep(*d))),
-            ),
-            min_size=1,
-            max_size=3,
-        )
-    )
-    def check(mutations):
-        data = copy.deepcopy(FUZZ_BASE)
-        for key, value in mutations:
-            put(data, key, value)
-        try:
-            resolve_spec(data)
-        except MertlabError as exc:
-            one_line_errors(exc)
 
     check()
 

@@ -201,14 +201,8 @@ def test_a_run_whose_server_is_gone_for_good_is_replayed_complete(demo_dir, tmp_
     server = start_server(store, port)
     uri = f"http://127.0.0.1:{port}"
     MlflowClient(uri).search_experiments()  # warm: its first answer can be slow on a busy machine
-    steps = 8
-    spec = spec_for(
-        demo_dir,
-        tmp_path,
-        uri,
-        trainer={"max_steps": steps, "val_every_n_steps": 100},
-        tracking={"tracking_uri": uri, "connect_timeout": 10},
-    )
+    steps, tracking = 8, {"tracking_uri": uri, "connect_timeout": 10}
+    spec = spec_for(demo_dir, tmp_path, uri, trainer={"max_steps": steps, "val_every_n_steps": 100}, tracking=tracking)
     from mertlab.train.run import train
 
     killer = threading.Thread(target=lambda: (wait_for_step(store, 2), stop_server(server)), daemon=True)
