@@ -28,7 +28,7 @@ from mertlab.experiment.tracking import (
     process_identity,
 )
 from test_nonfinite import spec_for
-from test_tracking_outage import free_port, sqlite_path, start_server, stop_server, wait_for_step
+from test_tracking_outage import KeepRecords, free_port, sqlite_path, start_server, stop_server, wait_for_step
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 
@@ -57,13 +57,7 @@ def test_a_write_locked_sqlite_store_at_start_is_one_line(demo_dir, tmp_path, tr
 
 
 def test_mlflow_own_error_logging_is_silenced_only_inside_handled_calls():
-    seen = []
-
-    class Keep(logging.Handler):
-        def emit(self, record):
-            seen.append(record.getMessage())
-
-    handler = Keep()
+    handler = KeepRecords()
     logger = logging.getLogger(STORE_LOGGERS[0])
     logger.addHandler(handler)
     try:
@@ -84,7 +78,7 @@ def test_mlflow_own_error_logging_is_silenced_only_inside_handled_calls():
             done.wait(5)
     finally:
         logger.removeHandler(handler)
-    assert seen == ["outside", "another thread"]
+    assert [r.getMessage() for r in handler.records] == ["outside", "another thread"]
 
 
 # --------------------------------------------------------------------------- replay
@@ -207,13 +201,7 @@ def test_a_run_whose_server_is_gone_for_good_is_replayed_complete(demo_dir, tmp_
 
     killer = threading.Thread(target=lambda: (wait_for_step(store, 2), stop_server(server)), daemon=True)
     killer.start()
-    seen = []
-
-    class Keep(logging.Handler):
-        def emit(self, record):
-            seen.append(record)
-
-    mlflow_handler = Keep(level=logging.ERROR)
+    mlflow_handler = KeepRecords(logging.ERROR)
     for name in STORE_LOGGERS:
         logging.getLogger(name).addHandler(mlflow_handler)
     try:
@@ -223,7 +211,7 @@ def test_a_run_whose_server_is_gone_for_good_is_replayed_complete(demo_dir, tmp_
         for name in STORE_LOGGERS:
             logging.getLogger(name).removeHandler(mlflow_handler)
         killer.join(timeout=120)
-    assert not seen, [r.getMessage()[:200] for r in seen]  # MLflow's own tracebacks: silenced
+    assert not mlflow_handler.records, [r.getMessage()[:200] for r in mlflow_handler.records]  # silenced
     unsent = result.checkpoint_dir.parent / UNSENT_FILE
     records = [json.loads(line) for line in unsent.read_text().splitlines()]
     assert any(r.get("status") == "FINISHED" for r in records)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import platform
@@ -345,9 +346,20 @@ def ended_unreported(run: Any) -> Path | None:
     path = Path(folder) / UNSENT_FILE
     try:
         with path.open() as f:
-            return path if any('"status"' in line for line in f) else None
-    except OSError:
+            return path if any(_is_end_record(line) for line in f) else None
+    except (OSError, UnicodeDecodeError):
         return None
+
+
+def _is_end_record(line: str) -> bool:
+    """An end record of an unsent file (``{"run_id", "status", "end_time", ...}``)."""
+    if '"status"' not in line:
+        return False
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return False
+    return isinstance(record, dict) and "status" in record and "key" not in record and "tag" not in record
 
 
 def mark_crashed_runs(client: Any, experiment_name: str) -> list[str]:
