@@ -90,7 +90,7 @@ def test_a_nonfinite_update_in_training_is_undone_and_counted(demo_dir, tmp_path
         return out
 
     monkeypatch.setattr(PretrainModule, "configure_optimizers", corrupting)
-    spec = spec_for(demo_dir, tmp_path, tracking_uri, trainer={"max_steps": 5, "val_every_n_steps": 100})
+    spec = spec_for(demo_dir, tmp_path, tracking_uri, trainer={"max_steps": 5, "val_every_n_steps": 100}, callbacks={})
     with caplog.at_level("WARNING", logger="mertlab"):
         result = train(spec, progress=False)
     client = MlflowClient(tracking_uri)
