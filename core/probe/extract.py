@@ -120,8 +120,8 @@ class FeatureSet:
         clips = np.flatnonzero(~finite[:, k])
         raise NonFiniteFeaturesError(
             f"{what}: layer {self.layers[k]} gives non-finite features (NaN or inf) for {len(clips)} of "
-            f"{len(self.paths)} clips (e.g. {self.paths[clips[0]]}); the model has diverged (see its run's "
-            "stability/nonfinite_steps), so there is nothing to probe"
+            f"{len(self.paths)} clips (e.g. {self.paths[clips[0]]}): a diverged model (see its run's "
+            "stability/nonfinite_steps) or NaN/inf samples in that audio; nothing to probe"
         )
 
     def shape_problem(self) -> str | None:
