@@ -4,6 +4,7 @@ going down); runs left RUNNING by a dead process are marked FAILED on the next s
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -87,6 +88,19 @@ class KeepRecords(logging.Handler):
         self.records.append(record)
 
 
+@contextlib.contextmanager
+def mlflow_error_records():
+    """The ERROR records of MLflow's own store loggers (they do not propagate to caplog)."""
+    keep = KeepRecords(logging.ERROR)
+    for name in STORE_LOGGERS:
+        logging.getLogger(name).addHandler(keep)
+    try:
+        yield keep
+    finally:
+        for name in STORE_LOGGERS:
+            logging.getLogger(name).removeHandler(keep)
+
+
 def test_sqlite_locked_mid_run_metrics_are_kept_and_sent_later(demo_dir, tmp_path, tracking_uri, caplog):
     db = sqlite_path(tracking_uri)
     spec = spec_for(
@@ -106,15 +120,8 @@ def test_sqlite_locked_mid_run_metrics_are_kept_and_sent_later(demo_dir, tmp_pat
 
     locker = threading.Thread(target=hold_lock, daemon=True)
     locker.start()
-    mlflow_errors = KeepRecords(logging.ERROR)
-    for name in STORE_LOGGERS:  # MLflow's own loggers (they do not propagate to caplog)
-        logging.getLogger(name).addHandler(mlflow_errors)
-    try:
-        with caplog.at_level(logging.WARNING, logger="mertlab"):
-            result = train(spec, progress=False)
-    finally:
-        for name in STORE_LOGGERS:
-            logging.getLogger(name).removeHandler(mlflow_errors)
+    with mlflow_error_records() as mlflow_errors, caplog.at_level(logging.WARNING, logger="mertlab"):
+        result = train(spec, progress=False)
     locker.join()
     messages = [r.getMessage() for r in caplog.records]
     assert len([m for m in messages if "failed" in m and "retried" in m]) == 1  # warned once

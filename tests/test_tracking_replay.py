@@ -28,7 +28,15 @@ from mertlab.experiment.tracking import (
     process_identity,
 )
 from test_nonfinite import spec_for
-from test_tracking_outage import KeepRecords, free_port, sqlite_path, start_server, stop_server, wait_for_step
+from test_tracking_outage import (
+    KeepRecords,
+    free_port,
+    mlflow_error_records,
+    sqlite_path,
+    start_server,
+    stop_server,
+    wait_for_step,
+)
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 
@@ -201,15 +209,10 @@ def test_a_run_whose_server_is_gone_for_good_is_replayed_complete(demo_dir, tmp_
 
     killer = threading.Thread(target=lambda: (wait_for_step(store, 2), stop_server(server)), daemon=True)
     killer.start()
-    mlflow_handler = KeepRecords(logging.ERROR)
-    for name in STORE_LOGGERS:
-        logging.getLogger(name).addHandler(mlflow_handler)
     try:
-        with caplog.at_level(logging.WARNING, logger="mertlab"):
+        with mlflow_error_records() as mlflow_handler, caplog.at_level(logging.WARNING, logger="mertlab"):
             result = train(spec, progress=False)
     finally:
-        for name in STORE_LOGGERS:
-            logging.getLogger(name).removeHandler(mlflow_handler)
         killer.join(timeout=120)
     assert not mlflow_handler.records, [r.getMessage()[:200] for r in mlflow_handler.records]  # silenced
     unsent = result.checkpoint_dir.parent / UNSENT_FILE
