@@ -146,8 +146,10 @@ def schema_command(kind: str | None, name: str | None) -> None:
     is_flag=False,
     flag_value="latest",
     default=None,
-    metavar="[CKPT]",
-    help="Continue the newest run of this spec (or the given checkpoint): same step, optimizer state and MLflow run.",
+    metavar="[CKPT|auto]",
+    help="Continue the newest run of this spec (or the given checkpoint): same step, optimizer state and MLflow run. "
+    "`--resume auto`: the same when the spec has a checkpoint, else start fresh (one command for the first "
+    "submission and every requeue of a cluster job).",
 )
 @click.option("--no-progress", is_flag=True, help="No progress bar (e.g. in batch jobs).")
 @click.option(
@@ -184,8 +186,8 @@ def train_command(
     if (parent_run_id is None) != (variant is None):
         raise click.UsageError("--parent-run-id and --variant go together")
     if parent_run_id is not None:
-        if resume is not None:
-            raise click.UsageError("sweep children resume by themselves: drop --resume")
+        if resume not in (None, "auto"):
+            raise click.UsageError("sweep children resume by themselves (--resume auto): drop --resume")
         if profile is not None:
             raise click.UsageError("--profile is for single runs: drop it for sweep children")
         from mertlab.experiment.sweep import run_child
