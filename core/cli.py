@@ -193,9 +193,11 @@ def train_command(
         from mertlab.experiment.sweep import run_child
 
         outcome = run_child(spec_path, list(overrides), parent_run_id, variant, progress=not no_progress)
-        click.echo(
-            f"variant '{variant}': {outcome.status}{' (' + outcome.message + ')' if outcome.message else ''}, run {outcome.run_id}"
-        )
+        if outcome.lead:  # the other processes of a distributed child stay quiet
+            click.echo(
+                f"variant '{variant}': {outcome.status}"
+                f"{' (' + outcome.message + ')' if outcome.message else ''}, run {outcome.run_id}"
+            )
         return
     spec = load_spec(spec_path, overrides)
     result = train(

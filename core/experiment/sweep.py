@@ -257,6 +257,7 @@ class ChildOutcome:
     run_id: str | None
     status: str  # trained | resumed | skipped | failed
     message: str = ""
+    lead: bool = True  # False in the other ranks of a distributed child
 
 
 def run_child(
@@ -356,7 +357,7 @@ def run_child(
         for lock in held:
             lock.release()
     message = "already finished" if decision["status"] == "skipped" else ""
-    return ChildOutcome(variant, run_id, decision["status"], message)
+    return ChildOutcome(variant, run_id, decision["status"], message, startup.lead)
 
 
 def checked_parent(client: Any, spec: ExperimentSpec, parent_run_id: str, tracking_uri: str) -> Any:

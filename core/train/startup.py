@@ -104,6 +104,9 @@ def detect_launch(trainer: TrainerSpec) -> Launch:
     env.set_world_size(world)
     env.set_global_rank(env.node_rank() * trainer.devices + env.local_rank())
     rank, launched = env.global_rank(), env.world_size()
+    told_world = os.environ.get("WORLD_SIZE", "")
+    if told_world.isdigit():
+        launched = int(told_world)
     if launched != world:
         raise MertlabError(
             f"trainer.devices x trainer.num_nodes = {world} processes, but the launcher started {launched}; "
@@ -185,7 +188,7 @@ class Startup:
             if self.launch.world_size > 1:
                 self.decisions[what] = json.loads(json.dumps(value))
             return value
-        return self._together(what, choose, lead_only=True)[0][1]
+        return self._together(what, choose, lead_only=True, share=True)
 
     def lead_only(self, what: str, action: Callable[[], Any]) -> None:
         """Rank 0 runs ``action`` (data preparation) while the others wait; its error is every rank's."""
@@ -194,31 +197,33 @@ class Startup:
         if self.group is None:
             action()
             return
-        self._together(what, action, lead_only=True)
+        self._together(what, action, lead_only=True, share=False)
 
     def each(self, what: str, action: Callable[[], T]) -> T:
         """Every rank runs ``action``; an error on any rank is raised on every rank."""
         if self.group is None:
             return action()
-        return self._together(what, action, lead_only=False)[self.launch.rank][1]
+        return self._together(what, action, lead_only=False, share=False)
 
-    def _together(self, what: str, action: Callable[[], Any], lead_only: bool) -> list[tuple[str | None, Any]]:
+    def _together(self, what: str, action: Callable[[], Any], lead_only: bool, share: bool) -> Any:
+        """Run ``action`` (on rank 0 only, or everywhere), then exchange the errors -- and with
+        ``share`` rank 0's result -- in one collective; returns rank 0's result, or this rank's."""
         error: BaseException | None = None
-        outcome: tuple[str | None, Any] = (None, None)
+        message, value = None, None
         if self.lead or not lead_only:
             try:
-                outcome = (None, action())
+                value = action()
             except Exception as exc:  # noqa: BLE001 - shared with every rank, then raised here as it is
                 error = exc
-                outcome = (str(exc) if isinstance(exc, MertlabError) else f"{type(exc).__name__}: {exc}", None)
-        found = all_ranks(outcome, self.group)
+                message = str(exc) if isinstance(exc, MertlabError) else f"{type(exc).__name__}: {exc}"
+        found = all_ranks((message, value if share else None), self.group)
         if error is not None:
             raise error
-        failed = [(rank, message) for rank, (message, _) in enumerate(found) if message is not None]
+        failed = [(rank, problem) for rank, (problem, _) in enumerate(found) if problem is not None]
         if failed:
-            rank, message = failed[0]
-            raise MertlabError(f"{what} failed on rank {rank}: {message}")
-        return found
+            rank, problem = failed[0]
+            raise MertlabError(f"{what} failed on rank {rank}: {problem}")
+        return found[0][1] if share else value
 
     @contextlib.contextmanager
     def handed_to_launched_ranks(self) -> Iterator[None]:
