@@ -175,20 +175,6 @@ def test_resume_auto_starts_fresh_without_a_checkpoint_and_resumes_with_one(
 
 
 # --------------------------------------------------------------------------- end to end
-@pytest.fixture
-def probes_registry(monkeypatch):
-    """The real registry plus tests/dist_probes.py's callbacks, in this process (the CLI too)."""
-    import dist_probes
-    import mertlab.plugin_system.registry as registry_module
-    from mertlab.plugin_system.plugin_manager import PluginSource, create_plugin_manager
-
-    pm = create_plugin_manager(autoload=False)
-    pm.register_source(dist_probes, PluginSource("dist_probes"))
-    registry = registry_module.Registry(pm)
-    monkeypatch.setattr(registry_module, "get_registry", lambda: registry)
-    return registry
-
-
 def test_sweep_child_started_on_two_ranks_at_once_builds_the_cache_once_and_resumes_after_a_crash(
     demo_dir, tmp_path, tracking_uri, probes_registry, capsys
 ):
