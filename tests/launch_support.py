@@ -16,6 +16,29 @@ MERTLAB = str(Path(sys.executable).parent / "mertlab")
 TESTS = Path(__file__).parent
 
 
+def tiny_spec(name: str, data: Path, out_dir: Path, tracking_uri: str, **trainer: Any) -> dict[str, Any]:
+    """A tiny transformer with one CQT teacher on CPU, writing under ``out_dir/runs``."""
+    return {
+        "name": name,
+        "seed": 3,
+        "data": {"path": str(data), "crop_seconds": 1.0, "batch_size": 2, "val_fraction": 0.25},
+        "backbone": {"name": "transformer", "params": {"preset": "tiny"}},
+        "teachers": {"cqt": {"name": "cqt", "params": {"n_bins": 24, "bins_per_octave": 4}}},
+        "objectives": {"cqt_recon": {"name": "masked_regression", "teacher": "cqt"}},
+        "optim": {"lr": 1e-3, "warmup_steps": 1},
+        "trainer": {
+            "max_steps": 2,
+            "log_every_n_steps": 1,
+            "val_every_n_steps": 2,
+            "limit_val_batches": 1,
+            "output_dir": str(out_dir / "runs"),
+            "accelerator": "cpu",
+            **trainer,
+        },
+        "tracking": {"tracking_uri": tracking_uri},
+    }
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

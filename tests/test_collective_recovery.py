@@ -11,7 +11,7 @@ import torch
 import yaml
 from mlflow.tracking import MlflowClient
 
-from launch_support import base_env, launch, ok, probe_plugin_site, probe_records
+from launch_support import base_env, launch, ok, probe_plugin_site, probe_records, tiny_spec
 from mertlab.data.datamodule import AudioDataModule
 from mertlab.data.demo import write_demo_dataset
 from mertlab.data.sampler import ResumableBatchSampler
@@ -33,39 +33,26 @@ def two_rank_run(tmp_path_factory, tracking_uri):
     root = tmp_path_factory.mktemp("recovery")
     data = root / "music"
     write_demo_dataset(data, num_clips=14, seconds=1.2, progress=False)
-    raw = {
-        "name": "recovery",
-        "seed": 5,
-        "data": {"path": str(data), "crop_seconds": 1.0, "batch_size": GLOBAL_BATCH // 2, "val_fraction": 0.0},
-        "backbone": {"name": "transformer", "params": {"preset": "tiny"}},
-        "teachers": {"cqt": {"name": "cqt", "params": {"n_bins": 24, "bins_per_octave": 4}}},
-        "objectives": {"cqt_recon": {"name": "masked_regression", "teacher": "cqt"}},
-        "optim": {"lr": 1e-3, "warmup_steps": 1},
-        "trainer": {
-            "max_steps": STEPS,
-            "log_every_n_steps": 1,
-            "val_every_n_steps": 2,  # no validation: a checkpoint every 2 steps
-            "limit_val_batches": 0,
-            "output_dir": str(root / "runs"),
-            "accelerator": "cpu",
-            "devices": 2,
-            "strategy": "ddp",
+    raw = tiny_spec(
+        "recovery",
+        data,
+        root,
+        tracking_uri,
+        max_steps=STEPS,
+        val_every_n_steps=2,  # no validation: a checkpoint every 2 steps
+        limit_val_batches=0,
+        devices=2,
+        strategy="ddp",
+    )
+    raw["seed"] = 5
+    raw["data"].update(batch_size=GLOBAL_BATCH // 2, val_fraction=0.0)
+    raw["callbacks"] = {
+        "faults": {"name": "test_faults"},
+        "stability": {
+            "name": "stability",
+            "params": {"every_n_steps": 100, "warmup_steps": 1, "spike_z": 2.0, "spike_action": "rollback"},
         },
-        "tracking": {"tracking_uri": tracking_uri},
-        "callbacks": {
-            "faults": {"name": "test_faults"},
-            "stability": {
-                "name": "stability",
-                "params": {
-                    "every_n_steps": 100,
-                    "warmup_steps": 1,
-                    "spike_z": 2.0,
-                    "spike_action": "rollback",
-                    "update_ratio": False,
-                },
-            },
-            "probe": {"name": "rank_probe"},
-        },
+        "probe": {"name": "rank_probe"},
     }
     spec_path = root / "spec.yaml"
     spec_path.write_text(yaml.safe_dump(raw))

@@ -13,7 +13,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from launch_support import MERTLAB, base_env
+from launch_support import MERTLAB, base_env, tiny_spec
 from mertlab.cli import main
 from mertlab.errors import MertlabError
 from mertlab.experiment.tracking import LOCK_TAG, PROCESS_TAG, mark_crashed_runs
@@ -108,20 +108,7 @@ def test_left_running_check_looks_at_the_lock_not_only_the_process_tag(tmp_path,
 def test_two_concurrent_resumes_of_one_run_the_second_is_refused_with_one_line(
     demo_dir, tmp_path, tracking_uri, one_thread, capsys
 ):
-    spec = {
-        "name": "one-writer",
-        "data": {"path": str(demo_dir), "crop_seconds": 1.0, "batch_size": 2, "val_fraction": 0.25},
-        "backbone": {"name": "transformer", "params": {"preset": "tiny"}},
-        "teachers": {"cqt": {"name": "cqt", "params": {"n_bins": 24, "bins_per_octave": 4}}},
-        "objectives": {"cqt_recon": {"name": "masked_regression", "teacher": "cqt"}},
-        "trainer": {
-            "max_steps": 1,
-            "val_every_n_steps": 1,
-            "limit_val_batches": 1,
-            "output_dir": str(tmp_path / "runs"),
-        },
-        "tracking": {"tracking_uri": tracking_uri},
-    }
+    spec = tiny_spec("one-writer", demo_dir, tmp_path, tracking_uri, max_steps=1, val_every_n_steps=1)
     path = tmp_path / "spec.yaml"
     path.write_text(yaml.safe_dump(spec))
     assert main(["train", str(path), "--no-progress"]) == 0

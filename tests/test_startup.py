@@ -16,7 +16,7 @@ from lightning.fabric.utilities.rank_zero import rank_zero_only as fabric_rank_z
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from mlflow.tracking import MlflowClient
 
-from launch_support import base_env, launch, ok, probe_plugin_site, probe_records
+from launch_support import base_env, launch, ok, probe_plugin_site, probe_records, tiny_spec
 from mertlab.cli import main
 from mertlab.errors import MertlabError
 from mertlab.experiment import metric_names as M
@@ -131,33 +131,11 @@ def test_ranks_that_start_differently_are_one_error_naming_the_rank():
 
 
 # --------------------------------------------------------------------------- --resume auto
-def small_spec(demo_dir, tmp_path, tracking_uri, name: str, **trainer_overrides) -> dict:
-    return {
-        "name": name,
-        "seed": 3,
-        "data": {"path": str(demo_dir), "crop_seconds": 1.0, "batch_size": 2, "val_fraction": 0.25},
-        "backbone": {"name": "transformer", "params": {"preset": "tiny"}},
-        "teachers": {"cqt": {"name": "cqt", "params": {"n_bins": 24, "bins_per_octave": 4}}},
-        "objectives": {"cqt_recon": {"name": "masked_regression", "teacher": "cqt"}},
-        "optim": {"lr": 1e-3, "warmup_steps": 1},
-        "trainer": {
-            "max_steps": 2,
-            "log_every_n_steps": 1,
-            "val_every_n_steps": 2,
-            "limit_val_batches": 1,
-            "output_dir": str(tmp_path / "runs"),
-            "accelerator": "cpu",
-            **trainer_overrides,
-        },
-        "tracking": {"tracking_uri": tracking_uri},
-    }
-
-
 def test_resume_auto_starts_fresh_without_a_checkpoint_and_resumes_with_one(
     demo_dir, tmp_path, tracking_uri, one_thread, capsys
 ):
     path = tmp_path / "spec.yaml"
-    path.write_text(yaml.safe_dump(small_spec(demo_dir, tmp_path, tracking_uri, "auto-resume")))
+    path.write_text(yaml.safe_dump(tiny_spec("auto-resume", demo_dir, tmp_path, tracking_uri)))
     assert main(["train", str(path), "--resume", "auto", "--no-progress"]) == 0  # first submission: fresh
     assert main(["train", str(path), "--resume", "auto", "--no-progress", "-o", "trainer.max_steps=4"]) == 0
     client = MlflowClient(tracking_uri)
@@ -169,7 +147,7 @@ def test_resume_auto_starts_fresh_without_a_checkpoint_and_resumes_with_one(
     capsys.readouterr()
     # plain --resume still insists on a checkpoint
     other = tmp_path / "other.yaml"
-    other.write_text(yaml.safe_dump(small_spec(demo_dir, tmp_path, tracking_uri, "no-checkpoint-yet")))
+    other.write_text(yaml.safe_dump(tiny_spec("no-checkpoint-yet", demo_dir, tmp_path, tracking_uri)))
     assert main(["train", str(other), "--resume", "--no-progress"]) == 1
     assert "--resume: no checkpoint under" in capsys.readouterr().err
 
@@ -182,7 +160,7 @@ def test_sweep_child_started_on_two_ranks_at_once_builds_the_cache_once_and_resu
     folder whose target cache is not built: rank 0 creates the one child run and builds the
     cache while rank 1 waits, both train it from step 0; killed after the step-2 checkpoint, the
     same command resumes the stale RUNNING child from step 2 on both ranks."""
-    raw = small_spec(demo_dir, tmp_path, tracking_uri, "startup-sweep", max_steps=4, devices=2, strategy="ddp")
+    raw = tiny_spec("startup-sweep", demo_dir, tmp_path, tracking_uri, max_steps=4, devices=2, strategy="ddp")
     raw["data"]["target_cache"] = str(tmp_path / "targets")  # not built yet
     raw["callbacks"] = {"faults": {"name": "test_faults"}, "probe": {"name": "rank_probe"}}
     raw["sweep"] = {"variants": {"base": {}}}

@@ -15,7 +15,9 @@ points, the given name for named variants, ``<variant>,<grid point>`` when both 
   ``mertlab sweep --dry-run`` prints for a cluster scheduler -- so both paths behave alike:
   a finished child is skipped, an unfinished one resumes from its ``last.ckpt`` (or starts
   over when it has none), and a finished child whose spec has since changed is an error
-  rather than a silently stale result.
+  rather than a silently stale result. A child that another process is training (its run
+  lock is held) is refused. Under ``srun``/``torchrun`` rank 0 alone takes these decisions
+  and the other ranks follow them (:mod:`mertlab.train.startup`).
 """
 
 from __future__ import annotations
