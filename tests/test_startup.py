@@ -203,3 +203,14 @@ def test_sweep_child_started_on_two_ranks_at_once_builds_the_cache_once_and_resu
     assert steps[0] == steps[1]  # the same weights on both ranks after every step
     lock = children[0].data.tags[LOCK_TAG]
     assert lock == str((last.parent.parent / "train.lock").resolve()) and not lock_held(lock)
+
+
+def test_a_local_sweep_refuses_children_on_several_devices(demo_dir, tmp_path, tracking_uri, capsys):
+    raw = tiny_spec("wide-sweep", demo_dir, tmp_path, tracking_uri, devices=2, strategy="ddp")
+    raw["sweep"] = {"variants": {"base": {}}}
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    assert main(["sweep", str(path), "--no-progress"]) == 1
+    assert "variant 'base': trainer.devices x trainer.num_nodes > 1" in capsys.readouterr().err
+    assert MlflowClient(tracking_uri).get_experiment_by_name("wide-sweep") is None  # nothing created
+    assert main(["sweep", str(path), "--dry-run", "--no-progress"]) == 0  # their commands are the way

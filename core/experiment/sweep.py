@@ -454,6 +454,13 @@ def run_sweep(
 
         registry = get_registry()
     plan = plan_sweep(spec_path, overrides, registry)
+    wide = [c.variant.name for c in plan.children if c.spec.trainer.devices * c.spec.trainer.num_nodes > 1]
+    if wide and not dry_run:
+        raise MertlabError(
+            f"variant '{wide[0]}': trainer.devices x trainer.num_nodes > 1, but `mertlab sweep` trains the children "
+            "one after another in this process; give each child its own launcher: `mertlab sweep --dry-run` prints "
+            "their commands, `--launcher slurm` writes them as one SLURM array job"
+        )
     client = _client(plan.tracking_uri)
     parent = ensure_parent(client, plan, registry)
     parent_id = parent.info.run_id

@@ -29,6 +29,7 @@ of the state it loaded: a difference is one error on every rank.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import json
 import logging
@@ -154,10 +155,17 @@ def join_process_group(launch: Launch, trainer: TrainerSpec) -> Any:
             )
         else:
             dist.init_process_group("gloo", rank=launch.rank, world_size=launch.world_size, timeout=TRAINING_TIMEOUT)
+        atexit.register(_leave_process_group)
         _STARTUP_GROUP = None
     if _STARTUP_GROUP is None:
         _STARTUP_GROUP = dist.new_group(backend="gloo", timeout=STARTUP_TIMEOUT)
     return _STARTUP_GROUP
+
+
+def _leave_process_group() -> None:
+    """At exit, as Lightning does for the groups it creates (torch warns about a group left open)."""
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
 
 
 # --------------------------------------------------------------------------- deciding together
