@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.mertlab-installed
 
-.PHONY: install quickstart test test-all docs clean-venv browser
+.PHONY: install quickstart test test-all docs gpu-check clean-venv browser system-deps
 
 install: $(STAMP)
 
@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml constraints.txt
 quickstart: install
 	$(BIN)/mertlab train experiments/quickstart.yaml
 
-test: install
+test: install system-deps
 	$(BIN)/python -m pytest -q
 
 test-all: install
@@ -31,9 +31,25 @@ test-all: install
 docs: install
 	NO_MKDOCS_2_WARNING=1 $(BIN)/python -m mkdocs serve
 
+# On a CUDA machine: FSDP bf16 training with teachers on the fly + resume, the bf16 backbone step
+# vs HubertModel, the CQT teacher vs librosa, peak GPU memory, the GPU tests; one table, < 10 min
+# (bench/README.md). Without CUDA it says so in one line.
+gpu-check: install
+	$(BIN)/python bench/gpu_check.py
+
 clean-venv:
 	rm -rf $(VENV)
 
-# Debian's Chromium, for the real-browser check of the MLflow UI (tests/test_mlflow_ui.py, in `make test-all`).
-browser:
-	command -v chromium >/dev/null || (apt-get update && apt-get install -y chromium)
+# Debian packages the tests use: Chromium for the real-browser test of the MLflow UI
+# (tests/test_mlflow_ui.py). Instant when installed. As root (or with sudo) a failed install stops
+# `make test`; without either it warns, and the tests that need a package skip (they fail instead
+# where MERTLAB_REQUIRE_BROWSER=1).
+SYSTEM_PACKAGES := chromium
+SUDO := $(shell [ "$$(id -u)" = 0 ] && echo "" || (command -v sudo >/dev/null && sudo -n true 2>/dev/null && echo sudo) || echo none)
+system-deps:
+	@missing=$$(for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$(SUDO)" = none ]; then echo "warning: Debian packages missing ($$missing) and no root or sudo: the tests that need them skip"; exit 0; fi; \
+	$(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing
+
+browser: system-deps

@@ -179,8 +179,8 @@ def train_command(
     profile: int | None,
 ) -> None:
     """Pre-train the model described by SPEC; metrics go to MLflow."""
+    from mertlab.experiment.mlflow_ui import LinkTarget, ui_lines
     from mertlab.experiment.spec import load_spec
-    from mertlab.experiment.tracking import ui_command
     from mertlab.train.run import train
 
     if (parent_run_id is None) != (variant is None):
@@ -220,8 +220,7 @@ def train_command(
             else ""
         )
         + f"  metrics: {result.tracking_uri}\n"
-        f"  checkpoints: {result.checkpoint_dir}\n"
-        f"  open the UI: {ui_command(result.tracking_uri)}  (then http://localhost:5000)"
+        f"  checkpoints: {result.checkpoint_dir}"
     )
     if spec.probe is not None:
         from mertlab.probe.experiment import probe_spec_tasks
@@ -233,17 +232,19 @@ def train_command(
                 f"\nprobe: section skipped: {last} is sharded (fsdp); consolidate it into one file "
                 f"(python -m lightning.pytorch.utilities.consolidate_checkpoint {last}), then `mertlab probe` it"
             )
-            return
-        click.echo(f"\nprobing the final checkpoint on {len(spec.probe.tasks)} task(s) (probe: section)")
-        results = probe_spec_tasks(
-            spec.probe,
-            result.checkpoint_dir / "last.ckpt",
-            result.run_id,
-            result.tracking_uri,
-            progress=not no_progress,
-            echo=click.echo,
-        )
-        echo_probe_results(results)
+        else:
+            click.echo(f"\nprobing the final checkpoint on {len(spec.probe.tasks)} task(s) (probe: section)")
+            results = probe_spec_tasks(
+                spec.probe,
+                result.checkpoint_dir / "last.ckpt",
+                result.run_id,
+                result.tracking_uri,
+                progress=not no_progress,
+                echo=click.echo,
+            )
+            echo_probe_results(results)
+    targets = [LinkTarget("this run", result.run_id), LinkTarget("its experiment's runs")]
+    click.echo("\n" + "\n".join(ui_lines(result.tracking_uri, targets)))
 
 
 def echo_probe_results(results: list[Any]) -> None:
@@ -307,8 +308,8 @@ def sweep_command(
     Overrides apply to every variant. All variants are validated before the first starts;
     re-running skips finished children and resumes unfinished ones.
     """
+    from mertlab.experiment.mlflow_ui import LinkTarget, ui_lines
     from mertlab.experiment.sweep import run_sweep
-    from mertlab.experiment.tracking import ui_command
 
     if launcher == "slurm" and not dry_run:
         raise click.UsageError("--launcher slurm writes a job for the scheduler: add --dry-run")
@@ -320,18 +321,20 @@ def sweep_command(
             path = write_sbatch(result, sbatch_path or f"{result.plan.name}.sbatch")
             click.echo(f"SLURM array job of {len(result.pending)} children written to {path}; submit: sbatch {path}")
         return
+    parent = LinkTarget("the parent run", result.parent_run_id)
     if not no_compare:
-        from mertlab.experiment.compare import compare, to_text
+        from mertlab.experiment.compare import ARTIFACT_DIR, MARKDOWN_FILE, compare, to_text
 
         report = compare(result.parent_run_id, result.tracking_uri)
         click.echo("\n" + to_text(report.comparison))
         click.echo(
             f"\ncomparison table and plots logged to the parent run ({', '.join(report.files)} under artifacts/compare)"
         )
+        parent = LinkTarget("the comparison", result.parent_run_id, f"{ARTIFACT_DIR}/{MARKDOWN_FILE}")
+    targets = [LinkTarget("the sweep's runs"), parent]
     click.echo(
         f"parent run {result.parent_run_id} (experiment '{result.experiment}')\n"
-        f"  compare: mertlab compare {result.parent_run_id}\n"
-        f"  open the UI: {ui_command(result.tracking_uri)}  (then http://localhost:5000)"
+        f"  compare: mertlab compare {result.parent_run_id}\n" + "\n".join(ui_lines(result.tracking_uri, targets))
     )
     if result.failed:
         raise MertlabError(
@@ -366,7 +369,8 @@ def compare_command(
     """Compare the child runs of a sweep (a parent run id, or an experiment: its newest sweep)."""
     import re
 
-    from mertlab.experiment.compare import load_comparison, to_text, write_comparison
+    from mertlab.experiment.compare import ARTIFACT_DIR, MARKDOWN_FILE, load_comparison, to_text, write_comparison
+    from mertlab.experiment.mlflow_ui import LinkTarget, ui_lines
 
     comparison = load_comparison(target, tracking_uri, metrics)
     if out_dir is None:
@@ -379,6 +383,11 @@ def compare_command(
     click.echo(f"\nwrote {', '.join(result.files)} to {result.out_dir}")
     if result.logged_to:
         click.echo(f"logged them to parent run {result.logged_to} (artifacts/compare)")
+        targets = [
+            LinkTarget("the sweep's runs"),
+            LinkTarget("the comparison", result.logged_to, f"{ARTIFACT_DIR}/{MARKDOWN_FILE}"),
+        ]
+        click.echo("\n".join(ui_lines(comparison.tracking_uri, targets)))
 
 
 def _raise_keyboard_interrupt(signum: int, frame: object) -> None:
@@ -408,10 +417,23 @@ def _stop_process_group(process: subprocess.Popen[bytes], grace_s: float = 20.0)
 )
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0: every interface).")
 @click.option("--port", default=5000, show_default=True, type=click.IntRange(1, 65535), help="Port to listen on.")
-def ui_cli_command(tracking_uri: str | None, host: str, port: int) -> None:
-    """Start the MLflow UI on mertlab's tracking store and print its URL (Ctrl-C stops it)."""
+@click.option(
+    "--experiment",
+    "experiment_name",
+    metavar="NAME",
+    help="Experiment to link to [default: the one with the newest run].",
+)
+@click.option("--open", "open_browser", is_flag=True, help="Open the link in a web browser once the UI answers.")
+def ui_cli_command(
+    tracking_uri: str | None, host: str, port: int, experiment_name: str | None, open_browser: bool
+) -> None:
+    """Start the MLflow UI on mertlab's tracking store and print a link to an experiment's runs
+    (Ctrl-C stops it)."""
     import subprocess
 
+    from mlflow.tracking import MlflowClient
+
+    from mertlab.experiment.mlflow_ui import newest_experiment, open_when_up, refresh_comparison_view_safely, ui_link
     from mertlab.experiment.tracking import default_tracking_uri, ui_argv
 
     uri = tracking_uri or default_tracking_uri()
@@ -420,11 +442,27 @@ def ui_cli_command(tracking_uri: str | None, host: str, port: int) -> None:
             f"--tracking-uri: no MLflow store at {uri[len('sqlite:///') :]} (run `mertlab train SPEC` first, "
             "or run this command in the folder you trained from)"
         )
+    client = MlflowClient(uri)
+    experiment = newest_experiment(client, experiment_name)
+    if experiment is None and experiment_name is not None:
+        names = ", ".join(sorted(e.name for e in client.search_experiments(max_results=1000)))
+        raise MertlabError(f"--experiment: no experiment '{experiment_name}' in {uri} (it has: {names or 'none'})")
     shown = "localhost" if host in ("127.0.0.1", "0.0.0.0") else host
-    click.echo(f"MLflow UI for {uri}: http://{shown}:{port}  (Ctrl-C to stop)")
+    base = f"http://{shown}:{port}"
+    click.echo(f"MLflow UI for {uri}: {base}  (Ctrl-C to stop)")
+    if experiment is not None:
+        view = refresh_comparison_view_safely(client, experiment.experiment_id)
+        link = ui_link(base, experiment.experiment_id, view=view)
+        click.echo(f"  experiment '{experiment.name}': {link}")
+    else:
+        link = ui_link(base)
+        click.echo(f"  experiments: {link}")
     # The server runs in a new process session (MLflow 3 starts workers, a job runner and a task
     # consumer that hold the sqlite store); stopping mertlab -- Ctrl-C or SIGTERM -- stops all of it.
     process = subprocess.Popen(ui_argv(uri, host, port), start_new_session=True)
+    if open_browser:
+        local = f"http://{'127.0.0.1' if host == '0.0.0.0' else host}:{port}"
+        open_when_up(link, f"{local}/health", process)
     previous = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     try:
         process.wait()
@@ -905,6 +943,7 @@ def probe_command(
     learnable weighted sum of layers; the best (by valid) gives probe/<task>/<metric> on the
     test split, logged to the checkpoint's MLflow run. Features are cached on disk.
     """
+    from mertlab.experiment.mlflow_ui import LinkTarget, ui_lines
     from mertlab.probe.baselines import parse_baselines
     from mertlab.probe.cache import DEFAULT_CACHE_DIR, FeatureCache
     from mertlab.probe.fit import ProbeParams
@@ -963,6 +1002,8 @@ def probe_command(
         return
     log_probe(outcome, run_id, tracking_uri, settings, step)
     click.echo(f"logged probe/{task.name}/... to MLflow run {run_id} ({tracking_uri})")
+    targets = [LinkTarget("the run", run_id), LinkTarget("its experiment's runs")]
+    click.echo("\n".join(ui_lines(tracking_uri, targets)))
 
 
 def format_table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:

@@ -18,6 +18,35 @@ sys.path.insert(0, str(Path(__file__).parent))
 REPO = Path(__file__).resolve().parents[1]
 
 
+def pytest_addoption(parser):
+    parser.addoption(
+        "--screenshots",
+        metavar="DIR",
+        default=None,
+        help="Where the real-browser tests keep their screenshots (default: a folder of pytest's "
+        "temporary directory, named at the end of the run). `--screenshots docs/img` renews the docs' ones.",
+    )
+
+
+@pytest.fixture(scope="module")
+def screenshot_dir(request, tmp_path_factory) -> Path:
+    """Folder of the real-browser tests' screenshots (``--screenshots DIR``), named in the summary."""
+    chosen = request.config.getoption("--screenshots")
+    folder = Path(chosen).resolve() if chosen else tmp_path_factory.mktemp("screenshots")
+    folder.mkdir(parents=True, exist_ok=True)
+    request.config.stash[_SCREENSHOTS] = folder
+    return folder
+
+
+_SCREENSHOTS = pytest.StashKey[Path]()
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    folder = config.stash.get(_SCREENSHOTS, None)
+    if folder is not None and any(folder.glob("*.png")):
+        terminalreporter.write_line(f"screenshots of the real-browser tests: {folder}")
+
+
 @pytest.fixture(autouse=True)
 def _fresh_registry():
     """Every test sees a registry built from the current environment (no cross-test leaks)."""

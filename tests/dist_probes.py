@@ -88,17 +88,17 @@ class FaultInjector(L.Callback):
         if step in _steps("BREAK_LOAD_STEPS") and trainer.global_rank == 1:
             import mertlab.train.rollback as rollback
 
-            def unreadable(path: Any, what: str) -> Any:
+            def unreadable(path: Any, *args: Any, **kwargs: Any) -> Any:
                 raise OSError(f"{path}: not on this node")
 
-            self._restore = rollback.load_torch_file
-            rollback.load_torch_file = unreadable
+            self._restore = rollback.load_checkpoint_file
+            rollback.load_checkpoint_file = unreadable
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
         if self._restore is not None:
             import mertlab.train.rollback as rollback
 
-            rollback.load_torch_file, self._restore = self._restore, None
+            rollback.load_checkpoint_file, self._restore = self._restore, None
 
 
 @hookimpl

@@ -116,7 +116,9 @@ def test_terminal_and_markdown_tables(sweep, compared):
         assert any(line.startswith(field + " ") for line in lines), field
     markdown = (out_dir / "comparison.md").read_text().splitlines()
     table = [line for line in markdown if line.startswith("|")]
-    assert len(table) == 2 + 3 and table[0].startswith("| variant | status | run_id |")
+    assert table[0] == "| variant | base | cqt_only | lr_high |" and table[1] == "|---|---|---|---|"
+    assert table[2].startswith("| status | FINISHED |") and table[3].startswith("| run_id | ")
+    assert any(row.startswith("| loss/total final | ") for row in table)
     assert parent in "\n".join(markdown)
 
 

@@ -123,8 +123,14 @@ def test_train_with_a_probe_section_prints_a_verdict_per_task(workdir, monkeypat
     assert main(["train", str(train_spec), "--no-progress", "-o", "probe.random_init=false"]) == 0
     out = capsys.readouterr().out
     assert "probing the final checkpoint on 1 task(s)" in out and "strongest baseline" in out
-    verdict = out.strip().splitlines()[-1]
-    assert verdict.startswith("pitch: ") and verdict.endswith("%)") and "best baseline chroma " in verdict
+    lines = out.strip().splitlines()
+    verdicts = [line for line in lines if line.startswith("pitch: ")]
+    assert len(verdicts) == 1 and lines.index(verdicts[0]) > lines.index(
+        "probing the final checkpoint on 1 task(s) (probe: section)"
+    )
+    verdict = verdicts[0]  # after the table; the links into the MLflow UI close the output
+    assert verdict.endswith("%)") and "best baseline chroma " in verdict
+    assert lines[-1].startswith("    its experiment's runs: http://localhost:5000/#/experiments/")
     assert "random init" not in verdict
     client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
     run = client.search_runs([client.get_experiment_by_name("probe-train").experiment_id])[0]

@@ -221,7 +221,8 @@ def full_disk(monkeypatch) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(
-        "mertlab.train.checkpoint_io.atomic_write", lambda path, write: atomic_write(path, write_then_fail)
+        "mertlab.train.checkpoint_io.atomic_write",
+        lambda path, write, **kwargs: atomic_write(path, write_then_fail, **kwargs),
     )
 
 
@@ -229,14 +230,15 @@ def test_checkpoint_write_is_atomic_on_a_full_disk(tmp_path, monkeypatch):
     io = SafeCheckpointIO()
     path = tmp_path / "ck" / "last.ckpt"
     io.save_checkpoint({"state_dict": {"w": torch.ones(3)}, "global_step": 1}, path)
-    before = path.read_bytes()
+    before, sidecar = path.read_bytes(), (path.parent / "last.ckpt.json").read_bytes()
 
     full_disk(monkeypatch)
     with pytest.raises(
         MertlabError, match=r"last.ckpt: cannot write checkpoint \(No space left on device\); the previous"
     ):
         io.save_checkpoint({"state_dict": {"w": torch.zeros(3)}, "global_step": 2}, path)
-    assert path.read_bytes() == before and sorted(p.name for p in path.parent.iterdir()) == ["last.ckpt"]
+    assert path.read_bytes() == before and (path.parent / "last.ckpt.json").read_bytes() == sidecar
+    assert sorted(p.name for p in path.parent.iterdir()) == ["last.ckpt", "last.ckpt.json"]
     assert io.load_checkpoint(path)["global_step"] == 1
 
 

@@ -50,6 +50,7 @@ STABILITY_COLUMNS = (
     M.SUMMARY_MAX_ATTN_LOGIT,
 )
 ARTIFACT_DIR = "compare"
+MARKDOWN_FILE = "comparison.md"
 _RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 _CURVE_PREFIXES = ("loss/", "val/loss/", M.GRAD_NORM_TOTAL)
 
@@ -234,13 +235,20 @@ def _grid(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-def to_text(comparison: Comparison) -> str:
-    """Terminal table, one column per run (ablations have few runs and many metrics)."""
+def per_run_columns(comparison: Comparison) -> tuple[list[str], list[list[str]]]:
+    """The table with one column per run (ablations have few runs and many metrics): header
+    ``variant, <run>...``, then one row per field (status, run id, overrides, metrics...)."""
     header, rows = comparison.records(all_overrides=False)
     columns = [[fmt(v) for v in row] for row in rows]
     body = [[name, *(col[i] for col in columns)] for i, name in enumerate(header[1:], 1)]
+    return ["variant", *(col[0] for col in columns)], body
+
+
+def to_text(comparison: Comparison) -> str:
+    """Terminal table, one column per run (:func:`per_run_columns`)."""
+    header, body = per_run_columns(comparison)
     body[1][1:] = [run_id[:8] for run_id in body[1][1:]]  # short run ids; the files have them in full
-    text = _grid(["variant", *(col[0] for col in columns)], body)
+    text = _grid(header, body)
     shared = comparison.shared_overrides()
     if shared:
         text += "\nshared overrides: " + ", ".join(f"{k}={v}" for k, v in shared.items())
@@ -248,17 +256,19 @@ def to_text(comparison: Comparison) -> str:
 
 
 def to_markdown(comparison: Comparison) -> str:
-    header, rows = comparison.records(all_overrides=False)
+    """``comparison.md``: title, parent run, shared overrides, and the table with one column per
+    run (:func:`per_run_columns`), which fits the MLflow UI's artifact preview."""
+    header, body = per_run_columns(comparison)
     lines = [f"# {comparison.title}", ""]
     if comparison.parent_run_id:
-        lines += [f"Parent run `{comparison.parent_run_id}`, {len(rows)} child runs.", ""]
+        lines += [f"Parent run `{comparison.parent_run_id}`, {len(header) - 1} child runs.", ""]
     shared = comparison.shared_overrides()
     if shared:
         lines += ["Shared overrides: " + ", ".join(f"`{k}={v}`" for k, v in shared.items()), ""]
     esc = lambda s: s.replace("|", "\\|")  # noqa: E731
     lines.append("| " + " | ".join(esc(h) for h in header) + " |")
     lines.append("|" + "---|" * len(header))
-    lines += ["| " + " | ".join(esc(fmt(v)) for v in row) + " |" for row in rows]
+    lines += ["| " + " | ".join(esc(cell) for cell in row) + " |" for row in body]
     return "\n".join(lines) + "\n"
 
 
@@ -408,8 +418,8 @@ def write_comparison(
         folder = Path(out_dir) if out_dir is not None else Path(tmp)
         folder.mkdir(parents=True, exist_ok=True)
         files = [write_csv(comparison, folder / "comparison.csv")]
-        (folder / "comparison.md").write_text(to_markdown(comparison))
-        files.append(folder / "comparison.md")
+        (folder / MARKDOWN_FILE).write_text(to_markdown(comparison))
+        files.append(folder / MARKDOWN_FILE)
         files += plot(comparison, folder)
         logged_to = None
         if log_artifacts and comparison.parent_run_id:

@@ -78,3 +78,9 @@ def probe(task: str, metric: str, probe_name: str | None = None) -> str:
     (chosen on valid), ``probe/<task>/<probe_name>/<metric>`` for one probe (``layer<i>``,
     ``weighted``, ``majority``/``chance``, ``random_init``)."""
     return f"probe/{task}/{probe_name}/{metric}" if probe_name else f"probe/{task}/{metric}"
+
+
+def probe_strongest_baseline_tag(task: str) -> str:
+    """Run tag naming the baseline a task's probe verdict compares against (the best on valid),
+    e.g. ``baseline_chroma``: its scores are ``probe/<task>/<that name>/<metric>``."""
+    return f"probe/{task}/strongest_baseline"

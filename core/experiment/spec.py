@@ -9,6 +9,8 @@ Every problem becomes a ``path.to.field: message`` line of one :class:`SpecError
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -617,3 +619,16 @@ def load_spec(path: str | Path, overrides: list[str] | tuple[str, ...] = (), reg
 def dump_spec(spec: ExperimentSpec) -> str:
     """The resolved spec as YAML; :func:`load_spec` of it gives an equal spec."""
     return yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False, default_flow_style=False)
+
+
+#: Spec sections that do not change what a run trains: where it is tracked, the sweep block and
+#: the probe section (which only changes what is measured after training).
+UNTRAINED_SECTIONS = ("tracking", "sweep", "probe")
+
+
+def spec_fingerprint(data: dict[str, Any]) -> str:
+    """Fingerprint (16 hex digits) of what a run trains, from a resolved spec's JSON dump
+    (``spec.model_dump(mode="json")``, as checkpoints store it); :data:`UNTRAINED_SECTIONS` are
+    left out."""
+    kept = {k: v for k, v in data.items() if k not in UNTRAINED_SECTIONS}
+    return hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest()[:16]

@@ -22,9 +22,7 @@ points, the given name for named variants, ``<variant>,<grid point>`` when both 
 
 from __future__ import annotations
 
-import hashlib
 import itertools
-import json
 import logging
 import shlex
 from collections.abc import Callable
@@ -35,7 +33,7 @@ from typing import Any
 import yaml
 
 from mertlab.errors import MertlabError, SpecError
-from mertlab.experiment.spec import ExperimentSpec, SweepSpec, dump_spec, load_spec
+from mertlab.experiment.spec import ExperimentSpec, SweepSpec, dump_spec, load_spec, spec_fingerprint
 from mertlab.experiment.tracking import ensure_experiment, resolve_tracking_uri, run_tags
 
 log = logging.getLogger(__name__)
@@ -118,10 +116,8 @@ def load_child_spec(
 
 
 def spec_sha(spec: ExperimentSpec) -> str:
-    """Fingerprint of what a run trains (tracking settings, the sweep block and the probe
-    section -- which only changes what is measured after training -- excluded)."""
-    data = spec.model_dump(mode="json", exclude={"tracking", "sweep", "probe"})
-    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+    """Fingerprint of what a run trains (:func:`~mertlab.experiment.spec.spec_fingerprint`)."""
+    return spec_fingerprint(spec.model_dump(mode="json"))
 
 
 @dataclass

@@ -24,8 +24,14 @@ from mertlab.probe.extract import FeatureSet, extract_features, resolve_device, 
 from mertlab.probe.fit import ProbeParams, ProbeReport, ProbeResult, orderable, probe_task
 from mertlab.probe.metrics import METRICS
 from mertlab.probe.task import Task, load_task
-from mertlab.toolkit.checkpoint import check_hf_directory, check_not_sharded, hf_directory, load_backbone
-from mertlab.toolkit.safe_load import is_safetensors, load_torch_file
+from mertlab.toolkit.checkpoint import (
+    check_hf_directory,
+    check_not_sharded,
+    hf_directory,
+    load_backbone,
+    load_checkpoint_file,
+)
+from mertlab.toolkit.safe_load import is_safetensors
 
 RANDOM_INIT = "random_init"
 WEIGHTED = "weighted"
@@ -81,7 +87,7 @@ def checkpoint_tracking(path: str | Path) -> tuple[str | None, str | None, int]:
     if is_safetensors(path):  # a backbone file (save_backbone): no run
         return None, None, 0
     # mmap: the weights are not read (a large checkpoint's optimizer state can be GBs)
-    ckpt = load_torch_file(path, "checkpoint", mmap=True)
+    ckpt = load_checkpoint_file(path, mmap=True)
     run_id = ckpt.get("mlflow_run_id") if isinstance(ckpt, dict) else None
     if not run_id:
         return None, None, 0
@@ -418,7 +424,8 @@ def log_probe(
     outcome: ProbeOutcome, run_id: str, tracking_uri: str, settings: dict[str, Any] | None = None, step: int = 0
 ) -> None:
     """Log the probe scores onto an existing MLflow run: metrics (see :func:`probe_metrics`) at
-    ``step``, the tags ``probe/<task>/best`` and ``probe/<task>/settings`` (:func:`settings_sha`),
+    ``step``, the tags ``probe/<task>/best``, ``probe/<task>/strongest_baseline`` and
+    ``probe/<task>/settings`` (:func:`settings_sha`),
     and the artifacts ``probe/<task>.json`` and ``probe/<task>_layers.png`` (:func:`.plots.layer_plot`)."""
     import tempfile
     import time
@@ -434,6 +441,7 @@ def log_probe(
         run_id, metrics=[Metric(k, float(v), now, step) for k, v in sorted(probe_metrics(outcome).items())]
     )
     client.set_tag(run_id, f"probe/{name}/best", outcome.report.best.name)
+    client.set_tag(run_id, metric_names.probe_strongest_baseline_tag(name), outcome.strongest_baseline().name)
     client.log_dict(run_id, report_dict(outcome, settings or {}), f"probe/{name}.json")
     with tempfile.TemporaryDirectory() as tmp:
         client.log_artifact(run_id, str(layer_plot(outcome, Path(tmp) / f"{name}_layers.png")), "probe")

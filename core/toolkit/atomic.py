@@ -10,13 +10,20 @@ from pathlib import Path
 from typing import BinaryIO
 
 
-def atomic_write(path: str | Path, write: Callable[[BinaryIO], None], mode: int = 0o644) -> Path:
+def atomic_write(
+    path: str | Path,
+    write: Callable[[BinaryIO], None],
+    mode: int = 0o644,
+    before_replace: Callable[[], None] | None = None,
+) -> Path:
     """Write ``path`` through ``write(file)`` into a unique temporary name in the same folder,
     flush it to disk (fsync), then rename it over ``path`` and fsync the folder.
 
     Readers see the previous file or the complete new one, never a partial file; a failure
     (an exception in ``write``, a full disk, a read-only folder) removes the temporary file and
     leaves ``path`` as it was. ``OSError`` propagates for the caller to name what was written.
+    ``before_replace()`` runs once the new file is complete on disk, just before the rename
+    (e.g. to record it elsewhere first); an exception there also keeps ``path`` as it was.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -27,6 +34,8 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], None], mode: int 
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, mode)  # mkstemp makes it private; shared caches and runs must stay readable
+        if before_replace is not None:
+            before_replace()
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

@@ -18,8 +18,10 @@ ratios, loss spikes) lives in the ``stability`` callback.
 
 from __future__ import annotations
 
+import logging
 import math
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,7 +37,11 @@ from mertlab.toolkit.seeding import AUGMENT, DROPOUT, LAYER_DROP, MASK, VAL_MASK
 from mertlab.train.agreement import any_rank
 from mertlab.train.schedule import lr_factor
 from mertlab.train.strategy import global_norms
-from mertlab.train.targets import target_source
+from mertlab.train.targets import FrozenTeachers, target_source, without_legacy_teacher_weights
+
+log = logging.getLogger(__name__)
+#: Checkpoint key of the teachers' fingerprints (:meth:`FrozenTeachers.fingerprints`).
+TEACHERS_KEY = "mertlab_teachers"
 
 
 def code_perplexity(codes: Tensor, vocab_size: int) -> Tensor:
@@ -67,13 +73,11 @@ class PretrainModule(L.LightningModule):
             registry = get_registry()
         self.spec = spec
         self.backbone = registry.build("backbone", spec.backbone.name, spec.backbone.params)
-        self.teachers = nn.ModuleDict(
+        # Outside the module tree (not submodules): no parallel wrapper, precision plugin or
+        # checkpoint sees them; they run in float32 on the batch's device (see FrozenTeachers).
+        self.teachers = FrozenTeachers(
             {alias: registry.build("teacher", t.name, t.params) for alias, t in spec.teachers.items()}
         )
-        for teacher in self.teachers.values():
-            teacher.requires_grad_(False)
-        # Teachers stay modules of the model either way (their info types the objectives; the
-        # checkpoint layout does not depend on where targets come from).
         self.target_source = target_source(
             spec.data.target_cache, self.teachers, self.backbone.sample_rate, spec.data.path
         )
@@ -108,14 +112,9 @@ class PretrainModule(L.LightningModule):
         self._last_step_start: float | None = None
 
     # ------------------------------------------------------------------ plumbing
-    def train(self, mode: bool = True) -> PretrainModule:
-        super().train(mode)
-        self.teachers.eval()  # teachers are frozen feature extractors, never in train mode
-        return self
-
     def configure_optimizers(self):
         optim = self.spec.optim
-        params = [p for n, p in self.named_parameters() if p.requires_grad and not n.startswith("teachers.")]
+        params = [p for p in self.parameters() if p.requires_grad]
         cls = torch.optim.AdamW if optim.name == "adamw" else torch.optim.Adam
         optimizer = cls(params, lr=optim.lr, betas=optim.betas, eps=optim.eps, weight_decay=optim.weight_decay)
         max_steps = self.spec.trainer.max_steps
@@ -129,6 +128,7 @@ class PretrainModule(L.LightningModule):
             "skipped_steps": self.skipped_steps,
             "consecutive_nonfinite": self.consecutive_nonfinite,
         }
+        checkpoint[TEACHERS_KEY] = self.teachers.fingerprints()  # what rebuilds them; their weights are not saved
         logger = self.logger
         if logger is not None and getattr(logger, "run_id", None):
             checkpoint["mlflow_run_id"] = logger.run_id
@@ -138,6 +138,19 @@ class PretrainModule(L.LightningModule):
         self.nonfinite_steps = counters.get("nonfinite_steps", 0)
         self.skipped_steps = counters.get("skipped_steps", 0)
         self.consecutive_nonfinite = counters.get("consecutive_nonfinite", 0)
+        if isinstance(checkpoint.get("state_dict"), dict):  # older checkpoints also hold teacher weights
+            checkpoint["state_dict"] = without_legacy_teacher_weights(checkpoint["state_dict"])
+        changed = self.teachers.changed_since(checkpoint.get(TEACHERS_KEY))
+        if changed:
+            log.warning(
+                "resuming with teachers other than the checkpoint's: %s; targets from here on are the new teachers'",
+                "; ".join(changed),
+            )
+
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False) -> Any:
+        """As :meth:`torch.nn.Module.load_state_dict`; the teacher weights older checkpoints
+        hold (``teachers.*``) are ignored: teachers are rebuilt from the spec."""
+        return super().load_state_dict(without_legacy_teacher_weights(state_dict), strict=strict, assign=assign)
 
     # ------------------------------------------------------------------ the step
     def frame_padding(self, wav: Tensor, lengths: Tensor) -> tuple[int, Tensor, Tensor]:
@@ -149,7 +162,9 @@ class PretrainModule(L.LightningModule):
 
     @torch.no_grad()
     def compute_targets(self, batch: AudioBatch, num_frames: int, frame_lengths: Tensor) -> dict[str, Targets]:
-        """Each teacher's targets of the clean audio, aligned to the backbone's frames."""
+        """Each teacher's targets of the clean audio, aligned to the backbone's frames (the
+        teachers in float32 on the batch's device, autocast off)."""
+        self.teachers.to(batch.wav.device)
         return self.target_source.targets(batch, self.backbone.frame_rate, num_frames, frame_lengths)
 
     def distributed_position(self) -> tuple[int, int, int]:

@@ -1,10 +1,11 @@
 """Rolling a running fit back to its newest checkpoint (the stability callback's ``rollback``).
 
 Under DDP the rollback is collective: rank 0 names the checkpoint, every rank loads that file
-and the ranks compare a digest of what they read (:func:`~mertlab.train.agreement.state_digest`);
-only when every rank read the same state do all of them load it. Otherwise -- a rank cannot
-read the file (node-local storage, a failed read) or read other bytes -- every rank only skips
-the step's update, so the ranks' weights never diverge.
+(checked against its checksum sidecar) and the ranks compare a digest of what they read
+(:func:`~mertlab.train.agreement.state_digest`); only when every rank read the same state do
+all of them load it. Otherwise -- a rank cannot read the file (node-local storage, a damaged
+or failed read) or read other bytes -- every rank only skips the step's update, so the ranks'
+weights never diverge.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from typing import Any
 import lightning as L
 import torch
 
-from mertlab.toolkit.safe_load import load_torch_file
+from mertlab.errors import MertlabError
+from mertlab.toolkit.checkpoint import load_checkpoint_file
 from mertlab.train.agreement import all_ranks, state_digest
 
 
@@ -36,9 +38,11 @@ def newest_checkpoint(trainer: L.Trainer) -> Path | None:
 def _read(path: Path) -> tuple[dict[str, Any] | None, str | None, str | None]:
     """``(checkpoint, digest of what a rollback loads, None)`` or ``(None, None, why not)``."""
     try:
-        ckpt = load_torch_file(path, "checkpoint")
+        ckpt = load_checkpoint_file(path)  # checked against its sidecar first
         state = {"state_dict": ckpt["state_dict"], "optimizer": ckpt["optimizer_states"][0]}
         return ckpt, state_digest(state), None
+    except MertlabError as exc:  # damaged, or not a checkpoint: the reason names the file
+        return None, None, str(exc)
     except Exception as exc:  # noqa: BLE001 - an unreadable checkpoint must not end the run
         return None, None, type(exc).__name__
 

@@ -4,6 +4,9 @@ Both sources return each teacher's targets for a batch of crops, already aligned
 backbone's frames, so the training step does not know which one runs. The spec chooses:
 ``data.target_cache: DIR`` reads precomputed targets (``mertlab targets build SPEC``), null runs
 the teachers on the clean crops (e.g. on a GPU).
+
+Teachers run in float32 with autocast off, whatever ``trainer.precision`` is, and live in a
+:class:`FrozenTeachers` container outside the trained module (see there why).
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from __future__ import annotations
 import logging
 from abc import ABC, abstractmethod
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +44,81 @@ REBUILD_HINT = "run `mertlab targets build SPEC` to recompute it"
 OPEN_ENTRIES = 256
 #: Frames checked at a time when an entry's values are checked on first use (bounds memory).
 _CHECK_FRAMES = 1 << 16
+
+
+#: Key prefix of teacher tensors in checkpoints written while teachers were submodules of the
+#: trained module; such keys are dropped on load (teachers are rebuilt from the spec).
+LEGACY_TEACHER_PREFIX = "teachers."
+
+
+class FrozenTeachers(Mapping[str, Teacher]):
+    """A spec's teachers by alias: frozen, in eval mode, in the dtype they were built in
+    (float32), and held *outside* the trained module's tree of submodules.
+
+    :class:`~mertlab.train.module.PretrainModule` keeps them in this plain container, not as
+    submodules, so nothing that wraps or converts the trained module reaches them:
+
+    * DDP neither registers their parameters nor broadcasts their buffers at each step
+      (``broadcast_buffers`` stays on for the backbone's own buffers);
+    * FSDP neither shards nor all-gathers them, and its mixed-precision policy (``bf16-mixed``:
+      parameter, reduction *and buffer* dtype bf16 for the root unit) never casts them;
+    * Lightning's ``*-true`` precisions (``module.to(dtype)``) leave them in float32;
+    * checkpoints (``state_dict``) do not hold them: a teacher is rebuilt from its spec entry,
+      its fitted state (if any) read from its state file, and the fingerprints saved beside
+      the weights say whether it is the same teacher on resume.
+
+    This is more robust than keeping them as submodules and excluding them per strategy
+    (FSDP ``ignored_modules``, DDP ``broadcast_buffers=False``): each strategy and precision
+    plugin would need its own exclusion, and a missed one fails silently. The price is that
+    they follow the batch's device themselves: :meth:`to` (called with each batch; a no-op
+    when they are already there) moves them without ever changing their dtype.
+    """
+
+    def __init__(self, teachers: Mapping[str, Teacher]) -> None:
+        self._teachers = dict(teachers)
+        for teacher in self._teachers.values():
+            teacher.requires_grad_(False).eval()
+        self._device: torch.device | None = None
+
+    def __getitem__(self, alias: str) -> Teacher:
+        return self._teachers[alias]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._teachers)
+
+    def __len__(self) -> int:
+        return len(self._teachers)
+
+    def to(self, device: torch.device | str) -> FrozenTeachers:
+        """Move every teacher to ``device`` (their dtypes unchanged); a no-op when they are there."""
+        device = torch.device(device)
+        if device != self._device:
+            for teacher in self._teachers.values():
+                teacher.to(device=device)
+            self._device = device
+        return self
+
+    def fingerprints(self) -> dict[str, dict[str, str]]:
+        """``{alias: {"name", "fingerprint"}}``: what rebuilds each teacher (saved in checkpoints)."""
+        return {alias: {"name": t.name, "fingerprint": t.fingerprint()} for alias, t in self._teachers.items()}
+
+    def changed_since(self, saved: Any) -> list[str]:
+        """Aliases whose teacher differs from ``saved`` (a :meth:`fingerprints` read back from a
+        checkpoint), each as ``alias (name fingerprint -> now name fingerprint)``; teachers absent
+        from ``saved`` (older checkpoints) are not reported."""
+        if not isinstance(saved, dict):
+            return []
+        now = self.fingerprints()
+        return [
+            f"{alias} ({old.get('name')} {old.get('fingerprint')} -> now {new['name']} {new['fingerprint']})"
+            for alias, old in saved.items()
+            if (new := now.get(alias)) is not None and isinstance(old, dict) and old != new
+        ]
+
+
+def without_legacy_teacher_weights(state_dict: Mapping[str, Any]) -> dict[str, Any]:
+    """``state_dict`` without the ``teachers.*`` entries older checkpoints carry."""
+    return {k: v for k, v in state_dict.items() if not k.startswith(LEGACY_TEACHER_PREFIX)}
 
 
 class TargetSource(ABC):
