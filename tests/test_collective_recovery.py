@@ -108,7 +108,7 @@ def test_a_two_rank_checkpoint_resumes_on_one_and_on_three_ranks_with_the_same_n
     monkeypatch.setenv("PROBE_DIR", str(one))
     single = load_spec(
         two_rank_run["spec"],
-        [f"data.batch_size={GLOBAL_BATCH}", "trainer.devices=1", "trainer.max_steps=7"],
+        [f"data.batch_size={GLOBAL_BATCH}", "trainer.devices=1", "trainer.strategy=auto", "trainer.max_steps=7"],
         registry=probes_registry,
     )
     result = train(single, resume=checkpoint, registry=probes_registry, progress=False)

@@ -277,7 +277,7 @@ def _train(
             checkpoint = chosen[0].checkpoint
         else:
             try:
-                checkpoint = read_training_checkpoint(ckpt_path)
+                checkpoint = read_training_checkpoint(ckpt_path, mmap=True)
             except MertlabError as exc:
                 raise MertlabError(f"--resume: {exc}") from None
         if ckpt_path.is_file():  # a sharded folder is read by the fsdp strategy itself
