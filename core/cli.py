@@ -612,6 +612,37 @@ def demo_data_command(directory: str, clips: int, seconds: float, seed: int, tas
         click.echo("probe tasks: " + ", ".join(str(p) for p in written.values()))
 
 
+@cli.command("dev-data")
+@click.argument("directory", default="data/dev")
+@click.option(
+    "--size",
+    type=click.Choice(["full", "ci"]),
+    default="full",
+    show_default=True,
+    help="full: ~2.3 h of recordings and 1,200-1,440 clips per task; ci: ~6 min and ~250 clips per task.",
+)
+@click.option("--seed", default=0, show_default=True, help="Seed of the generated probe-task clips.")
+@click.option("--no-progress", is_flag=True, help="No progress bars.")
+def dev_data_command(directory: str, size: str, seed: int, no_progress: bool) -> None:
+    """Build the real-music development set in DIRECTORY from Debian packages (install them
+    with `make dev-data-packages`): game soundtracks cut into 10 s pieces for pre-training
+    (DIRECTORY/recordings) and probe tasks rendered with FluidSynth and a sampled General MIDI
+    soundfont (DIRECTORY/tasks/{pitch,instrument,chord,key,tempo}.csv), with a README stating
+    each package's licence. Re-running finishes an interrupted build."""
+    import time
+
+    from mertlab.data.devset.build import build_dev_set
+
+    started = time.monotonic()
+    summary = build_dev_set(directory, size, seed, progress=not no_progress)
+    pieces = sum(s.pieces for s in summary.recordings)
+    click.echo(f"recordings: {pieces} pieces, {summary.recording_seconds / 3600:.2f} h in {directory}/recordings")
+    for task in summary.tasks:
+        splits = "/".join(str(task.splits[s]) for s in ("train", "valid", "test"))
+        click.echo(f"task {task.name}: {task.clips} clips (train/valid/test {splits}) -> {task.csv}")
+    click.echo(f"README: {directory}/README.md ({time.monotonic() - started:.0f} s)")
+
+
 @cli.group("data")
 def data_group() -> None:
     """Data set tasks: shards for streaming (local or object store)."""
@@ -889,6 +920,13 @@ def _with_options(options: tuple) -> Any:
 )
 @click.option("--seed", default=0, show_default=True, help="Seed of the probes (and of the random-init backbone).")
 @click.option(
+    "--seeds",
+    default=1,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Refit every probe with seeds SEED..SEED+N-1 and report the spread of the best probe's test score.",
+)
+@click.option(
     "--run-id",
     default=None,
     help="MLflow run to log to (default: the run that trained CKPT; for hf:DIR a run named after DIR).",
@@ -922,6 +960,7 @@ def probe_command(
     patience: int | None,
     max_epochs: int | None,
     seed: int,
+    seeds: int,
     run_id: str | None,
     tracking_uri: str | None,
     experiment: str,
@@ -947,7 +986,7 @@ def probe_command(
     from mertlab.probe.baselines import parse_baselines
     from mertlab.probe.cache import DEFAULT_CACHE_DIR, FeatureCache
     from mertlab.probe.fit import ProbeParams
-    from mertlab.probe.run import log_probe, probe_run, report_dict, report_table, run_probe, summary_lines
+    from mertlab.probe.run import log_probe, probe_run, report_dict, report_table, run_probe, summary_lines, verdict
     from mertlab.probe.task import load_task
     from mertlab.toolkit.checkpoint import HF_PREFIX
 
@@ -978,12 +1017,14 @@ def probe_command(
         progress=not no_progress,
         baselines=chosen_baselines,
         cache=cache,
+        seeds=seeds,
     )
     header, rows = report_table(outcome)
     click.echo(format_table(header, rows))
     click.echo("\n".join(summary_lines(outcome)))
     if cache.root is not None:
         click.echo(f"features: {cache.hits} from the cache, {cache.misses} extracted ({cache.root})")
+    click.echo(verdict(outcome))
     settings = {
         "checkpoint": str(checkpoint),
         "layers": layers,
@@ -991,6 +1032,7 @@ def probe_command(
         "random_init": random_init,
         "baselines": chosen_baselines,
         "weighted": not no_weighted,
+        **({"seeds": seeds} if seeds > 1 else {}),
         **params.model_dump(),
     }
     if out:

@@ -7,7 +7,7 @@ summaries of a sweep's children, grouped under their sweep.
 The UI is checked through the HTTP endpoints its pages call and in a real headless Chromium
 (Debian's ``chromium``, which ``make test`` installs through ``make system-deps`` where it has root
 or sudo, as in CI; without it the browser test is skipped, or fails where
-``MERTLAB_REQUIRE_BROWSER=1``). Its
+``MERTLAB_REQUIRE_SYSTEM_DEPS=1``, which ``make test`` sets when it could install it). Its
 screenshots go to the folder named at the end of the run (``--screenshots DIR`` to choose it;
 ``docs/img`` holds the ones the docs show)."""
 
@@ -254,12 +254,13 @@ def test_the_comparison_view_shows_probe_scores_and_summaries_grouped_by_sweep(s
     strongest = client.get_run(store.children["base"]).data.tags["probe/pitch/strongest_baseline"]
     assert strongest in ("baseline_chroma", "majority")  # the baseline the probe verdict compares against
     metrics = [c[len("metrics.`") : -1] for c in state["selectedColumns"] if c.startswith("metrics.")]
-    assert metrics[:3] == [
+    assert metrics[:4] == [
         "probe/pitch/accuracy",
         "probe/pitch/random_init/accuracy",
+        "probe/pitch/accuracy_p_vs_random",
         f"probe/pitch/{strongest}/accuracy",
     ]
-    assert metrics[3:] == [
+    assert metrics[4:] == [
         "summary/final_loss",
         "summary/best_val_loss",
         "summary/max_grad_norm",
@@ -312,24 +313,35 @@ def test_refreshing_the_view_writes_what_changed_and_keeps_its_creation_time(tmp
 
 
 _PROBE_NAMES = (None, "random_init", "baseline_chroma", "baseline_mfcc", "majority", "layer0", "weighted")
+_COMPANIONS = ("", "_ci_low", "_ci_high", "_p_vs_random", "_p_vs_baseline")
 
 
 @settings(max_examples=200, deadline=None)
 @given(
     keys=st.sets(
-        st.tuples(st.sampled_from(["pitch", "key"]), st.sampled_from(_PROBE_NAMES), st.sampled_from(["accuracy", "f1"]))
+        st.tuples(
+            st.sampled_from(["pitch", "key"]),
+            st.sampled_from(_PROBE_NAMES),
+            st.sampled_from(["accuracy", "f1"]),
+            st.sampled_from(_COMPANIONS),
+        )
     ),
     strongest=st.dictionaries(st.sampled_from(["pitch", "key"]), st.sampled_from(["baseline_chroma", "majority"])),
 )
 def test_probe_columns_are_each_scores_random_init_and_strongest_baseline(keys, strongest):
-    logged = {f"probe/{task}/{probe}/{metric}" if probe else f"probe/{task}/{metric}" for task, probe, metric in keys}
+    logged = {
+        f"probe/{task}/{probe}/{metric}{suffix}" if probe else f"probe/{task}/{metric}{suffix}"
+        for task, probe, metric, suffix in keys
+    }
     columns = mlflow_ui.probe_columns(logged | {"loss/total", "summary/final_loss"}, strongest)
     assert len(columns) == len(set(columns)) and set(columns) <= logged
-    scores = sorted((t, m) for t, p, m in keys if p is None)
+    scores = sorted({(t, m) for t, p, m, suffix in keys if p is None and not suffix})
     expected = []
-    for task, metric in scores:  # per score: itself, random init, the strongest (or every) baseline
+    for task, metric in scores:  # per score: itself, random init and p-value, the strongest (or every) baseline
         expected.append(f"probe/{task}/{metric}")
-        expected += [k for k in [f"probe/{task}/random_init/{metric}"] if k in logged]
+        expected += [
+            k for k in [f"probe/{task}/random_init/{metric}", f"probe/{task}/{metric}_p_vs_random"] if k in logged
+        ]
         chosen = f"probe/{task}/{strongest.get(task)}/{metric}"
         if chosen in logged:
             expected.append(chosen)
@@ -506,7 +518,7 @@ def test_ui_for_an_unknown_experiment_is_one_clear_error(store, capsys):
 
 
 # --------------------------------------------------------------------------- a real browser
-NEEDS_BROWSER = os.environ.get("MERTLAB_REQUIRE_BROWSER") == "1"
+NEEDS_BROWSER = os.environ.get("MERTLAB_REQUIRE_SYSTEM_DEPS") == "1"
 
 
 @pytest.mark.skipif(

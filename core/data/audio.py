@@ -87,3 +87,13 @@ def load_audio(path: str | Path, sample_rate: int) -> torch.Tensor:
     """The whole file as mono float32 at ``sample_rate``."""
     file = probe(Path(path))
     return resample(read_segment(file), file.sample_rate, sample_rate)
+
+
+def write_flac(path: str | Path, audio: np.ndarray, sample_rate: int) -> Path:
+    """``audio`` (mono float) as 16-bit FLAC at ``path``, written to ``<path>.part`` first (never
+    scanned as audio) and renamed, so an interrupted write leaves no half file under the name."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".part")
+    sf.write(str(tmp), np.clip(audio, -1.0, 1.0), sample_rate, subtype="PCM_16", format="FLAC")
+    tmp.replace(path)
+    return path

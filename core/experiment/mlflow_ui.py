@@ -166,14 +166,18 @@ def _column(kind: str, key: str) -> str:
 
 
 def probe_columns(metric_keys: Iterable[str], strongest: dict[str, str]) -> list[str]:
-    """Per task and metric: the best probe's score, random init, and the strongest baseline
-    (``strongest[task]``, as the probe verdict chose it; every logged baseline when unknown)."""
+    """Per task and metric: the best probe's score, random init and the paired test's p-value
+    against it, and the strongest baseline (``strongest[task]``, as the probe verdict chose it;
+    every logged baseline when unknown). A score's interval and p-values are not scores."""
     keys = set(metric_keys)
-    scores = sorted((m["task"], m["metric"]) for m in map(_PROBE_SCORE.match, keys) if m)
+    scores = sorted(
+        (m["task"], m["metric"]) for m in map(_PROBE_SCORE.match, keys) if m and M.probe_score_of(m[0]) is None
+    )
     columns = []
     for task, metric in scores:
         columns.append(M.probe(task, metric))
-        columns += [k for k in (M.probe(task, metric, "random_init"),) if k in keys]
+        random_init = (M.probe(task, metric, "random_init"), M.probe_companion(task, metric, M.P_VS_RANDOM))
+        columns += [k for k in random_init if k in keys]
         baseline = strongest.get(task)
         if baseline and M.probe(task, metric, baseline) in keys:
             columns.append(M.probe(task, metric, baseline))

@@ -231,6 +231,12 @@ class ProbeSpec(StrictModel):
     max_epochs: int = Field(200, gt=0, description="Epoch limit of each probe (MARBLE early stopping).")
     patience: int = Field(10, gt=0, description="Early-stopping patience in epochs.")
     seed: int = Field(0, description="Seed of the probes (and of the random-init backbone).")
+    seeds: int = Field(
+        1,
+        ge=1,
+        description="Probe seeds (seed, seed+1, ...): more than 1 refits every probe per seed and reports the "
+        "spread of the best probe's test score.",
+    )
     batch_size: int = Field(8, ge=1, description="Windows per forward pass during feature extraction.")
     device: str = Field("auto", description="auto (cuda if available), cpu, cuda, cuda:1...")
     cache_dir: str | None = Field(

@@ -18,7 +18,7 @@ from typing import Any
 
 from mertlab.experiment.spec import ProbeSpec
 from mertlab.probe.cache import FeatureCache, file_identity
-from mertlab.probe.fit import ProbeParams
+from mertlab.probe.fit import ProbeParams, ProbeResult
 from mertlab.probe.run import (
     ProbeOutcome,
     checkpoint_identity,
@@ -29,6 +29,7 @@ from mertlab.probe.run import (
     verdict,
 )
 from mertlab.probe.task import load_task
+from mertlab.probe.uncertainty import format_p
 
 
 @dataclass
@@ -60,6 +61,7 @@ def task_settings(probe: ProbeSpec, task_path: str, checkpoint: dict[str, Any]) 
         "baselines": probe.baselines,
         "random_init": probe.random_init,
         "weighted": probe.weighted,
+        **({"seeds": probe.seeds} if probe.seeds > 1 else {}),  # one seed: the settings hash of earlier runs
         **probe_params(probe).model_dump(),
     }
 
@@ -112,6 +114,7 @@ def probe_spec_tasks(
             registry=registry,
             baselines=probe.baselines,
             cache=cache,
+            seeds=probe.seeds,
         )
         if run_id:
             log_probe(outcome, run_id, tracking_uri, settings, step)
@@ -123,9 +126,19 @@ def _fmt(value: float | None) -> str:
     return "-" if value is None or math.isnan(value) else f"{value:.3f}"
 
 
+def _with_ci(result: ProbeResult, metric: str) -> str:
+    """``0.420 [0.350, 0.490]``: the test score and its 95% bootstrap interval."""
+    interval = result.test_ci.get(metric)
+    if interval is None or math.isnan(interval.low):
+        return _fmt(result.test[metric])
+    return f"{_fmt(result.test[metric])} [{interval.low:.3f}, {interval.high:.3f}]"
+
+
 def results_table(results: list[TaskProbe]) -> tuple[tuple[str, ...], list[tuple[str, ...]]]:
-    """One row per probed task (test split, primary metric): best probe, best single layer,
-    weighted sum, random init, the strongest baseline and the best probe's margin over it."""
+    """One row per probed task (test split, primary metric, each score with its 95% bootstrap
+    interval): best probe, best single layer, weighted sum, random init, the strongest baseline,
+    the best probe's margin over it, and the paired tests' p-values of the best probe against
+    random init and against that baseline."""
     header = (
         "task",
         "metric",
@@ -135,6 +148,8 @@ def results_table(results: list[TaskProbe]) -> tuple[tuple[str, ...], list[tuple
         "random init",
         "strongest baseline",
         "vs baseline",
+        "p vs random",
+        "p vs baseline",
     )
     rows = []
     for r in results:
@@ -148,16 +163,19 @@ def results_table(results: list[TaskProbe]) -> tuple[tuple[str, ...], list[tuple
             o.weighted(),
             o.strongest_baseline(),
         )
+        p_random = o.p_vs_random()
         rows.append(
             (
                 r.task,
                 m,
-                f"{_fmt(best.test[m])} ({best.name})",
-                f"{_fmt(layer.test[m])} ({layer.name})" if layer else "-",
-                _fmt(weighted.test[m]) if weighted else "-",
-                _fmt(o.random_init.best.test[m]) if o.random_init is not None else "-",
-                f"{_fmt(strongest.test[m])} ({strongest.name})",
+                f"{_with_ci(best, m)} ({best.name})",
+                f"{_with_ci(layer, m)} ({layer.name})" if layer else "-",
+                _with_ci(weighted, m) if weighted else "-",
+                _with_ci(o.random_init.best, m) if o.random_init is not None else "-",
+                f"{_with_ci(strongest, m)} ({strongest.name})",
                 f"{best.test[m] - strongest.test[m]:+.3f}",
+                format_p(p_random).removeprefix("p=") if p_random is not None else "-",
+                format_p(o.p_vs_baseline()).removeprefix("p="),
             )
         )
     return header, rows
