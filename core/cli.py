@@ -152,8 +152,10 @@ def schema_command(kind: str | None, name: str | None) -> None:
     is_flag=False,
     flag_value="latest",
     default=None,
-    metavar="[CKPT]",
-    help="Continue the newest run of this spec (or the given checkpoint): same step, optimizer state and MLflow run.",
+    metavar="[CKPT|auto]",
+    help="Continue the newest run of this spec (or the given checkpoint): same step, optimizer state and MLflow run. "
+    "`--resume auto`: the same when the spec has a checkpoint, else start fresh (one command for the first "
+    "submission and every requeue of a cluster job).",
 )
 @click.option("--no-progress", is_flag=True, help="No progress bar (e.g. in batch jobs).")
 @click.option(
@@ -190,16 +192,18 @@ def train_command(
     if (parent_run_id is None) != (variant is None):
         raise click.UsageError("--parent-run-id and --variant go together")
     if parent_run_id is not None:
-        if resume is not None:
-            raise click.UsageError("sweep children resume by themselves: drop --resume")
+        if resume not in (None, "auto"):
+            raise click.UsageError("sweep children resume by themselves (--resume auto): drop --resume")
         if profile is not None:
             raise click.UsageError("--profile is for single runs: drop it for sweep children")
         from mertlab.experiment.sweep import run_child
 
         outcome = run_child(spec_path, list(overrides), parent_run_id, variant, progress=not no_progress)
-        click.echo(
-            f"variant '{variant}': {outcome.status}{' (' + outcome.message + ')' if outcome.message else ''}, run {outcome.run_id}"
-        )
+        if outcome.lead:  # the other processes of a distributed child stay quiet
+            click.echo(
+                f"variant '{variant}': {outcome.status}"
+                f"{' (' + outcome.message + ')' if outcome.message else ''}, run {outcome.run_id}"
+            )
         return
     spec = load_spec(spec_path, overrides)
     result = train(

@@ -82,19 +82,33 @@ def one_thread():
     torch.set_num_threads(previous)
 
 
-@pytest.fixture
-def toy_registry(monkeypatch):
-    """The real registry plus the toy components of tests/toy_plugins.py, installed as the
+def install_registry_with(plugin_module, monkeypatch):
+    """The real registry plus the components of ``plugin_module``, installed as the
     process-wide registry (so the CLI sees it too)."""
     import mertlab.plugin_system.registry as registry_module
-    import toy_plugins
     from mertlab.plugin_system.plugin_manager import PluginSource, create_plugin_manager
 
     pm = create_plugin_manager(autoload=False)
-    pm.register_source(toy_plugins, PluginSource("toy_plugins"))
+    pm.register_source(plugin_module, PluginSource(plugin_module.__name__))
     registry = registry_module.Registry(pm)
     monkeypatch.setattr(registry_module, "get_registry", lambda: registry)
     return registry
+
+
+@pytest.fixture
+def toy_registry(monkeypatch):
+    """The real registry plus the toy components of tests/toy_plugins.py."""
+    import toy_plugins
+
+    return install_registry_with(toy_plugins, monkeypatch)
+
+
+@pytest.fixture
+def probes_registry(monkeypatch):
+    """The real registry plus the test callbacks of tests/dist_probes.py."""
+    import dist_probes
+
+    return install_registry_with(dist_probes, monkeypatch)
 
 
 @pytest.fixture

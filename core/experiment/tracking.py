@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from mertlab.experiment.spec import ExperimentSpec, dump_spec
+from mertlab.toolkit.run_lock import lock_held, process_alive, process_identity  # noqa: F401 - tracking's API
 
 DEFAULT_DB = "mlflow.db"
 log = logging.getLogger(__name__)
@@ -33,6 +34,18 @@ def default_tracking_uri() -> str:
     if env:
         return env
     return f"sqlite:///{Path.cwd() / DEFAULT_DB}"
+
+
+def cluster_store_warning(tracking_uri: str, what: str) -> str | None:
+    """A warning when ``what`` (a run on several nodes, a SLURM job) logs to a sqlite file:
+    sqlite's locks are unreliable on network file systems and serialise every writer."""
+    if not tracking_uri.startswith("sqlite:"):
+        return None
+    return (
+        f"{what} logs to {tracking_uri}: sqlite on a shared file system locks unreliably when several machines "
+        "write; run `mlflow server` with a database back end and set tracking.tracking_uri (or "
+        "MLFLOW_TRACKING_URI) to its http:// address (docs/scaling.md, 'Tracking on a cluster')"
+    )
 
 
 def venv_executable(name: str) -> str:
@@ -216,6 +229,8 @@ MAX_METRICS_PER_BATCH = 1000
 MAX_TAGS_PER_BATCH = 100
 #: What a run could not send to the store (JSON lines; ``mertlab tracking replay`` sends it).
 UNSENT_FILE = "unsent_metrics.jsonl"
+#: Run tag: the run's lock file (:mod:`mertlab.toolkit.run_lock`), held while a process trains it.
+LOCK_TAG = "mertlab.lock"
 
 
 def check_store(tracking_uri: str, timeout: float) -> Any:
@@ -306,35 +321,15 @@ def store_errors(tracking_uri: str) -> Iterator[None]:
         raise store_unusable(tracking_uri, exc) from None
 
 
-def _start_ticks(pid: int) -> str | None:
-    """The start time of process ``pid`` (Linux ``/proc``; None elsewhere or if it is gone)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return stat.rsplit(")", 1)[1].split()[19]
-
-
-def process_identity() -> str:
-    """``host:pid:start`` of this process, tagged on the runs it trains (see :func:`mark_crashed_runs`)."""
-    pid = os.getpid()
-    return f"{platform.node()}:{pid}:{_start_ticks(pid) or ''}"
-
-
-def process_alive(identity: str) -> bool:
-    """Whether the process of a :func:`process_identity` may still run (other hosts: assumed alive)."""
-    host, _, rest = identity.partition(":")
-    pid_text, _, start = rest.partition(":")
-    if host != platform.node() or not pid_text.isdigit():
+def run_in_progress(run: Any) -> bool:
+    """Whether a RUNNING MLflow run still has a training process: its lock file is held
+    (:data:`LOCK_TAG`; any host, where the file system has locks), or the process named in its
+    :data:`PROCESS_TAG` may still run (on another host it is assumed to)."""
+    lock = run.data.tags.get(LOCK_TAG)
+    if lock and lock_held(lock):
         return True
-    pid = int(pid_text)
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return not start or _start_ticks(pid) == start
+    identity = run.data.tags.get(PROCESS_TAG)
+    return not identity or process_alive(identity)
 
 
 def ended_unreported(run: Any) -> Path | None:
@@ -363,16 +358,17 @@ def _is_end_record(line: str) -> bool:
 
 
 def mark_crashed_runs(client: Any, experiment_name: str) -> list[str]:
-    """Mark FAILED the RUNNING runs of the experiment whose training process (on this host) is
-    gone; a run that ended but could not report its status (:func:`ended_unreported`) is left
-    for ``mertlab tracking replay``, named in a warning."""
+    """Mark FAILED the RUNNING runs of the experiment whose training process is gone
+    (:func:`run_in_progress`); a run that ended but could not report its status
+    (:func:`ended_unreported`) is left for ``mertlab tracking replay``, named in a warning."""
     experiment = client.get_experiment_by_name(experiment_name)
     if experiment is None:
         return []
     marked = []
     for run in client.search_runs([experiment.experiment_id], "attributes.status = 'RUNNING'", max_results=1000):
-        identity = run.data.tags.get(PROCESS_TAG)
-        unsent = ended_unreported(run) if identity else None
+        if run_in_progress(run):
+            continue
+        unsent = ended_unreported(run)
         if unsent is not None:
             log.warning(
                 "MLflow run %s ended but its status and last values were not sent (store unreachable then); "
@@ -380,7 +376,7 @@ def mark_crashed_runs(client: Any, experiment_name: str) -> list[str]:
                 run.info.run_id,
                 unsent.parent,
             )
-        elif identity and not process_alive(identity):
+        else:
             client.set_tag(
                 run.info.run_id,
                 "mertlab.failure",

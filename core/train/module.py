@@ -36,6 +36,7 @@ from mertlab.data.dataset import AudioBatch
 from mertlab.experiment import metric_names as M
 from mertlab.experiment.spec import ExperimentSpec
 from mertlab.toolkit.seeding import AUGMENT, DROPOUT, LAYER_DROP, MASK, VAL_MASK, derive_seed, generator, name_key
+from mertlab.train.agreement import any_rank
 from mertlab.train.schedule import lr_factor
 from mertlab.train.strategy import global_norms
 from mertlab.train.targets import FrozenTeachers, target_source, without_legacy_teacher_weights
@@ -363,7 +364,8 @@ class PretrainModule(L.LightningModule):
             batch_size=max(len(batch), 1),
         )
         limit = self.spec.trainer.max_consecutive_nonfinite
-        if limit and self.consecutive_nonfinite >= limit:
+        # Every rank stops at the same step (a rank stopping alone would leave the others waiting).
+        if limit and any_rank(self._trainer, self.consecutive_nonfinite >= limit):
             self.stop_reason = (
                 f"training stopped at step {self.global_step}: {self.consecutive_nonfinite} consecutive non-finite "
                 f"steps (trainer.max_consecutive_nonfinite: {limit}); the checkpoint holds the last finite state "
