@@ -9,7 +9,6 @@ import pytest
 
 import broken_teachers
 from mertlab.cli import main
-from mertlab.errors import PluginError
 from mertlab.plugin_system.plugin_manager import PluginSource, create_plugin_manager
 from mertlab.plugin_system.registry import Registry
 from mertlab.testing import CHECKS, ContractViolation, run_check
@@ -59,14 +58,16 @@ def test_registration_contract_names_teacher_and_distribution(name):
     plugin, fragment = broken_teachers.REGISTRATION_BROKEN[name]
     pm = create_plugin_manager(autoload=False)
     pm.register_source(plugin, SOURCE)
-    with pytest.raises(PluginError) as err:
-        Registry(pm)
-    message = str(err.value)
+    registry = Registry(pm)  # the plugin is skipped, the built-ins stay
+    message = registry.skipped["broken_teachers"].message
     assert len(message.splitlines()) == 1, message
     assert message.startswith(f"plugin 'broken_teachers' {LABEL}: teacher '{name}': {fragment}"), message
+    assert registry.get("teacher", "cqt")
 
 
-def test_registration_failure_from_an_installed_package_is_one_cli_line(fake_dist, capsys):
+def test_registration_failure_from_an_installed_package_is_one_warning_and_one_error_where_needed(
+    fake_dist, capsys, caplog
+):
     code = (
         "from pydantic import Field\nfrom mertlab.contracts import Params\nfrom mertlab.hookspecs import hookimpl\n"
         "class P(Params):\n    k: int = Field(3)\n"
@@ -74,12 +75,17 @@ def test_registration_failure_from_an_installed_package_is_one_cli_line(fake_dis
         "@hookimpl\ndef register_teachers(register):\n    register(T)\n"
     )
     fake_dist("nodoc-teacher", "nodoc_teacher_mod", code, version="1.2")
-    assert main(["plugins"]) == 1
-    err = capsys.readouterr().err.strip()
-    assert (
-        err
-        == "error: plugin 'nodoc_teacher_mod' (nodoc-teacher 1.2): teacher 'no_docs': Params field 'k' has no description (Field(..., description=...))"
+    reason = (
+        "plugin 'nodoc_teacher_mod' (nodoc-teacher 1.2): teacher 'no_docs': Params field 'k' has no description "
+        "(Field(..., description=...))"
     )
+    assert main(["plugins"]) == 0
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and warnings[0].startswith(reason + "; skipped"), warnings
+    assert f"not loaded: {reason}" in capsys.readouterr().out
+    assert main(["check-plugin", "no_docs"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("error: unknown component 'no_docs'") and reason in err
 
 
 @pytest.mark.parametrize(("teacher", "fragment"), CASES)
