@@ -50,6 +50,7 @@ def one_error_line(capsys, teacher: str, fragment: str) -> str:
     errors = [line for line in err.splitlines() if line.startswith("error:")]  # other lines: MLflow/Lightning info
     assert len(errors) == 1 and "Traceback" not in err, err
     assert f"teacher '{teacher}' {LABEL}" in errors[0] and fragment in errors[0], err
+    assert errors[0].startswith("error: teachers.t"), err  # the spec's alias, at build and train time alike
     return errors[0]
 
 

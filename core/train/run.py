@@ -31,6 +31,7 @@ from mertlab.experiment.tracking import (
     process_identity,
     resolve_tracking_uri,
     run_tags,
+    tag_failure,
 )
 from mertlab.teachers.target_cache import build_teacher_cache
 from mertlab.toolkit.atomic import check_writable
@@ -240,16 +241,25 @@ def train(
         every_n_train_steps=None if has_val else spec.trainer.val_every_n_steps,
         save_on_train_epoch_end=False,
     )
-    callbacks = [registry.build("callback", c.name, c.params) for c in spec.callbacks.values()]
-    if profile_steps:
-        from mertlab.train.profiling import ProfileSteps
-
-        callbacks.append(ProfileSteps(profile_steps))
     try:
-        trainer = make_trainer(spec, strategy, logger, [*callbacks, checkpoint], [checkpoint_io], has_val, progress)
-    except (ValueError, MisconfigurationException) as exc:  # e.g. more devices than the machine has
-        raise MertlabError(f"trainer: {exc}") from None
-    trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt_path) if ckpt_path else None)
+        trainer = fit(
+            spec,
+            module,
+            datamodule,
+            strategy,
+            logger,
+            checkpoint,
+            checkpoint_io,
+            has_val,
+            progress,
+            registry,
+            profile_steps,
+            ckpt_path,
+        )
+    except Exception as exc:
+        if lead:  # the run's reason for failing, next to its FAILED status
+            tag_failure(client, logger.run_id, exc)
+        raise
     checkpoint_dir = Path(checkpoint.dirpath)  # rank 0's, on every rank
     if trainer.state.finished:  # max_steps may end mid-epoch: make last.ckpt the final state
         # Every rank calls it (FSDP gathers or writes shards); DDP writes on rank 0 only.
@@ -263,6 +273,34 @@ def train(
     return TrainResult(
         logger.run_id, experiment, tracking_uri, checkpoint_dir, metrics, skipped, trainer.is_global_zero
     )
+
+
+def fit(
+    spec: ExperimentSpec,
+    module: PretrainModule,
+    datamodule: AudioDataModule,
+    strategy: Any,
+    logger: ResilientMLFlowLogger,
+    checkpoint: ModelCheckpoint,
+    checkpoint_io: SafeCheckpointIO,
+    has_val: bool,
+    progress: bool,
+    registry: Any,
+    profile_steps: int | None,
+    ckpt_path: Path | None,
+) -> L.Trainer:
+    """Build the spec's callbacks and the Trainer, and fit ``module``; returns the Trainer."""
+    callbacks = [registry.build("callback", c.name, c.params) for c in spec.callbacks.values()]
+    if profile_steps:
+        from mertlab.train.profiling import ProfileSteps
+
+        callbacks.append(ProfileSteps(profile_steps))
+    try:
+        trainer = make_trainer(spec, strategy, logger, [*callbacks, checkpoint], [checkpoint_io], has_val, progress)
+    except (ValueError, MisconfigurationException) as exc:  # e.g. more devices than the machine has
+        raise MertlabError(f"trainer: {exc}") from None
+    trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt_path) if ckpt_path else None)
+    return trainer
 
 
 def gather_skipped(trainer: L.Trainer, datamodule: AudioDataModule) -> list[Any]:
