@@ -52,12 +52,17 @@ class TargetInfo:
 
     ``kind == "discrete"``: ``vocab_sizes`` has one entry per codebook, ``dim == len(vocab_sizes)``.
     ``kind == "continuous"``: ``vocab_sizes`` is empty and ``dim`` is the feature size.
+    ``receptive_field``: seconds of audio one frame reads past its start, for teachers whose
+    frames need a whole window inside the clip (a trained backbone's conv frontend: a clip of
+    ``s`` seconds has ``floor((s - receptive_field) x frame_rate) + 1`` frames, not ``s x
+    frame_rate``); 0 for teachers that pad the clip's end (spectrograms, codecs).
     """
 
     kind: TargetKind
     dim: int
     frame_rate: float
     vocab_sizes: tuple[int, ...] = ()
+    receptive_field: float = 0.0
 
     @property
     def num_codebooks(self) -> int:
@@ -73,7 +78,7 @@ class Targets:
 
     Frame timing (the contract every consumer relies on, see :class:`Teacher`): frame ``j`` is
     the audio at time ``j / info.frame_rate`` seconds after the clip's first sample; ``T`` and
-    each ``lengths[b]`` are within 2 frames of ``seconds x info.frame_rate``.
+    each ``lengths[b]`` are within 2 frames of ``(seconds - info.receptive_field) x info.frame_rate``.
     """
 
     values: Tensor
@@ -99,7 +104,9 @@ class Teacher(nn.Module, ABC):
     sample; a centred spectrogram frame ``j`` is centred there, a codec frame ``j`` covers
     ``[j, j + 1) / frame_rate``). ``T`` is within 2 frames of ``S / sample_rate * frame_rate``
     (``ceil``, ``floor`` or ``1 + S // hop`` all qualify) and so is ``lengths[b]`` for clip
-    ``b``'s valid samples. mertlab relies on it twice: :func:`mertlab.toolkit.align.align_targets` maps
+    ``b``'s valid samples -- less ``info.receptive_field`` seconds for a teacher whose frames
+    each need a window of audio inside the clip (a conv frontend: ``floor((S - field) / hop) + 1``
+    frames; the frames it lacks at the end are padding after alignment). mertlab relies on it twice: :func:`mertlab.toolkit.align.align_targets` maps
     frame ``j`` to the backbone frame starting at the same time, and the target cache reads a
     crop starting ``t`` seconds into a file from frame ``floor(t * frame_rate)`` of the whole
     file's targets. Every output is checked against this at the boundary

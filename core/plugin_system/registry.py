@@ -348,10 +348,13 @@ class Registry:
         try:
             validated = entry.validate_params(params)
         except ValidationError as exc:
-            from mertlab.experiment.spec import render_validation_error
+            from mertlab.experiment.spec import validation_problems
 
             raise UnknownComponentError(
-                "\n".join(f"{kind} '{name}' params.{line}" for line in render_validation_error(exc))
+                "\n".join(
+                    f"{kind} '{name}' params{'.' + path if path else ''}: {message}"
+                    for path, message in validation_problems(exc)
+                )
             ) from exc
         return entry.component(validated, **context)
 
