@@ -741,6 +741,40 @@ def targets_build_command(spec_path: str, overrides: tuple[str, ...], device: st
         )
 
 
+@targets_group.command("clean")
+@click.argument("spec_path", metavar="SPEC")
+@OVERRIDE_OPTION
+@click.option("--dry-run", is_flag=True, help="List what would be removed, with sizes; remove nothing.")
+def targets_clean_command(spec_path: str, overrides: tuple[str, ...], dry_run: bool) -> None:
+    """Remove the folders of data.target_cache that no teacher of SPEC uses (targets of older
+    params, fitted state or code). A cache shared by several specs: run it with --dry-run first."""
+    from mertlab.experiment.spec import load_spec
+    from mertlab.teachers.target_cache import remove_folders, unused_folders
+
+    spec = load_spec(spec_path, overrides)
+    folders = unused_folders(spec)
+    if not folders:
+        click.echo(f"{spec.data.target_cache}: every target folder is used by a teacher of {spec_path}")
+        return
+    verb = "would remove" if dry_run else "removing"
+    for entry in folders:
+        size = human_bytes(entry.bytes)
+        click.echo(f"{verb} {entry.folder} (teacher '{entry.teacher}', fingerprint {entry.fingerprint}, {size})")
+    if not dry_run:
+        remove_folders(folders)
+    total = human_bytes(sum(e.bytes for e in folders))
+    click.echo(f"{len(folders)} folder(s), {total} {'would be freed' if dry_run else 'freed'}")
+
+
+def human_bytes(size: int) -> str:
+    """``1.5 MB``-style size (powers of 1000)."""
+    for unit in ("B", "kB", "MB", "GB"):
+        if size < 1000 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1000
+    return f"{size:.1f} TB"
+
+
 @cli.command("model-info")
 @click.argument("spec", metavar="SPEC")
 @OVERRIDE_OPTION

@@ -119,8 +119,8 @@ class Teacher(nn.Module, ABC):
     #: The kind of targets; objectives declare which kind they accept (checked when a spec loads).
     target_kind: ClassVar[TargetKind]
     requires_fit: ClassVar[bool] = False
-    #: Bump it when a change of the code changes the targets (same params, new values): it is
-    #: part of :meth:`fingerprint`, so cached targets of the old code are not reused.
+    #: Part of :meth:`fingerprint`, like the code itself: bump it when what the targets depend on
+    #: changes outside the hashed code (a data file the teacher reads, a dependency's behaviour).
     version: ClassVar[str | int | None] = None
 
     def __init__(self, params: Params) -> None:
@@ -150,13 +150,17 @@ class Teacher(nn.Module, ABC):
 
     def fingerprint(self) -> str:
         """Stable hash of everything that changes the targets: the teacher's name, params, the
-        distribution (name and version) of the plugin that registered it, its :attr:`version`
-        and :meth:`fingerprint_payload` (fitted state, loaded weights).
+        distribution (name and version) of the plugin that registered it, a hash of its code
+        (:func:`mertlab.plugin_system.code_digest.code_digest`: the source of the class's module
+        and of its base classes' modules from the same package, docstrings and comments left
+        out), its :attr:`version` and :meth:`fingerprint_payload` (fitted state, loaded weights).
 
-        The target cache is keyed by it, so upgrading a plugin package, bumping ``version`` after
-        an in-tree change of the algorithm, or changing a param recomputes the cached targets.
-        Teachers with fitted state or weights loaded from a file extend :meth:`fingerprint_payload`.
+        The target cache is keyed by it, so upgrading a plugin package, editing the teacher's
+        code (also in an editable install, whose version never changes) or changing a param
+        recomputes the cached targets. Teachers with fitted state or weights loaded from a file
+        extend :meth:`fingerprint_payload`.
         """
+        from mertlab.plugin_system.code_digest import code_digest
         from mertlab.plugin_system.registry import component_source
 
         source = component_source(type(self))
@@ -166,6 +170,7 @@ class Teacher(nn.Module, ABC):
                 "params": self.params.model_dump(mode="json"),
                 "extra": self.fingerprint_payload(),
                 "provider": list(source.provider) if source is not None else None,
+                "code": code_digest(type(self)),
                 "version": self.version,
             },
             sort_keys=True,
