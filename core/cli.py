@@ -112,12 +112,13 @@ def plugins_install_command(editable: bool, target: str, pip_args: tuple[str, ..
 
 
 @plugins_group.command("uninstall")
-@click.argument("name")
-def plugins_uninstall_command(name: str) -> None:
-    """Uninstall the plugin package NAME (distribution or entry-point name) from this environment."""
-    from mertlab.plugin_system.installer import uninstall_plugin
+@click.argument("names", nargs=-1, required=True, metavar="NAME...")
+def plugins_uninstall_command(names: tuple[str, ...]) -> None:
+    """Uninstall plugin packages (each NAME a distribution or entry-point name) from this environment."""
+    from mertlab.plugin_system.installer import uninstall_plugins
 
-    click.echo(f"uninstalled {uninstall_plugin(name)}")
+    for distribution in uninstall_plugins(names):
+        click.echo(f"uninstalled {distribution}")
 
 
 @cli.command("check-plugin")
@@ -159,17 +160,11 @@ def new_command(kind: str, name: str, directory: str | None) -> None:
     """Write a ready plugin package for a new KIND named NAME into DIR [default: ./mertlab-NAME].
 
     The package has the entry point, the component with documented Params, a test file running
-    mertlab's contract checks and a README; install it with `pip install -c constraints.txt -e DIR`.
+    mertlab's contract checks and a README; install it with `mertlab plugins install -e DIR`.
     """
-    from mertlab.plugin_system.scaffold import write_package
+    from mertlab.plugin_system.scaffold import next_steps, write_package
 
-    path = write_package(kind, name, directory)
-    click.echo(
-        f"wrote {kind} '{name}' in {path}/\n"
-        f"  install:  pip install -c constraints.txt -e {path}   (keeps your torch; constraints.txt of the mertlab checkout)\n"
-        f"  test:     python -m pytest {path / 'tests'}   or   mertlab check-plugin {name}\n"
-        f"  edit:     {path / ('mertlab_' + name) / '__init__.py'}"
-    )
+    click.echo(next_steps(kind, name, write_package(kind, name, directory)))
 
 
 @cli.command("validate")
@@ -512,10 +507,10 @@ def teachers_group() -> None:
 @OVERRIDE_OPTION
 @click.option(
     "--passes",
-    default=1,
-    show_default=True,
+    default=None,
     type=click.IntRange(min=1),
-    help="Passes over the training files, each with fresh random crops.",
+    help="Passes over the training files, each with fresh random crops [default: as many as the teacher's "
+    "max_fit_frames need, at most 20].",
 )
 @click.option(
     "--device",
@@ -523,18 +518,24 @@ def teachers_group() -> None:
     show_default=True,
     help="Torch device for features and fitting (k-means, Mel-RVQ), e.g. cuda.",
 )
-def teachers_fit_command(spec_path: str, overrides: tuple[str, ...], passes: int, device: str) -> None:
+@click.option("--no-progress", is_flag=True, help="No progress bars (e.g. in batch jobs).")
+def teachers_fit_command(
+    spec_path: str, overrides: tuple[str, ...], passes: int | None, device: str, no_progress: bool
+) -> None:
     """Fit every teacher of SPEC that needs fitting on its training audio and write its state file."""
     from mertlab.experiment.spec import load_spec
     from mertlab.teachers.fitting import fit_teachers
 
     spec = load_spec(spec_path, overrides)
-    fitted = fit_teachers(spec, device=device, passes=passes)
+    fitted = fit_teachers(spec, device=device, passes=passes, progress=not no_progress)
     if not fitted:
         click.echo(f"no teacher in {spec_path} needs fitting ({', '.join(sorted(spec.teachers))} are ready to use)")
     for f in fitted:
         note = " (replaced the previous file)" if f.replaced else ""
         click.echo(f"teachers.{f.alias} ({f.name}): wrote {f.path}{note}; fingerprint {f.fingerprint}")
+        if f.report:
+            report = ", ".join(f"{k} {v:.4g}" for k, v in f.report.items())
+            click.echo(f"  fit on {f.passes} pass(es) of random crops: {report}")
 
 
 @teachers_group.command("evaluate")

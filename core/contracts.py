@@ -181,9 +181,17 @@ class Teacher(nn.Module, ABC):
         """Extra JSON-able data mixed into :meth:`fingerprint` (e.g. hash of loaded weights)."""
         return None
 
-    def fit(self, batches: Any) -> None:  # pragma: no cover - only for requires_fit teachers
-        """Fit the teacher on an iterable of ``(wav, lengths)`` batches at :attr:`sample_rate`."""
+    def fit(self, batches: Any, progress: bool = True) -> None:  # pragma: no cover - only for requires_fit teachers
+        """Fit the teacher on an iterable of ``(wav, lengths)`` batches at :attr:`sample_rate`
+        (``mertlab teachers fit``: random crops from all over the training files, see
+        :mod:`mertlab.teachers.fitting`); ``progress``: show progress bars (``--no-progress``
+        turns them off)."""
         raise NotImplementedError(f"teacher '{self.name}' does not need fitting")
+
+    def fit_report(self) -> dict[str, float]:
+        """What to report of the last :meth:`fit` (``mertlab teachers fit`` prints it), e.g. the
+        perplexity of each codebook on the fitting frames; default: nothing."""
+        return {}
 
     def state_file(self) -> str | None:
         """Where a ``requires_fit`` teacher keeps its fitted state (a path from its params), or

@@ -94,7 +94,7 @@ def test_generated_files_and_bad_names(tmp_path, capsys):
     assert set(files) == {"pyproject.toml", "mertlab_onset_flux/__init__.py", "tests/test_onset_flux.py", "README.md"}
     assert 'onset_flux = "mertlab_onset_flux"' in files["pyproject.toml"] and '"mertlab"' in files["pyproject.toml"]
     assert 'test_onset_flux = contract_tests("teacher", "onset_flux")' in files["tests/test_onset_flux.py"]
-    assert "pip install -c constraints.txt -e ./mertlab-onset-flux" in files["README.md"]
+    assert "mertlab plugins install -e ." in files["README.md"] and "constraints.txt" not in files["README.md"]
     assert main(["new", "teacher", "Onset-Flux", str(tmp_path / "x")]) == 1
     assert (
         capsys.readouterr().err.strip()

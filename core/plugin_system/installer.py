@@ -144,21 +144,25 @@ def plugin_distributions() -> dict[str, tuple[str, list[str]]]:
     return found
 
 
-def uninstall_plugin(name: str) -> str:
-    """Uninstall the plugin distribution ``name`` (its distribution name or one of its
-    ``mertlab`` entry-point names) from the running environment; returns the distribution.
-    Only distributions that provide mertlab plugins can be uninstalled this way."""
+def uninstall_plugins(names: list[str] | tuple[str, ...]) -> list[str]:
+    """Uninstall the plugin distributions ``names`` (each its distribution name or one of its
+    ``mertlab`` entry-point names) from the running environment with one pip call; returns the
+    distributions. Only distributions that provide mertlab plugins can be uninstalled this way:
+    every name is checked before anything is removed."""
     import difflib
 
     plugins = plugin_distributions()
     by_entry_point = {ep: dist for dist, (_, eps) in plugins.items() for ep in eps}
-    dist = normalise(name) if normalise(name) in plugins else by_entry_point.get(name)
-    if dist is None:
-        candidates = sorted({plugins[d][0] for d in plugins} | set(by_entry_point))
-        close = difflib.get_close_matches(name, candidates, n=1)
-        hint = f"; did you mean '{close[0]}'?" if close else ";"
-        listing = ", ".join(candidates) or "(none)"
-        raise MertlabError(f"plugins uninstall: no installed plugin package '{name}'{hint} installed: {listing}")
-    published = plugins[dist][0]
-    _pip(["uninstall", "-y", published], f"plugins uninstall {name}")
-    return published
+    found = []
+    for name in names:
+        dist = normalise(name) if normalise(name) in plugins else by_entry_point.get(name)
+        if dist is None:
+            candidates = sorted({plugins[d][0] for d in plugins} | set(by_entry_point))
+            close = difflib.get_close_matches(name, candidates, n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else ";"
+            listing = ", ".join(candidates) or "(none)"
+            raise MertlabError(f"plugins uninstall: no installed plugin package '{name}'{hint} installed: {listing}")
+        found.append(plugins[dist][0])
+    found = list(dict.fromkeys(found))
+    _pip(["uninstall", "-y", *found], f"plugins uninstall {' '.join(names)}")
+    return found

@@ -420,7 +420,7 @@ def build_targets(
     from mertlab.train.run import prepare_data
 
     teachers = {alias: registry.build("teacher", t.name, t.params) for alias, t in spec.teachers.items()}
-    prepare_data(spec)
+    prepare_data(spec, progress)
     files = scan_dataset(spec.data, next(iter(teachers.values())).sample_rate)
     return [
         build_teacher_cache(

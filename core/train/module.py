@@ -31,19 +31,12 @@ from mertlab.contracts import BackboneOutput, Objective, ObjectiveOutput, Target
 from mertlab.data.dataset import AudioBatch
 from mertlab.experiment import metric_names as M
 from mertlab.experiment.spec import ExperimentSpec
+from mertlab.toolkit.code_usage import code_perplexity
 from mertlab.toolkit.objective_output import check_objective_output, objective_label
 from mertlab.toolkit.seeding import AUGMENT, DROPOUT, LAYER_DROP, MASK, VAL_MASK, derive_seed, generator, name_key
 from mertlab.train.schedule import lr_factor
 from mertlab.train.strategy import global_norms
 from mertlab.train.targets import target_source
-
-
-def code_perplexity(codes: Tensor, vocab_size: int) -> Tensor:
-    """exp(entropy) of the code histogram: how many codes are effectively used."""
-    counts = torch.bincount(codes.flatten(), minlength=vocab_size).float()
-    p = counts / counts.sum().clamp_min(1)
-    entropy = -(p * torch.log(p.clamp_min(1e-12))).sum()
-    return entropy.exp()
 
 
 def run_objective(

@@ -70,18 +70,19 @@ def find_resume_checkpoint(spec: ExperimentSpec, resume: str | bool) -> ResumePo
     return select_resume_checkpoint(run_directory(spec), resume if isinstance(resume, str) else None)
 
 
-def prepare_data(spec: ExperimentSpec) -> None:
+def prepare_data(spec: ExperimentSpec, progress: bool = True) -> None:
     """With ``data.generate_demo``: write the generated demo set when the folder has no audio,
-    and the labelled demo probe tasks to ``<data.path>-tasks/`` when their CSVs are missing."""
+    and the labelled demo probe tasks to ``<data.path>-tasks/`` when their CSVs are missing
+    (``progress``: their progress bars)."""
     if not spec.data.generate_demo or is_shard_path(spec.data.path):
         return
     path = Path(spec.data.path)
     if not path.exists() or not list_audio_paths(path, spec.data.extensions):
-        write_demo_dataset(path)
+        write_demo_dataset(path, progress=progress)
     tasks = demo_tasks_dir(path)
     missing = [name for name in DEMO_TASKS if not (tasks / f"{name}.csv").is_file()]
     if missing:
-        write_demo_tasks(tasks, names=missing)
+        write_demo_tasks(tasks, names=missing, progress=progress)
 
 
 class _DropAdvertisements(logging.Filter):
@@ -188,7 +189,7 @@ def train(
     )  # one clear error, before any work
     check_writable(run_directory(spec), "trainer.output_dir")  # before any work or MLflow run
     if lead:
-        prepare_data(spec)
+        prepare_data(spec, progress)
     module = PretrainModule(spec, registry)
     strategy = build_strategy(spec.trainer, module.backbone)  # misconfigurations surface before MLflow
     datamodule = AudioDataModule(
