@@ -627,16 +627,17 @@ def teachers_evaluate_command(
     show_default=True,
     help="Also write the labelled probe tasks (pitch, timbre, key, tempo) to DIRECTORY-tasks/.",
 )
-def demo_data_command(directory: str, clips: int, seconds: float, seed: int, tasks: bool) -> None:
+@click.option("--no-progress", is_flag=True, help="No progress bars.")
+def demo_data_command(directory: str, clips: int, seconds: float, seed: int, tasks: bool, no_progress: bool) -> None:
     """Write a small generated music set (chords, melodies, drums; 24 kHz WAV) to DIRECTORY, and
     labelled probe tasks from the same synthesiser (other clips) to DIRECTORY-tasks/."""
     from mertlab.data.demo import write_demo_dataset
     from mertlab.data.demo_tasks import demo_tasks_dir, write_demo_tasks
 
-    paths = write_demo_dataset(directory, num_clips=clips, seconds=seconds, seed=seed)
+    paths = write_demo_dataset(directory, num_clips=clips, seconds=seconds, seed=seed, progress=not no_progress)
     click.echo(f"{len(paths)} clips ({len(paths) * seconds / 60:.1f} min) in {directory}")
     if tasks:
-        written = write_demo_tasks(demo_tasks_dir(directory), seed=seed)
+        written = write_demo_tasks(demo_tasks_dir(directory), seed=seed, progress=not no_progress)
         click.echo("probe tasks: " + ", ".join(str(p) for p in written.values()))
 
 
