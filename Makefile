@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.mertlab-installed
 
-.PHONY: install quickstart test test-all clean-venv browser
+.PHONY: install quickstart test test-all docs clean-venv browser
 
 install: $(STAMP)
 
@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install --upgrade pip
 	# torch first, pinned: every later step resolves against the same build.
 	$(BIN)/python -m pip install torch==2.9.1 torchaudio==2.9.1
-	$(BIN)/python -m pip install -c constraints.txt -e ".[test]"
+	$(BIN)/python -m pip install -c constraints.txt -e ".[test,docs]"
 	$(BIN)/python -m pip check
 	touch $(STAMP)
 
@@ -26,6 +26,10 @@ test: install
 
 test-all: install
 	$(BIN)/python -m pytest -q -m "slow or not slow"
+
+# The documentation site on http://127.0.0.1:8000, rebuilt on every save (`python -m`: see mkdocs.yml).
+docs: install
+	NO_MKDOCS_2_WARNING=1 $(BIN)/python -m mkdocs serve
 
 clean-venv:
 	rm -rf $(VENV)

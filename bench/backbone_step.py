@@ -6,7 +6,7 @@ eval mode). Each step: forward of a batch of audio, loss = mean square of the la
 backward, AdamW; fp32 on CPU, layer drop off and HF's SpecAugment off (``mask_time_prob=0``) so
 both do the same work every step. Peak memory: the resident-set growth during one step.
 
-Target (issue #14): >= 1.2x HF at small and base with peak memory <= HF's.
+Target: >= 1.2x HF at small and base with peak memory <= HF's.
 
     .venv/bin/python bench/backbone_step.py [--quick] [--presets tiny,small] [--base] [--repeats 5] [--profile]
 """
@@ -18,7 +18,7 @@ import torch
 from _timing import interleaved, parser, peak_rss_delta, ratio_line, setup, table, top_ops, train_step
 from mertlab.plugin_system.registry import get_registry
 
-#: (clips, seconds) per preset: the issue's sizes
+#: (clips, seconds) per preset
 BATCHES = {"tiny": (2, 2.0), "small": (2, 5.0), "base": (1, 5.0)}
 
 

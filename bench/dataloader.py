@@ -6,7 +6,7 @@ Consumed: the train step of the spec's model (targets from the cache, forward, l
 AdamW) on the same batches. Headroom = delivered / consumed (>= 1: the model never waits on data;
 with workers the loading overlaps the step, without it adds to it).
 
-Target (issue #14): headroom >= 3x at the quickstart's size (its tiny transformer, batches of 8 x 2 s).
+Target: headroom >= 3x at the quickstart's size (its tiny transformer, batches of 8 x 2 s).
 
     .venv/bin/python bench/dataloader.py [--quick] [--spec experiments/quickstart.yaml] [--batches 20]
 """

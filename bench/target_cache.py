@@ -4,11 +4,11 @@ run), and the train-step speed-up it gives.
 Epoch 1 runs every teacher of the spec on each batch (what the cache build does once per file);
 epoch 2 reads and aligns the cached targets of the same batches. Default spec: the two-teacher
 MERT recipe at quickstart size (``experiments/mert_tiny.yaml``: EnCodec + CQT; the quickstart
-itself now has the CQT teacher only). Peer for the step speed-up: the on-the-fly path (the
+itself has the CQT teacher only). Peer for the step speed-up: the on-the-fly path (the
 spec's teachers run on every batch), measured in
 the same process on the same batches, so the ratios are robust to a noisy machine.
 
-Target (issue #14): cached epoch-2 teacher cost <= 5% of epoch 1.
+Target: cached epoch-2 teacher cost <= 5% of epoch 1.
 
     .venv/bin/python bench/target_cache.py [--quick] [--batches 10] [--spec experiments/mert_tiny.yaml]
 """

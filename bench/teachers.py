@@ -11,7 +11,7 @@
   (the same model: the batching gain) and the share of equal codes (batched convolutions round
   differently, so a few near-tie frames may pick another code).
 
-Targets (issue #14): CQT >= 2x librosa.cqt on CPU; k-means >= 1x sklearn.
+Targets: CQT >= 2x librosa.cqt on CPU; k-means >= 1x sklearn.
 
     .venv/bin/python bench/teachers.py [--quick] [--repeats 5] [--threads 1]
 """

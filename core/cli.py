@@ -482,7 +482,7 @@ def ui_cli_command(tracking_uri: str | None, host: str, port: int) -> None:
         )
     shown = "localhost" if host in ("127.0.0.1", "0.0.0.0") else host
     click.echo(f"MLflow UI for {uri}: http://{shown}:{port}  (Ctrl-C to stop)")
-    # The server runs in a session of its own (MLflow 3 starts workers, a job runner and a task
+    # The server runs in a new process session (MLflow 3 starts workers, a job runner and a task
     # consumer that hold the sqlite store); stopping mertlab -- Ctrl-C or SIGTERM -- stops all of it.
     process = subprocess.Popen(ui_argv(uri, host, port), start_new_session=True)
     previous = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)

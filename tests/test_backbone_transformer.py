@@ -331,7 +331,8 @@ def test_layer_norm_extractor_is_padding_invariant():
 
 
 def test_group_norm_extractor_is_not_padding_invariant():
-    # Documented: GroupNorm normalises over the whole padded time axis (the MERT-95M issue).
+    # Documented: GroupNorm normalises over the whole padded time axis, so a padded clip differs
+    # from the clip alone (as in MERT-95M).
     assert min(_alone_vs_padded("group_norm")) > 1e-3
 
 

@@ -26,7 +26,7 @@ RIFF_HEADER = bytes.fromhex("52494646") + (1000).to_bytes(4, "little") + b"WAVEf
 
 
 def write_bad_files(folder):
-    """Every kind of bad file the issue lists, by name -> the reason it must be skipped for."""
+    """Every kind of bad file the data set scan must skip, by name -> the reason it must be skipped for."""
     sf.write(str(folder / "header_only.wav"), np.zeros(0, dtype=np.float32), 16000)
     sf.write(str(folder / "one_sample.wav"), np.zeros(1, dtype=np.float32), 16000)
     nan = np.full(16000, np.nan, dtype=np.float32)

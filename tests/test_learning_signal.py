@@ -5,8 +5,8 @@ same backbone at random init on the demo pitch, timbre and key tasks.
 What the study found (docs/small-scale-study.md, round 3): six runs (seeds 0-2, three code
 versions) reach pitch 0.92-0.97 / timbre 0.77-0.90 / key 0.54-0.60 against 0.89 / 0.44 / 0.38 at
 random init. The margins required here are below what every run of the study gave (see MARGINS;
-pitch +0.02: the sixth run, on the CPU kernels of issue #14 whose dropout masks come from another
-random stream, led by 2.8 points, one clip less than the others): a regression that stops the
+pitch +0.02: the sixth run, CI-2, whose dropout masks come from another random stream, led by
+2.8 points, one clip less than the others): a regression that stops the
 model learning music fails them, seed noise (one test clip is 1.4-2.1 points) does not.
 
 It runs the real command (`mertlab train` with the spec's `probe:` section) on freshly generated

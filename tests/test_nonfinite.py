@@ -77,7 +77,7 @@ def test_every_step_nonfinite_is_skipped_and_never_logged_as_a_finite_value(
 def test_diverging_run_logs_real_values_then_stops_with_a_usable_checkpoint(
     demo_dir, tmp_path, tracking_uri, callbacks
 ):
-    # the reproduction: a huge learning rate without warmup diverges after the first steps
+    # a huge learning rate without warmup diverges after the first steps
     spec = spec_for(
         demo_dir,
         tmp_path,

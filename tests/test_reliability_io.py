@@ -1,4 +1,4 @@
-"""Reliability of what mertlab reads and writes (issue #11, part A).
+"""Reliability of what mertlab reads and writes.
 
 * files that would run code when unpickled are refused everywhere a file is loaded;
 * checkpoints are written atomically, survive a full disk / read-only folder, and ``--resume``
@@ -181,7 +181,7 @@ def test_backbone_files_are_safetensors_and_old_files_still_load(tmp_path):
     assert is_safetensors(path)
     loaded = load_backbone(path)
     assert all(torch.equal(a, b) for a, b in zip(backbone.state_dict().values(), loaded.state_dict().values()))
-    # the torch format of earlier versions (plain data + tensors) loads weights-only
+    # a backbone file in the torch format (plain data + tensors) loads weights-only too
     legacy = tmp_path / "legacy.pt"
     torch.save(
         {

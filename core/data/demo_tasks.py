@@ -15,7 +15,7 @@ tempo      a drum pattern (plus bass notes), 3 s, 70-170 BPM               BPM (
 ========== ============================================================== ==================
 
 "In a mix": drums at an unrelated tempo and broadband noise at random levels are added, as
-around the labelled content of a real recording; a spectrum's mean alone no longer gives the
+around the labelled content of a real recording; a spectrum's mean alone does not give the
 label away. Splits are fixed in the CSV (per class 2/3 train, 1/6 valid, 1/6 test for classification; the
 same fractions for tempo). Everything is deterministic for a given seed.
 """

@@ -210,7 +210,7 @@ class TrackingSpec(StrictModel):
 
 class ProbeSpec(StrictModel):
     """Downstream probes of the trained model: ``mertlab train`` probes its final checkpoint,
-    ``mertlab sweep`` every finished child (see README, "Probing downstream tasks")."""
+    ``mertlab sweep`` every finished child (see docs/probing.md)."""
 
     tasks: list[str] = Field(
         min_length=1,
