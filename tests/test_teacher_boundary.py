@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 import broken_teachers
 from mertlab.cli import main
@@ -98,10 +99,25 @@ def test_contract_checks_name_the_broken_teacher(broken_registry, teacher, fragm
     assert len(message.splitlines()) == 1
 
 
-@pytest.mark.parametrize("teacher", ["log_energy", "energy_codes"])
+@pytest.mark.parametrize("teacher", ["log_energy", "energy_codes", "onset_levels"])
 def test_correct_teachers_pass_every_check(broken_registry, teacher):
     for check in CHECKS["teacher"]:
         run_check("teacher", teacher, check, broken_registry)
+
+
+@pytest.mark.parametrize("levels", [3, 16])
+def test_a_vocabulary_from_params_reaches_the_objective(broken_registry, levels, contract_audio):
+    from mertlab.toolkit.teacher_output import check_targets
+
+    teacher = broken_registry.build("teacher", "onset_levels", {"levels": levels})
+    assert teacher.info.vocab_sizes == (levels,)
+    wav = contract_audio(1.0, 24000)[None]
+    codes = check_targets(teacher, teacher.targets(wav, torch.tensor([24000])), 24000, torch.tensor([24000])).values
+    assert int(codes.max()) == levels - 1 and int(codes.min()) == 0
+    objective = broken_registry.build(
+        "objective", "masked_prediction", {}, hidden_dim=8, num_layers=2, target_info=teacher.info
+    )
+    assert [e.shape[0] for e in objective.label_embs] == [levels]
 
 
 @pytest.mark.parametrize(("teacher", "fragment"), CASES)
