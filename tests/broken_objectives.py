@@ -5,16 +5,11 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field
 from torch import nn
 
-from mertlab.contracts import ObjectiveOutput, Params
+from mertlab.contracts import ObjectiveOutput
 from mertlab.hookspecs import hookimpl
 from mertlab.toolkit.masked_loss import MaskedObjective, MaskedObjectiveParams
-
-
-class L1Params(Params):
-    layer: int = Field(-1, description="Hidden state the head reads.")
 
 
 class MaskedL1(MaskedObjective):
@@ -82,12 +77,11 @@ class IntegerMetric(MaskedL1):
         return ObjectiveOutput(result.loss, {"masked_frames": mask.sum()})
 
 
-class OneVocabulary(MaskedObjective):
+class OneVocabulary(MaskedL1):
     """Classifies every codebook with a head sized for the first codebook's vocabulary."""
 
     name = "one_vocabulary"
     summary = "one head size for all codebooks"
-    Params = MaskedObjectiveParams
     accepts = ("discrete",)
 
     def __init__(self, params, *, hidden_dim, num_layers, target_info):

@@ -51,9 +51,7 @@ class EnergyCodes(LogEnergy):
         return ((energy + 12) / 12 * 8).floor().clamp(0, 7).long()
 
 
-class OnsetLevelsParams(Params):
-    sample_rate: int = Field(24000, gt=0, description="Sample rate (Hz).")
-    hop_length: int = Field(320, gt=0, description="Samples between frames.")
+class OnsetLevelsParams(FrameParams):
     levels: int = Field(8, ge=2, description="Quantisation steps of the onset strength: the vocabulary size.")
 
 

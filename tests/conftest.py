@@ -69,6 +69,23 @@ def toy_registry(monkeypatch):
 
 
 @pytest.fixture
+def registry_with(monkeypatch):
+    """``registry_with(module, source)``: the built-ins plus the plugin ``module`` registered as
+    ``source`` (a :class:`PluginSource`), installed as the process-wide registry (the CLI sees it)."""
+    import mertlab.plugin_system.registry as registry_module
+    from mertlab.plugin_system.plugin_manager import create_plugin_manager
+
+    def make(module, source):
+        pm = create_plugin_manager(autoload=False)
+        pm.register_source(module, source)
+        registry = registry_module.Registry(pm)
+        monkeypatch.setattr(registry_module, "get_registry", lambda: registry)
+        return registry
+
+    return make
+
+
+@pytest.fixture
 def toy_spec() -> dict:
     import toy_plugins
 

@@ -9,8 +9,7 @@ from mlflow.tracking import MlflowClient
 
 import broken_objectives
 from mertlab.cli import main
-from mertlab.plugin_system.plugin_manager import PluginSource, create_plugin_manager
-from mertlab.plugin_system.registry import Registry
+from mertlab.plugin_system.plugin_manager import PluginSource
 from mertlab.testing import CHECKS, ContractViolation, run_check
 
 SOURCE = PluginSource("broken_objectives", "broken-objectives", "0.0.1")
@@ -18,15 +17,9 @@ LABEL = "(broken-objectives 0.0.1)"
 
 
 @pytest.fixture
-def broken_registry(monkeypatch):
+def broken_registry(registry_with):
     """The built-ins plus the broken objectives, as the process-wide registry (the CLI sees it)."""
-    import mertlab.plugin_system.registry as registry_module
-
-    pm = create_plugin_manager(autoload=False)
-    pm.register_source(broken_objectives, SOURCE)
-    registry = Registry(pm)
-    monkeypatch.setattr(registry_module, "get_registry", lambda: registry)
-    return registry
+    return registry_with(broken_objectives, SOURCE)
 
 
 @pytest.mark.parametrize("name", sorted(broken_objectives.BROKEN))
@@ -65,9 +58,8 @@ def test_training_step_stops_a_non_scalar_loss_with_one_line_and_tags_the_failed
     err = capsys.readouterr().err
     errors = [line for line in err.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "Traceback" not in err, err
-    assert errors[0].startswith(
-        f"error: objectives.flat: objective 'per_frame_loss' {LABEL}: loss must be a scalar tensor (shape ()), got shape (2, "
-    ), errors[0]
+    expected = f"error: objectives.flat: objective 'per_frame_loss' {LABEL}: loss must be a scalar tensor (shape ())"
+    assert errors[0].startswith(expected + ", got shape (2, "), errors[0]
     client = MlflowClient(tracking_uri)
     (run,) = client.search_runs([client.get_experiment_by_name("broken-objective").experiment_id])
     assert run.info.status == "FAILED" and run.data.tags["mertlab.error"] == errors[0].removeprefix("error: ")

@@ -147,7 +147,10 @@ def test_cli_disable_plugin_option_and_a_broken_plugin_never_block_other_command
     assert "not loaded: plugin 'summary_none_mod'" not in capsys.readouterr().out  # a warning, on stderr
     assert main(["--disable-plugin", "acme-teachers", "plugins", "acme"]) == 0
     out = capsys.readouterr().out
-    assert "no component matches 'acme'" in out and "not loaded: plugin 'acme_teacher_mod' (acme-teachers 1.0): disabled" in out
+    assert (
+        "no component matches 'acme'" in out
+        and "not loaded: plugin 'acme_teacher_mod' (acme-teachers 1.0): disabled" in out
+    )
     assert main(["plugins", "acme"]) == 0  # the option applied to that command only
     assert "acme-teachers" in capsys.readouterr().out
     assert main(["--disable-plugin=acme_teacher_mod", "check-plugin", "acme"]) == 1

@@ -20,15 +20,9 @@ CASES = sorted(broken_teachers.OUTPUT_BROKEN.items())
 
 
 @pytest.fixture
-def broken_registry(monkeypatch):
+def broken_registry(registry_with):
     """The built-ins plus the broken teachers, as the process-wide registry (the CLI sees it)."""
-    import mertlab.plugin_system.registry as registry_module
-
-    pm = create_plugin_manager(autoload=False)
-    pm.register_source(broken_teachers, SOURCE)
-    registry = Registry(pm)
-    monkeypatch.setattr(registry_module, "get_registry", lambda: registry)
-    return registry
+    return registry_with(broken_teachers, SOURCE)
 
 
 def spec_for(teacher: str, demo_dir, tmp_path, tracking_uri, write_yaml, **data):
