@@ -116,7 +116,7 @@ def bench_step(repeats: int, quick: bool) -> None:
 
     def our_step() -> None:
         out = ours(x)
-        loss = (out.recon - x).abs().mean() + settings.codebook_weight * out.codebook
+        loss = out.residual.abs().mean() + settings.codebook_weight * out.codebook
         loss = loss + settings.commitment_weight * out.commitment
         ours_optim.zero_grad(set_to_none=True)
         loss.backward()

@@ -46,10 +46,12 @@ _CHUNK = 16384
 
 @dataclass
 class RVQOutput:
-    """``recon`` ``[N, D]``; ``codes`` ``[N, C]``; ``latents``: per stage ``[N, d]`` projections;
-    ``commitment`` / ``codebook``: the two VQ loss terms, summed over stages."""
+    """``recon`` ``[N, D]``; ``residual`` ``[N, D]``: ``x - recon``, what the stages left;
+    ``codes`` ``[N, C]``; ``latents``: per stage ``[N, d]`` projections; ``commitment`` /
+    ``codebook``: the two VQ loss terms, summed over stages."""
 
     recon: Tensor
+    residual: Tensor
     codes: Tensor
     latents: list[Tensor]
     commitment: Tensor
@@ -83,11 +85,12 @@ class ResidualLinearVQ(nn.Module):
             q = self.codebooks[stage][index]
             commitment = commitment + F.mse_loss(z, q.detach())
             codebook = codebook + F.mse_loss(q, z.detach())
-            residual = residual - self.out_proj[stage](z + (q - z).detach())
+            out = self.out_proj[stage]  # residual - out(q): one fused GEMM (no [N, D] temporary)
+            residual = torch.addmm(residual - out.bias, z + (q - z).detach(), out.weight.T, alpha=-1)
             codes.append(index)
             latents.append(z)
         # the stages' outputs sum to x - residual: one subtraction instead of a running sum
-        return RVQOutput(x - residual, torch.stack(codes, 1), latents, commitment, codebook)
+        return RVQOutput(x - residual, residual, torch.stack(codes, 1), latents, commitment, codebook)
 
     @torch.no_grad()
     def encode(self, x: Tensor) -> Tensor:
@@ -163,7 +166,7 @@ def fit_rvq(
     for _ in bar:
         batch = x[_draw(len(x), min(len(x), settings.batch_size), generator, x.device)]
         out = rvq(batch)
-        recon = (out.recon - batch).abs().mean()
+        recon = out.residual.abs().mean()  # |x - recon|
         loss = recon + settings.codebook_weight * out.codebook + settings.commitment_weight * out.commitment
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
