@@ -2,13 +2,13 @@
 tokenizer training step against MuQ's own residual VQ.
 
 * **fit**: the ``melrvq`` teacher with its defaults (MuQ's sizes: 128-bin mel, 4 frames stacked at
-  25 Hz, 8 codebooks x 1024 codes x 16 dims; 2000 steps of 4096 frames), fitted as `mertlab
+  25 Hz, 8 codebooks x 1024 codes x 16 dims; 2000 steps of 1024 frames), fitted as `mertlab
   teachers fit` fits it on the quickstart's data set (``mertlab demo-data``'s 40 clips x 6 s, the
   validation files held out; written to a temporary folder): passes of random 2 s crops until
   ``max_fit_frames`` (at most 20 passes), then the fit. Prints the wall time of each part and what
   the fit reports: the frames, the L1 reconstruction error and each codebook's perplexity.
 * **step**: one optimisation step (forward, backward, Adam, dead-code restarts) on a batch of
-  4096 standardised frames of 512 dims with the same sizes, ours (``mertlab.toolkit.rvq``) against
+  the default size (1024 frames of 512 dims) with the same sizes, ours (``mertlab.toolkit.rvq``) against
   MuQ's ``ResidualVectorQuantize`` (the ``muq`` package 0.1.0, ``src/muq/muq/modules/rvq.py``:
   weight-normalised 1x1 convolutions, the same losses and stale-code restarts; in the ``test``
   extra; its module is loaded from the installed distribution's file, which needs only torch, numpy
@@ -36,7 +36,7 @@ import torch
 
 from _timing import interleaved, parser, ratio_line, setup
 from mertlab.experiment.spec import load_spec
-from mertlab.plugins.teachers.melrvq import MelRVQTeacher
+from mertlab.plugins.teachers.melrvq import MelRVQParams, MelRVQTeacher
 from mertlab.teachers.fitting import fit_teachers
 from mertlab.toolkit.rvq import ResidualLinearVQ, RVQFitSettings, _restart_dead_codes
 
@@ -104,8 +104,12 @@ def bench_fit(quick: bool) -> None:
 
 def bench_step(repeats: int, quick: bool) -> None:
     """One tokenizer training step, ours vs MuQ's ResidualVectorQuantize, same sizes and data."""
-    n_codebooks, size, dim, batch, width = (2, 64, 16, 256, 64) if quick else (8, 1024, 16, 4096, 512)
-    settings = RVQFitSettings(batch_size=batch)
+    p = MelRVQParams()
+    width = p.n_mels * p.stack_frames
+    n_codebooks, size, dim, batch, width = (
+        (2, 64, 16, 256, 64) if quick else (p.n_codebooks, p.codebook_size, p.codebook_dim, p.batch_size, width)
+    )
+    settings = RVQFitSettings(batch_size=batch, lr=p.lr, dead_code_steps=p.dead_code_steps)
     g = torch.Generator().manual_seed(0)
     x = torch.randn(batch, width, generator=g)
     ours = ResidualLinearVQ(width, n_codebooks, size, dim)

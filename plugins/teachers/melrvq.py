@@ -66,7 +66,12 @@ class MelRVQParams(Params):
     )
     seed: int = Field(0, description="Seed of the initial weights, the codebook initialisation and batch sampling.")
     steps: int = Field(2000, ge=1, description="Optimisation steps of the fit (mertlab choice; MuQ does not state it).")
-    batch_size: int = Field(4096, ge=1, description="Frames per fitting step (mertlab choice).")
+    batch_size: int = Field(
+        1024,
+        ge=1,
+        description="Frames per fitting step (mertlab choice: on the quickstart data 1024, 2048 and 4096 reach the "
+        "same held-out reconstruction error in 2000 steps).",
+    )
     lr: float = Field(1e-3, gt=0, description="Adam learning rate of the fit (mertlab choice).")
     commitment_weight: float = Field(
         0.25, ge=0, description="Weight of the commitment term ||z - sg(e)||^2 (MuQ's code: 0.25)."
@@ -80,7 +85,10 @@ class MelRVQParams(Params):
         description="A code unused for this many consecutive steps is restarted on a random frame (MuQ's code: 100).",
     )
     max_fit_frames: int = Field(
-        200_000, ge=2, description="fit() trains on at most this many frames: the first ones its batches yield."
+        200_000,
+        ge=2,
+        description="fit() trains on at most this many frames: the first ones its batches yield (`mertlab teachers "
+        "fit` draws them from random crops all over the training files, as many passes as they need, at most 20).",
     )
 
 
