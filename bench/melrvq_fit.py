@@ -15,7 +15,8 @@ tokenizer training step against MuQ's own residual VQ.
   and einops, where ``import muq`` would load MuQ-MuLan's text models too), interleaved, its
   "Replace N codes" prints silenced. RATIO = MuQ's step time / ours.
 
-    .venv/bin/python bench/melrvq_fit.py [--quick] [--repeats 5] [--threads 1] [--no-fit]
+    .venv/bin/python bench/melrvq_fit.py [--quick] [--repeats 5] [--threads 1] [--fit-threads N] [--no-fit]
+        [--compare-batches 1024,2048,4096]
 
 ``--quick``: a tiny tokenizer on 4 short clips (seconds; no meaningful numbers).
 """
@@ -25,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import io
+import os
 import subprocess
 import sys
 import tempfile
@@ -33,12 +35,13 @@ from importlib import metadata
 from pathlib import Path
 
 import torch
+from threadpoolctl import threadpool_limits
 
 from _timing import interleaved, parser, ratio_line, setup
 from mertlab.experiment.spec import load_spec
 from mertlab.plugins.teachers.melrvq import MelRVQParams, MelRVQTeacher
 from mertlab.teachers.fitting import fit_teachers
-from mertlab.toolkit.rvq import ResidualLinearVQ, RVQFitSettings, _restart_dead_codes
+from mertlab.toolkit.rvq import ResidualLinearVQ, RVQFitSettings, _restart_dead_codes, fit_rvq
 
 QUICK_PARAMS = {"n_mels": 32, "n_codebooks": 2, "codebook_size": 64, "steps": 20, "batch_size": 256}
 
@@ -51,6 +54,31 @@ def muq_rvq_module():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def quickstart_melrvq_spec(folder: Path, quick: bool, params: dict):
+    """experiments/quickstart.yaml with a melrvq teacher (``params`` on its defaults, or the
+    quick ones) on ``mertlab demo-data``'s default set (40 clips x 6 s) written to ``folder``."""
+    data = folder / "demo"
+    clips, seconds = ("4", "3") if quick else ("40", "6")
+    subprocess.run(
+        [sys.executable, "-m", "mertlab", "demo-data", str(data), "--clips", clips, "--seconds", seconds]
+        + ["--no-tasks", "--no-progress"],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+    params = {**(QUICK_PARAMS if quick else {}), **params}
+    return load_spec(
+        "experiments/quickstart.yaml",
+        [
+            f"data.path={data}",
+            "data.generate_demo=false",
+            "data.target_cache=null",
+            "probe=null",
+            f"teachers={{mel: {{name: melrvq, params: {params}}}}}",
+            "objectives={mel_pred: {name: linear_classification, teacher: mel}}",
+        ],
+    )
 
 
 def bench_fit(quick: bool) -> None:
@@ -66,26 +94,7 @@ def bench_fit(quick: bool) -> None:
 
     MelRVQTeacher.standardised_fit_frames = timed_collect
     with tempfile.TemporaryDirectory(prefix="mertlab-melrvq-") as tmp:
-        data = Path(tmp) / "demo"
-        clips, seconds = ("4", "3") if quick else ("40", "6")  # mertlab demo-data's default set
-        subprocess.run(
-            [sys.executable, "-m", "mertlab", "demo-data", str(data), "--clips", clips, "--seconds", seconds]
-            + ["--no-tasks", "--no-progress"],
-            check=True,
-            stdout=subprocess.DEVNULL,
-        )
-        params = {**(QUICK_PARAMS if quick else {}), "tokenizer": str(Path(tmp) / "tokenizer.safetensors")}
-        spec = load_spec(
-            "experiments/quickstart.yaml",
-            [
-                f"data.path={data}",
-                "data.generate_demo=false",
-                "data.target_cache=null",
-                "probe=null",
-                f"teachers={{mel: {{name: melrvq, params: {params}}}}}",
-                "objectives={mel_pred: {name: linear_classification, teacher: mel}}",
-            ],
-        )
+        spec = quickstart_melrvq_spec(Path(tmp), quick, {"tokenizer": str(Path(tmp) / "tokenizer.safetensors")})
         start = time.perf_counter()
         (fitted,) = fit_teachers(spec, progress=False)
         total = time.perf_counter() - start
@@ -153,14 +162,77 @@ def bench_step(repeats: int, quick: bool) -> None:
     ratio_line("Mel-RVQ step vs MuQ's ResidualVectorQuantize", t["ours"], t["muq"])
 
 
+def compare_batches(batch_sizes: list[int], quick: bool) -> None:
+    """The tokenizer fitted with each batch size (default steps) on the frames `teachers fit`
+    collects from the quickstart data; the L1 reconstruction error on the frames of the held-out
+    validation files (whole files) and each fit's time."""
+    from mertlab.data.audio import load_audio
+    from mertlab.data.datamodule import scan_dataset, split_files
+    from mertlab.teachers.fitting import crop_batches, fit_passes
+    from mertlab.toolkit.code_usage import codebook_perplexities
+    from mertlab.toolkit.frame_features import collect_frames, fit_statistics
+
+    with tempfile.TemporaryDirectory(prefix="mertlab-melrvq-") as tmp:
+        spec = quickstart_melrvq_spec(Path(tmp), quick, {})
+        teacher = MelRVQTeacher(MelRVQParams(**(QUICK_PARAMS if quick else {})))
+        files, held_out = split_files(scan_dataset(spec.data, teacher.sample_rate), spec.data.val_fraction)
+        batches = crop_batches(spec, files, teacher.sample_rate, fit_passes(teacher, files, spec.data.crop_seconds))
+        with torch.no_grad():
+            x = collect_frames(teacher.feature, batches, teacher.params.max_fit_frames, "cpu", "melrvq", False)
+            mean, std = fit_statistics(x)
+            held = []
+            for f in held_out:
+                wav = load_audio(f.path, teacher.sample_rate)
+                feats, lengths = teacher.feature(wav[None], torch.tensor([wav.numel()]))
+                held.append(feats[0, : lengths[0]])
+        x, held = (x - mean) / std, (torch.cat(held) - mean) / std
+    p = teacher.params
+    print(f"\n## batch size: {len(x)} fitting frames, {len(held)} held-out frames ({len(held_out)} validation files)")
+    for batch in batch_sizes:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(p.seed)
+            rvq = ResidualLinearVQ(x.shape[1], p.n_codebooks, p.codebook_size, p.codebook_dim)
+        settings = RVQFitSettings(
+            steps=p.steps, batch_size=batch, lr=p.lr, dead_code_steps=p.dead_code_steps, seed=p.seed
+        )
+        start = time.perf_counter()
+        with torch.enable_grad():
+            fit_rvq(rvq, x, settings, progress=False)
+        seconds = time.perf_counter() - start
+        with torch.no_grad():
+            codes = rvq.encode(held)
+            error = float((rvq.decode(codes) - held).abs().mean())
+        perplexity = codebook_perplexities(rvq.encode(x[:50_000]), [p.codebook_size] * p.n_codebooks)
+        print(
+            f"batch {batch}: {p.steps} steps in {seconds:.0f} s, held-out L1 {error:.4f}, "
+            f"perplexity per codebook {', '.join(f'{v:.0f}' for v in perplexity)}"
+        )
+
+
 def main() -> None:
     p = parser(__doc__)
     p.add_argument("--no-fit", action="store_true", help="Only the step comparison.")
+    p.add_argument(
+        "--fit-threads",
+        type=int,
+        default=os.cpu_count(),
+        help="Threads of the `teachers fit` part (default: every CPU, as `mertlab teachers fit` runs).",
+    )
+    p.add_argument(
+        "--compare-batches",
+        metavar="SIZES",
+        help="Also fit with each of these batch sizes (e.g. 1024,2048,4096) and print the held-out error.",
+    )
     args = p.parse_args()
     setup(args)
     bench_step(args.repeats, args.quick)
     if not args.no_fit:
-        bench_fit(args.quick)
+        with threadpool_limits(args.fit_threads):
+            torch.set_num_threads(args.fit_threads)
+            print(f"\n# teachers fit with {args.fit_threads} thread(s)")
+            bench_fit(args.quick)
+            if args.compare_batches:
+                compare_batches([int(b) for b in args.compare_batches.split(",")], args.quick)
 
 
 if __name__ == "__main__":
