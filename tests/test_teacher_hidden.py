@@ -180,6 +180,14 @@ def test_conv_frontends_give_their_real_frame_count_through_the_boundary(tmp_pat
     aligned = align_targets(out, student.frame_rate, frames, student.frame_lengths(lengths))
     assert aligned.lengths.tolist() == out.lengths.tolist() and frames == 150
     torch.testing.assert_close(aligned.values[0, :144], out.values[0, :144])
+    # k-means units of the same layer count frames the same way
+    units = get_registry().build(
+        "teacher", "kmeans", {"feature": "hidden", "checkpoint": str(path), "layer": 2, "n_clusters": 4, "n_iter": 5}
+    )
+    assert units.info.receptive_field == teacher.info.receptive_field
+    units.fit([(wav, lengths)], progress=False)
+    codes = check_targets(units, units.targets(wav, lengths), wav.shape[1], lengths)
+    assert codes.lengths.tolist() == out.lengths.tolist()
 
 
 def test_validate_checks_layer_and_top_k_against_the_checkpoint_without_building_it(

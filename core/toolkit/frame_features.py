@@ -160,6 +160,13 @@ class FrameFeature(nn.Module, ABC):
     @abstractmethod
     def frame_rate(self) -> float: ...
 
+    @property
+    def receptive_field(self) -> float:
+        """Seconds of audio a frame reads past its start when frames need a whole window inside
+        the clip (:attr:`mertlab.contracts.TargetInfo.receptive_field`); 0 for features that pad
+        the clip's end."""
+        return 0.0
+
     @abstractmethod
     def forward(self, wav: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]: ...
 
