@@ -25,11 +25,13 @@ blocked GEMM + argmin over the batch (:func:`mertlab.toolkit.kmeans.nearest_cent
 k-means teacher assigns), the initial k-means is Lloyd's (a full-data GEMM per iteration, no
 sequential k-means++ seeding over 1024 codes) and the dead-code bookkeeping of all codebooks is
 one histogram. The stages themselves are sequential by definition (each quantises what the
-previous ones left).
+previous ones left). On CPU the fit runs torch on one thread (see :func:`fit_rvq`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -42,6 +44,8 @@ from mertlab.toolkit.kmeans import lloyd_kmeans, nearest_centroid
 
 # Rows per assignment block: bounds the [rows, codebook_size] similarity matrix.
 _CHUNK = 16384
+#: The initial k-means of each codebook runs on this many frames per code (at least).
+INIT_ROWS_PER_CODE = 16
 
 
 @dataclass
@@ -157,25 +161,43 @@ def fit_rvq(
     if not bool(torch.isfinite(x).all()):
         raise MertlabError(f"{desc}: fitting frames contain NaN or inf")
     generator = torch.Generator().manual_seed(settings.seed)
-    rvq.train()
-    rvq.init_codebooks(x[_draw(len(x), min(len(x), 4 * settings.batch_size), generator, x.device)], generator)
-    optimizer = torch.optim.Adam(rvq.parameters(), lr=settings.lr)
-    stale = torch.zeros(rvq.n_codebooks, rvq.codebook_size, device=x.device)
     history: list[float] = []
-    bar = tqdm(range(settings.steps), desc=desc, unit="step", disable=not progress, leave=False)
-    for _ in bar:
-        batch = x[_draw(len(x), min(len(x), settings.batch_size), generator, x.device)]
-        out = rvq(batch)
-        recon = out.residual.abs().mean()  # |x - recon|
-        loss = recon + settings.codebook_weight * out.codebook + settings.commitment_weight * out.commitment
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        _restart_dead_codes(rvq, out, stale, settings.dead_code_steps, generator)
-        history.append(float(recon.detach()))
-        bar.set_postfix(recon=f"{history[-1]:.4f}")
-    rvq.eval()
+    with _one_thread_on_cpu(x.device):
+        rvq.train()
+        init_rows = min(len(x), max(4 * settings.batch_size, INIT_ROWS_PER_CODE * rvq.codebook_size))
+        rvq.init_codebooks(x[_draw(len(x), init_rows, generator, x.device)], generator)
+        optimizer = torch.optim.Adam(rvq.parameters(), lr=settings.lr)
+        stale = torch.zeros(rvq.n_codebooks, rvq.codebook_size, device=x.device)
+        bar = tqdm(range(settings.steps), desc=desc, unit="step", disable=not progress, leave=False)
+        for _ in bar:
+            batch = x[_draw(len(x), min(len(x), settings.batch_size), generator, x.device)]
+            out = rvq(batch)
+            recon = out.residual.abs().mean()  # |x - recon|
+            loss = recon + settings.codebook_weight * out.codebook + settings.commitment_weight * out.commitment
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            _restart_dead_codes(rvq, out, stale, settings.dead_code_steps, generator)
+            history.append(float(recon.detach()))
+            bar.set_postfix(recon=f"{history[-1]:.4f}")
+        rvq.eval()
     return history
+
+
+@contextmanager
+def _one_thread_on_cpu(device: torch.device) -> Iterator[None]:
+    """On CPU, torch on one thread while inside: the fit's operations are small ([batch, 512] x
+    [512, 16]...), a second thread gains little on them, and on a shared machine every
+    multi-threaded region stalls whenever another process holds a core (bench/README.md)."""
+    if device.type != "cpu":
+        yield
+        return
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 @torch.no_grad()
