@@ -211,7 +211,7 @@ def compare_batches(batch_sizes: list[int], quick: bool) -> None:
 
 def main() -> None:
     p = parser(__doc__)
-    p.add_argument("--no-fit", action="store_true", help="Only the step comparison.")
+    p.add_argument("--no-fit", action="store_true", help="Leave out the `teachers fit` part.")
     p.add_argument(
         "--fit-threads",
         type=int,
@@ -226,13 +226,13 @@ def main() -> None:
     args = p.parse_args()
     setup(args)
     bench_step(args.repeats, args.quick)
-    if not args.no_fit:
-        with threadpool_limits(args.fit_threads):
-            torch.set_num_threads(args.fit_threads)
-            print(f"\n# teachers fit with {args.fit_threads} thread(s)")
+    with threadpool_limits(args.fit_threads):
+        torch.set_num_threads(args.fit_threads)
+        print(f"\n# teachers fit with {args.fit_threads} thread(s)")
+        if not args.no_fit:
             bench_fit(args.quick)
-            if args.compare_batches:
-                compare_batches([int(b) for b in args.compare_batches.split(",")], args.quick)
+        if args.compare_batches:
+            compare_batches([int(b) for b in args.compare_batches.split(",")], args.quick)
 
 
 if __name__ == "__main__":
