@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.mertlab-installed
 
-.PHONY: install quickstart test test-all docs clean-venv browser
+.PHONY: install quickstart test test-all docs gpu-check clean-venv browser system-deps dev-data dev-data-ci dev-data-packages
 
 install: $(STAMP)
 
@@ -21,8 +21,8 @@ $(STAMP): pyproject.toml constraints.txt
 quickstart: install
 	$(BIN)/mertlab train experiments/quickstart.yaml
 
-test: install
-	$(BIN)/python -m pytest -q
+test: install system-deps
+	$(REQUIRE_SYSTEM_DEPS) $(BIN)/python -m pytest -q
 
 test-all: install
 	$(BIN)/python -m pytest -q -m "slow or not slow"
@@ -31,9 +31,46 @@ test-all: install
 docs: install
 	NO_MKDOCS_2_WARNING=1 $(BIN)/python -m mkdocs serve
 
+# On a CUDA machine: FSDP bf16 training with teachers on the fly + resume, the bf16 backbone step
+# vs HubertModel, the CQT teacher vs librosa, peak GPU memory, the GPU tests; one table, < 10 min
+# (bench/README.md). Without CUDA it says so in one line.
+gpu-check: install
+	$(BIN)/python bench/gpu_check.py
+
 clean-venv:
 	rm -rf $(VENV)
 
-# Debian's Chromium, for the real-browser check of the MLflow UI (tests/test_mlflow_ui.py, in `make test-all`).
+# Debian packages. `make test` first installs the ones its tests use (instant when installed): the
+# real-music dev set's recordings, soundfont and FluidSynth (docs/probing.md; the list is
+# mertlab.data.devset.sources.APT_PACKAGES) and Chromium for the real-browser test of the MLflow
+# UI. As root (or with passwordless sudo) a failed install stops `make test`, and the tests run
+# with MERTLAB_REQUIRE_SYSTEM_DEPS=1, so a missing package fails them (CI); without either it
+# warns and those tests skip.
+DEV_DATA_PACKAGES := asc-music drascula-music planetblupi-music-ogg nexuiz-music timgm6mb-soundfont libfluidsynth3
+SYSTEM_PACKAGES := chromium $(DEV_DATA_PACKAGES)
+SUDO := $(shell [ "$$(id -u)" = 0 ] && echo "" || (command -v sudo >/dev/null && sudo -n true 2>/dev/null && echo sudo) || echo none)
+REQUIRE_SYSTEM_DEPS := $(if $(filter none,$(SUDO)),,MERTLAB_REQUIRE_SYSTEM_DEPS=1)
+
+define apt_install
+	@missing=$$(for p in $(1); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$(SUDO)" = none ]; then echo "warning: Debian packages missing ($$missing) and no root or sudo: the tests that need them skip"; exit 0; fi; \
+	$(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing
+endef
+
+system-deps:
+	$(call apt_install,$(SYSTEM_PACKAGES))
+
 browser:
-	command -v chromium >/dev/null || (apt-get update && apt-get install -y chromium)
+	$(call apt_install,chromium)
+
+dev-data-packages:
+	$(call apt_install,$(DEV_DATA_PACKAGES))
+
+# The real-music development set (docs/probing.md): game soundtracks and a General MIDI soundfont.
+dev-data: install dev-data-packages
+	$(BIN)/mertlab dev-data data/dev
+
+# The small slice (a few minutes of recordings, ~250 clips per task) for CI's learning-signal test.
+dev-data-ci: install dev-data-packages
+	$(BIN)/mertlab dev-data data/dev-ci --size ci

@@ -171,10 +171,16 @@ def new_command(kind: str, name: str, directory: str | None) -> None:
 @click.argument("spec_path", metavar="SPEC")
 @OVERRIDE_OPTION
 def validate_command(spec_path: str, overrides: tuple[str, ...]) -> None:
-    """Validate SPEC (with overrides; and every sweep variant) and print the fully resolved spec as YAML."""
+    """Validate SPEC (with overrides; and every sweep variant) and print the fully resolved spec as YAML.
+
+    Also checks that trainer.output_dir can be written (creating nothing); data and the tracking
+    store are checked when training starts.
+    """
     from mertlab.experiment.spec import dump_spec, load_spec
+    from mertlab.toolkit.atomic import check_creatable
 
     spec = load_spec(spec_path, overrides)
+    check_creatable(spec.trainer.output_dir, "trainer.output_dir")
     if spec.sweep is not None:  # every variant must be valid too
         from mertlab.experiment.sweep import plan_sweep
 
@@ -210,8 +216,10 @@ def schema_command(kind: str | None, name: str | None) -> None:
     is_flag=False,
     flag_value="latest",
     default=None,
-    metavar="[CKPT]",
-    help="Continue the newest run of this spec (or the given checkpoint): same step, optimizer state and MLflow run.",
+    metavar="[CKPT|auto]",
+    help="Continue the newest run of this spec (or the given checkpoint): same step, optimizer state and MLflow run. "
+    "`--resume auto`: the same when the spec has a checkpoint, else start fresh (one command for the first "
+    "submission and every requeue of a cluster job).",
 )
 @click.option("--no-progress", is_flag=True, help="No progress bar (e.g. in batch jobs).")
 @click.option(
@@ -241,23 +249,25 @@ def train_command(
     profile: int | None,
 ) -> None:
     """Pre-train the model described by SPEC; metrics go to MLflow."""
+    from mertlab.experiment.mlflow_ui import LinkTarget, ui_lines
     from mertlab.experiment.spec import load_spec
-    from mertlab.experiment.tracking import ui_command
     from mertlab.train.run import train
 
     if (parent_run_id is None) != (variant is None):
         raise click.UsageError("--parent-run-id and --variant go together")
     if parent_run_id is not None:
-        if resume is not None:
-            raise click.UsageError("sweep children resume by themselves: drop --resume")
+        if resume not in (None, "auto"):
+            raise click.UsageError("sweep children resume by themselves (--resume auto): drop --resume")
         if profile is not None:
             raise click.UsageError("--profile is for single runs: drop it for sweep children")
         from mertlab.experiment.sweep import run_child
 
         outcome = run_child(spec_path, list(overrides), parent_run_id, variant, progress=not no_progress)
-        click.echo(
-            f"variant '{variant}': {outcome.status}{' (' + outcome.message + ')' if outcome.message else ''}, run {outcome.run_id}"
-        )
+        if outcome.lead:  # the other processes of a distributed child stay quiet
+            click.echo(
+                f"variant '{variant}': {outcome.status}"
+                f"{' (' + outcome.message + ')' if outcome.message else ''}, run {outcome.run_id}"
+            )
         return
     spec = load_spec(spec_path, overrides)
     result = train(
@@ -280,8 +290,7 @@ def train_command(
             else ""
         )
         + f"  metrics: {result.tracking_uri}\n"
-        f"  checkpoints: {result.checkpoint_dir}\n"
-        f"  open the UI: {ui_command(result.tracking_uri)}  (then http://localhost:5000)"
+        f"  checkpoints: {result.checkpoint_dir}"
     )
     if spec.probe is not None:
         from mertlab.probe.experiment import probe_spec_tasks
@@ -293,17 +302,19 @@ def train_command(
                 f"\nprobe: section skipped: {last} is sharded (fsdp); consolidate it into one file "
                 f"(python -m lightning.pytorch.utilities.consolidate_checkpoint {last}), then `mertlab probe` it"
             )
-            return
-        click.echo(f"\nprobing the final checkpoint on {len(spec.probe.tasks)} task(s) (probe: section)")
-        results = probe_spec_tasks(
-            spec.probe,
-            result.checkpoint_dir / "last.ckpt",
-            result.run_id,
-            result.tracking_uri,
-            progress=not no_progress,
-            echo=click.echo,
-        )
-        echo_probe_results(results)
+        else:
+            click.echo(f"\nprobing the final checkpoint on {len(spec.probe.tasks)} task(s) (probe: section)")
+            results = probe_spec_tasks(
+                spec.probe,
+                result.checkpoint_dir / "last.ckpt",
+                result.run_id,
+                result.tracking_uri,
+                progress=not no_progress,
+                echo=click.echo,
+            )
+            echo_probe_results(results)
+    targets = [LinkTarget("this run", result.run_id), LinkTarget("its experiment's runs")]
+    click.echo("\n" + "\n".join(ui_lines(result.tracking_uri, targets)))
 
 
 def echo_probe_results(results: list[Any]) -> None:
@@ -367,8 +378,8 @@ def sweep_command(
     Overrides apply to every variant. All variants are validated before the first starts;
     re-running skips finished children and resumes unfinished ones.
     """
+    from mertlab.experiment.mlflow_ui import LinkTarget, ui_lines
     from mertlab.experiment.sweep import run_sweep
-    from mertlab.experiment.tracking import ui_command
 
     if launcher == "slurm" and not dry_run:
         raise click.UsageError("--launcher slurm writes a job for the scheduler: add --dry-run")
@@ -380,18 +391,20 @@ def sweep_command(
             path = write_sbatch(result, sbatch_path or f"{result.plan.name}.sbatch")
             click.echo(f"SLURM array job of {len(result.pending)} children written to {path}; submit: sbatch {path}")
         return
+    parent = LinkTarget("the parent run", result.parent_run_id)
     if not no_compare:
-        from mertlab.experiment.compare import compare, to_text
+        from mertlab.experiment.compare import ARTIFACT_DIR, MARKDOWN_FILE, compare, to_text
 
         report = compare(result.parent_run_id, result.tracking_uri)
         click.echo("\n" + to_text(report.comparison))
         click.echo(
             f"\ncomparison table and plots logged to the parent run ({', '.join(report.files)} under artifacts/compare)"
         )
+        parent = LinkTarget("the comparison", result.parent_run_id, f"{ARTIFACT_DIR}/{MARKDOWN_FILE}")
+    targets = [LinkTarget("the sweep's runs"), parent]
     click.echo(
         f"parent run {result.parent_run_id} (experiment '{result.experiment}')\n"
-        f"  compare: mertlab compare {result.parent_run_id}\n"
-        f"  open the UI: {ui_command(result.tracking_uri)}  (then http://localhost:5000)"
+        f"  compare: mertlab compare {result.parent_run_id}\n" + "\n".join(ui_lines(result.tracking_uri, targets))
     )
     if result.failed:
         raise MertlabError(
@@ -426,7 +439,8 @@ def compare_command(
     """Compare the child runs of a sweep (a parent run id, or an experiment: its newest sweep)."""
     import re
 
-    from mertlab.experiment.compare import load_comparison, to_text, write_comparison
+    from mertlab.experiment.compare import ARTIFACT_DIR, MARKDOWN_FILE, load_comparison, to_text, write_comparison
+    from mertlab.experiment.mlflow_ui import LinkTarget, ui_lines
 
     comparison = load_comparison(target, tracking_uri, metrics)
     if out_dir is None:
@@ -439,6 +453,11 @@ def compare_command(
     click.echo(f"\nwrote {', '.join(result.files)} to {result.out_dir}")
     if result.logged_to:
         click.echo(f"logged them to parent run {result.logged_to} (artifacts/compare)")
+        targets = [
+            LinkTarget("the sweep's runs"),
+            LinkTarget("the comparison", result.logged_to, f"{ARTIFACT_DIR}/{MARKDOWN_FILE}"),
+        ]
+        click.echo("\n".join(ui_lines(comparison.tracking_uri, targets)))
 
 
 def _raise_keyboard_interrupt(signum: int, frame: object) -> None:
@@ -468,10 +487,23 @@ def _stop_process_group(process: subprocess.Popen[bytes], grace_s: float = 20.0)
 )
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0: every interface).")
 @click.option("--port", default=5000, show_default=True, type=click.IntRange(1, 65535), help="Port to listen on.")
-def ui_cli_command(tracking_uri: str | None, host: str, port: int) -> None:
-    """Start the MLflow UI on mertlab's tracking store and print its URL (Ctrl-C stops it)."""
+@click.option(
+    "--experiment",
+    "experiment_name",
+    metavar="NAME",
+    help="Experiment to link to [default: the one with the newest run].",
+)
+@click.option("--open", "open_browser", is_flag=True, help="Open the link in a web browser once the UI answers.")
+def ui_cli_command(
+    tracking_uri: str | None, host: str, port: int, experiment_name: str | None, open_browser: bool
+) -> None:
+    """Start the MLflow UI on mertlab's tracking store and print a link to an experiment's runs
+    (Ctrl-C stops it)."""
     import subprocess
 
+    from mlflow.tracking import MlflowClient
+
+    from mertlab.experiment.mlflow_ui import newest_experiment, open_when_up, refresh_comparison_view_safely, ui_link
     from mertlab.experiment.tracking import default_tracking_uri, ui_argv
 
     uri = tracking_uri or default_tracking_uri()
@@ -480,11 +512,27 @@ def ui_cli_command(tracking_uri: str | None, host: str, port: int) -> None:
             f"--tracking-uri: no MLflow store at {uri[len('sqlite:///') :]} (run `mertlab train SPEC` first, "
             "or run this command in the folder you trained from)"
         )
+    client = MlflowClient(uri)
+    experiment = newest_experiment(client, experiment_name)
+    if experiment is None and experiment_name is not None:
+        names = ", ".join(sorted(e.name for e in client.search_experiments(max_results=1000)))
+        raise MertlabError(f"--experiment: no experiment '{experiment_name}' in {uri} (it has: {names or 'none'})")
     shown = "localhost" if host in ("127.0.0.1", "0.0.0.0") else host
-    click.echo(f"MLflow UI for {uri}: http://{shown}:{port}  (Ctrl-C to stop)")
+    base = f"http://{shown}:{port}"
+    click.echo(f"MLflow UI for {uri}: {base}  (Ctrl-C to stop)")
+    if experiment is not None:
+        view = refresh_comparison_view_safely(client, experiment.experiment_id)
+        link = ui_link(base, experiment.experiment_id, view=view)
+        click.echo(f"  experiment '{experiment.name}': {link}")
+    else:
+        link = ui_link(base)
+        click.echo(f"  experiments: {link}")
     # The server runs in a new process session (MLflow 3 starts workers, a job runner and a task
     # consumer that hold the sqlite store); stopping mertlab -- Ctrl-C or SIGTERM -- stops all of it.
     process = subprocess.Popen(ui_argv(uri, host, port), start_new_session=True)
+    if open_browser:
+        local = f"http://{'127.0.0.1' if host == '0.0.0.0' else host}:{port}"
+        open_when_up(link, f"{local}/health", process)
     previous = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     try:
         process.wait()
@@ -495,6 +543,36 @@ def ui_cli_command(tracking_uri: str | None, host: str, port: int) -> None:
         code = _stop_process_group(process)  # the server and what it started (or left behind)
     if code not in (0, -2, -15, 130):
         raise MertlabError(f"the MLflow UI exited with status {code} (is port {port} in use? try --port)")
+
+
+@cli.group("tracking")
+def tracking_group() -> None:
+    """MLflow tracking tasks."""
+
+
+@tracking_group.command("replay")
+@click.argument("run_dir", metavar="RUN_DIR")
+@click.option(
+    "--tracking-uri", default=None, help="MLflow store to send to (default: the one the file names, the run's own)."
+)
+@click.option("--timeout", default=30.0, show_default=True, help="Seconds to wait for the store to answer.")
+def tracking_replay_command(run_dir: str, tracking_uri: str | None, timeout: float) -> None:
+    """Send a run's unsent_metrics.jsonl (written when its store was down at the end) and set the
+    run's final status.
+
+    RUN_DIR is the run's folder (<output_dir>/<name>/<run id>) or the file. Values the store
+    already holds at a step are not sent again, so replaying twice changes nothing; the file is
+    renamed unsent_metrics.replayed.jsonl once everything is sent.
+    """
+    from mertlab.experiment.replay import replay
+
+    summary = replay(run_dir, tracking_uri, timeout)
+    for run in summary.runs:
+        status = f", status {run.status}" if run.status else ""
+        click.echo(
+            f"run {run.run_id}: {run.sent} metric values sent ({run.already_there} already in the store), "
+            f"{len(run.tags)} tags{status} -> {summary.tracking_uri}"
+        )
 
 
 @cli.group("teachers")
@@ -641,6 +719,37 @@ def demo_data_command(directory: str, clips: int, seconds: float, seed: int, tas
         click.echo("probe tasks: " + ", ".join(str(p) for p in written.values()))
 
 
+@cli.command("dev-data")
+@click.argument("directory", default="data/dev")
+@click.option(
+    "--size",
+    type=click.Choice(["full", "ci"]),
+    default="full",
+    show_default=True,
+    help="full: ~2.3 h of recordings and 1,200-1,440 clips per task; ci: ~6 min and ~250 clips per task.",
+)
+@click.option("--seed", default=0, show_default=True, help="Seed of the generated probe-task clips.")
+@click.option("--no-progress", is_flag=True, help="No progress bars.")
+def dev_data_command(directory: str, size: str, seed: int, no_progress: bool) -> None:
+    """Build the real-music development set in DIRECTORY from Debian packages (install them
+    with `make dev-data-packages`): game soundtracks cut into 10 s pieces for pre-training
+    (DIRECTORY/recordings) and probe tasks rendered with FluidSynth and a sampled General MIDI
+    soundfont (DIRECTORY/tasks/{pitch,instrument,chord,key,tempo}.csv), with a README stating
+    each package's licence. Re-running finishes an interrupted build."""
+    import time
+
+    from mertlab.data.devset.build import build_dev_set
+
+    started = time.monotonic()
+    summary = build_dev_set(directory, size, seed, progress=not no_progress)
+    pieces = sum(s.pieces for s in summary.recordings)
+    click.echo(f"recordings: {pieces} pieces, {summary.recording_seconds / 3600:.2f} h in {directory}/recordings")
+    for task in summary.tasks:
+        splits = "/".join(str(task.splits[s]) for s in ("train", "valid", "test"))
+        click.echo(f"task {task.name}: {task.clips} clips (train/valid/test {splits}) -> {task.csv}")
+    click.echo(f"README: {directory}/README.md ({time.monotonic() - started:.0f} s)")
+
+
 @cli.group("data")
 def data_group() -> None:
     """Data set tasks: shards for streaming (local or object store)."""
@@ -732,14 +841,23 @@ def targets_build_command(spec_path: str, overrides: tuple[str, ...], device: st
     Files already cached for a teacher's current params are skipped, so an interrupted build
     resumes where it stopped and changing one teacher recomputes only that teacher.
     """
+    from mertlab.data.skipped import SkippedFiles
     from mertlab.experiment.spec import load_spec
     from mertlab.teachers.target_cache import build_targets
 
     spec = load_spec(spec_path, overrides)
-    for s in build_targets(spec, device=device, progress=not no_progress):
+    skipped = SkippedFiles()
+    for s in build_targets(spec, device=device, progress=not no_progress, skipped=skipped):
         repaired = f" (of which {len(s.repaired)} replaced damaged entries)" if s.repaired else ""
+        bad = f", {len(s.bad)} unusable" if s.bad else ""
         click.echo(
-            f"teachers.{s.alias} ({s.teacher}): {s.computed} files computed{repaired}, {s.skipped} already cached -> {s.folder}"
+            f"teachers.{s.alias} ({s.teacher}): {s.computed} files computed{repaired}, {s.skipped} already cached"
+            f"{bad} -> {s.folder}"
+        )
+    if skipped:
+        click.echo(
+            f"skipped {len(skipped)} unusable audio files (each named in the log with the reason); training skips "
+            "and counts them too"
         )
 
 
@@ -952,6 +1070,13 @@ def _with_options(options: tuple) -> Any:
 )
 @click.option("--seed", default=0, show_default=True, help="Seed of the probes (and of the random-init backbone).")
 @click.option(
+    "--seeds",
+    default=1,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Refit every probe with seeds SEED..SEED+N-1 and report the spread of the best probe's test score.",
+)
+@click.option(
     "--run-id",
     default=None,
     help="MLflow run to log to (default: the run that trained CKPT; for hf:DIR a run named after DIR).",
@@ -985,6 +1110,7 @@ def probe_command(
     patience: int | None,
     max_epochs: int | None,
     seed: int,
+    seeds: int,
     run_id: str | None,
     tracking_uri: str | None,
     experiment: str,
@@ -1006,10 +1132,11 @@ def probe_command(
     learnable weighted sum of layers; the best (by valid) gives probe/<task>/<metric> on the
     test split, logged to the checkpoint's MLflow run. Features are cached on disk.
     """
+    from mertlab.experiment.mlflow_ui import LinkTarget, ui_lines
     from mertlab.probe.baselines import parse_baselines
     from mertlab.probe.cache import DEFAULT_CACHE_DIR, FeatureCache
     from mertlab.probe.fit import ProbeParams
-    from mertlab.probe.run import log_probe, probe_run, report_dict, report_table, run_probe, summary_lines
+    from mertlab.probe.run import log_probe, probe_run, report_dict, report_table, run_probe, summary_lines, verdict
     from mertlab.probe.task import load_task
     from mertlab.toolkit.checkpoint import HF_PREFIX
 
@@ -1040,12 +1167,14 @@ def probe_command(
         progress=not no_progress,
         baselines=chosen_baselines,
         cache=cache,
+        seeds=seeds,
     )
     header, rows = report_table(outcome)
     click.echo(format_table(header, rows))
     click.echo("\n".join(summary_lines(outcome)))
     if cache.root is not None:
         click.echo(f"features: {cache.hits} from the cache, {cache.misses} extracted ({cache.root})")
+    click.echo(verdict(outcome))
     settings = {
         "checkpoint": str(checkpoint),
         "layers": layers,
@@ -1053,6 +1182,7 @@ def probe_command(
         "random_init": random_init,
         "baselines": chosen_baselines,
         "weighted": not no_weighted,
+        **({"seeds": seeds} if seeds > 1 else {}),
         **params.model_dump(),
     }
     if out:
@@ -1064,6 +1194,8 @@ def probe_command(
         return
     log_probe(outcome, run_id, tracking_uri, settings, step)
     click.echo(f"logged probe/{task.name}/... to MLflow run {run_id} ({tracking_uri})")
+    targets = [LinkTarget("the run", run_id), LinkTarget("its experiment's runs")]
+    click.echo("\n".join(ui_lines(tracking_uri, targets)))
 
 
 def format_table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:

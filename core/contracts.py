@@ -273,6 +273,25 @@ class Backbone(nn.Module, ABC):
     def num_frames(self, num_samples: int) -> int:
         """Frames produced for a clip of ``num_samples`` samples."""
 
+    @property
+    def min_samples(self) -> int:
+        """The shortest clip (samples) that gives one frame: the receptive field. Shorter audio
+        files are skipped when a data set is scanned. Default: found from :meth:`num_frames`
+        (which must not decrease with the length); override when it is known in closed form."""
+        high = 1
+        while self.num_frames(high) < 1:
+            if high > 1 << 40:
+                raise ValueError(f"backbone '{self.name}': num_frames is 0 for every length")
+            high *= 2
+        low = high // 2  # num_frames(low) < 1 <= num_frames(high), or high == 1
+        while high - low > 1:
+            middle = (low + high) // 2
+            if self.num_frames(middle) >= 1:
+                high = middle
+            else:
+                low = middle
+        return high
+
     @abstractmethod
     def forward(
         self,

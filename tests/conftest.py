@@ -18,6 +18,35 @@ sys.path.insert(0, str(Path(__file__).parent))
 REPO = Path(__file__).resolve().parents[1]
 
 
+def pytest_addoption(parser):
+    parser.addoption(
+        "--screenshots",
+        metavar="DIR",
+        default=None,
+        help="Where the real-browser tests keep their screenshots (default: a folder of pytest's "
+        "temporary directory, named at the end of the run). `--screenshots docs/img` renews the docs' ones.",
+    )
+
+
+@pytest.fixture(scope="module")
+def screenshot_dir(request, tmp_path_factory) -> Path:
+    """Folder of the real-browser tests' screenshots (``--screenshots DIR``), named in the summary."""
+    chosen = request.config.getoption("--screenshots")
+    folder = Path(chosen).resolve() if chosen else tmp_path_factory.mktemp("screenshots")
+    folder.mkdir(parents=True, exist_ok=True)
+    request.config.stash[_SCREENSHOTS] = folder
+    return folder
+
+
+_SCREENSHOTS = pytest.StashKey[Path]()
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    folder = config.stash.get(_SCREENSHOTS, None)
+    if folder is not None and any(folder.glob("*.png")):
+        terminalreporter.write_line(f"screenshots of the real-browser tests: {folder}")
+
+
 @pytest.fixture(autouse=True)
 def _fresh_registry():
     """Every test sees a registry built from the current environment (no cross-test leaks)."""
@@ -53,16 +82,15 @@ def one_thread():
     torch.set_num_threads(previous)
 
 
-@pytest.fixture
-def toy_registry(monkeypatch):
-    """The real registry plus the toy components of tests/toy_plugins.py, installed as the
-    process-wide registry (so the CLI sees it too)."""
+def install_registry_with(plugin_module, monkeypatch, source=None):
+    """The real registry plus the components of ``plugin_module`` (registered as ``source``, a
+    ``PluginSource``; default: a built-in of its module name), installed as the process-wide
+    registry (so the CLI sees it too)."""
     import mertlab.plugin_system.registry as registry_module
-    import toy_plugins
     from mertlab.plugin_system.plugin_manager import PluginSource, create_plugin_manager
 
     pm = create_plugin_manager(autoload=False)
-    pm.register_source(toy_plugins, PluginSource("toy_plugins"))
+    pm.register_source(plugin_module, source or PluginSource(plugin_module.__name__))
     registry = registry_module.Registry(pm)
     monkeypatch.setattr(registry_module, "get_registry", lambda: registry)
     return registry
@@ -72,17 +100,23 @@ def toy_registry(monkeypatch):
 def registry_with(monkeypatch):
     """``registry_with(module, source)``: the built-ins plus the plugin ``module`` registered as
     ``source`` (a :class:`PluginSource`), installed as the process-wide registry (the CLI sees it)."""
-    import mertlab.plugin_system.registry as registry_module
-    from mertlab.plugin_system.plugin_manager import create_plugin_manager
+    return lambda module, source: install_registry_with(module, monkeypatch, source)
 
-    def make(module, source):
-        pm = create_plugin_manager(autoload=False)
-        pm.register_source(module, source)
-        registry = registry_module.Registry(pm)
-        monkeypatch.setattr(registry_module, "get_registry", lambda: registry)
-        return registry
 
-    return make
+@pytest.fixture
+def toy_registry(monkeypatch):
+    """The real registry plus the toy components of tests/toy_plugins.py."""
+    import toy_plugins
+
+    return install_registry_with(toy_plugins, monkeypatch)
+
+
+@pytest.fixture
+def probes_registry(monkeypatch):
+    """The real registry plus the test callbacks of tests/dist_probes.py."""
+    import dist_probes
+
+    return install_registry_with(dist_probes, monkeypatch)
 
 
 @pytest.fixture

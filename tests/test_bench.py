@@ -41,6 +41,7 @@ def test_every_script_is_covered():
         "backbone_step.py",
         "conformer_step.py",
         "dataloader.py",
+        "gpu_check.py",
         "melrvq_fit.py",
         "mfu.py",
         "startup.py",

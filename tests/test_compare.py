@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import math
+import re
 import struct
 from contextlib import redirect_stdout
 from io import StringIO
@@ -16,7 +17,7 @@ from mlflow.tracking import MlflowClient
 from mertlab.cli import main
 from mertlab.data.demo import write_demo_dataset
 from mertlab.experiment import metric_names as M
-from mertlab.experiment.compare import load_comparison
+from mertlab.experiment.compare import Score, load_comparison, to_markdown, to_text, write_csv
 from mertlab.experiment.sweep import run_sweep
 from sweep_support import THREE_VARIANTS, tiny_sweep_spec, write_spec
 
@@ -116,7 +117,9 @@ def test_terminal_and_markdown_tables(sweep, compared):
         assert any(line.startswith(field + " ") for line in lines), field
     markdown = (out_dir / "comparison.md").read_text().splitlines()
     table = [line for line in markdown if line.startswith("|")]
-    assert len(table) == 2 + 3 and table[0].startswith("| variant | status | run_id |")
+    assert table[0] == "| variant | base | cqt_only | lr_high |" and table[1] == "|---|---|---|---|"
+    assert table[2].startswith("| status | FINISHED |") and table[3].startswith("| run_id | ")
+    assert any(row.startswith("| loss/total final | ") for row in table)
     assert parent in "\n".join(markdown)
 
 
@@ -173,10 +176,38 @@ def test_metric_patterns_and_probe_scores(sweep):
     assert comparison.metrics == [best, layer, "loss/total"]
     header, rows = comparison.records()
     assert "loss/cqt_recon final" not in header and M.SUMMARY_MAX_GRAD_NORM in header
-    values = {row[0]: dict(zip(header, row)) for row in rows}
-    assert values["lr_high"][f"{best} final"] == 0.6 and values["lr_high"][f"{best} best"] == 0.7
-    assert values["lr_high"][f"{layer} final"] == 0.3
-    assert values["base"][f"{best} final"] is None  # where present only
+    assert f"{best} final" not in header and f"{best} best" not in header  # a probe score is shown once
+    values = {row[0]: dict(zip(header, row, strict=True)) for row in rows}
+    assert values["lr_high"][best] == Score(0.6)  # its latest value: a best over checkpoints would pick on test
+    assert values["lr_high"][layer] == Score(0.3)
+    assert values["base"][best] is None  # where present only
+    assert values["lr_high"]["loss/total final"] is not None and values["lr_high"]["loss/total best"] is not None
+
+
+def test_probe_scores_show_their_interval_and_p_values_are_rows(sweep, tmp_path):
+    uri, parent, _ = sweep
+    client = MlflowClient(uri)
+    comparison = load_comparison(parent, uri)
+    base = next(r for r in comparison.rows if r.variant == "base")
+    score = M.probe("key", "accuracy")
+    for name, value in (
+        (score, 0.42),
+        (M.probe_companion("key", "accuracy", M.CI_LOW), 0.35),
+        (M.probe_companion("key", "accuracy", M.CI_HIGH), 0.49),
+        (M.probe_companion("key", "accuracy", M.P_VS_RANDOM), 0.0004),
+    ):
+        client.log_metric(base.run_id, name, value, step=0)
+    comparison = load_comparison(parent, uri, metrics=["probe/key/*"])
+    p_name = M.probe_companion("key", "accuracy", M.P_VS_RANDOM)
+    assert comparison.metrics == [score, p_name]  # the bounds go with their score, not into rows of their own
+    header, rows = comparison.records()
+    cells = {row[0]: dict(zip(header, row, strict=True)) for row in rows}
+    assert cells["base"][score] == Score(0.42, 0.35, 0.49) and cells["base"][p_name] == Score(0.0004)
+    assert re.search(r"^probe/key/accuracy +0\.42 \[0\.35, 0\.49\]", to_text(comparison), re.M)
+    assert "| 0.42 [0.35, 0.49] |" in to_markdown(comparison)
+    by_variant = {r["variant"]: r for r in read_csv(write_csv(comparison, tmp_path / "c.csv"))}
+    assert [by_variant["base"][f"{score}{s}"] for s in ("", " ci_low", " ci_high")] == ["0.42", "0.35", "0.49"]
+    assert by_variant["lr_high"][score] == by_variant["lr_high"][f"{score} ci_low"] == ""
 
 
 def test_metric_patterns_stay_within_segments():

@@ -1,9 +1,10 @@
 """Scale-out: randomness per rank and micro-batch, strategies from the spec, two-process DDP
-(gloo on CPU) against one process, the best checkpoint. FSDP needs CUDA in Lightning: its
-smoke test runs where a GPU is present."""
+(gloo on CPU) against one process, the best checkpoint, teachers outside the parallel wrapper.
+FSDP needs CUDA in Lightning: its tests are in tests/test_gpu.py (marked ``gpu``)."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -16,7 +17,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from mertlab.data.audio import probe
-from mertlab.data.dataset import CropDataset
+from mertlab.data.dataset import AudioBatch, CropDataset
 from mertlab.data.sampler import CropKey, ResumableBatchSampler
 from mertlab.errors import MertlabError, SpecError
 from mertlab.experiment.spec import resolve_spec
@@ -174,6 +175,13 @@ def test_strategies_from_the_spec(demo_dir, tmp_path, tracking_uri):
     fsdp = build_strategy(fsdp_trainer, backbone)
     assert isinstance(fsdp, FSDPStrategy) and fsdp._state_dict_type == "sharded"
     assert fsdp.kwargs["auto_wrap_policy"]._module_classes == {EncoderLayer}
+    # bf16-mixed: bf16 compute, reduction and buffers, but FSDP does not cast the batch (the
+    # audio the teachers read, the crops' float64 start times); 32: float32 throughout
+    for precision, dtype in (("bf16-mixed", torch.bfloat16), ("32", torch.float32)):
+        policy = build_strategy(fsdp_trainer.model_copy(update={"precision": precision}), backbone)
+        policy = policy.mixed_precision_config
+        assert (policy.param_dtype, policy.reduce_dtype, policy.buffer_dtype) == (dtype,) * 3
+        assert policy.cast_root_forward_inputs is False and policy.cast_forward_inputs is False
     with pytest.raises(MertlabError, match="trainer.strategy: fsdp needs CUDA GPUs"):
         build_strategy(spec.trainer.model_copy(update={"strategy": "fsdp"}), backbone)
 
@@ -289,26 +297,6 @@ def test_two_process_ddp_skips_nonfinite_steps_on_every_rank(demo_dir, tmp_path,
     assert all(torch.equal(initial[k], v) for k, v in ckpt["state_dict"].items())
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="Lightning's FSDP needs CUDA; runs where a GPU is present")
-def test_fsdp_smoke_bf16_activation_checkpointing_sharded_checkpoint(demo_dir, tmp_path, tracking_uri):
-    raw = raw_spec(
-        demo_dir,
-        tmp_path,
-        tracking_uri,
-        strategy="fsdp",
-        accelerator="cuda",
-        devices=1,
-        precision="bf16-mixed",
-        activation_checkpointing=True,
-    )
-    result = train(resolve_spec(raw), progress=False)
-    last = result.checkpoint_dir / "last.ckpt"
-    assert last.is_dir() and (last / "meta.pt").is_file()  # sharded: a folder
-    raw["trainer"]["max_steps"] = 6
-    resumed = train(resolve_spec(raw), resume=str(last), progress=False)
-    assert resumed.run_id == result.run_id
-
-
 def test_a_sharded_checkpoint_folder_is_resumable_and_named_where_one_file_is_needed(tmp_path):
     """FSDP writes last.ckpt as a folder; --resume reads its meta.pt (weights-only), while
     export, probe and extract ask for the consolidated file."""
@@ -323,3 +311,102 @@ def test_a_sharded_checkpoint_folder_is_resumable_and_named_where_one_file_is_ne
     assert select_resume_checkpoint(tmp_path / "runs", str(folder)).checkpoint["global_step"] == 4
     with pytest.raises(MertlabError, match="sharded \\(fsdp\\) checkpoint folder; consolidate it"):
         load_backbone(folder)
+
+
+# --------------------------------------------------------------------------- teachers outside the wrapper
+def teacher_spec(demo_dir, tmp_path, tracking_uri, **trainer) -> dict:
+    """Two teachers with buffers: the CQT (kernels) and BEST-RQ (projection, codebooks)."""
+    raw = raw_spec(demo_dir, tmp_path, tracking_uri, **trainer)
+    raw["teachers"]["codes"] = {"name": "bestrq", "params": {"codebook_size": 64}}
+    raw["objectives"]["codes_pred"] = {"name": "masked_prediction", "teacher": "codes"}
+    raw["callbacks"] = {}
+    return raw
+
+
+def teacher_tensors(module: PretrainModule) -> list[torch.Tensor]:
+    return [t for teacher in module.teachers.values() for t in (*teacher.parameters(), *teacher.buffers())]
+
+
+def test_teachers_are_outside_the_module_stay_float32_and_run_without_autocast(
+    demo_dir, tmp_path, tracking_uri, one_thread
+):
+    from mertlab.contracts import Teacher
+    from mertlab.data.audio import read_segment
+
+    module = PretrainModule(resolve_spec(teacher_spec(demo_dir, tmp_path, tracking_uri)))
+    tensors = teacher_tensors(module)
+    assert any(True for teacher in module.teachers.values() for _ in teacher.buffers())
+    assert not any(isinstance(m, Teacher) for m in module.modules())
+    assert not [k for k in module.state_dict() if k.startswith("teachers.")]
+    owned = {id(t) for t in (*module.parameters(), *module.buffers())}
+    assert not [t for t in tensors if id(t) in owned]
+
+    module.to(torch.bfloat16)  # what Lightning's *-true precisions do to the trained module
+    assert {t.dtype for t in teacher_tensors(module) if t.is_floating_point()} == {torch.float32}
+    assert module.backbone.feature_projection.projection.weight.dtype == torch.bfloat16
+    module.to(torch.float32)
+
+    files = [probe(p) for p in sorted(Path(demo_dir).glob("*.wav"))[:2]]
+    wav = torch.stack([read_segment(f, 0, 24000) for f in files])
+    batch = AudioBatch(wav, torch.tensor([24000, 20000]), tuple(files), torch.zeros(2, dtype=torch.float64))
+    num_frames, frame_lengths, _ = module.frame_padding(batch.wav, batch.lengths)
+    plain = module.compute_targets(batch, num_frames, frame_lengths)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # a bf16-mixed training step
+        mixed = module.compute_targets(batch, num_frames, frame_lengths)
+    assert mixed["cqt"].values.dtype == torch.float32
+    for alias in ("cqt", "codes"):
+        assert torch.equal(mixed[alias].values, plain[alias].values), alias
+    assert {t.dtype for t in teacher_tensors(module) if t.is_floating_point()} == {torch.float32}
+
+
+def test_checkpoints_hold_teacher_fingerprints_not_weights_and_older_ones_still_load(
+    demo_dir, tmp_path, tracking_uri, one_thread, caplog
+):
+    raw = teacher_spec(demo_dir, tmp_path, tracking_uri)
+    module = PretrainModule(resolve_spec(raw))
+    checkpoint = {"state_dict": module.state_dict()}
+    module.on_save_checkpoint(checkpoint)
+    assert set(checkpoint["mertlab_teachers"]) == {"cqt", "codes"}
+    assert checkpoint["mertlab_teachers"]["codes"]["fingerprint"] == module.teachers["codes"].fingerprint()
+    # a checkpoint written while teachers were submodules: their weights are ignored
+    older = {
+        **checkpoint["state_dict"],
+        **{f"teachers.codes.{k}": v for k, v in module.teachers["codes"].state_dict().items()},
+    }
+    assert any(k.startswith("teachers.") for k in older)
+    fresh = PretrainModule(resolve_spec(raw))
+    fresh.load_state_dict(older)  # strict
+    hook_input = {"state_dict": dict(older), "mertlab_teachers": checkpoint["mertlab_teachers"]}
+    fresh.on_load_checkpoint(hook_input)
+    assert not [k for k in hook_input["state_dict"] if k.startswith("teachers.")]
+    assert "other than the checkpoint's" not in caplog.text
+    # another teacher than the one the checkpoint trained with: said on resume
+    raw["teachers"]["codes"]["params"]["seed"] = 1
+    PretrainModule(resolve_spec(raw)).on_load_checkpoint(hook_input)
+    assert "resuming with teachers other than the checkpoint's: codes (bestrq" in caplog.text
+
+
+def test_two_process_ddp_bf16_registers_no_teacher_tensor_and_keeps_teachers_float32(
+    demo_dir, tmp_path, tracking_uri, one_thread
+):
+    """Under DDP with bf16-mixed autocast: DDP reaches (so registers and broadcasts) none of
+    the teachers' tensors, the teachers stay float32 and their targets equal the autocast-off
+    ones, and the checkpoint holds no teacher tensor."""
+    from wrapper_report import check_teachers_outside, run_reports
+
+    raw = teacher_spec(demo_dir, tmp_path, tracking_uri, devices=2, strategy="ddp", precision="bf16-mixed")
+    raw["name"] = "dist-teachers"
+    raw["trainer"] = {**raw["trainer"], "max_steps": 2, "limit_val_batches": 0}
+    reports = run_reports(raw, tmp_path)
+    check_teachers_outside(reports, "DistributedDataParallel", steps=2, device="cpu")
+    assert [r["world"] for r in reports] == [2, 2] and all(r["wrapper_buffers"] == 0 for r in reports)
+    (last,) = (tmp_path / "runs" / "dist-teachers").glob("*/checkpoints/last.ckpt")
+    ckpt = torch.load(last, map_location="cpu", weights_only=False)
+    assert ckpt["global_step"] == 2
+    assert not [k for k in ckpt["state_dict"] if k.startswith("teachers.")]
+    fresh = PretrainModule(resolve_spec(raw))
+    assert ckpt["mertlab_teachers"] == fresh.teachers.fingerprints()
+    teacher_shapes = {tuple(t.shape) for t in teacher_tensors(fresh) if t.numel() > 1}
+    model_shapes = {tuple(t.shape) for t in fresh.state_dict().values()}
+    assert {tuple(t.shape) for t in ckpt["state_dict"].values()} == model_shapes
+    assert teacher_shapes - model_shapes  # the teachers' tensors would have shown up

@@ -102,3 +102,32 @@ def test_export_names_a_sharded_checkpoint_and_reads_checkpoints_weights_only(tm
     assert main(["export", str(ckpt), str(tmp_path / "hf")]) == 1
     assert "refused to load" in capsys.readouterr().err
     assert not (tmp_path / "hf").exists()
+
+
+@pytest.mark.parametrize(
+    "params, field",
+    [({"preset": "tiny", "deepnorm": True}, "deepnorm"), ({"preset": "tiny", "frontend": "mel"}, "frontend")],
+)
+def test_export_refuses_what_hubert_model_cannot_represent(tmp_path, tracking_uri, capsys, params, field):
+    ckpt, _, _ = training_checkpoint(tmp_path, tracking_uri, params)
+    out = tmp_path / "hf"
+    assert main(["export", str(ckpt), "--format", "hf", str(out)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"backbone.params.{field}: " in err and "no Hugging Face HubertModel" in err
+    assert not out.exists() or not any(out.iterdir())  # nothing written
+
+
+def test_every_transformer_field_is_either_exported_or_refused():
+    """A new backbone field must be placed in the export mapping: an unknown one is refused."""
+    from mertlab.plugins.backbones.transformer import hf
+    from mertlab.plugins.backbones.transformer.params import TransformerParams
+
+    groups = [set(hf.HF_CONFIG_KEYS), hf.CONVERTED_FIELDS, hf.NO_MODEL_EFFECT, set(hf.HUBERT_FIXED)]
+    assert set.union(*map(set, groups)) == set(TransformerParams.model_fields)
+    assert sum(map(len, groups)) == len(TransformerParams.model_fields)  # each in one group only
+    assert hf.hubert_problem(TransformerParams(preset="large")) is None
+
+    class Extended(TransformerParams):
+        rotary: bool = False
+
+    assert "backbone.params.rotary: the Hugging Face export does not know" in hf.hubert_problem(Extended())

@@ -437,6 +437,13 @@ def test_cli_probe_logs_onto_the_checkpoints_training_run(trained, data, capsys)
     ):
         assert name in metrics, sorted(metrics)
     assert "probe/pitch/layer1/accuracy" not in metrics
+    for name in ("probe/pitch/accuracy", "probe/pitch/layer2/accuracy", "probe/pitch/random_init/accuracy"):
+        assert metrics[name + "_ci_low"] <= metrics[name] <= metrics[name + "_ci_high"], name
+    assert (
+        0 < metrics["probe/pitch/accuracy_p_vs_random"] <= 1 and 0 < metrics["probe/pitch/accuracy_p_vs_baseline"] <= 1
+    )
+    verdict = out.strip().splitlines()[-2]  # then the line saying where it was logged
+    assert verdict.startswith("pitch: ") and "(random init " in verdict and ", p" in verdict, out
     assert metrics["probe/pitch/majority/accuracy"] == pytest.approx(0.25)
     best = run.data.tags["probe/pitch/best"]
     assert metrics["probe/pitch/accuracy"] == metrics[f"probe/pitch/{best}/accuracy"]

@@ -19,6 +19,7 @@ from mertlab.probe.cache import FeatureCache
 from mertlab.probe.extract import extract_features
 from mertlab.probe.fit import ProbeParams
 from mertlab.probe.run import probe_metrics, report_table, run_probe, summary_lines, verdict
+from mertlab.probe.uncertainty import format_p
 from mertlab.probe.task import load_task
 from mertlab.toolkit.checkpoint import load_backbone, save_backbone
 from probe_tasks import SR, harmonic_tone, write_pitch_class_task
@@ -80,6 +81,7 @@ def test_cqt_baseline_learns_pitch_class_and_random_init_stays_well_below(pitch,
     assert "difference" in summary_lines(outcome)[1]
     line = verdict(outcome)
     assert line.startswith("pitch: ") and "random init" in line and f"best baseline {strongest.name[9:]} " in line
+    assert line.endswith(f"{format_p(outcome.p_vs_baseline())})")
 
 
 def test_baseline_features_shapes_and_names():

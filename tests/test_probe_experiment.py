@@ -3,6 +3,8 @@ every child (idempotently), and `mertlab compare` shows the probe scores first."
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
@@ -84,18 +86,21 @@ def test_sweep_probes_every_child_and_compare_shows_the_scores_first(workdir, mo
             assert name in row.final, (row.variant, sorted(row.final))
         assert client.get_run(row.run_id).data.tags["probe/pitch/settings"]
     # the probe scores are the first rows of the table, then the losses
-    assert comparison.metrics[:6] == [
+    assert comparison.metrics[:8] == [
         "probe/pitch/accuracy",
+        "probe/pitch/accuracy_p_vs_baseline",
+        "probe/pitch/accuracy_p_vs_random",
         "probe/pitch/best_layer/accuracy",
         "probe/pitch/weighted/accuracy",
         "probe/pitch/random_init/accuracy",
         "probe/pitch/baseline_chroma/accuracy",
         "probe/pitch/majority/accuracy",
     ]
-    assert comparison.metrics[6].startswith("loss/")
+    assert comparison.metrics[8].startswith("loss/")
     body = to_text(comparison).splitlines()
-    first_metric = next(line for line in body if " final " in line or " best " in line)
-    assert first_metric.startswith("probe/pitch/accuracy final")  # after variant, status, run id and overrides
+    first_metric = next(line for line in body if line.startswith("probe/"))  # after variant, status, run id, overrides
+    assert re.match(r"probe/pitch/accuracy +[\d.]+ \[[\d.]+, [\d.]+\] +[\d.]+ \[[\d.]+, [\d.]+\]$", first_metric)
+    assert not any(line.startswith("probe/pitch/accuracy_ci") for line in body)
     assert to_text(comparison) in out
     # the comparison on the parent holds the bars and one per-layer figure with both children
     artifacts = {a.path for a in client.list_artifacts(comparison.parent_run_id, "compare")}
@@ -123,8 +128,14 @@ def test_train_with_a_probe_section_prints_a_verdict_per_task(workdir, monkeypat
     assert main(["train", str(train_spec), "--no-progress", "-o", "probe.random_init=false"]) == 0
     out = capsys.readouterr().out
     assert "probing the final checkpoint on 1 task(s)" in out and "strongest baseline" in out
-    verdict = out.strip().splitlines()[-1]
-    assert verdict.startswith("pitch: ") and verdict.endswith("%)") and "best baseline chroma " in verdict
+    lines = out.strip().splitlines()
+    verdicts = [line for line in lines if line.startswith("pitch: ")]
+    assert len(verdicts) == 1 and lines.index(verdicts[0]) > lines.index(
+        "probing the final checkpoint on 1 task(s) (probe: section)"
+    )
+    verdict = verdicts[0]  # after the table; the links into the MLflow UI close the output
+    assert re.match(r"pitch: \d+% \[\d+, \d+\] \(best baseline chroma \d+% \[\d+, \d+\], p[=<][\d.]+\)$", verdict)
+    assert lines[-1].startswith("    its experiment's runs: http://localhost:5000/#/experiments/")
     assert "random init" not in verdict
     client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
     run = client.search_runs([client.get_experiment_by_name("probe-train").experiment_id])[0]

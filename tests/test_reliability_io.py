@@ -221,7 +221,8 @@ def full_disk(monkeypatch) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(
-        "mertlab.train.checkpoint_io.atomic_write", lambda path, write: atomic_write(path, write_then_fail)
+        "mertlab.train.checkpoint_io.atomic_write",
+        lambda path, write, **kwargs: atomic_write(path, write_then_fail, **kwargs),
     )
 
 
@@ -229,14 +230,15 @@ def test_checkpoint_write_is_atomic_on_a_full_disk(tmp_path, monkeypatch):
     io = SafeCheckpointIO()
     path = tmp_path / "ck" / "last.ckpt"
     io.save_checkpoint({"state_dict": {"w": torch.ones(3)}, "global_step": 1}, path)
-    before = path.read_bytes()
+    before, sidecar = path.read_bytes(), (path.parent / "last.ckpt.json").read_bytes()
 
     full_disk(monkeypatch)
     with pytest.raises(
         MertlabError, match=r"last.ckpt: cannot write checkpoint \(No space left on device\); the previous"
     ):
         io.save_checkpoint({"state_dict": {"w": torch.zeros(3)}, "global_step": 2}, path)
-    assert path.read_bytes() == before and sorted(p.name for p in path.parent.iterdir()) == ["last.ckpt"]
+    assert path.read_bytes() == before and (path.parent / "last.ckpt.json").read_bytes() == sidecar
+    assert sorted(p.name for p in path.parent.iterdir()) == ["last.ckpt", "last.ckpt.json"]
     assert io.load_checkpoint(path)["global_step"] == 1
 
 
@@ -565,7 +567,8 @@ def put(data: dict, key: str, value) -> None:
 
 
 def test_fuzzed_spec_dicts_load_or_give_a_spec_error(one_thread):
-    """Any structure at any key: a resolved spec or a rendered SpecError, never another exception."""
+    """Any structure at any key, nested up to thousands deep: a resolved spec or a rendered
+    SpecError, never another exception."""
     import copy
 
     from hypothesis import HealthCheck, given, settings
@@ -573,10 +576,15 @@ def test_fuzzed_spec_dicts_load_or_give_a_spec_error(one_thread):
 
     from mertlab.errors import SpecError
 
+    def deep(depth: int, leaf) -> object:  # lists and mappings inside each other, thousands deep
+        for i in range(depth):
+            leaf = [leaf] if i % 2 else {"k": leaf}
+        return leaf
+
+    values = fuzz_values() | st.tuples(st.integers(0, 5000), fuzz_values()).map(lambda d: deep(*d))
+
     @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
-    @given(
-        st.lists(st.tuples(st.sampled_from(FUZZ_KEYS) | st.text(max_size=10), fuzz_values()), min_size=1, max_size=4)
-    )
+    @given(st.lists(st.tuples(st.sampled_from(FUZZ_KEYS) | st.text(max_size=10), values), min_size=1, max_size=4))
     def check(mutations):
         data = copy.deepcopy(FUZZ_BASE)
         for key, value in mutations:

@@ -28,9 +28,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import soundfile as sf
 from tqdm import tqdm
 
+from mertlab.data.audio import write_flac
 from mertlab.data.demo import MAJOR, TIMBRES, _add, _drum, _midi_hz, _tone
 
 #: Task clips are written at 16 kHz (small FLAC files; probing resamples to the backbone's rate).
@@ -191,14 +191,17 @@ def write_demo_task(directory: str | Path, task: DemoTask, seed: int = 0, progre
         example = task.make(i, rng, SAMPLE_RATE)
         path = folder / f"{task.name}_{i:04d}.flac"
         if not path.exists():
-            tmp = path.with_name(path.name + ".part")
-            sf.write(str(tmp), example.audio, SAMPLE_RATE, subtype="PCM_16", format="FLAC")
-            tmp.replace(path)
+            write_flac(path, example.audio, SAMPLE_RATE)
         # classification: the i-th example of its class is i // num_classes; regression: by index
         classes = max(task.num_classes, 1)
         split = _split(i // classes, task.per_class) if task.num_classes else _split(i, task.size)
         rows.append({"path": f"{task.name}/{path.name}", "label": example.label, "split": split, **example.info})
-    csv_path = directory / f"{task.name}.csv"
+    return write_task_csv(directory / f"{task.name}.csv", rows)
+
+
+def write_task_csv(csv_path: Path, rows: list[dict[str, str]]) -> Path:
+    """A task CSV (the columns of the first row), written atomically: written last, it never
+    names a clip that is not on disk yet."""
     tmp = csv_path.with_name(csv_path.name + ".part")
     with tmp.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))

@@ -3,8 +3,10 @@
 Everything is read back from MLflow: a row per child with its variant, status, overridden
 params (``override.*``), the final and best value of each selected metric (default
 ``loss/*``, ``val/loss/*``, ``probe/*/*``; best = lowest for names containing ``loss``,
-highest otherwise), and the stability summary of :mod:`mertlab.experiment.run_summary` computed from the metric
-histories (so unfinished runs get one too). Plots (PNG, matplotlib's Agg canvas): overlaid
+highest otherwise) -- a probe score once, its latest value with its 95% interval (a best over
+checkpoints would be chosen on the test split) --, and the stability summary of
+:mod:`mertlab.experiment.run_summary` computed from the metric histories (so unfinished runs
+get one too). Plots (PNG, matplotlib's Agg canvas): overlaid
 loss curves per objective (validation dashed), overlaid ``grad_norm/total`` curves, and bars
 of the final values per variant. With a parent run the files are logged as its artifacts
 under ``compare/``, where the MLflow UI shows them on the parent's page.
@@ -50,6 +52,7 @@ STABILITY_COLUMNS = (
     M.SUMMARY_MAX_ATTN_LOGIT,
 )
 ARTIFACT_DIR = "compare"
+MARKDOWN_FILE = "comparison.md"
 _RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 _CURVE_PREFIXES = ("loss/", "val/loss/", M.GRAD_NORM_TOTAL)
 
@@ -70,6 +73,30 @@ def best_is_lowest(metric: str) -> bool:
     return "loss" in metric
 
 
+@dataclass(frozen=True)
+class Score:
+    """A probe score with its 95% interval (None bounds when the run logged none)."""
+
+    value: float
+    low: float | None = None
+    high: float | None = None
+
+    def __str__(self) -> str:
+        if self.low is None or self.high is None:
+            return fmt(self.value)
+        return f"{fmt(self.value)} [{fmt(self.low)}, {fmt(self.high)}]"
+
+
+def is_probe_score(metric: str) -> bool:
+    """Probe scores are shown once (latest value, interval), not as final and best."""
+    return metric.startswith("probe/")
+
+
+def _interval_bound(metric: str) -> bool:
+    found = M.probe_score_of(metric)
+    return found is not None and found[1] in (M.CI_LOW, M.CI_HIGH)
+
+
 @dataclass
 class RunRow:
     """One compared run, as read back from MLflow."""
@@ -84,6 +111,13 @@ class RunRow:
     histories: dict[str, list[Point]] = field(repr=False)
     probes: dict[str, float] = field(default_factory=dict, repr=False)  # every probe/* metric (latest value)
 
+    def score(self, metric: str) -> Score | None:
+        """A probe score of this run with its interval (None where the run has none)."""
+        if metric not in self.final:
+            return None
+        low, high = (self.probes.get(metric + suffix) for suffix in (M.CI_LOW, M.CI_HIGH))
+        return Score(self.final[metric], low, high)
+
 
 @dataclass
 class Comparison:
@@ -91,7 +125,7 @@ class Comparison:
     tracking_uri: str
     parent_run_id: str | None
     rows: list[RunRow]
-    metrics: list[str]  # tabulated metrics (final and best)
+    metrics: list[str]  # tabulated metrics (final and best; a probe score once, with its interval)
     note: str = ""
 
     def override_keys(self) -> list[str]:
@@ -106,17 +140,18 @@ class Comparison:
         return {k: self.rows[0].overrides[k] for k in self.override_keys() if k not in varying} if self.rows else {}
 
     def records(self, all_overrides: bool = True) -> tuple[list[str], list[list[Any]]]:
-        """Header and one row of raw values (str, float or None) per run."""
+        """Header and one row of raw values (str, float, :class:`Score` or None) per run: each
+        metric's final and best value, a probe score once (a :class:`Score`)."""
         keys = self.override_keys() if all_overrides else self.varying_overrides()
         header = ["variant", "status", "run_id", *keys]
         for metric in self.metrics:
-            header += [f"{metric} final", f"{metric} best"]
+            header += [metric] if is_probe_score(metric) else [f"{metric} final", f"{metric} best"]
         header += list(STABILITY_COLUMNS)
         rows = []
         for r in self.rows:
             row: list[Any] = [r.variant, r.status, r.run_id, *(r.overrides.get(k) for k in keys)]
             for metric in self.metrics:
-                row += [r.final.get(metric), r.best.get(metric)]
+                row += [r.score(metric)] if is_probe_score(metric) else [r.final.get(metric), r.best.get(metric)]
             row += [r.summary.get(c) for c in STABILITY_COLUMNS]
             rows.append(row)
         return header, rows
@@ -187,7 +222,7 @@ def load_comparison(
     rows, tabulated = [], []
     for run in runs:
         logged = sorted(run.data.metrics)
-        selected = _select(logged, patterns)
+        selected = [k for k in _select(logged, patterns) if not _interval_bound(k)]  # bounds go with their score
         curves = [k for k in logged if k.startswith(_CURVE_PREFIXES)]
         histories = fetch_histories(client, run.info.run_id, sorted({*selected, *curves, *needed_metrics(logged)}))
         best = {}
@@ -222,6 +257,8 @@ def load_comparison(
 def fmt(value: Any) -> str:
     if value is None:
         return "-"
+    if isinstance(value, Score):
+        return str(value)
     if isinstance(value, float):
         return f"{value:.4g}" if math.isfinite(value) else str(value)
     return str(value)
@@ -234,13 +271,20 @@ def _grid(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-def to_text(comparison: Comparison) -> str:
-    """Terminal table, one column per run (ablations have few runs and many metrics)."""
+def per_run_columns(comparison: Comparison) -> tuple[list[str], list[list[str]]]:
+    """The table with one column per run (ablations have few runs and many metrics): header
+    ``variant, <run>...``, then one row per field (status, run id, overrides, metrics...)."""
     header, rows = comparison.records(all_overrides=False)
     columns = [[fmt(v) for v in row] for row in rows]
     body = [[name, *(col[i] for col in columns)] for i, name in enumerate(header[1:], 1)]
+    return ["variant", *(col[0] for col in columns)], body
+
+
+def to_text(comparison: Comparison) -> str:
+    """Terminal table, one column per run (:func:`per_run_columns`)."""
+    header, body = per_run_columns(comparison)
     body[1][1:] = [run_id[:8] for run_id in body[1][1:]]  # short run ids; the files have them in full
-    text = _grid(["variant", *(col[0] for col in columns)], body)
+    text = _grid(header, body)
     shared = comparison.shared_overrides()
     if shared:
         text += "\nshared overrides: " + ", ".join(f"{k}={v}" for k, v in shared.items())
@@ -248,26 +292,43 @@ def to_text(comparison: Comparison) -> str:
 
 
 def to_markdown(comparison: Comparison) -> str:
-    header, rows = comparison.records(all_overrides=False)
+    """``comparison.md``: title, parent run, shared overrides, and the table with one column per
+    run (:func:`per_run_columns`), which fits the MLflow UI's artifact preview."""
+    header, body = per_run_columns(comparison)
     lines = [f"# {comparison.title}", ""]
     if comparison.parent_run_id:
-        lines += [f"Parent run `{comparison.parent_run_id}`, {len(rows)} child runs.", ""]
+        lines += [f"Parent run `{comparison.parent_run_id}`, {len(header) - 1} child runs.", ""]
     shared = comparison.shared_overrides()
     if shared:
         lines += ["Shared overrides: " + ", ".join(f"`{k}={v}`" for k, v in shared.items()), ""]
     esc = lambda s: s.replace("|", "\\|")  # noqa: E731
     lines.append("| " + " | ".join(esc(h) for h in header) + " |")
     lines.append("|" + "---|" * len(header))
-    lines += ["| " + " | ".join(esc(fmt(v)) for v in row) + " |" for row in rows]
+    lines += ["| " + " | ".join(esc(cell) for cell in row) + " |" for row in body]
     return "\n".join(lines) + "\n"
 
 
 def write_csv(comparison: Comparison, path: Path) -> Path:
+    """One row per run; a probe score in three columns: ``<metric>``, ``<metric> ci_low``, ``<metric> ci_high``."""
     header, rows = comparison.records(all_overrides=True)
+    scores = {i for i, name in enumerate(header) if is_probe_score(name)}
+    wide_header = [
+        c
+        for i, name in enumerate(header)
+        for c in ([name, f"{name} ci_low", f"{name} ci_high"] if i in scores else [name])
+    ]
+
+    def cells(i: int, value: Any) -> list[Any]:
+        if i not in scores:
+            return ["" if value is None else value]
+        if value is None:
+            return ["", "", ""]
+        return [value.value, *("" if b is None else b for b in (value.low, value.high))]
+
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(header)
-        writer.writerows([["" if v is None else v for v in row] for row in rows])
+        writer.writerow(wide_header)
+        writer.writerows([[c for i, v in enumerate(row) for c in cells(i, v)] for row in rows])
     return path
 
 
@@ -408,8 +469,8 @@ def write_comparison(
         folder = Path(out_dir) if out_dir is not None else Path(tmp)
         folder.mkdir(parents=True, exist_ok=True)
         files = [write_csv(comparison, folder / "comparison.csv")]
-        (folder / "comparison.md").write_text(to_markdown(comparison))
-        files.append(folder / "comparison.md")
+        (folder / MARKDOWN_FILE).write_text(to_markdown(comparison))
+        files.append(folder / MARKDOWN_FILE)
         files += plot(comparison, folder)
         logged_to = None
         if log_artifacts and comparison.parent_run_id:

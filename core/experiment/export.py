@@ -13,10 +13,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from mertlab.errors import MertlabError
 from mertlab.toolkit.atomic import atomic_write
-from mertlab.toolkit.checkpoint import check_not_sharded, hf_directory, load_backbone
-from mertlab.toolkit.safe_load import is_safetensors, load_torch_file
+from mertlab.toolkit.checkpoint import check_not_sharded, hf_directory, load_backbone, load_checkpoint_file
+from mertlab.toolkit.safe_load import is_safetensors
 
 FORMATS = ("hf",)
 
@@ -43,7 +45,7 @@ def training_details(checkpoint: Path) -> tuple[dict[str, Any] | None, str | Non
     backbone file. Read weights-only and memory-mapped (the weights are not read)."""
     if is_safetensors(checkpoint):  # a backbone file (save_backbone): no spec, no run
         return None, None
-    ckpt = load_torch_file(checkpoint, "checkpoint", mmap=True)
+    ckpt = load_checkpoint_file(checkpoint, mmap=True)
     if not isinstance(ckpt, dict):
         return None, None
     spec, run_id = ckpt.get("mertlab_spec"), ckpt.get("mlflow_run_id")
@@ -82,6 +84,19 @@ def model_card(spec_yaml: str | None, scores: dict[str, float], run_id: str | No
     return "\n".join(lines)
 
 
+def check_finite_weights(state: dict[str, Any], checkpoint: Path) -> None:
+    """One error naming ``checkpoint`` when a weight holds NaN or inf (a diverged run): such a
+    model would be shared silently broken."""
+    bad = {name: int((~torch.isfinite(t)).sum()) for name, t in state.items() if t.is_floating_point()}
+    bad = {name: count for name, count in bad.items() if count}
+    if bad:
+        first = next(iter(bad))
+        raise MertlabError(
+            f"{checkpoint}: {sum(bad.values())} non-finite backbone weight(s) in {len(bad)} tensor(s) (e.g. {first}); "
+            "not exported -- export an earlier checkpoint of the run"
+        )
+
+
 def export(checkpoint: str | Path, out: str | Path, fmt: str = "hf", registry: Any = None) -> Path:
     """Export the backbone of ``checkpoint`` (training checkpoint or backbone file) to ``out``."""
     if fmt not in FORMATS:
@@ -91,6 +106,7 @@ def export(checkpoint: str | Path, out: str | Path, fmt: str = "hf", registry: A
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise MertlabError(f"{out}: not empty; export into a new folder")
     backbone = load_backbone(checkpoint, registry=registry)
+    check_finite_weights(backbone.state_dict(), checkpoint)
     # an hf:DIR source (see load_backbone) has no training spec or run
     spec, run_id = training_details(checkpoint) if hf_directory(checkpoint) is None else (None, None)
     spec_yaml = None

@@ -13,6 +13,8 @@ GRAD_NORM_TOTAL = "grad_norm/total"
 UPDATE_RATIO_TOTAL = "update_ratio/total"
 NONFINITE_STEPS = "stability/nonfinite_steps"
 SKIPPED_STEPS = "stability/skipped_steps"
+#: steps whose optimizer update left a parameter non-finite and was undone (also in the two above)
+NONFINITE_UPDATES = "stability/nonfinite_updates"
 LOSS_SPIKE_Z = "stability/loss_spike_z"
 LOSS_SPIKES = "stability/loss_spikes"
 SPIKE_SKIPS = "stability/spike_skips"
@@ -78,3 +80,39 @@ def probe(task: str, metric: str, probe_name: str | None = None) -> str:
     (chosen on valid), ``probe/<task>/<probe_name>/<metric>`` for one probe (``layer<i>``,
     ``weighted``, ``majority``/``chance``, ``random_init``)."""
     return f"probe/{task}/{probe_name}/{metric}" if probe_name else f"probe/{task}/{metric}"
+
+
+def probe_strongest_baseline_tag(task: str) -> str:
+    """Run tag naming the baseline a task's probe verdict compares against (the best on valid),
+    e.g. ``baseline_chroma``: its scores are ``probe/<task>/<that name>/<metric>``."""
+    return f"probe/{task}/strongest_baseline"
+
+
+# Uncertainty of probe scores (mertlab.probe.uncertainty): each score's 95% bootstrap interval
+# over the test clips, the paired test's p-value of the best probe against random init and
+# against the strongest baseline, and the spread over probe seeds (--seeds).
+CI_LOW = "_ci_low"
+CI_HIGH = "_ci_high"
+P_VS_RANDOM = "_p_vs_random"
+P_VS_BASELINE = "_p_vs_baseline"
+SEED_MEAN = "_seed_mean"
+SEED_STD = "_seed_std"
+#: Suffixes of the names that accompany a probe score rather than being one.
+PROBE_SCORE_COMPANIONS = (CI_LOW, CI_HIGH, P_VS_RANDOM, P_VS_BASELINE, SEED_MEAN, SEED_STD)
+
+
+def probe_companion(task: str, metric: str, suffix: str, probe_name: str | None = None) -> str:
+    """A number that goes with probe score ``probe(task, metric, probe_name)``:
+    ``probe/<task>[/<probe>]/<metric><suffix>``, e.g. ``probe/pitch/accuracy_ci_low``."""
+    return probe(task, metric + suffix, probe_name)
+
+
+def probe_score_of(name: str) -> tuple[str, str] | None:
+    """``(score name, suffix)`` when ``name`` accompanies a probe score (see
+    :func:`probe_companion`), else None."""
+    if not name.startswith("probe/"):
+        return None
+    for suffix in PROBE_SCORE_COMPANIONS:
+        if name.endswith(suffix):
+            return name[: -len(suffix)], suffix
+    return None

@@ -4,6 +4,7 @@
 * :mod:`.task`    -- the user's labelled audio: a CSV ``path,label[,split]`` (or a YAML pointing to one);
 * :mod:`.fit`     -- MLP probes per layer and on a learnable weighted sum of layers;
 * :mod:`.metrics` -- accuracy, ROC-AUC / average precision, R², and the input-independent baseline;
+* :mod:`.uncertainty` -- bootstrap intervals over test clips, paired tests between probes (McNemar, bootstrap);
 * :mod:`.baselines` -- handcrafted clip features (MFCC, chroma, CQT) probed like a layer;
 * :mod:`.frames`  -- frame features of whole files, window by window, and their clip pooling;
 * :mod:`.cache`   -- the on-disk feature cache (checkpoint content hash + audio + window);

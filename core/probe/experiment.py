@@ -18,7 +18,8 @@ from typing import Any
 
 from mertlab.experiment.spec import ProbeSpec
 from mertlab.probe.cache import FeatureCache, file_identity
-from mertlab.probe.fit import ProbeParams
+from mertlab.probe.extract import NonFiniteFeaturesError
+from mertlab.probe.fit import ProbeParams, ProbeResult
 from mertlab.probe.run import (
     ProbeOutcome,
     checkpoint_identity,
@@ -29,6 +30,7 @@ from mertlab.probe.run import (
     verdict,
 )
 from mertlab.probe.task import load_task
+from mertlab.probe.uncertainty import format_p
 
 
 @dataclass
@@ -38,10 +40,14 @@ class TaskProbe:
     task: str
     outcome: ProbeOutcome | None
     skipped: bool = False
+    #: why the task could not be probed (features of a diverged model), else None
+    refused: str | None = None
 
     @property
     def verdict(self) -> str:
-        """``pitch: 71% (random init 9%, best baseline cqt 80%)`` (or that it was skipped)."""
+        """``pitch: 71% (random init 9%, best baseline cqt 80%)`` (or that it was skipped or refused)."""
+        if self.refused is not None:
+            return f"{self.task}: not probed: {self.refused}"
         return verdict(self.outcome) if self.outcome is not None else f"{self.task}: already probed with these settings"
 
 
@@ -60,6 +66,7 @@ def task_settings(probe: ProbeSpec, task_path: str, checkpoint: dict[str, Any]) 
         "baselines": probe.baselines,
         "random_init": probe.random_init,
         "weighted": probe.weighted,
+        **({"seeds": probe.seeds} if probe.seeds > 1 else {}),  # one seed: the settings hash of earlier runs
         **probe_params(probe).model_dump(),
     }
 
@@ -76,7 +83,8 @@ def probe_spec_tasks(
 ) -> list[TaskProbe]:
     """Probe ``checkpoint`` on every task of ``probe`` and log each to ``run_id`` (default:
     the checkpoint's training run; None and no training run: not logged). With ``skip_done``,
-    tasks already logged on that run with equal settings are skipped. Returns one
+    tasks already logged on that run with equal settings are skipped; a task whose features are
+    not finite (a diverged model) is refused, the reason in its verdict. Returns one
     :class:`TaskProbe` per task, in order."""
     echo = echo or (lambda _: None)
     run_id, tracking_uri, step = probe_run(checkpoint, run_id, tracking_uri)
@@ -98,21 +106,28 @@ def probe_spec_tasks(
                 results.append(TaskProbe(task.name, None, skipped=True))
                 continue
         echo(f"probe '{task.name}': {len(task.paths)} clips")
-        outcome = run_probe(
-            checkpoint,
-            task,
-            probe.layers,
-            probe.window_seconds,
-            probe.batch_size,
-            probe_params(probe),
-            probe.random_init,
-            probe.weighted,
-            probe.device,
-            progress=progress,
-            registry=registry,
-            baselines=probe.baselines,
-            cache=cache,
-        )
+        try:
+            outcome = run_probe(
+                checkpoint,
+                task,
+                probe.layers,
+                probe.window_seconds,
+                probe.batch_size,
+                probe_params(probe),
+                probe.random_init,
+                probe.weighted,
+                probe.device,
+                progress=progress,
+                registry=registry,
+                baselines=probe.baselines,
+                cache=cache,
+                seeds=probe.seeds,
+            )
+        except NonFiniteFeaturesError as exc:  # a diverged model: a verdict, not a failed command
+            if client is not None:
+                client.set_tag(run_id, f"probe/{task.name}/refused", str(exc)[:5000])
+            results.append(TaskProbe(task.name, None, refused=str(exc)))
+            continue
         if run_id:
             log_probe(outcome, run_id, tracking_uri, settings, step)
         results.append(TaskProbe(task.name, outcome))
@@ -123,9 +138,19 @@ def _fmt(value: float | None) -> str:
     return "-" if value is None or math.isnan(value) else f"{value:.3f}"
 
 
+def _with_ci(result: ProbeResult, metric: str) -> str:
+    """``0.420 [0.350, 0.490]``: the test score and its 95% bootstrap interval."""
+    interval = result.test_ci.get(metric)
+    if interval is None or math.isnan(interval.low):
+        return _fmt(result.test[metric])
+    return f"{_fmt(result.test[metric])} [{interval.low:.3f}, {interval.high:.3f}]"
+
+
 def results_table(results: list[TaskProbe]) -> tuple[tuple[str, ...], list[tuple[str, ...]]]:
-    """One row per probed task (test split, primary metric): best probe, best single layer,
-    weighted sum, random init, the strongest baseline and the best probe's margin over it."""
+    """One row per probed task (test split, primary metric, each score with its 95% bootstrap
+    interval): best probe, best single layer, weighted sum, random init, the strongest baseline,
+    the best probe's margin over it, and the paired tests' p-values of the best probe against
+    random init and against that baseline."""
     header = (
         "task",
         "metric",
@@ -135,6 +160,8 @@ def results_table(results: list[TaskProbe]) -> tuple[tuple[str, ...], list[tuple
         "random init",
         "strongest baseline",
         "vs baseline",
+        "p vs random",
+        "p vs baseline",
     )
     rows = []
     for r in results:
@@ -148,16 +175,19 @@ def results_table(results: list[TaskProbe]) -> tuple[tuple[str, ...], list[tuple
             o.weighted(),
             o.strongest_baseline(),
         )
+        p_random = o.p_vs_random()
         rows.append(
             (
                 r.task,
                 m,
-                f"{_fmt(best.test[m])} ({best.name})",
-                f"{_fmt(layer.test[m])} ({layer.name})" if layer else "-",
-                _fmt(weighted.test[m]) if weighted else "-",
-                _fmt(o.random_init.best.test[m]) if o.random_init is not None else "-",
-                f"{_fmt(strongest.test[m])} ({strongest.name})",
+                f"{_with_ci(best, m)} ({best.name})",
+                f"{_with_ci(layer, m)} ({layer.name})" if layer else "-",
+                _with_ci(weighted, m) if weighted else "-",
+                _with_ci(o.random_init.best, m) if o.random_init is not None else "-",
+                f"{_with_ci(strongest, m)} ({strongest.name})",
                 f"{best.test[m] - strongest.test[m]:+.3f}",
+                format_p(p_random).removeprefix("p=") if p_random is not None else "-",
+                format_p(o.p_vs_baseline()).removeprefix("p="),
             )
         )
     return header, rows

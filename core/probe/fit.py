@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -23,6 +24,7 @@ from torch import Tensor, nn
 from mertlab.contracts import Params
 from mertlab.probe.metrics import baseline_scores, compute_metrics, primary_metric
 from mertlab.probe.task import Task
+from mertlab.probe.uncertainty import Interval, confidence_intervals
 
 
 class ProbeParams(Params):
@@ -69,7 +71,9 @@ class LayerProbe(nn.Module):
 @dataclass
 class ProbeResult:
     """Scores of one probe. ``name``: ``layer<i>``, ``weighted`` or ``majority``; ``scores``:
-    the probe's predictions for every row of the task (probabilities or values), row order of the task."""
+    the probe's predictions for every row of the task (probabilities or values), row order of the
+    task (kept, so two probes can be compared clip by clip); ``test_ci``: the 95% bootstrap
+    interval of each test metric (:mod:`.uncertainty`)."""
 
     name: str
     valid: dict[str, float]
@@ -78,6 +82,7 @@ class ProbeResult:
     layer: int | None = None
     best_epoch: int = 0
     layer_weights: list[float] | None = None
+    test_ci: dict[str, Interval] = field(default_factory=dict)
 
 
 @dataclass
@@ -158,22 +163,27 @@ def fit_probe(
     model.load_state_dict(best_state)
     scores = predict(model)
     weights = model.layer_weights.detach().cpu().tolist() if features.shape[1] > 1 else None
-    return ProbeResult(name, *_split_metrics(task, scores), scores=scores, best_epoch=best_epoch, layer_weights=weights)
+    return scored(name, task, scores, best_epoch=best_epoch, layer_weights=weights)
 
 
-def _split_metrics(task: Task, scores: np.ndarray) -> tuple[dict[str, float], dict[str, float]]:
+def scored(name: str, task: Task, scores: np.ndarray, **fields: Any) -> ProbeResult:
+    """The :class:`ProbeResult` of predictions ``scores`` (every row of ``task``): valid and test
+    metrics, and the test metrics' bootstrap intervals."""
     valid, test = task.indices("valid"), task.indices("test")
-    return compute_metrics(task.type, task.targets[valid], scores[valid]), compute_metrics(
-        task.type, task.targets[test], scores[test]
+    return ProbeResult(
+        name,
+        compute_metrics(task.type, task.targets[valid], scores[valid]),
+        compute_metrics(task.type, task.targets[test], scores[test]),
+        scores,
+        test_ci=confidence_intervals(task.type, task.targets[test], scores[test]),
+        **fields,
     )
 
 
 def baseline(task: Task) -> ProbeResult:
     """The chance/majority baseline: predictions from the train labels alone (see metrics)."""
     scores = baseline_scores(task.type, task.targets[task.indices("train")], len(task.paths), len(task.classes))
-    return ProbeResult(
-        "majority" if task.type == "classification" else "chance", *_split_metrics(task, scores), scores=scores
-    )
+    return scored("majority" if task.type == "classification" else "chance", task, scores)
 
 
 def probe_task(

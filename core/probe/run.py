@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from pydantic import ValidationError
 
@@ -24,13 +25,40 @@ from mertlab.probe.extract import FeatureSet, extract_features, resolve_device, 
 from mertlab.probe.fit import ProbeParams, ProbeReport, ProbeResult, orderable, probe_task
 from mertlab.probe.metrics import METRICS
 from mertlab.probe.task import Task, load_task
-from mertlab.toolkit.checkpoint import check_hf_directory, check_not_sharded, hf_directory, load_backbone
-from mertlab.toolkit.safe_load import is_safetensors, load_torch_file
+from mertlab.probe.uncertainty import Interval, format_p, paired_p
+from mertlab.toolkit.checkpoint import (
+    check_hf_directory,
+    check_not_sharded,
+    hf_directory,
+    load_backbone,
+    load_checkpoint_file,
+)
+from mertlab.toolkit.safe_load import is_safetensors
 
 RANDOM_INIT = "random_init"
 WEIGHTED = "weighted"
 BEST_LAYER = "best_layer"
 BASELINE_PREFIX = "baseline_"
+
+
+@dataclass(frozen=True)
+class SeedSpread:
+    """A test score over several probe seeds."""
+
+    values: tuple[float, ...]
+
+    @classmethod
+    def of(cls, values: list[float]) -> SeedSpread:
+        return cls(tuple(float(v) for v in values))
+
+    @property
+    def mean(self) -> float:
+        return float(np.mean(self.values))
+
+    @property
+    def std(self) -> float:
+        """Sample standard deviation (ddof 1)."""
+        return float(np.std(self.values, ddof=1)) if len(self.values) > 1 else 0.0
 
 
 @dataclass
@@ -43,10 +71,39 @@ class ProbeOutcome:
     random_init: ProbeReport | None
     features: FeatureSet
     baselines: dict[str, ProbeReport] = field(default_factory=dict)
+    #: The same probes refitted with further probe seeds (``seeds`` > 1), trained and random init.
+    seed_reports: list[ProbeReport] = field(default_factory=list)
+    random_seed_reports: list[ProbeReport] = field(default_factory=list)
 
     @property
     def metric(self) -> str:
         return self.report.metric
+
+    def paired_p(self, other: ProbeResult, metric: str | None = None) -> float:
+        """p-value of the paired test of the best probe against ``other`` on the test clips."""
+        task, metric = self.report.task, metric or self.metric
+        test = task.indices("test")
+        return paired_p(task.type, metric, task.targets[test], self.report.best.scores[test], other.scores[test])
+
+    def p_vs_random(self, metric: str | None = None) -> float | None:
+        """The best probe against random init's best probe (None without random init)."""
+        return None if self.random_init is None else self.paired_p(self.random_init.best, metric)
+
+    def p_vs_baseline(self, metric: str | None = None) -> float:
+        """The best probe against the strongest baseline."""
+        return self.paired_p(self.strongest_baseline(), metric)
+
+    def seed_spread(self, metric: str | None = None) -> tuple[SeedSpread, SeedSpread | None] | None:
+        """Test ``metric`` of the best probe (by valid) over every probe seed, trained and random
+        init; None with one seed."""
+        if not self.seed_reports:
+            return None
+        metric = metric or self.metric
+        trained = SeedSpread.of([r.best.test[metric] for r in (self.report, *self.seed_reports)])
+        random = None
+        if self.random_init is not None:
+            random = SeedSpread.of([r.best.test[metric] for r in (self.random_init, *self.random_seed_reports)])
+        return trained, random
 
     def baseline_results(self) -> list[ProbeResult]:
         """Majority/chance, then every handcrafted baseline's probe."""
@@ -81,7 +138,7 @@ def checkpoint_tracking(path: str | Path) -> tuple[str | None, str | None, int]:
     if is_safetensors(path):  # a backbone file (save_backbone): no run
         return None, None, 0
     # mmap: the weights are not read (a large checkpoint's optimizer state can be GBs)
-    ckpt = load_torch_file(path, "checkpoint", mmap=True)
+    ckpt = load_checkpoint_file(path, mmap=True)
     run_id = ckpt.get("mlflow_run_id") if isinstance(ckpt, dict) else None
     if not run_id:
         return None, None, 0
@@ -201,6 +258,7 @@ def run_probe(
     registry: Any = None,
     baselines: str | list[str] | tuple[str, ...] | None = (),
     cache: FeatureCache | None = None,
+    seeds: int = 1,
 ) -> ProbeOutcome:
     """Probe ``checkpoint`` (a training checkpoint, a ``save_backbone`` file or ``hf:DIR``) on ``task``.
 
@@ -208,8 +266,12 @@ def run_probe(
     probes are fitted on ``layers`` (``all``, ``last``, ``"i,j"``), plus the weighted-sum probe
     unless ``weighted`` is false; ``random_init`` repeats it all on an untrained copy;
     ``baselines`` (``mfcc``, ``chroma``, ``cqt``) probes handcrafted features with the same MLP
-    and splits. With a ``cache``, features come from / go to it (see :mod:`.cache`).
+    and splits. With a ``cache``, features come from / go to it (see :mod:`.cache`). ``seeds`` > 1
+    refits the backbone's and random init's probes with the probe seeds ``params.seed + 1 ...``
+    (same features, same random-init backbone) for :meth:`ProbeOutcome.seed_spread`.
     """
+    if seeds < 1:
+        raise MertlabError(f"seeds: expected at least 1, got {seeds}")
     params = params or ProbeParams()
     task = task if isinstance(task, Task) else load_task(task)
     chosen_baselines = parse_baselines(baselines)
@@ -219,30 +281,34 @@ def run_probe(
     cache = cache or FeatureCache(None)
     paths = [str(p) for p in task.paths]
 
-    def backbone_features(model: Backbone, source: dict[str, Any]) -> FeatureSet:
+    def backbone_features(model: Backbone, source: dict[str, Any], what: str) -> FeatureSet:
         return cache.get_or_compute(
             source,
             paths,
             window_seconds,
             lambda: extract_features(model, paths, window_seconds, None, batch_size, device, num_workers, progress),
-        )
+        ).check_finite(what)
 
     def report_for(
-        features: FeatureSet, weighted_sum: bool = weighted, probe_layers: list[int] | None = chosen
+        features: FeatureSet,
+        weighted_sum: bool = weighted,
+        probe_layers: list[int] | None = chosen,
+        seed_offset: int = 0,
     ) -> ProbeReport:
         return probe_task(
             features.features,
             features.layers,
             task,
-            params,
+            params.model_copy(update={"seed": params.seed + seed_offset}),
             probe_layers=probe_layers,
             weighted=weighted_sum,
             device=device,
         )
 
-    features = backbone_features(backbone, checkpoint_identity(checkpoint))
+    features = backbone_features(backbone, checkpoint_identity(checkpoint), str(checkpoint))
     report = report_for(features)
-    random_report = None
+    seed_reports = [report_for(features, seed_offset=k) for k in range(1, seeds)]
+    random_report, random_features = None, None
     if random_init:
         untrained = random_init_backbone(backbone, params.seed, registry)
         source = {
@@ -252,7 +318,11 @@ def run_probe(
             "seed": params.seed,
             "torch": torch.__version__,
         }
-        random_report = report_for(backbone_features(untrained, source))
+        random_features = backbone_features(untrained, source, f"the random-init copy of {checkpoint}")
+        random_report = report_for(random_features)
+    random_seed_reports = (
+        [] if random_features is None else [report_for(random_features, seed_offset=k) for k in range(1, seeds)]
+    )
     reports = {}
     for name in chosen_baselines:
         pooled = cache.get_or_compute(
@@ -260,10 +330,10 @@ def run_probe(
             paths,
             window_seconds,
             lambda name=name: baseline_features(name, paths, window_seconds, progress),
-        )
+        ).check_finite(f"baseline {name}")
         reports[name] = report_for(pooled, weighted_sum=False, probe_layers=None)
         reports[name].probes[0].name = BASELINE_PREFIX + name
-    return ProbeOutcome(report, random_report, features, reports)
+    return ProbeOutcome(report, random_report, features, reports, seed_reports, random_seed_reports)
 
 
 # --------------------------------------------------------------------------- reporting
@@ -275,23 +345,34 @@ def _diff(value: float, reference: float) -> str:
     return "n/a" if math.isnan(value) or math.isnan(reference) else f"{value - reference:+.4f}"
 
 
+def _interval(interval: Interval | None) -> str:
+    if interval is None or math.isnan(interval.low):
+        return "n/a"
+    return f"[{interval.low:.4f}, {interval.high:.4f}]"
+
+
 def report_table(outcome: ProbeOutcome) -> tuple[tuple[str, ...], list[tuple[str, ...]]]:
-    """Header and rows: one row per probe (valid and test of every metric), the baselines
-    (majority/chance, handcrafted) and the random-init probes when present; the best probe
-    (by valid) is starred. The last column is each test score minus the strongest baseline's."""
+    """Header and rows: one row per probe (valid and test of every metric, the test score's 95%
+    bootstrap interval), the baselines (majority/chance, handcrafted) and the random-init probes
+    when present; the best probe (by valid) is starred. The last column is each test score minus
+    the strongest baseline's."""
     report, strongest = outcome.report, outcome.strongest_baseline()
     metric = report.metric
     metrics = METRICS[report.task.type]
     header = (
         "probe",
-        *(f"{split} {m}" for m in metrics for split in ("valid", "test")),
+        *(column for m in metrics for column in (f"valid {m}", f"test {m}", "95% CI")),
         "epochs",
         f"vs {strongest.name} (test {metric})",
     )
     rows: list[tuple[str, ...]] = []
 
     def add(result: ProbeResult, label: str) -> None:
-        cells = [_fmt(getattr(result, split)[m]) for m in metrics for split in ("valid", "test")]
+        cells = [
+            cell
+            for m in metrics
+            for cell in (_fmt(result.valid[m]), _fmt(result.test[m]), _interval(result.test_ci.get(m)))
+        ]
         diff = "-" if result is strongest else _diff(result.test[metric], strongest.test[metric])
         rows.append((label, *cells, str(result.best_epoch) if result.best_epoch else "-", diff))
 
@@ -306,87 +387,165 @@ def report_table(outcome: ProbeOutcome) -> tuple[tuple[str, ...], list[tuple[str
 
 
 def summary_lines(outcome: ProbeOutcome) -> list[str]:
-    """A few lines about the task and the best probe, printed under the table."""
+    """A few lines about the task, the best probe, its paired tests and the seed spread,
+    printed under the table."""
     report, task = outcome.report, outcome.report.task
     sizes = "/".join(str(len(task.indices(s))) for s in ("train", "valid", "test"))
     kind = f"{task.type}{' (auto-detected)' if task.auto_type else ''}"
     classes = f", {len(task.classes)} {'tags' if task.type == 'multilabel' else 'classes'}" if task.classes else ""
     split = "automatic 70/15/15 split" if task.auto_split else "splits from the CSV"
     best, strongest, metric = report.best, outcome.strongest_baseline(), report.metric
+    test = "exact McNemar" if metric == "accuracy" else "paired bootstrap"
     lines = [
         f"task '{task.name}': {kind}{classes}; train/valid/test {sizes} ({split})",
         f"best probe (by valid {metric}): {best.name}, test {metric} {_fmt(best.test[metric])} "
-        f"(strongest baseline {strongest.name}: {_fmt(strongest.test[metric])}, "
-        f"difference {_diff(best.test[metric], strongest.test[metric])})",
+        f"{_interval(best.test_ci.get(metric))} (strongest baseline {strongest.name}: {_fmt(strongest.test[metric])}, "
+        f"difference {_diff(best.test[metric], strongest.test[metric])}, {format_p(outcome.p_vs_baseline())})",
     ]
     weighted = next((r for r in report.probes if r.layer_weights), None)
     if weighted is not None:
         lines.append("weighted-sum layer weights: " + ", ".join(f"{w:.2f}" for w in weighted.layer_weights))
     if outcome.random_init is not None:
         rbest = outcome.random_init.best
-        lines.append(f"random-init best: {rbest.name}, test {metric} {_fmt(rbest.test[metric])}")
+        lines.append(
+            f"random-init best: {rbest.name}, test {metric} {_fmt(rbest.test[metric])} "
+            f"{_interval(rbest.test_ci.get(metric))}; best probe vs random init: {format_p(outcome.p_vs_random())}"
+        )
+    lines.append(f"intervals: 95% bootstrap over the {len(task.indices('test'))} test clips; p: two-sided {test}")
+    spread = outcome.seed_spread()
+    if spread is not None:
+        trained, random = spread
+        line = (
+            f"over {len(trained.values)} probe seeds: best probe test {metric} {trained.mean:.4f} "
+            f"+- {trained.std:.4f} (sd; {min(trained.values):.4f} to {max(trained.values):.4f})"
+        )
+        if random is not None:
+            line += f", random init {random.mean:.4f} +- {random.std:.4f}"
+        lines.append(line)
     return lines
 
 
 def verdict(outcome: ProbeOutcome) -> str:
-    """One line per task, e.g. ``pitch: 71% (random init 9%, best baseline cqt 80%)``: the best
-    probe's test score beside random-init and the strongest baseline (percent for accuracy)."""
+    """One line per task, e.g. ``pitch: 42% [35, 49] (random init 16% [11, 22], p<0.001; best
+    baseline cqt 50% [44, 56], p=0.03)``: the best probe's test score and 95% interval beside
+    random init's and the strongest baseline's, with the paired test's p-value against each
+    (percent for accuracy); with several probe seeds, their mean and sd."""
     metric, report = outcome.metric, outcome.report
+    percent = metric == "accuracy"
 
     def show(value: float) -> str:
         if math.isnan(value):
             return "n/a"
-        return f"{100 * value:.0f}%" if metric == "accuracy" else f"{metric} {value:.3f}"
+        return f"{100 * value:.0f}%" if percent else f"{metric} {value:.3f}"
+
+    def bounds(interval: Interval | None) -> str:
+        if interval is None or math.isnan(interval.low):
+            return ""
+        if percent:
+            return f" [{100 * interval.low:.0f}, {100 * interval.high:.0f}]"
+        return f" [{interval.low:.3f}, {interval.high:.3f}]"
+
+    def score(result: ProbeResult) -> str:
+        return show(result.test[metric]) + bounds(result.test_ci.get(metric))
 
     extra = []
     if outcome.random_init is not None:
-        extra.append(f"random init {show(outcome.random_init.best.test[metric])}")
+        extra.append(f"random init {score(outcome.random_init.best)}, {format_p(outcome.p_vs_random())}")
     strongest = outcome.strongest_baseline()
     label = strongest.name.removeprefix(BASELINE_PREFIX)
-    extra.append(f"best baseline {label} {show(strongest.test[metric])}")
-    return f"{report.task.name}: {show(report.best.test[metric])} ({', '.join(extra)})"
+    extra.append(f"best baseline {label} {score(strongest)}, {format_p(outcome.p_vs_baseline())}")
+    line = f"{report.task.name}: {score(report.best)} ({'; '.join(extra)})"
+    spread = outcome.seed_spread()
+    if spread is not None:
+        trained, random = spread
+        unit, scale = ("%", 100) if percent else ("", 1)
+        digits = 1 if percent else 3
+        line += (
+            f"; over {len(trained.values)} probe seeds {scale * trained.mean:.{digits}f}{unit} "
+            f"+- {scale * trained.std:.{digits}f}"
+        )
+        if random is not None:
+            line += f" (random init {scale * random.mean:.{digits}f}{unit} +- {scale * random.std:.{digits}f})"
+    return line
 
 
 def probe_metrics(outcome: ProbeOutcome) -> dict[str, float]:
-    """Everything logged to MLflow (test split; NaN metrics are left out)."""
+    """Everything logged to MLflow (test split; NaN metrics are left out): every score, its 95%
+    interval (``..._ci_low``/``..._ci_high``), the best probe's paired p-values against random
+    init and the strongest baseline (``..._p_vs_random``/``..._p_vs_baseline``) and, with several
+    probe seeds, the seed mean and sd (``..._seed_mean``/``..._seed_std``)."""
     report, name = outcome.report, outcome.report.task.name
     metrics: dict[str, float] = {}
-    for metric, value in report.best.test.items():
-        metrics[metric_names.probe(name, metric)] = value
-    for result in (*report.probes, *outcome.baseline_results()):
+
+    def add(result: ProbeResult, probe_name: str | None) -> None:
         for metric, value in result.test.items():
-            metrics[metric_names.probe(name, metric, result.name)] = value
+            metrics[metric_names.probe(name, metric, probe_name)] = value
+            interval = result.test_ci.get(metric)
+            if interval is not None:
+                metrics[metric_names.probe_companion(name, metric, metric_names.CI_LOW, probe_name)] = interval.low
+                metrics[metric_names.probe_companion(name, metric, metric_names.CI_HIGH, probe_name)] = interval.high
+
+    add(report.best, None)
+    for result in (*report.probes, *outcome.baseline_results()):
+        add(result, result.name)
     best_layer = outcome.best_layer()
     if best_layer is not None:
-        for metric, value in best_layer.test.items():
-            metrics[metric_names.probe(name, metric, BEST_LAYER)] = value
+        add(best_layer, BEST_LAYER)
     if outcome.random_init is not None:
-        for metric, value in outcome.random_init.best.test.items():
-            metrics[metric_names.probe(name, metric, RANDOM_INIT)] = value
+        add(outcome.random_init.best, RANDOM_INIT)
+    for metric in report.best.test:
+        metrics[metric_names.probe_companion(name, metric, metric_names.P_VS_BASELINE)] = outcome.p_vs_baseline(metric)
+        p_random = outcome.p_vs_random(metric)
+        if p_random is not None:
+            metrics[metric_names.probe_companion(name, metric, metric_names.P_VS_RANDOM)] = p_random
+        spread = outcome.seed_spread(metric)
+        if spread is not None:
+            for result, probe_name in zip(spread, (None, RANDOM_INIT), strict=True):
+                if result is not None:
+                    metrics[metric_names.probe_companion(name, metric, metric_names.SEED_MEAN, probe_name)] = (
+                        result.mean
+                    )
+                    metrics[metric_names.probe_companion(name, metric, metric_names.SEED_STD, probe_name)] = result.std
     return {k: v for k, v in metrics.items() if not math.isnan(v)}
 
 
+def _predictions(task: Task, result: ProbeResult) -> list[Any]:
+    """A probe's test predictions, clip by clip: class names, values, or tag probabilities."""
+    scores = result.scores[task.indices("test")]
+    if task.type == "classification":
+        return [task.classes[i] for i in scores.argmax(axis=1)]
+    if task.type == "regression":
+        return [float(v) for v in scores]
+    return [[round(float(v), 4) for v in row] for row in scores]
+
+
 def report_dict(outcome: ProbeOutcome, settings: dict[str, Any]) -> dict[str, Any]:
-    """The full report as JSON-able data (logged as an artifact)."""
+    """The full report as JSON-able data (logged as an artifact), with every probe's test
+    predictions clip by clip (so two runs' probes can be paired later)."""
+    task = outcome.report.task
+
+    def result_dict(r: ProbeResult) -> dict[str, Any]:
+        return {
+            "probe": r.name,
+            "layer": r.layer,
+            "valid": r.valid,
+            "test": r.test,
+            "test_ci": {m: [i.low, i.high] for m, i in r.test_ci.items()},
+            "best_epoch": r.best_epoch,
+            "layer_weights": r.layer_weights,
+            "test_predictions": _predictions(task, r),
+        }
 
     def probes(report: ProbeReport) -> list[dict[str, Any]]:
-        return [
-            {
-                "probe": r.name,
-                "layer": r.layer,
-                "valid": r.valid,
-                "test": r.test,
-                "best_epoch": r.best_epoch,
-                "layer_weights": r.layer_weights,
-            }
-            for r in (*report.probes, report.baseline)
-        ]
+        return [result_dict(r) for r in (*report.probes, report.baseline)]
 
     def handcrafted(name: str, report: ProbeReport) -> dict[str, Any]:
-        r = report.probes[0]
-        return {"probe": r.name, "baseline": name, "valid": r.valid, "test": r.test, "best_epoch": r.best_epoch}
+        return {"baseline": name, **result_dict(report.probes[0])}
 
-    task = outcome.report.task
+    test = task.indices("test")
+    targets = task.targets[test]
+    metrics = METRICS[task.type]
+    spread = {m: outcome.seed_spread(m) for m in metrics}
     return {
         "task": {
             "name": task.name,
@@ -403,6 +562,17 @@ def report_dict(outcome: ProbeOutcome, settings: dict[str, Any]) -> dict[str, An
         "random_init": probes(outcome.random_init) if outcome.random_init is not None else None,
         "baselines": [handcrafted(name, r) for name, r in outcome.baselines.items()],
         "strongest_baseline": outcome.strongest_baseline().name,
+        "p_vs_random": {m: outcome.p_vs_random(m) for m in metrics} if outcome.random_init is not None else None,
+        "p_vs_baseline": {m: outcome.p_vs_baseline(m) for m in metrics},
+        "seeds": {
+            m: {"trained": list(s[0].values), "random_init": list(s[1].values) if s[1] else None}
+            for m, s in spread.items()
+            if s is not None
+        },
+        "test_clips": {
+            "paths": [str(task.paths[i]) for i in test],
+            "targets": [task.classes[int(t)] for t in targets] if task.type == "classification" else targets.tolist(),
+        },
     }
 
 
@@ -418,7 +588,8 @@ def log_probe(
     outcome: ProbeOutcome, run_id: str, tracking_uri: str, settings: dict[str, Any] | None = None, step: int = 0
 ) -> None:
     """Log the probe scores onto an existing MLflow run: metrics (see :func:`probe_metrics`) at
-    ``step``, the tags ``probe/<task>/best`` and ``probe/<task>/settings`` (:func:`settings_sha`),
+    ``step``, the tags ``probe/<task>/best``, ``probe/<task>/strongest_baseline`` and
+    ``probe/<task>/settings`` (:func:`settings_sha`),
     and the artifacts ``probe/<task>.json`` and ``probe/<task>_layers.png`` (:func:`.plots.layer_plot`)."""
     import tempfile
     import time
@@ -434,6 +605,7 @@ def log_probe(
         run_id, metrics=[Metric(k, float(v), now, step) for k, v in sorted(probe_metrics(outcome).items())]
     )
     client.set_tag(run_id, f"probe/{name}/best", outcome.report.best.name)
+    client.set_tag(run_id, metric_names.probe_strongest_baseline_tag(name), outcome.strongest_baseline().name)
     client.log_dict(run_id, report_dict(outcome, settings or {}), f"probe/{name}.json")
     with tempfile.TemporaryDirectory() as tmp:
         client.log_artifact(run_id, str(layer_plot(outcome, Path(tmp) / f"{name}_layers.png")), "probe")

@@ -8,6 +8,7 @@ libraries -- never on the experiment layer, the data pipeline or the training lo
 * quantisers: :mod:`.kmeans`, :mod:`.rvq`, :mod:`.codec_support` (neural-codec teachers);
 * objectives: :mod:`.masked_loss`;
 * files: :mod:`.teacher_state` (fitted teachers), :mod:`.checkpoint` (backbones),
+  :mod:`.checkpoint_sidecar` (checkpoint checksums),
   :mod:`.safe_load`, :mod:`.atomic`, :mod:`.paths`;
 * params: :mod:`.presets` (named presets of a component's params);
 * randomness: :mod:`.seeding` (seeds derived from position, never from history).

@@ -10,7 +10,8 @@ Formats :func:`load_backbone` reads, none of which can run code when loaded:
 * ``hf:DIR``, a local Hugging Face model directory (``config.json`` + weights), read by the
   registered backbone that lists its ``model_type`` in ``hf_model_types`` (HuBERT, MERT).
 
-Torch files load with ``weights_only=True`` (:func:`mertlab.toolkit.safe_load.load_torch_file`).
+Torch files load with ``weights_only=True`` (:func:`mertlab.toolkit.safe_load.load_torch_file`),
+training checkpoints after a check against their sidecar (:func:`load_checkpoint_file`).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import Any
 
 from mertlab.contracts import Backbone
 from mertlab.errors import MertlabError
+from mertlab.toolkit.checkpoint_sidecar import verify_checkpoint, warn_unverified
 from mertlab.toolkit.safe_load import is_safetensors, load_torch_file, read_safetensors, write_safetensors
 
 BACKBONE_FORMAT = "mertlab-backbone-v2"
@@ -49,6 +51,18 @@ def check_not_sharded(path: str | Path) -> None:
         )
 
 
+def load_checkpoint_file(path: str | Path, what: str = "checkpoint", *, mmap: bool = False) -> Any:
+    """A torch file read weights-only (:func:`load_torch_file`), checked first against its
+    sidecar when it has one (:func:`~mertlab.toolkit.checkpoint_sidecar.verify_checkpoint`: a
+    damaged file is one error naming it). A training checkpoint without a sidecar (written
+    before they existed) loads with one warning."""
+    record = verify_checkpoint(path)
+    data = load_torch_file(path, what, mmap=mmap)
+    if record is None and isinstance(data, dict) and "global_step" in data:
+        warn_unverified(path)
+    return data
+
+
 def read_backbone_file(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
     """``(component {name, params}, backbone state_dict)`` stored in ``path`` (any format above)."""
     path = Path(path)
@@ -62,7 +76,7 @@ def read_backbone_file(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]
                 f"{path}: a safetensors file, but not a mertlab backbone (no {BACKBONE_FORMAT} metadata)"
             )
         return meta["backbone"], state
-    ckpt = load_torch_file(path, "checkpoint")
+    ckpt = load_checkpoint_file(path)
     if not isinstance(ckpt, dict):
         raise MertlabError(f"{path}: not a mertlab backbone or training checkpoint")
     if ckpt.get("format") == LEGACY_BACKBONE_FORMAT:

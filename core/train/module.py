@@ -10,7 +10,9 @@ One step, top to bottom (``training_step``):
 4. each objective scores the backbone output against its teacher's targets;
    ``loss/total = sum(weight * loss) (+ feature penalty)``;
 5. non-finite losses or gradients skip the step (counted in ``stability/*``, logged with their
-   real non-finite values, never the last finite ones); see :meth:`PretrainModule.skip_update`.
+   real non-finite values, never the last finite ones); see :meth:`PretrainModule.skip_update`;
+   an update that leaves a parameter non-finite is undone and counted the same way
+   (:meth:`PretrainModule.undo_nonfinite_update`).
 
 Stability instrumentation beyond that (per-block gradient norms, attention logits, update
 ratios, loss spikes) lives in the ``stability`` callback.
@@ -18,8 +20,10 @@ ratios, loss spikes) lives in the ``stability`` callback.
 
 from __future__ import annotations
 
+import logging
 import math
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,9 +38,15 @@ from mertlab.experiment.spec import ExperimentSpec
 from mertlab.toolkit.code_usage import code_perplexity
 from mertlab.toolkit.objective_output import check_objective_output, objective_label
 from mertlab.toolkit.seeding import AUGMENT, DROPOUT, LAYER_DROP, MASK, VAL_MASK, derive_seed, generator, name_key
+from mertlab.train.agreement import any_rank
 from mertlab.train.schedule import lr_factor
 from mertlab.train.strategy import global_norms
-from mertlab.train.targets import target_source
+from mertlab.train.targets import FrozenTeachers, target_source, without_legacy_teacher_weights
+from mertlab.train.update_guard import UpdateGuard
+
+log = logging.getLogger(__name__)
+#: Checkpoint key of the teachers' fingerprints (:meth:`FrozenTeachers.fingerprints`).
+TEACHERS_KEY = "mertlab_teachers"
 
 
 def run_objective(
@@ -76,13 +86,11 @@ class PretrainModule(L.LightningModule):
             registry = get_registry()
         self.spec = spec
         self.backbone = registry.build("backbone", spec.backbone.name, spec.backbone.params)
-        self.teachers = nn.ModuleDict(
+        # Outside the module tree (not submodules): no parallel wrapper, precision plugin or
+        # checkpoint sees them; they run in float32 on the batch's device (see FrozenTeachers).
+        self.teachers = FrozenTeachers(
             {alias: registry.build("teacher", t.name, t.params) for alias, t in spec.teachers.items()}
         )
-        for teacher in self.teachers.values():
-            teacher.requires_grad_(False)
-        # Teachers stay modules of the model either way (their info types the objectives; the
-        # checkpoint layout does not depend on where targets come from).
         self.target_source = target_source(
             spec.data.target_cache, self.teachers, self.backbone.sample_rate, spec.data.path
         )
@@ -107,24 +115,22 @@ class PretrainModule(L.LightningModule):
         self.nonfinite_steps = 0
         self.skipped_steps = 0
         self.consecutive_nonfinite = 0
+        self.nonfinite_updates = 0  # of them, updates undone for leaving a parameter non-finite
         self.stop_reason: str | None = None  # set when training stops itself (see on_train_batch_end)
         self.last_loss: float | None = None  # this step's finite loss/total (None: non-finite)
         self._step_nonfinite = False  # this step's loss or gradient was non-finite
         self._step_skipped = False  # this step's update was skipped (skip_update)
         self._update_blocked = False  # a micro-batch of this optimizer step was skipped
         self.instrument_next_step = False  # set by the stability callback
+        self.update_guard = UpdateGuard() if spec.trainer.undo_nonfinite_updates else None
+        self._warned_nonfinite_update = False
         self.last_output: BackboneOutput | None = None
         self._last_step_start: float | None = None
 
     # ------------------------------------------------------------------ plumbing
-    def train(self, mode: bool = True) -> PretrainModule:
-        super().train(mode)
-        self.teachers.eval()  # teachers are frozen feature extractors, never in train mode
-        return self
-
     def configure_optimizers(self):
         optim = self.spec.optim
-        params = [p for n, p in self.named_parameters() if p.requires_grad and not n.startswith("teachers.")]
+        params = [p for p in self.parameters() if p.requires_grad]
         cls = torch.optim.AdamW if optim.name == "adamw" else torch.optim.Adam
         optimizer = cls(params, lr=optim.lr, betas=optim.betas, eps=optim.eps, weight_decay=optim.weight_decay)
         max_steps = self.spec.trainer.max_steps
@@ -137,7 +143,9 @@ class PretrainModule(L.LightningModule):
             "nonfinite_steps": self.nonfinite_steps,
             "skipped_steps": self.skipped_steps,
             "consecutive_nonfinite": self.consecutive_nonfinite,
+            "nonfinite_updates": self.nonfinite_updates,
         }
+        checkpoint[TEACHERS_KEY] = self.teachers.fingerprints()  # what rebuilds them; their weights are not saved
         logger = self.logger
         if logger is not None and getattr(logger, "run_id", None):
             checkpoint["mlflow_run_id"] = logger.run_id
@@ -147,6 +155,20 @@ class PretrainModule(L.LightningModule):
         self.nonfinite_steps = counters.get("nonfinite_steps", 0)
         self.skipped_steps = counters.get("skipped_steps", 0)
         self.consecutive_nonfinite = counters.get("consecutive_nonfinite", 0)
+        self.nonfinite_updates = counters.get("nonfinite_updates", 0)
+        if isinstance(checkpoint.get("state_dict"), dict):  # older checkpoints also hold teacher weights
+            checkpoint["state_dict"] = without_legacy_teacher_weights(checkpoint["state_dict"])
+        changed = self.teachers.changed_since(checkpoint.get(TEACHERS_KEY))
+        if changed:
+            log.warning(
+                "resuming with teachers other than the checkpoint's: %s; targets from here on are the new teachers'",
+                "; ".join(changed),
+            )
+
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False) -> Any:
+        """As :meth:`torch.nn.Module.load_state_dict`; the teacher weights older checkpoints
+        hold (``teachers.*``) are ignored: teachers are rebuilt from the spec."""
+        return super().load_state_dict(without_legacy_teacher_weights(state_dict), strict=strict, assign=assign)
 
     # ------------------------------------------------------------------ the step
     def frame_padding(self, wav: Tensor, lengths: Tensor) -> tuple[int, Tensor, Tensor]:
@@ -158,7 +180,9 @@ class PretrainModule(L.LightningModule):
 
     @torch.no_grad()
     def compute_targets(self, batch: AudioBatch, num_frames: int, frame_lengths: Tensor) -> dict[str, Targets]:
-        """Each teacher's targets of the clean audio, aligned to the backbone's frames."""
+        """Each teacher's targets of the clean audio, aligned to the backbone's frames (the
+        teachers in float32 on the batch's device, autocast off)."""
+        self.teachers.to(batch.wav.device)
         return self.target_source.targets(batch, self.backbone.frame_rate, num_frames, frame_lengths)
 
     def distributed_position(self) -> tuple[int, int, int]:
@@ -343,13 +367,15 @@ class PretrainModule(L.LightningModule):
             {
                 M.NONFINITE_STEPS: float(self.nonfinite_steps),
                 M.SKIPPED_STEPS: float(self.skipped_steps),
+                M.NONFINITE_UPDATES: float(self.nonfinite_updates),
             },
             on_step=True,
             on_epoch=False,
             batch_size=max(len(batch), 1),
         )
         limit = self.spec.trainer.max_consecutive_nonfinite
-        if limit and self.consecutive_nonfinite >= limit:
+        # Every rank stops at the same step (a rank stopping alone would leave the others waiting).
+        if limit and any_rank(self._trainer, self.consecutive_nonfinite >= limit):
             self.stop_reason = (
                 f"training stopped at step {self.global_step}: {self.consecutive_nonfinite} consecutive non-finite "
                 f"steps (trainer.max_consecutive_nonfinite: {limit}); the checkpoint holds the last finite state "
@@ -403,6 +429,45 @@ class PretrainModule(L.LightningModule):
         if not torch.isfinite(norm):
             self._step_nonfinite = True
             self.skip_update(optimizer)
+        elif self.update_guard is not None:
+            self.update_guard.snapshot(optimizer)  # an update will run: keep what it changes
+
+    def optimizer_step(self, epoch: int, batch_idx: int, optimizer: Any, optimizer_closure: Any = None) -> None:
+        super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
+        self.undo_nonfinite_update(getattr(optimizer, "optimizer", optimizer))
+
+    def undo_nonfinite_update(self, optimizer: torch.optim.Optimizer) -> None:
+        """Undo this step's update when it left a parameter NaN or infinite (finite loss and
+        gradients do not make a finite update: see :mod:`mertlab.train.update_guard`). The
+        parameters and optimizer state are put back as they were before the step, and the step
+        is counted as a skipped non-finite step (``stability/nonfinite_steps``,
+        ``stability/skipped_steps``; ``trainer.max_consecutive_nonfinite`` applies) and in
+        ``stability/nonfinite_updates``; the first one of a run is named in a warning."""
+        if self.update_guard is None:
+            return
+        bad = self.update_guard.undo_if_nonfinite(optimizer, agree=self._on_any_rank)
+        if bad is None:
+            return
+        self._step_nonfinite = True
+        self.nonfinite_updates += 1
+        if not self._warned_nonfinite_update:
+            self._warned_nonfinite_update = True
+            names = {id(p): n for n, p in self.named_parameters()}
+            which = f"parameter {names.get(id(self.update_guard.parameter(bad)), bad)}" if bad >= 0 else "a parameter"
+            log.warning(
+                "step %d: the optimizer update made %s non-finite (learning rate %g); the update is undone and the "
+                "step counted as skipped (stability/skipped_steps); lower optim.lr or raise optim.warmup_steps",
+                self.global_step,
+                which,
+                optimizer.param_groups[0]["lr"],
+            )
+
+    def _on_any_rank(self, flag: bool) -> bool:
+        """``flag`` or-ed over the ranks (one all-reduce when distributed)."""
+        if self.distributed_position()[1] == 1:
+            return flag
+        total = self.trainer.strategy.reduce(torch.tensor(float(flag), device=self.device), reduce_op="sum")
+        return bool(total > 0)
 
     # ------------------------------------------------------------------ metrics
     def teacher_statistics(self, targets: dict[str, Targets]) -> dict[str, Tensor]:

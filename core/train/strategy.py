@@ -13,21 +13,27 @@ Everything distributed is PyTorch's, through Lightning; this module only chooses
 * ``fsdp``: :class:`~lightning.pytorch.strategies.FSDPStrategy`; each backbone layer
   (:meth:`Backbone.layer_classes`) is one wrapped, sharded unit and, with
   ``trainer.activation_checkpointing``, recomputed in backward; ``trainer.precision:
-  bf16-mixed`` gives bf16 compute and gradient reduction with fp32 master weights;
+  bf16-mixed`` gives bf16 compute and gradient reduction with fp32 master weights, the batch
+  left in its own dtypes (:func:`fsdp_mixed_precision`);
   checkpoints are sharded (one folder, a file per rank; torch distributed checkpoint, which
   reshards to another device count on load).
 * ``auto``: one device -> no strategy; several -> ``ddp`` as above (Lightning's own choice
   would leave ``find_unused_parameters`` off).
+
+The frozen teachers are not part of what either strategy wraps: the module holds them outside
+its submodules (:class:`~mertlab.train.targets.FrozenTeachers`), so DDP registers and
+broadcasts only the trained model's tensors, FSDP shards and casts only those, and the teachers
+run in float32 whatever ``trainer.precision`` is.
 """
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import torch
 from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy, Strategy
 from torch import Tensor
+from torch.distributed.fsdp import MixedPrecision
 
 from mertlab.contracts import Backbone
 from mertlab.errors import MertlabError
@@ -39,31 +45,11 @@ def world_size(trainer: TrainerSpec) -> int:
     return trainer.devices * trainer.num_nodes
 
 
-def process_rank(trainer: TrainerSpec) -> int:
-    """This process's global rank, from the launcher's environment, before a Trainer exists.
-
-    ``RANK`` (torchrun); ``NODE_RANK x devices + LOCAL_RANK`` in the processes Lightning's own
-    launcher starts (it re-runs this command once per further device); ``SLURM_PROCID`` when
-    ``srun`` starts one task per device; else the first process of node ``NODE_RANK``.
-    """
-    env = os.environ
-    node = int(env.get("NODE_RANK", 0))
-    if "RANK" in env:
-        return int(env["RANK"])
-    if "LOCAL_RANK" in env:  # checked before SLURM_PROCID: Lightning's launcher may run inside a SLURM job
-        return node * trainer.devices + int(env["LOCAL_RANK"])
-    if "SLURM_PROCID" in env and int(env.get("SLURM_NTASKS", 1)) > 1:
-        return int(env["SLURM_PROCID"])
-    return node * trainer.devices
-
-
 def ddp_strategy(trainer: TrainerSpec, backbone: Backbone) -> Strategy:
     return DDPStrategy(find_unused_parameters=True)
 
 
 def fsdp_strategy(trainer: TrainerSpec, backbone: Backbone) -> Strategy:
-    import torch
-
     if trainer.accelerator == "cpu" or (trainer.accelerator == "auto" and not torch.cuda.is_available()):
         raise MertlabError(
             f"trainer.strategy: fsdp needs CUDA GPUs (Lightning's FSDP does not run on CPU; accelerator here: "
@@ -74,10 +60,30 @@ def fsdp_strategy(trainer: TrainerSpec, backbone: Backbone) -> Strategy:
         auto_wrap_policy=layers,
         activation_checkpointing_policy=layers if trainer.activation_checkpointing else None,
         state_dict_type="sharded",
-        # Frozen teachers and trainable layers share the root unit: FSDP needs the original
-        # parameters (not one flat tensor per unit) to mix requires_grad within a unit.
+        # The original parameters (not one flat tensor per unit): the stability callback
+        # reads gradient norms per named block of the backbone.
         use_orig_params=True,
+        mixed_precision=fsdp_mixed_precision(trainer.precision),
     )
+
+
+#: The half dtype of each mixed ``trainer.precision`` (others compute in float32).
+HALF_DTYPES = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
+
+
+def fsdp_mixed_precision(precision: str) -> MixedPrecision:
+    """FSDP's mixed-precision policy for ``trainer.precision``.
+
+    Lightning's policy (parameters, gradient reduction and buffers in the half dtype, autocast
+    around the step; float32 for ``32``), except that the root module's inputs are left as
+    they are: FSDP would otherwise cast every floating tensor of the batch to the compute dtype
+    before the training step -- the audio the teachers read (so targets on the fly would no
+    longer equal the fp32 target cache's) and each crop's float64 start in its file (which
+    bf16 rounds by whole seconds). The backbone gets float32 audio, which autocast turns into
+    the half dtype where it computes.
+    """
+    dtype = HALF_DTYPES.get(precision, torch.float32)
+    return MixedPrecision(param_dtype=dtype, reduce_dtype=dtype, buffer_dtype=dtype, cast_root_forward_inputs=False)
 
 
 STRATEGIES = {"ddp": ddp_strategy, "fsdp": fsdp_strategy}

@@ -4,6 +4,9 @@ Both sources return each teacher's targets for a batch of crops, already aligned
 backbone's frames, so the training step does not know which one runs. The spec chooses:
 ``data.target_cache: DIR`` reads precomputed targets (``mertlab targets build SPEC``), null runs
 the teachers on the clean crops (e.g. on a GPU).
+
+Teachers run in float32 with autocast off, whatever ``trainer.precision`` is, and live in a
+:class:`FrozenTeachers` container outside the trained module (see there why).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from torch import Tensor
 from mertlab.contracts import TargetInfo, Targets, Teacher
 from mertlab.data.audio import AudioFile, resample
 from mertlab.data.dataset import AudioBatch
+from mertlab.data.skipped import SkippedFile
 from mertlab.errors import MertlabError
 from mertlab.teachers.target_cache import (
     BUILD_HINT,
@@ -56,6 +60,81 @@ def teacher_alias(alias: str) -> Iterator[None]:
         raise
 
 
+#: Key prefix of teacher tensors in checkpoints written while teachers were submodules of the
+#: trained module; such keys are dropped on load (teachers are rebuilt from the spec).
+LEGACY_TEACHER_PREFIX = "teachers."
+
+
+class FrozenTeachers(Mapping[str, Teacher]):
+    """A spec's teachers by alias: frozen, in eval mode, in the dtype they were built in
+    (float32), and held *outside* the trained module's tree of submodules.
+
+    :class:`~mertlab.train.module.PretrainModule` keeps them in this plain container, not as
+    submodules, so nothing that wraps or converts the trained module reaches them:
+
+    * DDP neither registers their parameters nor broadcasts their buffers at each step
+      (``broadcast_buffers`` stays on for the backbone's own buffers);
+    * FSDP neither shards nor all-gathers them, and its mixed-precision policy (``bf16-mixed``:
+      parameter, reduction *and buffer* dtype bf16 for the root unit) never casts them;
+    * Lightning's ``*-true`` precisions (``module.to(dtype)``) leave them in float32;
+    * checkpoints (``state_dict``) do not hold them: a teacher is rebuilt from its spec entry,
+      its fitted state (if any) read from its state file, and the fingerprints saved beside
+      the weights say whether it is the same teacher on resume.
+
+    This is more robust than keeping them as submodules and excluding them per strategy
+    (FSDP ``ignored_modules``, DDP ``broadcast_buffers=False``): each strategy and precision
+    plugin would need its own exclusion, and a missed one fails silently. The price is that
+    they follow the batch's device themselves: :meth:`to` (called with each batch; a no-op
+    when they are already there) moves them without ever changing their dtype.
+    """
+
+    def __init__(self, teachers: Mapping[str, Teacher]) -> None:
+        self._teachers = dict(teachers)
+        for teacher in self._teachers.values():
+            teacher.requires_grad_(False).eval()
+        self._device: torch.device | None = None
+
+    def __getitem__(self, alias: str) -> Teacher:
+        return self._teachers[alias]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._teachers)
+
+    def __len__(self) -> int:
+        return len(self._teachers)
+
+    def to(self, device: torch.device | str) -> FrozenTeachers:
+        """Move every teacher to ``device`` (their dtypes unchanged); a no-op when they are there."""
+        device = torch.device(device)
+        if device != self._device:
+            for teacher in self._teachers.values():
+                teacher.to(device=device)
+            self._device = device
+        return self
+
+    def fingerprints(self) -> dict[str, dict[str, str]]:
+        """``{alias: {"name", "fingerprint"}}``: what rebuilds each teacher (saved in checkpoints)."""
+        return {alias: {"name": t.name, "fingerprint": t.fingerprint()} for alias, t in self._teachers.items()}
+
+    def changed_since(self, saved: Any) -> list[str]:
+        """Aliases whose teacher differs from ``saved`` (a :meth:`fingerprints` read back from a
+        checkpoint), each as ``alias (name fingerprint -> now name fingerprint)``; teachers absent
+        from ``saved`` (older checkpoints) are not reported."""
+        if not isinstance(saved, dict):
+            return []
+        now = self.fingerprints()
+        return [
+            f"{alias} ({old.get('name')} {old.get('fingerprint')} -> now {new['name']} {new['fingerprint']})"
+            for alias, old in saved.items()
+            if (new := now.get(alias)) is not None and isinstance(old, dict) and old != new
+        ]
+
+
+def without_legacy_teacher_weights(state_dict: Mapping[str, Any]) -> dict[str, Any]:
+    """``state_dict`` without the ``teachers.*`` entries older checkpoints carry."""
+    return {k: v for k, v in state_dict.items() if not k.startswith(LEGACY_TEACHER_PREFIX)}
+
+
 class TargetSource(ABC):
     """Each teacher's targets (by alias) of a batch, on ``num_frames`` frames at ``frame_rate``."""
 
@@ -65,8 +144,10 @@ class TargetSource(ABC):
     ) -> dict[str, Targets]:
         """``frame_lengths``: ``[B]`` valid backbone frames per clip."""
 
-    def check_files(self, files: Sequence[AudioFile]) -> None:
-        """Raise a clear error now if targets of some of ``files`` cannot be provided later."""
+    def check_files(self, files: Sequence[AudioFile]) -> list[SkippedFile]:
+        """Raise a clear error now if targets of some of ``files`` cannot be provided later;
+        return the files found unusable meanwhile (the run skips and counts them)."""
+        return []
 
 
 class TeacherTargets(TargetSource):
@@ -119,7 +200,16 @@ class CachedTargets(TargetSource):
     def __getstate__(self) -> dict[str, Any]:  # memory maps stay in their process (e.g. ddp_spawn)
         return {**self.__dict__, "_open": OrderedDict()}
 
-    def check_files(self, files: Sequence[AudioFile]) -> None:
+    def check_files(self, files: Sequence[AudioFile]) -> list[SkippedFile]:
+        """Every file needs an entry of every teacher, except those a build found unusable
+        (:meth:`~mertlab.teachers.target_cache.TeacherCache.mark_bad`: returned, to be skipped)."""
+        bad: dict[Path, SkippedFile] = {}
+        for cache in self.caches.values():
+            for f in files:
+                reason = None if f.path in bad else cache.bad_reason(f.path)
+                if reason is not None:
+                    bad[f.path] = SkippedFile(f.path, reason)
+        files = [f for f in files if f.path not in bad]
         for alias, cache in self.caches.items():
             try:
                 cache.check_manifest(required=True)
@@ -137,6 +227,7 @@ class CachedTargets(TargetSource):
                 problem = cache.damage(entry, full=False)
                 if problem:
                     raise MertlabError(f"{DamagedEntryError(entry, f.path, problem)}; {REBUILD_HINT}")
+        return list(bad.values())
 
     def read(self, alias: str, file: AudioFile, device: torch.device | str = "cpu") -> np.ndarray:
         """``file``'s cached targets of teacher ``alias``; a damaged entry is recomputed by the
@@ -299,8 +390,9 @@ class ShardTargets(TargetSource):
         self._source = self
         return self
 
-    def check_files(self, files: Sequence[AudioFile]) -> None:
+    def check_files(self, files: Sequence[AudioFile]) -> list[SkippedFile]:
         self.resolve()
+        return []
 
     def targets(
         self, batch: AudioBatch, frame_rate: float, num_frames: int, frame_lengths: Tensor

@@ -44,8 +44,8 @@ class BestRQTeacher(CheckedFrameTeacher):
     """Codes ``[B, T, n_codebooks]`` (int64) from frozen random projections of stacked log-mels.
 
     Per codebook: ``argmax_k cos(P^T x, e_k)`` with ``P`` Xavier-normal ``[n_mels * stack, proj_dim]``
-    and ``e_k`` standard-normal, both drawn from ``seed`` and stored as buffers (so a checkpoint
-    carries them and the fingerprint hashes them). A clip of ``n`` samples has
+    and ``e_k`` standard-normal, both drawn from ``seed`` and stored as buffers (the fingerprint
+    hashes them). A clip of ``n`` samples has
     ``(1 + n // hop_length) // stack_frames`` frames (centred mel frames, incomplete stacks
     dropped); a clip too short for one frame is an error. Silent clips map to code 0 (all
     similarities are zero after per-clip normalisation).

@@ -13,6 +13,7 @@ No hub access: :func:`load_hf` reads a local directory only.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -88,6 +89,23 @@ UNSUPPORTED_HF_OPTIONS: dict[str, Any] = {
     "adapter_attn_dim": None,
 }
 
+#: Our fields mapped by code in :func:`hf_config_from_params` (not one key each): activations,
+#: extractor norm, and the MERT extras HubertModel ignores without changing its output
+#: (attention relaxation is the same softmax; ``sample_rate`` only names the input rate).
+CONVERTED_FIELDS = frozenset({"extractor_mode", "activation", "extractor_activation", "attention_relax", "sample_rate"})
+#: Our fields that do not change what the exported model computes: training-time settings,
+#: the preset name (its values are in the other fields) and the mel frontend's settings.
+NO_MODEL_EFFECT = frozenset({"preset", "feature_grad_mult", "gradient_checkpointing", "mel_bins", "mel_n_fft"})
+#: Our fields ``transformers.HubertModel`` has no key for: the value it always computes with,
+#: and why another value cannot be exported (it would silently be a different model).
+HUBERT_FIXED: dict[str, tuple[Any, str]] = {
+    "frontend": ("conv", "HubertModel takes waveforms through its conv extractor"),
+    "deepnorm": (
+        False,
+        "HubertModel has no DeepNorm residual scaling; the exported model would compute another function",
+    ),
+}
+
 #: Legacy weight-norm parameter names -> torch parametrization names used by our module and HF 5.x.
 LEGACY_KEY_RENAMES: dict[str, str] = {
     "encoder.pos_conv_embed.conv.weight_g": "encoder.pos_conv_embed.conv.parametrizations.weight.original0",
@@ -140,15 +158,33 @@ def params_from_hf_config(config: dict[str, Any], sample_rate: int | None = None
         raise MertlabError("HF config does not map to valid transformer params: " + "; ".join(lines)) from None
 
 
+def hubert_problem(params: TransformerParams, fields: Iterable[str] | None = None) -> str | None:
+    """Why ``transformers.HubertModel`` cannot compute what ``params`` describe (one line naming
+    the field), or None. ``fields``: check only these (default: every field of ``params``; one
+    the mapping does not know is a problem too, so a new field cannot be exported unnoticed)."""
+    names = list(type(params).model_fields) if fields is None else list(fields)
+    for name in names:
+        value = getattr(params, name)
+        if name in HUBERT_FIXED:
+            expected, why = HUBERT_FIXED[name]
+            if value != expected:
+                return (
+                    f"backbone.params.{name}: {json.dumps(value)} has no Hugging Face HubertModel equivalent ({why}); "
+                    f"only {name}: {json.dumps(expected)} exports"
+                )
+        elif name not in HF_CONFIG_KEYS and name not in CONVERTED_FIELDS and name not in NO_MODEL_EFFECT:
+            return f"backbone.params.{name}: the Hugging Face export does not know how HubertModel represents it"
+    return None
+
+
 def hf_config_from_params(params: TransformerParams) -> dict[str, Any]:
     """``HubertConfig(**hf_config_from_params(p))`` builds the HF model with our architecture
-    (MERT extras ``attention_relax``/``deepnorm``/``sample_rate`` included; HubertModel ignores
-    them -- relaxation is numerically equivalent, DeepNorm is not representable there)."""
-    if params.frontend != "conv":
-        raise MertlabError(
-            f"backbone.params.frontend: '{params.frontend}' has no Hugging Face HubertModel equivalent "
-            "(HubertModel takes waveforms through its conv extractor); only frontend 'conv' maps to HF"
-        )
+    (MERT extras ``attention_relax``/``deepnorm``/``sample_rate`` included, as MERT's own config
+    has them; HubertModel ignores them: relaxation is numerically equivalent, DeepNorm is not
+    representable there, which :func:`save_hf` refuses). A non-conv frontend has no config."""
+    problem = hubert_problem(params, ["frontend"])
+    if problem:
+        raise MertlabError(problem)
     config: dict[str, Any] = {hf: getattr(params, ours) for ours, hf in HF_CONFIG_KEYS.items()}
     for key in ("conv_dim", "conv_kernel", "conv_stride"):
         config[key] = list(config[key])
@@ -230,8 +266,14 @@ def load_hf(directory: str | Path, sample_rate: int | None = None) -> Transforme
 def save_hf(backbone: TransformerBackbone, directory: str | Path) -> Path:
     """Write ``backbone`` as a ``transformers.HubertModel`` directory: ``config.json``
     (``model_type: hubert``, our architecture via :func:`hf_config_from_params`) and
-    ``model.safetensors`` (our state dict: the keys are HF's), each written atomically."""
-    # first: a backbone without an HF equivalent is refused before anything is written
+    ``model.safetensors`` (our state dict: the keys are HF's), each written atomically.
+
+    A backbone HubertModel would compute differently (:func:`hubert_problem`: ``deepnorm``,
+    ``frontend: mel``...) is refused with one line naming the field, before anything is written.
+    """
+    problem = hubert_problem(backbone.params)
+    if problem:
+        raise MertlabError(problem)
     config = {"model_type": "hubert", "architectures": ["HubertModel"], **hf_config_from_params(backbone.params)}
     directory = Path(directory)
     text = (json.dumps(config, indent=2) + "\n").encode()
