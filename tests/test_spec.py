@@ -70,7 +70,7 @@ def test_teacher_kind_must_fit_objective(toy_registry, toy_spec, write_yaml):
 
 def test_missing_required_plugin(toy_registry, toy_spec, write_yaml):
     toy_spec["requires_plugins"] = ["mertlab-not-installed"]
-    with pytest.raises(SpecError, match="'mertlab-not-installed' is required but not loaded"):
+    with pytest.raises(SpecError, match="'mertlab-not-installed' is required but not installed"):
         load_spec(write_yaml(toy_spec))
 
 

@@ -9,6 +9,7 @@ Every problem becomes a ``path.to.field: message`` line of one :class:`SpecError
 from __future__ import annotations
 
 import copy
+import difflib
 import hashlib
 import json
 import re
@@ -709,13 +710,27 @@ def _target_kind(entry: Any, params: dict[str, Any]) -> str:
 
 
 def _missing_plugins(required: list[str], registry: Any) -> list[tuple[str, str]]:
-    sources = registry.plugin_manager.sources.values()
-    have = {s.plugin for s in sources} | {s.distribution for s in sources if s.distribution}
-    return [
-        ("requires_plugins", f"plugin '{name}' is required but not loaded (installed: {', '.join(sorted(have))})")
-        for name in required
-        if name not in have
-    ]
+    pm = registry.plugin_manager
+    have = set().union(*(s.names() for s in pm.sources.values()))
+    skipped = {name: s for s in getattr(pm, "skipped", {}).values() for name in s.source.names()}
+    problems = []
+    for name in required:
+        if name in have:
+            continue
+        if name in skipped:
+            problems.append(
+                ("requires_plugins", f"plugin '{name}' is required but not loaded: {skipped[name].message}")
+            )
+            continue
+        close = difflib.get_close_matches(name, sorted(have | set(skipped)), n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        problems.append(
+            (
+                "requires_plugins",
+                f"plugin '{name}' is required but not installed{hint} (installed: {', '.join(sorted(have))})",
+            )
+        )
+    return problems
 
 
 def load_spec(path: str | Path, overrides: list[str] | tuple[str, ...] = (), registry: Any = None) -> ExperimentSpec:

@@ -231,6 +231,33 @@ MAX_TAGS_PER_BATCH = 100
 UNSENT_FILE = "unsent_metrics.jsonl"
 #: Run tag: the run's lock file (:mod:`mertlab.toolkit.run_lock`), held while a process trains it.
 LOCK_TAG = "mertlab.lock"
+#: Tag of a FAILED run: the one-line reason (the error mertlab printed).
+ERROR_TAG = "mertlab.error"
+#: MLflow keeps tag values up to 5000 characters (older stores).
+_TAG_LIMIT = 5000
+
+
+def failure_reason(exc: BaseException) -> str:
+    """``exc`` as one line: a mertlab error's message (its problems joined by `` | ``), else
+    ``Type: message``."""
+    from mertlab.errors import MertlabError
+
+    lines = str(exc).splitlines() if isinstance(exc, MertlabError) else [f"{type(exc).__name__}: {exc}"]
+    text = " | ".join(" ".join(line.split()) for line in lines if line.strip()) or type(exc).__name__
+    return text if len(text) <= _TAG_LIMIT else text[: _TAG_LIMIT - 3] + "..."
+
+
+def tag_failure(client: Any, run_id: str | None, exc: BaseException) -> None:
+    """Tag run ``run_id`` with :data:`ERROR_TAG` = :func:`failure_reason` and mark it FAILED; a
+    store that fails now is a warning (it must not hide the error itself)."""
+    if client is None or not run_id:
+        return
+    try:
+        with handled_store_errors():
+            client.set_tag(run_id, ERROR_TAG, failure_reason(exc))
+            client.set_terminated(run_id, "FAILED")
+    except Exception as store_error:  # noqa: BLE001 - the training error matters more
+        logging.getLogger(__name__).warning("MLflow: could not record why run %s failed (%s)", run_id, store_error)
 
 
 def check_store(tracking_uri: str, timeout: float) -> Any:

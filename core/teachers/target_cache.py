@@ -453,7 +453,7 @@ def build_targets(
     teachers = {alias: registry.build("teacher", t.name, t.params) for alias, t in spec.teachers.items()}
     backbone = registry.build("backbone", spec.backbone.name, spec.backbone.params)  # its receptive field
     skipped = skipped if skipped is not None else SkippedFiles()
-    prepare_data(spec)
+    prepare_data(spec, progress)
     files = scan_dataset(spec.data, backbone.sample_rate, shortest_usable_seconds(backbone, teachers.values()), skipped)
     del backbone
     return [
@@ -469,3 +469,54 @@ def build_targets(
         )
         for alias, teacher in teachers.items()
     ]
+
+
+@dataclass(frozen=True)
+class CacheFolder:
+    """One teacher version's folder of a target cache: its manifest's teacher and fingerprint,
+    and its size on disk."""
+
+    folder: Path
+    teacher: str
+    fingerprint: str
+    bytes: int
+
+
+def unused_folders(spec: ExperimentSpec, *, registry: Any = None) -> list[CacheFolder]:
+    """The folders of ``spec.data.target_cache`` (those with a target-cache manifest) that no
+    teacher of ``spec``, with its current params, fitted state and code, reads: older versions
+    left behind by edits of params or code. Other files and folders are not listed."""
+    if spec.data.target_cache is None:
+        raise MertlabError(
+            "data.target_cache: not set; name the cache folder in the spec or with -o data.target_cache=DIR"
+        )
+    if registry is None:
+        from mertlab.plugin_system.registry import get_registry
+
+        registry = get_registry()
+    root = Path(spec.data.target_cache)
+    if not root.is_dir():
+        return []
+    used = {TeacherCache(root, registry.build("teacher", t.name, t.params)).folder.name for t in spec.teachers.values()}
+    found = []
+    for folder in sorted(p for p in root.iterdir() if p.is_dir() and p.name not in used):
+        try:
+            manifest = json.loads((folder / MANIFEST).read_text())
+        except (OSError, ValueError):
+            continue  # not a target-cache folder (or its manifest is unreadable): left alone
+        if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+            continue
+        size = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+        found.append(CacheFolder(folder, str(manifest.get("teacher")), str(manifest.get("fingerprint")), size))
+    return found
+
+
+def remove_folders(folders: list[CacheFolder]) -> None:
+    """Delete ``folders`` (from :func:`unused_folders`)."""
+    import shutil
+
+    for entry in folders:
+        try:
+            shutil.rmtree(entry.folder)
+        except OSError as exc:
+            raise MertlabError(f"data.target_cache: cannot remove {entry.folder} ({exc.strerror or exc})") from None

@@ -31,10 +31,12 @@ import lightning as L
 import torch
 from torch import Tensor, nn
 
-from mertlab.contracts import BackboneOutput, Targets
+from mertlab.contracts import BackboneOutput, Objective, ObjectiveOutput, Targets
 from mertlab.data.dataset import AudioBatch
 from mertlab.experiment import metric_names as M
 from mertlab.experiment.spec import ExperimentSpec
+from mertlab.toolkit.code_usage import code_perplexity
+from mertlab.toolkit.objective_output import check_objective_output, objective_label
 from mertlab.toolkit.seeding import AUGMENT, DROPOUT, LAYER_DROP, MASK, VAL_MASK, derive_seed, generator, name_key
 from mertlab.train.agreement import any_rank
 from mertlab.train.schedule import lr_factor
@@ -47,12 +49,20 @@ log = logging.getLogger(__name__)
 TEACHERS_KEY = "mertlab_teachers"
 
 
-def code_perplexity(codes: Tensor, vocab_size: int) -> Tensor:
-    """exp(entropy) of the code histogram: how many codes are effectively used."""
-    counts = torch.bincount(codes.flatten(), minlength=vocab_size).float()
-    p = counts / counts.sum().clamp_min(1)
-    entropy = -(p * torch.log(p.clamp_min(1e-12))).sum()
-    return entropy.exp()
+def run_objective(
+    alias: str, objective: Objective, out: BackboneOutput, targets: Targets, mask: Tensor
+) -> ObjectiveOutput:
+    """``objective``'s output for one step, checked at the boundary
+    (:func:`~mertlab.toolkit.objective_output.check_objective_output`): a malformed output is
+    one error naming ``objectives.<alias>``, the objective and its plugin; an exception raised
+    inside the objective carries a note naming them too."""
+    try:
+        result = objective(out, targets, mask)
+    except Exception as exc:
+        if hasattr(exc, "add_note"):  # Python >= 3.11
+            exc.add_note(f"raised in {objective_label(objective, alias)}")
+        raise
+    return check_objective_output(objective, result, alias)
 
 
 @dataclass(frozen=True)
@@ -251,7 +261,7 @@ class PretrainModule(L.LightningModule):
         logs: dict[str, Tensor] = {}
         for alias, objective in self.objectives.items():
             spec = self.spec.objectives[alias]
-            result = objective(out, targets[spec.teacher], mask)
+            result = run_objective(alias, objective, out, targets[spec.teacher], mask)
             weighted = spec.weight * result.loss
             total = total + weighted
             logs[M.loss(alias)] = result.loss.detach()

@@ -38,6 +38,7 @@ from mertlab.experiment.tracking import (
     resolve_tracking_uri,
     run_tags,
     store_errors,
+    tag_failure,
 )
 from mertlab.teachers.target_cache import build_teacher_cache
 from mertlab.toolkit.atomic import check_writable
@@ -96,18 +97,19 @@ def find_resume_checkpoint(spec: ExperimentSpec, resume: str | bool) -> ResumePo
     return select_resume_checkpoint(runs, resume if isinstance(resume, str) else None)
 
 
-def prepare_data(spec: ExperimentSpec) -> None:
+def prepare_data(spec: ExperimentSpec, progress: bool = True) -> None:
     """With ``data.generate_demo``: write the generated demo set when the folder has no audio,
-    and the labelled demo probe tasks to ``<data.path>-tasks/`` when their CSVs are missing."""
+    and the labelled demo probe tasks to ``<data.path>-tasks/`` when their CSVs are missing
+    (``progress``: their progress bars)."""
     if not spec.data.generate_demo or is_shard_path(spec.data.path):
         return
     path = Path(spec.data.path)
     if not path.exists() or not list_audio_paths(path, spec.data.extensions):
-        write_demo_dataset(path)
+        write_demo_dataset(path, progress=progress)
     tasks = demo_tasks_dir(path)
     missing = [name for name in DEMO_TASKS if not (tasks / f"{name}.csv").is_file()]
     if missing:
-        write_demo_tasks(tasks, names=missing)
+        write_demo_tasks(tasks, names=missing, progress=progress)
 
 
 class _DropAdvertisements(logging.Filter):
@@ -246,7 +248,7 @@ def _train(
             if warning:
                 log.warning(warning)
         check_writable(run_directory(spec), "trainer.output_dir")  # before any work or MLflow run
-        prepare_data(spec)
+        prepare_data(spec, progress)
 
     startup.lead_only("data preparation", prepare)
 
@@ -359,11 +361,18 @@ def _train(
     if startup.launch.environment is not None:
         plugins.append(startup.launch.environment)  # the ranks Lightning sees are the ones start-up used
     try:
-        trainer = make_trainer(spec, strategy, logger, [agreement, *callbacks, checkpoint], plugins, has_val, progress)
-    except (ValueError, MisconfigurationException) as exc:  # e.g. more devices than the machine has
-        raise MertlabError(f"trainer: {exc}") from None
-    with startup.handed_to_launched_ranks():
-        trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt_path) if ckpt_path else None)
+        try:
+            trainer = make_trainer(
+                spec, strategy, logger, [agreement, *callbacks, checkpoint], plugins, has_val, progress
+            )
+        except (ValueError, MisconfigurationException) as exc:  # e.g. more devices than the machine has
+            raise MertlabError(f"trainer: {exc}") from None
+        with startup.handed_to_launched_ranks():
+            trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt_path) if ckpt_path else None)
+    except Exception as exc:
+        if client:  # rank 0: the run's reason for failing, next to its FAILED status
+            tag_failure(client[0], run_id, exc)
+        raise
     if trainer.state.finished:  # max_steps may end mid-epoch: make last.ckpt the final state
         # Every rank calls it (FSDP gathers or writes shards); DDP writes on rank 0 only.
         trainer.save_checkpoint(checkpoint_dir / "last.ckpt", weights_only=False)

@@ -15,6 +15,7 @@ import logging
 from abc import ABC, abstractmethod
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,18 @@ REBUILD_HINT = "run `mertlab targets build SPEC` to recompute it"
 OPEN_ENTRIES = 256
 #: Frames checked at a time when an entry's values are checked on first use (bounds memory).
 _CHECK_FRAMES = 1 << 16
+
+
+@contextmanager
+def teacher_alias(alias: str) -> Iterator[None]:
+    """Prefix a :class:`~mertlab.errors.MertlabError` raised inside with ``teachers.<alias>: ``,
+    as the target cache build names the teacher."""
+    try:
+        yield
+    except MertlabError as exc:
+        if not str(exc).startswith("teachers."):
+            exc.args = (f"teachers.{alias}: {exc}", *exc.args[1:])
+        raise
 
 
 #: Key prefix of teacher tensors in checkpoints written while teachers were submodules of the
@@ -156,7 +169,8 @@ class TeacherTargets(TargetSource):
                 t_len = torch.div(lengths * teacher.sample_rate, self.sample_rate, rounding_mode="floor").clamp(
                     max=t_wav.shape[1]
                 )
-                raw = check_targets(teacher, teacher.targets(t_wav, t_len), t_wav.shape[1], t_len)
+                with teacher_alias(alias):
+                    raw = check_targets(teacher, teacher.targets(t_wav, t_len), t_wav.shape[1], t_len)
                 out[alias] = align_targets(raw, frame_rate, num_frames, frame_lengths)
         return out
 
@@ -268,10 +282,11 @@ class CachedTargets(TargetSource):
             return values
         values = self.read(alias, file, device)
         origin = f"of {file.path} in {self.caches[alias].folder}"
-        for start in range(0, max(len(values), 1), _CHECK_FRAMES):
-            check_cached_values(
-                self.teachers[alias], torch.from_numpy(np.array(values[start : start + _CHECK_FRAMES])), origin
-            )
+        with teacher_alias(alias):
+            for start in range(0, max(len(values), 1), _CHECK_FRAMES):
+                check_cached_values(
+                    self.teachers[alias], torch.from_numpy(np.array(values[start : start + _CHECK_FRAMES])), origin
+                )
         self._open[key] = values
         if len(self._open) > OPEN_ENTRIES:
             self._open.popitem(last=False)
