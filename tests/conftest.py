@@ -82,19 +82,41 @@ def one_thread():
     torch.set_num_threads(previous)
 
 
-@pytest.fixture
-def toy_registry(monkeypatch):
-    """The real registry plus the toy components of tests/toy_plugins.py, installed as the
-    process-wide registry (so the CLI sees it too)."""
+def install_registry_with(plugin_module, monkeypatch, source=None):
+    """The real registry plus the components of ``plugin_module`` (registered as ``source``, a
+    ``PluginSource``; default: a built-in of its module name), installed as the process-wide
+    registry (so the CLI sees it too)."""
     import mertlab.plugin_system.registry as registry_module
-    import toy_plugins
     from mertlab.plugin_system.plugin_manager import PluginSource, create_plugin_manager
 
     pm = create_plugin_manager(autoload=False)
-    pm.register_source(toy_plugins, PluginSource("toy_plugins"))
+    pm.register_source(plugin_module, source or PluginSource(plugin_module.__name__))
     registry = registry_module.Registry(pm)
     monkeypatch.setattr(registry_module, "get_registry", lambda: registry)
     return registry
+
+
+@pytest.fixture
+def registry_with(monkeypatch):
+    """``registry_with(module, source)``: the built-ins plus the plugin ``module`` registered as
+    ``source`` (a :class:`PluginSource`), installed as the process-wide registry (the CLI sees it)."""
+    return lambda module, source: install_registry_with(module, monkeypatch, source)
+
+
+@pytest.fixture
+def toy_registry(monkeypatch):
+    """The real registry plus the toy components of tests/toy_plugins.py."""
+    import toy_plugins
+
+    return install_registry_with(toy_plugins, monkeypatch)
+
+
+@pytest.fixture
+def probes_registry(monkeypatch):
+    """The real registry plus the test callbacks of tests/dist_probes.py."""
+    import dist_probes
+
+    return install_registry_with(dist_probes, monkeypatch)
 
 
 @pytest.fixture

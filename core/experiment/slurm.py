@@ -1,17 +1,24 @@
 """``mertlab sweep --dry-run --launcher slurm``: one SLURM array job, one task per sweep child.
 
-Each array task runs its child's ``mertlab train ... --parent-run-id ... --variant ...`` under
-``srun``, with ``trainer.num_nodes`` nodes and ``trainer.devices`` tasks per node, which
-Lightning's SLURM environment turns into one DDP/FSDP process per device. Requeueing a task is
-safe: a child skips itself when finished and resumes from its ``last.ckpt`` otherwise.
+Each array task runs its child's ``mertlab train ... --parent-run-id ... --variant ...
+--resume auto`` under ``srun``, with ``trainer.num_nodes`` nodes and ``trainer.devices`` tasks
+per node, which Lightning's SLURM environment turns into one DDP/FSDP process per device. All
+tasks start at once: rank 0 alone sets the child run up and prepares the data, the others
+follow it (:mod:`mertlab.train.startup`). Requeueing a task is safe: a child skips itself when
+finished and resumes from its ``last.ckpt`` otherwise. A sqlite tracking store is warned about
+(array tasks on several nodes write it at once).
 """
 
 from __future__ import annotations
 
+import logging
 import shlex
 from pathlib import Path
 
 from mertlab.experiment.sweep import SweepResult, child_argv, child_env
+from mertlab.experiment.tracking import cluster_store_warning
+
+log = logging.getLogger(__name__)
 
 
 def sbatch_script(result: SweepResult) -> str:
@@ -47,6 +54,9 @@ def sbatch_script(result: SweepResult) -> str:
 
 def write_sbatch(result: SweepResult, path: str | Path) -> Path:
     """Write :func:`sbatch_script` to ``path`` (executable)."""
+    warning = cluster_store_warning(result.tracking_uri, "the SLURM job")
+    if warning:
+        log.warning(warning)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(sbatch_script(result))

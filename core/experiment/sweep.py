@@ -15,7 +15,9 @@ points, the given name for named variants, ``<variant>,<grid point>`` when both 
   ``mertlab sweep --dry-run`` prints for a cluster scheduler -- so both paths behave alike:
   a finished child is skipped, an unfinished one resumes from its ``last.ckpt`` (or starts
   over when it has none), and a finished child whose spec has since changed is an error
-  rather than a silently stale result.
+  rather than a silently stale result. A child that another process is training (its run
+  lock is held) is refused. Under ``srun``/``torchrun`` rank 0 alone takes these decisions
+  and the other ranks follow them (:mod:`mertlab.train.startup`).
 """
 
 from __future__ import annotations
@@ -253,6 +255,7 @@ class ChildOutcome:
     run_id: str | None
     status: str  # trained | resumed | skipped | failed
     message: str = ""
+    lead: bool = True  # False in the other ranks of a distributed child
 
 
 def run_child(
@@ -265,13 +268,14 @@ def run_child(
 ) -> ChildOutcome:
     """Train one sweep child under ``parent_run_id`` (skip it if finished, resume it if not).
 
+    Distributed (``srun``/``torchrun`` start every rank at once), rank 0 alone finds, creates or
+    replaces the child run and picks its checkpoint; the other ranks follow that decision
+    (:mod:`mertlab.train.startup`). A child another process is training (its run lock is held:
+    :mod:`mertlab.toolkit.run_lock`) is refused, never resumed or replaced underneath it.
     Raises on failure, after marking the child run FAILED.
     """
-    from mlflow.entities import Param
-    from mlflow.exceptions import MlflowException
-
-    from mertlab.train.run import run_directory, train
-    from mertlab.train.strategy import process_rank
+    from mertlab.train.run import run_folder, train
+    from mertlab.train.startup import join_startup
 
     if registry is None:
         from mertlab.plugin_system.registry import get_registry
@@ -281,7 +285,83 @@ def run_child(
     spec = full.model_copy(update={"sweep": None})  # == load_child_spec(spec_path, overrides)
     names = [v.name for v in expand(full.sweep)] if full.sweep is not None else []
     tracking_uri = resolve_tracking_uri(spec)
-    client = _client(tracking_uri)
+    startup = join_startup(spec.trainer)
+    held: list[Any] = []  # rank 0: the child's run lock
+
+    def decide() -> dict[str, Any]:
+        from mlflow.entities import Param
+
+        from mertlab.toolkit.run_lock import acquire_run_lock
+
+        client = _client(tracking_uri)
+        parent = checked_parent(client, spec, parent_run_id, tracking_uri)
+        sha = spec_sha(spec)
+        existing = find_child(client, parent, variant)
+        ckpt = None
+        if existing is not None:
+            run_id = existing.info.run_id
+            same = existing.data.tags.get(SPEC_SHA_TAG) == sha
+            if existing.info.status == "FINISHED":
+                if same:
+                    return {"status": "skipped", "run_id": run_id, "checkpoint": None}
+                raise MertlabError(
+                    f"variant '{variant}': run {run_id} under parent {parent_run_id} finished with a different "
+                    "spec; give the sweep a new `name`, or delete that run to train the variant again"
+                )
+            held.append(acquire_run_lock(run_folder(spec, run_id)))  # refused while another process trains it
+            last = run_folder(spec, run_id) / "checkpoints" / "last.ckpt"
+            if same and last.exists():  # a file, or a sharded (fsdp) folder
+                ckpt = last
+            else:  # an unfinished run with nothing to resume from (or of an older spec): start over
+                client.delete_run(run_id)
+                held.pop().release()
+                existing = None
+        if existing is None:
+            tags = {
+                **run_tags(spec, registry),
+                PARENT_TAG: parent_run_id,
+                SWEEP_TAG: parent.data.tags.get(SWEEP_TAG, spec.name),
+                VARIANT_TAG: variant,
+                SPEC_SHA_TAG: sha,
+            }
+            if variant in names:  # position in the sweep, for ordering comparisons
+                tags[INDEX_TAG] = str(names.index(variant))
+            run_id = client.create_run(parent.info.experiment_id, run_name=variant, tags=tags).info.run_id
+            held.append(acquire_run_lock(run_folder(spec, run_id)))
+            params = dict(parse_override(o) for o in overrides)
+            client.log_batch(run_id, params=[Param(OVERRIDE_PARAM_PREFIX + k, v or "''") for k, v in params.items()])
+        return {"status": "resumed" if ckpt else "trained", "run_id": run_id, "checkpoint": str(ckpt) if ckpt else None}
+
+    try:
+        decision = startup.decide("sweep child", decide)
+        run_id = decision["run_id"]
+        if decision["status"] != "skipped":
+            try:
+                train(
+                    spec,
+                    resume=decision["checkpoint"] or False,
+                    registry=registry,
+                    progress=progress,
+                    run_id=run_id,
+                    startup=startup,
+                )
+            except BaseException:
+                if startup.lead:
+                    _client(tracking_uri).set_terminated(run_id, "FAILED")
+                raise
+        if startup.lead:
+            probe_child(spec, run_id, tracking_uri, registry, progress)
+    finally:
+        for lock in held:
+            lock.release()
+    message = "already finished" if decision["status"] == "skipped" else ""
+    return ChildOutcome(variant, run_id, decision["status"], message, startup.lead)
+
+
+def checked_parent(client: Any, spec: ExperimentSpec, parent_run_id: str, tracking_uri: str) -> Any:
+    """The parent run ``parent_run_id``, which must be in the experiment of ``spec``."""
+    from mlflow.exceptions import MlflowException
+
     try:
         parent = client.get_run(parent_run_id)
     except MlflowException:
@@ -292,61 +372,7 @@ def run_child(
             f"--parent-run-id: run {parent_run_id} is not in experiment '{experiment}' of this spec; "
             "children must log to their parent's experiment"
         )
-    if process_rank(spec.trainer) != 0:
-        # Another process of a distributed child (started by Lightning's launcher after rank 0
-        # set the child run up): train alongside rank 0, from the same checkpoint, and leave
-        # MLflow alone.
-        existing = find_child(client, parent, variant)
-        last = run_directory(spec) / existing.info.run_id / "checkpoints" / "last.ckpt" if existing else None
-        train(
-            spec,
-            resume=str(last) if last is not None and last.exists() else False,
-            registry=registry,
-            progress=progress,
-        )
-        return ChildOutcome(variant, existing.info.run_id if existing else None, "trained")
-    sha = spec_sha(spec)
-    existing = find_child(client, parent, variant)
-    ckpt = None
-    if existing is not None:
-        run_id = existing.info.run_id
-        same = existing.data.tags.get(SPEC_SHA_TAG) == sha
-        if existing.info.status == "FINISHED":
-            if same:
-                probe_child(spec, run_id, tracking_uri, registry, progress)
-                return ChildOutcome(variant, run_id, "skipped", "already finished")
-            raise MertlabError(
-                f"variant '{variant}': run {run_id} under parent {parent_run_id} finished with a different spec; "
-                "give the sweep a new `name`, or delete that run to train the variant again"
-            )
-        last = run_directory(spec) / run_id / "checkpoints" / "last.ckpt"
-        if same and last.exists():  # a file, or a sharded (fsdp) folder
-            ckpt = last
-        else:  # an unfinished run with nothing to resume from (or of an older spec): start over
-            client.delete_run(run_id)
-            existing = None
-    if existing is None:
-        tags = {
-            **run_tags(spec, registry),
-            PARENT_TAG: parent_run_id,
-            SWEEP_TAG: parent.data.tags.get(SWEEP_TAG, spec.name),
-            VARIANT_TAG: variant,
-            SPEC_SHA_TAG: sha,
-        }
-        if variant in names:  # position in the sweep, for ordering comparisons
-            tags[INDEX_TAG] = str(names.index(variant))
-        run_id = client.create_run(parent.info.experiment_id, run_name=variant, tags=tags).info.run_id
-        params = dict(parse_override(o) for o in overrides)
-        client.log_batch(run_id, params=[Param(OVERRIDE_PARAM_PREFIX + k, v or "''") for k, v in params.items()])
-    else:
-        client.update_run(run_id, status="RUNNING")
-    try:
-        train(spec, resume=str(ckpt) if ckpt else False, registry=registry, progress=progress, run_id=run_id)
-    except BaseException:
-        client.set_terminated(run_id, "FAILED")
-        raise
-    probe_child(spec, run_id, tracking_uri, registry, progress)
-    return ChildOutcome(variant, run_id, "resumed" if ckpt else "trained")
+    return parent
 
 
 def probe_child(spec: ExperimentSpec, run_id: str, tracking_uri: str, registry: Any, progress: bool) -> None:
@@ -372,7 +398,8 @@ def child_argv(plan: SweepPlan, child: ChildPlan, parent_run_id: str) -> list[st
     argv = ["mertlab", "train", plan.spec_path]
     for override in child.overrides:
         argv += ["-o", override]
-    return argv + ["--parent-run-id", parent_run_id, "--variant", child.variant.name, "--no-progress"]
+    argv += ["--parent-run-id", parent_run_id, "--variant", child.variant.name]
+    return argv + ["--resume", "auto", "--no-progress"]  # a child always resumes when it can; a requeue relies on it
 
 
 def child_env(plan: SweepPlan) -> dict[str, str]:
@@ -423,6 +450,13 @@ def run_sweep(
 
         registry = get_registry()
     plan = plan_sweep(spec_path, overrides, registry)
+    wide = [c.variant.name for c in plan.children if c.spec.trainer.devices * c.spec.trainer.num_nodes > 1]
+    if wide and not dry_run:
+        raise MertlabError(
+            f"variant '{wide[0]}': trainer.devices x trainer.num_nodes > 1, but `mertlab sweep` trains the children "
+            "one after another in this process; give each child its own launcher: `mertlab sweep --dry-run` prints "
+            "their commands, `--launcher slurm` writes them as one SLURM array job"
+        )
     client = _client(plan.tracking_uri)
     parent = ensure_parent(client, plan, registry)
     parent_id = parent.info.run_id

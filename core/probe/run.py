@@ -281,13 +281,13 @@ def run_probe(
     cache = cache or FeatureCache(None)
     paths = [str(p) for p in task.paths]
 
-    def backbone_features(model: Backbone, source: dict[str, Any]) -> FeatureSet:
+    def backbone_features(model: Backbone, source: dict[str, Any], what: str) -> FeatureSet:
         return cache.get_or_compute(
             source,
             paths,
             window_seconds,
             lambda: extract_features(model, paths, window_seconds, None, batch_size, device, num_workers, progress),
-        )
+        ).check_finite(what)
 
     def report_for(
         features: FeatureSet,
@@ -305,7 +305,7 @@ def run_probe(
             device=device,
         )
 
-    features = backbone_features(backbone, checkpoint_identity(checkpoint))
+    features = backbone_features(backbone, checkpoint_identity(checkpoint), str(checkpoint))
     report = report_for(features)
     seed_reports = [report_for(features, seed_offset=k) for k in range(1, seeds)]
     random_report, random_features = None, None
@@ -318,7 +318,7 @@ def run_probe(
             "seed": params.seed,
             "torch": torch.__version__,
         }
-        random_features = backbone_features(untrained, source)
+        random_features = backbone_features(untrained, source, f"the random-init copy of {checkpoint}")
         random_report = report_for(random_features)
     random_seed_reports = (
         [] if random_features is None else [report_for(random_features, seed_offset=k) for k in range(1, seeds)]
@@ -330,7 +330,7 @@ def run_probe(
             paths,
             window_seconds,
             lambda name=name: baseline_features(name, paths, window_seconds, progress),
-        )
+        ).check_finite(f"baseline {name}")
         reports[name] = report_for(pooled, weighted_sum=False, probe_layers=None)
         reports[name].probes[0].name = BASELINE_PREFIX + name
     return ProbeOutcome(report, random_report, features, reports, seed_reports, random_seed_reports)

@@ -204,6 +204,13 @@ class ResumePoint:
     record: CheckpointRecord | None = None
 
 
+def checkpoint_candidates(runs_dir: Path) -> list[Path]:
+    """Every checkpoint under ``runs_dir/*/checkpoints/`` (files and sharded folders), newest first."""
+    return sorted(
+        runs_dir.glob("*/checkpoints/*.ckpt"), key=lambda p: (p.stat().st_mtime, p.name == "last.ckpt"), reverse=True
+    )
+
+
 def select_resume_checkpoint(runs_dir: Path, explicit: str | None = None) -> ResumePoint:
     """What ``--resume [CKPT]`` continues.
 
@@ -221,9 +228,7 @@ def select_resume_checkpoint(runs_dir: Path, explicit: str | None = None) -> Res
             return ResumePoint(path, read_training_checkpoint(path, mmap=True), record=verify_checkpoint(path))
         except MertlabError as exc:
             raise MertlabError(f"--resume: {exc}") from None
-    candidates = sorted(
-        runs_dir.glob("*/checkpoints/*.ckpt"), key=lambda p: (p.stat().st_mtime, p.name == "last.ckpt"), reverse=True
-    )
+    candidates = checkpoint_candidates(runs_dir)
     if not candidates:
         raise MertlabError(f"--resume: no checkpoint under {runs_dir}/*/checkpoints; train without --resume first")
     skipped: list[str] = []

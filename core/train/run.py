@@ -15,6 +15,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 
 from mertlab.data.audio import list_audio_paths
 from mertlab.data.datamodule import AudioDataModule
+from mertlab.data.dataset import shortest_usable_seconds
 from mertlab.data.demo import write_demo_dataset
 from mertlab.data.demo_tasks import DEMO_TASKS, demo_tasks_dir, write_demo_tasks
 from mertlab.data.shards import is_shard_path
@@ -23,21 +24,37 @@ from mertlab.experiment import metric_names as M
 from mertlab.experiment.run_summary import log_run_summary
 from mertlab.experiment.spec import ExperimentSpec, global_batch_size
 from mertlab.experiment.tracking import (
+    LOCK_TAG,
     PROCESS_TAG,
+    RUN_DIR_TAG,
+    UNSENT_FILE,
     check_store,
+    cluster_store_warning,
     ensure_experiment,
+    handled_store_errors,
     log_spec,
     mark_crashed_runs,
     process_identity,
     resolve_tracking_uri,
     run_tags,
+    store_errors,
+    tag_failure,
 )
 from mertlab.teachers.target_cache import build_teacher_cache
 from mertlab.toolkit.atomic import check_writable
 from mertlab.toolkit.paths import inside
-from mertlab.train.checkpoint_io import ResumePoint, SafeCheckpointIO, select_resume_checkpoint
+from mertlab.toolkit.run_lock import RunLock, acquire_run_lock
+from mertlab.train.agreement import state_digest
+from mertlab.train.checkpoint_io import (
+    ResumePoint,
+    SafeCheckpointIO,
+    checkpoint_candidates,
+    read_training_checkpoint,
+    select_resume_checkpoint,
+)
 from mertlab.train.module import PretrainModule
-from mertlab.train.strategy import build_strategy, process_rank
+from mertlab.train.startup import StartAgreement, StartState, Startup, join_startup
+from mertlab.train.strategy import build_strategy
 from mertlab.train.tracking_logger import ResilientMLFlowLogger, logged_steps
 
 log = logging.getLogger(__name__)
@@ -62,25 +79,37 @@ def run_directory(spec: ExperimentSpec) -> Path:
     return inside(spec.trainer.output_dir, spec.name, what="name")
 
 
-def find_resume_checkpoint(spec: ExperimentSpec, resume: str | bool) -> ResumePoint:
-    """An explicit checkpoint path, or the newest checkpoint of this spec's runs that loads
+#: ``--resume auto``: continue the newest checkpoint of the spec when there is one, else start fresh.
+RESUME_AUTO = "auto"
+
+
+def find_resume_checkpoint(spec: ExperimentSpec, resume: str | bool) -> ResumePoint | None:
+    """What ``resume`` continues: None for a fresh start (``False``, or ``"auto"`` while the spec
+    has no checkpoint yet); an explicit checkpoint path; else (``True``, ``"auto"``) the newest
+    checkpoint of this spec's runs that loads
     (:func:`~mertlab.train.checkpoint_io.select_resume_checkpoint`; a sharded (fsdp) checkpoint
     is a folder)."""
-    return select_resume_checkpoint(run_directory(spec), resume if isinstance(resume, str) else None)
+    if not resume:
+        return None
+    runs = run_directory(spec)
+    if resume == RESUME_AUTO:
+        return select_resume_checkpoint(runs) if checkpoint_candidates(runs) else None
+    return select_resume_checkpoint(runs, resume if isinstance(resume, str) else None)
 
 
-def prepare_data(spec: ExperimentSpec) -> None:
+def prepare_data(spec: ExperimentSpec, progress: bool = True) -> None:
     """With ``data.generate_demo``: write the generated demo set when the folder has no audio,
-    and the labelled demo probe tasks to ``<data.path>-tasks/`` when their CSVs are missing."""
+    and the labelled demo probe tasks to ``<data.path>-tasks/`` when their CSVs are missing
+    (``progress``: their progress bars)."""
     if not spec.data.generate_demo or is_shard_path(spec.data.path):
         return
     path = Path(spec.data.path)
     if not path.exists() or not list_audio_paths(path, spec.data.extensions):
-        write_demo_dataset(path)
+        write_demo_dataset(path, progress=progress)
     tasks = demo_tasks_dir(path)
     missing = [name for name in DEMO_TASKS if not (tasks / f"{name}.csv").is_file()]
     if missing:
-        write_demo_tasks(tasks, names=missing)
+        write_demo_tasks(tasks, names=missing, progress=progress)
 
 
 class _DropAdvertisements(logging.Filter):
@@ -149,14 +178,20 @@ def train(
     progress: bool = True,
     run_id: str | None = None,
     profile_steps: int | None = None,
+    startup: Startup | None = None,
 ) -> TrainResult:
     """Train ``spec``; with ``resume`` continue a checkpoint and its MLflow run.
 
-    ``run_id`` logs into an MLflow run that already exists (a sweep child made by
-    :mod:`mertlab.experiment.sweep`, which sets its tags); by default a new run is created. At the end the
-    run's ``summary/*`` metrics are logged (:mod:`mertlab.experiment.run_summary`). ``profile_steps``: a
-    torch.profiler trace of that many steps after warm-up, logged with a top-ops table
-    (:mod:`mertlab.train.profiling`).
+    ``resume``: ``True`` (the newest checkpoint of the spec), ``"auto"`` (the same, or a fresh
+    start when there is none yet) or a checkpoint path. ``run_id`` logs into an MLflow run that
+    already exists (a sweep child made by :mod:`mertlab.experiment.sweep`, which sets its tags);
+    by default a new run is created. At the end the run's ``summary/*`` metrics are logged
+    (:mod:`mertlab.experiment.run_summary`). ``profile_steps``: a torch.profiler trace of that
+    many steps after warm-up, logged with a top-ops table (:mod:`mertlab.train.profiling`).
+
+    Distributed, rank 0 alone decides the run, the checkpoint and the data preparation, and the
+    other ranks follow (:mod:`mertlab.train.startup`; ``startup``: the one a sweep child already
+    joined). Rank 0 holds the run's lock (:mod:`mertlab.toolkit.run_lock`) while it trains.
     """
     if registry is None:
         from mertlab.plugin_system.registry import get_registry
@@ -164,67 +199,141 @@ def train(
         registry = get_registry()
     quiet_lightning()
     L.seed_everything(spec.seed, workers=True, verbose=False)
+    startup = startup or join_startup(spec.trainer)
+    held: list[RunLock] = []  # rank 0: the run's lock, from the moment the run is known
+    try:
+        return _train(spec, resume, registry, progress, run_id, profile_steps, startup, held)
+    finally:
+        for lock in held:
+            lock.release()
 
-    ckpt_path = None
-    checkpoint_io = SafeCheckpointIO()
-    if resume:
-        point = find_resume_checkpoint(spec, resume)
-        ckpt_path = point.path
-        if point.path.is_file():  # a sharded folder is read by the fsdp strategy itself
-            checkpoint_io.preload(point.path, point.checkpoint)
-        ckpt_run = point.checkpoint.get("mlflow_run_id")
-        if run_id and ckpt_run and ckpt_run != run_id:
-            raise MertlabError(f"--resume: {ckpt_path} belongs to MLflow run {ckpt_run}, not {run_id}")
-        run_id = ckpt_run or run_id
 
-    # Rank 0 alone prepares data, checks the store and keeps the MLflow run; with Lightning's own
-    # launcher the other ranks start (as copies of this command) once rank 0 reaches fit.
-    lead = process_rank(spec.trainer) == 0
+def _train(
+    spec: ExperimentSpec,
+    resume: str | bool,
+    registry: Any,
+    progress: bool,
+    run_id: str | None,
+    profile_steps: int | None,
+    startup: Startup,
+    held: list[RunLock],
+) -> TrainResult:
     tracking_uri = resolve_tracking_uri(spec)
     experiment = spec.tracking.experiment or spec.name
-    client = (
-        check_store(tracking_uri, spec.tracking.connect_timeout) if lead else None
-    )  # one clear error, before any work
-    check_writable(run_directory(spec), "trainer.output_dir")  # before any work or MLflow run
-    if lead:
-        prepare_data(spec)
-    module = PretrainModule(spec, registry)
-    strategy = build_strategy(spec.trainer, module.backbone)  # misconfigurations surface before MLflow
-    datamodule = AudioDataModule(
-        spec.data, module.backbone.sample_rate, spec.seed, min_seconds=shortest_usable_seconds(module)
-    )
-    datamodule.setup()  # data errors surface before an MLflow run is created
-    files = datamodule.train_files + datamodule.val_files
-    if lead and spec.data.target_cache and spec.data.build_target_cache and files:
-        for alias, teacher in module.teachers.items():
-            build_teacher_cache(teacher, files, spec.data.target_cache, alias=alias, progress=progress)
-    module.target_source.check_files(files)
+    chosen: list[ResumePoint] = []  # rank 0: the checkpoint it read while choosing
 
-    if lead:
-        ensure_experiment(client, experiment)  # artifacts beside the store, MLflow's training view
-        for crashed in mark_crashed_runs(client, experiment):
-            log.warning("MLflow run %s was left RUNNING by a training process that is gone: marked FAILED", crashed)
-        if run_id:
-            client.update_run(run_id, status="RUNNING")
-    # On other ranks the logger is inert (Lightning logs from rank 0 only) and has no new run.
-    logger = ResilientMLFlowLogger(
-        experiment_name=experiment,
-        tracking_uri=tracking_uri,
-        run_name=spec.tracking.run_name or spec.name,
-        tags=None if run_id else run_tags(spec, registry),
-        run_id=run_id,
-        skip_logged_steps=logged_steps(client, run_id) if lead and resume and run_id else None,
-        flush_timeout=spec.tracking.connect_timeout,
-    )
-    if lead:
-        log_spec(logger, spec)
-        if GLOBAL_BATCH_PARAM not in client.get_run(logger.run_id).data.params:
-            logger.log_hyperparams({GLOBAL_BATCH_PARAM: global_batch_size(spec)})
-        logger.experiment.set_tag(logger.run_id, PROCESS_TAG, process_identity())
-        checkpoint_dir = inside(run_directory(spec), logger.run_id, what="MLflow run id") / "checkpoints"
-        logger.unsent_file = checkpoint_dir.parent / "unsent_metrics.jsonl"
-    else:  # ModelCheckpoint takes rank 0's folder (a broadcast in its setup)
-        checkpoint_dir = run_directory(spec) / str(run_id or "rank-0-run") / "checkpoints"
+    def choose_checkpoint() -> dict[str, Any]:
+        point = find_resume_checkpoint(spec, resume)
+        if point is None:
+            return {"checkpoint": None, "run_id": run_id, "step": 0}
+        chosen.append(point)
+        ckpt_run = point.checkpoint.get("mlflow_run_id")
+        if run_id and ckpt_run and ckpt_run != run_id:
+            raise MertlabError(f"--resume: {point.path} belongs to MLflow run {ckpt_run}, not {run_id}")
+        if ckpt_run or run_id:  # a second process resuming this run refuses here, before touching it
+            held.append(acquire_run_lock(run_folder(spec, ckpt_run or run_id)))
+        return {
+            "checkpoint": str(point.path),
+            "run_id": ckpt_run or run_id,
+            "step": point.checkpoint.get("global_step", 0),
+        }
+
+    start = startup.decide("checkpoint to resume", choose_checkpoint)
+    client: list[Any] = []  # rank 0's MLflow client
+
+    def prepare() -> None:  # one clear error, before any work
+        client.append(check_store(tracking_uri, spec.tracking.connect_timeout))
+        if spec.trainer.num_nodes > 1:
+            warning = cluster_store_warning(tracking_uri, f"this {spec.trainer.num_nodes}-node run")
+            if warning:
+                log.warning(warning)
+        check_writable(run_directory(spec), "trainer.output_dir")  # before any work or MLflow run
+        prepare_data(spec, progress)
+
+    startup.lead_only("data preparation", prepare)
+
+    def build() -> tuple[PretrainModule, Any, AudioDataModule]:
+        module = PretrainModule(spec, registry)
+        strategy = build_strategy(spec.trainer, module.backbone)  # misconfigurations surface before MLflow
+        datamodule = AudioDataModule(
+            spec.data,
+            module.backbone.sample_rate,
+            spec.seed,
+            min_seconds=shortest_usable_seconds(module.backbone, module.teachers.values()),
+        )
+        datamodule.setup()  # data errors surface before an MLflow run is created
+        return module, strategy, datamodule
+
+    module, strategy, datamodule = startup.each("set-up", build)
+    files = datamodule.train_files + datamodule.val_files
+    if spec.data.target_cache and spec.data.build_target_cache and files:
+        startup.lead_only(
+            "target cache",
+            lambda: [
+                build_teacher_cache(
+                    teacher,
+                    files,
+                    spec.data.target_cache,
+                    alias=alias,
+                    progress=progress,
+                    skipped_files=datamodule.skipped,
+                )
+                for alias, teacher in module.teachers.items()
+            ],
+        )
+    # files a build found unusable (e.g. NaN samples) are skipped and counted, like bad files at the scan
+    datamodule.exclude(startup.each("target check", lambda: module.target_source.check_files(files)))
+
+    checkpoint_io = SafeCheckpointIO()
+    ckpt_path = Path(start["checkpoint"]) if start["checkpoint"] else None
+
+    def load_checkpoint() -> str | None:
+        """Every rank reads the checkpoint rank 0 chose; the digest of what it read."""
+        if ckpt_path is None:
+            return None
+        if chosen:
+            checkpoint = chosen[0].checkpoint
+        else:
+            try:
+                checkpoint = read_training_checkpoint(ckpt_path, mmap=True)
+            except MertlabError as exc:
+                raise MertlabError(f"--resume: {exc}") from None
+        if ckpt_path.is_file():  # a sharded folder is read by the fsdp strategy itself
+            checkpoint_io.preload(ckpt_path, checkpoint)
+        return state_digest(checkpoint)
+
+    digest = startup.each("reading the checkpoint", load_checkpoint)
+    logger_box: list[ResilientMLFlowLogger] = []
+
+    def open_run() -> dict[str, Any]:
+        """Rank 0: the MLflow run (created, or the resumed one marked RUNNING), locked and tagged."""
+        (store,) = client
+        with store_errors(tracking_uri):  # a store that takes reads but not writes: one line too
+            ensure_experiment(store, experiment)  # artifacts beside the store, MLflow's training view
+            for crashed in mark_crashed_runs(store, experiment):
+                log.warning("MLflow run %s was left RUNNING by a training process that is gone: marked FAILED", crashed)
+            known = start["run_id"]
+            if known:
+                store.update_run(known, status="RUNNING")
+            logger = make_logger(spec, registry, tracking_uri, experiment, known)
+            if known and ckpt_path is not None:
+                logger.skip_logged_steps = logged_steps(store, known)
+            logger_box.append(logger)
+            if not held:  # a new run: nobody else can know it yet
+                held.append(acquire_run_lock(run_folder(spec, logger.run_id)))
+            log_spec(logger, spec)
+            if GLOBAL_BATCH_PARAM not in store.get_run(logger.run_id).data.params:
+                logger.log_hyperparams({GLOBAL_BATCH_PARAM: global_batch_size(spec)})
+            store.set_tag(logger.run_id, PROCESS_TAG, process_identity())
+            store.set_tag(logger.run_id, LOCK_TAG, str(held[0].path))
+            store.set_tag(logger.run_id, RUN_DIR_TAG, str(run_folder(spec, logger.run_id).resolve()))
+        return {"run_id": logger.run_id}
+
+    run_id = startup.decide("MLflow run", open_run)["run_id"]
+    # On other ranks the logger is inert (Lightning logs from rank 0 only).
+    logger = logger_box[0] if logger_box else make_logger(spec, registry, tracking_uri, experiment, run_id)
+    checkpoint_dir = run_folder(spec, run_id) / "checkpoints"
+    logger.unsent_file = checkpoint_dir.parent / UNSENT_FILE
     has_val = datamodule.has_validation() and spec.trainer.limit_val_batches > 0
     checkpoint = ModelCheckpoint(
         dirpath=checkpoint_dir,
@@ -245,23 +354,53 @@ def train(
         from mertlab.train.profiling import ProfileSteps
 
         callbacks.append(ProfileSteps(profile_steps))
+    agreement = StartAgreement(
+        StartState(run_id, start["checkpoint"], int(start["step"]), digest), startup.group
+    )  # before the first step: every rank starts the same run from the same state
+    plugins: list[Any] = [checkpoint_io]
+    if startup.launch.environment is not None:
+        plugins.append(startup.launch.environment)  # the ranks Lightning sees are the ones start-up used
     try:
-        trainer = make_trainer(spec, strategy, logger, [*callbacks, checkpoint], [checkpoint_io], has_val, progress)
-    except (ValueError, MisconfigurationException) as exc:  # e.g. more devices than the machine has
-        raise MertlabError(f"trainer: {exc}") from None
-    trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt_path) if ckpt_path else None)
-    checkpoint_dir = Path(checkpoint.dirpath)  # rank 0's, on every rank
+        try:
+            trainer = make_trainer(
+                spec, strategy, logger, [agreement, *callbacks, checkpoint], plugins, has_val, progress
+            )
+        except (ValueError, MisconfigurationException) as exc:  # e.g. more devices than the machine has
+            raise MertlabError(f"trainer: {exc}") from None
+        with startup.handed_to_launched_ranks():
+            trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt_path) if ckpt_path else None)
+    except Exception as exc:
+        if client:  # rank 0: the run's reason for failing, next to its FAILED status
+            tag_failure(client[0], run_id, exc)
+        raise
     if trainer.state.finished:  # max_steps may end mid-epoch: make last.ckpt the final state
         # Every rank calls it (FSDP gathers or writes shards); DDP writes on rank 0 only.
         trainer.save_checkpoint(checkpoint_dir / "last.ckpt", weights_only=False)
     skipped = gather_skipped(trainer, datamodule)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if torch.is_tensor(v) and v.numel() == 1}
     if trainer.is_global_zero:
-        finish_run(logger, client, tracking_uri, module, datamodule, trainer.global_step, metrics)
+        finish_run(logger, client[0], tracking_uri, module, datamodule, trainer.global_step, metrics)
     if module.stop_reason:
         raise MertlabError(f"{module.stop_reason}; checkpoint: {checkpoint_dir / 'last.ckpt'}")
-    return TrainResult(
-        logger.run_id, experiment, tracking_uri, checkpoint_dir, metrics, skipped, trainer.is_global_zero
+    return TrainResult(run_id, experiment, tracking_uri, checkpoint_dir, metrics, skipped, trainer.is_global_zero)
+
+
+def run_folder(spec: ExperimentSpec, run_id: str) -> Path:
+    """The output folder of one MLflow run of ``spec``: its checkpoints, its lock."""
+    return inside(run_directory(spec), run_id, what="MLflow run id")
+
+
+def make_logger(
+    spec: ExperimentSpec, registry: Any, tracking_uri: str, experiment: str, run_id: str | None
+) -> ResilientMLFlowLogger:
+    """The run's MLflow logger: of ``run_id``, or (rank 0, ``None``) of a new run with the spec's tags."""
+    return ResilientMLFlowLogger(
+        experiment_name=experiment,
+        tracking_uri=tracking_uri,
+        run_name=spec.tracking.run_name or spec.name,
+        tags=None if run_id else run_tags(spec, registry),
+        run_id=run_id,
+        flush_timeout=spec.tracking.connect_timeout,
     )
 
 
@@ -298,17 +437,22 @@ def finish_run(
     if not logger.flush():
         logger.write_unsent()
     try:
-        if skipped:
-            client.log_text(logger.run_id, datamodule.skipped.report(), SKIPPED_FILES_ARTIFACT)
-        metrics.update(log_run_summary(client, logger.run_id, step))
-        if module.stop_reason:
-            client.set_tag(logger.run_id, "mertlab.stopped", module.stop_reason)
-            client.set_terminated(logger.run_id, "FAILED")
+        with handled_store_errors():
+            if skipped:
+                client.log_text(logger.run_id, datamodule.skipped.report(), SKIPPED_FILES_ARTIFACT)
+            metrics.update(log_run_summary(client, logger.run_id, step))
+            if module.stop_reason:
+                client.set_tag(logger.run_id, "mertlab.stopped", module.stop_reason)
+                client.set_terminated(logger.run_id, "FAILED")
     except Exception as exc:  # noqa: BLE001 - the store failing now must not hide the finished training
-        log.warning("MLflow tracking store %s: could not log the run summary (%s)", tracking_uri, exc)
-
-
-def shortest_usable_seconds(module: PretrainModule) -> float:
-    """Files shorter than one frame of the backbone or of a teacher are skipped as too short."""
-    rates = [module.backbone.frame_rate, *(t.info.frame_rate for t in module.teachers.values())]
-    return 1.0 / min(rates)
+        if module.stop_reason:
+            logger.set_tag("mertlab.stopped", module.stop_reason)
+            logger.write_unsent()
+        where = logger.write_end("FAILED" if module.stop_reason else "FINISHED", summary_step=step)
+        log.warning(
+            "MLflow tracking store %s: could not log the run summary (%s: %s)%s",
+            tracking_uri,
+            type(exc).__name__,
+            str(exc).splitlines()[0][:200] if str(exc) else "",
+            f"; recorded in {where} for `mertlab tracking replay {where.parent}`" if where else "",
+        )

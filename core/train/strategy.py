@@ -28,7 +28,6 @@ run in float32 whatever ``trainer.precision`` is.
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import torch
@@ -44,24 +43,6 @@ from mertlab.experiment.spec import TrainerSpec
 def world_size(trainer: TrainerSpec) -> int:
     """Processes of the run: ``devices x num_nodes``."""
     return trainer.devices * trainer.num_nodes
-
-
-def process_rank(trainer: TrainerSpec) -> int:
-    """This process's global rank, from the launcher's environment, before a Trainer exists.
-
-    ``RANK`` (torchrun); ``NODE_RANK x devices + LOCAL_RANK`` in the processes Lightning's own
-    launcher starts (it re-runs this command once per further device); ``SLURM_PROCID`` when
-    ``srun`` starts one task per device; else the first process of node ``NODE_RANK``.
-    """
-    env = os.environ
-    node = int(env.get("NODE_RANK", 0))
-    if "RANK" in env:
-        return int(env["RANK"])
-    if "LOCAL_RANK" in env:  # checked before SLURM_PROCID: Lightning's launcher may run inside a SLURM job
-        return node * trainer.devices + int(env["LOCAL_RANK"])
-    if "SLURM_PROCID" in env and int(env.get("SLURM_NTASKS", 1)) > 1:
-        return int(env["SLURM_PROCID"])
-    return node * trainer.devices
 
 
 def ddp_strategy(trainer: TrainerSpec, backbone: Backbone) -> Strategy:

@@ -10,8 +10,10 @@ and the running count of spikes (``stability/loss_spikes``).
 What happens on a spike is ``spike_action``: ``log`` (count it), ``skip`` (also drop the step's
 update, as for a non-finite step) or ``rollback`` (reload the weights and optimizer state of the
 newest checkpoint, multiply the learning rate by ``rollback_lr_scale`` and continue; the step
-counter, data order and schedule go on). Each action is counted (``stability/spike_skips``,
-``stability/rollbacks``) and described in the run tag ``mertlab.stability.last_action``.
+counter, data order and schedule go on). Under DDP every rank takes the same action at the
+same step, and a rollback happens on all ranks or none (:mod:`mertlab.train.rollback`). Each
+action is counted (``stability/spike_skips``, ``stability/rollbacks``) and described in the
+run tag ``mertlab.stability.last_action``.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import torch
 
 from mertlab.experiment import metric_names as M
 from mertlab.plugins.callbacks.stability_plugin import StabilityParams
+from mertlab.train.agreement import any_rank
 from mertlab.train.rollback import rollback_to_last_checkpoint
 from mertlab.train.strategy import global_norms
 from mertlab.train.tracking_logger import set_run_tag
@@ -84,10 +87,13 @@ class StabilityMonitor(L.Callback):
         if pl_module.last_loss is None:  # non-finite: the module skips it and counts it
             return
         self._z = self._update_spike_stats(pl_module.last_loss)
-        if self._z <= self.params.spike_z:
+        action = self.params.spike_action
+        spike = self._z > self.params.spike_z
+        if action != "log":  # acted on by every rank or by none (the z-score is of the mean loss over ranks)
+            spike = any_rank(trainer, spike)
+        if not spike:
             return
         what = f"step {self._step}: loss spike z={self._z:.1f}"
-        action = self.params.spike_action
         if action == "skip":
             pl_module.skip_update(optimizer)
             self.spike_skips += 1
