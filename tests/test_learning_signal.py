@@ -23,8 +23,12 @@ import pytest
 from mertlab.cli import main
 from mertlab.data.demo import write_demo_dataset
 from mertlab.data.demo_tasks import DEMO_TASKS, write_demo_task
+from mertlab.data.devset.build import build_dev_set
+from test_devset import _packages_or_skip
 
-SPEC = Path(__file__).resolve().parents[1] / "experiments" / "small_scale.yaml"
+ROOT = Path(__file__).resolve().parents[1]
+SPEC = ROOT / "experiments" / "small_scale_r3.yaml"  # round 3's recipe on the demo set (the quickstart's settings)
+REAL_SPEC = ROOT / "experiments" / "small_scale.yaml"  # the recipe the study recommends (round 4, real music)
 #: Required lead of the pre-trained backbone over its random init, per task (accuracy points / 100).
 MARGINS = {"pitch": 0.02, "timbre": 0.20, "key": 0.10}
 
@@ -49,10 +53,57 @@ def test_pretraining_beats_random_init_on_pitch_timbre_and_key(tmp_path, monkeyp
     code = main(["train", str(SPEC), "--no-progress", "-o", "sweep=null", *[a for o in overrides for a in ("-o", o)]])
     assert code == 0
     client = mlflow.tracking.MlflowClient(uri)
-    (run,) = client.search_runs([client.get_experiment_by_name("small_scale").experiment_id])
+    (run,) = client.search_runs([client.get_experiment_by_name("small_scale_r3").experiment_id])
     m = run.data.metrics
     scores = {task: (m[f"probe/{task}/accuracy"], m[f"probe/{task}/random_init/accuracy"]) for task in MARGINS}
     report = ", ".join(f"{t}: {p:.3f} vs random init {r:.3f}" for t, (p, r) in scores.items())
     for task, margin in MARGINS.items():
         pretrained, random_init = scores[task]
         assert pretrained >= random_init + margin, f"{task} below random init + {margin}: {report}"
+
+
+# --------------------------------------------------------------------------- real music
+DEV_CI = ROOT / "data" / "dev-ci"
+#: The guarded task of the dev set's CI slice, and the paired test's level (see the module docstring).
+REAL_TASK = "instrument"
+REAL_P_LEVEL = 0.01
+
+
+@pytest.fixture(scope="session")
+def dev_ci_slice() -> Path:
+    """The real-music dev set's CI slice in ``data/dev-ci``, built as `make dev-data-ci` builds it
+    (`mertlab dev-data data/dev-ci --size ci`; a finished slice is only checked, in seconds)."""
+    _packages_or_skip()
+    build_dev_set(DEV_CI, "ci", progress=False)
+    return DEV_CI
+
+
+def test_pretraining_beats_random_init_on_a_real_instrument_task(dev_ci_slice, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    tasks = [dev_ci_slice / "tasks" / f"{name}.csv" for name in ("pitch", "instrument", "key")]
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    overrides = [
+        f"data.path={dev_ci_slice / 'recordings'}",
+        f"data.target_cache={tmp_path / 'targets'}",
+        f"teachers.mfcc_units.params.centroids={tmp_path / 'mfcc_kmeans100.pt'}",
+        f"trainer.output_dir={tmp_path / 'runs'}",
+        f"tracking.tracking_uri={uri}",
+        f"probe.tasks=[{', '.join(map(str, tasks))}]",
+        "probe.baselines=[]",
+        "probe.cache_dir=null",
+    ]
+    flags = [a for o in overrides for a in ("-o", o)]
+    assert main(["teachers", "fit", str(REAL_SPEC), "--no-progress", *flags]) == 0
+    assert main(["train", str(REAL_SPEC), "--no-progress", *flags]) == 0
+    client = mlflow.tracking.MlflowClient(uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("small_scale").experiment_id])
+    m = run.data.metrics
+    report = ", ".join(
+        f"{t.stem}: {m[f'probe/{t.stem}/accuracy']:.3f} vs random init {m[f'probe/{t.stem}/random_init/accuracy']:.3f}"
+        f" (p={m[f'probe/{t.stem}/accuracy_p_vs_random']:.2g})"
+        for t in tasks
+    )
+    print(report)
+    pretrained, random_init = m[f"probe/{REAL_TASK}/accuracy"], m[f"probe/{REAL_TASK}/random_init/accuracy"]
+    assert pretrained > random_init, f"{REAL_TASK} not above random init: {report}"
+    assert m[f"probe/{REAL_TASK}/accuracy_p_vs_random"] < REAL_P_LEVEL, f"{REAL_TASK}: p >= {REAL_P_LEVEL}: {report}"
