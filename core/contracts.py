@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -31,7 +32,25 @@ import torch
 from pydantic import BaseModel, ConfigDict
 from torch import Tensor, nn
 
+from mertlab.code_digest import code_digest
+
 TargetKind = Literal["discrete", "continuous"]
+
+
+def _no_provider(component: type) -> tuple[str, str] | None:
+    return None
+
+
+#: ``(distribution, version)`` of the plugin that registered a component class, or None: part of
+#: :meth:`Teacher.fingerprint`. The plugin registry (:mod:`mertlab.plugin_system.registry`)
+#: passes its lookup in through :func:`use_component_provider` when it loads.
+_component_provider: Callable[[type], tuple[str, str] | None] = _no_provider
+
+
+def use_component_provider(lookup: Callable[[type], tuple[str, str] | None]) -> None:
+    """Install the lookup :meth:`Teacher.fingerprint` asks which plugin registered a class."""
+    global _component_provider
+    _component_provider = lookup
 
 
 class Params(BaseModel):
@@ -151,7 +170,7 @@ class Teacher(nn.Module, ABC):
     def fingerprint(self) -> str:
         """Stable hash of everything that changes the targets: the teacher's name, params, the
         distribution (name and version) of the plugin that registered it, a hash of its code
-        (:func:`mertlab.plugin_system.code_digest.code_digest`: the source of the class's module
+        (:func:`mertlab.code_digest.code_digest`: the source of the class's module
         and of its base classes' modules from the same package, docstrings and comments left
         out), its :attr:`version` and :meth:`fingerprint_payload` (fitted state, loaded weights).
 
@@ -160,16 +179,13 @@ class Teacher(nn.Module, ABC):
         recomputes the cached targets. Teachers with fitted state or weights loaded from a file
         extend :meth:`fingerprint_payload`.
         """
-        from mertlab.plugin_system.code_digest import code_digest
-        from mertlab.plugin_system.registry import component_source
-
-        source = component_source(type(self))
+        provider = _component_provider(type(self))
         payload = json.dumps(
             {
                 "name": self.name,
                 "params": self.params.model_dump(mode="json"),
                 "extra": self.fingerprint_payload(),
-                "provider": list(source.provider) if source is not None else None,
+                "provider": list(provider) if provider is not None else None,
                 "code": code_digest(type(self)),
                 "version": self.version,
             },
@@ -521,3 +537,35 @@ class FrameTeacher(FrameTeacherBase):
         steps = torch.arange(wav.shape[1], device=wav.device)
         values = self.compute(wav.masked_fill(steps[None, :] >= lengths[:, None].to(wav.device), 0.0))
         return values, self.num_frames(lengths.to(values.device).long()).clamp(max=values.shape[1])
+
+
+@dataclass(frozen=True, eq=False)
+class LazyComponent:
+    """A component registered by reference, so that listing it, validating a spec against its
+    ``Params`` and printing its schema never import its implementation (and the heavy packages
+    that imports: Lightning, codecs...). ``register(LazyComponent("pkg.module:Class", name=...,
+    summary=..., Params=..., target_kind=...))`` declares what the class would carry; the class
+    is imported on first use (building it) and must carry the same values.
+
+    ``attributes``: the kind's other class attributes (``target_kind``, ``accepts``,
+    ``requires_fit``, ``test_params``), readable as attributes of the declaration.
+    """
+
+    target: str
+    name: str
+    summary: str
+    Params: type
+    attributes: dict[str, Any] = field(default_factory=dict)
+
+    def __init__(self, target: str, *, name: str, summary: str, Params: type, **attributes: Any) -> None:
+        object.__setattr__(self, "target", target)
+        object.__setattr__(self, "name", name)
+        object.__setattr__(self, "summary", summary)
+        object.__setattr__(self, "Params", Params)
+        object.__setattr__(self, "attributes", dict(attributes))
+
+    def __getattr__(self, item: str) -> Any:
+        attributes = self.__dict__.get("attributes", {})
+        if item in attributes:
+            return attributes[item]
+        raise AttributeError(item)

@@ -13,8 +13,8 @@ from typing import Any
 import torch
 from pydantic import ValidationError
 
-from mertlab.errors import SpecError
-from mertlab.experiment.spec import ComponentSpec, apply_overrides, read_with_bases, validation_problems
+from mertlab.errors import SpecError, validation_problems
+from mertlab.experiment.spec import ComponentSpec, apply_overrides, read_with_bases
 
 SPEC_SUFFIXES = (".yaml", ".yml")
 

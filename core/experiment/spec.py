@@ -27,7 +27,7 @@ from pydantic import (
     model_validator,
 )
 
-from mertlab.errors import MertlabError, SpecError
+from mertlab.errors import MertlabError, SpecError, validation_problems
 
 #: What a spec ``name`` may be: it names a folder (``<output_dir>/<name>``) and an experiment.
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
@@ -431,25 +431,6 @@ class ExperimentSpec(StrictModel):
                 "e.g. my-ablation; it names the run folder under trainer.output_dir"
             )
         return name
-
-
-# --------------------------------------------------------------------------- rendering
-def validation_problems(exc: ValidationError, prefix: str = "") -> list[tuple[str, str]]:
-    """``(path.to.field, message)`` for each pydantic error, paths under ``prefix``."""
-    head = prefix.split(".") if prefix else []
-    return [(".".join(_path_part(p) for p in (*head, *err["loc"])), err["msg"]) for err in exc.errors()]
-
-
-def _path_part(part: Any) -> str:
-    """A key as written, or quoted when empty or unprintable (a control character must not
-    break the one-line message)."""
-    text = str(part)
-    return text if text and text.isprintable() else repr(text)
-
-
-def render_validation_error(exc: ValidationError, prefix: str = "") -> list[str]:
-    """``path.to.field: message`` lines for each pydantic error."""
-    return [f"{path}: {msg}" if path else msg for path, msg in validation_problems(exc, prefix)]
 
 
 # --------------------------------------------------------------------------- YAML + merging

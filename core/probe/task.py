@@ -32,7 +32,8 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from mertlab.errors import MertlabError
+from mertlab.errors import MertlabError, render_validation_error
+from mertlab.experiment.spec import read_yaml
 
 TaskType = Literal["classification", "multilabel", "regression"]
 TASK_TYPES: tuple[str, ...] = ("classification", "multilabel", "regression")
@@ -103,8 +104,6 @@ def load_task(path: str | Path, task_type: str | None = None, name: str | None =
     settings = TaskFile(csv=path.name)
     csv_path = path
     if path.suffix.lower() in (".yaml", ".yml"):
-        from mertlab.experiment.spec import read_yaml, render_validation_error
-
         try:
             settings = TaskFile.model_validate(read_yaml(path))
         except ValidationError as exc:

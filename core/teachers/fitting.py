@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader
 from mertlab.data.audio import AudioFile
 from mertlab.data.datamodule import scan_dataset, split_files
 from mertlab.data.dataset import CropDataset, collate_crops, seed_worker
+from mertlab.data.prepare import prepare_data
 from mertlab.errors import MertlabError
 from mertlab.experiment.spec import ExperimentSpec
 
@@ -108,8 +109,6 @@ def fit_teachers(
         )
     if not teachers:
         return []
-    from mertlab.train.run import prepare_data
-
     prepare_data(spec, progress=progress)
     done = []
     for alias, teacher in teachers.items():

@@ -58,6 +58,9 @@ from tqdm.auto import tqdm
 
 from mertlab.contracts import TargetInfo, Teacher
 from mertlab.data.audio import AudioFile, BadAudioError, check_finite, read_segment, resample
+from mertlab.data.datamodule import scan_dataset
+from mertlab.data.dataset import shortest_usable_seconds
+from mertlab.data.prepare import prepare_data
 from mertlab.data.skipped import SkippedFile, SkippedFiles
 from mertlab.errors import MertlabError
 from mertlab.experiment.spec import ExperimentSpec
@@ -446,10 +449,6 @@ def build_targets(
         from mertlab.plugin_system.registry import get_registry
 
         registry = get_registry()
-    from mertlab.data.datamodule import scan_dataset
-    from mertlab.data.dataset import shortest_usable_seconds
-    from mertlab.train.run import prepare_data
-
     teachers = {alias: registry.build("teacher", t.name, t.params) for alias, t in spec.teachers.items()}
     backbone = registry.build("backbone", spec.backbone.name, spec.backbone.params)  # its receptive field
     skipped = skipped if skipped is not None else SkippedFiles()
