@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from mertlab.contracts import Backbone, BackboneOutput
 from mertlab.errors import MertlabError
 
+from .hf import load_hf_weights, read_hf_params, save_hf
 from .layers import Encoder, EncoderLayer, FeatureExtractor, FeatureProjection, MelFeatureExtractor
 from .params import TransformerParams
 
@@ -176,14 +177,16 @@ class TransformerBackbone(Backbone):
 
     def save_hf(self, directory: Path) -> None:
         """Write a ``transformers.HubertModel`` directory; see :func:`.hf.save_hf`."""
-        from .hf import save_hf
-
         save_hf(self, directory)
 
     @classmethod
     def load_hf(cls, directory: str | Path, sample_rate: int | None = None) -> TransformerBackbone:
-        """Load a local ``transformers.HubertModel`` / MERT checkpoint directory (config.json +
-        model.safetensors or pytorch_model.bin); see :func:`.hf.load_hf`."""
-        from .hf import load_hf
+        """Build the backbone from a local ``transformers.HubertModel`` / MERT checkpoint directory
+        (config.json + model.safetensors or pytorch_model.bin) and load its weights, in eval mode.
 
-        return load_hf(directory, sample_rate=sample_rate)
+        ``sample_rate`` overrides the rate read from ``config.json`` (MERT) or
+        ``preprocessor_config.json`` (``sampling_rate``); with neither, 24 kHz (MERT) is assumed.
+        """
+        backbone = cls(read_hf_params(directory, sample_rate))
+        load_hf_weights(backbone, directory)
+        return backbone.eval()
