@@ -1133,7 +1133,7 @@ def probe_command(
     test split, logged to the checkpoint's MLflow run. Features are cached on disk.
     """
     from mertlab.experiment.mlflow_ui import LinkTarget, ui_lines
-    from mertlab.probe.baselines import parse_baselines
+    from mertlab.experiment.spec import parse_baselines
     from mertlab.probe.cache import DEFAULT_CACHE_DIR, FeatureCache
     from mertlab.probe.fit import ProbeParams
     from mertlab.probe.run import log_probe, probe_run, report_dict, report_table, run_probe, summary_lines, verdict

@@ -13,6 +13,7 @@ import difflib
 import hashlib
 import json
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal, get_args
 
@@ -294,12 +295,28 @@ class ProbeSpec(StrictModel):
     @field_validator("baselines")
     @classmethod
     def _check_baselines(cls, baselines: list[str]) -> list[str]:
-        from mertlab.probe.baselines import parse_baselines
-
         try:
             return parse_baselines(baselines)
         except MertlabError as exc:
             raise ValueError(str(exc).removeprefix("baselines: ")) from None
+
+
+#: The handcrafted baselines a probe can score (:mod:`mertlab.probe.baselines` computes them).
+BASELINE_NAMES = ("mfcc", "chroma", "cqt")
+
+
+def parse_baselines(names: str | Sequence[str] | None) -> list[str]:
+    """``"mfcc,cqt"`` or a list -> checked, de-duplicated names (``None``/empty: none)."""
+    if not names:
+        return []
+    items = [n.strip() for n in names.split(",")] if isinstance(names, str) else [str(n).strip() for n in names]
+    out: list[str] = []
+    for name in items:
+        if name not in BASELINE_NAMES:
+            raise MertlabError(f"baselines: unknown baseline {name!r} (use {', '.join(BASELINE_NAMES)})")
+        if name not in out:
+            out.append(name)
+    return out
 
 
 #: Keys a sweep may not vary: every child must land in its parent's store, experiment and

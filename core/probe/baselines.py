@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from mertlab.errors import MertlabError
+from mertlab.experiment.spec import parse_baselines
 
 if TYPE_CHECKING:  # the audio stack (torchaudio) loads on use: `mertlab validate` checks baseline names only
     from mertlab.probe.extract import FeatureSet
@@ -102,20 +102,6 @@ BASELINES: dict[str, Baseline] = {
         ),
     )
 }
-
-
-def parse_baselines(names: str | Sequence[str] | None) -> list[str]:
-    """``"mfcc,cqt"`` or a list -> checked, de-duplicated names (``None``/empty: none)."""
-    if not names:
-        return []
-    items = [n.strip() for n in names.split(",")] if isinstance(names, str) else [str(n).strip() for n in names]
-    out: list[str] = []
-    for name in items:
-        if name not in BASELINES:
-            raise MertlabError(f"baselines: unknown baseline {name!r} (use {', '.join(BASELINES)})")
-        if name not in out:
-            out.append(name)
-    return out
 
 
 def cache_identity(name: str) -> dict[str, Any]:

@@ -19,7 +19,8 @@ from pydantic import ValidationError
 from mertlab.contracts import Backbone
 from mertlab.errors import MertlabError
 from mertlab.experiment import metric_names
-from mertlab.probe.baselines import baseline_features, cache_identity, parse_baselines
+from mertlab.experiment.spec import parse_baselines
+from mertlab.probe.baselines import baseline_features, cache_identity
 from mertlab.probe.cache import FeatureCache, content_hash
 from mertlab.probe.extract import FeatureSet, extract_features, resolve_device, resolve_layers
 from mertlab.probe.fit import ProbeParams, ProbeReport, ProbeResult, orderable, probe_task
