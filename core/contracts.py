@@ -125,10 +125,10 @@ class Teacher(nn.Module, ABC):
     (``ceil``, ``floor`` or ``1 + S // hop`` all qualify) and so is ``lengths[b]`` for clip
     ``b``'s valid samples -- less ``info.receptive_field`` seconds for a teacher whose frames
     each need a window of audio inside the clip (a conv frontend: ``floor((S - field) / hop) + 1``
-    frames; the frames it lacks at the end are padding after alignment). mertlab relies on it twice: :func:`mertlab.toolkit.align.align_targets` maps
-    frame ``j`` to the backbone frame starting at the same time, and the target cache reads a
-    crop starting ``t`` seconds into a file from frame ``floor(t * frame_rate)`` of the whole
-    file's targets. Every output is checked against this at the boundary
+    frames; the frames it lacks at the end are padding after alignment). mertlab relies on it twice:
+    :func:`mertlab.toolkit.align.align_targets` maps frame ``j`` to the backbone frame starting at
+    the same time, and the target cache reads a crop starting ``t`` seconds into a file from frame
+    ``floor(t * frame_rate)`` of the whole file's targets. Every output is checked against this at the boundary
     (:mod:`mertlab.toolkit.teacher_output`). :class:`FrameTeacher` implements it for hop-based teachers.
     """
 
@@ -339,7 +339,8 @@ class Backbone(nn.Module, ABC):
         lengths = lengths.to(device=wav.device, dtype=torch.long)
         if bool(((lengths < min_samples) | (lengths > num_samples)).any()):
             raise DataError(
-                f"{self.name} backbone: lengths must lie in [{min_samples}, {num_samples}] samples; got {lengths.tolist()}"
+                f"{self.name} backbone: lengths must lie in [{min_samples}, {num_samples}] samples; got "
+                f"{lengths.tolist()}"
             )
         return lengths
 

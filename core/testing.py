@@ -531,7 +531,8 @@ def check_augmentation(entry: Any) -> None:
     out = augmentation(wav, lengths, torch.Generator().manual_seed(0))
     _require(
         isinstance(out, torch.Tensor) and out.shape == wav.shape and out.dtype == wav.dtype,
-        f"must return a {wav.dtype} tensor of shape {tuple(wav.shape)}, got {getattr(out, 'dtype', type(out).__name__)} "
+        f"must return a {wav.dtype} tensor of shape {tuple(wav.shape)}, "
+        f"got {getattr(out, 'dtype', type(out).__name__)} "
         f"{tuple(getattr(out, 'shape', ()))}",
     )
     _require(torch.equal(wav, before), "changed its input in place (return a new tensor)")

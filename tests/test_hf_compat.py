@@ -56,8 +56,8 @@ def hf_hidden_states(hf: HubertModel, wav, **kwargs) -> list[torch.Tensor]:
 
 def assert_states_match(ours, theirs, atol=1e-5):
     assert len(ours) == len(theirs)
-    for i, (a, b) in enumerate(zip(ours, theirs)):
-        torch.testing.assert_close(a, b, atol=atol, rtol=1e-5, msg=lambda m: f"hidden state {i}: {m}")
+    for i, (a, b) in enumerate(zip(ours, theirs, strict=True)):
+        torch.testing.assert_close(a, b, atol=atol, rtol=1e-5, msg=lambda m, i=i: f"hidden state {i}: {m}")
 
 
 CASES = [(False, "group"), (False, "layer"), (True, "layer"), (True, "group")]

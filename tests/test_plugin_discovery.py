@@ -218,6 +218,9 @@ def test_lazy_component_is_imported_on_use_and_must_match_its_declaration():
     pm.register_source(Wrong(), PluginSource("wrong", "wrong-dist", "1.0"))
     with pytest.raises(
         PluginError,
-        match=r"plugin 'wrong' \(wrong-dist 1.0\): callback 'stability2': .* differs from its registration in name, summary",
+        match=(
+            r"plugin 'wrong' \(wrong-dist 1.0\): callback 'stability2': .* differs from its registration in "
+            r"name, summary"
+        ),
     ):
-        Registry(pm).get("callback", "stability2").component
+        _ = Registry(pm).get("callback", "stability2").component  # loading the class raises

@@ -189,7 +189,7 @@ def grid_batch(demo_dir, frame_starts):
     """1 s crops of each demo file starting on the 75 Hz frame grid (320 samples at 24 kHz),
     zero-padded where the file ends first."""
     files = files_of(demo_dir)
-    crops = [read_segment(f, 320 * k, 24000) for f, k in zip(files, frame_starts)]
+    crops = [read_segment(f, 320 * k, 24000) for f, k in zip(files, frame_starts, strict=False)]
     wav = torch.stack([torch.nn.functional.pad(c, (0, 24000 - len(c))) for c in crops])
     starts = torch.tensor([320 * k / 24000 for k in frame_starts], dtype=torch.float64)
     return AudioBatch(wav, torch.tensor([len(c) for c in crops]), tuple(files), starts)

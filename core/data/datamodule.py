@@ -30,7 +30,8 @@ def scan_dataset(
     """
     if is_shard_path(data.path):
         raise DataError(
-            f"data.path: {data.path} holds shards (`mertlab data shard`); this needs a folder or manifest of audio files"
+            f"data.path: {data.path} holds shards (`mertlab data shard`); this needs a folder or manifest of audio "
+            "files"
         )
     path = Path(data.path)
     if not path.exists():

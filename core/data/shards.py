@@ -110,7 +110,8 @@ def read_meta(path: str | Path) -> dict[str, Any]:
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         found = meta.get("format") if isinstance(meta, dict) else None
         raise DataError(
-            f"data.path: {where} has format {found!r}, expected {FORMAT!r}; rewrite the shards with `mertlab data shard`"
+            f"data.path: {where} has format {found!r}, expected {FORMAT!r}; rewrite the shards with `mertlab data "
+            "shard`"
         )
     return meta
 
@@ -211,7 +212,7 @@ def write_shards(
     longest = 0.0
     try:
         bar = tqdm(total=len(files), desc="data shard", unit="file", disable=not progress)
-        for split, members in zip(SPLITS, (train, val)):
+        for split, members in zip(SPLITS, (train, val), strict=True):
             if not members:
                 continue
             writer = None  # created with the first usable file: a split may lose them all

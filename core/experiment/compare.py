@@ -265,8 +265,8 @@ def fmt(value: Any) -> str:
 
 
 def _grid(header: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(c) for c in col) for col in zip(header, *rows)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in (header, *rows)]
+    widths = [max(len(c) for c in col) for col in zip(header, *rows, strict=True)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in (header, *rows)]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
 
@@ -342,7 +342,7 @@ def _curves(comparison: Comparison, metric: str, out_dir: Path, log_y: bool = Fa
     fig = figure(8, 4.5)
     ax = fig.subplots()
     drawn = False
-    for row, color in zip(comparison.rows, palette):
+    for row, color in zip(comparison.rows, palette, strict=True):
         for key, style in ((metric, "-"), (M.val(metric), "--")):
             points = [p for p in row.histories.get(key, []) if math.isfinite(p.value)]
             if points:
@@ -384,7 +384,7 @@ def _bars(comparison: Comparison, out_dir: Path) -> Path | None:
     axes = fig.subplots(nrows, ncols, squeeze=False).flatten()
     palette = colors(n)
     names = [r.variant for r in comparison.rows]
-    for ax, metric in zip(axes, metrics):
+    for ax, metric in zip(axes, metrics, strict=False):
         values = [f.get(metric, math.nan) for f in finals]
         ax.bar(range(n), values, color=palette)
         ax.set_title(metric if metric in STABILITY_COLUMNS else f"{metric} (final)", fontsize="medium")

@@ -251,7 +251,10 @@ class ProbeSpec(StrictModel):
 
     tasks: list[str] = Field(
         min_length=1,
-        description="Task CSVs, task YAMLs or class-folder directories (as `mertlab probe` takes them), relative to the working directory like data.path.",
+        description=(
+            "Task CSVs, task YAMLs or class-folder directories (as `mertlab probe` takes them), relative "
+            "to the working directory like data.path."
+        ),
     )
     layers: str | list[int] = Field(
         "all", description="Layers probed one by one: all, last, '6,12' or a list (0 = encoder input)."
@@ -346,7 +349,9 @@ class SweepSpec(StrictModel):
 
     grid: dict[str, list[Any]] = Field(
         default_factory=dict,
-        description="Dotted key -> list of values; the product of all lists is swept (e.g. optim.lr: [5.0e-4, 1.0e-3]).",
+        description=(
+            "Dotted key -> list of values; the product of all lists is swept (e.g. optim.lr: [5.0e-4, 1.0e-3])."
+        ),
     )
     variants: dict[str, dict[str, Any]] = Field(
         default_factory=dict,
@@ -415,7 +420,9 @@ class ExperimentSpec(StrictModel):
     tracking: TrackingSpec = Field(default_factory=TrackingSpec)
     callbacks: dict[str, ComponentSpec] = Field(
         default_factory=lambda: {"stability": ComponentSpec(name="stability")},
-        description="Training callbacks by alias (default: the stability monitor; `callbacks: {stability: null}` removes it).",
+        description=(
+            "Training callbacks by alias (default: the stability monitor; `callbacks: {stability: null}` removes it)."
+        ),
     )
     sweep: SweepSpec | None = Field(
         None, description="Optional variants of this spec for `mertlab sweep` (one MLflow child run each)."
@@ -687,7 +694,8 @@ def _global_batch_problems(spec: ExperimentSpec) -> list[tuple[str, str]]:
         (
             "data.global_batch_size",
             (
-                f"{wanted} clips per step expected, but data.batch_size {spec.data.batch_size} x trainer.devices {t.devices} "
+                f"{wanted} clips per step expected, but data.batch_size {spec.data.batch_size} x trainer.devices "
+                f"{t.devices} "
                 f"x trainer.num_nodes {t.num_nodes} x trainer.accumulate_grad_batches {t.accumulate_grad_batches} = "
                 f"{global_batch_size(spec)}; change one of them"
             ),

@@ -93,7 +93,10 @@ def expand(sweep: SweepSpec) -> list[Variant]:
     short = short_keys(keys)
     points = (
         [
-            (",".join(f"{short[k]}={format_value(v)}" for k, v in zip(keys, values)), tuple(zip(keys, values)))
+            (
+                ",".join(f"{short[k]}={format_value(v)}" for k, v in zip(keys, values, strict=True)),
+                tuple(zip(keys, values, strict=True)),
+            )
             for values in itertools.product(*(sweep.grid[k] for k in keys))
         ]
         if keys
@@ -229,7 +232,9 @@ def ensure_parent(client: Any, plan: SweepPlan, registry: Any) -> Any:
         tags = {
             **run_tags(plan.spec, registry),
             SWEEP_TAG: plan.name,
-            "mlflow.note.content": f"Sweep of {plan.spec_path} ({len(plan.children)} variants). {plan.spec.description}".strip(),
+            "mlflow.note.content": (
+                f"Sweep of {plan.spec_path} ({len(plan.children)} variants). {plan.spec.description}"
+            ).strip(),
         }
         exp_id = experiment_id(client, plan.experiment, create=True)
         parent = client.create_run(exp_id, run_name=plan.spec.tracking.run_name or plan.name, tags=tags)

@@ -30,8 +30,8 @@ only the window's own frames; window edges lie on the teacher's frame grid, so a
 a window is computed exactly as on the whole file whenever the teacher's receptive field is
 shorter than the context (spectral teachers: half their longest window/kernel; CQT at MERT's
 fmin 32.7 Hz: 1.4 s; the ``cqt`` teacher's default FFT implementation to ~1e-4 of the peak, its
-truncated kernel spectra leaving tiny tails past the kernel). The last window runs to the end of the file, so a file has exactly the
-frame count the teacher gives for it whole. Approximations, by design:
+truncated kernel spectra leaving tiny tails past the kernel). The last window runs to the end of the file, so a file
+has exactly the frame count the teacher gives for it whole. Approximations, by design:
 
 * teachers with unbounded context (EnCodec's LSTM) or per-clip statistics (``normalize:
   per_clip``/``per_bin``) see the segment, not the whole file; for per-clip statistics the

@@ -86,7 +86,7 @@ def check_targets(teacher: Teacher, targets: object, num_samples: int, sample_le
         )
     lengths = _checked_lengths(label, lengths, batch, frames)
     valid = _valid_frames(lengths, frames)
-    for b, (n_frames, n_samples) in enumerate(zip(lengths.tolist(), sample_lengths.tolist())):
+    for b, (n_frames, n_samples) in enumerate(zip(lengths.tolist(), sample_lengths.tolist(), strict=True)):
         want = expected_frames(n_samples, teacher.sample_rate, info.frame_rate, info.receptive_field)
         if abs(n_frames - want) > FRAME_TOLERANCE:
             raise TeacherOutputError(

@@ -321,7 +321,7 @@ def sliced_targets(
     out = {}
     for alias, info in infos.items():
         chunks, offsets = [], []
-        for clip, (start, duration) in enumerate(zip(starts, seconds)):
+        for clip, (start, duration) in enumerate(zip(starts, seconds, strict=True)):
             first, count, offset = frame_window(start, duration, info.frame_rate)
             chunks.append(chunk(alias, batch, clip, first, count))
             offsets.append(offset)
@@ -383,7 +383,8 @@ class ShardTargets(TargetSource):
             if (found.teacher, found.fingerprint) != (teacher.name, teacher.fingerprint()):
                 raise MertlabError(
                     f"teachers.{alias}: the shards at {self.data_path} hold {found.teacher} targets of fingerprint "
-                    f"{found.fingerprint}, this spec's teacher is {teacher.name} {teacher.fingerprint()} (other params or "
+                    f"{found.fingerprint}, this spec's teacher is {teacher.name} {teacher.fingerprint()} (other "
+                    "params or "
                     "fitted state); rewrite them with `mertlab data shard SRC DST --with-targets SPEC`"
                 )
             self._infos[alias] = teacher.info

@@ -120,7 +120,7 @@ class StabilityMonitor(L.Callback):
         if self._before is not None:
             after = [p.detach() for p in pl_module.parameters() if p.requires_grad]
             norms = global_norms(
-                trainer, {"delta": [a - b for a, b in zip(after, self._before)], "before": self._before}
+                trainer, {"delta": [a - b for a, b in zip(after, self._before, strict=True)], "before": self._before}
             )
             if "delta" in norms:
                 metrics[M.UPDATE_RATIO_TOTAL] = float(norms["delta"]) / max(float(norms["before"]), 1e-12)

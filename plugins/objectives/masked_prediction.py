@@ -60,7 +60,7 @@ class MaskedPrediction(CodebookObjective):
         with torch.autocast(device_type=frames.features.device.type, enabled=False):
             logits = [
                 F.normalize(proj.float(), dim=-1) @ F.normalize(emb.float(), dim=-1).T / self.params.logit_temp
-                for proj, emb in zip(projected, self.label_embs)
+                for proj, emb in zip(projected, self.label_embs, strict=True)
             ]
         return self.classification(logits, frames)
 

@@ -1,4 +1,5 @@
-"""``cqt``: constant-Q transform magnitudes (nnAudio's, or an FFT-based equal within 1e-3), MERT's musical teacher (continuous targets)."""
+"""``cqt``: constant-Q transform magnitudes (nnAudio's, or an FFT-based equal within 1e-3), MERT's
+musical teacher (continuous targets)."""
 
 from __future__ import annotations
 
@@ -14,8 +15,8 @@ from mertlab.toolkit.frame_features import CheckedFrameTeacher, centred_frames, 
 
 
 class CQTParams(Params):
-    """Defaults are MERT's (the MERT paper (arXiv 2306.00107) and its peers): 24 kHz, fmin 32.7 Hz (C1), 336 bins, 48 bins/octave
-    (7 octaves), hop 320 (75 Hz, the default backbone's frame rate), raw linear magnitude."""
+    """Defaults are MERT's (the MERT paper (arXiv 2306.00107) and its peers): 24 kHz, fmin 32.7 Hz (C1), 336 bins,
+    48 bins/octave (7 octaves), hop 320 (75 Hz, the default backbone's frame rate), raw linear magnitude."""
 
     sample_rate: int = Field(24000, gt=0, description="Sample rate (Hz) the teacher expects (MERT: 24000).")
     hop_length: int = Field(

@@ -55,7 +55,10 @@ class CrepeParams(Params):
     hop_length: int = Field(
         320,
         gt=0,
-        description="Hop in samples at sample_rate; frame rate = sample_rate / hop_length (320 at 24 kHz = 75 Hz, MERT's frame rate).",
+        description=(
+            "Hop in samples at sample_rate; frame rate = sample_rate / hop_length (320 at 24 kHz = 75 Hz, "
+            "MERT's frame rate)."
+        ),
     )
     bins_per_class: int = Field(
         1,
@@ -71,7 +74,10 @@ class CrepeParams(Params):
     )
     silence_db: float = Field(
         -60.0,
-        description="pitch_bin: a frame whose window RMS is below this (dBFS) is unvoiced (torchcrepe's silence threshold: -60).",
+        description=(
+            "pitch_bin: a frame whose window RMS is below this (dBFS) is unvoiced (torchcrepe's silence "
+            "threshold: -60)."
+        ),
     )
     batch_frames: int = Field(512, ge=1, description="Windows per forward pass of the network (memory vs speed).")
 

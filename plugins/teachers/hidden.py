@@ -22,8 +22,9 @@ class HiddenParams(Params):
 
     checkpoint: str | None = Field(
         None,
-        description="The trained backbone: a mertlab backbone file (mertlab.toolkit.checkpoint.save_backbone), a training "
-        ".ckpt, or hf:DIR for a local Hugging Face HubertModel / MERT directory (config.json + weights). Required.",
+        description="The trained backbone: a mertlab backbone file (mertlab.toolkit.checkpoint.save_backbone), "
+        "a training .ckpt, or hf:DIR for a local Hugging Face HubertModel / MERT directory (config.json + weights). "
+        "Required.",
     )
     layer: int | None = Field(
         None,
@@ -98,7 +99,8 @@ class HiddenTeacher(CheckedFrameTeacher):
         super().__init__(params)
         if params.checkpoint is None:
             raise MertlabError(
-                f"teacher '{self.name}' needs params.checkpoint: a trained mertlab backbone file, a training .ckpt, or hf:DIR"
+                f"teacher '{self.name}' needs params.checkpoint: a trained mertlab backbone file, a training "
+                ".ckpt, or hf:DIR"
             )
         layers = params.layer if params.layer is not None else list(range(-params.top_k, 0))
         self.feature = BackboneLayer(params.checkpoint, layers, params.normalize)

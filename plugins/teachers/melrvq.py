@@ -49,7 +49,9 @@ class MelRVQParams(Params):
     hop_length: int = Field(
         240,
         gt=0,
-        description="Mel hop in samples (MuQ: 240 = 100 Hz at 24 kHz); frame rate = sample_rate / (hop_length * stack_frames).",
+        description=(
+            "Mel hop in samples (MuQ: 240 = 100 Hz at 24 kHz); frame rate = sample_rate / (hop_length * stack_frames)."
+        ),
     )
     n_mels: int = Field(128, gt=0, description="Mel bands (MuQ: 128).")
     stack_frames: int = Field(

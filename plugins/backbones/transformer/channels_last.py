@@ -58,7 +58,7 @@ class ChannelsLastConv(torch.autograd.Function):
         groups = _tap_groups(kernel, stride)
         weights = [_tap_weight(weight, j0, j1).t() for j0, j1 in groups]
         for b in range(batch):
-            for g, ((j0, j1), w) in enumerate(zip(groups, weights)):
+            for g, ((j0, j1), w) in enumerate(zip(groups, weights, strict=True)):
                 taps = _taps(x[b], frames, stride, j0, j1)
                 if g > 0:
                     out[b].addmm_(taps, w)

@@ -88,7 +88,7 @@ class FeatureExtractor(nn.Module):
         super().__init__()
         dims = (1, *p.conv_channels)
         layers = []
-        for i, (kernel, stride) in enumerate(zip(p.conv_kernels, p.conv_strides)):
+        for i, (kernel, stride) in enumerate(zip(p.conv_kernels, p.conv_strides, strict=True)):
             if p.extractor_mode == "layer_norm":
                 norm = "layer"
             else:  # group_norm: HF "group" normalises only the first layer
