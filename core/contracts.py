@@ -136,15 +136,15 @@ class Teacher(nn.Module, ABC):
     summary: ClassVar[str]
     Params: ClassVar[type[Params]]
     #: The kind of targets; objectives declare which kind they accept (checked when a spec loads).
-    target_kind: ClassVar[TargetKind]
+    target_kind: TargetKind
     requires_fit: ClassVar[bool] = False
     #: Part of :meth:`fingerprint`, like the code itself: bump it when what the targets depend on
     #: changes outside the hashed code (a data file the teacher reads, a dependency's behaviour).
     version: ClassVar[str | int | None] = None
 
-    def __init__(self, params: Params) -> None:
+    def __init__(self, params: Any) -> None:
         super().__init__()
-        self.params = params
+        self.params: Any = params  # an instance of the class's own ``Params``: its fields by name
 
     @property
     @abstractmethod
@@ -161,7 +161,7 @@ class Teacher(nn.Module, ABC):
         """``wav``: ``[B, S]`` float mono at :attr:`sample_rate`; ``lengths``: ``[B]`` valid samples."""
 
     @classmethod
-    def kind_for(cls, params: Params) -> TargetKind:
+    def kind_for(cls, params: Any) -> TargetKind:
         """The target kind an instance built with ``params`` gives (checked against objectives
         when a spec loads). Default :attr:`target_kind`; a teacher whose kind follows a param
         (``crepe``'s ``output``) overrides it and sets ``self.target_kind`` to match."""
@@ -255,9 +255,9 @@ class Backbone(nn.Module, ABC):
     #: registered backbone that lists the directory's ``model_type``.
     hf_model_types: ClassVar[tuple[str, ...]] = ()
 
-    def __init__(self, params: Params) -> None:
+    def __init__(self, params: Any) -> None:
         super().__init__()
-        self.params = params
+        self.params: Any = params  # an instance of the class's own ``Params``: its fields by name
 
     @classmethod
     def load_hf(cls, directory: str | Path) -> Backbone:
@@ -406,9 +406,9 @@ class Objective(nn.Module, ABC):
     #: Target kinds this objective can learn from.
     accepts: ClassVar[tuple[TargetKind, ...]]
 
-    def __init__(self, params: Params, *, hidden_dim: int, num_layers: int, target_info: TargetInfo) -> None:
+    def __init__(self, params: Any, *, hidden_dim: int, num_layers: int, target_info: TargetInfo) -> None:
         super().__init__()
-        self.params = params
+        self.params: Any = params  # an instance of the class's own ``Params``: its fields by name
         self.hidden_dim = hidden_dim
         self.num_layers = num_layers
         self.target_info = target_info
@@ -430,8 +430,8 @@ class Masking(ABC):
     summary: ClassVar[str]
     Params: ClassVar[type[Params]]
 
-    def __init__(self, params: Params) -> None:
-        self.params = params
+    def __init__(self, params: Any) -> None:
+        self.params: Any = params  # an instance of the class's own ``Params``: its fields by name
 
     @abstractmethod
     def __call__(self, padding_mask: Tensor, generator: torch.Generator | None = None) -> Tensor: ...
@@ -454,8 +454,8 @@ class Augmentation(ABC):
     summary: ClassVar[str]
     Params: ClassVar[type[Params]]
 
-    def __init__(self, params: Params) -> None:
-        self.params = params
+    def __init__(self, params: Any) -> None:
+        self.params: Any = params  # an instance of the class's own ``Params``: its fields by name
 
     @abstractmethod
     def __call__(self, wav: Tensor, lengths: Tensor, generator: torch.Generator | None = None) -> Tensor: ...

@@ -257,7 +257,8 @@ def check_teacher_fingerprint(entry: Any) -> None:
     a, b = _shared_teacher(entry), _build(entry)
     fingerprint = a.fingerprint()
     _require(
-        isinstance(fingerprint, str) and fingerprint, f"fingerprint() must be a non-empty str, got {fingerprint!r}"
+        isinstance(fingerprint, str) and bool(fingerprint),
+        f"fingerprint() must be a non-empty str, got {fingerprint!r}",
     )
     _require(fingerprint == b.fingerprint(), "fingerprint() differs between two instances with the same params")
 
@@ -385,7 +386,7 @@ def _objective_inputs(info: Any, seed: int = 0, junk: float = 0.0) -> tuple[Any,
     frames = torch.arange(_OBJ_FRAMES)
     backbone_padding = frames[None, :] >= torch.tensor(_BACKBONE_VALID)[:, None]
     target_padding = frames[None, :] >= torch.tensor(_TARGET_VALID)[:, None]
-    hidden = []
+    hidden: list[torch.Tensor] = []
     for _ in range(_OBJ_LAYERS + 1):
         h = torch.randn(2, _OBJ_FRAMES, _OBJ_DIM, generator=torch.Generator().manual_seed(7 + len(hidden)))
         h = torch.where(backbone_padding[:, :, None], junk * torch.randn(h.shape, generator=g), h)
@@ -630,7 +631,7 @@ def assert_contract(kind: str, name: str, check: str, registry: RegistryLike = N
         return
     if skipped is not None:
         pytest.skip(skipped)
-    pytest.fail(failed, pytrace=False)
+    pytest.fail(failed or "", pytrace=False)
 
 
 def contract_tests(kind: str, name: str, registry: RegistryLike = None) -> Callable[[str], None]:

@@ -141,7 +141,7 @@ class AugmentationSpec(ComponentSpec):
     ``augment: {mixup: {name: mixup, params: {probability: 0.5}}}``.
     """
 
-    name: str | None = Field(
+    name: str | None = Field(  # type: ignore[assignment]  # None until ExperimentSpec fills in the alias
         None, description="Registered augmentation name (see `mertlab plugins`); default: the alias."
     )
 

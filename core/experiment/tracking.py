@@ -163,7 +163,7 @@ def run_tags(spec: ExperimentSpec, registry: Any) -> dict[str, str]:
     }
     used = [("backbone", spec.backbone.name)] + [("teacher", t.name) for t in spec.teachers.values()]
     used += [("objective", o.name) for o in spec.objectives.values()] + [("masking", spec.masking.name)]
-    used += [("augmentation", a.name) for a in spec.augment.values()]
+    used += [("augmentation", a.name or alias) for alias, a in spec.augment.items()]
     for kind, name in used:
         tags[f"mertlab.{kind}.{name}.source"] = registry.get(kind, name).source.label
     commit = git_commit() or git_commit(Path(mertlab.__file__).parent)

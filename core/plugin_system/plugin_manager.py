@@ -18,9 +18,11 @@ Environment (read when a plugin manager is created, not at import):
 from __future__ import annotations
 
 import difflib
+import functools
 import importlib
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import metadata
 
@@ -150,7 +152,7 @@ class MertlabPluginManager(pluggy.PluginManager):
             )
         return skipped
 
-    def load(self, source: PluginSource, load: object) -> None:
+    def load(self, source: PluginSource, load: Callable[[], object]) -> None:
         """Import (``load()``) and register one plugin; a failure skips it with a warning."""
         if self.is_disabled(source):
             self.skip(source, f"disabled ({DISABLE_PLUGINS_ENV} or --disable-plugin)", disabled=True)
@@ -210,7 +212,7 @@ def create_plugin_manager(
     ``disabled``: plugin names to skip (default: ``MERTLAB_DISABLE_PLUGINS``)."""
     pm = MertlabPluginManager(frozenset(disabled_plugins() if disabled is None else disabled))
     for module_name in DEFAULT_PLUGINS:
-        pm.load(PluginSource(module_name), lambda name=module_name: importlib.import_module(name))
+        pm.load(PluginSource(module_name), functools.partial(importlib.import_module, module_name))
     if autoload is None:
         autoload = not autoload_disabled()
     if not autoload:

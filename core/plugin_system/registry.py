@@ -132,7 +132,7 @@ def _check_accepts(component: type) -> str | None:
 
 
 #: Extra class attributes each kind's contract requires (see :mod:`mertlab.contracts`).
-KIND_CHECKS: dict[str, tuple[Callable[[type], str | None], ...]] = {
+KIND_CHECKS: dict[str, tuple[Callable[[Any], str | None], ...]] = {
     "teacher": (_check_target_kind,),
     "objective": (_check_accepts,),
 }
@@ -272,7 +272,7 @@ class Registry:
         return staged
 
     def _registrar(self, kind: str, source: PluginSource, staged: list[Entry]):
-        def register(component: type | LazyComponent) -> None:
+        def register(component: Any) -> None:  # a class or a LazyComponent (checked first)
             _check_component(kind, component, source)
             where = f"plugin '{source.plugin}' ({source.label})"
             if any(e.kind == kind and e.name == component.name for e in staged):

@@ -12,9 +12,9 @@ from typing import BinaryIO
 
 def atomic_write(
     path: str | Path,
-    write: Callable[[BinaryIO], None],
+    write: Callable[[BinaryIO], object],
     mode: int | None = None,
-    before_replace: Callable[[], None] | None = None,
+    before_replace: Callable[[], object] | None = None,
 ) -> Path:
     """Write ``path`` through ``write(file)`` into a unique temporary name in the same folder,
     flush it to disk (fsync), then rename it over ``path`` and fsync the folder.

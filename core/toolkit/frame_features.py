@@ -174,6 +174,8 @@ class FrameFeature(nn.Module, ABC):
 class _SpectralFeature(FrameFeature):
     """Common STFT settings: Hann window of ``n_fft`` samples, hop ``hop_length``, centred."""
 
+    window: Tensor  # a buffer
+
     def __init__(self, sample_rate: int, n_fft: int, hop_length: int) -> None:
         super().__init__()
         self._sample_rate = sample_rate

@@ -413,7 +413,7 @@ class ConformerBackbone(Backbone):
         return int(self._frames(max(int(num_samples), 0)))
 
     def frame_lengths(self, lengths: Tensor) -> Tensor:
-        return self._frames(lengths.long())
+        return torch.as_tensor(self._frames(lengths.long()))
 
     def block_names(self) -> dict[str, list[str]]:
         groups: dict[str, list[str]] = {}

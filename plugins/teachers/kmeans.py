@@ -78,7 +78,7 @@ class KMeansParams(Params):
 FEATURES: dict[str, Callable[[KMeansParams], FrameFeature]] = {
     "mfcc": lambda p: MFCCDeltas(p.sample_rate, p.n_fft, p.hop_length, p.n_mels, p.n_mfcc),
     "logmel_chroma": lambda p: LogMelChroma(p.sample_rate, p.n_fft, p.hop_length, p.n_mels),
-    "hidden": lambda p: BackboneLayer(p.checkpoint, p.layer),
+    "hidden": lambda p: BackboneLayer(p.checkpoint or "", p.layer),  # set with feature=hidden (a params check)
 }
 
 
@@ -90,6 +90,8 @@ class KMeansTeacher(FittedFrameTeacher):
     Features are standardised per dimension with the mean/std of the fitting data (stored in the
     state file), so no dimension dominates the Euclidean distance.
     """
+
+    centroids: Tensor  # a buffer; empty until fitted
 
     name = "kmeans"
     summary = "k-means pseudo-labels of MFCC / log-mel+chroma / backbone-layer frames (HuBERT-style)"

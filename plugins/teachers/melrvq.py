@@ -109,6 +109,8 @@ class MelRVQTeacher(FittedFrameTeacher):
     ``(1 + n // hop_length) // stack_frames`` frames.
     """
 
+    feature: StackedLogMel
+
     name = "melrvq"
     summary = "Mel-RVQ: learned residual VQ of stacked log-mel frames, fitted offline (MuQ)"
     Params = MelRVQParams

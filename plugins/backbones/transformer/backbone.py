@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, cast
 
 import torch
 from torch import Tensor, nn
@@ -77,7 +77,7 @@ class TransformerBackbone(Backbone):
         if self.params.deepnorm:
             # DeepNet encoder-only init (torchscale): value/output/FFN weights / (8N)^(1/4).
             scale = (8.0 * self.params.num_layers) ** 0.25
-            for layer in self.encoder.layers:
+            for layer in cast(list[EncoderLayer], self.encoder.layers):
                 for linear in (
                     layer.attention.v_proj,
                     layer.attention.out_proj,
