@@ -33,6 +33,7 @@ from pydantic import BaseModel, ConfigDict
 from torch import Tensor, nn
 
 from mertlab.code_digest import code_digest
+from mertlab.errors import DataError, MertlabError
 
 TargetKind = Literal["discrete", "continuous"]
 
@@ -322,7 +323,6 @@ class Backbone(nn.Module, ABC):
         ``min_samples`` samples (the receptive field) and ``lengths`` (when given) is ``[batch]``
         within ``[min_samples, samples]``; returns ``lengths`` as long
         on ``wav``'s device. Errors are one line naming the backbone and the shape or values seen."""
-        from mertlab.errors import DataError, MertlabError
 
         if wav.dim() != 2:
             raise MertlabError(f"{self.name} backbone expects wav of shape [batch, samples]; got {tuple(wav.shape)}")
@@ -368,7 +368,6 @@ class Backbone(nn.Module, ABC):
     def save_hf(self, directory: Path) -> None:
         """Write a Hugging Face model directory (``config.json`` + ``model.safetensors``) that
         ``transformers`` loads (``mertlab export --format hf``). Default: not supported."""
-        from mertlab.errors import MertlabError
 
         raise MertlabError(f"backbone '{self.name}' has no Hugging Face format to export to")
 

@@ -129,7 +129,7 @@ class AudioDataModule(L.LightningDataModule):
         return bool(self.val_files)
 
     def _shard_loader(self, split: str, train: bool, frame_rates: dict[str, float] | None) -> DataLoader:
-        from mertlab.data.streaming import ShardDataset, ShardLoader
+        from mertlab.data.streaming import ShardDataset, ShardLoader  # imported here: litdata loads only for shard data
 
         dataset = ShardDataset(
             split_location(self.data.path, split),

@@ -27,6 +27,8 @@ from mertlab.experiment import metric_names as M
 from mertlab.experiment.plotting import colors, figure
 from mertlab.experiment.run_summary import Point, fetch_histories, needed_metrics, reduce_values, summarize
 from mertlab.experiment.sweep import INDEX_TAG, OVERRIDE_PARAM_PREFIX, VARIANT_TAG, children_of, sweep_parents
+from mertlab.experiment.tracking import default_tracking_uri
+from mertlab.probe.plots import ChildLayers, sweep_layer_plot
 
 #: ``*`` matches within one ``/``-separated segment, ``**`` across segments. Probes: per task the
 #: best probe (``probe/<task>/<metric>``), the best single layer, the weighted sum, random init
@@ -212,7 +214,6 @@ def load_comparison(
 ) -> Comparison:
     """Read every compared run back from MLflow (``metrics``: name patterns, default
     :data:`DEFAULT_METRICS`)."""
-    from mertlab.experiment.tracking import default_tracking_uri
 
     tracking_uri = tracking_uri or default_tracking_uri()
     client = _client(tracking_uri)
@@ -404,7 +405,6 @@ _LAYER_METRIC = re.compile(r"probe/(?P<task>[^/]+)/layer(?P<layer>\d+)/(?P<metri
 def _probe_layers(comparison: Comparison, out_dir: Path) -> list[Path]:
     """Per task and metric: one figure of every child's test score by layer
     (``probe_<task>_<metric>_layers.png``), weighted sums and baselines as horizontal lines."""
-    from mertlab.probe.plots import ChildLayers, sweep_layer_plot
 
     found: dict[tuple[str, str], list[ChildLayers]] = {}
     for row in comparison.rows:

@@ -29,6 +29,7 @@ from pydantic import (
 )
 
 from mertlab.errors import MertlabError, SpecError, validation_problems
+from mertlab.plugin_system.registry import get_registry
 
 #: What a spec ``name`` may be: it names a folder (``<output_dir>/<name>``) and an experiment.
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
@@ -625,8 +626,6 @@ def resolve_spec(data: dict[str, Any], source: str | None = None, registry: Any 
         raise SpecError(validation_problems(exc), source=source) from None
 
     if registry is None:
-        from mertlab.plugin_system.registry import get_registry
-
         registry = get_registry()
     problems: list[tuple[str, str]] = []
     problems += _missing_plugins(spec.requires_plugins, registry)

@@ -28,7 +28,7 @@ from importlib import metadata
 
 import pluggy
 
-from mertlab import hookspecs
+from mertlab import __version__, hookspecs
 from mertlab.errors import PluginError
 
 ENTRY_POINT_GROUP = "mertlab"
@@ -80,8 +80,6 @@ class PluginSource:
     def provider(self) -> tuple[str, str]:
         """``(distribution, version)`` that ships the plugin; built-ins ship with mertlab."""
         if self.distribution is None:
-            from mertlab import __version__
-
             return ("mertlab", __version__)
         return (self.distribution, str(self.version))
 

@@ -24,6 +24,10 @@ import torch
 from torch import Tensor
 
 from mertlab.experiment.spec import parse_baselines
+from mertlab.plugin_system.registry import get_registry
+from mertlab.probe.extract import FeatureSet
+from mertlab.probe.frames import pooled_frames
+from mertlab.toolkit.frame_features import LogMelChroma, MFCCDeltas
 
 if TYPE_CHECKING:  # the audio stack (torchaudio) loads on use: `mertlab validate` checks baseline names only
     from mertlab.probe.extract import FeatureSet
@@ -34,24 +38,18 @@ HOP = 512
 
 
 def _mfcc() -> FrameFn:
-    from mertlab.toolkit.frame_features import MFCCDeltas
-
     n_mfcc = 20
     feature = MFCCDeltas(SAMPLE_RATE, n_fft=2048, hop_length=HOP, n_mels=128, n_mfcc=n_mfcc).eval()
     return lambda wav: feature(wav[None], _length(wav))[0][0, :, :n_mfcc]  # static coefficients only
 
 
 def _chroma() -> FrameFn:
-    from mertlab.toolkit.frame_features import LogMelChroma
-
     n_mels = 8  # the log-mel half is discarded; the STFT is shared
     feature = LogMelChroma(SAMPLE_RATE, n_fft=4096, hop_length=HOP, n_mels=n_mels).eval()
     return lambda wav: feature(wav[None], _length(wav))[0][0, :, n_mels:]
 
 
 def _cqt() -> FrameFn:
-    from mertlab.plugin_system.registry import get_registry
-
     params = {
         "sample_rate": SAMPLE_RATE,
         "hop_length": HOP,
@@ -122,8 +120,6 @@ def baseline_features(
 ) -> FeatureSet:
     """Clip features ``[N, 1, D]`` of baseline ``name`` (one pseudo-layer 0) for ``paths``."""
     baseline = BASELINES[parse_baselines([name])[0]]
-    from mertlab.probe.extract import FeatureSet
-    from mertlab.probe.frames import pooled_frames
 
     pooled = pooled_frames(
         baseline.make(), list(paths), SAMPLE_RATE, window_seconds, baseline.with_std, progress, desc=f"baseline {name}"

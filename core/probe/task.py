@@ -174,7 +174,7 @@ def _parse_csv(path: Path, task_type: str, name: str, seed: int) -> Task:
 
 def _folder_task(folder: Path, task_type: str | None, name: str | None, seed: int) -> Task:
     """A classification task from a folder of class sub-folders (see the module docstring)."""
-    from mertlab.data.audio import list_audio_paths
+    from mertlab.data.audio import list_audio_paths  # imported here: torchaudio loads on use
 
     if task_type not in (None, "auto", "classification"):
         raise TaskError(f"{folder}: a folder of class sub-folders is a classification task, not {task_type}")

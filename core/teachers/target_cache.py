@@ -64,6 +64,7 @@ from mertlab.data.prepare import prepare_data
 from mertlab.data.skipped import SkippedFile, SkippedFiles
 from mertlab.errors import MertlabError
 from mertlab.experiment.spec import ExperimentSpec
+from mertlab.plugin_system.registry import get_registry
 from mertlab.toolkit.atomic import atomic_write
 from mertlab.toolkit.integrity import record_problem, write_with_record
 from mertlab.toolkit.teacher_output import check_targets
@@ -446,8 +447,6 @@ def build_targets(
             "data.target_cache: not set; name the cache folder in the spec or with -o data.target_cache=DIR"
         )
     if registry is None:
-        from mertlab.plugin_system.registry import get_registry
-
         registry = get_registry()
     teachers = {alias: registry.build("teacher", t.name, t.params) for alias, t in spec.teachers.items()}
     backbone = registry.build("backbone", spec.backbone.name, spec.backbone.params)  # its receptive field
@@ -490,8 +489,6 @@ def unused_folders(spec: ExperimentSpec, *, registry: Any = None) -> list[CacheF
             "data.target_cache: not set; name the cache folder in the spec or with -o data.target_cache=DIR"
         )
     if registry is None:
-        from mertlab.plugin_system.registry import get_registry
-
         registry = get_registry()
     root = Path(spec.data.target_cache)
     if not root.is_dir():

@@ -42,6 +42,7 @@ from mertlab.contracts import TargetInfo
 from mertlab.errors import MertlabError, WeightsError
 from mertlab.toolkit.frame_features import CheckedFrameTeacher
 from mertlab.toolkit.kmeans import lloyd_kmeans
+from mertlab.toolkit.safe_load import load_torch_file
 
 
 # --------------------------------------------------------------------------- weights
@@ -77,7 +78,6 @@ def load_error(teacher: str, path: Path, exc: Exception) -> WeightsError:
 def read_weights(teacher: str, path: Path) -> Any:
     """The contents of a torch weights file, loaded with ``weights_only=True``
     (:func:`mertlab.toolkit.safe_load.load_torch_file`): a file that could run code is refused."""
-    from mertlab.toolkit.safe_load import load_torch_file
 
     try:
         return load_torch_file(path, "weights file")

@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from mertlab.contracts import FrameTeacherBase, TargetInfo, Targets
 from mertlab.errors import DataError, MertlabError
+from mertlab.toolkit.checkpoint import load_backbone
 
 #: Added to mel energies before the log: keeps silence finite (log(1e-6) ~ -13.8).
 LOG_EPS = 1e-6
@@ -369,7 +370,6 @@ class BackboneLayer(FrameFeature):
 
     def __init__(self, checkpoint: str | Path, layer: int | Sequence[int], normalize: LayerNorm = "none") -> None:
         super().__init__()
-        from mertlab.toolkit.checkpoint import load_backbone
 
         self.backbone = load_backbone(checkpoint).requires_grad_(False)
         depth = self.backbone.num_layers

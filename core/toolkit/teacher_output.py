@@ -29,6 +29,7 @@ from torch import Tensor
 
 from mertlab.contracts import Targets, Teacher
 from mertlab.errors import TeacherOutputError
+from mertlab.plugin_system.registry import component_label
 
 #: How far (in frames) a teacher's frame count may be from ``duration x info.frame_rate``.
 FRAME_TOLERANCE = 2
@@ -36,7 +37,6 @@ FRAME_TOLERANCE = 2
 
 def teacher_label(teacher: Teacher) -> str:
     """``teacher 'onset_flux' (my-plugin 0.1.0)``."""
-    from mertlab.plugin_system.registry import component_label
 
     return component_label(type(teacher), "teacher")
 

@@ -35,6 +35,7 @@ from mertlab.contracts import BackboneOutput, Objective, ObjectiveOutput, Target
 from mertlab.data.dataset import AudioBatch
 from mertlab.experiment import metric_names as M
 from mertlab.experiment.spec import ExperimentSpec
+from mertlab.plugin_system.registry import get_registry
 from mertlab.toolkit.code_usage import code_perplexity
 from mertlab.toolkit.objective_output import check_objective_output, objective_label
 from mertlab.toolkit.seeding import AUGMENT, DROPOUT, LAYER_DROP, MASK, VAL_MASK, derive_seed, generator, name_key
@@ -81,8 +82,6 @@ class PretrainModule(L.LightningModule):
     def __init__(self, spec: ExperimentSpec, registry: Any = None) -> None:
         super().__init__()
         if registry is None:
-            from mertlab.plugin_system.registry import get_registry
-
             registry = get_registry()
         self.spec = spec
         self.backbone = registry.build("backbone", spec.backbone.name, spec.backbone.params)

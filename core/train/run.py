@@ -37,6 +37,7 @@ from mertlab.experiment.tracking import (
     store_errors,
     tag_failure,
 )
+from mertlab.plugin_system.registry import get_registry
 from mertlab.teachers.target_cache import build_teacher_cache
 from mertlab.toolkit.atomic import check_writable
 from mertlab.toolkit.paths import inside
@@ -50,6 +51,7 @@ from mertlab.train.checkpoint_io import (
     select_resume_checkpoint,
 )
 from mertlab.train.module import PretrainModule
+from mertlab.train.profiling import ProfileSteps
 from mertlab.train.startup import StartAgreement, StartState, Startup, join_startup
 from mertlab.train.strategy import build_strategy
 from mertlab.train.tracking_logger import ResilientMLFlowLogger, logged_steps
@@ -176,8 +178,6 @@ def train(
     joined). Rank 0 holds the run's lock (:mod:`mertlab.toolkit.run_lock`) while it trains.
     """
     if registry is None:
-        from mertlab.plugin_system.registry import get_registry
-
         registry = get_registry()
     quiet_lightning()
     L.seed_everything(spec.seed, workers=True, verbose=False)
@@ -333,8 +333,6 @@ def _train(
     )
     callbacks = [registry.build("callback", c.name, c.params) for c in spec.callbacks.values()]
     if profile_steps:
-        from mertlab.train.profiling import ProfileSteps
-
         callbacks.append(ProfileSteps(profile_steps))
     agreement = StartAgreement(
         StartState(run_id, start["checkpoint"], int(start["step"]), digest), startup.group

@@ -26,6 +26,7 @@ from torch import Tensor
 from mertlab.contracts import TargetInfo, Targets, Teacher
 from mertlab.data.audio import AudioFile, resample
 from mertlab.data.dataset import AudioBatch
+from mertlab.data.shards import is_shard_path, read_meta, shard_teachers
 from mertlab.data.skipped import SkippedFile
 from mertlab.errors import MertlabError
 from mertlab.teachers.target_cache import (
@@ -361,7 +362,6 @@ class ShardTargets(TargetSource):
     def resolve(self) -> TargetSource:
         if self._source is not None:
             return self._source
-        from mertlab.data.shards import read_meta, shard_teachers
 
         held = shard_teachers(read_meta(self.data_path))
         if self.cache_dir is not None:
@@ -420,8 +420,6 @@ def target_source(
     """The source a spec's data section selects: the shards' targets when ``data_path`` holds
     shards with targets; else ``data.target_cache`` (None: the teachers on the fly)."""
     if data_path is not None:
-        from mertlab.data.shards import is_shard_path
-
         if is_shard_path(data_path):
             return ShardTargets(data_path, cache_dir, teachers, sample_rate)
     if cache_dir is None:

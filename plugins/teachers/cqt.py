@@ -11,6 +11,7 @@ from torch import Tensor
 
 from mertlab.contracts import Params, TargetInfo
 from mertlab.hookspecs import hookimpl
+from mertlab.plugins.teachers.fast_cqt import FFTCQT
 from mertlab.toolkit.frame_features import CheckedFrameTeacher, centred_frames, standardise_clips, zero_padding
 
 
@@ -82,8 +83,6 @@ class CQTTeacher(CheckedFrameTeacher):
             kind="continuous", dim=params.n_bins, frame_rate=params.sample_rate / params.hop_length
         )
         if params.implementation == "fast":
-            from mertlab.plugins.teachers.fast_cqt import FFTCQT
-
             self.cqt = FFTCQT(params.sample_rate, params.hop_length, params.fmin, params.n_bins, params.bins_per_octave)
             return
         from nnAudio.features import CQT  # imported here: nnAudio is slow to import

@@ -149,7 +149,7 @@ class CrepeTeacher(CheckedFrameTeacher):
     def _windows(self, wav: Tensor, lengths: Tensor, frame_lengths: Tensor) -> Tensor:
         """``[sum(frames), 1024]`` raw CREPE windows of every clip's frames, in clip order."""
         p = self.params
-        from mertlab.data.audio import resample  # torchaudio loads on use, not at registration
+        from mertlab.data.audio import resample  # imported here: torchaudio loads on use, not at registration
 
         audio = resample(zero_padding(wav, lengths), p.sample_rate, CREPE_RATE)
         crepe_lengths = torch.ceil(lengths * (CREPE_RATE / p.sample_rate)).long()
