@@ -199,7 +199,9 @@ class AudioDataModule(L.LightningDataModule):
         dataset = self._dataset(self.val_files, train=False)
         rank, world = self.distributed_position()
         # Rank r validates files r, r + world, ... (padded so every rank runs as many batches).
-        sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=False) if world > 1 else None
+        sampler: DistributedSampler | None = None
+        if world > 1:
+            sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=False)
         return DataLoader(dataset, batch_size=self.data.batch_size, shuffle=False, sampler=sampler, **self._workers())
 
     def on_before_batch_transfer(self, batch: AudioBatch, dataloader_idx: int) -> AudioBatch:
