@@ -305,12 +305,12 @@ def test_missing_cache_is_one_clear_error(demo_dir, tmp_path, write_yaml, capsys
 
 
 def test_cli_builds_generated_demo_data_and_reports(tmp_path, write_yaml, capsys, monkeypatch):
-    import mertlab.train.run as run
+    import mertlab.data.prepare as prepare
 
     monkeypatch.setattr(
-        run, "write_demo_dataset", lambda path: write_demo_dataset(path, num_clips=3, seconds=1.5, progress=False)
+        prepare, "write_demo_dataset", lambda path: write_demo_dataset(path, num_clips=3, seconds=1.5, progress=False)
     )
-    monkeypatch.setattr(run, "write_demo_tasks", lambda directory, names=None: {})  # tested in test_demo_tasks.py
+    monkeypatch.setattr(prepare, "write_demo_tasks", lambda directory, names=None: {})  # tested in test_demo_tasks.py
     raw = make_spec(tmp_path / "fresh", tmp_path, cache=False, generate_demo=True).model_dump(mode="json")
     path = write_yaml(raw)
     cache_opt = f"data.target_cache={tmp_path / 'cli-targets'}"

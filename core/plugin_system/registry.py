@@ -13,7 +13,6 @@ import fnmatch
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ValidationError
@@ -347,11 +346,24 @@ def unknown_name_message(kind: str, name: str, available: list[str]) -> str:
     return f"unknown {kind} '{name}'{hint} available: {listing}"
 
 
-@lru_cache(maxsize=1)
+#: The process-wide registry (None until :func:`get_registry` builds it).
+_PROCESS_REGISTRY: Registry | None = None
+
+
 def get_registry() -> Registry:
-    """The process-wide registry (built on first use; :func:`reset_registry` forgets it)."""
-    return Registry(create_plugin_manager())
+    """The process-wide registry (built on first use; :func:`reset_registry` forgets it,
+    :func:`use_registry` puts another in its place)."""
+    global _PROCESS_REGISTRY
+    if _PROCESS_REGISTRY is None:
+        _PROCESS_REGISTRY = Registry(create_plugin_manager())
+    return _PROCESS_REGISTRY
+
+
+def use_registry(registry: Registry | None) -> None:
+    """Make ``registry`` the process-wide one (None: build it again on next use)."""
+    global _PROCESS_REGISTRY
+    _PROCESS_REGISTRY = registry
 
 
 def reset_registry() -> None:
-    get_registry.cache_clear()
+    use_registry(None)
