@@ -312,7 +312,8 @@ def test_cli_builds_generated_demo_data_and_reports(tmp_path, write_yaml, capsys
         "write_demo_dataset",
         lambda path, progress=True: write_demo_dataset(path, num_clips=3, seconds=1.5, progress=False),
     )
-    monkeypatch.setattr(prepare, "write_demo_tasks", lambda directory, names=None: {})  # tested in test_demo_tasks.py
+    # the demo tasks are tested in test_demo_tasks.py
+    monkeypatch.setattr(prepare, "write_demo_tasks", lambda directory, names=None, progress=True: {})
     raw = make_spec(tmp_path / "fresh", tmp_path, cache=False, generate_demo=True).model_dump(mode="json")
     path = write_yaml(raw)
     cache_opt = f"data.target_cache={tmp_path / 'cli-targets'}"
