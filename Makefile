@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.mertlab-installed
 
-.PHONY: install quickstart test test-all docs gpu-check clean-venv browser system-deps dev-data dev-data-ci dev-data-packages
+.PHONY: install quickstart lint test test-all docs gpu-check clean-venv browser system-deps dev-data dev-data-ci dev-data-packages
 
 install: $(STAMP)
 
@@ -21,7 +21,21 @@ $(STAMP): pyproject.toml constraints.txt
 quickstart: install
 	$(BIN)/mertlab train experiments/quickstart.yaml
 
-test: install system-deps
+# Static checks (docs/development.md): ruff lint and format, mypy, and the import-linter contracts
+# in pyproject.toml. mypy and import-linter read the package as it is installed (core/ as `mertlab`
+# with plugins/ inside it as `mertlab.plugins`); an editable install keeps the two folders apart, so
+# a tree of symbolic links under build/ lays that layout out.
+LINT_PATHS := core plugins tests bench
+INSTALLED_TREE := build/installed-layout
+lint: install
+	$(BIN)/ruff check $(LINT_PATHS)
+	$(BIN)/ruff format --check $(LINT_PATHS)
+	rm -rf $(INSTALLED_TREE) && mkdir -p $(INSTALLED_TREE)/mertlab
+	ln -s $(CURDIR)/core/* $(INSTALLED_TREE)/mertlab/ && ln -s $(CURDIR)/plugins $(INSTALLED_TREE)/mertlab/plugins
+	MYPYPATH=$(INSTALLED_TREE) $(BIN)/mypy -p mertlab
+	PYTHONPATH=$(INSTALLED_TREE) $(BIN)/lint-imports --no-cache
+
+test: install lint system-deps
 	$(REQUIRE_SYSTEM_DEPS) $(BIN)/python -m pytest -q
 
 test-all: install

@@ -52,7 +52,8 @@ def setup(args: argparse.Namespace) -> None:
     if args.quick:
         args.repeats = 1
     print(
-        f"# torch {torch.__version__}, {torch.get_num_threads()} thread(s) for ours and the peers, {os.cpu_count()} CPUs; "
+        f"# torch {torch.__version__}, {torch.get_num_threads()} thread(s) for ours and the peers, "
+        f"{os.cpu_count()} CPUs; "
         f"{'--quick (sizes too small for meaningful ratios)' if args.quick else f'median of {args.repeats}'}"
     )
 
@@ -94,7 +95,9 @@ def table(header: list[str], rows: list[list[Any]]) -> None:
     cells = [header] + [[f"{c:.4g}" if isinstance(c, float) else str(c) for c in row] for row in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
     for n, row in enumerate(cells):
-        print("  ".join(c.rjust(w) if n and i else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))))
+        print(
+            "  ".join(c.rjust(w) if n and i else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True)))
+        )
         if n == 0:
             print("  ".join("-" * w for w in widths))
 

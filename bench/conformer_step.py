@@ -57,8 +57,8 @@ def main() -> None:
         x = torch.randn(clips, frames, q.hidden_dim)
         lengths = torch.full((clips,), frames)
         contenders = {
-            "ours": train_step(ours, lambda: ours(x).pow(2).mean()),
-            "torchaudio": train_step(peer, lambda: peer(x, lengths)[0].pow(2).mean()),
+            "ours": train_step(ours, lambda ours=ours, x=x: ours(x).pow(2).mean()),
+            "torchaudio": train_step(peer, lambda peer=peer, x=x, lengths=lengths: peer(x, lengths)[0].pow(2).mean()),
         }
         t = interleaved(contenders, args.repeats)
         memory = {name: peak_rss_delta(fn)[1] / 2**20 for name, fn in contenders.items()}

@@ -53,7 +53,8 @@ def main() -> None:
     print(f"{'command':{width}}  cpu s (median of {repeats})  x import torch")
     for name, values in times.items():
         print(
-            f"{name:{width}}  {statistics.median(values):8.2f}                 {statistics.median(values) / reference:5.2f}x"
+            f"{name:{width}}  {statistics.median(values):8.2f}"
+            f"                 {statistics.median(values) / reference:5.2f}x"
         )
     ratio = statistics.median(times["mertlab plugins"]) / reference
     print()

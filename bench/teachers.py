@@ -53,7 +53,8 @@ def bench_cqt(clips: list[torch.Tensor], long: torch.Tensor, repeats: int, quick
         t = interleaved(contenders, repeats)
     long_s, batch_s = long.numel() / SR, batch.numel() / SR
     print(
-        f"\n## cqt teacher vs librosa.cqt ({p.n_bins} bins, {p.bins_per_octave}/octave, hop {p.hop_length}, fmin {p.fmin})"
+        f"\n## cqt teacher vs librosa.cqt ({p.n_bins} bins, {p.bins_per_octave}/octave, hop {p.hop_length}, fmin "
+        f"{p.fmin})"
     )
     table(
         ["input", "ours audio-s/s", "librosa audio-s/s"],
@@ -116,7 +117,8 @@ def bench_mfcc(long: torch.Tensor, repeats: int) -> None:
         t = interleaved({"ours": lambda: feature(long[None], lengths), "librosa": peer}, repeats)
     seconds = long.numel() / SR
     print(
-        f"\n## MFCC + deltas ({p.n_mfcc} x 3, n_fft {p.n_fft}, {p.n_mels} mels, hop {p.hop_length}) on {seconds:.0f} s: "
+        f"\n## MFCC + deltas ({p.n_mfcc} x 3, n_fft {p.n_fft}, {p.n_mels} mels, hop {p.hop_length}) on "
+        f"{seconds:.0f} s: "
         f"ours {seconds / t['ours']:.0f} audio-s/s, librosa {seconds / t['librosa']:.0f} audio-s/s"
     )
     ratio_line("kmeans teacher's MFCC features vs librosa.feature.mfcc + delta", t["ours"], t["librosa"])
@@ -167,8 +169,10 @@ def bench_encodec(clips: list[torch.Tensor], repeats: int, quick: bool) -> None:
         peer = torch.cat([codes[:, : teacher.info.dim].transpose(1, 2) for codes in own()])
     seconds = batch.numel() / SR
     print(
-        f"\n## encodec teacher ({params}) on {len(clips)} x {batch.shape[1] / SR:.0f} s: ours {seconds / t['ours']:.1f} audio-s/s, "
-        f"EncodecModel.encode per clip {seconds / t['encodec']:.1f} audio-s/s; codes agree: {100 * float((ours == peer).float().mean()):.2f}%"
+        f"\n## encodec teacher ({params}) on {len(clips)} x {batch.shape[1] / SR:.0f} s: "
+        f"ours {seconds / t['ours']:.1f} audio-s/s, "
+        f"EncodecModel.encode per clip {seconds / t['encodec']:.1f} audio-s/s; "
+        f"codes agree: {100 * float((ours == peer).float().mean()):.2f}%"
     )
     ratio_line(f"encodec teacher (batch of {len(clips)}) vs EncodecModel.encode per clip", t["ours"], t["encodec"])
 

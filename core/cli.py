@@ -9,13 +9,16 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from mertlab import __version__
 from mertlab.errors import MertlabError
 from mertlab.plugin_system.registry import KINDS
+
+if TYPE_CHECKING:
+    import subprocess
 
 DISABLE_PLUGIN_OPTION = "--disable-plugin"
 
@@ -107,7 +110,8 @@ def plugins_install_command(editable: bool, target: str, pip_args: tuple[str, ..
             click.echo(f"  not loaded: {problem}")
     if any(not p.components and not p.problems for p in installed):
         click.echo(
-            "  (no `mertlab` entry point registers anything: see `[project.entry-points.mertlab]` in its pyproject.toml)"
+            "  (no `mertlab` entry point registers anything: see `[project.entry-points.mertlab]` in its "
+            "pyproject.toml)"
         )
 
 
@@ -225,7 +229,9 @@ def schema_command(kind: str | None, name: str | None) -> None:
 @click.option(
     "--parent-run-id",
     metavar="RUN_ID",
-    help="Train as a sweep child nested under this MLflow run (with --variant); as printed by `mertlab sweep --dry-run`.",
+    help=(
+        "Train as a sweep child nested under this MLflow run (with --variant); as printed by `mertlab sweep --dry-run`."
+    ),
 )
 @click.option("--variant", metavar="NAME", help="Sweep variant name of this child run (with --parent-run-id).")
 @click.option(
@@ -343,7 +349,10 @@ def mean_accuracies(metrics: dict[str, float]) -> dict[str, float]:
 @click.option(
     "--dry-run",
     is_flag=True,
-    help="Validate, create the parent run, and print the `mertlab train` command of each unfinished child instead of running it.",
+    help=(
+        "Validate, create the parent run, and print the `mertlab train` command of each unfinished child instead "
+        "of running it."
+    ),
 )
 @click.option(
     "--launcher",
@@ -1010,7 +1019,10 @@ CACHE_OPTIONS = (
         "--cache-dir",
         default=None,
         metavar="DIR",
-        help="Feature cache folder [default: .mertlab-cache/features]; re-probing with other probe settings or layers reuses it.",
+        help=(
+            "Feature cache folder [default: .mertlab-cache/features]; re-probing with other probe settings or "
+            "layers reuses it."
+        ),
     ),
     click.option("--no-cache", is_flag=True, help="Neither read nor write the feature cache."),
 )
@@ -1133,7 +1145,7 @@ def probe_command(
     test split, logged to the checkpoint's MLflow run. Features are cached on disk.
     """
     from mertlab.experiment.mlflow_ui import LinkTarget, ui_lines
-    from mertlab.probe.baselines import parse_baselines
+    from mertlab.experiment.spec import parse_baselines
     from mertlab.probe.cache import DEFAULT_CACHE_DIR, FeatureCache
     from mertlab.probe.fit import ProbeParams
     from mertlab.probe.run import log_probe, probe_run, report_dict, report_table, run_probe, summary_lines, verdict
@@ -1200,8 +1212,8 @@ def probe_command(
 
 def format_table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
     """A plain left-aligned text table."""
-    widths = [max(len(str(cell)) for cell in col) for col in zip(header, *rows)]
-    lines = ["  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip() for row in (header, *rows)]
+    widths = [max(len(str(cell)) for cell in col) for col in zip(header, *rows, strict=True)]
+    lines = ["  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in (header, *rows)]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
 

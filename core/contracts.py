@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -31,7 +32,26 @@ import torch
 from pydantic import BaseModel, ConfigDict
 from torch import Tensor, nn
 
+from mertlab.code_digest import code_digest
+from mertlab.errors import DataError, MertlabError
+
 TargetKind = Literal["discrete", "continuous"]
+
+
+def _no_provider(component: type) -> tuple[str, str] | None:
+    return None
+
+
+#: ``(distribution, version)`` of the plugin that registered a component class, or None: part of
+#: :meth:`Teacher.fingerprint`. The plugin registry (:mod:`mertlab.plugin_system.registry`)
+#: passes its lookup in through :func:`use_component_provider` when it loads.
+_component_provider: Callable[[type], tuple[str, str] | None] = _no_provider
+
+
+def use_component_provider(lookup: Callable[[type], tuple[str, str] | None]) -> None:
+    """Install the lookup :meth:`Teacher.fingerprint` asks which plugin registered a class."""
+    global _component_provider
+    _component_provider = lookup
 
 
 class Params(BaseModel):
@@ -106,10 +126,10 @@ class Teacher(nn.Module, ABC):
     (``ceil``, ``floor`` or ``1 + S // hop`` all qualify) and so is ``lengths[b]`` for clip
     ``b``'s valid samples -- less ``info.receptive_field`` seconds for a teacher whose frames
     each need a window of audio inside the clip (a conv frontend: ``floor((S - field) / hop) + 1``
-    frames; the frames it lacks at the end are padding after alignment). mertlab relies on it twice: :func:`mertlab.toolkit.align.align_targets` maps
-    frame ``j`` to the backbone frame starting at the same time, and the target cache reads a
-    crop starting ``t`` seconds into a file from frame ``floor(t * frame_rate)`` of the whole
-    file's targets. Every output is checked against this at the boundary
+    frames; the frames it lacks at the end are padding after alignment). mertlab relies on it twice:
+    :func:`mertlab.toolkit.align.align_targets` maps frame ``j`` to the backbone frame starting at
+    the same time, and the target cache reads a crop starting ``t`` seconds into a file from frame
+    ``floor(t * frame_rate)`` of the whole file's targets. Every output is checked against this at the boundary
     (:mod:`mertlab.toolkit.teacher_output`). :class:`FrameTeacher` implements it for hop-based teachers.
     """
 
@@ -117,15 +137,15 @@ class Teacher(nn.Module, ABC):
     summary: ClassVar[str]
     Params: ClassVar[type[Params]]
     #: The kind of targets; objectives declare which kind they accept (checked when a spec loads).
-    target_kind: ClassVar[TargetKind]
+    target_kind: TargetKind
     requires_fit: ClassVar[bool] = False
     #: Part of :meth:`fingerprint`, like the code itself: bump it when what the targets depend on
     #: changes outside the hashed code (a data file the teacher reads, a dependency's behaviour).
     version: ClassVar[str | int | None] = None
 
-    def __init__(self, params: Params) -> None:
+    def __init__(self, params: Any) -> None:
         super().__init__()
-        self.params = params
+        self.params: Any = params  # an instance of the class's own ``Params``: its fields by name
 
     @property
     @abstractmethod
@@ -142,7 +162,7 @@ class Teacher(nn.Module, ABC):
         """``wav``: ``[B, S]`` float mono at :attr:`sample_rate`; ``lengths``: ``[B]`` valid samples."""
 
     @classmethod
-    def kind_for(cls, params: Params) -> TargetKind:
+    def kind_for(cls, params: Any) -> TargetKind:
         """The target kind an instance built with ``params`` gives (checked against objectives
         when a spec loads). Default :attr:`target_kind`; a teacher whose kind follows a param
         (``crepe``'s ``output``) overrides it and sets ``self.target_kind`` to match."""
@@ -151,7 +171,7 @@ class Teacher(nn.Module, ABC):
     def fingerprint(self) -> str:
         """Stable hash of everything that changes the targets: the teacher's name, params, the
         distribution (name and version) of the plugin that registered it, a hash of its code
-        (:func:`mertlab.plugin_system.code_digest.code_digest`: the source of the class's module
+        (:func:`mertlab.code_digest.code_digest`: the source of the class's module
         and of its base classes' modules from the same package, docstrings and comments left
         out), its :attr:`version` and :meth:`fingerprint_payload` (fitted state, loaded weights).
 
@@ -160,16 +180,13 @@ class Teacher(nn.Module, ABC):
         recomputes the cached targets. Teachers with fitted state or weights loaded from a file
         extend :meth:`fingerprint_payload`.
         """
-        from mertlab.plugin_system.code_digest import code_digest
-        from mertlab.plugin_system.registry import component_source
-
-        source = component_source(type(self))
+        provider = _component_provider(type(self))
         payload = json.dumps(
             {
                 "name": self.name,
                 "params": self.params.model_dump(mode="json"),
                 "extra": self.fingerprint_payload(),
-                "provider": list(source.provider) if source is not None else None,
+                "provider": list(provider) if provider is not None else None,
                 "code": code_digest(type(self)),
                 "version": self.version,
             },
@@ -239,9 +256,9 @@ class Backbone(nn.Module, ABC):
     #: registered backbone that lists the directory's ``model_type``.
     hf_model_types: ClassVar[tuple[str, ...]] = ()
 
-    def __init__(self, params: Params) -> None:
+    def __init__(self, params: Any) -> None:
         super().__init__()
-        self.params = params
+        self.params: Any = params  # an instance of the class's own ``Params``: its fields by name
 
     @classmethod
     def load_hf(cls, directory: str | Path) -> Backbone:
@@ -306,7 +323,6 @@ class Backbone(nn.Module, ABC):
         ``min_samples`` samples (the receptive field) and ``lengths`` (when given) is ``[batch]``
         within ``[min_samples, samples]``; returns ``lengths`` as long
         on ``wav``'s device. Errors are one line naming the backbone and the shape or values seen."""
-        from mertlab.errors import DataError, MertlabError
 
         if wav.dim() != 2:
             raise MertlabError(f"{self.name} backbone expects wav of shape [batch, samples]; got {tuple(wav.shape)}")
@@ -323,7 +339,8 @@ class Backbone(nn.Module, ABC):
         lengths = lengths.to(device=wav.device, dtype=torch.long)
         if bool(((lengths < min_samples) | (lengths > num_samples)).any()):
             raise DataError(
-                f"{self.name} backbone: lengths must lie in [{min_samples}, {num_samples}] samples; got {lengths.tolist()}"
+                f"{self.name} backbone: lengths must lie in [{min_samples}, {num_samples}] samples; got "
+                f"{lengths.tolist()}"
             )
         return lengths
 
@@ -351,7 +368,6 @@ class Backbone(nn.Module, ABC):
     def save_hf(self, directory: Path) -> None:
         """Write a Hugging Face model directory (``config.json`` + ``model.safetensors``) that
         ``transformers`` loads (``mertlab export --format hf``). Default: not supported."""
-        from mertlab.errors import MertlabError
 
         raise MertlabError(f"backbone '{self.name}' has no Hugging Face format to export to")
 
@@ -389,9 +405,9 @@ class Objective(nn.Module, ABC):
     #: Target kinds this objective can learn from.
     accepts: ClassVar[tuple[TargetKind, ...]]
 
-    def __init__(self, params: Params, *, hidden_dim: int, num_layers: int, target_info: TargetInfo) -> None:
+    def __init__(self, params: Any, *, hidden_dim: int, num_layers: int, target_info: TargetInfo) -> None:
         super().__init__()
-        self.params = params
+        self.params: Any = params  # an instance of the class's own ``Params``: its fields by name
         self.hidden_dim = hidden_dim
         self.num_layers = num_layers
         self.target_info = target_info
@@ -413,8 +429,8 @@ class Masking(ABC):
     summary: ClassVar[str]
     Params: ClassVar[type[Params]]
 
-    def __init__(self, params: Params) -> None:
-        self.params = params
+    def __init__(self, params: Any) -> None:
+        self.params: Any = params  # an instance of the class's own ``Params``: its fields by name
 
     @abstractmethod
     def __call__(self, padding_mask: Tensor, generator: torch.Generator | None = None) -> Tensor: ...
@@ -437,8 +453,8 @@ class Augmentation(ABC):
     summary: ClassVar[str]
     Params: ClassVar[type[Params]]
 
-    def __init__(self, params: Params) -> None:
-        self.params = params
+    def __init__(self, params: Any) -> None:
+        self.params: Any = params  # an instance of the class's own ``Params``: its fields by name
 
     @abstractmethod
     def __call__(self, wav: Tensor, lengths: Tensor, generator: torch.Generator | None = None) -> Tensor: ...
@@ -521,3 +537,35 @@ class FrameTeacher(FrameTeacherBase):
         steps = torch.arange(wav.shape[1], device=wav.device)
         values = self.compute(wav.masked_fill(steps[None, :] >= lengths[:, None].to(wav.device), 0.0))
         return values, self.num_frames(lengths.to(values.device).long()).clamp(max=values.shape[1])
+
+
+@dataclass(frozen=True, eq=False)
+class LazyComponent:
+    """A component registered by reference, so that listing it, validating a spec against its
+    ``Params`` and printing its schema never import its implementation (and the heavy packages
+    that imports: Lightning, codecs...). ``register(LazyComponent("pkg.module:Class", name=...,
+    summary=..., Params=..., target_kind=...))`` declares what the class would carry; the class
+    is imported on first use (building it) and must carry the same values.
+
+    ``attributes``: the kind's other class attributes (``target_kind``, ``accepts``,
+    ``requires_fit``, ``test_params``), readable as attributes of the declaration.
+    """
+
+    target: str
+    name: str
+    summary: str
+    Params: type
+    attributes: dict[str, Any] = field(default_factory=dict)
+
+    def __init__(self, target: str, *, name: str, summary: str, Params: type, **attributes: Any) -> None:
+        object.__setattr__(self, "target", target)
+        object.__setattr__(self, "name", name)
+        object.__setattr__(self, "summary", summary)
+        object.__setattr__(self, "Params", Params)
+        object.__setattr__(self, "attributes", dict(attributes))
+
+    def __getattr__(self, item: str) -> Any:
+        attributes = self.__dict__.get("attributes", {})
+        if item in attributes:
+            return attributes[item]
+        raise AttributeError(item)

@@ -6,6 +6,11 @@ its message (one line per problem) and exits 1 without a traceback.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pydantic import ValidationError
+
 
 class MertlabError(Exception):
     """Base class of user-facing errors. ``str(err)`` is the complete message to print."""
@@ -53,3 +58,21 @@ class WeightsError(MertlabError):
 
 class TeacherOutputError(MertlabError):
     """A teacher returned targets that break its contract (shape, dtype, range, frame count)."""
+
+
+def validation_problems(exc: ValidationError, prefix: str = "") -> list[tuple[str, str]]:
+    """``(path.to.field, message)`` for each pydantic error, paths under ``prefix``."""
+    head = prefix.split(".") if prefix else []
+    return [(".".join(_path_part(p) for p in (*head, *err["loc"])), err["msg"]) for err in exc.errors()]
+
+
+def _path_part(part: Any) -> str:
+    """A key as written, or quoted when empty or unprintable (a control character must not
+    break the one-line message)."""
+    text = str(part)
+    return text if text and text.isprintable() else repr(text)
+
+
+def render_validation_error(exc: ValidationError, prefix: str = "") -> list[str]:
+    """``path.to.field: message`` lines for each pydantic error."""
+    return [f"{path}: {msg}" if path else msg for path, msg in validation_problems(exc, prefix)]

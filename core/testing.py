@@ -34,7 +34,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from mertlab.contracts import Augmentation, Backbone, BackboneOutput, Masking, Objective, TargetInfo, Targets, Teacher
+from mertlab.data.demo import render_piece
 from mertlab.errors import MertlabError, ObjectiveError, TeacherOutputError
+from mertlab.plugin_system.registry import component_label, contract_problems, get_registry
+from mertlab.teachers.target_cache import TeacherCache, Windowing, compute_file_targets
+from mertlab.toolkit.checkpoint import save_backbone
+from mertlab.toolkit.objective_output import check_objective_output, objective_label
+from mertlab.toolkit.teacher_output import check_targets
 
 RegistryLike = Any  # a mertlab.plugin_system.registry.Registry, or a zero-argument callable returning one
 
@@ -60,7 +67,6 @@ class CheckResult:
 def contract_audio(seconds: float, sample_rate: int, seed: int = 0) -> torch.Tensor:
     """``[S]`` float32 generated music at ``sample_rate``: chords and a melody with onsets,
     drums, a click every 0.25 s and a burst of white noise, peak 0.9 (deterministic)."""
-    from mertlab.data.demo import render_piece
 
     rng = np.random.default_rng([seed, 1234])
     wav = render_piece(seconds, rng, sr=sample_rate).astype(np.float64)
@@ -89,8 +95,6 @@ def _batch(clips: list[torch.Tensor], pad: float | str = 0.0, seed: int = 0) -> 
 # --------------------------------------------------------------------------- helpers
 def _resolve(registry: RegistryLike) -> Any:
     if registry is None:
-        from mertlab.plugin_system.registry import get_registry
-
         return get_registry()
     return registry() if callable(registry) and not hasattr(registry, "get") else registry
 
@@ -117,17 +121,12 @@ def _tiny_backbone_file() -> str:
 
     import torch
 
-    from mertlab.plugin_system.registry import get_registry
-    from mertlab.toolkit.checkpoint import save_backbone
-
     torch.manual_seed(0)
     backbone = get_registry().build("backbone", "transformer", {"preset": "tiny"})
     return str(save_backbone(Path(tempfile.mkdtemp(prefix="mertlab-contract-")) / "backbone.safetensors", backbone))
 
 
 def _label(entry: Any) -> str:
-    from mertlab.plugin_system.registry import component_label
-
     return component_label(entry.component, entry.kind)
 
 
@@ -148,7 +147,6 @@ def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
 def check_registration(entry: Any) -> None:
     """Registration contract, default params round-trip through JSON, a JSON schema, and
     ``test_params`` valid."""
-    from mertlab.plugin_system.registry import contract_problems
 
     problems = contract_problems(entry.kind, entry.component)
     _require(not problems, "; ".join(problems))
@@ -173,7 +171,6 @@ def check_registration(entry: Any) -> None:
 def _teacher(entry: Any, fresh: bool = False) -> Any:
     """The entry's teacher built with its ``test_params`` (shared by the checks: teachers are
     frozen; ``fresh`` builds a second instance)."""
-    from mertlab.contracts import Teacher
 
     teacher = _build(entry) if fresh else _shared_teacher(entry)
     _require(isinstance(teacher, Teacher), f"built a {type(teacher).__name__}, not a mertlab.contracts.Teacher")
@@ -196,8 +193,6 @@ def _clips(rate: int) -> list[torch.Tensor]:
 
 
 def _targets(teacher: Any, wav: torch.Tensor, lengths: torch.Tensor) -> Any:
-    from mertlab.toolkit.teacher_output import check_targets
-
     with torch.no_grad():
         return check_targets(teacher, teacher.targets(wav, lengths), wav.shape[1], lengths)
 
@@ -257,7 +252,8 @@ def check_teacher_fingerprint(entry: Any) -> None:
     a, b = _shared_teacher(entry), _build(entry)
     fingerprint = a.fingerprint()
     _require(
-        isinstance(fingerprint, str) and fingerprint, f"fingerprint() must be a non-empty str, got {fingerprint!r}"
+        isinstance(fingerprint, str) and bool(fingerprint),
+        f"fingerprint() must be a non-empty str, got {fingerprint!r}",
     )
     _require(fingerprint == b.fingerprint(), "fingerprint() differs between two instances with the same params")
 
@@ -266,8 +262,7 @@ def check_teacher_cache_round_trip(entry: Any) -> None:
     """Targets stored in and read back from the target cache equal the teacher's own."""
     import soundfile as sf
 
-    from mertlab.data.audio import probe
-    from mertlab.teachers.target_cache import TeacherCache, Windowing, compute_file_targets
+    from mertlab.data.audio import probe  # imported here: torchaudio loads on use
 
     teacher = _teacher(entry)
     clip = contract_audio(1.0, teacher.sample_rate, seed=4)
@@ -297,7 +292,6 @@ def _audio_batch(rate: int, seconds: float = 0.5) -> torch.Tensor:
 
 def check_backbone_forward(entry: Any) -> None:
     """Hidden states, padding mask, frame rate and instrumentation as the contract says."""
-    from mertlab.contracts import Backbone, BackboneOutput
 
     torch.manual_seed(0)
     backbone = _build(entry).eval()
@@ -357,7 +351,6 @@ _BACKBONE_VALID, _TARGET_VALID = (20, 15), (20, 12)
 
 def _target_infos(entry: Any, vocab_sizes: tuple[int, ...] = (16, 16)) -> list[Any]:
     """One :class:`TargetInfo` per target kind the objective accepts."""
-    from mertlab.contracts import TargetInfo
 
     return [
         TargetInfo("discrete", len(vocab_sizes), 75.0, vocab_sizes) if kind == "discrete" else TargetInfo(kind, 6, 75.0)
@@ -366,8 +359,6 @@ def _target_infos(entry: Any, vocab_sizes: tuple[int, ...] = (16, 16)) -> list[A
 
 
 def _objective(entry: Any, info: Any) -> Any:
-    from mertlab.contracts import Objective
-
     torch.manual_seed(0)
     objective = _build(entry, hidden_dim=_OBJ_DIM, num_layers=_OBJ_LAYERS, target_info=info)
     _require(isinstance(objective, Objective), f"built a {type(objective).__name__}, not a mertlab.contracts.Objective")
@@ -379,13 +370,12 @@ def _objective_inputs(info: Any, seed: int = 0, junk: float = 0.0) -> tuple[Any,
     mask is never on backbone padding but may cover frames past ``targets.lengths``. ``junk``:
     the scale of the random values put into every padded frame (hidden states and targets;
     codes: random codes of the vocabulary)."""
-    from mertlab.contracts import BackboneOutput, Targets
 
     g = torch.Generator().manual_seed(seed)
     frames = torch.arange(_OBJ_FRAMES)
     backbone_padding = frames[None, :] >= torch.tensor(_BACKBONE_VALID)[:, None]
     target_padding = frames[None, :] >= torch.tensor(_TARGET_VALID)[:, None]
-    hidden = []
+    hidden: list[torch.Tensor] = []
     for _ in range(_OBJ_LAYERS + 1):
         h = torch.randn(2, _OBJ_FRAMES, _OBJ_DIM, generator=torch.Generator().manual_seed(7 + len(hidden)))
         h = torch.where(backbone_padding[:, :, None], junk * torch.randn(h.shape, generator=g), h)
@@ -412,7 +402,6 @@ def _objective_inputs(info: Any, seed: int = 0, junk: float = 0.0) -> tuple[Any,
 
 def _loss(objective: Any, out: Any, targets: Any, mask: torch.Tensor) -> Any:
     """The objective's output through the training loop's boundary check, finite required."""
-    from mertlab.toolkit.objective_output import check_objective_output
 
     return check_objective_output(objective, objective(out, targets, mask), require_finite=True)
 
@@ -469,7 +458,6 @@ def check_objective_vocabularies(entry: Any) -> None:
     """Codebooks of different sizes (3, 17 and 300 codes), every largest code present: a finite loss."""
     if "discrete" not in entry.attribute("accepts", ()):
         raise CheckSkipped("accepts no discrete targets")
-    from mertlab.contracts import TargetInfo
 
     info = TargetInfo("discrete", 3, 75.0, (3, 17, 300))
     objective = _objective(entry, info)
@@ -495,14 +483,11 @@ def check_objective_bf16(entry: Any) -> None:
 
 
 def _without_label(exc: Exception, objective: Any) -> str:
-    from mertlab.toolkit.objective_output import objective_label
-
     return str(exc).removeprefix(objective_label(objective) + ": ")
 
 
 def check_masking(entry: Any) -> None:
     """A ``[B, T]`` bool mask, never on padding, masking something where there is audio."""
-    from mertlab.contracts import Masking
 
     masking = _build(entry)
     _require(isinstance(masking, Masking), f"built a {type(masking).__name__}, not a mertlab.contracts.Masking")
@@ -518,7 +503,6 @@ def check_masking(entry: Any) -> None:
 def check_augmentation(entry: Any) -> None:
     """A new ``[B, S]`` tensor of the input's dtype, finite, padding left silent, the input
     untouched, the same result from the same generator seed."""
-    from mertlab.contracts import Augmentation
 
     augmentation = _build(entry)
     _require(
@@ -531,7 +515,8 @@ def check_augmentation(entry: Any) -> None:
     out = augmentation(wav, lengths, torch.Generator().manual_seed(0))
     _require(
         isinstance(out, torch.Tensor) and out.shape == wav.shape and out.dtype == wav.dtype,
-        f"must return a {wav.dtype} tensor of shape {tuple(wav.shape)}, got {getattr(out, 'dtype', type(out).__name__)} "
+        f"must return a {wav.dtype} tensor of shape {tuple(wav.shape)}, "
+        f"got {getattr(out, 'dtype', type(out).__name__)} "
         f"{tuple(getattr(out, 'shape', ()))}",
     )
     _require(torch.equal(wav, before), "changed its input in place (return a new tensor)")
@@ -629,7 +614,7 @@ def assert_contract(kind: str, name: str, check: str, registry: RegistryLike = N
         return
     if skipped is not None:
         pytest.skip(skipped)
-    pytest.fail(failed, pytrace=False)
+    pytest.fail(failed or "", pytrace=False)
 
 
 def contract_tests(kind: str, name: str, registry: RegistryLike = None) -> Callable[[str], None]:

@@ -92,7 +92,7 @@ def install_registry_with(plugin_module, monkeypatch, source=None):
     pm = create_plugin_manager(autoload=False)
     pm.register_source(plugin_module, source or PluginSource(plugin_module.__name__))
     registry = registry_module.Registry(pm)
-    monkeypatch.setattr(registry_module, "get_registry", lambda: registry)
+    monkeypatch.setattr(registry_module, "_PROCESS_REGISTRY", registry)
     return registry
 
 

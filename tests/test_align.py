@@ -54,7 +54,8 @@ def test_shape_lengths_and_values_from_valid_source_frames(src, src_rate, dst_ra
     assert out.info.frame_rate == dst_rate and out.info.kind == kind
     assert out.info.vocab_sizes == targets.info.vocab_sizes
     expected = [
-        min(int(fl), math.ceil(int(sl) * dst_rate / src_rate - 1e-6)) for fl, sl in zip(frame_lengths, src_lengths)
+        min(int(fl), math.ceil(int(sl) * dst_rate / src_rate - 1e-6))
+        for fl, sl in zip(frame_lengths, src_lengths, strict=True)
     ]
     assert out.lengths.tolist() == expected
     for b in range(batch):

@@ -150,7 +150,7 @@ def test_padding_invariance():
             frames = model.num_frames(len(clip))
             assert out.padding_mask[i].tolist() == [False] * frames + [True] * (out.padding_mask.shape[1] - frames)
             alone = model(clip[None], frame_mask=frame_mask[i : i + 1, :frames])
-            for h_batch, h_alone in zip(out.hidden_states, alone.hidden_states):
+            for h_batch, h_alone in zip(out.hidden_states, alone.hidden_states, strict=True):
                 torch.testing.assert_close(h_batch[i, :frames], h_alone[0], atol=1e-4, rtol=1e-4)
                 assert not h_batch[i, frames:].any()  # padded frames are zero
     assert all(torch.isfinite(v) for v in out.attn_max_logits + out.act_rms)
@@ -215,7 +215,7 @@ def test_instrumentation_only_when_requested():
     assert len(on.attn_max_logits) == len(on.act_rms) == model.num_layers
     assert all(v.dim() == 0 and not v.requires_grad and torch.isfinite(v) for v in on.attn_max_logits + on.act_rms)
     valid = ~on.padding_mask
-    for rms, residual in zip(on.act_rms, residuals):
+    for rms, residual in zip(on.act_rms, residuals, strict=True):
         torch.testing.assert_close(rms, residual.detach()[valid].pow(2).mean().sqrt())
     # the max logit bounds the logits of valid (query, key) pairs: scaling the first block's
     # queries/keys by 2 (weights and biases) scales every logit, and so the max, by 4
@@ -225,7 +225,7 @@ def test_instrumentation_only_when_requested():
         scaled = model(wav, lengths, instrument=True)
     torch.testing.assert_close(scaled.attn_max_logits[0], 4 * on.attn_max_logits[0])
     # instrumenting does not change the features
-    for a, b in zip(off.hidden_states, on.hidden_states):
+    for a, b in zip(off.hidden_states, on.hidden_states, strict=True):
         torch.testing.assert_close(a, b)
     with torch.no_grad():
         assert model(wav, lengths).attn_max_logits is None

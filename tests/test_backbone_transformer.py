@@ -117,7 +117,7 @@ def test_num_frames_closed_form_equals_nested_conv_lengths():
     p = backbone.params
 
     def nested(length: int) -> int:  # HF _get_feat_extract_output_lengths, applied per layer
-        for k, s in zip(p.conv_kernels, p.conv_strides):
+        for k, s in zip(p.conv_kernels, p.conv_strides, strict=True):
             if length < k:
                 return 0
             length = (length - k) // s + 1
@@ -221,7 +221,9 @@ def _alone_vs_padded(extractor_mode: str) -> list[float]:
         padded = backbone(batch, torch.tensor([5000, 9000]))
     t = backbone.num_frames(5000)
     assert not padded.padding_mask[0, :t].any() and padded.padding_mask[0, t:].all()
-    return [(a[0] - p[0, :t]).abs().max().item() for a, p in zip(alone.hidden_states, padded.hidden_states)]
+    return [
+        (a[0] - p[0, :t]).abs().max().item() for a, p in zip(alone.hidden_states, padded.hidden_states, strict=True)
+    ]
 
 
 def test_mel_frontend_is_padding_invariant():
@@ -236,7 +238,12 @@ def test_mel_frontend_is_padding_invariant():
     t = backbone.num_frames(5000)
     assert t == math.ceil(5000 / 320) and alone.hidden_states[0].shape[1] == t
     assert not padded.padding_mask[0, :t].any() and padded.padding_mask[0, t:].all()
-    assert max((a[0] - p[0, :t]).abs().max().item() for a, p in zip(alone.hidden_states, padded.hidden_states)) < 1e-4
+    assert (
+        max(
+            (a[0] - p[0, :t]).abs().max().item() for a, p in zip(alone.hidden_states, padded.hidden_states, strict=True)
+        )
+        < 1e-4
+    )
 
 
 @given(st.integers(min_value=1, max_value=20000))
@@ -350,13 +357,13 @@ def test_relaxed_attention_equals_plain_attention_in_fp32():
     plain, relaxed = _pair()
     wav, lengths = torch.randn(2, 7000), torch.tensor([7000, 4500])
     out_p, out_r = plain(wav, lengths), relaxed(wav, lengths)
-    for a, b in zip(out_p.hidden_states, out_r.hidden_states):
+    for a, b in zip(out_p.hidden_states, out_r.hidden_states, strict=True):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
     # A random linear read-out (a LayerNorm output's sum of squares would be nearly constant).
     readout = torch.randn_like(out_p.last_hidden_state)
     (out_p.last_hidden_state * readout).sum().backward()
     (out_r.last_hidden_state * readout).sum().backward()
-    for (name, a), b in zip(plain.named_parameters(), relaxed.parameters()):
+    for (name, a), b in zip(plain.named_parameters(), relaxed.parameters(), strict=True):
         if a.grad is not None:
             torch.testing.assert_close(a.grad, b.grad, atol=1e-5, rtol=1e-4, msg=name)
 
@@ -481,7 +488,7 @@ def test_instrumentation_reports_max_logit_and_rms_without_changing_outputs(rela
     with torch.no_grad():
         off = backbone(wav, lengths)
         on = backbone(wav, lengths, instrument=True)
-    for a, b in zip(off.hidden_states, on.hidden_states):
+    for a, b in zip(off.hidden_states, on.hidden_states, strict=True):
         assert torch.equal(a, b)
     real = ~on.padding_mask
     for i, layer in enumerate(backbone.encoder.layers):

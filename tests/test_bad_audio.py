@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 from mlflow.tracking import MlflowClient
 
 from mertlab.cli import main
-from mertlab.data.datamodule import check_audio_files
 from mertlab.data.dataset import CropDataset, collate_crops
+from mertlab.data.files import check_audio_files
 from mertlab.data.sampler import ResumableBatchSampler
 from mertlab.data.skipped import SkippedFile
 from mertlab.experiment import metric_names as M

@@ -33,7 +33,7 @@ def run_quick(name: str) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def results() -> dict[str, subprocess.CompletedProcess]:
     with ThreadPoolExecutor(2) as pool:
-        return dict(zip(SCRIPTS, pool.map(run_quick, SCRIPTS)))
+        return dict(zip(SCRIPTS, pool.map(run_quick, SCRIPTS), strict=True))
 
 
 def test_every_script_is_covered():

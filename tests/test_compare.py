@@ -85,7 +85,10 @@ def test_table_lists_every_child_with_values_read_back_from_mlflow(sweep, compar
     assert {r["run_id"] for r in rows} == {c.info.run_id for c in children}
     for row in rows:
         run = client.get_run(row["run_id"])
-        history = lambda key: [m.value for m in client.get_metric_history(run.info.run_id, key)]  # noqa: E731
+
+        def history(key, run_id=run.info.run_id):
+            return [m.value for m in client.get_metric_history(run_id, key)]
+
         assert row["variant"] == run.data.tags["variant"] and row["status"] == "FINISHED"
         for metric in ("loss/total", "loss/cqt_recon", "val/loss/total"):
             assert close(row[f"{metric} final"], run.data.metrics[metric])

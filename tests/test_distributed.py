@@ -4,7 +4,6 @@ FSDP needs CUDA in Lightning: its tests are in tests/test_gpu.py (marked ``gpu``
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -113,8 +112,8 @@ def test_ranks_read_interleaved_shares_of_one_stream_and_crops_depend_on_file_an
     one = list(ResumableBatchSampler(len(files), 4, True, seed=5))  # one process, batch 4
     ranks = [list(ResumableBatchSampler(len(files), 2, True, seed=5, num_replicas=2, rank=r)) for r in (0, 1)]
     assert len(one) == len(ranks[0]) == len(ranks[1]) == len(files) // 4
-    for batch, mine, theirs in zip(one, *ranks):  # clip i of rank r is clip i * 2 + r of the global batch
-        assert [k for pair in zip(mine, theirs) for k in pair] == batch
+    for batch, mine, theirs in zip(one, *ranks, strict=True):  # clip i of rank r is clip i * 2 + r of the global batch
+        assert [k for pair in zip(mine, theirs, strict=True) for k in pair] == batch
     key = one[0][0]
     assert torch.equal(dataset[key].item.wav, CropDataset(files, 24000, 1.0, random_crops=True, seed=5)[key].item.wav)
     epoch1 = CropKey(key.index, derive_seed(5, CROP, 1, key.index), 1, 0)
@@ -125,9 +124,9 @@ def test_ranks_read_interleaved_shares_of_one_stream_and_crops_depend_on_file_an
 
 @pytest.mark.parametrize("size, drop_last", [(11, True), (5, False), (3, False)])
 def test_rank_samplers_resume_exactly_and_on_another_world_size(size, drop_last):
-    make = lambda world, rank=0: ResumableBatchSampler(
-        size, 4 // world, drop_last, seed=7, num_replicas=world, rank=rank
-    )
+    def make(world, rank=0):
+        return ResumableBatchSampler(size, 4 // world, drop_last, seed=7, num_replicas=world, rank=rank)
+
     total = 3 * len(make(2))
     full = [stream(make(2, r), total) for r in (0, 1)]
     one = stream(make(1), total)
@@ -143,7 +142,7 @@ def test_rank_samplers_resume_exactly_and_on_another_world_size(size, drop_last)
         single.load_state_dict(first.state_dict())
         assert stream(single, total - cut) == one[cut:], cut
     # every rank gets a clip in every batch (a last partial global batch is padded, not empty)
-    assert all(len(batch) == len(other) >= 1 for batch, other in zip(*full))
+    assert all(len(batch) == len(other) >= 1 for batch, other in zip(*full, strict=True))
     if not drop_last:  # the ranks together cover every file of an epoch
         epoch = [k.index for r in (0, 1) for batch in full[r] for k in batch if k.epoch == 0]
         assert set(epoch) == set(range(size))
@@ -238,7 +237,7 @@ def test_two_process_ddp_matches_one_process_logs_once_and_resumes_in_one_proces
         return sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, "loss/total"))
 
     assert [s for s, _ in losses(two)] == [0, 1, 2, 3]  # logged once per step
-    for (_, a), (_, b) in zip(losses(one), losses(two)):
+    for (_, a), (_, b) in zip(losses(one), losses(two), strict=False):
         assert b == pytest.approx(a, rel=1e-4)
     assert one.data.params[GLOBAL_BATCH_PARAM] == two.data.params[GLOBAL_BATCH_PARAM] == "4"
     assert two.data.metrics["throughput/samples_per_s"] > 0

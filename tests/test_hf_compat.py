@@ -14,7 +14,6 @@ from mertlab.plugins.backbones.transformer import TransformerBackbone, Transform
 from mertlab.plugins.backbones.transformer.hf import (
     HF_DEFAULTS,
     hf_config_from_params,
-    load_hf,
     params_from_hf_config,
 )
 
@@ -41,7 +40,7 @@ def tiny_hf(tmp_path, **config) -> tuple[HubertModel, TransformerBackbone]:
             if name.endswith("bias") or "norm" in name:
                 p.add_(torch.randn_like(p) * 0.1)
     hf.save_pretrained(tmp_path)
-    return hf, load_hf(tmp_path)
+    return hf, TransformerBackbone.load_hf(tmp_path)
 
 
 def hf_hidden_states(hf: HubertModel, wav, **kwargs) -> list[torch.Tensor]:
@@ -57,8 +56,8 @@ def hf_hidden_states(hf: HubertModel, wav, **kwargs) -> list[torch.Tensor]:
 
 def assert_states_match(ours, theirs, atol=1e-5):
     assert len(ours) == len(theirs)
-    for i, (a, b) in enumerate(zip(ours, theirs)):
-        torch.testing.assert_close(a, b, atol=atol, rtol=1e-5, msg=lambda m: f"hidden state {i}: {m}")
+    for i, (a, b) in enumerate(zip(ours, theirs, strict=True)):
+        torch.testing.assert_close(a, b, atol=atol, rtol=1e-5, msg=lambda m, i=i: f"hidden state {i}: {m}")
 
 
 CASES = [(False, "group"), (False, "layer"), (True, "layer"), (True, "group")]
@@ -93,7 +92,7 @@ def test_mert_attention_relax_config_loads_relaxed_and_matches(tmp_path):
     config = json.loads((tmp_path / "config.json").read_text())
     config.update(attention_relax=32.0, sample_rate=16000)
     (tmp_path / "config.json").write_text(json.dumps(config))
-    ours = load_hf(tmp_path)
+    ours = TransformerBackbone.load_hf(tmp_path)
     assert ours.params.attention_relax == 32.0 and ours.frame_rate == 50.0
     wav = torch.randn(2, 6000)
     with torch.no_grad():
@@ -125,7 +124,7 @@ def test_sharded_checkpoint_and_missing_mask_embedding(tmp_path):
     assert "masked_spec_embed" not in hf.state_dict()
     hf.save_pretrained(tmp_path, max_shard_size="20KB")
     assert (tmp_path / "model.safetensors.index.json").is_file()
-    ours = load_hf(tmp_path)
+    ours = TransformerBackbone.load_hf(tmp_path)
     wav = torch.randn(1, 5000)
     with torch.no_grad():
         assert_states_match(ours(wav).hidden_states, hf_hidden_states(hf, wav))
@@ -133,22 +132,22 @@ def test_sharded_checkpoint_and_missing_mask_embedding(tmp_path):
 
 def test_load_errors_are_clear(tmp_path):
     with pytest.raises(MertlabError, match="no config.json"):
-        load_hf(tmp_path)
+        TransformerBackbone.load_hf(tmp_path)
     tiny_hf(tmp_path)
     config = json.loads((tmp_path / "config.json").read_text())
     (tmp_path / "config.json").write_text(json.dumps({**config, "conv_pos_batch_norm": True}))
     with pytest.raises(MertlabError, match="conv_pos_batch_norm=True is not supported"):
-        load_hf(tmp_path)
+        TransformerBackbone.load_hf(tmp_path)
     (tmp_path / "config.json").write_text(json.dumps({**config, "intermediate_size": 48}))
     with pytest.raises(MertlabError, match="weights do not fit the config"):
-        load_hf(tmp_path)
+        TransformerBackbone.load_hf(tmp_path)
     (tmp_path / "config.json").write_text(json.dumps({**config, "num_attention_heads": 5}))
     with pytest.raises(MertlabError, match="num_heads \\(5\\) must divide hidden_dim \\(32\\)"):
-        load_hf(tmp_path)
+        TransformerBackbone.load_hf(tmp_path)
     (tmp_path / "config.json").write_text(json.dumps(config))
     (tmp_path / "model.safetensors").unlink()
     with pytest.raises(MertlabError, match="no model.safetensors or pytorch_model.bin"):
-        load_hf(tmp_path)
+        TransformerBackbone.load_hf(tmp_path)
 
 
 def test_hf_defaults_table_matches_transformers():

@@ -147,7 +147,7 @@ def test_mert_defaults_mask_about_58_percent():
 def test_span_structure_and_minimum_coverage(params, lengths, seed):
     span, min_spans = params["span_length"], params["min_spans"]
     mask = span_masking(**params)(right_padding(lengths, 60), torch.Generator().manual_seed(seed))
-    for row, length in zip(mask, lengths):
+    for row, length in zip(mask, lengths, strict=True):
         masked = int(row.sum())
         if length == 0:
             assert masked == 0

@@ -135,9 +135,8 @@ def test_misspelled_disabled_plugin_gets_did_you_mean(fake_dist, monkeypatch, ca
 
 
 def test_cli_disable_plugin_option_and_a_broken_plugin_never_block_other_commands(fake_dist, capsys):
-    from mertlab.cli import main
-
     from conftest import REPO
+    from mertlab.cli import main
 
     fake_dist("acme-teachers", "acme_teacher_mod", TEACHER_CODE.format(cls="Acme", name="acme"))
     code = "from mertlab.hookspecs import hookimpl\nclass P:\n    name = 'x'\n    summary = None\n"
@@ -199,9 +198,9 @@ def test_light_commands_import_no_heavy_package():
 
 
 def test_lazy_component_is_imported_on_use_and_must_match_its_declaration():
+    from mertlab.contracts import LazyComponent
     from mertlab.hookspecs import hookimpl
     from mertlab.plugin_system.plugin_manager import PluginSource
-    from mertlab.plugin_system.registry import LazyComponent
     from mertlab.plugins.callbacks.stability_plugin import STABILITY, StabilityParams
 
     entry = get_registry().get("callback", "stability")
@@ -219,6 +218,9 @@ def test_lazy_component_is_imported_on_use_and_must_match_its_declaration():
     pm.register_source(Wrong(), PluginSource("wrong", "wrong-dist", "1.0"))
     with pytest.raises(
         PluginError,
-        match=r"plugin 'wrong' \(wrong-dist 1.0\): callback 'stability2': .* differs from its registration in name, summary",
+        match=(
+            r"plugin 'wrong' \(wrong-dist 1.0\): callback 'stability2': .* differs from its registration in "
+            r"name, summary"
+        ),
     ):
-        Registry(pm).get("callback", "stability2").component
+        _ = Registry(pm).get("callback", "stability2").component  # loading the class raises

@@ -570,7 +570,7 @@ def test_folder_of_class_subfolders_is_a_classification_task(tmp_path):
     task = load_task(tmp_path / "genres")
     assert task.name == "genres" and task.type == "classification" and task.classes == ["blues", "jazz"]
     assert len(task.paths) == 20 and {task.classes[int(t)] for t in task.targets} == {"blues", "jazz"}
-    assert all(task.classes[int(t)] == p.parent.name for p, t in zip(task.paths, task.targets))
+    assert all(task.classes[int(t)] == p.parent.name for p, t in zip(task.paths, task.targets, strict=True))
     assert set(task.splits) == {"train", "valid", "test"}
     with pytest.raises(TaskError, match="not regression"):
         load_task(tmp_path / "genres", task_type="regression")

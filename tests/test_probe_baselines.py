@@ -13,14 +13,15 @@ from mlflow.tracking import MlflowClient
 import mertlab.probe.run as probe_run_module
 from mertlab.cli import main
 from mertlab.errors import MertlabError
+from mertlab.experiment.spec import BASELINE_NAMES, parse_baselines
 from mertlab.plugin_system.registry import get_registry
-from mertlab.probe.baselines import BASELINES, baseline_features, parse_baselines
+from mertlab.probe.baselines import BASELINES, baseline_features
 from mertlab.probe.cache import FeatureCache
 from mertlab.probe.extract import extract_features
 from mertlab.probe.fit import ProbeParams
 from mertlab.probe.run import probe_metrics, report_table, run_probe, summary_lines, verdict
-from mertlab.probe.uncertainty import format_p
 from mertlab.probe.task import load_task
+from mertlab.probe.uncertainty import format_p
 from mertlab.toolkit.checkpoint import load_backbone, save_backbone
 from probe_tasks import SR, harmonic_tone, write_pitch_class_task
 
@@ -85,7 +86,7 @@ def test_cqt_baseline_learns_pitch_class_and_random_init_stays_well_below(pitch,
 
 
 def test_baseline_features_shapes_and_names():
-    assert list(BASELINES) == ["mfcc", "chroma", "cqt"]
+    assert list(BASELINES) == list(BASELINE_NAMES) == ["mfcc", "chroma", "cqt"]
     assert parse_baselines("cqt, mfcc,cqt") == ["cqt", "mfcc"] and parse_baselines(None) == []
     with pytest.raises(MertlabError, match="unknown baseline 'spectral'.*mfcc, chroma, cqt"):
         parse_baselines("mfcc,spectral")

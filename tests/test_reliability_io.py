@@ -180,7 +180,9 @@ def test_backbone_files_are_safetensors_and_old_files_still_load(tmp_path):
     path = save_backbone(tmp_path / "b.pt", backbone)
     assert is_safetensors(path)
     loaded = load_backbone(path)
-    assert all(torch.equal(a, b) for a, b in zip(backbone.state_dict().values(), loaded.state_dict().values()))
+    assert all(
+        torch.equal(a, b) for a, b in zip(backbone.state_dict().values(), loaded.state_dict().values(), strict=True)
+    )
     # a backbone file in the torch format (plain data + tensors) loads weights-only too
     legacy = tmp_path / "legacy.pt"
     torch.save(
@@ -370,7 +372,7 @@ def test_damaged_cache_entries_are_named_and_recomputed_by_targets_build(
     assert main(["targets", "build", str(spec), "--no-progress"]) == 0
     cache, teacher, files = cache_of(data)
     good = {f.path: np.array(cache.read(f.path)) for f in files}
-    damaged = {cache.entry(f.path): how for f, how in zip(files, ("truncate", "flip", "random"))}
+    damaged = {cache.entry(f.path): how for f, how in zip(files, ("truncate", "flip", "random"), strict=False)}
     for entry, how in damaged.items():
         damage(entry, how)
         assert cache.damage(entry), how

@@ -129,5 +129,5 @@ def test_sigkill_then_resume_equals_the_uninterrupted_run(demo_dir, tmp_path, on
         steps = [s for s, _ in got[key]]
         assert len(steps) == len(set(steps)), f"{key}: a step was logged twice"
         assert steps and sorted(steps) == sorted(s for s, _ in want[key]), key
-        for (step, value), (_, expected) in zip(sorted(got[key]), sorted(want[key])):
+        for (step, value), (_, expected) in zip(sorted(got[key]), sorted(want[key]), strict=True):
             assert value == pytest.approx(expected, rel=1e-5, abs=1e-6), f"{key} at step {step}"

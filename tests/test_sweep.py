@@ -219,7 +219,10 @@ def test_each_run_ends_with_a_summary_read_back_from_its_history(swept, tracking
     for child in swept[2].values():
         run_id = child.info.run_id
         metrics = client.get_run(run_id).data.metrics
-        history = lambda key: [m.value for m in client.get_metric_history(run_id, key)]  # noqa: E731
+
+        def history(key, run_id=run_id):
+            return [m.value for m in client.get_metric_history(run_id, key)]
+
         assert metrics[M.SUMMARY_MAX_GRAD_NORM] == max(history(M.GRAD_NORM_TOTAL))
         assert metrics[M.SUMMARY_FINAL_LOSS] == metrics[M.LOSS_TOTAL]
         assert metrics[M.SUMMARY_BEST_VAL_LOSS] == min(history(M.val(M.LOSS_TOTAL)))
@@ -329,7 +332,9 @@ def test_dry_run_slurm_launcher_writes_one_array_job_of_the_children(workdir, tr
     )
     arms = [line.strip() for line in script.splitlines() if line.strip()[:2] in ("0)", "1)", "2)")]
     assert len(arms) == 3
-    for arm, command in zip(arms, printed):  # each task runs exactly its child's printed command under srun
+    for arm, command in zip(
+        arms, printed, strict=False
+    ):  # each task runs exactly its child's printed command under srun
         assert arm.split(" ;;")[0].split(") srun ", 1)[1] == command
     assert subprocess.run(["bash", "-n", str(job)]).returncode == 0
     env = {**os.environ, "SLURM_ARRAY_TASK_ID": "9", "SLURM_SUBMIT_DIR": str(workdir)}

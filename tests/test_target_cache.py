@@ -189,7 +189,7 @@ def grid_batch(demo_dir, frame_starts):
     """1 s crops of each demo file starting on the 75 Hz frame grid (320 samples at 24 kHz),
     zero-padded where the file ends first."""
     files = files_of(demo_dir)
-    crops = [read_segment(f, 320 * k, 24000) for f, k in zip(files, frame_starts)]
+    crops = [read_segment(f, 320 * k, 24000) for f, k in zip(files, frame_starts, strict=False)]
     wav = torch.stack([torch.nn.functional.pad(c, (0, 24000 - len(c))) for c in crops])
     starts = torch.tensor([320 * k / 24000 for k in frame_starts], dtype=torch.float64)
     return AudioBatch(wav, torch.tensor([len(c) for c in crops]), tuple(files), starts)
@@ -305,12 +305,15 @@ def test_missing_cache_is_one_clear_error(demo_dir, tmp_path, write_yaml, capsys
 
 
 def test_cli_builds_generated_demo_data_and_reports(tmp_path, write_yaml, capsys, monkeypatch):
-    import mertlab.train.run as run
+    import mertlab.data.prepare as prepare
 
     monkeypatch.setattr(
-        run, "write_demo_dataset", lambda path: write_demo_dataset(path, num_clips=3, seconds=1.5, progress=False)
+        prepare,
+        "write_demo_dataset",
+        lambda path, progress=True: write_demo_dataset(path, num_clips=3, seconds=1.5, progress=False),
     )
-    monkeypatch.setattr(run, "write_demo_tasks", lambda directory, names=None: {})  # tested in test_demo_tasks.py
+    # the demo tasks are tested in test_demo_tasks.py
+    monkeypatch.setattr(prepare, "write_demo_tasks", lambda directory, names=None, progress=True: {})
     raw = make_spec(tmp_path / "fresh", tmp_path, cache=False, generate_demo=True).model_dump(mode="json")
     path = write_yaml(raw)
     cache_opt = f"data.target_cache={tmp_path / 'cli-targets'}"

@@ -51,7 +51,7 @@ def test_codes_finer_than_the_labels_keep_label_purity_not_cluster_purity():
 @settings(max_examples=40, deadline=None)
 @given(st.lists(st.tuples(st.integers(0, 5), st.integers(0, 2)), min_size=1, max_size=60), st.permutations(range(6)))
 def test_statistics_are_bounded_and_ignore_code_names(pairs, permutation):
-    codes, labels = (np.array(x) for x in zip(*pairs))
+    codes, labels = (np.array(x) for x in zip(*pairs, strict=True))
     s = stats(codes, labels, 6, 3)
     renamed = stats(np.array(permutation)[codes], labels, 6, 3)
     for key, value in s.items():

@@ -116,7 +116,7 @@ def test_fit_trains_the_melrvq_tokenizer_with_a_progress_bar(demo_dir, tmp_path,
 
 
 def test_no_progress_silences_the_demo_data_and_target_cache_bars(tmp_path, write_yaml, capsys, monkeypatch):
-    import mertlab.train.run as run_module
+    import mertlab.data.prepare as prepare_module
 
     assert (
         main(["demo-data", str(tmp_path / "demo"), "--clips", "2", "--seconds", "1", "--no-tasks", "--no-progress"])
@@ -124,7 +124,7 @@ def test_no_progress_silences_the_demo_data_and_target_cache_bars(tmp_path, writ
     )
     assert capsys.readouterr().err == ""
     asked = []
-    monkeypatch.setattr(run_module, "write_demo_tasks", lambda *a, **k: asked.append(k["progress"]))
+    monkeypatch.setattr(prepare_module, "write_demo_tasks", lambda *a, **k: asked.append(k["progress"]))
     spec = spec_data(tmp_path / "demo", centroids=None)
     del spec["teachers"]["km"], spec["objectives"]["km_pred"]
     spec["data"].update(generate_demo=True, target_cache=str(tmp_path / "cache"))

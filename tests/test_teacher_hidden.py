@@ -194,6 +194,7 @@ def test_validate_checks_layer_and_top_k_against_the_checkpoint_without_building
     tmp_path, write_yaml, monkeypatch, hf_dir
 ):
     import mertlab.toolkit.checkpoint as checkpoint_module
+    import mertlab.toolkit.frame_features as frame_features_module
     from mertlab.errors import SpecError
     from mertlab.experiment.spec import load_spec
 
@@ -206,6 +207,7 @@ def test_validate_checks_layer_and_top_k_against_the_checkpoint_without_building
 
     monkeypatch.setattr(checkpoint_module, "load_backbone", no_model)
     monkeypatch.setattr(checkpoint_module, "load_hf_backbone", no_model)
+    monkeypatch.setattr(frame_features_module, "load_backbone", no_model)
     spec = {
         "name": "distill",
         "backbone": {"name": "transformer", "params": {"preset": "tiny"}},

@@ -83,10 +83,10 @@ def read_segment(
     stop = None if num_frames is None else start + num_frames
     source = io.BytesIO(data) if data is not None else str(file.path)
     try:
-        data, _ = sf.read(source, start=start, stop=stop, dtype="float32", always_2d=True)
+        samples, _ = sf.read(source, start=start, stop=stop, dtype="float32", always_2d=True)
     except Exception as exc:  # noqa: BLE001
         raise BadAudioError(file.path, f"cannot decode audio ({exc})") from None
-    return torch.from_numpy(np.ascontiguousarray(data.mean(axis=1)))
+    return torch.from_numpy(np.ascontiguousarray(samples.mean(axis=1)))
 
 
 def check_finite(wav: torch.Tensor, file: AudioFile) -> torch.Tensor:

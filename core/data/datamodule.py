@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -10,46 +9,15 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
-from mertlab.data.audio import AudioFile, list_audio_paths, probe
-from mertlab.data.dataset import AudioBatch, CropDataset, collate_crops, min_samples, seed_worker, too_short
+from mertlab.data.audio import AudioFile, list_audio_paths
+from mertlab.data.dataset import AudioBatch, CropDataset, collate_crops, min_samples, seed_worker
+from mertlab.data.files import check_audio_files, split_files
 from mertlab.data.sampler import ResumableBatchSampler, ResumableDataLoader
 from mertlab.data.shards import SPLITS, is_shard_path, read_meta, split_location
 from mertlab.data.skipped import SkippedFile, SkippedFiles
 from mertlab.errors import DataError
 from mertlab.experiment.spec import DataSpec
 from mertlab.toolkit.seeding import LOADER, derive_seed
-
-#: Sample rates outside this range are treated as a damaged header (resampling them is not sensible).
-SAMPLE_RATE_RANGE = (1000, 768_000)
-
-
-def check_audio_files(paths: list[Path], min_seconds: float = 0.0) -> tuple[list[AudioFile], list[SkippedFile]]:
-    """Probe each file (header only, no decoding): the usable ones, and the skipped ones with why
-    (unreadable or not audio, no samples (empty or header-only), an implausible sample rate,
-    shorter than ``min_seconds``)."""
-    files, skipped = [], []
-    for path in paths:
-        try:
-            file = probe(path)
-        except DataError as exc:
-            skipped.append(SkippedFile(path, str(exc).removeprefix(f"{path}: ")))
-            continue
-        problem = file_problem(file, min_seconds)
-        if problem:
-            skipped.append(SkippedFile(path, problem))
-        else:
-            files.append(file)
-    return files, skipped
-
-
-def file_problem(file: AudioFile, min_seconds: float = 0.0) -> str | None:
-    """Why a probed file is unusable (no samples, implausible rate, too short), or None."""
-    low, high = SAMPLE_RATE_RANGE
-    if file.num_frames <= 0:
-        return "no audio samples (empty or header-only file)"
-    if not low <= file.sample_rate <= high:
-        return f"implausible sample rate {file.sample_rate} Hz (damaged header?)"
-    return too_short(file, min_seconds)
 
 
 def scan_dataset(
@@ -62,7 +30,8 @@ def scan_dataset(
     """
     if is_shard_path(data.path):
         raise DataError(
-            f"data.path: {data.path} holds shards (`mertlab data shard`); this needs a folder or manifest of audio files"
+            f"data.path: {data.path} holds shards (`mertlab data shard`); this needs a folder or manifest of audio "
+            "files"
         )
     path = Path(data.path)
     if not path.exists():
@@ -83,21 +52,6 @@ def scan_dataset(
             f"(longest: {longest:.2f} s); lower data.crop_seconds"
         )
     return files
-
-
-def split_files(files: list[AudioFile], val_fraction: float) -> tuple[list[AudioFile], list[AudioFile]]:
-    """Deterministic train/validation split by a hash of each file name (stable as files are added)."""
-    if val_fraction <= 0 or len(files) < 2:
-        return files, []
-
-    def bucket(f: AudioFile) -> float:
-        return int(hashlib.sha1(f.path.name.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
-
-    val = [f for f in files if bucket(f) < val_fraction]
-    if not val:  # tiny sets: hold out at least one file
-        val = [min(files, key=bucket)]
-    train = [f for f in files if f not in val]
-    return train, val
 
 
 def check_shards(data: DataSpec) -> dict[str, Any]:
@@ -175,7 +129,7 @@ class AudioDataModule(L.LightningDataModule):
         return bool(self.val_files)
 
     def _shard_loader(self, split: str, train: bool, frame_rates: dict[str, float] | None) -> DataLoader:
-        from mertlab.data.streaming import ShardDataset, ShardLoader
+        from mertlab.data.streaming import ShardDataset, ShardLoader  # imported here: litdata loads only for shard data
 
         dataset = ShardDataset(
             split_location(self.data.path, split),
@@ -245,7 +199,9 @@ class AudioDataModule(L.LightningDataModule):
         dataset = self._dataset(self.val_files, train=False)
         rank, world = self.distributed_position()
         # Rank r validates files r, r + world, ... (padded so every rank runs as many batches).
-        sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=False) if world > 1 else None
+        sampler: DistributedSampler | None = None
+        if world > 1:
+            sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=False)
         return DataLoader(dataset, batch_size=self.data.batch_size, shuffle=False, sampler=sampler, **self._workers())
 
     def on_before_batch_transfer(self, batch: AudioBatch, dataloader_idx: int) -> AudioBatch:

@@ -6,6 +6,7 @@ import math
 import random
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from torch import Tensor
@@ -158,7 +159,7 @@ def crop_file(
     # Read a few native frames more than needed so resampling edges don't shorten the crop.
     native = math.ceil(crop_seconds * file.sample_rate) + 16
     spare = max(file.num_frames - native, 0)
-    start = rng.randint(0, spare) if random_crops else spare // 2
+    start = cast(random.Random, rng).randint(0, spare) if random_crops else spare // 2  # random crops come with an rng
     try:
         wav = resample(read_segment(file, start, min(native, file.num_frames), data), file.sample_rate, sample_rate)
     except DataError as exc:
@@ -198,6 +199,7 @@ def collate_crops(items: list[Crop | SkippedFile | KeyedItem]) -> AudioBatch:
     items = [i.item if isinstance(i, KeyedItem) else i for i in items]
     crops = [c for c in items if isinstance(c, Crop)]
     skipped = tuple(c for c in items if isinstance(c, SkippedFile))
+    frames = tuple(c.frames for c in crops if c.frames is not None)
     return AudioBatch(
         wav=torch.stack([c.wav for c in crops]) if crops else torch.zeros(0, 0),
         lengths=torch.tensor([c.length for c in crops], dtype=torch.long),
@@ -205,7 +207,7 @@ def collate_crops(items: list[Crop | SkippedFile | KeyedItem]) -> AudioBatch:
         start_seconds=torch.tensor([c.start_seconds for c in crops], dtype=torch.float64),
         position=position,
         skipped=skipped,
-        frames=tuple(c.frames for c in crops) if crops and all(c.frames is not None for c in crops) else None,
+        frames=frames if crops and len(frames) == len(crops) else None,
     )
 
 
@@ -214,4 +216,5 @@ def seed_worker(worker_id: int) -> None:
     ``int``-indexed random crops (keyed crops need nothing: their key holds the seed)."""
     info = torch.utils.data.get_worker_info()
     if info is not None:
-        info.dataset._rng = random.Random(info.dataset.seed * 1000 + worker_id + torch.initial_seed() % 997)
+        dataset = cast(CropDataset, info.dataset)
+        dataset._rng = random.Random(dataset.seed * 1000 + worker_id + torch.initial_seed() % 997)

@@ -1,8 +1,8 @@
 """A small generated *musical* data set, so the quickstart needs no download.
 
 Each clip is a short piece: a chord progression (pad), a melody of notes with varied timbre
-(:data:`TIMBRES`: organ, FM bell, plucked string, sawtooth, square, flute, strings, marimba), and percussion (kick, snare, hi-hat), at a
-random tempo and key. Deterministic for a given seed.
+(:data:`TIMBRES`: organ, FM bell, plucked string, sawtooth, square, flute, strings, marimba), and percussion (kick,
+snare, hi-hat), at a random tempo and key. Deterministic for a given seed.
 """
 
 from __future__ import annotations

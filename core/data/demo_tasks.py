@@ -32,6 +32,7 @@ from tqdm import tqdm
 
 from mertlab.data.audio import write_flac
 from mertlab.data.demo import MAJOR, TIMBRES, _add, _drum, _midi_hz, _tone
+from mertlab.errors import MertlabError
 
 #: Task clips are written at 16 kHz (small FLAC files; probing resamples to the backbone's rate).
 SAMPLE_RATE = 16000
@@ -224,7 +225,5 @@ def write_demo_tasks(
     """Write the demo probe tasks (all of :data:`DEMO_TASKS` or ``names``); returns name -> CSV."""
     unknown = sorted(set(names or []) - set(DEMO_TASKS))
     if unknown:
-        from mertlab.errors import MertlabError
-
         raise MertlabError(f"unknown demo task(s) {', '.join(unknown)}; choose from {', '.join(DEMO_TASKS)}")
     return {name: write_demo_task(directory, DEMO_TASKS[name], seed, progress) for name in (names or list(DEMO_TASKS))}

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch.utils.data import DataLoader, Sampler
@@ -109,7 +109,7 @@ class ResumableDataLoader(DataLoader):
     position (``state_dict``/``load_state_dict``), so ``--resume`` continues mid-epoch exactly."""
 
     def state_dict(self) -> dict[str, Any]:
-        return self.batch_sampler.state_dict()
+        return cast(ResumableBatchSampler, self.batch_sampler).state_dict()
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.batch_sampler.load_state_dict(state)
+        cast(ResumableBatchSampler, self.batch_sampler).load_state_dict(state)

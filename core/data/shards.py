@@ -38,6 +38,7 @@ import soundfile as sf
 from tqdm.auto import tqdm
 
 from mertlab.data.audio import AudioFile, BadAudioError, check_finite, list_audio_paths, read_segment, resample
+from mertlab.data.files import check_audio_files, split_files
 from mertlab.data.skipped import SkippedFile
 from mertlab.errors import DataError
 
@@ -109,7 +110,8 @@ def read_meta(path: str | Path) -> dict[str, Any]:
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         found = meta.get("format") if isinstance(meta, dict) else None
         raise DataError(
-            f"data.path: {where} has format {found!r}, expected {FORMAT!r}; rewrite the shards with `mertlab data shard`"
+            f"data.path: {where} has format {found!r}, expected {FORMAT!r}; rewrite the shards with `mertlab data "
+            "shard`"
         )
     return meta
 
@@ -185,12 +187,10 @@ def write_shards(
 
     ``sample_rate``: store each file as mono FLAC at this rate instead of its original bytes.
     ``val_fraction``: the validation files (``val/``), chosen by the file dataset's rule
-    (:func:`~mertlab.data.datamodule.split_files`, a hash of the file name). ``targets``: adds
+    (:func:`~mertlab.data.files.split_files`, a hash of the file name). ``targets``: adds
     each teacher's targets of every file. Unusable files are skipped and listed in the summary
     and the metadata; no usable file is an error.
     """
-    from mertlab.data.datamodule import check_audio_files, split_files
-
     source, destination = check_paths(src, dst)
     files, bad = check_audio_files(list_audio_paths(source, extensions))
     if not files:
@@ -212,7 +212,7 @@ def write_shards(
     longest = 0.0
     try:
         bar = tqdm(total=len(files), desc="data shard", unit="file", disable=not progress)
-        for split, members in zip(SPLITS, (train, val)):
+        for split, members in zip(SPLITS, (train, val), strict=True):
             if not members:
                 continue
             writer = None  # created with the first usable file: a split may lose them all

@@ -27,6 +27,8 @@ from mertlab.experiment import metric_names as M
 from mertlab.experiment.plotting import colors, figure
 from mertlab.experiment.run_summary import Point, fetch_histories, needed_metrics, reduce_values, summarize
 from mertlab.experiment.sweep import INDEX_TAG, OVERRIDE_PARAM_PREFIX, VARIANT_TAG, children_of, sweep_parents
+from mertlab.experiment.tracking import default_tracking_uri
+from mertlab.probe.plots import ChildLayers, sweep_layer_plot
 
 #: ``*`` matches within one ``/``-separated segment, ``**`` across segments. Probes: per task the
 #: best probe (``probe/<task>/<metric>``), the best single layer, the weighted sum, random init
@@ -212,7 +214,6 @@ def load_comparison(
 ) -> Comparison:
     """Read every compared run back from MLflow (``metrics``: name patterns, default
     :data:`DEFAULT_METRICS`)."""
-    from mertlab.experiment.tracking import default_tracking_uri
 
     tracking_uri = tracking_uri or default_tracking_uri()
     client = _client(tracking_uri)
@@ -265,8 +266,8 @@ def fmt(value: Any) -> str:
 
 
 def _grid(header: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(c) for c in col) for col in zip(header, *rows)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in (header, *rows)]
+    widths = [max(len(c) for c in col) for col in zip(header, *rows, strict=True)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in (header, *rows)]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
 
@@ -342,7 +343,7 @@ def _curves(comparison: Comparison, metric: str, out_dir: Path, log_y: bool = Fa
     fig = figure(8, 4.5)
     ax = fig.subplots()
     drawn = False
-    for row, color in zip(comparison.rows, palette):
+    for row, color in zip(comparison.rows, palette, strict=True):
         for key, style in ((metric, "-"), (M.val(metric), "--")):
             points = [p for p in row.histories.get(key, []) if math.isfinite(p.value)]
             if points:
@@ -384,7 +385,7 @@ def _bars(comparison: Comparison, out_dir: Path) -> Path | None:
     axes = fig.subplots(nrows, ncols, squeeze=False).flatten()
     palette = colors(n)
     names = [r.variant for r in comparison.rows]
-    for ax, metric in zip(axes, metrics):
+    for ax, metric in zip(axes, metrics, strict=False):
         values = [f.get(metric, math.nan) for f in finals]
         ax.bar(range(n), values, color=palette)
         ax.set_title(metric if metric in STABILITY_COLUMNS else f"{metric} (final)", fontsize="medium")
@@ -404,7 +405,6 @@ _LAYER_METRIC = re.compile(r"probe/(?P<task>[^/]+)/layer(?P<layer>\d+)/(?P<metri
 def _probe_layers(comparison: Comparison, out_dir: Path) -> list[Path]:
     """Per task and metric: one figure of every child's test score by layer
     (``probe_<task>_<metric>_layers.png``), weighted sums and baselines as horizontal lines."""
-    from mertlab.probe.plots import ChildLayers, sweep_layer_plot
 
     found: dict[tuple[str, str], list[ChildLayers]] = {}
     for row in comparison.rows:

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from mertlab.errors import MertlabError
+from mertlab.probe.run import checkpoint_tracking
 from mertlab.toolkit.atomic import atomic_write
 from mertlab.toolkit.checkpoint import check_not_sharded, hf_directory, load_backbone, load_checkpoint_file
 from mertlab.toolkit.safe_load import is_safetensors
@@ -25,7 +26,6 @@ FORMATS = ("hf",)
 
 def probe_scores(checkpoint: Path) -> dict[str, float]:
     """The ``probe/*`` metrics of the checkpoint's MLflow run ({} when it has no run or store)."""
-    from mertlab.probe.run import checkpoint_tracking
 
     run_id, tracking_uri, _ = checkpoint_tracking(checkpoint)
     if not run_id:

@@ -13,8 +13,9 @@ from typing import Any
 import torch
 from pydantic import ValidationError
 
-from mertlab.errors import SpecError
-from mertlab.experiment.spec import ComponentSpec, apply_overrides, read_with_bases, validation_problems
+from mertlab.errors import SpecError, validation_problems
+from mertlab.experiment.spec import ComponentSpec, apply_overrides, read_with_bases
+from mertlab.plugin_system.registry import get_registry
 
 SPEC_SUFFIXES = (".yaml", ".yml")
 
@@ -65,8 +66,6 @@ def backbone_component(spec: str, overrides: tuple[str, ...] | list[str] = ()) -
 def model_info(spec: str, overrides: tuple[str, ...] | list[str] = (), registry: Any = None) -> ModelInfo:
     """Describe the backbone of ``spec`` (see :func:`backbone_component`)."""
     if registry is None:
-        from mertlab.plugin_system.registry import get_registry
-
         registry = get_registry()
     name, raw_params, path = backbone_component(spec, overrides)
     entry = registry.get("backbone", name)

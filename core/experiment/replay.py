@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from mertlab.errors import MertlabError
+from mertlab.experiment.run_summary import log_run_summary
 from mertlab.experiment.tracking import (
     MAX_METRICS_PER_BATCH,
     MAX_TAGS_PER_BATCH,
@@ -131,8 +132,6 @@ def replay(run_dir: str | Path, tracking_uri: str | None = None, connect_timeout
 
 def _replay_run(client: Any, run: RunReplay) -> None:
     from mlflow.entities import Metric, RunTag
-
-    from mertlab.experiment.run_summary import log_run_summary
 
     held: dict[str, set[int]] = {}
     new: list[Metric] = []

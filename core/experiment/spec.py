@@ -13,6 +13,7 @@ import difflib
 import hashlib
 import json
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal, get_args
 
@@ -27,7 +28,8 @@ from pydantic import (
     model_validator,
 )
 
-from mertlab.errors import MertlabError, SpecError
+from mertlab.errors import MertlabError, SpecError, validation_problems
+from mertlab.plugin_system.registry import get_registry
 
 #: What a spec ``name`` may be: it names a folder (``<output_dir>/<name>``) and an experiment.
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
@@ -140,7 +142,7 @@ class AugmentationSpec(ComponentSpec):
     ``augment: {mixup: {name: mixup, params: {probability: 0.5}}}``.
     """
 
-    name: str | None = Field(
+    name: str | None = Field(  # type: ignore[assignment]  # None until ExperimentSpec fills in the alias
         None, description="Registered augmentation name (see `mertlab plugins`); default: the alias."
     )
 
@@ -250,7 +252,10 @@ class ProbeSpec(StrictModel):
 
     tasks: list[str] = Field(
         min_length=1,
-        description="Task CSVs, task YAMLs or class-folder directories (as `mertlab probe` takes them), relative to the working directory like data.path.",
+        description=(
+            "Task CSVs, task YAMLs or class-folder directories (as `mertlab probe` takes them), relative "
+            "to the working directory like data.path."
+        ),
     )
     layers: str | list[int] = Field(
         "all", description="Layers probed one by one: all, last, '6,12' or a list (0 = encoder input)."
@@ -294,12 +299,28 @@ class ProbeSpec(StrictModel):
     @field_validator("baselines")
     @classmethod
     def _check_baselines(cls, baselines: list[str]) -> list[str]:
-        from mertlab.probe.baselines import parse_baselines
-
         try:
             return parse_baselines(baselines)
         except MertlabError as exc:
             raise ValueError(str(exc).removeprefix("baselines: ")) from None
+
+
+#: The handcrafted baselines a probe can score (:mod:`mertlab.probe.baselines` computes them).
+BASELINE_NAMES = ("mfcc", "chroma", "cqt")
+
+
+def parse_baselines(names: str | Sequence[str] | None) -> list[str]:
+    """``"mfcc,cqt"`` or a list -> checked, de-duplicated names (``None``/empty: none)."""
+    if not names:
+        return []
+    items = [n.strip() for n in names.split(",")] if isinstance(names, str) else [str(n).strip() for n in names]
+    out: list[str] = []
+    for name in items:
+        if name not in BASELINE_NAMES:
+            raise MertlabError(f"baselines: unknown baseline {name!r} (use {', '.join(BASELINE_NAMES)})")
+        if name not in out:
+            out.append(name)
+    return out
 
 
 #: Keys a sweep may not vary: every child must land in its parent's store, experiment and
@@ -329,7 +350,9 @@ class SweepSpec(StrictModel):
 
     grid: dict[str, list[Any]] = Field(
         default_factory=dict,
-        description="Dotted key -> list of values; the product of all lists is swept (e.g. optim.lr: [5.0e-4, 1.0e-3]).",
+        description=(
+            "Dotted key -> list of values; the product of all lists is swept (e.g. optim.lr: [5.0e-4, 1.0e-3])."
+        ),
     )
     variants: dict[str, dict[str, Any]] = Field(
         default_factory=dict,
@@ -398,7 +421,9 @@ class ExperimentSpec(StrictModel):
     tracking: TrackingSpec = Field(default_factory=TrackingSpec)
     callbacks: dict[str, ComponentSpec] = Field(
         default_factory=lambda: {"stability": ComponentSpec(name="stability")},
-        description="Training callbacks by alias (default: the stability monitor; `callbacks: {stability: null}` removes it).",
+        description=(
+            "Training callbacks by alias (default: the stability monitor; `callbacks: {stability: null}` removes it)."
+        ),
     )
     sweep: SweepSpec | None = Field(
         None, description="Optional variants of this spec for `mertlab sweep` (one MLflow child run each)."
@@ -431,25 +456,6 @@ class ExperimentSpec(StrictModel):
                 "e.g. my-ablation; it names the run folder under trainer.output_dir"
             )
         return name
-
-
-# --------------------------------------------------------------------------- rendering
-def validation_problems(exc: ValidationError, prefix: str = "") -> list[tuple[str, str]]:
-    """``(path.to.field, message)`` for each pydantic error, paths under ``prefix``."""
-    head = prefix.split(".") if prefix else []
-    return [(".".join(_path_part(p) for p in (*head, *err["loc"])), err["msg"]) for err in exc.errors()]
-
-
-def _path_part(part: Any) -> str:
-    """A key as written, or quoted when empty or unprintable (a control character must not
-    break the one-line message)."""
-    text = str(part)
-    return text if text and text.isprintable() else repr(text)
-
-
-def render_validation_error(exc: ValidationError, prefix: str = "") -> list[str]:
-    """``path.to.field: message`` lines for each pydantic error."""
-    return [f"{path}: {msg}" if path else msg for path, msg in validation_problems(exc, prefix)]
 
 
 # --------------------------------------------------------------------------- YAML + merging
@@ -620,8 +626,6 @@ def resolve_spec(data: dict[str, Any], source: str | None = None, registry: Any 
         raise SpecError(validation_problems(exc), source=source) from None
 
     if registry is None:
-        from mertlab.plugin_system.registry import get_registry
-
         registry = get_registry()
     problems: list[tuple[str, str]] = []
     problems += _missing_plugins(spec.requires_plugins, registry)
@@ -689,7 +693,8 @@ def _global_batch_problems(spec: ExperimentSpec) -> list[tuple[str, str]]:
         (
             "data.global_batch_size",
             (
-                f"{wanted} clips per step expected, but data.batch_size {spec.data.batch_size} x trainer.devices {t.devices} "
+                f"{wanted} clips per step expected, but data.batch_size {spec.data.batch_size} x trainer.devices "
+                f"{t.devices} "
                 f"x trainer.num_nodes {t.num_nodes} x trainer.accumulate_grad_batches {t.accumulate_grad_batches} = "
                 f"{global_batch_size(spec)}; change one of them"
             ),

@@ -35,6 +35,10 @@ import yaml
 from mertlab.errors import MertlabError, SpecError
 from mertlab.experiment.spec import ExperimentSpec, SweepSpec, dump_spec, load_spec, spec_fingerprint
 from mertlab.experiment.tracking import ensure_experiment, resolve_tracking_uri, run_tags
+from mertlab.plugin_system.registry import get_registry
+from mertlab.probe.experiment import probe_spec_tasks
+from mertlab.toolkit.checkpoint import is_sharded_checkpoint
+from mertlab.toolkit.run_lock import acquire_run_lock
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +97,10 @@ def expand(sweep: SweepSpec) -> list[Variant]:
     short = short_keys(keys)
     points = (
         [
-            (",".join(f"{short[k]}={format_value(v)}" for k, v in zip(keys, values)), tuple(zip(keys, values)))
+            (
+                ",".join(f"{short[k]}={format_value(v)}" for k, v in zip(keys, values, strict=True)),
+                tuple(zip(keys, values, strict=True)),
+            )
             for values in itertools.product(*(sweep.grid[k] for k in keys))
         ]
         if keys
@@ -229,7 +236,9 @@ def ensure_parent(client: Any, plan: SweepPlan, registry: Any) -> Any:
         tags = {
             **run_tags(plan.spec, registry),
             SWEEP_TAG: plan.name,
-            "mlflow.note.content": f"Sweep of {plan.spec_path} ({len(plan.children)} variants). {plan.spec.description}".strip(),
+            "mlflow.note.content": (
+                f"Sweep of {plan.spec_path} ({len(plan.children)} variants). {plan.spec.description}"
+            ).strip(),
         }
         exp_id = experiment_id(client, plan.experiment, create=True)
         parent = client.create_run(exp_id, run_name=plan.spec.tracking.run_name or plan.name, tags=tags)
@@ -274,12 +283,10 @@ def run_child(
     :mod:`mertlab.toolkit.run_lock`) is refused, never resumed or replaced underneath it.
     Raises on failure, after marking the child run FAILED.
     """
-    from mertlab.train.run import run_folder, train
-    from mertlab.train.startup import join_startup
+    from mertlab.train.run import run_folder, train  # imported here: Lightning loads only when a child trains
+    from mertlab.train.startup import join_startup  # imported here: Lightning loads only when a child trains
 
     if registry is None:
-        from mertlab.plugin_system.registry import get_registry
-
         registry = get_registry()
     full = load_spec(spec_path, overrides, registry=registry)
     spec = full.model_copy(update={"sweep": None})  # == load_child_spec(spec_path, overrides)
@@ -290,8 +297,6 @@ def run_child(
 
     def decide() -> dict[str, Any]:
         from mlflow.entities import Param
-
-        from mertlab.toolkit.run_lock import acquire_run_lock
 
         client = _client(tracking_uri)
         parent = checked_parent(client, spec, parent_run_id, tracking_uri)
@@ -380,9 +385,7 @@ def probe_child(spec: ExperimentSpec, run_id: str, tracking_uri: str, registry: 
     on the run with the same settings are skipped: re-running a sweep is idempotent)."""
     if spec.probe is None:
         return
-    from mertlab.probe.experiment import probe_spec_tasks
-    from mertlab.toolkit.checkpoint import is_sharded_checkpoint
-    from mertlab.train.run import run_directory
+    from mertlab.train.run import run_directory  # imported here: Lightning loads only when a child trains
 
     checkpoint = run_directory(spec) / run_id / "checkpoints" / "last.ckpt"
     if is_sharded_checkpoint(checkpoint):  # probing needs one file: `mertlab probe` the consolidated one
@@ -446,8 +449,6 @@ def run_sweep(
     """
     echo = echo or (lambda _: None)
     if registry is None:
-        from mertlab.plugin_system.registry import get_registry
-
         registry = get_registry()
     plan = plan_sweep(spec_path, overrides, registry)
     wide = [c.variant.name for c in plan.children if c.spec.trainer.devices * c.spec.trainer.num_nodes > 1]

@@ -16,6 +16,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import mertlab
+from mertlab.errors import MertlabError
 from mertlab.experiment.spec import ExperimentSpec, dump_spec
 from mertlab.toolkit.run_lock import lock_held, process_alive, process_identity  # noqa: F401 - tracking's API
 
@@ -150,8 +152,6 @@ def run_tags(spec: ExperimentSpec, registry: Any) -> dict[str, str]:
     import lightning
     import torch
 
-    import mertlab
-
     tags = {
         "mertlab.version": mertlab.__version__,
         "torch.version": torch.__version__,
@@ -163,7 +163,7 @@ def run_tags(spec: ExperimentSpec, registry: Any) -> dict[str, str]:
     }
     used = [("backbone", spec.backbone.name)] + [("teacher", t.name) for t in spec.teachers.values()]
     used += [("objective", o.name) for o in spec.objectives.values()] + [("masking", spec.masking.name)]
-    used += [("augmentation", a.name) for a in spec.augment.values()]
+    used += [("augmentation", a.name or alias) for alias, a in spec.augment.items()]
     for kind, name in used:
         tags[f"mertlab.{kind}.{name}.source"] = registry.get(kind, name).source.label
     commit = git_commit() or git_commit(Path(mertlab.__file__).parent)
@@ -240,7 +240,6 @@ _TAG_LIMIT = 5000
 def failure_reason(exc: BaseException) -> str:
     """``exc`` as one line: a mertlab error's message (its problems joined by `` | ``), else
     ``Type: message``."""
-    from mertlab.errors import MertlabError
 
     lines = str(exc).splitlines() if isinstance(exc, MertlabError) else [f"{type(exc).__name__}: {exc}"]
     text = " | ".join(" ".join(line.split()) for line in lines if line.strip()) or type(exc).__name__
@@ -299,7 +298,6 @@ def check_store(tracking_uri: str, timeout: float) -> Any:
 
 def store_unusable(tracking_uri: str, why: Exception | str) -> Exception:
     """The one-line error of a tracking store that cannot be used at start (nothing trained)."""
-    from mertlab.errors import MertlabError
 
     if isinstance(why, Exception):
         text = str(why).splitlines()[0][:200] if str(why) else ""
@@ -337,7 +335,6 @@ def check_sqlite_writable(tracking_uri: str, timeout: float) -> None:
 def store_errors(tracking_uri: str) -> Iterator[None]:
     """Start-up writes to the store (experiment, run, params, tags): any failure becomes the
     one-line error of :func:`store_unusable`, as when the store is unusable before them."""
-    from mertlab.errors import MertlabError
 
     try:
         with handled_store_errors():

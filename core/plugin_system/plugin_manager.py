@@ -18,15 +18,17 @@ Environment (read when a plugin manager is created, not at import):
 from __future__ import annotations
 
 import difflib
+import functools
 import importlib
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import metadata
 
 import pluggy
 
-from mertlab import hookspecs
+from mertlab import __version__, hookspecs
 from mertlab.errors import PluginError
 
 ENTRY_POINT_GROUP = "mertlab"
@@ -78,8 +80,6 @@ class PluginSource:
     def provider(self) -> tuple[str, str]:
         """``(distribution, version)`` that ships the plugin; built-ins ship with mertlab."""
         if self.distribution is None:
-            from mertlab import __version__
-
             return ("mertlab", __version__)
         return (self.distribution, str(self.version))
 
@@ -150,7 +150,7 @@ class MertlabPluginManager(pluggy.PluginManager):
             )
         return skipped
 
-    def load(self, source: PluginSource, load: object) -> None:
+    def load(self, source: PluginSource, load: Callable[[], object]) -> None:
         """Import (``load()``) and register one plugin; a failure skips it with a warning."""
         if self.is_disabled(source):
             self.skip(source, f"disabled ({DISABLE_PLUGINS_ENV} or --disable-plugin)", disabled=True)
@@ -210,7 +210,7 @@ def create_plugin_manager(
     ``disabled``: plugin names to skip (default: ``MERTLAB_DISABLE_PLUGINS``)."""
     pm = MertlabPluginManager(frozenset(disabled_plugins() if disabled is None else disabled))
     for module_name in DEFAULT_PLUGINS:
-        pm.load(PluginSource(module_name), lambda name=module_name: importlib.import_module(name))
+        pm.load(PluginSource(module_name), functools.partial(importlib.import_module, module_name))
     if autoload is None:
         autoload = not autoload_disabled()
     if not autoload:

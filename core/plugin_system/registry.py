@@ -12,13 +12,14 @@ import difflib
 import fnmatch
 import importlib
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from functools import lru_cache
+from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ValidationError
 
-from mertlab.errors import MertlabError, PluginError, UnknownComponentError
+from mertlab import contracts
+from mertlab.contracts import LazyComponent
+from mertlab.errors import MertlabError, PluginError, UnknownComponentError, validation_problems
 from mertlab.plugin_system.plugin_manager import (
     DISABLE_PLUGINS_ENV,
     MertlabPluginManager,
@@ -38,38 +39,6 @@ HOOKS: dict[str, str] = {
     "augmentation": "register_augmentations",
     "callback": "register_callbacks",
 }
-
-
-@dataclass(frozen=True, eq=False)
-class LazyComponent:
-    """A component registered by reference, so that listing it, validating a spec against its
-    ``Params`` and printing its schema never import its implementation (and the heavy packages
-    that imports: Lightning, codecs...). ``register(LazyComponent("pkg.module:Class", name=...,
-    summary=..., Params=..., target_kind=...))`` declares what the class would carry; the class
-    is imported on first use (building it) and must carry the same values.
-
-    ``attributes``: the kind's other class attributes (``target_kind``, ``accepts``,
-    ``requires_fit``, ``test_params``), readable as attributes of the declaration.
-    """
-
-    target: str
-    name: str
-    summary: str
-    Params: type
-    attributes: dict[str, Any] = field(default_factory=dict)
-
-    def __init__(self, target: str, *, name: str, summary: str, Params: type, **attributes: Any) -> None:
-        object.__setattr__(self, "target", target)
-        object.__setattr__(self, "name", name)
-        object.__setattr__(self, "summary", summary)
-        object.__setattr__(self, "Params", Params)
-        object.__setattr__(self, "attributes", dict(attributes))
-
-    def __getattr__(self, item: str) -> Any:
-        attributes = self.__dict__.get("attributes", {})
-        if item in attributes:
-            return attributes[item]
-        raise AttributeError(item)
 
 
 @dataclass(frozen=True)
@@ -162,7 +131,7 @@ def _check_accepts(component: type) -> str | None:
 
 
 #: Extra class attributes each kind's contract requires (see :mod:`mertlab.contracts`).
-KIND_CHECKS: dict[str, tuple[Callable[[type], str | None], ...]] = {
+KIND_CHECKS: dict[str, tuple[Callable[[Any], str | None], ...]] = {
     "teacher": (_check_target_kind,),
     "objective": (_check_accepts,),
 }
@@ -228,6 +197,14 @@ def component_source(component: type) -> PluginSource | None:
     return _COMPONENT_SOURCES.get(component)
 
 
+def _component_provider(component: type) -> tuple[str, str] | None:
+    source = component_source(component)
+    return source.provider if source is not None else None
+
+
+contracts.use_component_provider(_component_provider)
+
+
 def component_label(component: type, kind: str | None = None) -> str:
     """``teacher 'onset_flux' (my-plugin 0.1.0)``: how messages name a component and its origin."""
     kind = kind or next(
@@ -240,8 +217,6 @@ def component_label(component: type, kind: str | None = None) -> str:
 
 
 def _kind_bases() -> dict[str, type]:
-    from mertlab import contracts
-
     return {
         "teacher": contracts.Teacher,
         "backbone": contracts.Backbone,
@@ -296,7 +271,7 @@ class Registry:
         return staged
 
     def _registrar(self, kind: str, source: PluginSource, staged: list[Entry]):
-        def register(component: type | LazyComponent) -> None:
+        def register(component: Any) -> None:  # a class or a LazyComponent (checked first)
             _check_component(kind, component, source)
             where = f"plugin '{source.plugin}' ({source.label})"
             if any(e.kind == kind and e.name == component.name for e in staged):
@@ -348,8 +323,6 @@ class Registry:
         try:
             validated = entry.validate_params(params)
         except ValidationError as exc:
-            from mertlab.experiment.spec import validation_problems
-
             raise UnknownComponentError(
                 "\n".join(
                     f"{kind} '{name}' params{'.' + path if path else ''}: {message}"
@@ -373,11 +346,24 @@ def unknown_name_message(kind: str, name: str, available: list[str]) -> str:
     return f"unknown {kind} '{name}'{hint} available: {listing}"
 
 
-@lru_cache(maxsize=1)
+#: The process-wide registry (None until :func:`get_registry` builds it).
+_PROCESS_REGISTRY: Registry | None = None
+
+
 def get_registry() -> Registry:
-    """The process-wide registry (built on first use; :func:`reset_registry` forgets it)."""
-    return Registry(create_plugin_manager())
+    """The process-wide registry (built on first use; :func:`reset_registry` forgets it,
+    :func:`use_registry` puts another in its place)."""
+    global _PROCESS_REGISTRY
+    if _PROCESS_REGISTRY is None:
+        _PROCESS_REGISTRY = Registry(create_plugin_manager())
+    return _PROCESS_REGISTRY
+
+
+def use_registry(registry: Registry | None) -> None:
+    """Make ``registry`` the process-wide one (None: build it again on next use)."""
+    global _PROCESS_REGISTRY
+    _PROCESS_REGISTRY = registry
 
 
 def reset_registry() -> None:
-    get_registry.cache_clear()
+    use_registry(None)

@@ -23,7 +23,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from mertlab.errors import MertlabError
+from mertlab.experiment.spec import parse_baselines
+from mertlab.plugin_system.registry import get_registry
+from mertlab.probe.extract import FeatureSet
+from mertlab.probe.frames import pooled_frames
+from mertlab.toolkit.frame_features import LogMelChroma, MFCCDeltas
 
 if TYPE_CHECKING:  # the audio stack (torchaudio) loads on use: `mertlab validate` checks baseline names only
     from mertlab.probe.extract import FeatureSet
@@ -34,24 +38,18 @@ HOP = 512
 
 
 def _mfcc() -> FrameFn:
-    from mertlab.toolkit.frame_features import MFCCDeltas
-
     n_mfcc = 20
     feature = MFCCDeltas(SAMPLE_RATE, n_fft=2048, hop_length=HOP, n_mels=128, n_mfcc=n_mfcc).eval()
     return lambda wav: feature(wav[None], _length(wav))[0][0, :, :n_mfcc]  # static coefficients only
 
 
 def _chroma() -> FrameFn:
-    from mertlab.toolkit.frame_features import LogMelChroma
-
     n_mels = 8  # the log-mel half is discarded; the STFT is shared
     feature = LogMelChroma(SAMPLE_RATE, n_fft=4096, hop_length=HOP, n_mels=n_mels).eval()
     return lambda wav: feature(wav[None], _length(wav))[0][0, :, n_mels:]
 
 
 def _cqt() -> FrameFn:
-    from mertlab.plugin_system.registry import get_registry
-
     params = {
         "sample_rate": SAMPLE_RATE,
         "hop_length": HOP,
@@ -104,20 +102,6 @@ BASELINES: dict[str, Baseline] = {
 }
 
 
-def parse_baselines(names: str | Sequence[str] | None) -> list[str]:
-    """``"mfcc,cqt"`` or a list -> checked, de-duplicated names (``None``/empty: none)."""
-    if not names:
-        return []
-    items = [n.strip() for n in names.split(",")] if isinstance(names, str) else [str(n).strip() for n in names]
-    out: list[str] = []
-    for name in items:
-        if name not in BASELINES:
-            raise MertlabError(f"baselines: unknown baseline {name!r} (use {', '.join(BASELINES)})")
-        if name not in out:
-            out.append(name)
-    return out
-
-
 def cache_identity(name: str) -> dict[str, Any]:
     """What the features of baseline ``name`` depend on besides the audio and the window."""
     baseline = BASELINES[name]
@@ -136,8 +120,6 @@ def baseline_features(
 ) -> FeatureSet:
     """Clip features ``[N, 1, D]`` of baseline ``name`` (one pseudo-layer 0) for ``paths``."""
     baseline = BASELINES[parse_baselines([name])[0]]
-    from mertlab.probe.extract import FeatureSet
-    from mertlab.probe.frames import pooled_frames
 
     pooled = pooled_frames(
         baseline.make(), list(paths), SAMPLE_RATE, window_seconds, baseline.with_std, progress, desc=f"baseline {name}"

@@ -97,7 +97,7 @@ def probe_spec_tasks(
     cache = FeatureCache(probe.cache_dir)
     tasks = [load_task(path) for path in probe.tasks]  # every task file is checked before any work
     results = []
-    for path, task in zip(probe.tasks, tasks):
+    for path, task in zip(probe.tasks, tasks, strict=True):
         settings = task_settings(probe, path, identity)
         if skip_done and client is not None:
             done = client.get_run(run_id).data.tags.get(f"probe/{task.name}/settings")

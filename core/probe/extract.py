@@ -1,7 +1,7 @@
 """Frozen clip-level features of a backbone: per layer, mean-pooled over time, for any length of audio.
 
-MARBLE protocol (Yuan et al. 2023, "MARBLE: Music Audio Representation Benchmark"): every layer's frames are mean-pooled per clip;
-long clips are cut into windows and the window means are averaged. MERT users report that long
+MARBLE protocol (Yuan et al. 2023, "MARBLE: Music Audio Representation Benchmark"): every layer's frames are
+mean-pooled per clip; long clips are cut into windows and the window means are averaged. MERT users report that long
 audio "needs windowing at inference" -- here it is built in: a file is cut into consecutive
 windows of ``window_seconds`` (the last one shorter), each window runs through the backbone on its
 own, and the per-file feature is the mean over every valid frame of every window (= the window

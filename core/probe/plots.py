@@ -51,7 +51,7 @@ def layer_plot(outcome: Any, path: str | Path) -> Path:
     if weighted is not None:
         _hline(ax, weighted.test[metric], "weighted sum (test)", "tab:blue", "-.")
     baselines = outcome.baseline_results()
-    for result, color in zip(baselines, colors(len(baselines) + 2)[2:]):
+    for result, color in zip(baselines, colors(len(baselines) + 2)[2:], strict=True):
         _hline(ax, result.test[metric], f"{result.name} (test)", color)
     if xs:
         ax.set_xticks(xs)
@@ -73,7 +73,7 @@ def sweep_layer_plot(task: str, metric: str, children: list[ChildLayers], path: 
     the same colour) and the baselines (from the first child that has each) as dotted lines."""
     fig = figure(8, 4.5)
     ax = fig.subplots()
-    for child, color in zip(children, colors(len(children))):
+    for child, color in zip(children, colors(len(children)), strict=True):
         xs = sorted(child.layers)
         ax.plot(xs, [child.layers[x] for x in xs], "o-", color=color, label=child.variant)
         if child.weighted is not None:
@@ -82,6 +82,6 @@ def sweep_layer_plot(task: str, metric: str, children: list[ChildLayers], path: 
     for child in children:
         for name, value in child.baselines.items():
             seen.setdefault(name, value)
-    for (name, value), color in zip(seen.items(), colors(len(seen) + len(children))[len(children) :]):
+    for (name, value), color in zip(seen.items(), colors(len(seen) + len(children))[len(children) :], strict=True):
         _hline(ax, value, name, color)
     return _finish(ax, f"probe '{task}' by layer (test)", metric, Path(path))

@@ -19,11 +19,15 @@ from pydantic import ValidationError
 from mertlab.contracts import Backbone
 from mertlab.errors import MertlabError
 from mertlab.experiment import metric_names
-from mertlab.probe.baselines import baseline_features, cache_identity, parse_baselines
+from mertlab.experiment.spec import ExperimentSpec, TrackingSpec, parse_baselines
+from mertlab.experiment.tracking import ensure_experiment, resolve_tracking_uri
+from mertlab.plugin_system.registry import get_registry
+from mertlab.probe.baselines import baseline_features, cache_identity
 from mertlab.probe.cache import FeatureCache, content_hash
 from mertlab.probe.extract import FeatureSet, extract_features, resolve_device, resolve_layers
 from mertlab.probe.fit import ProbeParams, ProbeReport, ProbeResult, orderable, probe_task
 from mertlab.probe.metrics import METRICS
+from mertlab.probe.plots import layer_plot
 from mertlab.probe.task import Task, load_task
 from mertlab.probe.uncertainty import Interval, format_p, paired_p
 from mertlab.toolkit.checkpoint import (
@@ -129,8 +133,6 @@ def checkpoint_tracking(path: str | Path) -> tuple[str | None, str | None, int]:
     The URI is resolved as training resolved it: the spec's ``tracking.tracking_uri``, else
     ``$MLFLOW_TRACKING_URI``, else ``sqlite:///<cwd>/mlflow.db``.
     """
-    from mertlab.experiment.spec import ExperimentSpec, TrackingSpec
-    from mertlab.experiment.tracking import resolve_tracking_uri
 
     check_not_sharded(path)
     if not Path(path).is_file():
@@ -153,8 +155,6 @@ def checkpoint_tracking(path: str | Path) -> tuple[str | None, str | None, int]:
 
 def default_tracking_uri() -> str:
     """Where runs go when nothing names a store ($MLFLOW_TRACKING_URI or ./mlflow.db)."""
-    from mertlab.experiment.spec import ExperimentSpec, TrackingSpec
-    from mertlab.experiment.tracking import resolve_tracking_uri
 
     return resolve_tracking_uri(ExperimentSpec.model_construct(tracking=TrackingSpec()))
 
@@ -192,8 +192,6 @@ def named_run(tracking_uri: str, experiment: str, run_name: str, tags: dict[str,
     """The newest run called ``run_name`` in ``experiment`` (both created when missing)."""
     from mlflow.tracking import MlflowClient
 
-    from mertlab.experiment.tracking import ensure_experiment
-
     client = MlflowClient(tracking_uri)
     exp_id = ensure_experiment(client, experiment)
     runs = [
@@ -225,8 +223,6 @@ def _client_for_run(run_id: str, tracking_uri: str) -> Any:
 def random_init_backbone(backbone: Backbone, seed: int = 0, registry: Any = None) -> Backbone:
     """A freshly initialised backbone with ``backbone``'s architecture (same name and params)."""
     if registry is None:
-        from mertlab.plugin_system.registry import get_registry
-
         registry = get_registry()
     torch.manual_seed(seed)
     return registry.build("backbone", backbone.name, backbone.params).eval()
@@ -595,8 +591,6 @@ def log_probe(
     import time
 
     from mlflow.entities import Metric
-
-    from mertlab.probe.plots import layer_plot
 
     client = _client_for_run(run_id, tracking_uri)
     name = outcome.report.task.name

@@ -32,7 +32,8 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from mertlab.errors import MertlabError
+from mertlab.errors import MertlabError, render_validation_error
+from mertlab.experiment.spec import read_yaml
 
 TaskType = Literal["classification", "multilabel", "regression"]
 TASK_TYPES: tuple[str, ...] = ("classification", "multilabel", "regression")
@@ -103,8 +104,6 @@ def load_task(path: str | Path, task_type: str | None = None, name: str | None =
     settings = TaskFile(csv=path.name)
     csv_path = path
     if path.suffix.lower() in (".yaml", ".yml"):
-        from mertlab.experiment.spec import read_yaml, render_validation_error
-
         try:
             settings = TaskFile.model_validate(read_yaml(path))
         except ValidationError as exc:
@@ -118,7 +117,8 @@ def load_task(path: str | Path, task_type: str | None = None, name: str | None =
     task_name = name or settings.name or csv_path.stem
     if not TASK_NAME.match(task_name):
         raise TaskError(
-            f"task name {task_name!r}: use only letters, digits, '_', '-', '.' and spaces (it becomes part of metric names)"
+            f"task name {task_name!r}: use only letters, digits, '_', '-', '.' and spaces (it becomes part of "
+            "metric names)"
         )
     return _parse_csv(csv_path, task_type, task_name, settings.seed if seed is None else seed)
 
@@ -162,7 +162,8 @@ def _parse_csv(path: Path, task_type: str, name: str, seed: int) -> Task:
             raw_split = fields[col["split"]].strip().lower()
             if raw_split not in SPLIT_ALIASES:
                 raise TaskError(
-                    f"{path}:{line}: column split: unknown split {fields[col['split']].strip()!r} (use train, valid or test)"
+                    f"{path}:{line}: column split: unknown split {fields[col['split']].strip()!r} (use train, "
+                    "valid or test)"
                 )
             split = SPLIT_ALIASES[raw_split]
         rows.append((line, audio, fields[col["label"]].strip(), split))
@@ -173,14 +174,15 @@ def _parse_csv(path: Path, task_type: str, name: str, seed: int) -> Task:
 
 def _folder_task(folder: Path, task_type: str | None, name: str | None, seed: int) -> Task:
     """A classification task from a folder of class sub-folders (see the module docstring)."""
-    from mertlab.data.audio import list_audio_paths
+    from mertlab.data.audio import list_audio_paths  # imported here: torchaudio loads on use
 
     if task_type not in (None, "auto", "classification"):
         raise TaskError(f"{folder}: a folder of class sub-folders is a classification task, not {task_type}")
     task_name = name or folder.name
     if not TASK_NAME.match(task_name):
         raise TaskError(
-            f"task name {task_name!r}: use only letters, digits, '_', '-', '.' and spaces (it becomes part of metric names)"
+            f"task name {task_name!r}: use only letters, digits, '_', '-', '.' and spaces (it becomes part of "
+            "metric names)"
         )
     extensions = (".wav", ".flac", ".ogg", ".mp3")
     rows: list[tuple[int, Path, str, str | None]] = []
@@ -188,7 +190,8 @@ def _folder_task(folder: Path, task_type: str | None, name: str | None, seed: in
         rows += [(len(rows) + 1, audio, class_dir.name, None) for audio in list_audio_paths(class_dir, extensions)]
     if not rows:
         raise TaskError(
-            f"{folder}: no audio files ({', '.join(extensions)}) in class sub-folders (expected <folder>/<class>/<file>)"
+            f"{folder}: no audio files ({', '.join(extensions)}) in class sub-folders (expected "
+            "<folder>/<class>/<file>)"
         )
     return _task_from_rows(folder, rows, "classification", task_name, seed, has_split=False)
 
@@ -230,12 +233,12 @@ def _detect_type(labels: list[str]) -> str:
 
 def _targets(path: Path, task_type: str, labels: list[str], lines: list[int]) -> tuple[np.ndarray, list[str]]:
     if task_type == "regression":
-        for label, line in zip(labels, lines):
+        for label, line in zip(labels, lines, strict=True):
             if not _is_number(label):
                 raise TaskError(f"{path}:{line}: column label: {label!r} is not a finite number (task type regression)")
         return np.array([float(label) for label in labels], dtype=np.float64), []
     if task_type == "classification":
-        for label, line in zip(labels, lines):
+        for label, line in zip(labels, lines, strict=True):
             if not label:
                 raise TaskError(f"{path}:{line}: column label: empty (task type classification)")
         classes = _sorted_classes(set(labels))

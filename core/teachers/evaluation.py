@@ -31,9 +31,12 @@ import torch
 
 from mertlab.errors import MertlabError
 from mertlab.experiment.spec import ExperimentSpec
+from mertlab.experiment.tracking import ensure_experiment, flatten
+from mertlab.plugin_system.registry import get_registry
 from mertlab.probe.extract import FeatureSet, resolve_device
 from mertlab.probe.fit import ProbeParams, probe_task
-from mertlab.probe.frames import iter_file_frames
+from mertlab.probe.frames import iter_file_frames, pooled_frames
+from mertlab.probe.metrics import primary_metric
 from mertlab.probe.task import Task, load_task
 
 EXPERIMENT = "teacher-eval"
@@ -132,8 +135,6 @@ def _discrete(
 def _continuous(
     teacher: Any, task: Task, window_seconds: float, params: ProbeParams, device: torch.device, progress: bool
 ) -> dict[str, float]:
-    from mertlab.probe.frames import pooled_frames
-
     paths = [str(p) for p in task.paths]
     pooled = pooled_frames(
         _frame_fn(teacher, device),
@@ -164,11 +165,8 @@ def evaluate_teachers(
 ) -> list[TeacherScores]:
     """Evaluate every teacher of ``spec`` (or only ``aliases``) on ``task``, ranked: discrete
     teachers by PNMI, then continuous ones by the probe's test score (best first)."""
-    from mertlab.probe.metrics import primary_metric
 
     if registry is None:
-        from mertlab.plugin_system.registry import get_registry
-
         registry = get_registry()
     task = task if isinstance(task, Task) else load_task(task)
     params = params or ProbeParams()
@@ -247,8 +245,6 @@ def log_scores(
 
     from mlflow.entities import Metric, Param
     from mlflow.tracking import MlflowClient
-
-    from mertlab.experiment.tracking import ensure_experiment, flatten
 
     client = MlflowClient(tracking_uri)
     exp_id = ensure_experiment(client, experiment)

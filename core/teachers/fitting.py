@@ -26,10 +26,13 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 
 from mertlab.data.audio import AudioFile
-from mertlab.data.datamodule import scan_dataset, split_files
+from mertlab.data.datamodule import scan_dataset
 from mertlab.data.dataset import CropDataset, collate_crops, seed_worker
+from mertlab.data.files import split_files
+from mertlab.data.prepare import prepare_data
 from mertlab.errors import MertlabError
 from mertlab.experiment.spec import ExperimentSpec
+from mertlab.plugin_system.registry import get_registry
 
 
 @dataclass(frozen=True)
@@ -92,8 +95,6 @@ def fit_teachers(
     """Fit and save every ``requires_fit`` teacher of ``spec``; returns what was written.
     ``passes``: over the training files (default: :func:`fit_passes` per teacher)."""
     if registry is None:
-        from mertlab.plugin_system.registry import get_registry
-
         registry = get_registry()
     aliases = [a for a, t in spec.teachers.items() if registry.get("teacher", t.name).component.requires_fit]
     teachers = {a: registry.build("teacher", spec.teachers[a].name, spec.teachers[a].params) for a in aliases}
@@ -108,8 +109,6 @@ def fit_teachers(
         )
     if not teachers:
         return []
-    from mertlab.train.run import prepare_data
-
     prepare_data(spec, progress=progress)
     done = []
     for alias, teacher in teachers.items():

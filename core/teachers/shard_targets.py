@@ -22,6 +22,7 @@ from mertlab.data.audio import AudioFile
 from mertlab.data.shards import ShardSummary, TargetWriter, check_paths, write_shards
 from mertlab.errors import MertlabError
 from mertlab.experiment.spec import ExperimentSpec
+from mertlab.plugin_system.registry import get_registry
 from mertlab.teachers.target_cache import MANIFEST, TeacherCache, Windowing, compute_targets_of, storage_dtype
 
 log = logging.getLogger(__name__)
@@ -85,8 +86,6 @@ def shard_with_spec(
     if spec is None:
         return write_shards(src, dst, **options)
     if registry is None:
-        from mertlab.plugin_system.registry import get_registry
-
         registry = get_registry()
     options.setdefault("extensions", spec.data.extensions)
     options.setdefault("val_fraction", spec.data.val_fraction)

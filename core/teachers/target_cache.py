@@ -30,8 +30,8 @@ only the window's own frames; window edges lie on the teacher's frame grid, so a
 a window is computed exactly as on the whole file whenever the teacher's receptive field is
 shorter than the context (spectral teachers: half their longest window/kernel; CQT at MERT's
 fmin 32.7 Hz: 1.4 s; the ``cqt`` teacher's default FFT implementation to ~1e-4 of the peak, its
-truncated kernel spectra leaving tiny tails past the kernel). The last window runs to the end of the file, so a file has exactly the
-frame count the teacher gives for it whole. Approximations, by design:
+truncated kernel spectra leaving tiny tails past the kernel). The last window runs to the end of the file, so a file
+has exactly the frame count the teacher gives for it whole. Approximations, by design:
 
 * teachers with unbounded context (EnCodec's LSTM) or per-clip statistics (``normalize:
   per_clip``/``per_bin``) see the segment, not the whole file; for per-clip statistics the
@@ -58,9 +58,13 @@ from tqdm.auto import tqdm
 
 from mertlab.contracts import TargetInfo, Teacher
 from mertlab.data.audio import AudioFile, BadAudioError, check_finite, read_segment, resample
+from mertlab.data.datamodule import scan_dataset
+from mertlab.data.dataset import shortest_usable_seconds
+from mertlab.data.prepare import prepare_data
 from mertlab.data.skipped import SkippedFile, SkippedFiles
 from mertlab.errors import MertlabError
 from mertlab.experiment.spec import ExperimentSpec
+from mertlab.plugin_system.registry import get_registry
 from mertlab.toolkit.atomic import atomic_write
 from mertlab.toolkit.integrity import record_problem, write_with_record
 from mertlab.toolkit.teacher_output import check_targets
@@ -443,13 +447,7 @@ def build_targets(
             "data.target_cache: not set; name the cache folder in the spec or with -o data.target_cache=DIR"
         )
     if registry is None:
-        from mertlab.plugin_system.registry import get_registry
-
         registry = get_registry()
-    from mertlab.data.datamodule import scan_dataset
-    from mertlab.data.dataset import shortest_usable_seconds
-    from mertlab.train.run import prepare_data
-
     teachers = {alias: registry.build("teacher", t.name, t.params) for alias, t in spec.teachers.items()}
     backbone = registry.build("backbone", spec.backbone.name, spec.backbone.params)  # its receptive field
     skipped = skipped if skipped is not None else SkippedFiles()
@@ -491,8 +489,6 @@ def unused_folders(spec: ExperimentSpec, *, registry: Any = None) -> list[CacheF
             "data.target_cache: not set; name the cache folder in the spec or with -o data.target_cache=DIR"
         )
     if registry is None:
-        from mertlab.plugin_system.registry import get_registry
-
         registry = get_registry()
     root = Path(spec.data.target_cache)
     if not root.is_dir():

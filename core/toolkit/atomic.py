@@ -9,12 +9,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
+from mertlab.errors import MertlabError
+
 
 def atomic_write(
     path: str | Path,
-    write: Callable[[BinaryIO], None],
+    write: Callable[[BinaryIO], object],
     mode: int | None = None,
-    before_replace: Callable[[], None] | None = None,
+    before_replace: Callable[[], object] | None = None,
 ) -> Path:
     """Write ``path`` through ``write(file)`` into a unique temporary name in the same folder,
     flush it to disk (fsync), then rename it over ``path`` and fsync the folder.
@@ -83,7 +85,6 @@ def check_writable(folder: str | Path, what: str) -> Path:
     Raises :class:`~mertlab.errors.MertlabError` naming ``what`` (e.g. ``trainer.output_dir``)
     and the folder when it cannot be created or written (read-only, no permission, disk full).
     """
-    from mertlab.errors import MertlabError
 
     folder = Path(folder)
     try:
@@ -99,7 +100,6 @@ def check_creatable(folder: str | Path, what: str) -> None:
     parents that exists when it does not, must be a folder a file can be written in (a probe
     file is written there and removed). Raises a :class:`~mertlab.errors.MertlabError` naming
     ``what`` and the folder."""
-    from mertlab.errors import MertlabError
 
     folder = Path(folder).absolute()
     existing = next((p for p in (folder, *folder.parents) if p.exists()), None)

@@ -22,6 +22,7 @@ from typing import Any
 
 from mertlab.contracts import Backbone
 from mertlab.errors import MertlabError
+from mertlab.plugin_system.registry import get_registry
 from mertlab.toolkit.checkpoint_sidecar import verify_checkpoint, warn_unverified
 from mertlab.toolkit.safe_load import is_safetensors, load_torch_file, read_safetensors, write_safetensors
 
@@ -132,8 +133,6 @@ def backbone_depth(source: str | Path, registry: Any = None) -> int:
     else:
         component = read_backbone_component(source)
         if registry is None:
-            from mertlab.plugin_system.registry import get_registry
-
             registry = get_registry()
         entry = registry.get("backbone", component["name"])
         try:
@@ -178,8 +177,6 @@ def load_hf_backbone(directory: str | Path, registry: Any = None) -> Backbone:
     except (json.JSONDecodeError, AttributeError) as exc:
         raise MertlabError(f"{config_path}: not a JSON object ({exc})") from None
     if registry is None:
-        from mertlab.plugin_system.registry import get_registry
-
         registry = get_registry()
     entries = registry.list("backbone")
     supported = {t: e for e in entries for t in getattr(e.component, "hf_model_types", ())}
@@ -199,8 +196,6 @@ def load_backbone(path: str | Path, registry: Any = None) -> Backbone:
         return load_hf_backbone(directory, registry)
     component, state = read_backbone_file(path)
     if registry is None:
-        from mertlab.plugin_system.registry import get_registry
-
         registry = get_registry()
     backbone = registry.build("backbone", component["name"], component.get("params", {}))
     try:

@@ -38,10 +38,11 @@ import torch
 from pydantic import Field
 from torch import Tensor, nn
 
-from mertlab.contracts import Params, TargetInfo
+from mertlab.contracts import TargetInfo
 from mertlab.errors import MertlabError, WeightsError
 from mertlab.toolkit.frame_features import CheckedFrameTeacher
 from mertlab.toolkit.kmeans import lloyd_kmeans
+from mertlab.toolkit.safe_load import load_torch_file
 
 
 # --------------------------------------------------------------------------- weights
@@ -77,7 +78,6 @@ def load_error(teacher: str, path: Path, exc: Exception) -> WeightsError:
 def read_weights(teacher: str, path: Path) -> Any:
     """The contents of a torch weights file, loaded with ``weights_only=True``
     (:func:`mertlab.toolkit.safe_load.load_torch_file`): a file that could run code is refused."""
-    from mertlab.toolkit.safe_load import load_torch_file
 
     try:
         return load_torch_file(path, "weights file")
@@ -200,12 +200,13 @@ class CodecTeacher(CheckedFrameTeacher):
     """
 
     target_kind = "discrete"
-    #: The codec, frozen (set by :meth:`hold`).
-    model: nn.Module
     #: Samples per frame of the codec.
     hop_length: int
     #: Codebooks kept (the first ones of the residual stack).
     n_codebooks: int
+    #: The codec, frozen (set by :meth:`hold`): encodec's EncodecModel, dac's DAC (packages without
+    #: type information).
+    model: Any
 
     def hold(self, model: nn.Module, *, hop_length: int, n_codebooks: int, codebook_size: int) -> None:
         """Keep ``model`` frozen in eval mode, fit its codebooks when ``params.pretrained`` is
@@ -292,7 +293,7 @@ def init_seconds_field() -> Any:
     )
 
 
-def weights_need_pretrained(params: Params) -> None:
+def weights_need_pretrained(params: Any) -> None:
     """Reject ``weights`` set together with ``pretrained: false`` (a params validator's check)."""
     if params.weights is not None and not params.pretrained:
         raise ValueError("weights is set but pretrained is false; drop one of them")

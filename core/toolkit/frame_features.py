@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from mertlab.contracts import FrameTeacherBase, TargetInfo, Targets
 from mertlab.errors import DataError, MertlabError
+from mertlab.toolkit.checkpoint import load_backbone
 
 #: Added to mel energies before the log: keeps silence finite (log(1e-6) ~ -13.8).
 LOG_EPS = 1e-6
@@ -173,6 +174,8 @@ class FrameFeature(nn.Module, ABC):
 
 class _SpectralFeature(FrameFeature):
     """Common STFT settings: Hann window of ``n_fft`` samples, hop ``hop_length``, centred."""
+
+    window: Tensor  # a buffer
 
     def __init__(self, sample_rate: int, n_fft: int, hop_length: int) -> None:
         super().__init__()
@@ -367,7 +370,6 @@ class BackboneLayer(FrameFeature):
 
     def __init__(self, checkpoint: str | Path, layer: int | Sequence[int], normalize: LayerNorm = "none") -> None:
         super().__init__()
-        from mertlab.toolkit.checkpoint import load_backbone
 
         self.backbone = load_backbone(checkpoint).requires_grad_(False)
         depth = self.backbone.num_layers

@@ -107,14 +107,14 @@ def _sq_dist_to_nearest(x: Tensor, centroids: Tensor) -> Tensor:
 def kmeans_plusplus(x: Tensor, n_clusters: int, generator: torch.Generator) -> Tensor:
     """k-means++ seeding (Arthur & Vassilvitskii 2007): each next centre drawn with probability
     proportional to its squared distance from the centres chosen so far."""
-    first = torch.randint(len(x), (1,), generator=generator, device="cpu").item()
+    first = int(torch.randint(len(x), (1,), generator=generator, device="cpu").item())
     centroids = [x[first]]
     dist = _sq_dist_to_nearest(x, x[first : first + 1])
     for _ in range(1, n_clusters):
         total = dist.sum()
         # all remaining points coincide with a centre (fewer distinct points than clusters): pick uniformly
         probs = dist / total if total > 0 else torch.full_like(dist, 1.0 / len(dist))
-        pick = torch.multinomial(probs.double().cpu(), 1, generator=generator).item()
+        pick = int(torch.multinomial(probs.double().cpu(), 1, generator=generator).item())
         centroids.append(x[pick])
         dist = torch.minimum(dist, _sq_dist_to_nearest(x, x[pick : pick + 1]))
     return torch.stack(centroids)

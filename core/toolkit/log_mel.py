@@ -4,11 +4,17 @@ with ``frontend: mel``): fixed nnAudio STFT/mel kernels and a per-bin affine nor
 
 from __future__ import annotations
 
+from typing import overload
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 
+@overload
+def ceil_div(a: int, b: int) -> int: ...
+@overload
+def ceil_div(a: Tensor, b: int) -> Tensor: ...
 def ceil_div(a: int | Tensor, b: int) -> int | Tensor:
     """``ceil(a / b)`` for ints and integer tensors."""
     return -(-a // b)

@@ -152,7 +152,8 @@ def gather_loss_frames(
     ):
         if shape != (batch, frames):
             raise ObjectiveError(
-                f"objective '{objective}': {what} has shape {list(shape)}, expected [batch, frames] = {[batch, frames]} "
+                f"objective '{objective}': {what} has shape {list(shape)}, "
+                f"expected [batch, frames] = {[batch, frames]} "
                 "(targets must be aligned to the backbone frames)"
             )
     if targets.values.dim() != 3 or targets.values.shape[-1] != target_dim:
@@ -198,7 +199,7 @@ def codebook_classification(
     """
     losses: list[Tensor] = []
     metrics: dict[str, Tensor] = {}
-    for codebook, cb_logits in zip(codebooks, logits):
+    for codebook, cb_logits in zip(codebooks, logits, strict=True):
         codes = frames.targets[:, codebook].long()
         ce = F.cross_entropy(cb_logits.float(), codes, reduction="none")
         losses.append(reduce_frames(ce, frames.masked, unmasked_weight))

@@ -27,6 +27,7 @@ from torch import Tensor
 
 from mertlab.contracts import Objective, ObjectiveOutput
 from mertlab.errors import ObjectiveError
+from mertlab.plugin_system.registry import component_label
 
 #: ``family/key`` metric names: MLflow's characters, a family and a key, no empty part.
 METRIC_KEY = re.compile(r"[A-Za-z0-9_.\- ]+(/[A-Za-z0-9_.\- ]+)+")
@@ -35,7 +36,6 @@ METRIC_KEY = re.compile(r"[A-Za-z0-9_.\- ]+(/[A-Za-z0-9_.\- ]+)+")
 def objective_label(objective: Objective, alias: str | None = None) -> str:
     """``objectives.focal: objective 'focal_loss' (my-plugin 0.1.0)`` (without the alias part
     when ``alias`` is None)."""
-    from mertlab.plugin_system.registry import component_label
 
     label = component_label(type(objective), "objective")
     return f"objectives.{alias}: {label}" if alias else label

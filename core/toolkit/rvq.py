@@ -33,6 +33,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -89,7 +90,7 @@ class ResidualLinearVQ(nn.Module):
             q = self.codebooks[stage][index]
             commitment = commitment + F.mse_loss(z, q.detach())
             codebook = codebook + F.mse_loss(q, z.detach())
-            out = self.out_proj[stage]  # residual - out(q): one fused GEMM (no [N, D] temporary)
+            out = cast(nn.Linear, self.out_proj[stage])  # residual - out(q): one fused GEMM (no [N, D] temporary)
             residual = torch.addmm(residual - out.bias, z + (q - z).detach(), out.weight.T, alpha=-1)
             codes.append(index)
             latents.append(z)

@@ -29,6 +29,7 @@ from torch import Tensor
 
 from mertlab.contracts import Targets, Teacher
 from mertlab.errors import TeacherOutputError
+from mertlab.plugin_system.registry import component_label
 
 #: How far (in frames) a teacher's frame count may be from ``duration x info.frame_rate``.
 FRAME_TOLERANCE = 2
@@ -36,7 +37,6 @@ FRAME_TOLERANCE = 2
 
 def teacher_label(teacher: Teacher) -> str:
     """``teacher 'onset_flux' (my-plugin 0.1.0)``."""
-    from mertlab.plugin_system.registry import component_label
 
     return component_label(type(teacher), "teacher")
 
@@ -86,7 +86,7 @@ def check_targets(teacher: Teacher, targets: object, num_samples: int, sample_le
         )
     lengths = _checked_lengths(label, lengths, batch, frames)
     valid = _valid_frames(lengths, frames)
-    for b, (n_frames, n_samples) in enumerate(zip(lengths.tolist(), sample_lengths.tolist())):
+    for b, (n_frames, n_samples) in enumerate(zip(lengths.tolist(), sample_lengths.tolist(), strict=True)):
         want = expected_frames(n_samples, teacher.sample_rate, info.frame_rate, info.receptive_field)
         if abs(n_frames - want) > FRAME_TOLERANCE:
             raise TeacherOutputError(

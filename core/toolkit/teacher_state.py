@@ -84,6 +84,9 @@ class FittedFrameTeacher(CheckedFrameTeacher):
     #: Params that only steer fitting or name the state file: they do not change what a state means.
     fit_only_fields: ClassVar[frozenset[str]]
     feature: FrameFeature
+    #: Per-dimension statistics of the fitting frames (buffers; empty until fitted).
+    feature_mean: Tensor
+    feature_std: Tensor
 
     def __init__(self, params: Any) -> None:
         super().__init__(params)
@@ -100,6 +103,10 @@ class FittedFrameTeacher(CheckedFrameTeacher):
     def state_config(self) -> dict[str, Any]:
         """What the state was fitted on; a state file only loads into a matching teacher."""
         return {k: v for k, v in self.params.model_dump(mode="json").items() if k not in self.fit_only_fields}
+
+    def load_state(self, path: str | Path) -> None:
+        """Load the fitted state (and the statistics) from ``path``."""
+        raise NotImplementedError(f"teacher '{self.name}' does not define load_state")
 
     def load_state_if_present(self) -> None:
         path = self.state_file()

@@ -32,7 +32,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, cast
 
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
@@ -101,7 +101,7 @@ class SafeCheckpointIO(TorchCheckpointIO):
             stream = HashingStream(f)
             streams.append(stream)
             try:
-                torch.save(checkpoint, stream)
+                torch.save(checkpoint, cast(IO[bytes], stream))
             except Exception:
                 if stream.error is not None:  # torch re-raises a failed write as a RuntimeError
                     raise stream.error from None
@@ -116,7 +116,9 @@ class SafeCheckpointIO(TorchCheckpointIO):
             replaced = None
         try:
             atomic_write(
-                path, write, before_replace=lambda: write_sidecar(path, record(), replaced and replaced.current)
+                path,
+                write,
+                before_replace=lambda: write_sidecar(path, record(), replaced.current if replaced else None),
             )
         except OSError as exc:
             raise MertlabError(

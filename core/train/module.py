@@ -25,7 +25,7 @@ import math
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import lightning as L
 import torch
@@ -35,6 +35,7 @@ from mertlab.contracts import BackboneOutput, Objective, ObjectiveOutput, Target
 from mertlab.data.dataset import AudioBatch
 from mertlab.experiment import metric_names as M
 from mertlab.experiment.spec import ExperimentSpec
+from mertlab.plugin_system.registry import get_registry
 from mertlab.toolkit.code_usage import code_perplexity
 from mertlab.toolkit.objective_output import check_objective_output, objective_label
 from mertlab.toolkit.seeding import AUGMENT, DROPOUT, LAYER_DROP, MASK, VAL_MASK, derive_seed, generator, name_key
@@ -81,8 +82,6 @@ class PretrainModule(L.LightningModule):
     def __init__(self, spec: ExperimentSpec, registry: Any = None) -> None:
         super().__init__()
         if registry is None:
-            from mertlab.plugin_system.registry import get_registry
-
             registry = get_registry()
         self.spec = spec
         self.backbone = registry.build("backbone", spec.backbone.name, spec.backbone.params)
@@ -147,8 +146,9 @@ class PretrainModule(L.LightningModule):
         }
         checkpoint[TEACHERS_KEY] = self.teachers.fingerprints()  # what rebuilds them; their weights are not saved
         logger = self.logger
-        if logger is not None and getattr(logger, "run_id", None):
-            checkpoint["mlflow_run_id"] = logger.run_id
+        run_id = getattr(logger, "run_id", None)
+        if run_id:
+            checkpoint["mlflow_run_id"] = run_id
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         counters = checkpoint.get("mertlab_stability", {})
@@ -208,6 +208,7 @@ class PretrainModule(L.LightningModule):
         every validation.
         """
         rank, world, _ = self.distributed_position()
+        key: tuple[int, ...]
         if stage == "train":
             key = (MASK, self.global_step, self.micro_batch(batch_idx))
         else:
@@ -261,7 +262,7 @@ class PretrainModule(L.LightningModule):
         logs: dict[str, Tensor] = {}
         for alias, objective in self.objectives.items():
             spec = self.spec.objectives[alias]
-            result = run_objective(alias, objective, out, targets[spec.teacher], mask)
+            result = run_objective(alias, cast(Objective, objective), out, targets[spec.teacher], mask)
             weighted = spec.weight * result.loss
             total = total + weighted
             logs[M.loss(alias)] = result.loss.detach()
@@ -277,7 +278,7 @@ class PretrainModule(L.LightningModule):
 
     def training_step(self, batch: AudioBatch, batch_idx: int) -> Tensor | None:
         if len(batch) == 0:  # every file of the batch was bad (skipped and recorded by the data module)
-            loss, logs = None, {}
+            loss, logs = None, dict[str, Tensor]()
         else:
             loss, logs, targets = self.shared_step(batch, batch_idx, "train")
             logs.update(self.teacher_statistics(targets))  # cheap histograms; Lightning throttles logging
@@ -404,8 +405,9 @@ class PretrainModule(L.LightningModule):
         ``clip_grad_norm_`` (the norm over every rank's shard), which Lightning's FSDP precision
         plugin leaves to the module."""
         model = self.trainer.model
-        if gradient_clip_val and hasattr(model, "clip_grad_norm_"):
-            model.clip_grad_norm_(gradient_clip_val)
+        clip_grad_norm = getattr(model, "clip_grad_norm_", None)  # FSDP's sharded module
+        if gradient_clip_val and clip_grad_norm is not None:
+            clip_grad_norm(gradient_clip_val)
         else:
             super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
 

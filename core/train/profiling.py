@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import lightning as L
 import torch
@@ -71,6 +71,7 @@ class ProfileSteps(L.Callback):
 
     def _finish(self, trainer: L.Trainer, note: str | None) -> None:
         profiler, self.profiler, self.done = self.profiler, None, True
+        assert profiler is not None  # called only while recording
         if torch.cuda.is_available():
             torch.cuda.synchronize()
         profiler.__exit__(None, None, None)
@@ -89,6 +90,7 @@ class ProfileSteps(L.Callback):
             if run_id is None:
                 log.warning("--profile: no MLflow run to log to; top ops:\n%s", table)
                 return
+            client = cast(Any, logger).experiment  # the MLflow logger's client (it has a run id)
             for path in (trace, top):
-                logger.experiment.log_artifact(run_id, str(path), ARTIFACT_DIR)
+                client.log_artifact(run_id, str(path), ARTIFACT_DIR)
         log.info("--profile: logged %s/trace.json and %s/top_ops.txt to run %s", ARTIFACT_DIR, ARTIFACT_DIR, run_id)

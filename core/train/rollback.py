@@ -30,7 +30,7 @@ class RollbackOutcome:
 
 def newest_checkpoint(trainer: L.Trainer) -> Path | None:
     """The newest ``last.ckpt`` a checkpoint callback of ``trainer`` has written, if any."""
-    paths = [Path(cb.last_model_path) for cb in trainer.checkpoint_callbacks if getattr(cb, "last_model_path", "")]
+    paths = [Path(last) for cb in trainer.checkpoint_callbacks if (last := getattr(cb, "last_model_path", ""))]
     paths = [p for p in paths if p.is_file()]
     return max(paths, key=lambda p: p.stat().st_mtime) if paths else None
 
@@ -74,6 +74,7 @@ def rollback_to_last_checkpoint(
         return RollbackOutcome(
             False, f"cannot roll back to {path.name}: the ranks read different contents: update skipped"
         )
+    assert ckpt is not None  # every rank read it (no problem reported)
     module.load_state_dict(ckpt["state_dict"])
     optimizer.load_state_dict(ckpt["optimizer_states"][0])
     for config in trainer.lr_scheduler_configs:

@@ -13,12 +13,9 @@ import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from mertlab.data.audio import list_audio_paths
 from mertlab.data.datamodule import AudioDataModule
 from mertlab.data.dataset import shortest_usable_seconds
-from mertlab.data.demo import write_demo_dataset
-from mertlab.data.demo_tasks import DEMO_TASKS, demo_tasks_dir, write_demo_tasks
-from mertlab.data.shards import is_shard_path
+from mertlab.data.prepare import prepare_data
 from mertlab.errors import MertlabError
 from mertlab.experiment import metric_names as M
 from mertlab.experiment.run_summary import log_run_summary
@@ -40,6 +37,7 @@ from mertlab.experiment.tracking import (
     store_errors,
     tag_failure,
 )
+from mertlab.plugin_system.registry import get_registry
 from mertlab.teachers.target_cache import build_teacher_cache
 from mertlab.toolkit.atomic import check_writable
 from mertlab.toolkit.paths import inside
@@ -53,6 +51,7 @@ from mertlab.train.checkpoint_io import (
     select_resume_checkpoint,
 )
 from mertlab.train.module import PretrainModule
+from mertlab.train.profiling import ProfileSteps
 from mertlab.train.startup import StartAgreement, StartState, Startup, join_startup
 from mertlab.train.strategy import build_strategy
 from mertlab.train.tracking_logger import ResilientMLFlowLogger, logged_steps
@@ -95,21 +94,6 @@ def find_resume_checkpoint(spec: ExperimentSpec, resume: str | bool) -> ResumePo
     if resume == RESUME_AUTO:
         return select_resume_checkpoint(runs) if checkpoint_candidates(runs) else None
     return select_resume_checkpoint(runs, resume if isinstance(resume, str) else None)
-
-
-def prepare_data(spec: ExperimentSpec, progress: bool = True) -> None:
-    """With ``data.generate_demo``: write the generated demo set when the folder has no audio,
-    and the labelled demo probe tasks to ``<data.path>-tasks/`` when their CSVs are missing
-    (``progress``: their progress bars)."""
-    if not spec.data.generate_demo or is_shard_path(spec.data.path):
-        return
-    path = Path(spec.data.path)
-    if not path.exists() or not list_audio_paths(path, spec.data.extensions):
-        write_demo_dataset(path, progress=progress)
-    tasks = demo_tasks_dir(path)
-    missing = [name for name in DEMO_TASKS if not (tasks / f"{name}.csv").is_file()]
-    if missing:
-        write_demo_tasks(tasks, names=missing, progress=progress)
 
 
 class _DropAdvertisements(logging.Filter):
@@ -194,8 +178,6 @@ def train(
     joined). Rank 0 holds the run's lock (:mod:`mertlab.toolkit.run_lock`) while it trains.
     """
     if registry is None:
-        from mertlab.plugin_system.registry import get_registry
-
         registry = get_registry()
     quiet_lightning()
     L.seed_everything(spec.seed, workers=True, verbose=False)
@@ -351,8 +333,6 @@ def _train(
     )
     callbacks = [registry.build("callback", c.name, c.params) for c in spec.callbacks.values()]
     if profile_steps:
-        from mertlab.train.profiling import ProfileSteps
-
         callbacks.append(ProfileSteps(profile_steps))
     agreement = StartAgreement(
         StartState(run_id, start["checkpoint"], int(start["step"]), digest), startup.group

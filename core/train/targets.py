@@ -26,6 +26,7 @@ from torch import Tensor
 from mertlab.contracts import TargetInfo, Targets, Teacher
 from mertlab.data.audio import AudioFile, resample
 from mertlab.data.dataset import AudioBatch
+from mertlab.data.shards import is_shard_path, read_meta, shard_teachers
 from mertlab.data.skipped import SkippedFile
 from mertlab.errors import MertlabError
 from mertlab.teachers.target_cache import (
@@ -321,7 +322,7 @@ def sliced_targets(
     out = {}
     for alias, info in infos.items():
         chunks, offsets = [], []
-        for clip, (start, duration) in enumerate(zip(starts, seconds)):
+        for clip, (start, duration) in enumerate(zip(starts, seconds, strict=True)):
             first, count, offset = frame_window(start, duration, info.frame_rate)
             chunks.append(chunk(alias, batch, clip, first, count))
             offsets.append(offset)
@@ -361,7 +362,6 @@ class ShardTargets(TargetSource):
     def resolve(self) -> TargetSource:
         if self._source is not None:
             return self._source
-        from mertlab.data.shards import read_meta, shard_teachers
 
         held = shard_teachers(read_meta(self.data_path))
         if self.cache_dir is not None:
@@ -383,7 +383,8 @@ class ShardTargets(TargetSource):
             if (found.teacher, found.fingerprint) != (teacher.name, teacher.fingerprint()):
                 raise MertlabError(
                     f"teachers.{alias}: the shards at {self.data_path} hold {found.teacher} targets of fingerprint "
-                    f"{found.fingerprint}, this spec's teacher is {teacher.name} {teacher.fingerprint()} (other params or "
+                    f"{found.fingerprint}, this spec's teacher is {teacher.name} {teacher.fingerprint()} (other "
+                    "params or "
                     "fitted state); rewrite them with `mertlab data shard SRC DST --with-targets SPEC`"
                 )
             self._infos[alias] = teacher.info
@@ -419,8 +420,6 @@ def target_source(
     """The source a spec's data section selects: the shards' targets when ``data_path`` holds
     shards with targets; else ``data.target_cache`` (None: the teachers on the fly)."""
     if data_path is not None:
-        from mertlab.data.shards import is_shard_path
-
         if is_shard_path(data_path):
             return ShardTargets(data_path, cache_dir, teachers, sample_rate)
     if cache_dir is None:

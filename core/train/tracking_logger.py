@@ -28,7 +28,7 @@ import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from lightning.pytorch.loggers import MLFlowLogger
 from lightning.pytorch.utilities import rank_zero_only
@@ -134,7 +134,9 @@ class ResilientMLFlowLogger(MLFlowLogger):
 
             with handled_store_errors():
                 self._mlflow_client.log_batch(
-                    self.run_id, metrics=metrics, tags=[RunTag(k, v) for k, v in tags.items()]
+                    cast(str, self.run_id),  # MLFlowLogger.run_id starts the run on first use
+                    metrics=metrics,
+                    tags=[RunTag(k, v) for k, v in tags.items()],
                 )
         except Exception as exc:  # noqa: BLE001 - any store failure: keep the data, retry later
             with self._lock:

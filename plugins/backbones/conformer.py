@@ -238,7 +238,7 @@ class ConvSubsampling(nn.Module):
         """``x`` ``[B, T, F]`` with ``frame_lengths`` ``[B]`` -> ``([B, T', C * F'], lengths')``."""
         x = x.unsqueeze(1)  # [B, 1, T, F]
         lengths = frame_lengths
-        for conv, stride, (left, right) in zip(self.convs, self.strides, self.time_pads):
+        for conv, stride, (left, right) in zip(self.convs, self.strides, self.time_pads, strict=True):
             x = x.masked_fill(_steps_mask(lengths, x.shape[2])[:, None, :, None], 0.0)
             x = F.gelu(conv(F.pad(x, (*self.freq_pad, left, right))))
             lengths = ceil_div(lengths, stride)
@@ -413,7 +413,7 @@ class ConformerBackbone(Backbone):
         return int(self._frames(max(int(num_samples), 0)))
 
     def frame_lengths(self, lengths: Tensor) -> Tensor:
-        return self._frames(lengths.long())
+        return torch.as_tensor(self._frames(lengths.long()))
 
     def block_names(self) -> dict[str, list[str]]:
         groups: dict[str, list[str]] = {}

@@ -120,12 +120,12 @@ class StabilityMonitor(L.Callback):
         if self._before is not None:
             after = [p.detach() for p in pl_module.parameters() if p.requires_grad]
             norms = global_norms(
-                trainer, {"delta": [a - b for a, b in zip(after, self._before)], "before": self._before}
+                trainer, {"delta": [a - b for a, b in zip(after, self._before, strict=True)], "before": self._before}
             )
             if "delta" in norms:
                 metrics[M.UPDATE_RATIO_TOTAL] = float(norms["delta"]) / max(float(norms["before"]), 1e-12)
             self._before = None
-        if self._step % trainer.log_every_n_steps == 0:
+        if self._step % trainer.log_every_n_steps == 0:  # type: ignore[attr-defined]  # set by Trainer.__init__
             # a non-finite step has no z-score: NaN, never the previous step's value
             metrics[M.LOSS_SPIKE_Z] = self._z if self._z is not None else float("nan")
             metrics[M.LOSS_SPIKES] = float(self.spikes)

@@ -1,6 +1,6 @@
 """Registers the ``stability`` callback without importing Lightning: its params and metadata
 are here, the class (:mod:`mertlab.plugins.callbacks.stability`) is imported on first use
-(a :class:`mertlab.plugin_system.registry.LazyComponent`), so ``mertlab plugins``/``validate``/``schema``
+(a :class:`mertlab.contracts.LazyComponent`), so ``mertlab plugins``/``validate``/``schema``
 stay fast."""
 
 from __future__ import annotations
@@ -9,9 +9,8 @@ from typing import Literal
 
 from pydantic import Field
 
-from mertlab.contracts import Params
+from mertlab.contracts import LazyComponent, Params
 from mertlab.hookspecs import hookimpl
-from mertlab.plugin_system.registry import LazyComponent
 
 
 class StabilityParams(Params):

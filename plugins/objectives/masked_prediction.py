@@ -40,6 +40,7 @@ class MaskedPrediction(CodebookObjective):
     name = "masked_prediction"
     summary = "HuBERT/MERT masked prediction: cosine logits vs learned code embeddings, CE per codebook"
     Params = MaskedPredictionParams
+    params: MaskedPredictionParams
     accepts = ("discrete",)
 
     def __init__(
@@ -60,7 +61,7 @@ class MaskedPrediction(CodebookObjective):
         with torch.autocast(device_type=frames.features.device.type, enabled=False):
             logits = [
                 F.normalize(proj.float(), dim=-1) @ F.normalize(emb.float(), dim=-1).T / self.params.logit_temp
-                for proj, emb in zip(projected, self.label_embs)
+                for proj, emb in zip(projected, self.label_embs, strict=True)
             ]
         return self.classification(logits, frames)
 

@@ -32,6 +32,7 @@ class MaskedRegression(MaskedObjective):
     name = "masked_regression"
     summary = "MERT CQT reconstruction: linear head, MSE or L1 on masked frames of continuous targets"
     Params = MaskedRegressionParams
+    params: MaskedRegressionParams
     accepts = ("continuous",)
 
     def __init__(

@@ -16,8 +16,8 @@ from mertlab.toolkit.frame_features import CheckedFrameTeacher, StackedLogMel
 
 
 class BestRQParams(Params):
-    """MusicFM's recipe (the MERT paper (arXiv 2306.00107) and its peers: 128 log-mel bins, stacked, normalised, Xavier projection to
-    16 dims, 4096-code random codebook, cosine) on MERT's 75 Hz grid: mel hop 80 x 4 stacked
+    """MusicFM's recipe (the MERT paper (arXiv 2306.00107) and its peers: 128 log-mel bins, stacked, normalised,
+    Xavier projection to 16 dims, 4096-code random codebook, cosine) on MERT's 75 Hz grid: mel hop 80 x 4 stacked
     frames = 320 samples per target at 24 kHz (MusicFM: hop 240 x 4 -> 25 Hz)."""
 
     sample_rate: int = Field(24000, gt=0, description="Sample rate (Hz) the teacher expects.")
@@ -50,6 +50,9 @@ class BestRQTeacher(CheckedFrameTeacher):
     dropped); a clip too short for one frame is an error. Silent clips map to code 0 (all
     similarities are zero after per-clip normalisation).
     """
+
+    projection: Tensor  # buffers
+    codebooks: Tensor
 
     name = "bestrq"
     summary = "BEST-RQ: frozen random projection + random codebook of stacked log-mels (MusicFM)"

@@ -1,4 +1,5 @@
-"""``cqt``: constant-Q transform magnitudes (nnAudio's, or an FFT-based equal within 1e-3), MERT's musical teacher (continuous targets)."""
+"""``cqt``: constant-Q transform magnitudes (nnAudio's, or an FFT-based equal within 1e-3), MERT's
+musical teacher (continuous targets)."""
 
 from __future__ import annotations
 
@@ -10,12 +11,13 @@ from torch import Tensor
 
 from mertlab.contracts import Params, TargetInfo
 from mertlab.hookspecs import hookimpl
+from mertlab.plugins.teachers.fast_cqt import FFTCQT
 from mertlab.toolkit.frame_features import CheckedFrameTeacher, centred_frames, standardise_clips, zero_padding
 
 
 class CQTParams(Params):
-    """Defaults are MERT's (the MERT paper (arXiv 2306.00107) and its peers): 24 kHz, fmin 32.7 Hz (C1), 336 bins, 48 bins/octave
-    (7 octaves), hop 320 (75 Hz, the default backbone's frame rate), raw linear magnitude."""
+    """Defaults are MERT's (the MERT paper (arXiv 2306.00107) and its peers): 24 kHz, fmin 32.7 Hz (C1), 336 bins,
+    48 bins/octave (7 octaves), hop 320 (75 Hz, the default backbone's frame rate), raw linear magnitude."""
 
     sample_rate: int = Field(24000, gt=0, description="Sample rate (Hz) the teacher expects (MERT: 24000).")
     hop_length: int = Field(
@@ -81,8 +83,6 @@ class CQTTeacher(CheckedFrameTeacher):
             kind="continuous", dim=params.n_bins, frame_rate=params.sample_rate / params.hop_length
         )
         if params.implementation == "fast":
-            from mertlab.plugins.teachers.fast_cqt import FFTCQT
-
             self.cqt = FFTCQT(params.sample_rate, params.hop_length, params.fmin, params.n_bins, params.bins_per_octave)
             return
         from nnAudio.features import CQT  # imported here: nnAudio is slow to import

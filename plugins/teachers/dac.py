@@ -102,7 +102,8 @@ class DACTeacher(codec_support.CodecTeacher):
       one-clip-at-a-time codes.
     * ``pretrained: true`` loads a local weights file in DAC's format (``{"state_dict",
       "metadata": {"kwargs"}}``, strict key matching) with ``weights_only=True``: unlike
-      ``DAC.load``, never as a ``torch.package`` archive or a pickle that could run code; nothing is downloaded, a missing file is a clear error.
+      ``DAC.load``, never as a ``torch.package`` archive or a pickle that could run code; nothing is downloaded, a
+      missing file is a clear error.
       ``pretrained: false`` builds the released architecture with random weights from ``seed``
       and fits each used residual codebook by a seeded spherical k-means (DAC looks codes up by
       cosine) on encoder frames of ``init_seconds`` of synthetic audio.

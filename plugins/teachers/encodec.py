@@ -60,7 +60,8 @@ class EncodecParams(Params):
         available = CODEBOOKS_PER_BANDWIDTH[self.bandwidth]
         if self.n_codebooks is not None and self.n_codebooks > available:
             raise ValueError(
-                f"n_codebooks={self.n_codebooks} exceeds the {available} codebooks of bandwidth {self.bandwidth:g} kbps; "
+                f"n_codebooks={self.n_codebooks} exceeds the {available} codebooks of bandwidth {self.bandwidth:g} "
+                "kbps; "
                 "raise bandwidth or lower n_codebooks"
             )
         codec_support.weights_need_pretrained(self)

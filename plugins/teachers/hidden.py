@@ -22,8 +22,9 @@ class HiddenParams(Params):
 
     checkpoint: str | None = Field(
         None,
-        description="The trained backbone: a mertlab backbone file (mertlab.toolkit.checkpoint.save_backbone), a training "
-        ".ckpt, or hf:DIR for a local Hugging Face HubertModel / MERT directory (config.json + weights). Required.",
+        description="The trained backbone: a mertlab backbone file (mertlab.toolkit.checkpoint.save_backbone), "
+        "a training .ckpt, or hf:DIR for a local Hugging Face HubertModel / MERT directory (config.json + weights). "
+        "Required.",
     )
     layer: int | None = Field(
         None,
@@ -64,7 +65,7 @@ class HiddenParams(Params):
                 f"layer {self.layer} does not exist: the backbone in {self.checkpoint} has {depth} layers "
                 f"(hidden states 0..{depth})"
             )
-        if self.layer is None and self.top_k > depth:
+        if self.layer is None and (self.top_k or 0) > depth:
             raise ValueError(
                 f"top_k={self.top_k} exceeds the {depth} layers of the backbone in {self.checkpoint} "
                 f"(set top_k <= {depth})"
@@ -98,12 +99,13 @@ class HiddenTeacher(CheckedFrameTeacher):
         super().__init__(params)
         if params.checkpoint is None:
             raise MertlabError(
-                f"teacher '{self.name}' needs params.checkpoint: a trained mertlab backbone file, a training .ckpt, or hf:DIR"
+                f"teacher '{self.name}' needs params.checkpoint: a trained mertlab backbone file, a training "
+                ".ckpt, or hf:DIR"
             )
-        layers = params.layer if params.layer is not None else list(range(-params.top_k, 0))
+        layers = params.layer if params.layer is not None else list(range(-(params.top_k or 0), 0))
         self.feature = BackboneLayer(params.checkpoint, layers, params.normalize)
         depth = self.feature.backbone.num_layers
-        if params.layer is None and params.top_k > depth:
+        if params.layer is None and (params.top_k or 0) > depth:
             raise MertlabError(
                 f"teacher '{self.name}': top_k={params.top_k} exceeds the {depth} layers of {params.checkpoint}"
             )

@@ -48,8 +48,8 @@ class KMeansParams(Params):
     n_mfcc: int = Field(13, gt=0, description="MFCCs before deltas (feature dim = 3 * n_mfcc; HuBERT: 13 -> 39).")
     checkpoint: str | None = Field(
         None,
-        description="feature=hidden: backbone file (mertlab.toolkit.checkpoint.save_backbone), training .ckpt, or hf:DIR "
-        "(a local Hugging Face HubertModel / MERT directory: HuBERT iteration 2 from a released model).",
+        description="feature=hidden: backbone file (mertlab.toolkit.checkpoint.save_backbone), training .ckpt, "
+        "or hf:DIR (a local Hugging Face HubertModel / MERT directory: HuBERT iteration 2 from a released model).",
     )
     layer: int = Field(
         6, ge=0, description="feature=hidden: index into hidden_states (0 = encoder input; HuBERT base iteration 2: 6)."
@@ -78,7 +78,7 @@ class KMeansParams(Params):
 FEATURES: dict[str, Callable[[KMeansParams], FrameFeature]] = {
     "mfcc": lambda p: MFCCDeltas(p.sample_rate, p.n_fft, p.hop_length, p.n_mels, p.n_mfcc),
     "logmel_chroma": lambda p: LogMelChroma(p.sample_rate, p.n_fft, p.hop_length, p.n_mels),
-    "hidden": lambda p: BackboneLayer(p.checkpoint, p.layer),
+    "hidden": lambda p: BackboneLayer(p.checkpoint or "", p.layer),  # set with feature=hidden (a params check)
 }
 
 
@@ -90,6 +90,8 @@ class KMeansTeacher(FittedFrameTeacher):
     Features are standardised per dimension with the mean/std of the fitting data (stored in the
     state file), so no dimension dominates the Euclidean distance.
     """
+
+    centroids: Tensor  # a buffer; empty until fitted
 
     name = "kmeans"
     summary = "k-means pseudo-labels of MFCC / log-mel+chroma / backbone-layer frames (HuBERT-style)"
@@ -167,7 +169,8 @@ class KMeansTeacher(FittedFrameTeacher):
         centroids = state["centroids"]
         if tuple(centroids.shape) != (self.params.n_clusters, self.feature.dim):
             raise MertlabError(
-                f"{path}: centroids have shape {tuple(centroids.shape)}, expected ({self.params.n_clusters}, {self.feature.dim})"
+                f"{path}: centroids have shape {tuple(centroids.shape)}, expected ({self.params.n_clusters}, "
+                f"{self.feature.dim})"
             )
         self._set_state(centroids, state["feature_mean"], state["feature_std"])
 

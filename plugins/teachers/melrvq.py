@@ -49,7 +49,9 @@ class MelRVQParams(Params):
     hop_length: int = Field(
         240,
         gt=0,
-        description="Mel hop in samples (MuQ: 240 = 100 Hz at 24 kHz); frame rate = sample_rate / (hop_length * stack_frames).",
+        description=(
+            "Mel hop in samples (MuQ: 240 = 100 Hz at 24 kHz); frame rate = sample_rate / (hop_length * stack_frames)."
+        ),
     )
     n_mels: int = Field(128, gt=0, description="Mel bands (MuQ: 128).")
     stack_frames: int = Field(
@@ -106,6 +108,8 @@ class MelRVQTeacher(FittedFrameTeacher):
     ``weights_only=True``), which the teacher loads when built. A clip of ``n`` samples gives
     ``(1 + n // hop_length) // stack_frames`` frames.
     """
+
+    feature: StackedLogMel
 
     name = "melrvq"
     summary = "Mel-RVQ: learned residual VQ of stacked log-mel frames, fitted offline (MuQ)"

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -116,7 +117,8 @@ def instrument_clip(index: int, rng: np.random.Generator) -> Clip:
     low, high = max(low, 36), min(high, 96)
     bottom = int(rng.integers(low, max(low, high - 12) + 1))  # the phrase stays within an octave
     scale = [bottom + step for step in range(13) if bottom + step <= high and step % 12 in MAJOR]
-    notes, time = [], float(rng.uniform(0.0, 0.15))
+    notes: list[Any] = []
+    time = float(rng.uniform(0.0, 0.15))
     count = int(rng.integers(3, 7))
     while len(notes) < count and time < 2.5:
         length = float(rng.choice([0.25, 0.375, 0.5, 0.75]))

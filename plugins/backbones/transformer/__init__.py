@@ -3,7 +3,7 @@
 * :mod:`.params`   -- ``TransformerParams`` and the tiny/small/base/large presets;
 * :mod:`.layers`   -- the building blocks (named like ``transformers.HubertModel``);
 * :mod:`.backbone` -- ``TransformerBackbone``, the registered component;
-* :mod:`.hf`       -- Hugging Face config/weight mapping and ``load_hf``.
+* :mod:`.hf`       -- Hugging Face config/weight mapping (``TransformerBackbone.load_hf``/``save_hf``).
 """
 
 from mertlab.hookspecs import hookimpl

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, cast
 
 import torch
 from torch import Tensor, nn
@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from mertlab.contracts import Backbone, BackboneOutput
 from mertlab.errors import MertlabError
 
+from .hf import load_hf_weights, read_hf_params, save_hf
 from .layers import Encoder, EncoderLayer, FeatureExtractor, FeatureProjection, MelFeatureExtractor
 from .params import TransformerParams
 
@@ -76,7 +77,7 @@ class TransformerBackbone(Backbone):
         if self.params.deepnorm:
             # DeepNet encoder-only init (torchscale): value/output/FFN weights / (8N)^(1/4).
             scale = (8.0 * self.params.num_layers) ** 0.25
-            for layer in self.encoder.layers:
+            for layer in cast(list[EncoderLayer], self.encoder.layers):
                 for linear in (
                     layer.attention.v_proj,
                     layer.attention.out_proj,
@@ -176,14 +177,16 @@ class TransformerBackbone(Backbone):
 
     def save_hf(self, directory: Path) -> None:
         """Write a ``transformers.HubertModel`` directory; see :func:`.hf.save_hf`."""
-        from .hf import save_hf
-
         save_hf(self, directory)
 
     @classmethod
     def load_hf(cls, directory: str | Path, sample_rate: int | None = None) -> TransformerBackbone:
-        """Load a local ``transformers.HubertModel`` / MERT checkpoint directory (config.json +
-        model.safetensors or pytorch_model.bin); see :func:`.hf.load_hf`."""
-        from .hf import load_hf
+        """Build the backbone from a local ``transformers.HubertModel`` / MERT checkpoint directory
+        (config.json + model.safetensors or pytorch_model.bin) and load its weights, in eval mode.
 
-        return load_hf(directory, sample_rate=sample_rate)
+        ``sample_rate`` overrides the rate read from ``config.json`` (MERT) or
+        ``preprocessor_config.json`` (``sampling_rate``); with neither, 24 kHz (MERT) is assumed.
+        """
+        backbone = cls(read_hf_params(directory, sample_rate))
+        load_hf_weights(backbone, directory)
+        return backbone.eval()

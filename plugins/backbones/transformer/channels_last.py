@@ -58,7 +58,7 @@ class ChannelsLastConv(torch.autograd.Function):
         groups = _tap_groups(kernel, stride)
         weights = [_tap_weight(weight, j0, j1).t() for j0, j1 in groups]
         for b in range(batch):
-            for g, ((j0, j1), w) in enumerate(zip(groups, weights)):
+            for g, ((j0, j1), w) in enumerate(zip(groups, weights, strict=True)):
                 taps = _taps(x[b], frames, stride, j0, j1)
                 if g > 0:
                     out[b].addmm_(taps, w)
@@ -143,7 +143,7 @@ def _contiguous_part(flat: Tensor, like: Tensor, t: slice) -> Tensor:
     return flat[: batch * (t.stop - t.start) * channels].view(batch, t.stop - t.start, channels)
 
 
-def _time_sum(x: Tensor, term: Callable[[Tensor, slice], None]) -> Tensor:
+def _time_sum(x: Tensor, term: Callable[[Tensor, slice], object]) -> Tensor:
     """``sum_t term`` over the frames of ``[B, T, C]`` ``x`` as ``[B, 1, C]``; ``term(out, frames)``
     writes the term of ``frames`` into ``out``, a cache-sized buffer (``torch.var_mean`` over a
     non-innermost dim, or a whole-tensor product, is 10-30x slower on CPU)."""

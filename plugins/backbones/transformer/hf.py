@@ -15,17 +15,19 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
-from torch import Tensor
+from torch import Tensor, nn
 
 from mertlab.errors import MertlabError
 from mertlab.toolkit.atomic import atomic_write
 from mertlab.toolkit.safe_load import load_torch_file, write_plain_safetensors
 
-from .backbone import TransformerBackbone
 from .params import TransformerParams
+
+if TYPE_CHECKING:  # the backbone imports this module to read and write its HF form
+    from .backbone import TransformerBackbone
 
 #: our field -> HubertConfig key, for fields whose values mean the same on both sides.
 HF_CONFIG_KEYS: dict[str, str] = {
@@ -231,8 +233,8 @@ def read_hf_weights(directory: Path) -> dict[str, Tensor]:
     raise MertlabError(f"{directory}: no model.safetensors or pytorch_model.bin (or their sharded index) found")
 
 
-def load_hf(directory: str | Path, sample_rate: int | None = None) -> TransformerBackbone:
-    """Build our backbone from a local HF HuBERT/MERT directory and load its weights (eval mode).
+def read_hf_params(directory: str | Path, sample_rate: int | None = None) -> TransformerParams:
+    """Our backbone's params from a local HF HuBERT/MERT directory's ``config.json``.
 
     ``sample_rate`` overrides the rate read from ``config.json`` (MERT) or
     ``preprocessor_config.json`` (``sampling_rate``); with neither, 24 kHz (MERT) is assumed.
@@ -248,7 +250,13 @@ def load_hf(directory: str | Path, sample_rate: int | None = None) -> Transforme
     preprocessor = directory / "preprocessor_config.json"
     if sample_rate is None and "sample_rate" not in config and preprocessor.is_file():
         sample_rate = json.loads(preprocessor.read_text()).get("sampling_rate")
-    backbone = TransformerBackbone(params_from_hf_config(config, sample_rate))
+    return params_from_hf_config(config, sample_rate)
+
+
+def load_hf_weights(backbone: nn.Module, directory: str | Path) -> None:
+    """Load the weights of a local HF HuBERT/MERT directory into ``backbone`` (built from
+    :func:`read_hf_params` of the same directory); weights that do not fit -> MertlabError."""
+    directory = Path(directory)
     state = state_dict_from_hf(read_hf_weights(directory))
     try:
         missing, unexpected = backbone.load_state_dict(state, strict=False)
@@ -260,7 +268,6 @@ def load_hf(directory: str | Path, sample_rate: int | None = None) -> Transforme
             f"{directory}: weights do not match the HuBERT layout; missing: {missing or 'none'}; "
             f"unexpected: {unexpected or 'none'}"
         )
-    return backbone.eval()
 
 
 def save_hf(backbone: TransformerBackbone, directory: str | Path) -> Path:

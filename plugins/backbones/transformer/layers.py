@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -55,20 +56,20 @@ class ConvLayer(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """``[B, C, T]`` -> ``[B, C', T']`` with the ``torch.nn`` modules (any device)."""
         x = self.conv(x)
-        if self.norm == "group":
+        if isinstance(self.layer_norm, nn.GroupNorm):
             x = self.layer_norm(x)
-        elif self.norm == "layer":
+        elif isinstance(self.layer_norm, nn.LayerNorm):
             x = self.layer_norm(x.transpose(-2, -1)).transpose(-2, -1)
         return self.activation(x)
 
     def forward_channels_last(self, x: Tensor) -> Tensor:
         """The same function on ``[B, T, C]`` -> ``[B, T', C']`` as GEMMs (see ``channels_last.py``)."""
         x = channels_last_conv(x, self.conv.weight, self.conv.bias, self.conv.stride[0])
-        if self.norm == "group":
+        if isinstance(self.layer_norm, nn.GroupNorm):
             exact_gelu = isinstance(self.activation, nn.GELU) and self.activation.approximate == "none"
             x = channel_time_norm(x, self.layer_norm.weight, self.layer_norm.bias, self.layer_norm.eps, gelu=exact_gelu)
             return x if exact_gelu else self.activation(x)
-        if self.norm == "layer":
+        if isinstance(self.layer_norm, nn.LayerNorm):
             x = self.layer_norm(x)
         return self.activation(x)
 
@@ -88,7 +89,8 @@ class FeatureExtractor(nn.Module):
         super().__init__()
         dims = (1, *p.conv_channels)
         layers = []
-        for i, (kernel, stride) in enumerate(zip(p.conv_kernels, p.conv_strides)):
+        for i, (kernel, stride) in enumerate(zip(p.conv_kernels, p.conv_strides, strict=True)):
+            norm: str | None
             if p.extractor_mode == "layer_norm":
                 norm = "layer"
             else:  # group_norm: HF "group" normalises only the first layer
@@ -99,8 +101,8 @@ class FeatureExtractor(nn.Module):
     def forward(self, wav: Tensor) -> Tensor:
         if self.channels_last and wav.device.type == "cpu":
             x = wav[:, :, None]
-            for layer in self.conv_layers:
-                x = layer.forward_channels_last(x)
+            for conv in cast(list[ConvLayer], self.conv_layers):
+                x = conv.forward_channels_last(x)
             return x
         x = wav[:, None]
         for layer in self.conv_layers:
@@ -145,7 +147,7 @@ class PositionalConvEmbedding(nn.Module):
         conv = nn.Conv1d(d, d, kernel_size=k, padding=k // 2, groups=p.pos_conv_groups)
         # fairseq wav2vec2/HuBERT init (before weight norm): N(0, sqrt(4 / (k * d))), zero bias.
         nn.init.normal_(conv.weight, mean=0.0, std=math.sqrt(4.0 / (k * d)))
-        nn.init.zeros_(conv.bias)
+        nn.init.zeros_(cast(Tensor, conv.bias))  # created with bias=True
         self.conv = nn.utils.parametrizations.weight_norm(conv, name="weight", dim=2)
         self.num_pad_remove = 1 if k % 2 == 0 else 0
         self.activation = make_activation(p.extractor_activation)
@@ -318,8 +320,8 @@ class Encoder(nn.Module):
         x = self.dropout(x)
 
         hidden = [x]
-        max_logits: list[Tensor] | None = [] if instrument else None
-        rms: list[Tensor] | None = [] if instrument else None
+        max_logits: list[Tensor] = []  # filled when instrument
+        rms: list[Tensor] = []
         for layer in self.layers:
             if (
                 self.training
@@ -344,4 +346,4 @@ class Encoder(nn.Module):
             # The final LayerNorm belongs to the last output (HF last_hidden_state; MERT's own
             # HF code and transformers 4.x also put it in hidden_states[-1]).
             hidden[-1] = self.layer_norm(hidden[-1])
-        return EncoderOutput(tuple(hidden), max_logits, rms)
+        return EncoderOutput(tuple(hidden), max_logits if instrument else None, rms if instrument else None)

@@ -115,7 +115,8 @@ class TransformerParams(Params):
     extractor_mode: Literal["group_norm", "layer_norm"] = Field(
         "group_norm",
         description="group_norm: GroupNorm on the first conv only (HF 'group', MERT-95M; normalises over time, "
-        "so padding changes the output); layer_norm: LayerNorm after every conv (HF 'layer', MERT-330M; padding-invariant).",
+        "so padding changes the output); layer_norm: LayerNorm after every conv (HF 'layer', MERT-330M; "
+        "padding-invariant).",
     )
     extractor_activation: Activation = Field(
         "gelu", description="Activation of the extractor convs and the positional conv."
@@ -217,7 +218,7 @@ class TransformerParams(Params):
         """Samples seen by one frame of the conv frontend (MERT: 400); also the shortest clip
         giving one frame. (The mel frontend gives ``ceil(S / hop)`` frames for any ``S >= 1``.)"""
         field, jump = 1, 1
-        for kernel, stride in zip(self.conv_kernels, self.conv_strides):
+        for kernel, stride in zip(self.conv_kernels, self.conv_strides, strict=True):
             field += (kernel - 1) * jump
             jump *= stride
         return field
