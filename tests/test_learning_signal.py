@@ -1,16 +1,26 @@
-"""Learning-signal regression test: the small-scale recipe (`experiments/small_scale.yaml`, the
-quickstart's settings at their full 3000 steps) must make its backbone clearly better than the
-same backbone at random init on the demo pitch, timbre and key tasks.
+"""Learning-signal regression tests: pre-training must make the backbone clearly better than the
+same backbone at random init, on the generated demo tasks and on real instruments.
 
-What the study found (docs/small-scale-study.md, round 3): six runs (seeds 0-2, three code
-versions) reach pitch 0.92-0.97 / timbre 0.77-0.90 / key 0.54-0.60 against 0.89 / 0.44 / 0.38 at
-random init. The margins required here are below what every run of the study gave (see MARGINS;
-pitch +0.02: the sixth run, CI-2, whose dropout masks come from another random stream, led by
-2.8 points, one clip less than the others): a regression that stops the
-model learning music fails them, seed noise (one test clip is 1.4-2.1 points) does not.
+On the demo set: round 3's recipe (`experiments/small_scale_r3.yaml`, the quickstart's settings at
+their full 3000 steps) on the demo pitch, timbre and key tasks. What the study found
+(docs/small-scale-study.md, round 3): six runs (seeds 0-2, three code versions) reach pitch
+0.92-0.97 / timbre 0.77-0.90 / key 0.54-0.60 against 0.89 / 0.44 / 0.38 at random init. The
+margins required here are below what every run of the study gave (see MARGINS; pitch +0.02: the
+sixth run, CI-2, whose dropout masks come from another random stream, led by 2.8 points, one
+clip less than the others): a regression that stops the model learning music fails them, seed
+noise (one test clip is 1.4-2.1 points) does not.
 
-It runs the real command (`mertlab train` with the spec's `probe:` section) on freshly generated
-demo data and reads the scores back from MLflow.
+On real music: the recipe the study recommends (`experiments/small_scale.yaml`, round 4), its
+MFCC k-means units fitted by `mertlab teachers fit` and pre-trained by `mertlab train` on the
+recordings of the real-music dev set's CI slice (36 pieces of 10 s of game soundtracks, built in
+``data/dev-ci`` as `make dev-data-ci` builds it), then probed on the slice's pitch, instrument and
+key tasks (sampled General MIDI instruments). The rule: on REAL_TASK the pre-trained backbone's
+best probe scores above random init's and the probe's own paired test (exact McNemar on the same
+test clips, ``probe/<task>/accuracy_p_vs_random``) gives p below REAL_P_LEVEL. A difference that a
+paired test on 50 clips cannot tell from chance does not pass; round 4 on the full dev set
+(docs/small-scale-study.md) is the evidence that the recipe learns instrument families.
+
+Both run the real commands (with the spec's `probe:` section) and read the scores back from MLflow.
 """
 
 from __future__ import annotations
@@ -65,8 +75,8 @@ def test_pretraining_beats_random_init_on_pitch_timbre_and_key(tmp_path, monkeyp
 # --------------------------------------------------------------------------- real music
 DEV_CI = ROOT / "data" / "dev-ci"
 #: The guarded task of the dev set's CI slice, and the paired test's level (see the module docstring).
-REAL_TASK = "instrument"
-REAL_P_LEVEL = 0.01
+REAL_TASK = "pitch"
+REAL_P_LEVEL = 0.05
 
 
 @pytest.fixture(scope="session")
