@@ -22,8 +22,6 @@ from mertlab.data.demo_tasks import (
 from mertlab.errors import MertlabError
 from mertlab.probe.task import load_task
 
-HARMONIC = {"organ", "pluck", "saw", "square", "flute", "strings"}  # timbres whose lowest partial is f0
-
 
 @pytest.fixture(scope="module")
 def tasks(tmp_path_factory) -> dict[str, Path]:
@@ -51,8 +49,9 @@ def midi_of(hz):
 
 
 def estimate_f0(path: Path, candidates_midi: np.ndarray) -> float:
-    """MIDI pitch whose harmonic comb (first 5 partials) collects the most spectral energy, and
-    whose fundamental itself is present (rules out sub-octaves)."""
+    """MIDI pitch (nearest semitone) whose harmonic comb (first 5 partials, each taken at its
+    strongest bin within half a semitone) collects the most spectral energy: the comb of every
+    detuning within half a semitone of the candidate is tried."""
     freqs, mag = spectrum(path)
 
     def energy(hz: float) -> float:
@@ -60,8 +59,11 @@ def estimate_f0(path: Path, candidates_midi: np.ndarray) -> float:
 
     scores = []
     for midi in candidates_midi:
-        f0 = 440 * 2 ** ((midi - 69) / 12)
-        scores.append(sum(energy(k * f0) / k for k in range(1, 6) if k * f0 < SAMPLE_RATE / 2))
+        combs = []
+        for cents in range(-50, 51, 2):
+            f0 = 440 * 2 ** ((midi + cents / 100 - 69) / 12)
+            combs.append(sum(energy(k * f0) / k for k in range(1, 6) if k * f0 < SAMPLE_RATE / 2))
+        scores.append(max(combs))
     return float(candidates_midi[int(np.argmax(scores))])
 
 
@@ -81,9 +83,13 @@ def test_every_task_loads_with_fixed_splits(tasks):
 
 
 def test_pitch_labels_match_the_audio(tasks):
+    """Every note's fundamental is present and detuned by less than half a semitone, so a harmonic
+    comb search finds the labelled semitone (timbres differ per clip; checked on every 3rd clip)."""
     candidates = np.arange(36, 84)
-    checked = [r for r in rows(tasks["pitch"]) if r["timbre"] in HARMONIC]
-    assert len(checked) > 100
+    table = rows(tasks["pitch"])
+    assert all(abs(float(r["cents"])) <= 40 for r in table)
+    assert len({r["cents"] for r in table}) > 300  # the detuning varies clip by clip
+    checked = table[::3]
     base = tasks["pitch"].parent
     wrong = [r["path"] for r in checked if estimate_f0(base / r["path"], candidates) != int(r["label"])]
     assert len(wrong) <= len(checked) // 50, wrong[:10]
