@@ -17,9 +17,19 @@ from mertlab import __version__
 from mertlab.errors import MertlabError
 from mertlab.plugin_system.registry import KINDS
 
+DISABLE_PLUGIN_OPTION = "--disable-plugin"
+
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="mertlab")
+@click.option(
+    DISABLE_PLUGIN_OPTION,
+    multiple=True,
+    metavar="NAME",
+    expose_value=False,  # applied by main() before the plugins load (see leading_disabled_plugins)
+    help="Skip plugin NAME (entry-point, built-in module or distribution name; repeatable), like pytest's "
+    "-p no:NAME; adds to $MERTLAB_DISABLE_PLUGINS. Goes before the command.",
+)
 def cli() -> None:
     """mertlab: MERT-style self-supervised music-audio pre-training.
 
@@ -37,19 +47,78 @@ OVERRIDE_OPTION = click.option(
 )
 
 
-@cli.command("plugins")
+class _ListByDefault(click.Group):
+    """A group whose first argument, when it is not one of its commands, goes to ``list``:
+    ``mertlab plugins 'enc*'`` lists, ``mertlab plugins install PKG`` installs."""
+
+    default_command = "list"
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if not args or (args[0] not in self.commands and args[0] not in ctx.help_option_names):
+            args = [self.default_command, *args]
+        return super().parse_args(ctx, args)
+
+
+@cli.group("plugins", cls=_ListByDefault)
+def plugins_group() -> None:
+    """List, install and uninstall plugins. `mertlab plugins [PATTERN]` lists the registered
+    components (built-in and installed plugins)."""
+
+
+@plugins_group.command("list")
 @click.option("--kind", type=click.Choice(KINDS), help="Only components of this kind.")
 @click.argument("pattern", default="*")
 def plugins_command(kind: str | None, pattern: str) -> None:
-    """List registered components (built-in and installed plugins), filtered by a wildcard PATTERN."""
+    """List registered components (built-in and installed plugins), filtered by a wildcard PATTERN;
+    then the plugins that were not loaded, and why."""
     from mertlab.plugin_system.registry import get_registry
 
-    entries = get_registry().list(kind, pattern)
+    registry = get_registry()
+    entries = registry.list(kind, pattern)
     if not entries:
         click.echo(f"no {kind or 'component'} matches {pattern!r}")
-        return
-    rows = [(e.name, e.kind, e.source.label, e.summary) for e in entries]
-    click.echo(format_table(("name", "kind", "source", "summary"), rows))
+    else:
+        rows = [(e.name, e.kind, e.source.label, e.summary) for e in entries]
+        click.echo(format_table(("name", "kind", "source", "summary"), rows))
+    for skipped in registry.skipped.values():
+        click.echo(f"not loaded: {skipped.message}")
+
+
+@plugins_group.command("install", context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@click.option("-e", "--editable", is_flag=True, help="Install a local folder in editable mode (pip install -e).")
+@click.argument("target", metavar="PKG|PATH")
+@click.argument("pip_args", nargs=-1, type=click.UNPROCESSED, metavar="[PIP_OPTIONS]...")
+def plugins_install_command(editable: bool, target: str, pip_args: tuple[str, ...]) -> None:
+    """Install a plugin package (a PyPI name, a local folder or a wheel) into this environment.
+
+    Runs this environment's pip with torch, torchaudio and mertlab pinned to their installed
+    versions (a plugin never pulls another torch build), then lists what the plugin registers.
+    Options after PKG|PATH go to pip, e.g. `mertlab plugins install ./mertlab-flux --no-index`.
+    """
+    from mertlab.plugin_system.installer import install_plugin
+
+    installed = install_plugin(target, editable, pip_args)
+    if not installed:
+        click.echo(f"{target}: already installed at that version (nothing changed)")
+    for plugin in installed:
+        components = ", ".join(f"{kind} '{name}'" for kind, name in plugin.components) or "no components"
+        click.echo(f"installed {plugin.distribution} {plugin.version}: {components}")
+        for problem in plugin.problems:
+            click.echo(f"  not loaded: {problem}")
+    if any(not p.components and not p.problems for p in installed):
+        click.echo(
+            "  (no `mertlab` entry point registers anything: see `[project.entry-points.mertlab]` in its pyproject.toml)"
+        )
+
+
+@plugins_group.command("uninstall")
+@click.argument("names", nargs=-1, required=True, metavar="NAME...")
+def plugins_uninstall_command(names: tuple[str, ...]) -> None:
+    """Uninstall plugin packages (each NAME a distribution or entry-point name) from this environment."""
+    from mertlab.plugin_system.installer import uninstall_plugins
+
+    for distribution in uninstall_plugins(names):
+        click.echo(f"uninstalled {distribution}")
 
 
 @cli.command("check-plugin")
@@ -67,6 +136,7 @@ def check_plugin_command(name: str, kind: str | None) -> None:
 
         raise MertlabError(
             unknown_name_message(kind or "component", name, sorted({e.name for e in registry.list(kind)}))
+            + registry.skipped_note()
         )
     if len(entries) > 1:
         raise click.UsageError(f"'{name}' is a {' and a '.join(e.kind for e in entries)}; choose one with --kind")
@@ -90,27 +160,27 @@ def new_command(kind: str, name: str, directory: str | None) -> None:
     """Write a ready plugin package for a new KIND named NAME into DIR [default: ./mertlab-NAME].
 
     The package has the entry point, the component with documented Params, a test file running
-    mertlab's contract checks and a README; install it with `pip install -c constraints.txt -e DIR`.
+    mertlab's contract checks and a README; install it with `mertlab plugins install -e DIR`.
     """
-    from mertlab.plugin_system.scaffold import write_package
+    from mertlab.plugin_system.scaffold import next_steps, write_package
 
-    path = write_package(kind, name, directory)
-    click.echo(
-        f"wrote {kind} '{name}' in {path}/\n"
-        f"  install:  pip install -c constraints.txt -e {path}   (keeps your torch; constraints.txt of the mertlab checkout)\n"
-        f"  test:     python -m pytest {path / 'tests'}   or   mertlab check-plugin {name}\n"
-        f"  edit:     {path / ('mertlab_' + name) / '__init__.py'}"
-    )
+    click.echo(next_steps(kind, name, write_package(kind, name, directory)))
 
 
 @cli.command("validate")
 @click.argument("spec_path", metavar="SPEC")
 @OVERRIDE_OPTION
 def validate_command(spec_path: str, overrides: tuple[str, ...]) -> None:
-    """Validate SPEC (with overrides; and every sweep variant) and print the fully resolved spec as YAML."""
+    """Validate SPEC (with overrides; and every sweep variant) and print the fully resolved spec as YAML.
+
+    Also checks that trainer.output_dir can be written (creating nothing); data and the tracking
+    store are checked when training starts.
+    """
     from mertlab.experiment.spec import dump_spec, load_spec
+    from mertlab.toolkit.atomic import check_creatable
 
     spec = load_spec(spec_path, overrides)
+    check_creatable(spec.trainer.output_dir, "trainer.output_dir")
     if spec.sweep is not None:  # every variant must be valid too
         from mertlab.experiment.sweep import plan_sweep
 
@@ -502,6 +572,36 @@ def ui_cli_command(
         raise MertlabError(f"the MLflow UI exited with status {code} (is port {port} in use? try --port)")
 
 
+@cli.group("tracking")
+def tracking_group() -> None:
+    """MLflow tracking tasks."""
+
+
+@tracking_group.command("replay")
+@click.argument("run_dir", metavar="RUN_DIR")
+@click.option(
+    "--tracking-uri", default=None, help="MLflow store to send to (default: the one the file names, the run's own)."
+)
+@click.option("--timeout", default=30.0, show_default=True, help="Seconds to wait for the store to answer.")
+def tracking_replay_command(run_dir: str, tracking_uri: str | None, timeout: float) -> None:
+    """Send a run's unsent_metrics.jsonl (written when its store was down at the end) and set the
+    run's final status.
+
+    RUN_DIR is the run's folder (<output_dir>/<name>/<run id>) or the file. Values the store
+    already holds at a step are not sent again, so replaying twice changes nothing; the file is
+    renamed unsent_metrics.replayed.jsonl once everything is sent.
+    """
+    from mertlab.experiment.replay import replay
+
+    summary = replay(run_dir, tracking_uri, timeout)
+    for run in summary.runs:
+        status = f", status {run.status}" if run.status else ""
+        click.echo(
+            f"run {run.run_id}: {run.sent} metric values sent ({run.already_there} already in the store), "
+            f"{len(run.tags)} tags{status} -> {summary.tracking_uri}"
+        )
+
+
 @cli.group("teachers")
 def teachers_group() -> None:
     """Teacher tasks: fit the teachers that learn from data (k-means, Mel-RVQ), evaluate teachers on a labelled task."""
@@ -512,10 +612,10 @@ def teachers_group() -> None:
 @OVERRIDE_OPTION
 @click.option(
     "--passes",
-    default=1,
-    show_default=True,
+    default=None,
     type=click.IntRange(min=1),
-    help="Passes over the training files, each with fresh random crops.",
+    help="Passes over the training files, each with fresh random crops [default: as many as the teacher's "
+    "max_fit_frames need, at most 20].",
 )
 @click.option(
     "--device",
@@ -523,18 +623,24 @@ def teachers_group() -> None:
     show_default=True,
     help="Torch device for features and fitting (k-means, Mel-RVQ), e.g. cuda.",
 )
-def teachers_fit_command(spec_path: str, overrides: tuple[str, ...], passes: int, device: str) -> None:
+@click.option("--no-progress", is_flag=True, help="No progress bars (e.g. in batch jobs).")
+def teachers_fit_command(
+    spec_path: str, overrides: tuple[str, ...], passes: int | None, device: str, no_progress: bool
+) -> None:
     """Fit every teacher of SPEC that needs fitting on its training audio and write its state file."""
     from mertlab.experiment.spec import load_spec
     from mertlab.teachers.fitting import fit_teachers
 
     spec = load_spec(spec_path, overrides)
-    fitted = fit_teachers(spec, device=device, passes=passes)
+    fitted = fit_teachers(spec, device=device, passes=passes, progress=not no_progress)
     if not fitted:
         click.echo(f"no teacher in {spec_path} needs fitting ({', '.join(sorted(spec.teachers))} are ready to use)")
     for f in fitted:
         note = " (replaced the previous file)" if f.replaced else ""
         click.echo(f"teachers.{f.alias} ({f.name}): wrote {f.path}{note}; fingerprint {f.fingerprint}")
+        if f.report:
+            report = ", ".join(f"{k} {v:.4g}" for k, v in f.report.items())
+            click.echo(f"  fit on {f.passes} pass(es) of random crops: {report}")
 
 
 @teachers_group.command("evaluate")
@@ -626,16 +732,17 @@ def teachers_evaluate_command(
     show_default=True,
     help="Also write the labelled probe tasks (pitch, timbre, key, tempo) to DIRECTORY-tasks/.",
 )
-def demo_data_command(directory: str, clips: int, seconds: float, seed: int, tasks: bool) -> None:
+@click.option("--no-progress", is_flag=True, help="No progress bars.")
+def demo_data_command(directory: str, clips: int, seconds: float, seed: int, tasks: bool, no_progress: bool) -> None:
     """Write a small generated music set (chords, melodies, drums; 24 kHz WAV) to DIRECTORY, and
     labelled probe tasks from the same synthesiser (other clips) to DIRECTORY-tasks/."""
     from mertlab.data.demo import write_demo_dataset
     from mertlab.data.demo_tasks import demo_tasks_dir, write_demo_tasks
 
-    paths = write_demo_dataset(directory, num_clips=clips, seconds=seconds, seed=seed)
+    paths = write_demo_dataset(directory, num_clips=clips, seconds=seconds, seed=seed, progress=not no_progress)
     click.echo(f"{len(paths)} clips ({len(paths) * seconds / 60:.1f} min) in {directory}")
     if tasks:
-        written = write_demo_tasks(demo_tasks_dir(directory), seed=seed)
+        written = write_demo_tasks(demo_tasks_dir(directory), seed=seed, progress=not no_progress)
         click.echo("probe tasks: " + ", ".join(str(p) for p in written.values()))
 
 
@@ -761,15 +868,58 @@ def targets_build_command(spec_path: str, overrides: tuple[str, ...], device: st
     Files already cached for a teacher's current params are skipped, so an interrupted build
     resumes where it stopped and changing one teacher recomputes only that teacher.
     """
+    from mertlab.data.skipped import SkippedFiles
     from mertlab.experiment.spec import load_spec
     from mertlab.teachers.target_cache import build_targets
 
     spec = load_spec(spec_path, overrides)
-    for s in build_targets(spec, device=device, progress=not no_progress):
+    skipped = SkippedFiles()
+    for s in build_targets(spec, device=device, progress=not no_progress, skipped=skipped):
         repaired = f" (of which {len(s.repaired)} replaced damaged entries)" if s.repaired else ""
+        bad = f", {len(s.bad)} unusable" if s.bad else ""
         click.echo(
-            f"teachers.{s.alias} ({s.teacher}): {s.computed} files computed{repaired}, {s.skipped} already cached -> {s.folder}"
+            f"teachers.{s.alias} ({s.teacher}): {s.computed} files computed{repaired}, {s.skipped} already cached"
+            f"{bad} -> {s.folder}"
         )
+    if skipped:
+        click.echo(
+            f"skipped {len(skipped)} unusable audio files (each named in the log with the reason); training skips "
+            "and counts them too"
+        )
+
+
+@targets_group.command("clean")
+@click.argument("spec_path", metavar="SPEC")
+@OVERRIDE_OPTION
+@click.option("--dry-run", is_flag=True, help="List what would be removed, with sizes; remove nothing.")
+def targets_clean_command(spec_path: str, overrides: tuple[str, ...], dry_run: bool) -> None:
+    """Remove the folders of data.target_cache that no teacher of SPEC uses (targets of older
+    params, fitted state or code). A cache shared by several specs: run it with --dry-run first."""
+    from mertlab.experiment.spec import load_spec
+    from mertlab.teachers.target_cache import remove_folders, unused_folders
+
+    spec = load_spec(spec_path, overrides)
+    folders = unused_folders(spec)
+    if not folders:
+        click.echo(f"{spec.data.target_cache}: every target folder is used by a teacher of {spec_path}")
+        return
+    verb = "would remove" if dry_run else "removing"
+    for entry in folders:
+        size = human_bytes(entry.bytes)
+        click.echo(f"{verb} {entry.folder} (teacher '{entry.teacher}', fingerprint {entry.fingerprint}, {size})")
+    if not dry_run:
+        remove_folders(folders)
+    total = human_bytes(sum(e.bytes for e in folders))
+    click.echo(f"{len(folders)} folder(s), {total} {'would be freed' if dry_run else 'freed'}")
+
+
+def human_bytes(size: int) -> str:
+    """``1.5 MB``-style size (powers of 1000)."""
+    for unit in ("B", "kB", "MB", "GB"):
+        if size < 1000 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1000
+    return f"{size:.1f} TB"
 
 
 @cli.command("model-info")
@@ -1084,16 +1234,56 @@ def format_table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
 
 
 def _add_plugin_commands() -> None:
+    """Let every loaded plugin add its commands; one whose hook fails loses its commands (with a
+    warning naming it) and the others keep theirs."""
+    import logging
+
     from mertlab.plugin_system.registry import get_registry
 
-    get_registry().plugin_manager.hook.register_commands(cli=cli)
+    plugin_manager = get_registry().plugin_manager
+    for impl in plugin_manager.hook.register_commands.get_hookimpls():
+        try:
+            impl.function(cli=cli)
+        except Exception as exc:  # noqa: BLE001 - one broken plugin must not stop the others
+            source = plugin_manager.source_of(impl.plugin_name)
+            logging.getLogger(__name__).warning(
+                "plugin '%s' (%s): register_commands failed (%s: %s); its commands are missing",
+                source.plugin,
+                source.label,
+                type(exc).__name__,
+                " ".join(str(exc).split()),
+            )
+
+
+def leading_disabled_plugins(args: list[str]) -> list[str]:
+    """The ``--disable-plugin NAME`` values among the global options (before the command)."""
+    names, i = [], 0
+    while i < len(args) and args[i].startswith("-"):
+        arg = args[i]
+        if arg == DISABLE_PLUGIN_OPTION and i + 1 < len(args):
+            names.append(args[i + 1])
+            i += 2
+            continue
+        if arg.startswith(DISABLE_PLUGIN_OPTION + "="):
+            names.append(arg.split("=", 1)[1])
+        i += 1
+    return names
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: user errors print one clear message per problem and exit 1."""
+    from mertlab.plugin_system.plugin_manager import DISABLE_PLUGINS_ENV
+    from mertlab.plugin_system.registry import reset_registry
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    disabled = leading_disabled_plugins(args)
+    previous = os.environ.get(DISABLE_PLUGINS_ENV)
+    if disabled:  # in the environment, so processes this command starts (DDP ranks, sweeps) skip them too
+        os.environ[DISABLE_PLUGINS_ENV] = ",".join(filter(None, [previous, *disabled]))
+        reset_registry()
     try:
         _add_plugin_commands()
-        cli.main(args=argv, prog_name="mertlab", standalone_mode=False)
+        cli.main(args=args, prog_name="mertlab", standalone_mode=False)
     except MertlabError as exc:
         click.echo(f"error: {exc}".replace("\n", "\nerror: "), err=True)
         return 1
@@ -1109,6 +1299,13 @@ def main(argv: list[str] | None = None) -> int:
         return exc.exit_code
     except click.exceptions.Exit as exc:
         return exc.exit_code
+    finally:
+        if disabled:
+            if previous is None:
+                os.environ.pop(DISABLE_PLUGINS_ENV, None)
+            else:
+                os.environ[DISABLE_PLUGINS_ENV] = previous
+            reset_registry()
     return 0
 
 

@@ -52,12 +52,17 @@ class TargetInfo:
 
     ``kind == "discrete"``: ``vocab_sizes`` has one entry per codebook, ``dim == len(vocab_sizes)``.
     ``kind == "continuous"``: ``vocab_sizes`` is empty and ``dim`` is the feature size.
+    ``receptive_field``: seconds of audio one frame reads past its start, for teachers whose
+    frames need a whole window inside the clip (a trained backbone's conv frontend: a clip of
+    ``s`` seconds has ``floor((s - receptive_field) x frame_rate) + 1`` frames, not ``s x
+    frame_rate``); 0 for teachers that pad the clip's end (spectrograms, codecs).
     """
 
     kind: TargetKind
     dim: int
     frame_rate: float
     vocab_sizes: tuple[int, ...] = ()
+    receptive_field: float = 0.0
 
     @property
     def num_codebooks(self) -> int:
@@ -73,7 +78,7 @@ class Targets:
 
     Frame timing (the contract every consumer relies on, see :class:`Teacher`): frame ``j`` is
     the audio at time ``j / info.frame_rate`` seconds after the clip's first sample; ``T`` and
-    each ``lengths[b]`` are within 2 frames of ``seconds x info.frame_rate``.
+    each ``lengths[b]`` are within 2 frames of ``(seconds - info.receptive_field) x info.frame_rate``.
     """
 
     values: Tensor
@@ -99,7 +104,9 @@ class Teacher(nn.Module, ABC):
     sample; a centred spectrogram frame ``j`` is centred there, a codec frame ``j`` covers
     ``[j, j + 1) / frame_rate``). ``T`` is within 2 frames of ``S / sample_rate * frame_rate``
     (``ceil``, ``floor`` or ``1 + S // hop`` all qualify) and so is ``lengths[b]`` for clip
-    ``b``'s valid samples. mertlab relies on it twice: :func:`mertlab.toolkit.align.align_targets` maps
+    ``b``'s valid samples -- less ``info.receptive_field`` seconds for a teacher whose frames
+    each need a window of audio inside the clip (a conv frontend: ``floor((S - field) / hop) + 1``
+    frames; the frames it lacks at the end are padding after alignment). mertlab relies on it twice: :func:`mertlab.toolkit.align.align_targets` maps
     frame ``j`` to the backbone frame starting at the same time, and the target cache reads a
     crop starting ``t`` seconds into a file from frame ``floor(t * frame_rate)`` of the whole
     file's targets. Every output is checked against this at the boundary
@@ -112,8 +119,8 @@ class Teacher(nn.Module, ABC):
     #: The kind of targets; objectives declare which kind they accept (checked when a spec loads).
     target_kind: ClassVar[TargetKind]
     requires_fit: ClassVar[bool] = False
-    #: Bump it when a change of the code changes the targets (same params, new values): it is
-    #: part of :meth:`fingerprint`, so cached targets of the old code are not reused.
+    #: Part of :meth:`fingerprint`, like the code itself: bump it when what the targets depend on
+    #: changes outside the hashed code (a data file the teacher reads, a dependency's behaviour).
     version: ClassVar[str | int | None] = None
 
     def __init__(self, params: Params) -> None:
@@ -143,13 +150,17 @@ class Teacher(nn.Module, ABC):
 
     def fingerprint(self) -> str:
         """Stable hash of everything that changes the targets: the teacher's name, params, the
-        distribution (name and version) of the plugin that registered it, its :attr:`version`
-        and :meth:`fingerprint_payload` (fitted state, loaded weights).
+        distribution (name and version) of the plugin that registered it, a hash of its code
+        (:func:`mertlab.plugin_system.code_digest.code_digest`: the source of the class's module
+        and of its base classes' modules from the same package, docstrings and comments left
+        out), its :attr:`version` and :meth:`fingerprint_payload` (fitted state, loaded weights).
 
-        The target cache is keyed by it, so upgrading a plugin package, bumping ``version`` after
-        an in-tree change of the algorithm, or changing a param recomputes the cached targets.
-        Teachers with fitted state or weights loaded from a file extend :meth:`fingerprint_payload`.
+        The target cache is keyed by it, so upgrading a plugin package, editing the teacher's
+        code (also in an editable install, whose version never changes) or changing a param
+        recomputes the cached targets. Teachers with fitted state or weights loaded from a file
+        extend :meth:`fingerprint_payload`.
         """
+        from mertlab.plugin_system.code_digest import code_digest
         from mertlab.plugin_system.registry import component_source
 
         source = component_source(type(self))
@@ -159,6 +170,7 @@ class Teacher(nn.Module, ABC):
                 "params": self.params.model_dump(mode="json"),
                 "extra": self.fingerprint_payload(),
                 "provider": list(source.provider) if source is not None else None,
+                "code": code_digest(type(self)),
                 "version": self.version,
             },
             sort_keys=True,
@@ -169,9 +181,17 @@ class Teacher(nn.Module, ABC):
         """Extra JSON-able data mixed into :meth:`fingerprint` (e.g. hash of loaded weights)."""
         return None
 
-    def fit(self, batches: Any) -> None:  # pragma: no cover - only for requires_fit teachers
-        """Fit the teacher on an iterable of ``(wav, lengths)`` batches at :attr:`sample_rate`."""
+    def fit(self, batches: Any, progress: bool = True) -> None:  # pragma: no cover - only for requires_fit teachers
+        """Fit the teacher on an iterable of ``(wav, lengths)`` batches at :attr:`sample_rate`
+        (``mertlab teachers fit``: random crops from all over the training files, see
+        :mod:`mertlab.teachers.fitting`); ``progress``: show progress bars (``--no-progress``
+        turns them off)."""
         raise NotImplementedError(f"teacher '{self.name}' does not need fitting")
+
+    def fit_report(self) -> dict[str, float]:
+        """What to report of the last :meth:`fit` (``mertlab teachers fit`` prints it), e.g. the
+        perplexity of each codebook on the fitting frames; default: nothing."""
+        return {}
 
     def state_file(self) -> str | None:
         """Where a ``requires_fit`` teacher keeps its fitted state (a path from its params), or
@@ -252,6 +272,25 @@ class Backbone(nn.Module, ABC):
     @abstractmethod
     def num_frames(self, num_samples: int) -> int:
         """Frames produced for a clip of ``num_samples`` samples."""
+
+    @property
+    def min_samples(self) -> int:
+        """The shortest clip (samples) that gives one frame: the receptive field. Shorter audio
+        files are skipped when a data set is scanned. Default: found from :meth:`num_frames`
+        (which must not decrease with the length); override when it is known in closed form."""
+        high = 1
+        while self.num_frames(high) < 1:
+            if high > 1 << 40:
+                raise ValueError(f"backbone '{self.name}': num_frames is 0 for every length")
+            high *= 2
+        low = high // 2  # num_frames(low) < 1 <= num_frames(high), or high == 1
+        while high - low > 1:
+            middle = (low + high) // 2
+            if self.num_frames(middle) >= 1:
+                high = middle
+            else:
+                low = middle
+        return high
 
     @abstractmethod
     def forward(

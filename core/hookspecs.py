@@ -9,7 +9,10 @@ are the hooks below. Third-party plugins are found through the ``mertlab`` entry
 
 Each ``register_*`` hook receives a ``register`` callable; call it once per component class.
 The component contracts (``name``, ``summary``, ``Params``, constructor) are documented in
-:mod:`mertlab.contracts`.
+:mod:`mertlab.contracts`. A plugin registers all its components or none: one that fails to
+import, marks with ``@hookimpl`` a function that is no hook (``register_teacher``: "did
+you mean 'register_teachers'?"), raises in a hook or registers something breaking the contract is
+skipped with one warning naming it and its distribution, and the other plugins load.
 """
 
 from __future__ import annotations

@@ -23,6 +23,7 @@ mertlab's own test suite runs these very checks on every registered component.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import tempfile
 from collections.abc import Callable, Iterator
@@ -33,7 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from mertlab.errors import MertlabError, TeacherOutputError
+from mertlab.errors import MertlabError, ObjectiveError, TeacherOutputError
 
 RegistryLike = Any  # a mertlab.plugin_system.registry.Registry, or a zero-argument callable returning one
 
@@ -346,31 +347,157 @@ def check_backbone_determinism(entry: Any) -> None:
     _require(_same(a, b), "two forward passes in eval mode gave different features")
 
 
-def check_objective_loss(entry: Any) -> None:
-    """A finite scalar loss with gradient to the features, and ``family/key`` metric names."""
-    from mertlab.contracts import BackboneOutput, Objective, TargetInfo, Targets
+# --------------------------------------------------------------------------- checks: objectives
+#: Frames and clip lengths of the objective checks' batches: clip 1 is padded (its backbone
+#: frames end at 15, its aligned targets at 12: a teacher may cover fewer frames than the
+#: backbone gives, and frames past ``targets.lengths`` hold no target).
+_OBJ_FRAMES, _OBJ_DIM, _OBJ_LAYERS = 20, 8, 2
+_BACKBONE_VALID, _TARGET_VALID = (20, 15), (20, 12)
+
+
+def _target_infos(entry: Any, vocab_sizes: tuple[int, ...] = (16, 16)) -> list[Any]:
+    """One :class:`TargetInfo` per target kind the objective accepts."""
+    from mertlab.contracts import TargetInfo
+
+    return [
+        TargetInfo("discrete", len(vocab_sizes), 75.0, vocab_sizes) if kind == "discrete" else TargetInfo(kind, 6, 75.0)
+        for kind in entry.attribute("accepts", ())
+    ]
+
+
+def _objective(entry: Any, info: Any) -> Any:
+    from mertlab.contracts import Objective
 
     torch.manual_seed(0)
-    kind = entry.component.accepts[0]
-    info = TargetInfo(kind, 2, 75.0, (16, 16)) if kind == "discrete" else TargetInfo(kind, 6, 75.0)
-    objective = _build(entry, hidden_dim=8, num_layers=2, target_info=info)
+    objective = _build(entry, hidden_dim=_OBJ_DIM, num_layers=_OBJ_LAYERS, target_info=info)
     _require(isinstance(objective, Objective), f"built a {type(objective).__name__}, not a mertlab.contracts.Objective")
-    hidden = tuple(torch.randn(2, 20, 8, requires_grad=True) for _ in range(3))
-    out = BackboneOutput(hidden, torch.zeros(2, 20, dtype=torch.bool), 75.0)
-    values = torch.randint(0, 16, (2, 20, 2)) if kind == "discrete" else torch.randn(2, 20, 6)
-    mask = torch.rand(2, 20) < 0.5
-    result = objective(out, Targets(values, torch.tensor([20, 20]), info), mask)
-    _require(
-        result.loss.ndim == 0 and bool(torch.isfinite(result.loss)), f"loss must be a finite scalar, got {result.loss}"
-    )
-    result.loss.backward()
-    _require(
-        hidden[-1].grad is not None and bool(hidden[-1].grad.abs().sum() > 0),
-        "the loss has no gradient to the last hidden state",
-    )
-    _require(
-        all("/" in key for key in result.metrics), f"metric keys must look like 'acc/cb0', got {sorted(result.metrics)}"
-    )
+    return objective
+
+
+def _objective_inputs(info: Any, seed: int = 0, junk: float = 0.0) -> tuple[Any, Any, torch.Tensor]:
+    """``(BackboneOutput, Targets, mask)`` of a padded batch as the training step gives them: the
+    mask is never on backbone padding but may cover frames past ``targets.lengths``. ``junk``:
+    the scale of the random values put into every padded frame (hidden states and targets;
+    codes: random codes of the vocabulary)."""
+    from mertlab.contracts import BackboneOutput, Targets
+
+    g = torch.Generator().manual_seed(seed)
+    frames = torch.arange(_OBJ_FRAMES)
+    backbone_padding = frames[None, :] >= torch.tensor(_BACKBONE_VALID)[:, None]
+    target_padding = frames[None, :] >= torch.tensor(_TARGET_VALID)[:, None]
+    hidden = []
+    for _ in range(_OBJ_LAYERS + 1):
+        h = torch.randn(2, _OBJ_FRAMES, _OBJ_DIM, generator=torch.Generator().manual_seed(7 + len(hidden)))
+        h = torch.where(backbone_padding[:, :, None], junk * torch.randn(h.shape, generator=g), h)
+        hidden.append(h.requires_grad_(True))
+    if info.kind == "discrete":
+        fixed = torch.stack(
+            [
+                torch.randint(0, v, (2, _OBJ_FRAMES), generator=torch.Generator().manual_seed(3))
+                for v in info.vocab_sizes
+            ],
+            -1,
+        )
+        fixed[0, 0] = torch.tensor(info.vocab_sizes) - 1  # every codebook's largest code occurs
+        noise = torch.stack([torch.randint(0, v, (2, _OBJ_FRAMES), generator=g) for v in info.vocab_sizes], -1)
+        values = torch.where(target_padding[:, :, None], noise if junk else torch.zeros_like(fixed), fixed)
+    else:
+        fixed = torch.randn(2, _OBJ_FRAMES, info.dim, generator=torch.Generator().manual_seed(3))
+        values = torch.where(target_padding[:, :, None], junk * torch.randn(fixed.shape, generator=g), fixed)
+    mask = (torch.rand(2, _OBJ_FRAMES, generator=torch.Generator().manual_seed(5)) < 0.5) & ~backbone_padding
+    mask[1, _TARGET_VALID[1] : _BACKBONE_VALID[1]] = True  # masked frames past the targets' lengths
+    out = BackboneOutput(tuple(hidden), backbone_padding, 75.0)
+    return out, Targets(values, torch.tensor(_TARGET_VALID), info), mask
+
+
+def _loss(objective: Any, out: Any, targets: Any, mask: torch.Tensor) -> Any:
+    """The objective's output through the training loop's boundary check, finite required."""
+    from mertlab.toolkit.objective_output import check_objective_output
+
+    return check_objective_output(objective, objective(out, targets, mask), require_finite=True)
+
+
+def check_objective_loss(entry: Any) -> None:
+    """A finite scalar loss with gradient to the features, ``family/key`` metric names with
+    floating-point scalar values (the training loop's boundary check)."""
+    for info in _target_infos(entry):
+        objective = _objective(entry, info)
+        out, targets, mask = _objective_inputs(info)
+        result = _loss(objective, out, targets, mask)
+        result.loss.backward()
+        grad = out.hidden_states[-1].grad
+        _require(
+            grad is not None and bool(grad.abs().sum() > 0),
+            f"({info.kind} targets) the loss has no gradient to the last hidden state",
+        )
+
+
+def check_objective_padding(entry: Any) -> None:
+    """Frames past ``targets.lengths`` (no target: the teacher covered fewer frames than the
+    backbone gives; the mask may cover them) and the backbone's padding frames do not change the
+    loss: random junk there gives the loss of zeros there."""
+    for info in _target_infos(entry):
+        objective = _objective(entry, info)
+        clean = _objective_inputs(info)
+        junk = _objective_inputs(info, seed=1, junk=100.0)
+        a, b = (_loss(objective, *inputs).loss.detach() for inputs in (clean, junk))
+        _require(
+            bool(torch.allclose(a, b, rtol=1e-4, atol=1e-5)),
+            f"({info.kind} targets) the loss changes with what lies past targets.lengths / the backbone's padding "
+            f"({float(a):.6g} vs {float(b):.6g}): leave out frames where targets.padding_mask or "
+            "out.padding_mask is True",
+        )
+
+
+def check_objective_mask_extremes(entry: Any) -> None:
+    """A batch with every valid frame masked and one with no frame masked both give a finite
+    loss (no 0/0 when nothing is masked)."""
+    for info in _target_infos(entry):
+        objective = _objective(entry, info)
+        out, targets, _ = _objective_inputs(info)
+        for what, mask in (
+            ("every frame masked", ~out.padding_mask),
+            ("no frame masked", torch.zeros_like(out.padding_mask)),
+        ):
+            try:
+                _loss(objective, out, targets, mask)
+            except ObjectiveError as exc:
+                raise ContractViolation(f"({info.kind} targets, {what}) {_without_label(exc, objective)}") from None
+
+
+def check_objective_vocabularies(entry: Any) -> None:
+    """Codebooks of different sizes (3, 17 and 300 codes), every largest code present: a finite loss."""
+    if "discrete" not in entry.attribute("accepts", ()):
+        raise CheckSkipped("accepts no discrete targets")
+    from mertlab.contracts import TargetInfo
+
+    info = TargetInfo("discrete", 3, 75.0, (3, 17, 300))
+    objective = _objective(entry, info)
+    _loss(objective, *_objective_inputs(info))
+
+
+def check_objective_bf16(entry: Any) -> None:
+    """Under bf16 autocast (``trainer.precision: bf16-mixed``), with bf16 hidden states: a finite
+    floating-point scalar loss with gradient to the features."""
+    for info in _target_infos(entry):
+        objective = _objective(entry, info)
+        out, targets, mask = _objective_inputs(info)
+        half = dataclasses.replace(
+            out, hidden_states=tuple(h.detach().bfloat16().requires_grad_() for h in out.hidden_states)
+        )
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            result = _loss(objective, half, targets, mask)
+        result.loss.float().backward()
+        grad = half.hidden_states[-1].grad
+        _require(
+            grad is not None and bool(grad.float().abs().sum() > 0), "under bf16 autocast the loss has no gradient"
+        )
+
+
+def _without_label(exc: Exception, objective: Any) -> str:
+    from mertlab.toolkit.objective_output import objective_label
+
+    return str(exc).removeprefix(objective_label(objective) + ": ")
 
 
 def check_masking(entry: Any) -> None:
@@ -439,7 +566,14 @@ CHECKS: dict[str, dict[str, Callable[[Any], None]]] = {
         "forward": check_backbone_forward,
         "determinism": check_backbone_determinism,
     },
-    "objective": {"registration": check_registration, "loss": check_objective_loss},
+    "objective": {
+        "registration": check_registration,
+        "loss": check_objective_loss,
+        "padding": check_objective_padding,
+        "mask_extremes": check_objective_mask_extremes,
+        "vocabularies": check_objective_vocabularies,
+        "bf16": check_objective_bf16,
+    },
     "masking": {"registration": check_registration, "mask": check_masking},
     "augmentation": {"registration": check_registration, "augment": check_augmentation},
     "callback": {"registration": check_registration, "constructs": check_callback},
@@ -455,7 +589,7 @@ def run_check(kind: str, name: str, check: str, registry: RegistryLike = None) -
         CHECKS[kind][check](entry)
     except CheckSkipped:
         raise
-    except (ContractViolation, TeacherOutputError) as exc:
+    except (ContractViolation, TeacherOutputError, ObjectiveError) as exc:
         message = str(exc)
         label = _label(entry)
         message = message[len(label) + 2 :] if message.startswith(label + ": ") else message

@@ -51,6 +51,31 @@ class EnergyCodes(LogEnergy):
         return ((energy + 12) / 12 * 8).floor().clamp(0, 7).long()
 
 
+class OnsetLevelsParams(FrameParams):
+    levels: int = Field(8, ge=2, description="Quantisation steps of the onset strength: the vocabulary size.")
+
+
+class OnsetLevels(FrameTeacher):
+    """Onset strength quantised into `levels` codes per frame (discrete)."""
+
+    name = "onset_levels"
+    summary = "Onset strength in `levels` quantisation steps"
+    Params = OnsetLevelsParams
+    target_kind = "discrete"
+
+    @property
+    def vocab_sizes(self) -> tuple[int, ...]:
+        return (self.params.levels,)  # one codebook of `levels` codes
+
+    def compute(self, wav: torch.Tensor) -> torch.Tensor:
+        hop, frames = self.hop_length, self.num_frames(wav.shape[1])
+        chunks = torch.nn.functional.pad(wav, (0, frames * hop - wav.shape[1])).reshape(wav.shape[0], frames, hop)
+        energy = torch.log(chunks.pow(2).mean(-1) + 1e-5)  # [B, T]
+        onset = torch.relu(energy - torch.cat([energy[:, :1], energy[:, :-1]], dim=1))
+        scaled = onset / (onset.amax(dim=1, keepdim=True) + 1e-8) * (self.params.levels - 1)
+        return scaled.round().long()[..., None]  # [B, T, 1] codes in [0, levels)
+
+
 class RateTimesFour(LogEnergy):
     """Produces 4x the frames its info.frame_rate implies (hop/4, rate claimed for hop)."""
 
@@ -148,6 +173,7 @@ def register_teachers(register):
     for teacher in (
         LogEnergy,
         EnergyCodes,
+        OnsetLevels,
         RateTimesFour,
         RateQuarter,
         CodesOutOfRange,

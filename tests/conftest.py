@@ -82,17 +82,25 @@ def one_thread():
     torch.set_num_threads(previous)
 
 
-def install_registry_with(plugin_module, monkeypatch):
-    """The real registry plus the components of ``plugin_module``, installed as the
-    process-wide registry (so the CLI sees it too)."""
+def install_registry_with(plugin_module, monkeypatch, source=None):
+    """The real registry plus the components of ``plugin_module`` (registered as ``source``, a
+    ``PluginSource``; default: a built-in of its module name), installed as the process-wide
+    registry (so the CLI sees it too)."""
     import mertlab.plugin_system.registry as registry_module
     from mertlab.plugin_system.plugin_manager import PluginSource, create_plugin_manager
 
     pm = create_plugin_manager(autoload=False)
-    pm.register_source(plugin_module, PluginSource(plugin_module.__name__))
+    pm.register_source(plugin_module, source or PluginSource(plugin_module.__name__))
     registry = registry_module.Registry(pm)
     monkeypatch.setattr(registry_module, "get_registry", lambda: registry)
     return registry
+
+
+@pytest.fixture
+def registry_with(monkeypatch):
+    """``registry_with(module, source)``: the built-ins plus the plugin ``module`` registered as
+    ``source`` (a :class:`PluginSource`), installed as the process-wide registry (the CLI sees it)."""
+    return lambda module, source: install_registry_with(module, monkeypatch, source)
 
 
 @pytest.fixture

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -118,3 +119,150 @@ def test_train_skips_bad_files_counts_names_and_summarises_them(demo_dir, tmp_pa
     assert {p.rsplit("/", 1)[1]: r for p, r in lines.items()}.keys() == expected.keys()
     for file, reason in lines.items():
         assert expected[file.rsplit("/", 1)[1]] in reason
+
+
+# --------------------------------------------------------------------------- every path
+FILTERBANK = {"preset": "tiny", "conv_channels": [32], "conv_kernels": [2048], "conv_strides": [320]}
+
+
+def data_with_bad_files(demo_dir, tmp_path):
+    """The demo clips, one with an ``inf`` sample, one valid but shorter than the filterbank
+    backbone's receptive field (1500 < 2048 samples, though longer than one frame)."""
+    data = tmp_path / "data"
+    shutil.copytree(demo_dir, data)
+    rng = np.random.default_rng(0)
+    wav = (0.1 * rng.standard_normal(24000)).astype(np.float32)
+    wav[1234] = np.inf
+    sf.write(str(data / "zz_inf.wav"), wav, 24000, subtype="FLOAT")
+    sf.write(str(data / "zz_1500.wav"), 0.1 * rng.standard_normal(1500), 24000)
+    return data, {"zz_inf.wav": "non-finite samples", "zz_1500.wav": "too short (1500 samples"}
+
+
+def bad_audio_spec(data, tmp_path, tracking_uri, name, cache):
+    return {
+        "name": name,
+        "data": {
+            "path": str(data),
+            "crop_seconds": 1.0,
+            "batch_size": 4,
+            "val_fraction": 0.0,
+            "target_cache": cache,
+            "build_target_cache": True,
+        },
+        "backbone": {"name": "transformer", "params": FILTERBANK},
+        "teachers": {"cqt": {"name": "cqt", "params": {"n_bins": 12, "bins_per_octave": 4}}},
+        "objectives": {"cqt_recon": {"name": "masked_regression", "teacher": "cqt"}},
+        "trainer": {"max_steps": 4, "log_every_n_steps": 1, "output_dir": str(tmp_path / "runs")},
+        "tracking": {"tracking_uri": tracking_uri},
+        "callbacks": {},
+        "augment": {},
+    }
+
+
+def skipped_of_run(tracking_uri, name, tmp_path):
+    client = MlflowClient(tracking_uri)
+    run = client.search_runs([client.get_experiment_by_name(name).experiment_id])[0]
+    listing = client.download_artifacts(run.info.run_id, "data/skipped_files.tsv", str(tmp_path))
+    lines = dict(line.split("\t") for line in open(listing).read().splitlines())
+    return run, {p.rsplit("/", 1)[1]: reason for p, reason in lines.items()}
+
+
+@pytest.mark.parametrize("source", ["cache", "cache-prebuilt-read-only", "on-the-fly"])
+def test_nan_and_too_short_files_are_skipped_and_counted_in_every_target_source(
+    demo_dir, tmp_path, tracking_uri, capsys, caplog, source
+):
+    data, expected = data_with_bad_files(demo_dir, tmp_path)
+    name = f"bad-{source}"
+    cache = None if source == "on-the-fly" else str(tmp_path / "targets")
+    spec = bad_audio_spec(data, tmp_path, tracking_uri, name, cache)
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    if source == "cache-prebuilt-read-only":  # `targets build` skips and reports them; training then reads only
+        assert main(["targets", "build", str(path), "--no-progress"]) == 0
+        out = capsys.readouterr().out
+        assert "6 files computed, 0 already cached, 1 unusable" in out and "skipped 2 unusable audio files" in out
+        spec["data"]["build_target_cache"] = False
+        path.write_text(yaml.safe_dump(spec))
+        for entry in (tmp_path / "targets").rglob("*"):
+            entry.chmod(0o555 if entry.is_dir() else 0o444)
+        caplog.clear()
+    try:
+        with caplog.at_level(logging.WARNING, logger="mertlab"):
+            assert main(["train", str(path), "--no-progress"]) == 0
+    finally:
+        for entry in (tmp_path / "targets").rglob("*"):
+            entry.chmod(0o755 if entry.is_dir() else 0o644)
+    out = capsys.readouterr().out
+    if source != "on-the-fly":  # on the fly, a crop with the inf sample is skipped when read: maybe not in 4 steps
+        assert "skipped 2 bad audio files" in out
+    run, listed = skipped_of_run(tracking_uri, name, tmp_path)
+    assert run.info.status == "FINISHED" and run.data.metrics[M.LOSS_TOTAL] == run.data.metrics[M.LOSS_TOTAL]
+    assert max(m.step for m in MlflowClient(tracking_uri).get_metric_history(run.info.run_id, M.LOSS_TOTAL)) == 3
+    assert run.data.metrics[M.SKIPPED_FILES] == len(listed)
+    for file, reason in listed.items():
+        assert expected[file] in reason, (file, reason)
+    assert "zz_1500.wav" in listed and ("zz_inf.wav" in listed or source == "on-the-fly")
+    named = [r.getMessage() for r in caplog.records if r.getMessage().startswith("skipping bad audio file")]
+    assert len(named) == len(listed), named  # each named once
+
+
+def test_targets_build_skips_and_marks_unusable_files_then_a_rebuild_skips_them_too(
+    demo_dir, tmp_path, tracking_uri, capsys
+):
+    data, _ = data_with_bad_files(demo_dir, tmp_path)
+    spec = bad_audio_spec(data, tmp_path, tracking_uri, "build", str(tmp_path / "targets"))
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    assert main(["targets", "build", str(path), "--no-progress"]) == 0
+    assert "6 files computed, 0 already cached, 1 unusable" in capsys.readouterr().out
+    (marker,) = (tmp_path / "targets").rglob("*.bad.json")
+    assert "zz_inf.wav" in marker.read_text() and "non-finite" in marker.read_text()
+    assert not list((tmp_path / "targets").rglob("*.npy"))[6:]  # no entry for the bad or short file
+    assert main(["targets", "build", str(path), "--no-progress"]) == 0
+    assert "0 files computed, 6 already cached, 1 unusable" in capsys.readouterr().out
+
+
+def test_shards_skip_files_with_non_finite_samples(demo_dir, tmp_path):
+    from mertlab.data.shards import read_meta, write_shards
+
+    data, _ = data_with_bad_files(demo_dir, tmp_path)
+    summary = write_shards(data, tmp_path / "shards", sample_rate=24000, progress=False, val_fraction=0.0)
+    assert summary.files == {"train": 7}  # the 6 demo clips and the short one (for a backbone to skip)
+    assert [Path(p).name for p, _ in summary.skipped] == ["zz_inf.wav"]
+    assert read_meta(tmp_path / "shards")["skipped"][0][1] == "non-finite samples (NaN or inf)"
+
+
+def test_a_short_file_in_shards_is_skipped_by_the_backbone_rule(demo_dir, tmp_path):
+    from mertlab.data.dataset import shortest_usable_seconds
+    from mertlab.data.shards import write_shards
+    from mertlab.data.streaming import ShardDataset
+    from mertlab.plugin_system.registry import get_registry
+
+    data, _ = data_with_bad_files(demo_dir, tmp_path)
+    write_shards(data, tmp_path / "shards", progress=False, val_fraction=0.0)
+    backbone = get_registry().build("backbone", "transformer", FILTERBANK)
+    assert backbone.min_samples == 2048
+    dataset = ShardDataset(
+        str(tmp_path / "shards" / "train"),
+        sample_rate=24000,
+        crop_seconds=1.0,
+        random_crops=False,
+        min_seconds=shortest_usable_seconds(backbone),
+    )
+    items = [dataset[i] for i in range(len(dataset))]
+    skipped = {i.path.name: i.reason for i in items if isinstance(i, SkippedFile)}
+    assert skipped.keys() == {"zz_1500.wav", "zz_inf.wav"} and skipped["zz_1500.wav"].startswith("too short")
+
+
+def test_a_file_shorter_than_its_header_says_is_skipped_when_read(tmp_path):
+    """A crop shorter than the receptive field (a damaged file whose header promised more than
+    decodes) is skipped, never handed to the backbone."""
+    from mertlab.data.audio import AudioFile
+
+    path = tmp_path / "cut.wav"
+    sf.write(str(path), 0.1 * np.ones(1000, dtype=np.float32), 24000)
+    promised = AudioFile(path, 24000, 13000)  # what the scan read from a header that lies
+    item = CropDataset([promised], 24000, 0.5, random_crops=False, min_samples=2048)[0]
+    assert isinstance(item, SkippedFile) and "fewer than the 2048 the backbone needs" in item.reason
+    whole = CropDataset([AudioFile(path, 24000, 1000)], 24000, 0.5, random_crops=False, min_samples=400)[0]
+    assert whole.length == 1000  # a short crop of an intact file that the backbone can take

@@ -203,7 +203,7 @@ def test_rollback_refuses_a_damaged_checkpoint_and_only_skips(trained, tmp_path)
     _, ckpt_dir = copy_runs(trained, tmp_path)
     last = ckpt_dir / "last.ckpt"
     flip_byte_in_a_tensor(last)
-    trainer = SimpleNamespace(checkpoint_callbacks=[SimpleNamespace(last_model_path=str(last))])
+    trainer = SimpleNamespace(world_size=1, checkpoint_callbacks=[SimpleNamespace(last_model_path=str(last))])
     skipped = []
     module = SimpleNamespace(skip_update=skipped.append, load_state_dict=lambda state: pytest.fail("loaded"))
     optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)

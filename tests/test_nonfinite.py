@@ -100,15 +100,17 @@ def test_diverging_run_logs_real_values_then_stops_with_a_usable_checkpoint(
     losses, norms = history(client, run.info.run_id, M.LOSS_TOTAL), history(client, run.info.run_id, M.GRAD_NORM_TOTAL)
     counts = history(client, run.info.run_id, M.NONFINITE_STEPS)
     assert any(math.isfinite(v) for v in losses.values()) and counts[max(counts)] >= 3
-    previous = 0.0
-    for step in sorted(
-        counts
-    ):  # a step counted non-finite shows a non-finite loss or gradient norm, never stale values
+    updates = history(client, run.info.run_id, M.NONFINITE_UPDATES)
+    previous = previous_updates = 0.0
+    for step in sorted(counts):
+        # a step counted non-finite shows a non-finite loss or gradient norm (never stale values),
+        # or an undone update that left a parameter non-finite
+        undone = updates[step] > previous_updates
         if counts[step] > previous:
-            assert nonfinite(losses[step]) or nonfinite(norms[step]), step
+            assert nonfinite(losses[step]) or nonfinite(norms[step]) or undone, step
         else:
-            assert math.isfinite(losses[step]) and math.isfinite(norms[step]), step
-        previous = counts[step]
+            assert math.isfinite(losses[step]) and math.isfinite(norms[step]) and not undone, step
+        previous, previous_updates = counts[step], updates[step]
     ckpt_path = tmp_path / "runs" / spec.name / run.info.run_id / "checkpoints" / "last.ckpt"
     ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
     assert all(torch.isfinite(v).all() for v in ckpt["state_dict"].values() if v.is_floating_point())

@@ -442,7 +442,9 @@ def test_cli_probe_logs_onto_the_checkpoints_training_run(trained, data, capsys)
     assert (
         0 < metrics["probe/pitch/accuracy_p_vs_random"] <= 1 and 0 < metrics["probe/pitch/accuracy_p_vs_baseline"] <= 1
     )
-    verdict = out.strip().splitlines()[-2]  # then the line saying where it was logged
+    lines = out.strip().splitlines()
+    logged = next(i for i, line in enumerate(lines) if line.startswith("logged probe/pitch/"))
+    verdict = lines[logged - 1]  # the verdict comes right before the line saying where it was logged
     assert verdict.startswith("pitch: ") and "(random init " in verdict and ", p" in verdict, out
     assert metrics["probe/pitch/majority/accuracy"] == pytest.approx(0.25)
     best = run.data.tags["probe/pitch/best"]

@@ -567,7 +567,8 @@ def put(data: dict, key: str, value) -> None:
 
 
 def test_fuzzed_spec_dicts_load_or_give_a_spec_error(one_thread):
-    """Any structure at any key: a resolved spec or a rendered SpecError, never another exception."""
+    """Any structure at any key, nested up to thousands deep: a resolved spec or a rendered
+    SpecError, never another exception."""
     import copy
 
     from hypothesis import HealthCheck, given, settings
@@ -575,10 +576,15 @@ def test_fuzzed_spec_dicts_load_or_give_a_spec_error(one_thread):
 
     from mertlab.errors import SpecError
 
+    def deep(depth: int, leaf) -> object:  # lists and mappings inside each other, thousands deep
+        for i in range(depth):
+            leaf = [leaf] if i % 2 else {"k": leaf}
+        return leaf
+
+    values = fuzz_values() | st.tuples(st.integers(0, 5000), fuzz_values()).map(lambda d: deep(*d))
+
     @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
-    @given(
-        st.lists(st.tuples(st.sampled_from(FUZZ_KEYS) | st.text(max_size=10), fuzz_values()), min_size=1, max_size=4)
-    )
+    @given(st.lists(st.tuples(st.sampled_from(FUZZ_KEYS) | st.text(max_size=10), values), min_size=1, max_size=4))
     def check(mutations):
         data = copy.deepcopy(FUZZ_BASE)
         for key, value in mutations:

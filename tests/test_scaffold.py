@@ -53,7 +53,7 @@ def test_generated_packages_pass_their_own_contract_tests(generated):
     tests = [str(root / f"demo-{kind}" / "tests") for kind in ("teacher", "backbone", "objective")]
     proc = run("-m", "pytest", "-q", "-p", "no:cacheprovider", *tests, site=site, cwd=root)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "12 passed" in proc.stdout, proc.stdout  # 7 teacher + 3 backbone + 2 objective checks
+    assert "16 passed" in proc.stdout, proc.stdout  # 7 teacher + 3 backbone + 6 objective checks
     listing = run("-m", "mertlab", "plugins", "demo_*", site=site, cwd=root)
     assert sorted(line.split()[:3] for line in listing.stdout.splitlines()[2:]) == [
         ["demo_backbone", "backbone", "mertlab-demo-backbone"],
@@ -94,7 +94,7 @@ def test_generated_files_and_bad_names(tmp_path, capsys):
     assert set(files) == {"pyproject.toml", "mertlab_onset_flux/__init__.py", "tests/test_onset_flux.py", "README.md"}
     assert 'onset_flux = "mertlab_onset_flux"' in files["pyproject.toml"] and '"mertlab"' in files["pyproject.toml"]
     assert 'test_onset_flux = contract_tests("teacher", "onset_flux")' in files["tests/test_onset_flux.py"]
-    assert "pip install -c constraints.txt -e ./mertlab-onset-flux" in files["README.md"]
+    assert "mertlab plugins install -e ." in files["README.md"] and "constraints.txt" not in files["README.md"]
     assert main(["new", "teacher", "Onset-Flux", str(tmp_path / "x")]) == 1
     assert (
         capsys.readouterr().err.strip()

@@ -70,7 +70,7 @@ def test_teacher_kind_must_fit_objective(toy_registry, toy_spec, write_yaml):
 
 def test_missing_required_plugin(toy_registry, toy_spec, write_yaml):
     toy_spec["requires_plugins"] = ["mertlab-not-installed"]
-    with pytest.raises(SpecError, match="'mertlab-not-installed' is required but not loaded"):
+    with pytest.raises(SpecError, match="'mertlab-not-installed' is required but not installed"):
         load_spec(write_yaml(toy_spec))
 
 
@@ -191,3 +191,72 @@ def test_apply_overrides_creates_nested_keys():
 def test_spec_json_schema_exports():
     schema = ExperimentSpec.model_json_schema()
     assert "backbone" in schema["properties"] and "objectives" in schema["required"]
+
+
+# --------------------------------------------------------------------------- any bytes: one line
+def validate_cli(path, *overrides, capsys):
+    from mertlab.cli import main
+
+    code = main(["validate", str(path), *(x for o in overrides for x in ("-o", o))])
+    captured = capsys.readouterr()
+    return code, captured.err.strip().splitlines(), captured.out
+
+
+def test_non_utf8_spec_is_one_line_naming_the_file(toy_registry, tmp_path, capsys):
+    path = tmp_path / "s.yaml"
+    path.write_bytes(b"\x00\x01\xff\xfegarbage: [\n")
+    code, err, _ = validate_cli(path, capsys=capsys)
+    assert code == 1 and err == [f"error: {path}: not UTF-8 text: byte 0xff at offset 2 (a spec is a UTF-8 YAML file)"]
+
+
+def test_nesting_deeper_than_the_limit_in_a_file_or_an_override(toy_registry, toy_spec, write_yaml, tmp_path, capsys):
+    from mertlab.experiment.spec import MAX_NESTING
+
+    deep = tmp_path / "deep.yaml"
+    deep.write_text("[" * 5000)
+    code, err, _ = validate_cli(deep, capsys=capsys)
+    assert code == 1 and len(err) == 1 and f"nested deeper than {MAX_NESTING} levels" in err[0]
+    path = write_yaml(toy_spec)
+    for value in ("[" * 5000, "[" * (MAX_NESTING + 1) + "]" * (MAX_NESTING + 1), "{a: " * 40 + "1" + "}" * 40):
+        code, err, _ = validate_cli(path, f"description={value}", capsys=capsys)
+        assert code == 1 and len(err) == 1, err
+        assert err[0].startswith(f"error: {path}: description: nested deeper than {MAX_NESTING} levels"), err
+    # in the file itself, with the field named
+    toy_spec["tracking"] = {"tags": {"x": "y"}}
+    text = yaml.safe_dump(toy_spec) + "description: " + "[" * 100 + "]" * 100 + "\n"
+    code, err, _ = validate_cli(write_yaml(text, "nested.yaml"), capsys=capsys)
+    assert code == 1 and len(err) == 1 and ": description: nested deeper than" in err[0], err
+    # nesting within the limit is an ordinary value error
+    code, err, _ = validate_cli(path, "description=" + "[" * 5 + "]" * 5, capsys=capsys)
+    assert code == 1 and err == [f"error: {path}: description: Input should be a valid string"]
+
+
+def test_too_many_values_through_yaml_aliases(toy_registry, toy_spec, write_yaml, capsys):
+    lines = ["a0: &a0 [1, 1, 1, 1, 1, 1, 1, 1, 1, 1]"]
+    lines += [f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]" for i in range(1, 9)]  # 10**9 values
+    text = yaml.safe_dump(toy_spec) + "\n".join(lines) + "\n"
+    code, err, _ = validate_cli(write_yaml(text), capsys=capsys)
+    assert code == 1 and len(err) == 1 and "holds more than" in err[0], err
+
+
+@pytest.mark.parametrize("key", ["seed", "trainer.max_steps", "optim.lr", "data.batch_size", "probe.seed"])
+def test_a_boolean_is_not_a_number(toy_registry, toy_spec, write_yaml, capsys, key):
+    toy_spec["probe"] = {"tasks": ["t.csv"]}
+    code, err, _ = validate_cli(write_yaml(toy_spec), f"{key}=true", capsys=capsys)
+    assert code == 1 and len(err) == 1 and f"{key}: Value error, expected a number, got the boolean true" in err[0]
+    assert load_spec(write_yaml(toy_spec), [f"{key}=1"])  # a number is fine
+
+
+def test_validate_checks_that_output_dir_can_be_written(toy_registry, toy_spec, write_yaml, tmp_path, capsys):
+    path = write_yaml(toy_spec)
+    code, err, _ = validate_cli(path, "trainer.output_dir=/proc/x", capsys=capsys)
+    assert code == 1 and len(err) == 1 and err[0].startswith("error: trainer.output_dir: cannot write to /proc/x")
+    (tmp_path / "file").write_text("")
+    code, err, _ = validate_cli(path, f"trainer.output_dir={tmp_path / 'file' / 'runs'}", capsys=capsys)
+    assert code == 1 and err == [
+        f"error: trainer.output_dir: cannot create {tmp_path / 'file' / 'runs'}: {tmp_path / 'file'} is not a folder"
+    ]
+    new = tmp_path / "new" / "runs"
+    code, err, out = validate_cli(path, f"trainer.output_dir={new}", capsys=capsys)
+    assert code == 0 and "name: toy" in out and not (tmp_path / "new").exists()  # checked, nothing created
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".mertlab-write-check")]

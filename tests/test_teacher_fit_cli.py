@@ -23,7 +23,7 @@ def demo_dir(tmp_path_factory):
 
 
 def spec_data(demo_dir, centroids) -> dict:
-    kmeans = {"n_clusters": 8, "n_iter": 10, "batch_size": 500, "n_mels": 32}
+    kmeans = {"n_clusters": 8, "n_iter": 10, "batch_size": 500, "n_mels": 32, "max_fit_frames": 600}
     if centroids is not None:
         kmeans["centroids"] = str(centroids)
     return {
@@ -103,3 +103,30 @@ def test_fit_trains_the_melrvq_tokenizer_with_a_progress_bar(demo_dir, tmp_path,
     assert meta["format"] == "mertlab-melrvq-v1" and tensors["rvq.codebooks"].shape == (2, 8, 16)
     teacher = get_registry().build("teacher", "melrvq", load_spec(spec_path).teachers["mel"].params)
     assert teacher.fitted and teacher.fingerprint() in captured.out
+    # frames from 20 passes of random crops (4 training files x 1 s x 25 Hz = 100 frames a pass; the
+    # default max_fit_frames asks for more, 20 passes is the most), then each codebook's usage
+    report = captured.out.splitlines()[-1]
+    assert report.startswith("  fit on 20 pass(es) of random crops: frames 2000, recon_l1 "), report
+    perplexities = [float(report.split(f"perplexity/cb{cb} ")[1].split(",")[0]) for cb in (0, 1)]
+    assert all(4 < p <= 8 for p in perplexities), report
+    # --no-progress: no bar at all (frames, fit)
+    assert main(["teachers", "fit", str(spec_path), "--no-progress", "--passes", "2"]) == 0
+    captured = capsys.readouterr()
+    assert captured.err == "" and "fit on 2 pass(es) of random crops: frames 200," in captured.out
+
+
+def test_no_progress_silences_the_demo_data_and_target_cache_bars(tmp_path, write_yaml, capsys, monkeypatch):
+    import mertlab.train.run as run_module
+
+    assert (
+        main(["demo-data", str(tmp_path / "demo"), "--clips", "2", "--seconds", "1", "--no-tasks", "--no-progress"])
+        == 0
+    )
+    assert capsys.readouterr().err == ""
+    asked = []
+    monkeypatch.setattr(run_module, "write_demo_tasks", lambda *a, **k: asked.append(k["progress"]))
+    spec = spec_data(tmp_path / "demo", centroids=None)
+    del spec["teachers"]["km"], spec["objectives"]["km_pred"]
+    spec["data"].update(generate_demo=True, target_cache=str(tmp_path / "cache"))
+    assert main(["targets", "build", str(write_yaml(spec)), "--no-progress"]) == 0
+    assert asked == [False] and capsys.readouterr().err == ""  # demo tasks and cache build alike

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import soundfile as sf
@@ -129,7 +131,7 @@ def test_bad_params_are_one_clear_error(backbone_file, tmp_path):
         build()
     with pytest.raises(MertlabError, match="top_k=3 exceeds the 2 layers"):
         build(checkpoint=str(backbone_file), top_k=3)
-    with pytest.raises(MertlabError, match=r"layer 5 is out of range .* use 0..2"):
+    with pytest.raises(MertlabError, match=r"params: Value error, layer 5 does not exist: .* has 2 layers"):
         build(checkpoint=str(backbone_file), layer=5)
     with pytest.raises(MertlabError, match="set `layer`"):
         build(checkpoint=str(backbone_file), top_k=None)
@@ -147,3 +149,131 @@ def test_targets_through_the_target_cache(backbone_file, tmp_path):
     cached = TeacherCache(tmp_path / "cache", teacher).read(file.path)
     whole = teacher.targets(load_audio(file.path, SR)[None], torch.tensor([file.num_frames])).values[0]
     assert cached.dtype == np.float32 and np.allclose(cached, whole.numpy(), atol=1e-6)
+
+
+# --------------------------------------------------------------------------- every loadable backbone
+#: The quickstart's frontend (experiments/quickstart.yaml): one 2048-sample filterbank conv, hop 320.
+FILTERBANK = {"preset": "tiny", "conv_channels": [32], "conv_kernels": [2048], "conv_strides": [320]}
+
+
+def saved_backbone(path, **params):
+    torch.manual_seed(0)
+    return save_backbone(path, get_registry().build("backbone", "transformer", params))
+
+
+@pytest.mark.parametrize(("params", "window"), [(FILTERBANK, 2048), ({"preset": "tiny"}, 400)])
+def test_conv_frontends_give_their_real_frame_count_through_the_boundary(tmp_path, params, window):
+    from mertlab.toolkit.align import align_targets
+    from mertlab.toolkit.teacher_output import check_targets
+
+    path = saved_backbone(tmp_path / "b.safetensors", **params)
+    teacher = build(checkpoint=str(path), top_k=2)
+    backbone = load_backbone(path)
+    assert teacher.info.receptive_field == (window - 1) / 24000
+    wav, lengths = padded_batch([melody(2.0, seed=1), melody(1.3, seed=2)], pad_value=0.5)
+    out = check_targets(teacher, teacher.targets(wav, lengths), wav.shape[1], lengths)  # passes the boundary
+    assert out.lengths.tolist() == [backbone.num_frames(n) for n in lengths.tolist()]
+    assert out.lengths[0] == (48000 - window) // 320 + 1  # 144 for the filterbank, not 150 = 75 Hz x 2 s
+    # a student with a mel frontend has ceil(S / hop) frames: the ones past the teacher's are padding
+    student = get_registry().build("backbone", "transformer", {"preset": "tiny", "frontend": "mel"})
+    frames = student.num_frames(wav.shape[1])
+    aligned = align_targets(out, student.frame_rate, frames, student.frame_lengths(lengths))
+    assert aligned.lengths.tolist() == out.lengths.tolist() and frames == 150
+    torch.testing.assert_close(aligned.values[0, :144], out.values[0, :144])
+    # k-means units of the same layer count frames the same way
+    units = get_registry().build(
+        "teacher", "kmeans", {"feature": "hidden", "checkpoint": str(path), "layer": 2, "n_clusters": 4, "n_iter": 5}
+    )
+    assert units.info.receptive_field == teacher.info.receptive_field
+    units.fit([(wav, lengths)], progress=False)
+    codes = check_targets(units, units.targets(wav, lengths), wav.shape[1], lengths)
+    assert codes.lengths.tolist() == out.lengths.tolist()
+
+
+def test_validate_checks_layer_and_top_k_against_the_checkpoint_without_building_it(
+    tmp_path, write_yaml, monkeypatch, hf_dir
+):
+    import mertlab.toolkit.checkpoint as checkpoint_module
+    from mertlab.errors import SpecError
+    from mertlab.experiment.spec import load_spec
+
+    path = saved_backbone(tmp_path / "four.safetensors", **{**FILTERBANK, "num_layers": 4})
+    ckpt = tmp_path / "last.ckpt"  # the layout of a training checkpoint
+    torch.save({"mertlab_spec": {"backbone": {"name": "transformer", "params": FILTERBANK}}, "state_dict": {}}, ckpt)
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("validate built the backbone")
+
+    monkeypatch.setattr(checkpoint_module, "load_backbone", no_model)
+    monkeypatch.setattr(checkpoint_module, "load_hf_backbone", no_model)
+    spec = {
+        "name": "distill",
+        "backbone": {"name": "transformer", "params": {"preset": "tiny"}},
+        "teachers": {"dist": {"name": "hidden", "params": {"checkpoint": str(path)}}},  # top_k 8 by default
+        "objectives": {"o": {"name": "masked_regression", "teacher": "dist"}},
+    }
+    with pytest.raises(SpecError) as err:
+        load_spec(write_yaml(spec))
+    assert f"teachers.dist.params: Value error, top_k=8 exceeds the 4 layers of the backbone in {path}" in str(
+        err.value
+    )
+    spec["teachers"]["dist"]["params"] = {"checkpoint": str(ckpt), "layer": 3}
+    with pytest.raises(SpecError, match="layer 3 does not exist: the backbone in .* has 2 layers"):
+        load_spec(write_yaml(spec))
+    spec["teachers"]["dist"]["params"] = {"checkpoint": f"hf:{hf_dir[0]}", "top_k": 3}
+    with pytest.raises(SpecError, match="top_k=3 exceeds the 2 layers"):
+        load_spec(write_yaml(spec))
+    spec["teachers"]["dist"]["params"] = {"checkpoint": str(path), "top_k": 4}
+    assert load_spec(write_yaml(spec)).teachers["dist"].params["top_k"] == 4
+    spec["teachers"]["dist"]["params"] = {"checkpoint": str(tmp_path / "not-trained-yet.ckpt")}
+    assert load_spec(write_yaml(spec))  # reported when the teacher is built
+
+
+def test_distill_from_a_quickstart_checkpoint_and_a_conv_frontend_one(demo_dir, tmp_path, tracking_uri, write_yaml):
+    """The quickstart-style teacher (filterbank frontend) trains for 2 steps; a student then
+    distills from its last.ckpt and from a mert_tiny-style (HuBERT CNN frontend) backbone file at
+    once, the first through the target cache, the second on the fly."""
+    from mlflow.tracking import MlflowClient
+
+    from mertlab.cli import main
+
+    common = {
+        "data": {"path": str(demo_dir), "crop_seconds": 1.0, "batch_size": 2, "val_fraction": 0.0},
+        "augment": {},
+        "trainer": {"max_steps": 2, "log_every_n_steps": 1, "output_dir": str(tmp_path / "runs")},
+        "tracking": {"tracking_uri": tracking_uri},
+    }
+    quickstart = {
+        "name": "quickstart-teacher",
+        **common,
+        "backbone": {"name": "transformer", "params": {**FILTERBANK, "num_layers": 4}},
+        "teachers": {"cqt": {"name": "cqt", "params": {"n_bins": 24, "bins_per_octave": 12}}},
+        "objectives": {"cqt_recon": {"name": "masked_regression", "teacher": "cqt"}},
+    }
+    assert main(["train", str(write_yaml(quickstart, "quickstart.yaml")), "--no-progress"]) == 0
+    (last,) = (tmp_path / "runs" / "quickstart-teacher").glob("*/checkpoints/last.ckpt")
+    conv = saved_backbone(tmp_path / "mert_tiny_backbone.safetensors", preset="tiny")
+    distill = {
+        "name": "distill",
+        **common,
+        "data": {**common["data"], "target_cache": str(tmp_path / "cache")},
+        "backbone": {"name": "transformer", "params": {"preset": "tiny"}},
+        "teachers": {
+            "quick": {"name": "hidden", "params": {"checkpoint": str(last), "top_k": 4}},
+            "tiny": {"name": "hidden", "params": {"checkpoint": str(conv), "layer": 2}},
+        },
+        "objectives": {
+            "quick_l2": {"name": "masked_regression", "teacher": "quick"},
+            "tiny_l2": {"name": "masked_regression", "teacher": "tiny"},
+        },
+    }
+    path = write_yaml(distill, "distill.yaml")
+    assert main(["validate", str(path)]) == 0
+    assert main(["targets", "build", str(path), "--no-progress"]) == 0
+    assert main(["train", str(path), "--no-progress"]) == 0
+    assert main(["train", str(path), "--no-progress", "-o", "data.target_cache=null"]) == 0  # on the fly
+    client = MlflowClient(tracking_uri)
+    for run in client.search_runs([client.get_experiment_by_name("distill").experiment_id]):
+        for alias in ("quick_l2", "tiny_l2"):
+            history = client.get_metric_history(run.info.run_id, f"loss/{alias}")
+            assert len(history) == 2 and all(math.isfinite(m.value) and m.value > 0 for m in history)

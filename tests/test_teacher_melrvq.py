@@ -14,7 +14,7 @@ from mertlab.plugin_system.registry import get_registry
 from mertlab.teachers.target_cache import TeacherCache, Windowing, build_teacher_cache
 from mertlab.toolkit.rvq import ResidualLinearVQ, RVQFitSettings, fit_rvq
 from mertlab.toolkit.safe_load import read_safetensors
-from mertlab.train.module import code_perplexity
+from mertlab.toolkit.code_usage import code_perplexity
 from synth_audio import SR, melody, padded_batch
 
 SMALL = {"n_mels": 32, "n_codebooks": 3, "codebook_size": 16, "steps": 200, "batch_size": 256, "dead_code_steps": 20}

@@ -4,6 +4,7 @@ going down); runs left RUNNING by a dead process are marked FAILED on the next s
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -20,7 +21,7 @@ from mlflow.tracking import MlflowClient
 
 from mertlab.errors import MertlabError
 from mertlab.experiment import metric_names as M
-from mertlab.experiment.tracking import PROCESS_TAG, mark_crashed_runs, process_identity
+from mertlab.experiment.tracking import PROCESS_TAG, STORE_LOGGERS, mark_crashed_runs, process_identity
 from mertlab.train.run import train
 from test_nonfinite import spec_for
 
@@ -76,6 +77,30 @@ def test_store_not_usable_at_start_is_one_clear_error_before_any_work(demo_dir, 
     assert time.monotonic() - started < 60 and not (tmp_path / "runs").exists()
 
 
+class KeepRecords(logging.Handler):
+    """Keeps the records of the loggers it is added to."""
+
+    def __init__(self, level: int = logging.NOTSET) -> None:
+        super().__init__(level)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@contextlib.contextmanager
+def mlflow_error_records():
+    """The ERROR records of MLflow's own store loggers (they do not propagate to caplog)."""
+    keep = KeepRecords(logging.ERROR)
+    for name in STORE_LOGGERS:
+        logging.getLogger(name).addHandler(keep)
+    try:
+        yield keep
+    finally:
+        for name in STORE_LOGGERS:
+            logging.getLogger(name).removeHandler(keep)
+
+
 def test_sqlite_locked_mid_run_metrics_are_kept_and_sent_later(demo_dir, tmp_path, tracking_uri, caplog):
     db = sqlite_path(tracking_uri)
     spec = spec_for(
@@ -95,11 +120,12 @@ def test_sqlite_locked_mid_run_metrics_are_kept_and_sent_later(demo_dir, tmp_pat
 
     locker = threading.Thread(target=hold_lock, daemon=True)
     locker.start()
-    with caplog.at_level(logging.WARNING, logger="mertlab"):
+    with mlflow_error_records() as mlflow_errors, caplog.at_level(logging.WARNING, logger="mertlab"):
         result = train(spec, progress=False)
     locker.join()
     messages = [r.getMessage() for r in caplog.records]
     assert len([m for m in messages if "failed" in m and "retried" in m]) == 1  # warned once
+    assert not mlflow_errors.records, [r.getMessage()[:200] for r in mlflow_errors.records]  # and only that
     assert any("is back" in m for m in messages)
     assert (result.checkpoint_dir / "last.ckpt").is_file()
     assert_complete(MlflowClient(tracking_uri), result.run_id)

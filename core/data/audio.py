@@ -14,6 +14,19 @@ import torchaudio.functional as AF
 from mertlab.errors import DataError
 
 
+class BadAudioError(DataError):
+    """An audio file that cannot be used (it does not decode, or holds NaN/inf samples): a run
+    skips it and counts it instead of stopping. ``path`` and ``reason`` say which and why."""
+
+    def __init__(self, path: str | Path, reason: str) -> None:
+        self.path, self.reason = Path(path), reason
+        super().__init__(f"{path}: {reason}")
+
+
+#: Why a file with NaN or infinite samples is skipped.
+NON_FINITE = "non-finite samples (NaN or inf)"
+
+
 @dataclass(frozen=True)
 class AudioFile:
     """An audio file and its native format, read once at scan time."""
@@ -72,8 +85,15 @@ def read_segment(
     try:
         data, _ = sf.read(source, start=start, stop=stop, dtype="float32", always_2d=True)
     except Exception as exc:  # noqa: BLE001
-        raise DataError(f"{file.path}: cannot decode audio ({exc})") from None
+        raise BadAudioError(file.path, f"cannot decode audio ({exc})") from None
     return torch.from_numpy(np.ascontiguousarray(data.mean(axis=1)))
+
+
+def check_finite(wav: torch.Tensor, file: AudioFile) -> torch.Tensor:
+    """``wav`` (decoded from ``file``), or :class:`BadAudioError` when a sample is NaN or infinite."""
+    if not bool(torch.isfinite(wav).all()):
+        raise BadAudioError(file.path, NON_FINITE)
+    return wav
 
 
 def resample(wav: torch.Tensor, source_rate: int, target_rate: int) -> torch.Tensor:

@@ -11,7 +11,7 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
 from mertlab.data.audio import AudioFile, list_audio_paths, probe
-from mertlab.data.dataset import AudioBatch, CropDataset, collate_crops, seed_worker
+from mertlab.data.dataset import AudioBatch, CropDataset, collate_crops, min_samples, seed_worker, too_short
 from mertlab.data.sampler import ResumableBatchSampler, ResumableDataLoader
 from mertlab.data.shards import SPLITS, is_shard_path, read_meta, split_location
 from mertlab.data.skipped import SkippedFile, SkippedFiles
@@ -49,9 +49,7 @@ def file_problem(file: AudioFile, min_seconds: float = 0.0) -> str | None:
         return "no audio samples (empty or header-only file)"
     if not low <= file.sample_rate <= high:
         return f"implausible sample rate {file.sample_rate} Hz (damaged header?)"
-    if file.seconds < min_seconds:
-        return f"too short ({file.num_frames} samples = {file.seconds:.3g} s; at least {min_seconds:.3g} s needed)"
-    return None
+    return too_short(file, min_seconds)
 
 
 def scan_dataset(
@@ -153,6 +151,23 @@ class AudioDataModule(L.LightningDataModule):
         files = scan_dataset(self.data, self.sample_rate, self.min_seconds, self.skipped)
         self.train_files, self.val_files = split_files(files, self.data.val_fraction)
 
+    def exclude(self, bad: list[SkippedFile]) -> None:
+        """Leave the files of ``bad`` out of both splits (found unusable after the scan, e.g.
+        non-finite samples found while their targets were cached) and record them as skipped;
+        an error when no training file is left."""
+        if not bad:
+            return
+        for item in bad:
+            self.skipped.add(item)
+        paths = {item.path for item in bad}
+        self.train_files = [f for f in self.train_files if f.path not in paths]
+        self.val_files = [f for f in self.val_files if f.path not in paths]
+        if not self.train_files:
+            raise DataError(
+                f"data.path: no usable training file left under {self.data.path} ({len(self.skipped)} skipped as "
+                f"unusable, e.g. {bad[0].path}: {bad[0].reason})"
+            )
+
     def has_validation(self) -> bool:
         """There are validation files (or a validation split of the shards)."""
         if self.shard_meta is not None:
@@ -187,7 +202,14 @@ class AudioDataModule(L.LightningDataModule):
         return {alias: float(t["target_info"]["frame_rate"]) for alias, t in teachers.items()} or None
 
     def _dataset(self, files: list[AudioFile], train: bool) -> CropDataset:
-        return CropDataset(files, self.sample_rate, self.data.crop_seconds, random_crops=train, seed=self.seed)
+        return CropDataset(
+            files,
+            self.sample_rate,
+            self.data.crop_seconds,
+            random_crops=train,
+            seed=self.seed,
+            min_samples=min_samples(self.min_seconds, self.sample_rate),
+        )
 
     def _workers(self) -> dict[str, Any]:
         return {

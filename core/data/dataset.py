@@ -4,16 +4,41 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from mertlab.data.audio import AudioFile, read_segment, resample
+from mertlab.contracts import Backbone, Teacher
+from mertlab.data.audio import NON_FINITE, AudioFile, read_segment, resample
 from mertlab.data.sampler import CropKey
 from mertlab.data.skipped import SkippedFile
 from mertlab.errors import DataError
+
+
+def shortest_usable_seconds(backbone: Backbone, teachers: Iterable[Teacher] = ()) -> float:
+    """How long an audio file must be to train on: the backbone's receptive field
+    (:attr:`~mertlab.contracts.Backbone.min_samples`) and one frame of the backbone and of every
+    teacher. Shorter files are skipped when a data set is scanned (:func:`too_short`)."""
+    rates = [backbone.frame_rate, *(t.info.frame_rate for t in teachers)]
+    return max(1.0 / min(rates), backbone.min_samples / backbone.sample_rate)
+
+
+def too_short(file: AudioFile, min_seconds: float) -> str | None:
+    """Why ``file`` is too short to train on (see :func:`shortest_usable_seconds`), or None."""
+    if file.seconds >= min_seconds:
+        return None
+    return (
+        f"too short ({file.num_frames} samples = {file.seconds:.3g} s; at least {min_seconds:.3g} s needed: the "
+        "backbone's receptive field and one frame of the backbone and of every teacher)"
+    )
+
+
+def min_samples(min_seconds: float, sample_rate: int) -> int:
+    """The samples at ``sample_rate`` a crop of a file of ``min_seconds`` has at least."""
+    return max(1, math.floor(min_seconds * sample_rate + 1e-6))
 
 
 @dataclass(frozen=True)
@@ -78,13 +103,21 @@ class CropDataset(Dataset):
     dataset's own seeded stream) and validation crops (``random_crops=False``) are the middle of
     the file. Files shorter than the crop
     are zero-padded and their ``length`` says how many samples are real. A file that cannot be
-    decoded or holds non-finite samples gives a :class:`SkippedFile` instead of a crop.
+    decoded, holds non-finite samples or decodes to fewer than ``min_samples`` samples (the
+    backbone's receptive field) gives a :class:`SkippedFile` instead of a crop.
     """
 
     def __init__(
-        self, files: list[AudioFile], sample_rate: int, crop_seconds: float, random_crops: bool, seed: int = 0
+        self,
+        files: list[AudioFile],
+        sample_rate: int,
+        crop_seconds: float,
+        random_crops: bool,
+        seed: int = 0,
+        min_samples: int = 1,
     ) -> None:
         self.files = files
+        self.min_samples = min_samples
         self.sample_rate = sample_rate
         self.crop_seconds = crop_seconds
         self.crop_samples = int(round(crop_seconds * sample_rate))
@@ -102,7 +135,9 @@ class CropDataset(Dataset):
 
     def crop(self, index: int, rng: random.Random) -> Crop | SkippedFile:
         """The crop of file ``index`` (random start from ``rng`` when ``random_crops``)."""
-        return crop_file(self.files[index], self.sample_rate, self.crop_seconds, self.random_crops, rng)
+        return crop_file(
+            self.files[index], self.sample_rate, self.crop_seconds, self.random_crops, rng, min_samples=self.min_samples
+        )
 
 
 def crop_file(
@@ -112,11 +147,13 @@ def crop_file(
     random_crops: bool,
     rng: random.Random | None,
     data: bytes | None = None,
+    min_samples: int = 1,
 ) -> Crop | SkippedFile:
     """A crop of ``crop_seconds`` of ``file`` at ``sample_rate``: a random start drawn from ``rng``
     (``random_crops``) or the middle of the file; zero-padded past the file's end. ``data``: the
     file's encoded bytes (a shard's copy) instead of reading ``file.path``. A file that cannot be
-    decoded or holds non-finite samples gives a :class:`SkippedFile`."""
+    decoded, holds non-finite samples or gives fewer than ``min_samples`` samples (its header
+    promised more: damaged or truncated) gives a :class:`SkippedFile`."""
     crop_samples = int(round(crop_seconds * sample_rate))
     # Read a few native frames more than needed so resampling edges don't shorten the crop.
     native = math.ceil(crop_seconds * file.sample_rate) + 16
@@ -129,9 +166,15 @@ def crop_file(
     except Exception as exc:  # noqa: BLE001 - a damaged file must never stop the loader
         return SkippedFile(file.path, f"cannot decode audio ({type(exc).__name__}: {exc})")
     if not bool(torch.isfinite(wav).all()):
-        return SkippedFile(file.path, "non-finite samples (NaN or inf)")
+        return SkippedFile(file.path, NON_FINITE)
     if wav.shape[0] == 0:
         return SkippedFile(file.path, "no samples could be decoded")
+    if wav.shape[0] < min(min_samples, crop_samples):
+        return SkippedFile(
+            file.path,
+            f"only {wav.shape[0]} samples could be decoded, fewer than the {min_samples} the backbone needs "
+            "(damaged or truncated file?)",
+        )
     wav = wav[:crop_samples]
     length = wav.shape[0]
     if length < crop_samples:

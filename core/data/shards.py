@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 import shutil
 from collections.abc import Mapping
@@ -34,11 +35,13 @@ from typing import Any
 
 import numpy as np
 import soundfile as sf
-import torch
 from tqdm.auto import tqdm
 
-from mertlab.data.audio import AudioFile, list_audio_paths, read_segment, resample
+from mertlab.data.audio import AudioFile, BadAudioError, check_finite, list_audio_paths, read_segment, resample
+from mertlab.data.skipped import SkippedFile
 from mertlab.errors import DataError
+
+log = logging.getLogger(__name__)
 
 FORMAT = "mertlab-shards-v1"
 META = "mertlab_shards.json"
@@ -161,9 +164,7 @@ def encode_audio(file: AudioFile, sample_rate: int | None) -> tuple[bytes, int, 
     bytes (``sample_rate`` None), or the mono mix resampled to ``sample_rate`` as 16-bit FLAC."""
     if sample_rate is None:
         return file.path.read_bytes(), file.sample_rate, file.num_frames
-    wav = resample(read_segment(file), file.sample_rate, sample_rate).clamp(-1.0, 1.0)
-    if not bool(torch.isfinite(wav).all()):
-        raise DataError(f"{file.path}: non-finite samples (NaN or inf)")
+    wav = check_finite(resample(read_segment(file), file.sample_rate, sample_rate), file).clamp(-1.0, 1.0)
     buffer = io.BytesIO()
     sf.write(buffer, wav.numpy(), sample_rate, format="FLAC", subtype="PCM_16")
     return buffer.getvalue(), sample_rate, int(wav.shape[0])
@@ -214,27 +215,34 @@ def write_shards(
         for split, members in zip(SPLITS, (train, val)):
             if not members:
                 continue
-            writer = BinaryWriter(str(partial / split), chunk_bytes=chunk_bytes)
+            writer = None  # created with the first usable file: a split may lose them all
             total = 0.0
-            for n, file in enumerate(members):
-                blob, rate, frames = encode_audio(file, sample_rate)
-                item: dict[str, Any] = {
-                    "id": ids[file.path],
-                    "name": _relative(file.path, root),
-                    "sample_rate": rate,
-                    "num_frames": frames,
-                    "audio": blob,
-                }
-                if targets is not None:
-                    item["targets"] = targets.compute(file)
-                writer[n] = item
-                total += frames / rate
-                longest = max(longest, frames / rate)
+            written = 0
+            for file in members:
                 bar.update(1)
+                try:
+                    item = shard_item(file, ids[file.path], root, sample_rate, targets)
+                except BadAudioError as exc:  # e.g. NaN samples, found when decoding: skipped like at scan time
+                    bad.append(SkippedFile(file.path, exc.reason))
+                    log.warning("skipping bad audio file %s: %s", file.path, exc.reason)
+                    continue
+                if writer is None:
+                    writer = BinaryWriter(str(partial / split), chunk_bytes=chunk_bytes)
+                writer[written] = item
+                written += 1
+                total += item["num_frames"] / item["sample_rate"]
+                longest = max(longest, item["num_frames"] / item["sample_rate"])
+            if writer is None:
+                continue
             writer.done()
             writer.merge()
-            counts[split], seconds[split] = len(members), total
+            counts[split], seconds[split] = written, total
         bar.close()
+        if not counts.get(SPLITS[0]):
+            raise DataError(
+                f"data shard: no usable training file under {source} ({len(bad)} skipped as unusable, e.g. "
+                f"{bad[-1].path}: {bad[-1].reason})"
+            )
         meta = {
             "format": FORMAT,
             "source": str(source.resolve()),
@@ -253,6 +261,24 @@ def write_shards(
         shutil.rmtree(partial, ignore_errors=True)
         raise
     return ShardSummary(destination, counts, seconds, list(described), [(str(b.path), b.reason) for b in bad])
+
+
+def shard_item(
+    file: AudioFile, item_id: int, root: Path, sample_rate: int | None, targets: TargetWriter | None
+) -> dict[str, Any]:
+    """The item a shard holds for ``file`` (see the module docstring); :class:`BadAudioError`
+    when the file cannot be used."""
+    blob, rate, frames = encode_audio(file, sample_rate)
+    item: dict[str, Any] = {
+        "id": item_id,
+        "name": _relative(file.path, root),
+        "sample_rate": rate,
+        "num_frames": frames,
+        "audio": blob,
+    }
+    if targets is not None:
+        item["targets"] = targets.compute(file)
+    return item
 
 
 def _relative(path: Path, root: Path) -> str:

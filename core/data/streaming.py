@@ -36,7 +36,7 @@ quiet_litdata()
 from litdata import StreamingDataLoader, StreamingDataset  # noqa: E402
 
 from mertlab.data.audio import AudioFile  # noqa: E402
-from mertlab.data.dataset import Crop, crop_file  # noqa: E402
+from mertlab.data.dataset import Crop, crop_file, min_samples, too_short  # noqa: E402
 from mertlab.data.skipped import SkippedFile  # noqa: E402
 from mertlab.toolkit.align import frame_window  # noqa: E402
 from mertlab.toolkit.seeding import CROP, derive_seed  # noqa: E402
@@ -84,18 +84,23 @@ class ShardDataset(StreamingDataset):
     def crop_item(self, item: Mapping[str, Any]) -> Crop | SkippedFile:
         """The crop of one shard item, with its targets' frames when ``frame_rates`` is set."""
         file = AudioFile(Path(item["name"]), int(item["sample_rate"]), int(item["num_frames"]))
-        if file.seconds < self.min_seconds:
-            return SkippedFile(
-                file.path,
-                f"too short ({file.num_frames} samples = {file.seconds:.3g} s; "
-                f"at least {self.min_seconds:.3g} s needed)",
-            )
+        short = too_short(file, self.min_seconds)
+        if short:
+            return SkippedFile(file.path, short)
         rng = (
             random.Random(derive_seed(self.crop_seed, CROP, self.current_epoch, int(item["id"])))
             if self.random_crops
             else None
         )
-        crop = crop_file(file, self.sample_rate, self.crop_seconds, self.random_crops, rng, data=bytes(item["audio"]))
+        crop = crop_file(
+            file,
+            self.sample_rate,
+            self.crop_seconds,
+            self.random_crops,
+            rng,
+            data=bytes(item["audio"]),
+            min_samples=min_samples(self.min_seconds, self.sample_rate),
+        )
         if isinstance(crop, SkippedFile) or not self.frame_rates:
             return crop
         frames = {}

@@ -13,6 +13,8 @@ GRAD_NORM_TOTAL = "grad_norm/total"
 UPDATE_RATIO_TOTAL = "update_ratio/total"
 NONFINITE_STEPS = "stability/nonfinite_steps"
 SKIPPED_STEPS = "stability/skipped_steps"
+#: steps whose optimizer update left a parameter non-finite and was undone (also in the two above)
+NONFINITE_UPDATES = "stability/nonfinite_updates"
 LOSS_SPIKE_Z = "stability/loss_spike_z"
 LOSS_SPIKES = "stability/loss_spikes"
 SPIKE_SKIPS = "stability/spike_skips"

@@ -9,14 +9,23 @@ Every problem becomes a ``path.to.field: message`` line of one :class:`SpecError
 from __future__ import annotations
 
 import copy
+import difflib
 import hashlib
 import json
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from mertlab.errors import MertlabError, SpecError
 
@@ -26,6 +35,11 @@ NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 MAX_SEED = 2**32 - 1
 #: Accelerator names Lightning knows without a plugin ("gpu" is its alias of cuda).
 KNOWN_ACCELERATORS = ("auto", "cpu", "cuda", "gpu", "mps", "tpu")
+#: Deepest nesting of lists and mappings a spec (file, override value or data) may have: the
+#: deepest real spec is about 5 levels (sweep.variants.<name>.<key>: [values]).
+MAX_NESTING = 32
+#: Most values (scalars, lists and mappings, counting each YAML alias use) a spec may hold.
+MAX_VALUES = 100_000
 
 
 def _reject_nul(value: Any) -> Any:
@@ -42,10 +56,26 @@ def _reject_nul(value: Any) -> Any:
     return value
 
 
+def _numeric_not_bool(annotation: Any) -> bool:
+    """The field holds numbers (int/float, optionally None) and never a boolean."""
+    args = get_args(annotation) or (annotation,)
+    return bool(args) and bool not in args and any(a in (int, float) for a in args)
+
+
 class StrictModel(BaseModel):
-    """Unknown keys, NaN/infinite numbers and NUL characters are errors."""
+    """Unknown keys, NaN/infinite numbers, booleans for numbers and NUL characters are errors."""
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_for_number(cls, value: Any, info: ValidationInfo) -> Any:
+        # pydantic's lax mode reads `seed: true` as 1: a typo or a misplaced flag, never meant
+        if isinstance(value, bool) and info.field_name is not None:
+            field = cls.model_fields.get(info.field_name)
+            if field is not None and _numeric_not_bool(field.annotation):
+                raise ValueError(f"expected a number, got the boolean {str(value).lower()}")
+        return value
 
     @field_validator("*", mode="after")
     @classmethod
@@ -173,6 +203,11 @@ class TrainerSpec(StrictModel):
         ge=0,
         description="Stop the run (checkpoint saved, run FAILED, one clear error) after this many consecutive "
         "non-finite steps; 0 never stops.",
+    )
+    undo_nonfinite_updates: bool = Field(
+        True,
+        description="Undo an optimizer update that leaves a parameter NaN/inf (counted as a skipped non-finite step); "
+        "keeps a copy of the parameters and optimizer state (Adam: 3x the parameters' memory); false saves it.",
     )
 
     @field_validator("accelerator")
@@ -419,22 +454,90 @@ def render_validation_error(exc: ValidationError, prefix: str = "") -> list[str]
 
 # --------------------------------------------------------------------------- YAML + merging
 def read_yaml(path: str | Path) -> dict[str, Any]:
-    """A YAML mapping from ``path``; missing file / bad YAML / non-mapping -> SpecError."""
+    """A YAML mapping from ``path``; a missing or unreadable file, bytes that are not UTF-8, bad
+    YAML, nesting deeper than :data:`MAX_NESTING` or a non-mapping -> SpecError."""
     path = Path(path)
     if not path.is_file():
         raise SpecError([("", f"no such spec file (looked for {path.resolve()})")], source=str(path))
     try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise SpecError([("", f"malformed YAML: {where}{problem}")], source=str(path)) from None
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise SpecError([("", f"cannot read the spec file ({exc.strerror or exc})")], source=str(path)) from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        bad = raw[exc.start : exc.start + 1].hex()
+        raise SpecError(
+            [("", f"not UTF-8 text: byte 0x{bad} at offset {exc.start} (a spec is a UTF-8 YAML file)")],
+            source=str(path),
+        ) from None
+    data = parse_yaml(text, "", str(path))
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise SpecError([("", f"expected a mapping at the top level, got {type(data).__name__}")], source=str(path))
     return data
+
+
+def parse_yaml(text: str, field: str = "", source: str | None = None) -> Any:
+    """``text`` parsed as YAML (safe types only) and checked by :func:`check_structure`; errors
+    are one :class:`SpecError` line naming ``field`` (and ``source``)."""
+    if _flow_depth_above(text, 4 * MAX_NESTING):  # PyYAML's scanner is quadratic in it: fail fast
+        raise SpecError([(field, _too_deep())], source=source)
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise SpecError([(field, f"malformed YAML: {where}{problem}")], source=source) from None
+    except RecursionError:  # PyYAML composes nested collections recursively
+        raise SpecError([(field, _too_deep())], source=source) from None
+    check_structure(data, field, source)
+    return data
+
+
+def _flow_depth_above(text: str, limit: int) -> bool:
+    """Whether ``[``/``{`` brackets nest deeper than ``limit`` in ``text`` (quotes not parsed:
+    ``limit`` is well above :data:`MAX_NESTING`, so a bracket inside a string rarely matters)."""
+    if text.count("[") + text.count("{") <= limit:
+        return False
+    depth = 0
+    for char in text:
+        if char in "[{":
+            depth += 1
+            if depth > limit:
+                return True
+        elif char in "]}" and depth:
+            depth -= 1
+    return False
+
+
+def _too_deep() -> str:
+    return f"nested deeper than {MAX_NESTING} levels of lists/mappings (the limit of a spec)"
+
+
+def check_structure(data: Any, field: str = "", source: str | None = None) -> None:
+    """Nesting of at most :data:`MAX_NESTING` levels and at most :data:`MAX_VALUES` values
+    (YAML aliases counted at each use), checked without recursion; else a SpecError naming the
+    field where the limit is passed."""
+    stack: list[tuple[Any, int, str]] = [(data, 0, field)]
+    seen = 0
+    while stack:
+        node, depth, where = stack.pop()
+        seen += 1
+        if seen > MAX_VALUES:
+            raise SpecError([(field, f"holds more than {MAX_VALUES} values (YAML aliases count at each use)")], source)
+        if isinstance(node, dict):
+            children = [(v, f"{where}.{k}" if where else str(k)) for k, v in node.items()]
+        elif isinstance(node, (list, tuple)):
+            children = [(v, f"{where}[{i}]") for i, v in enumerate(node)]
+        else:
+            continue
+        if depth >= MAX_NESTING:
+            head = where.split("[", 1)[0].split(".")[:3]
+            raise SpecError([(".".join(head), _too_deep())], source)
+        stack.extend((child, depth + 1, path) for child, path in children)
 
 
 def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
@@ -482,9 +585,12 @@ def apply_overrides(data: dict[str, Any], overrides: list[str] | tuple[str, ...]
         if not sep or not key:
             raise SpecError([("", f"override {override!r}: expected KEY=VALUE, e.g. optim.lr=1e-4")])
         try:
-            value = yaml.safe_load(raw) if raw.strip() else ""
-        except yaml.YAMLError:
-            raise SpecError([(key, f"override value {raw!r} is not valid YAML")]) from None
+            value = parse_yaml(raw, key) if raw.strip() else ""
+        except SpecError as exc:
+            problem = exc.problems[0][1]
+            if problem.startswith("malformed YAML"):
+                problem = f"override value {raw[:80]!r} is not valid YAML"
+            raise SpecError([(key, problem)]) from None
         parts = key.split(".")
         node = out
         for i, part in enumerate(parts[:-1]):
@@ -507,6 +613,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str] | tuple[str, ...]
 # --------------------------------------------------------------------------- resolution
 def resolve_spec(data: dict[str, Any], source: str | None = None, registry: Any = None) -> ExperimentSpec:
     """Validate raw spec data in two stages and return the fully resolved spec."""
+    check_structure(data, source=source)
     try:
         spec = ExperimentSpec.model_validate(data)
     except ValidationError as exc:
@@ -603,13 +710,27 @@ def _target_kind(entry: Any, params: dict[str, Any]) -> str:
 
 
 def _missing_plugins(required: list[str], registry: Any) -> list[tuple[str, str]]:
-    sources = registry.plugin_manager.sources.values()
-    have = {s.plugin for s in sources} | {s.distribution for s in sources if s.distribution}
-    return [
-        ("requires_plugins", f"plugin '{name}' is required but not loaded (installed: {', '.join(sorted(have))})")
-        for name in required
-        if name not in have
-    ]
+    pm = registry.plugin_manager
+    have = set().union(*(s.names() for s in pm.sources.values()))
+    skipped = {name: s for s in getattr(pm, "skipped", {}).values() for name in s.source.names()}
+    problems = []
+    for name in required:
+        if name in have:
+            continue
+        if name in skipped:
+            problems.append(
+                ("requires_plugins", f"plugin '{name}' is required but not loaded: {skipped[name].message}")
+            )
+            continue
+        close = difflib.get_close_matches(name, sorted(have | set(skipped)), n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        problems.append(
+            (
+                "requires_plugins",
+                f"plugin '{name}' is required but not installed{hint} (installed: {', '.join(sorted(have))})",
+            )
+        )
+    return problems
 
 
 def load_spec(path: str | Path, overrides: list[str] | tuple[str, ...] = (), registry: Any = None) -> ExperimentSpec:

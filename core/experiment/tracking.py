@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
+import logging
 import os
 import platform
 import re
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +20,7 @@ from mertlab.experiment.spec import ExperimentSpec, dump_spec
 from mertlab.toolkit.run_lock import lock_held, process_alive, process_identity  # noqa: F401 - tracking's API
 
 DEFAULT_DB = "mlflow.db"
+log = logging.getLogger(__name__)
 
 
 def resolve_tracking_uri(spec: ExperimentSpec) -> str:
@@ -180,22 +186,85 @@ def log_spec(logger: Any, spec: ExperimentSpec) -> None:
 
 
 # --------------------------------------------------------------------------- store health
+#: Loggers through which MLflow and its HTTP client report store failures that mertlab handles
+#: itself (SQLAlchemy errors with a full traceback, HTTP retries).
+STORE_LOGGERS = ("mlflow.store.db.utils", "mlflow.utils.rest_utils", "mlflow.tracking.fluent", "urllib3.connectionpool")
+_handling = threading.local()
+
+
+class _DropHandledStoreErrors(logging.Filter):
+    """Drops records logged inside :func:`handled_store_errors` (in that thread)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not getattr(_handling, "active", False)
+
+
+_FILTER = _DropHandledStoreErrors()
+
+
+@contextlib.contextmanager
+def handled_store_errors() -> Iterator[None]:
+    """Silence MLflow's own error logging (:data:`STORE_LOGGERS`) for store calls whose failure
+    mertlab handles and reports in its own warning: no traceback per retry in the log."""
+    for name in STORE_LOGGERS:
+        logger = logging.getLogger(name)
+        if _FILTER not in logger.filters:
+            logger.addFilter(_FILTER)
+    previous = getattr(_handling, "active", False)
+    _handling.active = True
+    try:
+        yield
+    finally:
+        _handling.active = previous
+
+
 #: MLflow's own HTTP retries (default: 7 with backoff, minutes) are lowered unless the user set
 #: them: mertlab's logger queues and retries by itself (mertlab.train.tracking_logger).
 HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
 PROCESS_TAG = "mertlab.process"
+#: Run tag: the run's own folder (checkpoints, :data:`UNSENT_FILE`), absolute.
+RUN_DIR_TAG = "mertlab.run_dir"
+#: MLflow's limits per ``log_batch`` call.
+MAX_METRICS_PER_BATCH = 1000
+MAX_TAGS_PER_BATCH = 100
+#: What a run could not send to the store (JSON lines; ``mertlab tracking replay`` sends it).
+UNSENT_FILE = "unsent_metrics.jsonl"
 #: Run tag: the run's lock file (:mod:`mertlab.toolkit.run_lock`), held while a process trains it.
 LOCK_TAG = "mertlab.lock"
+#: Tag of a FAILED run: the one-line reason (the error mertlab printed).
+ERROR_TAG = "mertlab.error"
+#: MLflow keeps tag values up to 5000 characters (older stores).
+_TAG_LIMIT = 5000
+
+
+def failure_reason(exc: BaseException) -> str:
+    """``exc`` as one line: a mertlab error's message (its problems joined by `` | ``), else
+    ``Type: message``."""
+    from mertlab.errors import MertlabError
+
+    lines = str(exc).splitlines() if isinstance(exc, MertlabError) else [f"{type(exc).__name__}: {exc}"]
+    text = " | ".join(" ".join(line.split()) for line in lines if line.strip()) or type(exc).__name__
+    return text if len(text) <= _TAG_LIMIT else text[: _TAG_LIMIT - 3] + "..."
+
+
+def tag_failure(client: Any, run_id: str | None, exc: BaseException) -> None:
+    """Tag run ``run_id`` with :data:`ERROR_TAG` = :func:`failure_reason` and mark it FAILED; a
+    store that fails now is a warning (it must not hide the error itself)."""
+    if client is None or not run_id:
+        return
+    try:
+        with handled_store_errors():
+            client.set_tag(run_id, ERROR_TAG, failure_reason(exc))
+            client.set_terminated(run_id, "FAILED")
+    except Exception as store_error:  # noqa: BLE001 - the training error matters more
+        logging.getLogger(__name__).warning("MLflow: could not record why run %s failed (%s)", run_id, store_error)
 
 
 def check_store(tracking_uri: str, timeout: float) -> Any:
     """An ``MlflowClient`` of ``tracking_uri`` once the store answers, retried for ``timeout``
-    seconds, else a :class:`~mertlab.errors.MertlabError` (one line, before any work is done)."""
-    import threading
-
+    seconds, else a :class:`~mertlab.errors.MertlabError` (one line, before any work is done).
+    A ``sqlite:`` store must also take writes (:func:`check_sqlite_writable`)."""
     from mlflow.tracking import MlflowClient
-
-    from mertlab.errors import MertlabError
 
     for key, value in HTTP_DEFAULTS.items():
         os.environ.setdefault(key, value)
@@ -207,6 +276,7 @@ def check_store(tracking_uri: str, timeout: float) -> Any:
             try:
                 client = MlflowClient(tracking_uri)
                 client.search_experiments(max_results=1)
+                check_sqlite_writable(tracking_uri, max(0.1, min(5.0, deadline - time.monotonic())))
                 outcome["client"] = client
                 return
             except Exception as exc:  # noqa: BLE001 - any store failure: retry until the deadline
@@ -224,12 +294,58 @@ def check_store(tracking_uri: str, timeout: float) -> Any:
     if "client" in outcome:
         return outcome["client"]
     error = outcome.get("error")
-    why = f"{type(error).__name__}: {str(error).splitlines()[0][:200]}" if error else f"no answer within {timeout:g} s"
-    raise MertlabError(
+    raise store_unusable(tracking_uri, error if error else f"no answer within {timeout:g} s")
+
+
+def store_unusable(tracking_uri: str, why: Exception | str) -> Exception:
+    """The one-line error of a tracking store that cannot be used at start (nothing trained)."""
+    from mertlab.errors import MertlabError
+
+    if isinstance(why, Exception):
+        text = str(why).splitlines()[0][:200] if str(why) else ""
+        why = f"{type(why).__name__}: {text}"
+    return MertlabError(
         f"tracking.tracking_uri: the MLflow store {tracking_uri} is not usable ({why}); nothing was trained. "
         "Start or fix the store (or unset tracking.tracking_uri and $MLFLOW_TRACKING_URI for sqlite:///mlflow.db); "
         "tracking.connect_timeout sets how long to wait"
     )
+
+
+def check_sqlite_writable(tracking_uri: str, timeout: float) -> None:
+    """For a ``sqlite:`` store: take and release its write lock (``BEGIN IMMEDIATE``), waiting at
+    most ``timeout`` seconds; ``sqlite3.OperationalError`` ("database is locked") when another
+    process holds it -- an exclusive lock, or a write transaction that still lets readers in.
+    Other stores: nothing to check."""
+    if not tracking_uri.startswith("sqlite:"):
+        return
+    import sqlite3
+
+    from sqlalchemy.engine import make_url
+
+    database = make_url(tracking_uri).database
+    if not database or database == ":memory:":
+        return
+    connection = sqlite3.connect(database, timeout=timeout, isolation_level=None)
+    try:
+        connection.execute("BEGIN IMMEDIATE")
+        connection.execute("ROLLBACK")
+    finally:
+        connection.close()
+
+
+@contextlib.contextmanager
+def store_errors(tracking_uri: str) -> Iterator[None]:
+    """Start-up writes to the store (experiment, run, params, tags): any failure becomes the
+    one-line error of :func:`store_unusable`, as when the store is unusable before them."""
+    from mertlab.errors import MertlabError
+
+    try:
+        with handled_store_errors():
+            yield
+    except MertlabError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - MlflowException, sqlite, HTTP: one line
+        raise store_unusable(tracking_uri, exc) from None
 
 
 def run_in_progress(run: Any) -> bool:
@@ -243,15 +359,51 @@ def run_in_progress(run: Any) -> bool:
     return not identity or process_alive(identity)
 
 
+def ended_unreported(run: Any) -> Path | None:
+    """The unsent file (:data:`UNSENT_FILE` in the run's folder, tag :data:`RUN_DIR_TAG`) that
+    says run ``run`` ended but the store did not take its status, or None."""
+    folder = run.data.tags.get(RUN_DIR_TAG)
+    if not folder:
+        return None
+    path = Path(folder) / UNSENT_FILE
+    try:
+        with path.open() as f:
+            return path if any(_is_end_record(line) for line in f) else None
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def _is_end_record(line: str) -> bool:
+    """An end record of an unsent file (``{"run_id", "status", "end_time", ...}``)."""
+    if '"status"' not in line:
+        return False
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return False
+    return isinstance(record, dict) and "status" in record and "key" not in record and "tag" not in record
+
+
 def mark_crashed_runs(client: Any, experiment_name: str) -> list[str]:
     """Mark FAILED the RUNNING runs of the experiment whose training process is gone
-    (:func:`run_in_progress`)."""
+    (:func:`run_in_progress`); a run that ended but could not report its status
+    (:func:`ended_unreported`) is left for ``mertlab tracking replay``, named in a warning."""
     experiment = client.get_experiment_by_name(experiment_name)
     if experiment is None:
         return []
     marked = []
     for run in client.search_runs([experiment.experiment_id], "attributes.status = 'RUNNING'", max_results=1000):
-        if not run_in_progress(run):
+        if run_in_progress(run):
+            continue
+        unsent = ended_unreported(run)
+        if unsent is not None:
+            log.warning(
+                "MLflow run %s ended but its status and last values were not sent (store unreachable then); "
+                "send them with `mertlab tracking replay %s`",
+                run.info.run_id,
+                unsent.parent,
+            )
+        else:
             client.set_tag(
                 run.info.run_id,
                 "mertlab.failure",

@@ -20,9 +20,10 @@ from pydantic import BaseModel, ValidationError
 
 from mertlab.errors import MertlabError, PluginError, UnknownComponentError
 from mertlab.plugin_system.plugin_manager import (
-    DISABLE_AUTOLOAD_ENV,
+    DISABLE_PLUGINS_ENV,
     MertlabPluginManager,
     PluginSource,
+    SkippedPlugin,
     create_plugin_manager,
 )
 
@@ -124,7 +125,7 @@ def _load(declared: LazyComponent, kind: str, source: PluginSource) -> type:
     except Exception as exc:  # noqa: BLE001 - re-raised with context
         raise PluginError(
             f"{where}: {kind} '{declared.name}' ({declared.target}) failed to import: {type(exc).__name__}: {exc}; "
-            f"set {DISABLE_AUTOLOAD_ENV}=1 to start without third-party plugins"
+            f"fix or uninstall it, or disable it with {DISABLE_PLUGINS_ENV}={source.plugin}"
         ) from exc
     _check_component(kind, component, source)
     mismatched = [
@@ -251,32 +252,70 @@ def _kind_bases() -> dict[str, type]:
 
 
 class Registry:
-    """Registered components by kind, with their plugin of origin."""
+    """Registered components by kind, with their plugin of origin.
+
+    Each plugin registers all its components or none: one whose ``register_*`` hook raises, that
+    registers something breaking the registration contract, or a name an earlier plugin already
+    registered (built-ins come first), is skipped as a whole with one warning naming it and its
+    distribution (:meth:`MertlabPluginManager.skip`), and the other plugins' components stay.
+    Looking up a name that is not registered mentions the skipped plugins.
+    """
 
     def __init__(self, plugin_manager: MertlabPluginManager) -> None:
         self.plugin_manager = plugin_manager
         self._entries: dict[str, dict[str, Entry]] = {kind: {} for kind in KINDS}
-        for kind, hook_name in HOOKS.items():
-            hook = getattr(plugin_manager.hook, hook_name)
-            for impl in reversed(hook.get_hookimpls()):  # registration order
-                source = plugin_manager.source_of(impl.plugin_name)
-                impl.function(register=self._registrar(kind, source))
+        for plugin_name, source in list(plugin_manager.sources.items()):
+            if plugin_manager.get_plugin(plugin_name) is None:
+                continue
+            try:
+                staged = self._collect(plugin_name, source)
+            except PluginError as exc:
+                reason = "; ".join(
+                    line.removeprefix(f"plugin '{source.plugin}' ({source.label})").lstrip(": ")
+                    for line in str(exc).splitlines()
+                )
+                plugin_manager.skip(source, reason)
+                continue
+            except Exception as exc:  # noqa: BLE001 - a plugin's hook crashed: skip that plugin only
+                plugin_manager.skip(
+                    source, f"failed to register its components: {type(exc).__name__}: {' '.join(str(exc).split())}"
+                )
+                continue
+            for entry in staged:
+                self._entries[entry.kind][entry.name] = entry
+                if isinstance(entry.declared, type):
+                    _COMPONENT_SOURCES[entry.declared] = source
 
-    def _registrar(self, kind: str, source: PluginSource):
+    def _collect(self, plugin_name: str, source: PluginSource) -> list[Entry]:
+        """Every component the plugin registers (checked; nothing is added yet)."""
+        staged: list[Entry] = []
+        for kind, hook_name in HOOKS.items():
+            for impl in getattr(self.plugin_manager.hook, hook_name).get_hookimpls():
+                if impl.plugin_name == plugin_name:
+                    impl.function(register=self._registrar(kind, source, staged))
+        return staged
+
+    def _registrar(self, kind: str, source: PluginSource, staged: list[Entry]):
         def register(component: type | LazyComponent) -> None:
             _check_component(kind, component, source)
+            where = f"plugin '{source.plugin}' ({source.label})"
+            if any(e.kind == kind and e.name == component.name for e in staged):
+                raise PluginError(f"{where}: registers two {kind}s named '{component.name}'")
             existing = self._entries[kind].get(component.name)
             if existing is not None:
                 raise PluginError(
-                    f"two plugins register a {kind} named '{component.name}': "
-                    f"'{existing.source.plugin}' ({existing.source.label}) and "
-                    f"'{source.plugin}' ({source.label}); uninstall one or set MERTLAB_DISABLE_AUTOLOAD=1"
+                    f"{where}: registers a {kind} named '{component.name}', which plugin "
+                    f"'{existing.source.plugin}' ({existing.source.label}) registers too; uninstall one, or "
+                    f"disable one with {DISABLE_PLUGINS_ENV}={source.plugin}"
                 )
-            self._entries[kind][component.name] = Entry(kind, component.name, component, source)
-            if isinstance(component, type):
-                _COMPONENT_SOURCES[component] = source
+            staged.append(Entry(kind, component.name, component, source))
 
         return register
+
+    @property
+    def skipped(self) -> dict[str, SkippedPlugin]:
+        """Plugins not loaded (broken or disabled), by plugin name."""
+        return self.plugin_manager.skipped
 
     def names(self, kind: str) -> list[str]:
         return sorted(self._entries[self._kind(kind)])
@@ -295,7 +334,13 @@ class Registry:
         entries = self._entries[self._kind(kind)]
         if name in entries:
             return entries[name]
-        raise UnknownComponentError(unknown_name_message(kind, name, sorted(entries)))
+        raise UnknownComponentError(unknown_name_message(kind, name, sorted(entries)) + self.skipped_note())
+
+    def skipped_note(self) -> str:
+        """``; not loaded: plugin 'x' (dist 1.0) failed to import: ...`` (empty when none was skipped)."""
+        if not self.skipped:
+            return ""
+        return "; not loaded: " + "; ".join(s.message for s in self.skipped.values())
 
     def build(self, kind: str, name: str, params: dict[str, Any] | BaseModel | None = None, **context: Any) -> Any:
         """Validate ``params`` and construct component ``name`` of ``kind``."""
@@ -303,10 +348,13 @@ class Registry:
         try:
             validated = entry.validate_params(params)
         except ValidationError as exc:
-            from mertlab.experiment.spec import render_validation_error
+            from mertlab.experiment.spec import validation_problems
 
             raise UnknownComponentError(
-                "\n".join(f"{kind} '{name}' params.{line}" for line in render_validation_error(exc))
+                "\n".join(
+                    f"{kind} '{name}' params{'.' + path if path else ''}: {message}"
+                    for path, message in validation_problems(exc)
+                )
             ) from exc
         return entry.component(validated, **context)
 
@@ -320,7 +368,7 @@ class Registry:
 def unknown_name_message(kind: str, name: str, available: list[str]) -> str:
     """``unknown teacher 'encodek'; did you mean 'encodec'? available: cqt, encodec``."""
     close = difflib.get_close_matches(name, available, n=1)
-    hint = f"; did you mean '{close[0]}'?" if close else ""
+    hint = f"; did you mean '{close[0]}'?" if close else ";"
     listing = ", ".join(available) if available else "(none installed)"
     return f"unknown {kind} '{name}'{hint} available: {listing}"
 

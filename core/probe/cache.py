@@ -11,19 +11,26 @@ An entry is one :class:`~mertlab.probe.extract.FeatureSet` (``.npz``, every laye
 
 Probe settings (layers, epochs, patience, seed of the MLP...) are not part of it: they only
 change the probes fitted on the cached features. Entries are written to a unique temporary
-name and renamed into place, so an interrupted or concurrent run never leaves a partial entry.
+name and renamed into place, so an interrupted or concurrent run never leaves a partial entry,
+each with a size/SHA-256 record ``<key>.sum.json`` (:mod:`mertlab.toolkit.integrity`, as the
+target cache's entries): a damaged entry (truncated, overwritten, not a features file) is named
+in one warning and recomputed.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from mertlab.errors import MertlabError
 from mertlab.probe.extract import FeatureSet
+from mertlab.toolkit.integrity import record_problem, write_with_record
+
+log = logging.getLogger(__name__)
 
 #: Default cache folder, relative to the working directory.
 DEFAULT_CACHE_DIR = Path(".mertlab-cache") / "features"
@@ -89,24 +96,42 @@ class FeatureCache:
             self.misses += 1
             return compute()
         entry = self.path(self.key(source, paths, window_seconds))
-        if entry.is_file():
-            try:
-                features = FeatureSet.load(entry)
-            except MertlabError:
-                features = None  # unreadable (e.g. a disk error): recompute and replace it
-            if features is not None and features.paths == [str(p) for p in paths]:
-                self.hits += 1
-                return features
+        features = self._read(entry, paths)
+        if features is not None:
+            self.hits += 1
+            return features
         self.misses += 1
         features = compute()
         features.meta = {**features.meta, "cache_source": source}
         self._store(features, entry)
         return features
 
+    def _read(self, entry: Path, paths: Sequence[str | Path]) -> FeatureSet | None:
+        """The intact entry, or None: missing, or damaged (named in one warning, then recomputed
+        and replaced by the caller). An entry must match its size/SHA-256 record (entries of
+        caches written before records existed are checked by loading them), load as a features
+        file and list ``paths``."""
+        if not entry.is_file():
+            return None
+        problem = record_problem(entry)
+        if problem is None:
+            try:
+                features = FeatureSet.load(entry)
+            except MertlabError as exc:
+                problem = str(exc).removeprefix(f"{entry}: ")
+            else:
+                if features.paths == [str(p) for p in paths]:
+                    return features
+                problem = "it holds the features of other files"
+        log.warning("feature cache: damaged entry %s (%s); recomputing it", entry, problem)
+        return None
+
     def _store(self, features: FeatureSet, entry: Path) -> None:
+        """Write ``features`` as ``entry`` with its size/SHA-256 record, atomically."""
         try:
-            features.save(entry)  # unique temporary name, then renamed into place
+            write_with_record(entry, features.to_bytes())
         except OSError as exc:
             raise MertlabError(
-                f"feature cache {self.root}: cannot write ({exc.strerror}); use another --cache-dir or --no-cache"
+                f"feature cache {self.root}: cannot write {entry} ({exc.strerror or exc}); "
+                "use another --cache-dir or --no-cache"
             ) from None

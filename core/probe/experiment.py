@@ -19,6 +19,7 @@ from typing import Any
 from mertlab.experiment import metric_names
 from mertlab.experiment.spec import ProbeSpec
 from mertlab.probe.cache import FeatureCache, file_identity
+from mertlab.probe.extract import NonFiniteFeaturesError
 from mertlab.probe.fit import ProbeParams, ProbeResult
 from mertlab.probe.run import (
     ProbeOutcome,
@@ -41,10 +42,14 @@ class TaskProbe:
     task: str
     outcome: ProbeOutcome | None
     skipped: bool = False
+    #: why the task could not be probed (features of a diverged model), else None
+    refused: str | None = None
 
     @property
     def verdict(self) -> str:
-        """``pitch: 71% (random init 9%, best baseline cqt 80%)`` (or that it was skipped)."""
+        """``pitch: 71% (random init 9%, best baseline cqt 80%)`` (or that it was skipped or refused)."""
+        if self.refused is not None:
+            return f"{self.task}: not probed: {self.refused}"
         return verdict(self.outcome) if self.outcome is not None else f"{self.task}: already probed with these settings"
 
 
@@ -81,7 +86,8 @@ def probe_spec_tasks(
 ) -> list[TaskProbe]:
     """Probe ``checkpoint`` on every task of ``probe`` and log each to ``run_id`` (default:
     the checkpoint's training run; None and no training run: not logged). With ``skip_done``,
-    tasks already logged on that run with equal settings are skipped. Returns one
+    tasks already logged on that run with equal settings are skipped; a task whose features are
+    not finite (a diverged model) is refused, the reason in its verdict. Returns one
     :class:`TaskProbe` per task, in order. ``timer`` counts the probes' phases
     (:func:`~mertlab.probe.run.run_probe`'s, and ``probe_logging``)."""
     echo = echo or (lambda _: None)
@@ -105,23 +111,29 @@ def probe_spec_tasks(
                 results.append(TaskProbe(task.name, None, skipped=True))
                 continue
         echo(f"probe '{task.name}': {len(task.paths)} clips")
-        outcome = run_probe(
-            checkpoint,
-            task,
-            probe.layers,
-            probe.window_seconds,
-            probe.batch_size,
-            probe_params(probe),
-            probe.random_init,
-            probe.weighted,
-            probe.device,
-            progress=progress,
-            registry=registry,
-            baselines=probe.baselines,
-            cache=cache,
-            seeds=probe.seeds,
-            timer=timer,
-        )
+        try:
+            outcome = run_probe(
+                checkpoint,
+                task,
+                probe.layers,
+                probe.window_seconds,
+                probe.batch_size,
+                probe_params(probe),
+                probe.random_init,
+                probe.weighted,
+                probe.device,
+                progress=progress,
+                registry=registry,
+                baselines=probe.baselines,
+                cache=cache,
+                seeds=probe.seeds,
+                timer=timer,
+            )
+        except NonFiniteFeaturesError as exc:  # a diverged model: a verdict, not a failed command
+            if client is not None:
+                client.set_tag(run_id, f"probe/{task.name}/refused", str(exc)[:5000])
+            results.append(TaskProbe(task.name, None, refused=str(exc)))
+            continue
         if run_id:
             with timer.phase(metric_names.PHASE_PROBE_LOGGING):
                 log_probe(outcome, run_id, tracking_uri, settings, step)

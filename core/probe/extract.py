@@ -27,8 +27,13 @@ from tqdm import tqdm
 from mertlab.contracts import Backbone
 from mertlab.data.audio import load_audio
 from mertlab.errors import DataError, MertlabError
+from mertlab.toolkit.atomic import atomic_write
 
 FEATURES_FORMAT = "mertlab-features-v1"
+
+
+class NonFiniteFeaturesError(MertlabError):
+    """A backbone's features hold NaN or inf (a diverged model): probes refuse them."""
 
 
 @dataclass
@@ -54,28 +59,19 @@ class FeatureSet:
 
     def save(self, path: str | Path) -> Path:
         """Write an ``.npz`` readable without mertlab: arrays ``paths``, ``features`` [N, K, D],
-        ``layers``, ``seconds`` and ``meta`` (a JSON string)."""
-        import os
-        import tempfile
+        ``layers``, ``seconds`` and ``meta`` (a JSON string). Atomic: a complete file or none
+        (:func:`~mertlab.toolkit.atomic.atomic_write`)."""
+        blob = self.to_bytes()
+        return atomic_write(path, lambda f: f.write(blob))
 
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # a unique temporary name: concurrent writers of the same file never mix their bytes
-        fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".part.npz")
-        os.close(fd)
-        tmp = Path(tmp_name)
-        try:
-            self._write(tmp)
-            tmp.replace(path)
-        finally:
-            tmp.unlink(missing_ok=True)
-        return path
-
-    def _write(self, tmp: Path) -> None:
+    def to_bytes(self) -> bytes:
+        """The ``.npz`` file :meth:`save` writes, as bytes."""
+        import io
         import json
 
+        buffer = io.BytesIO()
         np.savez(
-            tmp,
+            buffer,
             format=np.array(FEATURES_FORMAT),
             paths=np.array(self.paths, dtype=str),
             features=self.features,
@@ -83,10 +79,12 @@ class FeatureSet:
             seconds=self.seconds,
             meta=np.array(json.dumps(self.meta, sort_keys=True)),
         )
+        return buffer.getvalue()
 
     @classmethod
     def load(cls, path: str | Path) -> FeatureSet:
-        """Read a file written by :meth:`save`."""
+        """Read a file written by :meth:`save`; anything else (another format, a truncated or
+        damaged file, arrays that do not fit together) is one :class:`MertlabError` naming it."""
         import json
 
         path = Path(path)
@@ -96,15 +94,46 @@ class FeatureSet:
             with np.load(path, allow_pickle=False) as data:
                 if str(data.get("format", "")) != FEATURES_FORMAT:
                     raise MertlabError(f"{path}: not a mertlab features file (no format '{FEATURES_FORMAT}')")
-                return cls(
+                features = cls(
                     paths=[str(p) for p in data["paths"]],
                     features=data["features"],
                     layers=[int(i) for i in data["layers"]],
                     seconds=data["seconds"],
                     meta=json.loads(str(data["meta"])),
                 )
-        except (OSError, ValueError, KeyError) as exc:
-            raise MertlabError(f"{path}: unreadable features file ({exc})") from None
+        except MertlabError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - zipfile, zlib, numpy and json each raise their own
+            raise MertlabError(f"{path}: unreadable features file ({type(exc).__name__}: {exc})") from None
+        problem = features.shape_problem()
+        if problem:
+            raise MertlabError(f"{path}: not a valid features file ({problem})")
+        return features
+
+    def check_finite(self, what: str) -> FeatureSet:
+        """``self``, or :class:`NonFiniteFeaturesError` naming ``what`` (the checkpoint...), the
+        first layer with a NaN/inf feature and how many clips have one there."""
+        finite = np.isfinite(self.features).all(axis=2)  # [N, K]
+        if bool(finite.all()):
+            return self
+        k = int(np.flatnonzero(~finite.all(axis=0))[0])
+        clips = np.flatnonzero(~finite[:, k])
+        raise NonFiniteFeaturesError(
+            f"{what}: layer {self.layers[k]} gives non-finite features (NaN or inf) for {len(clips)} of "
+            f"{len(self.paths)} clips (e.g. {self.paths[clips[0]]}): a diverged model (see its run's "
+            "stability/nonfinite_steps) or NaN/inf samples in that audio; nothing to probe"
+        )
+
+    def shape_problem(self) -> str | None:
+        """Why the arrays do not fit together (``[N, K, D]`` features for N paths and K layers), or None."""
+        n, k = len(self.paths), len(self.layers)
+        if self.features.ndim != 3 or self.features.shape[:2] != (n, k):
+            return f"features of shape {self.features.shape}, expected [{n}, {k}, D] for {n} paths and {k} layers"
+        if self.seconds.shape != (n,):
+            return f"seconds of shape {self.seconds.shape}, expected [{n}]"
+        if not isinstance(self.meta, dict):
+            return "meta is not a JSON object"
+        return None
 
 
 def window_bounds(num_samples: int, window: int, min_samples: int) -> list[tuple[int, int]]:
@@ -197,8 +226,8 @@ def extract_features(
     keep = resolve_layers(layers, backbone.num_layers)
     rate = backbone.sample_rate
     window = max(1, int(round(window_seconds * rate)))
-    min_samples = next((n for n in range(1, window + 1) if backbone.num_frames(n) > 0), None)
-    if min_samples is None:
+    min_samples = backbone.min_samples
+    if min_samples > window:
         raise MertlabError(f"--window-seconds {window_seconds} is shorter than the backbone's receptive field")
     device = resolve_device(device)
     was_training = backbone.training

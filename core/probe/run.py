@@ -286,16 +286,14 @@ def run_probe(
     paths = [str(p) for p in task.paths]
     timer = timer or PhaseTimer()
 
-    def backbone_features(model: Backbone, source: dict[str, Any]) -> FeatureSet:
+    def backbone_features(model: Backbone, source: dict[str, Any], what: str) -> FeatureSet:
         with timer.phase(metric_names.PHASE_PROBE_FEATURES):
             return cache.get_or_compute(
                 source,
                 paths,
                 window_seconds,
-                lambda: extract_features(
-                    model, paths, window_seconds, None, batch_size, device, num_workers, progress
-                ),
-            )
+                lambda: extract_features(model, paths, window_seconds, None, batch_size, device, num_workers, progress),
+            ).check_finite(what)
 
     def report_for(
         features: FeatureSet,
@@ -315,7 +313,7 @@ def run_probe(
                 device=device,
             )
 
-    features = backbone_features(backbone, checkpoint_identity(checkpoint))
+    features = backbone_features(backbone, checkpoint_identity(checkpoint), str(checkpoint))
     report = report_for(features)
     seed_reports = [report_for(features, seed_offset=k) for k in range(1, seeds)]
     random_report, random_features = None, None
@@ -328,7 +326,7 @@ def run_probe(
             "seed": params.seed,
             "torch": torch.__version__,
         }
-        random_features = backbone_features(untrained, source)
+        random_features = backbone_features(untrained, source, f"the random-init copy of {checkpoint}")
         random_report = report_for(random_features)
     random_seed_reports = (
         [] if random_features is None else [report_for(random_features, seed_offset=k) for k in range(1, seeds)]
@@ -341,7 +339,7 @@ def run_probe(
                 paths,
                 window_seconds,
                 lambda name=name: baseline_features(name, paths, window_seconds, progress),
-            )
+            ).check_finite(f"baseline {name}")
         reports[name] = report_for(
             pooled, weighted_sum=False, probe_layers=None, phase=metric_names.PHASE_PROBE_BASELINES
         )

@@ -6,6 +6,9 @@ frames of each crop from it instead of running the teachers. Layout::
     DIR/<teacher name>-<teacher fingerprint>/     one folder per teacher version
         manifest.json                             format, teacher, params, TargetInfo, fingerprint, windowing
         <key[:2]>/<key>.npy                       [frames, channels] targets of one whole audio file
+        <key[:2]>/<key>.sum.json                  its size and SHA-256 (:mod:`mertlab.toolkit.integrity`)
+        <key[:2]>/<key>.bad.json                  or: why the audio file cannot be used (NaN/inf samples,
+                                                  undecodable); training skips and counts it
 
 * **Versioned by teacher**: the folder name carries :meth:`Teacher.fingerprint` (params + fitted
   state / weights), so changing one teacher's params points it at a new, empty folder while the
@@ -54,10 +57,12 @@ import torch
 from tqdm.auto import tqdm
 
 from mertlab.contracts import TargetInfo, Teacher
-from mertlab.data.audio import AudioFile, read_segment, resample
+from mertlab.data.audio import AudioFile, BadAudioError, check_finite, read_segment, resample
+from mertlab.data.skipped import SkippedFile, SkippedFiles
 from mertlab.errors import MertlabError
 from mertlab.experiment.spec import ExperimentSpec
 from mertlab.toolkit.atomic import atomic_write
+from mertlab.toolkit.integrity import record_problem, write_with_record
 from mertlab.toolkit.teacher_output import check_targets
 
 FORMAT = "mertlab-target-cache-v1"
@@ -92,17 +97,9 @@ def file_key(path: str | Path) -> str:
     return hashlib.sha256(f"{resolved}\0{stat.st_size}\0{stat.st_mtime_ns}".encode()).hexdigest()[:24]
 
 
-def _record_path(entry: Path) -> Path:
-    """The size/checksum record of a cache entry: ``<key>.sum.json`` beside ``<key>.npy``."""
-    return entry.with_name(entry.stem + ".sum.json")
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+def _bad_marker(entry: Path) -> Path:
+    """Where :meth:`TeacherCache.mark_bad` records why an entry's audio file is unusable."""
+    return entry.with_name(entry.stem + ".bad.json")
 
 
 class DamagedEntryError(MertlabError):
@@ -153,6 +150,30 @@ class TeacherCache:
     def has(self, path: str | Path) -> bool:
         return self.entry(path).is_file()
 
+    def mark_bad(self, entry: Path, audio: str | Path, reason: str) -> None:
+        """Record that the audio file of ``entry`` cannot be used (e.g. NaN samples), so
+        readers skip it instead of asking for a rebuild (see :meth:`bad_reason`)."""
+        text = json.dumps({"audio": str(audio), "reason": reason}).encode()
+        try:
+            self.write_manifest()
+            atomic_write(_bad_marker(entry), lambda f: f.write(text))
+        except OSError as exc:
+            raise MertlabError(
+                f"data.target_cache: cannot write {_bad_marker(entry)} ({exc.strerror or exc}); the cache folder "
+                f"{self.folder} must be writable"
+            ) from None
+
+    def bad_reason(self, path: str | Path) -> str | None:
+        """Why the audio file at ``path`` (in its current state) was found unusable by a build
+        (:meth:`mark_bad`), or None."""
+        try:
+            found = json.loads(_bad_marker(self.entry(path)).read_text())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError):
+            return "unusable (found by `mertlab targets build`; its record is damaged)"
+        return str(found.get("reason", "unusable")) if isinstance(found, dict) else "unusable"
+
     def read(self, path: str | Path, verify: bool = True) -> np.ndarray:
         """The file's ``[frames, channels]`` targets, memory-mapped (read only what you slice).
 
@@ -202,14 +223,7 @@ class TeacherCache:
             return f"holds an array of shape {shape}, expected [frames, {self.info.dim}]"
         if not full:
             return None
-        record = self._record(entry)
-        if record is None:
-            return None
-        if record.get("bytes") != size:
-            return f"{size} bytes, its record says {record.get('bytes')}"
-        if record.get("sha256") != _sha256(entry):
-            return "checksum mismatch (contents changed since it was written)"
-        return None
+        return record_problem(entry)
 
     def store(self, entry: Path, values: np.ndarray) -> None:
         """Write ``values`` ``[frames, channels]`` as ``entry`` (from :meth:`entry`, taken before
@@ -221,26 +235,15 @@ class TeacherCache:
         buffer = io.BytesIO()
         np.save(buffer, values.astype(storage_dtype(self.info), copy=False))
         blob = buffer.getvalue()
-        record = json.dumps({"bytes": len(blob), "sha256": hashlib.sha256(blob).hexdigest()}).encode()
         try:
             self.write_manifest()
-            atomic_write(_record_path(entry), lambda f: f.write(record))
-            atomic_write(entry, lambda f: f.write(blob))
+            write_with_record(entry, blob)
         except OSError as exc:
             raise MertlabError(
                 f"data.target_cache: cannot write {entry} ({exc.strerror or exc}); the cache folder {self.folder} "
                 "must be writable to add or repair entries (or point data.target_cache at a writable copy)"
             ) from None
         self._verified.add(entry)
-
-    def _record(self, entry: Path) -> dict[str, Any] | None:
-        try:
-            record = json.loads(_record_path(entry).read_text())
-        except FileNotFoundError:
-            return None
-        except (OSError, ValueError):
-            return {}  # a damaged record: the entry cannot be trusted
-        return record if isinstance(record, dict) else {}
 
     # ----------------------------------------------------------------- manifest
     def read_manifest(self) -> dict[str, Any] | None:
@@ -316,7 +319,7 @@ def compute_file_targets(
     while True:
         first = max(0, start - context)
         a, b = native(first), native(start + window + context)
-        wav = resample(read_segment(file, a, b - a), file.sample_rate, rate).to(device)
+        wav = check_finite(resample(read_segment(file, a, b - a), file.sample_rate, rate), file).to(device)
         lengths = torch.tensor([wav.shape[0]], device=device)
         out = check_targets(teacher, teacher.targets(wav[None], lengths), wav.shape[0], lengths)
         values = out.values[0, : int(out.lengths[0])]
@@ -345,6 +348,8 @@ class BuildSummary:
     skipped: int
     #: damaged entries found and recomputed (also counted in ``computed``)
     repaired: list[Path] = field(default_factory=list)
+    #: audio files that cannot be used (NaN/inf samples, undecodable): no entry, marked as such
+    bad: list[SkippedFile] = field(default_factory=list)
 
 
 def build_teacher_cache(
@@ -357,19 +362,30 @@ def build_teacher_cache(
     device: str | torch.device = "cpu",
     progress: bool = True,
     verify: bool = True,
+    skipped_files: SkippedFiles | None = None,
 ) -> BuildSummary:
     """Compute and store ``teacher``'s targets of every file without an intact cache entry.
 
     Existing entries are checked (:meth:`TeacherCache.damage`; ``verify``: their checksums
-    too, which reads each once) and damaged ones recomputed, each named in a warning."""
+    too, which reads each once) and damaged ones recomputed, each named in a warning. A file
+    found unusable while computing (NaN/inf samples, undecodable: :class:`BadAudioError`) gets
+    no entry but a marker (:meth:`TeacherCache.mark_bad`), is recorded in ``skipped_files``
+    (which names it once in the log) and listed in the summary; later builds skip it too."""
     alias = alias or teacher.name
     cache = TeacherCache(root, teacher, windowing)
     cache.check_manifest(required=False)
     teacher.to(device).eval()
+    skipped_files = skipped_files if skipped_files is not None else SkippedFiles()
     computed = skipped = 0
     repaired: list[Path] = []
+    bad: list[SkippedFile] = []
     for file in tqdm(files, desc=f"targets {alias}", unit="file", disable=not progress):
         entry = cache.entry(file.path)
+        reason = cache.bad_reason(file.path)
+        if reason is not None:
+            bad.append(SkippedFile(file.path, reason))
+            skipped_files.add(bad[-1])
+            continue
         if entry.is_file():
             problem = cache.damage(entry, full=verify)
             if problem is None:
@@ -379,9 +395,16 @@ def build_teacher_cache(
                 "data.target_cache: recomputing damaged entry %s (targets of %s): %s", entry, file.path, problem
             )
             repaired.append(entry)
-        cache.store(entry, compute_targets_of(teacher, file, alias, windowing, device))
+        try:
+            values = compute_targets_of(teacher, file, alias, windowing, device)
+        except BadAudioError as exc:
+            cache.mark_bad(entry, file.path, exc.reason)
+            bad.append(SkippedFile(file.path, exc.reason))
+            skipped_files.add(bad[-1])
+            continue
+        cache.store(entry, values)
         computed += 1
-    return BuildSummary(alias, teacher.name, cache.folder, computed, skipped, repaired)
+    return BuildSummary(alias, teacher.name, cache.folder, computed, skipped, repaired, bad)
 
 
 def compute_targets_of(
@@ -394,6 +417,8 @@ def compute_targets_of(
     """:func:`compute_file_targets`, with errors naming the teacher alias and the audio file."""
     try:
         return compute_file_targets(teacher, file, windowing, device)
+    except BadAudioError:
+        raise  # the file, not the teacher: callers skip it
     except MertlabError as exc:
         raise MertlabError(f"teachers.{alias} on {file.path}: {exc}") from None
 
@@ -405,9 +430,14 @@ def build_targets(
     device: str | torch.device = "cpu",
     windowing: Windowing = Windowing(),
     progress: bool = True,
+    skipped: SkippedFiles | None = None,
 ) -> list[BuildSummary]:
     """Fill ``spec.data.target_cache`` with every teacher's targets of every file of ``data.path``
-    (training and validation files: the cache is per file, the split is made at training time)."""
+    (training and validation files: the cache is per file, the split is made at training time).
+
+    Files are scanned by the rule training uses (:func:`~mertlab.data.dataset.shortest_usable_seconds`
+    of the spec's backbone and teachers), so a file training would skip gets no entry; unusable
+    files, at the scan or while computing, are recorded in ``skipped`` (each named once in the log)."""
     if spec.data.target_cache is None:
         raise MertlabError(
             "data.target_cache: not set; name the cache folder in the spec or with -o data.target_cache=DIR"
@@ -417,14 +447,76 @@ def build_targets(
 
         registry = get_registry()
     from mertlab.data.datamodule import scan_dataset
+    from mertlab.data.dataset import shortest_usable_seconds
     from mertlab.train.run import prepare_data
 
     teachers = {alias: registry.build("teacher", t.name, t.params) for alias, t in spec.teachers.items()}
-    prepare_data(spec)
-    files = scan_dataset(spec.data, next(iter(teachers.values())).sample_rate)
+    backbone = registry.build("backbone", spec.backbone.name, spec.backbone.params)  # its receptive field
+    skipped = skipped if skipped is not None else SkippedFiles()
+    prepare_data(spec, progress)
+    files = scan_dataset(spec.data, backbone.sample_rate, shortest_usable_seconds(backbone, teachers.values()), skipped)
+    del backbone
     return [
         build_teacher_cache(
-            teacher, files, spec.data.target_cache, alias=alias, windowing=windowing, device=device, progress=progress
+            teacher,
+            files,
+            spec.data.target_cache,
+            alias=alias,
+            windowing=windowing,
+            device=device,
+            progress=progress,
+            skipped_files=skipped,
         )
         for alias, teacher in teachers.items()
     ]
+
+
+@dataclass(frozen=True)
+class CacheFolder:
+    """One teacher version's folder of a target cache: its manifest's teacher and fingerprint,
+    and its size on disk."""
+
+    folder: Path
+    teacher: str
+    fingerprint: str
+    bytes: int
+
+
+def unused_folders(spec: ExperimentSpec, *, registry: Any = None) -> list[CacheFolder]:
+    """The folders of ``spec.data.target_cache`` (those with a target-cache manifest) that no
+    teacher of ``spec``, with its current params, fitted state and code, reads: older versions
+    left behind by edits of params or code. Other files and folders are not listed."""
+    if spec.data.target_cache is None:
+        raise MertlabError(
+            "data.target_cache: not set; name the cache folder in the spec or with -o data.target_cache=DIR"
+        )
+    if registry is None:
+        from mertlab.plugin_system.registry import get_registry
+
+        registry = get_registry()
+    root = Path(spec.data.target_cache)
+    if not root.is_dir():
+        return []
+    used = {TeacherCache(root, registry.build("teacher", t.name, t.params)).folder.name for t in spec.teachers.values()}
+    found = []
+    for folder in sorted(p for p in root.iterdir() if p.is_dir() and p.name not in used):
+        try:
+            manifest = json.loads((folder / MANIFEST).read_text())
+        except (OSError, ValueError):
+            continue  # not a target-cache folder (or its manifest is unreadable): left alone
+        if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+            continue
+        size = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+        found.append(CacheFolder(folder, str(manifest.get("teacher")), str(manifest.get("fingerprint")), size))
+    return found
+
+
+def remove_folders(folders: list[CacheFolder]) -> None:
+    """Delete ``folders`` (from :func:`unused_folders`)."""
+    import shutil
+
+    for entry in folders:
+        try:
+            shutil.rmtree(entry.folder)
+        except OSError as exc:
+            raise MertlabError(f"data.target_cache: cannot remove {entry.folder} ({exc.strerror or exc})") from None

@@ -16,6 +16,7 @@ training checkpoints after a check against their sidecar (:func:`load_checkpoint
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -88,6 +89,62 @@ def read_backbone_file(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]
     raise MertlabError(f"{path}: not a mertlab backbone or training checkpoint")
 
 
+def read_backbone_component(path: str | Path) -> dict[str, Any]:
+    """``{name, params}`` of the backbone stored in ``path`` (any file format above), without
+    reading its weights (safetensors: the header; torch files: memory-mapped)."""
+    path = Path(path)
+    check_not_sharded(path)
+    if not path.is_file():
+        raise MertlabError(f"{path}: no such checkpoint file")
+    if is_safetensors(path):
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(path), framework="pt", device="cpu") as f:
+                meta = {k: json.loads(v) for k, v in (f.metadata() or {}).items()}
+        except Exception as exc:  # noqa: BLE001 - a damaged file is a user error
+            raise MertlabError(f"{path}: damaged or truncated backbone file, cannot be read ({exc})") from None
+        component = meta.get("backbone") if meta.get("format") == BACKBONE_FORMAT else None
+    else:
+        ckpt = load_torch_file(path, "checkpoint", mmap=True)
+        component = None
+        if isinstance(ckpt, dict) and ckpt.get("format") == LEGACY_BACKBONE_FORMAT:
+            component = ckpt.get("backbone")
+        elif isinstance(ckpt, dict) and isinstance(ckpt.get("mertlab_spec"), dict):
+            component = ckpt["mertlab_spec"].get("backbone")
+    if not isinstance(component, dict) or not isinstance(component.get("name"), str):
+        raise MertlabError(f"{path}: not a mertlab backbone or training checkpoint")
+    return component
+
+
+def backbone_depth(source: str | Path, registry: Any = None) -> int:
+    """Encoder layers of the backbone ``source`` names (a checkpoint file or ``hf:DIR``), read
+    from its metadata without building it: ``num_hidden_layers`` of ``config.json``, or the
+    ``num_layers`` of its validated params (presets resolved). One-line :class:`MertlabError`
+    when it cannot be read or does not say."""
+    directory = hf_directory(source)
+    if directory is not None:
+        config_path = check_hf_directory(directory)
+        try:
+            depth = json.loads(config_path.read_text()).get("num_hidden_layers")
+        except (json.JSONDecodeError, AttributeError) as exc:
+            raise MertlabError(f"{config_path}: not a JSON object ({exc})") from None
+    else:
+        component = read_backbone_component(source)
+        if registry is None:
+            from mertlab.plugin_system.registry import get_registry
+
+            registry = get_registry()
+        entry = registry.get("backbone", component["name"])
+        try:
+            depth = getattr(entry.validate_params(component.get("params", {})), "num_layers", None)
+        except ValueError as exc:  # pydantic's ValidationError
+            raise MertlabError(f"{source}: the stored backbone params do not validate ({exc})") from None
+    if not isinstance(depth, int):
+        raise MertlabError(f"{source}: its metadata does not give the number of layers")
+    return depth
+
+
 #: ``load_backbone("hf:DIR")``: a local Hugging Face model directory (config.json + weights).
 HF_PREFIX = "hf:"
 
@@ -114,8 +171,6 @@ def check_hf_directory(directory: str | Path) -> Path:
 def load_hf_backbone(directory: str | Path, registry: Any = None) -> Backbone:
     """The registered backbone whose ``hf_model_types`` lists ``DIR/config.json``'s
     ``model_type``, loaded from that directory (nothing is downloaded), in eval mode on CPU."""
-    import json
-
     config_path = check_hf_directory(directory)
     directory = config_path.parent
     try:

@@ -17,7 +17,7 @@ import importlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
@@ -159,6 +159,13 @@ class FrameFeature(nn.Module, ABC):
     @property
     @abstractmethod
     def frame_rate(self) -> float: ...
+
+    @property
+    def receptive_field(self) -> float:
+        """Seconds of audio a frame reads past its start when frames need a whole window inside
+        the clip (:attr:`mertlab.contracts.TargetInfo.receptive_field`); 0 for features that pad
+        the clip's end."""
+        return 0.0
 
     @abstractmethod
     def forward(self, wav: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]: ...
@@ -386,6 +393,14 @@ class BackboneLayer(FrameFeature):
     def frame_rate(self) -> float:
         return self.backbone.frame_rate
 
+    @property
+    def receptive_field(self) -> float:
+        """Seconds of audio a frame reads past its start: ``(first_frame_samples - 1) / sample_rate``,
+        where a clip needs ``first_frame_samples`` samples for one frame (a conv frontend's
+        window, e.g. 400 samples for HuBERT's CNN, 2048 for the quickstart's filterbank; 1 for a
+        frontend that pads the clip's end, which makes it 0)."""
+        return (first_frame_samples(self.backbone) - 1) / self.backbone.sample_rate
+
     def train(self, mode: bool = True) -> BackboneLayer:
         super().train(mode)
         self.backbone.eval()  # frozen feature extractor: dropout stays off
@@ -404,6 +419,21 @@ class BackboneLayer(FrameFeature):
             clips.append(selected[0] if len(selected) == 1 else torch.stack(selected).mean(0))
         frame_lengths = torch.tensor([c.shape[0] for c in clips], device=wav.device)
         return pad_frames(clips), frame_lengths
+
+
+def first_frame_samples(backbone: Any, limit_seconds: float = 60.0) -> int:
+    """The fewest samples for which ``backbone.num_frames`` gives a frame (binary search over
+    ``num_frames``, which is monotone; ``limit_seconds`` of audio at most)."""
+    low, high = 1, max(1, round(limit_seconds * backbone.sample_rate))
+    if backbone.num_frames(high) < 1:
+        raise MertlabError(f"backbone '{backbone.name}' gives no frame for {limit_seconds:g} s of audio")
+    while low < high:
+        middle = (low + high) // 2
+        if backbone.num_frames(middle) >= 1:
+            high = middle
+        else:
+            low = middle + 1
+    return low
 
 
 def _normalise_layer(h: Tensor, normalize: LayerNorm) -> Tensor:

@@ -17,12 +17,21 @@ frames of the current batch (MuQ's ``stale_tolerance``), so every code ends up u
 
 mertlab's choices where the paper is silent: plain linear layers (MuQ's code wraps them in
 weight normalisation, a reparametrisation of the same function class), Adam, and codebooks
-initialised by k-means of each stage's projected frames (stage by stage) rather than at
-random, which keeps all codes in use from the start.
+initialised by spherical k-means of each stage's projected frames (stage by stage) rather than
+at random, which keeps all codes in use from the start.
+
+The fit is vectorised where the residual chain allows: each stage's nearest codes come from one
+blocked GEMM + argmin over the batch (:func:`mertlab.toolkit.kmeans.nearest_centroid`, as the
+k-means teacher assigns), the initial k-means is Lloyd's (a full-data GEMM per iteration, no
+sequential k-means++ seeding over 1024 codes) and the dead-code bookkeeping of all codebooks is
+one histogram. The stages themselves are sequential by definition (each quantises what the
+previous ones left). On CPU the fit runs torch on one thread (see :func:`fit_rvq`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -31,18 +40,22 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from mertlab.errors import MertlabError
-from mertlab.toolkit.kmeans import fit_minibatch_kmeans
+from mertlab.toolkit.kmeans import lloyd_kmeans, nearest_centroid
 
 # Rows per assignment block: bounds the [rows, codebook_size] similarity matrix.
 _CHUNK = 16384
+#: The initial k-means of each codebook runs on this many frames per code (at least).
+INIT_ROWS_PER_CODE = 16
 
 
 @dataclass
 class RVQOutput:
-    """``recon`` ``[N, D]``; ``codes`` ``[N, C]``; ``latents``: per stage ``[N, d]`` projections;
-    ``commitment`` / ``codebook``: the two VQ loss terms, summed over stages."""
+    """``recon`` ``[N, D]``; ``residual`` ``[N, D]``: ``x - recon``, what the stages left;
+    ``codes`` ``[N, C]``; ``latents``: per stage ``[N, d]`` projections; ``commitment`` /
+    ``codebook``: the two VQ loss terms, summed over stages."""
 
     recon: Tensor
+    residual: Tensor
     codes: Tensor
     latents: list[Tensor]
     commitment: Tensor
@@ -60,13 +73,14 @@ class ResidualLinearVQ(nn.Module):
         self.codebooks = nn.Parameter(torch.randn(n_codebooks, codebook_size, codebook_dim))
 
     def assign(self, z: Tensor, stage: int) -> Tensor:
-        """``[N]`` index of the code of ``stage`` with the highest cosine similarity to each row of ``z``."""
+        """``[N]`` index of the code of ``stage`` with the highest cosine similarity to each row of
+        ``z`` (lowest index on ties)."""
         book = F.normalize(self.codebooks[stage].detach(), dim=-1)
-        return torch.cat([(F.normalize(block, dim=-1) @ book.T).argmax(1) for block in z.detach().split(_CHUNK)])
+        return nearest_centroid(F.normalize(z.detach(), dim=-1), book, spherical=True)
 
     def forward(self, x: Tensor) -> RVQOutput:
         """Quantise ``x`` ``[N, input_dim]``; differentiable (straight-through) for fitting."""
-        residual, recon = x, torch.zeros_like(x)
+        residual = x
         codes, latents = [], []
         commitment = codebook = x.new_zeros(())
         for stage in range(self.n_codebooks):
@@ -75,11 +89,12 @@ class ResidualLinearVQ(nn.Module):
             q = self.codebooks[stage][index]
             commitment = commitment + F.mse_loss(z, q.detach())
             codebook = codebook + F.mse_loss(q, z.detach())
-            out = self.out_proj[stage](z + (q - z).detach())
-            recon, residual = recon + out, residual - out
+            out = self.out_proj[stage]  # residual - out(q): one fused GEMM (no [N, D] temporary)
+            residual = torch.addmm(residual - out.bias, z + (q - z).detach(), out.weight.T, alpha=-1)
             codes.append(index)
             latents.append(z)
-        return RVQOutput(recon, torch.stack(codes, 1), latents, commitment, codebook)
+        # the stages' outputs sum to x - residual: one subtraction instead of a running sum
+        return RVQOutput(x - residual, residual, torch.stack(codes, 1), latents, commitment, codebook)
 
     @torch.no_grad()
     def encode(self, x: Tensor) -> Tensor:
@@ -96,19 +111,16 @@ class ResidualLinearVQ(nn.Module):
         return sum(self.out_proj[c](self.codebooks[c][codes[:, c]]) for c in range(self.n_codebooks))
 
     @torch.no_grad()
-    def init_codebooks(self, x: Tensor, generator: torch.Generator) -> None:
-        """Stage by stage, on the residual the earlier stages leave: the codes := k-means
-        centroids of the stage's (unit-norm) projected rows of ``x``, scaled to their mean norm,
-        so every code starts where data is and used about equally."""
+    def init_codebooks(self, x: Tensor, generator: torch.Generator, lloyd_steps: int = 10) -> None:
+        """Stage by stage, on the residual the earlier stages leave: the codes := spherical
+        k-means centroids (``lloyd_steps`` Lloyd steps from distinct random rows) of the stage's
+        projected rows of ``x``, scaled to their mean norm, so every code starts where data is
+        and used about equally."""
         residual = x
         for stage in range(self.n_codebooks):
             z = self.in_proj[stage](residual)
-            seed = int(torch.randint(2**31 - 1, (1,), generator=generator))
             if len(z) >= self.codebook_size:
-                unit = F.normalize(z, dim=-1)
-                codes = fit_minibatch_kmeans(
-                    unit, self.codebook_size, n_iter=20, batch_size=1024, seed=seed, progress=False
-                )
+                codes = lloyd_kmeans(z, self.codebook_size, n_iter=lloyd_steps, generator=generator, spherical=True)
                 codes = codes * z.norm(dim=-1).mean()
             else:  # fewer rows than codes: rows, repeated
                 codes = z[_draw(len(z), self.codebook_size, generator, z.device)]
@@ -149,38 +161,59 @@ def fit_rvq(
     if not bool(torch.isfinite(x).all()):
         raise MertlabError(f"{desc}: fitting frames contain NaN or inf")
     generator = torch.Generator().manual_seed(settings.seed)
-    rvq.train()
-    rvq.init_codebooks(x[_draw(len(x), min(len(x), 4 * settings.batch_size), generator, x.device)], generator)
-    optimizer = torch.optim.Adam(rvq.parameters(), lr=settings.lr)
-    stale = torch.zeros(rvq.n_codebooks, rvq.codebook_size, device=x.device)
     history: list[float] = []
-    bar = tqdm(range(settings.steps), desc=desc, unit="step", disable=not progress, leave=False)
-    for _ in bar:
-        batch = x[_draw(len(x), min(len(x), settings.batch_size), generator, x.device)]
-        out = rvq(batch)
-        recon = (out.recon - batch).abs().mean()
-        loss = recon + settings.codebook_weight * out.codebook + settings.commitment_weight * out.commitment
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        _restart_dead_codes(rvq, out, stale, settings.dead_code_steps, generator)
-        history.append(float(recon.detach()))
-        bar.set_postfix(recon=f"{history[-1]:.4f}")
-    rvq.eval()
+    with _one_thread_on_cpu(x.device):
+        rvq.train()
+        init_rows = min(len(x), max(4 * settings.batch_size, INIT_ROWS_PER_CODE * rvq.codebook_size))
+        rvq.init_codebooks(x[_draw(len(x), init_rows, generator, x.device)], generator)
+        optimizer = torch.optim.Adam(rvq.parameters(), lr=settings.lr)
+        stale = torch.zeros(rvq.n_codebooks, rvq.codebook_size, device=x.device)
+        bar = tqdm(range(settings.steps), desc=desc, unit="step", disable=not progress, leave=False)
+        for _ in bar:
+            batch = x[_draw(len(x), min(len(x), settings.batch_size), generator, x.device)]
+            out = rvq(batch)
+            recon = out.residual.abs().mean()  # |x - recon|
+            loss = recon + settings.codebook_weight * out.codebook + settings.commitment_weight * out.commitment
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            _restart_dead_codes(rvq, out, stale, settings.dead_code_steps, generator)
+            history.append(float(recon.detach()))
+            bar.set_postfix(recon=f"{history[-1]:.4f}")
+        rvq.eval()
     return history
+
+
+@contextmanager
+def _one_thread_on_cpu(device: torch.device) -> Iterator[None]:
+    """On CPU, torch on one thread while inside: the fit's operations are small ([batch, 512] x
+    [512, 16]...), a second thread gains little on them, and on a shared machine every
+    multi-threaded region stalls whenever another process holds a core (bench/README.md)."""
+    if device.type != "cpu":
+        yield
+        return
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 @torch.no_grad()
 def _restart_dead_codes(
     rvq: ResidualLinearVQ, out: RVQOutput, stale: Tensor, patience: int, generator: torch.Generator
 ) -> None:
-    """Count, per code, the consecutive steps it went unused; move codes unused for ``patience``
-    steps onto random projected frames of this batch (where the data is)."""
-    for stage in range(rvq.n_codebooks):
-        used = torch.bincount(out.codes[:, stage], minlength=rvq.codebook_size) > 0
-        stale[stage] = torch.where(used, 0.0, stale[stage] + 1)
-        dead = torch.nonzero(stale[stage] >= patience).squeeze(1)
-        if len(dead):
-            latents = out.latents[stage].detach()
-            rvq.codebooks[stage, dead] = latents[_draw(len(latents), len(dead), generator, latents.device)]
-            stale[stage, dead] = 0
+    """Count, per code, the consecutive steps it went unused (one histogram for all codebooks);
+    move codes unused for ``patience`` steps onto random projected frames of this batch (where
+    the data is)."""
+    size = rvq.codebook_size
+    offsets = torch.arange(rvq.n_codebooks, device=out.codes.device) * size
+    used = torch.bincount((out.codes + offsets).flatten(), minlength=rvq.n_codebooks * size).view(-1, size) > 0
+    stale.add_(1).masked_fill_(used, 0.0)
+    dead = stale >= patience
+    for stage in torch.nonzero(dead.any(1)).flatten().tolist():
+        codes = torch.nonzero(dead[stage]).flatten()
+        latents = out.latents[stage].detach()
+        rvq.codebooks[stage, codes] = latents[_draw(len(latents), len(codes), generator, latents.device)]
+        stale[stage, codes] = 0

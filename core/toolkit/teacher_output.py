@@ -14,10 +14,10 @@ The checks (see the frame-timing convention on :class:`mertlab.contracts.Teacher
   valid frames (frames past ``lengths`` are padding and never read);
 * ``lengths`` is ``[B]`` integers within ``[0, T]``;
 * frame counts follow ``info.frame_rate``: ``lengths[b]`` for clip ``b``'s valid samples is
-  within :data:`FRAME_TOLERANCE` frames of ``seconds x info.frame_rate`` (teachers differ in
-  how they round and centre the last frame, never by more than that), and ``T`` is at most
-  that many frames past what the batch's ``S`` samples give (a teacher may pad only to its
-  longest clip).
+  within :data:`FRAME_TOLERANCE` frames of ``(seconds - info.receptive_field) x
+  info.frame_rate`` (teachers differ in how they round and centre the last frame, never by
+  more than that), and ``T`` is at most that many frames past what the batch's ``S`` samples
+  give (a teacher may pad only to its longest clip).
 """
 
 from __future__ import annotations
@@ -41,9 +41,10 @@ def teacher_label(teacher: Teacher) -> str:
     return component_label(type(teacher), "teacher")
 
 
-def expected_frames(num_samples: float, sample_rate: int, frame_rate: float) -> float:
-    """Frames ``num_samples`` samples at ``sample_rate`` span at ``frame_rate`` (not rounded)."""
-    return num_samples / sample_rate * frame_rate
+def expected_frames(num_samples: float, sample_rate: int, frame_rate: float, receptive_field: float = 0.0) -> float:
+    """Frames ``num_samples`` samples at ``sample_rate`` give at ``frame_rate`` (not rounded),
+    for frames that each read ``receptive_field`` seconds past their start."""
+    return max(num_samples / sample_rate - receptive_field, 0.0) * frame_rate
 
 
 def check_targets(teacher: Teacher, targets: object, num_samples: int, sample_lengths: Tensor) -> Targets:
@@ -60,7 +61,7 @@ def check_targets(teacher: Teacher, targets: object, num_samples: int, sample_le
     info = teacher.info
     values, lengths = targets.values, targets.lengths
     batch = int(sample_lengths.shape[0])
-    frames_f = expected_frames(num_samples, teacher.sample_rate, info.frame_rate)
+    frames_f = expected_frames(num_samples, teacher.sample_rate, info.frame_rate, info.receptive_field)
     shape_hint = (
         f"[batch={batch}, frames~{frames_f:.0f}, {'n_codebooks' if info.kind == 'discrete' else 'dim'}={info.dim}]"
     )
@@ -80,21 +81,26 @@ def check_targets(teacher: Teacher, targets: object, num_samples: int, sample_le
     if frames > frames_f + FRAME_TOLERANCE:
         raise TeacherOutputError(
             f"{label}: {frames} frames for {num_samples} samples at {teacher.sample_rate} Hz, but info.frame_rate "
-            f"{info.frame_rate:g} Hz gives {frames_f:.1f} (tolerance {FRAME_TOLERANCE} frames); "
+            f"{info.frame_rate:g} Hz{_field_note(info)} gives {frames_f:.1f} (tolerance {FRAME_TOLERANCE} frames); "
             f"fix the frame count or info.frame_rate"
         )
     lengths = _checked_lengths(label, lengths, batch, frames)
     valid = _valid_frames(lengths, frames)
     for b, (n_frames, n_samples) in enumerate(zip(lengths.tolist(), sample_lengths.tolist())):
-        want = expected_frames(n_samples, teacher.sample_rate, info.frame_rate)
+        want = expected_frames(n_samples, teacher.sample_rate, info.frame_rate, info.receptive_field)
         if abs(n_frames - want) > FRAME_TOLERANCE:
             raise TeacherOutputError(
                 f"{label}: {n_frames} valid frames (targets.lengths[{b}]) for {n_samples} samples at "
-                f"{teacher.sample_rate} Hz, but info.frame_rate {info.frame_rate:g} Hz gives {want:.1f} "
+                f"{teacher.sample_rate} Hz, but info.frame_rate {info.frame_rate:g} Hz{_field_note(info)} "
+                f"gives {want:.1f} "
                 f"(tolerance {FRAME_TOLERANCE} frames); fix the frame count or info.frame_rate"
             )
     _check_values(label, values, valid, info)
     return dataclasses.replace(targets, values=values, lengths=lengths, info=info)
+
+
+def _field_note(info) -> str:
+    return f" with a receptive field of {info.receptive_field:g} s" if info.receptive_field else ""
 
 
 def check_cached_values(teacher: Teacher, values: Tensor, where: str) -> None:

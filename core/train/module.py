@@ -10,7 +10,9 @@ One step, top to bottom (``training_step``):
 4. each objective scores the backbone output against its teacher's targets;
    ``loss/total = sum(weight * loss) (+ feature penalty)``;
 5. non-finite losses or gradients skip the step (counted in ``stability/*``, logged with their
-   real non-finite values, never the last finite ones); see :meth:`PretrainModule.skip_update`.
+   real non-finite values, never the last finite ones); see :meth:`PretrainModule.skip_update`;
+   an update that leaves a parameter non-finite is undone and counted the same way
+   (:meth:`PretrainModule.undo_nonfinite_update`).
 
 Stability instrumentation beyond that (per-block gradient norms, attention logits, update
 ratios, loss spikes) lives in the ``stability`` callback.
@@ -29,27 +31,38 @@ import lightning as L
 import torch
 from torch import Tensor, nn
 
-from mertlab.contracts import BackboneOutput, Targets
+from mertlab.contracts import BackboneOutput, Objective, ObjectiveOutput, Targets
 from mertlab.data.dataset import AudioBatch
 from mertlab.experiment import metric_names as M
 from mertlab.experiment.spec import ExperimentSpec
+from mertlab.toolkit.code_usage import code_perplexity
+from mertlab.toolkit.objective_output import check_objective_output, objective_label
 from mertlab.toolkit.seeding import AUGMENT, DROPOUT, LAYER_DROP, MASK, VAL_MASK, derive_seed, generator, name_key
 from mertlab.train.agreement import any_rank
 from mertlab.train.schedule import lr_factor
 from mertlab.train.strategy import global_norms
 from mertlab.train.targets import FrozenTeachers, target_source, without_legacy_teacher_weights
+from mertlab.train.update_guard import UpdateGuard
 
 log = logging.getLogger(__name__)
 #: Checkpoint key of the teachers' fingerprints (:meth:`FrozenTeachers.fingerprints`).
 TEACHERS_KEY = "mertlab_teachers"
 
 
-def code_perplexity(codes: Tensor, vocab_size: int) -> Tensor:
-    """exp(entropy) of the code histogram: how many codes are effectively used."""
-    counts = torch.bincount(codes.flatten(), minlength=vocab_size).float()
-    p = counts / counts.sum().clamp_min(1)
-    entropy = -(p * torch.log(p.clamp_min(1e-12))).sum()
-    return entropy.exp()
+def run_objective(
+    alias: str, objective: Objective, out: BackboneOutput, targets: Targets, mask: Tensor
+) -> ObjectiveOutput:
+    """``objective``'s output for one step, checked at the boundary
+    (:func:`~mertlab.toolkit.objective_output.check_objective_output`): a malformed output is
+    one error naming ``objectives.<alias>``, the objective and its plugin; an exception raised
+    inside the objective carries a note naming them too."""
+    try:
+        result = objective(out, targets, mask)
+    except Exception as exc:
+        if hasattr(exc, "add_note"):  # Python >= 3.11
+            exc.add_note(f"raised in {objective_label(objective, alias)}")
+        raise
+    return check_objective_output(objective, result, alias)
 
 
 @dataclass(frozen=True)
@@ -102,12 +115,15 @@ class PretrainModule(L.LightningModule):
         self.nonfinite_steps = 0
         self.skipped_steps = 0
         self.consecutive_nonfinite = 0
+        self.nonfinite_updates = 0  # of them, updates undone for leaving a parameter non-finite
         self.stop_reason: str | None = None  # set when training stops itself (see on_train_batch_end)
         self.last_loss: float | None = None  # this step's finite loss/total (None: non-finite)
         self._step_nonfinite = False  # this step's loss or gradient was non-finite
         self._step_skipped = False  # this step's update was skipped (skip_update)
         self._update_blocked = False  # a micro-batch of this optimizer step was skipped
         self.instrument_next_step = False  # set by the stability callback
+        self.update_guard = UpdateGuard() if spec.trainer.undo_nonfinite_updates else None
+        self._warned_nonfinite_update = False
         self.last_output: BackboneOutput | None = None
         self._last_step_start: float | None = None
 
@@ -127,6 +143,7 @@ class PretrainModule(L.LightningModule):
             "nonfinite_steps": self.nonfinite_steps,
             "skipped_steps": self.skipped_steps,
             "consecutive_nonfinite": self.consecutive_nonfinite,
+            "nonfinite_updates": self.nonfinite_updates,
         }
         checkpoint[TEACHERS_KEY] = self.teachers.fingerprints()  # what rebuilds them; their weights are not saved
         logger = self.logger
@@ -138,6 +155,7 @@ class PretrainModule(L.LightningModule):
         self.nonfinite_steps = counters.get("nonfinite_steps", 0)
         self.skipped_steps = counters.get("skipped_steps", 0)
         self.consecutive_nonfinite = counters.get("consecutive_nonfinite", 0)
+        self.nonfinite_updates = counters.get("nonfinite_updates", 0)
         if isinstance(checkpoint.get("state_dict"), dict):  # older checkpoints also hold teacher weights
             checkpoint["state_dict"] = without_legacy_teacher_weights(checkpoint["state_dict"])
         changed = self.teachers.changed_since(checkpoint.get(TEACHERS_KEY))
@@ -243,7 +261,7 @@ class PretrainModule(L.LightningModule):
         logs: dict[str, Tensor] = {}
         for alias, objective in self.objectives.items():
             spec = self.spec.objectives[alias]
-            result = objective(out, targets[spec.teacher], mask)
+            result = run_objective(alias, objective, out, targets[spec.teacher], mask)
             weighted = spec.weight * result.loss
             total = total + weighted
             logs[M.loss(alias)] = result.loss.detach()
@@ -349,6 +367,7 @@ class PretrainModule(L.LightningModule):
             {
                 M.NONFINITE_STEPS: float(self.nonfinite_steps),
                 M.SKIPPED_STEPS: float(self.skipped_steps),
+                M.NONFINITE_UPDATES: float(self.nonfinite_updates),
             },
             on_step=True,
             on_epoch=False,
@@ -410,6 +429,45 @@ class PretrainModule(L.LightningModule):
         if not torch.isfinite(norm):
             self._step_nonfinite = True
             self.skip_update(optimizer)
+        elif self.update_guard is not None:
+            self.update_guard.snapshot(optimizer)  # an update will run: keep what it changes
+
+    def optimizer_step(self, epoch: int, batch_idx: int, optimizer: Any, optimizer_closure: Any = None) -> None:
+        super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
+        self.undo_nonfinite_update(getattr(optimizer, "optimizer", optimizer))
+
+    def undo_nonfinite_update(self, optimizer: torch.optim.Optimizer) -> None:
+        """Undo this step's update when it left a parameter NaN or infinite (finite loss and
+        gradients do not make a finite update: see :mod:`mertlab.train.update_guard`). The
+        parameters and optimizer state are put back as they were before the step, and the step
+        is counted as a skipped non-finite step (``stability/nonfinite_steps``,
+        ``stability/skipped_steps``; ``trainer.max_consecutive_nonfinite`` applies) and in
+        ``stability/nonfinite_updates``; the first one of a run is named in a warning."""
+        if self.update_guard is None:
+            return
+        bad = self.update_guard.undo_if_nonfinite(optimizer, agree=self._on_any_rank)
+        if bad is None:
+            return
+        self._step_nonfinite = True
+        self.nonfinite_updates += 1
+        if not self._warned_nonfinite_update:
+            self._warned_nonfinite_update = True
+            names = {id(p): n for n, p in self.named_parameters()}
+            which = f"parameter {names.get(id(self.update_guard.parameter(bad)), bad)}" if bad >= 0 else "a parameter"
+            log.warning(
+                "step %d: the optimizer update made %s non-finite (learning rate %g); the update is undone and the "
+                "step counted as skipped (stability/skipped_steps); lower optim.lr or raise optim.warmup_steps",
+                self.global_step,
+                which,
+                optimizer.param_groups[0]["lr"],
+            )
+
+    def _on_any_rank(self, flag: bool) -> bool:
+        """``flag`` or-ed over the ranks (one all-reduce when distributed)."""
+        if self.distributed_position()[1] == 1:
+            return flag
+        total = self.trainer.strategy.reduce(torch.tensor(float(flag), device=self.device), reduce_op="sum")
+        return bool(total > 0)
 
     # ------------------------------------------------------------------ metrics
     def teacher_statistics(self, targets: dict[str, Targets]) -> dict[str, Tensor]:

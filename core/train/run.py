@@ -15,6 +15,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 
 from mertlab.data.audio import list_audio_paths
 from mertlab.data.datamodule import AudioDataModule
+from mertlab.data.dataset import shortest_usable_seconds
 from mertlab.data.demo import write_demo_dataset
 from mertlab.data.demo_tasks import DEMO_TASKS, demo_tasks_dir, write_demo_tasks
 from mertlab.data.shards import is_shard_path
@@ -25,14 +26,19 @@ from mertlab.experiment.spec import ExperimentSpec, global_batch_size
 from mertlab.experiment.tracking import (
     LOCK_TAG,
     PROCESS_TAG,
+    RUN_DIR_TAG,
+    UNSENT_FILE,
     check_store,
     cluster_store_warning,
     ensure_experiment,
+    handled_store_errors,
     log_spec,
     mark_crashed_runs,
     process_identity,
     resolve_tracking_uri,
     run_tags,
+    store_errors,
+    tag_failure,
 )
 from mertlab.teachers.target_cache import build_teacher_cache
 from mertlab.toolkit.atomic import check_writable
@@ -274,7 +280,10 @@ def _train(
         module = PretrainModule(spec, registry)
         strategy = build_strategy(spec.trainer, module.backbone)  # misconfigurations surface before MLflow
         datamodule = AudioDataModule(
-            spec.data, module.backbone.sample_rate, spec.seed, min_seconds=shortest_usable_seconds(module)
+            spec.data,
+            module.backbone.sample_rate,
+            spec.seed,
+            min_seconds=shortest_usable_seconds(module.backbone, module.teachers.values()),
         )
         datamodule.setup()  # data errors surface before an MLflow run is created
         return module, strategy, datamodule
@@ -287,11 +296,19 @@ def _train(
             startup.lead_only(
                 "target cache",
                 lambda: [
-                    build_teacher_cache(teacher, files, spec.data.target_cache, alias=alias, progress=progress)
+                    build_teacher_cache(
+                        teacher,
+                        files,
+                        spec.data.target_cache,
+                        alias=alias,
+                        progress=progress,
+                        skipped_files=datamodule.skipped,
+                    )
                     for alias, teacher in module.teachers.items()
                 ],
             )
-        startup.each("target check", lambda: module.target_source.check_files(files))
+        # files a build found unusable (e.g. NaN samples) are skipped and counted, like bad files at the scan
+        datamodule.exclude(startup.each("target check", lambda: module.target_source.check_files(files)))
 
     checkpoint_io = SafeCheckpointIO()
     ckpt_path = Path(start["checkpoint"]) if start["checkpoint"] else None
@@ -317,30 +334,32 @@ def _train(
     def open_run() -> dict[str, Any]:
         """Rank 0: the MLflow run (created, or the resumed one marked RUNNING), locked and tagged."""
         (store,) = client
-        ensure_experiment(store, experiment)  # artifacts beside the store, MLflow's training view
-        for crashed in mark_crashed_runs(store, experiment):
-            log.warning("MLflow run %s was left RUNNING by a training process that is gone: marked FAILED", crashed)
-        known = start["run_id"]
-        if known:
-            store.update_run(known, status="RUNNING")
-        logger = make_logger(spec, registry, tracking_uri, experiment, known)
-        if known and ckpt_path is not None:
-            logger.skip_logged_steps = logged_steps(store, known)
-        logger_box.append(logger)
-        if not held:  # a new run: nobody else can know it yet
-            held.append(acquire_run_lock(run_folder(spec, logger.run_id)))
-        log_spec(logger, spec)
-        if GLOBAL_BATCH_PARAM not in store.get_run(logger.run_id).data.params:
-            logger.log_hyperparams({GLOBAL_BATCH_PARAM: global_batch_size(spec)})
-        store.set_tag(logger.run_id, PROCESS_TAG, process_identity())
-        store.set_tag(logger.run_id, LOCK_TAG, str(held[0].path))
+        with store_errors(tracking_uri):  # a store that takes reads but not writes: one line too
+            ensure_experiment(store, experiment)  # artifacts beside the store, MLflow's training view
+            for crashed in mark_crashed_runs(store, experiment):
+                log.warning("MLflow run %s was left RUNNING by a training process that is gone: marked FAILED", crashed)
+            known = start["run_id"]
+            if known:
+                store.update_run(known, status="RUNNING")
+            logger = make_logger(spec, registry, tracking_uri, experiment, known)
+            if known and ckpt_path is not None:
+                logger.skip_logged_steps = logged_steps(store, known)
+            logger_box.append(logger)
+            if not held:  # a new run: nobody else can know it yet
+                held.append(acquire_run_lock(run_folder(spec, logger.run_id)))
+            log_spec(logger, spec)
+            if GLOBAL_BATCH_PARAM not in store.get_run(logger.run_id).data.params:
+                logger.log_hyperparams({GLOBAL_BATCH_PARAM: global_batch_size(spec)})
+            store.set_tag(logger.run_id, PROCESS_TAG, process_identity())
+            store.set_tag(logger.run_id, LOCK_TAG, str(held[0].path))
+            store.set_tag(logger.run_id, RUN_DIR_TAG, str(run_folder(spec, logger.run_id).resolve()))
         return {"run_id": logger.run_id}
 
     run_id = startup.decide("MLflow run", open_run)["run_id"]
     # On other ranks the logger is inert (Lightning logs from rank 0 only).
     logger = logger_box[0] if logger_box else make_logger(spec, registry, tracking_uri, experiment, run_id)
     checkpoint_dir = run_folder(spec, run_id) / "checkpoints"
-    logger.unsent_file = checkpoint_dir.parent / "unsent_metrics.jsonl"
+    logger.unsent_file = checkpoint_dir.parent / UNSENT_FILE
     has_val = datamodule.has_validation() and spec.trainer.limit_val_batches > 0
     checkpoint = ModelCheckpoint(
         dirpath=checkpoint_dir,
@@ -369,11 +388,18 @@ def _train(
     if startup.launch.environment is not None:
         plugins.append(startup.launch.environment)  # the ranks Lightning sees are the ones start-up used
     try:
-        trainer = make_trainer(spec, strategy, logger, [agreement, *callbacks, checkpoint], plugins, has_val, progress)
-    except (ValueError, MisconfigurationException) as exc:  # e.g. more devices than the machine has
-        raise MertlabError(f"trainer: {exc}") from None
-    with timer.phase(M.PHASE_TRAINING), startup.handed_to_launched_ranks():
-        trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt_path) if ckpt_path else None)
+        try:
+            trainer = make_trainer(
+                spec, strategy, logger, [agreement, *callbacks, checkpoint], plugins, has_val, progress
+            )
+        except (ValueError, MisconfigurationException) as exc:  # e.g. more devices than the machine has
+            raise MertlabError(f"trainer: {exc}") from None
+        with timer.phase(M.PHASE_TRAINING), startup.handed_to_launched_ranks():
+            trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt_path) if ckpt_path else None)
+    except Exception as exc:
+        if client:  # rank 0: the run's reason for failing, next to its FAILED status
+            tag_failure(client[0], run_id, exc)
+        raise
     if trainer.state.finished:  # max_steps may end mid-epoch: make last.ckpt the final state
         # Every rank calls it (FSDP gathers or writes shards); DDP writes on rank 0 only.
         with timer.phase(M.PHASE_TRAINING):
@@ -385,7 +411,15 @@ def _train(
     if module.stop_reason:
         raise MertlabError(f"{module.stop_reason}; checkpoint: {checkpoint_dir / 'last.ckpt'}")
     return TrainResult(
-        run_id, experiment, tracking_uri, checkpoint_dir, metrics, skipped, trainer.is_global_zero, timer, trainer.global_step
+        run_id,
+        experiment,
+        tracking_uri,
+        checkpoint_dir,
+        metrics,
+        skipped,
+        trainer.is_global_zero,
+        timer,
+        trainer.global_step,
     )
 
 
@@ -441,17 +475,22 @@ def finish_run(
     if not logger.flush():
         logger.write_unsent()
     try:
-        if skipped:
-            client.log_text(logger.run_id, datamodule.skipped.report(), SKIPPED_FILES_ARTIFACT)
-        metrics.update(log_run_summary(client, logger.run_id, step))
-        if module.stop_reason:
-            client.set_tag(logger.run_id, "mertlab.stopped", module.stop_reason)
-            client.set_terminated(logger.run_id, "FAILED")
+        with handled_store_errors():
+            if skipped:
+                client.log_text(logger.run_id, datamodule.skipped.report(), SKIPPED_FILES_ARTIFACT)
+            metrics.update(log_run_summary(client, logger.run_id, step))
+            if module.stop_reason:
+                client.set_tag(logger.run_id, "mertlab.stopped", module.stop_reason)
+                client.set_terminated(logger.run_id, "FAILED")
     except Exception as exc:  # noqa: BLE001 - the store failing now must not hide the finished training
-        log.warning("MLflow tracking store %s: could not log the run summary (%s)", tracking_uri, exc)
-
-
-def shortest_usable_seconds(module: PretrainModule) -> float:
-    """Files shorter than one frame of the backbone or of a teacher are skipped as too short."""
-    rates = [module.backbone.frame_rate, *(t.info.frame_rate for t in module.teachers.values())]
-    return 1.0 / min(rates)
+        if module.stop_reason:
+            logger.set_tag("mertlab.stopped", module.stop_reason)
+            logger.write_unsent()
+        where = logger.write_end("FAILED" if module.stop_reason else "FINISHED", summary_step=step)
+        log.warning(
+            "MLflow tracking store %s: could not log the run summary (%s: %s)%s",
+            tracking_uri,
+            type(exc).__name__,
+            str(exc).splitlines()[0][:200] if str(exc) else "",
+            f"; recorded in {where} for `mertlab tracking replay {where.parent}`" if where else "",
+        )

@@ -15,6 +15,7 @@ import logging
 from abc import ABC, abstractmethod
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ from torch import Tensor
 from mertlab.contracts import TargetInfo, Targets, Teacher
 from mertlab.data.audio import AudioFile, resample
 from mertlab.data.dataset import AudioBatch
+from mertlab.data.skipped import SkippedFile
 from mertlab.errors import MertlabError
 from mertlab.teachers.target_cache import (
     BUILD_HINT,
@@ -44,6 +46,18 @@ REBUILD_HINT = "run `mertlab targets build SPEC` to recompute it"
 OPEN_ENTRIES = 256
 #: Frames checked at a time when an entry's values are checked on first use (bounds memory).
 _CHECK_FRAMES = 1 << 16
+
+
+@contextmanager
+def teacher_alias(alias: str) -> Iterator[None]:
+    """Prefix a :class:`~mertlab.errors.MertlabError` raised inside with ``teachers.<alias>: ``,
+    as the target cache build names the teacher."""
+    try:
+        yield
+    except MertlabError as exc:
+        if not str(exc).startswith("teachers."):
+            exc.args = (f"teachers.{alias}: {exc}", *exc.args[1:])
+        raise
 
 
 #: Key prefix of teacher tensors in checkpoints written while teachers were submodules of the
@@ -130,8 +144,10 @@ class TargetSource(ABC):
     ) -> dict[str, Targets]:
         """``frame_lengths``: ``[B]`` valid backbone frames per clip."""
 
-    def check_files(self, files: Sequence[AudioFile]) -> None:
-        """Raise a clear error now if targets of some of ``files`` cannot be provided later."""
+    def check_files(self, files: Sequence[AudioFile]) -> list[SkippedFile]:
+        """Raise a clear error now if targets of some of ``files`` cannot be provided later;
+        return the files found unusable meanwhile (the run skips and counts them)."""
+        return []
 
 
 class TeacherTargets(TargetSource):
@@ -153,7 +169,8 @@ class TeacherTargets(TargetSource):
                 t_len = torch.div(lengths * teacher.sample_rate, self.sample_rate, rounding_mode="floor").clamp(
                     max=t_wav.shape[1]
                 )
-                raw = check_targets(teacher, teacher.targets(t_wav, t_len), t_wav.shape[1], t_len)
+                with teacher_alias(alias):
+                    raw = check_targets(teacher, teacher.targets(t_wav, t_len), t_wav.shape[1], t_len)
                 out[alias] = align_targets(raw, frame_rate, num_frames, frame_lengths)
         return out
 
@@ -183,7 +200,16 @@ class CachedTargets(TargetSource):
     def __getstate__(self) -> dict[str, Any]:  # memory maps stay in their process (e.g. ddp_spawn)
         return {**self.__dict__, "_open": OrderedDict()}
 
-    def check_files(self, files: Sequence[AudioFile]) -> None:
+    def check_files(self, files: Sequence[AudioFile]) -> list[SkippedFile]:
+        """Every file needs an entry of every teacher, except those a build found unusable
+        (:meth:`~mertlab.teachers.target_cache.TeacherCache.mark_bad`: returned, to be skipped)."""
+        bad: dict[Path, SkippedFile] = {}
+        for cache in self.caches.values():
+            for f in files:
+                reason = None if f.path in bad else cache.bad_reason(f.path)
+                if reason is not None:
+                    bad[f.path] = SkippedFile(f.path, reason)
+        files = [f for f in files if f.path not in bad]
         for alias, cache in self.caches.items():
             try:
                 cache.check_manifest(required=True)
@@ -201,6 +227,7 @@ class CachedTargets(TargetSource):
                 problem = cache.damage(entry, full=False)
                 if problem:
                     raise MertlabError(f"{DamagedEntryError(entry, f.path, problem)}; {REBUILD_HINT}")
+        return list(bad.values())
 
     def read(self, alias: str, file: AudioFile, device: torch.device | str = "cpu") -> np.ndarray:
         """``file``'s cached targets of teacher ``alias``; a damaged entry is recomputed by the
@@ -255,10 +282,11 @@ class CachedTargets(TargetSource):
             return values
         values = self.read(alias, file, device)
         origin = f"of {file.path} in {self.caches[alias].folder}"
-        for start in range(0, max(len(values), 1), _CHECK_FRAMES):
-            check_cached_values(
-                self.teachers[alias], torch.from_numpy(np.array(values[start : start + _CHECK_FRAMES])), origin
-            )
+        with teacher_alias(alias):
+            for start in range(0, max(len(values), 1), _CHECK_FRAMES):
+                check_cached_values(
+                    self.teachers[alias], torch.from_numpy(np.array(values[start : start + _CHECK_FRAMES])), origin
+                )
         self._open[key] = values
         if len(self._open) > OPEN_ENTRIES:
             self._open.popitem(last=False)
@@ -362,8 +390,9 @@ class ShardTargets(TargetSource):
         self._source = self
         return self
 
-    def check_files(self, files: Sequence[AudioFile]) -> None:
+    def check_files(self, files: Sequence[AudioFile]) -> list[SkippedFile]:
         self.resolve()
+        return []
 
     def targets(
         self, batch: AudioBatch, frame_rate: float, num_frames: int, frame_lengths: Tensor

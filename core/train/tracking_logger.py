@@ -12,6 +12,11 @@ moved to a background sender:
   values (the re-done steps compute the same values: resume is exact).
 * ``finalize`` waits at most ``flush_timeout`` seconds for the queue; what could still not be
   sent is written to ``unsent_file`` (JSON lines) and named in a warning, never dropped silently.
+  A run status the store did not take is written there too (an *end* record), so the run is not
+  taken for a crashed one; ``mertlab tracking replay`` (:mod:`mertlab.experiment.replay`) sends
+  the file later.
+* While the store fails, MLflow's own loggers (whose tracebacks repeat what the one warning
+  says) are silenced for these calls (:func:`handled_store_errors`).
 """
 
 from __future__ import annotations
@@ -28,11 +33,9 @@ from typing import Any
 from lightning.pytorch.loggers import MLFlowLogger
 from lightning.pytorch.utilities import rank_zero_only
 
-log = logging.getLogger(__name__)
+from mertlab.experiment.tracking import MAX_METRICS_PER_BATCH, MAX_TAGS_PER_BATCH, handled_store_errors
 
-#: MLflow's limits per ``log_batch`` call.
-_MAX_METRICS_PER_BATCH = 1000
-_MAX_TAGS_PER_BATCH = 100
+log = logging.getLogger(__name__)
 
 
 def logged_steps(client: Any, run_id: str) -> dict[str, int]:
@@ -120,8 +123,8 @@ class ResilientMLFlowLogger(MLFlowLogger):
     def _send_one_batch(self) -> bool:
         """Send the oldest batch; True if something was sent and more may follow."""
         with self._lock:
-            metrics = self._metrics[:_MAX_METRICS_PER_BATCH]
-            tag_keys = list(self._tags)[:_MAX_TAGS_PER_BATCH]
+            metrics = self._metrics[:MAX_METRICS_PER_BATCH]
+            tag_keys = list(self._tags)[:MAX_TAGS_PER_BATCH]
             tags = {k: self._tags[k] for k in tag_keys}
             if not metrics and not tags:
                 return False
@@ -129,7 +132,10 @@ class ResilientMLFlowLogger(MLFlowLogger):
         try:
             from mlflow.entities import RunTag
 
-            self._mlflow_client.log_batch(self.run_id, metrics=metrics, tags=[RunTag(k, v) for k, v in tags.items()])
+            with handled_store_errors():
+                self._mlflow_client.log_batch(
+                    self.run_id, metrics=metrics, tags=[RunTag(k, v) for k, v in tags.items()]
+                )
         except Exception as exc:  # noqa: BLE001 - any store failure: keep the data, retry later
             with self._lock:
                 self._sending = False
@@ -186,18 +192,16 @@ class ResilientMLFlowLogger(MLFlowLogger):
                 len(metrics),
             )
             return None
-        self.unsent_file.parent.mkdir(parents=True, exist_ok=True)
-        with self.unsent_file.open("a") as f:
-            for m in metrics:
-                value = m.value if math.isfinite(m.value) else str(m.value)
-                f.write(
-                    json.dumps(
-                        {"run_id": self.run_id, "key": m.key, "value": value, "step": m.step, "timestamp": m.timestamp}
-                    )
-                    + "\n"
-                )
-            for key, value in tags.items():
-                f.write(json.dumps({"run_id": self.run_id, "tag": key, "value": value}) + "\n")
+        records = [
+            {
+                "key": m.key,
+                "value": m.value if math.isfinite(m.value) else str(m.value),
+                "step": m.step,
+                "timestamp": m.timestamp,
+            }
+            for m in metrics
+        ]
+        self._append_unsent([*records, *({"tag": key, "value": value} for key, value in tags.items())])
         log.warning(
             "MLflow tracking store %s unreachable: %d metric values and %d tags written to %s",
             self._tracking_uri,
@@ -207,9 +211,30 @@ class ResilientMLFlowLogger(MLFlowLogger):
         )
         return self.unsent_file
 
+    def write_end(self, status: str, summary_step: int | None = None) -> Path | None:
+        """Record in ``unsent_file`` that the run ended with ``status`` (and, with ``summary_step``,
+        that its ``summary/*`` metrics are still to be logged at that step): the store did not
+        take it. Nothing without ``unsent_file``."""
+        if self.unsent_file is None:
+            return None
+        record: dict[str, Any] = {"status": status, "end_time": int(time.time() * 1000)}
+        if summary_step is not None:
+            record["summary_step"] = summary_step
+        self._append_unsent([record])
+        return self.unsent_file
+
+    def _append_unsent(self, records: list[dict[str, Any]]) -> None:
+        """Append ``records`` (each with this run's id and store) to ``unsent_file``, one JSON a line."""
+        assert self.unsent_file is not None
+        self.unsent_file.parent.mkdir(parents=True, exist_ok=True)
+        with self.unsent_file.open("a") as f:
+            for record in records:
+                f.write(json.dumps({"run_id": self.run_id, **record, "tracking_uri": self._tracking_uri}) + "\n")
+
     @rank_zero_only
     def finalize(self, status: str = "success") -> None:
-        """Send the queue (bounded wait), then mark the run terminated; never raises."""
+        """Send the queue (bounded wait), then mark the run terminated; never raises. A status
+        the store does not take is written to ``unsent_file`` (:meth:`write_end`)."""
         if not self._initialized:
             return
         self.flush()
@@ -218,10 +243,19 @@ class ResilientMLFlowLogger(MLFlowLogger):
         self._closing.set()
         self._wake.set()
         try:
-            super().finalize(status)
+            with handled_store_errors():
+                super().finalize(status)
         except Exception as exc:  # noqa: BLE001 - the run's status is bookkeeping, not training
+            final = {"success": "FINISHED", "failed": "FAILED", "finished": "FINISHED"}.get(status, status)
+            where = self.write_end(final)
             log.warning(
-                "MLflow tracking store %s: could not mark run %s %s (%s)", self._tracking_uri, self.run_id, status, exc
+                "MLflow tracking store %s: could not mark run %s %s (%s: %s)%s",
+                self._tracking_uri,
+                self.run_id,
+                final,
+                type(exc).__name__,
+                str(exc).splitlines()[0][:200] if str(exc) else "",
+                f"; recorded in {where} for `mertlab tracking replay {where.parent}`" if where else "",
             )
 
 

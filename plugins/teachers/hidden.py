@@ -10,6 +10,7 @@ from torch import Tensor
 from mertlab.contracts import Params, TargetInfo
 from mertlab.errors import MertlabError
 from mertlab.hookspecs import hookimpl
+from mertlab.toolkit.checkpoint import backbone_depth
 from mertlab.toolkit.frame_features import BackboneLayer, CheckedFrameTeacher, LayerNorm
 from mertlab.toolkit.teacher_state import tensor_digest
 
@@ -47,9 +48,36 @@ class HiddenParams(Params):
             raise ValueError("set `layer` (one hidden state) or `top_k` (mean of the last top_k layers)")
         return self
 
+    @model_validator(mode="after")
+    def _within_the_checkpoints_depth(self) -> HiddenParams:
+        """``layer``/``top_k`` against the checkpoint's layers, read from its metadata (cheap: no
+        model is built, no weights read), so `mertlab validate` catches them. A checkpoint that
+        cannot be read yet (not trained, moved) is reported when the teacher is built."""
+        if self.checkpoint is None:
+            return self
+        try:
+            depth = backbone_depth(self.checkpoint)
+        except MertlabError:
+            return self
+        if self.layer is not None and self.layer > depth:
+            raise ValueError(
+                f"layer {self.layer} does not exist: the backbone in {self.checkpoint} has {depth} layers "
+                f"(hidden states 0..{depth})"
+            )
+        if self.layer is None and self.top_k > depth:
+            raise ValueError(
+                f"top_k={self.top_k} exceeds the {depth} layers of the backbone in {self.checkpoint} "
+                f"(set top_k <= {depth})"
+            )
+        return self
+
 
 class HiddenTeacher(CheckedFrameTeacher):
-    """Continuous targets ``[B, T, hidden_dim]`` at the frozen backbone's frame rate.
+    """Continuous targets ``[B, T, hidden_dim]`` at the frozen backbone's frame rate and frame
+    count: a conv frontend gives ``floor((S - window) / hop) + 1`` frames for ``S`` samples
+    (the quickstart's 2048-sample filterbank 6 fewer than ``S / hop``), declared as
+    ``info.receptive_field`` so the boundary check expects them; alignment then pads the frames
+    the student has past them (they carry no loss), as for any teacher.
 
     For distilling a large released model into a small student: the student's objective
     (``masked_regression``) predicts these frames. Audio is read at the backbone's sample
@@ -79,7 +107,9 @@ class HiddenTeacher(CheckedFrameTeacher):
             raise MertlabError(
                 f"teacher '{self.name}': top_k={params.top_k} exceeds the {depth} layers of {params.checkpoint}"
             )
-        self.target_info = TargetInfo("continuous", self.feature.dim, self.feature.frame_rate)
+        self.target_info = TargetInfo(
+            "continuous", self.feature.dim, self.feature.frame_rate, receptive_field=self.feature.receptive_field
+        )
         self._digest = tensor_digest(sorted(self.feature.backbone.state_dict().items()))
 
     @property

@@ -102,7 +102,9 @@ class KMeansTeacher(FittedFrameTeacher):
     def __init__(self, params: KMeansParams) -> None:
         super().__init__(params)
         self.feature = FEATURES[params.feature](params)
-        self.target_info = TargetInfo("discrete", 1, self.feature.frame_rate, (params.n_clusters,))
+        self.target_info = TargetInfo(
+            "discrete", 1, self.feature.frame_rate, (params.n_clusters,), self.feature.receptive_field
+        )
         # the state file is the source of truth: keep it out of state_dict (non-persistent)
         self.register_buffer("centroids", torch.zeros(0), persistent=False)
         self._backbone_digest = (

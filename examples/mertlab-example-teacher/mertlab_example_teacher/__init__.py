@@ -1,6 +1,6 @@
 """An example third-party teacher for mertlab: frame-level loudness (log RMS energy).
 
-Installing this package (``pip install ./examples/mertlab-example-teacher``) is all it takes
+Installing this package (``mertlab plugins install ./examples/mertlab-example-teacher``) is all it takes
 for ``mertlab plugins`` to list ``loudness`` and for a spec to use it::
 
     teachers:
