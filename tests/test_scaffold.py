@@ -53,7 +53,9 @@ def test_generated_packages_pass_their_own_contract_tests(generated):
     tests = [str(root / f"demo-{kind}" / "tests") for kind in ("teacher", "backbone", "objective")]
     proc = run("-m", "pytest", "-q", "-p", "no:cacheprovider", *tests, site=site, cwd=root)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "16 passed" in proc.stdout, proc.stdout  # 7 teacher + 3 backbone + 6 objective checks
+    # 7 teacher + 3 backbone + 6 objective checks; the scaffold's objective regresses continuous
+    # targets, so the unequal-vocabularies check (discrete targets only) skips
+    assert "15 passed, 1 skipped" in proc.stdout, proc.stdout
     listing = run("-m", "mertlab", "plugins", "demo_*", site=site, cwd=root)
     assert sorted(line.split()[:3] for line in listing.stdout.splitlines()[2:]) == [
         ["demo_backbone", "backbone", "mertlab-demo-backbone"],
