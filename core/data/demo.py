@@ -1,8 +1,8 @@
 """A small generated *musical* data set, so the quickstart needs no download.
 
 Each clip is a short piece: a chord progression (pad), a melody of notes with varied timbre
-(:data:`TIMBRES`: organ, FM bell, plucked string, sawtooth, square, flute, strings, marimba), and percussion (kick, snare, hi-hat), at a
-random tempo and key. Deterministic for a given seed.
+(:data:`TIMBRES`: organ, FM bell, plucked string, sawtooth, square, flute, strings, marimba), and percussion (kick,
+snare, hi-hat), at a random tempo and key. Deterministic for a given seed.
 """
 
 from __future__ import annotations
@@ -98,26 +98,6 @@ def _tone(freq: float, n: int, timbre: str, rng: np.random.Generator, sr: int) -
     wave, (attack, decay) = TIMBRES[timbre](freq, t, sr)
     detune = 1 + rng.normal(0, 0.002)
     return (wave * _envelope(n, attack, decay, sr) * detune).astype(np.float32)
-
-
-def random_timbre_tone(freq: float, n: int, rng: np.random.Generator, sr: int) -> np.ndarray:
-    """One note of ``n`` samples at ``freq`` Hz in a timbre of its own, drawn from ``rng``: up to
-    15 harmonics (below Nyquist) with random amplitudes under a random spectral tilt
-    (``k ** -tilt``, tilt 0.3-2), random phases, each harmonic decaying at its own random rate,
-    and a random attack (1-100 ms) and decay (0.3-2 s). The fundamental is always present (at
-    least 0.2 of full amplitude), so the note's pitch is defined; its spectral shape is not a
-    shortcut to the pitch, as it is with the eight :data:`TIMBRES`."""
-    t = np.arange(n) / sr
-    tilt = rng.uniform(0.3, 2.0)
-    wave = np.zeros(n)
-    for k in range(1, 16):
-        if k * freq >= sr / 2:
-            break
-        amplitude = rng.uniform(0.2, 1.0) if k == 1 else k**-tilt * rng.uniform(0.0, 1.0)
-        partial = np.sin(2 * np.pi * freq * k * t + rng.uniform(0, 2 * np.pi))
-        wave += amplitude * partial * np.exp(-t * k * rng.uniform(0, 3))
-    envelope = _envelope(n, rng.uniform(0.001, 0.1), rng.uniform(0.3, 2.0), sr)
-    return (wave * envelope).astype(np.float32)
 
 
 def _drum(kind: str, n: int, rng: np.random.Generator, sr: int) -> np.ndarray:

@@ -8,22 +8,15 @@ a pre-training clip:
 ========== ============================================================== ==================
 task       content                                                        label
 ========== ============================================================== ==================
-pitch      one note, 1 s, a timbre of its own, MIDI 48-71 (C3-B4) detuned  MIDI number (24 classes)
-           by up to 40 cents, in a mix
-timbre     one note, 1 s, one of the 8 timbres, MIDI 45-80                timbre name (8 classes)
-key        a 4-chord progression with a melody in the scale, 3 s, every   e.g. ``D minor`` (24 classes)
-           chord and melody note in a timbre of its own, in a mix
+pitch      one note, 1 s, any of the 8 timbres, MIDI 48-71 (C3-B4), in a mix  MIDI number (24 classes)
+timbre     one note, 1 s, MIDI 45-80                                      timbre name (8 classes)
+key        a 4-chord progression with a melody in the scale, 3 s, in a mix e.g. ``D minor`` (24 classes)
 tempo      a drum pattern (plus bass notes), 3 s, 70-170 BPM               BPM (regression)
 ========== ============================================================== ==================
 
 "In a mix": drums at an unrelated tempo and broadband noise at random levels are added, as
 around the labelled content of a real recording; a spectrum's mean alone does not give the
-label away. "A timbre of its own" (:func:`~mertlab.data.demo.random_timbre_tone`): every note
-draws its harmonics' amplitudes, decays and envelope, so no spectral shape recurs with a label;
-with the detuning, this is what makes pitch and key hard for features that resolve frequency
-finely but without musical structure, such as a random-weight filterbank (the quickstart's
-backbone at random init scores far below the handcrafted CQT and chroma features on them).
-Splits are fixed in the CSV (per class 2/3 train, 1/6 valid, 1/6 test for classification; the
+label away. Splits are fixed in the CSV (per class 2/3 train, 1/6 valid, 1/6 test for classification; the
 same fractions for tempo). Everything is deterministic for a given seed.
 """
 
@@ -38,15 +31,13 @@ import numpy as np
 from tqdm import tqdm
 
 from mertlab.data.audio import write_flac
-from mertlab.data.demo import MAJOR, TIMBRES, _add, _drum, _midi_hz, _tone, random_timbre_tone
+from mertlab.data.demo import MAJOR, TIMBRES, _add, _drum, _midi_hz, _tone
+from mertlab.errors import MertlabError
 
 #: Task clips are written at 16 kHz (small FLAC files; probing resamples to the backbone's rate).
 SAMPLE_RATE = 16000
 
 PITCH_NOTES = tuple(range(48, 72))  # C3..B4
-#: A pitch clip's note is detuned by a uniform draw within this many cents (100 = a semitone):
-#: the label is the nearest semitone.
-PITCH_DETUNE_CENTS = 40.0
 PITCH_CLASS_NAMES = ("C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B")
 KEYS = tuple(f"{PITCH_CLASS_NAMES[pc]} {mode}" for mode in ("major", "minor") for pc in range(12))
 #: Scale degrees (0-based) of the chord progressions a key clip may use (I-IV-V-I, I-vi-IV-V, ...).
@@ -88,12 +79,11 @@ def _normalise(out: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 def pitch_example(index: int, rng: np.random.Generator, sr: int = SAMPLE_RATE) -> Example:
     note = PITCH_NOTES[index % len(PITCH_NOTES)]
-    cents = float(rng.uniform(-PITCH_DETUNE_CENTS, PITCH_DETUNE_CENTS))
+    timbre = str(rng.choice(list(TIMBRES)))
     n = sr
     out = np.zeros(n, dtype=np.float32)
-    _add(out, random_timbre_tone(_midi_hz(note + cents / 100), n, rng, sr), 0, 1.0)
-    info = {"midi": str(note), "cents": f"{cents:+.1f}"}
-    return Example(_normalise(_with_background(out, rng, sr), rng), str(note), info)
+    _add(out, _tone(_midi_hz(note), n, timbre, rng, sr), 0, 1.0)
+    return Example(_normalise(_with_background(out, rng, sr), rng), str(note), {"timbre": timbre, "midi": str(note)})
 
 
 def timbre_example(index: int, rng: np.random.Generator, sr: int = SAMPLE_RATE) -> Example:
@@ -113,18 +103,19 @@ def key_example(index: int, rng: np.random.Generator, sr: int = SAMPLE_RATE) -> 
     seconds = 3.0
     n = int(seconds * sr)
     bar = n // 4
+    pad, lead = (str(t) for t in rng.choice(list(TIMBRES), size=2))
     progression = PROGRESSIONS[int(rng.integers(len(PROGRESSIONS)))]
     out = np.zeros(n, dtype=np.float32)
     for i, degree in enumerate(progression):  # triads of the scale, one per bar, plus the bass root
         chord = [root + 12 + scale[(degree + k) % 7] + 12 * ((degree + k) // 7) for k in (0, 2, 4)]
         for note in chord:
-            _add(out, random_timbre_tone(_midi_hz(note), bar + sr // 8, rng, sr), i * bar, 0.15)
+            _add(out, _tone(_midi_hz(note), bar + sr // 8, pad, rng, sr), i * bar, 0.15)
         _add(out, _tone(_midi_hz(root + scale[degree]), bar, "pluck", rng, sr), i * bar, 0.25)
     position, step = 0, bar // 4
     while position < n:  # melody on quarter notes, mostly chord tones of the scale
         if rng.random() < 0.8:
             note = root + 24 + scale[int(rng.integers(0, 7))]
-            _add(out, random_timbre_tone(_midi_hz(note), step + sr // 8, rng, sr), position, 0.2)
+            _add(out, _tone(_midi_hz(note), step + sr // 8, lead, rng, sr), position, 0.2)
         position += step
     return Example(
         _normalise(_with_background(out, rng, sr), rng),
@@ -234,7 +225,5 @@ def write_demo_tasks(
     """Write the demo probe tasks (all of :data:`DEMO_TASKS` or ``names``); returns name -> CSV."""
     unknown = sorted(set(names or []) - set(DEMO_TASKS))
     if unknown:
-        from mertlab.errors import MertlabError
-
         raise MertlabError(f"unknown demo task(s) {', '.join(unknown)}; choose from {', '.join(DEMO_TASKS)}")
     return {name: write_demo_task(directory, DEMO_TASKS[name], seed, progress) for name in (names or list(DEMO_TASKS))}
