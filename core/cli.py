@@ -255,7 +255,11 @@ def train_command(
     profile: int | None,
 ) -> None:
     """Pre-train the model described by SPEC; metrics go to MLflow."""
-    from mertlab.experiment.mlflow_ui import LinkTarget, ui_lines
+    from mertlab.experiment import metric_names
+    from mertlab.toolkit.timing import PhaseTimer
+
+    timer = PhaseTimer()
+    timer.start(metric_names.PHASE_STARTUP)  # the library's imports and the spec's validation
     from mertlab.experiment.spec import load_spec
     from mertlab.train.run import train
 
@@ -268,19 +272,37 @@ def train_command(
             raise click.UsageError("--profile is for single runs: drop it for sweep children")
         from mertlab.experiment.sweep import run_child
 
-        outcome = run_child(spec_path, list(overrides), parent_run_id, variant, progress=not no_progress)
+        timer.stop(metric_names.PHASE_STARTUP)
+        outcome = run_child(spec_path, list(overrides), parent_run_id, variant, progress=not no_progress, timer=timer)
         if outcome.lead:  # the other processes of a distributed child stay quiet
             click.echo(
                 f"variant '{variant}': {outcome.status}"
                 f"{' (' + outcome.message + ')' if outcome.message else ''}, run {outcome.run_id}"
             )
+            click.echo("\n" + TIME_TABLE_TITLE + timer.table())
         return
     spec = load_spec(spec_path, overrides)
+    timer.stop(metric_names.PHASE_STARTUP)
     result = train(
-        spec, resume=True if resume == "latest" else (resume or False), progress=not no_progress, profile_steps=profile
+        spec,
+        resume=True if resume == "latest" else (resume or False),
+        progress=not no_progress,
+        profile_steps=profile,
+        timer=timer,
     )
-    if not result.is_global_zero:  # the other processes of a distributed run stay quiet
-        return
+    if result.is_global_zero:
+        finish_training(spec, result, no_progress)
+
+
+TIME_TABLE_TITLE = "where the time went (wall and CPU seconds per phase; logged as time/<phase>_s):\n"
+
+
+def finish_training(spec: Any, result: Any, no_progress: bool) -> None:
+    """After ``train``: the run's summary, its ``probe:`` section (the verdict), the per-phase
+    times (printed and logged as ``time/*``), then where to look in the MLflow UI."""
+    from mertlab.experiment.mlflow_ui import LinkTarget, ui_lines
+    from mertlab.experiment.phase_times import log_phase_times
+
     losses = ", ".join(
         f"{k}={v:.4g}" for k, v in sorted(result.metrics.items()) if k.startswith(("loss/", "val/loss/"))
     )
@@ -298,6 +320,7 @@ def train_command(
         + f"  metrics: {result.tracking_uri}\n"
         f"  checkpoints: {result.checkpoint_dir}"
     )
+    results = []
     if spec.probe is not None:
         from mertlab.probe.experiment import probe_spec_tasks
         from mertlab.toolkit.checkpoint import is_sharded_checkpoint
@@ -317,8 +340,12 @@ def train_command(
                 result.tracking_uri,
                 progress=not no_progress,
                 echo=click.echo,
+                timer=result.timer,
             )
-            echo_probe_results(results)
+    log_phase_times(result.run_id, result.tracking_uri, result.timer, result.global_step)
+    click.echo("\n" + TIME_TABLE_TITLE + result.timer.table())
+    if results:
+        echo_probe_results(results)
     targets = [LinkTarget("this run", result.run_id), LinkTarget("its experiment's runs")]
     click.echo("\n" + "\n".join(ui_lines(result.tracking_uri, targets)))
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -27,10 +28,10 @@ from mertlab.data.audio import load_audio
 from mertlab.errors import DataError, MertlabError
 from mertlab.plugin_system.registry import get_registry
 from mertlab.probe.extract import FeatureSet, extract_features, resolve_layers, window_bounds
-from mertlab.probe.fit import ProbeParams, fit_probe, probe_task
+from mertlab.probe.fit import ProbeParams, fit_probe, fit_probes, probe_task
 from mertlab.probe.metrics import compute_metrics
 from mertlab.probe.run import random_init_backbone, run_probe
-from mertlab.probe.task import TaskError, load_task
+from mertlab.probe.task import Task, TaskError, load_task
 from mertlab.toolkit.checkpoint import save_backbone
 
 pytestmark = pytest.mark.filterwarnings("ignore")
@@ -276,6 +277,39 @@ def test_probes_are_seeded_and_deterministic(backbone, data):
     np.testing.assert_array_equal(a.scores, b.scores)
     c = fit_probe(features, task, params.model_copy(update={"seed": 1}), "c")
     assert not np.array_equal(a.scores, c.scores)
+
+
+def test_probes_trained_side_by_side_equal_probes_trained_alone(one_thread):
+    """fit_probes trains every layer's probe (and the weighted sum) as one batched module: without
+    dropout (the only randomness after the seeded init and minibatch order) each member must end
+    where the same probe trained alone ends, its own early stopping included."""
+    rng = np.random.default_rng(1)
+    n, classes = 240, 6
+    targets = np.arange(n) % classes
+    splits = np.array(["train"] * 160 + ["valid"] * 40 + ["test"] * 40)
+    task = Task(
+        "synthetic",
+        "classification",
+        Path("synthetic.csv"),
+        [Path(f"{i}.wav") for i in range(n)],
+        targets,
+        splits,
+        [str(c) for c in range(classes)],
+        list(range(2, n + 2)),
+    )
+    features = rng.standard_normal((n, 3, 8)).astype(np.float32)
+    features[:, 1, :classes] += 2.0 * np.eye(classes)[targets]  # layer 1 informative, layer 2 weakly
+    features[:, 2, :classes] += 0.3 * np.eye(classes)[targets]
+    params = ProbeParams(dropout=0.0, max_epochs=60, patience=10, hidden_dim=32)
+    together = fit_probes(features, task, params, [0, 1, 2, None], ["layer0", "layer1", "layer2", "weighted"])
+    alone = [fit_probe(features[:, k : k + 1], task, params, f"layer{k}") for k in range(3)]
+    alone.append(fit_probe(features, task, params, "weighted"))
+    for a, b in zip(together, alone, strict=True):
+        assert a.name == b.name and a.best_epoch == b.best_epoch
+        np.testing.assert_allclose(a.scores, b.scores, atol=1e-5)
+    np.testing.assert_allclose(together[-1].layer_weights, alone[-1].layer_weights, atol=1e-5)
+    assert together[1].test["accuracy"] > together[0].test["accuracy"] + 0.3
+    assert len({r.best_epoch for r in together}) > 1, [(r.name, r.best_epoch) for r in together]  # stopped apart
 
 
 # --------------------------------------------------------------------------- task files

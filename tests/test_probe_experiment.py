@@ -140,6 +140,15 @@ def test_train_with_a_probe_section_prints_a_verdict_per_task(workdir, monkeypat
     client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
     run = client.search_runs([client.get_experiment_by_name("probe-train").experiment_id])[0]
     assert "loss/total" in run.data.metrics and "probe/pitch/baseline_chroma/accuracy" in run.data.metrics
+    # where the time went: one table before the verdict, every phase logged as time/<phase>_s
+    table = out[out.index("where the time went") : out.index(verdict)]
+    phases = ("startup", "data", "setup", "target_cache", "training", "validation", "probe_features", "probe_fits")
+    for phase in (*phases, "probe_baselines", "probe_logging", "other", "total"):
+        assert re.search(rf"^{phase} +[\d.]+ +[\d.]+% +[\d.]+$", table, re.M), (phase, table)
+        assert run.data.metrics[f"time/{phase}_s"] >= 0 and f"time/{phase}_cpu_s" in run.data.metrics
+    times = {k: v for k, v in run.data.metrics.items() if k.startswith("time/") and not k.endswith("_cpu_s")}
+    assert sum(v for k, v in times.items() if k != "time/total_s") == pytest.approx(times["time/total_s"], abs=0.05)
+    assert run.data.metrics["time/training_s"] > 0 and run.data.metrics["time/probe_fits_s"] > 0
     # -o probe=null: no probing at all
     assert main(["train", str(train_spec), "--no-progress", "-o", "probe=null"]) == 0
     assert "probing" not in capsys.readouterr().out

@@ -116,3 +116,28 @@ def probe_score_of(name: str) -> tuple[str, str] | None:
         if name.endswith(suffix):
             return name[: -len(suffix)], suffix
     return None
+
+
+# Where a run's time went (mertlab.toolkit.timing), logged once at its end: wall and CPU seconds
+# per phase, each phase's nested phases excluded, so the phases add up to time/total_s.
+PHASE_STARTUP = "startup"
+PHASE_DATA = "data"
+PHASE_SETUP = "setup"
+PHASE_TARGET_CACHE = "target_cache"
+PHASE_TRAINING = "training"
+PHASE_VALIDATION = "validation"
+PHASE_PROBE_FEATURES = "probe_features"
+PHASE_PROBE_FITS = "probe_fits"
+PHASE_PROBE_BASELINES = "probe_baselines"
+PHASE_PROBE_LOGGING = "probe_logging"
+TIME_PREFIX = "time/"
+
+
+def phase_time(phase: str) -> str:
+    """Wall-clock seconds of a phase: ``time/<phase>_s`` (``time/total_s``, ``time/other_s`` too)."""
+    return f"{TIME_PREFIX}{phase}_s"
+
+
+def phase_cpu_time(phase: str) -> str:
+    """CPU seconds of the process (all threads) in a phase: ``time/<phase>_cpu_s``."""
+    return f"{TIME_PREFIX}{phase}_cpu_s"

@@ -33,12 +33,14 @@ from typing import Any
 import yaml
 
 from mertlab.errors import MertlabError, SpecError
+from mertlab.experiment.phase_times import log_phase_times
 from mertlab.experiment.spec import ExperimentSpec, SweepSpec, dump_spec, load_spec, spec_fingerprint
 from mertlab.experiment.tracking import ensure_experiment, resolve_tracking_uri, run_tags
 from mertlab.plugin_system.registry import get_registry
 from mertlab.probe.experiment import probe_spec_tasks
 from mertlab.toolkit.checkpoint import is_sharded_checkpoint
 from mertlab.toolkit.run_lock import acquire_run_lock
+from mertlab.toolkit.timing import PhaseTimer
 
 log = logging.getLogger(__name__)
 
@@ -274,6 +276,7 @@ def run_child(
     variant: str,
     registry: Any = None,
     progress: bool = True,
+    timer: PhaseTimer | None = None,
 ) -> ChildOutcome:
     """Train one sweep child under ``parent_run_id`` (skip it if finished, resume it if not).
 
@@ -281,7 +284,8 @@ def run_child(
     replaces the child run and picks its checkpoint; the other ranks follow that decision
     (:mod:`mertlab.train.startup`). A child another process is training (its run lock is held:
     :mod:`mertlab.toolkit.run_lock`) is refused, never resumed or replaced underneath it.
-    Raises on failure, after marking the child run FAILED.
+    Raises on failure, after marking the child run FAILED. The child's per-phase times
+    (``timer``, training and probes) are logged to its run at the end (:mod:`.phase_times`).
     """
     from mertlab.train.run import run_folder, train  # imported here: Lightning loads only when a child trains
     from mertlab.train.startup import join_startup  # imported here: Lightning loads only when a child trains
@@ -294,6 +298,7 @@ def run_child(
     tracking_uri = resolve_tracking_uri(spec)
     startup = join_startup(spec.trainer)
     held: list[Any] = []  # rank 0: the child's run lock
+    timer = timer or PhaseTimer()
 
     def decide() -> dict[str, Any]:
         from mlflow.entities import Param
@@ -349,13 +354,16 @@ def run_child(
                     progress=progress,
                     run_id=run_id,
                     startup=startup,
+                    timer=timer,
                 )
             except BaseException:
                 if startup.lead:
                     _client(tracking_uri).set_terminated(run_id, "FAILED")
                 raise
         if startup.lead:
-            probe_child(spec, run_id, tracking_uri, registry, progress)
+            probe_child(spec, run_id, tracking_uri, registry, progress, timer)
+            if decision["status"] != "skipped":
+                log_phase_times(run_id, tracking_uri, timer)
     finally:
         for lock in held:
             lock.release()
@@ -380,7 +388,9 @@ def checked_parent(client: Any, spec: ExperimentSpec, parent_run_id: str, tracki
     return parent
 
 
-def probe_child(spec: ExperimentSpec, run_id: str, tracking_uri: str, registry: Any, progress: bool) -> None:
+def probe_child(
+    spec: ExperimentSpec, run_id: str, tracking_uri: str, registry: Any, progress: bool, timer: PhaseTimer | None = None
+) -> None:
     """Run the spec's ``probe:`` tasks on a finished child's ``last.ckpt`` (tasks already probed
     on the run with the same settings are skipped: re-running a sweep is idempotent)."""
     if spec.probe is None:
@@ -393,7 +403,7 @@ def probe_child(spec: ExperimentSpec, run_id: str, tracking_uri: str, registry: 
             "variant run %s: probe section skipped, %s is sharded (fsdp); consolidate it first", run_id, checkpoint
         )
         return
-    probe_spec_tasks(spec.probe, checkpoint, run_id, tracking_uri, progress=progress, registry=registry)
+    probe_spec_tasks(spec.probe, checkpoint, run_id, tracking_uri, progress=progress, registry=registry, timer=timer)
 
 
 def child_argv(plan: SweepPlan, child: ChildPlan, parent_run_id: str) -> list[str]:

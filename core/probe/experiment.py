@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mertlab.experiment import metric_names
 from mertlab.experiment.spec import ProbeSpec
 from mertlab.probe.cache import FeatureCache, file_identity
 from mertlab.probe.extract import NonFiniteFeaturesError
@@ -31,6 +32,7 @@ from mertlab.probe.run import (
 )
 from mertlab.probe.task import load_task
 from mertlab.probe.uncertainty import format_p
+from mertlab.toolkit.timing import PhaseTimer
 
 
 @dataclass
@@ -80,13 +82,16 @@ def probe_spec_tasks(
     skip_done: bool = True,
     registry: Any = None,
     echo: Callable[[str], None] | None = None,
+    timer: PhaseTimer | None = None,
 ) -> list[TaskProbe]:
     """Probe ``checkpoint`` on every task of ``probe`` and log each to ``run_id`` (default:
     the checkpoint's training run; None and no training run: not logged). With ``skip_done``,
     tasks already logged on that run with equal settings are skipped; a task whose features are
     not finite (a diverged model) is refused, the reason in its verdict. Returns one
-    :class:`TaskProbe` per task, in order."""
+    :class:`TaskProbe` per task, in order. ``timer`` counts the probes' phases
+    (:func:`~mertlab.probe.run.run_probe`'s, and ``probe_logging``)."""
     echo = echo or (lambda _: None)
+    timer = timer or PhaseTimer()
     run_id, tracking_uri, step = probe_run(checkpoint, run_id, tracking_uri)
     client = None
     if run_id:
@@ -122,6 +127,7 @@ def probe_spec_tasks(
                 baselines=probe.baselines,
                 cache=cache,
                 seeds=probe.seeds,
+                timer=timer,
             )
         except NonFiniteFeaturesError as exc:  # a diverged model: a verdict, not a failed command
             if client is not None:
@@ -129,7 +135,8 @@ def probe_spec_tasks(
             results.append(TaskProbe(task.name, None, refused=str(exc)))
             continue
         if run_id:
-            log_probe(outcome, run_id, tracking_uri, settings, step)
+            with timer.phase(metric_names.PHASE_PROBE_LOGGING):
+                log_probe(outcome, run_id, tracking_uri, settings, step)
         results.append(TaskProbe(task.name, outcome))
     return results
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from sklearn.metrics import accuracy_score, average_precision_score, r2_score, roc_auc_score
+from sklearn.metrics import average_precision_score, r2_score, roc_auc_score
 
 METRICS: dict[str, tuple[str, ...]] = {
     "classification": ("accuracy",),
@@ -29,8 +29,8 @@ def compute_metrics(task_type: str, targets: np.ndarray, scores: np.ndarray) -> 
     Multilabel metrics are macro averages over the tags that have both positive and negative
     examples in ``targets`` (ROC-AUC is undefined otherwise); NaN when no tag qualifies.
     """
-    if task_type == "classification":
-        return {"accuracy": float(accuracy_score(targets, scores.argmax(axis=1)))}
+    if task_type == "classification":  # sklearn's accuracy_score, without its input checks (~20 ms a call)
+        return {"accuracy": float(np.mean(scores.argmax(axis=1) == targets)) if len(targets) else math.nan}
     if task_type == "regression":
         return {"r2": float(r2_score(targets, scores)) if len(targets) > 1 else math.nan}
     positives = targets.sum(axis=0)

@@ -38,6 +38,7 @@ from mertlab.toolkit.checkpoint import (
     load_checkpoint_file,
 )
 from mertlab.toolkit.safe_load import is_safetensors
+from mertlab.toolkit.timing import PhaseTimer
 
 RANDOM_INIT = "random_init"
 WEIGHTED = "weighted"
@@ -255,6 +256,7 @@ def run_probe(
     baselines: str | list[str] | tuple[str, ...] | None = (),
     cache: FeatureCache | None = None,
     seeds: int = 1,
+    timer: PhaseTimer | None = None,
 ) -> ProbeOutcome:
     """Probe ``checkpoint`` (a training checkpoint, a ``save_backbone`` file or ``hf:DIR``) on ``task``.
 
@@ -265,6 +267,8 @@ def run_probe(
     and splits. With a ``cache``, features come from / go to it (see :mod:`.cache`). ``seeds`` > 1
     refits the backbone's and random init's probes with the probe seeds ``params.seed + 1 ...``
     (same features, same random-init backbone) for :meth:`ProbeOutcome.seed_spread`.
+    ``timer`` counts the backbones' feature extraction, the probe fits and the baselines (their
+    features and fits) as phases ``probe_features``, ``probe_fits`` and ``probe_baselines``.
     """
     if seeds < 1:
         raise MertlabError(f"seeds: expected at least 1, got {seeds}")
@@ -276,30 +280,34 @@ def run_probe(
     device = resolve_device(device)
     cache = cache or FeatureCache(None)
     paths = [str(p) for p in task.paths]
+    timer = timer or PhaseTimer()
 
     def backbone_features(model: Backbone, source: dict[str, Any], what: str) -> FeatureSet:
-        return cache.get_or_compute(
-            source,
-            paths,
-            window_seconds,
-            lambda: extract_features(model, paths, window_seconds, None, batch_size, device, num_workers, progress),
-        ).check_finite(what)
+        with timer.phase(metric_names.PHASE_PROBE_FEATURES):
+            return cache.get_or_compute(
+                source,
+                paths,
+                window_seconds,
+                lambda: extract_features(model, paths, window_seconds, None, batch_size, device, num_workers, progress),
+            ).check_finite(what)
 
     def report_for(
         features: FeatureSet,
         weighted_sum: bool = weighted,
         probe_layers: list[int] | None = chosen,
         seed_offset: int = 0,
+        phase: str = metric_names.PHASE_PROBE_FITS,
     ) -> ProbeReport:
-        return probe_task(
-            features.features,
-            features.layers,
-            task,
-            params.model_copy(update={"seed": params.seed + seed_offset}),
-            probe_layers=probe_layers,
-            weighted=weighted_sum,
-            device=device,
-        )
+        with timer.phase(phase):
+            return probe_task(
+                features.features,
+                features.layers,
+                task,
+                params.model_copy(update={"seed": params.seed + seed_offset}),
+                probe_layers=probe_layers,
+                weighted=weighted_sum,
+                device=device,
+            )
 
     features = backbone_features(backbone, checkpoint_identity(checkpoint), str(checkpoint))
     report = report_for(features)
@@ -321,13 +329,16 @@ def run_probe(
     )
     reports = {}
     for name in chosen_baselines:
-        pooled = cache.get_or_compute(
-            cache_identity(name),
-            paths,
-            window_seconds,
-            lambda name=name: baseline_features(name, paths, window_seconds, progress),
-        ).check_finite(f"baseline {name}")
-        reports[name] = report_for(pooled, weighted_sum=False, probe_layers=None)
+        with timer.phase(metric_names.PHASE_PROBE_BASELINES):
+            pooled = cache.get_or_compute(
+                cache_identity(name),
+                paths,
+                window_seconds,
+                lambda name=name: baseline_features(name, paths, window_seconds, progress),
+            ).check_finite(f"baseline {name}")
+        reports[name] = report_for(
+            pooled, weighted_sum=False, probe_layers=None, phase=metric_names.PHASE_PROBE_BASELINES
+        )
         reports[name].probes[0].name = BASELINE_PREFIX + name
     return ProbeOutcome(report, random_report, features, reports, seed_reports, random_seed_reports)
 

@@ -12,4 +12,5 @@ libraries -- never on the experiment layer, the data pipeline or the training lo
   :mod:`.safe_load`, :mod:`.atomic`, :mod:`.paths`;
 * params: :mod:`.presets` (named presets of a component's params);
 * randomness: :mod:`.seeding` (seeds derived from position, never from history).
+* time: :mod:`.timing` (wall and CPU seconds per phase of a run).
 """

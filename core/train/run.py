@@ -42,6 +42,7 @@ from mertlab.teachers.target_cache import build_teacher_cache
 from mertlab.toolkit.atomic import check_writable
 from mertlab.toolkit.paths import inside
 from mertlab.toolkit.run_lock import RunLock, acquire_run_lock
+from mertlab.toolkit.timing import PhaseTimer
 from mertlab.train.agreement import state_digest
 from mertlab.train.checkpoint_io import (
     ResumePoint,
@@ -71,6 +72,8 @@ class TrainResult:
     metrics: dict[str, float] = field(default_factory=dict)
     skipped_files: list[Any] = field(default_factory=list)  # mertlab.data.skipped.SkippedFile
     is_global_zero: bool = True  # False in the other processes of a distributed run
+    timer: PhaseTimer = field(default_factory=PhaseTimer)  # seconds per phase (see ValidationTime)
+    global_step: int = 0
 
 
 def run_directory(spec: ExperimentSpec) -> Path:
@@ -94,6 +97,19 @@ def find_resume_checkpoint(spec: ExperimentSpec, resume: str | bool) -> ResumePo
     if resume == RESUME_AUTO:
         return select_resume_checkpoint(runs) if checkpoint_candidates(runs) else None
     return select_resume_checkpoint(runs, resume if isinstance(resume, str) else None)
+
+
+class ValidationTime(L.Callback):
+    """Counts validation as its own phase of ``timer`` (training's clock pauses meanwhile)."""
+
+    def __init__(self, timer: PhaseTimer) -> None:
+        self.timer = timer
+
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.timer.start(M.PHASE_VALIDATION)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.timer.stop(M.PHASE_VALIDATION)
 
 
 class _DropAdvertisements(logging.Filter):
@@ -163,6 +179,7 @@ def train(
     run_id: str | None = None,
     profile_steps: int | None = None,
     startup: Startup | None = None,
+    timer: PhaseTimer | None = None,
 ) -> TrainResult:
     """Train ``spec``; with ``resume`` continue a checkpoint and its MLflow run.
 
@@ -172,6 +189,9 @@ def train(
     by default a new run is created. At the end the run's ``summary/*`` metrics are logged
     (:mod:`mertlab.experiment.run_summary`). ``profile_steps``: a torch.profiler trace of that
     many steps after warm-up, logged with a top-ops table (:mod:`mertlab.train.profiling`).
+    ``timer``: where the phases' seconds go (data, set-up, target cache, training, validation;
+    a new one by default), returned as ``TrainResult.timer`` for the caller to add its own
+    phases (probes) and log (:func:`mertlab.experiment.tracking.log_phase_times`).
 
     Distributed, rank 0 alone decides the run, the checkpoint and the data preparation, and the
     other ranks follow (:mod:`mertlab.train.startup`; ``startup``: the one a sweep child already
@@ -183,8 +203,9 @@ def train(
     L.seed_everything(spec.seed, workers=True, verbose=False)
     startup = startup or join_startup(spec.trainer)
     held: list[RunLock] = []  # rank 0: the run's lock, from the moment the run is known
+    timer = timer or PhaseTimer()
     try:
-        return _train(spec, resume, registry, progress, run_id, profile_steps, startup, held)
+        return _train(spec, resume, registry, progress, run_id, profile_steps, startup, held, timer)
     finally:
         for lock in held:
             lock.release()
@@ -199,6 +220,7 @@ def _train(
     profile_steps: int | None,
     startup: Startup,
     held: list[RunLock],
+    timer: PhaseTimer,
 ) -> TrainResult:
     tracking_uri = resolve_tracking_uri(spec)
     experiment = spec.tracking.experiment or spec.name
@@ -224,13 +246,15 @@ def _train(
     client: list[Any] = []  # rank 0's MLflow client
 
     def prepare() -> None:  # one clear error, before any work
-        client.append(check_store(tracking_uri, spec.tracking.connect_timeout))
-        if spec.trainer.num_nodes > 1:
-            warning = cluster_store_warning(tracking_uri, f"this {spec.trainer.num_nodes}-node run")
-            if warning:
-                log.warning(warning)
-        check_writable(run_directory(spec), "trainer.output_dir")  # before any work or MLflow run
-        prepare_data(spec, progress)
+        with timer.phase(M.PHASE_SETUP):
+            client.append(check_store(tracking_uri, spec.tracking.connect_timeout))
+            if spec.trainer.num_nodes > 1:
+                warning = cluster_store_warning(tracking_uri, f"this {spec.trainer.num_nodes}-node run")
+                if warning:
+                    log.warning(warning)
+            check_writable(run_directory(spec), "trainer.output_dir")  # before any work or MLflow run
+        with timer.phase(M.PHASE_DATA):
+            prepare_data(spec, progress)
 
     startup.lead_only("data preparation", prepare)
 
@@ -246,25 +270,27 @@ def _train(
         datamodule.setup()  # data errors surface before an MLflow run is created
         return module, strategy, datamodule
 
-    module, strategy, datamodule = startup.each("set-up", build)
+    with timer.phase(M.PHASE_SETUP):
+        module, strategy, datamodule = startup.each("set-up", build)
     files = datamodule.train_files + datamodule.val_files
-    if spec.data.target_cache and spec.data.build_target_cache and files:
-        startup.lead_only(
-            "target cache",
-            lambda: [
-                build_teacher_cache(
-                    teacher,
-                    files,
-                    spec.data.target_cache,
-                    alias=alias,
-                    progress=progress,
-                    skipped_files=datamodule.skipped,
-                )
-                for alias, teacher in module.teachers.items()
-            ],
-        )
-    # files a build found unusable (e.g. NaN samples) are skipped and counted, like bad files at the scan
-    datamodule.exclude(startup.each("target check", lambda: module.target_source.check_files(files)))
+    with timer.phase(M.PHASE_TARGET_CACHE):
+        if spec.data.target_cache and spec.data.build_target_cache and files:
+            startup.lead_only(
+                "target cache",
+                lambda: [
+                    build_teacher_cache(
+                        teacher,
+                        files,
+                        spec.data.target_cache,
+                        alias=alias,
+                        progress=progress,
+                        skipped_files=datamodule.skipped,
+                    )
+                    for alias, teacher in module.teachers.items()
+                ],
+            )
+        # files a build found unusable (e.g. NaN samples) are skipped and counted, like bad files at the scan
+        datamodule.exclude(startup.each("target check", lambda: module.target_source.check_files(files)))
 
     checkpoint_io = SafeCheckpointIO()
     ckpt_path = Path(start["checkpoint"]) if start["checkpoint"] else None
@@ -332,6 +358,7 @@ def _train(
         save_on_train_epoch_end=False,
     )
     callbacks = [registry.build("callback", c.name, c.params) for c in spec.callbacks.values()]
+    callbacks.append(ValidationTime(timer))
     if profile_steps:
         callbacks.append(ProfileSteps(profile_steps))
     agreement = StartAgreement(
@@ -347,7 +374,7 @@ def _train(
             )
         except (ValueError, MisconfigurationException) as exc:  # e.g. more devices than the machine has
             raise MertlabError(f"trainer: {exc}") from None
-        with startup.handed_to_launched_ranks():
+        with timer.phase(M.PHASE_TRAINING), startup.handed_to_launched_ranks():
             trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt_path) if ckpt_path else None)
     except Exception as exc:
         if client:  # rank 0: the run's reason for failing, next to its FAILED status
@@ -355,14 +382,25 @@ def _train(
         raise
     if trainer.state.finished:  # max_steps may end mid-epoch: make last.ckpt the final state
         # Every rank calls it (FSDP gathers or writes shards); DDP writes on rank 0 only.
-        trainer.save_checkpoint(checkpoint_dir / "last.ckpt", weights_only=False)
+        with timer.phase(M.PHASE_TRAINING):
+            trainer.save_checkpoint(checkpoint_dir / "last.ckpt", weights_only=False)
     skipped = gather_skipped(trainer, datamodule)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if torch.is_tensor(v) and v.numel() == 1}
     if trainer.is_global_zero:
         finish_run(logger, client[0], tracking_uri, module, datamodule, trainer.global_step, metrics)
     if module.stop_reason:
         raise MertlabError(f"{module.stop_reason}; checkpoint: {checkpoint_dir / 'last.ckpt'}")
-    return TrainResult(run_id, experiment, tracking_uri, checkpoint_dir, metrics, skipped, trainer.is_global_zero)
+    return TrainResult(
+        run_id,
+        experiment,
+        tracking_uri,
+        checkpoint_dir,
+        metrics,
+        skipped,
+        trainer.is_global_zero,
+        timer,
+        trainer.global_step,
+    )
 
 
 def run_folder(spec: ExperimentSpec, run_id: str) -> Path:
