@@ -17,8 +17,9 @@ recordings of the real-music dev set's CI slice (36 pieces of 10 s of game sound
 key tasks (sampled General MIDI instruments). The rule: on REAL_TASK the pre-trained backbone's
 best probe scores above random init's and the probe's own paired test (exact McNemar on the same
 test clips, ``probe/<task>/accuracy_p_vs_random``) gives p below REAL_P_LEVEL. A difference that a
-paired test on 50 clips cannot tell from chance does not pass; round 4 on the full dev set
-(docs/small-scale-study.md) is the evidence that the recipe learns instrument families.
+paired test on the slice's test clips cannot tell from chance does not pass; round 4 on the full
+dev set (docs/small-scale-study.md: pitch 73% against 43% at random init, p<0.001, on 288 test
+clips) is the evidence that the recipe learns pitch.
 
 Both run the real commands (with the spec's `probe:` section) and read the scores back from MLflow.
 """
