@@ -104,7 +104,10 @@ def main() -> None:
     if (folder / "mlflow.db").exists():
         raise SystemExit(f"{folder} already holds a run (mlflow.db): give a fresh --dir")
     overrides = (quick_overrides(folder) if args.quick else []) + args.overrides
-    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+    # the run is tracked in the folder's own store, which the table is read back from
+    overrides = [f"tracking.tracking_uri=sqlite:///{folder / 'mlflow.db'}", *overrides]
+    unset = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME")
+    env = {k: v for k, v in os.environ.items() if k not in unset}
     if args.run_threads:
         env["OMP_NUM_THREADS"] = str(args.run_threads)
     command = [sys.executable, "-m", "mertlab", "train", str(SPEC), "--no-progress"]
