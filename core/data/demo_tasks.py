@@ -8,7 +8,8 @@ a pre-training clip:
 ========== ============================================================== ==================
 task       content                                                        label
 ========== ============================================================== ==================
-pitch      one note, 1 s, any of the 8 timbres, MIDI 48-71 (C3-B4), in a mix  MIDI number (24 classes)
+pitch      one note, 1 s, two timbres in unison, MIDI 48-71 (C3-B4),      nearest MIDI number
+           detuned up to 40 cents, in a loud mix                          (24 classes)
 timbre     one note, 1 s, MIDI 45-80                                      timbre name (8 classes)
 key        a 4-chord progression with a melody in the scale, 3 s, in a mix e.g. ``D minor`` (24 classes)
 tempo      a drum pattern (plus bass notes), 3 s, 70-170 BPM               BPM (regression)
@@ -94,9 +95,7 @@ def _normalise(out: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 def pitch_example(index: int, rng: np.random.Generator, sr: int = SAMPLE_RATE) -> Example:
     """One note played in unison by :data:`PITCH_LAYERS` different timbres at random gains, all
     detuned together by up to :data:`PITCH_DETUNE` semitones (the label stays the nearest MIDI
-    note), over a loud mix. Exact-semitone notes of one timbre are a task random features nearly
-    solve (a random filterbank's response tells the few spectra apart); off-grid tuning and mixed
-    timbres ask for a representation of pitch itself."""
+    note), over a loud mix: off-grid tuning and mixed timbres, as in real recordings."""
     note = PITCH_NOTES[index % len(PITCH_NOTES)]
     detune = float(rng.uniform(-PITCH_DETUNE, PITCH_DETUNE))
     timbres = [str(t) for t in rng.choice(list(TIMBRES), size=PITCH_LAYERS, replace=False)]
