@@ -131,6 +131,7 @@ def small_demo_tasks(folder):
     return paths
 
 
+@pytest.mark.integration
 def test_quickstart_at_lr_1e6_ends_with_one_probe_line_per_task_and_finite_weights(
     demo_dir, tmp_path, tracking_uri, capsys
 ):

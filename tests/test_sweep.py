@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from mlflow.tracking import MlflowClient
 
@@ -86,6 +86,8 @@ yaml_values = st.recursive(
 )
 
 
+@example({"\n": None})  # a key with a line break: an explicit key, double-quoted
+@example(["a\u2028b", "\r"])
 @settings(max_examples=30, deadline=None)
 @given(yaml_values)
 def test_override_values_round_trip_through_the_command_line(value):

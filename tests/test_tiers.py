@@ -10,7 +10,6 @@ tests' support modules) does one of those things. `make test`, CI's command, des
 from __future__ import annotations
 
 import ast
-import re
 import shlex
 import textwrap
 from dataclasses import dataclass, field
@@ -94,8 +93,8 @@ def _all_constants(node: ast.Call) -> set[str]:
     return {n.value for n in ast.walk(node) if isinstance(n, ast.Constant) and isinstance(n.value, str)}
 
 
-def heavy_call(call: ast.Call, module: Module) -> str | None:
-    """Why ``call`` makes a test heavy, or None."""
+def heavy_call(call: ast.Call, module: Module, lists: dict[str, ast.expr] | None = None) -> str | None:
+    """Why ``call`` makes a test heavy, or None (``lists``: the function's ``name = [...]`` assignments)."""
     func = call.func
     name = func.attr if isinstance(func, ast.Attribute) else func.id if isinstance(func, ast.Name) else None
     if name is None:
@@ -115,7 +114,7 @@ def heavy_call(call: ast.Call, module: Module) -> str | None:
         return None
     command = None
     for arg in call.args:  # the command line: ``main(["train", ...])``, ``run_cli(capsys, "train", ...)``
-        words = _literal_words(arg)
+        words = _literal_words((lists or {}).get(arg.id, arg) if isinstance(arg, ast.Name) else arg)
         if words or (isinstance(arg, ast.Constant) and isinstance(arg.value, str)):
             command = words[0] if words else arg.value
             break
@@ -168,8 +167,13 @@ class Tiering:
         if reason is None:
             local = {n.id for n in ast.walk(func) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)}
             local |= {a.arg for a in ast.walk(func.args) if isinstance(a, ast.arg)}
+            lists = {
+                n.targets[0].id: n.value
+                for n in ast.walk(func)
+                if isinstance(n, ast.Assign) and len(n.targets) == 1 and isinstance(n.targets[0], ast.Name)
+            }
             for node in ast.walk(func):
-                if isinstance(node, ast.Call) and (reason := heavy_call(node, module)):
+                if isinstance(node, ast.Call) and (reason := heavy_call(node, module, lists)):
                     break
                 # a function it calls or hands on (``pool.map(run_quick, ...)``), not a local variable
                 named = isinstance(node, ast.Name) and node.id not in local
@@ -233,6 +237,7 @@ def fit_tiny(spec):
         ("uses_fixture", "fixture trained: calls mertlab.train.run.train"),
         ("uses_conftest_fixture", "fixture ddp_run: starts a process"),
         ("len([])", None),
+        ("argv = ['train', str(path)]; main(argv)", "runs `mertlab train`"),
         ("launch = detect(cmd); launch.rank", None),
         ("pool.map(launch, [['train']])", "launch: starts a process"),
         ("model.train()", None),

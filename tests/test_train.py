@@ -102,6 +102,7 @@ def test_short_run_logs_every_metric_family(demo_dir, tmp_path, tracking_uri, ba
     assert len(client.get_metric_history(result.run_id, "loss/total")) >= 3
 
 
+@pytest.mark.integration  # slow: 80 optimizer steps, about 2 min of CPU
 def test_learning_is_connected_on_a_fixed_batch(demo_dir, tmp_path, tracking_uri):
     """Masked accuracy rises far above chance and both losses fall when fitting one batch."""
     torch.manual_seed(0)
