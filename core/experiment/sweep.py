@@ -434,10 +434,10 @@ class SweepResult:
     parent_run_id: str
     tracking_uri: str
     experiment: str
+    plan: SweepPlan
     outcomes: list[ChildOutcome] = field(default_factory=list)
     commands: list[str] = field(default_factory=list)
     pending: list[ChildPlan] = field(default_factory=list)  # dry run: the children still to train
-    plan: SweepPlan | None = None
 
     @property
     def failed(self) -> list[ChildOutcome]:
