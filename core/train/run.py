@@ -191,7 +191,7 @@ def train(
     many steps after warm-up, logged with a top-ops table (:mod:`mertlab.train.profiling`).
     ``timer``: where the phases' seconds go (data, set-up, target cache, training, validation;
     a new one by default), returned as ``TrainResult.timer`` for the caller to add its own
-    phases (probes) and log (:func:`mertlab.experiment.tracking.log_phase_times`).
+    phases (probes) and log (:func:`mertlab.experiment.phase_times.log_phase_times`).
 
     Distributed, rank 0 alone decides the run, the checkpoint and the data preparation, and the
     other ranks follow (:mod:`mertlab.train.startup`; ``startup``: the one a sweep child already
