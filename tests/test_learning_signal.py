@@ -42,9 +42,10 @@ P_MAX = 0.01
 #: Phases every quickstart run goes through (each logged as time/<phase>_s and time/<phase>_cpu_s).
 PHASES = ("data", "target_cache", "training", "validation", "probe_features", "probe_fits", "probe_baselines", "total")
 
-pytestmark = pytest.mark.filterwarnings("ignore")
+pytestmark = [pytest.mark.integration, pytest.mark.filterwarnings("ignore")]
 
 
+@pytest.mark.timeout(1200)  # the quickstart from a fresh folder: about 6 CPU minutes (docs/getting-started.md)
 def test_quickstart_pretraining_beats_random_init_at_p_below_001(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)  # data/demo, data/demo-tasks and runs/ land here, as for a user
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)

@@ -10,6 +10,7 @@ import soundfile as sf
 import torch
 import torch.nn.functional as F
 
+from hf_support import tiny_hubert
 from mertlab.data.audio import load_audio, probe
 from mertlab.errors import MertlabError
 from mertlab.plugin_system.registry import get_registry
@@ -19,16 +20,6 @@ from mertlab.toolkit.safe_load import read_safetensors
 from synth_audio import SR, melody, padded_batch
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-TINY_HF = dict(
-    hidden_size=32,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    intermediate_size=64,
-    conv_dim=(16,) * 7,
-    num_conv_pos_embeddings=16,
-    num_conv_pos_embedding_groups=4,
-)
 
 
 def build(**params):
@@ -46,9 +37,7 @@ def backbone_file(tmp_path_factory):
 @pytest.fixture(scope="module")
 def hf_dir(tmp_path_factory):
     """A tiny random transformers.HubertModel saved with save_pretrained, and the model."""
-    transformers = pytest.importorskip("transformers")
-    torch.manual_seed(0)
-    model = transformers.HubertModel(transformers.HubertConfig(**TINY_HF)).eval()
+    model = tiny_hubert()
     path = tmp_path_factory.mktemp("hf")
     model.save_pretrained(path)
     return path, model
@@ -231,6 +220,7 @@ def test_validate_checks_layer_and_top_k_against_the_checkpoint_without_building
     assert load_spec(write_yaml(spec))  # reported when the teacher is built
 
 
+@pytest.mark.integration
 def test_distill_from_a_quickstart_checkpoint_and_a_conv_frontend_one(demo_dir, tmp_path, tracking_uri, write_yaml):
     """The quickstart-style teacher (filterbank frontend) trains for 2 steps; a student then
     distills from its last.ckpt and from a mert_tiny-style (HuBERT CNN frontend) backbone file at
