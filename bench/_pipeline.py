@@ -6,15 +6,13 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 
-from _timing import parser, setup
+from _timing import parser, setup, write_demo_data
 from mertlab.data.datamodule import AudioDataModule
 from mertlab.experiment.spec import load_spec
 from mertlab.teachers.target_cache import build_teacher_cache
@@ -46,23 +44,7 @@ def demo_spec(args: argparse.Namespace, folder: Path, cached: bool):
     spec_path, clips, seconds, quick = args.spec, args.clips, args.seconds, args.quick
     data = folder / "demo"
     if not data.exists():
-        subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "mertlab",
-                "demo-data",
-                str(data),
-                "--clips",
-                str(clips),
-                "--seconds",
-                str(seconds),
-                "--no-tasks",
-            ],
-            check=True,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        write_demo_data(data, clips, seconds)
     cache = f"data.target_cache={folder / 'cache'}" if cached else "data.target_cache=null"
     overrides = [f"data.path={data}", "data.generate_demo=false", cache]
     if quick:

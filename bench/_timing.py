@@ -14,6 +14,7 @@ import statistics
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -202,35 +203,30 @@ def demo_clips(count: int, seconds: float, seed: int = 0, quick: bool = False) -
             + 0.01 * torch.randn(t.shape, generator=g)
             for _ in range(count)
         ]
-    import subprocess
-    import sys
     import tempfile
-    from pathlib import Path
 
     import soundfile as sf
 
     with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp) / "demo"
-        subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "mertlab",
-                "demo-data",
-                str(folder),
-                "--clips",
-                str(count),
-                "--seconds",
-                str(seconds),
-                "--seed",
-                str(seed),
-                "--no-tasks",
-            ],
-            check=True,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        folder = write_demo_data(Path(tmp) / "demo", count, seconds, seed)
         return [torch.from_numpy(sf.read(path, dtype="float32")[0]) for path in sorted(folder.glob("*.wav"))]
+
+
+def write_demo_data(folder: Path, clips: int, seconds: float, seed: int | None = None) -> Path:
+    """``mertlab demo-data`` (no probe tasks, quietly) into ``folder``: ``clips`` clips of
+    ``seconds``; ``seed`` None: the command's default. Returns ``folder``."""
+    import subprocess
+    import sys
+
+    seed_args = [] if seed is None else ["--seed", str(seed)]
+    command = [sys.executable, "-m", "mertlab", "demo-data", str(folder), "--clips", str(clips)]
+    subprocess.run(
+        [*command, "--seconds", str(seconds), *seed_args, "--no-tasks"],
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    return folder
 
 
 def train_step(model: torch.nn.Module, loss_of: Callable[[], torch.Tensor], lr: float = 1e-4) -> Callable[[], None]:

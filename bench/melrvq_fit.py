@@ -167,8 +167,8 @@ def compare_batches(batch_sizes: list[int], quick: bool) -> None:
     collects from the quickstart data; the L1 reconstruction error on the frames of the held-out
     validation files (whole files) and each fit's time."""
     from mertlab.data.audio import load_audio
-    from mertlab.data.datamodule import scan_dataset
     from mertlab.data.files import split_files
+    from mertlab.data.source import scan_dataset
     from mertlab.teachers.fitting import crop_batches, fit_passes
     from mertlab.toolkit.code_usage import codebook_perplexities
     from mertlab.toolkit.frame_features import collect_frames, fit_statistics

@@ -19,6 +19,7 @@ from mertlab.plugin_system.registry import KINDS
 
 if TYPE_CHECKING:
     import subprocess
+    from collections.abc import Sequence
 
 DISABLE_PLUGIN_OPTION = "--disable-plugin"
 
@@ -265,7 +266,7 @@ def train_command(
 
     if (parent_run_id is None) != (variant is None):
         raise click.UsageError("--parent-run-id and --variant go together")
-    if parent_run_id is not None:
+    if parent_run_id is not None and variant is not None:
         if resume not in (None, "auto"):
             raise click.UsageError("sweep children resume by themselves (--resume auto): drop --resume")
         if profile is not None:
@@ -924,11 +925,12 @@ def targets_clean_command(spec_path: str, overrides: tuple[str, ...], dry_run: b
 
 def human_bytes(size: int) -> str:
     """``1.5 MB``-style size (powers of 1000)."""
+    value = float(size)
     for unit in ("B", "kB", "MB", "GB"):
-        if size < 1000 or unit == "GB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1000
-    return f"{size:.1f} TB"
+        if value < 1000 or unit == "GB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1000
+    return f"{value:.1f} TB"
 
 
 @cli.command("model-info")
@@ -1189,8 +1191,8 @@ def probe_command(
     task = load_task(task_path, task_type=task_type, name=name)
     overrides = {k: v for k, v in {"patience": patience, "max_epochs": max_epochs}.items() if v is not None}
     params = ProbeParams(seed=seed, **overrides)
-    if not no_tracking:  # before the (long) extraction, so a wrong run fails fast
-        run_id, tracking_uri, step = probe_run(checkpoint, run_id, tracking_uri, experiment)
+    # before the (long) extraction, so a wrong run fails fast
+    destination = None if no_tracking else probe_run(checkpoint, run_id, tracking_uri, experiment)
     cache = FeatureCache(None if no_cache else (cache_dir or DEFAULT_CACHE_DIR))
     outcome = run_probe(
         checkpoint,
@@ -1226,18 +1228,19 @@ def probe_command(
     }
     if out:
         Path(out).write_text(json.dumps(report_dict(outcome, settings), indent=2))
-    if no_tracking:
+    if destination is None:
         return
-    if not run_id:
+    logged_run, logged_uri, step = destination
+    if not logged_run:
         click.echo("not logged to MLflow: CKPT is not a training checkpoint (pass --run-id to log onto a run)")
         return
-    log_probe(outcome, run_id, tracking_uri, settings, step)
-    click.echo(f"logged probe/{task.name}/... to MLflow run {run_id} ({tracking_uri})")
-    targets = [LinkTarget("the run", run_id), LinkTarget("its experiment's runs")]
-    click.echo("\n".join(ui_lines(tracking_uri, targets)))
+    log_probe(outcome, logged_run, logged_uri, settings, step)
+    click.echo(f"logged probe/{task.name}/... to MLflow run {logged_run} ({logged_uri})")
+    targets = [LinkTarget("the run", logged_run), LinkTarget("its experiment's runs")]
+    click.echo("\n".join(ui_lines(logged_uri, targets)))
 
 
-def format_table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
+def format_table(header: tuple[str, ...], rows: Sequence[tuple[str, ...]]) -> str:
     """A plain left-aligned text table."""
     widths = [max(len(str(cell)) for cell in col) for col in zip(header, *rows, strict=True)]
     lines = ["  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in (header, *rows)]

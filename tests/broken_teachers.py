@@ -22,6 +22,17 @@ class FrameParams(Params):
     hop_length: int = Field(320, gt=0, description="Samples between frames.")
 
 
+def frames_of(teacher: FrameTeacher, wav: torch.Tensor) -> torch.Tensor:
+    """``[B, T, hop]``: ``wav`` zero-padded to whole frames of the teacher's hop and cut into them."""
+    hop, frames = teacher.hop_length, teacher.num_frames(wav.shape[1])
+    return torch.nn.functional.pad(wav, (0, frames * hop - wav.shape[1])).reshape(wav.shape[0], frames, hop)
+
+
+def log_energy(chunks: torch.Tensor) -> torch.Tensor:
+    """``[B, T]`` log mean square of each frame of ``chunks`` ``[B, T, hop]``."""
+    return torch.log(chunks.pow(2).mean(-1) + 1e-5)
+
+
 class LogEnergy(FrameTeacher):
     """A correct teacher: log energy and mean absolute value per frame (the broken ones change one thing)."""
 
@@ -32,10 +43,8 @@ class LogEnergy(FrameTeacher):
     dim = 2
 
     def compute(self, wav: torch.Tensor) -> torch.Tensor:
-        hop = self.hop_length
-        frames = self.num_frames(wav.shape[1])
-        chunks = torch.nn.functional.pad(wav, (0, frames * hop - wav.shape[1])).reshape(wav.shape[0], frames, hop)
-        return torch.stack([torch.log(chunks.pow(2).mean(-1) + 1e-5), chunks.abs().mean(-1)], dim=-1)
+        chunks = frames_of(self, wav)
+        return torch.stack([log_energy(chunks), chunks.abs().mean(-1)], dim=-1)
 
 
 class EnergyCodes(LogEnergy):
@@ -68,9 +77,7 @@ class OnsetLevels(FrameTeacher):
         return (self.params.levels,)  # one codebook of `levels` codes
 
     def compute(self, wav: torch.Tensor) -> torch.Tensor:
-        hop, frames = self.hop_length, self.num_frames(wav.shape[1])
-        chunks = torch.nn.functional.pad(wav, (0, frames * hop - wav.shape[1])).reshape(wav.shape[0], frames, hop)
-        energy = torch.log(chunks.pow(2).mean(-1) + 1e-5)  # [B, T]
+        energy = log_energy(frames_of(self, wav))  # [B, T]
         onset = torch.relu(energy - torch.cat([energy[:, :1], energy[:, :-1]], dim=1))
         scaled = onset / (onset.amax(dim=1, keepdim=True) + 1e-8) * (self.params.levels - 1)
         return scaled.round().long()[..., None]  # [B, T, 1] codes in [0, levels)

@@ -8,10 +8,11 @@ import soundfile as sf
 import torch
 
 from mertlab.data.audio import list_audio_paths, load_audio, probe, read_segment
-from mertlab.data.datamodule import AudioDataModule, scan_dataset
+from mertlab.data.datamodule import AudioDataModule
 from mertlab.data.dataset import CropDataset, collate_crops
 from mertlab.data.demo import render_piece, write_demo_dataset
 from mertlab.data.files import split_files
+from mertlab.data.source import scan_dataset
 from mertlab.errors import DataError
 from mertlab.experiment.spec import DataSpec
 

@@ -10,30 +10,15 @@ from pathlib import Path
 import pytest
 import torch
 
+from pip_support import pip_install_into
+
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "examples" / "mertlab-example-teacher"
 
 
 @pytest.fixture(scope="module")
 def installed_example(tmp_path_factory) -> Path:
-    target = tmp_path_factory.mktemp("example-site")
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "install",
-            "--no-deps",
-            "--no-build-isolation",
-            "-q",
-            "--target",
-            str(target),
-            str(EXAMPLE),
-        ],
-        check=True,
-        capture_output=True,
-    )
-    return target
+    return pip_install_into(tmp_path_factory.mktemp("example-site"), EXAMPLE)
 
 
 def mertlab_cli(site: Path, *args: str, **env: str) -> subprocess.CompletedProcess:

@@ -174,10 +174,10 @@ def cheap_build(tmp_path_factory):
 
 def test_fuzzed_audio_through_the_scan_the_loader_and_the_target_build(tmp_path, cheap_build, one_thread, caplog):
     from mertlab.data.audio import probe
-    from mertlab.data.datamodule import scan_dataset
     from mertlab.data.dataset import Crop, CropDataset, min_samples
     from mertlab.data.files import check_audio_files
     from mertlab.data.skipped import SkippedFile, SkippedFiles
+    from mertlab.data.source import scan_dataset
     from mertlab.experiment.spec import DataSpec
     from mertlab.teachers.target_cache import build_teacher_cache
 

@@ -9,6 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from hf_support import tiny_hubert
 from mertlab.errors import MertlabError
 from mertlab.plugins.backbones.transformer import TransformerBackbone, TransformerParams
 from mertlab.plugins.backbones.transformer.hf import (
@@ -20,21 +21,10 @@ from mertlab.plugins.backbones.transformer.hf import (
 transformers = pytest.importorskip("transformers")
 HubertConfig, HubertModel = transformers.HubertConfig, transformers.HubertModel
 
-TINY_HF = dict(
-    hidden_size=32,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    intermediate_size=64,
-    conv_dim=(16,) * 7,
-    num_conv_pos_embeddings=16,
-    num_conv_pos_embedding_groups=4,
-)
-
 
 def tiny_hf(tmp_path, **config) -> tuple[HubertModel, TransformerBackbone]:
     """A random tiny HubertModel saved to ``tmp_path`` and our backbone loaded from it."""
-    torch.manual_seed(0)
-    hf = HubertModel(HubertConfig(**{**TINY_HF, **config})).eval()
+    hf = tiny_hubert(**config)
     with torch.no_grad():  # non-trivial norms/biases so a mismatched tensor cannot hide
         for name, p in hf.named_parameters():
             if name.endswith("bias") or "norm" in name:
@@ -118,9 +108,8 @@ def test_legacy_weight_norm_keys_task_prefix_and_bin_format(tmp_path):
 
 
 def test_sharded_checkpoint_and_missing_mask_embedding(tmp_path):
-    torch.manual_seed(0)
     # mask_time_prob=0: HF builds no masked_spec_embed; loading keeps ours initialised.
-    hf = HubertModel(HubertConfig(**TINY_HF, mask_time_prob=0.0)).eval()
+    hf = tiny_hubert(mask_time_prob=0.0)
     assert "masked_spec_embed" not in hf.state_dict()
     hf.save_pretrained(tmp_path, max_shard_size="20KB")
     assert (tmp_path / "model.safetensors.index.json").is_file()

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from pip_support import pip_install_into
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -41,12 +43,7 @@ def test_wheel_contains_every_python_module(wheel):
 
 
 def test_wheel_install_imports_and_runs(wheel, tmp_path):
-    target = tmp_path / "site"
-    subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel)],
-        check=True,
-        capture_output=True,
-    )
+    target = pip_install_into(tmp_path / "site", wheel)
     code = (
         "import mertlab, mertlab.plugins.teachers, mertlab.plugin_system.registry as r; "
         "print(mertlab.__file__); print(len(r.get_registry().list()))"
@@ -109,12 +106,7 @@ def test_every_imported_package_is_a_declared_dependency():
 
 def test_every_module_of_the_wheel_imports_over_the_locked_environment(wheel, tmp_path):
     """The wheel alone (--no-deps) on top of the pinned environment: every module imports."""
-    target = tmp_path / "site"
-    subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel)],
-        check=True,
-        capture_output=True,
-    )
+    target = pip_install_into(tmp_path / "site", wheel)
     modules = sorted(
         ".".join(p.relative_to(target).with_suffix("").parts).removesuffix(".__init__")
         for p in (target / "mertlab").rglob("*.py")

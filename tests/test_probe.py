@@ -28,7 +28,7 @@ from mertlab.data.audio import load_audio
 from mertlab.errors import DataError, MertlabError
 from mertlab.plugin_system.registry import get_registry
 from mertlab.probe.extract import FeatureSet, extract_features, resolve_layers, window_bounds
-from mertlab.probe.fit import ProbeParams, fit_probe, fit_probes, probe_task
+from mertlab.probe.fit import ProbeParams, fit_probes, probe_task
 from mertlab.probe.metrics import compute_metrics
 from mertlab.probe.run import random_init_backbone, run_probe
 from mertlab.probe.task import Task, TaskError, load_task
@@ -272,10 +272,10 @@ def test_probes_are_seeded_and_deterministic(backbone, data):
     task = load_task(data["pitch"])
     features = extract_features(backbone, task.paths, layers="last", progress=False).features
     params = ProbeParams(max_epochs=8, patience=8)
-    a = fit_probe(features, task, params, "a")
-    b = fit_probe(features, task, params, "b")
+    (a,) = fit_probes(features, task, params, [0], ["a"])
+    (b,) = fit_probes(features, task, params, [0], ["b"])
     np.testing.assert_array_equal(a.scores, b.scores)
-    c = fit_probe(features, task, params.model_copy(update={"seed": 1}), "c")
+    (c,) = fit_probes(features, task, params.model_copy(update={"seed": 1}), [0], ["c"])
     assert not np.array_equal(a.scores, c.scores)
 
 
@@ -302,8 +302,8 @@ def test_probes_trained_side_by_side_equal_probes_trained_alone(one_thread):
     features[:, 2, :classes] += 0.3 * np.eye(classes)[targets]
     params = ProbeParams(dropout=0.0, max_epochs=60, patience=10, hidden_dim=32)
     together = fit_probes(features, task, params, [0, 1, 2, None], ["layer0", "layer1", "layer2", "weighted"])
-    alone = [fit_probe(features[:, k : k + 1], task, params, f"layer{k}") for k in range(3)]
-    alone.append(fit_probe(features, task, params, "weighted"))
+    alone = [fit_probes(features[:, k : k + 1], task, params, [0], [f"layer{k}"])[0] for k in range(3)]
+    alone.append(fit_probes(features, task, params, [None], ["weighted"])[0])
     for a, b in zip(together, alone, strict=True):
         assert a.name == b.name and a.best_epoch == b.best_epoch
         np.testing.assert_allclose(a.scores, b.scores, atol=1e-5)

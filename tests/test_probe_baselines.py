@@ -11,6 +11,7 @@ import torch
 from mlflow.tracking import MlflowClient
 
 import mertlab.probe.run as probe_run_module
+from hf_support import tiny_hubert
 from mertlab.cli import main
 from mertlab.errors import MertlabError
 from mertlab.experiment.spec import BASELINE_NAMES, parse_baselines
@@ -153,24 +154,11 @@ def test_feature_cache_is_hit_on_rerun_and_invalidated_by_a_new_checkpoint(pitch
 
 
 # --------------------------------------------------------------------------- hf:DIR
-transformers = pytest.importorskip("transformers")
-
-
 @pytest.fixture(scope="module")
 def hf_dir(tmp_path_factory):
     """A tiny random HubertModel saved with transformers (our loader's reference)."""
     path = tmp_path_factory.mktemp("hf") / "tiny-hubert"
-    torch.manual_seed(0)
-    config = transformers.HubertConfig(
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=64,
-        conv_dim=(16,) * 7,
-        num_conv_pos_embeddings=16,
-        num_conv_pos_embedding_groups=4,
-    )
-    model = transformers.HubertModel(config).eval()
+    model = tiny_hubert()
     model.save_pretrained(path)
     return path, model
 

@@ -117,6 +117,13 @@ def test_sweep_probes_every_child_and_compare_shows_the_scores_first(workdir, mo
     assert {
         r.run_id: len(client.get_metric_history(r.run_id, "probe/pitch/accuracy")) for r in comparison.rows
     } == histories
+    # Each child logged where its time went once (the re-run did not), at its last step like the
+    # run summary, with the training and the probe phases in it.
+    for row in comparison.rows:
+        (total,) = client.get_metric_history(row.run_id, "time/total_s")
+        (final_loss,) = client.get_metric_history(row.run_id, "summary/final_loss")
+        assert total.step == final_loss.step > 0
+        assert {"time/training_s", "time/probe_fits_s"} <= set(client.get_run(row.run_id).data.metrics)
 
 
 def test_train_with_a_probe_section_prints_a_verdict_per_task(workdir, monkeypatch, capsys):

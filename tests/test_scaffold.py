@@ -13,6 +13,7 @@ from mlflow.tracking import MlflowClient
 
 from mertlab.cli import main
 from mertlab.plugin_system.scaffold import package_files
+from pip_support import pip_install_into
 
 
 def run(*args: str, site: Path, cwd: Path) -> subprocess.CompletedProcess:
@@ -29,22 +30,7 @@ def generated(tmp_path_factory) -> tuple[Path, Path]:
     site = root / "site"
     for kind in ("teacher", "backbone", "objective"):
         assert main(["new", kind, f"demo_{kind}", str(root / f"demo-{kind}")]) == 0
-        subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "pip",
-                "install",
-                "--no-deps",
-                "--no-build-isolation",
-                "-q",
-                "--target",
-                str(site),
-                str(root / f"demo-{kind}"),
-            ],
-            check=True,
-            capture_output=True,
-        )
+        pip_install_into(site, root / f"demo-{kind}")
     return root, site
 
 

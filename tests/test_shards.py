@@ -15,7 +15,8 @@ from mertlab.data import shards as sh
 from mertlab.data.audio import list_audio_paths, probe
 from mertlab.data.dataset import AudioBatch, collate_crops
 from mertlab.data.demo import write_demo_dataset
-from mertlab.experiment.spec import resolve_spec
+from mertlab.data.source import FileSource, ShardSource, data_source
+from mertlab.experiment.spec import DataSpec, resolve_spec
 from mertlab.plugin_system.registry import get_registry
 from mertlab.teachers.shard_targets import shard_with_spec
 from mertlab.teachers.target_cache import TeacherCache, build_teacher_cache
@@ -98,6 +99,8 @@ def test_shard_without_targets_layout_and_items(demo, plain):
     assert (plain / "train" / sh.INDEX).is_file() and not (plain / "val").exists()
     assert len(list((plain / "train").glob("chunk-*.bin"))) == CLIPS
     assert sh.is_shard_path(plain) and not sh.is_shard_path(demo)
+    assert isinstance(data_source(DataSpec(path=str(plain))), ShardSource)
+    assert isinstance(data_source(DataSpec(path=str(demo))), FileSource)
     assert not [p for p in plain.parent.iterdir() if p.name.startswith(".")]  # the temporary folder is gone
 
     from litdata import StreamingDataset
@@ -160,7 +163,7 @@ def test_targets_from_shards_equal_the_target_cache(demo, with_targets, tmp_path
     source_batch = AudioBatch(
         batch.wav, batch.lengths, tuple(probe(demo / f.path) for f in batch.files), batch.start_seconds
     )
-    source = target_source(None, teachers, 24000, str(dst))
+    source = target_source(None, teachers, 24000, data_source(DataSpec(path=str(dst))))
     assert isinstance(source, ShardTargets)
     source.check_files([])
     frame_lengths = torch.full((3,), 75)
@@ -326,6 +329,7 @@ def test_object_store_url_is_read_through_litdata(plain, tmp_path):
     """``local:`` is litdata's stand-in for a remote store (downloaded into a cache folder)."""
     url = f"local:{plain}"
     assert sh.is_shard_path(url) and sh.read_meta(url)["splits"]["train"]["files"] == CLIPS
+    assert isinstance(data_source(DataSpec(path=url)), ShardSource)
     assert not sh.is_shard_path(tmp_path / "nothing-here")
     from mertlab.data.streaming import ShardDataset, ShardLoader
 

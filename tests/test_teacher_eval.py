@@ -48,6 +48,14 @@ def test_codes_finer_than_the_labels_keep_label_purity_not_cluster_purity():
     assert s["cluster_purity"] == pytest.approx(0.5)
 
 
+def test_one_label_gives_nan_pnmi_whatever_the_code_order():
+    # Summed float probabilities of the one label are 1 - 1e-16 in some orders: a tiny positive
+    # label entropy would turn "undefined" into PNMI 0 for one naming of the codes and NaN for another.
+    labels = np.zeros(6, dtype=np.int64)
+    for codes in ([0, 0, 0, 1, 1, 2], [2, 2, 2, 1, 1, 0], [5, 5, 5, 3, 3, 4]):
+        assert math.isnan(stats(np.array(codes), labels, 6, 3)["pnmi"])
+
+
 @settings(max_examples=40, deadline=None)
 @given(st.lists(st.tuples(st.integers(0, 5), st.integers(0, 2)), min_size=1, max_size=60), st.permutations(range(6)))
 def test_statistics_are_bounded_and_ignore_code_names(pairs, permutation):

@@ -10,6 +10,7 @@ import soundfile as sf
 import torch
 import torch.nn.functional as F
 
+from hf_support import tiny_hubert
 from mertlab.data.audio import load_audio, probe
 from mertlab.errors import MertlabError
 from mertlab.plugin_system.registry import get_registry
@@ -19,16 +20,6 @@ from mertlab.toolkit.safe_load import read_safetensors
 from synth_audio import SR, melody, padded_batch
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-TINY_HF = dict(
-    hidden_size=32,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    intermediate_size=64,
-    conv_dim=(16,) * 7,
-    num_conv_pos_embeddings=16,
-    num_conv_pos_embedding_groups=4,
-)
 
 
 def build(**params):
@@ -46,9 +37,7 @@ def backbone_file(tmp_path_factory):
 @pytest.fixture(scope="module")
 def hf_dir(tmp_path_factory):
     """A tiny random transformers.HubertModel saved with save_pretrained, and the model."""
-    transformers = pytest.importorskip("transformers")
-    torch.manual_seed(0)
-    model = transformers.HubertModel(transformers.HubertConfig(**TINY_HF)).eval()
+    model = tiny_hubert()
     path = tmp_path_factory.mktemp("hf")
     model.save_pretrained(path)
     return path, model

@@ -7,15 +7,15 @@ from pathlib import Path
 from mertlab.data.audio import list_audio_paths
 from mertlab.data.demo import write_demo_dataset
 from mertlab.data.demo_tasks import DEMO_TASKS, demo_tasks_dir, write_demo_tasks
-from mertlab.data.shards import is_shard_path
+from mertlab.data.source import data_source
 from mertlab.experiment.spec import ExperimentSpec
 
 
 def prepare_data(spec: ExperimentSpec, progress: bool = True) -> None:
     """With ``data.generate_demo``: write the generated demo set when the folder has no audio,
     and the labelled demo probe tasks to ``<data.path>-tasks/`` when their CSVs are missing
-    (``progress``: their progress bars)."""
-    if not spec.data.generate_demo or is_shard_path(spec.data.path):
+    (``progress``: their progress bars). Nothing for data that cannot hold the demo set (shards)."""
+    if not spec.data.generate_demo or not data_source(spec.data).writes_demo:
         return
     path = Path(spec.data.path)
     if not path.exists() or not list_audio_paths(path, spec.data.extensions):

@@ -37,6 +37,7 @@ import numpy as np
 import soundfile as sf
 from tqdm.auto import tqdm
 
+from mertlab.data import litdata_api
 from mertlab.data.audio import AudioFile, BadAudioError, check_finite, list_audio_paths, read_segment, resample
 from mertlab.data.files import check_audio_files, split_files
 from mertlab.data.skipped import SkippedFile
@@ -52,27 +53,19 @@ DEFAULT_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3")
 DEFAULT_CHUNK_BYTES = "64MB"
 
 
-def quiet_litdata() -> None:
-    """litdata asks PyPI for a newer version when a dataset is opened; training must not depend
-    on the network (nor wait 30 s for it on a cluster without it). Call before importing litdata."""
-    os.environ.setdefault("LITDATA_DISABLE_VERSION_CHECK", "1")
-
-
 def is_url(path: str | Path) -> bool:
     """``path`` names a store litdata reads (``s3://``, ``gs://``, ``azure://``, ``r2://``,
     ``hf://``, ``local:``): the schemes of litdata's downloaders, not a guess from the name."""
     text = str(path)
     if "://" not in text and not text.startswith("local:"):
         return False
-    quiet_litdata()
-    from litdata.streaming.downloader import _DOWNLOADERS
-
-    return text.startswith(tuple(_DOWNLOADERS))
+    return text.startswith(litdata_api.downloader_schemes())
 
 
 def is_shard_path(path: str | Path) -> bool:
-    """``data.path`` holds shards: an object-store URL litdata reads, or a local folder with
-    litdata's index file in its ``train/`` split (written by ``mertlab data shard``)."""
+    """``path`` holds shards: an object-store URL litdata reads, or a local folder with litdata's
+    index file in its ``train/`` split (written by ``mertlab data shard``). Training asks
+    :func:`mertlab.data.source.data_source`, which asks this."""
     if is_url(path):
         return True
     return (Path(path) / SPLITS[0] / INDEX).is_file()
@@ -90,15 +83,15 @@ def read_meta(path: str | Path) -> dict[str, Any]:
         if is_url(path):
             import tempfile
 
-            from litdata.streaming.downloader import get_downloader
-
             with tempfile.TemporaryDirectory() as tmp:
-                local = os.path.join(tmp, META)
-                get_downloader(str(path), tmp, []).download_file(where, local)
-                text = Path(local).read_text()
+                local = Path(tmp) / META
+                litdata_api.download_file(str(path), where, local)
+                text = local.read_text()
         else:
             text = (Path(path) / META).read_text()
         meta = json.loads(text)
+    except litdata_api.LitdataAPIError:
+        raise
     except FileNotFoundError:
         raise DataError(
             f"data.path: {path} holds litdata shards without {META}; write them with `mertlab data shard SRC DST`"
@@ -201,9 +194,6 @@ def write_shards(
     train, val = split_files(files, val_fraction)
     described = targets.describe() if targets is not None else {}
 
-    quiet_litdata()
-    from litdata.streaming.writer import BinaryWriter
-
     destination.parent.mkdir(parents=True, exist_ok=True)
     partial = destination.parent / f".{destination.name}.partial-{os.getpid()}"
     shutil.rmtree(partial, ignore_errors=True)
@@ -227,7 +217,7 @@ def write_shards(
                     log.warning("skipping bad audio file %s: %s", file.path, exc.reason)
                     continue
                 if writer is None:
-                    writer = BinaryWriter(str(partial / split), chunk_bytes=chunk_bytes)
+                    writer = litdata_api.binary_writer(str(partial / split), chunk_bytes)
                 writer[written] = item
                 written += 1
                 total += item["num_frames"] / item["sample_rate"]

@@ -16,7 +16,8 @@ reports it consumed before the step (``mark_consumed``), and :meth:`ShardLoader.
 litdata's state at that position. Lightning saves it in checkpoints and restores it on
 ``--resume``; litdata then replays the epoch's order from there: the resumed run reads exactly
 the items (and crops) the uninterrupted run reads next, none repeated or skipped, as long as
-the number of ranks, workers and the batch size are unchanged.
+the number of ranks, workers and the batch size are unchanged. The loader's counters and its
+``restore`` flag are litdata internals, reached only through :mod:`mertlab.data.litdata_api`.
 """
 
 from __future__ import annotations
@@ -30,9 +31,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from mertlab.data.shards import quiet_litdata
+from mertlab.data import litdata_api
+from mertlab.data.litdata_api import LoaderCounters
 
-quiet_litdata()
+litdata_api.quiet()
 from litdata import StreamingDataLoader, StreamingDataset  # noqa: E402
 
 from mertlab.data.audio import AudioFile  # noqa: E402
@@ -88,7 +90,7 @@ class ShardDataset(StreamingDataset):
         if short:
             return SkippedFile(file.path, short)
         rng = (
-            random.Random(derive_seed(self.crop_seed, CROP, self.current_epoch, int(item["id"])))
+            random.Random(derive_seed(self.crop_seed, CROP, litdata_api.dataset_epoch(self), int(item["id"])))
             if self.random_crops
             else None
         )
@@ -121,25 +123,22 @@ class ShardLoader(StreamingDataLoader):
     def __init__(self, dataset: ShardDataset, *, train: bool, **kwargs: Any) -> None:
         super().__init__(dataset, **kwargs)
         self.train = train
-        self._handed_out: dict[tuple[int, int], tuple[int, int, int]] = {}  # position -> loader counters after it
-        self._consumed: tuple[int, int, int] | None = None
+        self._handed_out: dict[tuple[int, int], LoaderCounters] = {}  # position -> loader counters after it
+        self._consumed: LoaderCounters | None = None
         self._restored: dict[str, Any] | None = None
         self._restore_pending = False  # a state was loaded and no iterator has started from it yet
 
     def __iter__(self) -> Any:
-        if self.restore and not self._restore_pending:
+        if litdata_api.is_restoring(self) and not self._restore_pending:
             # litdata replays a restored state until an epoch's iterator is exhausted, but Lightning
             # stops after len(loader) batches without asking for more: the restored epoch is over.
-            self.restore = False
+            litdata_api.end_restore(self)
         self._restore_pending = False
         for batch in super().__iter__():
             if self.train:
-                position = (self.current_epoch, self._num_samples_yielded_streaming // self.batch_size - 1)
-                self._handed_out[position] = (
-                    self.current_epoch,
-                    self._num_samples_yielded_streaming,
-                    self._latest_worker_idx,
-                )
+                counters = litdata_api.loader_counters(self)
+                position = (counters.epoch, counters.samples // self.batch_size - 1)
+                self._handed_out[position] = counters
                 batch.position = position
             yield batch
 
@@ -152,29 +151,23 @@ class ShardLoader(StreamingDataLoader):
         self._handed_out = {p: c for p, c in self._handed_out.items() if p > (epoch, batch)}
 
     def state_dict(self) -> dict[str, Any]:
+        """litdata's state at the position training consumed ({} for a validation loader)."""
         if not self.train:
             return {}
         if self._consumed is None:  # nothing consumed since the start (or since the restore)
             return copy.deepcopy(self._restored) if self._restored is not None else {}
-        saved = (
-            self.current_epoch,
-            self._num_samples_yielded_streaming,
-            self._latest_worker_idx,
-            self.dataset.current_epoch,
-        )
-        self.current_epoch, self._num_samples_yielded_streaming, self._latest_worker_idx = self._consumed
-        self.dataset.current_epoch = self.current_epoch
+        saved, saved_epoch = litdata_api.loader_counters(self), litdata_api.dataset_epoch(self.dataset)
+        litdata_api.set_loader_counters(self, self._consumed)
+        litdata_api.set_dataset_epoch(self.dataset, self._consumed.epoch)
         try:
-            return copy.deepcopy(super().state_dict())
+            state: dict[str, Any] = copy.deepcopy(super().state_dict())
+            return state
         finally:
-            (
-                self.current_epoch,
-                self._num_samples_yielded_streaming,
-                self._latest_worker_idx,
-                self.dataset.current_epoch,
-            ) = saved
+            litdata_api.set_loader_counters(self, saved)
+            litdata_api.set_dataset_epoch(self.dataset, saved_epoch)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from ``state`` (from :meth:`state_dict`; {} leaves the loader at its start)."""
         if not state:
             return
         self._restored = copy.deepcopy(state)

@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 def sbatch_script(result: SweepResult) -> str:
     """The ``sbatch`` script of the unfinished children of a dry-run sweep."""
     plan = result.plan
-    assert plan is not None and result.pending, "a dry-run sweep with children to train"
+    assert result.pending, "a dry-run sweep with children to train"
     nodes = max(c.spec.trainer.num_nodes for c in result.pending)
     devices = max(c.spec.trainer.devices for c in result.pending)
     gpus = any(c.spec.trainer.accelerator not in ("cpu",) for c in result.pending)

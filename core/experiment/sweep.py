@@ -345,9 +345,10 @@ def run_child(
     try:
         decision = startup.decide("sweep child", decide)
         run_id = decision["run_id"]
+        final_step = None  # a skipped child's times are those of the process that trained it
         if decision["status"] != "skipped":
             try:
-                train(
+                final_step = train(
                     spec,
                     resume=decision["checkpoint"] or False,
                     registry=registry,
@@ -355,15 +356,15 @@ def run_child(
                     run_id=run_id,
                     startup=startup,
                     timer=timer,
-                )
+                ).global_step
             except BaseException:
                 if startup.lead:
                     _client(tracking_uri).set_terminated(run_id, "FAILED")
                 raise
         if startup.lead:
             probe_child(spec, run_id, tracking_uri, registry, progress, timer)
-            if decision["status"] != "skipped":
-                log_phase_times(run_id, tracking_uri, timer)
+            if final_step is not None:  # at the run's last step, as `mertlab train` logs them
+                log_phase_times(run_id, tracking_uri, timer, final_step)
     finally:
         for lock in held:
             lock.release()
@@ -434,10 +435,10 @@ class SweepResult:
     parent_run_id: str
     tracking_uri: str
     experiment: str
+    plan: SweepPlan
     outcomes: list[ChildOutcome] = field(default_factory=list)
     commands: list[str] = field(default_factory=list)
     pending: list[ChildPlan] = field(default_factory=list)  # dry run: the children still to train
-    plan: SweepPlan | None = None
 
     @property
     def failed(self) -> list[ChildOutcome]:

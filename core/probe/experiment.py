@@ -104,7 +104,7 @@ def probe_spec_tasks(
     results = []
     for path, task in zip(probe.tasks, tasks, strict=True):
         settings = task_settings(probe, path, identity)
-        if skip_done and client is not None:
+        if skip_done and client is not None and run_id:
             done = client.get_run(run_id).data.tags.get(f"probe/{task.name}/settings")
             if done == settings_sha(settings):
                 echo(f"probe '{task.name}': already probed with these settings (run {run_id})")
@@ -130,7 +130,7 @@ def probe_spec_tasks(
                 timer=timer,
             )
         except NonFiniteFeaturesError as exc:  # a diverged model: a verdict, not a failed command
-            if client is not None:
+            if client is not None and run_id:
                 client.set_tag(run_id, f"probe/{task.name}/refused", str(exc)[:5000])
             results.append(TaskProbe(task.name, None, refused=str(exc)))
             continue
@@ -170,7 +170,7 @@ def results_table(results: list[TaskProbe]) -> tuple[tuple[str, ...], list[tuple
         "p vs random",
         "p vs baseline",
     )
-    rows = []
+    rows: list[tuple[str, ...]] = []
     for r in results:
         o = r.outcome
         if o is None:

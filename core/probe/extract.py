@@ -220,8 +220,8 @@ def extract_features(
         raise MertlabError(f"--window-seconds must be > 0, got {window_seconds}")
     if batch_size < 1:
         raise MertlabError(f"--batch-size must be >= 1, got {batch_size}")
-    paths = [str(p) for p in paths]
-    if not paths:
+    files = [str(p) for p in paths]
+    if not files:
         raise DataError("no audio files to extract features from")
     keep = resolve_layers(layers, backbone.num_layers)
     rate = backbone.sample_rate
@@ -234,8 +234,8 @@ def extract_features(
     backbone.eval().to(device)
 
     sums: np.ndarray | None = None  # [N, K, D] float64: sum of frame features per file
-    frames = np.zeros(len(paths), dtype=np.float64)
-    seconds = np.zeros(len(paths), dtype=np.float64)
+    frames = np.zeros(len(files), dtype=np.float64)
+    seconds = np.zeros(len(files), dtype=np.float64)
     pending: dict[int, list[tuple[int, torch.Tensor]]] = {}  # window length -> (file, window)
     pending_count = 0
 
@@ -251,19 +251,19 @@ def extract_features(
         pooled = torch.einsum("bktd,bt->bkd", stacked, valid).cpu().numpy()
         counts = valid.sum(dim=1).cpu().numpy()
         if sums is None:
-            sums = np.zeros((len(paths), len(keep), pooled.shape[-1]), dtype=np.float64)
+            sums = np.zeros((len(files), len(keep), pooled.shape[-1]), dtype=np.float64)
         for row, (file_index, _) in enumerate(items):
             sums[file_index] += pooled[row]
             frames[file_index] += counts[row]
 
-    loader = DataLoader(_DecodedFiles(paths, rate), batch_size=None, num_workers=num_workers)
+    loader = DataLoader(_DecodedFiles(files, rate), batch_size=None, num_workers=num_workers)
     try:
-        for file_index, wav in tqdm(loader, total=len(paths), desc="extracting", unit="file", disable=not progress):
+        for file_index, wav in tqdm(loader, total=len(files), desc="extracting", unit="file", disable=not progress):
             seconds[file_index] = wav.shape[0] / rate
             try:
                 bounds = window_bounds(wav.shape[0], window, min_samples)
             except DataError as exc:
-                raise DataError(f"{paths[file_index]}: {exc}") from None
+                raise DataError(f"{files[file_index]}: {exc}") from None
             for start, stop in bounds:
                 pending.setdefault(stop - start, []).append((file_index, wav[start:stop]))
                 pending_count += 1
@@ -278,7 +278,7 @@ def extract_features(
     finally:
         backbone.train(was_training)
     assert sums is not None
-    empty = [paths[i] for i in np.flatnonzero(frames == 0)]
+    empty = [files[i] for i in np.flatnonzero(frames == 0)]
     if empty:
         raise DataError(f"{empty[0]}: the backbone produced no frames for this file")
     features = (sums / frames[:, None, None]).astype(np.float32)
@@ -289,4 +289,4 @@ def extract_features(
         "backbone": backbone.name,
         "num_layers": backbone.num_layers,
     }
-    return FeatureSet(paths=paths, features=features, layers=keep, seconds=seconds, meta=meta)
+    return FeatureSet(paths=files, features=features, layers=keep, seconds=seconds, meta=meta)

@@ -45,28 +45,6 @@ class ProbeParams(Params):
     seed: int = Field(0, description="Seed of the probe's initial weights and minibatch order.")
 
 
-class LayerProbe(nn.Module):
-    """MLP on one layer's features, or on a softmax-weighted sum of several (``[B, K, D]`` in)."""
-
-    def __init__(self, num_layers: int, dim: int, outputs: int, params: ProbeParams) -> None:
-        super().__init__()
-        # Zero logits = equal weights at the start; only a multi-layer input learns them.
-        self.layer_logits = nn.Parameter(torch.zeros(num_layers), requires_grad=num_layers > 1)
-        self.mlp = nn.Sequential(
-            nn.Linear(dim, params.hidden_dim),
-            nn.ReLU(),
-            nn.Dropout(params.dropout),
-            nn.Linear(params.hidden_dim, outputs),
-        )
-
-    @property
-    def layer_weights(self) -> Tensor:
-        return torch.softmax(self.layer_logits, dim=0)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.mlp(torch.einsum("bkd,k->bd", x, self.layer_weights))
-
-
 @dataclass
 class ProbeResult:
     """Scores of one probe. ``name``: ``layer<i>``, ``weighted`` or ``majority``; ``scores``:
@@ -112,7 +90,8 @@ def _standardise(features: np.ndarray, train: np.ndarray) -> np.ndarray:
 
 
 class ProbeBank(nn.Module):
-    """Several independent :class:`LayerProbe` MLPs trained side by side as one batched module.
+    """Several independent probe MLPs (MARBLE's: one hidden layer, ReLU, dropout) trained side by
+    side as one batched module.
 
     Member ``m`` reads layer ``sources[m]`` of a ``[B, K, D]`` input, or (``None``, at most one,
     last) the learnable softmax-weighted sum of all K layers. Each member has its own weights
@@ -129,9 +108,9 @@ class ProbeBank(nn.Module):
         self.sources = list(sources)
         self.fixed = [k for k in sources if k is not None]
         members = len(sources)
-        # Every member starts from the weights a lone LayerProbe gets from the same seed.
-        prototype = LayerProbe(1, dim, outputs, params)
-        first, last = prototype.mlp[0], prototype.mlp[3]
+        # Every member starts from the same weights (nn.Linear's initialisation, drawn from the
+        # seed): each starts where a bank of that member alone starts.
+        first, last = nn.Linear(dim, params.hidden_dim), nn.Linear(params.hidden_dim, outputs)
         self.w1 = nn.Parameter(first.weight.detach().T.repeat(members, 1, 1).contiguous())  # [M, D, H]
         self.b1 = nn.Parameter(first.bias.detach().repeat(members, 1)[:, None, :].contiguous())  # [M, 1, H]
         self.w2 = nn.Parameter(last.weight.detach().T.repeat(members, 1, 1).contiguous())  # [M, H, O]
@@ -246,14 +225,6 @@ def fit_probes(
         scored(name, task, scores[m], best_epoch=best_epoch[m], layer_weights=weights if source is None else None)
         for m, (source, name) in enumerate(zip(sources, names, strict=True))
     ]
-
-
-def fit_probe(
-    features: np.ndarray, task: Task, params: ProbeParams, name: str, device: str | torch.device = "cpu"
-) -> ProbeResult:
-    """Train one probe on ``features`` ``[N, K, D]`` (rows = the task's rows; K > 1 = weighted sum)."""
-    (result,) = fit_probes(features, task, params, [0 if features.shape[1] == 1 else None], [name], device)
-    return result
 
 
 def scored(name: str, task: Task, scores: np.ndarray, **fields: Any) -> ProbeResult:

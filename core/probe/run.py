@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +20,8 @@ from pydantic import ValidationError
 from mertlab.contracts import Backbone
 from mertlab.errors import MertlabError
 from mertlab.experiment import metric_names
-from mertlab.experiment.spec import ExperimentSpec, TrackingSpec, parse_baselines
-from mertlab.experiment.tracking import ensure_experiment, resolve_tracking_uri
+from mertlab.experiment.spec import TrackingSpec, parse_baselines
+from mertlab.experiment.tracking import default_tracking_uri, ensure_experiment
 from mertlab.plugin_system.registry import get_registry
 from mertlab.probe.baselines import baseline_features, cache_identity
 from mertlab.probe.cache import FeatureCache, content_hash
@@ -149,15 +150,8 @@ def checkpoint_tracking(path: str | Path) -> tuple[str | None, str | None, int]:
         tracking = TrackingSpec.model_validate(ckpt.get("mertlab_spec", {}).get("tracking", {}))
     except (AttributeError, ValidationError):
         raise MertlabError(f"{path}: the checkpoint's mertlab_spec.tracking is not a valid tracking spec") from None
-    # resolve_tracking_uri only reads spec.tracking: no need to re-validate the whole spec.
-    uri = resolve_tracking_uri(ExperimentSpec.model_construct(tracking=tracking))
+    uri = tracking.tracking_uri or default_tracking_uri()
     return str(run_id), uri, int(ckpt.get("global_step", 0))
-
-
-def default_tracking_uri() -> str:
-    """Where runs go when nothing names a store ($MLFLOW_TRACKING_URI or ./mlflow.db)."""
-
-    return resolve_tracking_uri(ExperimentSpec.model_construct(tracking=TrackingSpec()))
 
 
 #: Experiment of the runs that hold probes of released (``hf:DIR``) checkpoints.
@@ -334,7 +328,7 @@ def run_probe(
                 cache_identity(name),
                 paths,
                 window_seconds,
-                lambda name=name: baseline_features(name, paths, window_seconds, progress),
+                partial(baseline_features, name, paths, window_seconds, progress),
             ).check_finite(f"baseline {name}")
         reports[name] = report_for(
             pooled, weighted_sum=False, probe_layers=None, phase=metric_names.PHASE_PROBE_BASELINES
@@ -409,14 +403,14 @@ def summary_lines(outcome: ProbeOutcome) -> list[str]:
         f"{_interval(best.test_ci.get(metric))} (strongest baseline {strongest.name}: {_fmt(strongest.test[metric])}, "
         f"difference {_diff(best.test[metric], strongest.test[metric])}, {format_p(outcome.p_vs_baseline())})",
     ]
-    weighted = next((r for r in report.probes if r.layer_weights), None)
-    if weighted is not None:
-        lines.append("weighted-sum layer weights: " + ", ".join(f"{w:.2f}" for w in weighted.layer_weights))
+    weights = next((r.layer_weights for r in report.probes if r.layer_weights), None)
+    if weights is not None:
+        lines.append("weighted-sum layer weights: " + ", ".join(f"{w:.2f}" for w in weights))
     if outcome.random_init is not None:
         rbest = outcome.random_init.best
         lines.append(
             f"random-init best: {rbest.name}, test {metric} {_fmt(rbest.test[metric])} "
-            f"{_interval(rbest.test_ci.get(metric))}; best probe vs random init: {format_p(outcome.p_vs_random())}"
+            f"{_interval(rbest.test_ci.get(metric))}; best probe vs random init: {format_p(outcome.paired_p(rbest))}"
         )
     lines.append(f"intervals: 95% bootstrap over the {len(task.indices('test'))} test clips; p: two-sided {test}")
     spread = outcome.seed_spread()
@@ -457,7 +451,8 @@ def verdict(outcome: ProbeOutcome) -> str:
 
     extra = []
     if outcome.random_init is not None:
-        extra.append(f"random init {score(outcome.random_init.best)}, {format_p(outcome.p_vs_random())}")
+        rbest = outcome.random_init.best
+        extra.append(f"random init {score(rbest)}, {format_p(outcome.paired_p(rbest))}")
     strongest = outcome.strongest_baseline()
     label = strongest.name.removeprefix(BASELINE_PREFIX)
     extra.append(f"best baseline {label} {score(strongest)}, {format_p(outcome.p_vs_baseline())}")
@@ -507,12 +502,10 @@ def probe_metrics(outcome: ProbeOutcome) -> dict[str, float]:
             metrics[metric_names.probe_companion(name, metric, metric_names.P_VS_RANDOM)] = p_random
         spread = outcome.seed_spread(metric)
         if spread is not None:
-            for result, probe_name in zip(spread, (None, RANDOM_INIT), strict=True):
-                if result is not None:
-                    metrics[metric_names.probe_companion(name, metric, metric_names.SEED_MEAN, probe_name)] = (
-                        result.mean
-                    )
-                    metrics[metric_names.probe_companion(name, metric, metric_names.SEED_STD, probe_name)] = result.std
+            for seeds, probe_name in zip(spread, (None, RANDOM_INIT), strict=True):
+                if seeds is not None:
+                    metrics[metric_names.probe_companion(name, metric, metric_names.SEED_MEAN, probe_name)] = seeds.mean
+                    metrics[metric_names.probe_companion(name, metric, metric_names.SEED_STD, probe_name)] = seeds.std
     return {k: v for k, v in metrics.items() if not math.isnan(v)}
 
 

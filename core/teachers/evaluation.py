@@ -72,11 +72,13 @@ def code_statistics(counts: np.ndarray) -> dict[str, float]:
     if total == 0:
         raise MertlabError("no frames to evaluate")
     p = counts / total
-    p_code, p_label = p.sum(axis=1), p.sum(axis=0)
+    # Marginals from the integer counts: summed probabilities of a single label can come out as
+    # 1 - 1e-16, whose entropy is a tiny positive number instead of 0 (and PNMI 0 instead of NaN).
+    p_code, p_label = counts.sum(axis=1) / total, counts.sum(axis=0) / total
     h_label = _entropy(p_label)
-    mutual = _entropy(p_code) + h_label - _entropy(p.ravel())
+    mutual = min(max(0.0, _entropy(p_code) + h_label - _entropy(p.ravel())), h_label)
     return {
-        "pnmi": max(0.0, mutual) / h_label if h_label > 0 else math.nan,
+        "pnmi": mutual / h_label if h_label > 0 else math.nan,
         "label_purity": float(p.max(axis=1).sum()),
         "cluster_purity": float(p.max(axis=0).sum()),
         "perplexity": math.exp(_entropy(p_code)),

@@ -26,10 +26,10 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 
 from mertlab.data.audio import AudioFile
-from mertlab.data.datamodule import scan_dataset
 from mertlab.data.dataset import CropDataset, collate_crops, seed_worker
 from mertlab.data.files import split_files
 from mertlab.data.prepare import prepare_data
+from mertlab.data.source import scan_dataset
 from mertlab.errors import MertlabError
 from mertlab.experiment.spec import ExperimentSpec
 from mertlab.plugin_system.registry import get_registry

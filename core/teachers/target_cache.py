@@ -58,10 +58,10 @@ from tqdm.auto import tqdm
 
 from mertlab.contracts import TargetInfo, Teacher
 from mertlab.data.audio import AudioFile, BadAudioError, check_finite, read_segment, resample
-from mertlab.data.datamodule import scan_dataset
 from mertlab.data.dataset import shortest_usable_seconds
 from mertlab.data.prepare import prepare_data
 from mertlab.data.skipped import SkippedFile, SkippedFiles
+from mertlab.data.source import scan_dataset
 from mertlab.errors import MertlabError
 from mertlab.experiment.spec import ExperimentSpec
 from mertlab.plugin_system.registry import get_registry

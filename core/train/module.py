@@ -33,6 +33,7 @@ from torch import Tensor, nn
 
 from mertlab.contracts import BackboneOutput, Objective, ObjectiveOutput, Targets
 from mertlab.data.dataset import AudioBatch
+from mertlab.data.source import data_source
 from mertlab.experiment import metric_names as M
 from mertlab.experiment.spec import ExperimentSpec
 from mertlab.plugin_system.registry import get_registry
@@ -91,7 +92,7 @@ class PretrainModule(L.LightningModule):
             {alias: registry.build("teacher", t.name, t.params) for alias, t in spec.teachers.items()}
         )
         self.target_source = target_source(
-            spec.data.target_cache, self.teachers, self.backbone.sample_rate, spec.data.path
+            spec.data.target_cache, self.teachers, self.backbone.sample_rate, data_source(spec.data)
         )
         self.objectives = nn.ModuleDict(
             {

@@ -191,7 +191,7 @@ def train(
     many steps after warm-up, logged with a top-ops table (:mod:`mertlab.train.profiling`).
     ``timer``: where the phases' seconds go (data, set-up, target cache, training, validation;
     a new one by default), returned as ``TrainResult.timer`` for the caller to add its own
-    phases (probes) and log (:func:`mertlab.experiment.tracking.log_phase_times`).
+    phases (probes) and log (:func:`mertlab.experiment.phase_times.log_phase_times`).
 
     Distributed, rank 0 alone decides the run, the checkpoint and the data preparation, and the
     other ranks follow (:mod:`mertlab.train.startup`; ``startup``: the one a sweep child already
@@ -234,11 +234,12 @@ def _train(
         ckpt_run = point.checkpoint.get("mlflow_run_id")
         if run_id and ckpt_run and ckpt_run != run_id:
             raise MertlabError(f"--resume: {point.path} belongs to MLflow run {ckpt_run}, not {run_id}")
-        if ckpt_run or run_id:  # a second process resuming this run refuses here, before touching it
-            held.append(acquire_run_lock(run_folder(spec, ckpt_run or run_id)))
+        owner = ckpt_run or run_id
+        if owner:  # a second process resuming this run refuses here, before touching it
+            held.append(acquire_run_lock(run_folder(spec, owner)))
         return {
             "checkpoint": str(point.path),
-            "run_id": ckpt_run or run_id,
+            "run_id": owner,
             "step": point.checkpoint.get("global_step", 0),
         }
 
@@ -274,14 +275,15 @@ def _train(
         module, strategy, datamodule = startup.each("set-up", build)
     files = datamodule.train_files + datamodule.val_files
     with timer.phase(M.PHASE_TARGET_CACHE):
-        if spec.data.target_cache and spec.data.build_target_cache and files:
+        cache_dir = spec.data.target_cache
+        if cache_dir and spec.data.build_target_cache and files:
             startup.lead_only(
                 "target cache",
                 lambda: [
                     build_teacher_cache(
                         teacher,
                         files,
-                        spec.data.target_cache,
+                        cache_dir,
                         alias=alias,
                         progress=progress,
                         skipped_files=datamodule.skipped,
@@ -327,15 +329,16 @@ def _train(
             if known and ckpt_path is not None:
                 logger.skip_logged_steps = logged_steps(store, known)
             logger_box.append(logger)
+            new_run = logger.lead_run_id  # a new run is created on this first use
             if not held:  # a new run: nobody else can know it yet
-                held.append(acquire_run_lock(run_folder(spec, logger.run_id)))
+                held.append(acquire_run_lock(run_folder(spec, new_run)))
             log_spec(logger, spec)
-            if GLOBAL_BATCH_PARAM not in store.get_run(logger.run_id).data.params:
+            if GLOBAL_BATCH_PARAM not in store.get_run(new_run).data.params:
                 logger.log_hyperparams({GLOBAL_BATCH_PARAM: global_batch_size(spec)})
-            store.set_tag(logger.run_id, PROCESS_TAG, process_identity())
-            store.set_tag(logger.run_id, LOCK_TAG, str(held[0].path))
-            store.set_tag(logger.run_id, RUN_DIR_TAG, str(run_folder(spec, logger.run_id).resolve()))
-        return {"run_id": logger.run_id}
+            store.set_tag(new_run, PROCESS_TAG, process_identity())
+            store.set_tag(new_run, LOCK_TAG, str(held[0].path))
+            store.set_tag(new_run, RUN_DIR_TAG, str(run_folder(spec, new_run).resolve()))
+        return {"run_id": new_run}
 
     run_id = startup.decide("MLflow run", open_run)["run_id"]
     # On other ranks the logger is inert (Lightning logs from rank 0 only).
@@ -456,12 +459,13 @@ def finish_run(
         logger.write_unsent()
     try:
         with handled_store_errors():
+            run_id = logger.lead_run_id
             if skipped:
-                client.log_text(logger.run_id, datamodule.skipped.report(), SKIPPED_FILES_ARTIFACT)
-            metrics.update(log_run_summary(client, logger.run_id, step))
+                client.log_text(run_id, datamodule.skipped.report(), SKIPPED_FILES_ARTIFACT)
+            metrics.update(log_run_summary(client, run_id, step))
             if module.stop_reason:
-                client.set_tag(logger.run_id, "mertlab.stopped", module.stop_reason)
-                client.set_terminated(logger.run_id, "FAILED")
+                client.set_tag(run_id, "mertlab.stopped", module.stop_reason)
+                client.set_terminated(run_id, "FAILED")
     except Exception as exc:  # noqa: BLE001 - the store failing now must not hide the finished training
         if module.stop_reason:
             logger.set_tag("mertlab.stopped", module.stop_reason)

@@ -26,8 +26,8 @@ from torch import Tensor
 from mertlab.contracts import TargetInfo, Targets, Teacher
 from mertlab.data.audio import AudioFile, resample
 from mertlab.data.dataset import AudioBatch
-from mertlab.data.shards import is_shard_path, read_meta, shard_teachers
 from mertlab.data.skipped import SkippedFile
+from mertlab.data.source import DataSource
 from mertlab.errors import MertlabError
 from mertlab.teachers.target_cache import (
     BUILD_HINT,
@@ -338,7 +338,7 @@ def sliced_targets(
 
 
 class ShardTargets(TargetSource):
-    """Targets of a run on shards (``data.path``, :mod:`mertlab.data.shards`).
+    """Targets of a run on data that carries them (shards, ``data.path``, :mod:`mertlab.data.shards`).
 
     Shards written with ``--with-targets`` carry each teacher's whole-file targets, computed as
     the target cache computes them; the data loader cuts each crop's frames
@@ -350,9 +350,10 @@ class ShardTargets(TargetSource):
     """
 
     def __init__(
-        self, data_path: str, cache_dir: str | None, teachers: Mapping[str, Teacher], sample_rate: int
+        self, data: DataSource, cache_dir: str | None, teachers: Mapping[str, Teacher], sample_rate: int
     ) -> None:
-        self.data_path = data_path
+        self.data = data
+        self.data_path = data.path
         self.cache_dir = cache_dir
         self.teachers = teachers
         self.sample_rate = sample_rate
@@ -363,7 +364,7 @@ class ShardTargets(TargetSource):
         if self._source is not None:
             return self._source
 
-        held = shard_teachers(read_meta(self.data_path))
+        held = self.data.held_teachers()
         if self.cache_dir is not None:
             raise MertlabError(
                 f"data.target_cache: not used with shards (data.path {self.data_path}); the cache is keyed by audio "
@@ -407,6 +408,8 @@ class ShardTargets(TargetSource):
 
     def chunk(self, alias: str, batch: AudioBatch, clip: int, first: int, count: int) -> Tensor:
         """The frames the loader cut (``first``/``count`` are the same :func:`frame_window`'s), checked."""
+        if batch.frames is None:
+            raise MertlabError(f"data.path: a batch from the shards at {self.data_path} carries no targets")
         values = batch.frames[clip][alias]
         check_cached_values(
             self.teachers[alias], values, f"of {batch.files[clip].path} in the shards at {self.data_path}"
@@ -415,13 +418,13 @@ class ShardTargets(TargetSource):
 
 
 def target_source(
-    cache_dir: str | None, teachers: Mapping[str, Teacher], sample_rate: int, data_path: str | None = None
+    cache_dir: str | None, teachers: Mapping[str, Teacher], sample_rate: int, data: DataSource | None = None
 ) -> TargetSource:
-    """The source a spec's data section selects: the shards' targets when ``data_path`` holds
-    shards with targets; else ``data.target_cache`` (None: the teachers on the fly)."""
-    if data_path is not None:
-        if is_shard_path(data_path):
-            return ShardTargets(data_path, cache_dir, teachers, sample_rate)
+    """The source a spec selects: the targets ``data`` carries when it can carry them (shards,
+    :attr:`~mertlab.data.source.DataSource.carries_targets`); else ``data.target_cache`` (None:
+    the teachers on the fly)."""
+    if data is not None and data.carries_targets:
+        return ShardTargets(data, cache_dir, teachers, sample_rate)
     if cache_dir is None:
         return TeacherTargets(teachers, sample_rate)
     return CachedTargets(cache_dir, teachers, sample_rate)

@@ -33,6 +33,7 @@ from typing import Any, cast
 from lightning.pytorch.loggers import MLFlowLogger
 from lightning.pytorch.utilities import rank_zero_only
 
+from mertlab.errors import MertlabError
 from mertlab.experiment.tracking import MAX_METRICS_PER_BATCH, MAX_TAGS_PER_BATCH, handled_store_errors
 
 log = logging.getLogger(__name__)
@@ -96,6 +97,15 @@ class ResilientMLFlowLogger(MLFlowLogger):
         with self._lock:
             self._tags[key] = str(value)[:5000]
         self._start()
+
+    @property
+    def lead_run_id(self) -> str:
+        """The run's id on rank 0, where the logger creates a new run on first use (Lightning's
+        ``run_id`` is None only on the other ranks of a logger made without a run id)."""
+        run_id = self.run_id
+        if run_id is None:
+            raise MertlabError("the MLflow logger has no run id: it is made on rank 0 or given one")
+        return run_id
 
     @property
     def pending(self) -> int:
