@@ -83,6 +83,29 @@ def test_malformed_yaml_and_missing_file(toy_registry, write_yaml, tmp_path):
         load_spec(write_yaml("- a\n- b\n"))
 
 
+@pytest.mark.parametrize(
+    ("text", "where"),
+    [
+        ("name: a\nseed: 1\nname: b\n", "line 3, column 1: duplicate key 'name' (first on line 1)"),
+        ("optim:\n  lr: 1.0e-3\n  warmup_steps: 5\n  lr: 1.0\n", "line 4, column 3: duplicate key 'lr' (first on line 2)"),
+        ("objectives: {o: {weight: 1, weight: 2}}\n", "line 1, column 29: duplicate key 'weight' (first on line 1)"),
+    ],
+)
+def test_a_key_written_twice_is_one_line_not_the_last_one_silently(write_yaml, text, where):
+    with pytest.raises(SpecError) as err:
+        load_spec(write_yaml(text))
+    assert str(err.value).endswith(f"malformed YAML: {where}") and len(str(err.value).splitlines()) == 1, err.value
+    with pytest.raises(SpecError, match="duplicate key 'lr'"):
+        apply_overrides({}, ["optim={lr: 1, lr: 2}"])
+
+
+def test_anchors_and_merge_keys_work_and_an_explicit_key_overrides_a_merged_one(toy_registry, toy_spec, write_yaml):
+    raw = yaml.safe_dump(toy_spec, sort_keys=False)
+    text = raw + "optim:\n  <<: &fast {lr: 1.0e-3, warmup_steps: 5}\n  lr: 2.0e-3\n"
+    spec = load_spec(write_yaml(text))
+    assert spec.optim.lr == 2.0e-3 and spec.optim.warmup_steps == 5
+
+
 def test_base_inheritance_and_deletion(toy_registry, toy_spec, write_yaml):
     write_yaml(toy_spec, "base.yaml")
     child = write_yaml(

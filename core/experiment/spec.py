@@ -485,13 +485,32 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
+class _SpecLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a key written twice in one mapping (PyYAML keeps the last
+    silently, so a second ``lr:`` would override the first unseen). Keys merged in with ``<<:``
+    may still be overridden, as YAML intends."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge" or not isinstance(key_node, yaml.ScalarNode):
+                continue
+            key = self.construct_object(key_node)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} (first on line {seen[key] + 1})", key_node.start_mark
+                )
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep)
+
+
 def parse_yaml(text: str, field: str = "", source: str | None = None) -> Any:
     """``text`` parsed as YAML (safe types only) and checked by :func:`check_structure`; errors
     are one :class:`SpecError` line naming ``field`` (and ``source``)."""
     if _flow_depth_above(text, 4 * MAX_NESTING):  # PyYAML's scanner is quadratic in it: fail fast
         raise SpecError([(field, _too_deep())], source=source)
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_SpecLoader)  # noqa: S506 -- a SafeLoader
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
@@ -595,7 +614,8 @@ def apply_overrides(data: dict[str, Any], overrides: list[str] | tuple[str, ...]
         except SpecError as exc:
             problem = exc.problems[0][1]
             if problem.startswith("malformed YAML"):
-                problem = f"override value {raw[:80]!r} is not valid YAML"
+                detail = problem.removeprefix("malformed YAML: ")
+                problem = f"override value {raw[:80]!r} is not valid YAML ({detail})"
             raise SpecError([(key, problem)]) from None
         parts = key.split(".")
         node = out
