@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,10 +66,22 @@ def list_audio_paths(path: str | Path, extensions: list[str] | tuple[str, ...]) 
     raise DataError(f"data.path: {root} is neither a folder nor a manifest file")
 
 
+def sndfile_path(path: str | Path) -> str | bytes:
+    """``path`` as libsndfile takes it: the text, or the file system's bytes for a name that is not
+    valid in its encoding (``os.fsencode``: a Latin-1 name on a UTF-8 system), which soundfile
+    cannot encode as text."""
+    text = str(path)
+    try:
+        text.encode(sys.getfilesystemencoding())
+    except UnicodeEncodeError:
+        return os.fsencode(text)
+    return text
+
+
 def probe(path: Path) -> AudioFile:
     """Sample rate and length of ``path`` without decoding it."""
     try:
-        info = sf.info(str(path))
+        info = sf.info(sndfile_path(path))
     except Exception as exc:  # noqa: BLE001 - libsndfile raises several types
         raise DataError(f"{path}: cannot read audio ({exc})") from None
     return AudioFile(Path(path), int(info.samplerate), int(info.frames))
@@ -81,7 +95,7 @@ def read_segment(
     ``data``: the file's encoded bytes (e.g. read from a shard) instead of reading ``file.path``.
     """
     stop = None if num_frames is None else start + num_frames
-    source = io.BytesIO(data) if data is not None else str(file.path)
+    source = io.BytesIO(data) if data is not None else sndfile_path(file.path)
     try:
         samples, _ = sf.read(source, start=start, stop=stop, dtype="float32", always_2d=True)
     except Exception as exc:  # noqa: BLE001
