@@ -297,3 +297,26 @@ def test_a_file_name_that_is_not_utf8_is_audio_like_any_other(tmp_path):
 
 def torch_allclose(wav, expected) -> bool:
     return bool(np.allclose(wav.numpy(), expected, atol=1e-4))
+
+
+def test_a_link_that_leads_nowhere_is_named_as_skipped_not_dropped_silently(tmp_path):
+    """A dangling link (a data drive not mounted) and a loop of links are skipped with their
+    reason like any bad file; a link to a file is read; a link to a parent folder is not followed."""
+    from mertlab.data.audio import list_audio_paths
+
+    sf.write(tmp_path / "real.wav", np.zeros(24000, dtype=np.float32) + 0.1, 24000)
+    (tmp_path / "to_real.wav").symlink_to("real.wav")
+    (tmp_path / "dangling.wav").symlink_to(tmp_path / "unmounted" / "x.wav")
+    (tmp_path / "loop_a.wav").symlink_to("loop_b.wav")
+    (tmp_path / "loop_b.wav").symlink_to("loop_a.wav")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "up").symlink_to("..")
+    names = [p.name for p in list_audio_paths(tmp_path, [".wav"])]
+    assert names == ["real.wav", "to_real.wav"]  # what extract and folder tasks read
+    files, skipped = check_audio_files(list_audio_paths(tmp_path, [".wav"], broken_links=True))
+    assert [f.path.name for f in files] == ["real.wav", "to_real.wav"]
+    assert {s.path.name: s.reason for s in skipped} == {
+        "dangling.wav": f"broken symbolic link (to {tmp_path / 'unmounted' / 'x.wav'}: missing, or a loop of links)",
+        "loop_a.wav": "broken symbolic link (to loop_b.wav: missing, or a loop of links)",
+        "loop_b.wav": "broken symbolic link (to loop_a.wav: missing, or a loop of links)",
+    }
