@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.mertlab-installed
 
-.PHONY: install quickstart lint test test-all docs gpu-check clean-venv browser system-deps dev-data dev-data-ci dev-data-packages
+.PHONY: install quickstart lint test test-fast docs gpu-check clean-venv browser system-deps dev-data dev-data-ci dev-data-packages
 
 install: $(STAMP)
 
@@ -35,11 +35,14 @@ lint: install
 	MYPYPATH=$(INSTALLED_TREE) $(BIN)/mypy -p mertlab
 	PYTHONPATH=$(INSTALLED_TREE) $(BIN)/lint-imports --no-cache
 
+# The two test tiers (docs/development.md). `make test` is CI's command: lint, then every test,
+# the 25 slowest named at the end. `make test-fast`, for iterating: the unit and contract tests,
+# everything not marked `integration` (no lint, no Debian packages).
 test: install lint system-deps
-	$(REQUIRE_SYSTEM_DEPS) $(BIN)/python -m pytest -q
+	$(REQUIRE_SYSTEM_DEPS) $(BIN)/python -m pytest -q --durations=25
 
-test-all: install
-	$(BIN)/python -m pytest -q -m "slow or not slow"
+test-fast: install
+	$(BIN)/python -m pytest -q -m "not integration"
 
 # The documentation site on http://127.0.0.1:8000, rebuilt on every save (`python -m`: see mkdocs.yml).
 docs: install

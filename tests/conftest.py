@@ -69,8 +69,13 @@ def demo_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tracking_uri(tmp_path_factory):
-    """A fresh MLflow sqlite store per test module."""
-    return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+    """A fresh MLflow sqlite store per test module, its tables created here: MLflow logs two INFO
+    lines when it creates them, which would otherwise land in whichever test touches it first."""
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+    MlflowClient(uri).search_experiments()
+    return uri
 
 
 @pytest.fixture

@@ -77,6 +77,7 @@ def test_garbage_bytes_as_audio_never_crash_the_loader(tmp_path, payload, with_h
         assert not batch.skipped or batch.skipped[0].path == path
 
 
+@pytest.mark.integration
 def test_train_skips_bad_files_counts_names_and_summarises_them(demo_dir, tmp_path, tracking_uri, capsys, caplog):
     data = tmp_path / "data"
     shutil.copytree(demo_dir, data)
@@ -167,6 +168,7 @@ def skipped_of_run(tracking_uri, name, tmp_path):
     return run, {p.rsplit("/", 1)[1]: reason for p, reason in lines.items()}
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("source", ["cache", "cache-prebuilt-read-only", "on-the-fly"])
 def test_nan_and_too_short_files_are_skipped_and_counted_in_every_target_source(
     demo_dir, tmp_path, tracking_uri, capsys, caplog, source

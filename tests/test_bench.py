@@ -51,6 +51,9 @@ def test_every_script_is_covered():
     assert expected <= set(SCRIPTS)
 
 
+# The first case runs every script (the fixture): up to 300 s each, two at a time.
+@pytest.mark.integration
+@pytest.mark.timeout(300 * len(SCRIPTS) // 2)
 @pytest.mark.parametrize("name", SCRIPTS)
 def test_quick_run_prints_a_ratio(results, name):
     done = results[name]

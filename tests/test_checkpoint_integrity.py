@@ -88,6 +88,7 @@ def test_saving_streams_to_disk_without_a_second_copy(tmp_path):
     assert torch.equal(loaded["state_dict"]["layer3.weight"], state["layer3.weight"])
 
 
+@pytest.mark.integration
 def test_the_sidecar_records_the_file_and_the_run(trained):
     data, ckpt_dir = trained
     for path in (ckpt_dir / "last.ckpt", *ckpt_dir.glob("best-step*.ckpt")):
@@ -134,6 +135,7 @@ def test_removing_a_checkpoint_removes_its_sidecar(tmp_path):
 
 
 # --------------------------------------------------------------------------- reading
+@pytest.mark.integration
 def test_a_flipped_byte_is_refused_by_every_load_and_resume_falls_back(
     trained, task, tmp_path, write_yaml, capsys, caplog
 ):
@@ -166,6 +168,7 @@ def test_a_flipped_byte_is_refused_by_every_load_and_resume_falls_back(
     assert load_torch_file(last)["global_step"] == 3 and verify_checkpoint(last).step == 3
 
 
+@pytest.mark.integration
 def test_resume_selection_reads_candidates_memory_mapped(trained, tmp_path, monkeypatch):
     """Choosing what to resume never materialises a candidate: the damaged newest one is
     refused by its sidecar before torch reads it, the chosen one is memory-mapped."""
@@ -185,6 +188,7 @@ def test_resume_selection_reads_candidates_memory_mapped(trained, tmp_path, monk
     assert calls == [(point.path.name, True)] and point.path.name.startswith("best-step")
 
 
+@pytest.mark.integration
 def test_checkpoints_without_a_sidecar_load_with_one_warning(trained, tmp_path, caplog):
     _, ckpt_dir = copy_runs(trained, tmp_path)
     last = ckpt_dir / "last.ckpt"
@@ -199,6 +203,7 @@ def test_checkpoints_without_a_sidecar_load_with_one_warning(trained, tmp_path, 
         load_checkpoint_file(last)
 
 
+@pytest.mark.integration
 def test_rollback_refuses_a_damaged_checkpoint_and_only_skips(trained, tmp_path):
     _, ckpt_dir = copy_runs(trained, tmp_path)
     last = ckpt_dir / "last.ckpt"
@@ -212,6 +217,7 @@ def test_rollback_refuses_a_damaged_checkpoint_and_only_skips(trained, tmp_path)
     assert str(last) in outcome.message and "damaged checkpoint" in outcome.message
 
 
+@pytest.mark.integration
 def test_export_refuses_non_finite_weights(trained, tmp_path, capsys):
     _, ckpt_dir = copy_runs(trained, tmp_path)
     ckpt = load_torch_file(ckpt_dir / "last.ckpt")

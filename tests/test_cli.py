@@ -83,6 +83,7 @@ def test_schema_of_spec_and_component(toy_registry, capsys):
     assert code == 1 and "did you mean 'toy_cqt'" in err
 
 
+@pytest.mark.integration
 def test_console_script_runs_without_traceback(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "mertlab", "validate", str(tmp_path / "none.yaml")], capture_output=True, text=True

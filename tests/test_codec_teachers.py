@@ -26,6 +26,9 @@ CODECS = {
 }
 
 
+pytestmark = pytest.mark.integration  # slow: codec models on CPU, about 1 min
+
+
 def build(name: str, **params) -> CodecTeacher:
     return get_registry().build("teacher", name, {**CODECS[name][0], **params})
 

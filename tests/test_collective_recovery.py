@@ -20,7 +20,7 @@ from mertlab.experiment.spec import load_spec
 from mertlab.train.run import train
 from sampler_support import stream
 
-pytestmark = pytest.mark.filterwarnings("ignore")
+pytestmark = [pytest.mark.integration, pytest.mark.filterwarnings("ignore")]
 GLOBAL_BATCH = 6
 STEPS = 6
 

@@ -69,6 +69,7 @@ def compared(sweep):
     return code, buffer.getvalue(), out_dir
 
 
+@pytest.mark.integration
 def test_table_lists_every_child_with_values_read_back_from_mlflow(sweep, compared):
     uri, parent, _ = sweep
     code, out, out_dir = compared
@@ -104,6 +105,7 @@ def test_table_lists_every_child_with_values_read_back_from_mlflow(sweep, compar
     assert len({r["loss/total final"] for r in rows}) == 3  # three different runs, not one value repeated
 
 
+@pytest.mark.integration
 def test_terminal_and_markdown_tables(sweep, compared):
     _, parent, _ = sweep
     _, out, out_dir = compared
@@ -131,6 +133,7 @@ def png_size(data: bytes) -> tuple[int, int]:
     return struct.unpack(">II", data[16:24])
 
 
+@pytest.mark.integration
 def test_plots_are_pngs_logged_to_the_parent_run(sweep, compared, tmp_path):
     uri, parent, _ = sweep
     _, out, out_dir = compared
@@ -147,6 +150,7 @@ def test_plots_are_pngs_logged_to_the_parent_run(sweep, compared, tmp_path):
     assert f"logged them to parent run {parent}" in out
 
 
+@pytest.mark.integration
 def test_compare_by_experiment_name_finds_the_sweep(sweep, compared, capsys):
     uri, parent, path = sweep
     code, out, _ = run_cli(capsys, "compare", "cmp-sweep", "--tracking-uri", uri, "--out", path / "by-name", "--no-log")
@@ -156,6 +160,7 @@ def test_compare_by_experiment_name_finds_the_sweep(sweep, compared, capsys):
     ]
 
 
+@pytest.mark.integration
 def test_metric_patterns_and_probe_scores(sweep):
     uri, parent, _ = sweep
     client = MlflowClient(uri)
@@ -187,6 +192,7 @@ def test_metric_patterns_and_probe_scores(sweep):
     assert values["lr_high"]["loss/total final"] is not None and values["lr_high"]["loss/total best"] is not None
 
 
+@pytest.mark.integration
 def test_probe_scores_show_their_interval_and_p_values_are_rows(sweep, tmp_path):
     uri, parent, _ = sweep
     client = MlflowClient(uri)
@@ -223,6 +229,7 @@ def test_metric_patterns_stay_within_segments():
     )
 
 
+@pytest.mark.integration
 def test_bad_targets_are_one_clear_error(sweep, capsys):
     uri, parent, _ = sweep
     code, _, err = run_cli(capsys, "compare", "no-such-experiment", "--tracking-uri", uri)

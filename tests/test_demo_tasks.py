@@ -22,6 +22,8 @@ from mertlab.data.demo_tasks import (
 from mertlab.errors import MertlabError
 from mertlab.probe.task import load_task
 
+pytestmark = pytest.mark.integration  # slow: generates every demo task, about 20 s of CPU
+
 HARMONIC = {"organ", "pluck", "saw", "square", "flute", "strings"}  # timbres whose lowest partial is f0
 
 

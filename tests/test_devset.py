@@ -264,6 +264,7 @@ def test_recordings_are_cut_to_24k_mono_pieces_and_kept_on_rerun(fake_sources, t
     assert [s.tracks for s in capped] == [1, 1]
 
 
+@pytest.mark.integration
 def test_a_missing_package_is_one_error_naming_how_to_install_it(tmp_path, fake_sources):
     gone = RecordingSource("gone-music", "-", "-", "-", "-", (str(tmp_path / "nothing/*.ogg"),))
     with pytest.raises(DataError, match=r"gone-music .*not installed; run `make dev-data-packages`"):
@@ -274,6 +275,7 @@ def test_a_missing_package_is_one_error_naming_how_to_install_it(tmp_path, fake_
     assert not (tmp_path / "dev").exists()  # nothing written before the check
 
 
+@pytest.mark.integration
 def test_cli_reports_missing_packages_in_one_line(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(build_module, "missing_packages", lambda *a: ["nexuiz-music", "libfluidsynth3"])
     assert main(["dev-data", str(tmp_path / "dev"), "--size", "ci", "--no-progress"]) == 1
@@ -355,6 +357,7 @@ TINY = DevSetSize(
 )
 
 
+@pytest.mark.integration
 def test_build_end_to_end_from_the_debian_packages(packages, tmp_path, monkeypatch):
     monkeypatch.setitem(SIZES, "tiny", TINY)
     started = time.monotonic()

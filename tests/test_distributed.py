@@ -186,6 +186,7 @@ def test_strategies_from_the_spec(demo_dir, tmp_path, tracking_uri):
 
 
 # --------------------------------------------------------------------------- end to end
+@pytest.mark.integration
 def test_best_checkpoint_has_the_lowest_validation_loss(demo_dir, tmp_path, tracking_uri, one_thread):
     raw = raw_spec(demo_dir, tmp_path, tracking_uri, max_steps=6, val_every_n_steps=1)
     raw["optim"] = {"lr": 3e-2, "warmup_steps": 0}  # a bumpy validation curve
@@ -208,6 +209,7 @@ def run_cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
     return out
 
 
+@pytest.mark.integration
 def test_two_process_ddp_matches_one_process_logs_once_and_resumes_in_one_process(
     demo_dir, tmp_path, tracking_uri, one_thread
 ):
@@ -268,6 +270,7 @@ def test_two_process_ddp_matches_one_process_logs_once_and_resumes_in_one_proces
     assert len(client.search_runs([one.info.experiment_id])) == 2
 
 
+@pytest.mark.integration
 def test_two_process_ddp_skips_nonfinite_steps_on_every_rank(demo_dir, tmp_path, tracking_uri, one_thread):
     """Lightning refuses a None loss from a rank in distributed training: a skipped step still
     runs backward on every rank (a zero-weighted loss) and drops the gradients, so the weights
@@ -385,6 +388,7 @@ def test_checkpoints_hold_teacher_fingerprints_not_weights_and_older_ones_still_
     assert "resuming with teachers other than the checkpoint's: codes (bestrq" in caplog.text
 
 
+@pytest.mark.integration
 def test_two_process_ddp_bf16_registers_no_teacher_tensor_and_keeps_teachers_float32(
     demo_dir, tmp_path, tracking_uri, one_thread
 ):

@@ -68,6 +68,7 @@ def test_the_guard_restores_parameters_and_optimizer_state_exactly(steps_before)
     assert not all(torch.equal(a, b) for a, b in zip(before[0], state_copy(model, optimizer)[0], strict=True))
 
 
+@pytest.mark.integration
 def test_a_nonfinite_update_in_training_is_undone_and_counted(demo_dir, tmp_path, tracking_uri, monkeypatch, caplog):
     """Step 2's update is made to leave an inf weight (after a finite loss and gradient): the
     update is undone, the step counted as skipped and non-finite, and training goes on."""
@@ -130,6 +131,7 @@ def small_demo_tasks(folder):
     return paths
 
 
+@pytest.mark.integration
 def test_quickstart_at_lr_1e6_ends_with_one_probe_line_per_task_and_finite_weights(
     demo_dir, tmp_path, tracking_uri, capsys
 ):

@@ -91,6 +91,7 @@ def test_readme_is_a_front_page():
     assert "make quickstart" in readme and "make test" in readme
 
 
+@pytest.mark.integration
 def test_site_builds_strict_and_offline(tmp_path):
     site = tmp_path / "site"
     env = {

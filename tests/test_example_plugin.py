@@ -12,6 +12,8 @@ import torch
 
 from pip_support import pip_install_into
 
+pytestmark = pytest.mark.integration
+
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "examples" / "mertlab-example-teacher"
 

@@ -29,8 +29,6 @@ pytestmark = pytest.mark.filterwarnings("ignore")
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 SPECS = sorted(EXPERIMENTS.glob("*.yaml"))
 IDS = [p.stem for p in SPECS]
-# The heaviest tiny runs (DAC's codec is slow on CPU): run with -m slow / `make test-all`.
-SLOW = {"dac_teacher"}
 
 
 def test_the_experiment_library_is_complete():
@@ -144,9 +142,8 @@ def tiny_overrides(path: Path, demo_dir: Path, tmp_path: Path, tracking_uri: str
     return overrides
 
 
-@pytest.mark.parametrize(
-    "path", [pytest.param(p, marks=pytest.mark.slow) if p.stem in SLOW else p for p in SPECS], ids=IDS
-)
+@pytest.mark.integration
+@pytest.mark.parametrize("path", SPECS, ids=IDS)
 def test_spec_trains_at_tiny_scale(path, demo_dir, tracking_uri, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # relative paths of the spec (centroids, mlruns) land here
     spec = load_spec(path, tiny_overrides(path, demo_dir, tmp_path, tracking_uri))

@@ -24,6 +24,7 @@ from wrapper_report import check_teachers_outside, run_reports
 
 CUDA_DEVICES = torch.cuda.device_count() if torch.cuda.is_available() else 0
 pytestmark = [
+    pytest.mark.integration,
     pytest.mark.gpu,
     pytest.mark.skipif(CUDA_DEVICES == 0, reason="needs CUDA (make gpu-check runs these)"),
     pytest.mark.filterwarnings("ignore"),

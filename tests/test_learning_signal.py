@@ -29,9 +29,10 @@ SPEC = ROOT / "experiments" / "small_scale_r3.yaml"  # round 3's recipe on the d
 #: Required lead of the pre-trained backbone over its random init, per task (accuracy points / 100).
 MARGINS = {"pitch": 0.02, "timbre": 0.20, "key": 0.10}
 
-pytestmark = pytest.mark.filterwarnings("ignore")
+pytestmark = [pytest.mark.integration, pytest.mark.filterwarnings("ignore")]
 
 
+@pytest.mark.timeout(1800)  # 3000 training steps and the probes: about 12 min on 2 CPU cores
 def test_pretraining_beats_random_init_on_pitch_timbre_and_key(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     write_demo_dataset(tmp_path / "demo", progress=False)  # the quickstart's 40 pieces of 6 s

@@ -263,12 +263,13 @@ def test_moved_downloaders_are_one_clear_error(monkeypatch):
 
 
 def test_a_moved_internal_module_is_one_clear_error(monkeypatch, tmp_path):
+    # imported first: litdata's own __init__ imports the writer, which fails from the next line on
+    import litdata.streaming.downloader as downloader
+
     monkeypatch.setitem(sys.modules, "litdata.streaming.writer", None)  # the import fails
     with pytest.raises(LitdataAPIError) as exc:
         la.binary_writer(str(tmp_path / "x"), 64)
     one_line(exc, "module litdata.streaming.writer")
-
-    import litdata.streaming.downloader as downloader
 
     monkeypatch.delattr(downloader, "get_downloader")
     with pytest.raises(LitdataAPIError) as exc:

@@ -79,6 +79,7 @@ def trained(demo_dir, tmp_path_factory):
     return store, elsewhere, uri, result
 
 
+@pytest.mark.integration
 def test_artifacts_beside_the_store_training_view_and_description(trained):
     store, elsewhere, uri, result = trained
     client = MlflowClient(uri)
@@ -211,6 +212,7 @@ def store(tmp_path_factory, demo_dir) -> Store:
     return Store(root, uri, experiment_id, parent.info.run_id, children, plain.info.run_id, printed)
 
 
+@pytest.mark.integration
 def test_every_printed_link_lands_on_the_model_training_view(store):
     runs_table = f"{DEFAULT_UI_URL}/#/experiments/{store.experiment_id}/runs"
     comparison = f"{runs_table}/{store.parent_id}/artifacts/compare/comparison.md?workflowType=machine_learning"
@@ -224,6 +226,7 @@ def test_every_printed_link_lands_on_the_model_training_view(store):
     assert sorted(store.children) == ["base", "cqt_only"]
 
 
+@pytest.mark.integration
 def test_mertlab_probe_prints_the_runs_link(trained, monkeypatch):
     store, _, uri, result = trained
     write_pitch_class_task(store, clips=24)
@@ -248,6 +251,7 @@ def stored_view(client: MlflowClient, experiment_id: str) -> tuple[dict, dict]:
     return envelope, json.loads(envelope["state"])
 
 
+@pytest.mark.integration
 def test_the_comparison_view_shows_probe_scores_and_summaries_grouped_by_sweep(store):
     client = MlflowClient(store.uri)
     envelope, state = stored_view(client, store.experiment_id)
@@ -483,6 +487,7 @@ def served(store, tmp_path_factory):
         yield server
 
 
+@pytest.mark.integration
 def test_mertlab_ui_prints_and_opens_the_newest_experiments_runs(store, served):
     port = served.base.rsplit(":", 1)[1]
     assert served.printed[0].startswith(f"MLflow UI for {store.uri}: http://localhost:{port}")
@@ -494,6 +499,7 @@ def test_mertlab_ui_prints_and_opens_the_newest_experiments_runs(store, served):
     assert served.opened.read_text().split() == [served.printed[1].split()[-1]]  # opened once, that link
 
 
+@pytest.mark.integration
 def test_mertlab_ui_serves_the_runs_metrics_and_spec(store, served):
     base, run_id = served.base, store.plain_run_id
     run = json.loads(get(f"{base}/ajax-api/2.0/mlflow/runs/get?run_id={run_id}"))["run"]
@@ -510,6 +516,7 @@ def test_ui_without_a_store_is_one_clear_error(tmp_path, capsys):
     assert "no MLflow store at" in err and len(err.strip().splitlines()) == 1
 
 
+@pytest.mark.integration
 def test_ui_for_an_unknown_experiment_is_one_clear_error(store, capsys):
     assert main(["ui", "--tracking-uri", store.uri, "--experiment", "no-such"]) == 1
     err = capsys.readouterr().err
@@ -521,6 +528,7 @@ def test_ui_for_an_unknown_experiment_is_one_clear_error(store, capsys):
 NEEDS_BROWSER = os.environ.get("MERTLAB_REQUIRE_SYSTEM_DEPS") == "1"
 
 
+@pytest.mark.integration
 @pytest.mark.skipif(
     CHROMIUM is None and not NEEDS_BROWSER, reason="needs Debian's chromium: `make browser` installs it"
 )

@@ -17,7 +17,7 @@ from mertlab.train.run import train
 from mertlab.train.schedule import lr_factor
 from test_train import make_spec
 
-pytestmark = pytest.mark.filterwarnings("ignore")
+pytestmark = [pytest.mark.integration, pytest.mark.filterwarnings("ignore")]
 
 BESTRQ = {"codebook_size": 16, "n_codebooks": 1}
 NO_CALLBACK = {"callbacks": {}}

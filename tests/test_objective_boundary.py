@@ -40,6 +40,7 @@ def test_correct_objective_passes_every_check(broken_registry, one_thread):
             run_check("objective", "masked_l1", check, broken_registry)
 
 
+@pytest.mark.integration
 def test_training_step_stops_a_non_scalar_loss_with_one_line_and_tags_the_failed_run(
     broken_registry, demo_dir, tmp_path, tracking_uri, write_yaml, capsys
 ):

@@ -34,6 +34,7 @@ def wheel(tmp_path_factory) -> Path:
     return next(out.glob("mertlab-*.whl"))
 
 
+@pytest.mark.integration
 def test_wheel_contains_every_python_module(wheel):
     names = set(zipfile.ZipFile(wheel).namelist())
     expected = {f"mertlab/{p.relative_to(REPO / 'core')}" for p in (REPO / "core").rglob("*.py")}
@@ -42,6 +43,7 @@ def test_wheel_contains_every_python_module(wheel):
     assert any(n.endswith("entry_points.txt") for n in names)
 
 
+@pytest.mark.integration
 def test_wheel_install_imports_and_runs(wheel, tmp_path):
     target = pip_install_into(tmp_path / "site", wheel)
     code = (
@@ -104,6 +106,7 @@ def test_every_imported_package_is_a_declared_dependency():
     assert not undeclared, f"imported but not in [project.dependencies]: {undeclared}"
 
 
+@pytest.mark.integration
 def test_every_module_of_the_wheel_imports_over_the_locked_environment(wheel, tmp_path):
     """The wheel alone (--no-deps) on top of the pinned environment: every module imports."""
     target = pip_install_into(tmp_path / "site", wheel)

@@ -172,6 +172,7 @@ def test_wildcard_listing(toy_registry):
 HEAVY = ("lightning", "mlflow", "torchaudio", "nnAudio", "encodec", "dac", "transformers", "matplotlib")
 
 
+@pytest.mark.integration
 def test_light_commands_import_no_heavy_package():
     """`plugins`, `validate`, `schema` and `--help` only import what they need (not Lightning,
     MLflow, codecs...): components registered lazily or importing their heavy packages on use."""

@@ -52,6 +52,7 @@ def installed(venv: Path) -> set[str]:
     return {p.name.split("-")[0] for p in venv.glob("lib/python*/site-packages/*.dist-info")}
 
 
+@pytest.mark.integration
 def test_install_a_local_package_and_an_editable_scaffold_then_uninstall_them(venv, tmp_path, monkeypatch):
     from mertlab.plugin_system.scaffold import next_steps, write_package
 

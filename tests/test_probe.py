@@ -432,6 +432,7 @@ def trained(tmp_path_factory, data):
     return result.checkpoint_dir / "last.ckpt", result.run_id, uri
 
 
+@pytest.mark.integration
 def test_cli_probe_logs_onto_the_checkpoints_training_run(trained, data, capsys):
     ckpt, run_id, uri = trained
     code = main(
@@ -493,6 +494,7 @@ def test_cli_probe_logs_onto_the_checkpoints_training_run(trained, data, capsys)
     assert run.data.tags["probe/pitch/settings"]
 
 
+@pytest.mark.integration
 def test_cli_probe_onto_a_given_run_and_errors(trained, data, capsys, tmp_path):
     _, _, uri = trained
     client = MlflowClient(uri)

@@ -61,6 +61,7 @@ def test_probe_section_validates_strictly(workdir, monkeypatch):
             load_spec(spec_path, [override])
 
 
+@pytest.mark.integration
 def test_sweep_probes_every_child_and_compare_shows_the_scores_first(workdir, monkeypatch, capsys):
     root, spec_path = workdir
     monkeypatch.chdir(root)
@@ -126,6 +127,7 @@ def test_sweep_probes_every_child_and_compare_shows_the_scores_first(workdir, mo
         assert {"time/training_s", "time/probe_fits_s"} <= set(client.get_run(row.run_id).data.metrics)
 
 
+@pytest.mark.integration
 def test_train_with_a_probe_section_prints_a_verdict_per_task(workdir, monkeypatch, capsys):
     root, spec_path = workdir
     monkeypatch.chdir(root)

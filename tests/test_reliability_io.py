@@ -116,6 +116,7 @@ def copy_runs(trained, tmp_path, **trainer) -> tuple[dict, Path]:
 
 
 # ----------------------------------------------------------------------------- 1. safe loading
+@pytest.mark.integration
 def test_no_command_runs_code_from_a_file(demo_dir, task_dir, tmp_path, tracking_uri, write_yaml, capsys):
     """probe, extract, train --resume CKPT, a planted last.ckpt and the k-means hidden-feature
     checkpoint: the marker never appears and each is one line naming the file."""
@@ -258,6 +259,7 @@ def test_checkpoint_write_to_a_read_only_folder_keeps_the_previous(tmp_path, mon
     assert io.load_checkpoint(path)["global_step"] == 1
 
 
+@pytest.mark.integration
 def test_unwritable_output_dir_fails_before_the_mlflow_run(demo_dir, tmp_path, write_yaml, capsys):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     blocker = tmp_path / "a-file"
@@ -270,6 +272,7 @@ def test_unwritable_output_dir_fails_before_the_mlflow_run(demo_dir, tmp_path, w
     assert experiment is None or not MlflowClient(uri).search_runs([experiment.experiment_id])
 
 
+@pytest.mark.integration
 def test_full_disk_mid_run_is_one_line_and_keeps_the_last_checkpoint(
     trained, tmp_path, write_yaml, capsys, monkeypatch
 ):
@@ -285,6 +288,7 @@ def test_full_disk_mid_run_is_one_line_and_keeps_the_last_checkpoint(
     assert not [p for p in ckpt_dir.iterdir() if p.name.endswith(".tmp")]
 
 
+@pytest.mark.integration
 def test_resume_skips_a_damaged_last_ckpt_for_the_newest_good_one(trained, tmp_path, write_yaml, capsys, caplog):
     data, ckpt_dir = copy_runs(trained, tmp_path, max_steps=3)
     last = ckpt_dir / "last.ckpt"
@@ -296,6 +300,7 @@ def test_resume_skips_a_damaged_last_ckpt_for_the_newest_good_one(trained, tmp_p
     assert load_torch_file(last)["global_step"] == 3  # continued from the good one, to the end
 
 
+@pytest.mark.integration
 def test_damaged_checkpoints_are_named_in_one_line(trained, demo_dir, task_dir, tmp_path, write_yaml, capsys):
     data, ckpt_dir = copy_runs(trained, tmp_path)
     damaged = tmp_path / "damaged.ckpt"
@@ -416,6 +421,7 @@ def test_a_damaged_entry_read_while_training_is_recomputed(demo_dir, tmp_path, t
         CachedTargets(data["data"]["target_cache"], {"cqt": teacher}, 24000, repair=False).read("cqt", files[0])
 
 
+@pytest.mark.integration
 def test_damaged_or_missing_entries_without_repair_are_one_line(
     demo_dir, tmp_path, tracking_uri, write_yaml, capsys, monkeypatch
 ):
@@ -466,6 +472,7 @@ BAD_SPECS = [
 ]
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("argv, message", BAD_SPECS, ids=[a[1] for a, _ in BAD_SPECS])
 def test_validate_rejects_what_train_would_and_train_starts_nothing(
     argv, message, demo_dir, tmp_path, write_yaml, capsys
@@ -480,6 +487,7 @@ def test_validate_rejects_what_train_would_and_train_starts_nothing(
     assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "runs").exists()
 
 
+@pytest.mark.integration
 def test_largest_seed_trains(demo_dir, tmp_path, tracking_uri):
     spec = resolve_spec(spec_data(demo_dir, tmp_path, tracking_uri, max_steps=1) | {"seed": 2**32 - 1})
     assert train(spec, progress=False).metrics

@@ -94,6 +94,7 @@ def histories(client, run_id):
     return {key: [(m.step, m.value) for m in client.get_metric_history(run_id, key)] for key in COMPARED}
 
 
+@pytest.mark.integration
 def test_sigkill_then_resume_equals_the_uninterrupted_run(demo_dir, tmp_path, one_thread):
     torch_threads = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     db = tmp_path / "mlflow.db"

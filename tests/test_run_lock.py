@@ -56,6 +56,7 @@ def holder(tmp_path):
         proc.wait(timeout=30)
 
 
+@pytest.mark.integration
 def test_a_held_lock_refuses_with_one_line_naming_the_holder_and_frees_when_it_dies(tmp_path, holder):
     path = tmp_path / "run" / LOCK_FILE
     assert lock_held(path)
@@ -80,6 +81,7 @@ def test_the_lock_is_reentrant_in_one_process_and_released_empty(tmp_path):
     assert not lock_held(first.path) and first.path.read_text() == ""
 
 
+@pytest.mark.integration
 def test_a_stale_lock_of_a_process_that_is_gone_is_taken_over(tmp_path, caplog):
     path = tmp_path / "run" / LOCK_FILE
     path.parent.mkdir()
@@ -91,6 +93,7 @@ def test_a_stale_lock_of_a_process_that_is_gone_is_taken_over(tmp_path, caplog):
     assert any(f"taking over the lock of pid {pid}" in r.getMessage() for r in caplog.records)
 
 
+@pytest.mark.integration
 def test_left_running_check_looks_at_the_lock_not_only_the_process_tag(tmp_path, tracking_uri, holder):
     """A live holder keeps its run RUNNING even when the process tag names a process that is gone
     (the tag of a second process that started on the same run); without a holder it is FAILED."""
@@ -105,6 +108,7 @@ def test_left_running_check_looks_at_the_lock_not_only_the_process_tag(tmp_path,
     assert client.get_run(alive.info.run_id).info.status == "RUNNING"
 
 
+@pytest.mark.integration
 def test_two_concurrent_resumes_of_one_run_the_second_is_refused_with_one_line(
     demo_dir, tmp_path, tracking_uri, one_thread, capsys
 ):

@@ -34,6 +34,7 @@ def generated(tmp_path_factory) -> tuple[Path, Path]:
     return root, site
 
 
+@pytest.mark.integration
 def test_generated_packages_pass_their_own_contract_tests(generated):
     root, site = generated
     tests = [str(root / f"demo-{kind}" / "tests") for kind in ("teacher", "backbone", "objective")]
@@ -50,6 +51,7 @@ def test_generated_packages_pass_their_own_contract_tests(generated):
     ], listing.stdout + listing.stderr
 
 
+@pytest.mark.integration
 def test_tiny_training_run_with_the_generated_components_logs_their_loss(generated, demo_dir, tracking_uri):
     root, site = generated
     spec = root / "spec.yaml"

@@ -241,6 +241,7 @@ def record_batches(monkeypatch):
     return seen
 
 
+@pytest.mark.integration
 def test_training_on_shards_completes_and_resumes_exactly(demo, with_targets, tmp_path, monkeypatch):
     """A run stopped mid-epoch and resumed reads the training stream an uninterrupted run reads
     (the DataModule's loader, epoch after epoch): the same files and crops at the same steps."""
@@ -274,6 +275,7 @@ def run_cli(capsys, *argv):
     return code, capsys.readouterr().err.strip()
 
 
+@pytest.mark.integration
 def test_bad_input_gives_one_line_errors(demo, plain, tmp_path, capsys, write_yaml):
     (tmp_path / "empty").mkdir()
     bad = make_spec(demo, tmp_path).model_dump(mode="json")

@@ -131,6 +131,7 @@ def test_ranks_that_start_differently_are_one_error_naming_the_rank():
 
 
 # --------------------------------------------------------------------------- --resume auto
+@pytest.mark.integration
 def test_resume_auto_starts_fresh_without_a_checkpoint_and_resumes_with_one(
     demo_dir, tmp_path, tracking_uri, one_thread, capsys
 ):
@@ -153,6 +154,7 @@ def test_resume_auto_starts_fresh_without_a_checkpoint_and_resumes_with_one(
 
 
 # --------------------------------------------------------------------------- end to end
+@pytest.mark.integration
 def test_sweep_child_started_on_two_ranks_at_once_builds_the_cache_once_and_resumes_after_a_crash(
     demo_dir, tmp_path, tracking_uri, probes_registry, capsys
 ):
@@ -205,6 +207,7 @@ def test_sweep_child_started_on_two_ranks_at_once_builds_the_cache_once_and_resu
     assert lock == str((last.parent.parent / "train.lock").resolve()) and not lock_held(lock)
 
 
+@pytest.mark.integration
 def test_a_local_sweep_refuses_children_on_several_devices(demo_dir, tmp_path, tracking_uri, capsys):
     raw = tiny_spec("wide-sweep", demo_dir, tmp_path, tracking_uri, devices=2, strategy="ddp")
     raw["sweep"] = {"variants": {"base": {}}}

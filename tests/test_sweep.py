@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from mlflow.tracking import MlflowClient
 
@@ -87,6 +87,8 @@ yaml_values = st.recursive(
 )
 
 
+@example({"\n": None})  # a key with a line break: an explicit key, double-quoted
+@example(["a\u2028b", "\r"])
 @settings(max_examples=30, deadline=None)
 @given(yaml_values)
 def test_override_values_round_trip_through_the_command_line(value):
@@ -210,6 +212,7 @@ def swept(workdir, tracking_uri):
     return spec_path, parents[0], {r.data.tags[VARIANT_TAG]: r for r in runs if PARENT_TAG in r.data.tags}
 
 
+@pytest.mark.integration
 def test_sweep_makes_one_parent_with_a_child_per_variant(swept, tracking_uri, tmp_path):
     _, parent, children = swept
     client = MlflowClient(tracking_uri)
@@ -241,6 +244,7 @@ def test_sweep_makes_one_parent_with_a_child_per_variant(swept, tracking_uri, tm
     assert [v["name"] for v in listing["variants"]] == ["base", "cqt_only", "lr_high"]
 
 
+@pytest.mark.integration
 def test_each_run_ends_with_a_summary_read_back_from_its_history(swept, tracking_uri):
     client = MlflowClient(tracking_uri)
     for child in swept[2].values():
@@ -259,6 +263,7 @@ def test_each_run_ends_with_a_summary_read_back_from_its_history(swept, tracking
         assert M.SUMMARY_LOSS_SPIKES in metrics
 
 
+@pytest.mark.integration
 def test_rerun_skips_finished_children_and_resumes_unfinished_ones(swept, tracking_uri, capsys):
     spec_path, parent, children = swept
     client = MlflowClient(tracking_uri)
@@ -284,6 +289,7 @@ def test_rerun_skips_finished_children_and_resumes_unfinished_ones(swept, tracki
     assert len(after) == 4
 
 
+@pytest.mark.integration
 def test_dry_run_prints_commands_a_scheduler_can_run(workdir, tracking_uri, capsys, monkeypatch):
     # no tracking_uri in the spec: the store comes from the environment, and the commands pin it
     monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_uri)
@@ -330,6 +336,7 @@ def test_dry_run_prints_commands_a_scheduler_can_run(workdir, tracking_uri, caps
     assert len([line for line in out.splitlines() if "mertlab train" in line]) == 2
 
 
+@pytest.mark.integration
 def test_dry_run_slurm_launcher_writes_one_array_job_of_the_children(workdir, tracking_uri, capsys):
     spec_path = write_spec(
         workdir / "slurm.yaml", tiny_sweep_spec("tiny-slurm", workdir / "demo", workdir, tracking_uri, THREE_VARIANTS)
@@ -371,6 +378,7 @@ def test_dry_run_slurm_launcher_writes_one_array_job_of_the_children(workdir, tr
     assert code == 2 and "add --dry-run" in err
 
 
+@pytest.mark.integration
 def test_invalid_variant_fails_before_any_child_starts(workdir, tracking_uri, capsys):
     sweep = {
         "variants": {
@@ -395,6 +403,7 @@ def test_invalid_variant_fails_before_any_child_starts(workdir, tracking_uri, ca
     assert code == 1 and "variant 'bad_lr': optim.lr" in err
 
 
+@pytest.mark.integration
 def test_train_child_options_are_checked(swept, capsys):
     spec_path = swept[0]
     code, _, err = run_cli(capsys, "train", spec_path, "--variant", "x")
@@ -407,6 +416,7 @@ def test_train_child_options_are_checked(swept, capsys):
     assert code == 1 and "sweep: this spec has no `sweep:` block" in err
 
 
+@pytest.mark.integration
 def test_a_failing_child_is_recorded_and_the_others_still_run(workdir, tracking_uri, capsys):
     sweep = {"variants": {"too_long": {"data.crop_seconds": 30}, "fine": {}}}  # the demo clips last 2 s
     spec_path = write_spec(

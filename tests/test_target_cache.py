@@ -276,6 +276,7 @@ def test_entries_open_and_check_once_then_stay_mapped(demo_dir, tmp_path, monkey
         targets_of(PretrainModule(spec), grid_batch(demo_dir, [0, 17, 37]))
 
 
+@pytest.mark.integration
 def test_training_reads_targets_from_the_cache(demo_dir, tmp_path, tracking_uri, monkeypatch):
     spec = make_spec(demo_dir, tmp_path, tracking_uri=tracking_uri)
     build_targets(spec, progress=False)
@@ -288,6 +289,7 @@ def test_training_reads_targets_from_the_cache(demo_dir, tmp_path, tracking_uri,
     assert np.isfinite(result.metrics["val/loss/total"])
 
 
+@pytest.mark.integration
 def test_train_builds_missing_entries_first(demo_dir, tmp_path, tracking_uri):
     spec = make_spec(demo_dir, tmp_path, tracking_uri=tracking_uri)
     train(spec, progress=False)
@@ -295,8 +297,10 @@ def test_train_builds_missing_entries_first(demo_dir, tmp_path, tracking_uri):
     assert counts(build_targets(spec, progress=False)) == {"codes": (0, n), "cqt": (0, n)}
 
 
-def test_missing_cache_is_one_clear_error(demo_dir, tmp_path, write_yaml, capsys):
-    path = write_yaml(make_spec(demo_dir, tmp_path).model_dump(mode="json"))
+@pytest.mark.integration
+def test_missing_cache_is_one_clear_error(demo_dir, tmp_path, tracking_uri, write_yaml, capsys):
+    # the module's store, not the default ./mlflow.db, which exists or not depending on what ran before
+    path = write_yaml(make_spec(demo_dir, tmp_path, tracking_uri=tracking_uri).model_dump(mode="json"))
     code = main(["train", str(path), "--no-progress", "-o", "data.build_target_cache=false"])
     err = capsys.readouterr().err
     assert code == 1 and "Traceback" not in err and len(err.strip().splitlines()) == 1

@@ -114,6 +114,7 @@ def test_a_vocabulary_from_params_reaches_the_objective(broken_registry, levels,
     assert [e.shape[0] for e in objective.label_embs] == [levels]
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize(("teacher", "fragment"), CASES)
 def test_train_on_the_fly_stops_with_one_line(
     broken_registry, demo_dir, tmp_path, tracking_uri, write_yaml, capsys, teacher, fragment
@@ -134,6 +135,7 @@ def test_targets_build_stops_with_one_line_and_writes_nothing(
     assert not list(cache.rglob("*.npy"))
 
 
+@pytest.mark.integration
 def test_out_of_range_codes_in_the_cache_stop_training_with_one_line(
     broken_registry, demo_dir, tmp_path, tracking_uri, write_yaml, capsys
 ):

@@ -27,6 +27,7 @@ def teacher() -> DACTeacher:
     return teacher_of()
 
 
+@pytest.mark.integration  # slow: DAC models on CPU
 def test_kind_shape_frame_rate_dtype(teacher):
     wav = torch.zeros(2, SR // 2)
     wav[0], wav[1, :5_000] = music(SR // 2, 1), music(5_000, 2)
@@ -45,6 +46,7 @@ def test_kind_shape_frame_rate_dtype(teacher):
     assert out.values.min() >= 0 and out.values.max() < 1024
 
 
+@pytest.mark.integration  # slow: DAC models on CPU
 def test_44khz_frame_rate_is_not_whole():
     teacher = DACTeacher(DACParams(pretrained=False, init_seconds=0.5, n_codebooks=4))  # model_type 44khz
     n = 10_000
@@ -53,6 +55,7 @@ def test_44khz_frame_rate_is_not_whole():
     assert out.values.shape == (1, math.ceil(n / 512), 4) and out.lengths.tolist() == [20]
 
 
+@pytest.mark.integration  # slow: DAC models on CPU
 def test_n_codebooks_keeps_the_first_codebooks(teacher):
     wav, n = music(SR // 2, 5)[None], torch.tensor([SR // 2])
     first_three = teacher_of(n_codebooks=3)
@@ -74,6 +77,7 @@ def test_bad_params_are_clear_errors(params, message):
         get_registry().build("teacher", "dac", params)
 
 
+@pytest.mark.integration  # slow: DAC models on CPU
 def test_loads_weights_saved_by_dac_from_its_cache_and_explicit_path(teacher, tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path))
     cached, _url = default_weights("16khz", "8kbps")

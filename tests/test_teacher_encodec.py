@@ -42,6 +42,7 @@ def test_kind_shape_frame_rate_dtype(teacher):
     assert out.padding_mask[1, 41:].all() and not out.padding_mask[1, :41].any()
 
 
+@pytest.mark.integration  # slow: EnCodec models on CPU
 def test_bandwidth_and_n_codebooks_select_codebooks():
     assert teacher_of(bandwidth=1.5, init_seconds=1.0).info.dim == 2
     wav, n = music(SR // 2, 5)[None], torch.tensor([SR // 2])
@@ -65,6 +66,7 @@ def test_bad_params_are_clear_errors(params, message):
         get_registry().build("teacher", "encodec", params)
 
 
+@pytest.mark.integration  # slow: EnCodec models on CPU
 def test_loads_checkpoint_from_torch_hub_cache_and_explicit_path(teacher, tmp_path, monkeypatch):
     # Same file name and format (a torch.save'd state_dict) the encodec package caches.
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))

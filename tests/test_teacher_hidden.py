@@ -220,6 +220,7 @@ def test_validate_checks_layer_and_top_k_against_the_checkpoint_without_building
     assert load_spec(write_yaml(spec))  # reported when the teacher is built
 
 
+@pytest.mark.integration
 def test_distill_from_a_quickstart_checkpoint_and_a_conv_frontend_one(demo_dir, tmp_path, tracking_uri, write_yaml):
     """The quickstart-style teacher (filterbank frontend) trains for 2 steps; a student then
     distills from its last.ckpt and from a mert_tiny-style (HuBERT CNN frontend) backbone file at

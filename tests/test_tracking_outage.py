@@ -25,7 +25,7 @@ from mertlab.experiment.tracking import PROCESS_TAG, STORE_LOGGERS, mark_crashed
 from mertlab.train.run import train
 from test_nonfinite import spec_for
 
-pytestmark = pytest.mark.filterwarnings("ignore")
+pytestmark = [pytest.mark.integration, pytest.mark.filterwarnings("ignore")]
 
 STEPS = 10
 

@@ -41,6 +41,7 @@ from test_tracking_outage import (
 pytestmark = pytest.mark.filterwarnings("ignore")
 
 
+@pytest.mark.integration
 def test_a_write_locked_sqlite_store_at_start_is_one_line(demo_dir, tmp_path, tracking_uri, write_yaml, capsys):
     """Reads work, writes block: another process in a write transaction (``BEGIN IMMEDIATE``
     and a pending write) -- the same one-line error as an exclusive lock, before any work."""
@@ -117,6 +118,7 @@ def unsent_run(tracking_uri, tmp_path, experiment="replay"):
     return client, run_id, folder
 
 
+@pytest.mark.integration
 def test_an_ended_run_with_an_unsent_status_is_not_marked_failed(tracking_uri, tmp_path, caplog):
     client, run_id, folder = unsent_run(tracking_uri, tmp_path, "unsent-not-failed")
     with caplog.at_level(logging.WARNING, logger="mertlab"):
@@ -125,6 +127,7 @@ def test_an_ended_run_with_an_unsent_status_is_not_marked_failed(tracking_uri, t
     assert any(f"mertlab tracking replay {folder}" in r.getMessage() for r in caplog.records)
 
 
+@pytest.mark.integration
 def test_replay_sends_every_value_once_and_finishes_the_run(tracking_uri, tmp_path, capsys):
     client, run_id, folder = unsent_run(tracking_uri, tmp_path)
     assert main(["tracking", "replay", str(folder)]) == 0
@@ -153,6 +156,7 @@ def error_lines(capsys):
     return [line for line in stderr.splitlines() if line.startswith("error:")]
 
 
+@pytest.mark.integration
 def test_replay_errors_are_one_line(tracking_uri, tmp_path, capsys):
     _, _, folder = unsent_run(tracking_uri, tmp_path, "replay-errors")
     assert main(["tracking", "replay", str(tmp_path / "nothing")]) == 1
@@ -194,6 +198,7 @@ def test_a_status_the_store_does_not_take_is_kept_for_the_replay(tmp_path, caplo
     assert any("mertlab tracking replay" in r.getMessage() for r in caplog.records)
 
 
+@pytest.mark.integration
 def test_a_run_whose_server_is_gone_for_good_is_replayed_complete(demo_dir, tmp_path, caplog):
     """The issue's case: the tracking server dies mid-run and never comes back. Training ends
     normally (rc 0) with the values in the unsent file; the next start does not mark the run

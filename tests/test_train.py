@@ -73,6 +73,7 @@ METRIC_FAMILIES = [
 ]
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize(
     "backbone, discrete, discrete_params",
     [
@@ -101,6 +102,7 @@ def test_short_run_logs_every_metric_family(demo_dir, tmp_path, tracking_uri, ba
     assert len(client.get_metric_history(result.run_id, "loss/total")) >= 3
 
 
+@pytest.mark.integration  # slow: 80 optimizer steps, about 2 min of CPU
 def test_learning_is_connected_on_a_fixed_batch(demo_dir, tmp_path, tracking_uri):
     """Masked accuracy rises far above chance and both losses fall when fitting one batch."""
     torch.manual_seed(0)
@@ -127,6 +129,7 @@ def test_learning_is_connected_on_a_fixed_batch(demo_dir, tmp_path, tracking_uri
     assert last["loss/cqt_recon"] < 0.5 * first["loss/cqt_recon"], (first, last)
 
 
+@pytest.mark.integration
 def test_resume_continues_step_optimizer_and_mlflow_run(demo_dir, tmp_path, tracking_uri):
     spec = make_spec(demo_dir, tmp_path, tracking_uri, name="resume-test", trainer={"max_steps": 4})
     first = train(spec, progress=False)
@@ -151,6 +154,7 @@ def run_cli(capsys, *argv):
     return code, err
 
 
+@pytest.mark.integration
 def test_bad_training_input_gives_one_clear_error(demo_dir, tmp_path, tracking_uri, write_yaml, capsys):
     spec = make_spec(demo_dir, tmp_path, tracking_uri).model_dump(mode="json")
     spec["objectives"]["cqt_recon"]["teacher"] = "rvq"
@@ -171,6 +175,7 @@ def test_bad_training_input_gives_one_clear_error(demo_dir, tmp_path, tracking_u
     assert len(err.strip().splitlines()) == 1
 
 
+@pytest.mark.integration
 def test_tracking_uri_resolution(demo_dir, tmp_path, tracking_uri, monkeypatch):
     from mertlab.experiment.tracking import resolve_tracking_uri, ui_command
 
@@ -187,6 +192,7 @@ def test_tracking_uri_resolution(demo_dir, tmp_path, tracking_uri, monkeypatch):
     assert resolve_tracking_uri(make_spec(demo_dir, tmp_path, tracking_uri)) == tracking_uri
 
 
+@pytest.mark.integration
 def test_bf16_mixed_precision_run_is_finite(demo_dir, tmp_path, tracking_uri):
     spec = make_spec(
         demo_dir,
@@ -202,6 +208,7 @@ def test_bf16_mixed_precision_run_is_finite(demo_dir, tmp_path, tracking_uri):
     assert math.isfinite(metrics["loss/total"]) and metrics["stability/nonfinite_steps"] == 0
 
 
+@pytest.mark.integration
 def test_train_cli_prints_a_summary(demo_dir, tmp_path, tracking_uri, write_yaml, capsys):
     spec = make_spec(
         demo_dir,
@@ -220,6 +227,7 @@ def test_train_cli_prints_a_summary(demo_dir, tmp_path, tracking_uri, write_yaml
     assert f"metrics: {tracking_uri}" in out and "mertlab ui --tracking-uri" in out
 
 
+@pytest.mark.integration
 def test_profile_logs_a_trace_and_top_ops_table(demo_dir, tmp_path, tracking_uri, write_yaml, capsys):
     """`mertlab train --profile 2`: steps 3-4 (after 2 warm-up steps) traced; both files in the run."""
     spec = make_spec(demo_dir, tmp_path, tracking_uri, name="profile-test").model_dump(mode="json")
@@ -238,6 +246,7 @@ def test_profile_logs_a_trace_and_top_ops_table(demo_dir, tmp_path, tracking_uri
     )
 
 
+@pytest.mark.integration
 def test_profile_of_a_run_shorter_than_asked_logs_what_it_recorded(demo_dir, tmp_path, tracking_uri):
     spec = make_spec(
         demo_dir,

@@ -54,9 +54,21 @@ SWEEP_ARTIFACT = "sweep.yaml"
 
 
 # --------------------------------------------------------------------------- variants
+class _OneLineDumper(yaml.SafeDumper):
+    """Safe YAML whose strings holding a line break are double-quoted: escaped, never a line break."""
+
+
+def _represent_str(dumper: yaml.SafeDumper, data: str) -> yaml.ScalarNode:
+    style = '"' if any(c in data for c in "\n\r\x85\u2028\u2029") else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", data, style=style)
+
+
+_OneLineDumper.add_representer(str, _represent_str)
+
+
 def format_value(value: Any) -> str:
     """A value as one line of YAML that parses back to it (``-o key=<this>``, variant names)."""
-    text = yaml.safe_dump(value, default_flow_style=True, width=1 << 30, sort_keys=False).strip()
+    text = yaml.dump(value, Dumper=_OneLineDumper, default_flow_style=True, width=1 << 30, sort_keys=False).strip()
     return text[: -len("...")].strip() if text.endswith("\n...") else text
 
 
