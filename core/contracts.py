@@ -33,7 +33,7 @@ from pydantic import BaseModel, ConfigDict
 from torch import Tensor, nn
 
 from mertlab.code_digest import code_digest
-from mertlab.errors import DataError, MertlabError
+from mertlab.errors import DataError, MertlabError, TeacherOutputError
 
 TargetKind = Literal["discrete", "continuous"]
 
@@ -52,6 +52,25 @@ def use_component_provider(lookup: Callable[[type], tuple[str, str] | None]) -> 
     """Install the lookup :meth:`Teacher.fingerprint` asks which plugin registered a class."""
     global _component_provider
     _component_provider = lookup
+
+
+def _teacher_label(teacher: object) -> str:
+    """``teacher 'onset_flux' (my-plugin 0.1.0)``, as far as this layer knows the plugin."""
+    cls = type(teacher)
+    provider = _component_provider(cls)
+    origin = f"{provider[0]} {provider[1]}" if provider else f"module {cls.__module__}"
+    return f"teacher '{getattr(cls, 'name', cls.__qualname__)}' ({origin})"
+
+
+def _not_a_tensor(value: object) -> str:
+    """What ``value`` is, with the usual fix when it is a near miss of a tensor."""
+    kind = type(value)
+    name = f"{kind.__module__}.{kind.__qualname__}" if kind.__module__ != "builtins" else kind.__qualname__
+    if kind.__module__ == "numpy":
+        return f"{name} (convert it: torch.from_numpy(array).float())"
+    if isinstance(value, (tuple, list)):
+        return f"{name} of {len(value)} (return the tensor itself, not a {kind.__qualname__})"
+    return name
 
 
 class Params(BaseModel):
@@ -484,7 +503,18 @@ class FrameTeacherBase(Teacher):
 
     @torch.no_grad()
     def targets(self, wav: Tensor, lengths: Tensor) -> Targets:
-        values, frame_lengths = self.frame_targets(wav, lengths)
+        pair = self.frame_targets(wav, lengths)
+        if not (isinstance(pair, tuple) and len(pair) == 2 and all(isinstance(t, Tensor) for t in pair)):
+            got = (
+                "(" + ", ".join(_not_a_tensor(t) if not isinstance(t, Tensor) else "Tensor" for t in pair) + ")"
+                if isinstance(pair, tuple) and len(pair) == 2
+                else _not_a_tensor(pair)
+            )
+            raise TeacherOutputError(
+                f"{_teacher_label(self)}: frame_targets() must return (values [B, T, C], frame_lengths [B]), "
+                f"two torch tensors; got {got}"
+            )
+        values, frame_lengths = pair
         if values.dim() == 3:
             steps = torch.arange(values.shape[1], device=values.device)
             values = values.masked_fill((steps[None, :] >= frame_lengths.to(values.device)[:, None])[:, :, None], 0)
@@ -536,6 +566,11 @@ class FrameTeacher(FrameTeacherBase):
         """:meth:`compute` on ``wav`` zeroed past each clip's length; ``num_frames`` frames a clip."""
         steps = torch.arange(wav.shape[1], device=wav.device)
         values = self.compute(wav.masked_fill(steps[None, :] >= lengths[:, None].to(wav.device), 0.0))
+        if not isinstance(values, Tensor):
+            raise TeacherOutputError(
+                f"{_teacher_label(self)}: compute() must return a torch.Tensor [B, frames, "
+                f"{'n_codebooks' if self.target_kind == 'discrete' else 'dim'}], got {_not_a_tensor(values)}"
+            )
         return values, self.num_frames(lengths.to(values.device).long()).clamp(max=values.shape[1])
 
 

@@ -56,6 +56,10 @@ class WeightsError(MertlabError):
     """Pretrained weights are missing (nothing is downloaded) or do not fit the model."""
 
 
+class BackboneOutputError(MertlabError):
+    """A backbone returned output that breaks its contract (layers, shapes, padding mask)."""
+
+
 class TeacherOutputError(MertlabError):
     """A teacher returned targets that break its contract (shape, dtype, range, frame count)."""
 

@@ -308,10 +308,16 @@ def check_backbone_forward(entry: Any) -> None:
         len(out.hidden_states) == backbone.num_layers + 1,
         f"{len(out.hidden_states)} hidden states for {backbone.num_layers} layers (expected layers + 1)",
     )
-    _require(
-        out.last_hidden_state.shape == (2, frames, backbone.hidden_dim),
-        f"last hidden state {tuple(out.last_hidden_state.shape)}, expected {(2, frames, backbone.hidden_dim)}",
-    )
+    for i, h in enumerate(out.hidden_states):
+        which = "last hidden state" if i == len(out.hidden_states) - 1 else f"hidden state {i}"
+        _require(isinstance(h, torch.Tensor), f"{which} is a {type(h).__name__}, not a torch.Tensor")
+        _require(
+            h.shape == (2, frames, backbone.hidden_dim),
+            f"{which} {tuple(h.shape)}, expected {(2, frames, backbone.hidden_dim)} "
+            f"([batch, num_frames(samples), hidden_dim])",
+        )
+        _require(h.dtype.is_floating_point, f"{which} must be floating point, got {h.dtype}")
+        _require(bool(torch.isfinite(h[0]).all()), f"{which} holds NaN/inf on valid frames")
     _require(
         out.padding_mask.shape == (2, frames)
         and bool(out.padding_mask[1].any())
@@ -337,7 +343,10 @@ def check_backbone_determinism(entry: Any) -> None:
     backbone = _build(entry).eval()
     wav = _audio_batch(backbone.sample_rate)
     with torch.no_grad():
-        a, b = backbone(wav).last_hidden_state, backbone(wav).last_hidden_state
+        first, second = backbone(wav), backbone(wav)
+    _require(isinstance(first, BackboneOutput), f"forward returned {type(first).__name__}, not BackboneOutput")
+    a, b = first.last_hidden_state, second.last_hidden_state
+    _require(bool(torch.isfinite(a).all()), "the last hidden state holds NaN/inf")
     _require(_same(a, b), "two forward passes in eval mode gave different features")
 
 
@@ -406,6 +415,16 @@ def _loss(objective: Any, out: Any, targets: Any, mask: torch.Tensor) -> Any:
     return check_objective_output(objective, objective(out, targets, mask), require_finite=True)
 
 
+def _backward(loss: torch.Tensor, kind: str) -> None:
+    """``loss.backward()``, or a contract violation saying why a loss has no graph."""
+    _require(
+        loss.requires_grad,
+        f"({kind} targets) the loss is not connected to the hidden states (no grad_fn): do not "
+        f".detach() or .item() it, or compute it under torch.no_grad()",
+    )
+    loss.backward()
+
+
 def check_objective_loss(entry: Any) -> None:
     """A finite scalar loss with gradient to the features, ``family/key`` metric names with
     floating-point scalar values (the training loop's boundary check)."""
@@ -413,7 +432,7 @@ def check_objective_loss(entry: Any) -> None:
         objective = _objective(entry, info)
         out, targets, mask = _objective_inputs(info)
         result = _loss(objective, out, targets, mask)
-        result.loss.backward()
+        _backward(result.loss, info.kind)
         grad = out.hidden_states[-1].grad
         _require(
             grad is not None and bool(grad.abs().sum() > 0),
@@ -475,7 +494,7 @@ def check_objective_bf16(entry: Any) -> None:
         )
         with torch.autocast("cpu", dtype=torch.bfloat16):
             result = _loss(objective, half, targets, mask)
-        result.loss.float().backward()
+        _backward(result.loss.float(), info.kind)
         grad = half.hidden_states[-1].grad
         _require(
             grad is not None and bool(grad.float().abs().sum() > 0), "under bf16 autocast the loss has no gradient"

@@ -107,6 +107,17 @@ class HalfLossUnderAutocast(MaskedL1):
         return result
 
 
+class DetachedLoss(MaskedL1):
+    """Returns its loss detached from the graph (as ``.item()`` or ``torch.no_grad()`` would)."""
+
+    name = "detached_loss"
+    summary = "loss without a graph"
+
+    def forward(self, out, targets, mask):
+        result = super().forward(out, targets, mask)
+        return ObjectiveOutput(result.loss.detach(), result.metrics)
+
+
 #: name -> (check that fails, fragment of its message)
 BROKEN = {
     "per_frame_loss": ("loss", "loss must be a scalar tensor (shape ()), got shape (2, 20)"),
@@ -115,6 +126,7 @@ BROKEN = {
     "integer_metric": ("loss", "metric name 'masked_frames' must look like 'family/key'"),
     "one_vocabulary": ("vocabularies", "crashed: IndexError"),
     "rounds_under_autocast": ("bf16", "loss must be floating point, got torch.int64"),
+    "detached_loss": ("loss", "the loss is not connected to the hidden states (no grad_fn)"),
 }
 
 
@@ -128,5 +140,6 @@ def register_objectives(register):
         IntegerMetric,
         OneVocabulary,
         HalfLossUnderAutocast,
+        DetachedLoss,
     ):
         register(cls)

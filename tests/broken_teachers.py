@@ -164,6 +164,26 @@ class NaNValues(LogEnergy):
         return values
 
 
+class NumpyValues(LogEnergy):
+    """compute() returns a numpy array."""
+
+    name = "numpy_values"
+    summary = "numpy targets"
+
+    def compute(self, wav: torch.Tensor):  # type: ignore[override]
+        return super().compute(wav).numpy()
+
+
+class TupleValues(LogEnergy):
+    """compute() returns its tensor wrapped in a tuple."""
+
+    name = "tuple_values"
+    summary = "targets in a tuple"
+
+    def compute(self, wav: torch.Tensor):  # type: ignore[override]
+        return (super().compute(wav),)
+
+
 OUTPUT_BROKEN = {
     "rate_x4": "frames",
     "rate_x0_25": "valid frames",
@@ -172,6 +192,8 @@ OUTPUT_BROKEN = {
     "channels_first": "channels-first",
     "lengths_past_t": "must lie in [0, T=",
     "nan_values": "non-finite",
+    "numpy_values": "compute() must return a torch.Tensor [B, frames, dim], got numpy.ndarray (convert it",
+    "tuple_values": "compute() must return a torch.Tensor [B, frames, dim], got tuple of 1 (return the tensor",
 }
 
 
@@ -188,6 +210,8 @@ def register_teachers(register):
         ChannelsFirst,
         LengthsPastT,
         NaNValues,
+        NumpyValues,
+        TupleValues,
     ):
         register(teacher)
 

@@ -268,3 +268,57 @@ def test_a_file_shorter_than_its_header_says_is_skipped_when_read(tmp_path):
     assert isinstance(item, SkippedFile) and "fewer than the 2048 the backbone needs" in item.reason
     whole = CropDataset([AudioFile(path, 24000, 1000)], 24000, 0.5, random_crops=False, min_samples=400)[0]
     assert whole.length == 1000  # a short crop of an intact file that the backbone can take
+
+
+def test_a_file_name_that_is_not_utf8_is_audio_like_any_other(tmp_path):
+    """A Latin-1 name on a UTF-8 system (``\\xe9`` for e-acute) is a valid path that Python holds
+    as a surrogate: libsndfile gets its bytes, the split and the cache keys hash its bytes, and
+    the skipped-files report writes them escaped, as UTF-8 text."""
+    import os
+
+    from mertlab.data.audio import list_audio_paths, read_segment
+    from mertlab.data.files import split_files
+    from mertlab.data.skipped import SkippedFiles
+    from mertlab.teachers.target_cache import file_key
+
+    tone = 0.3 * np.sin(np.linspace(0, 2 * np.pi * 440, 24000)).astype(np.float32)
+    for name in (b"caf\xe9.wav", b"plain.wav", b"ok.wav"):
+        sf.write(os.path.join(os.fsencode(tmp_path), name), tone, 24000)  # soundfile takes bytes paths
+    (tmp_path.joinpath(os.fsdecode(b"bad\xff.wav"))).write_bytes(b"not audio")
+    paths = list_audio_paths(tmp_path, [".wav"])
+    files, skipped = check_audio_files(paths)
+    latin = next(f for f in files if f.path.name == os.fsdecode(b"caf\xe9.wav"))
+    assert latin.num_frames == 24000 and torch_allclose(read_segment(latin), tone)
+    assert sum(len(part) for part in split_files(files, 0.5)) == 3
+    assert len(file_key(latin.path)) == 24
+    assert [s.path.name for s in skipped] == [os.fsdecode(b"bad\xff.wav")]
+    report = SkippedFiles()
+    report.add(skipped[0])
+    assert report.report().encode("utf-8").startswith(str(tmp_path).encode() + b"/bad\\xff.wav\t")
+
+
+def torch_allclose(wav, expected) -> bool:
+    return bool(np.allclose(wav.numpy(), expected, atol=1e-4))
+
+
+def test_a_link_that_leads_nowhere_is_named_as_skipped_not_dropped_silently(tmp_path):
+    """A dangling link (a data drive not mounted) and a loop of links are skipped with their
+    reason like any bad file; a link to a file is read; a link to a parent folder is not followed."""
+    from mertlab.data.audio import list_audio_paths
+
+    sf.write(tmp_path / "real.wav", np.zeros(24000, dtype=np.float32) + 0.1, 24000)
+    (tmp_path / "to_real.wav").symlink_to("real.wav")
+    (tmp_path / "dangling.wav").symlink_to(tmp_path / "unmounted" / "x.wav")
+    (tmp_path / "loop_a.wav").symlink_to("loop_b.wav")
+    (tmp_path / "loop_b.wav").symlink_to("loop_a.wav")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "up").symlink_to("..")
+    names = [p.name for p in list_audio_paths(tmp_path, [".wav"])]
+    assert names == ["real.wav", "to_real.wav"]  # what extract and folder tasks read
+    files, skipped = check_audio_files(list_audio_paths(tmp_path, [".wav"], broken_links=True))
+    assert [f.path.name for f in files] == ["real.wav", "to_real.wav"]
+    assert {s.path.name: s.reason for s in skipped} == {
+        "dangling.wav": f"broken symbolic link (to {tmp_path / 'unmounted' / 'x.wav'}: missing, or a loop of links)",
+        "loop_a.wav": "broken symbolic link (to loop_b.wav: missing, or a loop of links)",
+        "loop_b.wav": "broken symbolic link (to loop_a.wav: missing, or a loop of links)",
+    }

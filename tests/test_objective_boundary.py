@@ -64,3 +64,37 @@ def test_training_step_stops_a_non_scalar_loss_with_one_line_and_tags_the_failed
     client = MlflowClient(tracking_uri)
     (run,) = client.search_runs([client.get_experiment_by_name("broken-objective").experiment_id])
     assert run.info.status == "FAILED" and run.data.tags["mertlab.error"] == errors[0].removeprefix("error: ")
+
+
+def test_a_training_step_whose_loss_has_no_graph_is_one_line_naming_the_objective(broken_registry, one_thread):
+    """Without the check, backward fails deep inside Lightning ("element 0 of tensors does not
+    require grad"), blaming nobody."""
+    import torch
+
+    from mertlab.data.dataset import AudioBatch
+    from mertlab.errors import ObjectiveError
+    from mertlab.experiment.spec import resolve_spec
+    from mertlab.train.module import PretrainModule
+
+    spec = resolve_spec(
+        {
+            "name": "detached",
+            "backbone": {"name": "transformer", "params": {"preset": "tiny"}},
+            "teachers": {"cqt": {"name": "cqt", "params": {"n_bins": 24, "bins_per_octave": 12}}},
+            "objectives": {"flat": {"name": "detached_loss", "teacher": "cqt"}},
+            "callbacks": {},
+        },
+        registry=broken_registry,
+    )
+    module = PretrainModule(spec, broken_registry)
+    wav = torch.randn(2, 12000, generator=torch.Generator().manual_seed(0)) * 0.1
+    batch = AudioBatch(wav, torch.tensor([12000, 9000]), (), torch.zeros(2, dtype=torch.float64))
+    module.shared_step(batch, 0, "val")  # no gradient needed outside training
+    with pytest.raises(ObjectiveError) as err:
+        module.shared_step(batch, 0, "train")
+    message = str(err.value)
+    assert len(message.splitlines()) == 1, message
+    assert message.startswith(
+        f"loss/total has no gradient: objectives.flat: objective 'detached_loss' {LABEL} returned a loss not "
+        "connected to the model"
+    ), message

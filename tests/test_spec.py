@@ -83,6 +83,32 @@ def test_malformed_yaml_and_missing_file(toy_registry, write_yaml, tmp_path):
         load_spec(write_yaml("- a\n- b\n"))
 
 
+@pytest.mark.parametrize(
+    ("text", "where"),
+    [
+        ("name: a\nseed: 1\nname: b\n", "line 3, column 1: duplicate key 'name' (first on line 1)"),
+        (
+            "optim:\n  lr: 1.0e-3\n  warmup_steps: 5\n  lr: 1.0\n",
+            "line 4, column 3: duplicate key 'lr' (first on line 2)",
+        ),
+        ("objectives: {o: {weight: 1, weight: 2}}\n", "line 1, column 29: duplicate key 'weight' (first on line 1)"),
+    ],
+)
+def test_a_key_written_twice_is_one_line_not_the_last_one_silently(write_yaml, text, where):
+    with pytest.raises(SpecError) as err:
+        load_spec(write_yaml(text))
+    assert str(err.value).endswith(f"malformed YAML: {where}") and len(str(err.value).splitlines()) == 1, err.value
+    with pytest.raises(SpecError, match="duplicate key 'lr'"):
+        apply_overrides({}, ["optim={lr: 1, lr: 2}"])
+
+
+def test_anchors_and_merge_keys_work_and_an_explicit_key_overrides_a_merged_one(toy_registry, toy_spec, write_yaml):
+    raw = yaml.safe_dump(toy_spec, sort_keys=False)
+    text = raw + "optim:\n  <<: &fast {lr: 1.0e-3, warmup_steps: 5}\n  lr: 2.0e-3\n"
+    spec = load_spec(write_yaml(text))
+    assert spec.optim.lr == 2.0e-3 and spec.optim.warmup_steps == 5
+
+
 def test_base_inheritance_and_deletion(toy_registry, toy_spec, write_yaml):
     write_yaml(toy_spec, "base.yaml")
     child = write_yaml(
@@ -260,3 +286,28 @@ def test_validate_checks_that_output_dir_can_be_written(toy_registry, toy_spec, 
     code, err, out = validate_cli(path, f"trainer.output_dir={new}", capsys=capsys)
     assert code == 0 and "name: toy" in out and not (tmp_path / "new").exists()  # checked, nothing created
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".mertlab-write-check")]
+
+
+@given(weights=st.lists(st.sampled_from([0, 0.0, 0.5, 2]), min_size=1, max_size=3))
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_every_weight_zero_is_one_line_any_weight_above_zero_loads(toy_registry, toy_spec, write_yaml, weights):
+    objective = toy_spec["objectives"]["cqt_recon"]  # the fixture is shared by the examples: copied
+    path = write_yaml({**toy_spec, "objectives": {f"o{i}": {**objective, "weight": w} for i, w in enumerate(weights)}})
+    if any(weights):
+        assert [o.weight for o in load_spec(path).objectives.values()] == weights
+        return
+    with pytest.raises(SpecError) as err:
+        load_spec(path)
+    assert problems(err.value) == {
+        "objectives": "every objective has weight 0, so loss/total is 0 and nothing would learn; give at least one a "
+        "weight above 0 (a weight of 0 leaves one objective out of the loss)"
+    }
+
+
+@pytest.mark.parametrize("key", ["../x", ".", "optim..lr", "optim.lr.", " .lr"])
+def test_an_override_key_with_an_empty_part_names_the_override(key):
+    with pytest.raises(SpecError) as err:
+        apply_overrides({}, [f"{key}=1"])
+    assert str(err.value) == (
+        f"override '{key}=1': KEY must be dotted field names without an empty part, e.g. optim.lr"
+    ), err.value

@@ -29,6 +29,7 @@ from mertlab.experiment.sweep import (
     VARIANT_TAG,
     expand,
     format_value,
+    plan_sweep,
     short_keys,
 )
 from sweep_support import THREE_VARIANTS, tiny_sweep_spec, write_spec
@@ -112,6 +113,14 @@ def test_override_values_round_trip_through_the_command_line(value):
             "variant 'v' sets optim.lr, which the grid also varies",
         ),
         ({}, "sweep: Value error, a sweep needs `grid` and/or `variants`"),
+        (
+            {"variants": {"v": {"optim": {"lr": 0.1}, "optim.lr": 0.2}}},
+            "variant 'v' sets both optim and optim.lr, one inside the other",
+        ),
+        (
+            {"grid": {"optim.lr": [0.1, 0.2]}, "variants": {"v": {"optim": {"lr": 0.3}}}},
+            "variant 'v' sets optim, which the grid also varies",
+        ),
     ],
 )
 def test_bad_sweep_blocks_are_spec_errors(tmp_path, sweep, message):
@@ -119,6 +128,24 @@ def test_bad_sweep_blocks_are_spec_errors(tmp_path, sweep, message):
     with pytest.raises(SpecError) as err:
         load_spec(write_spec(tmp_path / "s.yaml", spec))
     assert message in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "variants",
+    [{"a": {}, "b": {}}, {"a": {"optim.lr": 1e-3}, "b": {"optim.lr": 0.001}}, {"a": {}, "b": {"optim.lr": 1e-3}}],
+)
+def test_two_variants_training_the_same_spec_are_one_line_naming_both(tmp_path, variants):
+    """``optim.lr`` is 1e-3 in the base spec: each pair trains one spec twice under two names."""
+    spec = tiny_sweep_spec("same", tmp_path, tmp_path, None, {"variants": variants})
+    assert spec["optim"]["lr"] == 1e-3
+    with pytest.raises(SpecError) as err:
+        plan_sweep(write_spec(tmp_path / "s.yaml", spec))
+    message = str(err.value)
+    assert len(message.splitlines()) == 1, message
+    assert message.endswith(
+        "variant 'b': trains exactly the spec of variant 'a' (their overrides give the same values); "
+        "drop one or make them differ"
+    ), message
 
 
 def test_summary_reduces_histories():

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,8 +42,13 @@ class AudioFile:
         return self.num_frames / self.sample_rate
 
 
-def list_audio_paths(path: str | Path, extensions: list[str] | tuple[str, ...]) -> list[Path]:
+def list_audio_paths(
+    path: str | Path, extensions: list[str] | tuple[str, ...], broken_links: bool = False
+) -> list[Path]:
     """Audio files under a folder (recursive, sorted) or listed in a manifest file.
+
+    ``broken_links``: also list links with an audio extension that lead nowhere (dangling, a
+    loop), for a caller that skips and names them (:func:`probe` says why).
 
     A manifest is a text file with one audio path per line (relative paths are relative to the
     manifest's folder; blank lines and ``#`` comments are skipped).
@@ -49,7 +56,11 @@ def list_audio_paths(path: str | Path, extensions: list[str] | tuple[str, ...]) 
     root = Path(path)
     exts = {e.lower() if e.startswith(".") else "." + e.lower() for e in extensions}
     if root.is_dir():
-        return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in exts)
+        return sorted(
+            p
+            for p in root.rglob("*")
+            if (p.is_file() or (broken_links and _broken_link(p))) and p.suffix.lower() in exts
+        )
     if root.is_file():
         paths = []
         for n, line in enumerate(root.read_text().splitlines(), 1):
@@ -64,10 +75,28 @@ def list_audio_paths(path: str | Path, extensions: list[str] | tuple[str, ...]) 
     raise DataError(f"data.path: {root} is neither a folder nor a manifest file")
 
 
+def sndfile_path(path: str | Path) -> str | bytes:
+    """``path`` as libsndfile takes it: the text, or the file system's bytes for a name that is not
+    valid in its encoding (``os.fsencode``: a Latin-1 name on a UTF-8 system), which soundfile
+    cannot encode as text."""
+    text = str(path)
+    try:
+        text.encode(sys.getfilesystemencoding())
+    except UnicodeEncodeError:
+        return os.fsencode(text)
+    return text
+
+
+def _broken_link(path: Path) -> bool:
+    return path.is_symlink() and not path.exists()
+
+
 def probe(path: Path) -> AudioFile:
     """Sample rate and length of ``path`` without decoding it."""
+    if _broken_link(Path(path)):
+        raise DataError(f"{path}: broken symbolic link (to {os.readlink(path)}: missing, or a loop of links)")
     try:
-        info = sf.info(str(path))
+        info = sf.info(sndfile_path(path))
     except Exception as exc:  # noqa: BLE001 - libsndfile raises several types
         raise DataError(f"{path}: cannot read audio ({exc})") from None
     return AudioFile(Path(path), int(info.samplerate), int(info.frames))
@@ -81,7 +110,7 @@ def read_segment(
     ``data``: the file's encoded bytes (e.g. read from a shard) instead of reading ``file.path``.
     """
     stop = None if num_frames is None else start + num_frames
-    source = io.BytesIO(data) if data is not None else str(file.path)
+    source = io.BytesIO(data) if data is not None else sndfile_path(file.path)
     try:
         samples, _ = sf.read(source, start=start, stop=stop, dtype="float32", always_2d=True)
     except Exception as exc:  # noqa: BLE001

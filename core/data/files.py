@@ -4,6 +4,7 @@ train/validation split."""
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 
 from mertlab.data.audio import AudioFile, probe
@@ -50,7 +51,7 @@ def split_files(files: list[AudioFile], val_fraction: float) -> tuple[list[Audio
         return files, []
 
     def bucket(f: AudioFile) -> float:
-        return int(hashlib.sha1(f.path.name.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
+        return int(hashlib.sha1(os.fsencode(f.path.name)).hexdigest()[:8], 16) / 0xFFFFFFFF
 
     val = [f for f in files if bucket(f) < val_fraction]
     if not val:  # tiny sets: hold out at least one file

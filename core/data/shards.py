@@ -185,7 +185,7 @@ def write_shards(
     and the metadata; no usable file is an error.
     """
     source, destination = check_paths(src, dst)
-    files, bad = check_audio_files(list_audio_paths(source, extensions))
+    files, bad = check_audio_files(list_audio_paths(source, extensions, broken_links=True))
     if not files:
         found = f"; {len(bad)} unusable, e.g. {bad[0].path}: {bad[0].reason}" if bad else ""
         raise DataError(f"data shard: no audio files ({', '.join(extensions)}) under {source}{found}")

@@ -9,6 +9,7 @@ and is recorded here.
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,4 +46,9 @@ class SkippedFiles:
 
     def report(self) -> str:
         """One ``path<TAB>reason`` line per file (the run's ``data/skipped_files.tsv`` artifact)."""
-        return "".join(f"{s.path}\t{s.reason}\n" for s in self)
+        return "".join(f"{_printable(s.path)}\t{s.reason}\n" for s in self)
+
+
+def _printable(path: object) -> str:
+    """``path`` as UTF-8 text, bytes of a name that is not UTF-8 written as ``\\xff``."""
+    return os.fsencode(str(path)).decode("utf-8", "backslashreplace")

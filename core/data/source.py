@@ -153,7 +153,7 @@ class FileSource(DataSource):
             raise DataError(
                 f"data.path: {path} does not exist (set generate_demo: true, or run `mertlab demo-data {path}`)"
             )
-        files, bad = check_audio_files(list_audio_paths(path, self.data.extensions), min_seconds)
+        files, bad = check_audio_files(list_audio_paths(path, self.data.extensions, broken_links=True), min_seconds)
         skipped = skipped if skipped is not None else SkippedFiles()
         for item in bad:
             skipped.add(item)

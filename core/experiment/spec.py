@@ -330,6 +330,15 @@ _DOTTED_KEY = re.compile(r"^[A-Za-z0-9_\-]+(\.[A-Za-z0-9_\-]+)*$")
 _VARIANT_NAME = re.compile(r"^[A-Za-z0-9_.+\-]+$")
 
 
+def _nested_keys(keys: list[str]) -> tuple[str, str] | None:
+    """The first two dotted ``keys`` of which one lies inside the other (``optim``, ``optim.lr``)."""
+    for outer in keys:
+        for inner in keys:
+            if inner.startswith(outer + "."):
+                return outer, inner
+    return None
+
+
 def _check_sweep_key(key: str) -> None:
     if not _DOTTED_KEY.match(key):
         raise ValueError(f"'{key}' is not a dotted spec key (e.g. optim.lr)")
@@ -379,6 +388,12 @@ class SweepSpec(StrictModel):
                 raise ValueError(f"variant name '{name}': use letters, digits and _ . + - only")
             for key in overrides:
                 _check_sweep_key(key)
+            nested = _nested_keys(list(overrides))
+            if nested:
+                raise ValueError(
+                    f"variant '{name}' sets both {nested[0]} and {nested[1]}, one inside the other: the result "
+                    "would depend on their order; set only one"
+                )
         return variants
 
     @model_validator(mode="after")
@@ -386,7 +401,9 @@ class SweepSpec(StrictModel):
         if not self.grid and not self.variants:
             raise ValueError("a sweep needs `grid` and/or `variants`")
         for name, overrides in self.variants.items():
-            both = sorted(set(overrides) & set(self.grid))
+            both = sorted(
+                {key for key in overrides for varied in self.grid if _nested_keys([key, varied]) or key == varied}
+            )
             if both:
                 raise ValueError(f"variant '{name}' sets {', '.join(both)}, which the grid also varies")
         return self
@@ -485,13 +502,32 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
+class _SpecLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a key written twice in one mapping (PyYAML keeps the last
+    silently, so a second ``lr:`` would override the first unseen). Keys merged in with ``<<:``
+    may still be overridden, as YAML intends."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge" or not isinstance(key_node, yaml.ScalarNode):
+                continue
+            key = self.construct_object(key_node)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} (first on line {seen[key] + 1})", key_node.start_mark
+                )
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep)
+
+
 def parse_yaml(text: str, field: str = "", source: str | None = None) -> Any:
     """``text`` parsed as YAML (safe types only) and checked by :func:`check_structure`; errors
     are one :class:`SpecError` line naming ``field`` (and ``source``)."""
     if _flow_depth_above(text, 4 * MAX_NESTING):  # PyYAML's scanner is quadratic in it: fail fast
         raise SpecError([(field, _too_deep())], source=source)
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_SpecLoader)  # noqa: S506 -- a SafeLoader
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
@@ -595,9 +631,14 @@ def apply_overrides(data: dict[str, Any], overrides: list[str] | tuple[str, ...]
         except SpecError as exc:
             problem = exc.problems[0][1]
             if problem.startswith("malformed YAML"):
-                problem = f"override value {raw[:80]!r} is not valid YAML"
+                detail = problem.removeprefix("malformed YAML: ")
+                problem = f"override value {raw[:80]!r} is not valid YAML ({detail})"
             raise SpecError([(key, problem)]) from None
         parts = key.split(".")
+        if not all(part.strip() for part in parts):
+            raise SpecError(
+                [("", f"override {override!r}: KEY must be dotted field names without an empty part, e.g. optim.lr")]
+            )
         node = out
         for i, part in enumerate(parts[:-1]):
             child = node.get(part)
@@ -674,6 +715,14 @@ def resolve_spec(data: dict[str, Any], source: str | None = None, registry: Any 
                     )
                 )
     problems += _global_batch_problems(spec)
+    if spec.objectives and all(objective.weight == 0 for objective in spec.objectives.values()):
+        problems.append(
+            (
+                "objectives",
+                "every objective has weight 0, so loss/total is 0 and nothing would learn; give at least one a "
+                "weight above 0 (a weight of 0 leaves one objective out of the loss)",
+            )
+        )
     if problems:
         raise SpecError(problems, source=source)
     return spec

@@ -187,6 +187,17 @@ def plan_sweep(spec_path: str | Path, overrides: list[str] | tuple[str, ...] = (
                 (f"variant '{variant.name}': {path}" if path else f"variant '{variant.name}'", msg)
                 for path, msg in exc.problems
             ]
+    first_of: dict[str, str] = {}
+    for child in children:
+        same = first_of.setdefault(spec_sha(child.spec), child.variant.name)
+        if same != child.variant.name:
+            problems.append(
+                (
+                    f"variant '{child.variant.name}'",
+                    f"trains exactly the spec of variant '{same}' (their overrides give the same values); "
+                    "drop one or make them differ",
+                )
+            )
     if problems:
         raise SpecError(problems, source=str(spec_path))
     return SweepPlan(str(spec_path), list(overrides), base, children)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -52,7 +53,7 @@ def content_hash(paths: Sequence[str | Path]) -> str:
     digest = hashlib.sha256()
     for path in paths:
         path = Path(path)
-        digest.update(path.name.encode() + b"\0")
+        digest.update(os.fsencode(path.name) + b"\0")
         try:
             with open(path, "rb") as f:
                 for chunk in iter(lambda: f.read(1 << 20), b""):

@@ -48,6 +48,7 @@ import io
 import json
 import logging
 import math
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -98,7 +99,7 @@ def file_key(path: str | Path) -> str:
         stat = resolved.stat()
     except OSError as exc:
         raise MertlabError(f"{path}: cannot read file ({exc.strerror})") from None
-    return hashlib.sha256(f"{resolved}\0{stat.st_size}\0{stat.st_mtime_ns}".encode()).hexdigest()[:24]
+    return hashlib.sha256(os.fsencode(f"{resolved}\0{stat.st_size}\0{stat.st_mtime_ns}")).hexdigest()[:24]
 
 
 def _bad_marker(entry: Path) -> Path:

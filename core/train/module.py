@@ -34,9 +34,11 @@ from torch import Tensor, nn
 from mertlab.contracts import BackboneOutput, Objective, ObjectiveOutput, Targets
 from mertlab.data.dataset import AudioBatch
 from mertlab.data.source import data_source
+from mertlab.errors import ObjectiveError
 from mertlab.experiment import metric_names as M
 from mertlab.experiment.spec import ExperimentSpec
 from mertlab.plugin_system.registry import get_registry
+from mertlab.toolkit.backbone_output import check_backbone_output
 from mertlab.toolkit.code_usage import code_perplexity
 from mertlab.toolkit.objective_output import check_objective_output, objective_label
 from mertlab.toolkit.seeding import AUGMENT, DROPOUT, LAYER_DROP, MASK, VAL_MASK, derive_seed, generator, name_key
@@ -256,14 +258,22 @@ class PretrainModule(L.LightningModule):
         if stage == "train":
             self.backbone.set_step_seed(self.layer_drop_seed(batch_idx))
         mask = self.frame_masks(padding.cpu(), stage, batch_idx).to(wav.device) & ~padding
-        out = self.backbone(student, lengths, mask, instrument=stage == "train" and self.instrument_next_step)
+        out = check_backbone_output(
+            self.backbone,
+            self.backbone(student, lengths, mask, instrument=stage == "train" and self.instrument_next_step),
+            len(wav),
+            num_frames,
+        )
         self.last_output = out if stage == "train" else None
 
         total = wav.new_zeros(())
         logs: dict[str, Tensor] = {}
+        no_graph: list[str] = []
         for alias, objective in self.objectives.items():
             spec = self.spec.objectives[alias]
             result = run_objective(alias, cast(Objective, objective), out, targets[spec.teacher], mask)
+            if not result.loss.requires_grad:
+                no_graph.append(objective_label(cast(Objective, objective), alias))
             weighted = spec.weight * result.loss
             total = total + weighted
             logs[M.loss(alias)] = result.loss.detach()
@@ -274,6 +284,11 @@ class PretrainModule(L.LightningModule):
             penalty = out.extractor_features.float().pow(2).mean()
             total = total + self.spec.feature_penalty * penalty
             logs[M.FEATURE_PENALTY] = penalty.detach()
+        if stage == "train" and torch.is_grad_enabled() and not total.requires_grad:
+            raise ObjectiveError(
+                f"loss/total has no gradient: {'; '.join(no_graph)} returned a loss not connected to the model "
+                f"(no grad_fn) -- do not .detach() or .item() a loss, or compute it under torch.no_grad()"
+            )
         logs[M.LOSS_TOTAL] = total.detach()
         return total, logs, targets
 
