@@ -8,8 +8,7 @@ a pre-training clip:
 ========== ============================================================== ==================
 task       content                                                        label
 ========== ============================================================== ==================
-pitch      one note, 1 s, two timbres in unison, MIDI 48-71 (C3-B4),      nearest MIDI number
-           detuned up to 40 cents, in a loud mix                          (24 classes)
+pitch      one note, 1 s, any of the 8 timbres, MIDI 48-71 (C3-B4), in a mix  MIDI number (24 classes)
 timbre     one note, 1 s, MIDI 45-80                                      timbre name (8 classes)
 key        a 4-chord progression with a melody in the scale, 3 s, in a mix e.g. ``D minor`` (24 classes)
 tempo      a drum pattern (plus bass notes), 3 s, 70-170 BPM               BPM (regression)
@@ -39,13 +38,6 @@ from mertlab.errors import MertlabError
 SAMPLE_RATE = 16000
 
 PITCH_NOTES = tuple(range(48, 72))  # C3..B4
-#: Largest detuning of a pitch-task note, in semitones (below 0.5: the label is the nearest note).
-PITCH_DETUNE = 0.4
-#: Timbres sounding each pitch-task note together.
-PITCH_LAYERS = 2
-#: Drum and noise levels of the pitch task's mix, relative to the note's RMS.
-PITCH_DRUM_LEVEL = (0.5, 1.5)
-PITCH_NOISE_LEVEL = (0.1, 0.4)
 PITCH_CLASS_NAMES = ("C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B")
 KEYS = tuple(f"{PITCH_CLASS_NAMES[pc]} {mode}" for mode in ("major", "minor") for pc in range(12))
 #: Scale degrees (0-based) of the chord progressions a key clip may use (I-IV-V-I, I-vi-IV-V, ...).
@@ -65,25 +57,18 @@ class Example:
     info: dict[str, str]
 
 
-def _with_background(
-    out: np.ndarray,
-    rng: np.random.Generator,
-    sr: int,
-    drum_level: tuple[float, float] = (0.3, 1.0),
-    noise_level: tuple[float, float] = (0.05, 0.3),
-) -> np.ndarray:
+def _with_background(out: np.ndarray, rng: np.random.Generator, sr: int) -> np.ndarray:
     """Add what real recordings have around the labelled content: a drum groove at an unrelated
-    tempo and broadband noise, each at a random level relative to the content's RMS (uniform in
-    ``drum_level``, ``noise_level``), so a feature must find the label's content inside a mix
-    (MERT's mixup asks the same of the student)."""
+    tempo and broadband noise, each at a random level, so a feature must find the label's content
+    inside a mix (MERT's mixup asks the same of the student)."""
     beat = int(sr * 60 / rng.uniform(70, 170))
     drums = np.zeros_like(out)
     for b, start in enumerate(range(int(rng.integers(0, beat)), len(out), beat)):
         _add(drums, _drum("kick" if b % 2 == 0 else "snare", sr // 3, rng, sr), start, 1.0)
         _add(drums, _drum("hat", sr // 10, rng, sr), start + beat // 2, 0.6)
     level = float(np.sqrt(np.mean(out**2))) + 1e-6
-    drums *= rng.uniform(*drum_level) * level / (float(np.sqrt(np.mean(drums**2))) + 1e-6)
-    noise = rng.standard_normal(len(out)).astype(np.float32) * level * rng.uniform(*noise_level)
+    drums *= rng.uniform(0.3, 1.0) * level / (float(np.sqrt(np.mean(drums**2))) + 1e-6)
+    noise = rng.standard_normal(len(out)).astype(np.float32) * level * rng.uniform(0.05, 0.3)
     return out + drums + noise
 
 
@@ -93,19 +78,12 @@ def _normalise(out: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 def pitch_example(index: int, rng: np.random.Generator, sr: int = SAMPLE_RATE) -> Example:
-    """One note played in unison by :data:`PITCH_LAYERS` different timbres at random gains, all
-    detuned together by up to :data:`PITCH_DETUNE` semitones (the label stays the nearest MIDI
-    note), over a loud mix: off-grid tuning and mixed timbres, as in real recordings."""
     note = PITCH_NOTES[index % len(PITCH_NOTES)]
-    detune = float(rng.uniform(-PITCH_DETUNE, PITCH_DETUNE))
-    timbres = [str(t) for t in rng.choice(list(TIMBRES), size=PITCH_LAYERS, replace=False)]
+    timbre = str(rng.choice(list(TIMBRES)))
     n = sr
     out = np.zeros(n, dtype=np.float32)
-    for timbre in timbres:
-        _add(out, _tone(_midi_hz(note + detune), n, timbre, rng, sr), 0, float(rng.uniform(0.5, 1.0)))
-    mix = _with_background(out, rng, sr, PITCH_DRUM_LEVEL, PITCH_NOISE_LEVEL)
-    info = {"timbre": "+".join(timbres), "midi": str(note), "cents": f"{100 * detune:.0f}"}
-    return Example(_normalise(mix, rng), str(note), info)
+    _add(out, _tone(_midi_hz(note), n, timbre, rng, sr), 0, 1.0)
+    return Example(_normalise(_with_background(out, rng, sr), rng), str(note), {"timbre": timbre, "midi": str(note)})
 
 
 def timbre_example(index: int, rng: np.random.Generator, sr: int = SAMPLE_RATE) -> Example:
