@@ -38,6 +38,7 @@ import mlflow
 import pytest
 
 from mertlab.cli import TIME_TABLE_TITLE, main
+from mertlab.experiment import metric_names as M
 
 ROOT = Path(__file__).resolve().parents[1]
 SPEC = ROOT / "experiments" / "quickstart.yaml"
@@ -46,7 +47,16 @@ GUARDED = ("timbre",)
 #: Largest McNemar p-value of pre-trained vs random init accepted on each guarded task.
 P_MAX = 0.01
 #: Phases every quickstart run goes through (each logged as time/<phase>_s and time/<phase>_cpu_s).
-PHASES = ("data", "target_cache", "training", "validation", "probe_features", "probe_fits", "probe_baselines", "total")
+PHASES = (
+    M.PHASE_DATA,
+    M.PHASE_TARGET_CACHE,
+    M.PHASE_TRAINING,
+    M.PHASE_VALIDATION,
+    M.PHASE_PROBE_FEATURES,
+    M.PHASE_PROBE_FITS,
+    M.PHASE_PROBE_BASELINES,
+    "total",
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.filterwarnings("ignore")]
 
@@ -64,7 +74,7 @@ def test_quickstart_pretraining_beats_random_init_at_p_below_001(tmp_path, monke
     (run,) = client.search_runs([client.get_experiment_by_name("quickstart").experiment_id])
     m = run.data.metrics
     for phase in PHASES:
-        assert m[f"time/{phase}_s"] >= 0 and m[f"time/{phase}_cpu_s"] >= 0, phase
+        assert m[M.phase_time(phase)] >= 0 and m[M.phase_cpu_time(phase)] >= 0, phase
     lines = out.splitlines()
     tasks = ("pitch", "timbre", "key", "tempo")
     verdicts = [next(line for line in lines if line.startswith(f"{task}: ")) for task in tasks]
